@@ -1,0 +1,44 @@
+//! The Kiln compiler: ONNX import, the pass pipeline and the command-line driver's building
+//! blocks. Backends live in `kiln-backends`; the IR and the reference evaluator in `kiln-ir`.
+
+pub mod fsutil;
+pub mod npy;
+pub mod onnx;
+pub mod passes;
+
+use std::path::Path;
+use thiserror::Error;
+
+pub use onnx::{ImportError, ImportOptions};
+pub use passes::{PassError, PipelineOptions};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+}
+
+/// A model after import and the float pipeline.
+pub struct Model {
+    pub graph: kiln_ir::Graph,
+    pub notices: Vec<String>,
+    pub opset: i64,
+}
+
+/// Imports `path` and runs the pass pipeline on it.
+pub fn load(
+    path: &Path,
+    import: &ImportOptions,
+    pipeline: &PipelineOptions,
+    on_print: impl FnMut(&str, &kiln_ir::Graph),
+) -> Result<Model, Error> {
+    let onnx::Imported {
+        mut graph,
+        notices,
+        opset,
+    } = onnx::load(path, import)?;
+    passes::run(&mut graph, pipeline, on_print)?;
+    Ok(Model { graph, notices, opset })
+}

@@ -1,0 +1,299 @@
+//! `kiln`, the command-line driver. Argument parsing and reporting live here; all compiler
+//! work is in the library so `build.rs` users get the same behaviour.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kiln::onnx::proto::ModelProto;
+use kiln::{ImportOptions, PipelineOptions};
+use kiln_ir::{Graph, ValueDef, analysis};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Ahead-of-time compiler from ONNX to static code")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ShapeArgs {
+    /// Pin an input's shape: NAME=D0,D1,... (repeatable).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shape: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Summarize a model: ops, parameters, MACs and activation sizes per layer.
+    Inspect {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+    },
+    /// Run a model on .npy inputs with the reference evaluator.
+    Eval {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Input .npy files, in graph input order.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output .npy files, in graph output order.
+        #[arg(long = "output", required = true)]
+        outputs: Vec<PathBuf>,
+    },
+    /// Print the IR after import and the pass pipeline.
+    Dump {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Also print the IR after this pass (repeatable).
+        #[arg(long = "print-after")]
+        print_after: Vec<String>,
+        /// Stop the pipeline after this pass.
+        #[arg(long = "stop-after")]
+        stop_after: Option<String>,
+    },
+    /// List supported ONNX operators.
+    Ops {
+        /// Print SUPPORTED_OPS.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
+    let mut input_shapes = HashMap::new();
+    for spec in &s.input_shape {
+        let (name, dims) = spec
+            .split_once('=')
+            .with_context(|| format!("--input-shape `{spec}`: expected NAME=D0,D1,..."))?;
+        let dims = dims
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--input-shape `{spec}`: dimensions must be non-negative integers"))?;
+        input_shapes.insert(name.to_string(), dims);
+    }
+    Ok(ImportOptions { input_shapes })
+}
+
+fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions) -> Result<kiln::Model> {
+    let m = kiln::load(model, &import_options(shapes)?, pipeline, |pass, g| {
+        println!("// after {pass}");
+        print!("{}", kiln_ir::text::dump(g).unwrap_or_else(|e| e.to_string()));
+    })?;
+    for n in &m.notices {
+        eprintln!("note: {n}");
+    }
+    Ok(m)
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 10_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let proto = ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+    let g = proto
+        .graph
+        .as_ref()
+        .with_context(|| format!("{} has no graph", path.display()))?;
+    let opsets: Vec<String> = proto
+        .opset_import
+        .iter()
+        .map(|o| {
+            format!(
+                "{}:{}",
+                if o.domain.is_empty() { "ai.onnx" } else { &o.domain },
+                o.version
+            )
+        })
+        .collect();
+    println!(
+        "model     {} ({} bytes, producer {} {}, opsets {})",
+        path.display(),
+        bytes.len(),
+        proto.producer_name,
+        proto.producer_version,
+        opsets.join(" ")
+    );
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &g.node {
+        *counts.entry(&n.op_type).or_default() += 1;
+    }
+    let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    println!("onnx ops  {} nodes: {}", g.node.len(), list.join(", "));
+    let model = match load(path, shapes, &PipelineOptions::default()) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("unsupported / errors:");
+            bail!(e)
+        }
+    };
+    let gr = &model.graph;
+    for &v in gr.inputs() {
+        println!("input     {}: {}", gr.value(v).name, gr.value(v).ty);
+    }
+    for &v in gr.outputs() {
+        println!("output    {}: {}", gr.value(v).name, gr.value(v).ty);
+    }
+    layer_table(gr)?;
+    println!("unsupported ops: none");
+    Ok(())
+}
+
+fn layer_table(g: &Graph) -> Result<()> {
+    println!();
+    println!(
+        "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
+        "#", "node", "op", "output", "MACs", "params", "act bytes"
+    );
+    let mut total_macs = 0u64;
+    let mut act_total = 0u64;
+    let mut act_max = 0u64;
+    let mut by_op: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for (i, n) in g.topo_order()?.into_iter().enumerate() {
+        let node = g.node(n);
+        let macs = analysis::macs(g, n);
+        let params: usize = node
+            .inputs
+            .iter()
+            .filter_map(|&v| g.const_value(v))
+            .map(|t| t.numel())
+            .sum();
+        let act: u64 = node.outputs.iter().map(|&o| g.value(o).ty.bytes() as u64).sum();
+        total_macs += macs;
+        act_total += act;
+        act_max = act_max.max(act);
+        let e = by_op.entry(node.op.name()).or_default();
+        e.0 += 1;
+        e.1 += macs;
+        let out = g.value(node.outputs[0]).ty.to_string();
+        let name: String = node.name.chars().take(36).collect();
+        println!(
+            "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
+            i,
+            name,
+            node.op.name(),
+            out,
+            human(macs),
+            human(params as u64),
+            act
+        );
+    }
+    let params = analysis::parameter_count(g);
+    let param_bytes: usize = (0..g.num_values())
+        .map(kiln_ir::ValueId::from_index)
+        .filter(|&v| matches!(g.value(v).def, ValueDef::Const(_)) && !g.consumers(v).is_empty())
+        .map(|v| g.value(v).ty.bytes())
+        .sum();
+    println!();
+    let list: Vec<String> = by_op
+        .iter()
+        .map(|(k, (c, m))| {
+            if *m > 0 {
+                format!("{k} x{c} ({} MACs)", human(*m))
+            } else {
+                format!("{k} x{c}")
+            }
+        })
+        .collect();
+    println!("ir ops    {} nodes: {}", g.node_count(), list.join(", "));
+    println!("MACs      {total_macs} total");
+    println!("params    {params} ({param_bytes} bytes)");
+    println!("activations {act_total} bytes in all node outputs, largest {act_max} bytes");
+    Ok(())
+}
+
+fn eval(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<()> {
+    let m = load(path, shapes, &PipelineOptions::default())?;
+    let g = &m.graph;
+    if inputs.len() != g.inputs().len() {
+        bail!(
+            "the model has {} inputs, {} --input given",
+            g.inputs().len(),
+            inputs.len()
+        );
+    }
+    if outputs.len() != g.outputs().len() {
+        bail!(
+            "the model has {} outputs, {} --output given",
+            g.outputs().len(),
+            outputs.len()
+        );
+    }
+    let mut ts = Vec::new();
+    for (i, (p, &v)) in inputs.iter().zip(g.inputs()).enumerate() {
+        let t = kiln::npy::read(p)?;
+        let want = &g.value(v).ty;
+        if t.shape != want.shape || t.data.scalar() != want.dtype.scalar {
+            bail!(
+                "{}: input {i} (`{}`) must be {want}, the file holds {}",
+                p.display(),
+                g.value(v).name,
+                t.ty()
+            );
+        }
+        ts.push(t);
+    }
+    let outs = kiln_ir::eval::run(g, &ts)?;
+    for (p, t) in outputs.iter().zip(&outs) {
+        kiln::npy::write(p, t)?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.cmd {
+        Cmd::Inspect { model, shapes } => inspect(model, shapes),
+        Cmd::Eval {
+            model,
+            shapes,
+            inputs,
+            outputs,
+        } => eval(model, shapes, inputs, outputs),
+        Cmd::Dump {
+            model,
+            shapes,
+            print_after,
+            stop_after,
+        } => {
+            let opts = PipelineOptions {
+                print_after: print_after.clone(),
+                stop_after: stop_after.clone(),
+            };
+            load(model, shapes, &opts).and_then(|m| {
+                print!("{}", kiln_ir::text::dump(&m.graph)?);
+                Ok(())
+            })
+        }
+        Cmd::Ops { markdown } => {
+            if *markdown {
+                print!("{}", kiln::onnx::ops::markdown());
+            } else {
+                for o in kiln::onnx::ops::REGISTRY {
+                    println!("{}", o.op_type);
+                }
+            }
+            Ok(())
+        }
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

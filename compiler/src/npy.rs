@@ -1,0 +1,109 @@
+//! `.npy` files in and out (the format of the reference data and of `kiln eval`), mapped to
+//! IR tensors with their exact element type. Writes go to a temporary name first, so a
+//! failure never leaves a half-written file.
+
+use half::f16;
+use kiln_ir::{Data, Scalar, Tensor};
+use npyz::WriterBuilder;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NpyError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+}
+
+fn scalar_of(descr: &str) -> Option<Scalar> {
+    let d = descr.trim_start_matches(['<', '|', '=']);
+    Some(match d {
+        "f4" => Scalar::F32,
+        "f8" => Scalar::F64,
+        "f2" => Scalar::F16,
+        "i1" => Scalar::I8,
+        "u1" => Scalar::U8,
+        "i2" => Scalar::I16,
+        "u2" => Scalar::U16,
+        "i4" => Scalar::I32,
+        "u4" => Scalar::U32,
+        "i8" => Scalar::I64,
+        "u8" => Scalar::U64,
+        "b1" => Scalar::Bool,
+        _ => return None,
+    })
+}
+
+pub fn read(path: &Path) -> Result<Tensor, NpyError> {
+    let fmt = |msg: String| NpyError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| fmt(format!("not a .npy file ({e})")))?;
+    let descr = match file.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        other => return Err(fmt(format!("unsupported dtype {}", other.descr()))),
+    };
+    if file.order() != npyz::Order::C {
+        return Err(fmt("Fortran-ordered arrays are not supported".into()));
+    }
+    let scalar = scalar_of(&descr).ok_or_else(|| fmt(format!("unsupported dtype `{descr}`")))?;
+    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| fmt("absurd shape".into()))?;
+    if n.checked_mul(scalar.size()).is_none_or(|b| b > bytes.len()) {
+        return Err(fmt(format!("shape {shape:?} needs more data than the file holds")));
+    }
+    let io = |e: std::io::Error| fmt(e.to_string());
+    let data = match scalar {
+        Scalar::F32 => Data::F32(file.into_vec().map_err(io)?),
+        Scalar::F64 => Data::F64(file.into_vec().map_err(io)?),
+        Scalar::F16 => Data::F16(file.into_vec::<f16>().map_err(io)?),
+        Scalar::I8 => Data::I8(file.into_vec().map_err(io)?),
+        Scalar::U8 => Data::U8(file.into_vec().map_err(io)?),
+        Scalar::I16 => Data::I16(file.into_vec().map_err(io)?),
+        Scalar::U16 => Data::U16(file.into_vec().map_err(io)?),
+        Scalar::I32 => Data::I32(file.into_vec().map_err(io)?),
+        Scalar::U32 => Data::U32(file.into_vec().map_err(io)?),
+        Scalar::I64 => Data::I64(file.into_vec().map_err(io)?),
+        Scalar::U64 => Data::U64(file.into_vec().map_err(io)?),
+        Scalar::Bool => Data::Bool(file.into_vec().map_err(io)?),
+    };
+    if data.len() != n {
+        return Err(fmt(format!("holds {} values, shape {shape:?} needs {n}", data.len())));
+    }
+    Ok(Tensor::new(shape, data))
+}
+
+fn encode(t: &Tensor) -> std::io::Result<Vec<u8>> {
+    fn put<T: npyz::AutoSerialize + Clone>(shape: &[u64], v: &[T]) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(&mut buf)
+            .begin_nd()?;
+        w.extend(v.iter().cloned())?;
+        w.finish()?;
+        Ok(buf)
+    }
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    kiln_ir::with_data!(&t.data, v => put(&shape, v))
+}
+
+/// Writes `t` to `path` atomically (temporary file, then rename).
+pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = encode(t).map_err(io)?;
+    crate::fsutil::write_atomic(path, &bytes).map_err(io)
+}

@@ -1,0 +1,565 @@
+//! ONNX front end: the only place that knows protobuf. It decodes a model, pins every shape,
+//! and turns each node into IR through the op registry (`ops/`). Nodes whose inputs are all
+//! constant are folded as they are imported, because many IR attributes (reshape targets,
+//! slice bounds, pads) must be static and real exports compute them with Shape/Gather/Concat.
+
+pub mod ops;
+pub mod proto;
+pub mod tensor;
+
+use crate::passes::fold_constants;
+use kiln_ir::{DType, Graph, IrError, Op, Tensor, TensorType, ValueId};
+use prost::Message;
+use proto::{AttributeProto, ModelProto, NodeProto};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Upper bound on the elements of any one tensor (weights, activations, folded constants):
+/// a 100-byte file must not be able to ask for gigabytes.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
+/// A node Kiln cannot import, as reported to the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsupportedOp {
+    pub node: String,
+    pub op_type: String,
+    pub domain: String,
+    pub opset: i64,
+}
+
+impl fmt::Display for UnsupportedOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = if self.domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &self.domain
+        };
+        write!(
+            f,
+            "node `{}`: {} (domain {d}, opset {})",
+            self.node, self.op_type, self.opset
+        )
+    }
+}
+
+fn list(ops: &[UnsupportedOp]) -> String {
+    ops.iter().map(|o| format!("\n  {o}")).collect()
+}
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid ONNX model: {msg}")]
+    Decode { path: PathBuf, msg: String },
+    #[error("{count} unsupported op(s):{list}", count = .0.len(), list = list(.0))]
+    Unsupported(Vec<UnsupportedOp>),
+    #[error("node `{node}` ({op_type}): {msg}")]
+    Node { node: String, op_type: String, msg: String },
+    #[error("node `{node}` reads `{name}`, which is not a graph input, initializer or node output")]
+    MissingInput { node: String, name: String },
+    #[error("the graph has a cycle through node `{node}`")]
+    Cycle { node: String },
+    #[error("input `{input}`: dimension {index} is symbolic (`{param}`); pin it with --input-shape {input}=...")]
+    DynamicDim { input: String, index: usize, param: String },
+    #[error("input `{input}`: {msg}")]
+    BadInput { input: String, msg: String },
+    #[error("tensor `{name}`: {msg}")]
+    BadTensor { name: String, msg: String },
+    #[error("graph output `{0}` is not produced by any node")]
+    MissingOutput(String),
+    #[error(transparent)]
+    Ir(#[from] IrError),
+}
+
+/// How to pin shapes the model leaves open.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Full shapes for named inputs (`--input-shape name=1,3,32,32`).
+    pub input_shapes: HashMap<String, Vec<usize>>,
+}
+
+/// A successful import with the notices worth telling the user.
+pub struct Imported {
+    pub graph: Graph,
+    pub notices: Vec<String>,
+    pub opset: i64,
+}
+
+/// Reads and imports a model file.
+pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    if model.graph.is_none() {
+        return Err(ImportError::Decode {
+            path: path.to_path_buf(),
+            msg: "no graph (is this an ONNX model?)".into(),
+        });
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    import_model(&model, &name, path.parent(), opts)
+}
+
+/// The ONNX `default` domain has two spellings.
+fn is_default_domain(d: &str) -> bool {
+    d.is_empty() || d == "ai.onnx"
+}
+
+pub fn import_model(
+    model: &ModelProto,
+    name: &str,
+    base_dir: Option<&Path>,
+    opts: &ImportOptions,
+) -> Result<Imported, ImportError> {
+    let g = model.graph.as_ref().expect("checked by caller");
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| is_default_domain(&o.domain))
+        .map(|o| o.version)
+        .unwrap_or(if model.opset_import.is_empty() { 1 } else { 0 });
+    let mut cx = Ctx {
+        graph: Graph::new(if g.name.is_empty() { name } else { &g.name }),
+        names: HashMap::new(),
+        opset,
+        notices: Vec::new(),
+        node_name: String::new(),
+        op_type: String::new(),
+    };
+
+    // Every op Kiln cannot import, all at once, before any work.
+    let unsupported: Vec<UnsupportedOp> = g
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| ops::find(&n.op_type, &n.domain).is_none())
+        .map(|(i, n)| UnsupportedOp {
+            node: node_name(n, i),
+            op_type: n.op_type.clone(),
+            domain: n.domain.clone(),
+            opset: model
+                .opset_import
+                .iter()
+                .find(|o| o.domain == n.domain || (is_default_domain(&n.domain) && is_default_domain(&o.domain)))
+                .map(|o| o.version)
+                .unwrap_or(0),
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(ImportError::Unsupported(unsupported));
+    }
+
+    for init in &g.initializer {
+        let t = tensor::convert(init, base_dir)?;
+        let v = cx.graph.add_const(&init.name, t);
+        cx.names.insert(init.name.clone(), v);
+    }
+    for sp in &g.sparse_initializer {
+        let n = sp.values.as_ref().map(|v| v.name.clone()).unwrap_or_default();
+        return Err(ImportError::BadTensor {
+            name: n,
+            msg: "sparse initializers are not supported".into(),
+        });
+    }
+    for vi in &g.input {
+        if cx.names.contains_key(&vi.name) {
+            continue; // an initializer with a default value: a constant for an AOT compiler
+        }
+        let ty = input_type(vi, opts, &mut cx.notices)?;
+        let v = cx.graph.add_input(&vi.name, ty);
+        cx.names.insert(vi.name.clone(), v);
+    }
+    for k in opts.input_shapes.keys() {
+        if !g.input.iter().any(|i| &i.name == k) {
+            return Err(ImportError::BadInput {
+                input: k.clone(),
+                msg: "--input-shape names an input the model does not have".into(),
+            });
+        }
+    }
+
+    let order = schedule(&g.node, &cx.names)?;
+    let used: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(g.output.iter().map(|o| o.name.as_str()))
+        .collect();
+    for i in order {
+        let node = &g.node[i];
+        cx.node_name = node_name(node, i);
+        cx.op_type = node.op_type.clone();
+        let spec = ops::find(&node.op_type, &node.domain).expect("checked above");
+        let outs = (spec.import)(&mut cx, node)?;
+        for (k, out_name) in node.output.iter().enumerate() {
+            if out_name.is_empty() {
+                continue;
+            }
+            match outs.get(k) {
+                Some(&v) => {
+                    cx.names.insert(out_name.clone(), v);
+                }
+                None if used.contains(out_name.as_str()) => {
+                    return Err(cx.err(format!("output {k} (`{out_name}`) is not supported")));
+                }
+                None => {}
+            }
+        }
+    }
+    for o in &g.output {
+        let v = *cx
+            .names
+            .get(&o.name)
+            .ok_or_else(|| ImportError::MissingOutput(o.name.clone()))?;
+        cx.graph.add_output(v);
+    }
+    Ok(Imported {
+        graph: cx.graph,
+        notices: cx.notices,
+        opset,
+    })
+}
+
+fn node_name(n: &NodeProto, i: usize) -> String {
+    if n.name.is_empty() {
+        format!("{}_{i}", n.op_type)
+    } else {
+        n.name.clone()
+    }
+}
+
+/// Node order with every input defined before use (ONNX requires a sorted graph, but
+/// exporters get it wrong); a cycle or an undefined input is an error naming the node.
+fn schedule(nodes: &[NodeProto], known: &HashMap<String, ValueId>) -> Result<Vec<usize>, ImportError> {
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            producer.insert(o, i);
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        for inp in n.input.iter().filter(|s| !s.is_empty()) {
+            if !producer.contains_key(inp.as_str()) && !known.contains_key(inp) {
+                return Err(ImportError::MissingInput {
+                    node: node_name(n, i),
+                    name: inp.clone(),
+                });
+            }
+        }
+    }
+    // 0 = unvisited, 1 = on stack, 2 = done; iterative DFS keeps deep graphs off the call stack.
+    let mut state = vec![0u8; nodes.len()];
+    let mut order = Vec::with_capacity(nodes.len());
+    for root in 0..nodes.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        let mut stack = vec![(root, 0usize)];
+        state[root] = 1;
+        while let Some((n, k)) = stack.pop() {
+            let deps: Vec<usize> = nodes[n]
+                .input
+                .iter()
+                .filter_map(|s| producer.get(s.as_str()).copied())
+                .collect();
+            if k < deps.len() {
+                stack.push((n, k + 1));
+                let d = deps[k];
+                match state[d] {
+                    0 => {
+                        state[d] = 1;
+                        stack.push((d, 0));
+                    }
+                    1 => {
+                        return Err(ImportError::Cycle {
+                            node: node_name(&nodes[d], d),
+                        });
+                    }
+                    _ => {}
+                }
+            } else {
+                state[n] = 2;
+                order.push(n);
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn input_type(
+    vi: &proto::ValueInfoProto,
+    opts: &ImportOptions,
+    notices: &mut Vec<String>,
+) -> Result<TensorType, ImportError> {
+    use proto::tensor_shape_proto::dimension::Value as D;
+    use proto::type_proto::Value as T;
+    let bad = |msg: String| ImportError::BadInput {
+        input: vi.name.clone(),
+        msg,
+    };
+    let Some(T::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(bad("only tensor inputs are supported".into()));
+    };
+    let scalar = tensor::scalar_of(tt.elem_type).ok_or_else(|| {
+        bad(format!(
+            "element type {} is not supported",
+            proto::data_type::name(tt.elem_type)
+        ))
+    })?;
+    let shape = if let Some(s) = opts.input_shapes.get(&vi.name) {
+        if let Some(decl) = &tt.shape
+            && decl.dim.len() != s.len()
+        {
+            return Err(bad(format!(
+                "--input-shape gives rank {}, the model declares rank {}",
+                s.len(),
+                decl.dim.len()
+            )));
+        }
+        if let Some(decl) = &tt.shape {
+            for (i, (d, &want)) in decl.dim.iter().zip(s).enumerate() {
+                if let Some(D::DimValue(v)) = d.value
+                    && v >= 0
+                    && v as usize != want
+                {
+                    return Err(bad(format!(
+                        "--input-shape sets dimension {i} to {want}, the model fixes it at {v}"
+                    )));
+                }
+            }
+        }
+        s.clone()
+    } else {
+        let decl = tt
+            .shape
+            .as_ref()
+            .ok_or_else(|| bad("has no declared shape; give one with --input-shape".into()))?;
+        let mut out = Vec::with_capacity(decl.dim.len());
+        for (i, d) in decl.dim.iter().enumerate() {
+            match &d.value {
+                Some(D::DimValue(v)) if *v >= 0 => out.push(*v as usize),
+                other => {
+                    // Some exporters write -1 for an unknown dimension: treat it as symbolic.
+                    let param = match other {
+                        Some(D::DimParam(p)) => p.clone(),
+                        Some(D::DimValue(v)) => v.to_string(),
+                        None => "?".into(),
+                    };
+                    if i == 0 {
+                        notices.push(format!(
+                            "input `{}`: symbolic batch dimension `{param}` set to 1",
+                            vi.name
+                        ));
+                        out.push(1);
+                    } else {
+                        return Err(ImportError::DynamicDim {
+                            input: vi.name.clone(),
+                            index: i,
+                            param,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    };
+    tensor::checked_numel(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), &vi.name)?;
+    Ok(TensorType::new(DType::plain(scalar), shape))
+}
+
+/// Import state handed to each op importer.
+pub struct Ctx {
+    pub graph: Graph,
+    names: HashMap<String, ValueId>,
+    pub opset: i64,
+    pub notices: Vec<String>,
+    node_name: String,
+    op_type: String,
+}
+
+impl Ctx {
+    /// An error about the node being imported.
+    pub fn err(&self, msg: impl Into<String>) -> ImportError {
+        ImportError::Node {
+            node: self.node_name.clone(),
+            op_type: self.op_type.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Optional input `i` (absent or empty name gives `None`).
+    pub fn input(&self, n: &NodeProto, i: usize) -> Option<ValueId> {
+        n.input.get(i).filter(|s| !s.is_empty()).map(|s| self.names[s])
+    }
+
+    pub fn req(&self, n: &NodeProto, i: usize) -> Result<ValueId, ImportError> {
+        self.input(n, i)
+            .ok_or_else(|| self.err(format!("input {i} is required")))
+    }
+
+    /// All present inputs, in order.
+    pub fn inputs(&self, n: &NodeProto) -> Vec<ValueId> {
+        (0..n.input.len()).filter_map(|i| self.input(n, i)).collect()
+    }
+
+    pub fn ty(&self, v: ValueId) -> &TensorType {
+        &self.graph.value(v).ty
+    }
+
+    pub fn rank(&self, v: ValueId) -> usize {
+        self.ty(v).shape.len()
+    }
+
+    /// Value of optional input `i`, which must be a compile-time constant when present.
+    pub fn const_input(&self, n: &NodeProto, i: usize) -> Result<Option<Arc<Tensor>>, ImportError> {
+        match self.input(n, i) {
+            None => Ok(None),
+            Some(v) => self.graph.const_value(v).cloned().map(Some).ok_or_else(|| {
+                self.err(format!(
+                    "input {i} (`{}`) must be a compile-time constant",
+                    self.graph.value(v).name
+                ))
+            }),
+        }
+    }
+
+    /// Integer values of optional constant input `i`.
+    pub fn const_ints(&self, n: &NodeProto, i: usize) -> Result<Option<Vec<i64>>, ImportError> {
+        Ok(self.const_input(n, i)?.map(|t| t.to_i64_vec()))
+    }
+
+    pub fn constant(&mut self, name: &str, t: Tensor) -> ValueId {
+        self.graph.add_const(name, t)
+    }
+
+    /// Adds the IR node for the ONNX node being imported (its outputs get the ONNX names),
+    /// folding it at once if every input is constant.
+    pub fn add(&mut self, n: &NodeProto, op: Op, inputs: Vec<ValueId>) -> Result<Vec<ValueId>, ImportError> {
+        let names: Vec<&str> = n.output.iter().map(String::as_str).collect();
+        let name = self.node_name.clone();
+        self.add_named(&name, op, inputs, &names)
+    }
+
+    /// Adds a helper node (for lowerings) named after the current node.
+    pub fn add_aux(&mut self, suffix: &str, op: Op, inputs: Vec<ValueId>) -> Result<ValueId, ImportError> {
+        let name = format!("{}/{suffix}", self.node_name);
+        let outs = self.add_named(&name, op, inputs, &[name.as_str()])?;
+        Ok(outs[0])
+    }
+
+    fn add_named(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: Vec<ValueId>,
+        outs: &[&str],
+    ) -> Result<Vec<ValueId>, ImportError> {
+        let op_name = op.name();
+        let (id, vals) = self
+            .graph
+            .add_node(name, op, inputs, outs)
+            .map_err(|e| self.node_error(e))?;
+        for &v in &vals {
+            let ty = &self.graph.value(v).ty;
+            if ty
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_none_or(|n| n > MAX_ELEMENTS)
+            {
+                return Err(self.err(format!(
+                    "{op_name} output {ty} exceeds the limit of {MAX_ELEMENTS} elements"
+                )));
+            }
+        }
+        fold_constants::fold_node(&mut self.graph, id).map_err(|e| self.node_error(e))?;
+        Ok(vals)
+    }
+
+    fn node_error(&self, e: IrError) -> ImportError {
+        let e = match e {
+            IrError::AtNode { source, .. } => *source,
+            e => e,
+        };
+        self.err(e.to_string())
+    }
+
+    /// Normalizes a possibly negative axis against `rank`.
+    pub fn axis(&self, a: i64, rank: usize) -> Result<usize, ImportError> {
+        let r = rank as i64;
+        if a < -r || a >= r {
+            return Err(self.err(format!("axis {a} is out of range for rank {rank}")));
+        }
+        Ok(if a < 0 { (a + r) as usize } else { a as usize })
+    }
+
+    /// Checks ints used as dimensions (reshape targets, repeats, sizes) before they are used.
+    pub fn dims(&self, v: &[i64], what: &str) -> Result<Vec<usize>, ImportError> {
+        tensor::checked_numel(v, what).map_err(|e| self.err(e.to_string()))?;
+        Ok(v.iter().map(|&d| d as usize).collect())
+    }
+}
+
+/// Typed access to a node's attributes.
+pub struct Attrs<'a>(pub &'a [AttributeProto]);
+
+impl<'a> Attrs<'a> {
+    pub fn of(n: &'a NodeProto) -> Self {
+        Attrs(&n.attribute)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a AttributeProto> {
+        self.0.iter().find(|a| a.name == name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn i(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map(|a| a.i).unwrap_or(default)
+    }
+
+    pub fn f(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map(|a| a.f).unwrap_or(default)
+    }
+
+    pub fn s(&self, name: &str, default: &str) -> String {
+        self.get(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.get(name).map(|a| a.ints.clone())
+    }
+
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.get(name).map(|a| a.floats.clone())
+    }
+
+    pub fn strings(&self, name: &str) -> Option<Vec<String>> {
+        self.get(name).map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! TensorProto to IR tensor: every storage field ONNX allows (typed fields, `raw_data`,
+//! external data files), with sizes checked before anything is allocated.
+
+use super::proto::{TensorProto, data_type as dt};
+use super::{ImportError, MAX_ELEMENTS};
+use half::f16;
+use kiln_ir::{Data, Scalar, Tensor};
+use std::path::Path;
+
+/// IR scalar for an ONNX data type code.
+pub fn scalar_of(code: i32) -> Option<Scalar> {
+    Some(match code {
+        dt::FLOAT => Scalar::F32,
+        dt::DOUBLE => Scalar::F64,
+        dt::FLOAT16 => Scalar::F16,
+        dt::INT8 => Scalar::I8,
+        dt::UINT8 => Scalar::U8,
+        dt::INT16 => Scalar::I16,
+        dt::UINT16 => Scalar::U16,
+        dt::INT32 => Scalar::I32,
+        dt::UINT32 => Scalar::U32,
+        dt::INT64 => Scalar::I64,
+        dt::UINT64 => Scalar::U64,
+        dt::BOOL => Scalar::Bool,
+        _ => return None,
+    })
+}
+
+/// Element count of `dims`, refusing negative or absurd sizes.
+pub fn checked_numel(dims: &[i64], what: &str) -> Result<usize, ImportError> {
+    let mut n: usize = 1;
+    for &d in dims {
+        if d < 0 {
+            return Err(ImportError::BadTensor {
+                name: what.to_string(),
+                msg: format!("negative dimension in {dims:?}"),
+            });
+        }
+        n = n
+            .checked_mul(d as usize)
+            .filter(|&n| n <= MAX_ELEMENTS)
+            .ok_or_else(|| ImportError::BadTensor {
+                name: what.to_string(),
+                msg: format!("dimensions {dims:?} exceed the limit of {MAX_ELEMENTS} elements"),
+            })?;
+    }
+    Ok(n)
+}
+
+pub fn convert(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, ImportError> {
+    let name = if t.name.is_empty() { "<unnamed tensor>" } else { &t.name };
+    let bad = |msg: String| ImportError::BadTensor {
+        name: name.to_string(),
+        msg,
+    };
+    let scalar = scalar_of(t.data_type)
+        .ok_or_else(|| bad(format!("element type {} is not supported", dt::name(t.data_type))))?;
+    let n = checked_numel(&t.dims, name)?;
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let external;
+    let raw: Option<&[u8]> = if t.data_location == 1 {
+        external = read_external(t, base_dir).map_err(bad)?;
+        Some(&external)
+    } else if !t.raw_data.is_empty() || (n == 0) {
+        Some(&t.raw_data)
+    } else {
+        None
+    };
+    let data = match raw {
+        Some(bytes) => {
+            if bytes.len() != n * scalar.size() {
+                return Err(bad(format!(
+                    "holds {} bytes, shape {shape:?} of {scalar} needs {}",
+                    bytes.len(),
+                    n * scalar.size()
+                )));
+            }
+            Data::from_le_bytes(scalar, bytes).expect("length checked")
+        }
+        None => {
+            let len = match scalar {
+                Scalar::F32 => t.float_data.len(),
+                Scalar::F64 => t.double_data.len(),
+                Scalar::I64 => t.int64_data.len(),
+                Scalar::U32 | Scalar::U64 => t.uint64_data.len(),
+                _ => t.int32_data.len(),
+            };
+            if len != n {
+                return Err(bad(format!("holds {len} values, shape {shape:?} needs {n}")));
+            }
+            match scalar {
+                Scalar::F32 => Data::F32(t.float_data.clone()),
+                Scalar::F64 => Data::F64(t.double_data.clone()),
+                Scalar::I64 => Data::I64(t.int64_data.clone()),
+                Scalar::U64 => Data::U64(t.uint64_data.clone()),
+                Scalar::U32 => Data::U32(t.uint64_data.iter().map(|&v| v as u32).collect()),
+                // float16 stores its bit pattern in int32_data.
+                Scalar::F16 => Data::F16(t.int32_data.iter().map(|&v| f16::from_bits(v as u16)).collect()),
+                s => Data::I32(t.int32_data.clone()).cast(s),
+            }
+        }
+    };
+    Ok(Tensor::new(shape, data))
+}
+
+fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+    let loc = get("location").ok_or("external data without a `location`")?;
+    let rel = Path::new(loc);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!(
+            "external data location `{loc}` must be a relative path inside the model's folder"
+        ));
+    }
+    let path = base_dir.unwrap_or(Path::new(".")).join(rel);
+    let parse = |k: &str| -> Result<u64, String> {
+        get(k)
+            .map(|v| v.parse::<u64>().map_err(|_| format!("bad external data {k} `{v}`")))
+            .unwrap_or(Ok(0))
+    };
+    let offset = parse("offset")?;
+    let length = get("length").map(|_| parse("length")).transpose()?;
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read external data file {}: {e}", path.display()))?;
+    let start = offset as usize;
+    let end = match length {
+        Some(l) => start.checked_add(l as usize).ok_or("external data range overflows")?,
+        None => bytes.len(),
+    };
+    if start > end || end > bytes.len() {
+        return Err(format!(
+            "external data range {start}..{end} is outside {} ({} bytes)",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(bytes[start..end].to_vec())
+}
+
+/// IR tensor to TensorProto (raw little-endian data); used by tests and fixtures.
+pub fn to_proto(name: &str, t: &Tensor) -> TensorProto {
+    let code = match t.data.scalar() {
+        Scalar::F32 => dt::FLOAT,
+        Scalar::F64 => dt::DOUBLE,
+        Scalar::F16 => dt::FLOAT16,
+        Scalar::I8 => dt::INT8,
+        Scalar::U8 => dt::UINT8,
+        Scalar::I16 => dt::INT16,
+        Scalar::U16 => dt::UINT16,
+        Scalar::I32 => dt::INT32,
+        Scalar::U32 => dt::UINT32,
+        Scalar::I64 => dt::INT64,
+        Scalar::U64 => dt::UINT64,
+        Scalar::Bool => dt::BOOL,
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: t.shape.iter().map(|&d| d as i64).collect(),
+        data_type: code,
+        raw_data: t.data.to_le_bytes(),
+        ..Default::default()
+    }
+}

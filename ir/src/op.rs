@@ -1,0 +1,581 @@
+//! The closed set of operations Kiln compiles. Every attribute is typed and already resolved
+//! to static values (pads are explicit, axes are non-negative, target shapes are concrete), so
+//! backends never re-derive ONNX defaults. Adding an op means extending this enum; the
+//! compiler then points at every `match` that must learn it.
+
+use crate::dtype::Scalar;
+
+/// Elementwise operations with one input. Parameters travel with the variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Relu,
+    LeakyRelu { alpha: f32 },
+    Elu { alpha: f32 },
+    Celu { alpha: f32 },
+    Selu { alpha: f32, gamma: f32 },
+    ThresholdedRelu { alpha: f32 },
+    HardSigmoid { alpha: f32, beta: f32 },
+    HardSwish,
+    Sigmoid,
+    Tanh,
+    Softplus,
+    Softsign,
+    Mish,
+    Gelu { tanh_approx: bool },
+    Clip { min: f32, max: f32 },
+    Exp,
+    Log,
+    Sqrt,
+    Neg,
+    Abs,
+    Sign,
+    Reciprocal,
+    Floor,
+    Ceil,
+    Round,
+    Erf,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    Not,
+    IsNaN,
+    IsInf { positive: bool, negative: bool },
+    BitwiseNot,
+}
+
+/// Elementwise operations with two inputs and numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Integer modulo with the sign of the divisor (`fmod = false`) or C `fmod`.
+    Mod {
+        fmod: bool,
+    },
+    /// `x < 0 ? slope * x : x` with broadcasting slope.
+    PRelu,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+    BitwiseAnd,
+    BitwiseOr,
+    BitwiseXor,
+    BitShiftLeft,
+    BitShiftRight,
+}
+
+impl BinaryOp {
+    /// Comparisons and logic produce `bool` whatever the input type.
+    pub fn yields_bool(self) -> bool {
+        use BinaryOp::*;
+        matches!(
+            self,
+            Equal | Less | LessOrEqual | Greater | GreaterOrEqual | And | Or | Xor
+        )
+    }
+}
+
+/// Spatial window geometry shared by convolution and pooling. Pads are explicit:
+/// `pads[i]` is the start pad of spatial axis `i`, `pads[rank + i]` the end pad.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conv {
+    pub window: Window,
+    pub group: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvTranspose {
+    pub window: Window,
+    pub group: usize,
+    pub output_padding: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg {
+        count_include_pad: bool,
+    },
+    /// Lp pooling with integer p.
+    Lp {
+        p: u32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub kind: PoolKind,
+    pub window: Window,
+    pub ceil_mode: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+    L1,
+    L2,
+    LogSum,
+    LogSumExp,
+    SumSquare,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+    Wrap,
+}
+
+/// Per-axis slice, resolved against the static input shape: output index `j` on this axis
+/// reads input index `start + j * step`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceAxis {
+    pub start: i64,
+    pub step: i64,
+    pub len: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RnnKind {
+    Rnn,
+    Gru { linear_before_reset: bool },
+    Lstm { input_forget: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RnnDirection {
+    Forward,
+    Reverse,
+    Bidirectional,
+}
+
+impl RnnDirection {
+    pub fn count(self) -> usize {
+        if self == RnnDirection::Bidirectional { 2 } else { 1 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Sigmoid,
+    Tanh,
+    Relu,
+    LeakyRelu(f32),
+    HardSigmoid(f32, f32),
+    Affine(f32, f32),
+    ScaledTanh(f32, f32),
+    ThresholdedRelu(f32),
+    Elu(f32),
+    Softsign,
+    Softplus,
+}
+
+/// ONNX RNN/GRU/LSTM. Inputs are always `[X, W, R, B, initial_h]`, for LSTM then
+/// `initial_c` and optionally the peepholes `P`; the importer materializes missing optional
+/// ones as zeros.
+/// Outputs are always `[Y, Y_h]` (+ `Y_c` for LSTM).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rnn {
+    pub kind: RnnKind,
+    pub hidden: usize,
+    pub direction: RnnDirection,
+    /// Gate activations, per direction, in ONNX order (f, g[, h]).
+    pub activations: Vec<Activation>,
+    pub clip: Option<f32>,
+    /// `layout = 1`: batch-major X/Y.
+    pub batch_major: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    Nearest(NearestMode),
+    Linear,
+    Cubic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordMode {
+    HalfPixel,
+    HalfPixelSymmetric,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfCropAndResize,
+}
+
+/// Resize with the resolved output shape and the per-axis scale factors used for coordinates. `roi` is only read by
+/// `TfCropAndResize` (start then end per axis, normalized coordinates).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resize {
+    pub sizes: Vec<usize>,
+    pub mode: ResizeMode,
+    pub coord: CoordMode,
+    pub scales: Vec<f32>,
+    pub roi: Vec<f32>,
+    pub cubic_a: f32,
+    pub exclude_outside: bool,
+    pub extrapolation: f32,
+}
+
+/// One op of the graph. Input and output arity is documented per variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `[x] -> [y]`, copies its input (kept only until `remove_identities` runs).
+    Identity,
+    Unary(UnaryOp),
+    /// `[a, b] -> [y]` with numpy broadcasting.
+    Binary(BinaryOp),
+    /// `[cond, a, b] -> [y]`.
+    Where,
+    /// `[x] -> [y]`; value conversion to another storage kind.
+    Cast {
+        to: Scalar,
+    },
+    /// `[x, w] | [x, w, b] -> [y]`; NC* layout, weights `[M, C/group, k...]`.
+    Conv(Conv),
+    /// `[x, w] | [x, w, b] -> [y]`; weights `[C, M/group, k...]`.
+    ConvTranspose(ConvTranspose),
+    /// `[a, b] | [a, b, c] -> [y]`: `alpha * op(a) @ op(b) + beta * c`.
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    /// `[a, b] -> [y]`, numpy matmul with batch broadcasting.
+    MatMul,
+    /// `[x] -> [y]`, sliding window over NC* spatial axes.
+    Pool(Pool),
+    /// `[x] -> [y]`, reduce all spatial axes to 1.
+    GlobalPool(PoolKind),
+    /// `[x, scale, bias, mean, var] -> [y]`, inference form.
+    BatchNorm {
+        epsilon: f32,
+    },
+    /// `[x, scale, bias] -> [y]`.
+    InstanceNorm {
+        epsilon: f32,
+    },
+    /// `[x, scale] | [x, scale, bias] -> [y]`, normalizing axes `axis..rank`.
+    LayerNorm {
+        axis: usize,
+        epsilon: f32,
+    },
+    /// `[x] -> [y]`, square-sum over a window of channels.
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
+    /// `[x] -> [y]` along one axis.
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
+    Hardmax {
+        axis: usize,
+    },
+    /// `[x] -> [y]`; any reshape-like (Reshape, Flatten, Squeeze, Unsqueeze) with the result shape.
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// `[x...] -> [y]`.
+    Concat {
+        axis: usize,
+    },
+    /// `[x] -> [y...]`, one output per entry of `sizes`.
+    Split {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    /// `[x] -> [y]`, one entry per input axis.
+    Slice {
+        axes: Vec<SliceAxis>,
+    },
+    /// `[x] | [x, value] -> [y]`; `pads` as in ONNX (all starts, then all ends), may be negative.
+    Pad {
+        mode: PadMode,
+        pads: Vec<i64>,
+    },
+    /// `[x, indices] -> [y]`.
+    Gather {
+        axis: usize,
+    },
+    GatherElements {
+        axis: usize,
+    },
+    /// `[data, indices] -> [y]`.
+    GatherNd {
+        batch_dims: usize,
+    },
+    /// `[data, indices, updates] -> [y]`.
+    ScatterElements {
+        axis: usize,
+    },
+    ScatterNd,
+    /// `[x] -> [y]`, broadcast to the static output shape.
+    Expand {
+        shape: Vec<usize>,
+    },
+    Tile {
+        repeats: Vec<usize>,
+    },
+    /// `[x] -> [y]`.
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    /// `[x] -> [y: i64]`.
+    ArgMax {
+        axis: usize,
+        keep_dims: bool,
+        last: bool,
+    },
+    ArgMin {
+        axis: usize,
+        keep_dims: bool,
+        last: bool,
+    },
+    /// `[x] -> [y]`.
+    CumSum {
+        axis: usize,
+        exclusive: bool,
+        reverse: bool,
+    },
+    /// `[indices, values] -> [y]` with values `[off, on]`.
+    OneHot {
+        axis: usize,
+        depth: usize,
+    },
+    /// `[x] -> [y]`, lower (`upper = false`) or upper triangle with diagonal offset `k`.
+    Trilu {
+        upper: bool,
+        k: i64,
+    },
+    /// `[x...] -> [y]`, general Einstein summation (`ij,jk->ik`).
+    Einsum {
+        equation: String,
+    },
+    Rnn(Rnn),
+    /// `[x] -> [y]`.
+    Resize(Resize),
+    /// `[x, y] -> [values, indices]`.
+    TopK {
+        axis: usize,
+        k: usize,
+        largest: bool,
+        sorted: bool,
+    },
+}
+
+impl Op {
+    /// Short stable name used in the text form, tables and diagnostics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Identity => "Identity",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Where => "Where",
+            Op::Cast { .. } => "Cast",
+            Op::Conv(_) => "Conv",
+            Op::ConvTranspose(_) => "ConvTranspose",
+            Op::Gemm { .. } => "Gemm",
+            Op::MatMul => "MatMul",
+            Op::Pool(p) => match p.kind {
+                PoolKind::Max => "MaxPool",
+                PoolKind::Avg { .. } => "AveragePool",
+                PoolKind::Lp { .. } => "LpPool",
+            },
+            Op::GlobalPool(k) => match k {
+                PoolKind::Max => "GlobalMaxPool",
+                PoolKind::Avg { .. } => "GlobalAveragePool",
+                PoolKind::Lp { .. } => "GlobalLpPool",
+            },
+            Op::BatchNorm { .. } => "BatchNorm",
+            Op::InstanceNorm { .. } => "InstanceNorm",
+            Op::LayerNorm { .. } => "LayerNorm",
+            Op::Lrn { .. } => "Lrn",
+            Op::Softmax { .. } => "Softmax",
+            Op::LogSoftmax { .. } => "LogSoftmax",
+            Op::Hardmax { .. } => "Hardmax",
+            Op::Reshape { .. } => "Reshape",
+            Op::Transpose { .. } => "Transpose",
+            Op::Concat { .. } => "Concat",
+            Op::Split { .. } => "Split",
+            Op::Slice { .. } => "Slice",
+            Op::Pad { .. } => "Pad",
+            Op::Gather { .. } => "Gather",
+            Op::GatherElements { .. } => "GatherElements",
+            Op::GatherNd { .. } => "GatherNd",
+            Op::ScatterElements { .. } => "ScatterElements",
+            Op::ScatterNd => "ScatterNd",
+            Op::Expand { .. } => "Expand",
+            Op::Tile { .. } => "Tile",
+            Op::Reduce { kind, .. } => match kind {
+                ReduceKind::Sum => "ReduceSum",
+                ReduceKind::Mean => "ReduceMean",
+                ReduceKind::Max => "ReduceMax",
+                ReduceKind::Min => "ReduceMin",
+                ReduceKind::Prod => "ReduceProd",
+                ReduceKind::L1 => "ReduceL1",
+                ReduceKind::L2 => "ReduceL2",
+                ReduceKind::LogSum => "ReduceLogSum",
+                ReduceKind::LogSumExp => "ReduceLogSumExp",
+                ReduceKind::SumSquare => "ReduceSumSquare",
+            },
+            Op::ArgMax { .. } => "ArgMax",
+            Op::ArgMin { .. } => "ArgMin",
+            Op::CumSum { .. } => "CumSum",
+            Op::OneHot { .. } => "OneHot",
+            Op::Trilu { .. } => "Trilu",
+            Op::Einsum { .. } => "Einsum",
+            Op::Rnn(r) => match r.kind {
+                RnnKind::Rnn => "RNN",
+                RnnKind::Gru { .. } => "GRU",
+                RnnKind::Lstm { .. } => "LSTM",
+            },
+            Op::Resize(_) => "Resize",
+            Op::TopK { .. } => "TopK",
+        }
+    }
+
+    /// Ops that are pure data movement (no arithmetic); useful for reports and fusion.
+    pub fn is_layout(&self) -> bool {
+        matches!(
+            self,
+            Op::Identity
+                | Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Concat { .. }
+                | Op::Split { .. }
+                | Op::Slice { .. }
+                | Op::Expand { .. }
+                | Op::Tile { .. }
+        )
+    }
+}
+
+impl UnaryOp {
+    pub fn name(&self) -> &'static str {
+        use UnaryOp::*;
+        match self {
+            Relu => "Relu",
+            LeakyRelu { .. } => "LeakyRelu",
+            Elu { .. } => "Elu",
+            Celu { .. } => "Celu",
+            Selu { .. } => "Selu",
+            ThresholdedRelu { .. } => "ThresholdedRelu",
+            HardSigmoid { .. } => "HardSigmoid",
+            HardSwish => "HardSwish",
+            Sigmoid => "Sigmoid",
+            Tanh => "Tanh",
+            Softplus => "Softplus",
+            Softsign => "Softsign",
+            Mish => "Mish",
+            Gelu { .. } => "Gelu",
+            Clip { .. } => "Clip",
+            Exp => "Exp",
+            Log => "Log",
+            Sqrt => "Sqrt",
+            Neg => "Neg",
+            Abs => "Abs",
+            Sign => "Sign",
+            Reciprocal => "Reciprocal",
+            Floor => "Floor",
+            Ceil => "Ceil",
+            Round => "Round",
+            Erf => "Erf",
+            Sin => "Sin",
+            Cos => "Cos",
+            Tan => "Tan",
+            Asin => "Asin",
+            Acos => "Acos",
+            Atan => "Atan",
+            Sinh => "Sinh",
+            Cosh => "Cosh",
+            Asinh => "Asinh",
+            Acosh => "Acosh",
+            Atanh => "Atanh",
+            Not => "Not",
+            IsNaN => "IsNaN",
+            IsInf { .. } => "IsInf",
+            BitwiseNot => "BitwiseNot",
+        }
+    }
+}
+
+impl BinaryOp {
+    pub fn name(&self) -> &'static str {
+        use BinaryOp::*;
+        match self {
+            Add => "Add",
+            Sub => "Sub",
+            Mul => "Mul",
+            Div => "Div",
+            Pow => "Pow",
+            Max => "Max",
+            Min => "Min",
+            Mod { .. } => "Mod",
+            PRelu => "PRelu",
+            Equal => "Equal",
+            Less => "Less",
+            LessOrEqual => "LessOrEqual",
+            Greater => "Greater",
+            GreaterOrEqual => "GreaterOrEqual",
+            And => "And",
+            Or => "Or",
+            Xor => "Xor",
+            BitwiseAnd => "BitwiseAnd",
+            BitwiseOr => "BitwiseOr",
+            BitwiseXor => "BitwiseXor",
+            BitShiftLeft => "BitShiftLeft",
+            BitShiftRight => "BitShiftRight",
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! ONNX backend node tests through import, the pass pipeline and the reference evaluator.
+//! Cases come from the `onnx` wheel (see `scripts/fetch-onnx-tests.sh`); the manifest
+//! `tests/conformance/evaluator.pass` lists those that must pass. A listed case that fails
+//! fails the run; unlisted cases are reported (with the reason) but do not fail it.
+//! `KILN_BLESS=1` rewrites the manifest with the cases passing now.
+//! Tolerance: the ONNX backend-test default, |got - want| <= 1e-7 + 1e-3 * |want|; integer
+//! and bool outputs exactly.
+
+use kiln::{ImportOptions, PipelineOptions};
+use kiln_tests::{compare, read_pb, repo};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const RTOL: f64 = 1e-3;
+const ATOL: f64 = 1e-7;
+
+fn run_case(dir: &Path) -> Result<(), String> {
+    let sets: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("test_data_set"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = sets.first().ok_or("no test data")?;
+    let numbered = |d: &Path, prefix: &str| -> Vec<PathBuf> {
+        (0..)
+            .map(|i| d.join(format!("{prefix}_{i}.pb")))
+            .take_while(|p| p.exists())
+            .collect()
+    };
+    // Pin every input's shape from the data so symbolic dims resolve.
+    let proto = {
+        use prost::Message;
+        let b = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
+        kiln::onnx::proto::ModelProto::decode(b.as_slice()).map_err(|e| e.to_string())?
+    };
+    let g = proto.graph.as_ref().ok_or("no graph")?;
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let graph_inputs: Vec<&str> = g
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !inits.contains(n))
+        .collect();
+    let mut shapes = HashMap::new();
+    let first_inputs = numbered(first, "input");
+    for (name, p) in graph_inputs.iter().zip(&first_inputs) {
+        shapes.insert(name.to_string(), read_pb(p)?.shape);
+    }
+    let model = kiln::load(
+        &dir.join("model.onnx"),
+        &ImportOptions { input_shapes: shapes },
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .map_err(|e| e.to_string())?;
+    for set in &sets {
+        let inputs = numbered(set, "input")
+            .iter()
+            .map(|p| read_pb(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wants = numbered(set, "output")
+            .iter()
+            .map(|p| read_pb(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if inputs.len() != model.graph.inputs().len() {
+            return Err(format!(
+                "{} inputs in data, {} in graph",
+                inputs.len(),
+                model.graph.inputs().len()
+            ));
+        }
+        let got = kiln_ir::eval::run(&model.graph, &inputs).map_err(|e| e.to_string())?;
+        if got.len() != wants.len() {
+            return Err(format!("{} outputs, expected {}", got.len(), wants.len()));
+        }
+        for (i, (g, w)) in got.iter().zip(&wants).enumerate() {
+            let (worst, max_abs) = compare(g, w, RTOL, ATOL).map_err(|e| format!("output {i}: {e}"))?;
+            if worst > 1.0 {
+                return Err(format!("output {i}: off by {max_abs:e} ({worst:.1}x the tolerance)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let root = repo();
+    let dir = std::env::var_os("KILN_ONNX_NODE_TESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/onnx-node-tests/onnx/backend/test/data/node"));
+    let manifest_path = root.join("tests/conformance/evaluator.pass");
+    if !dir.is_dir() {
+        if std::env::var_os("KILN_REQUIRE_CONFORMANCE").is_some() {
+            eprintln!(
+                "conformance data missing at {}; run scripts/fetch-onnx-tests.sh",
+                dir.display()
+            );
+            std::process::exit(1);
+        }
+        println!(
+            "conformance: data not found at {} (run scripts/fetch-onnx-tests.sh); skipped",
+            dir.display()
+        );
+        return;
+    }
+    let manifest: BTreeSet<String> = std::fs::read_to_string(&manifest_path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("readable node test dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    cases.sort();
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if let Some(f) = &filter {
+        cases.retain(|c| c.file_name().unwrap().to_string_lossy().contains(f.as_str()));
+    }
+    let results: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
+    let next = Mutex::new(0usize);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap();
+                        *n += 1;
+                        *n - 1
+                    };
+                    let Some(case) = cases.get(i) else { break };
+                    let name = case.file_name().unwrap().to_string_lossy().into_owned();
+                    let r = std::panic::catch_unwind(|| run_case(case)).unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                        Err(format!("PANIC: {}", msg.unwrap_or_default()))
+                    });
+                    results.lock().unwrap().insert(name, r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    let (mut passed, mut failed, mut new_pass, mut outside) = (0, 0, Vec::new(), 0);
+    let mut report = String::new();
+    for (name, r) in &results {
+        let listed = manifest.contains(name);
+        match (listed, r) {
+            (true, Ok(())) => passed += 1,
+            (true, Err(e)) => {
+                failed += 1;
+                println!("FAIL {name}: {e}");
+            }
+            (false, Ok(())) => new_pass.push(name.clone()),
+            (false, Err(e)) => {
+                outside += 1;
+                report.push_str(&format!("{name}: {e}\n"));
+            }
+        }
+    }
+    let _ = std::fs::create_dir_all(root.join("target"));
+    let _ = std::fs::write(root.join("target/conformance-unsupported.txt"), &report);
+    if std::env::var_os("KILN_BLESS").is_some() && filter.is_none() {
+        let pass: Vec<&String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n).collect();
+        let mut text = String::from(
+            "# ONNX node tests (onnx 1.20.0) that must pass on the reference evaluator.\n# Regenerate with KILN_BLESS=1 cargo test -p kiln-tests --test conformance\n",
+        );
+        for n in &pass {
+            text.push_str(n);
+            text.push('\n');
+        }
+        std::fs::write(&manifest_path, text).expect("write manifest");
+        println!("blessed {} cases into {}", pass.len(), manifest_path.display());
+    }
+    for n in &new_pass {
+        println!("new pass (not in manifest): {n}");
+    }
+    println!(
+        "conformance: {} cases; {} listed in the manifest; {} outside it fail (reasons in target/conformance-unsupported.txt)",
+        results.len(),
+        manifest.len(),
+        outside
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
