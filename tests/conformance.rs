@@ -6,9 +6,9 @@
 //! Tolerance: the ONNX backend-test default, |got - want| <= 1e-7 + 1e-3 * |want|; integer
 //! and bool outputs exactly.
 
-use kiln::{ImportOptions, PipelineOptions};
+use kiln::{ImportError, ImportOptions, PipelineOptions};
 use kiln_tests::{compare, read_pb, repo};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -36,7 +36,6 @@ fn run_case(dir: &Path) -> Result<(), String> {
             .take_while(|p| p.exists())
             .collect()
     };
-    // Pin every input's shape from the data so symbolic dims resolve.
     let proto = {
         use prost::Message;
         let b = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
@@ -50,18 +49,6 @@ fn run_case(dir: &Path) -> Result<(), String> {
         .map(|i| i.name.as_str())
         .filter(|n| !inits.contains(n))
         .collect();
-    let mut shapes = HashMap::new();
-    let first_inputs = numbered(first, "input");
-    for (name, p) in graph_inputs.iter().zip(&first_inputs) {
-        shapes.insert(name.to_string(), read_pb(p)?.shape);
-    }
-    let model = kiln::load(
-        &dir.join("model.onnx"),
-        &ImportOptions { input_shapes: shapes },
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .map_err(|e| e.to_string())?;
     for set in &sets {
         let inputs = numbered(set, "input")
             .iter()
@@ -71,14 +58,57 @@ fn run_case(dir: &Path) -> Result<(), String> {
             .iter()
             .map(|p| read_pb(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if inputs.len() != model.graph.inputs().len() {
+        if inputs.len() != graph_inputs.len() {
             return Err(format!(
                 "{} inputs in data, {} in graph",
                 inputs.len(),
-                model.graph.inputs().len()
+                graph_inputs.len()
             ));
         }
-        let got = kiln_ir::eval::run(&model.graph, &inputs).map_err(|e| e.to_string())?;
+        // Shapes come from the data; inputs an op needs as constants (axes, pads, sizes) are
+        // bound to this set's values, as a user would with `--bind`.
+        let mut opts = ImportOptions::default();
+        for (name, t) in graph_inputs.iter().zip(&inputs) {
+            opts.input_shapes.insert(name.to_string(), t.shape.clone());
+        }
+        let mut bound_ints = false;
+        let model = loop {
+            match kiln::load(&dir.join("model.onnx"), &opts, &PipelineOptions::default(), |_, _| {}) {
+                Ok(m) => break m,
+                Err(kiln::Error::Import(ImportError::NotConstant {
+                    name,
+                    graph_input: true,
+                    ..
+                })) if !opts.constant_inputs.contains_key(&name) => {
+                    let i = graph_inputs
+                        .iter()
+                        .position(|n| *n == name)
+                        .ok_or("bound input not found")?;
+                    opts.input_shapes.remove(&name);
+                    opts.constant_inputs.insert(name, inputs[i].clone());
+                }
+                // A value computed from inputs must be constant: bind the integer inputs once.
+                Err(kiln::Error::Import(ImportError::NotConstant { graph_input: false, .. })) if !bound_ints => {
+                    bound_ints = true;
+                    for (name, t) in graph_inputs
+                        .iter()
+                        .zip(&inputs)
+                        .filter(|(_, t)| !t.data.scalar().is_float())
+                    {
+                        opts.input_shapes.remove(*name);
+                        opts.constant_inputs.insert(name.to_string(), t.clone());
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let free: Vec<_> = graph_inputs
+            .iter()
+            .zip(&inputs)
+            .filter(|(n, _)| !opts.constant_inputs.contains_key(**n))
+            .map(|(_, t)| t.clone())
+            .collect();
+        let got = kiln_ir::eval::run(&model.graph, &free).map_err(|e| e.to_string())?;
         if got.len() != wants.len() {
             return Err(format!("{} outputs, expected {}", got.len(), wants.len()));
         }

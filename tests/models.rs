@@ -33,7 +33,13 @@ fn case_settings(dir: &Path) -> (ImportOptions, f64) {
             }
         }
     }
-    (ImportOptions { input_shapes }, atol)
+    (
+        ImportOptions {
+            input_shapes,
+            ..Default::default()
+        },
+        atol,
+    )
 }
 
 fn check_model(dir: &Path) -> Result<String, String> {

@@ -22,6 +22,9 @@ struct ShapeArgs {
     /// Pin an input's shape: NAME=D0,D1,... (repeatable).
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     input_shape: Vec<String>,
+    /// Freeze an input to the value in a .npy file, compiling it in as a constant (repeatable).
+    #[arg(long = "bind", value_name = "NAME=FILE")]
+    bind: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -78,7 +81,17 @@ fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
             .with_context(|| format!("--input-shape `{spec}`: dimensions must be non-negative integers"))?;
         input_shapes.insert(name.to_string(), dims);
     }
-    Ok(ImportOptions { input_shapes })
+    let mut constant_inputs = HashMap::new();
+    for spec in &s.bind {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--bind `{spec}`: expected NAME=FILE.npy"))?;
+        constant_inputs.insert(name.to_string(), kiln::npy::read(Path::new(file))?);
+    }
+    Ok(ImportOptions {
+        input_shapes,
+        constant_inputs,
+    })
 }
 
 fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions) -> Result<kiln::Model> {

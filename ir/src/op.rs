@@ -149,6 +149,16 @@ pub enum ReduceKind {
     SumSquare,
 }
 
+/// How a scatter combines an update with the value already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterReduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PadMode {
     Constant,
@@ -356,8 +366,11 @@ pub enum Op {
     /// `[data, indices, updates] -> [y]`.
     ScatterElements {
         axis: usize,
+        reduction: ScatterReduction,
     },
-    ScatterNd,
+    ScatterNd {
+        reduction: ScatterReduction,
+    },
     /// `[x] -> [y]`, broadcast to the static output shape.
     Expand {
         shape: Vec<usize>,
@@ -454,7 +467,7 @@ impl Op {
             Op::GatherElements { .. } => "GatherElements",
             Op::GatherNd { .. } => "GatherNd",
             Op::ScatterElements { .. } => "ScatterElements",
-            Op::ScatterNd => "ScatterNd",
+            Op::ScatterNd { .. } => "ScatterNd",
             Op::Expand { .. } => "Expand",
             Op::Tile { .. } => "Tile",
             Op::Reduce { kind, .. } => match kind {

@@ -456,7 +456,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             s.extend(&d.shape[batch_dims + last..]);
             Ok(vec![TensorType::new(d.dtype.clone(), s)])
         }
-        ScatterElements { .. } | ScatterNd => {
+        ScatterElements { .. } | ScatterNd { .. } => {
             arity(op, inputs, 3, 3)?;
             same_scalar(op, inputs[0], inputs[2])?;
             Ok(vec![x().clone()])

@@ -59,6 +59,14 @@ pub enum ImportError {
     Unsupported(Vec<UnsupportedOp>),
     #[error("node `{node}` ({op_type}): {msg}")]
     Node { node: String, op_type: String, msg: String },
+    #[error("node `{node}` ({op_type}): input {index} (`{name}`) must be a compile-time constant{hint}", hint = if *.graph_input { "; it is a graph input: bind it with --bind NAME=FILE.npy" } else { "" })]
+    NotConstant {
+        node: String,
+        op_type: String,
+        index: usize,
+        name: String,
+        graph_input: bool,
+    },
     #[error("node `{node}` reads `{name}`, which is not a graph input, initializer or node output")]
     MissingInput { node: String, name: String },
     #[error("the graph has a cycle through node `{node}`")]
@@ -80,6 +88,9 @@ pub enum ImportError {
 pub struct ImportOptions {
     /// Full shapes for named inputs (`--input-shape name=1,3,32,32`).
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Inputs frozen to a value (`--bind name=file.npy`): they become constants, which lets
+    /// shape-like inputs (axes, sizes, pads) fold.
+    pub constant_inputs: HashMap<String, Tensor>,
 }
 
 /// A successful import with the notices worth telling the user.
@@ -177,15 +188,33 @@ pub fn import_model(
         if cx.names.contains_key(&vi.name) {
             continue; // an initializer with a default value: a constant for an AOT compiler
         }
+        if let Some(t) = opts.constant_inputs.get(&vi.name) {
+            let mut o = opts.clone();
+            o.input_shapes.insert(vi.name.clone(), t.shape.clone());
+            let ty = input_type(vi, &o, &mut Vec::new())?;
+            if ty.dtype.scalar != t.data.scalar() {
+                return Err(ImportError::BadInput {
+                    input: vi.name.clone(),
+                    msg: format!(
+                        "bound to a {} value, the model declares {}",
+                        t.data.scalar(),
+                        ty.dtype.scalar
+                    ),
+                });
+            }
+            let v = cx.graph.add_const(&vi.name, t.clone());
+            cx.names.insert(vi.name.clone(), v);
+            continue;
+        }
         let ty = input_type(vi, opts, &mut cx.notices)?;
         let v = cx.graph.add_input(&vi.name, ty);
         cx.names.insert(vi.name.clone(), v);
     }
-    for k in opts.input_shapes.keys() {
+    for k in opts.input_shapes.keys().chain(opts.constant_inputs.keys()) {
         if !g.input.iter().any(|i| &i.name == k) {
             return Err(ImportError::BadInput {
                 input: k.clone(),
-                msg: "--input-shape names an input the model does not have".into(),
+                msg: "no such graph input".into(),
             });
         }
     }
@@ -430,12 +459,18 @@ impl Ctx {
     pub fn const_input(&self, n: &NodeProto, i: usize) -> Result<Option<Arc<Tensor>>, ImportError> {
         match self.input(n, i) {
             None => Ok(None),
-            Some(v) => self.graph.const_value(v).cloned().map(Some).ok_or_else(|| {
-                self.err(format!(
-                    "input {i} (`{}`) must be a compile-time constant",
-                    self.graph.value(v).name
-                ))
-            }),
+            Some(v) => self
+                .graph
+                .const_value(v)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| ImportError::NotConstant {
+                    node: self.node_name.clone(),
+                    op_type: self.op_type.clone(),
+                    index: i,
+                    name: self.graph.value(v).name.clone(),
+                    graph_input: matches!(self.graph.value(v).def, kiln_ir::ValueDef::Input(_)),
+                }),
         }
     }
 
@@ -454,6 +489,12 @@ impl Ctx {
         let names: Vec<&str> = n.output.iter().map(String::as_str).collect();
         let name = self.node_name.clone();
         self.add_named(&name, op, inputs, &names)
+    }
+
+    /// Like [`Ctx::add`] for an IR op that makes only the node's first output.
+    pub fn add_first(&mut self, n: &NodeProto, op: Op, inputs: Vec<ValueId>) -> Result<Vec<ValueId>, ImportError> {
+        let name = self.node_name.clone();
+        self.add_named(&name, op, inputs, &[n.output[0].as_str()])
     }
 
     /// Adds a helper node (for lowerings) named after the current node.

@@ -4,7 +4,7 @@
 use super::{broadcast_offsets, for_each_index};
 use crate::error::{IrError, Result};
 use crate::map_data;
-use crate::op::{PadMode, SliceAxis};
+use crate::op::{PadMode, ScatterReduction, SliceAxis};
 use crate::tensor::{Data, Elem, Tensor, strides};
 
 pub(crate) fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
@@ -222,20 +222,49 @@ pub(crate) fn gather_nd(x: &Tensor, ind: &Tensor, b: usize, out: Vec<usize>) -> 
     Ok(Tensor::new(out, x.data.gather(&idx)))
 }
 
-fn scatter(x: &Tensor, upd: &Tensor, targets: &[usize]) -> Tensor {
-    fn put<T: Elem>(d: &mut [T], u: &Data, targets: &[usize], per: usize) {
+/// Writes `per` update elements at each target offset, combining by `red` (in update order,
+/// so duplicate indices accumulate as ONNX specifies).
+fn scatter(x: &Tensor, upd: &Tensor, targets: &[usize], red: ScatterReduction) -> Tensor {
+    fn put<T: Elem>(d: &mut [T], u: &Data, targets: &[usize], per: usize, red: ScatterReduction) {
         let u = T::unwrap(u).expect("same type");
         for (k, &t) in targets.iter().enumerate() {
-            d[t..t + per].copy_from_slice(&u[k * per..(k + 1) * per]);
+            for j in 0..per {
+                let (old, new) = (d[t + j], u[k * per + j]);
+                d[t + j] = match red {
+                    ScatterReduction::None => new,
+                    ScatterReduction::Add => T::from_f64(old.to_f64() + new.to_f64()),
+                    ScatterReduction::Mul => T::from_f64(old.to_f64() * new.to_f64()),
+                    ScatterReduction::Max => {
+                        if new > old {
+                            new
+                        } else {
+                            old
+                        }
+                    }
+                    ScatterReduction::Min => {
+                        if new < old {
+                            new
+                        } else {
+                            old
+                        }
+                    }
+                };
+            }
         }
     }
     let mut data = x.data.clone();
     let per = upd.numel() / targets.len().max(1);
-    crate::with_data!(&mut data, d => put(d, &upd.data, targets, per));
+    crate::with_data!(&mut data, d => put(d, &upd.data, targets, per, red));
     Tensor::new(x.shape.clone(), data)
 }
 
-pub(crate) fn scatter_elements(x: &Tensor, ind: &Tensor, upd: &Tensor, axis: usize) -> Result<Tensor> {
+pub(crate) fn scatter_elements(
+    x: &Tensor,
+    ind: &Tensor,
+    upd: &Tensor,
+    axis: usize,
+    red: ScatterReduction,
+) -> Result<Tensor> {
     let st = strides(&x.shape);
     let ids = ind.to_i64_vec();
     let mut targets = Vec::with_capacity(ids.len());
@@ -260,10 +289,10 @@ pub(crate) fn scatter_elements(x: &Tensor, ind: &Tensor, upd: &Tensor, axis: usi
     if let Some(e) = err {
         return Err(e);
     }
-    Ok(scatter(x, upd, &targets))
+    Ok(scatter(x, upd, &targets, red))
 }
 
-pub(crate) fn scatter_nd(x: &Tensor, ind: &Tensor, upd: &Tensor) -> Result<Tensor> {
+pub(crate) fn scatter_nd(x: &Tensor, ind: &Tensor, upd: &Tensor, red: ScatterReduction) -> Result<Tensor> {
     let last = *ind.shape.last().unwrap_or(&0);
     let st = strides(&x.shape);
     let ids = ind.to_i64_vec();
@@ -275,7 +304,7 @@ pub(crate) fn scatter_nd(x: &Tensor, ind: &Tensor, upd: &Tensor) -> Result<Tenso
                 .try_fold(0, |acc, (j, &i)| Ok(acc + index(i, x.shape[j], "ScatterND")? * st[j]))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(scatter(x, upd, &targets))
+    Ok(scatter(x, upd, &targets, red))
 }
 
 pub(crate) fn expand(x: &Tensor, shape: &[usize]) -> Tensor {

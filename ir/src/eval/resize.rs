@@ -27,11 +27,9 @@ fn source_coord(rz: &Resize, axis: usize, x: usize, len_in: usize, len_out: usiz
             }
         }
         CoordMode::AlignCorners => {
-            if len_out == 1 {
-                0.0
-            } else {
-                x * (li - 1.0) / (lo - 1.0)
-            }
+            // ONNX measures the resized length here as `scale * length`, not the floored size.
+            let lo = s * li;
+            if len_out == 1 { 0.0 } else { x * (li - 1.0) / (lo - 1.0) }
         }
         CoordMode::Asymmetric => x / s,
         CoordMode::TfCropAndResize => {

@@ -2,6 +2,7 @@
 
 use crate::onnx::proto::NodeProto;
 use crate::onnx::{Attrs, Ctx, ImportError};
+use kiln_ir::op::ScatterReduction;
 use kiln_ir::{Op, ValueId};
 
 pub fn gather(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
@@ -22,25 +23,28 @@ pub fn gather_nd(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportErro
     cx.add(n, Op::GatherNd { batch_dims: b }, vec![x, i])
 }
 
-fn no_reduction(cx: &Ctx, n: &NodeProto) -> Result<(), ImportError> {
-    let r = Attrs::of(n).s("reduction", "none");
-    if r != "none" {
-        return Err(cx.err(format!("reduction `{r}` is not supported")));
-    }
-    Ok(())
+fn reduction(cx: &Ctx, n: &NodeProto) -> Result<ScatterReduction, ImportError> {
+    Ok(match Attrs::of(n).s("reduction", "none").as_str() {
+        "none" => ScatterReduction::None,
+        "add" => ScatterReduction::Add,
+        "mul" => ScatterReduction::Mul,
+        "max" => ScatterReduction::Max,
+        "min" => ScatterReduction::Min,
+        r => return Err(cx.err(format!("reduction `{r}` is not supported"))),
+    })
 }
 
 pub fn scatter_elements(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
-    no_reduction(cx, n)?;
+    let reduction = reduction(cx, n)?;
     let (x, i, u) = (cx.req(n, 0)?, cx.req(n, 1)?, cx.req(n, 2)?);
     let axis = cx.axis(Attrs::of(n).i("axis", 0), cx.rank(x))?;
-    cx.add(n, Op::ScatterElements { axis }, vec![x, i, u])
+    cx.add(n, Op::ScatterElements { axis, reduction }, vec![x, i, u])
 }
 
 pub fn scatter_nd(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
-    no_reduction(cx, n)?;
+    let reduction = reduction(cx, n)?;
     let ins = vec![cx.req(n, 0)?, cx.req(n, 1)?, cx.req(n, 2)?];
-    cx.add(n, Op::ScatterNd, ins)
+    cx.add(n, Op::ScatterNd { reduction }, ins)
 }
 
 pub fn one_hot(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {

@@ -156,7 +156,7 @@ pub static REGISTRY: &[OpSpec] = &[
     op(
         "LayerNormalization",
         norm::layer_norm,
-        "axis, epsilon; Mean/InvStdDev outputs not supported",
+        "axis, epsilon, Mean and InvStdDev outputs",
     ),
     op("LogSoftmax", norm::softmax, "axis; opset < 13 flattens at axis"),
     op("LRN", norm::lrn, "size, alpha, beta, bias"),
@@ -207,8 +207,17 @@ pub static REGISTRY: &[OpSpec] = &[
     op("GatherElements", index::gather_elements, "axis"),
     op("GatherND", index::gather_nd, "batch_dims"),
     op("OneHot", index::one_hot, "constant depth, axis"),
-    op("ScatterElements", index::scatter_elements, "axis; reduction none only"),
-    op("ScatterND", index::scatter_nd, "reduction none only"),
+    op(
+        "Scatter",
+        index::scatter_elements,
+        "axis (deprecated alias of ScatterElements)",
+    ),
+    op(
+        "ScatterElements",
+        index::scatter_elements,
+        "axis, reduction none/add/mul/max/min",
+    ),
+    op("ScatterND", index::scatter_nd, "reduction none/add/mul/max/min"),
     op("TopK", index::topk, "constant K, axis, largest; always sorted"),
     op("Trilu", index::trilu, "upper, constant k"),
     // Reductions.

@@ -2,7 +2,8 @@
 
 use crate::onnx::proto::NodeProto;
 use crate::onnx::{Attrs, Ctx, ImportError};
-use kiln_ir::{Op, ValueId};
+use kiln_ir::op::{BinaryOp, ReduceKind, UnaryOp};
+use kiln_ir::{Op, Tensor, ValueId};
 
 fn only_first_output(cx: &Ctx, n: &NodeProto) -> Result<(), ImportError> {
     if n.output.iter().skip(1).any(|o| !o.is_empty()) {
@@ -39,20 +40,34 @@ pub fn instance_norm(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, Import
 }
 
 pub fn layer_norm(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
-    only_first_output(cx, n)?;
     let a = Attrs::of(n);
     let x = cx.req(n, 0)?;
-    let axis = cx.axis(a.i("axis", -1), cx.rank(x))?;
+    let r = cx.rank(x);
+    let axis = cx.axis(a.i("axis", -1), r)?;
+    let epsilon = a.f("epsilon", 1e-5);
     let mut ins = vec![x, cx.req(n, 1)?];
     ins.extend(cx.input(n, 2));
-    cx.add(
-        n,
-        Op::LayerNorm {
-            axis,
-            epsilon: a.f("epsilon", 1e-5),
-        },
-        ins,
-    )
+    let mut outs = cx.add_first(n, Op::LayerNorm { axis, epsilon }, ins)?;
+    // The optional Mean and InvStdDev outputs are rebuilt from reductions when asked for.
+    if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+        let axes: Vec<usize> = (axis..r).collect();
+        let mean_op = Op::Reduce {
+            kind: ReduceKind::Mean,
+            axes,
+            keep_dims: true,
+        };
+        let mean = cx.add_aux("mean", mean_op.clone(), vec![x])?;
+        let d = cx.add_aux("centered", Op::Binary(BinaryOp::Sub), vec![x, mean])?;
+        let sq = cx.add_aux("squared", Op::Binary(BinaryOp::Mul), vec![d, d])?;
+        let var = cx.add_aux("variance", mean_op, vec![sq])?;
+        let eps = Tensor::scalar_f32(epsilon).cast(cx.ty(x).dtype.scalar);
+        let eps = cx.constant(&format!("{}/epsilon", cx.node_name()), eps);
+        let ve = cx.add_aux("variance_eps", Op::Binary(BinaryOp::Add), vec![var, eps])?;
+        let sd = cx.add_aux("stddev", Op::Unary(UnaryOp::Sqrt), vec![ve])?;
+        let inv = cx.add_aux("inv_stddev", Op::Unary(UnaryOp::Reciprocal), vec![sd])?;
+        outs.extend([mean, inv]);
+    }
+    Ok(outs)
 }
 
 pub fn lrn(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {

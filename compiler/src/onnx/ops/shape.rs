@@ -14,7 +14,7 @@ pub fn identity(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError
         {
             return Err(cx.err("training_mode = true is not supported by an inference compiler"));
         }
-        let mut outs = cx.add(n, Op::Identity, vec![x])?;
+        let mut outs = cx.add_first(n, Op::Identity, vec![x])?;
         if n.output.len() > 1 && !n.output[1].is_empty() {
             let shape = cx.ty(x).shape.clone();
             let numel = shape.iter().product();
