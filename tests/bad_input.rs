@@ -1,1 +1,307 @@
+//! Malformed and unsupported models: each must give a typed error that names the file,
+//! node, tensor or input at fault — never a panic, never a huge allocation.
 
+use kiln::onnx::proto::{StringStringEntryProto, TensorProto};
+use kiln::{Error, ImportError, ImportOptions, PipelineOptions};
+use kiln_tests::*;
+use std::path::Path;
+
+fn load(p: &Path) -> Result<kiln::Model, Error> {
+    load_with(p, ImportOptions::default())
+}
+
+fn load_with(p: &Path, o: ImportOptions) -> Result<kiln::Model, Error> {
+    kiln::load(p, &o, &PipelineOptions::default(), |_, _| {})
+}
+
+fn err_text(r: Result<kiln::Model, Error>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn relu_model() -> kiln::onnx::proto::ModelProto {
+    model(
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[1, 4])],
+        vec![],
+        13,
+    )
+}
+
+#[test]
+fn truncated_file() {
+    let src = repo().join("tests/models/mlperf_tiny_kws_dscnn/model.onnx");
+    let bytes = std::fs::read(&src).unwrap();
+    let p = write_model("truncated", &relu_model());
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_text(load(&p));
+    assert!(
+        e.contains("is not a valid ONNX model") && e.contains("model.onnx"),
+        "{e}"
+    );
+}
+
+#[test]
+fn not_onnx_at_all() {
+    let p = write_model("text", &relu_model());
+    std::fs::write(&p, "this is a text file, not a model\n").unwrap();
+    let e = err_text(load(&p));
+    assert!(e.contains("is not a valid ONNX model"), "{e}");
+}
+
+#[test]
+fn missing_file() {
+    let e = err_text(load(Path::new("/nonexistent/kiln/model.onnx")));
+    assert!(e.contains("cannot read /nonexistent/kiln/model.onnx"), "{e}");
+}
+
+#[test]
+fn all_unsupported_ops_reported_at_once() {
+    let mut foo = node("FooOp", "first_bad", &["x"], &["a"], vec![]);
+    foo.domain = "com.example".into();
+    let m = model(
+        vec![
+            foo,
+            node("Relu", "ok", &["a"], &["b"], vec![]),
+            node("NonZero", "second_bad", &["b"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[1, 4])],
+        vec![],
+        13,
+    );
+    match load(&write_model("unsupported", &m)) {
+        Err(Error::Import(ImportError::Unsupported(ops))) => {
+            assert_eq!(ops.len(), 2);
+            assert_eq!(
+                (ops[0].node.as_str(), ops[0].op_type.as_str(), ops[0].domain.as_str()),
+                ("first_bad", "FooOp", "com.example")
+            );
+            assert_eq!(
+                (ops[1].node.as_str(), ops[1].op_type.as_str(), ops[1].opset),
+                ("second_bad", "NonZero", 13)
+            );
+        }
+        other => panic!("expected Unsupported, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn cyclic_graph() {
+    let m = model(
+        vec![
+            node("Add", "a", &["x", "c"], &["b"], vec![]),
+            node("Relu", "r", &["b"], &["c"], vec![]),
+        ],
+        vec![fixed("x", &[2])],
+        vec![fixed("c", &[2])],
+        vec![],
+        13,
+    );
+    let e = err_text(load(&write_model("cycle", &m)));
+    assert!(e.contains("cycle through node"), "{e}");
+}
+
+#[test]
+fn missing_initializer() {
+    let m = model(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"], vec![])],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[1, 4])],
+        vec![],
+        13,
+    );
+    let e = err_text(load(&write_model("missing", &m)));
+    assert!(e.contains("node `mm` reads `w`"), "{e}");
+}
+
+#[test]
+fn mismatched_shapes() {
+    let m = model(
+        vec![node("Add", "bad_add", &["x", "w"], &["y"], vec![])],
+        vec![fixed("x", &[2, 3])],
+        vec![fixed("y", &[2, 3])],
+        vec![tensor("w", &[4, 5], vec![0.0; 20])],
+        13,
+    );
+    let e = err_text(load(&write_model("shapes", &m)));
+    assert!(e.contains("bad_add") && e.contains("cannot broadcast"), "{e}");
+}
+
+#[test]
+fn absurd_initializer_dims_do_not_allocate() {
+    let mut t = tensor("huge", &[1], vec![0.0]);
+    t.dims = vec![1 << 20, 1 << 20, 1 << 20];
+    let m = model(
+        vec![node("Add", "a", &["x", "huge"], &["y"], vec![])],
+        vec![fixed("x", &[1])],
+        vec![fixed("y", &[1])],
+        vec![t],
+        13,
+    );
+    let e = err_text(load(&write_model("absurd", &m)));
+    assert!(e.contains("tensor `huge`") && e.contains("exceed the limit"), "{e}");
+}
+
+#[test]
+fn absurd_constant_of_shape_does_not_allocate() {
+    let shape = kiln::onnx::tensor::to_proto("s", &kiln_ir::Tensor::from_vec(vec![3], vec![1i64 << 30, 1 << 30, 4]));
+    let m = model(
+        vec![node("ConstantOfShape", "big", &["s"], &["y"], vec![])],
+        vec![],
+        vec![fixed("y", &[1])],
+        vec![shape],
+        13,
+    );
+    let e = err_text(load(&write_model("cos", &m)));
+    assert!(e.contains("big") && e.contains("exceed the limit"), "{e}");
+}
+
+#[test]
+fn data_length_mismatch() {
+    let mut t = tensor("w", &[4], vec![1.0; 4]);
+    t.raw_data.truncate(6);
+    let m = model(
+        vec![node("Add", "a", &["x", "w"], &["y"], vec![])],
+        vec![fixed("x", &[4])],
+        vec![fixed("y", &[4])],
+        vec![t],
+        13,
+    );
+    let e = err_text(load(&write_model("rawlen", &m)));
+    assert!(e.contains("tensor `w`") && e.contains("holds 6 bytes"), "{e}");
+}
+
+#[test]
+fn unpinned_dynamic_dim_is_named() {
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![value("x", &[Some(1), None])],
+        vec![fixed("y", &[1, 4])],
+        vec![],
+        13,
+    );
+    let p = write_model("dyn", &m);
+    let e = err_text(load(&p));
+    assert!(
+        e.contains("input `x`: dimension 1 is symbolic (`d1`)") && e.contains("--input-shape"),
+        "{e}"
+    );
+    // Pinned, it imports; a symbolic leading batch dimension defaults to 1 with a notice.
+    let mut o = ImportOptions::default();
+    o.input_shapes.insert("x".into(), vec![1, 7]);
+    let model = load_with(&p, o).expect("pinned model imports");
+    assert_eq!(model.graph.value(model.graph.inputs()[0]).ty.shape, vec![1, 7]);
+    let m = model_batch();
+    let model = load(&write_model("batch", &m)).expect("symbolic batch defaults to 1");
+    assert_eq!(model.graph.value(model.graph.inputs()[0]).ty.shape, vec![1, 4]);
+    assert!(model.notices.iter().any(|n| n.contains("batch")), "{:?}", model.notices);
+}
+
+fn model_batch() -> kiln::onnx::proto::ModelProto {
+    model(
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![value("x", &[None, Some(4)])],
+        vec![fixed("y", &[1, 4])],
+        vec![],
+        13,
+    )
+}
+
+#[test]
+fn bad_input_shape_option() {
+    let p = write_model("badshape", &relu_model());
+    let mut o = ImportOptions::default();
+    o.input_shapes.insert("x".into(), vec![1, 4, 1]);
+    let e = err_text(load_with(&p, o));
+    assert!(e.contains("input `x`") && e.contains("rank 3"), "{e}");
+    let mut o = ImportOptions::default();
+    o.input_shapes.insert("nope".into(), vec![1]);
+    let e = err_text(load_with(&p, o));
+    assert!(e.contains("input `nope`") && e.contains("no such graph input"), "{e}");
+}
+
+#[test]
+fn external_data_is_read_and_checked() {
+    let p = write_model("external", &relu_model());
+    let dir = p.parent().unwrap();
+    let mut bytes = vec![0u8; 8];
+    for v in [1.5f32, -2.0, 3.25, 0.5] {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(dir.join("weights.bin"), &bytes).unwrap();
+    let ext = |loc: &str| TensorProto {
+        name: "w".into(),
+        dims: vec![4],
+        data_type: kiln::onnx::proto::data_type::FLOAT,
+        data_location: 1,
+        external_data: vec![
+            StringStringEntryProto {
+                key: "location".into(),
+                value: loc.into(),
+            },
+            StringStringEntryProto {
+                key: "offset".into(),
+                value: "8".into(),
+            },
+            StringStringEntryProto {
+                key: "length".into(),
+                value: "16".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    let m = |loc: &str| {
+        model(
+            vec![node("Add", "a", &["x", "w"], &["y"], vec![])],
+            vec![fixed("x", &[4])],
+            vec![fixed("y", &[4])],
+            vec![ext(loc)],
+            13,
+        )
+    };
+    let good = dir.join("good.onnx");
+    std::fs::write(&good, prost::Message::encode_to_vec(&m("weights.bin"))).unwrap();
+    let model = load(&good).expect("external data loads");
+    let x = f32_tensor(&[4], vec![1.0; 4]);
+    let y = kiln_ir::eval::run(&model.graph, &[x]).unwrap();
+    assert_eq!(y[0].as_slice::<f32>().unwrap(), &[2.5, -1.0, 4.25, 1.5]);
+    let bad = dir.join("bad.onnx");
+    std::fs::write(&bad, prost::Message::encode_to_vec(&m("missing.bin"))).unwrap();
+    let e = err_text(load(&bad));
+    assert!(e.contains("tensor `w`") && e.contains("missing.bin"), "{e}");
+    std::fs::write(&bad, prost::Message::encode_to_vec(&m("../escape.bin"))).unwrap();
+    let e = err_text(load(&bad));
+    assert!(e.contains("relative path inside the model's folder"), "{e}");
+}
+
+#[test]
+fn random_corruption_never_panics() {
+    let src = std::fs::read(repo().join("tests/models/mlperf_tiny_kws_dscnn/model.onnx")).unwrap();
+    let p = write_model("fuzz", &relu_model());
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut errs) = (0, 0);
+    for _ in 0..150 {
+        let mut b = src.clone();
+        for _ in 0..1 + next() % 8 {
+            let i = (next() % b.len() as u64) as usize;
+            b[i] = next() as u8;
+        }
+        std::fs::write(&p, &b).unwrap();
+        match load(&p) {
+            Ok(_) => ok += 1,
+            Err(_) => errs += 1,
+        }
+    }
+    assert_eq!(ok + errs, 150);
+    println!("corrupted models: {ok} still imported, {errs} rejected with an error");
+}

@@ -29,7 +29,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
         v.sort();
         v
     };
-    let first = sets.first().ok_or("no test data")?;
+    if sets.is_empty() {
+        return Err("no test data".into());
+    }
     let numbered = |d: &Path, prefix: &str| -> Vec<PathBuf> {
         (0..)
             .map(|i| d.join(format!("{prefix}_{i}.pb")))

@@ -4,7 +4,7 @@
 use kiln::onnx::proto::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
-use kiln_ir::{Scalar, Tensor};
+use kiln_ir::Tensor;
 use std::path::PathBuf;
 
 /// The repository root.
@@ -169,6 +169,5 @@ pub fn write_model(tag: &str, m: &ModelProto) -> PathBuf {
 }
 
 pub fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
-    let _ = Scalar::F32;
     Tensor::from_vec(shape.to_vec(), v)
 }

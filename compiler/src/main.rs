@@ -59,6 +59,18 @@ enum Cmd {
         #[arg(long = "stop-after")]
         stop_after: Option<String>,
     },
+    /// Time inference with the reference evaluator; prints the median per inference.
+    Bench {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Input .npy files in graph order (default: a fixed pseudo-random input).
+        #[arg(long = "input")]
+        inputs: Vec<PathBuf>,
+        /// Timed runs (after one warm-up run).
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// List supported ONNX operators.
     Ops {
         /// Print SUPPORTED_OPS.md.
@@ -266,6 +278,52 @@ fn eval(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], outputs: &[PathBuf]
     Ok(())
 }
 
+/// A deterministic input for `ty`: uniform in [-1, 1) for floats, zeros otherwise.
+fn synthetic(ty: &kiln_ir::TensorType) -> kiln_ir::Tensor {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let n = ty.numel();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let t = kiln_ir::Tensor::from_vec(ty.shape.clone(), v);
+    if ty.dtype.scalar.is_float() {
+        t.cast(ty.dtype.scalar)
+    } else {
+        kiln_ir::Tensor::zeros(ty)
+    }
+}
+
+fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize) -> Result<()> {
+    let m = load(path, shapes, &PipelineOptions::default())?;
+    let g = &m.graph;
+    let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {
+        g.inputs().iter().map(|&v| synthetic(&g.value(v).ty)).collect()
+    } else {
+        inputs.iter().map(|p| kiln::npy::read(p)).collect::<Result<_, _>>()?
+    };
+    kiln_ir::eval::run(g, &ts)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        std::hint::black_box(kiln_ir::eval::run(g, &ts)?);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{}: evaluator, {} runs: median {:.1} us, min {:.1} us per inference",
+        path.display(),
+        times.len(),
+        times[times.len() / 2],
+        times[0]
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
@@ -291,6 +349,12 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             })
         }
+        Cmd::Bench {
+            model,
+            shapes,
+            inputs,
+            runs,
+        } => bench(model, shapes, inputs, *runs),
         Cmd::Ops { markdown } => {
             if *markdown {
                 print!("{}", kiln::onnx::ops::markdown());

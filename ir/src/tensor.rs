@@ -285,7 +285,7 @@ impl Data {
     /// Parses little-endian bytes; `None` if the length is not a multiple of the element size.
     pub fn from_le_bytes(scalar: Scalar, b: &[u8]) -> Option<Data> {
         let n = scalar.size();
-        if b.len() % n != 0 {
+        if !b.len().is_multiple_of(n) {
             return None;
         }
         macro_rules! parse {

@@ -1,34 +1,125 @@
 //! A stable, line-oriented text form of a graph for dumps (`--print-after`), reviews and
-//! pass tests. Nodes print in schedule order; values print as `%name: type`.
+//! pass tests. Nodes print in schedule order as `%out: type = Op(%in, ...) {attrs}  # name`.
 
 use crate::graph::{Graph, ValueDef, ValueId};
-use crate::op::Op;
+use crate::op::*;
 use crate::tensor::Tensor;
 use std::fmt::Write;
 
-fn small(t: &Tensor) -> Option<String> {
-    (t.numel() <= 8).then(|| {
-        let v = t.to_f64_vec();
-        let items: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
-        format!(" = [{}]", items.join(", "))
-    })
+fn small(t: &Tensor) -> String {
+    if t.numel() > 8 {
+        return String::new();
+    }
+    let items: Vec<String> = t.to_f64_vec().iter().map(|x| format!("{x}")).collect();
+    format!(" = [{}]", items.join(", "))
 }
 
-fn attrs(op: &Op) -> String {
-    let d = format!("{op:?}");
-    match d.find(['(', '{']) {
-        Some(i) if !matches!(op, Op::Unary(_) | Op::Binary(_)) => d[i..].to_string(),
-        _ => match op {
-            Op::Unary(u) => {
-                let s = format!("{u:?}");
-                s.find('{').map(|i| s[i..].to_string()).unwrap_or_default()
-            }
-            Op::Binary(b) => {
-                let s = format!("{b:?}");
-                s.find('{').map(|i| s[i..].to_string()).unwrap_or_default()
-            }
+fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn window(w: &Window) -> String {
+    format!(
+        "kernel={} strides={} dilations={} pads={}",
+        list(&w.kernel),
+        list(&w.strides),
+        list(&w.dilations),
+        list(&w.pads)
+    )
+}
+
+/// The attributes of `op` as `key=value` pairs (empty for attribute-free ops).
+pub fn attrs(op: &Op) -> String {
+    match op {
+        Op::Identity | Op::Where | Op::MatMul => String::new(),
+        Op::Unary(u) => {
+            let d = format!("{u:?}");
+            d.find('{')
+                .map(|i| d[i + 1..d.len() - 1].trim().replace(": ", "=").replace(',', ""))
+                .unwrap_or_default()
+        }
+        Op::Binary(b) => match b {
+            BinaryOp::Mod { fmod } => format!("fmod={fmod}"),
             _ => String::new(),
         },
+        Op::Cast { to } => format!("to={to}"),
+        Op::Conv(c) => format!("{} group={}", window(&c.window), c.group),
+        Op::ConvTranspose(c) => {
+            format!(
+                "{} group={} output_padding={}",
+                window(&c.window),
+                c.group,
+                list(&c.output_padding)
+            )
+        }
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => format!("alpha={alpha} beta={beta} trans_a={trans_a} trans_b={trans_b}"),
+        Op::Pool(p) => format!("{} ceil_mode={} kind={:?}", window(&p.window), p.ceil_mode, p.kind),
+        Op::GlobalPool(k) => format!("kind={k:?}"),
+        Op::BatchNorm { epsilon } | Op::InstanceNorm { epsilon } => format!("epsilon={epsilon}"),
+        Op::LayerNorm { axis, epsilon } => format!("axis={axis} epsilon={epsilon}"),
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => format!("size={size} alpha={alpha} beta={beta} bias={bias}"),
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } => format!("axis={axis}"),
+        Op::Reshape { shape } => format!("shape={}", list(shape)),
+        Op::Transpose { perm } => format!("perm={}", list(perm)),
+        Op::Concat { axis } => format!("axis={axis}"),
+        Op::Split { axis, sizes } => format!("axis={axis} sizes={}", list(sizes)),
+        Op::Slice { axes } => {
+            let a: Vec<String> = axes
+                .iter()
+                .map(|s| format!("{}:{}:{}", s.start, s.step, s.len))
+                .collect();
+            format!("start:step:len=[{}]", a.join(","))
+        }
+        Op::Pad { mode, pads } => format!("mode={mode:?} pads={}", list(pads)),
+        Op::Gather { axis } | Op::GatherElements { axis } => format!("axis={axis}"),
+        Op::GatherNd { batch_dims } => format!("batch_dims={batch_dims}"),
+        Op::ScatterElements { axis, reduction } => format!("axis={axis} reduction={reduction:?}"),
+        Op::ScatterNd { reduction } => format!("reduction={reduction:?}"),
+        Op::Expand { shape } => format!("shape={}", list(shape)),
+        Op::Tile { repeats } => format!("repeats={}", list(repeats)),
+        Op::Reduce { axes, keep_dims, .. } => format!("axes={} keep_dims={keep_dims}", list(axes)),
+        Op::ArgMax { axis, keep_dims, last } | Op::ArgMin { axis, keep_dims, last } => {
+            format!("axis={axis} keep_dims={keep_dims} last={last}")
+        }
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+        } => format!("axis={axis} exclusive={exclusive} reverse={reverse}"),
+        Op::OneHot { axis, depth } => format!("axis={axis} depth={depth}"),
+        Op::Trilu { upper, k } => format!("upper={upper} k={k}"),
+        Op::Einsum { equation } => format!("equation=\"{equation}\""),
+        Op::Rnn(r) => format!(
+            "hidden={} direction={:?} kind={:?} activations={:?} clip={:?} batch_major={}",
+            r.hidden, r.direction, r.kind, r.activations, r.clip, r.batch_major
+        ),
+        Op::Resize(r) => format!(
+            "sizes={} scales={} mode={:?} coord={:?} cubic_a={} exclude_outside={} extrapolation={}",
+            list(&r.sizes),
+            list(&r.scales),
+            r.mode,
+            r.coord,
+            r.cubic_a,
+            r.exclude_outside,
+            r.extrapolation
+        ),
+        Op::TopK {
+            axis,
+            k,
+            largest,
+            sorted,
+        } => format!("axis={axis} k={k} largest={largest} sorted={sorted}"),
     }
 }
 
@@ -42,27 +133,18 @@ pub fn dump(g: &Graph) -> crate::Result<String> {
     }
     let order = g.topo_order()?;
     let mut consts: Vec<ValueId> = Vec::new();
-    for &n in &order {
-        for &v in &g.node(n).inputs {
-            if matches!(g.value(v).def, ValueDef::Const(_)) && !consts.contains(&v) {
-                consts.push(v);
-            }
-        }
-    }
-    for &v in g.outputs() {
+    let reads = order
+        .iter()
+        .flat_map(|&n| g.node(n).inputs.iter().copied())
+        .chain(g.outputs().iter().copied());
+    for v in reads {
         if matches!(g.value(v).def, ValueDef::Const(_)) && !consts.contains(&v) {
             consts.push(v);
         }
     }
     for v in consts {
         let t = g.const_value(v).expect("const");
-        let _ = writeln!(
-            s,
-            "  const {}: {}{}",
-            name(v),
-            g.value(v).ty,
-            small(t).unwrap_or_default()
-        );
+        let _ = writeln!(s, "  const {}: {}{}", name(v), g.value(v).ty, small(t));
     }
     for n in order {
         let node = g.node(n);
@@ -72,13 +154,14 @@ pub fn dump(g: &Graph) -> crate::Result<String> {
             .map(|&o| format!("{}: {}", name(o), g.value(o).ty))
             .collect();
         let ins: Vec<String> = node.inputs.iter().map(|&i| name(i)).collect();
+        let a = attrs(&node.op);
+        let a = if a.is_empty() { a } else { format!(" {{{a}}}") };
         let _ = writeln!(
             s,
-            "  {} = {}({}){}  # {}",
+            "  {} = {}({}){a}  # {}",
             outs.join(", "),
             node.op.name(),
             ins.join(", "),
-            attrs(&node.op),
             node.name
         );
     }

@@ -177,7 +177,7 @@ pub fn import_model(
         let v = cx.graph.add_const(&init.name, t);
         cx.names.insert(init.name.clone(), v);
     }
-    for sp in &g.sparse_initializer {
+    if let Some(sp) = g.sparse_initializer.first() {
         let n = sp.values.as_ref().map(|v| v.name.clone()).unwrap_or_default();
         return Err(ImportError::BadTensor {
             name: n,

@@ -3,12 +3,12 @@
 //! the names users see. Kept on purpose: an Identity that copies a graph input or a constant
 //! straight to a graph output (a backend needs a node to write the output buffer).
 
-use kiln_ir::{Graph, IrError, Op, ValueDef};
+use kiln_ir::{Graph, IrError, NodeId, Op, ValueDef};
 
 pub fn run(g: &mut Graph) -> Result<bool, IrError> {
     let mut changed = false;
     for n in g.topo_order()? {
-        if g.node(n).op != Op::Identity {
+        if !is_noop(g, n) {
             continue;
         }
         let (x, y) = (g.node(n).inputs[0], g.node(n).outputs[0]);
@@ -26,4 +26,25 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// Whether node `n` produces exactly its (first) input.
+fn is_noop(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    if node.outputs.len() != 1 || node.inputs.is_empty() {
+        return false;
+    }
+    let (x, y) = (&g.value(node.inputs[0]).ty, &g.value(node.outputs[0]).ty);
+    if x != y {
+        return false;
+    }
+    match &node.op {
+        Op::Identity | Op::Reshape { .. } | Op::Expand { .. } | Op::Cast { .. } => true,
+        Op::Transpose { perm } => perm.iter().enumerate().all(|(i, &p)| i == p),
+        Op::Pad { pads, .. } => pads.iter().all(|&p| p == 0),
+        Op::Slice { axes } => axes.iter().all(|a| a.start == 0 && a.step == 1),
+        Op::Tile { repeats } => repeats.iter().all(|&r| r == 1),
+        Op::Concat { .. } => node.inputs.len() == 1,
+        _ => false,
+    }
 }

@@ -31,7 +31,7 @@ fn out_offsets(shape: &[usize], axes: &[usize]) -> (Vec<usize>, usize) {
 pub(crate) fn reduce(x: &Tensor, kind: ReduceKind, axes: &[usize], keep: bool) -> Tensor {
     use ReduceKind::*;
     let (offs, n_out) = out_offsets(&x.shape, axes);
-    let count = if n_out == 0 { 0 } else { x.numel() / n_out };
+    let count = x.numel().checked_div(n_out).unwrap_or(0);
     let xv = x.to_f64_vec();
     let init = match kind {
         Max => f64::NEG_INFINITY,

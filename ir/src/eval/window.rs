@@ -48,7 +48,7 @@ pub(crate) fn conv<T: Flt>(c: &Conv, x: &[&Tensor], out: &[usize]) -> Result<Ten
     let k: usize = c.window.kernel.iter().product();
     let table = window_table(isp, osp, &c.window);
     let (xv, wv): (&[T], &[T]) = (sl(xt), sl(wt));
-    let bias: Option<&[T]> = x.get(2).map(|b| sl(*b));
+    let bias: Option<&[T]> = x.get(2).map(|b| sl(b));
     let mut y = vec![T::zero(); n * m * p];
     let mut cols = vec![T::zero(); cg * k * p];
     for b in 0..n {

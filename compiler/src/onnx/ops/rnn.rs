@@ -92,12 +92,12 @@ pub fn rnn(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     } else {
         (xt.shape[0], xt.shape[1])
     };
-    if let Some(lens) = cx.const_ints(n, 4)? {
-        if lens.iter().any(|&l| l != seq as i64) {
-            return Err(cx.err(format!(
-                "sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"
-            )));
-        }
+    if let Some(lens) = cx.const_ints(n, 4)?
+        && lens.iter().any(|&l| l != seq as i64)
+    {
+        return Err(cx.err(format!(
+            "sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"
+        )));
     }
     let scalar = xt.dtype.scalar;
     let zeros = |cx: &mut Ctx, what: &str, shape: Vec<usize>| {

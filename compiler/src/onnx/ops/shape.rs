@@ -55,7 +55,7 @@ pub fn reshape(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError>
     let total: usize = src.iter().product();
     if let Some(i) = infer {
         let known: usize = cx.dims(&out, "reshape target")?.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(cx.err(format!("cannot reshape {} to {spec:?}", cx.ty(x))));
         }
         out[i] = (total / known) as i64;
@@ -192,7 +192,7 @@ fn nchw(cx: &Ctx, n: &NodeProto) -> Result<(usize, [usize; 4]), ImportError> {
 
 pub fn depth_to_space(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     let (b, [bn, c, h, w]) = nchw(cx, n)?;
-    if c % (b * b) != 0 {
+    if !c.is_multiple_of(b * b) {
         return Err(cx.err(format!("channels {c} not divisible by blocksize² {}", b * b)));
     }
     let cc = c / (b * b);
@@ -206,7 +206,7 @@ pub fn depth_to_space(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, Impor
 
 pub fn space_to_depth(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     let (b, [bn, c, h, w]) = nchw(cx, n)?;
-    if h % b != 0 || w % b != 0 {
+    if !h.is_multiple_of(b) || !w.is_multiple_of(b) {
         return Err(cx.err(format!("spatial size {h}x{w} not divisible by blocksize {b}")));
     }
     rearrange(

@@ -1,0 +1,125 @@
+//! The `kiln` binary as users run it: the README's commands, exit codes, and files written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("kiln runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn inspect_reports_macs_and_layers() {
+    let o = kiln(&["inspect", "tests/models/silero_vad_16k/model.onnx"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    // The model README (written from ONNX Runtime's graph) counts 679,552 MACs: 548,480 Conv + 131,072 LSTM.
+    assert!(out.contains("MACs      679552 total"), "{out}");
+    assert!(out.contains("LSTM x1 (131.1k MACs)"), "{out}");
+    assert!(out.contains("input     input: f32[1,576]"), "{out}");
+    assert!(out.contains("unsupported ops: none"), "{out}");
+}
+
+#[test]
+fn inspect_needs_pinned_shapes_and_accepts_them() {
+    let m = "tests/models/rapidocr_cls_mobile_v2/model.onnx";
+    let o = kiln(&["inspect", m]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--input-shape x="), "{}", text(&o).1);
+    let o = kiln(&["inspect", m, "--input-shape", "x=1,3,48,192"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("MACs      16315376 total"));
+}
+
+#[test]
+fn eval_matches_reference_output() {
+    let set = repo().join("tests/models/mlperf_tiny_kws_dscnn/ref/test_data_set_1");
+    let out = tmp("kws_out.npy");
+    let o = kiln(&[
+        "eval",
+        "tests/models/mlperf_tiny_kws_dscnn/model.onnx",
+        "--input",
+        set.join("input_0.npy").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let got = kiln::npy::read(&out).unwrap();
+    let want = kiln::npy::read(&set.join("output_0.npy")).unwrap();
+    assert_eq!(got.shape, want.shape);
+    for (a, b) in got.to_f32_vec().iter().zip(want.to_f32_vec()) {
+        assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn eval_rejects_wrong_input_and_writes_nothing() {
+    let input = tmp("wrong.npy");
+    kiln::npy::write(&input, &kiln_ir::Tensor::from_vec(vec![1, 3], vec![1i32, 2, 3])).unwrap();
+    let out = tmp("never.npy");
+    let o = kiln(&[
+        "eval",
+        "tests/models/mlperf_tiny_kws_dscnn/model.onnx",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("wrong.npy") && err.contains("must be f32[1,49,10,1]") && err.contains("i32[1,3]"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output may be written on error");
+}
+
+#[test]
+fn unknown_pass_and_print_after() {
+    let m = "tests/models/mlperf_tiny_sww_dscnn/model.onnx";
+    let o = kiln(&["dump", m, "--print-after", "fold_constants"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("// after fold_constants") && out.contains("BatchNorm("),
+        "{out}"
+    );
+    // After the whole pipeline the BatchNorms are fused into the convolutions.
+    let tail = &out[out.rfind("graph ").unwrap()..];
+    assert!(!tail.contains("BatchNorm("));
+    let o = kiln(&["dump", m, "--stop-after", "no_such_pass"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("unknown pass `no_such_pass`"));
+}
+
+#[test]
+fn supported_ops_doc_is_generated_from_the_registry() {
+    let o = kiln(&["ops", "--markdown"]);
+    assert!(o.status.success());
+    let doc = std::fs::read_to_string(repo().join("SUPPORTED_OPS.md")).unwrap();
+    assert_eq!(
+        doc,
+        text(&o).0,
+        "SUPPORTED_OPS.md is stale: run `cargo run -p kiln -- ops --markdown > SUPPORTED_OPS.md`"
+    );
+}
