@@ -180,7 +180,7 @@ fn unpinned_dynamic_dim_is_named() {
     let m = model(
         vec![node("Relu", "r", &["x"], &["y"], vec![])],
         vec![value("x", &[Some(1), None])],
-        vec![fixed("y", &[1, 4])],
+        vec![value("y", &[Some(1), None])],
         vec![],
         13,
     );
@@ -304,4 +304,41 @@ fn random_corruption_never_panics() {
     }
     assert_eq!(ok + errs, 150);
     println!("corrupted models: {ok} still imported, {errs} rejected with an error");
+}
+
+#[test]
+fn declared_output_type_must_match() {
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[1, 5])],
+        vec![],
+        13,
+    );
+    let e = err_text(load(&write_model("outtype", &m)));
+    assert!(
+        e.contains("graph output `y` is declared [1,5] but computes f32[1,4]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn legacy_broadcast_attribute_is_refused() {
+    let mut add = node(
+        "Add",
+        "old_add",
+        &["x", "b"],
+        &["y"],
+        vec![attr_i("broadcast", 1), attr_i("axis", 1)],
+    );
+    add.domain = String::new();
+    let m = model(
+        vec![add],
+        vec![fixed("x", &[2, 3, 4]), fixed("b", &[3])],
+        vec![fixed("y", &[2, 3, 4])],
+        vec![],
+        6,
+    );
+    let e = err_text(load(&write_model("legacy", &m)));
+    assert!(e.contains("old_add") && e.contains("legacy"), "{e}");
 }

@@ -21,6 +21,10 @@ use thiserror::Error;
 /// a 100-byte file must not be able to ask for gigabytes.
 pub const MAX_ELEMENTS: usize = 1 << 28;
 
+/// The range of default-domain opsets whose operator forms the importers know.
+pub const OLDEST_OPSET: i64 = 7;
+pub const NEWEST_OPSET: i64 = 25;
+
 /// A node Kiln cannot import, as reported to the user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnsupportedOp {
@@ -77,6 +81,8 @@ pub enum ImportError {
     BadInput { input: String, msg: String },
     #[error("tensor `{name}`: {msg}")]
     BadTensor { name: String, msg: String },
+    #[error("graph output `{name}` {msg}")]
+    OutputType { name: String, msg: String },
     #[error("graph output `{0}` is not produced by any node")]
     MissingOutput(String),
     #[error(transparent)]
@@ -141,6 +147,7 @@ pub fn import_model(
         .find(|o| is_default_domain(&o.domain))
         .map(|o| o.version)
         .unwrap_or(if model.opset_import.is_empty() { 1 } else { 0 });
+    let legacy = opset < OLDEST_OPSET && g.node.iter().any(|n| is_default_domain(&n.domain));
     let mut cx = Ctx {
         graph: Graph::new(if g.name.is_empty() { name } else { &g.name }),
         names: HashMap::new(),
@@ -247,11 +254,35 @@ pub fn import_model(
             }
         }
     }
+    if legacy {
+        cx.notices.push(format!(
+            "opset {opset} is older than {OLDEST_OPSET}: ops are read with their opset-{OLDEST_OPSET} meaning, legacy attributes (broadcast, consumed_inputs, ...) are refused"
+        ));
+    }
+    if opset > NEWEST_OPSET {
+        cx.notices.push(format!("opset {opset} is newer than the newest Kiln knows ({NEWEST_OPSET}); ops are read with their opset-{NEWEST_OPSET} meaning"));
+    }
+    // Declared types must agree with inference: an error for graph outputs, a notice for
+    // value_info (exporters sometimes leave stale intermediate annotations).
+    for vi in &g.value_info {
+        if let Some(&v) = cx.names.get(&vi.name)
+            && let Some(msg) = type_mismatch(vi, &cx.graph.value(v).ty)
+        {
+            cx.notices
+                .push(format!("value_info `{}` {msg}; using the inferred type", vi.name));
+        }
+    }
     for o in &g.output {
         let v = *cx
             .names
             .get(&o.name)
             .ok_or_else(|| ImportError::MissingOutput(o.name.clone()))?;
+        if let Some(msg) = type_mismatch(o, &cx.graph.value(v).ty) {
+            return Err(ImportError::OutputType {
+                name: o.name.clone(),
+                msg,
+            });
+        }
         cx.graph.add_output(v);
     }
     Ok(Imported {
@@ -259,6 +290,36 @@ pub fn import_model(
         notices: cx.notices,
         opset,
     })
+}
+
+/// How a declared tensor type disagrees with the inferred one (symbolic dims match anything).
+fn type_mismatch(vi: &proto::ValueInfoProto, ty: &TensorType) -> Option<String> {
+    use proto::tensor_shape_proto::dimension::Value as D;
+    let Some(proto::type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return None;
+    };
+    if let Some(s) = tensor::scalar_of(tt.elem_type)
+        && s != ty.dtype.scalar
+    {
+        return Some(format!("is declared {s} but computes {}", ty.dtype.scalar));
+    }
+    let shape = tt.shape.as_ref()?;
+    let fits = shape.dim.len() == ty.shape.len()
+        && shape
+            .dim
+            .iter()
+            .zip(&ty.shape)
+            .all(|(d, &n)| !matches!(d.value, Some(D::DimValue(v)) if v >= 0 && v as usize != n));
+    let declared: Vec<String> = shape
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(D::DimValue(v)) => v.to_string(),
+            Some(D::DimParam(p)) => p.clone(),
+            None => "?".into(),
+        })
+        .collect();
+    (!fits).then(|| format!("is declared [{}] but computes {ty}", declared.join(",")))
 }
 
 fn node_name(n: &NodeProto, i: usize) -> String {

@@ -37,6 +37,9 @@ pub fn binary(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> 
         _ => return Err(cx.err("not a binary op")),
     };
     let (x, y) = (cx.req(n, 0)?, cx.req(n, 1)?);
+    if a.i("broadcast", 0) != 0 && cx.ty(x).shape != cx.ty(y).shape {
+        return Err(cx.err("the legacy (opset < 7) `broadcast`/`axis` attributes are not supported"));
+    }
     if let Mod { fmod: false } = op
         && cx.ty(x).dtype.scalar.is_float()
     {

@@ -282,6 +282,8 @@ pub fn markdown() -> String {
          Generated from the op registry (`compiler/src/onnx/ops/mod.rs`) by `kiln ops --markdown`;\n\
          a test fails when this file is out of date. Domain: ai.onnx (default). Opsets 7 to 25 are\n\
          read; each op accepts every form of its attributes/inputs across those opsets unless noted.\n\
+         Older files are read with opset-7 meanings and legacy attributes are refused; newer ones\n\
+         with opset-25 meanings (a notice says so).\n\
          Inputs named constant below must be initializers or fold to constants at import.\n\n\
          | op | opsets | notes |\n|---|---|---|\n",
     );
