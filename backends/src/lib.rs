@@ -1,3 +1,6 @@
-//! Kiln's code generators. Each backend is a module with the same shape (`Options`, `Error`,
-//! one `emit` entry) and depends only on `kiln-ir`; none exist yet — the Cranelift, C and
-//! Rust-source backends land with their own issues.
+//! Kiln's code generators. Each backend depends only on `kiln-ir`, accepts a verified graph
+//! with its memory plan, and reports every node it cannot compile at once.
+
+pub mod cranelift;
+pub mod header;
+pub mod namer;

@@ -27,6 +27,11 @@ struct ShapeArgs {
     bind: Vec<String>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EmitArg {
+    Object,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Summarize a model: ops, parameters, MACs and activation sizes per layer.
@@ -70,6 +75,27 @@ enum Cmd {
         /// Timed runs (after one warm-up run).
         #[arg(long, default_value_t = 50)]
         runs: usize,
+    },
+    /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs.
+    Compile {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// What to emit.
+        #[arg(long, value_enum, default_value = "object")]
+        emit: EmitArg,
+        /// Target triple (e.g. x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu) or `host`.
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Symbol prefix (default: from the model file name).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Output directory.
+        #[arg(short = 'o', long = "out-dir", default_value = ".")]
+        out_dir: PathBuf,
+        /// Also write the generated Cranelift IR to <prefix>.clif.
+        #[arg(long)]
+        clif: bool,
     },
     /// List supported ONNX operators.
     Ops {
@@ -324,6 +350,51 @@ fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize) -> Re
     Ok(())
 }
 
+fn compile(
+    path: &Path,
+    shapes: &ShapeArgs,
+    target: &str,
+    prefix: Option<&str>,
+    out_dir: &Path,
+    clif: bool,
+) -> Result<()> {
+    use kiln::compile::{self, CompileOptions, Emit};
+    let target = compile::parse_target(target)?;
+    let prefix = prefix
+        .map(String::from)
+        .unwrap_or_else(|| compile::default_prefix(path));
+    let start = std::time::Instant::now();
+    let m = load(path, shapes, &PipelineOptions::default())?;
+    let source = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = compile::compile(
+        &m.graph,
+        &CompileOptions {
+            emit: Emit::Object,
+            target: target.clone(),
+            prefix: prefix.clone(),
+        },
+        &source,
+    )?;
+    if clif {
+        out.files
+            .push((format!("{prefix}.clif"), out.clif.clone().into_bytes()));
+    }
+    compile::write_files(out_dir, &out.files)?;
+    let r = &out.report;
+    println!(
+        "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); object {} bytes; {:.0} ms",
+        r.kernels,
+        r.arena_size,
+        r.arena_lower_bound,
+        r.object_bytes,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
@@ -355,6 +426,15 @@ fn main() -> std::process::ExitCode {
             inputs,
             runs,
         } => bench(model, shapes, inputs, *runs),
+        Cmd::Compile {
+            model,
+            shapes,
+            emit: EmitArg::Object,
+            target,
+            prefix,
+            out_dir,
+            clif,
+        } => compile(model, shapes, target, prefix.as_deref(), out_dir, *clif),
         Cmd::Ops { markdown } => {
             if *markdown {
                 print!("{}", kiln::onnx::ops::markdown());

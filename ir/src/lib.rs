@@ -8,6 +8,7 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod op;
+pub mod plan;
 pub mod shape;
 pub mod tensor;
 pub mod text;

@@ -1,0 +1,277 @@
+//! Data movement for every element type: each op is an affine copy (a loop nest over the
+//! output with the source addressed by strides), except Gather (indices read at run time)
+//! and non-constant Pad modes (a compile-time index table).
+
+use super::super::fx::Fx;
+use super::nest::{Opnd, nest};
+use super::{Args, bcast_strides, strides};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{I8, I16, I32, I32X4, I64};
+use cranelift_codegen::ir::{InstBuilder, Type};
+use kiln_ir::op::{PadMode, SliceAxis};
+use kiln_ir::{Graph, NodeId, Scalar};
+
+fn elem(g: &Graph, n: NodeId) -> (i64, Type, Option<Type>) {
+    let s = g.value(g.node(n).outputs[0]).ty.dtype.scalar;
+    match s.size() {
+        1 => (1, I8, None),
+        2 => (2, I16, None),
+        4 => (4, I32, Some(I32X4)),
+        _ => (8, I64, None),
+    }
+}
+
+fn dims(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
+}
+
+/// Copies `src` (walked by `ops[1]`) to `dst` (`ops[0]`) over `d`.
+fn copy_nest(fx: &mut Fx, d: &[i64], ops: &[Opnd], it: Type, lanes: Option<Type>) {
+    nest(fx, d, ops, it, lanes, &mut |fx, ty, p, bc| {
+        let v = if bc[1] && ty != it {
+            let s = fx.load(it, p[1]);
+            fx.b.ins().splat(ty, s)
+        } else {
+            fx.load(ty, p[1])
+        };
+        fx.store(v, p[0]);
+    });
+}
+
+pub(crate) fn copy(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let shape = &g.value(g.node(n).outputs[0]).ty.shape;
+    let total = shape.iter().product::<usize>() as i64;
+    copy_nest(
+        fx,
+        &[total],
+        &[Opnd::new(a.outs[0], vec![1], b), Opnd::new(a.ins[0], vec![1], b)],
+        it,
+        lanes,
+    );
+}
+
+pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    let ist = strides(ins);
+    let src: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
+    copy_nest(
+        fx,
+        &dims(out),
+        &[Opnd::new(a.outs[0], strides(out), b), Opnd::new(a.ins[0], src, b)],
+        it,
+        lanes,
+    );
+}
+
+pub(crate) fn slice(fx: &mut Fx, g: &Graph, n: NodeId, axes: &[SliceAxis], a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    let ist = strides(ins);
+    let mut src = Opnd::new(a.ins[0], axes.iter().zip(&ist).map(|(s, &st)| s.step * st).collect(), b);
+    src.offset = axes.iter().zip(&ist).map(|(s, &st)| s.start * st).sum();
+    copy_nest(fx, &dims(out), &[Opnd::new(a.outs[0], strides(out), b), src], it, lanes);
+}
+
+pub(crate) fn expand(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    copy_nest(
+        fx,
+        &dims(out),
+        &[
+            Opnd::new(a.outs[0], strides(out), b),
+            Opnd::new(a.ins[0], bcast_strides(ins, out), b),
+        ],
+        it,
+        lanes,
+    );
+}
+
+pub(crate) fn tile(fx: &mut Fx, g: &Graph, n: NodeId, reps: &[usize], a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    let (ist, ost) = (strides(ins), strides(out));
+    // Each axis splits into (repeat, index): out = r * n + j.
+    let mut d = Vec::new();
+    let (mut so, mut si) = (Vec::new(), Vec::new());
+    for i in 0..ins.len() {
+        d.extend([reps[i] as i64, ins[i] as i64]);
+        so.extend([ins[i] as i64 * ost[i], ost[i]]);
+        si.extend([0, ist[i]]);
+    }
+    copy_nest(
+        fx,
+        &d,
+        &[Opnd::new(a.outs[0], so, b), Opnd::new(a.ins[0], si, b)],
+        it,
+        lanes,
+    );
+}
+
+pub(crate) fn concat(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    let ost = strides(out);
+    let mut at = 0i64;
+    for (k, &v) in g.node(n).inputs.iter().enumerate() {
+        let ins = &g.value(v).ty.shape;
+        let mut dst = Opnd::new(a.outs[0], ost.clone(), b);
+        dst.offset = at * ost[axis];
+        copy_nest(fx, &dims(ins), &[dst, Opnd::new(a.ins[k], strides(ins), b)], it, lanes);
+        at += ins[axis] as i64;
+    }
+}
+
+pub(crate) fn split(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    let ist = strides(ins);
+    let mut at = 0i64;
+    for (k, &v) in g.node(n).outputs.iter().enumerate() {
+        let out = &g.value(v).ty.shape;
+        let mut src = Opnd::new(a.ins[0], ist.clone(), b);
+        src.offset = at * ist[axis];
+        copy_nest(fx, &dims(out), &[Opnd::new(a.outs[k], strides(out), b), src], it, lanes);
+        at += out[axis] as i64;
+    }
+}
+
+/// Gather along `axis`; indices are read at run time, wrapped if negative and clamped into
+/// range so a bad index can never read outside the tensor.
+pub(crate) fn gather(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let node = g.node(n);
+    let ins = &g.value(node.inputs[0]).ty.shape;
+    let idx_ty = &g.value(node.inputs[1]).ty;
+    let count = idx_ty.numel() as i64;
+    let ibytes = idx_ty.dtype.scalar.size() as i64;
+    let dim = ins[axis] as i64;
+    let outer: i64 = ins[..axis].iter().product::<usize>() as i64;
+    let inner: i64 = ins[axis + 1..].iter().product::<usize>() as i64;
+    fx.for_n(outer, &mut |fx, o| {
+        fx.for_n(count, &mut |fx, p| {
+            let ia = fx.addr(a.ins[1], p, ibytes);
+            let raw = match idx_ty.dtype.scalar {
+                Scalar::I64 | Scalar::U64 => fx.load(I64, ia),
+                Scalar::I32 => {
+                    let v = fx.load(I32, ia);
+                    fx.b.ins().sextend(I64, v)
+                }
+                _ => {
+                    let v = fx.load(I32, ia);
+                    fx.b.ins().uextend(I64, v)
+                }
+            };
+            let wrapped = fx.b.ins().iadd_imm_s(raw, dim);
+            let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, raw, 0);
+            let idx = fx.b.ins().select(neg, wrapped, raw);
+            let zero = fx.i(0);
+            let hi = fx.i(dim - 1);
+            let idx = fx.b.ins().smax(idx, zero);
+            let idx = fx.b.ins().smin(idx, hi);
+            let row = fx.mul_imm(o, dim);
+            let row = fx.b.ins().iadd(row, idx);
+            let src = fx.addr(a.ins[0], row, inner * b);
+            let orow = fx.mul_imm(o, count);
+            let orow = fx.b.ins().iadd(orow, p);
+            let dst = fx.addr(a.outs[0], orow, inner * b);
+            copy_nest(
+                fx,
+                &[inner],
+                &[Opnd::new(dst, vec![1], b), Opnd::new(src, vec![1], b)],
+                it,
+                lanes,
+            );
+        });
+    });
+}
+
+/// Source offset of every output element of a non-constant Pad (`u32::MAX`: none).
+pub(crate) fn pad_table(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::Pad { mode, pads } = &node.op else {
+        unreachable!()
+    };
+    let ins = &g.value(node.inputs[0]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let ist = strides(ins);
+    let r = ins.len();
+    let mut table = Vec::new();
+    let total: usize = out.iter().product();
+    for flat in 0..total {
+        let mut rem = flat;
+        let mut off = 0i64;
+        for d in (0..r).rev() {
+            let i = (rem % out[d]) as i64 - pads[d];
+            rem /= out[d];
+            let len = ins[d] as i64;
+            let src = match mode {
+                PadMode::Edge => i.clamp(0, len - 1),
+                PadMode::Wrap => i.rem_euclid(len),
+                _ => {
+                    let p = 2 * (len - 1).max(1);
+                    let m = i.rem_euclid(p);
+                    if len == 1 {
+                        0
+                    } else if m < len {
+                        m
+                    } else {
+                        p - m
+                    }
+                }
+            };
+            off += src * ist[d];
+        }
+        table.extend((off as u32).to_le_bytes());
+    }
+    vec![table]
+}
+
+pub(crate) fn pad(fx: &mut Fx, g: &Graph, n: NodeId, mode: PadMode, pads: &[i64], a: &Args) {
+    let (b, it, lanes) = elem(g, n);
+    let node = g.node(n);
+    let ins = &g.value(node.inputs[0]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let total: i64 = out.iter().product::<usize>() as i64;
+    if mode != PadMode::Constant {
+        fx.for_n(total, &mut |fx, i| {
+            let ta = fx.addr(a.aux[0], i, 4);
+            let src = fx.load(I32, ta);
+            let src = fx.b.ins().uextend(I64, src);
+            let sa = fx.addr(a.ins[0], src, b);
+            let v = fx.load(it, sa);
+            let da = fx.addr(a.outs[0], i, b);
+            fx.store(v, da);
+        });
+        return;
+    }
+    // Fill with the pad value, then copy the (possibly cropped) input into place.
+    let fill = match node.inputs.get(1) {
+        Some(_) => fx.load(it, a.ins[1]),
+        None => fx.b.ins().iconst(it, 0),
+    };
+    fx.for_n(total, &mut |fx, i| {
+        let da = fx.addr(a.outs[0], i, b);
+        fx.store(fill, da);
+    });
+    let r = ins.len();
+    let (ist, ost) = (strides(ins), strides(out));
+    let mut d = Vec::with_capacity(r);
+    let mut src = Opnd::new(a.ins[0], ist.clone(), b);
+    let mut dst = Opnd::new(a.outs[0], ost.clone(), b);
+    for i in 0..r {
+        let (before, after) = (pads[i], pads[i + r]);
+        let skip = (-before).max(0);
+        let len = ins[i] as i64 - skip - (-after).max(0);
+        d.push(len.max(0));
+        src.offset += skip * ist[i];
+        dst.offset += before.max(0) * ost[i];
+    }
+    copy_nest(fx, &d, &[dst, src], it, lanes);
+}

@@ -1,0 +1,156 @@
+//! Kernel emission: one Cranelift function per IR node, shapes baked in as constants.
+//! Each kernel receives pointers: the node's inputs, its outputs, a scratch buffer in the
+//! arena, and any read-only tables the kernel asked for (`aux`, e.g. repacked weights).
+//!
+//! Float kernels accumulate in the evaluator's order (bias first, then taps/products in
+//! index order) and never fuse multiply-add, so they reproduce the evaluator bit for bit
+//! except where an op needs exp/log/tanh/erf (see `fx.rs` for those bounds).
+
+mod elementwise;
+mod layout;
+mod nest;
+mod nn;
+
+use super::fx::Fx;
+use cranelift_codegen::ir::Value;
+use kiln_ir::op::{PadMode, PoolKind, RnnKind};
+use kiln_ir::{Graph, NodeId, Op, Scalar};
+
+/// Pointers handed to a kernel.
+pub(crate) struct Args {
+    pub ins: Vec<Value>,
+    pub outs: Vec<Value>,
+    pub scratch: Value,
+    pub aux: Vec<Value>,
+}
+
+/// Code generation choices shared by all kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct Target {
+    /// 128-bit float vectors are available (x86-64 SSE2, AArch64 NEON).
+    pub simd: bool,
+}
+
+fn f32_only(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.inputs
+        .iter()
+        .chain(&node.outputs)
+        .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
+}
+
+/// Why node `n` cannot be compiled by this backend, if it cannot.
+pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
+    let node = g.node(n);
+    let float_ok = f32_only(g, n);
+    let rank = g.value(node.inputs[0]).ty.shape.len();
+    let ok = match &node.op {
+        Op::Identity
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Expand { .. }
+        | Op::Tile { .. }
+        | Op::Concat { .. }
+        | Op::Split { .. } => true,
+        Op::Gather { .. } => true,
+        Op::Pad { mode, .. } => *mode == PadMode::Constant || g.value(node.outputs[0]).ty.numel() <= 1 << 16,
+        Op::Unary(u) => float_ok && elementwise::unary_supported(*u),
+        Op::Binary(b) => float_ok && elementwise::binary_supported(*b, g, n),
+        Op::Conv(c) => float_ok && (rank == 3 || rank == 4) && c.window.kernel.len() + 2 == rank,
+        Op::Pool(p) => float_ok && (rank == 3 || rank == 4) && !matches!(p.kind, PoolKind::Lp { .. }),
+        Op::GlobalPool(k) => float_ok && !matches!(k, PoolKind::Lp { .. }),
+        Op::Gemm { .. } | Op::MatMul => float_ok,
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
+        Op::Reduce { kind, .. } => float_ok && nn::reduce_supported(*kind),
+        Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
+        Op::Rnn(r) => float_ok && matches!(r.kind, RnnKind::Lstm { .. }) && nn::lstm_supported(r),
+        _ => false,
+    };
+    (!ok).then(|| {
+        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+        format!("{} on {}", node.op.name(), types.join(", "))
+    })
+}
+
+/// Arena bytes the kernel of node `n` needs as scratch.
+pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    match &g.node(n).op {
+        Op::Rnn(r) => 4 * 10 * r.hidden,
+        _ => 0,
+    }
+}
+
+/// Read-only tables the kernel wants, computed at compile time.
+pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
+    match &g.node(n).op {
+        Op::Conv(_) => nn::conv_aux(g, n, t),
+        Op::Pool(_) => nn::pool_aux(g, n),
+        Op::BatchNorm { .. } => nn::batch_norm_aux(g, n),
+        Op::Gemm { .. } => nn::gemm_aux(g, n),
+        Op::Pad { mode, .. } if *mode != PadMode::Constant => layout::pad_table(g, n),
+        _ => vec![],
+    }
+}
+
+/// Whether the kernel reads input `slot` through its pointer (repacked weights are read
+/// from `aux` instead, so the original constant need not be emitted).
+pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
+    match &g.node(n).op {
+        Op::Conv(_) => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
+        Op::BatchNorm { .. } => slot == 0,
+        Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
+        _ => true,
+    }
+}
+
+pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
+    let node = g.node(n);
+    match &node.op {
+        Op::Unary(u) => elementwise::unary(fx, g, n, *u, a, t),
+        Op::Binary(b) => elementwise::binary(fx, g, n, *b, a, t),
+        Op::Identity | Op::Reshape { .. } => layout::copy(fx, g, n, a),
+        Op::Transpose { perm } => layout::transpose(fx, g, n, perm, a),
+        Op::Slice { axes } => layout::slice(fx, g, n, axes, a),
+        Op::Expand { .. } => layout::expand(fx, g, n, a),
+        Op::Tile { repeats } => layout::tile(fx, g, n, repeats, a),
+        Op::Concat { axis } => layout::concat(fx, g, n, *axis, a),
+        Op::Split { axis, .. } => layout::split(fx, g, n, *axis, a),
+        Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
+        Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
+        Op::Conv(c) => nn::conv(fx, g, n, c, a, t),
+        Op::Pool(p) => nn::pool(fx, g, n, p, a),
+        Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t),
+        Op::MatMul => nn::matmul(fx, g, n, a, t),
+        Op::Softmax { axis } => nn::softmax(fx, g, n, *axis, false, a),
+        Op::LogSoftmax { axis } => nn::softmax(fx, g, n, *axis, true, a),
+        Op::Reduce { kind, axes, .. } => nn::reduce(fx, g, n, *kind, axes, a),
+        Op::BatchNorm { .. } => nn::batch_norm(fx, g, n, a, t),
+        Op::Rnn(r) => nn::lstm(fx, g, n, r, a),
+        other => unreachable!("{} passed the support check", other.name()),
+    }
+}
+
+/// Row-major strides of `shape` in elements.
+pub(crate) fn strides(shape: &[usize]) -> Vec<i64> {
+    kiln_ir::tensor::strides(shape).into_iter().map(|s| s as i64).collect()
+}
+
+/// Broadcast strides of an input of shape `inp` read at the indices of `out` (0 on
+/// broadcast axes).
+pub(crate) fn bcast_strides(inp: &[usize], out: &[usize]) -> Vec<i64> {
+    let st = strides(inp);
+    let r = out.len();
+    let mut s = vec![0i64; r];
+    for i in 0..inp.len() {
+        let o = r - inp.len() + i;
+        s[o] = if inp[i] == 1 { 0 } else { st[i] };
+    }
+    s
+}

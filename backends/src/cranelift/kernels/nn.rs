@@ -1,0 +1,933 @@
+//! Compute-heavy kernels: convolution, pooling, matrix products, softmax, reductions,
+//! BatchNorm and LSTM. Tables that only depend on shapes (valid tap ranges per output row,
+//! averaging divisors) and weight layouts that suit the vector loop are built at compile
+//! time and passed in as `aux` data.
+
+use super::super::fx::Fx;
+use super::nest::{F4, Opnd, ld, nest};
+use super::{Args, Target, strides};
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::types::{F32, F64, I32, I64};
+use cranelift_codegen::ir::{InstBuilder, Value};
+use kiln_ir::op::{Activation, Conv, Pool, PoolKind, ReduceKind, Rnn, RnnDirection, RnnKind, Window};
+use kiln_ir::{Graph, NodeId};
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn i32s(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Geometry of a 1-D or 2-D window op viewed as 2-D (`H = 1` for 1-D).
+struct Geo {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+fn geo(x: &[usize], out: &[usize], win: &Window) -> Geo {
+    if x.len() == 3 {
+        Geo {
+            h: 1,
+            w: x[2],
+            oh: 1,
+            ow: out[2],
+            kh: 1,
+            kw: win.kernel[0],
+            sh: 1,
+            sw: win.strides[0],
+            dh: 1,
+            dw: win.dilations[0],
+            ph: 0,
+            pw: win.pads[0],
+        }
+    } else {
+        Geo {
+            h: x[2],
+            w: x[3],
+            oh: out[2],
+            ow: out[3],
+            kh: win.kernel[0],
+            kw: win.kernel[1],
+            sh: win.strides[0],
+            sw: win.strides[1],
+            dh: win.dilations[0],
+            dw: win.dilations[1],
+            ph: win.pads[0],
+            pw: win.pads[1],
+        }
+    }
+}
+
+/// Per output index along one axis: (first input index, first valid tap, end of valid taps).
+fn tap_ranges(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<i32> {
+    let mut t = Vec::with_capacity(out * 3);
+    for o in 0..out {
+        let i0 = (o * s) as i64 - p as i64;
+        let valid: Vec<usize> = (0..k)
+            .filter(|&j| (0..input as i64).contains(&(i0 + (j * d) as i64)))
+            .collect();
+        let (lo, hi) = match (valid.first(), valid.last()) {
+            (Some(&a), Some(&b)) => (a, b + 1),
+            _ => (0, 0),
+        };
+        t.extend([i0 as i32, lo as i32, hi as i32]);
+    }
+    t
+}
+
+fn lanes_for(t: Target, mg: usize) -> usize {
+    if t.simd && mg >= 4 { 4 } else { 1 }
+}
+
+pub(crate) fn conv_aux(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::Conv(c) = &node.op else { unreachable!() };
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let gm = geo(xs, out, &c.window);
+    let (m, cg) = (ws[0], ws[1]);
+    let mg = m / c.group;
+    let l = lanes_for(t, mg);
+    let mp = mg.div_ceil(l) * l;
+    let k = gm.kh * gm.kw;
+    let mut aux = Vec::new();
+    if let Some(w) = g.const_value(node.inputs[1]) {
+        let wv = w.to_f32_vec();
+        // [group][c][kh][kw][m padded]
+        let mut p = vec![0f32; c.group * cg * k * mp];
+        for gi in 0..c.group {
+            for mm in 0..mg {
+                for cc in 0..cg {
+                    for kk in 0..k {
+                        p[((gi * cg + cc) * k + kk) * mp + mm] = wv[((gi * mg + mm) * cg + cc) * k + kk];
+                    }
+                }
+            }
+        }
+        aux.push(f32s(&p));
+    }
+    let mut bias = vec![0f32; c.group * mp];
+    if let Some(&b) = node.inputs.get(2)
+        && let Some(bt) = g.const_value(b)
+    {
+        let bv = bt.to_f32_vec();
+        for gi in 0..c.group {
+            for mm in 0..mg {
+                bias[gi * mp + mm] = bv[gi * mg + mm];
+            }
+        }
+    }
+    aux.push(f32s(&bias));
+    aux.push(i32s(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)));
+    aux.push(i32s(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)));
+    aux
+}
+
+/// Loads (start, lo, hi) of a tap-range table row as i64 values.
+fn range_row(fx: &mut Fx, table: Value, o: Value) -> (Value, Value, Value) {
+    let base = fx.addr(table, o, 12);
+    let mut get = |off: i64| {
+        let a = fx.add_imm(base, off);
+        let v = fx.load(I32, a);
+        fx.b.ins().sextend(I64, v)
+    };
+    (get(0), get(4), get(8))
+}
+
+pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Target) {
+    let node = g.node(n);
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let gm = geo(xs, out, &c.window);
+    let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
+    let mg = m / c.group;
+    let l = lanes_for(t, mg);
+    let mp = mg.div_ceil(l) * l;
+    let k = gm.kh * gm.kw;
+    let w_const = g.const_value(node.inputs[1]).is_some();
+    let (wptr, aux) = if w_const {
+        (a.aux[0], &a.aux[1..])
+    } else {
+        (a.ins[1], &a.aux[..])
+    };
+    let (bias_t, rows, cols) = (aux[0], aux[1], aux[2]);
+    let has_bias_input = node.inputs.len() > 2 && g.const_value(node.inputs[2]).is_none();
+    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    // Emits the loops for output channels [m0, m0 + count) of every group, `lanes` at a time.
+    let blocks = |fx: &mut Fx, lanes: usize, m0: usize, count: usize| {
+        let ty = if lanes == 4 { F4 } else { F32 };
+        let nblk = (count / lanes) as i64;
+        fx.for_n(nb as i64, &mut |fx, b| {
+            fx.for_n(c.group as i64, &mut |fx, gi| {
+                fx.for_n(nblk, &mut |fx, mb| {
+                    let mloc = fx.mul_imm(mb, lanes as i64);
+                    let mloc = fx.add_imm(mloc, m0 as i64);
+                    fx.for_n(gm.oh as i64, &mut |fx, oh| {
+                        let (ih0, khl, khh) = range_row(fx, rows, oh);
+                        fx.for_n(gm.ow as i64, &mut |fx, ow| {
+                            let (iw0, kwl, kwh) = range_row(fx, cols, ow);
+                            let acc = fx.b.declare_var(ty);
+                            // bias (padded table, or the bias input when it is not constant)
+                            let bidx = fx.mul_imm(gi, mp as i64);
+                            let bidx = fx.b.ins().iadd(bidx, mloc);
+                            let init = if has_bias_input {
+                                let gmi = fx.mul_imm(gi, mg as i64);
+                                let gmi = fx.b.ins().iadd(gmi, mloc);
+                                let ba = fx.addr(a.ins[2], gmi, 4);
+                                ld(fx, ty, ba, false)
+                            } else {
+                                let ba = fx.addr(bias_t, bidx, 4);
+                                fx.load(ty, ba)
+                            };
+                            fx.b.def_var(acc, init);
+                            fx.for_n(cg as i64, &mut |fx, cc| {
+                                let ch = fx.mul_imm(gi, cg as i64);
+                                let ch = fx.b.ins().iadd(ch, cc);
+                                let plane = fx.mul_imm(b, ci as i64);
+                                let plane = fx.b.ins().iadd(plane, ch);
+                                let xplane = fx.addr(a.ins[0], plane, hw * 4);
+                                fx.for_range(khl, khh, &mut |fx, kh| {
+                                    let ih = fx.mul_imm(kh, gm.dh as i64);
+                                    let ih = fx.b.ins().iadd(ih0, ih);
+                                    let xrow = fx.addr(xplane, ih, gm.w as i64 * 4);
+                                    fx.for_range(kwl, kwh, &mut |fx, kw| {
+                                        let iw = fx.mul_imm(kw, gm.dw as i64);
+                                        let iw = fx.b.ins().iadd(iw0, iw);
+                                        let xa = fx.addr(xrow, iw, 4);
+                                        let xv = fx.load(F32, xa);
+                                        let xv = fx.splat(ty, xv);
+                                        // weight index
+                                        let tap = fx.mul_imm(kh, gm.kw as i64);
+                                        let tap = fx.b.ins().iadd(tap, kw);
+                                        let wv = if w_const {
+                                            let wi = fx.mul_imm(ch, k as i64);
+                                            let wi = fx.b.ins().iadd(wi, tap);
+                                            let wi = fx.mul_imm(wi, mp as i64);
+                                            let wi = fx.b.ins().iadd(wi, mloc);
+                                            let wa = fx.addr(wptr, wi, 4);
+                                            fx.load(ty, wa)
+                                        } else {
+                                            // runtime weights [M, Cg, k]: one lane
+                                            let mi = fx.mul_imm(gi, mg as i64);
+                                            let mi = fx.b.ins().iadd(mi, mloc);
+                                            let wi = fx.mul_imm(mi, (cg * k) as i64);
+                                            let cw = fx.mul_imm(cc, k as i64);
+                                            let wi = fx.b.ins().iadd(wi, cw);
+                                            let wi = fx.b.ins().iadd(wi, tap);
+                                            let wa = fx.addr(wptr, wi, 4);
+                                            fx.load(F32, wa)
+                                        };
+                                        let p = fx.mul(xv, wv);
+                                        let cur = fx.b.use_var(acc);
+                                        let s = fx.add(cur, p);
+                                        fx.b.def_var(acc, s);
+                                    });
+                                });
+                            });
+                            let v = fx.b.use_var(acc);
+                            let oc = fx.mul_imm(gi, mg as i64);
+                            let oc = fx.b.ins().iadd(oc, mloc);
+                            let plane = fx.mul_imm(b, m as i64);
+                            let plane = fx.b.ins().iadd(plane, oc);
+                            let pos = fx.mul_imm(oh, gm.ow as i64);
+                            let pos = fx.b.ins().iadd(pos, ow);
+                            let oidx = fx.mul_imm(plane, ohw);
+                            let oidx = fx.b.ins().iadd(oidx, pos);
+                            let oa = fx.addr(a.outs[0], oidx, 4);
+                            if lanes == 1 {
+                                fx.store(v, oa);
+                            } else {
+                                for lane in 0..lanes as u8 {
+                                    let e = fx.b.ins().extractlane(v, lane);
+                                    let la = fx.add_imm(oa, lane as i64 * ohw * 4);
+                                    fx.store(e, la);
+                                }
+                            }
+                        });
+                    });
+                });
+            });
+        });
+    };
+    let full = mg / l * l;
+    blocks(fx, l, 0, full);
+    if full < mg {
+        blocks(fx, 1, full, mg - full);
+    }
+}
+
+pub(crate) fn pool_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::Pool(p) = &node.op else { unreachable!() };
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let gm = geo(xs, out, &p.window);
+    let (rows, cols) = (
+        tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph),
+        tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw),
+    );
+    // Averaging divisor per output position, as the evaluator counts it.
+    let r = xs.len() - 2;
+    let end_h = if r == 2 { p.window.pads[2] } else { 0 };
+    let end_w = p.window.pads[r * 2 - 1];
+    let count = |input: usize, o: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize| {
+        (0..k)
+            .filter(|&j| {
+                let pos = (o * s + j * d) as i64 - pb as i64;
+                pos >= -(pb as i64) && pos < (input + pe) as i64
+            })
+            .count()
+    };
+    let mut div = Vec::with_capacity(gm.oh * gm.ow);
+    for oh in 0..gm.oh {
+        for ow in 0..gm.ow {
+            let valid = (rows[oh * 3 + 2] - rows[oh * 3 + 1]).max(0) as usize
+                * (cols[ow * 3 + 2] - cols[ow * 3 + 1]).max(0) as usize;
+            let d = match p.kind {
+                PoolKind::Avg {
+                    count_include_pad: true,
+                } => {
+                    count(gm.h, oh, gm.kh, gm.sh, gm.dh, gm.ph, end_h)
+                        * count(gm.w, ow, gm.kw, gm.sw, gm.dw, gm.pw, end_w)
+                }
+                _ => valid,
+            };
+            div.push(d.max(1) as f32);
+        }
+    }
+    vec![i32s(&rows), i32s(&cols), f32s(&div)]
+}
+
+fn max_step(fx: &mut Fx, acc: Value, x: Value) -> Value {
+    // Evaluator rule: take x when x > acc or x is NaN.
+    let gt = fx.b.ins().fcmp(FloatCC::GreaterThan, x, acc);
+    let nan = fx.b.ins().fcmp(FloatCC::Unordered, x, x);
+    let c = fx.b.ins().bor(gt, nan);
+    fx.b.ins().select(c, x, acc)
+}
+
+pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
+    let node = g.node(n);
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let gm = geo(xs, out, &p.window);
+    let planes = (xs[0] * xs[1]) as i64;
+    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let is_max = p.kind == PoolKind::Max;
+    fx.for_n(planes, &mut |fx, pl| {
+        let xplane = fx.addr(a.ins[0], pl, hw * 4);
+        let oplane = fx.addr(a.outs[0], pl, ohw * 4);
+        fx.for_n(gm.oh as i64, &mut |fx, oh| {
+            let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
+            fx.for_n(gm.ow as i64, &mut |fx, ow| {
+                let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
+                let acc = fx.b.declare_var(F32);
+                let init = fx.f(F32, if is_max { f32::NEG_INFINITY } else { 0.0 });
+                fx.b.def_var(acc, init);
+                fx.for_range(khl, khh, &mut |fx, kh| {
+                    let ih = fx.mul_imm(kh, gm.dh as i64);
+                    let ih = fx.b.ins().iadd(ih0, ih);
+                    let xrow = fx.addr(xplane, ih, gm.w as i64 * 4);
+                    fx.for_range(kwl, kwh, &mut |fx, kw| {
+                        let iw = fx.mul_imm(kw, gm.dw as i64);
+                        let iw = fx.b.ins().iadd(iw0, iw);
+                        let xa = fx.addr(xrow, iw, 4);
+                        let x = fx.load(F32, xa);
+                        let cur = fx.b.use_var(acc);
+                        let nv = if is_max { max_step(fx, cur, x) } else { fx.add(cur, x) };
+                        fx.b.def_var(acc, nv);
+                    });
+                });
+                let mut v = fx.b.use_var(acc);
+                let pos = fx.mul_imm(oh, gm.ow as i64);
+                let pos = fx.b.ins().iadd(pos, ow);
+                if !is_max {
+                    let da = fx.addr(a.aux[2], pos, 4);
+                    let d = fx.load(F32, da);
+                    v = fx.div(v, d);
+                }
+                let oa = fx.addr(oplane, pos, 4);
+                fx.store(v, oa);
+            });
+        });
+    });
+}
+
+pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Args) {
+    let xs = &g.value(g.node(n).inputs[0]).ty.shape;
+    let planes = (xs[0] * xs[1]) as i64;
+    let size: i64 = xs[2..].iter().product::<usize>() as i64;
+    let is_max = k == PoolKind::Max;
+    fx.for_n(planes, &mut |fx, pl| {
+        let xplane = fx.addr(a.ins[0], pl, size * 4);
+        let acc = fx.b.declare_var(F32);
+        let init = fx.f(F32, if is_max { f32::NEG_INFINITY } else { 0.0 });
+        fx.b.def_var(acc, init);
+        fx.for_n(size, &mut |fx, i| {
+            let xa = fx.addr(xplane, i, 4);
+            let x = fx.load(F32, xa);
+            let cur = fx.b.use_var(acc);
+            let nv = if is_max { max_step(fx, cur, x) } else { fx.add(cur, x) };
+            fx.b.def_var(acc, nv);
+        });
+        let mut v = fx.b.use_var(acc);
+        if !is_max {
+            let d = fx.f(F32, size as f32);
+            v = fx.div(v, d);
+        }
+        let oa = fx.addr(a.outs[0], pl, 4);
+        fx.store(v, oa);
+    });
+}
+
+/// `out[m x n] = a[m x k] b[k x n]` (row-major, `a` addressed through strides so a
+/// transposed A needs no copy), accumulated from zero in k order, four columns at a time.
+#[allow(clippy::too_many_arguments)]
+fn matmul_2d(fx: &mut Fx, t: Target, m: usize, k: usize, nn: usize, a: Value, a_st: (i64, i64), b: Value, out: Value) {
+    let l = if t.simd && nn >= 4 { 4 } else { 1 };
+    let full = (nn / l) as i64;
+    let cols = |fx: &mut Fx, lanes: usize, j0: i64, count: i64| {
+        let ty = if lanes == 4 { F4 } else { F32 };
+        fx.for_n(m as i64, &mut |fx, i| {
+            fx.for_n(count, &mut |fx, jb| {
+                let j = fx.mul_imm(jb, lanes as i64);
+                let j = fx.add_imm(j, j0);
+                let acc = fx.b.declare_var(ty);
+                let z = fx.f(ty, 0.0);
+                fx.b.def_var(acc, z);
+                let arow = fx.addr(a, i, a_st.0 * 4);
+                let bcol = fx.addr(b, j, 4);
+                fx.for_n(k as i64, &mut |fx, p| {
+                    let aa = fx.addr(arow, p, a_st.1 * 4);
+                    let av = fx.load(F32, aa);
+                    let av = fx.splat(ty, av);
+                    let ba = fx.addr(bcol, p, nn as i64 * 4);
+                    let bv = fx.load(ty, ba);
+                    let pr = fx.mul(av, bv);
+                    let cur = fx.b.use_var(acc);
+                    let s = fx.add(cur, pr);
+                    fx.b.def_var(acc, s);
+                });
+                let v = fx.b.use_var(acc);
+                let orow = fx.addr(out, i, nn as i64 * 4);
+                let oa = fx.addr(orow, j, 4);
+                fx.store(v, oa);
+            });
+        });
+    };
+    cols(fx, l, 0, full);
+    let done = full * l as i64;
+    if done < nn as i64 {
+        cols(fx, 1, done, nn as i64 - done);
+    }
+}
+
+pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::Gemm { trans_b: true, .. } = node.op else {
+        return vec![];
+    };
+    let Some(b) = g.const_value(node.inputs[1]) else {
+        return vec![];
+    };
+    let (rows, cols) = (b.shape[0], b.shape[1]);
+    let v = b.to_f32_vec();
+    let mut t = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    vec![f32s(&t)]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: bool, tb: bool, a: &Args, t: Target) {
+    let node = g.node(n);
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let (m, nn) = (out[0], out[1]);
+    let ash = &g.value(node.inputs[0]).ty.shape;
+    let k = if ta { ash[0] } else { ash[1] };
+    let a_st = if ta { (1, m as i64) } else { (k as i64, 1) };
+    // B as [k, n]: repacked at compile time when it is a transposed constant.
+    let b = if !tb {
+        a.ins[1]
+    } else if let Some(&p) = a.aux.first() {
+        p
+    } else {
+        // Transposed run-time B: copy into [k, n] in the output's shadow is not possible, so
+        // read it through a scalar loop nest instead.
+        return gemm_scalar_bt(fx, g, n, alpha, beta, ta, a);
+    };
+    matmul_2d(fx, t, m, k, nn, a.ins[0], a_st, b, a.outs[0]);
+    gemm_epilogue(fx, g, n, alpha, beta, a, t);
+}
+
+fn gemm_epilogue(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, a: &Args, t: Target) {
+    let node = g.node(n);
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    if alpha != 1.0 {
+        let ops = [Opnd::new(a.outs[0], strides(out), 4)];
+        nest(fx, &dims, &ops, F32, t.simd.then_some(F4), &mut |fx, ty, p, _| {
+            let v = fx.load(ty, p[0]);
+            let al = fx.f(ty, alpha);
+            let r = fx.mul(v, al);
+            fx.store(r, p[0]);
+        });
+    }
+    if let Some(&c) = node.inputs.get(2) {
+        let cs = super::bcast_strides(&g.value(c).ty.shape, out);
+        let ops = [Opnd::new(a.outs[0], strides(out), 4), Opnd::new(a.ins[2], cs, 4)];
+        nest(fx, &dims, &ops, F32, t.simd.then_some(F4), &mut |fx, ty, p, bc| {
+            let v = fx.load(ty, p[0]);
+            let cv = ld(fx, ty, p[1], bc[1]);
+            let be = fx.f(ty, beta);
+            let bc = fx.mul(be, cv);
+            let r = fx.add(v, bc);
+            fx.store(r, p[0]);
+        });
+    }
+}
+
+fn gemm_scalar_bt(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: bool, a: &Args) {
+    let node = g.node(n);
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let (m, nn) = (out[0], out[1]);
+    let ash = &g.value(node.inputs[0]).ty.shape;
+    let k = if ta { ash[0] } else { ash[1] };
+    fx.for_n(m as i64, &mut |fx, i| {
+        fx.for_n(nn as i64, &mut |fx, j| {
+            let acc = fx.b.declare_var(F32);
+            let z = fx.f(F32, 0.0);
+            fx.b.def_var(acc, z);
+            fx.for_n(k as i64, &mut |fx, p| {
+                let ai = if ta {
+                    fx.mul_imm(p, m as i64)
+                } else {
+                    fx.mul_imm(i, k as i64)
+                };
+                let ai = fx.b.ins().iadd(ai, if ta { i } else { p });
+                let aa = fx.addr(a.ins[0], ai, 4);
+                let av = fx.load(F32, aa);
+                let bi = fx.mul_imm(j, k as i64);
+                let bi = fx.b.ins().iadd(bi, p);
+                let ba = fx.addr(a.ins[1], bi, 4);
+                let bv = fx.load(F32, ba);
+                let pr = fx.mul(av, bv);
+                let cur = fx.b.use_var(acc);
+                let s = fx.add(cur, pr);
+                fx.b.def_var(acc, s);
+            });
+            let v = fx.b.use_var(acc);
+            let oi = fx.mul_imm(i, nn as i64);
+            let oi = fx.b.ins().iadd(oi, j);
+            let oa = fx.addr(a.outs[0], oi, 4);
+            fx.store(v, oa);
+        });
+    });
+    gemm_epilogue(fx, g, n, alpha, beta, a, Target { simd: false });
+}
+
+pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
+    let node = g.node(n);
+    let (sa, sb) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty.shape);
+    let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+    let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
+    let (m, k, nn) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+    let batch = kiln_ir::shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).expect("checked by inference");
+    let dims: Vec<i64> = batch.iter().map(|&d| d as i64).collect();
+    let scale = |st: Vec<i64>, s: i64| st.into_iter().map(|x| x * s).collect::<Vec<_>>();
+    let ops = [
+        Opnd::new(a.outs[0], scale(strides(&batch), (m * nn) as i64), 4),
+        Opnd::new(
+            a.ins[0],
+            scale(super::bcast_strides(&a2[..a2.len() - 2], &batch), (m * k) as i64),
+            4,
+        ),
+        Opnd::new(
+            a.ins[1],
+            scale(super::bcast_strides(&b2[..b2.len() - 2], &batch), (k * nn) as i64),
+            4,
+        ),
+    ];
+    nest(fx, &dims, &ops, F32, None, &mut |fx, _, p, _| {
+        matmul_2d(fx, t, m, k, nn, p[1], (k as i64, 1), p[2], p[0]);
+    });
+}
+
+pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool, a: &Args) {
+    let shape = &g.value(g.node(n).inputs[0]).ty.shape;
+    let len = shape[axis] as i64;
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
+    let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
+    fx.for_n(outer, &mut |fx, o| {
+        fx.for_n(inner, &mut |fx, i| {
+            let base = fx.mul_imm(o, len * inner);
+            let base = fx.b.ins().iadd(base, i);
+            let xb = fx.addr(a.ins[0], base, 4);
+            let yb = fx.addr(a.outs[0], base, 4);
+            let mx = fx.b.declare_var(F32);
+            let ninf = fx.f(F32, f32::NEG_INFINITY);
+            fx.b.def_var(mx, ninf);
+            fx.for_n(len, &mut |fx, j| {
+                let xa = fx.addr(xb, j, inner * 4);
+                let x = fx.load(F32, xa);
+                let cur = fx.b.use_var(mx);
+                let gt = fx.gt(x, cur);
+                let nv = fx.b.ins().select(gt, x, cur);
+                fx.b.def_var(mx, nv);
+            });
+            let m = fx.b.use_var(mx);
+            let sum = fx.b.declare_var(F32);
+            let z = fx.f(F32, 0.0);
+            fx.b.def_var(sum, z);
+            fx.for_n(len, &mut |fx, j| {
+                let xa = fx.addr(xb, j, inner * 4);
+                let x = fx.load(F32, xa);
+                let d = fx.sub(x, m);
+                let e = fx.exp(F32, d);
+                if !log {
+                    let ya = fx.addr(yb, j, inner * 4);
+                    fx.store(e, ya);
+                }
+                let cur = fx.b.use_var(sum);
+                let s = fx.add(cur, e);
+                fx.b.def_var(sum, s);
+            });
+            let s = fx.b.use_var(sum);
+            let ls = if log { fx.log(F32, s) } else { s };
+            fx.for_n(len, &mut |fx, j| {
+                let ya = fx.addr(yb, j, inner * 4);
+                let v = if log {
+                    let xa = fx.addr(xb, j, inner * 4);
+                    let x = fx.load(F32, xa);
+                    let d = fx.sub(x, m);
+                    fx.sub(d, ls)
+                } else {
+                    let e = fx.load(F32, ya);
+                    fx.div(e, s)
+                };
+                fx.store(v, ya);
+            });
+        });
+    });
+}
+
+pub(crate) fn reduce_supported(k: ReduceKind) -> bool {
+    matches!(
+        k,
+        ReduceKind::Sum
+            | ReduceKind::Mean
+            | ReduceKind::Max
+            | ReduceKind::Min
+            | ReduceKind::SumSquare
+            | ReduceKind::L1
+            | ReduceKind::L2
+    )
+}
+
+/// Reductions accumulate in f64, like the evaluator, and round once at the end.
+pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: &[usize], a: &Args) {
+    let shape = &g.value(g.node(n).inputs[0]).ty.shape;
+    let st = strides(shape);
+    let kept: Vec<usize> = (0..shape.len()).filter(|d| !axes.contains(d)).collect();
+    let kdims: Vec<i64> = kept.iter().map(|&d| shape[d] as i64).collect();
+    let rdims: Vec<i64> = axes.iter().map(|&d| shape[d] as i64).collect();
+    let kst: Vec<i64> = kept.iter().map(|&d| st[d]).collect();
+    let rst: Vec<i64> = axes.iter().map(|&d| st[d]).collect();
+    let count: i64 = rdims.iter().product();
+    let out_st = strides(&kdims.iter().map(|&d| d as usize).collect::<Vec<_>>());
+    let ops = [Opnd::new(a.outs[0], out_st, 4), Opnd::new(a.ins[0], kst, 4)];
+    nest(fx, &kdims, &ops, F32, None, &mut |fx, _, p, _| {
+        let acc = fx.b.declare_var(F64);
+        let init = match kind {
+            ReduceKind::Max => f64::NEG_INFINITY,
+            ReduceKind::Min => f64::INFINITY,
+            _ => 0.0,
+        };
+        let iv = fx.b.ins().f64const(init);
+        fx.b.def_var(acc, iv);
+        let inner = [Opnd::new(p[1], rst.clone(), 4)];
+        nest(fx, &rdims, &inner, F32, None, &mut |fx, _, q, _| {
+            let x = fx.load(F32, q[0]);
+            let x = fx.b.ins().fpromote(F64, x);
+            let cur = fx.b.use_var(acc);
+            let nv = match kind {
+                ReduceKind::Sum | ReduceKind::Mean => fx.b.ins().fadd(cur, x),
+                ReduceKind::SumSquare | ReduceKind::L2 => {
+                    let sq = fx.b.ins().fmul(x, x);
+                    fx.b.ins().fadd(cur, sq)
+                }
+                ReduceKind::L1 => {
+                    let ab = fx.b.ins().fabs(x);
+                    fx.b.ins().fadd(cur, ab)
+                }
+                ReduceKind::Max | ReduceKind::Min => {
+                    let cc = if kind == ReduceKind::Max {
+                        FloatCC::GreaterThan
+                    } else {
+                        FloatCC::LessThan
+                    };
+                    let better = fx.b.ins().fcmp(cc, x, cur);
+                    let nan = fx.b.ins().fcmp(FloatCC::Unordered, x, x);
+                    let c = fx.b.ins().bor(better, nan);
+                    fx.b.ins().select(c, x, cur)
+                }
+                _ => unreachable!("checked by reduce_supported"),
+            };
+            fx.b.def_var(acc, nv);
+        });
+        let mut v = fx.b.use_var(acc);
+        match kind {
+            ReduceKind::Mean => {
+                let c = fx.b.ins().f64const(count as f64);
+                v = fx.b.ins().fdiv(v, c);
+            }
+            ReduceKind::L2 => v = fx.b.ins().sqrt(v),
+            _ => {}
+        }
+        let r = fx.b.ins().fdemote(F32, v);
+        fx.store(r, p[0]);
+    });
+}
+
+pub(crate) fn batch_norm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::BatchNorm { epsilon } = node.op else {
+        unreachable!()
+    };
+    let p: Vec<Vec<f32>> = node.inputs[1..]
+        .iter()
+        .map(|&v| g.const_value(v).expect("checked").to_f32_vec())
+        .collect();
+    // Same f32 operations as the evaluator: a = scale / sqrt(var + eps), s = bias - mean * a.
+    let a: Vec<f32> = (0..p[0].len()).map(|c| p[0][c] / (p[3][c] + epsilon).sqrt()).collect();
+    let s: Vec<f32> = (0..a.len()).map(|c| p[1][c] - p[2][c] * a[c]).collect();
+    vec![f32s(&a), f32s(&s)]
+}
+
+pub(crate) fn batch_norm(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
+    let shape = &g.value(g.node(n).inputs[0]).ty.shape;
+    let inner: i64 = shape[2..].iter().product::<usize>() as i64;
+    let dims = [shape[0] as i64, shape[1] as i64, inner];
+    let full = [shape[1] as i64 * inner, inner, 1];
+    let ch = [0, 1, 0];
+    let ops = [
+        Opnd::new(a.outs[0], full.to_vec(), 4),
+        Opnd::new(a.ins[0], full.to_vec(), 4),
+        Opnd::new(a.aux[0], ch.to_vec(), 4),
+        Opnd::new(a.aux[1], ch.to_vec(), 4),
+    ];
+    nest(fx, &dims, &ops, F32, t.simd.then_some(F4), &mut |fx, ty, p, bc| {
+        let x = ld(fx, ty, p[1], bc[1]);
+        let sa = ld(fx, ty, p[2], bc[2]);
+        let ss = ld(fx, ty, p[3], bc[3]);
+        let v = fx.mul(x, sa);
+        let v = fx.add(v, ss);
+        fx.store(v, p[0]);
+    });
+}
+
+pub(crate) fn lstm_supported(r: &Rnn) -> bool {
+    r.activations
+        .chunks(3)
+        .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh])
+}
+
+fn clip(fx: &mut Fx, r: &Rnn, v: Value) -> Value {
+    match r.clip {
+        Some(c) => {
+            let lo = fx.f(F32, -c);
+            let hi = fx.f(F32, c);
+            let v = fx.b.ins().fmax(v, lo);
+            fx.b.ins().fmin(v, hi)
+        }
+        None => v,
+    }
+}
+
+/// `out[j] = sum_k m[j*len + k] * v[k]` for `rows` rows, accumulated from zero.
+fn matvec(fx: &mut Fx, m: Value, v: Value, rows: usize, len: usize, out: Value) {
+    fx.for_n(rows as i64, &mut |fx, j| {
+        let acc = fx.b.declare_var(F32);
+        let z = fx.f(F32, 0.0);
+        fx.b.def_var(acc, z);
+        let row = fx.addr(m, j, len as i64 * 4);
+        fx.for_n(len as i64, &mut |fx, k| {
+            let ma = fx.addr(row, k, 4);
+            let va = fx.addr(v, k, 4);
+            let (mv, vv) = (fx.load(F32, ma), fx.load(F32, va));
+            let p = fx.mul(mv, vv);
+            let cur = fx.b.use_var(acc);
+            let s = fx.add(cur, p);
+            fx.b.def_var(acc, s);
+        });
+        let r = fx.b.use_var(acc);
+        let oa = fx.addr(out, j, 4);
+        fx.store(r, oa);
+    });
+}
+
+/// LSTM with the default activations, following the evaluator step by step. Scratch holds
+/// h, c and the two gate vectors (W x and R h).
+pub(crate) fn lstm(fx: &mut Fx, g: &Graph, n: NodeId, r: &Rnn, a: &Args) {
+    let RnnKind::Lstm { input_forget } = r.kind else {
+        unreachable!()
+    };
+    let xs = &g.value(g.node(n).inputs[0]).ty.shape;
+    let (seq, batch, isz) = if r.batch_major {
+        (xs[1], xs[0], xs[2])
+    } else {
+        (xs[0], xs[1], xs[2])
+    };
+    let h = r.hidden;
+    let dirs = r.direction.count();
+    let h4 = 4 * h as i64;
+    let (hs, cs) = (a.scratch, fx.add_imm(a.scratch, h as i64 * 4));
+    let gx = fx.add_imm(a.scratch, 2 * h as i64 * 4);
+    let gh = fx.add_imm(a.scratch, 6 * h as i64 * 4);
+    let peep = a.ins.get(6).copied();
+    for d in 0..dirs {
+        let reverse = r.direction == RnnDirection::Reverse || (r.direction == RnnDirection::Bidirectional && d == 1);
+        let wd = fx.add_imm(a.ins[1], d as i64 * h4 * isz as i64 * 4);
+        let rd = fx.add_imm(a.ins[2], d as i64 * h4 * h as i64 * 4);
+        let wb = fx.add_imm(a.ins[3], d as i64 * 2 * h4 * 4);
+        let rb = fx.add_imm(wb, h4 * 4);
+        fx.for_n(batch as i64, &mut |fx, bi| {
+            let state = if r.batch_major {
+                let s = fx.mul_imm(bi, dirs as i64);
+                fx.add_imm(s, d as i64)
+            } else {
+                fx.add_imm(bi, (d * batch) as i64)
+            };
+            let so = fx.mul_imm(state, h as i64 * 4);
+            for (dst, src) in [(hs, a.ins[4]), (cs, a.ins[5])] {
+                let sp = fx.b.ins().iadd(src, so);
+                fx.for_n(h as i64, &mut |fx, j| {
+                    let sa = fx.addr(sp, j, 4);
+                    let v = fx.load(F32, sa);
+                    let da = fx.addr(dst, j, 4);
+                    fx.store(v, da);
+                });
+            }
+            fx.for_n(seq as i64, &mut |fx, s| {
+                let tt = if reverse {
+                    let last = fx.i(seq as i64 - 1);
+                    fx.b.ins().isub(last, s)
+                } else {
+                    s
+                };
+                let xo = if r.batch_major {
+                    let v = fx.mul_imm(bi, seq as i64);
+                    fx.b.ins().iadd(v, tt)
+                } else {
+                    let v = fx.mul_imm(tt, batch as i64);
+                    fx.b.ins().iadd(v, bi)
+                };
+                let xp = fx.addr(a.ins[0], xo, isz as i64 * 4);
+                matvec(fx, wd, xp, 4 * h, isz, gx);
+                matvec(fx, rd, hs, 4 * h, h, gh);
+                fx.for_n(h as i64, &mut |fx, j| {
+                    let pre = |fx: &mut Fx, gate: i64| {
+                        let jj = fx.add_imm(j, gate * h as i64);
+                        let l = |fx: &mut Fx, base: Value| {
+                            let ad = fx.addr(base, jj, 4);
+                            fx.load(F32, ad)
+                        };
+                        let (x1, x2, x3, x4) = (l(fx, gx), l(fx, gh), l(fx, wb), l(fx, rb));
+                        let s = fx.add(x1, x2);
+                        let s = fx.add(s, x3);
+                        fx.add(s, x4)
+                    };
+                    let pv = |fx: &mut Fx, k: i64| match peep {
+                        Some(p) => {
+                            let base = fx.add_imm(p, (d as i64 * 3 * h as i64 + k * h as i64) * 4);
+                            let ad = fx.addr(base, j, 4);
+                            fx.load(F32, ad)
+                        }
+                        None => fx.f(F32, 0.0),
+                    };
+                    let ca = fx.addr(cs, j, 4);
+                    let c_old = fx.load(F32, ca);
+                    let p0 = pre(fx, 0);
+                    let pi = pv(fx, 0);
+                    let pic = fx.mul(pi, c_old);
+                    let iv = fx.add(p0, pic);
+                    let iv = clip(fx, r, iv);
+                    let ig = fx.sigmoid(F32, iv);
+                    let fg = if input_forget {
+                        let one = fx.f(F32, 1.0);
+                        fx.sub(one, ig)
+                    } else {
+                        let p2 = pre(fx, 2);
+                        let pf = pv(fx, 2);
+                        let pfc = fx.mul(pf, c_old);
+                        let fv = fx.add(p2, pfc);
+                        let fv = clip(fx, r, fv);
+                        fx.sigmoid(F32, fv)
+                    };
+                    let p3 = pre(fx, 3);
+                    let cv = clip(fx, r, p3);
+                    let cg = fx.tanh(F32, cv);
+                    let fc = fx.mul(fg, c_old);
+                    let icg = fx.mul(ig, cg);
+                    let c_new = fx.add(fc, icg);
+                    fx.store(c_new, ca);
+                    let p1 = pre(fx, 1);
+                    let po = pv(fx, 1);
+                    let poc = fx.mul(po, c_new);
+                    let ov = fx.add(p1, poc);
+                    let ov = clip(fx, r, ov);
+                    let og = fx.sigmoid(F32, ov);
+                    let th = fx.tanh(F32, c_new);
+                    let h_new = fx.mul(og, th);
+                    let ha = fx.addr(hs, j, 4);
+                    fx.store(h_new, ha);
+                });
+                // Y[t, d, b] (or [b, t, d]) = h
+                let yo = if r.batch_major {
+                    let v = fx.mul_imm(bi, seq as i64);
+                    let v = fx.b.ins().iadd(v, tt);
+                    let v = fx.mul_imm(v, dirs as i64);
+                    fx.add_imm(v, d as i64)
+                } else {
+                    let v = fx.mul_imm(tt, dirs as i64);
+                    let v = fx.add_imm(v, d as i64);
+                    let v = fx.mul_imm(v, batch as i64);
+                    fx.b.ins().iadd(v, bi)
+                };
+                let yp = fx.addr(a.outs[0], yo, h as i64 * 4);
+                fx.for_n(h as i64, &mut |fx, j| {
+                    let sa = fx.addr(hs, j, 4);
+                    let v = fx.load(F32, sa);
+                    let da = fx.addr(yp, j, 4);
+                    fx.store(v, da);
+                });
+            });
+            for (k, src) in [(1usize, hs), (2, cs)] {
+                let dp = fx.b.ins().iadd(a.outs[k], so);
+                fx.for_n(h as i64, &mut |fx, j| {
+                    let sa = fx.addr(src, j, 4);
+                    let v = fx.load(F32, sa);
+                    let da = fx.addr(dp, j, 4);
+                    fx.store(v, da);
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,292 @@
+//! The Cranelift backend: a planned graph becomes one relocatable object with a kernel
+//! function per node (each in its own section, so the linker drops what is unused), the
+//! weights in read-only data, and one exported `<prefix>_run` that calls the kernels in
+//! schedule order on caller buffers and the arena.
+
+mod fx;
+mod kernels;
+
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{Context, isa};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
+use cranelift_object::{ObjectBuilder, ObjectModule};
+use kernels::{Args, Target};
+use kiln_ir::plan::{Location, MemoryPlan};
+use kiln_ir::{Graph, ValueId};
+use std::collections::HashMap;
+use target_lexicon::{Architecture, Triple};
+use thiserror::Error;
+
+/// Alignment of the arena and of every tensor in it (one 128-bit vector).
+pub const ARENA_ALIGN: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "target `{triple}` is not supported by the native backend: {reason} (supported: x86_64, aarch64 and riscv64 Linux, e.g. x86_64-unknown-linux-gnu)"
+    )]
+    UnsupportedTarget { triple: String, reason: String },
+    #[error("{count} node(s) the native backend cannot compile yet:{list}", count = .0.len(), list = .0.iter().map(|s| format!("\n  {s}")).collect::<String>())]
+    UnsupportedOps(Vec<String>),
+    #[error("code generation failed in `{function}`: {msg}")]
+    Codegen { function: String, msg: String },
+}
+
+/// What to build for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub triple: Triple,
+    /// Symbol prefix: `<prefix>_run`.
+    pub prefix: String,
+}
+
+/// The emitted object file and, for review, the CLIF of every function.
+pub struct Output {
+    pub object: Vec<u8>,
+    pub clif: String,
+}
+
+/// Checks the target and returns the Cranelift ISA for it.
+pub fn target_isa(triple: &Triple) -> Result<isa::OwnedTargetIsa, Error> {
+    let unsupported = |reason: &str| Error::UnsupportedTarget {
+        triple: triple.to_string(),
+        reason: reason.into(),
+    };
+    if !matches!(
+        triple.architecture,
+        Architecture::X86_64 | Architecture::Aarch64(_) | Architecture::Riscv64(_)
+    ) {
+        return Err(unsupported("architecture"));
+    }
+    let mut flags = settings::builder();
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| unsupported(&e.to_string()))?;
+    flags.set("is_pic", "true").map_err(|e| unsupported(&e.to_string()))?;
+    let mut builder = isa::lookup(triple.clone()).map_err(|e| unsupported(&e.to_string()))?;
+    if triple.architecture == Architecture::X86_64 {
+        // x86-64-v2 (every x86-64 CPU since about 2009): SSE4.1 gives native float rounding,
+        // so objects never call libm's nearbyintf/floorf.
+        for f in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"] {
+            builder.enable(f).map_err(|e| unsupported(&e.to_string()))?;
+        }
+    }
+    builder
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| unsupported(&e.to_string()))
+}
+
+/// Scratch bytes each node's kernel needs (give this to the memory planner).
+pub fn scratch_bytes(g: &Graph, n: kiln_ir::NodeId) -> usize {
+    kernels::scratch_bytes(g, n)
+}
+
+/// Every node this backend cannot compile, described.
+pub fn unsupported(g: &Graph, plan: &MemoryPlan) -> Vec<String> {
+    plan.order
+        .iter()
+        .filter_map(|&n| kernels::unsupported(g, n).map(|why| format!("node `{}`: {why}", g.node(n).name)))
+        .collect()
+}
+
+fn codegen_err(function: &str, e: impl std::fmt::Display) -> Error {
+    Error::Codegen {
+        function: function.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Error> {
+    let isa = target_isa(&opts.triple)?;
+    let bad = unsupported(g, plan);
+    if !bad.is_empty() {
+        return Err(Error::UnsupportedOps(bad));
+    }
+    let target = Target {
+        simd: !matches!(opts.triple.architecture, Architecture::Riscv64(_)),
+    };
+    let ptr = isa.pointer_type();
+    let call_conv = isa.default_call_conv();
+    let fcfg = isa.frontend_config();
+    let mut builder = ObjectBuilder::new(
+        isa,
+        opts.prefix.as_bytes().to_vec(),
+        cranelift_module::default_libcall_names(),
+    )
+    .map_err(|e| codegen_err("<object>", e))?;
+    builder.per_function_section(true);
+    let mut module = ObjectModule::new(builder);
+    let mut clif = String::new();
+    let mut fctx = FunctionBuilderContext::new();
+
+    // Read-only data: the constants kernels read, then per-kernel tables.
+    let mut const_data: HashMap<ValueId, DataId> = HashMap::new();
+    let data = |module: &mut ObjectModule, name: &str, bytes: Vec<u8>| -> Result<DataId, Error> {
+        let id = module
+            .declare_data(name, Linkage::Local, false, false)
+            .map_err(|e| codegen_err(name, e))?;
+        let mut d = DataDescription::new();
+        d.define(bytes.into_boxed_slice());
+        d.set_align(ARENA_ALIGN as u64);
+        module.define_data(id, &d).map_err(|e| codegen_err(name, e))?;
+        Ok(id)
+    };
+    let mut kernels: Vec<(FuncId, Vec<DataId>, usize)> = Vec::new();
+    for (idx, &n) in plan.order.iter().enumerate() {
+        let node = g.node(n);
+        for (slot, &v) in node.inputs.iter().enumerate() {
+            if let Some(t) = g.const_value(v)
+                && kernels::reads_input(g, n, slot)
+                && !const_data.contains_key(&v)
+            {
+                let id = data(
+                    &mut module,
+                    &format!("{}_const{}", opts.prefix, v.index()),
+                    t.data.to_le_bytes(),
+                )?;
+                const_data.insert(v, id);
+            }
+        }
+        let aux: Vec<DataId> = kernels::aux_data(g, n, target)
+            .into_iter()
+            .enumerate()
+            .map(|(k, bytes)| data(&mut module, &format!("{}_k{idx}_table{k}", opts.prefix), bytes))
+            .collect::<Result<_, _>>()?;
+        let n_args = node.inputs.len() + node.outputs.len() + 1 + aux.len();
+        let mut sig = Signature::new(call_conv);
+        sig.params.extend((0..n_args).map(|_| AbiParam::new(ptr)));
+        let name = format!("{}_k{idx}_{}", opts.prefix, node.op.name().to_ascii_lowercase());
+        let fid = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| codegen_err(&name, e))?;
+        let mut ctx = Context::new();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            b.seal_block(entry);
+            let p = b.block_params(entry).to_vec();
+            let (ni, no) = (node.inputs.len(), node.outputs.len());
+            let args = Args {
+                ins: p[..ni].to_vec(),
+                outs: p[ni..ni + no].to_vec(),
+                scratch: p[ni + no],
+                aux: p[ni + no + 1..].to_vec(),
+            };
+            let mut f = fx::Fx::new(&mut b);
+            kernels::emit(&mut f, g, n, &args, target);
+            b.ins().return_(&[]);
+            b.finalize(fcfg);
+        }
+        clif.push_str(&format!("; {name}: node `{}`\n{}\n", node.name, ctx.func.display()));
+        module
+            .define_function(fid, &mut ctx)
+            .map_err(|e| codegen_err(&name, format!("{e:?}")))?;
+        kernels.push((fid, aux, node.inputs.len() + node.outputs.len()));
+    }
+
+    // <prefix>_run(inputs..., outputs..., arena) -> i32
+    let n_params = g.inputs().len() + g.outputs().len() + 1;
+    let mut sig = Signature::new(call_conv);
+    sig.params.extend((0..n_params).map(|_| AbiParam::new(ptr)));
+    sig.returns.push(AbiParam::new(I32));
+    let run_name = format!("{}_run", opts.prefix);
+    let run_id = module
+        .declare_function(&run_name, Linkage::Export, &sig)
+        .map_err(|e| codegen_err(&run_name, e))?;
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, run_id.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let arena = params[n_params - 1];
+        let mut gv_cache: HashMap<DataId, cranelift_codegen::ir::Value> = HashMap::new();
+        let mut data_addr = |b: &mut FunctionBuilder, module: &mut ObjectModule, id: DataId| {
+            *gv_cache.entry(id).or_insert_with(|| {
+                let gv = module.declare_data_in_func(id, b.func);
+                b.ins().symbol_value(ptr, gv)
+            })
+        };
+        for (&n, (fid, aux, _)) in plan.order.iter().zip(&kernels) {
+            let node = g.node(n);
+            let mut args = Vec::new();
+            for (slot, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
+                let a = match plan.loc(v) {
+                    Location::Input(i) => params[i],
+                    Location::Output(i) => params[g.inputs().len() + i],
+                    Location::Arena(off) => b.ins().iadd_imm_s(arena, off as i64),
+                    Location::Const(c) => match const_data.get(&c) {
+                        Some(&id) => data_addr(&mut b, &mut module, id),
+                        None => {
+                            debug_assert!(!kernels::reads_input(g, n, slot));
+                            b.ins().iconst(ptr, 0)
+                        }
+                    },
+                };
+                args.push(a);
+            }
+            let scratch = match plan.scratch.get(&n) {
+                Some(&off) => b.ins().iadd_imm_s(arena, off as i64),
+                None => b.ins().iconst(ptr, 0),
+            };
+            args.push(scratch);
+            for &d in aux {
+                args.push(data_addr(&mut b, &mut module, d));
+            }
+            let fref = module.declare_func_in_func(*fid, b.func);
+            b.ins().call(fref, &args);
+        }
+        // Outputs not written by a node (constants, or one value listed twice) are copied.
+        let mut f = fx::Fx::new(&mut b);
+        for (i, &v) in g.outputs().iter().enumerate() {
+            let dst = params[g.inputs().len() + i];
+            let src = match plan.loc(v) {
+                Location::Output(j) if j == i => continue,
+                Location::Output(j) => params[g.inputs().len() + j],
+                Location::Input(j) => params[j],
+                Location::Arena(off) => f.b.ins().iadd_imm_s(arena, off as i64),
+                Location::Const(c) => {
+                    let t = g.const_value(c).expect("constant");
+                    let id = data(&mut module, &format!("{}_out{i}", opts.prefix), t.data.to_le_bytes())?;
+                    let gv = module.declare_data_in_func(id, f.b.func);
+                    f.b.ins().symbol_value(ptr, gv)
+                }
+            };
+            let bytes = g.value(v).ty.bytes() as i64;
+            f.for_n(bytes, &mut |f, k| {
+                let sa = f.b.ins().iadd(src, k);
+                let x = f.b.ins().load(
+                    cranelift_codegen::ir::types::I8,
+                    cranelift_codegen::ir::MemFlagsData::trusted(),
+                    sa,
+                    0,
+                );
+                let da = f.b.ins().iadd(dst, k);
+                f.b.ins()
+                    .store(cranelift_codegen::ir::MemFlagsData::trusted(), x, da, 0);
+            });
+        }
+        let zero = b.ins().iconst(I32, 0);
+        b.ins().return_(&[zero]);
+        b.finalize(fcfg);
+    }
+    clif.push_str(&format!("; {run_name}\n{}\n", ctx.func.display()));
+    module
+        .define_function(run_id, &mut ctx)
+        .map_err(|e| codegen_err(&run_name, format!("{e:?}")))?;
+    let product = module.finish();
+    let object = product.emit().map_err(|e| codegen_err("<object>", e))?;
+    let _ = I64;
+    Ok(Output { object, clif })
+}

@@ -1,0 +1,167 @@
+//! From an optimized graph to files on disk: memory plan, backend, API header and bindings,
+//! and the static library. All files of one build are written under temporary names and
+//! renamed into place only when every one of them is complete.
+
+use kiln_backends::cranelift;
+use kiln_backends::header::{self, Api};
+use kiln_ir::plan::{self, MemoryPlan};
+use kiln_ir::{Graph, IrError};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use target_lexicon::Triple;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CompileError {
+    #[error("`{0}` is not a valid symbol prefix: use letters, digits and `_`, not starting with a digit")]
+    BadPrefix(String),
+    #[error(
+        "unknown target `{0}`: give a target triple such as x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu or riscv64gc-unknown-linux-gnu"
+    )]
+    BadTarget(String),
+    #[error(transparent)]
+    Plan(#[from] IrError),
+    #[error(transparent)]
+    Native(#[from] cranelift::Error),
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// A native object through Cranelift, with `lib<prefix>.a`, `<prefix>.h`, `<prefix>.rs`.
+    Object,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub emit: Emit,
+    pub target: Triple,
+    pub prefix: String,
+}
+
+/// Figures worth reporting about one build.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub arena_size: usize,
+    pub arena_lower_bound: usize,
+    pub object_bytes: usize,
+    pub kernels: usize,
+}
+
+/// A finished build: file names and contents, plus the generated CLIF for review.
+pub struct Compiled {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub clif: String,
+    pub report: Report,
+}
+
+/// Parses a target triple; `host` means the machine running Kiln.
+pub fn parse_target(s: &str) -> Result<Triple, CompileError> {
+    if s == "host" {
+        return Ok(Triple::host());
+    }
+    Triple::from_str(s).map_err(|_| CompileError::BadTarget(s.to_string()))
+}
+
+/// A default symbol prefix from a model path (`models/kws-v2.onnx` -> `kws_v2`).
+pub fn default_prefix(model: &Path) -> String {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    kiln_backends::namer::Namer::default().name(&stem)
+}
+
+fn check_prefix(p: &str) -> Result<(), CompileError> {
+    let ok = p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CompileError::BadPrefix(p.to_string()))
+    }
+}
+
+/// Plans memory for the native backend.
+pub fn plan_native(g: &Graph) -> Result<MemoryPlan, IrError> {
+    plan::plan(g, cranelift::ARENA_ALIGN, cranelift::scratch_bytes)
+}
+
+pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
+    check_prefix(&opts.prefix)?;
+    let plan = plan_native(g)?;
+    let out = cranelift::emit(
+        g,
+        &plan,
+        &cranelift::Options {
+            triple: opts.target.clone(),
+            prefix: opts.prefix.clone(),
+        },
+    )?;
+    let api = Api::new(g, &plan, &opts.prefix, source);
+    let p = &opts.prefix;
+    let archive = static_lib(&format!("{p}.o"), &out.object).map_err(|source| CompileError::Io {
+        path: PathBuf::from(format!("lib{p}.a")),
+        source,
+    })?;
+    let report = Report {
+        arena_size: plan.arena_size,
+        arena_lower_bound: plan.lower_bound,
+        object_bytes: out.object.len(),
+        kernels: plan.order.len(),
+    };
+    let files = vec![
+        (format!("{p}.o"), out.object),
+        (format!("lib{p}.a"), archive),
+        (format!("{p}.h"), header::c_header(&api).into_bytes()),
+        (format!("{p}.rs"), header::rust_bindings(&api).into_bytes()),
+    ];
+    Ok(Compiled {
+        files,
+        clif: out.clif,
+        report,
+    })
+}
+
+/// A GNU `ar` archive holding one object, with the symbol index linkers need.
+fn static_lib(member: &str, object: &[u8]) -> std::io::Result<Vec<u8>> {
+    use ar_archive_writer::{ArchiveKind, DEFAULT_OBJECT_READER, NewArchiveMember, write_archive_to_stream};
+    let members = [NewArchiveMember::new(
+        object,
+        &DEFAULT_OBJECT_READER,
+        member.to_string(),
+    )];
+    let mut cur = std::io::Cursor::new(Vec::new());
+    write_archive_to_stream(&mut cur, &members, ArchiveKind::Gnu, false, None)?;
+    Ok(cur.into_inner())
+}
+
+/// Writes every file into `dir`, all or nothing.
+pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), CompileError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CompileError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tag = format!(".kiln-tmp-{}", std::process::id());
+    let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| {
+        for (name, bytes) in files {
+            let tmp = dir.join(format!("{name}{tag}"));
+            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+            written.push((tmp, dir.join(name)));
+        }
+        for (tmp, dst) in &written {
+            std::fs::rename(tmp, dst).map_err(io(dst))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _) in &written {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
+}
