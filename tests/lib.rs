@@ -171,3 +171,122 @@ pub fn write_model(tag: &str, m: &ModelProto) -> PathBuf {
 pub fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
     Tensor::from_vec(shape.to_vec(), v)
 }
+
+// ---- native builds: compile, link into a C harness with the system `cc`, run ----
+
+/// A model compiled to a host executable that reads raw inputs and writes raw outputs.
+pub struct NativeExe {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Compiles `g` with the Cranelift backend into `dir`, links a generated C harness against
+/// `lib<prefix>.a`, and returns the executable.
+pub fn build_native(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path) -> Result<NativeExe, String> {
+    use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
+    let opts = CompileOptions {
+        emit: Emit::Object,
+        target: parse_target("host").unwrap(),
+        prefix: prefix.into(),
+    };
+    let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
+    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    let up = prefix.to_ascii_uppercase();
+    let ctype = |s: kiln_ir::Scalar| kiln_backends::header::c_type(s);
+    let mut c = format!("#include \"{prefix}.h\"\n#include <stdio.h>\n#include <stdlib.h>\n");
+    c.push_str("static void io(const char *p, void *b, size_t n, int w) {\n  FILE *f = fopen(p, w ? \"wb\" : \"rb\");\n  if (!f || (w ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n) { fprintf(stderr, \"io %s\\n\", p); exit(2); }\n  fclose(f);\n}\n");
+    let (ni, no) = (g.inputs().len(), g.outputs().len());
+    for (i, &v) in g.inputs().iter().enumerate() {
+        c.push_str(&format!(
+            "static {} in{i}[{up}_INPUT{i}_COUNT + 1];\n",
+            ctype(g.value(v).ty.dtype.scalar)
+        ));
+    }
+    for (i, &v) in g.outputs().iter().enumerate() {
+        c.push_str(&format!(
+            "static {} out{i}[{up}_OUTPUT{i}_COUNT + 1];\n",
+            ctype(g.value(v).ty.dtype.scalar)
+        ));
+    }
+    c.push_str(&format!("static _Alignas(16) unsigned char arena[{up}_ARENA_SIZE + 16];\nint main(int argc, char **argv) {{\n  if (argc != {}) return 3;\n", 1 + ni + no));
+    for i in 0..ni {
+        c.push_str(&format!(
+            "  io(argv[{}], in{i}, sizeof(in{i}[0]) * {up}_INPUT{i}_COUNT, 0);\n",
+            1 + i
+        ));
+    }
+    let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}")).collect();
+    args.extend((0..no).map(|i| format!("out{i}")));
+    args.push("arena".into());
+    c.push_str(&format!(
+        "  int rc = {prefix}_run({});\n  if (rc) return 10 + rc;\n",
+        args.join(", ")
+    ));
+    for i in 0..no {
+        c.push_str(&format!(
+            "  io(argv[{}], out{i}, sizeof(out{i}[0]) * {up}_OUTPUT{i}_COUNT, 1);\n",
+            1 + ni + i
+        ));
+    }
+    c.push_str("  return 0;\n}\n");
+    let src = dir.join("harness.c");
+    std::fs::write(&src, c).map_err(|e| e.to_string())?;
+    let exe = dir.join("harness");
+    let st = std::process::Command::new("cc")
+        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"])
+        .arg(&src)
+        .arg("-L")
+        .arg(dir)
+        .arg(format!("-l{prefix}"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| format!("cannot run cc: {e}"))?;
+    if !st.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&st.stderr)));
+    }
+    Ok(NativeExe {
+        exe,
+        dir: dir.to_path_buf(),
+    })
+}
+
+impl NativeExe {
+    /// Runs the executable on `inputs`; outputs come back with the graph's output types.
+    pub fn run(&self, g: &kiln_ir::Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let mut args = Vec::new();
+        for (i, t) in inputs.iter().enumerate() {
+            let p = self.dir.join(format!("in{i}.bin"));
+            std::fs::write(&p, t.data.to_le_bytes()).map_err(|e| e.to_string())?;
+            args.push(p);
+        }
+        let outs: Vec<PathBuf> = (0..g.outputs().len())
+            .map(|i| self.dir.join(format!("out{i}.bin")))
+            .collect();
+        args.extend(outs.iter().cloned());
+        let st = std::process::Command::new(&self.exe)
+            .args(&args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !st.status.success() {
+            return Err(format!(
+                "native run failed ({}): {}",
+                st.status,
+                String::from_utf8_lossy(&st.stderr)
+            ));
+        }
+        g.outputs()
+            .iter()
+            .zip(&outs)
+            .map(|(&v, p)| {
+                let ty = &g.value(v).ty;
+                let b = std::fs::read(p).map_err(|e| e.to_string())?;
+                let d = kiln_ir::Data::from_le_bytes(ty.dtype.scalar, &b).ok_or("bad output size")?;
+                if d.len() != ty.numel() {
+                    return Err("bad output size".to_string());
+                }
+                Ok(Tensor::new(ty.shape.clone(), d))
+            })
+            .collect()
+    }
+}

@@ -38,11 +38,11 @@ impl<'a, 'b> Fx<'a, 'b> {
     }
 
     pub fn load(&mut self, ty: Type, addr: Value) -> Value {
-        self.b.ins().load(ty, MemFlagsData::trusted(), addr, 0)
+        self.b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0)
     }
 
     pub fn store(&mut self, v: Value, addr: Value) {
-        self.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+        self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
     }
 
     /// `base + index * scale` (bytes).

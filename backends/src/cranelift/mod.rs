@@ -268,13 +268,13 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 let sa = f.b.ins().iadd(src, k);
                 let x = f.b.ins().load(
                     cranelift_codegen::ir::types::I8,
-                    cranelift_codegen::ir::MemFlagsData::trusted(),
+                    cranelift_codegen::ir::MemFlagsData::new().with_notrap(),
                     sa,
                     0,
                 );
                 let da = f.b.ins().iadd(dst, k);
                 f.b.ins()
-                    .store(cranelift_codegen::ir::MemFlagsData::trusted(), x, da, 0);
+                    .store(cranelift_codegen::ir::MemFlagsData::new().with_notrap(), x, da, 0);
             });
         }
         let zero = b.ins().iconst(I32, 0);
