@@ -15,7 +15,13 @@ use std::sync::Mutex;
 const RTOL: f64 = 1e-3;
 const ATOL: f64 = 1e-7;
 
-fn run_case(dir: &Path) -> Result<(), String> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Eval,
+    Native,
+}
+
+fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
     let sets: Vec<PathBuf> = {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| e.to_string())?
@@ -110,7 +116,20 @@ fn run_case(dir: &Path) -> Result<(), String> {
             .filter(|(n, _)| !opts.constant_inputs.contains_key(**n))
             .map(|(_, t)| t.clone())
             .collect();
-        let got = kiln_ir::eval::run(&model.graph, &free).map_err(|e| e.to_string())?;
+        let got = match backend {
+            Backend::Eval => kiln_ir::eval::run(&model.graph, &free).map_err(|e| e.to_string())?,
+            Backend::Native => {
+                let build = std::env::temp_dir().join(format!(
+                    "kiln-conf-{}-{}",
+                    std::process::id(),
+                    dir.file_name().unwrap().to_string_lossy()
+                ));
+                let exe = kiln_tests::build_native(&model.graph, "model", &build)?;
+                let got = exe.run(&model.graph, &free);
+                let _ = std::fs::remove_dir_all(&build);
+                got?
+            }
+        };
         if got.len() != wants.len() {
             return Err(format!("{} outputs, expected {}", got.len(), wants.len()));
         }
@@ -129,7 +148,8 @@ fn main() {
     let dir = std::env::var_os("KILN_ONNX_NODE_TESTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/onnx-node-tests/onnx/backend/test/data/node"));
-    let manifest_path = root.join("tests/conformance/evaluator.pass");
+    let eval_manifest = root.join("tests/conformance/evaluator.pass");
+    let native_manifest = root.join("tests/conformance/native.pass");
     if !dir.is_dir() {
         if std::env::var_os("KILN_REQUIRE_CONFORMANCE").is_some() {
             eprintln!(
@@ -144,13 +164,6 @@ fn main() {
         );
         return;
     }
-    let manifest: BTreeSet<String> = std::fs::read_to_string(&manifest_path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("readable node test dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -161,9 +174,19 @@ fn main() {
     if let Some(f) = &filter {
         cases.retain(|c| c.file_name().unwrap().to_string_lossy().contains(f.as_str()));
     }
-    let results: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
+    type Outcome = (Result<(), String>, Option<Result<(), String>>);
+    let results: Mutex<BTreeMap<String, Outcome>> = Mutex::new(BTreeMap::new());
     let next = Mutex::new(0usize);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let guarded = |case: &Path, b: Backend| {
+        std::panic::catch_unwind(|| run_case(case, b)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(format!("PANIC: {}", msg.unwrap_or_default()))
+        })
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -175,61 +198,87 @@ fn main() {
                     };
                     let Some(case) = cases.get(i) else { break };
                     let name = case.file_name().unwrap().to_string_lossy().into_owned();
-                    let r = std::panic::catch_unwind(|| run_case(case)).unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                        Err(format!("PANIC: {}", msg.unwrap_or_default()))
-                    });
-                    results.lock().unwrap().insert(name, r);
+                    let eval = guarded(case, Backend::Eval);
+                    // The native backend is tried on every case the evaluator passes.
+                    let native = eval.is_ok().then(|| guarded(case, Backend::Native));
+                    results.lock().unwrap().insert(name, (eval, native));
                 }
             });
         }
     });
     let results = results.into_inner().unwrap();
-    let (mut passed, mut failed, mut new_pass, mut outside) = (0, 0, Vec::new(), 0);
-    let mut report = String::new();
-    for (name, r) in &results {
-        let listed = manifest.contains(name);
-        match (listed, r) {
-            (true, Ok(())) => passed += 1,
-            (true, Err(e)) => {
-                failed += 1;
-                println!("FAIL {name}: {e}");
-            }
-            (false, Ok(())) => new_pass.push(name.clone()),
-            (false, Err(e)) => {
-                outside += 1;
-                report.push_str(&format!("{name}: {e}\n"));
-            }
-        }
-    }
     let _ = std::fs::create_dir_all(root.join("target"));
-    let _ = std::fs::write(root.join("target/conformance-unsupported.txt"), &report);
-    if std::env::var_os("KILN_BLESS").is_some() && filter.is_none() {
-        let pass: Vec<&String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n).collect();
-        let mut text = String::from(
-            "# ONNX node tests (onnx 1.20.0) that must pass on the reference evaluator.\n# Regenerate with KILN_BLESS=1 cargo test -p kiln-tests --test conformance\n",
-        );
-        for n in &pass {
-            text.push_str(n);
-            text.push('\n');
+    let mut total_failed = 0;
+    let mut total_passed = 0;
+    for (label, manifest_path, pick) in [
+        (
+            "evaluator",
+            &eval_manifest,
+            Box::new(|o: &Outcome| Some(o.0.clone())) as Box<dyn Fn(&Outcome) -> Option<Result<(), String>>>,
+        ),
+        ("native", &native_manifest, Box::new(|o: &Outcome| o.1.clone())),
+    ] {
+        let manifest = read_manifest(manifest_path);
+        let (mut passed, mut failed, mut new_pass, mut outside) = (0, 0, Vec::new(), 0);
+        let mut report = String::new();
+        for (name, o) in &results {
+            let r = pick(o).unwrap_or_else(|| Err("the evaluator fails this case".into()));
+            match (manifest.contains(name), &r) {
+                (true, Ok(())) => passed += 1,
+                (true, Err(e)) => {
+                    failed += 1;
+                    println!("FAIL {label} {name}: {e}");
+                }
+                (false, Ok(())) => new_pass.push(name.clone()),
+                (false, Err(e)) => {
+                    outside += 1;
+                    report.push_str(&format!("{name}: {e}\n"));
+                }
+            }
         }
-        std::fs::write(&manifest_path, text).expect("write manifest");
-        println!("blessed {} cases into {}", pass.len(), manifest_path.display());
+        let _ = std::fs::write(
+            root.join(format!("target/conformance-{label}-unsupported.txt")),
+            &report,
+        );
+        if std::env::var_os("KILN_BLESS").is_some() && filter.is_none() {
+            let pass: Vec<&String> = results
+                .iter()
+                .filter(|(_, o)| matches!(pick(o), Some(Ok(()))))
+                .map(|(n, _)| n)
+                .collect();
+            let mut text = format!(
+                "# ONNX node tests (onnx 1.20.0) that must pass on the {label} backend.\n# Regenerate with KILN_BLESS=1 cargo test -p kiln-tests --test conformance\n"
+            );
+            for n in &pass {
+                text.push_str(n);
+                text.push('\n');
+            }
+            std::fs::write(manifest_path, text).expect("write manifest");
+            println!("blessed {} {label} cases into {}", pass.len(), manifest_path.display());
+        }
+        for n in &new_pass {
+            println!("new {label} pass (not in manifest): {n}");
+        }
+        println!(
+            "conformance ({label}): {} cases; {} listed in the manifest, {passed} pass, {failed} fail; {outside} unlisted cases fail (reasons in target/conformance-{label}-unsupported.txt)",
+            results.len(),
+            manifest.len(),
+        );
+        total_passed += passed;
+        total_failed += failed;
     }
-    for n in &new_pass {
-        println!("new pass (not in manifest): {n}");
-    }
-    println!(
-        "conformance: {} cases; {} listed in the manifest; {} outside it fail (reasons in target/conformance-unsupported.txt)",
-        results.len(),
-        manifest.len(),
-        outside
-    );
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
+    println!("{total_passed} passed, {total_failed} failed");
+    if total_failed > 0 {
         std::process::exit(1);
     }
+}
+
+fn read_manifest(p: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
 }

@@ -79,7 +79,10 @@ pub fn plan(g: &Graph, align: usize, scratch_bytes: impl Fn(&Graph, NodeId) -> u
     }
     for (i, &v) in g.outputs().iter().enumerate() {
         if location[v.index()].is_none() {
-            location[v.index()] = Some(Location::Output(i));
+            location[v.index()] = Some(match g.value(v).def {
+                ValueDef::Const(_) => Location::Const(v),
+                _ => Location::Output(i),
+            });
         }
     }
     let mut last_use = vec![0usize; g.num_values()];

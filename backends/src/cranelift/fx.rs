@@ -104,8 +104,28 @@ impl<'a, 'b> Fx<'a, 'b> {
         if ty == F32 {
             self.b.ins().select(c, x, y)
         } else {
-            self.b.ins().bitselect(c, x, y)
+            // A vector compare yields an integer lane mask; view it as the float type.
+            let m = self.bits(ty, c);
+            self.b.ins().bitselect(m, x, y)
         }
+    }
+
+    /// Reinterprets the bits of `v` as `ty` (same size; lanes in little-endian order).
+    pub fn bits(&mut self, ty: Type, v: Value) -> Value {
+        let flags = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        self.b.ins().bitcast(ty, flags, v)
+    }
+
+    /// |mag| with the sign of `sign`, by bit operations (x86 has no vector copysign).
+    pub fn copysign(&mut self, ty: Type, mag: Value, sign: Value) -> Value {
+        let (ity, _) = int_ty(ty);
+        let a = self.b.ins().fabs(mag);
+        let a = self.bits(ity, a);
+        let s = self.bits(ity, sign);
+        let m = self.int_splat(ity, i32::MIN);
+        let s = self.b.ins().band(s, m);
+        let r = self.b.ins().bor(a, s);
+        self.bits(ty, r)
     }
 
     pub fn lt(&mut self, x: Value, y: Value) -> Value {
@@ -181,7 +201,7 @@ impl<'a, 'b> Fx<'a, 'b> {
         let bias = self.int_splat(ity, 126);
         let e = self.b.ins().iadd(ni, bias);
         let e = self.b.ins().ishl_imm_u(e, 23);
-        let scale = self.b.ins().bitcast(ty, MemFlagsData::new(), e);
+        let scale = self.bits(ty, e);
         let y = self.mul(p, scale);
         let two = self.f(ty, 2.0);
         let y = self.mul(y, two);
@@ -197,14 +217,15 @@ impl<'a, 'b> Fx<'a, 'b> {
     /// Natural log (Cephes logf scheme): x = m * 2^e with m in [sqrt(1/2), sqrt(2)).
     pub fn log(&mut self, ty: Type, x: Value) -> Value {
         let (ity, _) = int_ty(ty);
-        let bits = self.b.ins().bitcast(ity, MemFlagsData::new(), x);
+        let bits = self.bits(ity, x);
         let e = self.b.ins().sshr_imm_u(bits, 23);
         let mask = self.int_splat(ity, 0x807f_ffffu32 as i32);
         let m = self.b.ins().band(bits, mask);
         let half_exp = self.int_splat(ity, 0x3f00_0000);
         let m = self.b.ins().bor(m, half_exp);
-        let mut mf = self.b.ins().bitcast(ty, MemFlagsData::new(), m); // in [0.5, 1)
-        let e = self.b.ins().iadd_imm_s(e, -126);
+        let mut mf = self.bits(ty, m); // in [0.5, 1)
+        let bias = self.int_splat(ity, -126);
+        let e = self.b.ins().iadd(e, bias);
         let mut ef = self.b.ins().fcvt_from_sint(ty, e);
         let s = self.f(ty, std::f32::consts::FRAC_1_SQRT_2);
         let small = self.lt(mf, s);
@@ -301,7 +322,7 @@ impl<'a, 'b> Fx<'a, 'b> {
         let d = self.add(e, one);
         let q = self.div(two, d);
         let big = self.sub(one, q);
-        let big = self.b.ins().fcopysign(big, x);
+        let big = self.copysign(ty, big, x);
         let lim = self.f(ty, 0.625);
         let is_small = self.lt(a, lim);
         self.sel(ty, is_small, small, big)
@@ -336,7 +357,7 @@ impl<'a, 'b> Fx<'a, 'b> {
         let e = self.exp(ty, arg);
         let erfc = self.mul(t, e);
         let y = self.sub(one, erfc);
-        self.b.ins().fcopysign(y, x)
+        self.copysign(ty, y, x)
     }
 }
 
