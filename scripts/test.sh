@@ -22,7 +22,8 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 scripts/fetch-onnx-tests.sh
+scripts/setup-cross.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-KILN_REQUIRE_CONFORMANCE=1 cargo test --workspace --locked
+KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 cargo test --workspace --locked

@@ -174,19 +174,67 @@ pub fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
 
 // ---- native builds: compile, link into a C harness with the system `cc`, run ----
 
-/// A model compiled to a host executable that reads raw inputs and writes raw outputs.
+/// A model compiled to an executable that reads raw inputs and writes raw outputs.
 pub struct NativeExe {
     pub exe: PathBuf,
     pub dir: PathBuf,
+    pub runner: Option<&'static str>,
 }
 
-/// Compiles `g` with the Cranelift backend into `dir`, links a generated C harness against
-/// `lib<prefix>.a`, and returns the executable.
+/// A target with the C compiler that links for it and the emulator that runs it.
+pub struct Toolchain {
+    pub triple: &'static str,
+    pub cc: &'static str,
+    pub runner: Option<&'static str>,
+}
+
+pub const HOST: Toolchain = Toolchain {
+    triple: "host",
+    cc: "cc",
+    runner: None,
+};
+pub const AARCH64: Toolchain = Toolchain {
+    triple: "aarch64-unknown-linux-gnu",
+    cc: "aarch64-linux-gnu-gcc",
+    runner: Some("qemu-aarch64-static"),
+};
+pub const RISCV64: Toolchain = Toolchain {
+    triple: "riscv64gc-unknown-linux-gnu",
+    cc: "riscv64-linux-gnu-gcc",
+    runner: Some("qemu-riscv64-static"),
+};
+
+impl Toolchain {
+    /// Whether the compiler and emulator are installed (`scripts/setup-cross.sh`).
+    pub fn available(&self) -> bool {
+        let has = |c: &str| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        has(self.cc) && self.runner.is_none_or(has)
+    }
+}
+
+/// Compiles `g` with the Cranelift backend for the host, links a generated C harness
+/// against `lib<prefix>.a`, and returns the executable.
 pub fn build_native(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path) -> Result<NativeExe, String> {
+    build_native_for(g, prefix, dir, &HOST)
+}
+
+/// As [`build_native`] for any toolchain (cross targets link statically for the emulator).
+pub fn build_native_for(
+    g: &kiln_ir::Graph,
+    prefix: &str,
+    dir: &std::path::Path,
+    tc: &Toolchain,
+) -> Result<NativeExe, String> {
     use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
+    let target = parse_target(tc.triple).map_err(|e| e.to_string())?;
     let opts = CompileOptions {
         emit: Emit::Object,
-        target: parse_target("host").unwrap(),
+        target,
         prefix: prefix.into(),
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
@@ -232,8 +280,9 @@ pub fn build_native(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path) -> 
     let src = dir.join("harness.c");
     std::fs::write(&src, c).map_err(|e| e.to_string())?;
     let exe = dir.join("harness");
-    let st = std::process::Command::new("cc")
+    let st = std::process::Command::new(tc.cc)
         .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"])
+        .args(if tc.runner.is_some() { &["-static"][..] } else { &[] })
         .arg(&src)
         .arg("-L")
         .arg(dir)
@@ -248,6 +297,7 @@ pub fn build_native(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path) -> 
     Ok(NativeExe {
         exe,
         dir: dir.to_path_buf(),
+        runner: tc.runner,
     })
 }
 
@@ -264,10 +314,15 @@ impl NativeExe {
             .map(|i| self.dir.join(format!("out{i}.bin")))
             .collect();
         args.extend(outs.iter().cloned());
-        let st = std::process::Command::new(&self.exe)
-            .args(&args)
-            .output()
-            .map_err(|e| e.to_string())?;
+        let mut cmd = match self.runner {
+            Some(r) => {
+                let mut c = std::process::Command::new(r);
+                c.arg(&self.exe);
+                c
+            }
+            None => std::process::Command::new(&self.exe),
+        };
+        let st = cmd.args(&args).output().map_err(|e| e.to_string())?;
         if !st.status.success() {
             return Err(format!(
                 "native run failed ({}): {}",

@@ -16,11 +16,13 @@ use cranelift_frontend::FunctionBuilder;
 
 pub(crate) struct Fx<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
+    /// The target has 128-bit vectors (x86-64, AArch64); riscv64 code stays scalar.
+    pub simd: bool,
 }
 
 impl<'a, 'b> Fx<'a, 'b> {
-    pub fn new(b: &'a mut FunctionBuilder<'b>) -> Self {
-        Fx { b }
+    pub fn new(b: &'a mut FunctionBuilder<'b>, simd: bool) -> Self {
+        Fx { b, simd }
     }
 
     pub fn i(&mut self, v: i64) -> Value {

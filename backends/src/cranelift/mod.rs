@@ -179,7 +179,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 scratch: p[ni + no],
                 aux: p[ni + no + 1..].to_vec(),
             };
-            let mut f = fx::Fx::new(&mut b);
+            let mut f = fx::Fx::new(&mut b, target.simd);
             kernels::emit(&mut f, g, n, &args, target);
             b.ins().return_(&[]);
             b.finalize(fcfg);
@@ -248,7 +248,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             b.ins().call(fref, &args);
         }
         // Outputs not written by a node (constants, or one value listed twice) are copied.
-        let mut f = fx::Fx::new(&mut b);
+        let mut f = fx::Fx::new(&mut b, target.simd);
         for (i, &v) in g.outputs().iter().enumerate() {
             let dst = params[g.inputs().len() + i];
             let src = match plan.loc(v) {

@@ -11,12 +11,14 @@ use cranelift_codegen::ir::{InstBuilder, Type};
 use kiln_ir::op::{PadMode, SliceAxis};
 use kiln_ir::{Graph, NodeId, Scalar};
 
-fn elem(g: &Graph, n: NodeId) -> (i64, Type, Option<Type>) {
+/// Element bytes, the integer type that moves one element, and the vector type that moves
+/// four (when the target has vectors).
+fn elem(fx: &Fx, g: &Graph, n: NodeId) -> (i64, Type, Option<Type>) {
     let s = g.value(g.node(n).outputs[0]).ty.dtype.scalar;
     match s.size() {
         1 => (1, I8, None),
         2 => (2, I16, None),
-        4 => (4, I32, Some(I32X4)),
+        4 => (4, I32, fx.simd.then_some(I32X4)),
         _ => (8, I64, None),
     }
 }
@@ -39,7 +41,7 @@ fn copy_nest(fx: &mut Fx, d: &[i64], ops: &[Opnd], it: Type, lanes: Option<Type>
 }
 
 pub(crate) fn copy(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let shape = &g.value(g.node(n).outputs[0]).ty.shape;
     let total = shape.iter().product::<usize>() as i64;
     copy_nest(
@@ -52,7 +54,7 @@ pub(crate) fn copy(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 }
 
 pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let ist = strides(ins);
@@ -67,7 +69,7 @@ pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &A
 }
 
 pub(crate) fn slice(fx: &mut Fx, g: &Graph, n: NodeId, axes: &[SliceAxis], a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let ist = strides(ins);
@@ -77,7 +79,7 @@ pub(crate) fn slice(fx: &mut Fx, g: &Graph, n: NodeId, axes: &[SliceAxis], a: &A
 }
 
 pub(crate) fn expand(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     copy_nest(
@@ -93,7 +95,7 @@ pub(crate) fn expand(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 }
 
 pub(crate) fn tile(fx: &mut Fx, g: &Graph, n: NodeId, reps: &[usize], a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let (ist, ost) = (strides(ins), strides(out));
@@ -115,7 +117,7 @@ pub(crate) fn tile(fx: &mut Fx, g: &Graph, n: NodeId, reps: &[usize], a: &Args) 
 }
 
 pub(crate) fn concat(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let ost = strides(out);
     let mut at = 0i64;
@@ -129,7 +131,7 @@ pub(crate) fn concat(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
 }
 
 pub(crate) fn split(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
     let ist = strides(ins);
     let mut at = 0i64;
@@ -145,7 +147,7 @@ pub(crate) fn split(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
 /// Gather along `axis`; indices are read at run time, wrapped if negative and clamped into
 /// range so a bad index can never read outside the tensor.
 pub(crate) fn gather(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let node = g.node(n);
     let ins = &g.value(node.inputs[0]).ty.shape;
     let idx_ty = &g.value(node.inputs[1]).ty;
@@ -234,7 +236,7 @@ pub(crate) fn pad_table(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
 }
 
 pub(crate) fn pad(fx: &mut Fx, g: &Graph, n: NodeId, mode: PadMode, pads: &[i64], a: &Args) {
-    let (b, it, lanes) = elem(g, n);
+    let (b, it, lanes) = elem(fx, g, n);
     let node = g.node(n);
     let ins = &g.value(node.inputs[0]).ty.shape;
     let out = &g.value(node.outputs[0]).ty.shape;
