@@ -49,6 +49,9 @@ impl<'a, 'b> Fx<'a, 'b> {
 
     /// `base + index * scale` (bytes).
     pub fn addr(&mut self, base: Value, index: Value, scale: i64) -> Value {
+        if scale == 0 {
+            return base;
+        }
         let off = if scale == 1 {
             index
         } else {
@@ -72,6 +75,11 @@ impl<'a, 'b> Fx<'a, 'b> {
     /// `for i in 0..n { body(i) }` with a constant trip count.
     pub fn for_n(&mut self, n: i64, body: &mut dyn FnMut(&mut Fx, Value)) {
         if n <= 0 {
+            return;
+        }
+        if n == 1 {
+            let zero = self.i(0);
+            body(self, zero);
             return;
         }
         let (s, e) = (self.i(0), self.i(n));

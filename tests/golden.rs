@@ -1,0 +1,95 @@
+//! Golden snapshots of emitted code for small models, kept in `golden/` and reviewed like
+//! code: any codegen change shows up as a diff. After an intended change, re-bless with
+//! `cargo insta review` (or `INSTA_UPDATE=always cargo test -p kiln-tests --test golden`).
+
+use kiln::{ImportOptions, PipelineOptions};
+use kiln_tests::*;
+
+/// conv 3x3 (pad 1) -> relu -> maxpool 2x2 -> flatten -> gemm (transB) -> softmax
+fn small_cnn() -> kiln::onnx::proto::ModelProto {
+    let w = tensor("w", &[2, 1, 3, 3], (0..18).map(|i| (i as f32 - 9.0) / 10.0).collect());
+    let b = tensor("b", &[2], vec![0.1, -0.1]);
+    let fc = tensor("fc", &[3, 8], (0..24).map(|i| (i as f32 - 12.0) / 20.0).collect());
+    let fcb = tensor("fcb", &[3], vec![0.0, 0.5, -0.5]);
+    model(
+        vec![
+            node(
+                "Conv",
+                "conv",
+                &["x", "w", "b"],
+                &["c"],
+                vec![attr_ints("pads", &[1, 1, 1, 1])],
+            ),
+            node("Relu", "relu", &["c"], &["r"], vec![]),
+            node(
+                "MaxPool",
+                "pool",
+                &["r"],
+                &["p"],
+                vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
+            ),
+            node("Flatten", "flat", &["p"], &["f"], vec![]),
+            node("Gemm", "fc", &["f", "fc", "fcb"], &["g"], vec![attr_i("transB", 1)]),
+            node("Softmax", "softmax", &["g"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 1, 4, 4])],
+        vec![fixed("y", &[1, 3])],
+        vec![w, b, fc, fcb],
+        13,
+    )
+}
+
+/// broadcasting Add of a bias row, Sigmoid, then Mul by a scalar
+fn small_elementwise() -> kiln::onnx::proto::ModelProto {
+    model(
+        vec![
+            node("Add", "add", &["x", "bias"], &["a"], vec![]),
+            node("Sigmoid", "sig", &["a"], &["s"], vec![]),
+            node("Mul", "scale", &["s", "k"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[2, 6])],
+        vec![fixed("y", &[2, 6])],
+        vec![
+            tensor("bias", &[6], vec![0.5, -0.5, 1.0, -1.0, 2.0, -2.0]),
+            tensor("k", &[], vec![3.0]),
+        ],
+        13,
+    )
+}
+
+fn clif_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
+    let p = write_model(tag, m);
+    let model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    let target = kiln::compile::parse_target("x86_64-unknown-linux-gnu").unwrap();
+    let opts = kiln::compile::CompileOptions {
+        emit: kiln::compile::Emit::Object,
+        target,
+        prefix: tag.into(),
+    };
+    kiln::compile::compile(&model.graph, &opts, "model.onnx").unwrap().clif
+}
+
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(repo().join("golden"));
+    s.set_prepend_module_to_snapshot(false);
+    s.set_omit_expression(true);
+    s
+}
+
+#[test]
+fn clif_small_cnn() {
+    settings().bind(|| insta::assert_snapshot!("clif_small_cnn", clif_of("cnn", &small_cnn())));
+}
+
+#[test]
+fn clif_small_elementwise() {
+    settings().bind(|| insta::assert_snapshot!("clif_small_elementwise", clif_of("ew", &small_elementwise())));
+}
+
+#[test]
+fn emission_is_deterministic() {
+    let a = clif_of("det1", &small_cnn()).replace("det1", "x");
+    let b = clif_of("det2", &small_cnn()).replace("det2", "x");
+    assert_eq!(a, b);
+}
