@@ -1,6 +1,7 @@
 //! The Kiln compiler: ONNX import, the pass pipeline and the command-line driver's building
 //! blocks. Backends live in `kiln-backends`; the IR and the reference evaluator in `kiln-ir`.
 
+pub mod bench;
 pub mod compile;
 pub mod fsutil;
 pub mod npy;

@@ -32,6 +32,12 @@ enum EmitArg {
     Object,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchEmit {
+    Eval,
+    Object,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Summarize a model: ops, parameters, MACs and activation sizes per layer.
@@ -75,6 +81,9 @@ enum Cmd {
         /// Timed runs (after one warm-up run).
         #[arg(long, default_value_t = 50)]
         runs: usize,
+        /// What to time: the reference evaluator, or the model compiled to a native object.
+        #[arg(long, value_enum, default_value = "eval")]
+        emit: BenchEmit,
     },
     /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs.
     Compile {
@@ -324,7 +333,7 @@ fn synthetic(ty: &kiln_ir::TensorType) -> kiln_ir::Tensor {
     }
 }
 
-fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize) -> Result<()> {
+fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize, emit: BenchEmit) -> Result<()> {
     let m = load(path, shapes, &PipelineOptions::default())?;
     let g = &m.graph;
     let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {
@@ -332,20 +341,21 @@ fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize) -> Re
     } else {
         inputs.iter().map(|p| kiln::npy::read(p)).collect::<Result<_, _>>()?
     };
-    kiln_ir::eval::run(g, &ts)?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t = std::time::Instant::now();
-        std::hint::black_box(kiln_ir::eval::run(g, &ts)?);
-        times.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
+    let (what, t) = match emit {
+        BenchEmit::Eval => ("evaluator", kiln::bench::bench_eval(g, &ts, runs)?),
+        BenchEmit::Object => {
+            let work = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+            let r = kiln::bench::bench_object(g, &ts, runs, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            ("native object", r.map_err(anyhow::Error::msg)?)
+        }
+    };
     println!(
-        "{}: evaluator, {} runs: median {:.1} us, min {:.1} us per inference",
+        "{}: {what}, {} runs: median {:.1} us, min {:.1} us per inference",
         path.display(),
-        times.len(),
-        times[times.len() / 2],
-        times[0]
+        t.runs,
+        t.median_us,
+        t.min_us
     );
     Ok(())
 }
@@ -425,7 +435,8 @@ fn main() -> std::process::ExitCode {
             shapes,
             inputs,
             runs,
-        } => bench(model, shapes, inputs, *runs),
+            emit,
+        } => bench(model, shapes, inputs, *runs, *emit),
         Cmd::Compile {
             model,
             shapes,

@@ -86,6 +86,73 @@ impl<'a, 'b> Fx<'a, 'b> {
         self.for_range(s, e, body);
     }
 
+    /// Runs `then` if `cond` (an i8 truth value) is set, `otherwise` if not.
+    pub fn if_else(&mut self, cond: Value, then: &mut dyn FnMut(&mut Fx), otherwise: &mut dyn FnMut(&mut Fx)) {
+        let (t, e, done) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(cond, t, &[], e, &[]);
+        self.b.switch_to_block(t);
+        self.b.seal_block(t);
+        then(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(e);
+        self.b.seal_block(e);
+        otherwise(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        self.b.seal_block(done);
+    }
+
+    /// Like [`Fx::for_ptrs`] with a run-time trip count (none if `count <= 0`).
+    pub fn for_ptrs_v(&mut self, count: Value, ptrs: &[(Value, i64)], body: &mut dyn FnMut(&mut Fx, &[Value])) {
+        let vars: Vec<_> = ptrs
+            .iter()
+            .map(|&(start, _)| {
+                let v = self.b.declare_var(I64);
+                self.b.def_var(v, start);
+                v
+            })
+            .collect();
+        let zero = self.i(0);
+        self.for_range(zero, count, &mut |fx, _| {
+            let cur: Vec<Value> = vars.iter().map(|&v| fx.b.use_var(v)).collect();
+            body(fx, &cur);
+            for ((&v, &c), &(_, step)) in vars.iter().zip(&cur).zip(ptrs) {
+                let next = fx.add_imm(c, step);
+                fx.b.def_var(v, next);
+            }
+        });
+    }
+
+    /// `n` iterations that walk pointers: each `(start, step)` pair is a pointer handed to
+    /// the body and advanced by `step` bytes per iteration (Cranelift does no strength
+    /// reduction, so this keeps multiplies out of inner loops).
+    pub fn for_ptrs(&mut self, n: i64, ptrs: &[(Value, i64)], body: &mut dyn FnMut(&mut Fx, &[Value])) {
+        if n <= 0 {
+            return;
+        }
+        if n == 1 {
+            let p: Vec<Value> = ptrs.iter().map(|p| p.0).collect();
+            body(self, &p);
+            return;
+        }
+        let vars: Vec<_> = ptrs
+            .iter()
+            .map(|&(start, _)| {
+                let v = self.b.declare_var(I64);
+                self.b.def_var(v, start);
+                v
+            })
+            .collect();
+        self.for_n(n, &mut |fx, _| {
+            let cur: Vec<Value> = vars.iter().map(|&v| fx.b.use_var(v)).collect();
+            body(fx, &cur);
+            for ((&v, &c), &(_, step)) in vars.iter().zip(&cur).zip(ptrs) {
+                let next = fx.add_imm(c, step);
+                fx.b.def_var(v, next);
+            }
+        });
+    }
+
     /// `for i in start..end { body(i) }` with run-time bounds.
     pub fn for_range(&mut self, start: Value, end: Value, body: &mut dyn FnMut(&mut Fx, Value)) {
         let var = self.b.declare_var(I64);

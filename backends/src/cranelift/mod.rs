@@ -150,7 +150,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 const_data.insert(v, id);
             }
         }
-        let aux: Vec<DataId> = kernels::aux_data(g, n, target)
+        let aux: Vec<DataId> = kernels::aux_data(g, n)
             .into_iter()
             .enumerate()
             .map(|(k, bytes)| data(&mut module, &format!("{}_k{idx}_table{k}", opts.prefix), bytes))

@@ -7,6 +7,7 @@
 //! except where an op needs exp/log/tanh/erf (see `fx.rs` for those bounds).
 
 mod elementwise;
+mod gemm;
 mod layout;
 mod nest;
 mod nn;
@@ -77,14 +78,15 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
 pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => 4 * 10 * r.hidden,
+        Op::Conv(_) => gemm::conv_scratch(g, n),
         _ => 0,
     }
 }
 
 /// Read-only tables the kernel wants, computed at compile time.
-pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
+pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
-        Op::Conv(_) => nn::conv_aux(g, n, t),
+        Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) => nn::pool_aux(g, n),
         Op::BatchNorm { .. } => nn::batch_norm_aux(g, n),
         Op::Gemm { .. } => nn::gemm_aux(g, n),
@@ -97,7 +99,6 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
 /// from `aux` instead, so the original constant need not be emitted).
 pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
     match &g.node(n).op {
-        Op::Conv(_) => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
         Op::BatchNorm { .. } => slot == 0,
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
         _ => true,
@@ -118,7 +119,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Split { axis, .. } => layout::split(fx, g, n, *axis, a),
         Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
         Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
-        Op::Conv(c) => nn::conv(fx, g, n, c, a, t),
+        Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
         Op::Pool(p) => nn::pool(fx, g, n, p, a),
         Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
         Op::Gemm {

@@ -1,15 +1,16 @@
-//! Compute-heavy kernels: convolution, pooling, matrix products, softmax, reductions,
+//! Compute-heavy kernels: pooling, matrix products, softmax, reductions,
 //! BatchNorm and LSTM. Tables that only depend on shapes (valid tap ranges per output row,
 //! averaging divisors) and weight layouts that suit the vector loop are built at compile
 //! time and passed in as `aux` data.
 
 use super::super::fx::Fx;
+use super::gemm::{Mat, gemm as gemm_loop};
 use super::nest::{F4, Opnd, ld, nest};
 use super::{Args, Target, strides};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F64, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::op::{Activation, Conv, Pool, PoolKind, ReduceKind, Rnn, RnnDirection, RnnKind, Window};
+use kiln_ir::op::{Activation, Pool, PoolKind, ReduceKind, Rnn, RnnDirection, RnnKind, Window};
 use kiln_ir::{Graph, NodeId};
 
 fn f32s(v: &[f32]) -> Vec<u8> {
@@ -87,55 +88,6 @@ fn tap_ranges(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) 
     t
 }
 
-fn lanes_for(t: Target, mg: usize) -> usize {
-    if t.simd && mg >= 4 { 4 } else { 1 }
-}
-
-pub(crate) fn conv_aux(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
-    let node = g.node(n);
-    let kiln_ir::Op::Conv(c) = &node.op else { unreachable!() };
-    let xs = &g.value(node.inputs[0]).ty.shape;
-    let ws = &g.value(node.inputs[1]).ty.shape;
-    let out = &g.value(node.outputs[0]).ty.shape;
-    let gm = geo(xs, out, &c.window);
-    let (m, cg) = (ws[0], ws[1]);
-    let mg = m / c.group;
-    let l = lanes_for(t, mg);
-    let mp = mg.div_ceil(l) * l;
-    let k = gm.kh * gm.kw;
-    let mut aux = Vec::new();
-    if let Some(w) = g.const_value(node.inputs[1]) {
-        let wv = w.to_f32_vec();
-        // [group][c][kh][kw][m padded]
-        let mut p = vec![0f32; c.group * cg * k * mp];
-        for gi in 0..c.group {
-            for mm in 0..mg {
-                for cc in 0..cg {
-                    for kk in 0..k {
-                        p[((gi * cg + cc) * k + kk) * mp + mm] = wv[((gi * mg + mm) * cg + cc) * k + kk];
-                    }
-                }
-            }
-        }
-        aux.push(f32s(&p));
-    }
-    let mut bias = vec![0f32; c.group * mp];
-    if let Some(&b) = node.inputs.get(2)
-        && let Some(bt) = g.const_value(b)
-    {
-        let bv = bt.to_f32_vec();
-        for gi in 0..c.group {
-            for mm in 0..mg {
-                bias[gi * mp + mm] = bv[gi * mg + mm];
-            }
-        }
-    }
-    aux.push(f32s(&bias));
-    aux.push(i32s(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)));
-    aux.push(i32s(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)));
-    aux
-}
-
 /// Loads (start, lo, hi) of a tap-range table row as i64 values.
 fn range_row(fx: &mut Fx, table: Value, o: Value) -> (Value, Value, Value) {
     let base = fx.addr(table, o, 12);
@@ -145,129 +97,6 @@ fn range_row(fx: &mut Fx, table: Value, o: Value) -> (Value, Value, Value) {
         fx.b.ins().sextend(I64, v)
     };
     (get(0), get(4), get(8))
-}
-
-pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Target) {
-    let node = g.node(n);
-    let xs = &g.value(node.inputs[0]).ty.shape;
-    let ws = &g.value(node.inputs[1]).ty.shape;
-    let out = &g.value(node.outputs[0]).ty.shape;
-    let gm = geo(xs, out, &c.window);
-    let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
-    let mg = m / c.group;
-    let l = lanes_for(t, mg);
-    let mp = mg.div_ceil(l) * l;
-    let k = gm.kh * gm.kw;
-    let w_const = g.const_value(node.inputs[1]).is_some();
-    let (wptr, aux) = if w_const {
-        (a.aux[0], &a.aux[1..])
-    } else {
-        (a.ins[1], &a.aux[..])
-    };
-    let (bias_t, rows, cols) = (aux[0], aux[1], aux[2]);
-    let has_bias_input = node.inputs.len() > 2 && g.const_value(node.inputs[2]).is_none();
-    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
-    // Emits the loops for output channels [m0, m0 + count) of every group, `lanes` at a time.
-    let blocks = |fx: &mut Fx, lanes: usize, m0: usize, count: usize| {
-        let ty = if lanes == 4 { F4 } else { F32 };
-        let nblk = (count / lanes) as i64;
-        fx.for_n(nb as i64, &mut |fx, b| {
-            fx.for_n(c.group as i64, &mut |fx, gi| {
-                fx.for_n(nblk, &mut |fx, mb| {
-                    let mloc = fx.mul_imm(mb, lanes as i64);
-                    let mloc = fx.add_imm(mloc, m0 as i64);
-                    fx.for_n(gm.oh as i64, &mut |fx, oh| {
-                        let (ih0, khl, khh) = range_row(fx, rows, oh);
-                        fx.for_n(gm.ow as i64, &mut |fx, ow| {
-                            let (iw0, kwl, kwh) = range_row(fx, cols, ow);
-                            let acc = fx.b.declare_var(ty);
-                            // bias (padded table, or the bias input when it is not constant)
-                            let bidx = fx.mul_imm(gi, mp as i64);
-                            let bidx = fx.b.ins().iadd(bidx, mloc);
-                            let init = if has_bias_input {
-                                let gmi = fx.mul_imm(gi, mg as i64);
-                                let gmi = fx.b.ins().iadd(gmi, mloc);
-                                let ba = fx.addr(a.ins[2], gmi, 4);
-                                ld(fx, ty, ba, false)
-                            } else {
-                                let ba = fx.addr(bias_t, bidx, 4);
-                                fx.load(ty, ba)
-                            };
-                            fx.b.def_var(acc, init);
-                            fx.for_n(cg as i64, &mut |fx, cc| {
-                                let ch = fx.mul_imm(gi, cg as i64);
-                                let ch = fx.b.ins().iadd(ch, cc);
-                                let plane = fx.mul_imm(b, ci as i64);
-                                let plane = fx.b.ins().iadd(plane, ch);
-                                let xplane = fx.addr(a.ins[0], plane, hw * 4);
-                                fx.for_range(khl, khh, &mut |fx, kh| {
-                                    let ih = fx.mul_imm(kh, gm.dh as i64);
-                                    let ih = fx.b.ins().iadd(ih0, ih);
-                                    let xrow = fx.addr(xplane, ih, gm.w as i64 * 4);
-                                    fx.for_range(kwl, kwh, &mut |fx, kw| {
-                                        let iw = fx.mul_imm(kw, gm.dw as i64);
-                                        let iw = fx.b.ins().iadd(iw0, iw);
-                                        let xa = fx.addr(xrow, iw, 4);
-                                        let xv = fx.load(F32, xa);
-                                        let xv = fx.splat(ty, xv);
-                                        // weight index
-                                        let tap = fx.mul_imm(kh, gm.kw as i64);
-                                        let tap = fx.b.ins().iadd(tap, kw);
-                                        let wv = if w_const {
-                                            let wi = fx.mul_imm(ch, k as i64);
-                                            let wi = fx.b.ins().iadd(wi, tap);
-                                            let wi = fx.mul_imm(wi, mp as i64);
-                                            let wi = fx.b.ins().iadd(wi, mloc);
-                                            let wa = fx.addr(wptr, wi, 4);
-                                            fx.load(ty, wa)
-                                        } else {
-                                            // runtime weights [M, Cg, k]: one lane
-                                            let mi = fx.mul_imm(gi, mg as i64);
-                                            let mi = fx.b.ins().iadd(mi, mloc);
-                                            let wi = fx.mul_imm(mi, (cg * k) as i64);
-                                            let cw = fx.mul_imm(cc, k as i64);
-                                            let wi = fx.b.ins().iadd(wi, cw);
-                                            let wi = fx.b.ins().iadd(wi, tap);
-                                            let wa = fx.addr(wptr, wi, 4);
-                                            fx.load(F32, wa)
-                                        };
-                                        let p = fx.mul(xv, wv);
-                                        let cur = fx.b.use_var(acc);
-                                        let s = fx.add(cur, p);
-                                        fx.b.def_var(acc, s);
-                                    });
-                                });
-                            });
-                            let v = fx.b.use_var(acc);
-                            let oc = fx.mul_imm(gi, mg as i64);
-                            let oc = fx.b.ins().iadd(oc, mloc);
-                            let plane = fx.mul_imm(b, m as i64);
-                            let plane = fx.b.ins().iadd(plane, oc);
-                            let pos = fx.mul_imm(oh, gm.ow as i64);
-                            let pos = fx.b.ins().iadd(pos, ow);
-                            let oidx = fx.mul_imm(plane, ohw);
-                            let oidx = fx.b.ins().iadd(oidx, pos);
-                            let oa = fx.addr(a.outs[0], oidx, 4);
-                            if lanes == 1 {
-                                fx.store(v, oa);
-                            } else {
-                                for lane in 0..lanes as u8 {
-                                    let e = fx.b.ins().extractlane(v, lane);
-                                    let la = fx.add_imm(oa, lane as i64 * ohw * 4);
-                                    fx.store(e, la);
-                                }
-                            }
-                        });
-                    });
-                });
-            });
-        });
-    };
-    let full = mg / l * l;
-    blocks(fx, l, 0, full);
-    if full < mg {
-        blocks(fx, 1, full, mg - full);
-    }
 }
 
 pub(crate) fn pool_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
@@ -394,46 +223,24 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
     });
 }
 
-/// `out[m x n] = a[m x k] b[k x n]` (row-major, `a` addressed through strides so a
-/// transposed A needs no copy), accumulated from zero in k order, four columns at a time.
-#[allow(clippy::too_many_arguments)]
 fn matmul_2d(fx: &mut Fx, t: Target, m: usize, k: usize, nn: usize, a: Value, a_st: (i64, i64), b: Value, out: Value) {
-    let l = if t.simd && nn >= 4 { 4 } else { 1 };
-    let full = (nn / l) as i64;
-    let cols = |fx: &mut Fx, lanes: usize, j0: i64, count: i64| {
-        let ty = if lanes == 4 { F4 } else { F32 };
-        fx.for_n(m as i64, &mut |fx, i| {
-            fx.for_n(count, &mut |fx, jb| {
-                let j = fx.mul_imm(jb, lanes as i64);
-                let j = fx.add_imm(j, j0);
-                let acc = fx.b.declare_var(ty);
-                let z = fx.f(ty, 0.0);
-                fx.b.def_var(acc, z);
-                let arow = fx.addr(a, i, a_st.0 * 4);
-                let bcol = fx.addr(b, j, 4);
-                fx.for_n(k as i64, &mut |fx, p| {
-                    let aa = fx.addr(arow, p, a_st.1 * 4);
-                    let av = fx.load(F32, aa);
-                    let av = fx.splat(ty, av);
-                    let ba = fx.addr(bcol, p, nn as i64 * 4);
-                    let bv = fx.load(ty, ba);
-                    let pr = fx.mul(av, bv);
-                    let cur = fx.b.use_var(acc);
-                    let s = fx.add(cur, pr);
-                    fx.b.def_var(acc, s);
-                });
-                let v = fx.b.use_var(acc);
-                let orow = fx.addr(out, i, nn as i64 * 4);
-                let oa = fx.addr(orow, j, 4);
-                fx.store(v, oa);
-            });
-        });
+    let zero = |fx: &mut Fx, _: Value| fx.f(F32, 0.0);
+    let a = Mat {
+        base: a,
+        row: a_st.0 * 4,
+        col: a_st.1 * 4,
     };
-    cols(fx, l, 0, full);
-    let done = full * l as i64;
-    if done < nn as i64 {
-        cols(fx, 1, done, nn as i64 - done);
-    }
+    let b = Mat {
+        base: b,
+        row: nn as i64 * 4,
+        col: 4,
+    };
+    let c = Mat {
+        base: out,
+        row: nn as i64 * 4,
+        col: 4,
+    };
+    gemm_loop(fx, t, m, k, nn, a, b, c, &zero);
 }
 
 pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {

@@ -1,0 +1,315 @@
+//! The one matrix-product loop behind Conv, MatMul and Gemm: `c[i][j] = init(i) + sum_p
+//! a[i][p] * b[p][j]`, added in p order (as the evaluator does), with 4 x f32x4 accumulators
+//! held in registers across p, then single vectors, then scalars for the ragged end.
+//! Convolutions become this product after im2col into arena scratch; a 1x1, stride-1,
+//! unpadded convolution reads its input directly.
+
+use super::super::fx::Fx;
+use super::nest::F4;
+use super::{Args, Target};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{F32, I32, I64};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use kiln_ir::op::Conv;
+use kiln_ir::{Graph, NodeId};
+
+/// A matrix in memory: element (r, c) at `base + r * row + c * col` (bytes).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub base: Value,
+    pub row: i64,
+    pub col: i64,
+}
+
+/// Emits `c = init + a * b` for an `m x k` by `k x n` product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    fx: &mut Fx,
+    t: Target,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    init: &dyn Fn(&mut Fx, Value) -> Value,
+) {
+    let vec_ok = t.simd && b.col == 4 && c.col == 4;
+    fx.for_n(m as i64, &mut |fx, i| {
+        let arow = fx.addr(a.base, i, a.row);
+        let crow = fx.addr(c.base, i, c.row);
+        let start = init(fx, i);
+        let mut j = 0usize;
+        let block = |fx: &mut Fx, ty: Type, units: usize, count: usize, j0: usize| {
+            let lanes = ty.lane_count() as usize;
+            let width = units * lanes;
+            let b0 = fx.add_imm(b.base, j0 as i64 * b.col);
+            let c0 = fx.add_imm(crow, j0 as i64 * c.col);
+            fx.for_ptrs(
+                count as i64,
+                &[(b0, width as i64 * b.col), (c0, width as i64 * c.col)],
+                &mut |fx, pp| {
+                    let (bcol, ccol) = (pp[0], pp[1]);
+                    let s = fx.splat(ty, start);
+                    let accs: Vec<_> = (0..units)
+                        .map(|_| {
+                            let v = fx.b.declare_var(ty);
+                            fx.b.def_var(v, s);
+                            v
+                        })
+                        .collect();
+                    fx.for_ptrs(k as i64, &[(arow, a.col), (bcol, b.row)], &mut |fx, pp| {
+                        let (aa, brow) = (pp[0], pp[1]);
+                        let av = fx.load(F32, aa);
+                        let av = fx.splat(ty, av);
+                        for (u, &acc) in accs.iter().enumerate() {
+                            let ba = fx.add_imm(brow, (u * lanes) as i64 * b.col);
+                            let bv = fx.load(ty, ba);
+                            let pr = fx.mul(av, bv);
+                            let cur = fx.b.use_var(acc);
+                            let sum = fx.add(cur, pr);
+                            fx.b.def_var(acc, sum);
+                        }
+                    });
+                    for (u, &acc) in accs.iter().enumerate() {
+                        let v = fx.b.use_var(acc);
+                        let ca = fx.add_imm(ccol, (u * lanes) as i64 * c.col);
+                        fx.store(v, ca);
+                    }
+                },
+            );
+        };
+        if vec_ok {
+            let quads = n / 16;
+            block(fx, F4, 4, quads, 0);
+            j = quads * 16;
+            let singles = (n - j) / 4;
+            block(fx, F4, 1, singles, j);
+            j += singles * 4;
+        }
+        let rest = n - j;
+        block(fx, F32, 1, rest, j);
+    });
+}
+
+/// Geometry of a 1-D or 2-D convolution viewed as 2-D.
+struct Geo {
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+}
+
+fn geo(x: &[usize], out: &[usize], c: &Conv) -> Geo {
+    let w = &c.window;
+    let u = |v: usize| v as i64;
+    if x.len() == 3 {
+        Geo {
+            h: 1,
+            w: u(x[2]),
+            oh: 1,
+            ow: u(out[2]),
+            kh: 1,
+            kw: u(w.kernel[0]),
+            sh: 1,
+            sw: u(w.strides[0]),
+            dh: 1,
+            dw: u(w.dilations[0]),
+            ph: 0,
+            pw: u(w.pads[0]),
+        }
+    } else {
+        Geo {
+            h: u(x[2]),
+            w: u(x[3]),
+            oh: u(out[2]),
+            ow: u(out[3]),
+            kh: u(w.kernel[0]),
+            kw: u(w.kernel[1]),
+            sh: u(w.strides[0]),
+            sw: u(w.strides[1]),
+            dh: u(w.dilations[0]),
+            dw: u(w.dilations[1]),
+            ph: u(w.pads[0]),
+            pw: u(w.pads[1]),
+        }
+    }
+}
+
+fn pointwise(c: &Conv) -> bool {
+    c.window.kernel.iter().all(|&k| k == 1)
+        && c.window.strides.iter().all(|&s| s == 1)
+        && c.window.pads.iter().all(|&p| p == 0)
+}
+
+/// im2col scratch: one group's `[Cg * K, P]` matrix (none for pointwise convolutions).
+pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
+    let node = g.node(n);
+    let kiln_ir::Op::Conv(c) = &node.op else { return 0 };
+    if pointwise(c) {
+        return 0;
+    }
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let p: usize = out[2..].iter().product();
+    ws[1] * ws[2..].iter().product::<usize>() * p * 4
+}
+
+pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Target) {
+    let node = g.node(n);
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let gm = geo(xs, out, c);
+    let (nb, ci, m, cg) = (xs[0] as i64, xs[1] as i64, ws[0] as i64, ws[1] as i64);
+    let mg = m / c.group as i64;
+    let k = gm.kh * gm.kw;
+    let (hw, p) = (gm.h * gm.w, gm.oh * gm.ow);
+    let has_bias = node.inputs.len() > 2;
+    let pw = pointwise(c);
+    fx.for_n(nb, &mut |fx, b| {
+        fx.for_n(c.group as i64, &mut |fx, gi| {
+            let plane = fx.mul_imm(b, ci);
+            let ch0 = fx.mul_imm(gi, cg);
+            let plane = fx.b.ins().iadd(plane, ch0);
+            let xg = fx.addr(a.ins[0], plane, hw * 4);
+            let cols = if pw {
+                xg
+            } else {
+                im2col(fx, &gm, cg, xg, a.scratch, a.aux[0]);
+                a.scratch
+            };
+            let oc0 = fx.mul_imm(gi, mg);
+            let wg = fx.addr(a.ins[1], oc0, cg * k * 4);
+            let oplane = fx.mul_imm(b, m);
+            let oplane = fx.b.ins().iadd(oplane, oc0);
+            let og = fx.addr(a.outs[0], oplane, p * 4);
+            let bias = a.ins.get(2).copied();
+            let init = |fx: &mut Fx, i: Value| -> Value {
+                match bias.filter(|_| has_bias) {
+                    Some(bp) => {
+                        let idx = fx.b.ins().iadd(oc0, i);
+                        let ba = fx.addr(bp, idx, 4);
+                        fx.load(F32, ba)
+                    }
+                    None => fx.f(F32, 0.0),
+                }
+            };
+            gemm(
+                fx,
+                t,
+                mg as usize,
+                (cg * k) as usize,
+                p as usize,
+                Mat {
+                    base: wg,
+                    row: cg * k * 4,
+                    col: 4,
+                },
+                Mat {
+                    base: cols,
+                    row: p * 4,
+                    col: 4,
+                },
+                Mat {
+                    base: og,
+                    row: p * 4,
+                    col: 4,
+                },
+                &init,
+            );
+        });
+    });
+}
+
+/// Per kernel column kw: the output columns whose tap lands inside the input
+/// (`lo..hi`) and the input column offset `kw*dw - pw`, as i32 triples.
+pub(crate) fn conv_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    let kiln_ir::Op::Conv(c) = &node.op else { unreachable!() };
+    if pointwise(c) {
+        return vec![];
+    }
+    let gm = geo(&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape, c);
+    let mut t = Vec::new();
+    for kw in 0..gm.kw {
+        let off = kw * gm.dw - gm.pw;
+        let valid: Vec<i64> = (0..gm.ow)
+            .filter(|&ow| (0..gm.w).contains(&(ow * gm.sw + off)))
+            .collect();
+        let (lo, hi) = match (valid.first(), valid.last()) {
+            (Some(&a), Some(&b)) => (a, b + 1),
+            _ => (0, 0),
+        };
+        t.extend([lo as i32, hi as i32, off as i32]);
+    }
+    vec![t.iter().flat_map(|v| v.to_le_bytes()).collect()]
+}
+
+/// Fills `cols[(c*KH + kh)*KW + kw][oh*OW + ow]` with the input tap, or 0 in the padding:
+/// per row one range check, then a zero run, a strided copy and a zero run.
+fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value) {
+    let (hw, p) = (gm.h * gm.w, gm.oh * gm.ow);
+    let zero_run = |fx: &mut Fx, dst: Value, count: Value| {
+        let z = fx.f(F32, 0.0);
+        fx.for_ptrs_v(count, &[(dst, 4)], &mut |fx, q| fx.store(z, q[0]));
+    };
+    fx.for_n(cg, &mut |fx, cc| {
+        let xc = fx.addr(xg, cc, hw * 4);
+        let rc = fx.addr(cols, cc, gm.kh * gm.kw * p * 4);
+        fx.for_n(gm.kh, &mut |fx, kh| {
+            let rk = fx.addr(rc, kh, gm.kw * p * 4);
+            let kd = fx.mul_imm(kh, gm.dh);
+            let ih0 = fx.add_imm(kd, -gm.ph);
+            fx.for_n(gm.kw, &mut |fx, kw| {
+                let row = fx.addr(rk, kw, p * 4);
+                let te = fx.addr(kw_tab, kw, 12);
+                let field = |fx: &mut Fx, o: i64| {
+                    let a = fx.add_imm(te, o);
+                    let v = fx.load(I32, a);
+                    fx.b.ins().sextend(I64, v)
+                };
+                let (lo, hi, off) = (field(fx, 0), field(fx, 4), field(fx, 8));
+                let owv = fx.i(gm.ow);
+                let tail = fx.b.ins().isub(owv, hi);
+                let body_n = fx.b.ins().isub(hi, lo);
+                fx.for_n(gm.oh, &mut |fx, oh| {
+                    let orow = fx.addr(row, oh, gm.ow * 4);
+                    let ih = fx.mul_imm(oh, gm.sh);
+                    let ih = fx.b.ins().iadd(ih, ih0);
+                    let ok = fx.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, ih, gm.h);
+                    fx.if_else(
+                        ok,
+                        &mut |fx| {
+                            zero_run(fx, orow, lo);
+                            let src = fx.mul_imm(ih, gm.w);
+                            let so = fx.mul_imm(lo, gm.sw);
+                            let src = fx.b.ins().iadd(src, so);
+                            let src = fx.b.ins().iadd(src, off);
+                            let sp = fx.addr(xc, src, 4);
+                            let dp = fx.addr(orow, lo, 4);
+                            fx.for_ptrs_v(body_n, &[(sp, gm.sw * 4), (dp, 4)], &mut |fx, q| {
+                                let v = fx.load(F32, q[0]);
+                                fx.store(v, q[1]);
+                            });
+                            let dt = fx.addr(orow, hi, 4);
+                            zero_run(fx, dt, tail);
+                        },
+                        &mut |fx| {
+                            let all = fx.i(gm.ow);
+                            zero_run(fx, orow, all);
+                        },
+                    );
+                });
+            });
+        });
+    });
+}
