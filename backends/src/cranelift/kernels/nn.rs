@@ -223,6 +223,7 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn matmul_2d(fx: &mut Fx, t: Target, m: usize, k: usize, nn: usize, a: Value, a_st: (i64, i64), b: Value, out: Value) {
     let zero = |fx: &mut Fx, _: Value| fx.f(F32, 0.0);
     let a = Mat {
