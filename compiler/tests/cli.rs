@@ -123,3 +123,156 @@ fn supported_ops_doc_is_generated_from_the_registry() {
         "SUPPORTED_OPS.md is stale: run `cargo run -p kiln -- ops --markdown > SUPPORTED_OPS.md`"
     );
 }
+
+#[test]
+fn compile_writes_object_library_header_and_bindings() {
+    let dir = tmp("compile_ok");
+    let o = kiln(&[
+        "compile",
+        "tests/models/mlperf_tiny_sww_dscnn/model.onnx",
+        "--prefix",
+        "sww",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for f in ["sww.o", "libsww.a", "sww.h", "sww.rs"] {
+        assert!(dir.join(f).metadata().is_ok_and(|m| m.len() > 0), "{f} missing");
+    }
+    let header = std::fs::read_to_string(dir.join("sww.h")).unwrap();
+    assert!(
+        header.contains("int sww_run(const float *input_1, float *identity_0, void *arena);"),
+        "{header}"
+    );
+    assert!(header.contains("#define SWW_INPUT0_SHAPE {1, 30, 1, 40}"));
+    let out = text(&o).0;
+    assert!(out.contains("arena") && out.contains("lower bound"), "{out}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("kiln-tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+fn assert_fails_without_files(args: &[&str], dir: &Path, expect: &[&str]) {
+    let o = kiln(args);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    for e in expect {
+        assert!(err.contains(e), "expected `{e}` in: {err}");
+    }
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "partial output left behind: {files:?}");
+}
+
+#[test]
+fn compile_rejects_unknown_and_unsupported_targets() {
+    let m = "tests/models/mlperf_tiny_sww_dscnn/model.onnx";
+    let dir = tmp("bad_target");
+    let d = dir.to_str().unwrap();
+    assert_fails_without_files(
+        &["compile", m, "--target", "not-a-triple-at-all", "-o", d],
+        &dir,
+        &["unknown target `not-a-triple-at-all`"],
+    );
+    assert_fails_without_files(
+        &["compile", m, "--target", "mips-unknown-linux-gnu", "-o", d],
+        &dir,
+        &["mips-unknown-linux-gnu", "not supported", "x86_64"],
+    );
+    assert_fails_without_files(
+        &["compile", m, "--prefix", "9lives", "-o", d],
+        &dir,
+        &["`9lives` is not a valid symbol prefix"],
+    );
+}
+
+#[test]
+fn compile_reports_ops_the_backend_lacks() {
+    // ArgMax imports and evaluates, but the native backend has no kernel for it yet.
+    let dir = tmp("unsupported_native");
+    let model = tmp("argmax.onnx");
+    let m = kiln_tests_support::argmax_model();
+    std::fs::write(&model, m).unwrap();
+    assert_fails_without_files(
+        &["compile", model.to_str().unwrap(), "-o", dir.to_str().unwrap()],
+        &dir,
+        &["cannot compile yet", "node `am`: ArgMax"],
+    );
+}
+
+#[test]
+fn compile_into_an_unwritable_place_fails_cleanly() {
+    let blocker = tmp("a_file");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = blocker.join("sub");
+    let o = kiln(&[
+        "compile",
+        "tests/models/mlperf_tiny_sww_dscnn/model.onnx",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("cannot write"), "{}", text(&o).1);
+    assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "x");
+}
+
+mod kiln_tests_support {
+    use prost::Message;
+
+    /// x: f32[2,3] -> ArgMax(axis=1) -> y: i64[2,1]
+    pub fn argmax_model() -> Vec<u8> {
+        use kiln::onnx::proto::*;
+        let vi = |name: &str, elem: i32, dims: &[i64]| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: elem,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| tensor_shape_proto::Dimension {
+                                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                                denotation: String::new(),
+                            })
+                            .collect(),
+                    }),
+                })),
+                denotation: String::new(),
+            }),
+            doc_string: String::new(),
+        };
+        let node = NodeProto {
+            op_type: "ArgMax".into(),
+            name: "am".into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            attribute: vec![AttributeProto {
+                name: "axis".into(),
+                r#type: AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(GraphProto {
+                node: vec![node],
+                name: "g".into(),
+                input: vec![vi("x", data_type::FLOAT, &[2, 3])],
+                output: vec![vi("y", data_type::INT64, &[2, 1])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}
