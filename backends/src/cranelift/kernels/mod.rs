@@ -11,6 +11,7 @@ mod gemm;
 mod layout;
 mod nest;
 mod nn;
+mod typed;
 
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
@@ -40,10 +41,20 @@ fn f32_only(g: &Graph, n: NodeId) -> bool {
         .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
 }
 
+/// f32 in, f32 out, with a vectorizable kernel.
+fn fast_unary(g: &Graph, n: NodeId, u: kiln_ir::op::UnaryOp) -> bool {
+    f32_only(g, n) && elementwise::unary_supported(u)
+}
+
+fn fast_binary(g: &Graph, n: NodeId, b: kiln_ir::op::BinaryOp) -> bool {
+    f32_only(g, n) && elementwise::binary_supported(b, g, n)
+}
+
 /// Why node `n` cannot be compiled by this backend, if it cannot.
 pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     let node = g.node(n);
     let float_ok = f32_only(g, n);
+    let scalar = |i: usize| g.value(node.inputs[i]).ty.dtype.scalar;
     let rank = g.value(node.inputs[0]).ty.shape.len();
     let ok = match &node.op {
         Op::Identity
@@ -56,8 +67,10 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         | Op::Split { .. } => true,
         Op::Gather { .. } => true,
         Op::Pad { mode, .. } => *mode == PadMode::Constant || g.value(node.outputs[0]).ty.numel() <= 1 << 16,
-        Op::Unary(u) => float_ok && elementwise::unary_supported(*u),
-        Op::Binary(b) => float_ok && elementwise::binary_supported(*b, g, n),
+        Op::Unary(u) => fast_unary(g, n, *u) || typed::unary_supported(*u, scalar(0)),
+        Op::Binary(b) => fast_binary(g, n, *b) || (typed::binary_supported(*b, scalar(0)) && scalar(0) == scalar(1)),
+        Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
+        Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
         Op::Conv(c) => float_ok && (rank == 3 || rank == 4) && c.window.kernel.len() + 2 == rank,
         Op::Pool(p) => float_ok && (rank == 3 || rank == 4) && !matches!(p.kind, PoolKind::Lp { .. }),
         Op::GlobalPool(k) => float_ok && !matches!(k, PoolKind::Lp { .. }),
@@ -108,8 +121,12 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
 pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     let node = g.node(n);
     match &node.op {
-        Op::Unary(u) => elementwise::unary(fx, g, n, *u, a, t),
-        Op::Binary(b) => elementwise::binary(fx, g, n, *b, a, t),
+        Op::Unary(u) if fast_unary(g, n, *u) => elementwise::unary(fx, g, n, *u, a, t),
+        Op::Unary(u) => typed::unary(fx, g, n, *u, a),
+        Op::Binary(b) if fast_binary(g, n, *b) => elementwise::binary(fx, g, n, *b, a, t),
+        Op::Binary(b) => typed::binary(fx, g, n, *b, a),
+        Op::Where => typed::where_(fx, g, n, a),
+        Op::Cast { .. } => typed::cast(fx, g, n, a),
         Op::Identity | Op::Reshape { .. } => layout::copy(fx, g, n, a),
         Op::Transpose { perm } => layout::transpose(fx, g, n, perm, a),
         Op::Slice { axes } => layout::slice(fx, g, n, axes, a),
