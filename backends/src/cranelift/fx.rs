@@ -153,6 +153,35 @@ impl<'a, 'b> Fx<'a, 'b> {
         });
     }
 
+    /// Loops over every multi-index of `dims` (row-major), handing the indices to `body`.
+    pub fn for_index(&mut self, dims: &[i64], body: &mut dyn FnMut(&mut Fx, &[Value])) {
+        fn rec(fx: &mut Fx, dims: &[i64], idx: &mut Vec<Value>, body: &mut dyn FnMut(&mut Fx, &[Value])) {
+            if idx.len() == dims.len() {
+                body(fx, idx);
+                return;
+            }
+            let d = dims[idx.len()];
+            fx.for_n(d, &mut |fx, i| {
+                idx.push(i);
+                rec(fx, dims, idx, body);
+                idx.pop();
+            });
+        }
+        rec(self, dims, &mut Vec::new(), body);
+    }
+
+    /// `sum(idx[d] * strides[d])` as an i64 value.
+    pub fn dot(&mut self, idx: &[Value], strides: &[i64]) -> Value {
+        let mut acc = self.i(0);
+        for (&i, &s) in idx.iter().zip(strides) {
+            if s != 0 {
+                let t = self.mul_imm(i, s);
+                acc = self.b.ins().iadd(acc, t);
+            }
+        }
+        acc
+    }
+
     /// `for i in start..end { body(i) }` with run-time bounds.
     pub fn for_range(&mut self, start: Value, end: Value, body: &mut dyn FnMut(&mut Fx, Value)) {
         let var = self.b.declare_var(I64);

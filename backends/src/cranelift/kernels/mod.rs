@@ -8,6 +8,7 @@
 
 mod elementwise;
 mod gemm;
+mod index;
 mod layout;
 mod nest;
 mod nn;
@@ -15,7 +16,7 @@ mod typed;
 
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
-use kiln_ir::op::{PadMode, PoolKind, RnnKind};
+use kiln_ir::op::{PadMode, PoolKind, RnnKind, ScatterReduction};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
 /// Pointers handed to a kernel.
@@ -79,6 +80,13 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Reduce { kind, .. } => float_ok && nn::reduce_supported(*kind),
         Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
         Op::Rnn(r) => float_ok && matches!(r.kind, RnnKind::Lstm { .. }) && nn::lstm_supported(r),
+        Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
+        Op::Hardmax { .. } => float_ok,
+        Op::Trilu { .. } | Op::GatherElements { .. } => scalar(0) != Scalar::F16,
+        Op::ScatterElements { reduction, .. } | Op::ScatterNd { reduction } => {
+            scalar(0) != Scalar::F16 && (*reduction == ScatterReduction::None || scalar(0) != Scalar::Bool)
+        }
+        Op::CumSum { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
         _ => false,
     };
     (!ok).then(|| {
@@ -151,6 +159,18 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Reduce { kind, axes, .. } => nn::reduce(fx, g, n, *kind, axes, a),
         Op::BatchNorm { .. } => nn::batch_norm(fx, g, n, a, t),
         Op::Rnn(r) => nn::lstm(fx, g, n, r, a),
+        Op::ArgMax { axis, last, .. } => index::arg(fx, g, n, *axis, *last, true, a),
+        Op::ArgMin { axis, last, .. } => index::arg(fx, g, n, *axis, *last, false, a),
+        Op::Hardmax { axis } => index::hardmax(fx, g, n, *axis, a),
+        Op::Trilu { upper, k } => index::trilu(fx, g, n, *upper, *k, a),
+        Op::GatherElements { axis } => index::gather_elements(fx, g, n, *axis, a),
+        Op::ScatterElements { axis, reduction } => index::scatter_elements(fx, g, n, *axis, *reduction, a),
+        Op::ScatterNd { reduction } => index::scatter_nd(fx, g, n, *reduction, a),
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+        } => index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a),
         other => unreachable!("{} passed the support check", other.name()),
     }
 }

@@ -4,16 +4,16 @@
 //! type, computed, and narrowed on store exactly as the evaluator's `as` casts do.
 
 use super::super::fx::Fx;
-use super::nest::{nest, Opnd};
-use super::{bcast_strides, strides, Args};
+use super::nest::{Opnd, nest};
+use super::{Args, bcast_strides, strides};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F64, I16, I32, I64, I8};
+use cranelift_codegen::ir::types::{F32, F64, I8, I16, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::op::{BinaryOp, UnaryOp};
 use kiln_ir::{Graph, NodeId, Scalar};
 
 /// Memory type of a scalar, and whether integers are signed.
-fn mem(s: Scalar) -> (Type, bool) {
+pub(crate) fn mem(s: Scalar) -> (Type, bool) {
     match s {
         Scalar::F32 => (F32, true),
         Scalar::F64 => (F64, true),
@@ -30,7 +30,7 @@ fn mem(s: Scalar) -> (Type, bool) {
 }
 
 /// Loads an element as a working value: floats as themselves, integers widened to i64.
-fn load(fx: &mut Fx, s: Scalar, addr: Value) -> Value {
+pub(crate) fn load(fx: &mut Fx, s: Scalar, addr: Value) -> Value {
     let (ty, signed) = mem(s);
     let v = fx.load(ty, addr);
     if s.is_float() || ty == I64 {
@@ -43,9 +43,13 @@ fn load(fx: &mut Fx, s: Scalar, addr: Value) -> Value {
 }
 
 /// Stores a working value (i64 for integers, the float itself) into an element of `s`.
-fn store(fx: &mut Fx, s: Scalar, v: Value, addr: Value) {
+pub(crate) fn store(fx: &mut Fx, s: Scalar, v: Value, addr: Value) {
     let (ty, _) = mem(s);
-    let v = if !s.is_float() && ty != I64 { fx.b.ins().ireduce(ty, v) } else { v };
+    let v = if !s.is_float() && ty != I64 {
+        fx.b.ins().ireduce(ty, v)
+    } else {
+        v
+    };
     fx.store(v, addr);
 }
 
@@ -62,7 +66,10 @@ pub(crate) fn unary_supported(u: UnaryOp, s: Scalar) -> bool {
     use UnaryOp::*;
     match s {
         Scalar::Bool => u == Not,
-        Scalar::F64 => matches!(u, Neg | Abs | Sqrt | Floor | Ceil | Round | Relu | Reciprocal | Sign | IsNaN | IsInf { .. }),
+        Scalar::F64 => matches!(
+            u,
+            Neg | Abs | Sqrt | Floor | Ceil | Round | Relu | Reciprocal | Sign | IsNaN | IsInf { .. }
+        ),
         Scalar::F32 => matches!(u, IsNaN | IsInf { .. }),
         Scalar::F16 => false,
         _ => matches!(u, Neg | Abs | Sign | Relu | BitwiseNot),
@@ -73,7 +80,10 @@ pub(crate) fn binary_supported(b: BinaryOp, s: Scalar) -> bool {
     use BinaryOp::*;
     match s {
         Scalar::Bool => matches!(b, And | Or | Xor | Equal),
-        Scalar::F64 | Scalar::F32 => matches!(b, Add | Sub | Mul | Div | Max | Min | Equal | Less | LessOrEqual | Greater | GreaterOrEqual | PRelu),
+        Scalar::F64 | Scalar::F32 => matches!(
+            b,
+            Add | Sub | Mul | Div | Max | Min | Equal | Less | LessOrEqual | Greater | GreaterOrEqual | PRelu
+        ),
         Scalar::F16 => false,
         _ => !matches!(b, Pow | And | Or | Xor),
     }
@@ -85,15 +95,29 @@ fn signed(s: Scalar) -> bool {
 
 pub(crate) fn unary(fx: &mut Fx, g: &Graph, n: NodeId, u: UnaryOp, a: &Args) {
     let node = g.node(n);
-    let (si, so) = (g.value(node.inputs[0]).ty.dtype.scalar, g.value(node.outputs[0]).ty.dtype.scalar);
+    let (si, so) = (
+        g.value(node.inputs[0]).ty.dtype.scalar,
+        g.value(node.outputs[0]).ty.dtype.scalar,
+    );
     let shape = &g.value(node.outputs[0]).ty.shape;
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let ops = [Opnd::new(a.outs[0], strides(shape), bytes(so)), Opnd::new(a.ins[0], strides(shape), bytes(si))];
+    let ops = [
+        Opnd::new(a.outs[0], strides(shape), bytes(so)),
+        Opnd::new(a.ins[0], strides(shape), bytes(si)),
+    ];
     nest(fx, &dims, &ops, I64, None, &mut |fx, _, p, _| {
         let x = load(fx, si, p[1]);
         let y = if si.is_float() {
-            let zero = if si == Scalar::F64 { fx.b.ins().f64const(0.0) } else { fx.b.ins().f32const(0.0) };
-            let one = if si == Scalar::F64 { fx.b.ins().f64const(1.0) } else { fx.b.ins().f32const(1.0) };
+            let zero = if si == Scalar::F64 {
+                fx.b.ins().f64const(0.0)
+            } else {
+                fx.b.ins().f32const(0.0)
+            };
+            let one = if si == Scalar::F64 {
+                fx.b.ins().f64const(1.0)
+            } else {
+                fx.b.ins().f32const(1.0)
+            };
             match u {
                 UnaryOp::Neg => fx.b.ins().fneg(x),
                 UnaryOp::Abs => fx.b.ins().fabs(x),
@@ -115,7 +139,11 @@ pub(crate) fn unary(fx: &mut Fx, g: &Graph, n: NodeId, u: UnaryOp, a: &Args) {
                     fx.b.ins().uextend(I64, c)
                 }
                 UnaryOp::IsInf { positive, negative } => {
-                    let inf = if si == Scalar::F64 { fx.b.ins().f64const(f64::INFINITY) } else { fx.b.ins().f32const(f32::INFINITY) };
+                    let inf = if si == Scalar::F64 {
+                        fx.b.ins().f64const(f64::INFINITY)
+                    } else {
+                        fx.b.ins().f32const(f32::INFINITY)
+                    };
                     let ninf = fx.b.ins().fneg(inf);
                     let p = fx.b.ins().fcmp(FloatCC::Equal, x, inf);
                     let q = fx.b.ins().fcmp(FloatCC::Equal, x, ninf);
@@ -161,8 +189,16 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
     let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
     let ops = [
         Opnd::new(a.outs[0], strides(out), bytes(so)),
-        Opnd::new(a.ins[0], bcast_strides(&g.value(node.inputs[0]).ty.shape, out), bytes(s)),
-        Opnd::new(a.ins[1], bcast_strides(&g.value(node.inputs[1]).ty.shape, out), bytes(s)),
+        Opnd::new(
+            a.ins[0],
+            bcast_strides(&g.value(node.inputs[0]).ty.shape, out),
+            bytes(s),
+        ),
+        Opnd::new(
+            a.ins[1],
+            bcast_strides(&g.value(node.inputs[1]).ty.shape, out),
+            bytes(s),
+        ),
     ];
     let bits = 8 * s.size() as i64;
     nest(fx, &dims, &ops, I64, None, &mut |fx, _, p, _| {
@@ -185,7 +221,11 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
                 Max => fx.b.ins().fmax(x, y),
                 Min => fx.b.ins().fmin(x, y),
                 PRelu => {
-                    let zero = if s == Scalar::F64 { fx.b.ins().f64const(0.0) } else { fx.b.ins().f32const(0.0) };
+                    let zero = if s == Scalar::F64 {
+                        fx.b.ins().f64const(0.0)
+                    } else {
+                        fx.b.ins().f32const(0.0)
+                    };
                     let xy = fx.b.ins().fmul(x, y);
                     let c = fx.b.ins().fcmp(FloatCC::LessThan, x, zero);
                     fx.b.ins().select(c, xy, x)
@@ -229,7 +269,11 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
                     let one = fx.i(1);
                     let d = if sg { fx.b.ins().select(is_m1, one, d) } else { d };
                     if b == Div {
-                        let q = if sg { fx.b.ins().sdiv(x, d) } else { fx.b.ins().udiv(x, d) };
+                        let q = if sg {
+                            fx.b.ins().sdiv(x, d)
+                        } else {
+                            fx.b.ins().udiv(x, d)
+                        };
                         if sg {
                             let neg = fx.b.ins().ineg(x);
                             fx.b.ins().select(is_m1, neg, q)
@@ -238,7 +282,11 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
                         }
                     } else {
                         let Mod { fmod } = b else { unreachable!() };
-                        let r = if sg { fx.b.ins().srem(x, d) } else { fx.b.ins().urem(x, d) };
+                        let r = if sg {
+                            fx.b.ins().srem(x, d)
+                        } else {
+                            fx.b.ins().urem(x, d)
+                        };
                         let z = fx.i(0);
                         let r = if sg { fx.b.ins().select(is_m1, z, r) } else { r };
                         if fmod || !sg {
@@ -255,8 +303,20 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
                         }
                     }
                 }
-                Max => if sg { fx.b.ins().smax(x, y) } else { fx.b.ins().umax(x, y) },
-                Min => if sg { fx.b.ins().smin(x, y) } else { fx.b.ins().umin(x, y) },
+                Max => {
+                    if sg {
+                        fx.b.ins().smax(x, y)
+                    } else {
+                        fx.b.ins().umax(x, y)
+                    }
+                }
+                Min => {
+                    if sg {
+                        fx.b.ins().smin(x, y)
+                    } else {
+                        fx.b.ins().umin(x, y)
+                    }
+                }
                 PRelu => {
                     let z = fx.i(0);
                     let xy = fx.b.ins().imul(x, y);
@@ -297,7 +357,12 @@ pub(crate) fn where_(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     let s = g.value(node.outputs[0]).ty.dtype.scalar;
     let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
     let st = |i: usize| bcast_strides(&g.value(node.inputs[i]).ty.shape, out);
-    let ops = [Opnd::new(a.outs[0], strides(out), bytes(s)), Opnd::new(a.ins[0], st(0), 1), Opnd::new(a.ins[1], st(1), bytes(s)), Opnd::new(a.ins[2], st(2), bytes(s))];
+    let ops = [
+        Opnd::new(a.outs[0], strides(out), bytes(s)),
+        Opnd::new(a.ins[0], st(0), 1),
+        Opnd::new(a.ins[1], st(1), bytes(s)),
+        Opnd::new(a.ins[2], st(2), bytes(s)),
+    ];
     let (ty, _) = mem(s);
     nest(fx, &dims, &ops, I64, None, &mut |fx, _, p, _| {
         let c = fx.load(I8, p[1]);
@@ -310,10 +375,16 @@ pub(crate) fn where_(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 
 pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     let node = g.node(n);
-    let (si, so) = (g.value(node.inputs[0]).ty.dtype.scalar, g.value(node.outputs[0]).ty.dtype.scalar);
+    let (si, so) = (
+        g.value(node.inputs[0]).ty.dtype.scalar,
+        g.value(node.outputs[0]).ty.dtype.scalar,
+    );
     let shape = &g.value(node.outputs[0]).ty.shape;
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let ops = [Opnd::new(a.outs[0], strides(shape), bytes(so)), Opnd::new(a.ins[0], strides(shape), bytes(si))];
+    let ops = [
+        Opnd::new(a.outs[0], strides(shape), bytes(so)),
+        Opnd::new(a.ins[0], strides(shape), bytes(si)),
+    ];
     nest(fx, &dims, &ops, I64, None, &mut |fx, _, p, _| {
         let x = load(fx, si, p[1]);
         // Everything goes through the evaluator's route: float <-> f64 <-> integer.
@@ -324,11 +395,23 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
                 _ => x,
             },
             (false, true) => {
-                let d = if signed(si) || si == Scalar::Bool || mem(si).0 != I64 { fx.b.ins().fcvt_from_sint(F64, x) } else { fx.b.ins().fcvt_from_uint(F64, x) };
-                if so == Scalar::F32 { fx.b.ins().fdemote(F32, d) } else { d }
+                let d = if signed(si) || si == Scalar::Bool || mem(si).0 != I64 {
+                    fx.b.ins().fcvt_from_sint(F64, x)
+                } else {
+                    fx.b.ins().fcvt_from_uint(F64, x)
+                };
+                if so == Scalar::F32 {
+                    fx.b.ins().fdemote(F32, d)
+                } else {
+                    d
+                }
             }
             (true, false) => {
-                let d = if si == Scalar::F32 { fx.b.ins().fpromote(F64, x) } else { x };
+                let d = if si == Scalar::F32 {
+                    fx.b.ins().fpromote(F64, x)
+                } else {
+                    x
+                };
                 if so == Scalar::Bool {
                     let z = fx.b.ins().f64const(0.0);
                     let c = fx.b.ins().fcmp(FloatCC::NotEqual, d, z);
