@@ -8,6 +8,8 @@ mod linalg;
 mod norm;
 mod reduce;
 mod resize;
+
+pub use resize::taps as resize_taps;
 mod rnn;
 mod window;
 

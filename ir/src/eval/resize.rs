@@ -59,7 +59,8 @@ fn cubic_coeffs(t: f64, a: f64) -> [f64; 4] {
 }
 
 /// Taps per output index of one axis; `None` = extrapolated (tf_crop_and_resize outside).
-fn taps(rz: &Resize, axis: usize, len_in: usize, len_out: usize) -> Vec<Option<Vec<(usize, f64)>>> {
+/// Backends build their tables from this, so they interpolate exactly as the evaluator.
+pub fn taps(rz: &Resize, axis: usize, len_in: usize, len_out: usize) -> Vec<Option<Vec<(usize, f64)>>> {
     let clampi = |i: i64| i.clamp(0, len_in as i64 - 1) as usize;
     (0..len_out)
         .map(|o| {

@@ -200,11 +200,11 @@ fn const_exponent(g: &Graph, n: NodeId) -> Option<f32> {
     (!v.is_empty() && v.iter().all(|&x| x == v[0])).then(|| v[0] as f32)
 }
 
-pub(crate) fn binary_supported(b: BinaryOp, g: &Graph, n: NodeId) -> bool {
+pub(crate) fn binary_supported(b: BinaryOp) -> bool {
     use BinaryOp::*;
     match b {
         Add | Sub | Mul | Div | Max | Min | PRelu => true,
-        Pow => const_exponent(g, n).is_some(),
+        Pow => true,
         _ => false,
     }
 }
@@ -240,10 +240,49 @@ fn pow_const(fx: &mut Fx, ty: Type, x: Value, e: f32) -> Value {
     }
 }
 
+/// x^y for run-time y: exp(y log|x|), with powf's sign rules for a negative base (odd
+/// integer y keeps the sign, non-integer y gives NaN) and x^0 = 1.
+fn pow_general(fx: &mut Fx, ty: Type, x: Value, y: Value) -> Value {
+    let a = fx.b.ins().fabs(x);
+    let l = fx.log(ty, a);
+    let m = fx.mul(y, l);
+    let r = fx.exp(ty, m);
+    let zero = fx.f(ty, 0.0);
+    let one = fx.f(ty, 1.0);
+    let half = fx.f(ty, 0.5);
+    let yf = fx.b.ins().floor(y);
+    let integral = fx.b.ins().fcmp(FloatCC::Equal, yf, y);
+    let hy = fx.mul(y, half);
+    let hf = fx.b.ins().floor(hy);
+    let even = fx.b.ins().fcmp(FloatCC::Equal, hf, hy);
+    let nr = fx.b.ins().fneg(r);
+    let signed = fx.sel(ty, even, r, nr);
+    let nan = fx.f(ty, f32::NAN);
+    let neg_val = fx.sel(ty, integral, signed, nan);
+    let neg = fx.lt(x, zero);
+    let v = fx.sel(ty, neg, neg_val, r);
+    let y0 = fx.b.ins().fcmp(FloatCC::Equal, y, zero);
+    fx.sel(ty, y0, one, v)
+}
+
 pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args, t: Target) {
     let node = g.node(n);
     let out = &g.value(node.outputs[0]).ty.shape;
     let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    if let (BinaryOp::Pow, None) = (b, const_exponent(g, n)) {
+        let ops = [
+            Opnd::new(a.outs[0], strides(out), 4),
+            Opnd::new(a.ins[0], bcast_strides(&g.value(node.inputs[0]).ty.shape, out), 4),
+            Opnd::new(a.ins[1], bcast_strides(&g.value(node.inputs[1]).ty.shape, out), 4),
+        ];
+        nest(fx, &dims, &ops, F32, t.simd.then_some(F4), &mut |fx, ty, p, bc| {
+            let x = ld(fx, ty, p[1], bc[1]);
+            let y = ld(fx, ty, p[2], bc[2]);
+            let r = pow_general(fx, ty, x, y);
+            fx.store(r, p[0]);
+        });
+        return;
+    }
     if b == BinaryOp::Pow {
         let e = const_exponent(g, n).expect("checked");
         let ops = [

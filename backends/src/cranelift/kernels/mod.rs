@@ -6,17 +6,20 @@
 //! index order) and never fuse multiply-add, so they reproduce the evaluator bit for bit
 //! except where an op needs exp/log/tanh/erf (see `fx.rs` for those bounds).
 
+mod convt;
 mod elementwise;
 mod gemm;
 mod index;
 mod layout;
 mod nest;
 mod nn;
+mod norm;
+mod resize;
 mod typed;
 
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
-use kiln_ir::op::{PadMode, PoolKind, RnnKind, ScatterReduction};
+use kiln_ir::op::{PadMode, RnnKind, ScatterReduction};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
 /// Pointers handed to a kernel.
@@ -48,7 +51,7 @@ fn fast_unary(g: &Graph, n: NodeId, u: kiln_ir::op::UnaryOp) -> bool {
 }
 
 fn fast_binary(g: &Graph, n: NodeId, b: kiln_ir::op::BinaryOp) -> bool {
-    f32_only(g, n) && elementwise::binary_supported(b, g, n)
+    f32_only(g, n) && elementwise::binary_supported(b)
 }
 
 /// Why node `n` cannot be compiled by this backend, if it cannot.
@@ -73,11 +76,11 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
         Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
         Op::Conv(c) => float_ok && (rank == 3 || rank == 4) && c.window.kernel.len() + 2 == rank,
-        Op::Pool(p) => float_ok && (rank == 3 || rank == 4) && !matches!(p.kind, PoolKind::Lp { .. }),
-        Op::GlobalPool(k) => float_ok && !matches!(k, PoolKind::Lp { .. }),
+        Op::Pool(_) => float_ok && (rank == 3 || rank == 4),
+        Op::GlobalPool(_) => float_ok,
         Op::Gemm { .. } | Op::MatMul => float_ok,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
-        Op::Reduce { kind, .. } => float_ok && nn::reduce_supported(*kind),
+        Op::Reduce { kind, .. } => nn::reduce_supported(*kind, scalar(0)),
         Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
         Op::Rnn(r) => float_ok && matches!(r.kind, RnnKind::Lstm { .. }) && nn::lstm_supported(r),
         Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
@@ -87,6 +90,10 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
             scalar(0) != Scalar::F16 && (*reduction == ScatterReduction::None || scalar(0) != Scalar::Bool)
         }
         Op::CumSum { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
+        Op::LayerNorm { axis, .. } => float_ok && norm::layer_norm_supported(g, n, *axis),
+        Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
+        Op::ConvTranspose(_) => float_ok && convt::supported(g, n),
+        Op::Resize(_) => float_ok,
         _ => false,
     };
     (!ok).then(|| {
@@ -111,6 +118,7 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::Pool(_) => nn::pool_aux(g, n),
         Op::BatchNorm { .. } => nn::batch_norm_aux(g, n),
         Op::Gemm { .. } => nn::gemm_aux(g, n),
+        Op::Resize(_) => resize::aux(g, n),
         Op::Pad { mode, .. } if *mode != PadMode::Constant => layout::pad_table(g, n),
         _ => vec![],
     }
@@ -171,6 +179,16 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             exclusive,
             reverse,
         } => index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a),
+        Op::LayerNorm { axis, epsilon } => norm::layer_norm(fx, g, n, *axis, *epsilon, a),
+        Op::InstanceNorm { epsilon } => norm::instance_norm(fx, g, n, *epsilon, a),
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a),
+        Op::ConvTranspose(c) => convt::conv_transpose(fx, g, n, c, a),
+        Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
         other => unreachable!("{} passed the support check", other.name()),
     }
 }

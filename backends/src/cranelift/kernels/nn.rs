@@ -6,7 +6,7 @@
 use super::super::fx::Fx;
 use super::gemm::{Mat, gemm as gemm_loop};
 use super::nest::{F4, Opnd, ld, nest};
-use super::{Args, Target, strides};
+use super::{Args, Target, strides, typed};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F64, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -141,6 +141,42 @@ pub(crate) fn pool_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     vec![i32s(&rows), i32s(&cols), f32s(&div)]
 }
 
+/// One accumulation step of a pooling window.
+fn pool_step(fx: &mut Fx, kind: PoolKind, acc: Value, x: Value) -> Value {
+    match kind {
+        PoolKind::Max => max_step(fx, acc, x),
+        PoolKind::Avg { .. } => fx.add(acc, x),
+        PoolKind::Lp { p } => {
+            let t = lp_term(fx, x, p);
+            fx.add(acc, t)
+        }
+    }
+}
+
+/// |x|^p by repeated multiplication (the evaluator's `powi`).
+fn lp_term(fx: &mut Fx, x: Value, p: u32) -> Value {
+    let a = fx.b.ins().fabs(x);
+    let mut t = a;
+    for _ in 1..p {
+        t = fx.mul(t, a);
+    }
+    t
+}
+
+/// s^(1/p).
+fn lp_root(fx: &mut Fx, s: Value, p: u32) -> Value {
+    match p {
+        1 => s,
+        2 => fx.b.ins().sqrt(s),
+        _ => {
+            let l = fx.log(F32, s);
+            let inv = fx.f(F32, 1.0 / p as f32);
+            let m = fx.mul(l, inv);
+            fx.exp(F32, m)
+        }
+    }
+}
+
 fn max_step(fx: &mut Fx, acc: Value, x: Value) -> Value {
     // Evaluator rule: take x when x > acc or x is NaN.
     let gt = fx.b.ins().fcmp(FloatCC::GreaterThan, x, acc);
@@ -177,17 +213,21 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
                         let xa = fx.addr(xrow, iw, 4);
                         let x = fx.load(F32, xa);
                         let cur = fx.b.use_var(acc);
-                        let nv = if is_max { max_step(fx, cur, x) } else { fx.add(cur, x) };
+                        let nv = pool_step(fx, p.kind, cur, x);
                         fx.b.def_var(acc, nv);
                     });
                 });
                 let mut v = fx.b.use_var(acc);
                 let pos = fx.mul_imm(oh, gm.ow as i64);
                 let pos = fx.b.ins().iadd(pos, ow);
-                if !is_max {
-                    let da = fx.addr(a.aux[2], pos, 4);
-                    let d = fx.load(F32, da);
-                    v = fx.div(v, d);
+                match p.kind {
+                    PoolKind::Avg { .. } => {
+                        let da = fx.addr(a.aux[2], pos, 4);
+                        let d = fx.load(F32, da);
+                        v = fx.div(v, d);
+                    }
+                    PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
+                    PoolKind::Max => {}
                 }
                 let oa = fx.addr(oplane, pos, 4);
                 fx.store(v, oa);
@@ -210,13 +250,17 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
             let xa = fx.addr(xplane, i, 4);
             let x = fx.load(F32, xa);
             let cur = fx.b.use_var(acc);
-            let nv = if is_max { max_step(fx, cur, x) } else { fx.add(cur, x) };
+            let nv = pool_step(fx, k, cur, x);
             fx.b.def_var(acc, nv);
         });
         let mut v = fx.b.use_var(acc);
-        if !is_max {
-            let d = fx.f(F32, size as f32);
-            v = fx.div(v, d);
+        match k {
+            PoolKind::Avg { .. } => {
+                let d = fx.f(F32, size as f32);
+                v = fx.div(v, d);
+            }
+            PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
+            PoolKind::Max => {}
         }
         let oa = fx.addr(a.outs[0], pl, 4);
         fx.store(v, oa);
@@ -436,17 +480,9 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
     });
 }
 
-pub(crate) fn reduce_supported(k: ReduceKind) -> bool {
-    matches!(
-        k,
-        ReduceKind::Sum
-            | ReduceKind::Mean
-            | ReduceKind::Max
-            | ReduceKind::Min
-            | ReduceKind::SumSquare
-            | ReduceKind::L1
-            | ReduceKind::L2
-    )
+pub(crate) fn reduce_supported(k: ReduceKind, s: kiln_ir::Scalar) -> bool {
+    use kiln_ir::Scalar::*;
+    !matches!(k, ReduceKind::LogSum | ReduceKind::LogSumExp) && !matches!(s, F16 | Bool)
 }
 
 /// Reductions accumulate in f64, like the evaluator, and round once at the end.
@@ -460,23 +496,27 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
     let rst: Vec<i64> = axes.iter().map(|&d| st[d]).collect();
     let count: i64 = rdims.iter().product();
     let out_st = strides(&kdims.iter().map(|&d| d as usize).collect::<Vec<_>>());
-    let ops = [Opnd::new(a.outs[0], out_st, 4), Opnd::new(a.ins[0], kst, 4)];
+    let s = g.value(g.node(n).inputs[0]).ty.dtype.scalar;
+    let eb = s.size() as i64;
+    let ops = [Opnd::new(a.outs[0], out_st, eb), Opnd::new(a.ins[0], kst, eb)];
     nest(fx, &kdims, &ops, F32, None, &mut |fx, _, p, _| {
         let acc = fx.b.declare_var(F64);
         let init = match kind {
             ReduceKind::Max => f64::NEG_INFINITY,
             ReduceKind::Min => f64::INFINITY,
+            ReduceKind::Prod => 1.0,
             _ => 0.0,
         };
         let iv = fx.b.ins().f64const(init);
         fx.b.def_var(acc, iv);
-        let inner = [Opnd::new(p[1], rst.clone(), 4)];
+        let inner = [Opnd::new(p[1], rst.clone(), eb)];
         nest(fx, &rdims, &inner, F32, None, &mut |fx, _, q, _| {
-            let x = fx.load(F32, q[0]);
-            let x = fx.b.ins().fpromote(F64, x);
+            let x = typed::load(fx, s, q[0]);
+            let x = typed::to_f64(fx, s, x);
             let cur = fx.b.use_var(acc);
             let nv = match kind {
                 ReduceKind::Sum | ReduceKind::Mean => fx.b.ins().fadd(cur, x),
+                ReduceKind::Prod => fx.b.ins().fmul(cur, x),
                 ReduceKind::SumSquare | ReduceKind::L2 => {
                     let sq = fx.b.ins().fmul(x, x);
                     fx.b.ins().fadd(cur, sq)
@@ -509,8 +549,8 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
             ReduceKind::L2 => v = fx.b.ins().sqrt(v),
             _ => {}
         }
-        let r = fx.b.ins().fdemote(F32, v);
-        fx.store(r, p[0]);
+        let r = typed::from_f64(fx, s, v);
+        typed::store(fx, s, r, p[0]);
     });
 }
 

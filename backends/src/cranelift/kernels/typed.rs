@@ -412,26 +412,7 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
                 } else {
                     x
                 };
-                if so == Scalar::Bool {
-                    let z = fx.b.ins().f64const(0.0);
-                    let c = fx.b.ins().fcmp(FloatCC::NotEqual, d, z);
-                    fx.b.ins().uextend(I64, c)
-                } else {
-                    // Saturate to the destination's range with NaN -> 0, as Rust's `as`.
-                    if so == Scalar::U64 {
-                        fx.b.ins().fcvt_to_uint_sat(I64, d)
-                    } else {
-                        let (lo, hi) = int_range(so);
-                        let lo_f = fx.b.ins().f64const(lo as f64);
-                        let hi_f = fx.b.ins().f64const(hi as f64);
-                        let c = fx.b.ins().fmax(d, lo_f);
-                        let c = fx.b.ins().fmin(c, hi_f);
-                        let nan = fx.b.ins().fcmp(FloatCC::Unordered, d, d);
-                        let z = fx.b.ins().f64const(0.0);
-                        let c = fx.b.ins().select(nan, z, c);
-                        fx.b.ins().fcvt_to_sint_sat(I64, c)
-                    }
-                }
+                from_f64(fx, so, d)
             }
             (false, false) => {
                 if so == Scalar::Bool {
@@ -445,6 +426,42 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
         };
         store(fx, so, v, p[0]);
     });
+}
+
+/// An f64 converted to the working value of `so` with the evaluator's `as` semantics:
+/// floats round, integers saturate (NaN -> 0), bool is `!= 0`.
+pub(crate) fn from_f64(fx: &mut Fx, so: Scalar, d: Value) -> Value {
+    match so {
+        Scalar::F64 => d,
+        Scalar::F32 => fx.b.ins().fdemote(F32, d),
+        Scalar::Bool => {
+            let z = fx.b.ins().f64const(0.0);
+            let c = fx.b.ins().fcmp(FloatCC::NotEqual, d, z);
+            fx.b.ins().uextend(I64, c)
+        }
+        Scalar::U64 => fx.b.ins().fcvt_to_uint_sat(I64, d),
+        _ => {
+            let (lo, hi) = int_range(so);
+            let lo_f = fx.b.ins().f64const(lo as f64);
+            let hi_f = fx.b.ins().f64const(hi as f64);
+            let c = fx.b.ins().fmax(d, lo_f);
+            let c = fx.b.ins().fmin(c, hi_f);
+            let nan = fx.b.ins().fcmp(FloatCC::Unordered, d, d);
+            let z = fx.b.ins().f64const(0.0);
+            let c = fx.b.ins().select(nan, z, c);
+            fx.b.ins().fcvt_to_sint_sat(I64, c)
+        }
+    }
+}
+
+/// The working value of `s` as an f64 (the evaluator's `to_f64`).
+pub(crate) fn to_f64(fx: &mut Fx, s: Scalar, v: Value) -> Value {
+    match s {
+        Scalar::F64 => v,
+        Scalar::F32 => fx.b.ins().fpromote(F64, v),
+        Scalar::U64 => fx.b.ins().fcvt_from_uint(F64, v),
+        _ => fx.b.ins().fcvt_from_sint(F64, v),
+    }
 }
 
 fn int_range(s: Scalar) -> (i64, i64) {
