@@ -202,11 +202,7 @@ fn const_exponent(g: &Graph, n: NodeId) -> Option<f32> {
 
 pub(crate) fn binary_supported(b: BinaryOp) -> bool {
     use BinaryOp::*;
-    match b {
-        Add | Sub | Mul | Div | Max | Min | PRelu => true,
-        Pow => true,
-        _ => false,
-    }
+    matches!(b, Add | Sub | Mul | Div | Max | Min | PRelu | Pow)
 }
 
 fn pow_const(fx: &mut Fx, ty: Type, x: Value, e: f32) -> Value {

@@ -12,7 +12,10 @@ use kiln_ir::{Graph, NodeId};
 
 const ENTRY: i64 = 16; // i32 index, i32 valid, f64 weight
 
-fn taps_per_axis(g: &Graph, n: NodeId, rz: &Resize) -> Vec<Vec<Option<Vec<(usize, f64)>>>> {
+/// Per output index: the (input index, weight) taps, or `None` when extrapolated.
+type AxisTaps = Vec<Option<Vec<(usize, f64)>>>;
+
+fn taps_per_axis(g: &Graph, n: NodeId, rz: &Resize) -> Vec<AxisTaps> {
     let xs = &g.value(g.node(n).inputs[0]).ty.shape;
     (0..xs.len())
         .map(|d| kiln_ir::eval::resize_taps(rz, d, xs[d], rz.sizes[d]))
