@@ -73,6 +73,7 @@ fn conv_bn_graph() -> (Graph, Tensor) {
             pads: vec![1, 1, 1, 1],
         },
         group: 1,
+        fused: None,
     };
     let (_, c) = g.add_node("conv", Op::Conv(conv), vec![x, w, bias], &["c"]).unwrap();
     let p: Vec<_> = [
@@ -130,6 +131,7 @@ fn batch_norm_folds_into_gemm() {
         beta: 2.0,
         trans_a: false,
         trans_b: true,
+        fused: None,
     };
     let (_, m) = g.add_node("gemm", gemm, vec![x, w, c], &["m"]).unwrap();
     let p: Vec<_> = [
@@ -231,4 +233,18 @@ fn pipeline_keeps_real_model_results() {
         &eval::run(&done, &[x]).unwrap(),
         1e-5,
     );
+}
+
+#[test]
+fn activations_fuse_into_conv_and_gemm() {
+    let (mut g, x) = conv_bn_graph();
+    let before = eval::run(&g, std::slice::from_ref(&x)).unwrap();
+    fuse_batch_norm::run(&mut g).unwrap();
+    assert!(kiln::passes::fuse_activations::run(&mut g).unwrap());
+    verify::verify(&g).unwrap();
+    assert_eq!(g.node_count(), 1, "Conv with a fused Relu");
+    let n = g.node_ids().next().unwrap();
+    assert!(matches!(&g.node(n).op, Op::Conv(c) if c.fused == Some(UnaryOp::Relu)));
+    assert_eq!(g.value(g.outputs()[0]).name, "z");
+    same(&before, &eval::run(&g, &[x]).unwrap(), 1e-5);
 }

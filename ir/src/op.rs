@@ -103,10 +103,12 @@ pub struct Window {
     pub pads: Vec<usize>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Conv {
     pub window: Window,
     pub group: usize,
+    /// An elementwise activation applied to each result (set by `fuse_activations`).
+    pub fused: Option<UnaryOp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,6 +292,8 @@ pub enum Op {
         beta: f32,
         trans_a: bool,
         trans_b: bool,
+        /// An activation applied to each result (set by `fuse_activations`).
+        fused: Option<UnaryOp>,
     },
     /// `[a, b] -> [y]`, numpy matmul with batch broadcasting.
     MatMul,

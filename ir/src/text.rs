@@ -29,6 +29,13 @@ fn window(w: &Window) -> String {
     )
 }
 
+fn fused_attr(f: &Option<UnaryOp>) -> String {
+    match f {
+        Some(u) => format!(" fused={u:?}"),
+        None => String::new(),
+    }
+}
+
 /// The attributes of `op` as `key=value` pairs (empty for attribute-free ops).
 pub fn attrs(op: &Op) -> String {
     match op {
@@ -44,7 +51,7 @@ pub fn attrs(op: &Op) -> String {
             _ => String::new(),
         },
         Op::Cast { to } => format!("to={to}"),
-        Op::Conv(c) => format!("{} group={}", window(&c.window), c.group),
+        Op::Conv(c) => format!("{} group={}{}", window(&c.window), c.group, fused_attr(&c.fused)),
         Op::ConvTranspose(c) => {
             format!(
                 "{} group={} output_padding={}",
@@ -58,7 +65,13 @@ pub fn attrs(op: &Op) -> String {
             beta,
             trans_a,
             trans_b,
-        } => format!("alpha={alpha} beta={beta} trans_a={trans_a} trans_b={trans_b}"),
+            fused,
+        } => {
+            format!(
+                "alpha={alpha} beta={beta} trans_a={trans_a} trans_b={trans_b}{}",
+                fused_attr(fused)
+            )
+        }
         Op::Pool(p) => format!("{} ceil_mode={} kind={:?}", window(&p.window), p.ceil_mode, p.kind),
         Op::GlobalPool(k) => format!("kind={k:?}"),
         Op::BatchNorm { epsilon } | Op::InstanceNorm { epsilon } => format!("epsilon={epsilon}"),

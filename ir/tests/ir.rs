@@ -95,6 +95,7 @@ fn conv_padded_strided_by_hand() {
             pads: vec![1, 1, 0, 0],
         },
         group: 1,
+        fused: None,
     });
     let y = run1(op, &[x, w, b]);
     // Windows start at (-1,-1), (-1,1), (1,-1), (1,1).
@@ -114,6 +115,7 @@ fn depthwise_conv_and_avg_pool_by_hand() {
             pads: vec![0; 4],
         },
         group: 2,
+        fused: None,
     });
     let y = run1(op, &[x.clone(), w]);
     assert_eq!(y[0].as_slice::<f32>().unwrap(), &[-1., -1., 30., 55.]);
@@ -152,6 +154,7 @@ fn gemm_transposes_and_bias() {
             beta: 0.5,
             trans_a: true,
             trans_b: true,
+            fused: None,
         },
         &[a, b, c],
     );

@@ -3,6 +3,7 @@
 
 pub mod eliminate_dead_nodes;
 pub mod fold_constants;
+pub mod fuse_activations;
 pub mod fuse_batch_norm;
 pub mod remove_identities;
 
@@ -38,6 +39,10 @@ pub const PIPELINE: &[Pass] = &[
     Pass {
         name: "fuse_batch_norm",
         run: fuse_batch_norm::run,
+    },
+    Pass {
+        name: "fuse_activations",
+        run: fuse_activations::run,
     },
     Pass {
         name: "eliminate_dead_nodes",

@@ -185,14 +185,21 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::Binary(b) => one(elementwise::binary(*b, x[0], x[1], &out[0])?),
         Op::Where => one(elementwise::where_(x[0], x[1], x[2], &out[0].shape)),
         Op::Cast { to } => one(x[0].cast(*to)),
-        Op::Conv(c) => one(float!(x[0], T => window::conv::<T>(c, x, &out[0].shape))?),
+        Op::Conv(c) => one(post(
+            c.fused,
+            float!(x[0], T => window::conv::<T>(c, x, &out[0].shape))?,
+        )?),
         Op::ConvTranspose(c) => one(float!(x[0], T => window::conv_transpose::<T>(c, x, &out[0].shape))?),
         Op::Gemm {
             alpha,
             beta,
             trans_a,
             trans_b,
-        } => one(float!(x[0], T => linalg::gemm::<T>(x, *alpha, *beta, *trans_a, *trans_b, &out[0].shape))?),
+            fused,
+        } => one(post(
+            *fused,
+            float!(x[0], T => linalg::gemm::<T>(x, *alpha, *beta, *trans_a, *trans_b, &out[0].shape))?,
+        )?),
         Op::MatMul => one(linalg::matmul(x[0], x[1], &out[0].shape)?),
         Op::Pool(p) => one(window::pool(p, x[0], &out[0].shape)?),
         Op::GlobalPool(k) => one(window::global_pool(*k, x[0], &out[0].shape)?),
@@ -240,6 +247,14 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::Einsum { equation } => one(linalg::einsum(equation, x, &out[0])?),
         Op::Rnn(r) => float!(x[0], T => rnn::rnn::<T>(r, x)),
         Op::Resize(rz) => one(resize::resize(rz, x[0], &out[0].shape)?),
+    }
+}
+
+/// Applies a fused activation to a producer's result, exactly as the separate op would.
+fn post(fused: Option<crate::op::UnaryOp>, t: Tensor) -> Result<Tensor> {
+    match fused {
+        Some(u) => elementwise::unary(u, &t),
+        None => Ok(t),
     }
 }
 

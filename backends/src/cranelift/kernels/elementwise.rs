@@ -181,6 +181,18 @@ pub(crate) fn unary_op(fx: &mut Fx, ty: Type, u: UnaryOp, x: Value) -> Value {
     }
 }
 
+/// Applies `u` in place to node `n`'s first output (a fused activation).
+pub(crate) fn in_place(fx: &mut Fx, g: &Graph, n: NodeId, u: UnaryOp, buf: Value, t: Target) {
+    let shape = &g.value(g.node(n).outputs[0]).ty.shape;
+    let total = shape.iter().product::<usize>() as i64;
+    let ops = [Opnd::new(buf, vec![1], 4), Opnd::new(buf, vec![1], 4)];
+    nest(fx, &[total], &ops, F32, t.simd.then_some(F4), &mut |fx, ty, p, _| {
+        let x = fx.load(ty, p[1]);
+        let y = unary_op(fx, ty, u, x);
+        fx.store(y, p[0]);
+    });
+}
+
 pub(crate) fn unary(fx: &mut Fx, g: &Graph, n: NodeId, u: UnaryOp, a: &Args, t: Target) {
     let shape = &g.value(g.node(n).outputs[0]).ty.shape;
     let st = strides(shape);

@@ -10,7 +10,7 @@ use super::{Args, Target};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
-use kiln_ir::op::Conv;
+use kiln_ir::op::{Conv, UnaryOp};
 use kiln_ir::{Graph, NodeId};
 
 /// A matrix in memory: element (r, c) at `base + r * row + c * col` (bytes).
@@ -33,6 +33,7 @@ pub(crate) fn gemm(
     b: Mat,
     c: Mat,
     init: &dyn Fn(&mut Fx, Value) -> Value,
+    post: Option<UnaryOp>,
 ) {
     let vec_ok = t.simd && b.col == 4 && c.col == 4;
     fx.for_n(m as i64, &mut |fx, i| {
@@ -73,6 +74,10 @@ pub(crate) fn gemm(
                     });
                     for (u, &acc) in accs.iter().enumerate() {
                         let v = fx.b.use_var(acc);
+                        let v = match post {
+                            Some(op) => super::elementwise::unary_op(fx, ty, op, v),
+                            None => v,
+                        };
                         let ca = fx.add_imm(ccol, (u * lanes) as i64 * c.col);
                         fx.store(v, ca);
                     }
@@ -225,6 +230,7 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                     col: 4,
                 },
                 &init,
+                c.fused,
             );
         });
     });

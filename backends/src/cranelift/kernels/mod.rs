@@ -75,10 +75,16 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Binary(b) => fast_binary(g, n, *b) || (typed::binary_supported(*b, scalar(0)) && scalar(0) == scalar(1)),
         Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
         Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
-        Op::Conv(c) => float_ok && (rank == 3 || rank == 4) && c.window.kernel.len() + 2 == rank,
+        Op::Conv(c) => {
+            float_ok
+                && (rank == 3 || rank == 4)
+                && c.window.kernel.len() + 2 == rank
+                && c.fused.is_none_or(elementwise::unary_supported)
+        }
         Op::Pool(_) => float_ok && (rank == 3 || rank == 4),
         Op::GlobalPool(_) => float_ok,
-        Op::Gemm { .. } | Op::MatMul => float_ok,
+        Op::Gemm { fused, .. } => float_ok && fused.is_none_or(elementwise::unary_supported),
+        Op::MatMul => float_ok,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
         Op::Reduce { kind, .. } => nn::reduce_supported(*kind, scalar(0)),
         Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
@@ -160,7 +166,13 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             beta,
             trans_a,
             trans_b,
-        } => nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t),
+            fused,
+        } => {
+            nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t);
+            if let Some(u) = fused {
+                elementwise::in_place(fx, g, n, *u, a.outs[0], t);
+            }
+        }
         Op::MatMul => nn::matmul(fx, g, n, a, t),
         Op::Softmax { axis } => nn::softmax(fx, g, n, *axis, false, a),
         Op::LogSoftmax { axis } => nn::softmax(fx, g, n, *axis, true, a),

@@ -285,7 +285,7 @@ fn matmul_2d(fx: &mut Fx, t: Target, m: usize, k: usize, nn: usize, a: Value, a_
         row: nn as i64 * 4,
         col: 4,
     };
-    gemm_loop(fx, t, m, k, nn, a, b, c, &zero);
+    gemm_loop(fx, t, m, k, nn, a, b, c, &zero, None);
 }
 
 pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {

@@ -82,7 +82,15 @@ pub fn conv(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     let group = Attrs::of(n).i("group", 1).max(0) as usize;
     let mut ins = vec![x, w];
     ins.extend(cx.input(n, 2));
-    cx.add(n, Op::Conv(Conv { window, group }), ins)
+    cx.add(
+        n,
+        Op::Conv(Conv {
+            window,
+            group,
+            fused: None,
+        }),
+        ins,
+    )
 }
 
 pub fn conv_transpose(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {

@@ -13,6 +13,7 @@ pub fn gemm(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
         beta: a.f("beta", 1.0),
         trans_a: a.i("transA", 0) != 0,
         trans_b: a.i("transB", 0) != 0,
+        fused: None,
     };
     cx.add(n, op, ins)
 }

@@ -1,0 +1,56 @@
+//! Folds an activation into the Conv or Gemm that feeds it, so a backend applies it to each
+//! result before storing instead of making another pass over memory. Same arithmetic, one
+//! op fewer. Not fused: producers read by anything else, or already carrying an activation.
+
+use kiln_ir::op::UnaryOp;
+use kiln_ir::{Graph, IrError, Op, ValueDef};
+
+fn is_activation(u: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        u,
+        Relu | LeakyRelu { .. }
+            | Clip { .. }
+            | HardSigmoid { .. }
+            | HardSwish
+            | Sigmoid
+            | Tanh
+            | Elu { .. }
+            | Selu { .. }
+            | Softplus
+            | Gelu { .. }
+            | Mish
+    )
+}
+
+pub fn run(g: &mut Graph) -> Result<bool, IrError> {
+    let mut changed = false;
+    for n in g.topo_order()? {
+        if !g.contains_node(n) {
+            continue;
+        }
+        let Op::Unary(u) = g.node(n).op else { continue };
+        let x = g.node(n).inputs[0];
+        let Some(p) = g.producer(x) else { continue };
+        if !is_activation(u)
+            || g.consumers(x).len() != 1
+            || g.is_output(x)
+            || !matches!(g.value(x).def, ValueDef::Node(..))
+        {
+            continue;
+        }
+        let slot = match g.op_mut(p) {
+            Op::Conv(c) if c.fused.is_none() => &mut c.fused,
+            Op::Gemm { fused, .. } if fused.is_none() => fused,
+            _ => continue,
+        };
+        *slot = Some(u);
+        let y = g.node(n).outputs[0];
+        let name = g.value(y).name.clone();
+        g.replace_uses(y, x);
+        g.remove_node(n);
+        g.rename(x, &name);
+        changed = true;
+    }
+    Ok(changed)
+}
