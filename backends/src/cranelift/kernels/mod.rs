@@ -15,11 +15,12 @@ mod nest;
 mod nn;
 mod norm;
 mod resize;
+mod rnn;
 mod typed;
 
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
-use kiln_ir::op::{PadMode, RnnKind, ScatterReduction};
+use kiln_ir::op::{PadMode, ScatterReduction};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
 /// Pointers handed to a kernel.
@@ -88,7 +89,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
         Op::Reduce { kind, .. } => nn::reduce_supported(*kind, scalar(0)),
         Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
-        Op::Rnn(r) => float_ok && matches!(r.kind, RnnKind::Lstm { .. }) && nn::lstm_supported(r),
+        Op::Rnn(_) => float_ok,
         Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
         Op::Hardmax { .. } => float_ok,
         Op::Trilu { .. } | Op::GatherElements { .. } => scalar(0) != Scalar::F16,
@@ -111,7 +112,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
 /// Arena bytes the kernel of node `n` needs as scratch.
 pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
-        Op::Rnn(r) => 4 * 10 * r.hidden,
+        Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
         _ => 0,
     }
@@ -178,7 +179,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::LogSoftmax { axis } => nn::softmax(fx, g, n, *axis, true, a),
         Op::Reduce { kind, axes, .. } => nn::reduce(fx, g, n, *kind, axes, a),
         Op::BatchNorm { .. } => nn::batch_norm(fx, g, n, a, t),
-        Op::Rnn(r) => nn::lstm(fx, g, n, r, a),
+        Op::Rnn(r) => rnn::rnn(fx, g, n, r, a),
         Op::ArgMax { axis, last, .. } => index::arg(fx, g, n, *axis, *last, true, a),
         Op::ArgMin { axis, last, .. } => index::arg(fx, g, n, *axis, *last, false, a),
         Op::Hardmax { axis } => index::hardmax(fx, g, n, *axis, a),
