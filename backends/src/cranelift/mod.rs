@@ -179,15 +179,26 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 scratch: p[ni + no],
                 aux: p[ni + no + 1..].to_vec(),
             };
-            let mut f = fx::Fx::new(&mut b, target.simd);
-            kernels::emit(&mut f, g, n, &args, target);
-            b.ins().return_(&[]);
-            b.finalize(fcfg);
+            // A kernel bug must surface as an error naming the node, not abort the caller.
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut f = fx::Fx::new(&mut b, target.simd);
+                kernels::emit(&mut f, g, n, &args, target);
+                b.ins().return_(&[]);
+                b.finalize(fcfg);
+            }));
+            if built.is_err() {
+                return Err(codegen_err(
+                    &name,
+                    format!("internal error emitting node `{}`", node.name),
+                ));
+            }
         }
         clif.push_str(&format!("; {name}: node `{}`\n{}\n", node.name, ctx.func.display()));
-        module
-            .define_function(fid, &mut ctx)
-            .map_err(|e| codegen_err(&name, format!("{e:?}")))?;
+        let defined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            module.define_function(fid, &mut ctx).map_err(|e| format!("{e:?}"))
+        }))
+        .map_err(|_| codegen_err(&name, format!("internal error compiling node `{}`", node.name)))?;
+        defined.map_err(|e| codegen_err(&name, e))?;
         kernels.push((fid, aux, node.inputs.len() + node.outputs.len()));
     }
 

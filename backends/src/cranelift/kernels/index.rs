@@ -325,3 +325,155 @@ pub(crate) fn cumsum(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, exclusive: 
         });
     });
 }
+
+/// TopK: the k best of each row by repeated selection — the next pick is the best element
+/// that ranks after the previous pick (value, then index), which reproduces the
+/// evaluator's stable sort without scratch memory.
+pub(crate) fn topk(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, k: usize, largest: bool, a: &Args) {
+    let x = g.node(n).inputs[0];
+    let (s, shape) = (sc(g, x), g.value(x).ty.shape.clone());
+    let len = shape[axis] as i64;
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
+    let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
+    let eb = s.size() as i64;
+    let (ty, _) = mem(s);
+    let kty = if s.is_float() { F64 } else { I64 };
+    fx.for_n(outer, &mut |fx, o| {
+        fx.for_n(inner, &mut |fx, i| {
+            let row = fx.mul_imm(o, len * inner);
+            let row = fx.b.ins().iadd(row, i);
+            let base = fx.addr(a.ins[0], row, eb);
+            let orow = fx.mul_imm(o, k as i64 * inner);
+            let orow = fx.b.ins().iadd(orow, i);
+            let (pv, pi) = (fx.b.declare_var(kty), fx.b.declare_var(I64));
+            let m1 = fx.i(-1);
+            fx.b.def_var(pi, m1);
+            let z = if s.is_float() {
+                fx.b.ins().f64const(0.0)
+            } else {
+                fx.i(0)
+            };
+            fx.b.def_var(pv, z);
+            fx.for_n(k as i64, &mut |fx, r| {
+                let (prev_v, prev_i) = (fx.b.use_var(pv), fx.b.use_var(pi));
+                let (bv, bi) = (fx.b.declare_var(kty), fx.b.declare_var(I64));
+                fx.b.def_var(bi, m1);
+                fx.b.def_var(bv, z);
+                fx.for_n(len, &mut |fx, j| {
+                    let ea = fx.addr(base, j, inner * eb);
+                    let v = key(fx, s, ea);
+                    // Eligible: ranks after the previous pick.
+                    let first = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, prev_i, 0);
+                    let after_v = better(fx, s, prev_v, v, largest, false);
+                    let same_v = if s.is_float() {
+                        fx.b.ins().fcmp(FloatCC::Equal, v, prev_v)
+                    } else {
+                        fx.b.ins().icmp(IntCC::Equal, v, prev_v)
+                    };
+                    let later_i = fx.b.ins().icmp(IntCC::SignedGreaterThan, j, prev_i);
+                    let tie = fx.b.ins().band(same_v, later_i);
+                    let elig = fx.b.ins().bor(after_v, tie);
+                    let elig = fx.b.ins().bor(elig, first);
+                    // Better than the current best (first in index order wins ties).
+                    let (cur_v, cur_i) = (fx.b.use_var(bv), fx.b.use_var(bi));
+                    let none = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, cur_i, 0);
+                    let beats = better(fx, s, v, cur_v, largest, false);
+                    let take = fx.b.ins().bor(none, beats);
+                    let take = fx.b.ins().band(take, elig);
+                    let nv = fx.b.ins().select(take, v, cur_v);
+                    let ni = fx.b.ins().select(take, j, cur_i);
+                    fx.b.def_var(bv, nv);
+                    fx.b.def_var(bi, ni);
+                });
+                let (v, idx) = (fx.b.use_var(bv), fx.b.use_var(bi));
+                fx.b.def_var(pv, v);
+                fx.b.def_var(pi, idx);
+                let oo = fx.mul_imm(r, inner);
+                let oo = fx.b.ins().iadd(orow, oo);
+                let src = fx.addr(base, idx, inner * eb);
+                let raw = fx.load(ty, src);
+                let va = fx.addr(a.outs[0], oo, eb);
+                fx.store(raw, va);
+                let ia = fx.addr(a.outs[1], oo, 8);
+                fx.store(idx, ia);
+            });
+        });
+    });
+}
+
+pub(crate) fn one_hot(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, depth: usize, a: &Args) {
+    let node = g.node(n);
+    let (ind, vals) = (node.inputs[0], node.inputs[1]);
+    let is = g.value(ind).ty.shape.clone();
+    let (si, sv) = (sc(g, ind), sc(g, vals));
+    let (ty, _) = mem(sv);
+    let eb = sv.size() as i64;
+    let outer: i64 = is[..axis].iter().product::<usize>() as i64;
+    let inner: i64 = is[axis..].iter().product::<usize>() as i64;
+    let d = depth as i64;
+    let off_v = fx.load(ty, a.ins[1]);
+    let on_a = fx.add_imm(a.ins[1], eb);
+    let on_v = fx.load(ty, on_a);
+    fx.for_index(&[outer, d, inner], &mut |fx, ix| {
+        let e = fx.mul_imm(ix[0], inner);
+        let e = fx.b.ins().iadd(e, ix[2]);
+        let ia = fx.addr(a.ins[0], e, si.size() as i64);
+        let raw = load(fx, si, ia);
+        // Float indices truncate toward zero, as the evaluator reads them.
+        let raw = match si {
+            Scalar::F32 => {
+                let w = fx.b.ins().fpromote(F64, raw);
+                fx.b.ins().fcvt_to_sint_sat(I64, w)
+            }
+            Scalar::F64 => fx.b.ins().fcvt_to_sint_sat(I64, raw),
+            _ => raw,
+        };
+        let wrapped = fx.add_imm(raw, d);
+        let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, raw, 0);
+        let v = fx.b.ins().select(neg, wrapped, raw);
+        let hit = fx.b.ins().icmp(IntCC::Equal, v, ix[1]);
+        let val = fx.b.ins().select(hit, on_v, off_v);
+        let o = fx.dot(ix, &[d * inner, inner, 1]);
+        let oa = fx.addr(a.outs[0], o, eb);
+        fx.store(val, oa);
+    });
+}
+
+pub(crate) fn gather_nd(fx: &mut Fx, g: &Graph, n: NodeId, batch_dims: usize, a: &Args) {
+    let node = g.node(n);
+    let (data, idx) = (node.inputs[0], node.inputs[1]);
+    let ds = g.value(data).ty.shape.clone();
+    let is = g.value(idx).ty.shape.clone();
+    let (s, si) = (sc(g, data), sc(g, idx));
+    let eb = s.size() as i64;
+    let q = is.len();
+    let last = is[q - 1];
+    let dst = strides(&ds);
+    let inner: i64 = ds[batch_dims + last..].iter().product::<usize>() as i64;
+    let tuples: i64 = is[..q - 1].iter().product::<usize>() as i64;
+    let per_batch: i64 = (is[batch_dims..q - 1].iter().product::<usize>() as i64).max(1);
+    fx.for_n(tuples, &mut |fx, t| {
+        let batch = fx.b.ins().udiv_imm_u(t, per_batch);
+        // Offset of the batch prefix.
+        let mut off = fx.i(0);
+        let mut rem = batch;
+        for dd in (0..batch_dims).rev() {
+            let r = fx.b.ins().urem_imm_u(rem, ds[dd] as i64);
+            let r = fx.mul_imm(r, dst[dd]);
+            off = fx.b.ins().iadd(off, r);
+            rem = fx.b.ins().udiv_imm_u(rem, ds[dd] as i64);
+        }
+        for j in 0..last {
+            let e = fx.mul_imm(t, last as i64);
+            let e = fx.add_imm(e, j as i64);
+            let ia = fx.addr(a.ins[1], e, si.size() as i64);
+            let v = index(fx, si, ia, ds[batch_dims + j] as i64);
+            let v = fx.mul_imm(v, dst[batch_dims + j]);
+            off = fx.b.ins().iadd(off, v);
+        }
+        let src = fx.addr(a.ins[0], off, eb);
+        let dsto = fx.mul_imm(t, inner);
+        let dstp = fx.addr(a.outs[0], dsto, eb);
+        copy_all(fx, src, dstp, inner * eb);
+    });
+}

@@ -97,6 +97,8 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
             scalar(0) != Scalar::F16 && (*reduction == ScatterReduction::None || scalar(0) != Scalar::Bool)
         }
         Op::CumSum { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
+        Op::TopK { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
+        Op::OneHot { .. } | Op::GatherNd { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::LayerNorm { axis, .. } => float_ok && norm::layer_norm_supported(g, n, *axis),
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
         Op::ConvTranspose(_) => float_ok && convt::supported(g, n),
@@ -193,6 +195,9 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             reverse,
         } => index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a),
         Op::LayerNorm { axis, epsilon } => norm::layer_norm(fx, g, n, *axis, *epsilon, a),
+        Op::TopK { axis, k, largest, .. } => index::topk(fx, g, n, *axis, *k, *largest, a),
+        Op::OneHot { axis, depth } => index::one_hot(fx, g, n, *axis, *depth, a),
+        Op::GatherNd { batch_dims } => index::gather_nd(fx, g, n, *batch_dims, a),
         Op::InstanceNorm { epsilon } => norm::instance_norm(fx, g, n, *epsilon, a),
         Op::Lrn {
             size,
