@@ -10,7 +10,7 @@
 #![allow(clippy::excessive_precision)]
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, I32, I32X4, I64};
+use cranelift_codegen::ir::types::{F32, F64, I32, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -464,6 +464,212 @@ impl<'a, 'b> Fx<'a, 'b> {
         let erfc = self.mul(t, e);
         let y = self.sub(one, erfc);
         self.copysign(ty, y, x)
+    }
+}
+
+impl Fx<'_, '_> {
+    fn c64(&mut self, v: f64) -> Value {
+        self.b.ins().f64const(v)
+    }
+
+    fn poly64(&mut self, x: Value, coeffs: &[f64]) -> Value {
+        let mut acc = self.c64(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let m = self.b.ins().fmul(acc, x);
+            let cc = self.c64(c);
+            acc = self.b.ins().fadd(m, cc);
+        }
+        acc
+    }
+
+    /// e^x in f64 (Cephes exp: Padé approximation after reduction by ln 2).
+    pub fn exp64(&mut self, x: Value) -> Value {
+        let hi = self.c64(709.782712893384);
+        let lo = self.c64(-708.3964185322641);
+        let xc = self.b.ins().fmin(x, hi);
+        let xc = self.b.ins().fmax(xc, lo);
+        let l2e = self.c64(std::f64::consts::LOG2_E);
+        let t = self.b.ins().fmul(xc, l2e);
+        let n = self.b.ins().nearest(t);
+        let c1 = self.c64(6.931_457_519_531_25E-1);
+        let c2 = self.c64(1.428_606_820_309_417_2E-6);
+        let a = self.b.ins().fmul(n, c1);
+        let r = self.b.ins().fsub(xc, a);
+        let bb = self.b.ins().fmul(n, c2);
+        let r = self.b.ins().fsub(r, bb);
+        let rr = self.b.ins().fmul(r, r);
+        let p = self.poly64(
+            rr,
+            &[
+                1.261_771_930_748_105_9E-4,
+                3.029_944_077_074_419_6E-2,
+                9.999_999_999_999_999_9E-1,
+            ],
+        );
+        let px = self.b.ins().fmul(r, p);
+        let q = self.poly64(
+            rr,
+            &[
+                3.001_985_051_386_644_6E-6,
+                2.524_483_403_496_841E-3,
+                2.272_655_482_081_550_3E-1,
+                2.0,
+            ],
+        );
+        let d = self.b.ins().fsub(q, px);
+        let f = self.b.ins().fdiv(px, d);
+        let two = self.c64(2.0);
+        let f = self.b.ins().fmul(two, f);
+        let one = self.c64(1.0);
+        let f = self.b.ins().fadd(one, f);
+        // times 2^n, as 2^(n-1) * 2 so n = 1024 fits
+        let ni = self.b.ins().fcvt_to_sint_sat(I64, n);
+        let e = self.b.ins().iadd_imm_s(ni, 1022);
+        let e = self.b.ins().ishl_imm_u(e, 52);
+        let scale = self.bits(F64, e);
+        let y = self.b.ins().fmul(f, scale);
+        let y = self.b.ins().fmul(y, two);
+        let inf = self.c64(f64::INFINITY);
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let y = self.b.ins().select(over, inf, y);
+        let zero = self.c64(0.0);
+        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let y = self.b.ins().select(under, zero, y);
+        let uno = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.b.ins().select(uno, x, y)
+    }
+
+    /// Natural log in f64 (Cephes log: rational approximation of log(1+z)).
+    pub fn log64(&mut self, x: Value) -> Value {
+        let bits = self.bits(I64, x);
+        let e = self.b.ins().sshr_imm_u(bits, 52);
+        let mask = self.b.ins().iconst(I64, 0x800f_ffff_ffff_ffffu64 as i64);
+        let m = self.b.ins().band(bits, mask);
+        let half = self.b.ins().iconst(I64, 0x3fe0_0000_0000_0000);
+        let m = self.b.ins().bor(m, half);
+        let mut mf = self.bits(F64, m); // [0.5, 1)
+        let e = self.b.ins().iadd_imm_s(e, -1022);
+        let mut ef = self.b.ins().fcvt_from_sint(F64, e);
+        let sq = self.c64(std::f64::consts::FRAC_1_SQRT_2);
+        let small = self.b.ins().fcmp(FloatCC::LessThan, mf, sq);
+        let one = self.c64(1.0);
+        let ef1 = self.b.ins().fsub(ef, one);
+        ef = self.b.ins().select(small, ef1, ef);
+        let m2 = self.b.ins().fadd(mf, mf);
+        mf = self.b.ins().select(small, m2, mf);
+        let z = self.b.ins().fsub(mf, one);
+        let zz = self.b.ins().fmul(z, z);
+        let p = self.poly64(
+            z,
+            &[
+                1.018_756_638_045_809_3E-4,
+                4.974_949_949_767_47E-1,
+                4.705_791_198_788_817E0,
+                1.449_892_253_416_109_3E1,
+                1.793_686_785_078_198_2E1,
+                7.708_387_337_558_854E0,
+            ],
+        );
+        let q = self.poly64(
+            z,
+            &[
+                1.0,
+                1.128_735_871_891_674_5E1,
+                4.522_791_458_375_322E1,
+                8.298_752_669_127_766E1,
+                7.115_447_506_185_639E1,
+                2.312_516_201_267_653_4E1,
+            ],
+        );
+        let r = self.b.ins().fdiv(p, q);
+        let y = self.b.ins().fmul(zz, r);
+        let y = self.b.ins().fmul(z, y);
+        let k1 = self.c64(2.121_944_400_546_905_8E-4);
+        let t = self.b.ins().fmul(ef, k1);
+        let y = self.b.ins().fsub(y, t);
+        let h = self.c64(0.5);
+        let hz = self.b.ins().fmul(zz, h);
+        let y = self.b.ins().fsub(y, hz);
+        let y = self.b.ins().fadd(z, y);
+        let k2 = self.c64(0.693_359_375);
+        let t2 = self.b.ins().fmul(ef, k2);
+        let y = self.b.ins().fadd(y, t2);
+        let zero = self.c64(0.0);
+        let is0 = self.b.ins().fcmp(FloatCC::Equal, x, zero);
+        let ninf = self.c64(f64::NEG_INFINITY);
+        let y = self.b.ins().select(is0, ninf, y);
+        let neg = self.b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
+        let nan = self.c64(f64::NAN);
+        let y = self.b.ins().select(neg, nan, y);
+        let inf = self.c64(f64::INFINITY);
+        let isinf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
+        self.b.ins().select(isinf, inf, y)
+    }
+
+    /// IEEE half (bits in the low 16 of an i64) to f32.
+    pub fn f16_to_f32(&mut self, h: Value) -> Value {
+        let sign = self.b.ins().ushr_imm_u(h, 15);
+        let sign = self.b.ins().ishl_imm_u(sign, 31);
+        let exp = self.b.ins().ushr_imm_u(h, 10);
+        let exp = self.b.ins().band_imm_u(exp, 31);
+        let mant = self.b.ins().band_imm_u(h, 1023);
+        // normal: rebias the exponent
+        let e32 = self.b.ins().iadd_imm_s(exp, 112);
+        let e32 = self.b.ins().ishl_imm_u(e32, 23);
+        let m32 = self.b.ins().ishl_imm_u(mant, 13);
+        let normal = self.b.ins().bor(e32, m32);
+        // inf / NaN
+        let special = self.b.ins().bor_imm_u(m32, 0x7f80_0000);
+        let is_special = self.b.ins().icmp_imm_s(IntCC::Equal, exp, 31);
+        let bits = self.b.ins().select(is_special, special, normal);
+        let bits = self.b.ins().bor(bits, sign);
+        let bits = self.b.ins().ireduce(I32, bits);
+        let nf = self.bits(F32, bits);
+        // zero / subnormal: mant * 2^-24
+        let mf = self.b.ins().fcvt_from_sint(F32, mant);
+        let k = self.f(F32, 1.0 / 16_777_216.0);
+        let sub = self.mul(mf, k);
+        let sb = self.bits(I32, sub);
+        let sign32 = self.b.ins().ireduce(I32, sign);
+        let sb = self.b.ins().bor(sb, sign32);
+        let sub = self.bits(F32, sb);
+        let is_sub = self.b.ins().icmp_imm_s(IntCC::Equal, exp, 0);
+        self.b.ins().select(is_sub, sub, nf)
+    }
+
+    /// f32 to IEEE half bits (round to nearest even), in the low 16 of an i64.
+    pub fn f32_to_f16(&mut self, x: Value) -> Value {
+        let b = self.bits(I32, x);
+        let b = self.b.ins().uextend(I64, b);
+        let sign = self.b.ins().ushr_imm_u(b, 16);
+        let sign = self.b.ins().band_imm_u(sign, 0x8000);
+        let a = self.b.ins().band_imm_u(b, 0x7fff_ffff);
+        // normal range: rebias and round on bit 13
+        let r = self.b.ins().iadd_imm_s(a, -0x3800_0000);
+        let lsb = self.b.ins().ushr_imm_u(r, 13);
+        let lsb = self.b.ins().band_imm_u(lsb, 1);
+        let r = self.b.ins().iadd_imm_s(r, 0xfff);
+        let r = self.b.ins().iadd(r, lsb);
+        let normal = self.b.ins().ushr_imm_u(r, 13);
+        // subnormal range: round(|x| * 2^24)
+        let ax = self.b.ins().fabs(x);
+        let k = self.f(F32, 16_777_216.0);
+        let sc = self.mul(ax, k);
+        let sc = self.b.ins().nearest(sc);
+        let sub = self.b.ins().fcvt_to_sint_sat(I64, sc);
+        let is_sub = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, a, 0x3880_0000);
+        let v = self.b.ins().select(is_sub, sub, normal);
+        // overflow -> inf; NaN -> quiet NaN
+        let inf = self.i(0x7c00);
+        let big = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, a, 0x477f_f000);
+        let v = self.b.ins().select(big, inf, v);
+        let nan = self.i(0x7e00);
+        let is_nan = self.b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, a, 0x7f80_0000);
+        let v = self.b.ins().select(is_nan, nan, v);
+        self.b.ins().bor(v, sign)
     }
 }
 

@@ -33,7 +33,11 @@ pub(crate) fn mem(s: Scalar) -> (Type, bool) {
 pub(crate) fn load(fx: &mut Fx, s: Scalar, addr: Value) -> Value {
     let (ty, signed) = mem(s);
     let v = fx.load(ty, addr);
-    if s.is_float() || ty == I64 {
+    if s == Scalar::F16 {
+        // Half values work as f32 (the evaluator computes f16 ops in f32 and rounds once).
+        let w = fx.b.ins().uextend(I64, v);
+        fx.f16_to_f32(w)
+    } else if s.is_float() || ty == I64 {
         v
     } else if signed {
         fx.b.ins().sextend(I64, v)
@@ -45,7 +49,10 @@ pub(crate) fn load(fx: &mut Fx, s: Scalar, addr: Value) -> Value {
 /// Stores a working value (i64 for integers, the float itself) into an element of `s`.
 pub(crate) fn store(fx: &mut Fx, s: Scalar, v: Value, addr: Value) {
     let (ty, _) = mem(s);
-    let v = if !s.is_float() && ty != I64 {
+    let v = if s == Scalar::F16 {
+        let h = fx.f32_to_f16(v);
+        fx.b.ins().ireduce(I16, h)
+    } else if !s.is_float() && ty != I64 {
         fx.b.ins().ireduce(ty, v)
     } else {
         v
@@ -58,8 +65,8 @@ fn bytes(s: Scalar) -> i64 {
     s.size() as i64
 }
 
-pub(crate) fn supported_scalar(s: Scalar) -> bool {
-    s != Scalar::F16
+pub(crate) fn supported_scalar(_: Scalar) -> bool {
+    true
 }
 
 pub(crate) fn unary_supported(u: UnaryOp, s: Scalar) -> bool {
@@ -68,10 +75,13 @@ pub(crate) fn unary_supported(u: UnaryOp, s: Scalar) -> bool {
         Scalar::Bool => u == Not,
         Scalar::F64 => matches!(
             u,
+            Neg | Abs | Sqrt | Floor | Ceil | Round | Relu | Reciprocal | Sign | IsNaN | IsInf { .. } | Exp | Log
+        ),
+        Scalar::F16 => matches!(
+            u,
             Neg | Abs | Sqrt | Floor | Ceil | Round | Relu | Reciprocal | Sign | IsNaN | IsInf { .. }
         ),
         Scalar::F32 => matches!(u, IsNaN | IsInf { .. }),
-        Scalar::F16 => false,
         _ => matches!(u, Neg | Abs | Sign | Relu | BitwiseNot),
     }
 }
@@ -80,11 +90,10 @@ pub(crate) fn binary_supported(b: BinaryOp, s: Scalar) -> bool {
     use BinaryOp::*;
     match s {
         Scalar::Bool => matches!(b, And | Or | Xor | Equal),
-        Scalar::F64 | Scalar::F32 => matches!(
+        Scalar::F64 | Scalar::F32 | Scalar::F16 => matches!(
             b,
             Add | Sub | Mul | Div | Max | Min | Equal | Less | LessOrEqual | Greater | GreaterOrEqual | PRelu
         ),
-        Scalar::F16 => false,
         _ => !matches!(b, Pow | And | Or | Xor),
     }
 }
@@ -127,6 +136,8 @@ pub(crate) fn unary(fx: &mut Fx, g: &Graph, n: NodeId, u: UnaryOp, a: &Args) {
                 UnaryOp::Round => fx.b.ins().nearest(x),
                 UnaryOp::Relu => fx.b.ins().fmax(x, zero),
                 UnaryOp::Reciprocal => fx.b.ins().fdiv(one, x),
+                UnaryOp::Exp => fx.exp64(x),
+                UnaryOp::Log => fx.log64(x),
                 UnaryOp::Sign => {
                     let m1 = fx.b.ins().fneg(one);
                     let p = fx.b.ins().fcmp(FloatCC::GreaterThan, x, zero);
@@ -390,8 +401,8 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
         // Everything goes through the evaluator's route: float <-> f64 <-> integer.
         let v = match (si.is_float(), so.is_float()) {
             (true, true) => match (si, so) {
-                (Scalar::F32, Scalar::F64) => fx.b.ins().fpromote(F64, x),
-                (Scalar::F64, Scalar::F32) => fx.b.ins().fdemote(F32, x),
+                (Scalar::F32 | Scalar::F16, Scalar::F64) => fx.b.ins().fpromote(F64, x),
+                (Scalar::F64, Scalar::F32 | Scalar::F16) => fx.b.ins().fdemote(F32, x),
                 _ => x,
             },
             (false, true) => {
@@ -400,17 +411,17 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
                 } else {
                     fx.b.ins().fcvt_from_uint(F64, x)
                 };
-                if so == Scalar::F32 {
-                    fx.b.ins().fdemote(F32, d)
-                } else {
+                if so == Scalar::F64 {
                     d
+                } else {
+                    fx.b.ins().fdemote(F32, d)
                 }
             }
             (true, false) => {
-                let d = if si == Scalar::F32 {
-                    fx.b.ins().fpromote(F64, x)
-                } else {
+                let d = if si == Scalar::F64 {
                     x
+                } else {
+                    fx.b.ins().fpromote(F64, x)
                 };
                 from_f64(fx, so, d)
             }
@@ -433,7 +444,7 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 pub(crate) fn from_f64(fx: &mut Fx, so: Scalar, d: Value) -> Value {
     match so {
         Scalar::F64 => d,
-        Scalar::F32 => fx.b.ins().fdemote(F32, d),
+        Scalar::F32 | Scalar::F16 => fx.b.ins().fdemote(F32, d),
         Scalar::Bool => {
             let z = fx.b.ins().f64const(0.0);
             let c = fx.b.ins().fcmp(FloatCC::NotEqual, d, z);
@@ -458,7 +469,7 @@ pub(crate) fn from_f64(fx: &mut Fx, so: Scalar, d: Value) -> Value {
 pub(crate) fn to_f64(fx: &mut Fx, s: Scalar, v: Value) -> Value {
     match s {
         Scalar::F64 => v,
-        Scalar::F32 => fx.b.ins().fpromote(F64, v),
+        Scalar::F32 | Scalar::F16 => fx.b.ins().fpromote(F64, v),
         Scalar::U64 => fx.b.ins().fcvt_from_uint(F64, v),
         _ => fx.b.ins().fcvt_from_sint(F64, v),
     }
