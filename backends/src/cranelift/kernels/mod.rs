@@ -87,7 +87,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Gemm { fused, .. } => float_ok && fused.is_none_or(elementwise::unary_supported),
         Op::MatMul => float_ok,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
-        Op::Reduce { kind, .. } => nn::reduce_supported(*kind, scalar(0)),
+        Op::Reduce { .. } => nn::reduce_supported(scalar(0)),
         Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
         Op::Rnn(_) => float_ok,
         Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),

@@ -480,9 +480,9 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
     });
 }
 
-pub(crate) fn reduce_supported(k: ReduceKind, s: kiln_ir::Scalar) -> bool {
-    use kiln_ir::Scalar::*;
-    !matches!(k, ReduceKind::LogSum | ReduceKind::LogSumExp) && !matches!(s, F16 | Bool)
+/// Every reduction kind works on every numeric type (bool has no arithmetic here).
+pub(crate) fn reduce_supported(s: kiln_ir::Scalar) -> bool {
+    s != kiln_ir::Scalar::Bool
 }
 
 /// Reductions accumulate in f64, like the evaluator, and round once at the end.
@@ -510,6 +510,26 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
         let iv = fx.b.ins().f64const(init);
         fx.b.def_var(acc, iv);
         let inner = [Opnd::new(p[1], rst.clone(), eb)];
+        // LogSumExp subtracts the per-output maximum first (when finite), as the evaluator.
+        let shift = if kind == ReduceKind::LogSumExp {
+            let mx = fx.b.declare_var(F64);
+            let ninf = fx.b.ins().f64const(f64::NEG_INFINITY);
+            fx.b.def_var(mx, ninf);
+            nest(fx, &rdims, &inner, F32, None, &mut |fx, _, q, _| {
+                let x = typed::load(fx, s, q[0]);
+                let x = typed::to_f64(fx, s, x);
+                let cur = fx.b.use_var(mx);
+                let m = fx.b.ins().fmax(cur, x);
+                fx.b.def_var(mx, m);
+            });
+            let m = fx.b.use_var(mx);
+            let d = fx.b.ins().fsub(m, m);
+            let finite = fx.b.ins().fcmp(FloatCC::Equal, d, d);
+            let z = fx.b.ins().f64const(0.0);
+            Some(fx.b.ins().select(finite, m, z))
+        } else {
+            None
+        };
         nest(fx, &rdims, &inner, F32, None, &mut |fx, _, q, _| {
             let x = typed::load(fx, s, q[0]);
             let x = typed::to_f64(fx, s, x);
@@ -517,6 +537,12 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
             let nv = match kind {
                 ReduceKind::Sum | ReduceKind::Mean => fx.b.ins().fadd(cur, x),
                 ReduceKind::Prod => fx.b.ins().fmul(cur, x),
+                ReduceKind::LogSum => fx.b.ins().fadd(cur, x),
+                ReduceKind::LogSumExp => {
+                    let d = fx.b.ins().fsub(x, shift.expect("computed"));
+                    let e = fx.exp64(d);
+                    fx.b.ins().fadd(cur, e)
+                }
                 ReduceKind::SumSquare | ReduceKind::L2 => {
                     let sq = fx.b.ins().fmul(x, x);
                     fx.b.ins().fadd(cur, sq)
@@ -536,7 +562,6 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
                     let c = fx.b.ins().bor(better, nan);
                     fx.b.ins().select(c, x, cur)
                 }
-                _ => unreachable!("checked by reduce_supported"),
             };
             fx.b.def_var(acc, nv);
         });
@@ -547,6 +572,11 @@ pub(crate) fn reduce(fx: &mut Fx, g: &Graph, n: NodeId, kind: ReduceKind, axes: 
                 v = fx.b.ins().fdiv(v, c);
             }
             ReduceKind::L2 => v = fx.b.ins().sqrt(v),
+            ReduceKind::LogSum => v = fx.log64(v),
+            ReduceKind::LogSumExp => {
+                let l = fx.log64(v);
+                v = fx.b.ins().fadd(l, shift.expect("computed"));
+            }
             _ => {}
         }
         let r = typed::from_f64(fx, s, v);
