@@ -673,6 +673,252 @@ impl Fx<'_, '_> {
     }
 }
 
+/// Trigonometric and hyperbolic functions for `f32`/`f32x4` lanes (Cephes single-precision
+/// schemes: reduction by pi/4 for sin/cos, rational steps for the inverses).
+impl Fx<'_, '_> {
+    fn abs(&mut self, x: Value) -> Value {
+        self.b.ins().fabs(x)
+    }
+
+    /// log(1 + u), accurate for small u: u * log(1+u) / ((1+u) - 1).
+    pub fn log1p(&mut self, ty: Type, u: Value) -> Value {
+        let one = self.f(ty, 1.0);
+        let w = self.add(one, u);
+        let l = self.log(ty, w);
+        let d = self.sub(w, one);
+        let q = self.div(l, d);
+        let r = self.mul(u, q);
+        let zero = self.f(ty, 0.0);
+        let tiny = self.b.ins().fcmp(FloatCC::Equal, d, zero);
+        self.sel(ty, tiny, u, r)
+    }
+
+    /// (sin x, cos x).
+    pub fn sincos(&mut self, ty: Type, x: Value) -> (Value, Value) {
+        let (ity, _) = int_ty(ty);
+        let a = self.abs(x);
+        let fopi = self.f(ty, 4.0 / std::f32::consts::PI);
+        let t = self.mul(a, fopi);
+        let j = self.b.ins().fcvt_to_sint_sat(ity, t);
+        let one_i = self.int_splat(ity, 1);
+        let odd = self.b.ins().band(j, one_i);
+        let j = self.b.ins().iadd(j, odd);
+        let y = self.b.ins().fcvt_from_sint(ty, j);
+        let seven = self.int_splat(ity, 7);
+        let j = self.b.ins().band(j, seven);
+        let (d1, d2, d3) = (
+            self.f(ty, 0.785_156_25),
+            self.f(ty, 2.418_756_5e-4),
+            self.f(ty, 3.774_895e-8),
+        );
+        let z = self.mul(y, d1);
+        let z = self.sub(a, z);
+        let t2 = self.mul(y, d2);
+        let z = self.sub(z, t2);
+        let t3 = self.mul(y, d3);
+        let z = self.sub(z, t3);
+        let zz = self.mul(z, z);
+        let sp = self.poly(ty, zz, &[-1.666_665_5e-1, 8.332_161e-3, -1.951_529_6e-4]);
+        let sp = self.mul(sp, zz);
+        let sp = self.mul(sp, z);
+        let sinp = self.add(sp, z);
+        let cp = self.poly(ty, zz, &[4.166_664_6e-2, -1.388_731_6e-3, 2.443_315_7e-5]);
+        let cp = self.mul(cp, zz);
+        let cp = self.mul(cp, zz);
+        let half = self.f(ty, 0.5);
+        let hz = self.mul(half, zz);
+        let cp = self.sub(cp, hz);
+        let one = self.f(ty, 1.0);
+        let cosp = self.add(cp, one);
+        // Octant logic: j in {0,2,4,6}; j = 2 or 6 swaps; sin negates for j >= 4, cos for j = 2, 4.
+        let two = self.int_splat(ity, 2);
+        let four = self.int_splat(ity, 4);
+        let swap = self.b.ins().band(j, two);
+        let iz = self.int_splat(ity, 0);
+        let swap = self.b.ins().icmp(IntCC::NotEqual, swap, iz);
+        let s = self.sel(ty, swap, cosp, sinp);
+        let c = self.sel(ty, swap, sinp, cosp);
+        let sneg = self.b.ins().band(j, four);
+        let iz = self.int_splat(ity, 0);
+        let sneg = self.b.ins().icmp(IntCC::NotEqual, sneg, iz);
+        let ns = self.b.ins().fneg(s);
+        let s = self.sel(ty, sneg, ns, s);
+        let jm = self.b.ins().iadd(j, two);
+        let cneg = self.b.ins().band(jm, four);
+        let iz = self.int_splat(ity, 0);
+        let cneg = self.b.ins().icmp(IntCC::NotEqual, cneg, iz);
+        let nc = self.b.ins().fneg(c);
+        let c = self.sel(ty, cneg, nc, c);
+        // sin is odd
+        let s = self.copysign_xor(ty, s, x);
+        (s, c)
+    }
+
+    /// `v` with its sign flipped when `sign` is negative.
+    fn copysign_xor(&mut self, ty: Type, v: Value, sign: Value) -> Value {
+        let (ity, _) = int_ty(ty);
+        let vb = self.bits(ity, v);
+        let sb = self.bits(ity, sign);
+        let m = self.int_splat(ity, i32::MIN);
+        let sb = self.b.ins().band(sb, m);
+        let r = self.b.ins().bxor(vb, sb);
+        self.bits(ty, r)
+    }
+
+    /// asin for |x| <= 1 (Cephes asinf).
+    pub fn asin(&mut self, ty: Type, x: Value) -> Value {
+        let a = self.abs(x);
+        let half = self.f(ty, 0.5);
+        let one = self.f(ty, 1.0);
+        let big = self.gt(a, half);
+        let om = self.sub(one, a);
+        let zb = self.mul(half, om);
+        let xb = self.b.ins().sqrt(zb);
+        let zs = self.mul(a, a);
+        let z = self.sel(ty, big, zb, zs);
+        let xx = self.sel(ty, big, xb, a);
+        let p = self.poly(
+            ty,
+            z,
+            &[
+                1.666_675_2e-1,
+                7.495_300_3e-2,
+                4.547_002_6e-2,
+                2.418_131_1e-2,
+                4.216_32e-2,
+            ],
+        );
+        let p = self.mul(p, z);
+        let p = self.mul(p, xx);
+        let r = self.add(p, xx);
+        let r2 = self.add(r, r);
+        let pio2 = self.f(ty, std::f32::consts::FRAC_PI_2);
+        let rb = self.sub(pio2, r2);
+        let r = self.sel(ty, big, rb, r);
+        self.copysign(ty, r, x)
+    }
+
+    pub fn acos(&mut self, ty: Type, x: Value) -> Value {
+        let pio2 = self.f(ty, std::f32::consts::FRAC_PI_2);
+        let s = self.asin(ty, x);
+        let mid = self.sub(pio2, s);
+        // Near ±1 use 2 asin(sqrt((1 ∓ x)/2)) for accuracy.
+        let half = self.f(ty, 0.5);
+        let one = self.f(ty, 1.0);
+        let om = self.sub(one, x);
+        let hm = self.mul(half, om);
+        let sm = self.b.ins().sqrt(hm);
+        let am = self.asin(ty, sm);
+        let hi = self.add(am, am);
+        let op = self.add(one, x);
+        let hp = self.mul(half, op);
+        let sp = self.b.ins().sqrt(hp);
+        let ap = self.asin(ty, sp);
+        let two_ap = self.add(ap, ap);
+        let pi = self.f(ty, std::f32::consts::PI);
+        let lo = self.sub(pi, two_ap);
+        let nh = self.f(ty, -0.5);
+        let is_hi = self.gt(x, half);
+        let is_lo = self.lt(x, nh);
+        let r = self.sel(ty, is_hi, hi, mid);
+        self.sel(ty, is_lo, lo, r)
+    }
+
+    pub fn atan(&mut self, ty: Type, x: Value) -> Value {
+        let a = self.abs(x);
+        let t3p8 = self.f(ty, 2.414_213_5);
+        let tp8 = self.f(ty, 0.414_213_57);
+        let one = self.f(ty, 1.0);
+        let big = self.gt(a, t3p8);
+        let mid = self.gt(a, tp8);
+        let inv = self.div(one, a);
+        let xb = self.b.ins().fneg(inv);
+        let num = self.sub(a, one);
+        let den = self.add(a, one);
+        let xm = self.div(num, den);
+        let xx = self.sel(ty, mid, xm, a);
+        let xx = self.sel(ty, big, xb, xx);
+        let zero = self.f(ty, 0.0);
+        let pio4 = self.f(ty, std::f32::consts::FRAC_PI_4);
+        let pio2 = self.f(ty, std::f32::consts::FRAC_PI_2);
+        let y0 = self.sel(ty, mid, pio4, zero);
+        let y0 = self.sel(ty, big, pio2, y0);
+        let z = self.mul(xx, xx);
+        let p = self.poly(ty, z, &[-3.333_295e-1, 1.997_771_1e-1, -1.387_768_6e-1, 8.053_744_5e-2]);
+        let p = self.mul(p, z);
+        let p = self.mul(p, xx);
+        let p = self.add(p, xx);
+        let r = self.add(y0, p);
+        self.copysign(ty, r, x)
+    }
+
+    pub fn sinh(&mut self, ty: Type, x: Value) -> Value {
+        let a = self.abs(x);
+        let e = self.exp(ty, a);
+        let one = self.f(ty, 1.0);
+        let ie = self.div(one, e);
+        let d = self.sub(e, ie);
+        let half = self.f(ty, 0.5);
+        let big = self.mul(d, half);
+        // small |x|: x + x^3/6 + x^5/120 + x^7/5040
+        let z = self.mul(a, a);
+        let p = self.poly(ty, z, &[1.0 / 6.0, 1.0 / 120.0, 1.0 / 5040.0]);
+        let p = self.mul(p, z);
+        let p = self.mul(p, a);
+        let small = self.add(p, a);
+        let lim = self.f(ty, 0.5);
+        let is_small = self.lt(a, lim);
+        let r = self.sel(ty, is_small, small, big);
+        self.copysign(ty, r, x)
+    }
+
+    pub fn cosh(&mut self, ty: Type, x: Value) -> Value {
+        let a = self.abs(x);
+        let e = self.exp(ty, a);
+        let one = self.f(ty, 1.0);
+        let ie = self.div(one, e);
+        let s = self.add(e, ie);
+        let half = self.f(ty, 0.5);
+        self.mul(s, half)
+    }
+
+    pub fn asinh(&mut self, ty: Type, x: Value) -> Value {
+        // asinh|x| = log1p(|x| + x^2 / (1 + sqrt(1 + x^2)))
+        let a = self.abs(x);
+        let one = self.f(ty, 1.0);
+        let z = self.mul(a, a);
+        let s = self.add(one, z);
+        let s = self.b.ins().sqrt(s);
+        let d = self.add(one, s);
+        let q = self.div(z, d);
+        let u = self.add(a, q);
+        let r = self.log1p(ty, u);
+        self.copysign(ty, r, x)
+    }
+
+    pub fn acosh(&mut self, ty: Type, x: Value) -> Value {
+        // log1p((x - 1) + sqrt((x - 1)(x + 1)))
+        let one = self.f(ty, 1.0);
+        let m = self.sub(x, one);
+        let p = self.add(x, one);
+        let pr = self.mul(m, p);
+        let s = self.b.ins().sqrt(pr);
+        let u = self.add(m, s);
+        self.log1p(ty, u)
+    }
+
+    pub fn atanh(&mut self, ty: Type, x: Value) -> Value {
+        // 0.5 * log1p(2x / (1 - x))
+        let one = self.f(ty, 1.0);
+        let d = self.sub(one, x);
+        let tx = self.add(x, x);
+        let q = self.div(tx, d);
+        let l = self.log1p(ty, q);
+        let half = self.f(ty, 0.5);
+        self.mul(half, l)
+    }
+}
+
 /// The integer type with the lane shape of a float type.
 pub(crate) fn int_ty(ty: Type) -> (Type, u8) {
     if ty == F32 { (I32, 1) } else { (I32X4, 4) }

@@ -38,6 +38,17 @@ pub(crate) fn unary_supported(u: UnaryOp) -> bool {
             | Round
             | Erf
             | Sign
+            | Sin
+            | Cos
+            | Tan
+            | Asin
+            | Acos
+            | Atan
+            | Sinh
+            | Cosh
+            | Asinh
+            | Acosh
+            | Atanh
     )
 }
 
@@ -170,6 +181,20 @@ pub(crate) fn unary_op(fx: &mut Fx, ty: Type, u: UnaryOp, x: Value) -> Value {
         Ceil => fx.b.ins().ceil(x),
         Round => fx.b.ins().nearest(x),
         Erf => fx.erf(ty, x),
+        Sin => fx.sincos(ty, x).0,
+        Cos => fx.sincos(ty, x).1,
+        Tan => {
+            let (s, c) = fx.sincos(ty, x);
+            fx.div(s, c)
+        }
+        Asin => fx.asin(ty, x),
+        Acos => fx.acos(ty, x),
+        Atan => fx.atan(ty, x),
+        Sinh => fx.sinh(ty, x),
+        Cosh => fx.cosh(ty, x),
+        Asinh => fx.asinh(ty, x),
+        Acosh => fx.acosh(ty, x),
+        Atanh => fx.atanh(ty, x),
         Sign => {
             let m1 = fx.f(ty, -1.0);
             let p = fx.gt(x, zero);
