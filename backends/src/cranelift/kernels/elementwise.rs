@@ -275,7 +275,7 @@ fn pow_const(fx: &mut Fx, ty: Type, x: Value, e: f32) -> Value {
 
 /// x^y for run-time y: exp(y log|x|), with powf's sign rules for a negative base (odd
 /// integer y keeps the sign, non-integer y gives NaN) and x^0 = 1.
-fn pow_general(fx: &mut Fx, ty: Type, x: Value, y: Value) -> Value {
+pub(crate) fn pow_general(fx: &mut Fx, ty: Type, x: Value, y: Value) -> Value {
     let a = fx.b.ins().fabs(x);
     let l = fx.log(ty, a);
     let m = fx.mul(y, l);

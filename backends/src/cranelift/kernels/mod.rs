@@ -73,6 +73,9 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Gather { .. } => true,
         Op::Pad { mode, .. } => *mode == PadMode::Constant || g.value(node.outputs[0]).ty.numel() <= 1 << 16,
         Op::Unary(u) => fast_unary(g, n, *u) || typed::unary_supported(*u, scalar(0)),
+        Op::Binary(kiln_ir::op::BinaryOp::Pow) if !fast_binary(g, n, kiln_ir::op::BinaryOp::Pow) => {
+            scalar(0) != Scalar::Bool && scalar(1) != Scalar::Bool
+        }
         Op::Binary(b) => fast_binary(g, n, *b) || (typed::binary_supported(*b, scalar(0)) && scalar(0) == scalar(1)),
         Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
         Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
@@ -149,6 +152,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Unary(u) if fast_unary(g, n, *u) => elementwise::unary(fx, g, n, *u, a, t),
         Op::Unary(u) => typed::unary(fx, g, n, *u, a),
         Op::Binary(b) if fast_binary(g, n, *b) => elementwise::binary(fx, g, n, *b, a, t),
+        Op::Binary(kiln_ir::op::BinaryOp::Pow) => typed::pow(fx, g, n, a),
         Op::Binary(b) => typed::binary(fx, g, n, *b, a),
         Op::Where => typed::where_(fx, g, n, a),
         Op::Cast { .. } => typed::cast(fx, g, n, a),

@@ -486,3 +486,82 @@ fn int_range(s: Scalar) -> (i64, i64) {
         _ => (i64::MIN, i64::MAX),
     }
 }
+
+/// Pow whose operands differ in type, or integer Pow. A float base takes the exponent
+/// converted to its type (as the evaluator casts it); integers use wrapping
+/// square-and-multiply, with negative exponents giving 0.
+pub(crate) fn pow(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
+    let node = g.node(n);
+    let (sb, se) = (
+        g.value(node.inputs[0]).ty.dtype.scalar,
+        g.value(node.inputs[1]).ty.dtype.scalar,
+    );
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    let ops = [
+        Opnd::new(a.outs[0], strides(out), bytes(sb)),
+        Opnd::new(
+            a.ins[0],
+            bcast_strides(&g.value(node.inputs[0]).ty.shape, out),
+            bytes(sb),
+        ),
+        Opnd::new(
+            a.ins[1],
+            bcast_strides(&g.value(node.inputs[1]).ty.shape, out),
+            bytes(se),
+        ),
+    ];
+    nest(fx, &dims, &ops, I64, None, &mut |fx, _, p, _| {
+        let x = load(fx, sb, p[1]);
+        let y = load(fx, se, p[2]);
+        let r = if sb.is_float() {
+            let yd = to_f64(fx, se, y);
+            let (xf, yf) = if sb == Scalar::F64 {
+                (x, yd)
+            } else {
+                (x, fx.b.ins().fdemote(F32, yd))
+            };
+            if sb == Scalar::F64 {
+                let xs = fx.b.ins().fdemote(F32, xf);
+                let ys = fx.b.ins().fdemote(F32, yf);
+                let v = super::elementwise::pow_general(fx, F32, xs, ys);
+                fx.b.ins().fpromote(F64, v)
+            } else {
+                super::elementwise::pow_general(fx, F32, xf, yf)
+            }
+        } else {
+            let y = if se.is_float() {
+                let yd = to_f64(fx, se, y);
+                fx.b.ins().fcvt_to_sint_sat(I64, yd)
+            } else {
+                y
+            };
+            let acc = fx.b.declare_var(I64);
+            let base = fx.b.declare_var(I64);
+            let e = fx.b.declare_var(I64);
+            let one = fx.i(1);
+            fx.b.def_var(acc, one);
+            fx.b.def_var(base, x);
+            fx.b.def_var(e, y);
+            for _ in 0..63 {
+                let ev = fx.b.use_var(e);
+                let bit = fx.b.ins().band_imm_u(ev, 1);
+                let bv = fx.b.use_var(base);
+                let av = fx.b.use_var(acc);
+                let m = fx.b.ins().imul(av, bv);
+                let odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, bit, 0);
+                let na = fx.b.ins().select(odd, m, av);
+                fx.b.def_var(acc, na);
+                let sq = fx.b.ins().imul(bv, bv);
+                fx.b.def_var(base, sq);
+                let ne = fx.b.ins().ushr_imm_u(ev, 1);
+                fx.b.def_var(e, ne);
+            }
+            let r = fx.b.use_var(acc);
+            let z = fx.i(0);
+            let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, y, 0);
+            fx.b.ins().select(neg, z, r)
+        };
+        store(fx, sb, r, p[0]);
+    });
+}
