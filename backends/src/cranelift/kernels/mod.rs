@@ -85,13 +85,18 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
                 && c.window.kernel.len() + 2 == rank
                 && c.fused.is_none_or(elementwise::unary_supported)
         }
-        Op::Pool(_) => float_ok && (rank == 3 || rank == 4),
+        Op::Pool(_) => float_ok,
         Op::GlobalPool(_) => float_ok,
         Op::Gemm { fused, .. } => float_ok && fused.is_none_or(elementwise::unary_supported),
         Op::MatMul => float_ok,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
         Op::Reduce { .. } => nn::reduce_supported(scalar(0)),
-        Op::BatchNorm { .. } => float_ok && node.inputs[1..].iter().all(|&v| g.const_value(v).is_some()),
+        Op::BatchNorm { .. } => float_ok,
+        Op::Einsum { .. } => node
+            .inputs
+            .iter()
+            .chain(&node.outputs)
+            .all(|&v| !matches!(g.value(v).ty.dtype.scalar, Scalar::Bool)),
         Op::Rnn(_) => float_ok,
         Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
         Op::Hardmax { .. } => float_ok,
@@ -106,7 +111,6 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
         Op::ConvTranspose(_) => float_ok && convt::supported(g, n),
         Op::Resize(_) => float_ok,
-        _ => false,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -127,7 +131,9 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
         Op::Conv(_) => gemm::conv_aux(g, n),
+        Op::Pool(_) if rank(g, n) > 4 => vec![],
         Op::Pool(_) => nn::pool_aux(g, n),
+        Op::BatchNorm { .. } if !const_params(g, n) => vec![],
         Op::BatchNorm { .. } => nn::batch_norm_aux(g, n),
         Op::Gemm { .. } => nn::gemm_aux(g, n),
         Op::Resize(_) => resize::aux(g, n),
@@ -140,7 +146,7 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
 /// from `aux` instead, so the original constant need not be emitted).
 pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
     match &g.node(n).op {
-        Op::BatchNorm { .. } => slot == 0,
+        Op::BatchNorm { .. } => slot == 0 || !const_params(g, n),
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
         _ => true,
     }
@@ -166,7 +172,10 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
         Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
         Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
+        Op::Pool(p) if rank(g, n) > 4 => nn::pool_nd(fx, g, n, p, a),
         Op::Pool(p) => nn::pool(fx, g, n, p, a),
+        Op::Einsum { equation } => nn::einsum(fx, g, n, equation, a),
+        Op::BatchNorm { epsilon } if !const_params(g, n) => nn::batch_norm_dynamic(fx, g, n, *epsilon, a),
         Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
         Op::Gemm {
             alpha,
@@ -211,8 +220,16 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         } => norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a),
         Op::ConvTranspose(c) => convt::conv_transpose(fx, g, n, c, a),
         Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
-        other => unreachable!("{} passed the support check", other.name()),
     }
+}
+
+fn rank(g: &Graph, n: NodeId) -> usize {
+    g.value(g.node(n).inputs[0]).ty.shape.len()
+}
+
+/// BatchNorm parameters known at compile time (folded into two tables).
+fn const_params(g: &Graph, n: NodeId) -> bool {
+    g.node(n).inputs[1..].iter().all(|&v| g.const_value(v).is_some())
 }
 
 /// Row-major strides of `shape` in elements.

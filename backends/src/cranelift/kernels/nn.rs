@@ -620,3 +620,200 @@ pub(crate) fn batch_norm(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target)
         fx.store(v, p[0]);
     });
 }
+
+/// Pooling over any number of spatial axes (used beyond 2-D): every tap's position is
+/// checked at run time, and the averaging divisor is counted as the evaluator counts it.
+pub(crate) fn pool_nd(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let r = xs.len() - 2;
+    let w = &p.window;
+    let planes = (xs[0] * xs[1]) as i64;
+    let isp: Vec<i64> = xs[2..].iter().map(|&d| d as i64).collect();
+    let osp: Vec<i64> = out[2..].iter().map(|&d| d as i64).collect();
+    let kern: Vec<i64> = w.kernel.iter().map(|&d| d as i64).collect();
+    let ist = strides(&xs[2..]);
+    let ost = strides(&out[2..]);
+    let (pin, pout) = (isp.iter().product::<i64>(), osp.iter().product::<i64>());
+    fx.for_n(planes, &mut |fx, pl| {
+        let xp = fx.addr(a.ins[0], pl, pin * 4);
+        let yp = fx.addr(a.outs[0], pl, pout * 4);
+        fx.for_index(&osp, &mut |fx, o| {
+            let acc = fx.b.declare_var(F32);
+            let cnt = fx.b.declare_var(I64);
+            let init = fx.f(
+                F32,
+                if p.kind == PoolKind::Max {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                },
+            );
+            fx.b.def_var(acc, init);
+            let z = fx.i(0);
+            fx.b.def_var(cnt, z);
+            fx.for_index(&kern, &mut |fx, k| {
+                let mut ok = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, 1);
+                let mut off = fx.i(0);
+                for d in 0..r {
+                    let pos = fx.mul_imm(o[d], w.strides[d] as i64);
+                    let kd = fx.mul_imm(k[d], w.dilations[d] as i64);
+                    let pos = fx.b.ins().iadd(pos, kd);
+                    let pos = fx.add_imm(pos, -(w.pads[d] as i64));
+                    let inside =
+                        fx.b.ins()
+                            .icmp_imm_u(cranelift_codegen::ir::condcodes::IntCC::UnsignedLessThan, pos, isp[d]);
+                    ok = fx.b.ins().band(ok, inside);
+                    let t = fx.mul_imm(pos, ist[d]);
+                    off = fx.b.ins().iadd(off, t);
+                }
+                fx.if_else(
+                    ok,
+                    &mut |fx| {
+                        let xa = fx.addr(xp, off, 4);
+                        let x = fx.load(F32, xa);
+                        let cur = fx.b.use_var(acc);
+                        let nv = pool_step(fx, p.kind, cur, x);
+                        fx.b.def_var(acc, nv);
+                        let c = fx.b.use_var(cnt);
+                        let c = fx.add_imm(c, 1);
+                        fx.b.def_var(cnt, c);
+                    },
+                    &mut |_| {},
+                );
+            });
+            let mut v = fx.b.use_var(acc);
+            match p.kind {
+                PoolKind::Avg { count_include_pad } => {
+                    let div = if count_include_pad {
+                        // taps inside the padded extent, per axis, multiplied
+                        let mut total = fx.i(1);
+                        for d in 0..r {
+                            let c = fx.b.declare_var(I64);
+                            let z = fx.i(0);
+                            fx.b.def_var(c, z);
+                            fx.for_n(kern[d], &mut |fx, j| {
+                                let pos = fx.mul_imm(o[d], w.strides[d] as i64);
+                                let jd = fx.mul_imm(j, w.dilations[d] as i64);
+                                let pos = fx.b.ins().iadd(pos, jd);
+                                // inside [0, in + pad_begin + pad_end) after shifting by pad_begin
+                                let lim = isp[d] + w.pads[d] as i64 + w.pads[d + r] as i64;
+                                let inside = fx.b.ins().icmp_imm_u(
+                                    cranelift_codegen::ir::condcodes::IntCC::UnsignedLessThan,
+                                    pos,
+                                    lim,
+                                );
+                                let inc = fx.b.ins().uextend(I64, inside);
+                                let cv = fx.b.use_var(c);
+                                let nc = fx.b.ins().iadd(cv, inc);
+                                fx.b.def_var(c, nc);
+                            });
+                            let cv = fx.b.use_var(c);
+                            total = fx.b.ins().imul(total, cv);
+                        }
+                        total
+                    } else {
+                        fx.b.use_var(cnt)
+                    };
+                    let one = fx.i(1);
+                    let div = fx.b.ins().smax(div, one);
+                    let df = fx.b.ins().fcvt_from_sint(F32, div);
+                    v = fx.div(v, df);
+                }
+                PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
+                PoolKind::Max => {}
+            }
+            let oo = fx.dot(o, &ost);
+            let ya = fx.addr(yp, oo, 4);
+            fx.store(v, ya);
+        });
+    });
+}
+
+/// Einsum by direct summation, in f64, over the labels missing from the output (the
+/// evaluator's order).
+pub(crate) fn einsum(fx: &mut Fx, g: &Graph, n: NodeId, equation: &str, a: &Args) {
+    let node = g.node(n);
+    let spec = kiln_ir::shape::parse_einsum(equation, node.inputs.len()).expect("checked by inference");
+    let mut dims: std::collections::HashMap<char, i64> = std::collections::HashMap::new();
+    for (l, &v) in spec.inputs.iter().zip(&node.inputs) {
+        for (c, &d) in l.iter().zip(&g.value(v).ty.shape) {
+            dims.insert(*c, d as i64);
+        }
+    }
+    let mut rest: Vec<char> = Vec::new();
+    for l in &spec.inputs {
+        for c in l {
+            if !spec.output.contains(c) && !rest.contains(c) {
+                rest.push(*c);
+            }
+        }
+    }
+    let odims: Vec<i64> = spec.output.iter().map(|c| dims[c]).collect();
+    let rdims: Vec<i64> = rest.iter().map(|c| dims[c]).collect();
+    let so = g.value(node.outputs[0]).ty.dtype.scalar;
+    let ost = strides(&odims.iter().map(|&d| d as usize).collect::<Vec<_>>());
+    fx.for_index(&odims, &mut |fx, o| {
+        let acc = fx.b.declare_var(F64);
+        let z = fx.b.ins().f64const(0.0);
+        fx.b.def_var(acc, z);
+        fx.for_index(&rdims, &mut |fx, r| {
+            let label = |c: &char| -> Value {
+                match spec.output.iter().position(|x| x == c) {
+                    Some(i) => o[i],
+                    None => r[rest.iter().position(|x| x == c).expect("label")],
+                }
+            };
+            let mut p = fx.b.ins().f64const(1.0);
+            for (k, l) in spec.inputs.iter().enumerate() {
+                let v = node.inputs[k];
+                let st = strides(&g.value(v).ty.shape);
+                let idx: Vec<Value> = l.iter().map(label).collect();
+                let off = fx.dot(&idx, &st);
+                let s = g.value(v).ty.dtype.scalar;
+                let ea = fx.addr(a.ins[k], off, s.size() as i64);
+                let x = typed::load(fx, s, ea);
+                let x = typed::to_f64(fx, s, x);
+                p = fx.b.ins().fmul(p, x);
+            }
+            let cur = fx.b.use_var(acc);
+            let nv = fx.b.ins().fadd(cur, p);
+            fx.b.def_var(acc, nv);
+        });
+        let v = fx.b.use_var(acc);
+        let v = typed::from_f64(fx, so, v);
+        let oo = fx.dot(o, &ost);
+        let oa = fx.addr(a.outs[0], oo, so.size() as i64);
+        typed::store(fx, so, v, oa);
+    });
+}
+
+/// BatchNorm with run-time parameters: per channel the same f32 steps as the evaluator.
+pub(crate) fn batch_norm_dynamic(fx: &mut Fx, g: &Graph, n: NodeId, eps: f32, a: &Args) {
+    let shape = &g.value(g.node(n).inputs[0]).ty.shape;
+    let (nb, c) = (shape[0] as i64, shape[1] as i64);
+    let inner: i64 = shape[2..].iter().product::<usize>() as i64;
+    fx.for_n(nb * c, &mut |fx, plane| {
+        let ch = fx.b.ins().urem_imm_u(plane, c);
+        let ld = |fx: &mut Fx, k: usize| {
+            let pa = fx.addr(a.ins[k], ch, 4);
+            fx.load(F32, pa)
+        };
+        let (scale, bias, mean, var) = (ld(fx, 1), ld(fx, 2), ld(fx, 3), ld(fx, 4));
+        let e = fx.f(F32, eps);
+        let ve = fx.add(var, e);
+        let sd = fx.b.ins().sqrt(ve);
+        let k = fx.div(scale, sd);
+        let mk = fx.mul(mean, k);
+        let s = fx.sub(bias, mk);
+        let xp = fx.addr(a.ins[0], plane, inner * 4);
+        let yp = fx.addr(a.outs[0], plane, inner * 4);
+        fx.for_ptrs(inner, &[(xp, 4), (yp, 4)], &mut |fx, q| {
+            let x = fx.load(F32, q[0]);
+            let v = fx.mul(x, k);
+            let v = fx.add(v, s);
+            fx.store(v, q[1]);
+        });
+    });
+}
