@@ -480,9 +480,9 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
     });
 }
 
-/// Every reduction kind works on every numeric type (bool has no arithmetic here).
-pub(crate) fn reduce_supported(s: kiln_ir::Scalar) -> bool {
-    s != kiln_ir::Scalar::Bool
+/// Every reduction works on every element type (bool as 0/1, as the evaluator reads it).
+pub(crate) fn reduce_supported(_: kiln_ir::Scalar) -> bool {
+    true
 }
 
 /// Reductions accumulate in f64, like the evaluator, and round once at the end.

@@ -92,7 +92,18 @@ pub(crate) fn binary_supported(b: BinaryOp, s: Scalar) -> bool {
         Scalar::Bool => matches!(b, And | Or | Xor | Equal),
         Scalar::F64 | Scalar::F32 | Scalar::F16 => matches!(
             b,
-            Add | Sub | Mul | Div | Max | Min | Equal | Less | LessOrEqual | Greater | GreaterOrEqual | PRelu
+            Add | Sub
+                | Mul
+                | Div
+                | Max
+                | Min
+                | Equal
+                | Less
+                | LessOrEqual
+                | Greater
+                | GreaterOrEqual
+                | PRelu
+                | Mod { fmod: true }
         ),
         _ => !matches!(b, Pow | And | Or | Xor),
     }
@@ -231,6 +242,7 @@ pub(crate) fn binary(fx: &mut Fx, g: &Graph, n: NodeId, b: BinaryOp, a: &Args) {
                 Div => fx.b.ins().fdiv(x, y),
                 Max => fx.b.ins().fmax(x, y),
                 Min => fx.b.ins().fmin(x, y),
+                Mod { .. } => fmod(fx, s, x, y),
                 PRelu => {
                     let zero = if s == Scalar::F64 {
                         fx.b.ins().f64const(0.0)
@@ -564,4 +576,35 @@ pub(crate) fn pow(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
         };
         store(fx, sb, r, p[0]);
     });
+}
+
+/// C fmod: x - trunc(x / y) * y, computed in f64 (exact for f32 and f16 operands whose
+/// quotient is below 2^29), then nudged by |y| if rounding left the wrong sign.
+fn fmod(fx: &mut Fx, s: Scalar, x: Value, y: Value) -> Value {
+    let (xd, yd) = if s == Scalar::F64 {
+        (x, y)
+    } else {
+        (fx.b.ins().fpromote(F64, x), fx.b.ins().fpromote(F64, y))
+    };
+    let q = fx.b.ins().fdiv(xd, yd);
+    let q = fx.b.ins().trunc(q);
+    let qy = fx.b.ins().fmul(q, yd);
+    let r = fx.b.ins().fsub(xd, qy);
+    let z = fx.b.ins().f64const(0.0);
+    let ay = fx.b.ins().fabs(yd);
+    let rneg = fx.b.ins().fcmp(FloatCC::LessThan, r, z);
+    let rpos = fx.b.ins().fcmp(FloatCC::GreaterThan, r, z);
+    let xpos = fx.b.ins().fcmp(FloatCC::GreaterThan, xd, z);
+    let xneg = fx.b.ins().fcmp(FloatCC::LessThan, xd, z);
+    let up = fx.b.ins().band(rneg, xpos);
+    let down = fx.b.ins().band(rpos, xneg);
+    let ru = fx.b.ins().fadd(r, ay);
+    let rd = fx.b.ins().fsub(r, ay);
+    let r = fx.b.ins().select(up, ru, r);
+    let r = fx.b.ins().select(down, rd, r);
+    if s == Scalar::F64 {
+        r
+    } else {
+        fx.b.ins().fdemote(F32, r)
+    }
 }
