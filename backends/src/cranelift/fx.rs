@@ -2,9 +2,10 @@
 //! addressing, lane-generic float helpers (the same call works on `f32` and `f32x4`), and
 //! Kiln's own approximations of exp/log/tanh/erf so emitted objects need no libm.
 //!
-//! Approximation bounds (measured against f64 over the f32 range; see `tests/`):
-//! exp: ≤ 2 ulp; log: ≤ 2 ulp for normal inputs; tanh: ≤ 3e-7 absolute;
-//! erf: ≤ 2e-7 absolute. Results feed float paths compared with a stated tolerance.
+//! Approximation bounds, measured by `tests/approx.rs` against f64 on 100,001-point sweeps
+//! (and enforced there): exp ≤ 1 ulp on [-87, 88]; log ≤ 3 ulp (2.14 measured, worst near
+//! √½) for normal inputs; tanh and sigmoid ≤ 1e-7 absolute; erf ≤ 1.5e-7 absolute; sin and
+//! cos ≤ 1e-7 absolute on [-100, 100]; atan and asin ≤ 2e-7 absolute.
 
 // Polynomial coefficients are kept as published, digit for digit.
 #![allow(clippy::excessive_precision)]
@@ -302,15 +303,26 @@ impl<'a, 'b> Fx<'a, 'b> {
         let p = self.add(p, r);
         let one = self.f(ty, 1.0);
         let p = self.add(p, one);
-        // 2^n from the exponent bits, as 2^(n-1) * 2 so n = 128 still fits the field.
+        // 2^n from the exponent bits; n = 128 (x near the top) is built as 2^127 * 2.
         let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
-        let bias = self.int_splat(ity, 126);
+        let top = self.f(ty, 128.0);
+        let is_top = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, n, top);
+        let bias = self.int_splat(ity, 127);
         let e = self.b.ins().iadd(ni, bias);
+        let one_i = self.int_splat(ity, 1);
+        let e_top = self.b.ins().isub(e, one_i);
+        let is_top_i = if ty == F32 { is_top } else { self.bits(ity, is_top) };
+        let e = if ty == F32 {
+            self.b.ins().select(is_top_i, e_top, e)
+        } else {
+            self.b.ins().bitselect(is_top_i, e_top, e)
+        };
         let e = self.b.ins().ishl_imm_u(e, 23);
         let scale = self.bits(ty, e);
         let y = self.mul(p, scale);
         let two = self.f(ty, 2.0);
-        let y = self.mul(y, two);
+        let y2 = self.mul(y, two);
+        let y = self.sel(ty, is_top, y2, y);
         // Past the clamp the true result is +inf (or a value below the smallest normal).
         let over = self.f(ty, 88.72283);
         let inf = self.f(ty, f32::INFINITY);
@@ -463,7 +475,19 @@ impl<'a, 'b> Fx<'a, 'b> {
         let e = self.exp(ty, arg);
         let erfc = self.mul(t, e);
         let y = self.sub(one, erfc);
-        self.copysign(ty, y, x)
+        let big = self.copysign(ty, y, x);
+        // |x| < 0.5: Maclaurin series (1 - erfc would cancel there).
+        let z = self.mul(x, x);
+        let p = self.poly(
+            ty,
+            z,
+            &[1.0, -1.0 / 3.0, 1.0 / 10.0, -1.0 / 42.0, 1.0 / 216.0, -1.0 / 1320.0],
+        );
+        let k = self.f(ty, std::f32::consts::FRAC_2_SQRT_PI);
+        let p = self.mul(p, x);
+        let small = self.mul(p, k);
+        let is_small = self.lt(a, half);
+        self.sel(ty, is_small, small, big)
     }
 }
 
