@@ -85,11 +85,13 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
                 && c.window.kernel.len() + 2 == rank
                 && c.fused.is_none_or(elementwise::unary_supported)
         }
-        Op::Pool(_) => float_ok,
+        Op::Pool(p) => {
+            float_ok || (p.kind == kiln_ir::op::PoolKind::Max && !matches!(scalar(0), Scalar::F16 | Scalar::Bool))
+        }
         Op::GlobalPool(_) => float_ok,
         Op::Gemm { fused, .. } => float_ok && fused.is_none_or(elementwise::unary_supported),
-        Op::MatMul => float_ok,
-        Op::Softmax { .. } | Op::LogSoftmax { .. } => float_ok,
+        Op::MatMul => scalar(0) != Scalar::Bool,
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => matches!(scalar(0), Scalar::F32 | Scalar::F16),
         Op::Reduce { .. } => nn::reduce_supported(scalar(0)),
         Op::BatchNorm { .. } => float_ok,
         Op::Einsum { .. } => node
@@ -131,7 +133,7 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
         Op::Conv(_) => gemm::conv_aux(g, n),
-        Op::Pool(_) if rank(g, n) > 4 => vec![],
+        Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
         Op::Pool(_) => nn::pool_aux(g, n),
         Op::BatchNorm { .. } if !const_params(g, n) => vec![],
         Op::BatchNorm { .. } => nn::batch_norm_aux(g, n),
@@ -172,7 +174,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
         Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
         Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
-        Op::Pool(p) if rank(g, n) > 4 => nn::pool_nd(fx, g, n, p, a),
+        Op::Pool(p) if rank(g, n) > 4 || !f32_only(g, n) => nn::pool_nd(fx, g, n, p, a),
         Op::Pool(p) => nn::pool(fx, g, n, p, a),
         Op::Einsum { equation } => nn::einsum(fx, g, n, equation, a),
         Op::BatchNorm { epsilon } if !const_params(g, n) => nn::batch_norm_dynamic(fx, g, n, *epsilon, a),

@@ -404,19 +404,62 @@ pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     let batch = kiln_ir::shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).expect("checked by inference");
     let dims: Vec<i64> = batch.iter().map(|&d| d as i64).collect();
     let scale = |st: Vec<i64>, s: i64| st.into_iter().map(|x| x * s).collect::<Vec<_>>();
+    let s = g.value(node.inputs[0]).ty.dtype.scalar;
+    let eb = s.size() as i64;
     let ops = [
-        Opnd::new(a.outs[0], scale(strides(&batch), (m * nn) as i64), 4),
+        Opnd::new(a.outs[0], scale(strides(&batch), (m * nn) as i64), eb),
         Opnd::new(
             a.ins[0],
             scale(super::bcast_strides(&a2[..a2.len() - 2], &batch), (m * k) as i64),
-            4,
+            eb,
         ),
         Opnd::new(
             a.ins[1],
             scale(super::bcast_strides(&b2[..b2.len() - 2], &batch), (k * nn) as i64),
-            4,
+            eb,
         ),
     ];
+    if s != kiln_ir::Scalar::F32 {
+        // Other element types: scalar loops in the evaluator's working type (f16 and
+        // integers through f32 / f64 as it computes them), rounded once on store.
+        let work = if s == kiln_ir::Scalar::F16 { F32 } else { F64 };
+        nest(fx, &dims, &ops, F32, None, &mut |fx, _, p, _| {
+            fx.for_index(&[m as i64, nn as i64], &mut |fx, ij| {
+                let acc = fx.b.declare_var(work);
+                let z = if work == F32 {
+                    fx.f(F32, 0.0)
+                } else {
+                    fx.b.ins().f64const(0.0)
+                };
+                fx.b.def_var(acc, z);
+                fx.for_n(k as i64, &mut |fx, q| {
+                    let ai = fx.mul_imm(ij[0], k as i64);
+                    let ai = fx.b.ins().iadd(ai, q);
+                    let aa = fx.addr(p[1], ai, eb);
+                    let bi = fx.mul_imm(q, nn as i64);
+                    let bi = fx.b.ins().iadd(bi, ij[1]);
+                    let ba = fx.addr(p[2], bi, eb);
+                    let (x, y) = (typed::load(fx, s, aa), typed::load(fx, s, ba));
+                    let (x, y) = if work == F64 {
+                        (typed::to_f64(fx, s, x), typed::to_f64(fx, s, y))
+                    } else {
+                        (x, y)
+                    };
+                    let pr = fx.b.ins().fmul(x, y);
+                    let cur = fx.b.use_var(acc);
+                    let sum = fx.b.ins().fadd(cur, pr);
+                    fx.b.def_var(acc, sum);
+                });
+                let v = fx.b.use_var(acc);
+                let v = if work == F64 { typed::from_f64(fx, s, v) } else { v };
+                let oi = fx.mul_imm(ij[0], nn as i64);
+                let oi = fx.b.ins().iadd(oi, ij[1]);
+                let oa = fx.addr(p[0], oi, eb);
+                typed::store(fx, s, v, oa);
+            });
+        });
+        return;
+    }
     nest(fx, &dims, &ops, F32, None, &mut |fx, _, p, _| {
         matmul_2d(fx, t, m, k, nn, p[1], (k as i64, 1), p[2], p[0]);
     });
@@ -424,6 +467,11 @@ pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
 
 pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool, a: &Args) {
     let shape = &g.value(g.node(n).inputs[0]).ty.shape;
+    // f16 works in f32 (the evaluator's rule); exp values are recomputed rather than parked
+    // in the half-precision output.
+    let s = g.value(g.node(n).inputs[0]).ty.dtype.scalar;
+    let eb = s.size() as i64;
+    let park = s == kiln_ir::Scalar::F32;
     let len = shape[axis] as i64;
     let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
     let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
@@ -431,14 +479,14 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
         fx.for_n(inner, &mut |fx, i| {
             let base = fx.mul_imm(o, len * inner);
             let base = fx.b.ins().iadd(base, i);
-            let xb = fx.addr(a.ins[0], base, 4);
-            let yb = fx.addr(a.outs[0], base, 4);
+            let xb = fx.addr(a.ins[0], base, eb);
+            let yb = fx.addr(a.outs[0], base, eb);
             let mx = fx.b.declare_var(F32);
             let ninf = fx.f(F32, f32::NEG_INFINITY);
             fx.b.def_var(mx, ninf);
             fx.for_n(len, &mut |fx, j| {
-                let xa = fx.addr(xb, j, inner * 4);
-                let x = fx.load(F32, xa);
+                let xa = fx.addr(xb, j, inner * eb);
+                let x = typed::load(fx, s, xa);
                 let cur = fx.b.use_var(mx);
                 let gt = fx.gt(x, cur);
                 let nv = fx.b.ins().select(gt, x, cur);
@@ -449,32 +497,39 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
             let z = fx.f(F32, 0.0);
             fx.b.def_var(sum, z);
             fx.for_n(len, &mut |fx, j| {
-                let xa = fx.addr(xb, j, inner * 4);
-                let x = fx.load(F32, xa);
+                let xa = fx.addr(xb, j, inner * eb);
+                let x = typed::load(fx, s, xa);
                 let d = fx.sub(x, m);
                 let e = fx.exp(F32, d);
-                if !log {
-                    let ya = fx.addr(yb, j, inner * 4);
+                if !log && park {
+                    let ya = fx.addr(yb, j, inner * eb);
                     fx.store(e, ya);
                 }
                 let cur = fx.b.use_var(sum);
                 let s = fx.add(cur, e);
                 fx.b.def_var(sum, s);
             });
-            let s = fx.b.use_var(sum);
-            let ls = if log { fx.log(F32, s) } else { s };
+            let sum_v = fx.b.use_var(sum);
+            let ls = if log { fx.log(F32, sum_v) } else { sum_v };
             fx.for_n(len, &mut |fx, j| {
-                let ya = fx.addr(yb, j, inner * 4);
+                let ya = fx.addr(yb, j, inner * eb);
                 let v = if log {
-                    let xa = fx.addr(xb, j, inner * 4);
-                    let x = fx.load(F32, xa);
+                    let xa = fx.addr(xb, j, inner * eb);
+                    let x = typed::load(fx, s, xa);
                     let d = fx.sub(x, m);
                     fx.sub(d, ls)
                 } else {
-                    let e = fx.load(F32, ya);
-                    fx.div(e, s)
+                    let e = if park {
+                        fx.load(F32, ya)
+                    } else {
+                        let xa = fx.addr(xb, j, inner * eb);
+                        let x = typed::load(fx, s, xa);
+                        let d = fx.sub(x, m);
+                        fx.exp(F32, d)
+                    };
+                    fx.div(e, sum_v)
                 };
-                fx.store(v, ya);
+                typed::store(fx, s, v, ya);
             });
         });
     });
@@ -636,20 +691,26 @@ pub(crate) fn pool_nd(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
     let ist = strides(&xs[2..]);
     let ost = strides(&out[2..]);
     let (pin, pout) = (isp.iter().product::<i64>(), osp.iter().product::<i64>());
+    // Integer max pooling works in f64, as the evaluator.
+    let s = g.value(node.inputs[0]).ty.dtype.scalar;
+    let eb = s.size() as i64;
+    let work = if s == kiln_ir::Scalar::F32 { F32 } else { F64 };
     fx.for_n(planes, &mut |fx, pl| {
-        let xp = fx.addr(a.ins[0], pl, pin * 4);
-        let yp = fx.addr(a.outs[0], pl, pout * 4);
+        let xp = fx.addr(a.ins[0], pl, pin * eb);
+        let yp = fx.addr(a.outs[0], pl, pout * eb);
         fx.for_index(&osp, &mut |fx, o| {
-            let acc = fx.b.declare_var(F32);
+            let acc = fx.b.declare_var(work);
             let cnt = fx.b.declare_var(I64);
-            let init = fx.f(
-                F32,
-                if p.kind == PoolKind::Max {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                },
-            );
+            let start = if p.kind == PoolKind::Max {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            };
+            let init = if work == F32 {
+                fx.f(F32, start)
+            } else {
+                fx.b.ins().f64const(start as f64)
+            };
             fx.b.def_var(acc, init);
             let z = fx.i(0);
             fx.b.def_var(cnt, z);
@@ -671,8 +732,9 @@ pub(crate) fn pool_nd(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
                 fx.if_else(
                     ok,
                     &mut |fx| {
-                        let xa = fx.addr(xp, off, 4);
-                        let x = fx.load(F32, xa);
+                        let xa = fx.addr(xp, off, eb);
+                        let x = typed::load(fx, s, xa);
+                        let x = if work == F64 { typed::to_f64(fx, s, x) } else { x };
                         let cur = fx.b.use_var(acc);
                         let nv = pool_step(fx, p.kind, cur, x);
                         fx.b.def_var(acc, nv);
@@ -725,8 +787,9 @@ pub(crate) fn pool_nd(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
                 PoolKind::Max => {}
             }
             let oo = fx.dot(o, &ost);
-            let ya = fx.addr(yp, oo, 4);
-            fx.store(v, ya);
+            let ya = fx.addr(yp, oo, eb);
+            let v = if work == F64 { typed::from_f64(fx, s, v) } else { v };
+            typed::store(fx, s, v, ya);
         });
     });
 }
