@@ -111,7 +111,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::OneHot { .. } | Op::GatherNd { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::LayerNorm { axis, .. } => float_ok && norm::layer_norm_supported(g, n, *axis),
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
-        Op::ConvTranspose(_) => float_ok && convt::supported(g, n),
+        Op::ConvTranspose(_) => float_ok,
         Op::Resize(_) => float_ok,
     };
     (!ok).then(|| {
