@@ -155,7 +155,17 @@ fn pointwise(c: &Conv) -> bool {
         && c.window.pads.iter().all(|&p| p == 0)
 }
 
-/// im2col scratch: one group's `[Cg * K, P]` matrix (none for pointwise convolutions).
+/// Bytes of im2col scratch a tile may use; a tile is as many output rows as fit.
+const TILE_BYTES: i64 = 64 * 1024;
+
+/// Output rows per im2col tile.
+fn tile_rows(gm: &Geo, cg: i64) -> i64 {
+    let per_row = cg * gm.kh * gm.kw * gm.ow * 4;
+    (TILE_BYTES / per_row.max(1)).clamp(1, gm.oh.max(1))
+}
+
+/// im2col scratch: one tile of one group's `[Cg * K, rows * OW]` matrix (none for
+/// pointwise convolutions, which read their input directly).
 pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
     let node = g.node(n);
     let kiln_ir::Op::Conv(c) = &node.op else { return 0 };
@@ -163,9 +173,9 @@ pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
         return 0;
     }
     let ws = &g.value(node.inputs[1]).ty.shape;
-    let out = &g.value(node.outputs[0]).ty.shape;
-    let p: usize = out[2..].iter().product();
-    ws[1] * ws[2..].iter().product::<usize>() * p * 4
+    let gm = geo(&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape, c);
+    let cg = ws[1] as i64;
+    (cg * gm.kh * gm.kw * tile_rows(&gm, cg) * gm.ow * 4) as usize
 }
 
 pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Target) {
@@ -186,12 +196,6 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
             let ch0 = fx.mul_imm(gi, cg);
             let plane = fx.b.ins().iadd(plane, ch0);
             let xg = fx.addr(a.ins[0], plane, hw * 4);
-            let cols = if pw {
-                xg
-            } else {
-                im2col(fx, &gm, cg, xg, a.scratch, a.aux[0]);
-                a.scratch
-            };
             let oc0 = fx.mul_imm(gi, mg);
             let wg = fx.addr(a.ins[1], oc0, cg * k * 4);
             let oplane = fx.mul_imm(b, m);
@@ -208,30 +212,74 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                     None => fx.f(F32, 0.0),
                 }
             };
-            gemm(
-                fx,
-                t,
-                mg as usize,
-                (cg * k) as usize,
-                p as usize,
-                Mat {
-                    base: wg,
-                    row: cg * k * 4,
-                    col: 4,
-                },
-                Mat {
-                    base: cols,
+            let weights = Mat {
+                base: wg,
+                row: cg * k * 4,
+                col: 4,
+            };
+            if pw {
+                let cols = Mat {
+                    base: xg,
                     row: p * 4,
                     col: 4,
-                },
-                Mat {
+                };
+                let outm = Mat {
                     base: og,
                     row: p * 4,
                     col: 4,
-                },
-                &init,
-                c.fused,
-            );
+                };
+                gemm(
+                    fx,
+                    t,
+                    mg as usize,
+                    (cg * k) as usize,
+                    p as usize,
+                    weights,
+                    cols,
+                    outm,
+                    &init,
+                    c.fused,
+                );
+                return;
+            }
+            // im2col one band of output rows at a time, then multiply into that band.
+            let rows = tile_rows(&gm, cg);
+            let band = |fx: &mut Fx, oh0: Value, nrows: i64| {
+                im2col(fx, &gm, cg, xg, a.scratch, a.aux[0], oh0, nrows);
+                let cols = Mat {
+                    base: a.scratch,
+                    row: nrows * gm.ow * 4,
+                    col: 4,
+                };
+                let ob = fx.addr(og, oh0, gm.ow * 4);
+                let outm = Mat {
+                    base: ob,
+                    row: p * 4,
+                    col: 4,
+                };
+                gemm(
+                    fx,
+                    t,
+                    mg as usize,
+                    (cg * k) as usize,
+                    (nrows * gm.ow) as usize,
+                    weights,
+                    cols,
+                    outm,
+                    &init,
+                    c.fused,
+                );
+            };
+            let full = gm.oh / rows;
+            fx.for_n(full, &mut |fx, bi| {
+                let oh0 = fx.mul_imm(bi, rows);
+                band(fx, oh0, rows);
+            });
+            let rest = gm.oh - full * rows;
+            if rest > 0 {
+                let oh0 = fx.i(full * rows);
+                band(fx, oh0, rest);
+            }
         });
     });
 }
@@ -262,8 +310,9 @@ pub(crate) fn conv_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
 
 /// Fills `cols[(c*KH + kh)*KW + kw][oh*OW + ow]` with the input tap, or 0 in the padding:
 /// per row one range check, then a zero run, a strided copy and a zero run.
-fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value) {
-    let (hw, p) = (gm.h * gm.w, gm.oh * gm.ow);
+#[allow(clippy::too_many_arguments)]
+fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value, oh0: Value, rows: i64) {
+    let (hw, p) = (gm.h * gm.w, rows * gm.ow);
     let zero_run = |fx: &mut Fx, dst: Value, count: Value| {
         let z = fx.f(F32, 0.0);
         fx.for_ptrs_v(count, &[(dst, 4)], &mut |fx, q| fx.store(z, q[0]));
@@ -287,8 +336,9 @@ fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value)
                 let owv = fx.i(gm.ow);
                 let tail = fx.b.ins().isub(owv, hi);
                 let body_n = fx.b.ins().isub(hi, lo);
-                fx.for_n(gm.oh, &mut |fx, oh| {
-                    let orow = fx.addr(row, oh, gm.ow * 4);
+                fx.for_n(rows, &mut |fx, r| {
+                    let orow = fx.addr(row, r, gm.ow * 4);
+                    let oh = fx.b.ins().iadd(oh0, r);
                     let ih = fx.mul_imm(oh, gm.sh);
                     let ih = fx.b.ins().iadd(ih, ih0);
                     let ok = fx.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, ih, gm.h);
