@@ -23,6 +23,8 @@ pub enum CompileError {
     Plan(#[from] IrError),
     #[error(transparent)]
     Native(#[from] cranelift::Error),
+    #[error(transparent)]
+    C(#[from] kiln_backends::c::Error),
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -32,6 +34,8 @@ pub enum CompileError {
 pub enum Emit {
     /// A native object through Cranelift, with `lib<prefix>.a`, `<prefix>.h`, `<prefix>.rs`.
     Object,
+    /// Portable C99 source: `<prefix>.c` and `<prefix>.h`.
+    C,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +95,9 @@ pub fn plan_native(g: &Graph) -> Result<MemoryPlan, IrError> {
 
 pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
     check_prefix(&opts.prefix)?;
+    if opts.emit == Emit::C {
+        return compile_c(g, opts, source);
+    }
     let plan = plan_native(g)?;
     let out = cranelift::emit(
         g,
@@ -121,6 +128,34 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
     Ok(Compiled {
         files,
         clif: out.clif,
+        report,
+    })
+}
+
+fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
+    let plan = plan::plan(g, kiln_backends::c::ARENA_ALIGN, kiln_backends::c::scratch_bytes)?;
+    let out = kiln_backends::c::emit(
+        g,
+        &plan,
+        &kiln_backends::c::Options {
+            prefix: opts.prefix.clone(),
+        },
+    )?;
+    let api = Api::new(g, &plan, &opts.prefix, source);
+    let p = &opts.prefix;
+    let report = Report {
+        arena_size: plan.arena_size,
+        arena_lower_bound: plan.lower_bound,
+        object_bytes: out.source.len(),
+        kernels: plan.order.len(),
+    };
+    let files = vec![
+        (format!("{p}.c"), out.source.into_bytes()),
+        (format!("{p}.h"), header::c_header(&api).into_bytes()),
+    ];
+    Ok(Compiled {
+        files,
+        clif: String::new(),
         report,
     })
 }

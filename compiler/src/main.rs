@@ -30,6 +30,7 @@ struct ShapeArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum EmitArg {
     Object,
+    C,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -363,6 +364,7 @@ fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize, emit:
 fn compile(
     path: &Path,
     shapes: &ShapeArgs,
+    emit: EmitArg,
     target: &str,
     prefix: Option<&str>,
     out_dir: &Path,
@@ -382,7 +384,10 @@ fn compile(
     let mut out = compile::compile(
         &m.graph,
         &CompileOptions {
-            emit: Emit::Object,
+            emit: match emit {
+                EmitArg::Object => Emit::Object,
+                EmitArg::C => Emit::C,
+            },
             target: target.clone(),
             prefix: prefix.clone(),
         },
@@ -440,12 +445,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Compile {
             model,
             shapes,
-            emit: EmitArg::Object,
+            emit,
             target,
             prefix,
             out_dir,
             clif,
-        } => compile(model, shapes, target, prefix.as_deref(), out_dir, *clif),
+        } => compile(model, shapes, *emit, target, prefix.as_deref(), out_dir, *clif),
         Cmd::Ops { markdown } => {
             if *markdown {
                 print!("{}", kiln::onnx::ops::markdown());

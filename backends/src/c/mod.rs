@@ -1,0 +1,852 @@
+//! The C backend: one self-contained C99 file per model — weights as `static const`
+//! arrays, one `static` function per layer with its ONNX name in a comment and every shape
+//! a constant, and `<prefix>_run` calling them over caller buffers and the arena planned by
+//! `kiln_ir::plan`. No malloc, no printf; `<stdint.h>`/`<stddef.h>` only (plus `<math.h>`
+//! when a model takes a square root). Float kernels follow the evaluator's order of
+//! operations, and exp/tanh/sigmoid use the same Cephes-style approximations as the native
+//! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
+
+mod writer;
+
+use crate::header;
+use kiln_ir::op::{BinaryOp, Conv, Pool, PoolKind, ReduceKind, UnaryOp};
+use kiln_ir::plan::{Location, MemoryPlan};
+use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
+use std::fmt::Write;
+use thiserror::Error;
+use writer::{array, f32_lit, nest};
+
+/// Alignment the C backend asks of the arena.
+pub const ARENA_ALIGN: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{count} node(s) the C backend cannot compile yet:{list}", count = .0.len(), list = .0.iter().map(|s| format!("\n  {s}")).collect::<String>())]
+    UnsupportedOps(Vec<String>),
+    #[error("constant `{0}` holds a non-finite value, which C99 cannot spell as a literal")]
+    NonFinite(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub prefix: String,
+}
+
+pub struct Output {
+    pub source: String,
+}
+
+/// Scratch bytes per node (none: every C kernel works in place of its outputs).
+pub fn scratch_bytes(_: &Graph, _: NodeId) -> usize {
+    0
+}
+
+fn shape(g: &Graph, v: ValueId) -> &[usize] {
+    &g.value(v).ty.shape
+}
+
+fn strides(s: &[usize]) -> Vec<i64> {
+    kiln_ir::tensor::strides(s).into_iter().map(|x| x as i64).collect()
+}
+
+fn bcast(inp: &[usize], out: &[usize]) -> Vec<i64> {
+    let st = strides(inp);
+    let r = out.len();
+    let mut s = vec![0i64; r];
+    for i in 0..inp.len() {
+        s[r - inp.len() + i] = if inp[i] == 1 { 0 } else { st[i] };
+    }
+    s
+}
+
+fn f32_io(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.inputs
+        .iter()
+        .chain(&node.outputs)
+        .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
+}
+
+fn unary_ok(u: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        u,
+        Relu | LeakyRelu { .. }
+            | Clip { .. }
+            | HardSigmoid { .. }
+            | HardSwish
+            | Sigmoid
+            | Tanh
+            | Exp
+            | Sqrt
+            | Neg
+            | Abs
+            | Reciprocal
+    )
+}
+
+/// Why node `n` cannot be compiled to C yet, if it cannot.
+pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
+    let node = g.node(n);
+    let ok = match &node.op {
+        Op::Identity
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Expand { .. } => true,
+        Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar == Scalar::F32,
+        Op::Pad { .. } => f32_io(g, n),
+        Op::Unary(u) => f32_io(g, n) && unary_ok(*u),
+        Op::Binary(b) => {
+            f32_io(g, n)
+                && (matches!(
+                    b,
+                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Max | BinaryOp::Min
+                ) || (*b == BinaryOp::Pow && pow_exponent(g, n).is_some()))
+        }
+        Op::Conv(c) => f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok),
+        Op::Gemm { fused, .. } => f32_io(g, n) && fused.is_none_or(unary_ok),
+        Op::MatMul => f32_io(g, n),
+        Op::Pool(p) => {
+            f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && !matches!(p.kind, PoolKind::Lp { .. })
+        }
+        Op::GlobalPool(k) => f32_io(g, n) && !matches!(k, PoolKind::Lp { .. }),
+        Op::Softmax { .. } => f32_io(g, n),
+        Op::Reduce { kind, .. } => {
+            f32_io(g, n)
+                && matches!(
+                    kind,
+                    ReduceKind::Mean | ReduceKind::Sum | ReduceKind::Max | ReduceKind::Min
+                )
+        }
+        Op::BatchNorm { .. } => f32_io(g, n),
+        _ => false,
+    };
+    (!ok).then(|| {
+        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+        format!("node `{}`: {} on {}", node.name, node.op.name(), types.join(", "))
+    })
+}
+
+fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
+    let t = g.const_value(g.node(n).inputs[1])?;
+    let v = t.to_f64_vec();
+    (!v.is_empty() && v.iter().all(|&x| x == v[0]) && [1.0, 2.0, 0.5].contains(&v[0])).then(|| v[0] as f32)
+}
+
+/// The C expression for `u(x)` (x a float expression without side effects).
+fn unary_expr(u: UnaryOp, x: &str) -> String {
+    let l = |v: f32| f32_lit(v).unwrap_or_else(|| "0.0f".into());
+    match u {
+        UnaryOp::Relu => format!("kiln_maxf({x}, 0.0f)"),
+        UnaryOp::LeakyRelu { alpha } => format!("({x} < 0.0f ? {} * {x} : {x})", l(alpha)),
+        UnaryOp::Clip { min, max } => {
+            let mut e = x.to_string();
+            if min > f32::NEG_INFINITY {
+                e = format!("kiln_maxf({e}, {})", l(min));
+            }
+            if max < f32::INFINITY {
+                e = format!("kiln_minf({e}, {})", l(max));
+            }
+            e
+        }
+        UnaryOp::HardSigmoid { alpha, beta } => {
+            format!("kiln_maxf(kiln_minf({} * {x} + {}, 1.0f), 0.0f)", l(alpha), l(beta))
+        }
+        UnaryOp::HardSwish => format!("({x} * kiln_maxf(kiln_minf({x} / 6.0f + 0.5f, 1.0f), 0.0f))"),
+        UnaryOp::Sigmoid => format!("kiln_sigmoidf({x})"),
+        UnaryOp::Tanh => format!("kiln_tanhf({x})"),
+        UnaryOp::Exp => format!("kiln_expf({x})"),
+        UnaryOp::Sqrt => format!("sqrtf({x})"),
+        UnaryOp::Neg => format!("(-{x})"),
+        UnaryOp::Abs => format!("kiln_absf({x})"),
+        UnaryOp::Reciprocal => format!("(1.0f / {x})"),
+        other => unreachable!("{} passed the support check", other.name()),
+    }
+}
+
+/// Helpers every file carries (unused ones are `static inline`, so no warnings).
+const PRELUDE: &str = r#"
+static inline float kiln_maxf(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
+static inline float kiln_minf(float a, float b) { return (a != a || b != b) ? a + b : (a < b ? a : b); }
+static inline float kiln_absf(float a) { return a < 0.0f ? -a : a; }
+static inline float kiln_nearbyf(float x) {
+    /* round half to even for |x| < 2^23 (exp's range reduction only needs small x) */
+    const float big = 8388608.0f;
+    float a = kiln_absf(x);
+    if (!(a < big)) return x;
+    float r = (a + big) - big;
+    return x < 0.0f ? -r : r;
+}
+/* e^x: Cody-Waite reduction by ln 2 and a degree-6 polynomial (as the native backend). */
+static inline float kiln_expf(float x) {
+    if (x != x) return x;
+    if (x > 88.72283f) return 1.0f / 0.0f;
+    float xc = x < -87.33654f ? -87.33654f : x;
+    float n = kiln_nearbyf(xc * 1.44269504f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t e = (int32_t)n;
+    union { uint32_t u; float f; } s;
+    if (e >= 128) { s.u = (uint32_t)(127 + 127) << 23; return p * s.f * 2.0f; }
+    s.u = (uint32_t)(e + 127) << 23;
+    return p * s.f;
+}
+static inline float kiln_sigmoidf(float x) {
+    if (x != x) return x;
+    float e = kiln_expf(-kiln_absf(x));
+    float d = 1.0f + e;
+    return x >= 0.0f ? 1.0f / d : e / d;
+}
+static inline float kiln_tanhf(float x) {
+    float a = kiln_absf(x);
+    if (a < 0.625f) {
+        float z = x * x;
+        float p = -5.70498872745e-3f;
+        p = p * z + 2.06390887954e-2f;
+        p = p * z - 5.37397155531e-2f;
+        p = p * z + 1.33314422036e-1f;
+        p = p * z - 3.33332819422e-1f;
+        return p * z * x + x;
+    }
+    float r = 1.0f - 2.0f / (kiln_expf(a + a) + 1.0f);
+    return x < 0.0f ? -r : r;
+}
+"#;
+
+pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Error> {
+    let bad: Vec<String> = plan.order.iter().filter_map(|&n| unsupported(g, n)).collect();
+    if !bad.is_empty() {
+        return Err(Error::UnsupportedOps(bad));
+    }
+    let p = &opts.prefix;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "/* {p}.c: generated by Kiln {}. Do not edit. */",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(out, "#include \"{p}.h\"");
+    let needs_math = plan.order.iter().any(|&n| {
+        matches!(g.node(n).op, Op::Unary(UnaryOp::Sqrt))
+            || matches!(&g.node(n).op, Op::Binary(BinaryOp::Pow) if pow_exponent(g, n) == Some(0.5))
+    });
+    if needs_math {
+        let _ = writeln!(out, "#include <math.h>");
+    }
+    out.push_str(PRELUDE);
+    // Weights.
+    let mut names: std::collections::HashMap<ValueId, String> = std::collections::HashMap::new();
+    for &n in &plan.order {
+        for &v in &g.node(n).inputs {
+            if let Some(t) = g.const_value(v)
+                && !names.contains_key(&v)
+            {
+                let name = format!("w{}", v.index());
+                let items: Vec<String> = match t.data.scalar() {
+                    Scalar::F32 => t
+                        .to_f32_vec()
+                        .iter()
+                        .map(|&x| f32_lit(x).ok_or_else(|| Error::NonFinite(g.value(v).name.clone())))
+                        .collect::<Result<_, _>>()?,
+                    _ => t.to_i64_vec().iter().map(|x| format!("{x}")).collect(),
+                };
+                let _ = writeln!(
+                    out,
+                    "\n/* `{}`: {} */",
+                    g.value(v).name.replace("*/", "* /"),
+                    g.value(v).ty
+                );
+                array(
+                    &mut out,
+                    "static const ",
+                    header::c_type(t.data.scalar()),
+                    &name,
+                    &items,
+                );
+                names.insert(v, name);
+            }
+        }
+    }
+    // Kernels.
+    for (k, &n) in plan.order.iter().enumerate() {
+        if !aliased(g, plan, n) {
+            kernel(&mut out, g, n, k);
+        }
+    }
+    // Entry point.
+    let api = header::Api::new(g, plan, p, "");
+    let mut params: Vec<String> = api
+        .inputs
+        .iter()
+        .map(|q| format!("const {} *{}", header::c_type(q.scalar), q.ident))
+        .collect();
+    params.extend(
+        api.outputs
+            .iter()
+            .map(|q| format!("{} *{}", header::c_type(q.scalar), q.ident)),
+    );
+    params.push("void *arena".into());
+    let _ = writeln!(out, "\nint {p}_run({}) {{", params.join(", "));
+    let _ = writeln!(out, "    unsigned char *a = (unsigned char *)arena;");
+    let _ = writeln!(out, "    (void)a;");
+    let ptr = |v: ValueId, writable: bool| -> String {
+        let ty = header::c_type(g.value(v).ty.dtype.scalar);
+        match plan.loc(v) {
+            Location::Input(i) => {
+                if writable {
+                    format!("({ty} *){}", api.inputs[i].ident)
+                } else {
+                    api.inputs[i].ident.clone()
+                }
+            }
+            Location::Output(i) => api.outputs[i].ident.clone(),
+            Location::Arena(off) => format!("({ty} *)(a + {off})"),
+            Location::Const(c) => names.get(&c).cloned().unwrap_or_else(|| "0".into()),
+        }
+    };
+    for (k, &n) in plan.order.iter().enumerate() {
+        let node = g.node(n);
+        if aliased(g, plan, n) {
+            continue; // a Reshape planned onto its input's bytes: nothing to move
+        }
+        let mut args: Vec<String> = node.inputs.iter().map(|&v| ptr(v, false)).collect();
+        args.extend(node.outputs.iter().map(|&v| ptr(v, true)));
+        let _ = writeln!(out, "    k{k}({});", args.join(", "));
+    }
+    for (i, &v) in g.outputs().iter().enumerate() {
+        let src = match plan.loc(v) {
+            Location::Output(j) if j == i => continue,
+            _ => ptr(v, false),
+        };
+        let _ = writeln!(
+            out,
+            "    for (size_t i = 0; i < {}u; ++i) {}[i] = {src}[i];",
+            g.value(v).ty.numel(),
+            api.outputs[i].ident
+        );
+    }
+    let _ = writeln!(out, "    return 0;\n}}");
+    Ok(Output { source: out })
+}
+
+/// A reshape-like node whose output the plan placed on its input's bytes.
+fn aliased(g: &Graph, plan: &MemoryPlan, n: NodeId) -> bool {
+    let node = g.node(n);
+    matches!(node.op, Op::Reshape { .. } | Op::Identity) && plan.loc(node.inputs[0]) == plan.loc(node.outputs[0])
+}
+
+fn sig(g: &Graph, n: NodeId, k: usize) -> String {
+    let node = g.node(n);
+    let mut ps: Vec<String> = node
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| format!("const {} *x{i}", header::c_type(g.value(v).ty.dtype.scalar)))
+        .collect();
+    ps.extend(
+        node.outputs
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| format!("{} *y{i}", header::c_type(g.value(v).ty.dtype.scalar))),
+    );
+    let ins: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+    let outs: Vec<String> = node.outputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+    format!(
+        "\n/* node `{}` ({}): {} -> {} */\nstatic void k{k}({}) {{\n",
+        node.name.replace("*/", "* /"),
+        node.op.name(),
+        ins.join(", "),
+        outs.join(", "),
+        ps.join(", ")
+    )
+}
+
+fn dims(s: &[usize]) -> Vec<usize> {
+    s.to_vec()
+}
+
+fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
+    let node = g.node(n);
+    out.push_str(&sig(g, n, k));
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    match &node.op {
+        Op::Identity | Op::Reshape { .. } => {
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {}; ++i) y0[i] = x0[i];",
+                g.value(node.outputs[0]).ty.numel()
+            );
+        }
+        Op::Transpose { perm } => {
+            let ist = strides(shape(g, node.inputs[0]));
+            let src: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
+            nest(out, 1, &dims(&o0), &[strides(&o0), src], &|o| {
+                format!("y0[{}] = x0[{}];", o[0], o[1])
+            });
+        }
+        Op::Slice { axes } => {
+            let ist = strides(shape(g, node.inputs[0]));
+            let st: Vec<i64> = axes.iter().zip(&ist).map(|(a, &s)| a.step * s).collect();
+            let base: i64 = axes.iter().zip(&ist).map(|(a, &s)| a.start * s).sum();
+            nest(out, 1, &dims(&o0), &[strides(&o0), st], &|o| {
+                format!("y0[{}] = x0[{base} + {}];", o[0], o[1])
+            });
+        }
+        Op::Expand { .. } => {
+            let src = bcast(shape(g, node.inputs[0]), &o0);
+            nest(out, 1, &dims(&o0), &[strides(&o0), src], &|o| {
+                format!("y0[{}] = x0[{}];", o[0], o[1])
+            });
+        }
+        Op::Concat { axis } => {
+            let ost = strides(&o0);
+            let mut at = 0i64;
+            for (i, &v) in node.inputs.iter().enumerate() {
+                let s = shape(g, v).to_vec();
+                let base = at * ost[*axis];
+                nest(out, 1, &s, &[ost.clone(), strides(&s)], &|o| {
+                    format!("y0[{base} + {}] = x{i}[{}];", o[0], o[1])
+                });
+                at += s[*axis] as i64;
+            }
+        }
+        Op::Gather { axis } => {
+            let s = shape(g, node.inputs[0]).to_vec();
+            let (outer, dim, inner) = (
+                s[..*axis].iter().product::<usize>(),
+                s[*axis],
+                s[axis + 1..].iter().product::<usize>(),
+            );
+            let count = g.value(node.inputs[1]).ty.numel();
+            let _ = writeln!(
+                out,
+                "    for (int32_t o = 0; o < {outer}; ++o)\n        for (int32_t p = 0; p < {count}; ++p) {{"
+            );
+            let _ = writeln!(
+                out,
+                "            int64_t j = (int64_t)x1[p];\n            if (j < 0) j += {dim};\n            if (j < 0) j = 0;\n            if (j > {}) j = {};",
+                dim - 1,
+                dim - 1
+            );
+            let _ = writeln!(
+                out,
+                "            for (int32_t q = 0; q < {inner}; ++q) y0[(o * {count} + p) * {inner} + q] = x0[(o * {dim} + (int32_t)j) * {inner} + q];\n        }}"
+            );
+        }
+        Op::Pad { mode, pads } => pad(out, g, n, *mode, pads),
+        Op::Unary(u) => {
+            let total = g.value(node.outputs[0]).ty.numel();
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) {{\n        float v = x0[i];\n        y0[i] = {};\n    }}",
+                unary_expr(*u, "v")
+            );
+        }
+        Op::Binary(b) => {
+            if *b == BinaryOp::Pow {
+                let e = pow_exponent(g, n).expect("checked");
+                let sa = bcast(shape(g, node.inputs[0]), &o0);
+                let expr = match e {
+                    2.0 => "v * v",
+                    0.5 => "sqrtf(v)",
+                    _ => "v",
+                };
+                nest(out, 1, &dims(&o0), &[strides(&o0), sa], &|o| {
+                    format!("float v = x0[{}];\ny0[{}] = {expr};", o[1], o[0])
+                });
+            } else {
+                let (sa, sb) = (
+                    bcast(shape(g, node.inputs[0]), &o0),
+                    bcast(shape(g, node.inputs[1]), &o0),
+                );
+                let expr = match b {
+                    BinaryOp::Add => "a + b",
+                    BinaryOp::Sub => "a - b",
+                    BinaryOp::Mul => "a * b",
+                    BinaryOp::Div => "a / b",
+                    BinaryOp::Max => "kiln_maxf(a, b)",
+                    _ => "kiln_minf(a, b)",
+                };
+                nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+                    format!("float a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
+                });
+            }
+        }
+        Op::Conv(c) => conv(out, g, n, c),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+            fused,
+        } => {
+            let (m, nn) = (o0[0], o0[1]);
+            let ash = shape(g, node.inputs[0]);
+            let kk = if *trans_a { ash[0] } else { ash[1] };
+            let ai = if *trans_a {
+                format!("p * {m} + i")
+            } else {
+                format!("i * {kk} + p")
+            };
+            let bi = if *trans_b {
+                format!("j * {kk} + p")
+            } else {
+                format!("p * {nn} + j")
+            };
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {m}; ++i)\n        for (int32_t j = 0; j < {nn}; ++j) {{\n            float acc = 0.0f;"
+            );
+            let _ = writeln!(
+                out,
+                "            for (int32_t p = 0; p < {kk}; ++p) acc += x0[{ai}] * x1[{bi}];"
+            );
+            if *alpha != 1.0 {
+                let _ = writeln!(out, "            acc = acc * {};", f32_lit(*alpha).unwrap_or_default());
+            }
+            if node.inputs.len() > 2 {
+                let cs = bcast(shape(g, node.inputs[2]), &o0);
+                let _ = writeln!(
+                    out,
+                    "            acc = acc + {} * x2[i * {} + j * {}];",
+                    f32_lit(*beta).unwrap_or_default(),
+                    cs[0],
+                    cs[1]
+                );
+            }
+            let v = fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
+            let _ = writeln!(out, "            y0[i * {nn} + j] = {v};\n        }}");
+        }
+        Op::MatMul => {
+            let (sa, sb) = (shape(g, node.inputs[0]).to_vec(), shape(g, node.inputs[1]).to_vec());
+            let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+            let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
+            let (m, kk, nn) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+            let batch = kiln_ir::shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).expect("checked");
+            let scale = |st: Vec<i64>, s: usize| st.into_iter().map(|x| x * s as i64).collect::<Vec<_>>();
+            let bst = [
+                scale(strides(&batch), m * nn),
+                scale(bcast(&a2[..a2.len() - 2], &batch), m * kk),
+                scale(bcast(&b2[..b2.len() - 2], &batch), kk * nn),
+            ];
+            nest(out, 1, &batch, &bst, &|o| {
+                format!(
+                    "for (int32_t i = 0; i < {m}; ++i)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        float acc = 0.0f;\n        for (int32_t p = 0; p < {kk}; ++p) acc += x0[{} + i * {kk} + p] * x1[{} + p * {nn} + j];\n        y0[{} + i * {nn} + j] = acc;\n    }}",
+                    o[1], o[2], o[0]
+                )
+            });
+        }
+        Op::Pool(p) => pool(out, g, n, p),
+        Op::GlobalPool(kind) => {
+            let s = shape(g, node.inputs[0]);
+            let planes = s[0] * s[1];
+            let size: usize = s[2..].iter().product();
+            let max = *kind == PoolKind::Max;
+            let _ = writeln!(
+                out,
+                "    for (int32_t c = 0; c < {planes}; ++c) {{\n        float acc = {};",
+                if max { "-1.0f / 0.0f" } else { "0.0f" }
+            );
+            let step = if max {
+                "acc = (v > acc || v != v) ? v : acc;"
+            } else {
+                "acc = acc + v;"
+            };
+            let _ = writeln!(
+                out,
+                "        for (int32_t i = 0; i < {size}; ++i) {{ float v = x0[c * {size} + i]; {step} }}"
+            );
+            let _ = writeln!(
+                out,
+                "        y0[c] = {};\n    }}",
+                if max {
+                    "acc".to_string()
+                } else {
+                    format!("acc / {}", f32_lit(size as f32).unwrap_or_default())
+                }
+            );
+        }
+        Op::Softmax { axis } => {
+            let s = shape(g, node.inputs[0]);
+            let (outer, len, inner) = (
+                s[..*axis].iter().product::<usize>(),
+                s[*axis],
+                s[axis + 1..].iter().product::<usize>(),
+            );
+            let _ = writeln!(
+                out,
+                "    for (int32_t o = 0; o < {outer}; ++o)\n        for (int32_t i = 0; i < {inner}; ++i) {{"
+            );
+            let _ = writeln!(
+                out,
+                "            const float *x = x0 + o * {} + i;\n            float *y = y0 + o * {} + i;",
+                len * inner,
+                len * inner
+            );
+            let _ = writeln!(out, "            float mx = -1.0f / 0.0f, sum = 0.0f;");
+            let _ = writeln!(
+                out,
+                "            for (int32_t j = 0; j < {len}; ++j) if (x[j * {inner}] > mx) mx = x[j * {inner}];"
+            );
+            let _ = writeln!(
+                out,
+                "            for (int32_t j = 0; j < {len}; ++j) {{ float e = kiln_expf(x[j * {inner}] - mx); y[j * {inner}] = e; sum = sum + e; }}"
+            );
+            let _ = writeln!(
+                out,
+                "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = y[j * {inner}] / sum;\n        }}"
+            );
+        }
+        Op::Reduce { kind, axes, .. } => {
+            // f32 accumulation in index order (the evaluator sums in f64: within the stated bound).
+            let s = shape(g, node.inputs[0]).to_vec();
+            let st = strides(&s);
+            let kept: Vec<usize> = (0..s.len()).filter(|d| !axes.contains(d)).collect();
+            let kd: Vec<usize> = kept.iter().map(|&d| s[d]).collect();
+            let rd: Vec<usize> = axes.iter().map(|&d| s[d]).collect();
+            let count: usize = rd.iter().product();
+            let init = match kind {
+                ReduceKind::Max => "-1.0f / 0.0f",
+                ReduceKind::Min => "1.0f / 0.0f",
+                _ => "0.0f",
+            };
+            let step = match kind {
+                ReduceKind::Max => "acc = (v > acc || v != v) ? v : acc;",
+                ReduceKind::Min => "acc = (v < acc || v != v) ? v : acc;",
+                _ => "acc = acc + v;",
+            };
+            let fin = if *kind == ReduceKind::Mean {
+                format!("acc / {}", f32_lit(count as f32).unwrap_or_default())
+            } else {
+                "acc".into()
+            };
+            let kst: Vec<i64> = kept.iter().map(|&d| st[d]).collect();
+            let rst: Vec<i64> = axes.iter().map(|&d| st[d]).collect();
+            let inner_loop = {
+                let mut txt = String::new();
+                let rd2 = rd.clone();
+                nest(&mut txt, 0, &rd2, &[rst], &|o| {
+                    format!("float v = x[{}];\n{step}", o[0])
+                });
+                // rename the inner loop variables so they do not clash with the outer ones
+                txt.replace("i0", "r0")
+                    .replace("i1", "r1")
+                    .replace("i2", "r2")
+                    .replace("i3", "r3")
+            };
+            nest(out, 1, &kd, &[strides(&kd), kst], &|o| {
+                format!(
+                    "const float *x = x0 + {};\nfloat acc = {init};\n{inner_loop}y0[{}] = {fin};",
+                    o[1], o[0]
+                )
+            });
+        }
+        Op::BatchNorm { epsilon } => {
+            let s = shape(g, node.inputs[0]);
+            let (nb, c, inner) = (s[0], s[1], s[2..].iter().product::<usize>());
+            let _ = writeln!(out, "    for (int32_t ch = 0; ch < {c}; ++ch) {{");
+            let _ = writeln!(
+                out,
+                "        float k = x1[ch] / sqrtf(x4[ch] + {});\n        float s = x2[ch] - x3[ch] * k;",
+                f32_lit(*epsilon).unwrap_or_default()
+            );
+            let _ = writeln!(
+                out,
+                "        for (int32_t b = 0; b < {nb}; ++b)\n            for (int32_t i = 0; i < {inner}; ++i) y0[(b * {c} + ch) * {inner} + i] = x0[(b * {c} + ch) * {inner} + i] * k + s;\n    }}"
+            );
+        }
+        other => unreachable!("{} passed the support check", other.name()),
+    }
+    out.push_str("}\n");
+}
+
+fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]);
+    let ws = shape(g, node.inputs[1]);
+    let os = shape(g, node.outputs[0]);
+    let w = &c.window;
+    let two = xs.len() == 4;
+    let (h, wd, oh, ow) = if two {
+        (xs[2], xs[3], os[2], os[3])
+    } else {
+        (1, xs[2], 1, os[2])
+    };
+    let (kh, kw) = if two {
+        (w.kernel[0], w.kernel[1])
+    } else {
+        (1, w.kernel[0])
+    };
+    let (sh, sw) = if two {
+        (w.strides[0], w.strides[1])
+    } else {
+        (1, w.strides[0])
+    };
+    let (dh, dw) = if two {
+        (w.dilations[0], w.dilations[1])
+    } else {
+        (1, w.dilations[0])
+    };
+    let (ph, pw) = if two { (w.pads[0], w.pads[1]) } else { (0, w.pads[0]) };
+    let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
+    let mg = m / c.group;
+    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0.0f" };
+    let v = c.fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
+    let _ = writeln!(out, "    for (int32_t b = 0; b < {nb}; ++b)");
+    let _ = writeln!(out, "    for (int32_t oc = 0; oc < {m}; ++oc) {{");
+    let _ = writeln!(out, "        int32_t g0 = (oc / {mg}) * {cg};");
+    let _ = writeln!(
+        out,
+        "        for (int32_t oy = 0; oy < {oh}; ++oy)\n        for (int32_t ox = 0; ox < {ow}; ++ox) {{"
+    );
+    let _ = writeln!(out, "            float acc = {bias};");
+    let _ = writeln!(
+        out,
+        "            for (int32_t c = 0; c < {cg}; ++c)\n            for (int32_t ky = 0; ky < {kh}; ++ky) {{"
+    );
+    let _ = writeln!(
+        out,
+        "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
+    );
+    let _ = writeln!(out, "                for (int32_t kx = 0; kx < {kw}; ++kx) {{");
+    let _ = writeln!(
+        out,
+        "                    int32_t ix = ox * {sw} + kx * {dw} - {pw};\n                    if (ix < 0 || ix >= {wd}) continue;"
+    );
+    let _ = writeln!(
+        out,
+        "                    acc = acc + x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx] * x0[((b * {ci} + g0 + c) * {h} + iy) * {wd} + ix];"
+    );
+    let _ = writeln!(out, "                }}\n            }}");
+    let _ = writeln!(
+        out,
+        "            y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {v};\n        }}\n    }}"
+    );
+}
+
+fn pool(out: &mut String, g: &Graph, n: NodeId, p: &Pool) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]);
+    let os = shape(g, node.outputs[0]);
+    let w = &p.window;
+    let two = xs.len() == 4;
+    let (h, wd, oh, ow) = if two {
+        (xs[2], xs[3], os[2], os[3])
+    } else {
+        (1, xs[2], 1, os[2])
+    };
+    let (kh, kw) = if two {
+        (w.kernel[0], w.kernel[1])
+    } else {
+        (1, w.kernel[0])
+    };
+    let (sh, sw) = if two {
+        (w.strides[0], w.strides[1])
+    } else {
+        (1, w.strides[0])
+    };
+    let (dh, dw) = if two {
+        (w.dilations[0], w.dilations[1])
+    } else {
+        (1, w.dilations[0])
+    };
+    let (ph, pw) = if two { (w.pads[0], w.pads[1]) } else { (0, w.pads[0]) };
+    let (peh, pew) = if two { (w.pads[2], w.pads[3]) } else { (0, w.pads[1]) };
+    let planes = xs[0] * xs[1];
+    let max = p.kind == PoolKind::Max;
+    let include_pad = matches!(
+        p.kind,
+        PoolKind::Avg {
+            count_include_pad: true
+        }
+    );
+    let _ = writeln!(
+        out,
+        "    for (int32_t c = 0; c < {planes}; ++c)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{"
+    );
+    let _ = writeln!(
+        out,
+        "        float acc = {};\n        int32_t cnt = 0, cnt_pad = 0;",
+        if max { "-1.0f / 0.0f" } else { "0.0f" }
+    );
+    let _ = writeln!(
+        out,
+        "        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
+    );
+    let _ = writeln!(
+        out,
+        "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};"
+    );
+    let _ = writeln!(
+        out,
+        "            if (iy >= -{ph} && iy < {} && ix >= -{pw} && ix < {}) ++cnt_pad;",
+        h + peh,
+        wd + pew
+    );
+    let _ = writeln!(
+        out,
+        "            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {wd}) continue;"
+    );
+    let step = if max {
+        "acc = (v > acc || v != v) ? v : acc;"
+    } else {
+        "acc = acc + v;"
+    };
+    let _ = writeln!(
+        out,
+        "            {{ float v = x0[(c * {h} + iy) * {wd} + ix]; {step} ++cnt; }}\n        }}"
+    );
+    let _ = writeln!(out, "        (void)cnt_pad;");
+    let fin = if max {
+        "acc".to_string()
+    } else {
+        format!(
+            "acc / (float)({} > 0 ? {} : 1)",
+            if include_pad { "cnt_pad" } else { "cnt" },
+            if include_pad { "cnt_pad" } else { "cnt" }
+        )
+    };
+    let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = {fin};\n    }}");
+}
+
+fn pad(out: &mut String, g: &Graph, n: NodeId, mode: kiln_ir::op::PadMode, pads: &[i64]) {
+    use kiln_ir::op::PadMode;
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let os = shape(g, node.outputs[0]).to_vec();
+    let r = xs.len();
+    let ist = strides(&xs);
+    let fill = if node.inputs.len() > 1 { "x1[0]" } else { "0.0f" };
+    let mut body = String::from("int32_t inside = 1, off = 0, s;\n");
+    for d in 0..r {
+        let len = xs[d] as i64;
+        let _ = writeln!(body, "s = i{d} - {};", pads[d]);
+        match mode {
+            PadMode::Constant => {
+                let _ = writeln!(body, "if (s < 0 || s >= {len}) inside = 0;");
+            }
+            PadMode::Edge => {
+                let _ = write!(body, "if (s < 0) s = 0;\nif (s >= {len}) s = {};\n", len - 1);
+            }
+            PadMode::Wrap => {
+                let _ = writeln!(body, "s = ((s % {len}) + {len}) % {len};");
+            }
+            PadMode::Reflect => {
+                let p = 2 * (len - 1).max(1);
+                let _ = write!(body, "s = ((s % {p}) + {p}) % {p};\nif (s >= {len}) s = {p} - s;\n");
+            }
+        }
+        let _ = writeln!(body, "off += (inside ? s : 0) * {};", ist[d]);
+    }
+    let _ = write!(body, "y0[{{O}}] = inside ? x0[off] : {fill};");
+    nest(out, 1, &os, &[strides(&os)], &|o| body.replace("{O}", &o[0]));
+}

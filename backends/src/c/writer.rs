@@ -1,0 +1,64 @@
+//! Text helpers for the C backend: literals that round-trip exactly, loop nests over
+//! static shapes with constant strides, and indentation.
+
+use std::fmt::Write;
+
+/// An f32 as a C literal that reads back to the same bits (hex float for exactness).
+pub fn f32_lit(v: f32) -> Option<String> {
+    if !v.is_finite() {
+        return None;
+    }
+    if v == 0.0 {
+        return Some(if v.is_sign_negative() {
+            "-0.0f".into()
+        } else {
+            "0.0f".into()
+        });
+    }
+    // Shortest decimal that round-trips, as Rust prints it.
+    let s = format!("{v:e}");
+    Some(format!("{s}f"))
+}
+
+/// `static const <ty> <name>[n] = { ... };` with `per_line` values per line.
+pub fn array(out: &mut String, qualifiers: &str, ty: &str, name: &str, items: &[String]) {
+    let _ = writeln!(out, "{qualifiers}{ty} {name}[{}] = {{", items.len().max(1));
+    for chunk in items.chunks(8) {
+        let _ = writeln!(out, "    {},", chunk.join(", "));
+    }
+    if items.is_empty() {
+        let _ = writeln!(out, "    0,");
+    }
+    let _ = writeln!(out, "}};");
+}
+
+/// Nested `for` loops over `dims` (index variables `i0`, `i1`, ...); `body` receives, for
+/// every operand, the C expression of its element offset.
+pub fn nest(out: &mut String, indent: usize, dims: &[usize], strides: &[Vec<i64>], body: &dyn Fn(&[String]) -> String) {
+    let pad = |k: usize| "    ".repeat(k);
+    for (d, &n) in dims.iter().enumerate() {
+        let _ = writeln!(out, "{}for (int32_t i{d} = 0; i{d} < {n}; ++i{d}) {{", pad(indent + d));
+    }
+    let offs: Vec<String> = strides
+        .iter()
+        .map(|st| {
+            let terms: Vec<String> = st
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s != 0)
+                .map(|(d, &s)| if s == 1 { format!("i{d}") } else { format!("i{d} * {s}") })
+                .collect();
+            if terms.is_empty() {
+                "0".into()
+            } else {
+                terms.join(" + ")
+            }
+        })
+        .collect();
+    for line in body(&offs).lines() {
+        let _ = writeln!(out, "{}{line}", pad(indent + dims.len()));
+    }
+    for d in (0..dims.len()).rev() {
+        let _ = writeln!(out, "{}}}", pad(indent + d));
+    }
+}
