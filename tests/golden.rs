@@ -87,6 +87,32 @@ fn clif_small_elementwise() {
     settings().bind(|| insta::assert_snapshot!("clif_small_elementwise", clif_of("ew", &small_elementwise())));
 }
 
+fn c_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
+    let p = write_model(tag, m);
+    let model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    let target = kiln::compile::parse_target("x86_64-unknown-linux-gnu").unwrap();
+    let opts = kiln::compile::CompileOptions {
+        emit: kiln::compile::Emit::C,
+        target,
+        prefix: tag.into(),
+    };
+    let files = kiln::compile::compile(&model.graph, &opts, "model.onnx").unwrap().files;
+    files
+        .iter()
+        .map(|(name, bytes)| format!("===== {name}\n{}", String::from_utf8_lossy(bytes)))
+        .collect()
+}
+
+#[test]
+fn c_small_cnn() {
+    settings().bind(|| insta::assert_snapshot!("c_small_cnn", c_of("cnn", &small_cnn())));
+}
+
+#[test]
+fn c_small_elementwise() {
+    settings().bind(|| insta::assert_snapshot!("c_small_elementwise", c_of("ew", &small_elementwise())));
+}
+
 #[test]
 fn emission_is_deterministic() {
     let a = clif_of("det1", &small_cnn()).replace("det1", "x");

@@ -239,44 +239,7 @@ pub fn build_native_for(
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
     write_files(dir, &out.files).map_err(|e| e.to_string())?;
-    let up = prefix.to_ascii_uppercase();
-    let ctype = |s: kiln_ir::Scalar| kiln_backends::header::c_type(s);
-    let mut c = format!("#include \"{prefix}.h\"\n#include <stdio.h>\n#include <stdlib.h>\n");
-    c.push_str("static void io(const char *p, void *b, size_t n, int w) {\n  FILE *f = fopen(p, w ? \"wb\" : \"rb\");\n  if (!f || (w ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n) { fprintf(stderr, \"io %s\\n\", p); exit(2); }\n  fclose(f);\n}\n");
-    let (ni, no) = (g.inputs().len(), g.outputs().len());
-    for (i, &v) in g.inputs().iter().enumerate() {
-        c.push_str(&format!(
-            "static {} in{i}[{up}_INPUT{i}_COUNT + 1];\n",
-            ctype(g.value(v).ty.dtype.scalar)
-        ));
-    }
-    for (i, &v) in g.outputs().iter().enumerate() {
-        c.push_str(&format!(
-            "static {} out{i}[{up}_OUTPUT{i}_COUNT + 1];\n",
-            ctype(g.value(v).ty.dtype.scalar)
-        ));
-    }
-    c.push_str(&format!("static _Alignas(16) unsigned char arena[{up}_ARENA_SIZE + 16];\nint main(int argc, char **argv) {{\n  if (argc != {}) return 3;\n", 1 + ni + no));
-    for i in 0..ni {
-        c.push_str(&format!(
-            "  io(argv[{}], in{i}, sizeof(in{i}[0]) * {up}_INPUT{i}_COUNT, 0);\n",
-            1 + i
-        ));
-    }
-    let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}")).collect();
-    args.extend((0..no).map(|i| format!("out{i}")));
-    args.push("arena".into());
-    c.push_str(&format!(
-        "  int rc = {prefix}_run({});\n  if (rc) return 10 + rc;\n",
-        args.join(", ")
-    ));
-    for i in 0..no {
-        c.push_str(&format!(
-            "  io(argv[{}], out{i}, sizeof(out{i}[0]) * {up}_OUTPUT{i}_COUNT, 1);\n",
-            1 + ni + i
-        ));
-    }
-    c.push_str("  return 0;\n}\n");
+    let c = harness_source(g, prefix);
     let src = dir.join("harness.c");
     std::fs::write(&src, c).map_err(|e| e.to_string())?;
     let exe = dir.join("harness");
@@ -344,4 +307,108 @@ impl NativeExe {
             })
             .collect()
     }
+}
+
+/// A C11 program that reads the model's inputs from raw files, runs `<prefix>_run` and
+/// writes the outputs to raw files (arguments: inputs, then outputs).
+pub fn harness_source(g: &kiln_ir::Graph, prefix: &str) -> String {
+    let up = prefix.to_ascii_uppercase();
+    let ctype = |s: kiln_ir::Scalar| kiln_backends::header::c_type(s);
+    let mut c = format!("#include \"{prefix}.h\"\n#include <stdio.h>\n#include <stdlib.h>\n");
+    c.push_str("static void io(const char *p, void *b, size_t n, int w) {\n  FILE *f = fopen(p, w ? \"wb\" : \"rb\");\n  if (!f || (w ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n) { fprintf(stderr, \"io %s\\n\", p); exit(2); }\n  fclose(f);\n}\n");
+    let (ni, no) = (g.inputs().len(), g.outputs().len());
+    for (i, &v) in g.inputs().iter().enumerate() {
+        c.push_str(&format!(
+            "static {} in{i}[{up}_INPUT{i}_COUNT + 1];\n",
+            ctype(g.value(v).ty.dtype.scalar)
+        ));
+    }
+    for (i, &v) in g.outputs().iter().enumerate() {
+        c.push_str(&format!(
+            "static {} out{i}[{up}_OUTPUT{i}_COUNT + 1];\n",
+            ctype(g.value(v).ty.dtype.scalar)
+        ));
+    }
+    c.push_str(&format!("static _Alignas(16) unsigned char arena[{up}_ARENA_SIZE + 16];\nint main(int argc, char **argv) {{\n  if (argc != {}) return 3;\n", 1 + ni + no));
+    for i in 0..ni {
+        c.push_str(&format!(
+            "  io(argv[{}], in{i}, sizeof(in{i}[0]) * {up}_INPUT{i}_COUNT, 0);\n",
+            1 + i
+        ));
+    }
+    let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}")).collect();
+    args.extend((0..no).map(|i| format!("out{i}")));
+    args.push("arena".into());
+    c.push_str(&format!(
+        "  int rc = {prefix}_run({});\n  if (rc) return 10 + rc;\n",
+        args.join(", ")
+    ));
+    for i in 0..no {
+        c.push_str(&format!(
+            "  io(argv[{}], out{i}, sizeof(out{i}[0]) * {up}_OUTPUT{i}_COUNT, 1);\n",
+            1 + ni + i
+        ));
+    }
+    c.push_str("  return 0;\n}\n");
+    c
+}
+
+/// Compiles `g` to C, compiles that file alone with `-std=c99 -Wall -Wextra -Werror
+/// -pedantic` (plus `extra` flags, e.g. sanitizers), and links it with the harness.
+pub fn build_c(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path, extra: &[&str]) -> Result<NativeExe, String> {
+    use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
+    let opts = CompileOptions {
+        emit: Emit::C,
+        target: parse_target("host").map_err(|e| e.to_string())?,
+        prefix: prefix.into(),
+    };
+    let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
+    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("harness.c"), harness_source(g, prefix)).map_err(|e| e.to_string())?;
+    let run = |args: Vec<std::ffi::OsString>| -> Result<(), String> {
+        let st = std::process::Command::new("cc")
+            .current_dir(dir)
+            .args(&args)
+            .output()
+            .map_err(|e| format!("cannot run cc: {e}"))?;
+        if st.status.success() {
+            Ok(())
+        } else {
+            Err(format!("cc failed: {}", String::from_utf8_lossy(&st.stderr)))
+        }
+    };
+    let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+    let mut a = os(&[
+        "-std=c99",
+        "-O1",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-c",
+        &format!("{prefix}.c"),
+        "-o",
+        "model.o",
+    ]);
+    a.extend(os(extra));
+    run(a)?;
+    let mut b = os(&[
+        "-std=c11",
+        "-O1",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "harness.c",
+        "model.o",
+        "-lm",
+        "-o",
+        "harness",
+    ]);
+    b.extend(os(extra));
+    run(b)?;
+    Ok(NativeExe {
+        exe: dir.join("harness"),
+        dir: dir.to_path_buf(),
+        runner: None,
+    })
 }

@@ -36,9 +36,12 @@ pub struct Output {
     pub source: String,
 }
 
-/// Scratch bytes per node (none: every C kernel works in place of its outputs).
-pub fn scratch_bytes(_: &Graph, _: NodeId) -> usize {
-    0
+/// Scratch bytes per node: only recurrent layers need any (h, c and the gate vectors).
+pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    match &g.node(n).op {
+        Op::Rnn(r) => 4 * 10 * r.hidden,
+        _ => 0,
+    }
 }
 
 fn shape(g: &Graph, v: ValueId) -> &[usize] {
@@ -121,6 +124,15 @@ pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
                 )
         }
         Op::BatchNorm { .. } => f32_io(g, n),
+        Op::Rnn(r) => {
+            use kiln_ir::op::{Activation, RnnKind};
+            f32_io(g, n)
+                && matches!(r.kind, RnnKind::Lstm { input_forget: false })
+                && node.inputs.len() == 6
+                && r.activations
+                    .chunks(3)
+                    .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh])
+        }
         _ => false,
     };
     (!ok).then(|| {
@@ -320,6 +332,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         }
         let mut args: Vec<String> = node.inputs.iter().map(|&v| ptr(v, false)).collect();
         args.extend(node.outputs.iter().map(|&v| ptr(v, true)));
+        if let Some(off) = plan.scratch.get(&n) {
+            args.push(format!("(float *)(a + {off})"));
+        }
         let _ = writeln!(out, "    k{k}({});", args.join(", "));
     }
     for (i, &v) in g.outputs().iter().enumerate() {
@@ -358,15 +373,24 @@ fn sig(g: &Graph, n: NodeId, k: usize) -> String {
             .enumerate()
             .map(|(i, &v)| format!("{} *y{i}", header::c_type(g.value(v).ty.dtype.scalar))),
     );
+    if scratch_bytes(g, n) > 0 {
+        ps.push("float *s".into());
+    }
     let ins: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
     let outs: Vec<String> = node.outputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+    // Not every kernel reads every pointer (a Pow by a constant ignores the exponent).
+    let voids: Vec<String> = ps
+        .iter()
+        .map(|p| format!("(void){};", p.rsplit([' ', '*']).next().unwrap_or("")))
+        .collect();
     format!(
-        "\n/* node `{}` ({}): {} -> {} */\nstatic void k{k}({}) {{\n",
+        "\n/* node `{}` ({}): {} -> {} */\nstatic void k{k}({}) {{\n    {}\n",
         node.name.replace("*/", "* /"),
         node.op.name(),
         ins.join(", "),
         outs.join(", "),
-        ps.join(", ")
+        ps.join(", "),
+        voids.join(" ")
     )
 }
 
@@ -664,6 +688,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 "        for (int32_t b = 0; b < {nb}; ++b)\n            for (int32_t i = 0; i < {inner}; ++i) y0[(b * {c} + ch) * {inner} + i] = x0[(b * {c} + ch) * {inner} + i] * k + s;\n    }}"
             );
         }
+        Op::Rnn(r) => lstm(out, g, n, r),
         other => unreachable!("{} passed the support check", other.name()),
     }
     out.push_str("}\n");
@@ -849,4 +874,119 @@ fn pad(out: &mut String, g: &Graph, n: NodeId, mode: kiln_ir::op::PadMode, pads:
     }
     let _ = write!(body, "y0[{{O}}] = inside ? x0[off] : {fill};");
     nest(out, 1, &os, &[strides(&os)], &|o| body.replace("{O}", &o[0]));
+}
+
+/// LSTM (default activations), the evaluator's loop in C: per direction and batch row, the
+/// gate vectors W·x and R·h, then the ONNX update with optional clipping.
+fn lstm(out: &mut String, g: &Graph, n: NodeId, r: &kiln_ir::op::Rnn) {
+    use kiln_ir::op::RnnDirection;
+    let xs = shape(g, g.node(n).inputs[0]);
+    let (seq, batch, isz) = if r.batch_major {
+        (xs[1], xs[0], xs[2])
+    } else {
+        (xs[0], xs[1], xs[2])
+    };
+    let h = r.hidden;
+    let dirs = r.direction.count();
+    let clip = |e: &str| match r.clip {
+        Some(c) => format!(
+            "kiln_minf(kiln_maxf({e}, {}), {})",
+            f32_lit(-c).unwrap_or_default(),
+            f32_lit(c).unwrap_or_default()
+        ),
+        None => e.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "    float *hs = s, *cs = s + {h}, *gx = s + {}, *gh = s + {};",
+        2 * h,
+        6 * h
+    );
+    for d in 0..dirs {
+        let reverse = r.direction == RnnDirection::Reverse || (r.direction == RnnDirection::Bidirectional && d == 1);
+        let st = if r.batch_major {
+            format!("(b * {dirs} + {d}) * {h}")
+        } else {
+            format!("({d} * {batch} + b) * {h}")
+        };
+        let _ = writeln!(out, "    for (int32_t b = 0; b < {batch}; ++b) {{");
+        let _ = writeln!(
+            out,
+            "        for (int32_t j = 0; j < {h}; ++j) {{ hs[j] = x4[{st} + j]; cs[j] = x5[{st} + j]; }}"
+        );
+        let _ = writeln!(out, "        for (int32_t step = 0; step < {seq}; ++step) {{");
+        let _ = writeln!(
+            out,
+            "            int32_t t = {};",
+            if reverse {
+                format!("{} - step", seq - 1)
+            } else {
+                "step".into()
+            }
+        );
+        let xo = if r.batch_major {
+            format!("(b * {seq} + t) * {isz}")
+        } else {
+            format!("(t * {batch} + b) * {isz}")
+        };
+        let (w0, r0, b0) = (d * 4 * h * isz, d * 4 * h * h, d * 8 * h);
+        let _ = writeln!(out, "            for (int32_t j = 0; j < {}; ++j) {{", 4 * h);
+        let _ = writeln!(out, "                float a = 0.0f, c = 0.0f;");
+        let _ = writeln!(
+            out,
+            "                for (int32_t k = 0; k < {isz}; ++k) a = a + x1[{w0} + j * {isz} + k] * x0[{xo} + k];"
+        );
+        let _ = writeln!(
+            out,
+            "                for (int32_t k = 0; k < {h}; ++k) c = c + x2[{r0} + j * {h} + k] * hs[k];"
+        );
+        let _ = writeln!(
+            out,
+            "                gx[j] = a;\n                gh[j] = c;\n            }}"
+        );
+        let pre = |gate: usize| {
+            format!(
+                "gx[{o} + j] + gh[{o} + j] + x3[{} + j] + x3[{} + j]",
+                b0 + gate * h,
+                b0 + 4 * h + gate * h,
+                o = gate * h
+            )
+        };
+        let _ = writeln!(out, "            for (int32_t j = 0; j < {h}; ++j) {{");
+        let _ = writeln!(out, "                float c_old = cs[j];");
+        let _ = writeln!(
+            out,
+            "                float ig = kiln_sigmoidf({});",
+            clip(&format!("{} + 0.0f * c_old", pre(0)))
+        );
+        let _ = writeln!(
+            out,
+            "                float fg = kiln_sigmoidf({});",
+            clip(&format!("{} + 0.0f * c_old", pre(2)))
+        );
+        let _ = writeln!(out, "                float cg = kiln_tanhf({});", clip(&pre(3)));
+        let _ = writeln!(
+            out,
+            "                float c_new = fg * c_old + ig * cg;\n                cs[j] = c_new;"
+        );
+        let _ = writeln!(
+            out,
+            "                float og = kiln_sigmoidf({});",
+            clip(&format!("{} + 0.0f * c_new", pre(1)))
+        );
+        let _ = writeln!(out, "                hs[j] = og * kiln_tanhf(c_new);\n            }}");
+        let yo = if r.batch_major {
+            format!("((b * {seq} + t) * {dirs} + {d}) * {h}")
+        } else {
+            format!("((t * {dirs} + {d}) * {batch} + b) * {h}")
+        };
+        let _ = writeln!(
+            out,
+            "            for (int32_t j = 0; j < {h}; ++j) y0[{yo} + j] = hs[j];\n        }}"
+        );
+        let _ = writeln!(
+            out,
+            "        for (int32_t j = 0; j < {h}; ++j) {{ y1[{st} + j] = hs[j]; y2[{st} + j] = cs[j]; }}\n    }}"
+        );
+    }
 }
