@@ -23,7 +23,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 scripts/fetch-onnx-tests.sh
 scripts/setup-cross.sh
+scripts/setup-embedded.sh
+
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 cargo test --workspace --locked
+KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 KILN_REQUIRE_AVR=1 cargo test --workspace --locked

@@ -2,13 +2,12 @@
 //! and the static library. All files of one build are written under temporary names and
 //! renamed into place only when every one of them is complete.
 
+use crate::target::Target;
 use kiln_backends::cranelift;
 use kiln_backends::header::{self, Api};
 use kiln_ir::plan::{self, MemoryPlan};
 use kiln_ir::{Graph, IrError};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use target_lexicon::Triple;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -16,9 +15,17 @@ pub enum CompileError {
     #[error("`{0}` is not a valid symbol prefix: use letters, digits and `_`, not starting with a digit")]
     BadPrefix(String),
     #[error(
-        "unknown target `{0}`: give a target triple such as x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu or riscv64gc-unknown-linux-gnu"
+        "unknown target `{0}`: give one of {known} or a target triple such as x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, riscv64gc-unknown-linux-gnu",
+        known = Target::known_names()
     )]
     BadTarget(String),
+    #[error("the model does not fit {mcu}: it needs {need} bytes of {what}, the part has {limit}")]
+    DoesNotFit {
+        mcu: &'static str,
+        what: &'static str,
+        need: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Plan(#[from] IrError),
     #[error(transparent)]
@@ -41,7 +48,7 @@ pub enum Emit {
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     pub emit: Emit,
-    pub target: Triple,
+    pub target: Target,
     pub prefix: String,
 }
 
@@ -61,12 +68,9 @@ pub struct Compiled {
     pub report: Report,
 }
 
-/// Parses a target triple; `host` means the machine running Kiln.
-pub fn parse_target(s: &str) -> Result<Triple, CompileError> {
-    if s == "host" {
-        return Ok(Triple::host());
-    }
-    Triple::from_str(s).map_err(|_| CompileError::BadTarget(s.to_string()))
+/// Parses a target: `host`, a part name such as `atmega328p`, or a triple.
+pub fn parse_target(s: &str) -> Result<Target, CompileError> {
+    Target::parse(s).ok_or_else(|| CompileError::BadTarget(s.to_string()))
 }
 
 /// A default symbol prefix from a model path (`models/kws-v2.onnx` -> `kws_v2`).
@@ -103,7 +107,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
         g,
         &plan,
         &cranelift::Options {
-            triple: opts.target.clone(),
+            triple: opts.target.triple.clone(),
             prefix: opts.prefix.clone(),
         },
     )?;
@@ -139,8 +143,10 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
         &plan,
         &kiln_backends::c::Options {
             prefix: opts.prefix.clone(),
+            progmem: opts.target.is_avr(),
         },
     )?;
+    check_fit(g, &plan, &opts.target)?;
     let api = Api::new(g, &plan, &opts.prefix, source);
     let p = &opts.prefix;
     let report = Report {
@@ -158,6 +164,37 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
         clif: String::new(),
         report,
     })
+}
+
+/// Refuses a model whose weights alone overflow the part's flash, or whose arena its RAM
+/// (on AVR, where weights stay in flash, the arena is all the model puts in RAM; code and
+/// stack come on top, so passing this check is necessary, not sufficient).
+fn check_fit(g: &Graph, plan: &MemoryPlan, target: &Target) -> Result<(), CompileError> {
+    let Some(mcu) = &target.mcu else { return Ok(()) };
+    let weights: usize = plan
+        .location
+        .iter()
+        .filter_map(|l| match l {
+            Some(plan::Location::Const(v)) => Some(*v),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|v| g.value(v).ty.bytes())
+        .sum();
+    let fail = |what, need, limit| CompileError::DoesNotFit {
+        mcu: mcu.name,
+        what,
+        need,
+        limit,
+    };
+    if weights > mcu.flash {
+        return Err(fail("flash for weights", weights, mcu.flash));
+    }
+    if plan.arena_size > mcu.ram {
+        return Err(fail("RAM for the arena", plan.arena_size, mcu.ram));
+    }
+    Ok(())
 }
 
 /// A GNU `ar` archive holding one object, with the symbol index linkers need.

@@ -6,6 +6,7 @@
 //! operations, and exp/tanh/sigmoid use the same Cephes-style approximations as the native
 //! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
 
+mod rom;
 mod writer;
 
 use crate::header;
@@ -25,11 +26,18 @@ pub enum Error {
     UnsupportedOps(Vec<String>),
     #[error("constant `{0}` holds a non-finite value, which C99 cannot spell as a literal")]
     NonFinite(String),
+    #[error(
+        "node `{node}`: its kernel uses constant `{value}` other than by subscript, so it cannot read it from program memory"
+    )]
+    RomAccess { node: String, value: String },
 }
 
 #[derive(Clone, Debug)]
 pub struct Options {
     pub prefix: String,
+    /// Keep constants in program memory and read them with flash loads (AVR, where a
+    /// `static const` array would otherwise be copied into RAM at start-up).
+    pub progmem: bool,
 }
 
 pub struct Output {
@@ -254,7 +262,15 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if needs_math {
         let _ = writeln!(out, "#include <math.h>");
     }
+    if opts.progmem {
+        out.push_str(rom::PRELUDE);
+    }
     out.push_str(PRELUDE);
+    let storage = if opts.progmem {
+        "static const PROGMEM "
+    } else {
+        "static const "
+    };
     // Weights.
     let mut names: std::collections::HashMap<ValueId, String> = std::collections::HashMap::new();
     for &n in &plan.order {
@@ -277,13 +293,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     g.value(v).name.replace("*/", "* /"),
                     g.value(v).ty
                 );
-                array(
-                    &mut out,
-                    "static const ",
-                    header::c_type(t.data.scalar()),
-                    &name,
-                    &items,
-                );
+                array(&mut out, storage, header::c_type(t.data.scalar()), &name, &items);
                 names.insert(v, name);
             }
         }
@@ -291,7 +301,12 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     // Kernels.
     for (k, &n) in plan.order.iter().enumerate() {
         if !aliased(g, plan, n) {
-            kernel(&mut out, g, n, k);
+            let mut text = String::new();
+            kernel(&mut text, g, n, k);
+            if opts.progmem {
+                text = flash_reads(g, n, k, &text)?;
+            }
+            out.push_str(&text);
         }
     }
     // Entry point.
@@ -340,17 +355,42 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (i, &v) in g.outputs().iter().enumerate() {
         let src = match plan.loc(v) {
             Location::Output(j) if j == i => continue,
-            _ => ptr(v, false),
+            Location::Const(_) if opts.progmem => {
+                let ty = header::c_type(g.value(v).ty.dtype.scalar);
+                format!("kiln_ld_{ty}(&{}[i])", ptr(v, false))
+            }
+            _ => format!("{}[i]", ptr(v, false)),
         };
         let _ = writeln!(
             out,
-            "    for (size_t i = 0; i < {}u; ++i) {}[i] = {src}[i];",
+            "    for (size_t i = 0; i < {}u; ++i) {}[i] = {src};",
             g.value(v).ty.numel(),
             api.outputs[i].ident
         );
     }
     let _ = writeln!(out, "    return 0;\n}}");
     Ok(Output { source: out })
+}
+
+/// Routes a kernel's reads of its constant inputs through flash loads (see `rom`).
+fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str) -> Result<String, Error> {
+    let node = g.node(n);
+    let rom: Vec<(String, &str)> = node
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| g.const_value(**v).is_some())
+        .map(|(i, &v)| (format!("x{i}"), header::c_type(g.value(v).ty.dtype.scalar)))
+        .collect();
+    let head = sig(g, n, k).len();
+    let body = rom::rewrite(&text[head..], &rom).map_err(|word| {
+        let input = word.strip_prefix('x').and_then(|i| i.parse::<usize>().ok());
+        Error::RomAccess {
+            node: node.name.clone(),
+            value: input.map_or(word, |i| g.value(node.inputs[i]).name.clone()),
+        }
+    })?;
+    Ok(format!("{}{body}", &text[..head]))
 }
 
 /// A reshape-like node whose output the plan placed on its input's bytes.

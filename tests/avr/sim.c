@@ -1,0 +1,57 @@
+/* A minimal ATmega simulator driver for Kiln's AVR tests, on libsimavr: runs an ELF to
+ * completion (the program ends with `cli(); sleep_cpu();`), copies every byte the program
+  * writes to GPIOR0 to stdout, and prints the cycle count last. Writing 1 to GPIOR1 starts
+ * a timed region and 2 ends it; the region's cycles are printed as `region: N`. Exit status: 0 done,
+ * 1 crashed, 2 usage or load error, 3 cycle cap reached. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <simavr/sim_avr.h>
+#include <simavr/sim_elf.h>
+#include <simavr/sim_io.h>
+
+static avr_cycle_count_t region_start, region_cycles;
+
+static void region(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *param) {
+    (void)addr; (void)param;
+    if (v == 1) region_start = avr->cycle;
+    else if (v == 2) region_cycles = avr->cycle - region_start;
+}
+
+static void console(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *param) {
+    (void)avr; (void)addr; (void)param;
+    putchar(v);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s MCU MAX_CYCLES PROG.elf\n", argv[0]);
+        return 2;
+    }
+    elf_firmware_t fw;
+    memset(&fw, 0, sizeof fw);
+    if (elf_read_firmware(argv[3], &fw) != 0) {
+        fprintf(stderr, "cannot load %s\n", argv[3]);
+        return 2;
+    }
+    avr_t *avr = avr_make_mcu_by_name(argv[1]);
+    if (!avr) {
+        fprintf(stderr, "unknown MCU %s\n", argv[1]);
+        return 2;
+    }
+    avr_init(avr);
+    avr->log = LOG_NONE;
+    avr->frequency = 16000000;
+    avr_load_firmware(avr, &fw);
+    avr_register_io_write(avr, 0x3e, console, NULL); /* GPIOR0 */
+    avr_register_io_write(avr, 0x4a, region, NULL);  /* GPIOR1 */
+    unsigned long long cap = strtoull(argv[2], NULL, 10);
+    int st = cpu_Running;
+    while (st != cpu_Done && st != cpu_Crashed && avr->cycle < cap)
+        st = avr_run(avr);
+    fflush(stdout);
+    printf("\nregion: %llu\ncycles: %llu\n", (unsigned long long)region_cycles,
+           (unsigned long long)avr->cycle);
+    if (st == cpu_Crashed) return 1;
+    return st == cpu_Done ? 0 : 3;
+}
