@@ -28,4 +28,4 @@ scripts/setup-embedded.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 KILN_REQUIRE_AVR=1 cargo test --workspace --locked
+KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 KILN_REQUIRE_MCU=1 cargo test --workspace --locked

@@ -1,0 +1,558 @@
+//! The C backend on microcontrollers: small float models built here are compiled to C for
+//! the ATmega328P (8-bit AVR, 32 KB flash, 2 KB RAM; `avr-gcc`, run in simavr through Kiln's
+//! own driver `tests/mcu/avr_sim.c`) and a Cortex-M4F (`arm-none-eabi-gcc`, run on QEMU's
+//! mps2-an386 with `tests/mcu/cm_startup.c` and an instruction-counting plugin
+//! `tests/mcu/qemu_insns.c`). The model source is built with `-std=c99 -Wall -Wextra
+//! -Werror -pedantic`; outputs are compared with the evaluator. Both parts round + - * /
+//! correctly, avr-libc flushes subnormals, and exp comes from the shared approximation, so
+//! the bound is a few ULP (stated below). Each run prints cycles (AVR) or instructions
+//! (Cortex-M) per inference, flash, static RAM and peak stack, and the test checks that
+//! weights stay in flash. Skipped without the toolchains (`scripts/setup-embedded.sh`)
+//! unless `KILN_REQUIRE_MCU` is set.
+
+use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
+use kiln::{ImportOptions, PipelineOptions};
+use kiln_ir::{Graph, Tensor};
+use kiln_tests::{attr_i, attr_ints, compare, fixed, model, node, repo, tensor, write_model};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Relative and absolute bound against the evaluator (see the module docs).
+const RTOL: f64 = 4e-6;
+const ATOL: f64 = 1e-7;
+
+fn has(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd).arg(arg).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether a target's toolchain is installed; panics if it must be and is not.
+fn available(what: &str, ok: bool) -> bool {
+    if !ok && std::env::var_os("KILN_REQUIRE_MCU").is_some() {
+        panic!("KILN_REQUIRE_MCU is set but the {what} toolchain is missing: run scripts/setup-embedded.sh");
+    }
+    if !ok {
+        eprintln!("skipping: the {what} toolchain is missing (scripts/setup-embedded.sh installs it)");
+    }
+    ok
+}
+
+fn sh(cmd: &mut Command) -> Result<String, String> {
+    let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Builds a host helper from `tests/mcu/` (the simavr driver, the QEMU plugin).
+fn helper(dir: &Path, src: &str, out: &str, flags: &[&str]) -> Result<PathBuf, String> {
+    let exe = dir.join(out);
+    sh(Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(repo().join("tests/mcu").join(src))
+        .args(flags))?;
+    Ok(exe)
+}
+
+/// Deterministic weights in [-1, 1).
+fn lcg(seed: u32, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Conv 3x3 (3 filters, pad 1) -> Relu -> MaxPool 2x2 -> Flatten -> Gemm 10 -> Softmax.
+fn conv_net() -> Graph {
+    let m = model(
+        vec![
+            node(
+                "Conv",
+                "conv",
+                &["x", "w1", "b1"],
+                &["c"],
+                vec![attr_ints("pads", &[1, 1, 1, 1])],
+            ),
+            node("Relu", "relu", &["c"], &["r"], vec![]),
+            node(
+                "MaxPool",
+                "pool",
+                &["r"],
+                &["p"],
+                vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
+            ),
+            node("Flatten", "flat", &["p"], &["f"], vec![]),
+            node("Gemm", "fc", &["f", "w2", "b2"], &["l"], vec![attr_i("transB", 1)]),
+            node("Softmax", "softmax", &["l"], &["y"], vec![attr_i("axis", 1)]),
+        ],
+        vec![fixed("x", &[1, 1, 8, 8])],
+        vec![fixed("y", &[1, 10])],
+        vec![
+            tensor("w1", &[3, 1, 3, 3], lcg(1, 27)),
+            tensor("b1", &[3], lcg(2, 3)),
+            tensor("w2", &[10, 48], lcg(3, 480)),
+            tensor("b2", &[10], lcg(4, 10)),
+        ],
+        13,
+    );
+    load("conv", &m)
+}
+
+/// MatMul 16x24 + bias -> Tanh -> MatMul 24x8 -> Sigmoid, with a residual-style Mul/Sub.
+fn mlp() -> Graph {
+    let m = model(
+        vec![
+            node("MatMul", "dense1", &["x", "w1"], &["h"], vec![]),
+            node("Add", "bias1", &["h", "b1"], &["hb"], vec![]),
+            node("Tanh", "tanh", &["hb"], &["t"], vec![]),
+            node("MatMul", "dense2", &["t", "w2"], &["o"], vec![]),
+            node("Sigmoid", "sigmoid", &["o"], &["s"], vec![]),
+            node("Mul", "scale", &["s", "k"], &["sk"], vec![]),
+            node("Sub", "shift", &["sk", "s"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 16])],
+        vec![fixed("y", &[1, 8])],
+        vec![
+            tensor("w1", &[16, 24], lcg(5, 384)),
+            tensor("b1", &[24], lcg(6, 24)),
+            tensor("w2", &[24, 8], lcg(7, 192)),
+            tensor("k", &[8], lcg(8, 8)),
+        ],
+        13,
+    );
+    load("mlp", &m)
+}
+
+fn load(tag: &str, m: &kiln::onnx::proto::ModelProto) -> Graph {
+    let p = write_model(&format!("avr-{tag}"), m);
+    kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap()
+        .graph
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Atmega328p,
+    CortexM4,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Atmega328p => "atmega328p",
+            Part::CortexM4 => "cortex-m4",
+        }
+    }
+}
+
+/// A bare-metal program: inputs copied from flash, `KILN_RUNS` calls of `model_run`, then
+/// the return code, the output bytes and the peak stack depth (from painting free RAM), in
+/// hex, on the console (AVR: GPIOR0; Cortex-M: semihosting).
+fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
+    let mut c = String::from("#include <stddef.h>\n#include <stdint.h>\n#include <string.h>\n");
+    match part {
+        Part::Atmega328p => {
+            c += "#include <avr/io.h>\n#include <avr/interrupt.h>\n#include <avr/pgmspace.h>\n#include <avr/sleep.h>\n";
+            c += "#define ROM PROGMEM\n#define rom_copy memcpy_P\nextern uint8_t __heap_start;\n";
+            c += "static void put(char ch) { GPIOR0 = (uint8_t)ch; }\nstatic void flush(void) {}\n";
+            c += "static uint8_t *stack_low(void) { return &__heap_start; }\nstatic uintptr_t stack_top(void) { return RAMEND + 1; }\n";
+            c += "static uintptr_t sp(void) { return SP; }\n";
+        }
+        Part::CortexM4 => {
+            c += "#define ROM\n#define rom_copy memcpy\nvoid kiln_puts(const char *s);\nextern uint32_t __stack_top[];\n";
+            c += "static char buf[1024];\nstatic size_t len;\n";
+            c += "static void put(char ch) { if (len + 1 < sizeof buf) buf[len++] = ch; }\nstatic void flush(void) { buf[len] = 0; kiln_puts(buf); }\n";
+            c += "static uintptr_t sp(void) { uintptr_t v; __asm__ volatile(\"mov %0, sp\" : \"=r\"(v)); return v; }\n";
+            c += "static uint8_t *stack_low(void) { return (uint8_t *)(sp() - 65536); }\nstatic uintptr_t stack_top(void) { return (uintptr_t)__stack_top; }\n";
+        }
+    }
+    c += "#include \"model.h\"\n#ifndef KILN_RUNS\n#define KILN_RUNS 1\n#endif\n";
+    for (i, t) in inputs.iter().enumerate() {
+        let v: Vec<String> = t.data.to_le_bytes().iter().map(|b| format!("{b}")).collect();
+        c += &format!(
+            "static const uint8_t in{i}_rom[] ROM = {{{}}};\nstatic uint8_t in{i}[sizeof in{i}_rom] __attribute__((aligned(8)));\n",
+            v.join(",")
+        );
+    }
+    for (i, &v) in g.outputs().iter().enumerate() {
+        c += &format!(
+            "static uint8_t out{i}[{}] __attribute__((aligned(8)));\n",
+            g.value(v).ty.bytes()
+        );
+    }
+    c += "static uint8_t arena[MODEL_ARENA_SIZE] __attribute__((aligned(MODEL_ARENA_ALIGN)));\n";
+    c += "static void hex(uint16_t v, int digits) { while (digits--) put(\"0123456789abcdef\"[(v >> (4 * digits)) & 15]); }\n";
+    c += "int main(void) {\n  volatile uint8_t *p;\n  int rc = 0;\n";
+    c += "  for (p = stack_low(); (uintptr_t)p < sp() - 64; ++p) *p = 0xa5;\n";
+    for i in 0..inputs.len() {
+        c += &format!("  rom_copy(in{i}, in{i}_rom, sizeof in{i});\n");
+    }
+    let mut args: Vec<String> = (0..inputs.len()).map(|i| format!("(const void *)in{i}")).collect();
+    args.extend((0..g.outputs().len()).map(|i| format!("(void *)out{i}")));
+    if part == Part::Atmega328p {
+        c += "  GPIOR1 = 1;\n";
+    }
+    c += &format!(
+        "  for (int r = 0; r < KILN_RUNS; ++r) rc |= model_run({}, arena);\n",
+        args.join(", ")
+    );
+    if part == Part::Atmega328p {
+        c += "  GPIOR1 = 2;\n";
+    }
+    c += "  put('K'); put('\\n'); hex((uint16_t)rc, 2); put('\\n');\n";
+    for i in 0..g.outputs().len() {
+        c += &format!("  for (size_t i = 0; i < sizeof out{i}; ++i) hex(out{i}[i], 2);\n  put('\\n');\n");
+    }
+    c += "  for (p = stack_low(); *p == 0xa5; ++p) {}\n  hex((uint16_t)(stack_top() - (uintptr_t)p), 4);\n  put('\\n');\n  flush();\n";
+    if part == Part::Atmega328p {
+        c += "  cli();\n  sleep_cpu();\n";
+    }
+    c += "  return 0;\n}\n";
+    c
+}
+
+struct Run {
+    outputs: Vec<Tensor>,
+    /// Cycles (AVR) or instructions (Cortex-M) of one inference.
+    cost: u64,
+    stack: usize,
+    flash: usize,
+    ram: usize,
+    data: usize,
+}
+
+/// Host helpers the runs need, built once.
+struct Tools {
+    avr_sim: Option<PathBuf>,
+    qemu_plugin: Option<PathBuf>,
+}
+
+fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, dir: &Path) -> Result<Run, String> {
+    let dir = dir.join(format!("{}-{name}", part.name()));
+    let opts = CompileOptions {
+        emit: Emit::C,
+        target: parse_target(part.name()).map_err(|e| e.to_string())?,
+        prefix: "model".into(),
+    };
+    let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
+    write_files(&dir, &out.files).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("main.c"), harness(part, g, inputs)).map_err(|e| e.to_string())?;
+    let (gcc, size, arch): (&str, &str, &[&str]) = match part {
+        Part::Atmega328p => ("avr-gcc", "avr-size", &["-mmcu=atmega328p", "-Os"]),
+        Part::CortexM4 => (
+            "arm-none-eabi-gcc",
+            "arm-none-eabi-size",
+            &[
+                "-mcpu=cortex-m4",
+                "-mthumb",
+                "-mfpu=fpv4-sp-d16",
+                "-mfloat-abi=hard",
+                "-O2",
+            ],
+        ),
+    };
+    let cc = |args: &[&str]| {
+        sh(Command::new(gcc)
+            .current_dir(&dir)
+            .args(arch)
+            .args(["-ffunction-sections", "-fdata-sections"])
+            .args(args))
+    };
+    cc(&[
+        "-std=c99",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-c",
+        "model.c",
+        "-o",
+        "model.o",
+    ])?;
+    let link = |runs: u32| -> Result<PathBuf, String> {
+        let elf = format!("prog{runs}.elf");
+        let define = format!("-DKILN_RUNS={runs}");
+        let main_o = format!("main{runs}.o");
+        cc(&[
+            "-std=gnu99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            &define,
+            "-c",
+            "main.c",
+            "-o",
+            &main_o,
+        ])?;
+        match part {
+            Part::Atmega328p => cc(&["-Wl,--gc-sections", &main_o, "model.o", "-lm", "-o", &elf])?,
+            Part::CortexM4 => {
+                let startup = repo().join("tests/mcu/cm_startup.c");
+                let ld = repo().join("tests/mcu/cm.ld");
+                cc(&["-std=gnu99", "-c", &startup.to_string_lossy(), "-o", "startup.o"])?;
+                cc(&[
+                    "-nostartfiles",
+                    "--specs=nano.specs",
+                    "-T",
+                    &ld.to_string_lossy(),
+                    "-Wl,--gc-sections",
+                    &main_o,
+                    "model.o",
+                    "startup.o",
+                    "-lm",
+                    "-o",
+                    &elf,
+                ])?
+            }
+        };
+        Ok(dir.join(elf))
+    };
+    // Runs a program; returns its console text and its total cycles or instructions.
+    let exec = |elf: &Path| -> Result<(String, u64), String> {
+        let (o, count_file) = match part {
+            Part::Atmega328p => {
+                let sim = tools.avr_sim.as_ref().ok_or("no simavr driver")?;
+                let o = Command::new(sim)
+                    .args(["atmega328p", "2000000000"])
+                    .arg(elf)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                (o, None)
+            }
+            Part::CortexM4 => {
+                let plugin = tools.qemu_plugin.as_ref().ok_or("no QEMU plugin")?;
+                let count = elf.with_extension("insns");
+                let o = Command::new("timeout")
+                    .args([
+                        "120",
+                        "qemu-system-arm",
+                        "-M",
+                        "mps2-an386",
+                        "-display",
+                        "none",
+                        "-monitor",
+                        "none",
+                    ])
+                    .args(["-serial", "none", "-chardev", "stdio,id=con"])
+                    .args(["-semihosting-config", "enable=on,target=native,chardev=con", "-kernel"])
+                    .arg(elf)
+                    .arg("-plugin")
+                    .arg(format!("{},out={}", plugin.display(), count.display()))
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                (o, Some(count))
+            }
+        };
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            return Err(format!(
+                "{}: {} ({})\n{stdout}",
+                elf.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let total = match count_file {
+            Some(f) => std::fs::read_to_string(&f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| e.to_string())?,
+            None => stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("region:"))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or("no cycle count")?,
+        };
+        Ok((stdout, total))
+    };
+    let elf1 = link(1)?;
+    let (stdout, one) = exec(&elf1)?;
+    // simavr times the marked region itself; QEMU counts whole runs, so one inference is
+    // the difference between a program that runs the model twice and once.
+    let cost = match part {
+        Part::Atmega328p => one,
+        Part::CortexM4 => exec(&link(2)?)?.1 - one,
+    };
+    let sizes = sh(Command::new(size).arg("-A").arg(&elf1))?;
+    let section = |s: &str| {
+        sizes
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(s))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let (text, data, bss) = (section(".text"), section(".data"), section(".bss"));
+    let body = stdout
+        .split("K\n")
+        .nth(1)
+        .ok_or_else(|| format!("no output marker:\n{stdout}"))?;
+    let lines: Vec<&str> = body.lines().collect();
+    if lines.first() != Some(&"00") {
+        return Err(format!("model_run returned {:?}", lines.first()));
+    }
+    let bytes = |s: &str| -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect()
+    };
+    let mut outputs = Vec::new();
+    for (i, &v) in g.outputs().iter().enumerate() {
+        let ty = &g.value(v).ty;
+        let d = kiln_ir::Data::from_le_bytes(ty.dtype.scalar, &bytes(lines.get(1 + i).unwrap_or(&"")))
+            .ok_or("bad output size")?;
+        outputs.push(Tensor::new(ty.shape.clone(), d));
+    }
+    let stack = usize::from_str_radix(lines.get(1 + g.outputs().len()).unwrap_or(&"0"), 16).unwrap_or(0);
+    Ok(Run {
+        outputs,
+        cost,
+        stack,
+        flash: text + data,
+        ram: data + bss,
+        data,
+    })
+}
+
+/// Runs both nets on three inputs each on `part` and checks them against the evaluator.
+fn check_part(part: Part, tools: &Tools) {
+    let dir = std::env::temp_dir().join(format!("kiln-mcu-{}-{}", part.name(), std::process::id()));
+    let mut failures = Vec::new();
+    for (name, g) in [("conv", conv_net()), ("mlp", mlp())] {
+        let res = (|| -> Result<String, String> {
+            let mut worst = 0f64;
+            let mut last = None;
+            for seed in 0..3u32 {
+                let inputs: Vec<Tensor> = g
+                    .inputs()
+                    .iter()
+                    .map(|&v| {
+                        let ty = &g.value(v).ty;
+                        Tensor::from_vec(ty.shape.clone(), lcg(100 + seed, ty.numel()))
+                    })
+                    .collect();
+                let want = kiln_ir::eval::run(&g, &inputs).map_err(|e| e.to_string())?;
+                let run = run_on(part, &format!("{name}-{seed}"), &g, &inputs, tools, &dir)?;
+                for (i, (got, w)) in run.outputs.iter().zip(&want).enumerate() {
+                    let (r, a) = compare(got, w, RTOL, ATOL).map_err(|e| format!("input {seed}: output {i}: {e}"))?;
+                    if r > 1.0 {
+                        return Err(format!(
+                            "input {seed}: output {i} differs from the evaluator by {a:e} ({r:.1}x the bound)\n got {:?}\nwant {:?}",
+                            got.to_f64_vec(),
+                            w.to_f64_vec()
+                        ));
+                    }
+                    worst = worst.max(r);
+                }
+                // Weights must not be copied to RAM: .data holds only a few bytes of libc.
+                if run.data > 64 {
+                    return Err(format!(".data is {} bytes: constants were placed in RAM", run.data));
+                }
+                last = Some(run);
+            }
+            let r = last.expect("three runs");
+            let cost = match part {
+                Part::Atmega328p => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
+                Part::CortexM4 => format!("{} instructions/inference", r.cost),
+            };
+            Ok(format!(
+                "{cost}, flash {} B, static RAM {} B + stack {} B; worst {worst:.3} of the bound",
+                r.flash, r.ram, r.stack
+            ))
+        })();
+        match res {
+            Ok(s) => println!("{} {name}: {s}", part.name()),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        part.name(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn small_models_run_on_a_simulated_atmega328p() {
+    let ok = has("avr-gcc", "--version") && Path::new("/usr/include/simavr/sim_avr.h").exists();
+    if !available("AVR", ok) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-avr-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = helper(
+        &dir,
+        "avr_sim.c",
+        "avr-sim",
+        &["-w", "-I/usr/include/simavr", "-lsimavr"],
+    )
+    .unwrap();
+    let tools = Tools {
+        avr_sim: Some(sim),
+        qemu_plugin: None,
+    };
+    check_part(Part::Atmega328p, &tools);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn small_models_run_on_a_cortex_m4_in_qemu() {
+    let ok = has("arm-none-eabi-gcc", "--version") && has("qemu-system-arm", "--version");
+    if !available("Cortex-M", ok) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-cm-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = helper(&dir, "qemu_insns.c", "qemu_insns.so", &["-shared", "-fPIC"]).unwrap();
+    let tools = Tools {
+        avr_sim: None,
+        qemu_plugin: Some(plugin),
+    };
+    check_part(Part::CortexM4, &tools);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_model_too_big_for_the_part_is_refused_with_numbers() {
+    // 100x100 float weights (40 KB) cannot fit 32 KB of flash.
+    let m = model(
+        vec![node("MatMul", "big", &["x", "w"], &["y"], vec![])],
+        vec![fixed("x", &[1, 100])],
+        vec![fixed("y", &[1, 100])],
+        vec![tensor("w", &[100, 100], lcg(9, 10_000))],
+        13,
+    );
+    let g = load("big", &m);
+    let opts = CompileOptions {
+        emit: Emit::C,
+        target: parse_target("atmega328p").unwrap(),
+        prefix: "model".into(),
+    };
+    let e = compile(&g, &opts, "big").err().expect("must not fit").to_string();
+    assert!(
+        e.contains("atmega328p") && e.contains("40000") && e.contains("32768"),
+        "{e}"
+    );
+    // The same model fits the ATmega2560's 256 KB.
+    let opts = CompileOptions {
+        target: parse_target("atmega2560").unwrap(),
+        ..opts
+    };
+    assert!(compile(&g, &opts, "big").is_ok());
+    // Unknown part names list the known ones.
+    let e = parse_target("atmega9999").expect_err("unknown").to_string();
+    assert!(e.contains("atmega328p") && e.contains("cortex-m4"), "{e}");
+}
