@@ -3,6 +3,8 @@
 //! `tests/conformance/evaluator.pass` lists those that must pass. A listed case that fails
 //! fails the run; unlisted cases are reported (with the reason) but do not fail it.
 //! `KILN_BLESS=1` rewrites the manifest with the cases passing now.
+//! Every case the evaluator passes is also compiled natively and to C (host `cc`, strict C99)
+//! and run; `native.pass` and `c.pass` list the cases each backend must pass.
 //! Tolerance: the ONNX backend-test default, |got - want| <= 1e-7 + 1e-3 * |want|; integer
 //! and bool outputs exactly.
 
@@ -19,6 +21,7 @@ const ATOL: f64 = 1e-7;
 enum Backend {
     Eval,
     Native,
+    C,
 }
 
 fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
@@ -118,13 +121,24 @@ fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
             .collect();
         let got = match backend {
             Backend::Eval => kiln_ir::eval::run(&model.graph, &free).map_err(|e| e.to_string())?,
-            Backend::Native => {
+            Backend::Native | Backend::C => {
                 let build = std::env::temp_dir().join(format!(
                     "kiln-conf-{}-{}",
                     std::process::id(),
                     dir.file_name().unwrap().to_string_lossy()
                 ));
-                let exe = kiln_tests::build_native(&model.graph, "model", &build)?;
+                let exe = if backend == Backend::C {
+                    kiln_tests::build_c(&model.graph, "model", &build, &[])
+                } else {
+                    kiln_tests::build_native(&model.graph, "model", &build)
+                };
+                let exe = match exe {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&build);
+                        return Err(e);
+                    }
+                };
                 let got = exe.run(&model.graph, &free);
                 let _ = std::fs::remove_dir_all(&build);
                 got?
@@ -150,6 +164,7 @@ fn main() {
         .unwrap_or_else(|| root.join("target/onnx-node-tests/onnx/backend/test/data/node"));
     let eval_manifest = root.join("tests/conformance/evaluator.pass");
     let native_manifest = root.join("tests/conformance/native.pass");
+    let c_manifest = root.join("tests/conformance/c.pass");
     if !dir.is_dir() {
         if std::env::var_os("KILN_REQUIRE_CONFORMANCE").is_some() {
             eprintln!(
@@ -174,7 +189,11 @@ fn main() {
     if let Some(f) = &filter {
         cases.retain(|c| c.file_name().unwrap().to_string_lossy().contains(f.as_str()));
     }
-    type Outcome = (Result<(), String>, Option<Result<(), String>>);
+    type Outcome = (
+        Result<(), String>,
+        Option<Result<(), String>>,
+        Option<Result<(), String>>,
+    );
     let results: Mutex<BTreeMap<String, Outcome>> = Mutex::new(BTreeMap::new());
     let next = Mutex::new(0usize);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -199,9 +218,10 @@ fn main() {
                     let Some(case) = cases.get(i) else { break };
                     let name = case.file_name().unwrap().to_string_lossy().into_owned();
                     let eval = guarded(case, Backend::Eval);
-                    // The native backend is tried on every case the evaluator passes.
+                    // The backends are tried on every case the evaluator passes.
                     let native = eval.is_ok().then(|| guarded(case, Backend::Native));
-                    results.lock().unwrap().insert(name, (eval, native));
+                    let c = eval.is_ok().then(|| guarded(case, Backend::C));
+                    results.lock().unwrap().insert(name, (eval, native, c));
                 }
             });
         }
@@ -217,6 +237,7 @@ fn main() {
             Box::new(|o: &Outcome| Some(o.0.clone())) as Box<dyn Fn(&Outcome) -> Option<Result<(), String>>>,
         ),
         ("native", &native_manifest, Box::new(|o: &Outcome| o.1.clone())),
+        ("c", &c_manifest, Box::new(|o: &Outcome| o.2.clone())),
     ] {
         let manifest = read_manifest(manifest_path);
         let (mut passed, mut failed, mut new_pass, mut outside) = (0, 0, Vec::new(), 0);

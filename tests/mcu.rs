@@ -132,6 +132,29 @@ fn mlp() -> Graph {
     load("mlp", &m)
 }
 
+/// Too big for the ATmega328P (44 KB of weights): MatMul 100x64 -> Relu -> MatMul 64x64 ->
+/// Relu -> MatMul 64x10.
+fn wide() -> Graph {
+    let m = model(
+        vec![
+            node("MatMul", "dense1", &["x", "w1"], &["h"], vec![]),
+            node("Relu", "relu1", &["h"], &["r"], vec![]),
+            node("MatMul", "dense2", &["r", "w2"], &["h2"], vec![]),
+            node("Relu", "relu2", &["h2"], &["r2"], vec![]),
+            node("MatMul", "dense3", &["r2", "w3"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 100])],
+        vec![fixed("y", &[1, 10])],
+        vec![
+            tensor("w1", &[100, 64], lcg(10, 6400)),
+            tensor("w2", &[64, 64], lcg(11, 4096)),
+            tensor("w3", &[64, 10], lcg(12, 640)),
+        ],
+        13,
+    );
+    load("wide", &m)
+}
+
 fn load(tag: &str, m: &kiln::onnx::proto::ModelProto) -> Graph {
     let p = write_model(&format!("avr-{tag}"), m);
     kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})
@@ -141,14 +164,19 @@ fn load(tag: &str, m: &kiln::onnx::proto::ModelProto) -> Graph {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
-    Atmega328p,
+    /// An AVR part simavr knows, by its avr-gcc `-mmcu` name.
+    Avr(&'static str),
     CortexM4,
 }
 
 impl Part {
+    fn is_avr(self) -> bool {
+        matches!(self, Part::Avr(_))
+    }
+
     fn name(self) -> &'static str {
         match self {
-            Part::Atmega328p => "atmega328p",
+            Part::Avr(mcu) => mcu,
             Part::CortexM4 => "cortex-m4",
         }
     }
@@ -160,7 +188,7 @@ impl Part {
 fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
     let mut c = String::from("#include <stddef.h>\n#include <stdint.h>\n#include <string.h>\n");
     match part {
-        Part::Atmega328p => {
+        Part::Avr(_) => {
             c += "#include <avr/io.h>\n#include <avr/interrupt.h>\n#include <avr/pgmspace.h>\n#include <avr/sleep.h>\n";
             c += "#define ROM PROGMEM\n#define rom_copy memcpy_P\nextern uint8_t __heap_start;\n";
             c += "static void put(char ch) { GPIOR0 = (uint8_t)ch; }\nstatic void flush(void) {}\n";
@@ -198,14 +226,14 @@ fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
     }
     let mut args: Vec<String> = (0..inputs.len()).map(|i| format!("(const void *)in{i}")).collect();
     args.extend((0..g.outputs().len()).map(|i| format!("(void *)out{i}")));
-    if part == Part::Atmega328p {
+    if part.is_avr() {
         c += "  GPIOR1 = 1;\n";
     }
     c += &format!(
         "  for (int r = 0; r < KILN_RUNS; ++r) rc |= model_run({}, arena);\n",
         args.join(", ")
     );
-    if part == Part::Atmega328p {
+    if part.is_avr() {
         c += "  GPIOR1 = 2;\n";
     }
     c += "  put('K'); put('\\n'); hex((uint16_t)rc, 2); put('\\n');\n";
@@ -213,7 +241,7 @@ fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
         c += &format!("  for (size_t i = 0; i < sizeof out{i}; ++i) hex(out{i}[i], 2);\n  put('\\n');\n");
     }
     c += "  for (p = stack_low(); *p == 0xa5; ++p) {}\n  hex((uint16_t)(stack_top() - (uintptr_t)p), 4);\n  put('\\n');\n  flush();\n";
-    if part == Part::Atmega328p {
+    if part.is_avr() {
         c += "  cli();\n  sleep_cpu();\n";
     }
     c += "  return 0;\n}\n";
@@ -247,7 +275,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     write_files(&dir, &out.files).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("main.c"), harness(part, g, inputs)).map_err(|e| e.to_string())?;
     let (gcc, size, arch): (&str, &str, &[&str]) = match part {
-        Part::Atmega328p => ("avr-gcc", "avr-size", &["-mmcu=atmega328p", "-Os"]),
+        Part::Avr(_) => ("avr-gcc", "avr-size", &["-Os"]),
         Part::CortexM4 => (
             "arm-none-eabi-gcc",
             "arm-none-eabi-size",
@@ -260,10 +288,15 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
             ],
         ),
     };
+    let mmcu = match part {
+        Part::Avr(mcu) => Some(format!("-mmcu={mcu}")),
+        Part::CortexM4 => None,
+    };
     let cc = |args: &[&str]| {
         sh(Command::new(gcc)
             .current_dir(&dir)
             .args(arch)
+            .args(mmcu.as_deref())
             .args(["-ffunction-sections", "-fdata-sections"])
             .args(args))
     };
@@ -294,7 +327,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
             &main_o,
         ])?;
         match part {
-            Part::Atmega328p => cc(&["-Wl,--gc-sections", &main_o, "model.o", "-lm", "-o", &elf])?,
+            Part::Avr(_) => cc(&["-Wl,--gc-sections", &main_o, "model.o", "-lm", "-o", &elf])?,
             Part::CortexM4 => {
                 let startup = repo().join("tests/mcu/cm_startup.c");
                 let ld = repo().join("tests/mcu/cm.ld");
@@ -319,10 +352,10 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     // Runs a program; returns its console text and its total cycles or instructions.
     let exec = |elf: &Path| -> Result<(String, u64), String> {
         let (o, count_file) = match part {
-            Part::Atmega328p => {
+            Part::Avr(_) => {
                 let sim = tools.avr_sim.as_ref().ok_or("no simavr driver")?;
                 let o = Command::new(sim)
-                    .args(["atmega328p", "2000000000"])
+                    .args([part.name(), "2000000000"])
                     .arg(elf)
                     .output()
                     .map_err(|e| e.to_string())?;
@@ -380,7 +413,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     // simavr times the marked region itself; QEMU counts whole runs, so one inference is
     // the difference between a program that runs the model twice and once.
     let cost = match part {
-        Part::Atmega328p => one,
+        Part::Avr(_) => one,
         Part::CortexM4 => exec(&link(2)?)?.1 - one,
     };
     let sizes = sh(Command::new(size).arg("-A").arg(&elf1))?;
@@ -424,10 +457,10 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
 }
 
 /// Runs both nets on three inputs each on `part` and checks them against the evaluator.
-fn check_part(part: Part, tools: &Tools) {
+fn check_part(part: Part, models: &[(&str, Graph)], tools: &Tools) {
     let dir = std::env::temp_dir().join(format!("kiln-mcu-{}-{}", part.name(), std::process::id()));
     let mut failures = Vec::new();
-    for (name, g) in [("conv", conv_net()), ("mlp", mlp())] {
+    for (name, g) in models {
         let res = (|| -> Result<String, String> {
             let mut worst = 0f64;
             let mut last = None;
@@ -440,8 +473,8 @@ fn check_part(part: Part, tools: &Tools) {
                         Tensor::from_vec(ty.shape.clone(), lcg(100 + seed, ty.numel()))
                     })
                     .collect();
-                let want = kiln_ir::eval::run(&g, &inputs).map_err(|e| e.to_string())?;
-                let run = run_on(part, &format!("{name}-{seed}"), &g, &inputs, tools, &dir)?;
+                let want = kiln_ir::eval::run(g, &inputs).map_err(|e| e.to_string())?;
+                let run = run_on(part, &format!("{name}-{seed}"), g, &inputs, tools, &dir)?;
                 for (i, (got, w)) in run.outputs.iter().zip(&want).enumerate() {
                     let (r, a) = compare(got, w, RTOL, ATOL).map_err(|e| format!("input {seed}: output {i}: {e}"))?;
                     if r > 1.0 {
@@ -461,7 +494,7 @@ fn check_part(part: Part, tools: &Tools) {
             }
             let r = last.expect("three runs");
             let cost = match part {
-                Part::Atmega328p => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
+                Part::Avr(_) => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
                 Part::CortexM4 => format!("{} instructions/inference", r.cost),
             };
             Ok(format!(
@@ -504,7 +537,8 @@ fn small_models_run_on_a_simulated_atmega328p() {
         avr_sim: Some(sim),
         qemu_plugin: None,
     };
-    check_part(Part::Atmega328p, &tools);
+    check_part(Part::Avr("atmega328p"), &[("conv", conv_net()), ("mlp", mlp())], &tools);
+    check_part(Part::Avr("atmega2560"), &[("wide", wide())], &tools);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -521,7 +555,11 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         avr_sim: None,
         qemu_plugin: Some(plugin),
     };
-    check_part(Part::CortexM4, &tools);
+    check_part(
+        Part::CortexM4,
+        &[("conv", conv_net()), ("mlp", mlp()), ("wide", wide())],
+        &tools,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -546,12 +584,20 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
         e.contains("atmega328p") && e.contains("40000") && e.contains("32768"),
         "{e}"
     );
-    // The same model fits the ATmega2560's 256 KB.
+    // The ATmega2560's 256 KB would hold it, but not as one AVR object (at most 32767 bytes).
     let opts = CompileOptions {
         target: parse_target("atmega2560").unwrap(),
         ..opts
     };
-    assert!(compile(&g, &opts, "big").is_ok());
+    let e = compile(&g, &opts, "big").err().expect("object too large").to_string();
+    assert!(e.contains("`w`") && e.contains("40000") && e.contains("32767"), "{e}");
+    // The three-layer net of 44 KB fits the ATmega2560 but not the ATmega328P.
+    assert!(compile(&wide(), &opts, "wide").is_ok());
+    let opts = CompileOptions {
+        target: parse_target("atmega328p").unwrap(),
+        ..opts
+    };
+    assert!(compile(&wide(), &opts, "wide").is_err());
     // Unknown part names list the known ones.
     let e = parse_target("atmega9999").expect_err("unknown").to_string();
     assert!(e.contains("atmega328p") && e.contains("cortex-m4"), "{e}");

@@ -26,6 +26,8 @@ pub enum CompileError {
         need: usize,
         limit: usize,
     },
+    #[error("cannot compile for AVR: {0}")]
+    AvrLimit(String),
     #[error(transparent)]
     Plan(#[from] IrError),
     #[error(transparent)]
@@ -171,17 +173,15 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
 /// stack come on top, so passing this check is necessary, not sufficient).
 fn check_fit(g: &Graph, plan: &MemoryPlan, target: &Target) -> Result<(), CompileError> {
     let Some(mcu) = &target.mcu else { return Ok(()) };
-    let weights: usize = plan
+    let consts: std::collections::BTreeSet<_> = plan
         .location
         .iter()
         .filter_map(|l| match l {
             Some(plan::Location::Const(v)) => Some(*v),
             _ => None,
         })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .map(|v| g.value(v).ty.bytes())
-        .sum();
+        .collect();
+    let weights: usize = consts.iter().map(|&v| g.value(v).ty.bytes()).sum();
     let fail = |what, need, limit| CompileError::DoesNotFit {
         mcu: mcu.name,
         what,
@@ -190,6 +190,22 @@ fn check_fit(g: &Graph, plan: &MemoryPlan, target: &Target) -> Result<(), Compil
     };
     if weights > mcu.flash {
         return Err(fail("flash for weights", weights, mcu.flash));
+    }
+    if target.is_avr() {
+        // avr-gcc objects are at most PTRDIFF_MAX bytes, and `pgm_read_*` reaches only
+        // the first 64 KiB of flash.
+        if let Some(v) = consts.iter().copied().find(|&v| g.value(v).ty.bytes() > 32767) {
+            return Err(CompileError::AvrLimit(format!(
+                "constant `{}` is {} bytes; an AVR object can be at most 32767",
+                g.value(v).name,
+                g.value(v).ty.bytes()
+            )));
+        }
+        if weights > 65535 {
+            return Err(CompileError::AvrLimit(format!(
+                "the weights take {weights} bytes; flash beyond 64 KiB needs far reads, which the C backend does not emit yet"
+            )));
+        }
     }
     if plan.arena_size > mcu.ram {
         return Err(fail("RAM for the arena", plan.arena_size, mcu.ram));

@@ -273,8 +273,14 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     };
     // Weights.
     let mut names: std::collections::HashMap<ValueId, String> = std::collections::HashMap::new();
-    for &n in &plan.order {
-        for &v in &g.node(n).inputs {
+    let read: Vec<ValueId> = plan
+        .order
+        .iter()
+        .flat_map(|&n| g.node(n).inputs.iter().copied())
+        .chain(g.outputs().iter().copied())
+        .collect();
+    {
+        for v in read {
             if let Some(t) = g.const_value(v)
                 && !names.contains_key(&v)
             {
@@ -310,32 +316,40 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         }
     }
     // Entry point.
+    // Parameters get positional names here (the header carries the model's), so no ONNX
+    // name can collide with a kernel, a weight or a local.
     let api = header::Api::new(g, plan, p, "");
-    let mut params: Vec<String> = api
-        .inputs
-        .iter()
-        .map(|q| format!("const {} *{}", header::c_type(q.scalar), q.ident))
-        .collect();
-    params.extend(
-        api.outputs
-            .iter()
-            .map(|q| format!("{} *{}", header::c_type(q.scalar), q.ident)),
-    );
+    let mut params: Vec<String> = Vec::new();
+    let mut doc = String::new();
+    for (i, q) in api.inputs.iter().enumerate() {
+        params.push(format!("const {} *in{i}", header::c_type(q.scalar)));
+        let _ = write!(doc, "\n * in{i}: `{}`", q.name.replace("*/", "* /"));
+    }
+    for (i, q) in api.outputs.iter().enumerate() {
+        params.push(format!("{} *out{i}", header::c_type(q.scalar)));
+        let _ = write!(doc, "\n * out{i}: `{}`", q.name.replace("*/", "* /"));
+    }
     params.push("void *arena".into());
-    let _ = writeln!(out, "\nint {p}_run({}) {{", params.join(", "));
+    let _ = writeln!(out, "\n/* Entry point.{doc} */");
+    let _ = writeln!(out, "int {p}_run({}) {{", params.join(", "));
     let _ = writeln!(out, "    unsigned char *a = (unsigned char *)arena;");
-    let _ = writeln!(out, "    (void)a;");
+    let unused: Vec<String> = (0..api.inputs.len())
+        .map(|i| format!("(void)in{i};"))
+        .chain((0..api.outputs.len()).map(|i| format!("(void)out{i};")))
+        .chain(["(void)a;".to_string()])
+        .collect();
+    let _ = writeln!(out, "    {}", unused.join(" "));
     let ptr = |v: ValueId, writable: bool| -> String {
         let ty = header::c_type(g.value(v).ty.dtype.scalar);
         match plan.loc(v) {
             Location::Input(i) => {
                 if writable {
-                    format!("({ty} *){}", api.inputs[i].ident)
+                    format!("({ty} *)in{i}")
                 } else {
-                    api.inputs[i].ident.clone()
+                    format!("in{i}")
                 }
             }
-            Location::Output(i) => api.outputs[i].ident.clone(),
+            Location::Output(i) => format!("out{i}"),
             Location::Arena(off) => format!("({ty} *)(a + {off})"),
             Location::Const(c) => names.get(&c).cloned().unwrap_or_else(|| "0".into()),
         }
@@ -355,6 +369,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (i, &v) in g.outputs().iter().enumerate() {
         let src = match plan.loc(v) {
             Location::Output(j) if j == i => continue,
+            _ if g.value(v).ty.numel() == 0 => continue,
             Location::Const(_) if opts.progmem => {
                 let ty = header::c_type(g.value(v).ty.dtype.scalar);
                 format!("kiln_ld_{ty}(&{}[i])", ptr(v, false))
@@ -363,9 +378,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         };
         let _ = writeln!(
             out,
-            "    for (size_t i = 0; i < {}u; ++i) {}[i] = {src};",
+            "    for (size_t i = 0; i < {}u; ++i) out{i}[i] = {src};",
             g.value(v).ty.numel(),
-            api.outputs[i].ident
         );
     }
     let _ = writeln!(out, "    return 0;\n}}");
