@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod npy;
 pub mod onnx;
 pub mod passes;
+pub mod quantize;
 pub mod target;
 
 use std::path::Path;

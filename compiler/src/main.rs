@@ -27,6 +27,28 @@ struct ShapeArgs {
     bind: Vec<String>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum QuantMode {
+    /// Keep the model in float.
+    #[default]
+    None,
+    /// Full integer: int8 weights and activations, calibrated on --calibrate data.
+    Int8,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct QuantArgs {
+    /// Quantization mode.
+    #[arg(long, value_enum, default_value = "none")]
+    quantize: QuantMode,
+    /// Calibration data: a directory with input_K.npy per graph input, samples on axis 0.
+    #[arg(long, value_name = "DIR")]
+    calibrate: Option<PathBuf>,
+    /// Leave these nodes (by name) or op types in float (repeatable).
+    #[arg(long = "keep-float", value_name = "NODE|OPTYPE")]
+    keep_float: Vec<String>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum EmitArg {
     Object,
@@ -52,6 +74,8 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// Input .npy files, in graph input order.
         #[arg(long = "input", required = true)]
         inputs: Vec<PathBuf>,
@@ -64,6 +88,8 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// Also print the IR after this pass (repeatable).
         #[arg(long = "print-after")]
         print_after: Vec<String>,
@@ -91,6 +117,8 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// What to emit.
         #[arg(long, value_enum, default_value = "object")]
         emit: EmitArg,
@@ -140,6 +168,42 @@ fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
         input_shapes,
         constant_inputs,
     })
+}
+
+/// Loads a model and, when asked, quantizes it on the calibration data.
+fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result<kiln::Model> {
+    let mut m = load(model, shapes, &PipelineOptions::default())?;
+    match quant.quantize {
+        QuantMode::None => {
+            if quant.calibrate.is_some() {
+                bail!("--calibrate needs --quantize int8");
+            }
+        }
+        QuantMode::Int8 => {
+            let dir = quant
+                .calibrate
+                .as_ref()
+                .context("--quantize int8 needs calibration data: --calibrate DIR")?;
+            let opts = kiln::quantize::QuantOptions {
+                keep_float: quant.keep_float.clone(),
+            };
+            let start = std::time::Instant::now();
+            let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {
+                if start.elapsed().as_secs() >= 2 && (done % 10 == 0 || done == total) {
+                    eprint!("\rcalibrating: {done}/{total}");
+                    if done == total {
+                        eprintln!();
+                    }
+                }
+            })?;
+            for n in &q.notes {
+                eprintln!("note: {n}");
+            }
+            eprintln!("note: calibrated on {} sample(s)", q.samples);
+            m.graph = q.graph;
+        }
+    }
+    Ok(m)
 }
 
 fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions) -> Result<kiln::Model> {
@@ -276,8 +340,8 @@ fn layer_table(g: &Graph) -> Result<()> {
     Ok(())
 }
 
-fn eval(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<()> {
-    let m = load(path, shapes, &PipelineOptions::default())?;
+fn eval(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<()> {
+    let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
     if inputs.len() != g.inputs().len() {
         bail!(
@@ -361,9 +425,11 @@ fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize, emit:
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile(
     path: &Path,
     shapes: &ShapeArgs,
+    quant: &QuantArgs,
     emit: EmitArg,
     target: &str,
     prefix: Option<&str>,
@@ -376,7 +442,7 @@ fn compile(
         .map(String::from)
         .unwrap_or_else(|| compile::default_prefix(path));
     let start = std::time::Instant::now();
-    let m = load(path, shapes, &PipelineOptions::default())?;
+    let m = load_quantized(path, shapes, quant)?;
     let source = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -417,12 +483,14 @@ fn main() -> std::process::ExitCode {
         Cmd::Eval {
             model,
             shapes,
+            quant,
             inputs,
             outputs,
-        } => eval(model, shapes, inputs, outputs),
+        } => eval(model, shapes, quant, inputs, outputs),
         Cmd::Dump {
             model,
             shapes,
+            quant,
             print_after,
             stop_after,
         } => {
@@ -430,7 +498,12 @@ fn main() -> std::process::ExitCode {
                 print_after: print_after.clone(),
                 stop_after: stop_after.clone(),
             };
-            load(model, shapes, &opts).and_then(|m| {
+            let m = if quant.quantize == QuantMode::None {
+                load(model, shapes, &opts)
+            } else {
+                load_quantized(model, shapes, quant)
+            };
+            m.and_then(|m| {
                 print!("{}", kiln_ir::text::dump(&m.graph)?);
                 Ok(())
             })
@@ -445,12 +518,13 @@ fn main() -> std::process::ExitCode {
         Cmd::Compile {
             model,
             shapes,
+            quant,
             emit,
             target,
             prefix,
             out_dir,
             clif,
-        } => compile(model, shapes, *emit, target, prefix.as_deref(), out_dir, *clif),
+        } => compile(model, shapes, quant, *emit, target, prefix.as_deref(), out_dir, *clif),
         Cmd::Ops { markdown } => {
             if *markdown {
                 print!("{}", kiln::onnx::ops::markdown());

@@ -4,6 +4,8 @@
 //! compiler then points at every `match` that must learn it.
 
 use crate::dtype::Scalar;
+pub use kiln_runtime::Requant;
+use std::sync::Arc;
 
 /// Elementwise operations with one input. Parameters travel with the variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -429,6 +431,64 @@ pub enum Op {
         largest: bool,
         sorted: bool,
     },
+    // ---- integer ops (quantized graphs; arithmetic in `kiln_runtime`) ----
+    /// `[x: f32] -> [q: to<scale, zero_point>]`, rounding half away from zero, saturating.
+    Quantize {
+        to: Scalar,
+        scale: f32,
+        zero_point: i32,
+    },
+    /// `[q] -> [x: f32]`, `x = (q - zero_point) * scale`.
+    Dequantize {
+        scale: f32,
+        zero_point: i32,
+    },
+    /// `[x: i8, w: i8 (symmetric, per output channel), b: i32?] -> [y: i8]`.
+    QConv {
+        window: Window,
+        group: usize,
+        q: QLinear,
+    },
+    /// `[x: i8 [.., K], w: i8 [K, N] (symmetric), b: i32 [N]?] -> [y: i8 [.., N]]`.
+    QMatMul {
+        q: QLinear,
+    },
+    /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Add).
+    QAdd(QAdd),
+    /// `[x: i8] -> [y: i8]`, `y = table[x + 128]`: any elementwise function of one int8.
+    Lut {
+        table: Arc<[i8]>,
+        scale: f32,
+        zero_point: i32,
+    },
+}
+
+/// The rescale of an integer Conv or MatMul: `y = clamp(zp_out + M_c(sum_k (x - zp_in) w + b))`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QLinear {
+    pub input_zp: i32,
+    pub output_scale: f32,
+    pub output_zp: i32,
+    /// One per output channel, or one for all.
+    pub requant: Arc<[Requant]>,
+    /// Clamp of the result in output integers (a fused ReLU/Clip lands here).
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+/// TFLite's int8 Add: both inputs shifted left by `ADD_LEFT_SHIFT`, rescaled to a common
+/// scale, summed, and rescaled to the output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QAdd {
+    pub a_zp: i32,
+    pub a: Requant,
+    pub b_zp: i32,
+    pub b: Requant,
+    pub output_scale: f32,
+    pub output_zp: i32,
+    pub out: Requant,
+    pub act_min: i32,
+    pub act_max: i32,
 }
 
 impl Op {
@@ -499,6 +559,12 @@ impl Op {
             },
             Op::Resize(_) => "Resize",
             Op::TopK { .. } => "TopK",
+            Op::Quantize { .. } => "Quantize",
+            Op::Dequantize { .. } => "Dequantize",
+            Op::QConv { .. } => "QConv",
+            Op::QMatMul { .. } => "QMatMul",
+            Op::QAdd(_) => "QAdd",
+            Op::Lut { .. } => "Lut",
         }
     }
 

@@ -1,7 +1,7 @@
 //! Static shape and type inference: given input types, the output types of an op. Used when
 //! nodes are added and again by the verifier, so a graph can never hold a stale shape.
 
-use crate::dtype::{DType, Scalar, TensorType};
+use crate::dtype::{DType, QParams, Scalar, TensorType};
 use crate::error::{IrError, Result};
 use crate::op::*;
 
@@ -107,6 +107,34 @@ fn arity(op: &Op, inputs: &[&TensorType], min: usize, max: usize) -> Result<()> 
     Ok(())
 }
 
+fn qtype(s: Scalar, scale: f32, zero_point: i32, shape: Vec<usize>) -> TensorType {
+    TensorType::new(DType::quantized(s, QParams::PerTensor { scale, zero_point }), shape)
+}
+
+/// Integer Conv/MatMul/Add: i8 data and weights, an i32 bias.
+fn int_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
+    for (i, t) in inputs.iter().enumerate() {
+        let want = if i == 2 { Scalar::I32 } else { Scalar::I8 };
+        if t.dtype.scalar != want {
+            return err(op, format!("input {i} is {}, expected {want}", t.dtype.scalar));
+        }
+    }
+    Ok(())
+}
+
+fn check_requant(op: &Op, q: &QLinear, channels: usize) -> Result<()> {
+    if q.requant.len() != 1 && q.requant.len() != channels {
+        return err(
+            op,
+            format!("{} rescale factors for {channels} output channels", q.requant.len()),
+        );
+    }
+    if q.act_min > q.act_max || q.act_min < -128 || q.act_max > 127 {
+        return err(op, format!("bad activation range {}..={}", q.act_min, q.act_max));
+    }
+    Ok(())
+}
+
 fn plain(s: Scalar, shape: Vec<usize>) -> TensorType {
     TensorType::new(DType::plain(s), shape)
 }
@@ -204,6 +232,77 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         Cast { to } => {
             arity(op, inputs, 1, 1)?;
             Ok(vec![plain(*to, x().shape.clone())])
+        }
+        Quantize { to, scale, zero_point } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::F32 || !matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16) {
+                return err(
+                    op,
+                    format!("quantizes f32 to i8/u8/i16, not {} to {to}", x().dtype.scalar),
+                );
+            }
+            Ok(vec![qtype(*to, *scale, *zero_point, x().shape.clone())])
+        }
+        Dequantize { .. } => {
+            arity(op, inputs, 1, 1)?;
+            if !matches!(x().dtype.scalar, Scalar::I8 | Scalar::U8 | Scalar::I16 | Scalar::I32) {
+                return err(op, format!("dequantizes integers, not {}", x().dtype.scalar));
+            }
+            Ok(vec![plain(Scalar::F32, x().shape.clone())])
+        }
+        QConv { window, group, q } => {
+            arity(op, inputs, 2, 3)?;
+            int_inputs(op, inputs)?;
+            let f = crate::op::Conv {
+                window: window.clone(),
+                group: *group,
+                fused: None,
+            };
+            let as_float: Vec<TensorType> = inputs.iter().map(|t| plain(Scalar::F32, t.shape.clone())).collect();
+            let refs: Vec<&TensorType> = as_float.iter().collect();
+            let out = infer(&Op::Conv(f), &refs)?;
+            check_requant(op, q, out[0].shape[1])?;
+            Ok(vec![qtype(
+                Scalar::I8,
+                q.output_scale,
+                q.output_zp,
+                out[0].shape.clone(),
+            )])
+        }
+        QMatMul { q } => {
+            arity(op, inputs, 2, 3)?;
+            int_inputs(op, inputs)?;
+            let (a, w) = (inputs[0], inputs[1]);
+            if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
+                return err(op, format!("cannot multiply {a} by {w}"));
+            }
+            if let Some(b) = inputs.get(2)
+                && b.shape != [w.shape[1]]
+            {
+                return err(op, format!("bias {b} does not match {} outputs", w.shape[1]));
+            }
+            check_requant(op, q, w.shape[1])?;
+            let mut s = a.shape.clone();
+            *s.last_mut().expect("rank >= 1") = w.shape[1];
+            Ok(vec![qtype(Scalar::I8, q.output_scale, q.output_zp, s)])
+        }
+        QAdd(a) => {
+            arity(op, inputs, 2, 2)?;
+            int_inputs(op, inputs)?;
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape)
+                .ok_or_else(|| IrError::shape("QAdd", format!("cannot broadcast {} with {}", inputs[0], inputs[1])))?;
+            Ok(vec![qtype(Scalar::I8, a.output_scale, a.output_zp, s)])
+        }
+        Lut {
+            table,
+            scale,
+            zero_point,
+        } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I8 || table.len() != 256 {
+                return err(op, "maps i8 through a 256-entry table");
+            }
+            Ok(vec![qtype(Scalar::I8, *scale, *zero_point, x().shape.clone())])
         }
         Conv(c) => {
             arity(op, inputs, 2, 3)?;

@@ -133,7 +133,46 @@ pub fn attrs(op: &Op) -> String {
             largest,
             sorted,
         } => format!("axis={axis} k={k} largest={largest} sorted={sorted}"),
+        Op::Quantize { to, scale, zero_point } => format!("to={to} scale={scale:e} zp={zero_point}"),
+        Op::Dequantize { scale, zero_point } => format!("scale={scale:e} zp={zero_point}"),
+        Op::QConv { window: w, group, q } => format!("{} group={group} {}", window(w), qlinear(q)),
+        Op::QMatMul { q } => qlinear(q),
+        Op::QAdd(a) => format!(
+            "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]",
+            a.a_zp,
+            rq(&a.a),
+            a.b_zp,
+            rq(&a.b),
+            rq(&a.out),
+            a.output_zp,
+            a.act_min,
+            a.act_max
+        ),
+        Op::Lut { table, zero_point, .. } => {
+            // A short fingerprint: the table is data, but a changed table must show in a diff.
+            let h = table.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                (h ^ b as u8 as u64).wrapping_mul(0x100000001b3)
+            });
+            format!("table={h:016x} zp={zero_point}")
+        }
     }
+}
+
+fn rq(r: &Requant) -> String {
+    format!("{}>>{}", r.multiplier, -r.shift + 31)
+}
+
+fn qlinear(q: &QLinear) -> String {
+    let r: Vec<String> = q.requant.iter().take(4).map(rq).collect();
+    let more = if q.requant.len() > 4 { ",..." } else { "" };
+    format!(
+        "in_zp={} out_zp={} requant=[{}{more}] act=[{},{}]",
+        q.input_zp,
+        q.output_zp,
+        r.join(","),
+        q.act_min,
+        q.act_max
+    )
 }
 
 /// Renders `g`; errors only on a cyclic graph.

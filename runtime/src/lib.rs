@@ -1,4 +1,187 @@
 //! Integer arithmetic shared, bit for bit, by the reference evaluator and generated code.
 //! `no_std` and allocation-free so the same functions can be linked into firmware.
-//! The quantized kernels' rounding contract lands here with full-integer quantization.
+//!
+//! The contract is TFLite's reference fixed-point arithmetic (also what TFLite Micro and
+//! CMSIS-NN reproduce), so a model quantized by Kiln, or imported from TFLite, gives the same
+//! bytes on a device as under those runtimes:
+//! - a real rescale factor `m` becomes a 31-bit multiplier and a power-of-two shift
+//!   ([`quantize_multiplier`]);
+//! - an int32 accumulator is rescaled by a saturating rounding doubling high multiply followed
+//!   by a rounding (half away from zero) arithmetic right shift ([`multiply_by_quantized_multiplier`]);
+//! - float to integer uses round half away from zero ([`quantize`]).
+//!
+//! Every backend prints these same steps; `tests` below and the property tests in
+//! `tests/requant.rs` pin them down.
 #![no_std]
+
+/// A rescale factor `multiplier * 2^(shift - 31)`, `multiplier` in `[2^30, 2^31)` (or 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Requant {
+    pub multiplier: i32,
+    pub shift: i32,
+}
+
+/// Splits a non-negative real factor into a Q31 multiplier and a shift (TFLite's
+/// `QuantizeMultiplier`). Factors below 2^-31 become zero; non-finite or negative input
+/// gives `None`.
+pub fn quantize_multiplier(real: f64) -> Option<Requant> {
+    if real.is_nan() || real < 0.0 || !real.is_finite() {
+        return None;
+    }
+    if real == 0.0 {
+        return Some(Requant {
+            multiplier: 0,
+            shift: 0,
+        });
+    }
+    // real = frac * 2^exp with frac in [0.5, 1), from the bits (no libm in no_std).
+    let (mut frac, mut exp) = (real, 0i32);
+    while frac >= 1.0 {
+        frac *= 0.5;
+        exp += 1;
+    }
+    while frac < 0.5 {
+        frac *= 2.0;
+        exp -= 1;
+    }
+    let t = frac * 2147483648.0;
+    let mut q = t as i64;
+    if t - q as f64 >= 0.5 {
+        q += 1;
+    }
+    if q == 1i64 << 31 {
+        q /= 2;
+        exp += 1;
+    }
+    if exp < -31 {
+        return Some(Requant {
+            multiplier: 0,
+            shift: 0,
+        });
+    }
+    if exp > 30 {
+        return None;
+    }
+    Some(Requant {
+        multiplier: q as i32,
+        shift: exp,
+    })
+}
+
+/// `round(a * b / 2^31)`, rounding half away from zero, saturating the one overflow case
+/// (gemmlowp's `SaturatingRoundingDoublingHighMul`).
+#[inline]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 { 1i64 << 30 } else { 1 - (1i64 << 30) };
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// `x / 2^exponent` rounded half away from zero (gemmlowp's `RoundingDivideByPOT`),
+/// `exponent` in `0..=31`.
+#[inline]
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    let mask = ((1i64 << exponent) - 1) as i32;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + (x < 0) as i32;
+    (x >> exponent) + (remainder > threshold) as i32
+}
+
+/// Rescales an accumulator: `x * multiplier * 2^(shift - 31)`, rounded as TFLite's
+/// reference `MultiplyByQuantizedMultiplier` (a left shift for positive `shift` wraps like
+/// the int32 arithmetic of the C and native backends).
+#[inline]
+pub fn multiply_by_quantized_multiplier(x: i32, r: Requant) -> i32 {
+    let left = if r.shift > 0 { r.shift } else { 0 };
+    let right = if r.shift > 0 { 0 } else { -r.shift };
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), r.multiplier),
+        right,
+    )
+}
+
+/// Rounds half away from zero to an integer, saturating to ±2^30 (NaN gives 0).
+#[inline]
+pub fn round_away(y: f32) -> i32 {
+    if y.is_nan() {
+        return 0;
+    }
+    let y = y.clamp(-1.0e9, 1.0e9);
+    let t = y as i32;
+    let f = y - t as f32;
+    if f >= 0.5 {
+        t + 1
+    } else if f <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+/// Float to integer: `clamp(round(x / scale) + zero_point, lo, hi)`, division in f32 and
+/// rounding half away from zero (TFLite's `AffineQuantize`).
+#[inline]
+pub fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
+    let q = round_away(x / scale).saturating_add(zero_point);
+    if q < lo {
+        lo
+    } else if q > hi {
+        hi
+    } else {
+        q
+    }
+}
+
+/// Integer to float: `(q - zero_point) * scale` in f32.
+#[inline]
+pub fn dequantize(q: i32, scale: f32, zero_point: i32) -> f32 {
+    (q - zero_point) as f32 * scale
+}
+
+/// Rounded integer division of a pooling sum by the element count, half away from zero
+/// (TFLite's reference integer AveragePool).
+#[inline]
+pub fn rounded_average(sum: i32, count: i32) -> i32 {
+    if sum > 0 {
+        (sum + count / 2) / count
+    } else {
+        (sum - count / 2) / count
+    }
+}
+
+/// Left shift applied to both inputs of an integer Add before rescaling, so that the two
+/// rescaled operands keep 20 fractional bits (TFLite's int8 Add).
+pub const ADD_LEFT_SHIFT: i32 = 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // 0.5 = 2^30 * 2^(0-31)
+        assert_eq!(
+            quantize_multiplier(0.5),
+            Some(Requant {
+                multiplier: 1 << 30,
+                shift: 0
+            })
+        );
+        assert_eq!(quantize_multiplier(1.0).unwrap().shift, 1);
+        assert_eq!(quantize_multiplier(0.0).unwrap().multiplier, 0);
+        assert_eq!(quantize_multiplier(-1.0), None);
+        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+        assert_eq!(rounding_divide_by_pot(5, 1), 3);
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
+        assert_eq!(rounding_divide_by_pot(-4, 1), -2);
+        assert_eq!(round_away(2.5), 3);
+        assert_eq!(round_away(-2.5), -3);
+        assert_eq!(round_away(f32::NAN), 0);
+        assert_eq!(quantize(1000.0, 0.1, 3, -128, 127), 127);
+        assert_eq!(rounded_average(-3, 2), -2);
+        assert_eq!(rounded_average(3, 2), 2);
+    }
+}

@@ -6,6 +6,7 @@
 //! operations, and exp/tanh/sigmoid use the same Cephes-style approximations as the native
 //! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
 
+mod int;
 mod rom;
 mod writer;
 
@@ -99,7 +100,20 @@ fn unary_ok(u: UnaryOp) -> bool {
 /// Why node `n` cannot be compiled to C yet, if it cannot.
 pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     let node = g.node(n);
-    let ok = match &node.op {
+    let ok = if let Some(ok) = int::supported(g, n) {
+        ok
+    } else {
+        float_supported(g, n)
+    };
+    (!ok).then(|| {
+        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+        format!("node `{}`: {} on {}", node.name, node.op.name(), types.join(", "))
+    })
+}
+
+fn float_supported(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    match &node.op {
         Op::Identity
         | Op::Reshape { .. }
         | Op::Transpose { .. }
@@ -142,11 +156,7 @@ pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
                     .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh])
         }
         _ => false,
-    };
-    (!ok).then(|| {
-        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!("node `{}`: {} on {}", node.name, node.op.name(), types.join(", "))
-    })
+    }
 }
 
 fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
@@ -266,6 +276,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         out.push_str(rom::PRELUDE);
     }
     out.push_str(PRELUDE);
+    if plan.order.iter().any(|&n| int::supported(g, n).is_some()) {
+        out.push_str(int::PRELUDE);
+    }
     let storage = if opts.progmem {
         "static const PROGMEM "
     } else {
@@ -455,6 +468,11 @@ fn dims(s: &[usize]) -> Vec<usize> {
 fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
     let node = g.node(n);
     out.push_str(&sig(g, n, k));
+    if int::supported(g, n).is_some() {
+        int::kernel(out, g, n);
+        out.push_str("}\n");
+        return;
+    }
     let o0 = shape(g, node.outputs[0]).to_vec();
     match &node.op {
         Op::Identity | Op::Reshape { .. } => {

@@ -5,6 +5,7 @@ pub mod eliminate_dead_nodes;
 pub mod fold_constants;
 pub mod fuse_activations;
 pub mod fuse_batch_norm;
+pub mod fuse_matmul_add;
 pub mod remove_identities;
 
 use kiln_ir::{Graph, IrError};
@@ -39,6 +40,10 @@ pub const PIPELINE: &[Pass] = &[
     Pass {
         name: "fuse_batch_norm",
         run: fuse_batch_norm::run,
+    },
+    Pass {
+        name: "fuse_matmul_add",
+        run: fuse_matmul_add::run,
     },
     Pass {
         name: "fuse_activations",

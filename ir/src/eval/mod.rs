@@ -6,6 +6,7 @@ mod elementwise;
 mod layout;
 mod linalg;
 mod norm;
+mod quant;
 mod reduce;
 mod resize;
 
@@ -247,6 +248,12 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::Einsum { equation } => one(linalg::einsum(equation, x, &out[0])?),
         Op::Rnn(r) => float!(x[0], T => rnn::rnn::<T>(r, x)),
         Op::Resize(rz) => one(resize::resize(rz, x[0], &out[0].shape)?),
+        Op::Quantize { to, scale, zero_point } => one(quant::quantize(x[0], *to, *scale, *zero_point)),
+        Op::Dequantize { scale, zero_point } => one(quant::dequantize(x[0], *scale, *zero_point)),
+        Op::QConv { window, group, q } => one(quant::qconv(window, *group, q, x, &out[0].shape)?),
+        Op::QMatMul { q } => one(quant::qmatmul(q, x, &out[0].shape)?),
+        Op::QAdd(a) => one(quant::qadd(a, x[0], x[1], &out[0].shape)?),
+        Op::Lut { table, .. } => one(quant::lut(table, x[0])),
     }
 }
 

@@ -8,11 +8,11 @@ use crate::error::{IrError, Result};
 use crate::op::{Conv, ConvTranspose, Pool, PoolKind, Window};
 use crate::tensor::{Data, Tensor};
 
-const PAD: usize = usize::MAX;
+pub(crate) const PAD: usize = usize::MAX;
 
 /// `table[k * P + p]` = spatial input offset read by kernel tap `k` at output position `p`
 /// (or `PAD` when it falls in the padding).
-fn window_table(input: &[usize], output: &[usize], w: &Window) -> Vec<usize> {
+pub(crate) fn window_table(input: &[usize], output: &[usize], w: &Window) -> Vec<usize> {
     let r = input.len();
     let in_st = crate::tensor::strides(input);
     let p: usize = output.iter().product();
@@ -194,6 +194,9 @@ fn pool_t<T: Flt>(p: &Pool, x: &Tensor, out: &[usize]) -> Vec<T> {
 }
 
 pub(crate) fn pool(p: &Pool, x: &Tensor, out: &[usize]) -> Result<Tensor> {
+    if x.data.scalar() == Scalar::I8 && matches!(p.kind, PoolKind::Avg { .. }) {
+        return super::quant::avg_pool_i8(&p.window, p.kind, x, out);
+    }
     let data = match x.data.scalar() {
         Scalar::F32 => Data::F32(pool_t(p, x, out)),
         Scalar::F64 => Data::F64(pool_t(p, x, out)),

@@ -113,6 +113,13 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
         Op::ConvTranspose(_) => float_ok,
         Op::Resize(_) => float_ok,
+        // Integer kernels are not in the native backend yet (the C backend has them).
+        Op::Quantize { .. }
+        | Op::Dequantize { .. }
+        | Op::QConv { .. }
+        | Op::QMatMul { .. }
+        | Op::QAdd(_)
+        | Op::Lut { .. } => false,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -222,6 +229,15 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         } => norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a),
         Op::ConvTranspose(c) => convt::conv_transpose(fx, g, n, c, a),
         Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
+        // Refused by `unsupported` before emission starts.
+        Op::Quantize { .. }
+        | Op::Dequantize { .. }
+        | Op::QConv { .. }
+        | Op::QMatMul { .. }
+        | Op::QAdd(_)
+        | Op::Lut { .. } => {
+            unreachable!("integer op reached the native emitter")
+        }
     }
 }
 

@@ -1,0 +1,325 @@
+//! Integer kernels for quantized graphs. Each one prints, step for step, the arithmetic of
+//! `kiln_runtime` that the evaluator runs (the prelude below is that crate's functions in
+//! C), so the bytes match. Per-channel rescale factors and lookup tables are `KILN_ROM`
+//! arrays, which on AVR stay in flash and are read with `kiln_rom_*`.
+//!
+//! C assumptions beyond C99 (true of every GCC target): two's-complement integers, an
+//! arithmetic right shift of negative values, modular conversion to narrower signed types.
+
+use super::writer::{f32_lit, nest};
+use super::{bcast, shape, strides};
+use kiln_ir::op::{PoolKind, QLinear, Window};
+use kiln_ir::{Graph, NodeId, Op, Scalar};
+use std::fmt::Write;
+
+pub const PRELUDE: &str = r#"
+#ifndef KILN_ROM
+#define KILN_ROM
+#define kiln_rom_i32(p) (*(p))
+#define kiln_rom_i8(p) (*(p))
+#endif
+static inline int32_t kiln_srdhm(int32_t a, int32_t b) {
+    int64_t ab, nudge;
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    ab = (int64_t)a * (int64_t)b;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+static inline int32_t kiln_rdbp(int32_t x, int32_t e) {
+    int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
+    int32_t rem = x & mask, thr = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (rem > thr ? 1 : 0);
+}
+static inline int32_t kiln_mbqm(int32_t x, int32_t m, int32_t shift) {
+    int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+    return kiln_rdbp(kiln_srdhm((int32_t)((uint32_t)x << left), m), right);
+}
+static inline int32_t kiln_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline int32_t kiln_round_away(float y) {
+    int32_t t;
+    float f;
+    if (y != y) return 0;
+    if (y > 1.0e9f) y = 1.0e9f;
+    else if (y < -1.0e9f) y = -1.0e9f;
+    t = (int32_t)y;
+    f = y - (float)t;
+    return f >= 0.5f ? t + 1 : (f <= -0.5f ? t - 1 : t);
+}
+static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) { return s > 0 ? (s + n / 2) / n : (s - n / 2) / n; }
+"#;
+
+/// Whether this module compiles node `n` (`None`: not an integer node).
+pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
+    let node = g.node(n);
+    let rank = shape(g, node.inputs[0]).len();
+    let i8_in = g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8;
+    Some(match &node.op {
+        Op::Quantize { to, .. } => *to == Scalar::I8,
+        Op::Dequantize { .. } => i8_in,
+        Op::QConv { .. } => matches!(rank, 3 | 4),
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::Lut { .. } => true,
+        Op::Pool(p) if i8_in => {
+            matches!(rank, 3 | 4)
+                && !matches!(
+                    p.kind,
+                    PoolKind::Lp { .. }
+                        | PoolKind::Avg {
+                            count_include_pad: true
+                        }
+                )
+        }
+        Op::GlobalPool(k) if i8_in => matches!(rank, 3 | 4) && !matches!(k, PoolKind::Lp { .. }),
+        _ => return None,
+    })
+}
+
+/// 1-D and 2-D windows as 2-D (a 1-D window is one row).
+struct Geom {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+fn geom(xs: &[usize], os: &[usize], w: &Window) -> Geom {
+    if xs.len() == 4 {
+        Geom {
+            h: xs[2],
+            w: xs[3],
+            oh: os[2],
+            ow: os[3],
+            kh: w.kernel[0],
+            kw: w.kernel[1],
+            sh: w.strides[0],
+            sw: w.strides[1],
+            dh: w.dilations[0],
+            dw: w.dilations[1],
+            ph: w.pads[0],
+            pw: w.pads[1],
+        }
+    } else {
+        Geom {
+            h: 1,
+            w: xs[2],
+            oh: 1,
+            ow: os[2],
+            kh: 1,
+            kw: w.kernel[0],
+            sh: 1,
+            sw: w.strides[0],
+            dh: 1,
+            dw: w.dilations[0],
+            ph: 0,
+            pw: w.pads[0],
+        }
+    }
+}
+
+/// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`
+/// for output channel `ch`.
+fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
+    let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
+    let s: Vec<String> = q.requant.iter().map(|r| r.shift.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "    static const KILN_ROM int32_t mult[{}] = {{{}}};",
+        m.len(),
+        m.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "    static const KILN_ROM int32_t shift[{}] = {{{}}};",
+        s.len(),
+        s.join(", ")
+    );
+    let c = if q.requant.len() == 1 {
+        "0".to_string()
+    } else {
+        ch.to_string()
+    };
+    format!(
+        "(int8_t)kiln_clamp(kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
+        q.output_zp, q.act_min, q.act_max
+    )
+}
+
+/// Prints the body of integer node `n`.
+pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
+    let node = g.node(n);
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let total: usize = o0.iter().product();
+    match &node.op {
+        Op::Quantize { scale, zero_point, .. } => {
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (int8_t)kiln_clamp(kiln_round_away(x0[i] / {}) + {zero_point}, -128, 127);",
+                f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+            );
+        }
+        Op::Dequantize { scale, zero_point } => {
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (float)((int32_t)x0[i] - {zero_point}) * {};",
+                f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+            );
+        }
+        Op::Lut { table, .. } => {
+            let t: Vec<String> = table.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "    static const KILN_ROM int8_t table[256] = {{{}}};",
+                t.join(", ")
+            );
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = kiln_rom_i8(&table[(int32_t)x0[i] + 128]);"
+            );
+        }
+        Op::QAdd(a) => {
+            let (sa, sb) = (
+                bcast(shape(g, node.inputs[0]), &o0),
+                bcast(shape(g, node.inputs[1]), &o0),
+            );
+            let (ra, rb, ro) = (a.a, a.b, a.out);
+            nest(out, 1, &o0, &[strides(&o0), sa, sb], &|o| {
+                format!(
+                    "int32_t a = kiln_mbqm((int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls}), {}, {});\nint32_t b = kiln_mbqm((int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls}), {}, {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(a + b, {}, {}) + {}, {}, {});",
+                    o[1],
+                    a.a_zp,
+                    ra.multiplier,
+                    ra.shift,
+                    o[2],
+                    a.b_zp,
+                    rb.multiplier,
+                    rb.shift,
+                    o[0],
+                    ro.multiplier,
+                    ro.shift,
+                    a.output_zp,
+                    a.act_min,
+                    a.act_max,
+                    ls = kiln_runtime::ADD_LEFT_SHIFT
+                )
+            });
+        }
+        Op::QMatMul { q } => {
+            let ws = shape(g, node.inputs[1]);
+            let (k, nn) = (ws[0], ws[1]);
+            let rows = total / nn.max(1);
+            let fin = requant(out, q, "j");
+            let bias = if node.inputs.len() > 2 { "x2[j]" } else { "0" };
+            let _ = writeln!(
+                out,
+                "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        int32_t acc = {bias};\n        for (int32_t k = 0; k < {k}; ++k) acc += ((int32_t)x0[r * {k} + k] - {}) * (int32_t)x1[k * {nn} + j];\n        y0[r * {nn} + j] = {fin};\n    }}",
+                q.input_zp
+            );
+        }
+        Op::QConv { window, group, q } => {
+            let xs = shape(g, node.inputs[0]).to_vec();
+            let ws = shape(g, node.inputs[1]).to_vec();
+            let ge = geom(&xs, &o0, window);
+            let (m, ci) = (ws[0], xs[1]);
+            let (cg, mg) = (ci / group, m / group);
+            let fin = requant(out, q, "oc");
+            let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+            let Geom {
+                h,
+                w,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                dh,
+                dw,
+                ph,
+                pw,
+            } = ge;
+            let _ = writeln!(
+                out,
+                "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{",
+                xs[0]
+            );
+            let _ = writeln!(
+                out,
+                "        int32_t acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
+            );
+            let _ = writeln!(
+                out,
+                "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};\n            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {w}) continue;"
+            );
+            let _ = writeln!(
+                out,
+                "            acc += ((int32_t)x0[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {}) * (int32_t)x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx];\n        }}",
+                q.input_zp
+            );
+            let _ = writeln!(
+                out,
+                "        y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {fin};\n    }}"
+            );
+        }
+        Op::Pool(p) => pool(out, g, n, &p.window, p.kind == PoolKind::Max),
+        Op::GlobalPool(k) => {
+            let xs = shape(g, node.inputs[0]);
+            let sp = &xs[2..];
+            let w = Window {
+                kernel: sp.to_vec(),
+                strides: vec![1; sp.len()],
+                dilations: vec![1; sp.len()],
+                pads: vec![0; 2 * sp.len()],
+            };
+            pool(out, g, n, &w, *k == PoolKind::Max);
+        }
+        _ => unreachable!("integer kernel for a node `supported` refused"),
+    }
+}
+
+fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let Geom {
+        h,
+        w,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        ph,
+        pw,
+    } = geom(&xs, &o0, window);
+    let planes = xs[0] * xs[1];
+    let _ = writeln!(
+        out,
+        "    for (int32_t c = 0; c < {planes}; ++c)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{\n        int32_t acc = {}, cnt = 0;",
+        if max { "-128" } else { "0" }
+    );
+    let _ = writeln!(
+        out,
+        "        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{\n            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw}, v;\n            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {w}) continue;"
+    );
+    let step = if max { "if (v > acc) acc = v;" } else { "acc += v;" };
+    let _ = writeln!(
+        out,
+        "            v = x0[(c * {h} + iy) * {w} + ix];\n            {step}\n            ++cnt;\n        }}"
+    );
+    let res = if max {
+        "acc"
+    } else {
+        "(cnt == 0 ? 0 : kiln_clamp(kiln_rounded_avg(acc, cnt), -128, 127))"
+    };
+    let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = (int8_t){res};\n    }}");
+}

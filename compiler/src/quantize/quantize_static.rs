@@ -1,0 +1,508 @@
+//! Rewrites a calibrated float graph into an integer one (TFLite's full-integer scheme):
+//! activations int8 asymmetric per tensor from their calibrated range, weights int8
+//! symmetric per output channel, biases int32 at `s_in * s_w`, a fused ReLU/Clip folded into
+//! the output clamp, and every one-input elementwise function turned into a 256-entry table
+//! computed here with the evaluator's own float kernel. Data movement (reshape, transpose,
+//! max/average pooling) runs on int8 with its input's scale and zero point.
+//!
+//! Anything else stays float, with Quantize/Dequantize inserted where integer and float
+//! parts meet; the returned notes say which nodes and why. The graph keeps its float
+//! inputs and outputs: Quantize at each input, Dequantize at each output.
+//!
+//! A range that collapses to a point (a tensor that is constant zero on the calibration
+//! data) gets scale 1e-6, which represents it exactly.
+
+use super::calibrate::Ranges;
+use super::{QuantError, QuantOptions};
+use kiln_ir::op::{PoolKind, QAdd, QLinear, UnaryOp};
+use kiln_ir::{DType, Graph, NodeId, Op, QParams, Scalar, Tensor, TensorType, ValueDef, ValueId};
+use kiln_runtime as rt;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Scale and zero point of a per-tensor int8 value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q {
+    pub scale: f32,
+    pub zp: i32,
+}
+
+impl Q {
+    fn dtype(self) -> DType {
+        DType::quantized(
+            Scalar::I8,
+            QParams::PerTensor {
+                scale: self.scale,
+                zero_point: self.zp,
+            },
+        )
+    }
+
+    fn quantize(self, x: f32) -> i32 {
+        rt::quantize(x, self.scale, self.zp, -128, 127)
+    }
+}
+
+/// Asymmetric int8 parameters covering `[lo, hi]` and zero.
+pub fn activation_params(lo: f32, hi: f32) -> Q {
+    let (lo, hi) = (lo.min(0.0) as f64, hi.max(0.0) as f64);
+    let mut scale = (hi - lo) / 255.0;
+    if scale.is_nan() || scale <= 0.0 {
+        scale = 1e-6;
+    }
+    let scale = scale as f32;
+    let zp = (-128.0 - lo / scale as f64).round().clamp(-128.0, 127.0) as i32;
+    Q { scale, zp }
+}
+
+struct Rewriter<'a> {
+    src: &'a Graph,
+    ranges: &'a Ranges,
+    opts: &'a QuantOptions,
+    dst: Graph,
+    float: HashMap<ValueId, ValueId>,
+    int: HashMap<ValueId, (ValueId, Q)>,
+    notes: Vec<String>,
+}
+
+/// The rewritten graph and a note per node left in float.
+pub struct Quantized {
+    pub graph: Graph,
+    pub notes: Vec<String>,
+}
+
+pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    let mut r = Rewriter {
+        src,
+        ranges,
+        opts,
+        dst: Graph::new(src.name.clone()),
+        float: HashMap::new(),
+        int: HashMap::new(),
+        notes: Vec::new(),
+    };
+    for &v in src.inputs() {
+        let nv = r.dst.add_input(&src.value(v).name, src.value(v).ty.clone());
+        r.float.insert(v, nv);
+    }
+    for n in src.topo_order().map_err(QuantError::Ir)? {
+        r.node(n)?;
+    }
+    let outs: Vec<ValueId> = src.outputs().iter().map(|&v| r.float_of(v)).collect::<Result<_, _>>()?;
+    r.dst.set_outputs(outs);
+    kiln_ir::verify::verify(&r.dst).map_err(QuantError::Ir)?;
+    Ok(Quantized {
+        graph: r.dst,
+        notes: r.notes,
+    })
+}
+
+impl Rewriter<'_> {
+    fn name(&self, v: ValueId) -> String {
+        self.src.value(v).name.clone()
+    }
+
+    /// The float version of `v`, dequantizing its integer version if that is all there is.
+    fn float_of(&mut self, v: ValueId) -> Result<ValueId, QuantError> {
+        if let Some(&f) = self.float.get(&v) {
+            return Ok(f);
+        }
+        let f = if let ValueDef::Const(t) = &self.src.value(v).def {
+            self.dst.add_const(&self.name(v), (**t).clone())
+        } else {
+            let (q, p) = *self
+                .int
+                .get(&v)
+                .ok_or_else(|| QuantError::Internal(format!("`{}` has no value", self.name(v))))?;
+            let ty = TensorType::new(DType::plain(Scalar::F32), self.src.value(v).ty.shape.clone());
+            let name = self.name(v);
+            self.dst
+                .add_node_typed(
+                    &format!("{name}:dequantize"),
+                    Op::Dequantize {
+                        scale: p.scale,
+                        zero_point: p.zp,
+                    },
+                    vec![q],
+                    vec![(name, ty)],
+                )
+                .1[0]
+        };
+        self.float.insert(v, f);
+        Ok(f)
+    }
+
+    /// The int8 version of `v`: a quantized constant, or a Quantize of its float version.
+    fn int_of(&mut self, v: ValueId) -> Result<(ValueId, Q), QuantError> {
+        if let Some(&q) = self.int.get(&v) {
+            return Ok(q);
+        }
+        let name = self.name(v);
+        let res = if let ValueDef::Const(t) = &self.src.value(v).def {
+            let x = t.to_f32_vec();
+            let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let p = activation_params(lo, hi);
+            let q: Vec<i8> = x.iter().map(|&e| p.quantize(e) as i8).collect();
+            let mut qt = Tensor::from_vec(t.shape.clone(), q);
+            qt.quant = p.dtype().quant;
+            (self.dst.add_const(&format!("{name}:q"), qt), p)
+        } else {
+            let &(lo, hi) = self
+                .ranges
+                .by_value
+                .get(&v)
+                .ok_or_else(|| QuantError::NoRange(name.clone()))?;
+            let p = activation_params(lo, hi);
+            let f = self.float_of(v)?;
+            let ty = TensorType::new(p.dtype(), self.src.value(v).ty.shape.clone());
+            let q = self
+                .dst
+                .add_node_typed(
+                    &format!("{name}:quantize"),
+                    Op::Quantize {
+                        to: Scalar::I8,
+                        scale: p.scale,
+                        zero_point: p.zp,
+                    },
+                    vec![f],
+                    vec![(format!("{name}:q"), ty)],
+                )
+                .1[0];
+            (q, p)
+        };
+        self.int.insert(v, res);
+        Ok(res)
+    }
+
+    fn out_params(&self, v: ValueId) -> Result<Q, QuantError> {
+        let &(lo, hi) = self
+            .ranges
+            .by_value
+            .get(&v)
+            .ok_or_else(|| QuantError::NoRange(self.name(v)))?;
+        Ok(activation_params(lo, hi))
+    }
+
+    /// Adds an integer node producing the int8 version of `out`.
+    fn emit_int(&mut self, n: NodeId, op: Op, inputs: Vec<ValueId>, out: ValueId, p: Q) {
+        let node = self.src.node(n);
+        let ty = TensorType::new(p.dtype(), self.src.value(out).ty.shape.clone());
+        let name = format!("{}:q", self.name(out));
+        let v = self.dst.add_node_typed(&node.name, op, inputs, vec![(name, ty)]).1[0];
+        self.int.insert(out, (v, p));
+    }
+
+    fn keep_float(&mut self, n: NodeId, why: &str) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        if !why.is_empty() {
+            self.notes
+                .push(format!("node `{}` ({}) stays float: {why}", node.name, node.op.name()));
+        }
+        let ins: Vec<ValueId> = node
+            .inputs
+            .iter()
+            .map(|&v| self.float_of(v))
+            .collect::<Result<_, _>>()?;
+        let outs: Vec<(String, TensorType)> = node
+            .outputs
+            .iter()
+            .map(|&o| (self.name(o), self.src.value(o).ty.clone()))
+            .collect();
+        let (_, new) = self.dst.add_node_typed(&node.name, node.op.clone(), ins, outs);
+        for (&o, nv) in node.outputs.iter().zip(new) {
+            self.float.insert(o, nv);
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, n: NodeId) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        if self
+            .opts
+            .keep_float
+            .iter()
+            .any(|k| *k == node.name || k.eq_ignore_ascii_case(node.op.name()))
+        {
+            return self.keep_float(n, "asked for by --keep-float");
+        }
+        let f32_in = node
+            .inputs
+            .iter()
+            .all(|&v| self.src.value(v).ty.dtype.scalar == Scalar::F32);
+        if !f32_in || node.outputs.len() != 1 {
+            return self.keep_float(n, "");
+        }
+        let out = node.outputs[0];
+        let cst = |i: usize| node.inputs.get(i).and_then(|&v| self.src.const_value(v)).cloned();
+        match &node.op {
+            Op::Conv(c) => {
+                let Some(act) = fused_clamp(c.fused) else {
+                    return self.keep_float(n, "its fused activation is not ReLU or Clip");
+                };
+                let Some(w) = cst(1) else {
+                    return self.keep_float(n, "its weights are not constant");
+                };
+                let bias = match node.inputs.get(2) {
+                    Some(_) => match cst(2) {
+                        Some(b) => Some(b),
+                        None => return self.keep_float(n, "its bias is not constant"),
+                    },
+                    None => None,
+                };
+                let (x, px) = self.int_of(node.inputs[0])?;
+                let po = self.out_params(out)?;
+                let m = w.shape[0];
+                let (wq, ws) = per_channel(&w.to_f32_vec(), m, |i| i / (w.numel() / m));
+                let wname = format!("{}:q", self.name(node.inputs[1]));
+                let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
+                let mut ins = vec![x, wv];
+                if let Some(b) = bias {
+                    ins.push(self.add_bias(node.inputs[2], &b.to_f32_vec(), px.scale, &ws));
+                }
+                let q = self.qlinear(&node.name, px, po, &ws, act)?;
+                self.emit_int(
+                    n,
+                    Op::QConv {
+                        window: c.window.clone(),
+                        group: c.group,
+                        q,
+                    },
+                    ins,
+                    out,
+                    po,
+                );
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+                fused,
+            } => {
+                let Some(act) = fused_clamp(*fused) else {
+                    return self.keep_float(n, "its fused activation is not ReLU or Clip");
+                };
+                let Some(b) = cst(1) else {
+                    return self.keep_float(n, "its weights are not constant");
+                };
+                let c = cst(2);
+                if *trans_a || *alpha != 1.0 || (node.inputs.len() > 2 && (c.is_none() || *beta != 1.0)) {
+                    return self.keep_float(
+                        n,
+                        "only Gemm with alpha = beta = 1, no transposed A and a constant bias is integer",
+                    );
+                }
+                let (k, nn) = if *trans_b {
+                    (b.shape[1], b.shape[0])
+                } else {
+                    (b.shape[0], b.shape[1])
+                };
+                if c.as_ref().is_some_and(|c| c.numel() != nn) {
+                    return self.keep_float(n, "its bias is not one value per output");
+                }
+                let bv = b.to_f32_vec();
+                let w: Vec<f32> = (0..k * nn)
+                    .map(|i| {
+                        let (kk, j) = (i / nn, i % nn);
+                        if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] }
+                    })
+                    .collect();
+                self.matmul(n, &w, k, nn, c.map(|c| c.to_f32_vec()), act)?;
+            }
+            Op::MatMul => {
+                let Some(b) = cst(1) else {
+                    return self.keep_float(n, "its second input is not a constant matrix");
+                };
+                if b.shape.len() != 2 || self.src.value(node.inputs[0]).ty.shape.is_empty() {
+                    return self.keep_float(n, "its second input is not a constant matrix");
+                }
+                self.matmul(n, &b.to_f32_vec(), b.shape[0], b.shape[1], None, (None, None))?;
+            }
+            Op::Binary(kiln_ir::op::BinaryOp::Add) => {
+                let (a, pa) = self.int_of(node.inputs[0])?;
+                let (b, pb) = self.int_of(node.inputs[1])?;
+                let po = self.out_params(out)?;
+                let twice = 2.0 * (pa.scale.max(pb.scale) as f64);
+                let m = |x: f64, what: &str| {
+                    rt::quantize_multiplier(x).ok_or_else(|| QuantError::Scale(node.name.clone(), what.to_string()))
+                };
+                let op = Op::QAdd(QAdd {
+                    a_zp: pa.zp,
+                    a: m(pa.scale as f64 / twice, "input a")?,
+                    b_zp: pb.zp,
+                    b: m(pb.scale as f64 / twice, "input b")?,
+                    output_scale: po.scale,
+                    output_zp: po.zp,
+                    out: m(
+                        twice / ((1u64 << rt::ADD_LEFT_SHIFT) as f64 * po.scale as f64),
+                        "output",
+                    )?,
+                    act_min: -128,
+                    act_max: 127,
+                });
+                self.emit_int(n, op, vec![a, b], out, po);
+            }
+            Op::Unary(u) => {
+                let (x, px) = self.int_of(node.inputs[0])?;
+                let po = match u {
+                    UnaryOp::Sigmoid => Q {
+                        scale: 1.0 / 256.0,
+                        zp: -128,
+                    },
+                    UnaryOp::Tanh => Q {
+                        scale: 1.0 / 128.0,
+                        zp: 0,
+                    },
+                    _ => self.out_params(out)?,
+                };
+                let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
+                let t = Tensor::from_vec(vec![256], xs);
+                let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
+                let y = kiln_ir::eval::eval_node(&node.op, &[&t], &[ty]).map_err(QuantError::Eval)?;
+                let table: Arc<[i8]> = y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect();
+                self.emit_int(
+                    n,
+                    Op::Lut {
+                        table,
+                        scale: po.scale,
+                        zero_point: po.zp,
+                    },
+                    vec![x],
+                    out,
+                    po,
+                );
+            }
+            Op::Pool(p)
+                if p.kind == PoolKind::Max
+                    || p.kind
+                        == (PoolKind::Avg {
+                            count_include_pad: false,
+                        }) =>
+            {
+                self.pass_through(n)?
+            }
+            Op::GlobalPool(PoolKind::Max | PoolKind::Avg { .. }) | Op::Reshape { .. } | Op::Transpose { .. } => {
+                self.pass_through(n)?
+            }
+            _ => return self.keep_float(n, "no integer kernel for this op yet"),
+        }
+        Ok(())
+    }
+
+    /// Ops that move or select int8 values without changing their scale.
+    fn pass_through(&mut self, n: NodeId) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        if !self.int.contains_key(&node.inputs[0]) {
+            return self.keep_float(n, "");
+        }
+        let (x, px) = self.int_of(node.inputs[0])?;
+        self.emit_int(n, node.op.clone(), vec![x], node.outputs[0], px);
+        Ok(())
+    }
+
+    fn matmul(
+        &mut self,
+        n: NodeId,
+        w: &[f32],
+        k: usize,
+        nn: usize,
+        bias: Option<Vec<f32>>,
+        act: (Option<f32>, Option<f32>),
+    ) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        let out = node.outputs[0];
+        let (x, px) = self.int_of(node.inputs[0])?;
+        let po = self.out_params(out)?;
+        let (wq, ws) = per_channel(w, nn, |i| i % nn);
+        let wname = format!("{}:q", self.name(node.inputs[1]));
+        let wv = self.add_weights(&wname, vec![k, nn], wq, &ws, 1);
+        let mut ins = vec![x, wv];
+        if let Some(b) = bias {
+            ins.push(self.add_bias(node.inputs[2], &b, px.scale, &ws));
+        }
+        let q = self.qlinear(&node.name, px, po, &ws, act)?;
+        self.emit_int(n, Op::QMatMul { q }, ins, out, po);
+        Ok(())
+    }
+
+    fn add_weights(&mut self, name: &str, shape: Vec<usize>, q: Vec<i8>, scales: &[f32], axis: usize) -> ValueId {
+        let mut t = Tensor::from_vec(shape, q);
+        t.quant = Some(QParams::PerAxis {
+            axis,
+            scales: scales.into(),
+            zero_points: vec![0; scales.len()].into(),
+        });
+        self.dst.add_const(name, t)
+    }
+
+    fn add_bias(&mut self, v: ValueId, b: &[f32], sx: f32, ws: &[f32]) -> ValueId {
+        let q: Vec<i32> = b
+            .iter()
+            .enumerate()
+            .map(|(c, &x)| {
+                let s = sx as f64 * ws[c] as f64;
+                (x as f64 / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+            })
+            .collect();
+        let n = q.len();
+        let mut t = Tensor::from_vec(vec![n], q);
+        t.quant = Some(QParams::PerAxis {
+            axis: 0,
+            scales: ws.iter().map(|&s| s * sx).collect(),
+            zero_points: vec![0; n].into(),
+        });
+        self.dst.add_const(&format!("{}:q", self.name(v)), t)
+    }
+
+    fn qlinear(
+        &self,
+        node: &str,
+        px: Q,
+        po: Q,
+        ws: &[f32],
+        act: (Option<f32>, Option<f32>),
+    ) -> Result<QLinear, QuantError> {
+        let requant = ws
+            .iter()
+            .map(|&s| {
+                rt::quantize_multiplier(px.scale as f64 * s as f64 / po.scale as f64)
+                    .ok_or_else(|| QuantError::Scale(node.to_string(), "output".into()))
+            })
+            .collect::<Result<Arc<[_]>, _>>()?;
+        Ok(QLinear {
+            input_zp: px.zp,
+            output_scale: po.scale,
+            output_zp: po.zp,
+            requant,
+            act_min: act.0.map_or(-128, |lo| po.quantize(lo)),
+            act_max: act.1.map_or(127, |hi| po.quantize(hi)),
+        })
+    }
+}
+
+/// The clamp a fused activation imposes, or `None` if it is not a clamp.
+fn fused_clamp(f: Option<UnaryOp>) -> Option<(Option<f32>, Option<f32>)> {
+    match f {
+        None => Some((None, None)),
+        Some(UnaryOp::Relu) => Some((Some(0.0), None)),
+        Some(UnaryOp::Clip { min, max }) => Some((Some(min), Some(max))),
+        Some(_) => None,
+    }
+}
+
+/// Symmetric int8 per channel: `scale_c = max|w_c| / 127`, values in `-127..=127`.
+fn per_channel(w: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize) -> (Vec<i8>, Vec<f32>) {
+    let mut amax = vec![0f32; channels];
+    for (i, &x) in w.iter().enumerate() {
+        let c = channel_of(i);
+        amax[c] = amax[c].max(x.abs());
+    }
+    let scales: Vec<f32> = amax.iter().map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x as f64 / scales[channel_of(i)] as f64).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (q, scales)
+}

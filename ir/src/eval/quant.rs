@@ -1,0 +1,179 @@
+//! Integer kernels of quantized graphs. Every rescale, rounding and saturation step is a call
+//! into `kiln_runtime`, the same functions whose steps the backends print, so the evaluator
+//! defines the bytes every backend must reproduce. Accumulators are i32 as on the targets.
+
+use super::window::{PAD, window_table};
+use super::{broadcast_offsets, sl};
+use crate::dtype::Scalar;
+use crate::error::{IrError, Result};
+use crate::op::{PoolKind, QAdd, QLinear, Window};
+use crate::tensor::{Data, Tensor};
+use kiln_runtime as rt;
+
+fn range(s: Scalar) -> (i32, i32) {
+    match s {
+        Scalar::U8 => (0, 255),
+        Scalar::I16 => (-32768, 32767),
+        _ => (-128, 127),
+    }
+}
+
+/// Widens any integer tensor to i32 values.
+fn ints(t: &Tensor) -> Vec<i32> {
+    match &t.data {
+        Data::I8(v) => v.iter().map(|&x| x as i32).collect(),
+        Data::U8(v) => v.iter().map(|&x| x as i32).collect(),
+        Data::I16(v) => v.iter().map(|&x| x as i32).collect(),
+        Data::I32(v) => v.clone(),
+        _ => t.to_i64_vec().into_iter().map(|x| x as i32).collect(),
+    }
+}
+
+fn narrow(s: Scalar, v: Vec<i32>) -> Data {
+    match s {
+        Scalar::U8 => Data::U8(v.into_iter().map(|x| x as u8).collect()),
+        Scalar::I16 => Data::I16(v.into_iter().map(|x| x as i16).collect()),
+        _ => Data::I8(v.into_iter().map(|x| x as i8).collect()),
+    }
+}
+
+pub(crate) fn quantize(x: &Tensor, to: Scalar, scale: f32, zp: i32) -> Tensor {
+    let (lo, hi) = range(to);
+    let v = sl::<f32>(x)
+        .iter()
+        .map(|&f| rt::quantize(f, scale, zp, lo, hi))
+        .collect();
+    Tensor::new(x.shape.clone(), narrow(to, v))
+}
+
+pub(crate) fn dequantize(q: &Tensor, scale: f32, zp: i32) -> Tensor {
+    let v: Vec<f32> = ints(q).into_iter().map(|i| rt::dequantize(i, scale, zp)).collect();
+    Tensor::from_vec(q.shape.clone(), v)
+}
+
+fn finish(q: &QLinear, channel: usize, acc: i32) -> i32 {
+    let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
+    (rt::multiply_by_quantized_multiplier(acc, r) + q.output_zp).clamp(q.act_min, q.act_max)
+}
+
+/// Integer convolution: padding reads the input zero point, i.e. contributes nothing.
+pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
+    let (xt, wt) = (x[0], x[1]);
+    let (n, ci) = (xt.shape[0], xt.shape[1]);
+    let m = wt.shape[0];
+    let (cg, mg) = (ci / group, m / group);
+    let isp = &xt.shape[2..];
+    let pin: usize = isp.iter().product();
+    let p: usize = out[2..].iter().product();
+    let k: usize = window.kernel.iter().product();
+    let table = window_table(isp, &out[2..], window);
+    let xv: &[i8] = sl(xt);
+    let wv: &[i8] = sl(wt);
+    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
+    let mut y = vec![0i8; n * m * p];
+    let mut acc = vec![0i32; p];
+    for b in 0..n {
+        for gi in 0..group {
+            for mm in 0..mg {
+                let oc = gi * mg + mm;
+                acc.iter_mut().for_each(|a| *a = bias.map_or(0, |bv| bv[oc]));
+                for cc in 0..cg {
+                    let xc = &xv[(b * ci + gi * cg + cc) * pin..][..pin];
+                    for kk in 0..k {
+                        let w = wv[(oc * cg + cc) * k + kk] as i32;
+                        for (a, &off) in acc.iter_mut().zip(&table[kk * p..][..p]) {
+                            if off != PAD {
+                                *a = a.wrapping_add((xc[off] as i32 - q.input_zp) * w);
+                            }
+                        }
+                    }
+                }
+                let yo = &mut y[(b * m + oc) * p..][..p];
+                for (dst, &a) in yo.iter_mut().zip(&acc) {
+                    *dst = finish(q, oc, a) as i8;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out.to_vec(), y))
+}
+
+pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
+    let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
+    let xv: &[i8] = sl(x[0]);
+    let wv: &[i8] = sl(x[1]);
+    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
+    let rows = xv.len() / kd.max(1);
+    let mut y = Vec::with_capacity(rows * nd);
+    for r in 0..rows {
+        let xr = &xv[r * kd..][..kd];
+        for j in 0..nd {
+            let mut a = bias.map_or(0, |b| b[j]);
+            for (kk, &xe) in xr.iter().enumerate() {
+                a = a.wrapping_add((xe as i32 - q.input_zp) * wv[kk * nd + j] as i32);
+            }
+            y.push(finish(q, j, a) as i8);
+        }
+    }
+    Ok(Tensor::from_vec(out.to_vec(), y))
+}
+
+pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Tensor> {
+    let (av, bv): (&[i8], &[i8]) = (sl(a), sl(b));
+    let (oa, ob) = (broadcast_offsets(&a.shape, out), broadcast_offsets(&b.shape, out));
+    let y: Vec<i8> = oa
+        .iter()
+        .zip(&ob)
+        .map(|(&i, &j)| {
+            let x1 = (av[i] as i32 - p.a_zp) << rt::ADD_LEFT_SHIFT;
+            let x2 = (bv[j] as i32 - p.b_zp) << rt::ADD_LEFT_SHIFT;
+            let s = rt::multiply_by_quantized_multiplier(x1, p.a) + rt::multiply_by_quantized_multiplier(x2, p.b);
+            (rt::multiply_by_quantized_multiplier(s, p.out) + p.output_zp).clamp(p.act_min, p.act_max) as i8
+        })
+        .collect();
+    Ok(Tensor::from_vec(out.to_vec(), y))
+}
+
+pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {
+    let v: Vec<i8> = sl::<i8>(x).iter().map(|&q| table[(q as i32 + 128) as usize]).collect();
+    Tensor::from_vec(x.shape.clone(), v)
+}
+
+/// Integer average pooling over the taps inside the input (TFLite: padding never counts),
+/// rounded half away from zero; input and output share scale and zero point.
+pub(crate) fn avg_pool_i8(window: &Window, kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<Tensor> {
+    if kind
+        != (PoolKind::Avg {
+            count_include_pad: false,
+        })
+    {
+        return Err(IrError::eval("AveragePool", "int8 pooling does not count padding"));
+    }
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let isp = &x.shape[2..];
+    let pin: usize = isp.iter().product();
+    let po: usize = out[2..].iter().product();
+    let k: usize = window.kernel.iter().product();
+    let table = window_table(isp, &out[2..], window);
+    let xv: &[i8] = sl(x);
+    let mut y = Vec::with_capacity(n * c * po);
+    for nc in 0..n * c {
+        let xc = &xv[nc * pin..][..pin];
+        for o in 0..po {
+            let (mut s, mut cnt) = (0i32, 0i32);
+            for kk in 0..k {
+                let off = table[kk * po + o];
+                if off != PAD {
+                    s += xc[off] as i32;
+                    cnt += 1;
+                }
+            }
+            y.push(if cnt == 0 {
+                0
+            } else {
+                rt::rounded_average(s, cnt).clamp(-128, 127)
+            } as i8);
+        }
+    }
+    Ok(Tensor::from_vec(out.to_vec(), y))
+}
