@@ -47,6 +47,24 @@ struct QuantArgs {
     /// Leave these nodes (by name) or op types in float (repeatable).
     #[arg(long = "keep-float", value_name = "NODE|OPTYPE")]
     keep_float: Vec<String>,
+    /// How activation ranges are chosen from the calibration data.
+    #[arg(long = "calibration-method", value_enum, default_value = "percentile")]
+    method: MethodArg,
+    /// Reuse (or create) a calibration cache file.
+    #[arg(long = "calibration-cache", value_name = "FILE")]
+    calibration_cache: Option<PathBuf>,
+    /// Tail percentile kept by `--calibration-method percentile`.
+    #[arg(long, default_value_t = 99.999)]
+    percentile: f64,
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum MethodArg {
+    Minmax,
+    #[default]
+    Percentile,
+    Entropy,
+    Mse,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -184,8 +202,19 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 .calibrate
                 .as_ref()
                 .context("--quantize int8 needs calibration data: --calibrate DIR")?;
+            use kiln::quantize::calibrate::Method;
+            if !(50.0..=100.0).contains(&quant.percentile) {
+                bail!("--percentile must be between 50 and 100");
+            }
             let opts = kiln::quantize::QuantOptions {
                 keep_float: quant.keep_float.clone(),
+                method: Some(match quant.method {
+                    MethodArg::Minmax => Method::MinMax,
+                    MethodArg::Percentile => Method::Percentile(quant.percentile),
+                    MethodArg::Entropy => Method::Entropy,
+                    MethodArg::Mse => Method::Mse,
+                }),
+                cache: quant.calibration_cache.clone(),
             };
             let start = std::time::Instant::now();
             let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {

@@ -3,6 +3,7 @@
 //! in `kiln_runtime` and evaluated by `kiln_ir::eval`, so a quantized graph is an ordinary
 //! graph every backend compiles.
 
+mod cache;
 pub mod calibrate;
 pub mod quantize_static;
 pub mod report;
@@ -31,6 +32,13 @@ pub enum QuantError {
 pub struct QuantOptions {
     /// Node names or op types (case-insensitive) to leave in float.
     pub keep_float: Vec<String>,
+    /// How each activation's range is chosen (default: the 99.999th percentile; on the
+    /// shipped models it has the lowest mean error of min-max, percentiles 99.9/99.99/
+    /// 99.999, MSE and entropy, and beats ONNX Runtime's min-max on all of them).
+    pub method: Option<calibrate::Method>,
+    /// Reuse calibration results stored here when model, data and method are unchanged;
+    /// otherwise calibrate and store them.
+    pub cache: Option<PathBuf>,
 }
 
 /// The result of quantizing a model.
@@ -49,7 +57,22 @@ pub fn quantize_int8(
     progress: impl FnMut(usize, usize),
 ) -> Result<Quantized, QuantError> {
     let set = calibrate::CalibrationSet::load(g, dir)?;
-    let ranges = calibrate::calibrate(g, &set, progress)?;
+    let method = opts.method.unwrap_or(calibrate::Method::Percentile(99.999));
+    let key = cache::key(g, &set, method);
+    let cached = match &opts.cache {
+        Some(p) => cache::load(p, g, &key)?,
+        None => None,
+    };
+    let ranges = match cached {
+        Some(r) => r,
+        None => {
+            let r = calibrate::calibrate(g, &set, method, progress)?;
+            if let Some(p) = &opts.cache {
+                cache::store(p, g, &key, method, &r)?;
+            }
+            r
+        }
+    };
     let q = quantize_static::run(g, &ranges, opts)?;
     Ok(Quantized {
         graph: q.graph,
