@@ -412,3 +412,18 @@ pub fn build_c(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path, extra: &
         runner: None,
     })
 }
+
+/// The same graph with every integer value that feeds a Dequantize made an output too, so
+/// the integer part of a quantized graph can be compared bit for bit.
+pub fn expose_integers(g: &kiln_ir::Graph) -> kiln_ir::Graph {
+    let mut g = g.clone();
+    let mut outs: Vec<kiln_ir::ValueId> = g.outputs().to_vec();
+    for n in g.topo_order().expect("acyclic") {
+        let node = g.node(n);
+        if matches!(node.op, kiln_ir::Op::Dequantize { .. }) && !outs.contains(&node.inputs[0]) {
+            outs.push(node.inputs[0]);
+        }
+    }
+    g.set_outputs(outs);
+    g
+}

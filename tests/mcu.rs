@@ -198,7 +198,7 @@ fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
         Part::CortexM4 => {
             c += "#define ROM\n#define rom_copy memcpy\nvoid kiln_puts(const char *s);\nextern uint32_t __stack_top[];\n";
             c += "static char buf[1024];\nstatic size_t len;\n";
-            c += "static void put(char ch) { if (len + 1 < sizeof buf) buf[len++] = ch; }\nstatic void flush(void) { buf[len] = 0; kiln_puts(buf); }\n";
+            c += "static void flush(void) { buf[len] = 0; kiln_puts(buf); len = 0; }\nstatic void put(char ch) { if (len + 1 >= sizeof buf) flush(); buf[len++] = ch; }\n";
             c += "static uintptr_t sp(void) { uintptr_t v; __asm__ volatile(\"mov %0, sp\" : \"=r\"(v)); return v; }\n";
             c += "static uint8_t *stack_low(void) { return (uint8_t *)(sp() - 65536); }\nstatic uintptr_t stack_top(void) { return (uintptr_t)__stack_top; }\n";
         }
@@ -457,24 +457,58 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
 }
 
 /// Runs both nets on three inputs each on `part` and checks them against the evaluator.
-fn check_part(part: Part, models: &[(&str, Graph)], tools: &Tools) {
+/// A shipped model quantized to int8 on its calib/ data, its integer tensors exposed as
+/// outputs, with its first reference input.
+fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let dir = repo().join("tests/models").join(name);
+    let m = kiln::load(
+        &dir.join("model.onnx"),
+        &ImportOptions::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let q = kiln::quantize::quantize_int8(&m.graph, &dir.join("calib"), &Default::default(), |_, _| {}).unwrap();
+    let g = kiln_tests::expose_integers(&q.graph);
+    let set = dir.join("ref/test_data_set_0");
+    let inputs = (0..g.inputs().len())
+        .map(|i| kiln::npy::read(&set.join(format!("input_{i}.npy"))).unwrap())
+        .collect();
+    (name, g, vec![inputs])
+}
+
+fn with_inputs(name: &str, g: Graph) -> (&str, Graph, Vec<Vec<Tensor>>) {
+    let sets = random_inputs(&g);
+    (name, g, sets)
+}
+
+/// Three pseudo-random input sets in [-1, 1).
+fn random_inputs(g: &Graph) -> Vec<Vec<Tensor>> {
+    (0..3u32)
+        .map(|seed| {
+            g.inputs()
+                .iter()
+                .map(|&v| {
+                    let ty = &g.value(v).ty;
+                    Tensor::from_vec(ty.shape.clone(), lcg(100 + seed, ty.numel()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs each model on each of its input sets on `part` and checks it against the evaluator
+/// (integer outputs bit for bit).
+fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &Tools) {
     let dir = std::env::temp_dir().join(format!("kiln-mcu-{}-{}", part.name(), std::process::id()));
     let mut failures = Vec::new();
-    for (name, g) in models {
+    for (name, g, sets) in models {
         let res = (|| -> Result<String, String> {
             let mut worst = 0f64;
             let mut last = None;
-            for seed in 0..3u32 {
-                let inputs: Vec<Tensor> = g
-                    .inputs()
-                    .iter()
-                    .map(|&v| {
-                        let ty = &g.value(v).ty;
-                        Tensor::from_vec(ty.shape.clone(), lcg(100 + seed, ty.numel()))
-                    })
-                    .collect();
-                let want = kiln_ir::eval::run(g, &inputs).map_err(|e| e.to_string())?;
-                let run = run_on(part, &format!("{name}-{seed}"), g, &inputs, tools, &dir)?;
+            for (seed, inputs) in sets.iter().enumerate() {
+                let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
+                let run = run_on(part, &format!("{name}-{seed}"), g, inputs, tools, &dir)?;
                 for (i, (got, w)) in run.outputs.iter().zip(&want).enumerate() {
                     let (r, a) = compare(got, w, RTOL, ATOL).map_err(|e| format!("input {seed}: output {i}: {e}"))?;
                     if r > 1.0 {
@@ -492,7 +526,7 @@ fn check_part(part: Part, models: &[(&str, Graph)], tools: &Tools) {
                 }
                 last = Some(run);
             }
-            let r = last.expect("three runs");
+            let r = last.ok_or("no input sets")?;
             let cost = match part {
                 Part::Avr(_) => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
                 Part::CortexM4 => format!("{} instructions/inference", r.cost),
@@ -537,8 +571,12 @@ fn small_models_run_on_a_simulated_atmega328p() {
         avr_sim: Some(sim),
         qemu_plugin: None,
     };
-    check_part(Part::Avr("atmega328p"), &[("conv", conv_net()), ("mlp", mlp())], &tools);
-    check_part(Part::Avr("atmega2560"), &[("wide", wide())], &tools);
+    check_part(
+        Part::Avr("atmega328p"),
+        &[with_inputs("conv", conv_net()), with_inputs("mlp", mlp())],
+        &tools,
+    );
+    check_part(Part::Avr("atmega2560"), &[with_inputs("wide", wide())], &tools);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -555,11 +593,22 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         avr_sim: None,
         qemu_plugin: Some(plugin),
     };
-    check_part(
-        Part::CortexM4,
-        &[("conv", conv_net()), ("mlp", mlp()), ("wide", wide())],
-        &tools,
-    );
+    let mut models = vec![
+        with_inputs("conv", conv_net()),
+        with_inputs("mlp", mlp()),
+        with_inputs("wide", wide()),
+    ];
+    // The int8 builds of the shipped models, on their first reference input, integer
+    // results compared byte for byte.
+    for m in [
+        "mlperf_tiny_ad_fc_autoencoder",
+        "mlperf_tiny_kws_dscnn",
+        "mlperf_tiny_sww_dscnn",
+        "mlperf_tiny_ic_resnet8",
+    ] {
+        models.push(int8_model(m));
+    }
+    check_part(Part::CortexM4, &models, &tools);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,8 +5,8 @@
 
 use kiln::quantize::{QuantOptions, quantize_int8};
 use kiln::{ImportOptions, PipelineOptions};
-use kiln_ir::{Graph, Op, Tensor, ValueId};
-use kiln_tests::{build_c, repo};
+use kiln_ir::{Graph, Op, Tensor};
+use kiln_tests::{build_c, expose_integers, repo};
 use std::path::PathBuf;
 
 struct Case {
@@ -173,21 +173,6 @@ fn int8_models_track_the_float_models() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
-}
-
-/// The same graph with every integer value that feeds a Dequantize made an output too, so
-/// the integer part can be compared bit for bit.
-fn expose_integers(g: &Graph) -> Graph {
-    let mut g = g.clone();
-    let mut outs: Vec<ValueId> = g.outputs().to_vec();
-    for n in g.topo_order().unwrap() {
-        let node = g.node(n);
-        if matches!(node.op, Op::Dequantize { .. }) && !outs.contains(&node.inputs[0]) {
-            outs.push(node.inputs[0]);
-        }
-    }
-    g.set_outputs(outs);
-    g
 }
 
 #[test]
