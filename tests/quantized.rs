@@ -6,7 +6,7 @@
 use kiln::quantize::{QuantOptions, quantize_int8};
 use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Op, Tensor};
-use kiln_tests::{build_c, expose_integers, repo};
+use kiln_tests::{build_c, build_native, expose_integers, repo};
 use std::path::PathBuf;
 
 struct Case {
@@ -177,12 +177,22 @@ fn int8_models_track_the_float_models() {
 
 #[test]
 fn int8_models_in_c_match_the_evaluator_bit_for_bit() {
+    bit_exact("C", &|g, dir| build_c(g, "model", dir, &[]));
+}
+
+#[test]
+fn int8_models_native_match_the_evaluator_bit_for_bit() {
+    bit_exact("native", &|g, dir| build_native(g, "model", dir));
+}
+
+/// Builds each int8 model with `build` and compares its integer tensors with the evaluator.
+fn bit_exact(label: &str, build: &dyn Fn(&Graph, &std::path::Path) -> Result<kiln_tests::NativeExe, String>) {
     let mut failures = Vec::new();
     for c in cases() {
         let g = expose_integers(&c.int8);
-        let build = std::env::temp_dir().join(format!("kiln-q8c-{}-{}", std::process::id(), c.name));
+        let dir = std::env::temp_dir().join(format!("kiln-q8-{label}-{}-{}", std::process::id(), c.name));
         let res = (|| -> Result<usize, String> {
-            let exe = build_c(&g, "model", &build, &[])?;
+            let exe = build(&g, &dir)?;
             let mut set = 0;
             while let Some(inputs) = ref_inputs(&c, set) {
                 let want = kiln_ir::eval::run(&g, &inputs).map_err(|e| e.to_string())?;
@@ -199,10 +209,10 @@ fn int8_models_in_c_match_the_evaluator_bit_for_bit() {
             }
             Ok(set)
         })();
-        let _ = std::fs::remove_dir_all(&build);
+        let _ = std::fs::remove_dir_all(&dir);
         match res {
             Ok(n) => println!(
-                "{}: int8 C build matches the evaluator bit for bit on {n} inputs",
+                "{}: int8 {label} build matches the evaluator bit for bit on {n} inputs",
                 c.name
             ),
             Err(e) => failures.push(format!("{}: {e}", c.name)),

@@ -14,6 +14,7 @@ mod layout;
 mod nest;
 mod nn;
 mod norm;
+mod quant;
 mod resize;
 mod rnn;
 mod typed;
@@ -85,9 +86,16 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
                 && c.window.kernel.len() + 2 == rank
                 && c.fused.is_none_or(elementwise::unary_supported)
         }
+        Op::Pool(p) if int8_pool(g, n) => {
+            p.kind
+                != kiln_ir::op::PoolKind::Avg {
+                    count_include_pad: true,
+                }
+        }
         Op::Pool(p) => {
             float_ok || (p.kind == kiln_ir::op::PoolKind::Max && !matches!(scalar(0), Scalar::F16 | Scalar::Bool))
         }
+        Op::GlobalPool(k) if int8_pool(g, n) => !matches!(k, kiln_ir::op::PoolKind::Lp { .. }),
         Op::GlobalPool(_) => float_ok,
         Op::Gemm { fused, .. } => float_ok && fused.is_none_or(elementwise::unary_supported),
         Op::MatMul => scalar(0) != Scalar::Bool,
@@ -113,13 +121,10 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
         Op::ConvTranspose(_) => float_ok,
         Op::Resize(_) => float_ok,
-        // Integer kernels are not in the native backend yet (the C backend has them).
-        Op::Quantize { .. }
-        | Op::Dequantize { .. }
-        | Op::QConv { .. }
-        | Op::QMatMul { .. }
-        | Op::QAdd(_)
-        | Op::Lut { .. } => false,
+        Op::Quantize { to, .. } => *to == Scalar::I8,
+        Op::Dequantize { .. } => scalar(0) == Scalar::I8,
+        Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::Lut { .. } => true,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -139,6 +144,8 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 /// Read-only tables the kernel wants, computed at compile time.
 pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
+        Op::Lut { .. } | Op::QMatMul { .. } | Op::QConv { .. } => quant::aux(g, n),
+        Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
         Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
         Op::Pool(_) => nn::pool_aux(g, n),
@@ -181,10 +188,15 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
         Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
         Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
+        Op::Pool(p) if int8_pool(g, n) => quant::pool(fx, g, n, &p.window, p.kind, a),
         Op::Pool(p) if rank(g, n) > 4 || !f32_only(g, n) => nn::pool_nd(fx, g, n, p, a),
         Op::Pool(p) => nn::pool(fx, g, n, p, a),
         Op::Einsum { equation } => nn::einsum(fx, g, n, equation, a),
         Op::BatchNorm { epsilon } if !const_params(g, n) => nn::batch_norm_dynamic(fx, g, n, *epsilon, a),
+        Op::GlobalPool(k) if int8_pool(g, n) => {
+            let w = quant::global_window(&g.value(g.node(n).inputs[0]).ty.shape);
+            quant::pool(fx, g, n, &w, *k, a)
+        }
         Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
         Op::Gemm {
             alpha,
@@ -229,16 +241,19 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         } => norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a),
         Op::ConvTranspose(c) => convt::conv_transpose(fx, g, n, c, a),
         Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
-        // Refused by `unsupported` before emission starts.
-        Op::Quantize { .. }
-        | Op::Dequantize { .. }
-        | Op::QConv { .. }
-        | Op::QMatMul { .. }
-        | Op::QAdd(_)
-        | Op::Lut { .. } => {
-            unreachable!("integer op reached the native emitter")
-        }
+        Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
+        Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
+        Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
+        Op::QMatMul { q } => quant::qmatmul(fx, g, n, q, a),
+        Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
+        Op::Lut { .. } => quant::lut(fx, g, n, a),
     }
+}
+
+/// Pooling of int8 values in 1-D or 2-D (the integer kernels of `quant`).
+fn int8_pool(g: &Graph, n: NodeId) -> bool {
+    let x = &g.value(g.node(n).inputs[0]).ty;
+    x.dtype.scalar == Scalar::I8 && matches!(x.shape.len(), 3 | 4)
 }
 
 fn rank(g: &Graph, n: NodeId) -> usize {

@@ -22,22 +22,22 @@ fn i32s(v: &[i32]) -> Vec<u8> {
 }
 
 /// Geometry of a 1-D or 2-D window op viewed as 2-D (`H = 1` for 1-D).
-struct Geo {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    ph: usize,
-    pw: usize,
+pub(super) struct Geo {
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub ph: usize,
+    pub pw: usize,
 }
 
-fn geo(x: &[usize], out: &[usize], win: &Window) -> Geo {
+pub(super) fn geo(x: &[usize], out: &[usize], win: &Window) -> Geo {
     if x.len() == 3 {
         Geo {
             h: 1,
@@ -72,7 +72,7 @@ fn geo(x: &[usize], out: &[usize], win: &Window) -> Geo {
 }
 
 /// Per output index along one axis: (first input index, first valid tap, end of valid taps).
-fn tap_ranges(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<i32> {
+pub(super) fn tap_ranges(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<i32> {
     let mut t = Vec::with_capacity(out * 3);
     for o in 0..out {
         let i0 = (o * s) as i64 - p as i64;
@@ -89,7 +89,7 @@ fn tap_ranges(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) 
 }
 
 /// Loads (start, lo, hi) of a tap-range table row as i64 values.
-fn range_row(fx: &mut Fx, table: Value, o: Value) -> (Value, Value, Value) {
+pub(super) fn range_row(fx: &mut Fx, table: Value, o: Value) -> (Value, Value, Value) {
     let base = fx.addr(table, o, 12);
     let mut get = |off: i64| {
         let a = fx.add_imm(base, off);

@@ -1,0 +1,426 @@
+//! Integer kernels of quantized graphs: the steps of `kiln_runtime`'s fixed-point contract
+//! in Cranelift IR, so native results equal the evaluator's byte for byte. Rescale factors
+//! that vary per output channel come from read-only tables (`aux`); the saturating case of
+//! the doubling high multiply (both operands `i32::MIN`) cannot occur, since multipliers
+//! are at least 2^30.
+
+use super::Args;
+use super::nn::{Geo, geo, range_row, tap_ranges};
+use crate::cranelift::fx::Fx;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, I8, I32, I64};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use kiln_ir::op::{PoolKind, QAdd, QLinear, Requant, Window};
+use kiln_ir::{Graph, NodeId, Op};
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+fn load_i8(fx: &mut Fx, addr: Value) -> Value {
+    fx.b.ins().sload8(I32, flags(), addr, 0)
+}
+
+fn store_i8(fx: &mut Fx, v: Value, addr: Value) {
+    fx.b.ins().istore8(flags(), v, addr, 0);
+}
+
+fn c32(fx: &mut Fx, v: i64) -> Value {
+    fx.b.ins().iconst(I32, v)
+}
+
+/// `round(a * b / 2^31)` half away from zero (`b` is never `i32::MIN` here).
+fn srdhm(fx: &mut Fx, a: Value, b: Value) -> Value {
+    let a64 = fx.b.ins().sextend(I64, a);
+    let b64 = fx.b.ins().sextend(I64, b);
+    let ab = fx.b.ins().imul(a64, b64);
+    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, ab, 0);
+    let (pos_n, neg_n) = (fx.i(1 << 30), fx.i(1 - (1 << 30)));
+    let nudge = fx.b.ins().select(neg, neg_n, pos_n);
+    let s = fx.b.ins().iadd(ab, nudge);
+    // Division by 2^31 truncating toward zero, as Rust's and C's `/`.
+    let sign = fx.b.ins().sshr_imm_s(s, 63);
+    let bias = fx.b.ins().band_imm_s(sign, (1i64 << 31) - 1);
+    let s = fx.b.ins().iadd(s, bias);
+    let q = fx.b.ins().sshr_imm_s(s, 31);
+    fx.b.ins().ireduce(I32, q)
+}
+
+/// `x / 2^e` rounded half away from zero; `e` an i32 value in `0..=31`.
+fn rdbp(fx: &mut Fx, x: Value, e: Value) -> Value {
+    let one = c32(fx, 1);
+    let p = fx.b.ins().ishl(one, e);
+    let mask = fx.b.ins().iadd_imm_s(p, -1);
+    let rem = fx.b.ins().band(x, mask);
+    let half = fx.b.ins().sshr_imm_s(mask, 1);
+    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
+    let neg = fx.b.ins().uextend(I32, neg);
+    let thr = fx.b.ins().iadd(half, neg);
+    let up = fx.b.ins().icmp(IntCC::SignedGreaterThan, rem, thr);
+    let up = fx.b.ins().uextend(I32, up);
+    let sh = fx.b.ins().sshr(x, e);
+    fx.b.ins().iadd(sh, up)
+}
+
+/// `multiply_by_quantized_multiplier(x, m, shift)` with run-time `m` and `shift` (i32).
+fn mbqm(fx: &mut Fx, x: Value, m: Value, shift: Value) -> Value {
+    let zero = c32(fx, 0);
+    let left = fx.b.ins().smax(shift, zero);
+    let nshift = fx.b.ins().ineg(shift);
+    let right = fx.b.ins().smax(nshift, zero);
+    let xl = fx.b.ins().ishl(x, left);
+    let h = srdhm(fx, xl, m);
+    rdbp(fx, h, right)
+}
+
+fn mbqm_const(fx: &mut Fx, x: Value, r: Requant) -> Value {
+    let (m, s) = (c32(fx, r.multiplier as i64), c32(fx, r.shift as i64));
+    mbqm(fx, x, m, s)
+}
+
+fn clamp(fx: &mut Fx, v: Value, lo: i32, hi: i32) -> Value {
+    let (l, h) = (c32(fx, lo as i64), c32(fx, hi as i64));
+    let v = fx.b.ins().smax(v, l);
+    fx.b.ins().smin(v, h)
+}
+
+fn numel(g: &Graph, v: kiln_ir::ValueId) -> i64 {
+    g.value(v).ty.numel() as i64
+}
+
+pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
+    let total = numel(g, g.node(n).outputs[0]);
+    fx.for_ptrs(total, &[(a.ins[0], 4), (a.outs[0], 1)], &mut |fx, p| {
+        let x = fx.load(F32, p[0]);
+        let s = fx.f(F32, scale);
+        let y = fx.b.ins().fdiv(x, s);
+        // round half away from zero, NaN to 0, saturated at ±1e9 (kiln_runtime::round_away)
+        let (lo, hi) = (fx.f(F32, -1.0e9), fx.f(F32, 1.0e9));
+        let big = fx.b.ins().fcmp(FloatCC::GreaterThan, y, hi);
+        let y1 = fx.b.ins().select(big, hi, y);
+        let small = fx.b.ins().fcmp(FloatCC::LessThan, y1, lo);
+        let y2 = fx.b.ins().select(small, lo, y1);
+        let t = fx.b.ins().fcvt_to_sint_sat(I32, y2);
+        let tf = fx.b.ins().fcvt_from_sint(F32, t);
+        let f = fx.b.ins().fsub(y2, tf);
+        let (half, nhalf) = (fx.f(F32, 0.5), fx.f(F32, -0.5));
+        let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
+        let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
+        let tp = fx.b.ins().iadd_imm_s(t, 1);
+        let tm = fx.b.ins().iadd_imm_s(t, -1);
+        let r = fx.b.ins().select(down, tm, t);
+        let r = fx.b.ins().select(up, tp, r);
+        let nan = fx.b.ins().fcmp(FloatCC::Unordered, y, y);
+        let zero = c32(fx, 0);
+        let r = fx.b.ins().select(nan, zero, r);
+        let q = fx.b.ins().iadd_imm_s(r, zp as i64);
+        let q = clamp(fx, q, -128, 127);
+        store_i8(fx, q, p[1]);
+    });
+}
+
+pub(crate) fn dequantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
+    let total = numel(g, g.node(n).outputs[0]);
+    fx.for_ptrs(total, &[(a.ins[0], 1), (a.outs[0], 4)], &mut |fx, p| {
+        let q = load_i8(fx, p[0]);
+        let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
+        let f = fx.b.ins().fcvt_from_sint(F32, d);
+        let s = fx.f(F32, scale);
+        let y = fx.b.ins().fmul(f, s);
+        fx.store(y, p[1]);
+    });
+}
+
+pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
+    let total = numel(g, g.node(n).outputs[0]);
+    fx.for_ptrs(total, &[(a.ins[0], 1), (a.outs[0], 1)], &mut |fx, p| {
+        let q = load_i8(fx, p[0]);
+        let i = fx.b.ins().sextend(I64, q);
+        let i = fx.add_imm(i, 128);
+        let t = fx.addr(a.aux[0], i, 1);
+        let v = fx.b.ins().load(I8, flags(), t, 0);
+        fx.b.ins().store(flags(), v, p[1], 0);
+    });
+}
+
+pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
+    let node = g.node(n);
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let bst = |v: kiln_ir::ValueId| -> Vec<i64> {
+        let s = &g.value(v).ty.shape;
+        let st = kiln_ir::tensor::strides(s);
+        let r = out.len();
+        let mut b = vec![0i64; r];
+        for i in 0..s.len() {
+            b[r - s.len() + i] = if s[i] == 1 { 0 } else { st[i] as i64 };
+        }
+        b
+    };
+    let (sa, sb) = (bst(node.inputs[0]), bst(node.inputs[1]));
+    let so: Vec<i64> = kiln_ir::tensor::strides(&out).into_iter().map(|x| x as i64).collect();
+    let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    let ls = kiln_runtime::ADD_LEFT_SHIFT as i64;
+    fx.for_index(&dims, &mut |fx, idx| {
+        let (ia, ib, io) = (fx.dot(idx, &sa), fx.dot(idx, &sb), fx.dot(idx, &so));
+        let pa = fx.addr(a.ins[0], ia, 1);
+        let pb = fx.addr(a.ins[1], ib, 1);
+        let xa = load_i8(fx, pa);
+        let xb = load_i8(fx, pb);
+        let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
+        let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
+        let xa = fx.b.ins().ishl_imm_s(xa, ls);
+        let xb = fx.b.ins().ishl_imm_s(xb, ls);
+        let ra = mbqm_const(fx, xa, q.a);
+        let rb = mbqm_const(fx, xb, q.b);
+        let s = fx.b.ins().iadd(ra, rb);
+        let r = mbqm_const(fx, s, q.out);
+        let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+        let r = clamp(fx, r, q.act_min, q.act_max);
+        let po = fx.addr(a.outs[0], io, 1);
+        store_i8(fx, r, po);
+    });
+}
+
+/// Tables of an integer kernel: per-channel multipliers and shifts (i32 little-endian).
+fn requant_tables(q: &QLinear) -> Vec<Vec<u8>> {
+    let m: Vec<u8> = q.requant.iter().flat_map(|r| r.multiplier.to_le_bytes()).collect();
+    let s: Vec<u8> = q.requant.iter().flat_map(|r| r.shift.to_le_bytes()).collect();
+    vec![m, s]
+}
+
+fn tables_i32(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Loads channel `ch`'s (multiplier, shift) from the tables (index 0 when per tensor).
+fn channel_requant(fx: &mut Fx, q: &QLinear, mt: Value, st: Value, ch: Value) -> (Value, Value) {
+    let i = if q.requant.len() == 1 { fx.i(0) } else { ch };
+    let ma = fx.addr(mt, i, 4);
+    let sa = fx.addr(st, i, 4);
+    (fx.load(I32, ma), fx.load(I32, sa))
+}
+
+fn finish(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
+    let r = mbqm(fx, acc, m, s);
+    let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+    clamp(fx, r, q.act_min, q.act_max)
+}
+
+pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+    let node = g.node(n);
+    match &node.op {
+        Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
+        Op::QMatMul { q } => requant_tables(q),
+        Op::QConv { window, q, .. } => {
+            let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
+            let gm = geo(xs, out, window);
+            let mut v = vec![
+                tables_i32(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)),
+                tables_i32(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)),
+            ];
+            v.extend(requant_tables(q));
+            v
+        }
+        Op::Pool(_) | Op::GlobalPool(_) => {
+            let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
+            let w = match &node.op {
+                Op::Pool(p) => p.window.clone(),
+                _ => global_window(xs),
+            };
+            let gm = geo(xs, out, &w);
+            vec![
+                tables_i32(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)),
+                tables_i32(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)),
+            ]
+        }
+        _ => vec![],
+    }
+}
+
+pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let (k, nn) = (ws[0] as i64, ws[1] as i64);
+    let rows = numel(g, node.outputs[0]) / nn.max(1);
+    let has_bias = node.inputs.len() > 2;
+    fx.for_n(rows, &mut |fx, r| {
+        let xrow = fx.addr(a.ins[0], r, k);
+        let yrow = fx.addr(a.outs[0], r, nn);
+        fx.for_n(nn, &mut |fx, j| {
+            let acc = fx.b.declare_var(I32);
+            let init = if has_bias {
+                let ba = fx.addr(a.ins[2], j, 4);
+                fx.load(I32, ba)
+            } else {
+                c32(fx, 0)
+            };
+            fx.b.def_var(acc, init);
+            let wcol = fx.addr(a.ins[1], j, 1);
+            fx.for_ptrs(k, &[(xrow, 1), (wcol, nn)], &mut |fx, p| {
+                let x = load_i8(fx, p[0]);
+                let x = fx.b.ins().iadd_imm_s(x, -(q.input_zp as i64));
+                let w = load_i8(fx, p[1]);
+                let prod = fx.b.ins().imul(x, w);
+                let cur = fx.b.use_var(acc);
+                let nv = fx.b.ins().iadd(cur, prod);
+                fx.b.def_var(acc, nv);
+            });
+            let (m, s) = channel_requant(fx, q, a.aux[0], a.aux[1], j);
+            let accv = fx.b.use_var(acc);
+            let y = finish(fx, q, accv, m, s);
+            let ya = fx.addr(yrow, j, 1);
+            store_i8(fx, y, ya);
+        });
+    });
+}
+
+pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let ws = g.value(node.inputs[1]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let gm: Geo = geo(&xs, &out, window);
+    let (m, ci) = (ws[0] as i64, xs[1] as i64);
+    let (cg, mg) = (ci / group as i64, m / group as i64);
+    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let kk = (gm.kh * gm.kw) as i64;
+    let has_bias = node.inputs.len() > 2;
+    fx.for_n(xs[0] as i64, &mut |fx, b| {
+        fx.for_n(m, &mut |fx, oc| {
+            let gi = fx.b.ins().sdiv_imm_s(oc, mg);
+            let cbase = fx.mul_imm(gi, cg);
+            let bc = fx.mul_imm(b, ci);
+            let c0 = fx.b.ins().iadd(bc, cbase);
+            let xbase = fx.addr(a.ins[0], c0, hw);
+            let wbase = fx.addr(a.ins[1], oc, cg * kk);
+            let bo = fx.mul_imm(b, m);
+            let boc = fx.b.ins().iadd(bo, oc);
+            let ybase = fx.addr(a.outs[0], boc, ohw);
+            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+            let bias = if has_bias {
+                let ba = fx.addr(a.ins[2], oc, 4);
+                fx.load(I32, ba)
+            } else {
+                c32(fx, 0)
+            };
+            fx.for_n(gm.oh as i64, &mut |fx, oh| {
+                let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
+                fx.for_n(gm.ow as i64, &mut |fx, ow| {
+                    let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
+                    let acc = fx.b.declare_var(I32);
+                    fx.b.def_var(acc, bias);
+                    fx.for_n(cg, &mut |fx, c| {
+                        let xplane = fx.addr(xbase, c, hw);
+                        let wplane = fx.addr(wbase, c, kk);
+                        fx.for_range(khl, khh, &mut |fx, kh| {
+                            let ih = fx.mul_imm(kh, gm.dh as i64);
+                            let ih = fx.b.ins().iadd(ih0, ih);
+                            let xrow = fx.addr(xplane, ih, gm.w as i64);
+                            let wrow = fx.addr(wplane, kh, gm.kw as i64);
+                            fx.for_range(kwl, kwh, &mut |fx, kw| {
+                                let iw = fx.mul_imm(kw, gm.dw as i64);
+                                let iw = fx.b.ins().iadd(iw0, iw);
+                                let xa = fx.addr(xrow, iw, 1);
+                                let wa = fx.addr(wrow, kw, 1);
+                                let x = load_i8(fx, xa);
+                                let x = fx.b.ins().iadd_imm_s(x, -(q.input_zp as i64));
+                                let w = load_i8(fx, wa);
+                                let p = fx.b.ins().imul(x, w);
+                                let cur = fx.b.use_var(acc);
+                                let nv = fx.b.ins().iadd(cur, p);
+                                fx.b.def_var(acc, nv);
+                            });
+                        });
+                    });
+                    let accv = fx.b.use_var(acc);
+                    let y = finish(fx, q, accv, mult, shift);
+                    let pos = fx.mul_imm(oh, gm.ow as i64);
+                    let pos = fx.b.ins().iadd(pos, ow);
+                    let ya = fx.addr(ybase, pos, 1);
+                    store_i8(fx, y, ya);
+                });
+            });
+        });
+    });
+}
+
+/// The window of a global pool over input shape `xs`.
+pub(crate) fn global_window(xs: &[usize]) -> Window {
+    let sp = &xs[2..];
+    Window {
+        kernel: sp.to_vec(),
+        strides: vec![1; sp.len()],
+        dilations: vec![1; sp.len()],
+        pads: vec![0; 2 * sp.len()],
+    }
+}
+
+/// Integer max or average pooling (padding never counts; see `kiln_runtime::rounded_average`).
+pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: PoolKind, a: &Args) {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let gm = geo(&xs, &out, window);
+    let planes = (xs[0] * xs[1]) as i64;
+    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let is_max = kind == PoolKind::Max;
+    fx.for_n(planes, &mut |fx, pl| {
+        let xplane = fx.addr(a.ins[0], pl, hw);
+        let oplane = fx.addr(a.outs[0], pl, ohw);
+        fx.for_n(gm.oh as i64, &mut |fx, oh| {
+            let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
+            fx.for_n(gm.ow as i64, &mut |fx, ow| {
+                let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
+                let acc = fx.b.declare_var(I32);
+                let init = c32(fx, if is_max { -128 } else { 0 });
+                fx.b.def_var(acc, init);
+                fx.for_range(khl, khh, &mut |fx, kh| {
+                    let ih = fx.mul_imm(kh, gm.dh as i64);
+                    let ih = fx.b.ins().iadd(ih0, ih);
+                    let xrow = fx.addr(xplane, ih, gm.w as i64);
+                    fx.for_range(kwl, kwh, &mut |fx, kw| {
+                        let iw = fx.mul_imm(kw, gm.dw as i64);
+                        let iw = fx.b.ins().iadd(iw0, iw);
+                        let xa = fx.addr(xrow, iw, 1);
+                        let x = load_i8(fx, xa);
+                        let cur = fx.b.use_var(acc);
+                        let nv = if is_max {
+                            fx.b.ins().smax(cur, x)
+                        } else {
+                            fx.b.ins().iadd(cur, x)
+                        };
+                        fx.b.def_var(acc, nv);
+                    });
+                });
+                let mut v = fx.b.use_var(acc);
+                if !is_max {
+                    let rows = fx.b.ins().isub(khh, khl);
+                    let cols = fx.b.ins().isub(kwh, kwl);
+                    let cnt = fx.b.ins().imul(rows, cols);
+                    let cnt = fx.b.ins().ireduce(I32, cnt);
+                    v = rounded_average(fx, v, cnt);
+                    v = clamp(fx, v, -128, 127);
+                }
+                let pos = fx.mul_imm(oh, gm.ow as i64);
+                let pos = fx.b.ins().iadd(pos, ow);
+                let oa = fx.addr(oplane, pos, 1);
+                store_i8(fx, v, oa);
+            });
+        });
+    });
+}
+
+/// `s / n` rounded half away from zero; 0 when `n` is 0 (a window entirely in padding).
+fn rounded_average(fx: &mut Fx, s: Value, n: Value) -> Value {
+    let one = c32(fx, 1);
+    let safe_n = fx.b.ins().smax(n, one);
+    let half = fx.b.ins().sdiv_imm_s(safe_n, 2);
+    let pos = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, s, 0);
+    let up = fx.b.ins().iadd(s, half);
+    let down = fx.b.ins().isub(s, half);
+    let num = fx.b.ins().select(pos, up, down);
+    let q = fx.b.ins().sdiv(num, safe_n);
+    let empty = fx.b.ins().icmp_imm_s(IntCC::Equal, n, 0);
+    let zero = c32(fx, 0);
+    fx.b.ins().select(empty, zero, q)
+}
