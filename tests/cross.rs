@@ -1,6 +1,7 @@
 //! The native backend for aarch64 and riscv64 Linux: every shipped model compiled for the
 //! target, linked statically with the cross gcc, run under qemu-user, and compared with the
-//! evaluator on the host (bound as in `native.rs`). Toolchains come from
+//! evaluator on the host (bound as in `native.rs`; int8 builds of the models with calibration
+//! data, byte for byte). Toolchains come from
 //! `scripts/setup-cross.sh`; without them the test says so and passes, unless
 //! `KILN_REQUIRE_CROSS` is set (CI sets it).
 
@@ -40,29 +41,41 @@ fn run_models(tc: &Toolchain) {
             }
             let m = kiln::load(&d.join("model.onnx"), &opts, &PipelineOptions::default(), |_, _| {})
                 .map_err(|e| e.to_string())?;
-            let build = std::env::temp_dir().join(format!("kiln-cross-{}-{}-{name}", std::process::id(), tc.triple));
-            let exe = build_native_for(&m.graph, "model", &build, tc)?;
-            // Two reference sets per model keep the emulated runs short.
-            let mut worst = 0f64;
-            for set in ["test_data_set_0", "test_data_set_1"] {
-                let dir = d.join("ref").join(set);
-                let inputs: Vec<_> = (0..m.graph.inputs().len())
-                    .map(|i| kiln::npy::read(&dir.join(format!("input_{i}.npy"))).unwrap())
-                    .collect();
-                let want = kiln_ir::eval::run(&m.graph, &inputs).map_err(|e| e.to_string())?;
-                let got = exe.run(&m.graph, &inputs)?;
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let (r, a) = compare(g, w, RTOL, ATOL).map_err(|e| format!("{set}: output {i}: {e}"))?;
-                    if r > 1.0 {
-                        return Err(format!(
-                            "{set}: output {i} differs from the evaluator by {a:e} ({r:.1}x the bound)"
-                        ));
-                    }
-                    worst = worst.max(r);
-                }
+            // The float model, and its int8 build (integer tensors compared exactly) where
+            // the model has calibration data.
+            let mut graphs = vec![("float", m.graph.clone())];
+            if d.join("calib").is_dir() {
+                let q = kiln::quantize::quantize_int8(&m.graph, &d.join("calib"), &Default::default(), |_, _| {})
+                    .map_err(|e| e.to_string())?;
+                graphs.push(("int8", kiln_tests::expose_integers(&q.graph)));
             }
-            let _ = std::fs::remove_dir_all(&build);
-            Ok(format!("worst {worst:.3} of the bound"))
+            let mut worst = 0f64;
+            for (mode, g) in &graphs {
+                let build =
+                    std::env::temp_dir().join(format!("kiln-cross-{}-{}-{name}-{mode}", std::process::id(), tc.triple));
+                let exe = build_native_for(g, "model", &build, tc)?;
+                // Two reference sets per model keep the emulated runs short.
+                for set in ["test_data_set_0", "test_data_set_1"] {
+                    let dir = d.join("ref").join(set);
+                    let inputs: Vec<_> = (0..m.graph.inputs().len())
+                        .map(|i| kiln::npy::read(&dir.join(format!("input_{i}.npy"))).unwrap())
+                        .collect();
+                    let want = kiln_ir::eval::run(g, &inputs).map_err(|e| e.to_string())?;
+                    let got = exe.run(g, &inputs)?;
+                    for (i, (gt, w)) in got.iter().zip(&want).enumerate() {
+                        let (r, a) =
+                            compare(gt, w, RTOL, ATOL).map_err(|e| format!("{mode} {set}: output {i}: {e}"))?;
+                        if r > 1.0 {
+                            return Err(format!(
+                                "{set}: output {i} differs from the evaluator by {a:e} ({r:.1}x the bound)"
+                            ));
+                        }
+                        worst = worst.max(r);
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&build);
+            }
+            Ok(format!("worst {worst:.3} of the bound; {} build(s)", graphs.len()))
         })();
         match res {
             Ok(s) => println!("{} {name}: {s}", tc.triple),

@@ -48,7 +48,7 @@ struct QuantArgs {
     #[arg(long = "keep-float", value_name = "NODE|OPTYPE")]
     keep_float: Vec<String>,
     /// How activation ranges are chosen from the calibration data.
-    #[arg(long = "calibration-method", value_enum, default_value = "percentile")]
+    #[arg(long = "calibration-method", value_enum, default_value = "auto")]
     method: MethodArg,
     /// Reuse (or create) a calibration cache file.
     #[arg(long = "calibration-cache", value_name = "FILE")]
@@ -60,8 +60,10 @@ struct QuantArgs {
 
 #[derive(Clone, Copy, Default, clap::ValueEnum)]
 enum MethodArg {
-    Minmax,
+    /// Try each method; keep the one whose int8 outputs best match float on the data.
     #[default]
+    Auto,
+    Minmax,
     Percentile,
     Entropy,
     Mse,
@@ -208,12 +210,13 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             }
             let opts = kiln::quantize::QuantOptions {
                 keep_float: quant.keep_float.clone(),
-                method: Some(match quant.method {
-                    MethodArg::Minmax => Method::MinMax,
-                    MethodArg::Percentile => Method::Percentile(quant.percentile),
-                    MethodArg::Entropy => Method::Entropy,
-                    MethodArg::Mse => Method::Mse,
-                }),
+                method: match quant.method {
+                    MethodArg::Auto => None,
+                    MethodArg::Minmax => Some(Method::MinMax),
+                    MethodArg::Percentile => Some(Method::Percentile(quant.percentile)),
+                    MethodArg::Entropy => Some(Method::Entropy),
+                    MethodArg::Mse => Some(Method::Mse),
+                },
                 cache: quant.calibration_cache.clone(),
             };
             let start = std::time::Instant::now();

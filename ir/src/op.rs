@@ -455,6 +455,9 @@ pub enum Op {
     },
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Add).
     QAdd(QAdd),
+    /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Mul):
+    /// `y = clamp(zp_out + M((a - zp_a)(b - zp_b)))`.
+    QMul(QMul),
     /// `[x: i8] -> [y: i8]`, `y = table[x + 128]`: any elementwise function of one int8.
     Lut {
         table: Arc<[i8]>,
@@ -472,6 +475,17 @@ pub struct QLinear {
     /// One per output channel, or one for all.
     pub requant: Arc<[Requant]>,
     /// Clamp of the result in output integers (a fused ReLU/Clip lands here).
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QMul {
+    pub a_zp: i32,
+    pub b_zp: i32,
+    pub output_scale: f32,
+    pub output_zp: i32,
+    pub requant: Requant,
     pub act_min: i32,
     pub act_max: i32,
 }
@@ -564,6 +578,7 @@ impl Op {
             Op::QConv { .. } => "QConv",
             Op::QMatMul { .. } => "QMatMul",
             Op::QAdd(_) => "QAdd",
+            Op::QMul(_) => "QMul",
             Op::Lut { .. } => "Lut",
         }
     }

@@ -286,12 +286,18 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![qtype(Scalar::I8, q.output_scale, q.output_zp, s)])
         }
-        QAdd(a) => {
+        QAdd(_) | QMul(_) => {
             arity(op, inputs, 2, 2)?;
             int_inputs(op, inputs)?;
-            let s = broadcast(&inputs[0].shape, &inputs[1].shape)
-                .ok_or_else(|| IrError::shape("QAdd", format!("cannot broadcast {} with {}", inputs[0], inputs[1])))?;
-            Ok(vec![qtype(Scalar::I8, a.output_scale, a.output_zp, s)])
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
+                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
+            })?;
+            let (scale, zp) = match op {
+                QAdd(a) => (a.output_scale, a.output_zp),
+                QMul(m) => (m.output_scale, m.output_zp),
+                _ => unreachable!(),
+            };
+            Ok(vec![qtype(Scalar::I8, scale, zp, s)])
         }
         Lut {
             table,

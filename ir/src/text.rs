@@ -148,6 +148,15 @@ pub fn attrs(op: &Op) -> String {
             a.act_min,
             a.act_max
         ),
+        Op::QMul(m) => format!(
+            "a_zp={} b_zp={} requant={} zp={} act=[{},{}]",
+            m.a_zp,
+            m.b_zp,
+            rq(&m.requant),
+            m.output_zp,
+            m.act_min,
+            m.act_max
+        ),
         Op::Lut { table, zero_point, .. } => {
             // A short fingerprint: the table is data, but a changed table must show in a diff.
             let h = table.iter().fold(0xcbf29ce484222325u64, |h, &b| {

@@ -57,7 +57,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::Quantize { to, .. } => *to == Scalar::I8,
         Op::Dequantize { .. } => i8_in,
         Op::QConv { .. } => matches!(rank, 3 | 4),
-        Op::QMatMul { .. } | Op::QAdd(_) | Op::Lut { .. } => true,
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } => true,
         Op::Pool(p) if i8_in => {
             matches!(rank, 3 | 4)
                 && !matches!(
@@ -207,6 +207,27 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                     a.act_min,
                     a.act_max,
                     ls = kiln_runtime::ADD_LEFT_SHIFT
+                )
+            });
+        }
+        Op::QMul(m) => {
+            let (sa, sb) = (
+                bcast(shape(g, node.inputs[0]), &o0),
+                bcast(shape(g, node.inputs[1]), &o0),
+            );
+            nest(out, 1, &o0, &[strides(&o0), sa, sb], &|o| {
+                format!(
+                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(p, {}, {}) + {}, {}, {});",
+                    o[1],
+                    m.a_zp,
+                    o[2],
+                    m.b_zp,
+                    o[0],
+                    m.requant.multiplier,
+                    m.requant.shift,
+                    m.output_zp,
+                    m.act_min,
+                    m.act_max
                 )
             });
         }

@@ -15,7 +15,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// FNV-1a over the graph's text form, the calibration tensors and the method.
-pub fn key(g: &Graph, set: &CalibrationSet, method: Method) -> String {
+pub fn key(g: &Graph, set: &CalibrationSet, method: Option<Method>) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -31,7 +31,7 @@ pub fn key(g: &Graph, set: &CalibrationSet, method: Method) -> String {
     for t in &set.inputs {
         eat(&t.data.to_le_bytes());
     }
-    eat(method.to_string().as_bytes());
+    eat(method.map_or("auto".to_string(), |m| m.to_string()).as_bytes());
     format!("{h:016x}")
 }
 
@@ -43,7 +43,7 @@ fn bad(path: &Path, msg: &str) -> QuantError {
 }
 
 /// The cached ranges if `path` exists and was made for `key`.
-pub fn load(path: &Path, g: &Graph, key: &str) -> Result<Option<Ranges>, QuantError> {
+pub fn load(path: &Path, g: &Graph, key: &str) -> Result<Option<(Ranges, Method)>, QuantError> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
@@ -51,10 +51,14 @@ pub fn load(path: &Path, g: &Graph, key: &str) -> Result<Option<Ranges>, QuantEr
     if lines.next() != Some(&format!("kiln-calibration v1 {key}")) {
         return Ok(None);
     }
-    let samples = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+    let second = lines.next().unwrap_or_default();
+    let samples = second
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(path, "malformed second line"))?;
+    let method = Method::parse(second.split(' ').next().unwrap_or_default())
+        .ok_or_else(|| bad(path, "unknown method on the second line"))?;
     let mut r = Ranges {
         samples,
         ..Default::default()
@@ -72,7 +76,7 @@ pub fn load(path: &Path, g: &Graph, key: &str) -> Result<Option<Ranges>, QuantEr
             .ok_or_else(|| bad(path, &format!("no value `{name}` in the model")))?;
         r.by_value.insert(v, (lo, hi));
     }
-    Ok(Some(r))
+    Ok(Some((r, method)))
 }
 
 pub fn store(path: &Path, g: &Graph, key: &str, method: Method, r: &Ranges) -> Result<(), QuantError> {

@@ -151,6 +151,18 @@ pub enum Method {
     Mse,
 }
 
+impl Method {
+    /// Parses the `Display` form.
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "minmax" => Some(Method::MinMax),
+            "entropy" => Some(Method::Entropy),
+            "mse" => Some(Method::Mse),
+            _ => s.strip_prefix("percentile:")?.parse().ok().map(Method::Percentile),
+        }
+    }
+}
+
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -197,9 +209,26 @@ pub fn calibrate(
     g: &Graph,
     set: &CalibrationSet,
     method: Method,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Ranges, QuantError> {
-    let passes = if method == Method::MinMax { 1 } else { 2 };
+    Ok(observe(g, set, method != Method::MinMax, progress)?.ranges(g, method))
+}
+
+/// What calibration saw: every value's observed range and, for the histogram methods, its
+/// histogram over that range. Ranges for any method derive from it without another pass.
+pub struct Observed {
+    minmax: Ranges,
+    hists: HashMap<ValueId, Hist>,
+}
+
+/// One pass over the data for min-max, two when histograms are wanted.
+pub fn observe(
+    g: &Graph,
+    set: &CalibrationSet,
+    histograms: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Observed, QuantError> {
+    let passes = if histograms { 2 } else { 1 };
     let total = set.samples * passes;
     let mut r = Ranges::default();
     for i in 0..set.samples {
@@ -211,8 +240,11 @@ pub fn calibrate(
         r.samples += 1;
         progress(i + 1, total);
     }
-    if method == Method::MinMax {
-        return Ok(r);
+    if !histograms {
+        return Ok(Observed {
+            minmax: r,
+            hists: HashMap::new(),
+        });
     }
     let mut hists: HashMap<ValueId, Hist> = r
         .by_value
@@ -245,14 +277,22 @@ pub fn calibrate(
         .map_err(QuantError::Eval)?;
         progress(set.samples + i + 1, total);
     }
-    // Graph outputs keep their whole observed range: clipping what the user reads is a
-    // wrong answer, not noise.
-    for (v, h) in hists {
-        if !g.outputs().contains(&v) {
-            r.by_value.insert(v, choose(&h, method));
+    Ok(Observed { minmax: r, hists })
+}
+
+impl Observed {
+    /// The ranges `method` chooses (min-max without histograms).
+    pub fn ranges(&self, g: &Graph, method: Method) -> Ranges {
+        let mut r = self.minmax.clone();
+        // Graph outputs keep their whole observed range: clipping what the user reads is a
+        // wrong answer, not noise.
+        for (v, h) in &self.hists {
+            if !g.outputs().contains(v) {
+                r.by_value.insert(*v, choose(h, method));
+            }
         }
+        r
     }
-    Ok(r)
 }
 
 /// Candidate ranges shrink the observed one toward zero in 1/128 steps, down to 1/16 of it

@@ -32,9 +32,8 @@ pub enum QuantError {
 pub struct QuantOptions {
     /// Node names or op types (case-insensitive) to leave in float.
     pub keep_float: Vec<String>,
-    /// How each activation's range is chosen (default: the 99.999th percentile; on the
-    /// shipped models it has the lowest mean error of min-max, percentiles 99.9/99.99/
-    /// 99.999, MSE and entropy, and beats ONNX Runtime's min-max on all of them).
+    /// How each activation's range is chosen; `None` (the default) tries each method and
+    /// keeps the one whose int8 outputs best match the float model on the calibration data.
     pub method: Option<calibrate::Method>,
     /// Reuse calibration results stored here when model, data and method are unchanged;
     /// otherwise calibrate and store them.
@@ -47,6 +46,8 @@ pub struct Quantized {
     /// Nodes left in float, and why.
     pub notes: Vec<String>,
     pub samples: usize,
+    /// The calibration method used (the one `auto` chose, if it chose).
+    pub method: calibrate::Method,
 }
 
 /// Calibrates `g` on the data in `dir` and returns the integer graph.
@@ -57,26 +58,88 @@ pub fn quantize_int8(
     progress: impl FnMut(usize, usize),
 ) -> Result<Quantized, QuantError> {
     let set = calibrate::CalibrationSet::load(g, dir)?;
-    let method = opts.method.unwrap_or(calibrate::Method::Percentile(99.999));
-    let key = cache::key(g, &set, method);
+    let key = cache::key(g, &set, opts.method);
     let cached = match &opts.cache {
         Some(p) => cache::load(p, g, &key)?,
         None => None,
     };
-    let ranges = match cached {
+    let (ranges, method) = match cached {
         Some(r) => r,
         None => {
-            let r = calibrate::calibrate(g, &set, method, progress)?;
+            let (r, m) = match opts.method {
+                Some(m) => (calibrate::calibrate(g, &set, m, progress)?, m),
+                None => auto(g, &set, opts, progress)?,
+            };
             if let Some(p) = &opts.cache {
-                cache::store(p, g, &key, method, &r)?;
+                cache::store(p, g, &key, m, &r)?;
             }
-            r
+            (r, m)
         }
     };
     let q = quantize_static::run(g, &ranges, opts)?;
+    let mut notes = q.notes;
+    if opts.method.is_none() {
+        notes.push(format!("calibration method chosen: {method}"));
+    }
     Ok(Quantized {
         graph: q.graph,
-        notes: q.notes,
+        notes,
         samples: ranges.samples,
+        method,
     })
+}
+
+/// Methods `auto` tries, in order of preference on a tie.
+const CANDIDATES: [calibrate::Method; 5] = [
+    calibrate::Method::MinMax,
+    calibrate::Method::Percentile(99.999),
+    calibrate::Method::Percentile(99.99),
+    calibrate::Method::Mse,
+    calibrate::Method::Entropy,
+];
+
+/// Samples `auto` scores each method on (spread evenly over the set).
+const AUTO_SAMPLES: usize = 128;
+
+/// The default: calibrate once (with histograms), quantize with every candidate method, and
+/// keep the one whose int8 model's outputs are closest to the float model's (mean absolute
+/// error) on the calibration samples. No method wins on every model; this picks per model.
+fn auto(
+    g: &Graph,
+    set: &calibrate::CalibrationSet,
+    opts: &QuantOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<(calibrate::Ranges, calibrate::Method), QuantError> {
+    let seen = calibrate::observe(g, set, true, progress)?;
+    let n = set.samples.min(AUTO_SAMPLES);
+    let picks: Vec<usize> = (0..n).map(|i| i * set.samples / n).collect();
+    let samples: Vec<Vec<kiln_ir::Tensor>> = picks.iter().map(|&i| set.sample(g, i)).collect();
+    let want: Vec<Vec<kiln_ir::Tensor>> = samples
+        .iter()
+        .map(|x| kiln_ir::eval::run(g, x))
+        .collect::<Result<_, _>>()
+        .map_err(QuantError::Eval)?;
+    let mut best: Option<(f64, calibrate::Ranges, calibrate::Method)> = None;
+    for m in CANDIDATES {
+        let ranges = seen.ranges(g, m);
+        let q = quantize_static::run(g, &ranges, opts)?;
+        let (mut err, mut count) = (0f64, 0usize);
+        for (x, w) in samples.iter().zip(&want) {
+            let got = kiln_ir::eval::run(&q.graph, x).map_err(QuantError::Eval)?;
+            for (a, b) in got.iter().zip(w) {
+                if b.data.scalar().is_float() {
+                    for (p, q) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+                        err += (p - q).abs();
+                        count += 1;
+                    }
+                }
+            }
+        }
+        let score = err / count.max(1) as f64;
+        if best.as_ref().is_none_or(|b| score < b.0) {
+            best = Some((score, ranges, m));
+        }
+    }
+    let (_, r, m) = best.expect("candidates");
+    Ok((r, m))
 }

@@ -14,7 +14,7 @@
 
 use super::calibrate::Ranges;
 use super::{QuantError, QuantOptions};
-use kiln_ir::op::{PoolKind, QAdd, QLinear, UnaryOp};
+use kiln_ir::op::{PoolKind, QAdd, QLinear, QMul, UnaryOp};
 use kiln_ir::{DType, Graph, NodeId, Op, QParams, Scalar, Tensor, TensorType, ValueDef, ValueId};
 use kiln_runtime as rt;
 use std::collections::HashMap;
@@ -319,6 +319,47 @@ impl Rewriter<'_> {
                 }
                 self.matmul(n, &b.to_f32_vec(), b.shape[0], b.shape[1], None, (None, None))?;
             }
+            // A binary op with a scalar constant is a function of one int8: a table.
+            Op::Binary(_) if self.scalar_const_operand(&node).is_some() => {
+                let (slot, c) = self.scalar_const_operand(&node).expect("checked");
+                let x_slot = 1 - slot;
+                let (x, px) = self.int_of(node.inputs[x_slot])?;
+                let po = self.out_params(out)?;
+                let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
+                let t = Tensor::from_vec(vec![256], xs);
+                let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
+                let args: [&Tensor; 2] = if slot == 1 { [&t, &c] } else { [&c, &t] };
+                let y = kiln_ir::eval::eval_node(&node.op, &args, &[ty]).map_err(QuantError::Eval)?;
+                let table: Arc<[i8]> = y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect();
+                self.emit_int(
+                    n,
+                    Op::Lut {
+                        table,
+                        scale: po.scale,
+                        zero_point: po.zp,
+                    },
+                    vec![x],
+                    out,
+                    po,
+                );
+            }
+            Op::Binary(kiln_ir::op::BinaryOp::Mul) => {
+                let (a, pa) = self.int_of(node.inputs[0])?;
+                let (b, pb) = self.int_of(node.inputs[1])?;
+                let po = self.out_params(out)?;
+                let requant = rt::quantize_multiplier(pa.scale as f64 * pb.scale as f64 / po.scale as f64)
+                    .ok_or_else(|| QuantError::Scale(node.name.clone(), "output".into()))?;
+                let op = Op::QMul(QMul {
+                    a_zp: pa.zp,
+                    b_zp: pb.zp,
+                    output_scale: po.scale,
+                    output_zp: po.zp,
+                    requant,
+                    act_min: -128,
+                    act_max: 127,
+                });
+                self.emit_int(n, op, vec![a, b], out, po);
+            }
             Op::Binary(kiln_ir::op::BinaryOp::Add) => {
                 let (a, pa) = self.int_of(node.inputs[0])?;
                 let (b, pb) = self.int_of(node.inputs[1])?;
@@ -388,6 +429,22 @@ impl Rewriter<'_> {
             _ => return self.keep_float(n, "no integer kernel for this op yet"),
         }
         Ok(())
+    }
+
+    /// The slot and value of a one-element constant operand of a two-input node, if the
+    /// other operand is computed and the output has its shape.
+    fn scalar_const_operand(&self, node: &kiln_ir::Node) -> Option<(usize, Tensor)> {
+        if node.inputs.len() != 2 {
+            return None;
+        }
+        (0..2).find_map(|slot| {
+            let c = self.src.const_value(node.inputs[slot])?;
+            let other = &self.src.value(node.inputs[1 - slot]).ty.shape;
+            (c.numel() == 1
+                && self.src.const_value(node.inputs[1 - slot]).is_none()
+                && *other == self.src.value(node.outputs[0]).ty.shape)
+                .then(|| (slot, (**c).clone().reshaped(vec![])))
+        })
     }
 
     /// Ops that move or select int8 values without changing their scale.

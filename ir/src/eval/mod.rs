@@ -253,6 +253,7 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::QConv { window, group, q } => one(quant::qconv(window, *group, q, x, &out[0].shape)?),
         Op::QMatMul { q } => one(quant::qmatmul(q, x, &out[0].shape)?),
         Op::QAdd(a) => one(quant::qadd(a, x[0], x[1], &out[0].shape)?),
+        Op::QMul(m) => one(quant::qmul(m, x[0], x[1], &out[0].shape)),
         Op::Lut { table, .. } => one(quant::lut(table, x[0])),
     }
 }

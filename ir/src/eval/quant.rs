@@ -6,7 +6,7 @@ use super::window::{PAD, window_table};
 use super::{broadcast_offsets, sl};
 use crate::dtype::Scalar;
 use crate::error::{IrError, Result};
-use crate::op::{PoolKind, QAdd, QLinear, Window};
+use crate::op::{PoolKind, QAdd, QLinear, QMul, Window};
 use crate::tensor::{Data, Tensor};
 use kiln_runtime as rt;
 
@@ -132,6 +132,20 @@ pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Te
         })
         .collect();
     Ok(Tensor::from_vec(out.to_vec(), y))
+}
+
+pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
+    let (av, bv): (&[i8], &[i8]) = (sl(a), sl(b));
+    let (oa, ob) = (broadcast_offsets(&a.shape, out), broadcast_offsets(&b.shape, out));
+    let y: Vec<i8> = oa
+        .iter()
+        .zip(&ob)
+        .map(|(&i, &j)| {
+            let prod = (av[i] as i32 - p.a_zp) * (bv[j] as i32 - p.b_zp);
+            (rt::multiply_by_quantized_multiplier(prod, p.requant) + p.output_zp).clamp(p.act_min, p.act_max) as i8
+        })
+        .collect();
+    Tensor::from_vec(out.to_vec(), y)
 }
 
 pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {

@@ -124,7 +124,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Quantize { to, .. } => *to == Scalar::I8,
         Op::Dequantize { .. } => scalar(0) == Scalar::I8,
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
-        Op::QMatMul { .. } | Op::QAdd(_) | Op::Lut { .. } => true,
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } => true,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -246,6 +246,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, q, a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
+        Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
     }
 }

@@ -10,7 +10,7 @@ use crate::cranelift::fx::Fx;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, I8, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
-use kiln_ir::op::{PoolKind, QAdd, QLinear, Requant, Window};
+use kiln_ir::op::{PoolKind, QAdd, QLinear, QMul, Requant, Window};
 use kiln_ir::{Graph, NodeId, Op};
 
 fn flags() -> MemFlagsData {
@@ -143,7 +143,8 @@ pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     });
 }
 
-pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
+/// Walks the output of a broadcasting two-input integer op: `body(fx, a_ptr, b_ptr, out_ptr)`.
+fn broadcast2(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, body: &mut dyn FnMut(&mut Fx, Value, Value, Value)) {
     let node = g.node(n);
     let out = g.value(node.outputs[0]).ty.shape.clone();
     let bst = |v: kiln_ir::ValueId| -> Vec<i64> {
@@ -159,11 +160,32 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
     let (sa, sb) = (bst(node.inputs[0]), bst(node.inputs[1]));
     let so: Vec<i64> = kiln_ir::tensor::strides(&out).into_iter().map(|x| x as i64).collect();
     let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
-    let ls = kiln_runtime::ADD_LEFT_SHIFT as i64;
     fx.for_index(&dims, &mut |fx, idx| {
         let (ia, ib, io) = (fx.dot(idx, &sa), fx.dot(idx, &sb), fx.dot(idx, &so));
         let pa = fx.addr(a.ins[0], ia, 1);
         let pb = fx.addr(a.ins[1], ib, 1);
+        let po = fx.addr(a.outs[0], io, 1);
+        body(fx, pa, pb, po);
+    });
+}
+
+pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
+    broadcast2(fx, g, n, a, &mut |fx, pa, pb, po| {
+        let xa = load_i8(fx, pa);
+        let xb = load_i8(fx, pb);
+        let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
+        let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
+        let p = fx.b.ins().imul(xa, xb);
+        let r = mbqm_const(fx, p, q.requant);
+        let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+        let r = clamp(fx, r, q.act_min, q.act_max);
+        store_i8(fx, r, po);
+    });
+}
+
+pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
+    let ls = kiln_runtime::ADD_LEFT_SHIFT as i64;
+    broadcast2(fx, g, n, a, &mut |fx, pa, pb, po| {
         let xa = load_i8(fx, pa);
         let xb = load_i8(fx, pb);
         let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
@@ -176,7 +198,6 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
         let r = mbqm_const(fx, s, q.out);
         let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
         let r = clamp(fx, r, q.act_min, q.act_max);
-        let po = fx.addr(a.outs[0], io, 1);
         store_i8(fx, r, po);
     });
 }
