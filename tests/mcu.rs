@@ -573,7 +573,11 @@ fn small_models_run_on_a_simulated_atmega328p() {
     };
     check_part(
         Part::Avr("atmega328p"),
-        &[with_inputs("conv", conv_net()), with_inputs("mlp", mlp())],
+        &[
+            with_inputs("conv", conv_net()),
+            with_inputs("mlp", mlp()),
+            int8_model("digits_cnn"),
+        ],
         &tools,
     );
     check_part(Part::Avr("atmega2560"), &[with_inputs("wide", wide())], &tools);

@@ -334,3 +334,34 @@ fn bad_calibration_data_is_refused_with_the_file_named() {
     kiln_ir::eval::run(&q.graph, &[Tensor::from_vec(vec![1, 49, 10, 1], vec![0f32; 490])]).unwrap();
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn the_digits_cnn_keeps_its_accuracy_in_int8() {
+    let dir = repo().join("tests/models/digits_cnn");
+    let c = cases()
+        .into_iter()
+        .find(|c| c.dir == dir)
+        .expect("digits_cnn has calib/");
+    let x = kiln::npy::read(&dir.join("eval/input_0.npy")).unwrap();
+    let labels = kiln::npy::read(&dir.join("eval/labels.npy")).unwrap().to_i64_vec();
+    let per = 64;
+    let (mut ok_f, mut ok_q) = (0, 0);
+    let xs = x.to_f32_vec();
+    for (i, &l) in labels.iter().enumerate() {
+        let t = Tensor::from_vec(vec![1, 1, 8, 8], xs[i * per..(i + 1) * per].to_vec());
+        let f = kiln_ir::eval::run(&c.float, std::slice::from_ref(&t)).unwrap();
+        let q = kiln_ir::eval::run(&c.int8, &[t]).unwrap();
+        ok_f += (argmax(&f[0].to_f64_vec()) as i64 == l) as usize;
+        ok_q += (argmax(&q[0].to_f64_vec()) as i64 == l) as usize;
+    }
+    let n = labels.len() as f64;
+    let (af, aq) = (ok_f as f64 / n, ok_q as f64 / n);
+    println!(
+        "digits_cnn on {} held-out images: float accuracy {af:.4}, int8 {aq:.4}",
+        labels.len()
+    );
+    assert!(
+        aq >= af - 0.01,
+        "int8 accuracy {aq} is more than 1 point below float {af}"
+    );
+}
