@@ -458,6 +458,12 @@ pub enum Op {
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Mul):
     /// `y = clamp(zp_out + M((a - zp_a)(b - zp_b)))`.
     QMul(QMul),
+    /// `[x: i8] -> [y: i8<1/256, -128>]` softmax along `axis` (`kiln_runtime::softmax_i8`):
+    /// `exp_table[d]` is `exp(-scale_in * d)` in Q16 for the distance `d` below the row max.
+    QSoftmax {
+        axis: usize,
+        exp_table: Arc<[i32]>,
+    },
     /// `[x: i8] -> [y: i8]`, `y = table[x + 128]`: any elementwise function of one int8.
     Lut {
         table: Arc<[i8]>,
@@ -579,6 +585,7 @@ impl Op {
             Op::QMatMul { .. } => "QMatMul",
             Op::QAdd(_) => "QAdd",
             Op::QMul(_) => "QMul",
+            Op::QSoftmax { .. } => "QSoftmax",
             Op::Lut { .. } => "Lut",
         }
     }

@@ -299,6 +299,16 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             };
             Ok(vec![qtype(Scalar::I8, scale, zp, s)])
         }
+        QSoftmax { axis, exp_table } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I8 || exp_table.len() != 256 || *axis >= x().shape.len() {
+                return err(op, "softmax of i8 along an existing axis with a 256-entry table");
+            }
+            if x().shape[*axis] > kiln_runtime::SOFTMAX_MAX_LEN {
+                return err(op, format!("axis longer than {}", kiln_runtime::SOFTMAX_MAX_LEN));
+            }
+            Ok(vec![qtype(Scalar::I8, 1.0 / 256.0, -128, x().shape.clone())])
+        }
         Lut {
             table,
             scale,

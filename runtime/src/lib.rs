@@ -152,6 +152,55 @@ pub fn rounded_average(sum: i32, count: i32) -> i32 {
     }
 }
 
+/// Longest softmax axis: the Q16 exponentials of a row must sum within i32.
+pub const SOFTMAX_MAX_LEN: usize = 32767;
+
+/// Integer softmax of one row into int8 probabilities with scale 1/256 and zero point -128.
+/// `exp_table[d]` holds `round(exp(-scale_in * d) * 2^16)` for `d = max - x` in `0..=255`
+/// (built at compile time); each output is `-128 + round(256 * e / sum)`, the division
+/// rounded half up in 64-bit integers, clamped to 127.
+pub fn softmax_i8(row: &[i8], exp_table: &[i32], out: &mut [i8]) {
+    let max = row.iter().copied().max().unwrap_or(0) as i32;
+    let sum: i64 = row.iter().map(|&x| exp_table[(max - x as i32) as usize] as i64).sum();
+    for (o, &x) in out.iter_mut().zip(row) {
+        let e = exp_table[(max - x as i32) as usize] as i64;
+        let q = (e * 512 + sum) / (2 * sum);
+        *o = (q - 128).min(127) as i8;
+    }
+}
+
+/// The Q16 exponential table of [`softmax_i8`] for an input scale.
+pub fn softmax_exp_table(scale_in: f32) -> [i32; 256] {
+    let mut t = [0i32; 256];
+    let step = exp_neg(scale_in as f64);
+    let mut e = 1.0f64;
+    for v in t.iter_mut() {
+        *v = (e * 65536.0 + 0.5) as i32;
+        e *= step;
+    }
+    t
+}
+
+/// `exp(-x)` for `x >= 0` without libm: halve until below 1/2, sum the Taylor series, square
+/// back (the table keeps 16 fractional bits, far above the series' error).
+fn exp_neg(x: f64) -> f64 {
+    let mut k = 0;
+    let mut r = x;
+    while r > 0.5 {
+        r *= 0.5;
+        k += 1;
+    }
+    let (mut term, mut s) = (1.0, 1.0);
+    for i in 1..20 {
+        term *= -r / i as f64;
+        s += term;
+    }
+    for _ in 0..k {
+        s *= s;
+    }
+    s
+}
+
 /// Left shift applied to both inputs of an integer Add before rescaling, so that the two
 /// rescaled operands keep 20 fractional bits (TFLite's int8 Add).
 pub const ADD_LEFT_SHIFT: i32 = 20;

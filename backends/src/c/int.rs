@@ -57,7 +57,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::Quantize { to, .. } => *to == Scalar::I8,
         Op::Dequantize { .. } => i8_in,
         Op::QConv { .. } => matches!(rank, 3 | 4),
-        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } => true,
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
         Op::Pool(p) if i8_in => {
             matches!(rank, 3 | 4)
                 && !matches!(
@@ -209,6 +209,30 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                     ls = kiln_runtime::ADD_LEFT_SHIFT
                 )
             });
+        }
+        Op::QSoftmax { axis, exp_table } => {
+            let len = o0[*axis];
+            let inner: usize = o0[axis + 1..].iter().product();
+            let outer: usize = o0[..*axis].iter().product();
+            let t: Vec<String> = exp_table.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "    static const KILN_ROM int32_t table[256] = {{{}}};",
+                t.join(", ")
+            );
+            let _ = writeln!(
+                out,
+                "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        int32_t k, m = -128;\n        int64_t sum = 0;"
+            );
+            let at = format!("(o * {len} + k) * {inner} + i");
+            let _ = writeln!(
+                out,
+                "        for (k = 0; k < {len}; ++k) if (x0[{at}] > m) m = x0[{at}];\n        for (k = 0; k < {len}; ++k) sum += kiln_rom_i32(&table[m - x0[{at}]]);"
+            );
+            let _ = writeln!(
+                out,
+                "        for (k = 0; k < {len}; ++k) {{\n            int64_t q = ((int64_t)kiln_rom_i32(&table[m - x0[{at}]]) * 512 + sum) / (2 * sum);\n            y0[{at}] = (int8_t)(q - 128 > 127 ? 127 : q - 128);\n        }}\n    }}"
+            );
         }
         Op::QMul(m) => {
             let (sa, sb) = (

@@ -414,6 +414,15 @@ impl Rewriter<'_> {
                     po,
                 );
             }
+            Op::Softmax { axis } if self.src.value(node.inputs[0]).ty.shape[*axis] <= rt::SOFTMAX_MAX_LEN => {
+                let (x, px) = self.int_of(node.inputs[0])?;
+                let po = Q {
+                    scale: 1.0 / 256.0,
+                    zp: -128,
+                };
+                let exp_table: Arc<[i32]> = rt::softmax_exp_table(px.scale).to_vec().into();
+                self.emit_int(n, Op::QSoftmax { axis: *axis, exp_table }, vec![x], out, po);
+            }
             Op::Pool(p)
                 if p.kind == PoolKind::Max
                     || p.kind

@@ -124,7 +124,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Quantize { to, .. } => *to == Scalar::I8,
         Op::Dequantize { .. } => scalar(0) == Scalar::I8,
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
-        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } => true,
+        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -144,7 +144,7 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 /// Read-only tables the kernel wants, computed at compile time.
 pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
-        Op::Lut { .. } | Op::QMatMul { .. } | Op::QConv { .. } => quant::aux(g, n),
+        Op::Lut { .. } | Op::QMatMul { .. } | Op::QConv { .. } | Op::QSoftmax { .. } => quant::aux(g, n),
         Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
         Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
@@ -247,6 +247,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, q, a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
+        Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
     }
 }

@@ -231,6 +231,7 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     let node = g.node(n);
     match &node.op {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
+        Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
         Op::QMatMul { q } => requant_tables(q),
         Op::QConv { window, q, .. } => {
             let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
@@ -426,6 +427,63 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
                 let pos = fx.b.ins().iadd(pos, ow);
                 let oa = fx.addr(oplane, pos, 1);
                 store_i8(fx, v, oa);
+            });
+        });
+    });
+}
+
+/// Integer softmax along `axis` (`kiln_runtime::softmax_i8`).
+pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
+    let shape = g.value(g.node(n).inputs[0]).ty.shape.clone();
+    let len = shape[axis] as i64;
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
+    let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
+    fx.for_n(outer, &mut |fx, o| {
+        fx.for_n(inner, &mut |fx, i| {
+            let base = fx.mul_imm(o, len * inner);
+            let base = fx.b.ins().iadd(base, i);
+            let xrow = fx.addr(a.ins[0], base, 1);
+            let yrow = fx.addr(a.outs[0], base, 1);
+            let m = fx.b.declare_var(I32);
+            let init = c32(fx, -128);
+            fx.b.def_var(m, init);
+            fx.for_ptrs(len, &[(xrow, inner)], &mut |fx, p| {
+                let x = load_i8(fx, p[0]);
+                let cur = fx.b.use_var(m);
+                let nv = fx.b.ins().smax(cur, x);
+                fx.b.def_var(m, nv);
+            });
+            let mv = fx.b.use_var(m);
+            let sum = fx.b.declare_var(I64);
+            let zero = fx.i(0);
+            fx.b.def_var(sum, zero);
+            let table = a.aux[0];
+            let exp_of = |fx: &mut Fx, p: Value| -> Value {
+                let x = load_i8(fx, p);
+                let d = fx.b.ins().isub(mv, x);
+                let d = fx.b.ins().sextend(I64, d);
+                let ta = fx.addr(table, d, 4);
+                let e = fx.load(I32, ta);
+                fx.b.ins().sextend(I64, e)
+            };
+            fx.for_ptrs(len, &[(xrow, inner)], &mut |fx, p| {
+                let e = exp_of(fx, p[0]);
+                let cur = fx.b.use_var(sum);
+                let nv = fx.b.ins().iadd(cur, e);
+                fx.b.def_var(sum, nv);
+            });
+            let s = fx.b.use_var(sum);
+            let s2 = fx.b.ins().iadd(s, s);
+            fx.for_ptrs(len, &[(xrow, inner), (yrow, inner)], &mut |fx, p| {
+                let e = exp_of(fx, p[0]);
+                let num = fx.b.ins().imul_imm_s(e, 512);
+                let num = fx.b.ins().iadd(num, s);
+                let q = fx.b.ins().sdiv(num, s2);
+                let q = fx.b.ins().iadd_imm_s(q, -128);
+                let top = fx.i(127);
+                let q = fx.b.ins().smin(q, top);
+                let q = fx.b.ins().ireduce(I32, q);
+                store_i8(fx, q, p[1]);
             });
         });
     });
