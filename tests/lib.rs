@@ -427,3 +427,56 @@ pub fn expose_integers(g: &kiln_ir::Graph) -> kiln_ir::Graph {
     g.set_outputs(outs);
     g
 }
+
+/// Builds, next to an executable made by [`build_c`] or [`build_native`], a second program
+/// that calls `<prefix>_run_int` on raw int8 files (arguments: inputs, then outputs), linked
+/// against the same model code (`model.o` for C, `lib<prefix>.a` for native).
+pub fn build_int_harness(built: &NativeExe, g: &kiln_ir::Graph, prefix: &str, native: bool) -> Result<PathBuf, String> {
+    let up = prefix.to_ascii_uppercase();
+    let (ni, no) = (g.inputs().len(), g.outputs().len());
+    let mut c = format!("#include \"{prefix}.h\"\n#include <stdio.h>\n#include <stdlib.h>\n");
+    c.push_str("static void io(const char *p, void *b, size_t n, int w) {\n  FILE *f = fopen(p, w ? \"wb\" : \"rb\");\n  if (!f || (w ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n) { fprintf(stderr, \"io %s\\n\", p); exit(2); }\n  fclose(f);\n}\n");
+    for i in 0..ni {
+        c.push_str(&format!("static int8_t in{i}[{up}_INPUT{i}_COUNT + 1];\n"));
+    }
+    for i in 0..no {
+        c.push_str(&format!("static int8_t out{i}[{up}_OUTPUT{i}_COUNT + 1];\n"));
+    }
+    c.push_str(&format!(
+        "static _Alignas(16) unsigned char arena[{up}_ARENA_SIZE + 16];\nint main(int argc, char **argv) {{\n  if (argc != {}) return 3;\n",
+        1 + ni + no
+    ));
+    for i in 0..ni {
+        c.push_str(&format!("  io(argv[{}], in{i}, {up}_INPUT{i}_COUNT, 0);\n", 1 + i));
+    }
+    let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}")).collect();
+    args.extend((0..no).map(|i| format!("out{i}")));
+    args.push("arena".into());
+    c.push_str(&format!("  if ({prefix}_run_int({})) return 10;\n", args.join(", ")));
+    for i in 0..no {
+        c.push_str(&format!(
+            "  io(argv[{}], out{i}, {up}_OUTPUT{i}_COUNT, 1);\n",
+            1 + ni + i
+        ));
+    }
+    c.push_str("  return 0;\n}\n");
+    let dir = &built.dir;
+    std::fs::write(dir.join("harness_int.c"), c).map_err(|e| e.to_string())?;
+    let exe = dir.join("harness_int");
+    let mut cmd = std::process::Command::new("cc");
+    cmd.current_dir(dir)
+        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "harness_int.c"]);
+    if native {
+        cmd.arg("-L.").arg(format!("-l{prefix}"));
+    } else {
+        cmd.arg("model.o");
+    }
+    let st = cmd
+        .args(["-lm", "-o", "harness_int"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !st.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&st.stderr)));
+    }
+    Ok(exe)
+}

@@ -365,3 +365,65 @@ fn the_digits_cnn_keeps_its_accuracy_in_int8() {
         "int8 accuracy {aq} is more than 1 point below float {af}"
     );
 }
+
+/// `<prefix>_run_int` on the quantized inputs gives the integer values the evaluator
+/// computes before the output Dequantize, on both backends, and the headers carry the
+/// scales and zero points.
+#[test]
+fn the_integer_entry_point_matches_the_evaluator() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let int = kiln_backends::header::int_boundary(&c.int8).expect("fully integer boundary");
+        for native in [false, true] {
+            let dir = std::env::temp_dir().join(format!("kiln-runint-{}-{}-{native}", std::process::id(), c.name));
+            let res = (|| -> Result<(), String> {
+                let built = if native {
+                    build_native(&c.int8, "model", &dir)?
+                } else {
+                    build_c(&c.int8, "model", &dir, &[])?
+                };
+                let header = std::fs::read_to_string(dir.join("model.h")).map_err(|e| e.to_string())?;
+                if !header.contains("int model_run_int(") || !header.contains("MODEL_INPUT0_ZERO_POINT") {
+                    return Err("header lacks the int8 entry point or its parameters".into());
+                }
+                let exe = kiln_tests::build_int_harness(&built, &c.int8, "model", native)?;
+                let inputs = ref_inputs(&c, 0).expect("a reference input");
+                // The evaluator's integer values at the boundary.
+                let mut seen: std::collections::HashMap<kiln_ir::ValueId, Tensor> = Default::default();
+                kiln_ir::eval::run_observed(&c.int8, &inputs, |v, t| {
+                    seen.insert(v, t.clone());
+                })
+                .map_err(|e| e.to_string())?;
+                let mut args = Vec::new();
+                for (i, q) in int.inputs.iter().enumerate() {
+                    let p = dir.join(format!("qin{i}.bin"));
+                    std::fs::write(&p, seen[&q.value].data.to_le_bytes()).map_err(|e| e.to_string())?;
+                    args.push(p);
+                }
+                let outs: Vec<PathBuf> = (0..int.outputs.len())
+                    .map(|i| dir.join(format!("qout{i}.bin")))
+                    .collect();
+                args.extend(outs.iter().cloned());
+                let st = std::process::Command::new(&exe)
+                    .args(&args)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !st.status.success() {
+                    return Err(format!("run_int failed: {}", st.status));
+                }
+                for (q, p) in int.outputs.iter().zip(&outs) {
+                    let got = std::fs::read(p).map_err(|e| e.to_string())?;
+                    if got != seen[&q.value].data.to_le_bytes() {
+                        return Err("int8 outputs differ from the evaluator".into());
+                    }
+                }
+                Ok(())
+            })();
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Err(e) = res {
+                failures.push(format!("{} ({}): {e}", c.name, if native { "native" } else { "C" }));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

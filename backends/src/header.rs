@@ -3,7 +3,7 @@
 
 use crate::namer::Namer;
 use kiln_ir::plan::MemoryPlan;
-use kiln_ir::{Graph, Scalar};
+use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
 use std::fmt::Write;
 
 /// Everything a header needs to know about one graph input or output.
@@ -14,6 +14,69 @@ pub struct Port {
     pub shape: Vec<usize>,
 }
 
+/// One side of the integer entry point: the boundary node (a Quantize of a graph input, or
+/// a Dequantize producing a graph output), the int8 value it converts, and its parameters.
+pub struct QPort {
+    pub node: NodeId,
+    pub value: ValueId,
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// `<prefix>_run_int`: offered when every graph input is read only by one Quantize and every
+/// graph output is written by a Dequantize that nothing else reads.
+pub struct IntApi {
+    pub inputs: Vec<QPort>,
+    pub outputs: Vec<QPort>,
+}
+
+/// The integer boundary of a quantized graph, if it has a complete one.
+pub fn int_boundary(g: &Graph) -> Option<IntApi> {
+    let mut inputs = Vec::new();
+    for &v in g.inputs() {
+        let cons = g.consumers(v);
+        let [n] = cons.as_slice() else { return None };
+        let Op::Quantize {
+            to: Scalar::I8,
+            scale,
+            zero_point,
+        } = g.node(*n).op
+        else {
+            return None;
+        };
+        if g.is_output(v) {
+            return None;
+        }
+        inputs.push(QPort {
+            node: *n,
+            value: g.node(*n).outputs[0],
+            scale,
+            zero_point,
+        });
+    }
+    let mut outputs = Vec::new();
+    for &v in g.outputs() {
+        let n = g.producer(v)?;
+        let Op::Dequantize { scale, zero_point } = g.node(n).op else {
+            return None;
+        };
+        let q = g.node(n).inputs[0];
+        if !g.consumers(v).is_empty()
+            || g.outputs().iter().filter(|&&o| o == v).count() > 1
+            || g.value(q).ty.dtype.scalar != Scalar::I8
+        {
+            return None;
+        }
+        outputs.push(QPort {
+            node: n,
+            value: q,
+            scale,
+            zero_point,
+        });
+    }
+    (!inputs.is_empty() || !outputs.is_empty()).then_some(IntApi { inputs, outputs })
+}
+
 /// The model's calling interface.
 pub struct Api {
     pub prefix: String,
@@ -22,6 +85,8 @@ pub struct Api {
     pub arena_align: usize,
     pub inputs: Vec<Port>,
     pub outputs: Vec<Port>,
+    /// The integer entry point, for fully quantized models.
+    pub int: Option<IntApi>,
 }
 
 impl Api {
@@ -45,6 +110,7 @@ impl Api {
             arena_align: plan.align,
             inputs,
             outputs,
+            int: int_boundary(g),
         }
     }
 }
@@ -123,11 +189,18 @@ pub fn c_header(api: &Api) -> String {
             );
             let _ = writeln!(s, "#define {up}_{kind}{i}_RANK {}", p.shape.len());
             let _ = writeln!(s, "#define {up}_{kind}{i}_SHAPE {{{}}}", dims(&p.shape));
-            let _ = writeln!(
-                s,
-                "#define {up}_{kind}{i}_COUNT {}u\n",
-                p.shape.iter().product::<usize>()
-            );
+            let _ = writeln!(s, "#define {up}_{kind}{i}_COUNT {}u", p.shape.iter().product::<usize>());
+            if let Some(q) = api.int.as_ref().map(|int| {
+                if kind == "INPUT" {
+                    &int.inputs[i]
+                } else {
+                    &int.outputs[i]
+                }
+            }) {
+                let _ = writeln!(s, "#define {up}_{kind}{i}_SCALE {:e}f", q.scale);
+                let _ = writeln!(s, "#define {up}_{kind}{i}_ZERO_POINT {}", q.zero_point);
+            }
+            s.push('\n');
         }
     }
     let mut params: Vec<String> = api
@@ -146,6 +219,20 @@ pub fn c_header(api: &Api) -> String {
         "   uses `arena` for everything else. Returns 0 on success. Buffers must not overlap. */"
     );
     let _ = writeln!(s, "int {}_run({});\n", api.prefix, params.join(", "));
+    if api.int.is_some() {
+        let mut ip: Vec<String> = api
+            .inputs
+            .iter()
+            .map(|p| format!("const int8_t *{}", p.ident))
+            .collect();
+        ip.extend(api.outputs.iter().map(|p| format!("int8_t *{}", p.ident)));
+        ip.push("void *arena".into());
+        let _ = writeln!(
+            s,
+            "/* The same model on int8 buffers: input = round(x / SCALE) + ZERO_POINT, output\n   x = (q - ZERO_POINT) * SCALE, with each port's constants above. */"
+        );
+        let _ = writeln!(s, "int {}_run_int({});\n", api.prefix, ip.join(", "));
+    }
     let _ = writeln!(s, "#ifdef __cplusplus\n}}\n#endif\n\n#endif /* {up}_H */");
     s
 }
@@ -193,9 +280,20 @@ pub fn rust_bindings(api: &Api) -> String {
             );
             let _ = writeln!(
                 s,
-                "    pub const {kind}{i}_COUNT: usize = {};\n",
+                "    pub const {kind}{i}_COUNT: usize = {};",
                 port.shape.iter().product::<usize>()
             );
+            if let Some(q) = api.int.as_ref().map(|int| {
+                if kind == "INPUT" {
+                    &int.inputs[i]
+                } else {
+                    &int.outputs[i]
+                }
+            }) {
+                let _ = writeln!(s, "    pub const {kind}{i}_SCALE: f32 = {:e};", q.scale);
+                let _ = writeln!(s, "    pub const {kind}{i}_ZERO_POINT: i32 = {};", q.zero_point);
+            }
+            s.push('\n');
         }
     }
     let _ = writeln!(s, "    /// Arena storage with the alignment the model needs.");
@@ -223,9 +321,17 @@ pub fn rust_bindings(api: &Api) -> String {
             .map(|q| format!("{}: *mut {}", q.ident, rust_type(q.scalar))),
     );
     raw.push("arena: *mut u8".into());
+    let int_decl = if api.int.is_some() {
+        let mut r: Vec<String> = api.inputs.iter().map(|q| format!("{}: *const i8", q.ident)).collect();
+        r.extend(api.outputs.iter().map(|q| format!("{}: *mut i8", q.ident)));
+        r.push("arena: *mut u8".into());
+        format!("\n        fn {p}_run_int({}) -> i32;", r.join(", "))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "    unsafe extern \"C\" {{\n        fn {p}_run({}) -> i32;\n    }}\n",
+        "    unsafe extern \"C\" {{\n        fn {p}_run({}) -> i32;{int_decl}\n    }}\n",
         raw.join(", ")
     );
     let mut safe: Vec<String> = api
@@ -262,6 +368,30 @@ pub fn rust_bindings(api: &Api) -> String {
         "        // bytes aligned to ARENA_ALIGN; `&mut` guarantees no overlap."
     );
     let _ = writeln!(s, "        let rc = unsafe {{ {p}_run({}) }};", call.join(", "));
-    let _ = writeln!(s, "        if rc == 0 {{ Ok(()) }} else {{ Err(rc) }}\n    }}\n}}");
+    let _ = writeln!(s, "        if rc == 0 {{ Ok(()) }} else {{ Err(rc) }}\n    }}");
+    if api.int.is_some() {
+        let mut safe: Vec<String> = api
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("{}: &[i8; INPUT{i}_COUNT]", q.ident))
+            .collect();
+        safe.extend(
+            api.outputs
+                .iter()
+                .enumerate()
+                .map(|(i, q)| format!("{}: &mut [i8; OUTPUT{i}_COUNT]", q.ident)),
+        );
+        safe.push("arena: &mut Arena".into());
+        let _ = writeln!(
+            s,
+            "\n    /// Runs the model on int8 buffers (see each port's SCALE and ZERO_POINT)."
+        );
+        let _ = writeln!(s, "    pub fn run_int({}) -> Result<(), i32> {{", safe.join(", "));
+        let _ = writeln!(s, "        // SAFETY: as for `run`.");
+        let _ = writeln!(s, "        let rc = unsafe {{ {p}_run_int({}) }};", call.join(", "));
+        let _ = writeln!(s, "        if rc == 0 {{ Ok(()) }} else {{ Err(rc) }}\n    }}");
+    }
+    s.push_str("}\n");
     s
 }

@@ -328,23 +328,56 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             out.push_str(&text);
         }
     }
-    // Entry point.
-    // Parameters get positional names here (the header carries the model's), so no ONNX
-    // name can collide with a kernel, a weight or a local.
+    // Entry points.
     let api = header::Api::new(g, plan, p, "");
+    entry(&mut out, g, plan, opts, &names, &api, None);
+    if let Some(int) = &api.int {
+        entry(&mut out, g, plan, opts, &names, &api, Some(int));
+    }
+    Ok(Output { source: out })
+}
+
+/// Prints `<prefix>_run`, or with `int` the `<prefix>_run_int` variant, which takes the int8
+/// buffers in place of the boundary Quantize/Dequantize nodes (copied at the same point of
+/// the schedule, so the memory plan holds). Parameters get positional names here (the header
+/// carries the model's), so no ONNX name can collide with a kernel, a weight or a local.
+fn entry(
+    out: &mut String,
+    g: &Graph,
+    plan: &MemoryPlan,
+    opts: &Options,
+    names: &std::collections::HashMap<ValueId, String>,
+    api: &header::Api,
+    int: Option<&header::IntApi>,
+) {
+    let p = &opts.prefix;
     let mut params: Vec<String> = Vec::new();
     let mut doc = String::new();
     for (i, q) in api.inputs.iter().enumerate() {
-        params.push(format!("const {} *in{i}", header::c_type(q.scalar)));
+        let ty = if int.is_some() {
+            "int8_t"
+        } else {
+            header::c_type(q.scalar)
+        };
+        params.push(format!("const {ty} *in{i}"));
         let _ = write!(doc, "\n * in{i}: `{}`", q.name.replace("*/", "* /"));
     }
     for (i, q) in api.outputs.iter().enumerate() {
-        params.push(format!("{} *out{i}", header::c_type(q.scalar)));
+        let ty = if int.is_some() {
+            "int8_t"
+        } else {
+            header::c_type(q.scalar)
+        };
+        params.push(format!("{ty} *out{i}"));
         let _ = write!(doc, "\n * out{i}: `{}`", q.name.replace("*/", "* /"));
     }
     params.push("void *arena".into());
-    let _ = writeln!(out, "\n/* Entry point.{doc} */");
-    let _ = writeln!(out, "int {p}_run({}) {{", params.join(", "));
+    let (name, what) = match int {
+        Some(_) => (format!("{p}_run_int"), "Entry point on int8 buffers."),
+        None => (format!("{p}_run"), "Entry point."),
+    };
+    let _ = writeln!(out, "\n/* {what}{doc} */");
+    let _ = writeln!(out, "int {name}({}) {{", params.join(", "));
     let _ = writeln!(out, "    unsigned char *a = (unsigned char *)arena;");
     let unused: Vec<String> = (0..api.inputs.len())
         .map(|i| format!("(void)in{i};"))
@@ -372,6 +405,26 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         if aliased(g, plan, n) {
             continue; // a Reshape planned onto its input's bytes: nothing to move
         }
+        if let Some(int) = int {
+            if let Some(i) = int.inputs.iter().position(|q| q.node == n) {
+                let _ = writeln!(
+                    out,
+                    "    for (size_t i = 0; i < {}u; ++i) ({})[i] = in{i}[i];",
+                    g.value(node.outputs[0]).ty.numel(),
+                    ptr(node.outputs[0], true)
+                );
+                continue;
+            }
+            if let Some(j) = int.outputs.iter().position(|q| q.node == n) {
+                let _ = writeln!(
+                    out,
+                    "    for (size_t i = 0; i < {}u; ++i) out{j}[i] = ({})[i];",
+                    g.value(node.inputs[0]).ty.numel(),
+                    ptr(node.inputs[0], false)
+                );
+                continue;
+            }
+        }
         let mut args: Vec<String> = node.inputs.iter().map(|&v| ptr(v, false)).collect();
         args.extend(node.outputs.iter().map(|&v| ptr(v, true)));
         if let Some(off) = plan.scratch.get(&n) {
@@ -380,6 +433,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         let _ = writeln!(out, "    k{k}({});", args.join(", "));
     }
     for (i, &v) in g.outputs().iter().enumerate() {
+        if int.is_some() {
+            break; // every output came from a boundary Dequantize, copied above
+        }
         let src = match plan.loc(v) {
             Location::Output(j) if j == i => continue,
             _ if g.value(v).ty.numel() == 0 => continue,
@@ -396,7 +452,6 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         );
     }
     let _ = writeln!(out, "    return 0;\n}}");
-    Ok(Output { source: out })
 }
 
 /// Routes a kernel's reads of its constant inputs through flash loads (see `rom`).

@@ -202,102 +202,134 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         kernels.push((fid, aux, node.inputs.len() + node.outputs.len()));
     }
 
-    // <prefix>_run(inputs..., outputs..., arena) -> i32
-    let n_params = g.inputs().len() + g.outputs().len() + 1;
-    let mut sig = Signature::new(call_conv);
-    sig.params.extend((0..n_params).map(|_| AbiParam::new(ptr)));
-    sig.returns.push(AbiParam::new(I32));
-    let run_name = format!("{}_run", opts.prefix);
-    let run_id = module
-        .declare_function(&run_name, Linkage::Export, &sig)
-        .map_err(|e| codegen_err(&run_name, e))?;
-    let mut ctx = Context::new();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, run_id.as_u32());
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        b.seal_block(entry);
-        let params = b.block_params(entry).to_vec();
-        let arena = params[n_params - 1];
-        let mut gv_cache: HashMap<DataId, cranelift_codegen::ir::Value> = HashMap::new();
-        let mut data_addr = |b: &mut FunctionBuilder, module: &mut ObjectModule, id: DataId| {
-            *gv_cache.entry(id).or_insert_with(|| {
-                let gv = module.declare_data_in_func(id, b.func);
-                b.ins().symbol_value(ptr, gv)
-            })
+    // <prefix>_run(inputs..., outputs..., arena) -> i32, and for a fully quantized model
+    // <prefix>_run_int on int8 buffers: the boundary Quantize/Dequantize nodes become copies
+    // at the same point of the schedule, so the memory plan holds.
+    let int_api = crate::header::int_boundary(g);
+    for int in std::iter::once(None).chain(int_api.as_ref().map(Some)) {
+        let n_params = g.inputs().len() + g.outputs().len() + 1;
+        let mut sig = Signature::new(call_conv);
+        sig.params.extend((0..n_params).map(|_| AbiParam::new(ptr)));
+        sig.returns.push(AbiParam::new(I32));
+        let run_name = match int {
+            Some(_) => format!("{}_run_int", opts.prefix),
+            None => format!("{}_run", opts.prefix),
         };
-        for (&n, (fid, aux, _)) in plan.order.iter().zip(&kernels) {
-            let node = g.node(n);
-            let mut args = Vec::new();
-            for (slot, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
-                let a = match plan.loc(v) {
-                    Location::Input(i) => params[i],
-                    Location::Output(i) => params[g.inputs().len() + i],
-                    Location::Arena(off) => b.ins().iadd_imm_s(arena, off as i64),
-                    Location::Const(c) => match const_data.get(&c) {
-                        Some(&id) => data_addr(&mut b, &mut module, id),
-                        None => {
-                            debug_assert!(!kernels::reads_input(g, n, slot));
-                            b.ins().iconst(ptr, 0)
-                        }
-                    },
-                };
-                args.push(a);
-            }
-            let scratch = match plan.scratch.get(&n) {
-                Some(&off) => b.ins().iadd_imm_s(arena, off as i64),
-                None => b.ins().iconst(ptr, 0),
+        let run_id = module
+            .declare_function(&run_name, Linkage::Export, &sig)
+            .map_err(|e| codegen_err(&run_name, e))?;
+        let mut ctx = Context::new();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, run_id.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            b.seal_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let arena = params[n_params - 1];
+            let mut gv_cache: HashMap<DataId, cranelift_codegen::ir::Value> = HashMap::new();
+            let mut data_addr = |b: &mut FunctionBuilder, module: &mut ObjectModule, id: DataId| {
+                *gv_cache.entry(id).or_insert_with(|| {
+                    let gv = module.declare_data_in_func(id, b.func);
+                    b.ins().symbol_value(ptr, gv)
+                })
             };
-            args.push(scratch);
-            for &d in aux {
-                args.push(data_addr(&mut b, &mut module, d));
-            }
-            let fref = module.declare_func_in_func(*fid, b.func);
-            b.ins().call(fref, &args);
-        }
-        // Outputs not written by a node (constants, or one value listed twice) are copied.
-        let mut f = fx::Fx::new(&mut b, target.simd);
-        for (i, &v) in g.outputs().iter().enumerate() {
-            let dst = params[g.inputs().len() + i];
-            let src = match plan.loc(v) {
-                Location::Output(j) if j == i => continue,
-                Location::Output(j) => params[g.inputs().len() + j],
-                Location::Input(j) => params[j],
-                Location::Arena(off) => f.b.ins().iadd_imm_s(arena, off as i64),
-                Location::Const(c) => {
-                    let t = g.const_value(c).expect("constant");
-                    let id = data(&mut module, &format!("{}_out{i}", opts.prefix), t.data.to_le_bytes())?;
-                    let gv = module.declare_data_in_func(id, f.b.func);
-                    f.b.ins().symbol_value(ptr, gv)
+            for (&n, (fid, aux, _)) in plan.order.iter().zip(&kernels) {
+                let node = g.node(n);
+                if let Some(int) = int {
+                    let arena_at = |b: &mut FunctionBuilder, v| match plan.loc(v) {
+                        Location::Arena(off) => Some(b.ins().iadd_imm_s(arena, off as i64)),
+                        _ => None,
+                    };
+                    if let Some(i) = int.inputs.iter().position(|q| q.node == n) {
+                        let v = node.outputs[0];
+                        let dst =
+                            arena_at(&mut b, v).ok_or_else(|| codegen_err(&run_name, "int8 input not in the arena"))?;
+                        let mut f = fx::Fx::new(&mut b, target.simd);
+                        copy_bytes(&mut f, params[i], dst, g.value(v).ty.bytes() as i64);
+                        continue;
+                    }
+                    if let Some(j) = int.outputs.iter().position(|q| q.node == n) {
+                        let v = node.inputs[0];
+                        let src = arena_at(&mut b, v)
+                            .ok_or_else(|| codegen_err(&run_name, "int8 output not in the arena"))?;
+                        let mut f = fx::Fx::new(&mut b, target.simd);
+                        copy_bytes(&mut f, src, params[g.inputs().len() + j], g.value(v).ty.bytes() as i64);
+                        continue;
+                    }
                 }
-            };
-            let bytes = g.value(v).ty.bytes() as i64;
-            f.for_n(bytes, &mut |f, k| {
-                let sa = f.b.ins().iadd(src, k);
-                let x = f.b.ins().load(
-                    cranelift_codegen::ir::types::I8,
-                    cranelift_codegen::ir::MemFlagsData::new().with_notrap(),
-                    sa,
-                    0,
-                );
-                let da = f.b.ins().iadd(dst, k);
-                f.b.ins()
-                    .store(cranelift_codegen::ir::MemFlagsData::new().with_notrap(), x, da, 0);
-            });
+                let mut args = Vec::new();
+                for (slot, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
+                    let a = match plan.loc(v) {
+                        Location::Input(i) => params[i],
+                        Location::Output(i) => params[g.inputs().len() + i],
+                        Location::Arena(off) => b.ins().iadd_imm_s(arena, off as i64),
+                        Location::Const(c) => match const_data.get(&c) {
+                            Some(&id) => data_addr(&mut b, &mut module, id),
+                            None => {
+                                debug_assert!(!kernels::reads_input(g, n, slot));
+                                b.ins().iconst(ptr, 0)
+                            }
+                        },
+                    };
+                    args.push(a);
+                }
+                let scratch = match plan.scratch.get(&n) {
+                    Some(&off) => b.ins().iadd_imm_s(arena, off as i64),
+                    None => b.ins().iconst(ptr, 0),
+                };
+                args.push(scratch);
+                for &d in aux {
+                    args.push(data_addr(&mut b, &mut module, d));
+                }
+                let fref = module.declare_func_in_func(*fid, b.func);
+                b.ins().call(fref, &args);
+            }
+            // Outputs not written by a node (constants, or one value listed twice) are copied.
+            let mut f = fx::Fx::new(&mut b, target.simd);
+            for (i, &v) in g.outputs().iter().enumerate() {
+                if int.is_some() {
+                    break; // every output came from a boundary Dequantize, copied above
+                }
+                let dst = params[g.inputs().len() + i];
+                let src = match plan.loc(v) {
+                    Location::Output(j) if j == i => continue,
+                    Location::Output(j) => params[g.inputs().len() + j],
+                    Location::Input(j) => params[j],
+                    Location::Arena(off) => f.b.ins().iadd_imm_s(arena, off as i64),
+                    Location::Const(c) => {
+                        let t = g.const_value(c).expect("constant");
+                        let id = data(&mut module, &format!("{}_out{i}", opts.prefix), t.data.to_le_bytes())?;
+                        let gv = module.declare_data_in_func(id, f.b.func);
+                        f.b.ins().symbol_value(ptr, gv)
+                    }
+                };
+                copy_bytes(&mut f, src, dst, g.value(v).ty.bytes() as i64);
+            }
+            let zero = b.ins().iconst(I32, 0);
+            b.ins().return_(&[zero]);
+            b.finalize(fcfg);
         }
-        let zero = b.ins().iconst(I32, 0);
-        b.ins().return_(&[zero]);
-        b.finalize(fcfg);
+        clif.push_str(&format!("; {run_name}\n{}\n", ctx.func.display()));
+        module
+            .define_function(run_id, &mut ctx)
+            .map_err(|e| codegen_err(&run_name, format!("{e:?}")))?;
     }
-    clif.push_str(&format!("; {run_name}\n{}\n", ctx.func.display()));
-    module
-        .define_function(run_id, &mut ctx)
-        .map_err(|e| codegen_err(&run_name, format!("{e:?}")))?;
     let product = module.finish();
     let object = product.emit().map_err(|e| codegen_err("<object>", e))?;
     let _ = I64;
     Ok(Output { object, clif })
+}
+
+/// Copies `bytes` bytes from `src` to `dst`.
+fn copy_bytes(f: &mut fx::Fx, src: cranelift_codegen::ir::Value, dst: cranelift_codegen::ir::Value, bytes: i64) {
+    let flags = cranelift_codegen::ir::MemFlagsData::new().with_notrap();
+    f.for_n(bytes, &mut |f, k| {
+        let sa = f.b.ins().iadd(src, k);
+        let x = f.b.ins().load(cranelift_codegen::ir::types::I8, flags, sa, 0);
+        let da = f.b.ins().iadd(dst, k);
+        f.b.ins().store(flags, x, da, 0);
+    });
 }

@@ -85,6 +85,27 @@ pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantize
         let nv = r.dst.add_input(&src.value(v).name, src.value(v).ty.clone());
         r.float.insert(v, nv);
     }
+    // An input that only feeds layout ops (a transpose to NCHW, a reshape) on their way to
+    // integer ops is quantized first, so the layout ops move int8 and the model's integer
+    // entry point takes the input as it is.
+    for &v in src.inputs() {
+        let cons = src.consumers(v);
+        let layout = |n: NodeId| matches!(src.node(n).op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Identity);
+        let feeds_int = cons.iter().all(|&n| {
+            layout(n)
+                && src.node(n).outputs.iter().all(|&o| {
+                    let next = src.consumers(o);
+                    !next.is_empty() && next.iter().all(|&m| integer_op(&src.node(m).op))
+                })
+        });
+        if !cons.is_empty()
+            && feeds_int
+            && ranges.by_value.contains_key(&v)
+            && src.value(v).ty.dtype.scalar == Scalar::F32
+        {
+            r.int_of(v)?;
+        }
+    }
     for n in src.topo_order().map_err(QuantError::Ir)? {
         r.node(n)?;
     }
@@ -545,6 +566,21 @@ impl Rewriter<'_> {
             act_max: act.1.map_or(127, |hi| po.quantize(hi)),
         })
     }
+}
+
+/// Ops this pass usually turns into integer ops (used to decide where to quantize early).
+fn integer_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv(_)
+            | Op::Gemm { .. }
+            | Op::MatMul
+            | Op::Binary(_)
+            | Op::Unary(_)
+            | Op::Pool(_)
+            | Op::GlobalPool(_)
+            | Op::Softmax { .. }
+    )
 }
 
 /// The clamp a fused activation imposes, or `None` if it is not a clamp.
