@@ -103,6 +103,19 @@ enum Cmd {
         #[arg(long = "output", required = true)]
         outputs: Vec<PathBuf>,
     },
+    /// Accuracy and size of a quantized build against the float model: SQNR per layer on the
+    /// calibration data, weight bytes, and end-to-end agreement (accuracy too when the
+    /// evaluation folder has labels.npy).
+    Report {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Evaluation data, laid out like calibration data (default: the calibration data).
+        #[arg(long, value_name = "DIR")]
+        eval: Option<PathBuf>,
+    },
     /// Print the IR after import and the pass pipeline.
     Dump {
         model: PathBuf,
@@ -255,6 +268,99 @@ fn human(n: u64) -> String {
         n if n >= 10_000 => format!("{:.1}k", n as f64 / 1e3),
         n => n.to_string(),
     }
+}
+
+fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path>) -> Result<()> {
+    use kiln::quantize::calibrate::CalibrationSet;
+    let mut quant = quant.clone();
+    if quant.quantize == QuantMode::None {
+        quant.quantize = QuantMode::Int8;
+    }
+    let float = load(path, shapes, &PipelineOptions::default())?.graph;
+    let int8 = load_quantized(path, shapes, &quant)?.graph;
+    let calib = CalibrationSet::load(
+        &float,
+        quant.calibrate.as_deref().context("report needs --calibrate DIR")?,
+    )?;
+    let pick = |set: &CalibrationSet, max: usize| -> Vec<Vec<kiln_ir::Tensor>> {
+        let n = set.samples.min(max);
+        (0..n).map(|i| set.sample(&float, i * set.samples / n)).collect()
+    };
+    let samples = pick(&calib, 32);
+    println!(
+        "per-layer SQNR of the int8 value against the float one ({} calibration samples):",
+        samples.len()
+    );
+    for (name, db) in kiln::quantize::report::layer_sqnr(&float, &int8, &samples)? {
+        println!("  {db:7.1} dB  {name}");
+    }
+    let weight_bytes = |g: &Graph| -> usize {
+        let mut seen = std::collections::HashSet::new();
+        g.node_ids()
+            .flat_map(|n| g.node(n).inputs.clone())
+            .filter(|&v| g.const_value(v).is_some() && seen.insert(v))
+            .map(|v| g.value(v).ty.bytes())
+            .sum()
+    };
+    let (wf, wq) = (weight_bytes(&float), weight_bytes(&int8));
+    println!(
+        "weights: float {wf} bytes, int8 {wq} bytes ({:.2}x smaller)",
+        wf as f64 / wq.max(1) as f64
+    );
+    let (set, what) = match eval {
+        Some(d) => (CalibrationSet::load(&float, d)?, d.display().to_string()),
+        None => (calib, "the calibration data".to_string()),
+    };
+    let labels = eval
+        .map(|d| d.join("labels.npy"))
+        .filter(|p| p.exists())
+        .map(|p| kiln::npy::read(&p).map(|t| t.to_i64_vec()))
+        .transpose()?;
+    let classifier = float
+        .producer(float.outputs()[0])
+        .is_some_and(|n| matches!(float.node(n).op, kiln_ir::Op::Softmax { .. }));
+    let argmax = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0
+    };
+    let (mut agree, mut right_f, mut right_q, mut max_abs, mut sum_abs, mut count) = (0, 0, 0, 0f64, 0f64, 0usize);
+    for i in 0..set.samples {
+        let x = set.sample(&float, i);
+        let f = kiln_ir::eval::run(&float, &x)?[0].to_f64_vec();
+        let q = kiln_ir::eval::run(&int8, &x)?[0].to_f64_vec();
+        let (af, aq) = (argmax(&f), argmax(&q));
+        agree += (af == aq) as usize;
+        if let Some(l) = &labels {
+            right_f += (af as i64 == l[i]) as usize;
+            right_q += (aq as i64 == l[i]) as usize;
+        }
+        for (a, b) in q.iter().zip(&f) {
+            max_abs = max_abs.max((a - b).abs());
+            sum_abs += (a - b).abs();
+            count += 1;
+        }
+    }
+    let n = set.samples;
+    println!(
+        "end to end on {what} ({n} samples): max abs error {max_abs:.4}, mean abs error {:.5}",
+        sum_abs / count.max(1) as f64
+    );
+    if classifier {
+        println!(
+            "  top-1 agreement with float: {agree}/{n} ({:.1}%)",
+            100.0 * agree as f64 / n as f64
+        );
+    }
+    if labels.is_some() {
+        println!(
+            "  accuracy: float {:.2}%, int8 {:.2}%",
+            100.0 * right_f as f64 / n as f64,
+            100.0 * right_q as f64 / n as f64
+        );
+    }
+    Ok(())
 }
 
 fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
@@ -512,6 +618,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Inspect { model, shapes } => inspect(model, shapes),
+        Cmd::Report {
+            model,
+            shapes,
+            quant,
+            eval,
+        } => report(model, shapes, quant, eval.as_deref()),
         Cmd::Eval {
             model,
             shapes,

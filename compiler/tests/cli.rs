@@ -271,3 +271,56 @@ mod kiln_tests_support {
         .encode_to_vec()
     }
 }
+
+#[test]
+fn report_and_int8_compile_from_the_command_line() {
+    let m = "tests/models/digits_cnn";
+    let o = kiln(&[
+        "report",
+        &format!("{m}/model.onnx"),
+        "--calibrate",
+        &format!("{m}/calib"),
+        "--eval",
+        &format!("{m}/eval"),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("dB") && out.contains("weights: float 5480 bytes, int8 1424 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("accuracy: float 98.89%"), "{out}");
+    let dir = tmp("q8");
+    let o = kiln(&[
+        "compile",
+        &format!("{m}/model.onnx"),
+        "--quantize",
+        "int8",
+        "--calibrate",
+        &format!("{m}/calib"),
+        "--emit",
+        "c",
+        "--target",
+        "atmega328p",
+        "--prefix",
+        "digits",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let h = std::fs::read_to_string(dir.join("digits.h")).unwrap();
+    assert!(
+        h.contains("int digits_run_int(") && h.contains("DIGITS_INPUT0_SCALE"),
+        "{h}"
+    );
+    // int8 without calibration data is refused, naming the flag.
+    let o = kiln(&[
+        "compile",
+        &format!("{m}/model.onnx"),
+        "--quantize",
+        "int8",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && text(&o).1.contains("--calibrate"));
+}
