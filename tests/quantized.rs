@@ -427,3 +427,82 @@ fn the_integer_entry_point_matches_the_evaluator() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Concat of differently scaled branches, constant Pad, Mul of two tensors, a scalar Div and
+/// Sigmoid: all integer after quantization, and the same bytes from C and native.
+#[test]
+fn concat_pad_and_elementwise_ops_quantize_and_agree() {
+    use kiln_tests::{attr_i, attr_ints, fixed, model, node, tensor, write_model};
+    let lcg = |seed: u32, n: usize, scale: f32| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0) * scale
+            })
+            .collect()
+    };
+    let m = model(
+        vec![
+            node("Conv", "a", &["x", "wa"], &["ya"], vec![]),
+            node("Conv", "b", &["x", "wb"], &["yb"], vec![]),
+            node("Concat", "cat", &["ya", "yb"], &["c"], vec![attr_i("axis", 1)]),
+            node("Pad", "pad", &["c", "pads"], &["p"], vec![]),
+            node("Sigmoid", "sig", &["p"], &["s"], vec![]),
+            node("Mul", "mul", &["p", "s"], &["m"], vec![]),
+            node("Div", "div", &["m", "k"], &["d"], vec![]),
+            node("Conv", "c", &["d", "wc"], &["y"], vec![attr_ints("strides", &[2, 2])]),
+        ],
+        vec![fixed("x", &[1, 2, 6, 6])],
+        vec![fixed("y", &[1, 2, 3, 3])],
+        vec![
+            tensor("wa", &[3, 2, 1, 1], lcg(1, 6, 1.0)),
+            tensor("wb", &[3, 2, 1, 1], lcg(2, 6, 4.0)),
+            kiln::onnx::tensor::to_proto("pads", &Tensor::from_vec(vec![8], vec![0i64, 0, 1, 1, 0, 0, 1, 1])),
+            tensor("k", &[], vec![3.0]),
+            tensor("wc", &[2, 6, 3, 3], lcg(3, 108, 0.5)),
+        ],
+        13,
+    );
+    let path = write_model("q8-mixed", &m);
+    let g = kiln::load(&path, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap()
+        .graph;
+    let calib = path.parent().unwrap().join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &Tensor::from_vec(vec![16, 2, 6, 6], lcg(7, 16 * 72, 2.0)),
+    )
+    .unwrap();
+    let q = quantize_int8(&g, &calib, &QuantOptions::default(), |_, _| {}).unwrap();
+    assert!(q.notes.iter().all(|n| !n.contains("stays float")), "{:?}", q.notes);
+    let x = Tensor::from_vec(vec![1, 2, 6, 6], lcg(99, 72, 2.0));
+    let f = kiln_ir::eval::run(&g, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+    let y = kiln_ir::eval::run(&q.graph, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+    let s: f64 = f.iter().map(|a| a * a).sum();
+    let e: f64 = f.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+    let db = 10.0 * (s / e).log10();
+    assert!(db > 25.0, "int8 output SQNR {db:.1} dB");
+    let gi = expose_integers(&q.graph);
+    let want = kiln_ir::eval::run(&gi, std::slice::from_ref(&x)).unwrap();
+    for native in [false, true] {
+        let dir = std::env::temp_dir().join(format!("kiln-q8-mixed-{}-{native}", std::process::id()));
+        let exe = if native {
+            build_native(&gi, "model", &dir)
+        } else {
+            build_c(&gi, "model", &dir, &[])
+        }
+        .unwrap();
+        let got = exe.run(&gi, std::slice::from_ref(&x)).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!(
+                a.data,
+                b.data,
+                "{} differs from the evaluator",
+                if native { "native" } else { "C" }
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -121,7 +121,9 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         | Op::Concat { .. }
         | Op::Expand { .. } => true,
         Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar == Scalar::F32,
-        Op::Pad { .. } => f32_io(g, n),
+        Op::Pad { .. } => {
+            f32_io(g, n) || (g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8 && node.inputs.len() == 2)
+        }
         Op::Unary(u) => f32_io(g, n) && unary_ok(*u),
         Op::Binary(b) => {
             f32_io(g, n)

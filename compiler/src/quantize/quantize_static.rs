@@ -444,6 +444,48 @@ impl Rewriter<'_> {
                 let exp_table: Arc<[i32]> = rt::softmax_exp_table(px.scale).to_vec().into();
                 self.emit_int(n, Op::QSoftmax { axis: *axis, exp_table }, vec![x], out, po);
             }
+            Op::Pad { .. } if self.int.contains_key(&node.inputs[0]) => {
+                // Padding with the input's own scale: the fill value becomes one int8 constant.
+                let (x, px) = self.int_of(node.inputs[0])?;
+                let fill = cst(1).map_or(0.0, |t| t.to_f32_vec().first().copied().unwrap_or(0.0));
+                let mut t = Tensor::from_vec(vec![], vec![px.quantize(fill) as i8]);
+                t.quant = px.dtype().quant;
+                let name = format!("{}:fill", node.name);
+                let fv = self.dst.add_const(&self.dst.fresh_name(&name), t);
+                self.emit_int(n, node.op.clone(), vec![x, fv], out, px);
+            }
+            Op::Concat { .. } => {
+                // Each input is brought to the output's scale by a table, then copied.
+                let po = self.out_params(out)?;
+                let mut ins = Vec::new();
+                for &v in &node.inputs {
+                    let (q, pq) = self.int_of(v)?;
+                    if pq == po {
+                        ins.push(q);
+                        continue;
+                    }
+                    let table: Arc<[i8]> = (-128..128)
+                        .map(|i| po.quantize(rt::dequantize(i, pq.scale, pq.zp)) as i8)
+                        .collect();
+                    let ty = TensorType::new(po.dtype(), self.src.value(v).ty.shape.clone());
+                    let name = format!("{}:to_{}", self.name(v), node.name);
+                    let r = self
+                        .dst
+                        .add_node_typed(
+                            &format!("{name}:requant"),
+                            Op::Lut {
+                                table,
+                                scale: po.scale,
+                                zero_point: po.zp,
+                            },
+                            vec![q],
+                            vec![(self.dst.fresh_name(&name), ty)],
+                        )
+                        .1[0];
+                    ins.push(r);
+                }
+                self.emit_int(n, node.op.clone(), ins, out, po);
+            }
             Op::Pool(p)
                 if p.kind == PoolKind::Max
                     || p.kind
