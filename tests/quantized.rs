@@ -506,3 +506,32 @@ fn concat_pad_and_elementwise_ops_quantize_and_agree() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn per_tensor_weights_are_an_option() {
+    let (g, dir) = kws();
+    let per_channel = quantize_int8(&g, &dir.join("calib"), &QuantOptions::default(), |_, _| {}).unwrap();
+    let opts = QuantOptions {
+        per_tensor_weights: true,
+        ..Default::default()
+    };
+    let per_tensor = quantize_int8(&g, &dir.join("calib"), &opts, |_, _| {}).unwrap();
+    let dump = kiln_ir::text::dump(&per_tensor.graph).unwrap();
+    assert!(!dump.contains("i8<axis="), "per-axis weights left");
+    let x = kiln::npy::read(&dir.join("ref/test_data_set_1/input_0.npy")).unwrap();
+    let f = kiln_ir::eval::run(&g, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+    let err = |q: &Graph| -> f64 {
+        let y = kiln_ir::eval::run(q, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+        y.iter().zip(&f).map(|(a, b)| (a - b).abs()).sum::<f64>()
+    };
+    let (ec, et) = (err(&per_channel.graph), err(&per_tensor.graph));
+    println!("KWS sum abs error: per-channel {ec:.4}, per-tensor {et:.4}");
+    assert!(et < 1.0, "per-tensor int8 far off: {et}");
+    let gi = expose_integers(&per_tensor.graph);
+    let dirb = std::env::temp_dir().join(format!("kiln-q8-pt-{}", std::process::id()));
+    let exe = build_c(&gi, "model", &dirb, &[]).unwrap();
+    let want = kiln_ir::eval::run(&gi, std::slice::from_ref(&x)).unwrap();
+    let got = exe.run(&gi, &[x]).unwrap();
+    assert!(got.iter().zip(&want).all(|(a, b)| a.data == b.data), "C differs");
+    let _ = std::fs::remove_dir_all(&dirb);
+}

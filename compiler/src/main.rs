@@ -50,6 +50,9 @@ struct QuantArgs {
     /// How activation ranges are chosen from the calibration data.
     #[arg(long = "calibration-method", value_enum, default_value = "auto")]
     method: MethodArg,
+    /// One weight scale per tensor instead of one per output channel.
+    #[arg(long = "per-tensor-weights")]
+    per_tensor_weights: bool,
     /// Reuse (or create) a calibration cache file.
     #[arg(long = "calibration-cache", value_name = "FILE")]
     calibration_cache: Option<PathBuf>,
@@ -231,6 +234,7 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                     MethodArg::Mse => Some(Method::Mse),
                 },
                 cache: quant.calibration_cache.clone(),
+                per_tensor_weights: quant.per_tensor_weights,
             };
             let start = std::time::Instant::now();
             let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {

@@ -38,6 +38,8 @@ pub struct QuantOptions {
     /// Reuse calibration results stored here when model, data and method are unchanged;
     /// otherwise calibrate and store them.
     pub cache: Option<PathBuf>,
+    /// One weight scale per tensor instead of per output channel.
+    pub per_tensor_weights: bool,
 }
 
 /// The result of quantizing a model.

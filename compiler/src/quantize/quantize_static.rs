@@ -274,7 +274,12 @@ impl Rewriter<'_> {
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let po = self.out_params(out)?;
                 let m = w.shape[0];
-                let (wq, ws) = per_channel(&w.to_f32_vec(), m, |i| i / (w.numel() / m));
+                let per = w.numel() / m;
+                let (wq, ws) = if self.opts.per_tensor_weights {
+                    per_channel(&w.to_f32_vec(), 1, |_| 0)
+                } else {
+                    per_channel(&w.to_f32_vec(), m, |i| i / per)
+                };
                 let wname = format!("{}:q", self.name(node.inputs[1]));
                 let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
                 let mut ins = vec![x, wv];
@@ -543,7 +548,11 @@ impl Rewriter<'_> {
         let out = node.outputs[0];
         let (x, px) = self.int_of(node.inputs[0])?;
         let po = self.out_params(out)?;
-        let (wq, ws) = per_channel(w, nn, |i| i % nn);
+        let (wq, ws) = if self.opts.per_tensor_weights {
+            per_channel(w, 1, |_| 0)
+        } else {
+            per_channel(w, nn, |i| i % nn)
+        };
         let wname = format!("{}:q", self.name(node.inputs[1]));
         let wv = self.add_weights(&wname, vec![k, nn], wq, &ws, 1);
         let mut ins = vec![x, wv];
@@ -557,10 +566,17 @@ impl Rewriter<'_> {
 
     fn add_weights(&mut self, name: &str, shape: Vec<usize>, q: Vec<i8>, scales: &[f32], axis: usize) -> ValueId {
         let mut t = Tensor::from_vec(shape, q);
-        t.quant = Some(QParams::PerAxis {
-            axis,
-            scales: scales.into(),
-            zero_points: vec![0; scales.len()].into(),
+        t.quant = Some(if scales.len() == 1 {
+            QParams::PerTensor {
+                scale: scales[0],
+                zero_point: 0,
+            }
+        } else {
+            QParams::PerAxis {
+                axis,
+                scales: scales.into(),
+                zero_points: vec![0; scales.len()].into(),
+            }
         });
         self.dst.add_const(name, t)
     }
@@ -570,7 +586,7 @@ impl Rewriter<'_> {
             .iter()
             .enumerate()
             .map(|(c, &x)| {
-                let s = sx as f64 * ws[c] as f64;
+                let s = sx as f64 * ws[if ws.len() == 1 { 0 } else { c }] as f64;
                 (x as f64 / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
             })
             .collect();
@@ -578,7 +594,7 @@ impl Rewriter<'_> {
         let mut t = Tensor::from_vec(vec![n], q);
         t.quant = Some(QParams::PerAxis {
             axis: 0,
-            scales: ws.iter().map(|&s| s * sx).collect(),
+            scales: (0..n).map(|c| ws[if ws.len() == 1 { 0 } else { c }] * sx).collect(),
             zero_points: vec![0; n].into(),
         });
         self.dst.add_const(&format!("{}:q", self.name(v)), t)
