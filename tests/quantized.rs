@@ -373,7 +373,11 @@ fn the_digits_cnn_keeps_its_accuracy_in_int8() {
 fn the_integer_entry_point_matches_the_evaluator() {
     let mut failures = Vec::new();
     for c in cases() {
-        let int = kiln_backends::header::int_boundary(&c.int8).expect("fully integer boundary");
+        let Some(int) = kiln_backends::header::int_boundary(&c.int8) else {
+            // A float state or output (Silero's LSTM) leaves no integer entry point.
+            println!("{}: no integer boundary, no run_int", c.name);
+            continue;
+        };
         for native in [false, true] {
             let dir = std::env::temp_dir().join(format!("kiln-runint-{}-{}-{native}", std::process::id(), c.name));
             let res = (|| -> Result<(), String> {
