@@ -138,6 +138,8 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// Input .npy files in graph order (default: a fixed pseudo-random input).
         #[arg(long = "input")]
         inputs: Vec<PathBuf>,
@@ -540,8 +542,15 @@ fn synthetic(ty: &kiln_ir::TensorType) -> kiln_ir::Tensor {
     }
 }
 
-fn bench(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf], runs: usize, emit: BenchEmit) -> Result<()> {
-    let m = load(path, shapes, &PipelineOptions::default())?;
+fn bench(
+    path: &Path,
+    shapes: &ShapeArgs,
+    quant: &QuantArgs,
+    inputs: &[PathBuf],
+    runs: usize,
+    emit: BenchEmit,
+) -> Result<()> {
+    let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
     let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {
         g.inputs().iter().map(|&v| synthetic(&g.value(v).ty)).collect()
@@ -659,10 +668,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench {
             model,
             shapes,
+            quant,
             inputs,
             runs,
             emit,
-        } => bench(model, shapes, inputs, *runs, *emit),
+        } => bench(model, shapes, quant, inputs, *runs, *emit),
         Cmd::Compile {
             model,
             shapes,

@@ -137,6 +137,7 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
+        Op::QConv { .. } => quant::qconv_scratch(g, n),
         _ => 0,
     }
 }

@@ -296,6 +296,66 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
     });
 }
 
+/// `acc[i] += x[i] * w - zw` for `len` contiguous int8 inputs and i32 accumulators: four
+/// lanes at a time where the target has 128-bit vectors (a 4-byte load widened to i32x4),
+/// `mac` for the rest.
+fn mac_run(fx: &mut Fx, x: Value, acc: Value, len: i64, w: Value, zw: Value, mac: &dyn Fn(&mut Fx, &[Value])) {
+    use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
+    let vec = if fx.simd { len / 4 } else { 0 };
+    if vec > 0 {
+        let (wv, zv) = (fx.b.ins().splat(I32X4, w), fx.b.ins().splat(I32X4, zw));
+        fx.for_ptrs(vec, &[(x, 4), (acc, 16)], &mut |fx, p| {
+            let four = fx.b.ins().load(I32, flags(), p[0], 0);
+            let v = fx.b.ins().scalar_to_vector(I32X4, four);
+            let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+            let h = fx.b.ins().swiden_low(bytes);
+            debug_assert_eq!(fx.b.func.dfg.value_type(h), I16X8);
+            let xv = fx.b.ins().swiden_low(h);
+            let xw = fx.b.ins().imul(xv, wv);
+            let t = fx.b.ins().isub(xw, zv);
+            let cur = fx.b.ins().load(I32X4, flags(), p[1], 0);
+            let nv = fx.b.ins().iadd(cur, t);
+            fx.b.ins().store(flags(), nv, p[1], 0);
+        });
+    }
+    let done = vec * 4;
+    if len > done {
+        let (xt, at) = (fx.add_imm(x, done), fx.add_imm(acc, done * 4));
+        fx.for_ptrs(len - done, &[(xt, 1), (at, 4)], &mut |fx, p| mac(fx, p));
+    }
+}
+
+/// A kernel tap (row, column) and the output rows and columns it reaches.
+type Tap = (usize, usize, (i64, i64), (i64, i64));
+
+/// Arena bytes `qconv` needs: one i32 accumulator per output position.
+pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    4 * out[2..].iter().product::<usize>()
+}
+
+/// Valid output range `[lo, hi)` along one axis for kernel tap `k`: the positions whose
+/// input coordinate `o * s + k * d - p` falls inside `0..input`.
+fn valid_range(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (i64, i64) {
+    let ok = |o: usize| {
+        let i = (o * s + k * d) as i64 - p as i64;
+        (0..input as i64).contains(&i)
+    };
+    match (0..out).find(|&o| ok(o)) {
+        Some(lo) => (
+            lo as i64,
+            (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1) as i64,
+        ),
+        None => (0, 0),
+    }
+}
+
+/// Integer convolution, accumulator-stationary: per output channel a row of i32 sums over
+/// the output positions (scratch), and per input channel and kernel tap one pass over the
+/// output positions that tap reaches (ranges known at compile time, so padding costs no
+/// test in the inner loop). The sum order differs from the evaluator's, which integer
+/// addition does not notice.
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
@@ -307,6 +367,19 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
     let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
     let kk = (gm.kh * gm.kw) as i64;
     let has_bias = node.inputs.len() > 2;
+    let acc = a.scratch;
+    let taps: Vec<Tap> = (0..gm.kh)
+        .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
+        .map(|(kh, kw)| {
+            (
+                kh,
+                kw,
+                valid_range(gm.h, gm.oh, kh, gm.sh, gm.dh, gm.ph),
+                valid_range(gm.w, gm.ow, kw, gm.sw, gm.dw, gm.pw),
+            )
+        })
+        .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
+        .collect();
     fx.for_n(xs[0] as i64, &mut |fx, b| {
         fx.for_n(m, &mut |fx, oc| {
             let gi = fx.b.ins().sdiv_imm_s(oc, mg);
@@ -315,52 +388,67 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
             let c0 = fx.b.ins().iadd(bc, cbase);
             let xbase = fx.addr(a.ins[0], c0, hw);
             let wbase = fx.addr(a.ins[1], oc, cg * kk);
-            let bo = fx.mul_imm(b, m);
-            let boc = fx.b.ins().iadd(bo, oc);
-            let ybase = fx.addr(a.outs[0], boc, ohw);
-            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
             let bias = if has_bias {
                 let ba = fx.addr(a.ins[2], oc, 4);
                 fx.load(I32, ba)
             } else {
                 c32(fx, 0)
             };
-            fx.for_n(gm.oh as i64, &mut |fx, oh| {
-                let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
-                fx.for_n(gm.ow as i64, &mut |fx, ow| {
-                    let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
-                    let acc = fx.b.declare_var(I32);
-                    fx.b.def_var(acc, bias);
-                    fx.for_n(cg, &mut |fx, c| {
-                        let xplane = fx.addr(xbase, c, hw);
-                        let wplane = fx.addr(wbase, c, kk);
-                        fx.for_range(khl, khh, &mut |fx, kh| {
-                            let ih = fx.mul_imm(kh, gm.dh as i64);
-                            let ih = fx.b.ins().iadd(ih0, ih);
-                            let xrow = fx.addr(xplane, ih, gm.w as i64);
-                            let wrow = fx.addr(wplane, kh, gm.kw as i64);
-                            fx.for_range(kwl, kwh, &mut |fx, kw| {
-                                let iw = fx.mul_imm(kw, gm.dw as i64);
-                                let iw = fx.b.ins().iadd(iw0, iw);
-                                let xa = fx.addr(xrow, iw, 1);
-                                let wa = fx.addr(wrow, kw, 1);
-                                let x = load_i8(fx, xa);
-                                let x = fx.b.ins().iadd_imm_s(x, -(q.input_zp as i64));
-                                let w = load_i8(fx, wa);
-                                let p = fx.b.ins().imul(x, w);
-                                let cur = fx.b.use_var(acc);
-                                let nv = fx.b.ins().iadd(cur, p);
-                                fx.b.def_var(acc, nv);
-                            });
-                        });
-                    });
-                    let accv = fx.b.use_var(acc);
-                    let y = finish(fx, q, accv, mult, shift);
-                    let pos = fx.mul_imm(oh, gm.ow as i64);
-                    let pos = fx.b.ins().iadd(pos, ow);
-                    let ya = fx.addr(ybase, pos, 1);
-                    store_i8(fx, y, ya);
-                });
+            fx.for_ptrs(ohw, &[(acc, 4)], &mut |fx, p| fx.store(bias, p[0]));
+            fx.for_n(cg, &mut |fx, c| {
+                let xplane = fx.addr(xbase, c, hw);
+                let wplane = fx.addr(wbase, c, kk);
+                for &(kh, kw, (oy0, oy1), (ox0, ox1)) in &taps {
+                    let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
+                    let w = load_i8(fx, wa);
+                    let zw = fx.b.ins().imul_imm_s(w, q.input_zp as i64);
+                    // Row `oy`, first valid column: input (oy*sh + kh*dh - ph, ox0*sw + kw*dw - pw).
+                    let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
+                        + ox0 * gm.sw as i64
+                        + (kw * gm.dw) as i64
+                        - gm.pw as i64;
+                    let xrow0 = fx.add_imm(xplane, x_first);
+                    let arow0 = fx.add_imm(acc, (oy0 * gm.ow as i64 + ox0) * 4);
+                    let mac = |fx: &mut Fx, p: &[Value]| {
+                        let x = load_i8(fx, p[0]);
+                        let xw = fx.b.ins().imul(x, w);
+                        let t = fx.b.ins().isub(xw, zw);
+                        let cur = fx.load(I32, p[1]);
+                        let nv = fx.b.ins().iadd(cur, t);
+                        fx.store(nv, p[1]);
+                    };
+                    // Whole rows whose input rows sit back to back (stride 1, same width):
+                    // one loop over them all.
+                    if ox0 == 0 && ox1 == gm.ow as i64 && gm.sw == 1 && (gm.sh * gm.w) == gm.ow {
+                        let len = (oy1 - oy0) * gm.ow as i64;
+                        mac_run(fx, xrow0, arow0, len, w, zw, &mac);
+                        continue;
+                    }
+                    if gm.sw == 1 {
+                        fx.for_ptrs(
+                            oy1 - oy0,
+                            &[(xrow0, gm.sh as i64 * gm.w as i64), (arow0, gm.ow as i64 * 4)],
+                            &mut |fx, r| mac_run(fx, r[0], r[1], ox1 - ox0, w, zw, &mac),
+                        );
+                        continue;
+                    }
+                    fx.for_ptrs(
+                        oy1 - oy0,
+                        &[(xrow0, gm.sh as i64 * gm.w as i64), (arow0, gm.ow as i64 * 4)],
+                        &mut |fx, r| {
+                            fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 4)], &mut |fx, p| mac(fx, p));
+                        },
+                    );
+                }
+            });
+            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+            let bo = fx.mul_imm(b, m);
+            let boc = fx.b.ins().iadd(bo, oc);
+            let ybase = fx.addr(a.outs[0], boc, ohw);
+            fx.for_ptrs(ohw, &[(acc, 4), (ybase, 1)], &mut |fx, p| {
+                let s = fx.load(I32, p[0]);
+                let y = finish(fx, q, s, mult, shift);
+                store_i8(fx, y, p[1]);
             });
         });
     });
