@@ -267,6 +267,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 q.input_zp
             );
         }
+        Op::QConv { window, group, q } if accumulate_rows(g, n, window, *group) => qconv(out, g, n, window, *group, q),
         Op::QConv { window, group, q } => {
             let xs = shape(g, node.inputs[0]).to_vec();
             let ws = shape(g, node.inputs[1]).to_vec();
@@ -326,6 +327,90 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
         }
         _ => unreachable!("integer kernel for a node `supported` refused"),
     }
+}
+
+/// Convolutions with a spatial kernel over several input channels run accumulator-stationary
+/// (`qconv`); pointwise and depthwise ones keep one sum in a register per output, which
+/// measured fewer instructions on Cortex-M4 (KWS: 30.4 M against 32.8 M; ResNet-8 the other
+/// way: 141 M against 272 M).
+fn accumulate_rows(g: &Graph, n: NodeId, window: &Window, group: usize) -> bool {
+    let node = g.node(n);
+    let cg = shape(g, node.inputs[0])[1] / group;
+    let kk: usize = window.kernel.iter().product();
+    kk > 1 && cg > 1
+}
+
+/// Scratch bytes of an integer convolution: one i32 accumulator per output position when it
+/// runs accumulator-stationary.
+pub fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
+    match &g.node(n).op {
+        Op::QConv { window, group, .. } if accumulate_rows(g, n, window, *group) => {
+            4 * shape(g, g.node(n).outputs[0])[2..].iter().product::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Output positions `[lo, hi)` along one axis that kernel tap `k` reaches inside the input.
+fn reach(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
+    let ok = |o: usize| (0..input as i64).contains(&((o * s + k * d) as i64 - p as i64));
+    match (0..out).find(|&o| ok(o)) {
+        Some(lo) => (lo, (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1)),
+        None => (0, 0),
+    }
+}
+
+/// Integer convolution, accumulator-stationary: per output channel a row of i32 sums (the
+/// scratch buffer), and per input channel and kernel tap one pass over exactly the output
+/// positions that tap reaches (ranges computed here), so the inner loops test nothing.
+fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let ws = shape(g, node.inputs[1]).to_vec();
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let ge = geom(&xs, &o0, window);
+    let (m, ci) = (ws[0], xs[1]);
+    let (cg, mg) = (ci / group, m / group);
+    let (hw, ohw, kk) = (ge.h * ge.w, ge.oh * ge.ow, ge.kh * ge.kw);
+    let fin = requant(out, q, "oc");
+    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+    let _ = writeln!(out, "    int32_t *acc = (int32_t *)(void *)s;");
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *xb = x0 + (b * {ci} + oc / {mg} * {cg}) * {hw};\n        for (int32_t p = 0; p < {ohw}; ++p) acc[p] = {bias};",
+        xs[0]
+    );
+    let _ = writeln!(
+        out,
+        "        for (int32_t c = 0; c < {cg}; ++c) {{\n            const int8_t *xp = xb + c * {hw};"
+    );
+    for kh in 0..ge.kh {
+        for kw in 0..ge.kw {
+            let (oy0, oy1) = reach(ge.h, ge.oh, kh, ge.sh, ge.dh, ge.ph);
+            let (ox0, ox1) = reach(ge.w, ge.ow, kw, ge.sw, ge.dw, ge.pw);
+            if oy1 <= oy0 || ox1 <= ox0 {
+                continue;
+            }
+            let (ry, rx) = ((kh * ge.dh) as i64 - ge.ph as i64, (kw * ge.dw) as i64 - ge.pw as i64);
+            let _ = writeln!(
+                out,
+                "            {{\n                int32_t w = x1[(oc * {cg} + c) * {kk} + {}], zw = w * {};",
+                kh * ge.kw + kw,
+                q.input_zp
+            );
+            let _ = writeln!(
+                out,
+                "                for (int32_t oy = {oy0}; oy < {oy1}; ++oy)\n                for (int32_t ox = {ox0}; ox < {ox1}; ++ox) acc[oy * {} + ox] += (int32_t)xp[(oy * {} + {ry}) * {} + ox * {} + {rx}] * w - zw;\n            }}",
+                ge.ow, ge.sh, ge.w, ge.sw
+            );
+        }
+    }
+    let _ = writeln!(out, "        }}");
+    let _ = writeln!(
+        out,
+        "        for (int32_t p = 0; p < {ohw}; ++p) {{\n            int32_t acc_p = acc[p];\n            y0[(b * {m} + oc) * {ohw} + p] = {};\n        }}\n    }}",
+        fin.replace("kiln_mbqm(acc,", "kiln_mbqm(acc_p,")
+    );
 }
 
 fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
