@@ -9,6 +9,7 @@ use kiln_ir::{Graph, Op, Tensor};
 use kiln_tests::{build_c, build_native, expose_integers, repo};
 use std::path::PathBuf;
 
+#[derive(Clone)]
 struct Case {
     name: String,
     dir: PathBuf,
@@ -16,8 +17,10 @@ struct Case {
     int8: Graph,
 }
 
+/// Every model with calibration data, quantized with Kiln's defaults (once per process).
 fn cases() -> Vec<Case> {
-    cases_with(None)
+    static CASES: std::sync::OnceLock<Vec<Case>> = std::sync::OnceLock::new();
+    CASES.get_or_init(|| cases_with(None)).clone()
 }
 
 fn cases_with(method: Option<kiln::quantize::calibrate::Method>) -> Vec<Case> {
@@ -308,7 +311,7 @@ fn bad_calibration_data_is_refused_with_the_file_named() {
         }
     };
     let e = case("empty", None);
-    assert!(e.contains("input_0.npy") && e.contains("missing"), "{e}");
+    assert!(e.contains("empty") && e.contains("input_K.npy"), "{e}");
     let e = case(
         "shape",
         Some(Tensor::from_vec(vec![2, 49, 11, 1], vec![0f32; 2 * 49 * 11])),
@@ -538,4 +541,49 @@ fn per_tensor_weights_are_an_option() {
     let got = exe.run(&gi, &[x]).unwrap();
     assert!(got.iter().zip(&want).all(|(a, b)| a.data == b.data), "C differs");
     let _ = std::fs::remove_dir_all(&dirb);
+}
+
+#[test]
+fn calibration_data_reads_from_npz_and_per_sample_folders() {
+    let dir = repo().join("tests/models/digits_cnn");
+    let c = cases().into_iter().find(|c| c.dir == dir).unwrap();
+    let stacked = kiln::npy::read(&dir.join("calib/input_0.npy")).unwrap();
+    let n = 20;
+    let xs = stacked.to_f32_vec();
+    let first = Tensor::from_vec(vec![n, 1, 8, 8], xs[..n * 64].to_vec());
+    let tmp = std::env::temp_dir().join(format!("kiln-calfmt-{}", std::process::id()));
+    let a = tmp.join("stacked");
+    std::fs::create_dir_all(&a).unwrap();
+    kiln::npy::write(&a.join("input_0.npy"), &first).unwrap();
+    // The same samples as an .npz archive and as one folder per sample.
+    let npz = tmp.join("calib.npz");
+    {
+        use npyz::WriterBuilder;
+        let mut w = npyz::npz::NpzWriter::create(&npz).unwrap();
+        let mut arr = w
+            .array("input_0", Default::default())
+            .unwrap()
+            .default_dtype()
+            .shape(&[n as u64, 1, 8, 8])
+            .begin_nd()
+            .unwrap();
+        arr.extend(xs[..n * 64].iter().copied()).unwrap();
+        arr.finish().unwrap();
+    }
+    let per = tmp.join("per_sample");
+    for i in 0..n {
+        let d = per.join(format!("sample_{i:03}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let t = Tensor::from_vec(vec![1, 1, 8, 8], xs[i * 64..(i + 1) * 64].to_vec());
+        kiln::npy::write(&d.join("input_0.npy"), &t).unwrap();
+    }
+    let q = |p: &std::path::Path| {
+        let r = quantize_int8(&c.float, p, &QuantOptions::default(), |_, _| {}).unwrap();
+        assert_eq!(r.samples, n);
+        kiln_ir::text::dump(&r.graph).unwrap()
+    };
+    let want = q(&a);
+    assert_eq!(q(&npz), want, ".npz calibration differs");
+    assert_eq!(q(&per), want, "per-sample folders differ");
+    let _ = std::fs::remove_dir_all(&tmp);
 }

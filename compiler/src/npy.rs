@@ -36,15 +36,45 @@ fn scalar_of(descr: &str) -> Option<Scalar> {
 }
 
 pub fn read(path: &Path) -> Result<Tensor, NpyError> {
-    let fmt = |msg: String| NpyError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
     let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| fmt(format!("not a .npy file ({e})")))?;
+    let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| NpyError::Format {
+        path: path.to_path_buf(),
+        msg: format!("not a .npy file ({e})"),
+    })?;
+    decode(file, path, bytes.len())
+}
+
+/// Every array of an `.npz` archive (as `np.savez` / `np.savez_compressed` write them),
+/// by name.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
+    let fmt = |msg: String| NpyError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| fmt(format!("not an .npz archive ({e})")))?;
+    let mut names: Vec<String> = archive.array_names().map(String::from).collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let inner = path.join(&name);
+        let file = archive
+            .by_name(&name)
+            .map_err(|e| fmt(format!("array `{name}`: {e}")))?
+            .ok_or_else(|| fmt(format!("array `{name}` vanished")))?;
+        out.push((name, decode(file, &inner, usize::MAX)?));
+    }
+    Ok(out)
+}
+
+/// Converts one parsed array; `avail` bounds the data size before anything is allocated.
+fn decode<R: std::io::Read>(file: npyz::NpyFile<R>, path: &Path, avail: usize) -> Result<Tensor, NpyError> {
+    let fmt = |msg: String| NpyError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
     let descr = match file.dtype() {
         npyz::DType::Plain(t) => t.to_string(),
         other => return Err(fmt(format!("unsupported dtype {}", other.descr()))),
@@ -58,7 +88,7 @@ pub fn read(path: &Path) -> Result<Tensor, NpyError> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| fmt("absurd shape".into()))?;
-    if n.checked_mul(scalar.size()).is_none_or(|b| b > bytes.len()) {
+    if n.checked_mul(scalar.size()).is_none_or(|b| b > avail || b > 1 << 34) {
         return Err(fmt(format!("shape {shape:?} needs more data than the file holds")));
     }
     let io = |e: std::io::Error| fmt(e.to_string());

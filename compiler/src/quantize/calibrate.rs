@@ -3,10 +3,16 @@
 //! bounded by the number of values, not samples; the samples themselves are read one file
 //! per graph input and sliced one sample at a time.
 //!
-//! Data layout (the layout of `../shared/models/*/calib/`): a directory with one
-//! `input_K.npy` per graph input K, samples stacked on axis 0, each sample shaped like the
-//! graph input with its leading batch dimension of 1 removed. A sample with a NaN or an
-//! infinity is refused (a silently infinite range would give a useless scale).
+//! Data layouts, for graph input K (a sample is shaped like the graph input, its leading
+//! batch dimension of 1 removed):
+//! - a directory with `input_K.npy`, samples stacked on axis 0;
+//! - an `.npz` archive (`np.savez`, compressed or not) with arrays `input_K` (or the
+//!   positional `arr_K`), stacked the same way;
+//! - a directory of per-sample subdirectories (sorted by name), each with `input_K.npy`
+//!   holding one sample (batch dimension optional), e.g. the `test_data_set_N` folders.
+//!
+//! A sample with a NaN or an infinity is refused (a silently infinite range would give a
+//! useless scale).
 
 use super::QuantError;
 use kiln_ir::{Graph, Scalar, Tensor, ValueId};
@@ -49,27 +55,55 @@ pub struct CalibrationSet {
 impl CalibrationSet {
     /// Loads `dir/input_K.npy` for every graph input and checks it against the graph.
     pub fn load(g: &Graph, dir: &Path) -> Result<CalibrationSet, QuantError> {
-        if !dir.is_dir() {
-            return Err(QuantError::Calibration {
-                path: dir.to_path_buf(),
-                msg: "not a directory".into(),
-            });
-        }
+        let bad_dir = |msg: &str| QuantError::Calibration {
+            path: dir.to_path_buf(),
+            msg: msg.to_string(),
+        };
+        // The stacked tensors by input, each with the file it came from.
+        let stacked: Vec<(PathBuf, Tensor)> = if dir.is_file() && dir.extension().is_some_and(|e| e == "npz") {
+            let arrays = crate::npy::read_npz(dir).map_err(|e| bad_dir(&e.to_string()))?;
+            (0..g.inputs().len())
+                .map(|k| {
+                    let named = [format!("input_{k}"), format!("arr_{k}")];
+                    arrays
+                        .iter()
+                        .find(|(n, _)| named.contains(n))
+                        .map(|(n, t)| (dir.join(n), t.clone()))
+                        .ok_or_else(|| bad_dir(&format!("no array `input_{k}` (or `arr_{k}`) in the archive")))
+                })
+                .collect::<Result<_, _>>()?
+        } else if dir.is_dir() && dir.join("input_0.npy").exists() {
+            (0..g.inputs().len())
+                .map(|k| {
+                    let path = dir.join(format!("input_{k}.npy"));
+                    if !path.exists() {
+                        return Err(QuantError::Calibration {
+                            path,
+                            msg: format!(
+                                "missing: the model has {} input(s), each needs input_K.npy with samples stacked on axis 0",
+                                g.inputs().len()
+                            ),
+                        });
+                    }
+                    let t = crate::npy::read(&path).map_err(|e| QuantError::Calibration {
+                        path: path.clone(),
+                        msg: e.to_string(),
+                    })?;
+                    Ok((path, t))
+                })
+                .collect::<Result<_, _>>()?
+        } else if dir.is_dir() {
+            per_sample_dirs(g, dir)?
+        } else {
+            return Err(bad_dir("not a directory or an .npz file"));
+        };
         let mut inputs = Vec::new();
         let mut samples = None;
-        for (k, &v) in g.inputs().iter().enumerate() {
-            let path: PathBuf = dir.join(format!("input_{k}.npy"));
+        for ((path, t), &v) in stacked.into_iter().zip(g.inputs()) {
             let bad = |msg: String| QuantError::Calibration {
                 path: path.clone(),
                 msg,
             };
-            if !path.exists() {
-                return Err(bad(format!(
-                    "missing: the model has {} input(s), each needs input_K.npy with samples stacked on axis 0",
-                    g.inputs().len()
-                )));
-            }
-            let t = crate::npy::read(&path).map_err(|e| bad(e.to_string()))?;
             let want = &g.value(v).ty;
             if t.data.scalar() != want.dtype.scalar {
                 return Err(bad(format!(
@@ -79,11 +113,7 @@ impl CalibrationSet {
                     want.dtype.scalar
                 )));
             }
-            let per_sample: &[usize] = if want.shape.first() == Some(&1) {
-                &want.shape[1..]
-            } else {
-                &want.shape
-            };
+            let per_sample = per_sample_shape(&want.shape);
             if t.shape.len() != per_sample.len() + 1 || t.shape[1..] != *per_sample {
                 return Err(bad(format!(
                     "shape {:?}: expected [samples, {}] for input `{}` {}",
@@ -99,7 +129,7 @@ impl CalibrationSet {
             if let Some(s) = samples
                 && s != t.shape[0]
             {
-                return Err(bad(format!("{} samples, input_0.npy has {s}", t.shape[0])));
+                return Err(bad(format!("{} samples, the first input has {s}", t.shape[0])));
             }
             samples = Some(t.shape[0]);
             if want.dtype.scalar == Scalar::F32 {
@@ -200,6 +230,66 @@ impl Hist {
     fn center(&self, b: usize) -> f64 {
         self.lo as f64 + (b as f64 + 0.5) * (self.hi - self.lo) as f64 / BINS as f64
     }
+}
+
+/// A sample's shape: the graph input's without its leading batch dimension of 1.
+fn per_sample_shape(shape: &[usize]) -> &[usize] {
+    if shape.first() == Some(&1) { &shape[1..] } else { shape }
+}
+
+/// One subdirectory per sample (sorted by name), each with `input_K.npy` shaped like graph
+/// input K (with or without its batch dimension of 1), stacked here.
+fn per_sample_dirs(g: &Graph, dir: &Path) -> Result<Vec<(PathBuf, Tensor)>, QuantError> {
+    let bad = |path: &Path, msg: String| QuantError::Calibration {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subs.sort();
+    if subs.is_empty() {
+        return Err(bad(
+            dir,
+            "empty: expected input_K.npy (samples on axis 0), one subdirectory per sample, or an .npz file".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (k, &v) in g.inputs().iter().enumerate() {
+        let per = per_sample_shape(&g.value(v).ty.shape).to_vec();
+        let mut parts = Vec::new();
+        for s in &subs {
+            let path = s.join(format!("input_{k}.npy"));
+            let t = crate::npy::read(&path).map_err(|e| bad(&path, e.to_string()))?;
+            let dims = if t.shape.first() == Some(&1) && t.shape.len() == per.len() + 1 {
+                &t.shape[1..]
+            } else {
+                &t.shape[..]
+            };
+            if dims != per.as_slice() {
+                return Err(bad(
+                    &path,
+                    format!("shape {:?}: expected one sample of {:?}", t.shape, per),
+                ));
+            }
+            parts.push(t);
+        }
+        let scalar = parts[0].data.scalar();
+        if let Some(p) = parts.iter().position(|t| t.data.scalar() != scalar) {
+            return Err(bad(
+                &subs[p].join(format!("input_{k}.npy")),
+                "element type differs from the first sample's".into(),
+            ));
+        }
+        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.data.to_le_bytes()).collect();
+        let data = kiln_ir::Data::from_le_bytes(scalar, &bytes).expect("whole elements");
+        let mut shape = vec![parts.len()];
+        shape.extend(&per);
+        out.push((dir.join(format!("*/input_{k}.npy")), Tensor::new(shape, data)));
+    }
+    Ok(out)
 }
 
 /// Runs every sample through the evaluator and records value ranges, chosen by `method`
