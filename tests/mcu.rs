@@ -461,13 +461,11 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
 /// outputs, with its first reference input.
 fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let dir = repo().join("tests/models").join(name);
-    let m = kiln::load(
-        &dir.join("model.onnx"),
-        &ImportOptions::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let mut opts = ImportOptions::default();
+    if name.starts_with("rapidocr") {
+        opts.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
+    }
+    let m = kiln::load(&dir.join("model.onnx"), &opts, &PipelineOptions::default(), |_, _| {}).unwrap();
     let q = kiln::quantize::quantize_int8(&m.graph, &dir.join("calib"), &Default::default(), |_, _| {}).unwrap();
     let g = kiln_tests::expose_integers(&q.graph);
     let set = dir.join("ref/test_data_set_0");
@@ -605,10 +603,14 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
     // The int8 builds of the shipped models, on their first reference input, integer
     // results compared byte for byte.
     for m in [
+        "digits_cnn",
         "mlperf_tiny_ad_fc_autoencoder",
         "mlperf_tiny_kws_dscnn",
         "mlperf_tiny_sww_dscnn",
         "mlperf_tiny_ic_resnet8",
+        "mlperf_tiny_vww_mobilenetv1_025",
+        "rapidocr_cls_mobile_v2",
+        "silero_vad_16k",
     ] {
         models.push(int8_model(m));
     }
