@@ -617,10 +617,15 @@ fn compile(
     compile::write_files(out_dir, &out.files)?;
     let r = &out.report;
     println!(
-        "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); object {} bytes; {:.0} ms",
+        "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); {} {} bytes; {:.0} ms",
         r.kernels,
         r.arena_size,
         r.arena_lower_bound,
+        if matches!(emit, EmitArg::C) {
+            "C source"
+        } else {
+            "object"
+        },
         r.object_bytes,
         start.elapsed().as_secs_f64() * 1e3
     );
