@@ -165,6 +165,7 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
     match &g.node(n).op {
         Op::BatchNorm { .. } => slot == 0 || !const_params(g, n),
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
+        Op::QMatMul { .. } => slot != 1,
         _ => true,
     }
 }

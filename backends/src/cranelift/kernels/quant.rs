@@ -232,7 +232,24 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &node.op {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
-        Op::QMatMul { q } => requant_tables(q),
+        Op::QMatMul { q } => {
+            // Weights transposed to [N, K] (each output's row contiguous) and, per output,
+            // zp_in * sum_k w, so the inner loop is a plain dot product of the raw int8s.
+            let w = g.const_value(node.inputs[1]).expect("constant weights");
+            let (k, nn) = (w.shape[0], w.shape[1]);
+            let wv: Vec<i8> = w.to_i64_vec().iter().map(|&v| v as i8).collect();
+            let t: Vec<u8> = (0..nn)
+                .flat_map(|j| (0..k).map(move |kk| (j, kk)))
+                .map(|(j, kk)| wv[kk * nn + j] as u8)
+                .collect();
+            let zsum: Vec<i32> = (0..nn)
+                .map(|j| q.input_zp * (0..k).map(|kk| wv[kk * nn + j] as i32).sum::<i32>())
+                .collect();
+            let mut v = requant_tables(q);
+            v.push(t);
+            v.push(tables_i32(&zsum));
+            v
+        }
         Op::QConv { window, q, .. } => {
             let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
             let gm = geo(xs, out, window);
@@ -277,16 +294,53 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
                 c32(fx, 0)
             };
             fx.b.def_var(acc, init);
-            let wcol = fx.addr(a.ins[1], j, 1);
-            fx.for_ptrs(k, &[(xrow, 1), (wcol, nn)], &mut |fx, p| {
+            let wrow = fx.addr(a.aux[2], j, k);
+            let vec = if fx.simd { k / 4 } else { 0 };
+            if vec > 0 {
+                use cranelift_codegen::ir::types::{I8X16, I32X4};
+                let zero = c32(fx, 0);
+                let acc4 = fx.b.declare_var(I32X4);
+                let z4 = fx.b.ins().splat(I32X4, zero);
+                fx.b.def_var(acc4, z4);
+                let widen = |fx: &mut Fx, p: Value| -> Value {
+                    let four = fx.b.ins().load(I32, flags(), p, 0);
+                    let v = fx.b.ins().scalar_to_vector(I32X4, four);
+                    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                    let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+                    let h = fx.b.ins().swiden_low(bytes);
+                    fx.b.ins().swiden_low(h)
+                };
+                fx.for_ptrs(vec, &[(xrow, 4), (wrow, 4)], &mut |fx, p| {
+                    let x = widen(fx, p[0]);
+                    let w = widen(fx, p[1]);
+                    let prod = fx.b.ins().imul(x, w);
+                    let cur = fx.b.use_var(acc4);
+                    let nv = fx.b.ins().iadd(cur, prod);
+                    fx.b.def_var(acc4, nv);
+                });
+                let v = fx.b.use_var(acc4);
+                let mut s = fx.b.use_var(acc);
+                for lane in 0..4u8 {
+                    let e = fx.b.ins().extractlane(v, lane);
+                    s = fx.b.ins().iadd(s, e);
+                }
+                fx.b.def_var(acc, s);
+            }
+            let done = vec * 4;
+            let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
+            fx.for_ptrs(k - done, &[(xt, 1), (wt, 1)], &mut |fx, p| {
                 let x = load_i8(fx, p[0]);
-                let x = fx.b.ins().iadd_imm_s(x, -(q.input_zp as i64));
                 let w = load_i8(fx, p[1]);
                 let prod = fx.b.ins().imul(x, w);
                 let cur = fx.b.use_var(acc);
                 let nv = fx.b.ins().iadd(cur, prod);
                 fx.b.def_var(acc, nv);
             });
+            let za = fx.addr(a.aux[3], j, 4);
+            let zs = fx.load(I32, za);
+            let cur = fx.b.use_var(acc);
+            let nv = fx.b.ins().isub(cur, zs);
+            fx.b.def_var(acc, nv);
             let (m, s) = channel_requant(fx, q, a.aux[0], a.aux[1], j);
             let accv = fx.b.use_var(acc);
             let y = finish(fx, q, accv, m, s);
