@@ -95,6 +95,58 @@ fn unary_ok(u: UnaryOp) -> bool {
             | Neg
             | Abs
             | Reciprocal
+            | Elu { .. }
+            | Celu { .. }
+            | Selu { .. }
+            | ThresholdedRelu { .. }
+            | Softplus
+            | Softsign
+            | Mish
+            | Gelu { .. }
+            | Log
+            | Sign
+            | Floor
+            | Ceil
+            | Round
+            | Erf
+            | Sin
+            | Cos
+            | Tan
+            | Asin
+            | Acos
+            | Atan
+            | Sinh
+            | Cosh
+            | Asinh
+            | Acosh
+            | Atanh
+    )
+}
+
+/// Unary ops whose C form calls `<math.h>` (the rest use Kiln's own approximations).
+fn unary_needs_math(u: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        u,
+        Sqrt | Softplus
+            | Mish
+            | Gelu { tanh_approx: false }
+            | Log
+            | Floor
+            | Ceil
+            | Round
+            | Erf
+            | Sin
+            | Cos
+            | Tan
+            | Asin
+            | Acos
+            | Atan
+            | Sinh
+            | Cosh
+            | Asinh
+            | Acosh
+            | Atanh
     )
 }
 
@@ -125,7 +177,23 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         Op::Pad { .. } => {
             f32_io(g, n) || (g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8 && node.inputs.len() == 2)
         }
+        Op::Unary(UnaryOp::Not) => g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool,
         Op::Unary(u) => f32_io(g, n) && unary_ok(*u),
+        Op::Binary(b) if compare_or_logic(*b) => {
+            let (sa, sb) = (
+                g.value(node.inputs[0]).ty.dtype.scalar,
+                g.value(node.inputs[1]).ty.dtype.scalar,
+            );
+            sa == sb
+                && sa != Scalar::F16
+                && (!matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor) || sa == Scalar::Bool)
+        }
+        Op::Where => {
+            let t = g.value(node.outputs[0]).ty.dtype.scalar;
+            t != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool
+        }
+        Op::Split { .. } => true,
+        Op::ArgMax { .. } | Op::ArgMin { .. } => f32_in(g, n),
         Op::Binary(b) => {
             f32_io(g, n)
                 && (matches!(
@@ -162,6 +230,25 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
     }
 }
 
+/// Comparisons (any element type, bool result) and logic (bool).
+fn compare_or_logic(b: BinaryOp) -> bool {
+    matches!(
+        b,
+        BinaryOp::Equal
+            | BinaryOp::Less
+            | BinaryOp::LessOrEqual
+            | BinaryOp::Greater
+            | BinaryOp::GreaterOrEqual
+            | BinaryOp::And
+            | BinaryOp::Or
+            | BinaryOp::Xor
+    )
+}
+
+fn f32_in(g: &Graph, n: NodeId) -> bool {
+    g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::F32
+}
+
 fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
     let t = g.const_value(g.node(n).inputs[1])?;
     let v = t.to_f64_vec();
@@ -195,6 +282,43 @@ fn unary_expr(u: UnaryOp, x: &str) -> String {
         UnaryOp::Neg => format!("(-{x})"),
         UnaryOp::Abs => format!("kiln_absf({x})"),
         UnaryOp::Reciprocal => format!("(1.0f / {x})"),
+        UnaryOp::Elu { alpha } => format!("({x} < 0.0f ? {} * (kiln_expf({x}) - 1.0f) : {x})", l(alpha)),
+        UnaryOp::Celu { alpha } => format!(
+            "(kiln_maxf({x}, 0.0f) + kiln_minf(0.0f, {a} * (kiln_expf({x} / {a}) - 1.0f)))",
+            a = l(alpha)
+        ),
+        UnaryOp::Selu { alpha, gamma } => format!(
+            "({g} * ({x} > 0.0f ? {x} : {a} * kiln_expf({x}) - {a}))",
+            a = l(alpha),
+            g = l(gamma)
+        ),
+        UnaryOp::ThresholdedRelu { alpha } => format!("({x} > {} ? {x} : 0.0f)", l(alpha)),
+        UnaryOp::Softplus => format!("({x} > 0.0f ? {x} + log1pf(kiln_expf(-{x})) : log1pf(kiln_expf({x})))"),
+        UnaryOp::Softsign => format!("({x} / (1.0f + kiln_absf({x})))"),
+        UnaryOp::Mish => {
+            format!("({x} * kiln_tanhf({x} > 0.0f ? {x} + log1pf(kiln_expf(-{x})) : log1pf(kiln_expf({x}))))")
+        }
+        UnaryOp::Gelu { tanh_approx: false } => format!("(0.5f * {x} * (1.0f + erff({x} / 1.41421356f)))"),
+        UnaryOp::Gelu { tanh_approx: true } => {
+            format!("(0.5f * {x} * (1.0f + kiln_tanhf(0.797884561f * ({x} + 0.044715f * {x} * {x} * {x}))))")
+        }
+        UnaryOp::Log => format!("logf({x})"),
+        UnaryOp::Sign => format!("({x} > 0.0f ? 1.0f : ({x} < 0.0f ? -1.0f : {x}))"),
+        UnaryOp::Floor => format!("floorf({x})"),
+        UnaryOp::Ceil => format!("ceilf({x})"),
+        UnaryOp::Round => format!("rintf({x})"),
+        UnaryOp::Erf => format!("erff({x})"),
+        UnaryOp::Sin => format!("sinf({x})"),
+        UnaryOp::Cos => format!("cosf({x})"),
+        UnaryOp::Tan => format!("tanf({x})"),
+        UnaryOp::Asin => format!("asinf({x})"),
+        UnaryOp::Acos => format!("acosf({x})"),
+        UnaryOp::Atan => format!("atanf({x})"),
+        UnaryOp::Sinh => format!("sinhf({x})"),
+        UnaryOp::Cosh => format!("coshf({x})"),
+        UnaryOp::Asinh => format!("asinhf({x})"),
+        UnaryOp::Acosh => format!("acoshf({x})"),
+        UnaryOp::Atanh => format!("atanhf({x})"),
         other => unreachable!("{} passed the support check", other.name()),
     }
 }
@@ -269,7 +393,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     );
     let _ = writeln!(out, "#include \"{p}.h\"");
     let needs_math = plan.order.iter().any(|&n| {
-        matches!(g.node(n).op, Op::Unary(UnaryOp::Sqrt))
+        matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
+            || matches!(&g.node(n).op, Op::Conv(c) if c.fused.is_some_and(unary_needs_math))
+            || matches!(&g.node(n).op, Op::Gemm { fused, .. } if fused.is_some_and(unary_needs_math))
             || matches!(&g.node(n).op, Op::Binary(BinaryOp::Pow) if pow_exponent(g, n) == Some(0.5))
     });
     if needs_math {
@@ -597,12 +723,81 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
             );
         }
         Op::Pad { mode, pads } => pad(out, g, n, *mode, pads),
+        Op::Unary(UnaryOp::Not) => {
+            let total = g.value(node.outputs[0]).ty.numel();
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (uint8_t)!x0[i];"
+            );
+        }
         Op::Unary(u) => {
             let total = g.value(node.outputs[0]).ty.numel();
             let _ = writeln!(
                 out,
                 "    for (int32_t i = 0; i < {total}; ++i) {{\n        float v = x0[i];\n        y0[i] = {};\n    }}",
                 unary_expr(*u, "v")
+            );
+        }
+        Op::Binary(b) if compare_or_logic(*b) => {
+            let (sa, sb) = (
+                bcast(shape(g, node.inputs[0]), &o0),
+                bcast(shape(g, node.inputs[1]), &o0),
+            );
+            let op = match b {
+                BinaryOp::Equal => "==",
+                BinaryOp::Less => "<",
+                BinaryOp::LessOrEqual => "<=",
+                BinaryOp::Greater => ">",
+                BinaryOp::GreaterOrEqual => ">=",
+                BinaryOp::And => "&&",
+                BinaryOp::Or => "||",
+                _ => "!=",
+            };
+            nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+                format!("y0[{}] = (uint8_t)(x0[{}] {op} x1[{}]);", o[0], o[1], o[2])
+            });
+        }
+        Op::Where => {
+            let (sc, sa, sb) = (
+                bcast(shape(g, node.inputs[0]), &o0),
+                bcast(shape(g, node.inputs[1]), &o0),
+                bcast(shape(g, node.inputs[2]), &o0),
+            );
+            nest(out, 1, &dims(&o0), &[strides(&o0), sc, sa, sb], &|o| {
+                format!("y0[{}] = x0[{}] ? x1[{}] : x2[{}];", o[0], o[1], o[2], o[3])
+            });
+        }
+        Op::Split { axis, .. } => {
+            let xs = shape(g, node.inputs[0]).to_vec();
+            let ist = strides(&xs);
+            let mut at = 0i64;
+            for (i, &v) in node.outputs.iter().enumerate() {
+                let s = shape(g, v).to_vec();
+                let base = at * ist[*axis];
+                nest(out, 1, &s, &[strides(&s), ist.clone()], &|o| {
+                    format!("y{i}[{}] = x0[{base} + {}];", o[0], o[1])
+                });
+                at += s[*axis] as i64;
+            }
+        }
+        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
+            let xs = shape(g, node.inputs[0]).to_vec();
+            let len = xs[*axis];
+            let inner: usize = xs[axis + 1..].iter().product();
+            let outer: usize = xs[..*axis].iter().product();
+            let better = match (matches!(node.op, Op::ArgMax { .. }), *last) {
+                (true, false) => ">",
+                (true, true) => ">=",
+                (false, false) => "<",
+                (false, true) => "<=",
+            };
+            let _ = writeln!(
+                out,
+                "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        int32_t best = 0;\n        float bv = x0[o * {len} * {inner} + i];"
+            );
+            let _ = writeln!(
+                out,
+                "        for (int32_t k = 1; k < {len}; ++k) {{\n            float v = x0[(o * {len} + k) * {inner} + i];\n            if (v {better} bv || (v != v && bv == bv)) {{ bv = v; best = k; }}\n        }}\n        y0[o * {inner} + i] = best;\n    }}"
             );
         }
         Op::Binary(b) => {
