@@ -558,17 +558,15 @@ fn calibration_data_reads_from_npz_and_per_sample_folders() {
     // The same samples as an .npz archive and as one folder per sample.
     let npz = tmp.join("calib.npz");
     {
-        use npyz::WriterBuilder;
-        let mut w = npyz::npz::NpzWriter::create(&npz).unwrap();
-        let mut arr = w
-            .array("input_0", Default::default())
-            .unwrap()
-            .default_dtype()
-            .shape(&[n as u64, 1, 8, 8])
-            .begin_nd()
-            .unwrap();
-        arr.extend(xs[..n * 64].iter().copied()).unwrap();
-        arr.finish().unwrap();
+        // What np.savez_compressed writes: a zip of `<name>.npy` members, deflated.
+        use std::io::Write;
+        let member = tmp.join("member.npy");
+        kiln::npy::write(&member, &first).unwrap();
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("input_0.npy", o).unwrap();
+        w.write_all(&std::fs::read(&member).unwrap()).unwrap();
+        w.finish().unwrap();
     }
     let per = tmp.join("per_sample");
     for i in 0..n {

@@ -54,18 +54,28 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
         path: path.to_path_buf(),
         msg,
     };
-    let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| fmt(format!("not an .npz archive ({e})")))?;
-    let mut names: Vec<String> = archive.array_names().map(String::from).collect();
-    names.sort();
+    let file = std::fs::File::open(path).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| fmt(format!("not an .npz archive ({e})")))?;
     let mut out = Vec::new();
-    for name in names {
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| fmt(format!("entry {i}: {e}")))?;
+        let Some(name) = entry.name().strip_suffix(".npy").map(String::from) else {
+            continue;
+        };
         let inner = path.join(&name);
-        let file = archive
-            .by_name(&name)
-            .map_err(|e| fmt(format!("array `{name}`: {e}")))?
-            .ok_or_else(|| fmt(format!("array `{name}` vanished")))?;
-        out.push((name, decode(file, &inner, usize::MAX)?));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| fmt(format!("array `{name}`: {e}")))?;
+        let npy = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| NpyError::Format {
+            path: inner.clone(),
+            msg: format!("not a .npy array ({e})"),
+        })?;
+        out.push((name.clone(), decode(npy, &inner, bytes.len())?));
     }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
