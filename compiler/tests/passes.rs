@@ -1,7 +1,7 @@
 //! Each pass on a small graph: what it rewrites, what it leaves, and that the evaluator gives
 //! the same answer before and after (the pipeline never changes results beyond rounding).
 
-use kiln::passes::{eliminate_dead_nodes, fold_constants, fuse_batch_norm, remove_identities};
+use kiln::passes::{eliminate_dead_nodes, fold_constants, fuse_batch_norm, fuse_matmul_add, remove_identities};
 use kiln_ir::op::{BinaryOp, Conv, UnaryOp, Window};
 use kiln_ir::{Graph, Op, Scalar, Tensor, TensorType, eval, verify};
 
@@ -247,4 +247,37 @@ fn activations_fuse_into_conv_and_gemm() {
     assert!(matches!(&g.node(n).op, Op::Conv(c) if c.fused == Some(UnaryOp::Relu)));
     assert_eq!(g.value(g.outputs()[0]).name, "z");
     same(&before, &eval::run(&g, &[x]).unwrap(), 1e-5);
+}
+
+#[test]
+fn fuse_matmul_add_makes_one_gemm_with_the_same_bits() {
+    let build = |extra_reader: bool| {
+        let mut g = Graph::new("m");
+        let x = g.add_input("x", TensorType::new(Scalar::F32, vec![2, 4]));
+        let w = g.add_const("w", f32s(&[4, 3], ramp(12, 0.25)));
+        let b = g.add_const("b", f32s(&[3], vec![0.5, -1.0, 2.0]));
+        let (_, p) = g.add_node("mm", Op::MatMul, vec![x, w], &["p"]).unwrap();
+        let (_, y) = g
+            .add_node("bias", Op::Binary(BinaryOp::Add), vec![b, p[0]], &["y"])
+            .unwrap();
+        g.add_output(y[0]);
+        if extra_reader {
+            g.add_output(p[0]);
+        }
+        g
+    };
+    let mut g = build(false);
+    let x = f32s(&[2, 4], ramp(8, 1.5));
+    let before = eval::run(&g, std::slice::from_ref(&x)).unwrap();
+    assert!(fuse_matmul_add::run(&mut g).unwrap());
+    verify::verify(&g).unwrap();
+    assert_eq!(g.node_count(), 1);
+    let n = g.node_ids().next().unwrap();
+    assert!(matches!(g.node(n).op, Op::Gemm { .. }));
+    assert_eq!(g.value(g.outputs()[0]).name, "y", "the output keeps its name");
+    let after = eval::run(&g, &[x]).unwrap();
+    assert_eq!(before[0].data, after[0].data, "same float operations, same bits");
+    // A product read elsewhere is left alone.
+    let mut g = build(true);
+    assert!(!fuse_matmul_add::run(&mut g).unwrap());
 }
