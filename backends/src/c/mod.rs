@@ -209,13 +209,7 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         }
         Op::GlobalPool(k) => f32_io(g, n) && !matches!(k, PoolKind::Lp { .. }),
         Op::Softmax { .. } => f32_io(g, n),
-        Op::Reduce { kind, .. } => {
-            f32_io(g, n)
-                && matches!(
-                    kind,
-                    ReduceKind::Mean | ReduceKind::Sum | ReduceKind::Max | ReduceKind::Min
-                )
-        }
+        Op::Reduce { .. } => f32_io(g, n),
         Op::BatchNorm { .. } => f32_io(g, n),
         Op::Rnn(r) => {
             use kiln_ir::op::{Activation, RnnKind};
@@ -394,6 +388,13 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let _ = writeln!(out, "#include \"{p}.h\"");
     let needs_math = plan.order.iter().any(|&n| {
         matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
+            || matches!(
+                g.node(n).op,
+                Op::Reduce {
+                    kind: ReduceKind::L2 | ReduceKind::LogSum | ReduceKind::LogSumExp,
+                    ..
+                }
+            )
             || matches!(&g.node(n).op, Op::Conv(c) if c.fused.is_some_and(unary_needs_math))
             || matches!(&g.node(n).op, Op::Gemm { fused, .. } if fused.is_some_and(unary_needs_math))
             || matches!(&g.node(n).op, Op::Binary(BinaryOp::Pow) if pow_exponent(g, n) == Some(0.5))
@@ -964,19 +965,28 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
             let rd: Vec<usize> = axes.iter().map(|&d| s[d]).collect();
             let count: usize = rd.iter().product();
             let init = match kind {
-                ReduceKind::Max => "-1.0f / 0.0f",
+                ReduceKind::Max | ReduceKind::LogSumExp => "-1.0f / 0.0f",
                 ReduceKind::Min => "1.0f / 0.0f",
+                ReduceKind::Prod => "1.0f",
                 _ => "0.0f",
             };
             let step = match kind {
-                ReduceKind::Max => "acc = (v > acc || v != v) ? v : acc;",
+                ReduceKind::Max | ReduceKind::LogSumExp => "acc = (v > acc || v != v) ? v : acc;",
                 ReduceKind::Min => "acc = (v < acc || v != v) ? v : acc;",
+                ReduceKind::Prod => "acc = acc * v;",
+                ReduceKind::L1 => "acc = acc + kiln_absf(v);",
+                ReduceKind::L2 | ReduceKind::SumSquare => "acc = acc + v * v;",
                 _ => "acc = acc + v;",
             };
-            let fin = if *kind == ReduceKind::Mean {
-                format!("acc / {}", f32_lit(count as f32).unwrap_or_default())
-            } else {
-                "acc".into()
+            let fin = match kind {
+                ReduceKind::Mean => format!("acc / {}", f32_lit(count as f32).unwrap_or_default()),
+                ReduceKind::L2 => "sqrtf(acc)".into(),
+                ReduceKind::LogSum => "logf(acc)".into(),
+                // a second pass: log(sum(exp(v - max))) + max
+                ReduceKind::LogSumExp => {
+                    "(acc == acc && acc != 1.0f / 0.0f && acc != -1.0f / 0.0f) ? acc + logf(lse) : acc".into()
+                }
+                _ => "acc".into(),
             };
             let kst: Vec<i64> = kept.iter().map(|&d| st[d]).collect();
             let rst: Vec<i64> = axes.iter().map(|&d| st[d]).collect();
@@ -992,9 +1002,24 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                     .replace("i2", "r2")
                     .replace("i3", "r3")
             };
+            let second = if *kind == ReduceKind::LogSumExp {
+                let mut txt = String::new();
+                nest(&mut txt, 0, &rd, &[axes.iter().map(|&d| st[d]).collect()], &|o| {
+                    format!("lse = lse + kiln_expf(x[{}] - acc);", o[0])
+                });
+                format!(
+                    "float lse = 0.0f;\n{}",
+                    txt.replace("i0", "r0")
+                        .replace("i1", "r1")
+                        .replace("i2", "r2")
+                        .replace("i3", "r3")
+                )
+            } else {
+                String::new()
+            };
             nest(out, 1, &kd, &[strides(&kd), kst], &|o| {
                 format!(
-                    "const float *x = x0 + {};\nfloat acc = {init};\n{inner_loop}y0[{}] = {fin};",
+                    "const float *x = x0 + {};\nfloat acc = {init};\n{inner_loop}{second}y0[{}] = {fin};",
                     o[1], o[0]
                 )
             });
