@@ -208,7 +208,7 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
             f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && !matches!(p.kind, PoolKind::Lp { .. })
         }
         Op::GlobalPool(k) => f32_io(g, n) && !matches!(k, PoolKind::Lp { .. }),
-        Op::Softmax { .. } => f32_io(g, n),
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Hardmax { .. } => f32_io(g, n),
         Op::Reduce { .. } => f32_io(g, n),
         Op::BatchNorm { .. } => f32_io(g, n),
         Op::Rnn(r) => {
@@ -388,6 +388,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let _ = writeln!(out, "#include \"{p}.h\"");
     let needs_math = plan.order.iter().any(|&n| {
         matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
+            || matches!(g.node(n).op, Op::LogSoftmax { .. })
             || matches!(
                 g.node(n).op,
                 Op::Reduce {
@@ -925,7 +926,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 }
             );
         }
-        Op::Softmax { axis } => {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } => {
             let s = shape(g, node.inputs[0]);
             let (outer, len, inner) = (
                 s[..*axis].iter().product::<usize>(),
@@ -947,14 +948,36 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 out,
                 "            for (int32_t j = 0; j < {len}; ++j) if (x[j * {inner}] > mx) mx = x[j * {inner}];"
             );
-            let _ = writeln!(
-                out,
-                "            for (int32_t j = 0; j < {len}; ++j) {{ float e = kiln_expf(x[j * {inner}] - mx); y[j * {inner}] = e; sum = sum + e; }}"
-            );
-            let _ = writeln!(
-                out,
-                "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = y[j * {inner}] / sum;\n        }}"
-            );
+            match &node.op {
+                Op::Softmax { .. } => {
+                    let _ = writeln!(
+                        out,
+                        "            for (int32_t j = 0; j < {len}; ++j) {{ float e = kiln_expf(x[j * {inner}] - mx); y[j * {inner}] = e; sum = sum + e; }}"
+                    );
+                    let _ = writeln!(
+                        out,
+                        "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = y[j * {inner}] / sum;"
+                    );
+                }
+                Op::LogSoftmax { .. } => {
+                    let _ = writeln!(
+                        out,
+                        "            for (int32_t j = 0; j < {len}; ++j) sum = sum + kiln_expf(x[j * {inner}] - mx);"
+                    );
+                    let _ = writeln!(
+                        out,
+                        "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = (x[j * {inner}] - mx) - logf(sum);"
+                    );
+                }
+                _ => {
+                    // one-hot of the first maximum
+                    let _ = writeln!(
+                        out,
+                        "            int32_t at = -1;\n            for (int32_t j = 0; j < {len}; ++j) {{ y[j * {inner}] = 0.0f; if (at < 0 && x[j * {inner}] == mx) at = j; }}\n            if (at >= 0) y[at * {inner}] = 1.0f;\n            (void)sum;"
+                    );
+                }
+            }
+            let _ = writeln!(out, "        }}");
         }
         Op::Reduce { kind, axes, .. } => {
             // f32 accumulation in index order (the evaluator sums in f64: within the stated bound).
