@@ -211,6 +211,12 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Hardmax { .. } => f32_io(g, n),
         Op::Reduce { .. } => f32_io(g, n),
         Op::BatchNorm { .. } => f32_io(g, n),
+        Op::LayerNorm { axis, .. } => {
+            // scale and bias spanning exactly the normalized axes
+            let x = shape(g, node.inputs[0]);
+            let inner: usize = x[*axis..].iter().product();
+            f32_io(g, n) && node.inputs[1..].iter().all(|&v| g.value(v).ty.numel() == inner)
+        }
         Op::Rnn(r) => {
             use kiln_ir::op::{Activation, RnnKind};
             f32_io(g, n)
@@ -388,7 +394,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let _ = writeln!(out, "#include \"{p}.h\"");
     let needs_math = plan.order.iter().any(|&n| {
         matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
-            || matches!(g.node(n).op, Op::LogSoftmax { .. })
+            || matches!(g.node(n).op, Op::LogSoftmax { .. } | Op::LayerNorm { .. })
             || matches!(
                 g.node(n).op,
                 Op::Reduce {
@@ -1046,6 +1052,26 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                     o[1], o[0]
                 )
             });
+        }
+        Op::LayerNorm { axis, epsilon } => {
+            let x = shape(g, node.inputs[0]);
+            let inner: usize = x[*axis..].iter().product();
+            let rows = g.value(node.inputs[0]).ty.numel() / inner.max(1);
+            let bias = if node.inputs.len() > 2 { " + x2[j]" } else { "" };
+            let _ = writeln!(
+                out,
+                "    for (int32_t r = 0; r < {rows}; ++r) {{\n        const float *x = x0 + r * {inner};\n        float *y = y0 + r * {inner};\n        float mean = 0.0f, var = 0.0f, inv;"
+            );
+            let _ = writeln!(
+                out,
+                "        for (int32_t j = 0; j < {inner}; ++j) mean = mean + x[j];\n        mean = mean / {n};\n        for (int32_t j = 0; j < {inner}; ++j) var = var + (x[j] - mean) * (x[j] - mean);\n        var = var / {n};",
+                n = f32_lit(inner as f32).unwrap_or_default()
+            );
+            let _ = writeln!(
+                out,
+                "        inv = 1.0f / sqrtf(var + {});\n        for (int32_t j = 0; j < {inner}; ++j) y[j] = (x[j] - mean) * inv * x1[j]{bias};\n    }}",
+                f32_lit(*epsilon).unwrap_or_default()
+            );
         }
         Op::BatchNorm { epsilon } => {
             let s = shape(g, node.inputs[0]);
