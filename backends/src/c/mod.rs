@@ -193,6 +193,7 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
             t != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool
         }
         Op::Split { .. } => true,
+        Op::GatherElements { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::ArgMax { .. } | Op::ArgMin { .. } => f32_in(g, n),
         Op::Binary(b) => {
             f32_io(g, n)
@@ -773,6 +774,22 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
             );
             nest(out, 1, &dims(&o0), &[strides(&o0), sc, sa, sb], &|o| {
                 format!("y0[{}] = x0[{}] ? x1[{}] : x2[{}];", o[0], o[1], o[2], o[3])
+            });
+        }
+        Op::GatherElements { axis } => {
+            // Out-of-range indices are clamped, as in Gather (the evaluator refuses them).
+            let xs = shape(g, node.inputs[0]).to_vec();
+            let mut xst = strides(&xs);
+            let step = xst[*axis];
+            xst[*axis] = 0;
+            let dim = xs[*axis] as i64;
+            nest(out, 1, &o0, &[strides(&o0), xst], &|o| {
+                format!(
+                    "int64_t j = (int64_t)x1[{0}];\nif (j < 0) j += {dim};\nif (j < 0) j = 0;\nif (j > {1}) j = {1};\ny0[{0}] = x0[{2} + (int32_t)j * {step}];",
+                    o[0],
+                    dim - 1,
+                    o[1]
+                )
             });
         }
         Op::Split { axis, .. } => {
