@@ -193,6 +193,7 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
             t != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool
         }
         Op::Split { .. } => true,
+        Op::Cast { to } => *to != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::GatherElements { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::ArgMax { .. } | Op::ArgMin { .. } => f32_in(g, n),
         Op::Binary(b) => {
@@ -229,6 +230,44 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         }
         _ => false,
     }
+}
+
+/// `y0[i] = x0[i]` converted as the evaluator converts: through f64 when either side is a
+/// float, saturating (NaN to 0) into integers, `!= 0` into bool; integer to integer wraps.
+fn cast_stmt(from: Scalar, to: Scalar) -> String {
+    let t = header::c_type(to);
+    if to == Scalar::Bool {
+        return "y0[i] = (uint8_t)(x0[i] != 0);".into();
+    }
+    if !from.is_float() && !to.is_float() {
+        return format!("y0[i] = ({t})x0[i];");
+    }
+    if to.is_float() {
+        return format!("y0[i] = ({t})(double)x0[i];");
+    }
+    let (lo, hi) = match to {
+        Scalar::I8 => ("-128.0", "127.0"),
+        Scalar::U8 => ("0.0", "255.0"),
+        Scalar::I16 => ("-32768.0", "32767.0"),
+        Scalar::U16 => ("0.0", "65535.0"),
+        Scalar::I32 => ("-2147483648.0", "2147483647.0"),
+        Scalar::U32 => ("0.0", "4294967295.0"),
+        Scalar::I64 => ("-9223372036854775808.0", "9223372036854775807.0"),
+        _ => ("0.0", "18446744073709551615.0"),
+    };
+    let (min, max) = match to {
+        Scalar::I8 => ("INT8_MIN", "INT8_MAX"),
+        Scalar::U8 => ("0", "UINT8_MAX"),
+        Scalar::I16 => ("INT16_MIN", "INT16_MAX"),
+        Scalar::U16 => ("0", "UINT16_MAX"),
+        Scalar::I32 => ("INT32_MIN", "INT32_MAX"),
+        Scalar::U32 => ("0", "UINT32_MAX"),
+        Scalar::I64 => ("INT64_MIN", "INT64_MAX"),
+        _ => ("0", "UINT64_MAX"),
+    };
+    format!(
+        "double v = (double)x0[i];\n        y0[i] = v != v ? ({t})0 : (v <= {lo} ? ({t}){min} : (v >= {hi} ? ({t}){max} : ({t})v));"
+    )
 }
 
 /// Comparisons (any element type, bool result) and logic (bool).
@@ -775,6 +814,15 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
             nest(out, 1, &dims(&o0), &[strides(&o0), sc, sa, sb], &|o| {
                 format!("y0[{}] = x0[{}] ? x1[{}] : x2[{}];", o[0], o[1], o[2], o[3])
             });
+        }
+        Op::Cast { to } => {
+            let from = g.value(node.inputs[0]).ty.dtype.scalar;
+            let total = g.value(node.outputs[0]).ty.numel();
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) {{\n        {}\n    }}",
+                cast_stmt(from, *to)
+            );
         }
         Op::GatherElements { axis } => {
             // Out-of-range indices are clamped, as in Gather (the evaluator refuses them).
