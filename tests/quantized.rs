@@ -515,6 +515,37 @@ fn concat_pad_and_elementwise_ops_quantize_and_agree() {
 }
 
 #[test]
+fn keep_float_leaves_the_named_ops_in_float_and_refuses_unknown_names() {
+    let (g, dir) = kws();
+    let opts = QuantOptions {
+        keep_float: vec!["softmax".into()],
+        ..Default::default()
+    };
+    let q = quantize_int8(&g, &dir.join("calib"), &opts, |_, _| {}).unwrap();
+    assert!(
+        q.notes
+            .iter()
+            .any(|n| n.contains("Softmax") && n.contains("--keep-float")),
+        "{:?}",
+        q.notes
+    );
+    let dump = kiln_ir::text::dump(&q.graph).unwrap();
+    assert!(
+        dump.contains("= Softmax(") && !dump.contains("QSoftmax"),
+        "softmax was quantized"
+    );
+    let bad = QuantOptions {
+        keep_float: vec!["Sofmax".into()],
+        ..Default::default()
+    };
+    let e = quantize_int8(&g, &dir.join("calib"), &bad, |_, _| {})
+        .err()
+        .expect("typo refused")
+        .to_string();
+    assert!(e.contains("Sofmax"), "{e}");
+}
+
+#[test]
 fn per_tensor_weights_are_an_option() {
     let (g, dir) = kws();
     let per_channel = quantize_int8(&g, &dir.join("calib"), &QuantOptions::default(), |_, _| {}).unwrap();

@@ -26,6 +26,8 @@ pub enum QuantError {
     Ir(IrError),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("--keep-float `{0}`: no node has this name or op type")]
+    NoSuchNode(String),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,6 +61,7 @@ pub fn quantize_int8(
     opts: &QuantOptions,
     progress: impl FnMut(usize, usize),
 ) -> Result<Quantized, QuantError> {
+    quantize_static::check_keep_float(g, opts)?;
     let set = calibrate::CalibrationSet::load(g, dir)?;
     let key = cache::key(g, &set, opts.method);
     let cached = match &opts.cache {

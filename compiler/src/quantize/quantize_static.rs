@@ -71,7 +71,21 @@ pub struct Quantized {
     pub notes: Vec<String>,
 }
 
+/// A `--keep-float` that matches nothing is a typo, not a request to do nothing.
+pub fn check_keep_float(src: &Graph, opts: &QuantOptions) -> Result<(), QuantError> {
+    for k in &opts.keep_float {
+        let hit = src
+            .node_ids()
+            .any(|n| src.node(n).name == *k || src.node(n).op.name().eq_ignore_ascii_case(k));
+        if !hit {
+            return Err(QuantError::NoSuchNode(k.clone()));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    check_keep_float(src, opts)?;
     let mut r = Rewriter {
         src,
         ranges,
