@@ -258,6 +258,21 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
                 tables_i32(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)),
             ];
             v.extend(requant_tables(q));
+            // Per output channel, zp_in * sum of its weights (the pointwise kernel's
+            // zero-point term).
+            let w = g
+                .const_value(node.inputs[1])
+                .map(|t| t.to_i64_vec())
+                .unwrap_or_default();
+            let m = g.value(node.inputs[1]).ty.shape[0];
+            let per = w.len() / m.max(1);
+            let zsum: Vec<i32> = (0..m)
+                .map(|o| {
+                    q.input_zp
+                        .wrapping_mul(w[o * per..(o + 1) * per].iter().map(|&x| x as i32).sum::<i32>())
+                })
+                .collect();
+            v.push(tables_i32(&zsum));
             v
         }
         Op::Pool(_) | Op::GlobalPool(_) => {
@@ -410,7 +425,136 @@ fn valid_range(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize)
 /// output positions that tap reaches (ranges known at compile time, so padding costs no
 /// test in the inner loop). The sum order differs from the evaluator's, which integer
 /// addition does not notice.
+/// A 1x1 convolution over every position with one group: a matrix product, computed in
+/// blocks of 4 output channels x 4 positions held in registers across all input channels.
+fn pointwise(g: &Graph, n: NodeId, window: &Window, group: usize) -> bool {
+    let node = g.node(n);
+    group == 1
+        && window.kernel.iter().all(|&k| k == 1)
+        && window.strides.iter().all(|&s| s == 1)
+        && window.pads.iter().all(|&p| p == 0)
+        && g.const_value(node.inputs[1]).is_some()
+}
+
+fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
+    use cranelift_codegen::ir::types::{I8X16, I32X4};
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let m = g.value(node.inputs[1]).ty.shape[0] as i64;
+    let ci = xs[1] as i64;
+    let p: i64 = xs[2..].iter().product::<usize>() as i64;
+    let has_bias = node.inputs.len() > 2;
+    let (mb, pb) = (if fx.simd { m / 4 } else { 0 }, p / 4);
+    let widen4 = |fx: &mut Fx, ptr: Value| -> Value {
+        let four = fx.b.ins().load(I32, flags(), ptr, 0);
+        let v = fx.b.ins().scalar_to_vector(I32X4, four);
+        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+        let h = fx.b.ins().swiden_low(bytes);
+        fx.b.ins().swiden_low(h)
+    };
+    // One output channel at output position pointer `xp` (scalar), all channels summed.
+    let scalar_out = |fx: &mut Fx, xbase: Value, ybase: Value, oc: Value, pos: Value| {
+        let wrow = fx.addr(a.ins[1], oc, ci);
+        let xp = fx.addr(xbase, pos, 1);
+        let acc = fx.b.declare_var(I32);
+        let init = if has_bias {
+            let ba = fx.addr(a.ins[2], oc, 4);
+            fx.load(I32, ba)
+        } else {
+            c32(fx, 0)
+        };
+        fx.b.def_var(acc, init);
+        fx.for_ptrs(ci, &[(xp, p), (wrow, 1)], &mut |fx, q2| {
+            let x = load_i8(fx, q2[0]);
+            let w = load_i8(fx, q2[1]);
+            let prod = fx.b.ins().imul(x, w);
+            let cur = fx.b.use_var(acc);
+            let nv = fx.b.ins().iadd(cur, prod);
+            fx.b.def_var(acc, nv);
+        });
+        let za = fx.addr(a.aux[4], oc, 4);
+        let zs = fx.load(I32, za);
+        let cur = fx.b.use_var(acc);
+        let s = fx.b.ins().isub(cur, zs);
+        let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+        let y = finish(fx, q, s, mult, shift);
+        let row = fx.addr(ybase, oc, p);
+        let ya = fx.addr(row, pos, 1);
+        store_i8(fx, y, ya);
+    };
+    fx.for_n(xs[0] as i64, &mut |fx, b| {
+        let xbase = fx.addr(a.ins[0], b, ci * p);
+        let ybase = fx.addr(a.outs[0], b, m * p);
+        fx.for_n(mb, &mut |fx, ob| {
+            let oc0 = fx.mul_imm(ob, 4);
+            let ocs: Vec<Value> = (0..4).map(|k| fx.add_imm(oc0, k)).collect();
+            fx.for_n(pb, &mut |fx, pblk| {
+                let pos = fx.mul_imm(pblk, 4);
+                let vars: Vec<_> = (0..4)
+                    .map(|k| {
+                        let v = fx.b.declare_var(I32X4);
+                        let init = if has_bias {
+                            let ba = fx.addr(a.ins[2], ocs[k], 4);
+                            fx.load(I32, ba)
+                        } else {
+                            c32(fx, 0)
+                        };
+                        let s = fx.b.ins().splat(I32X4, init);
+                        fx.b.def_var(v, s);
+                        v
+                    })
+                    .collect();
+                let xp = fx.addr(xbase, pos, 1);
+                let wrow0 = fx.addr(a.ins[1], oc0, ci);
+                fx.for_ptrs(ci, &[(xp, p), (wrow0, 1)], &mut |fx, q2| {
+                    let x4 = widen4(fx, q2[0]);
+                    for (k, &v) in vars.iter().enumerate() {
+                        let w = fx.b.ins().sload8(I32, flags(), q2[1], (k as i64 * ci) as i32);
+                        let wv = fx.b.ins().splat(I32X4, w);
+                        let prod = fx.b.ins().imul(x4, wv);
+                        let cur = fx.b.use_var(v);
+                        let nv = fx.b.ins().iadd(cur, prod);
+                        fx.b.def_var(v, nv);
+                    }
+                });
+                for (k, &v) in vars.iter().enumerate() {
+                    let za = fx.addr(a.aux[4], ocs[k], 4);
+                    let zs = fx.load(I32, za);
+                    let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], ocs[k]);
+                    let acc4 = fx.b.use_var(v);
+                    let row = fx.addr(ybase, ocs[k], p);
+                    let yp = fx.addr(row, pos, 1);
+                    for lane in 0..4u8 {
+                        let e = fx.b.ins().extractlane(acc4, lane);
+                        let s = fx.b.ins().isub(e, zs);
+                        let y = finish(fx, q, s, mult, shift);
+                        fx.b.ins().istore8(flags(), y, yp, lane as i32);
+                    }
+                }
+            });
+            // positions left over after the blocks of 4
+            for k in 0..4 {
+                let oc = ocs[k as usize];
+                fx.for_n(p - pb * 4, &mut |fx, t| {
+                    let pos = fx.add_imm(t, pb * 4);
+                    scalar_out(fx, xbase, ybase, oc, pos);
+                });
+            }
+        });
+        // output channels left over after the blocks of 4
+        let rest = m - mb * 4;
+        fx.for_n(rest, &mut |fx, r| {
+            let oc = fx.add_imm(r, mb * 4);
+            fx.for_n(p, &mut |fx, pos| scalar_out(fx, xbase, ybase, oc, pos));
+        });
+    });
+}
+
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
+    if pointwise(g, n, window, group) {
+        return qconv_pointwise(fx, g, n, q, a);
+    }
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let ws = g.value(node.inputs[1]).ty.shape.clone();
