@@ -193,6 +193,10 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
             t != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool
         }
         Op::Split { .. } => true,
+        Op::Trilu { .. } => g.value(node.inputs[0]).ty.dtype.scalar != Scalar::F16,
+        Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min) if int_io(g, n) => {
+            true
+        }
         Op::Cast { to } => *to != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::GatherElements { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::ArgMax { .. } | Op::ArgMin { .. } => f32_in(g, n),
@@ -283,6 +287,13 @@ fn compare_or_logic(b: BinaryOp) -> bool {
             | BinaryOp::Or
             | BinaryOp::Xor
     )
+}
+
+/// Integer (not bool) inputs and output of one type.
+fn int_io(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let s = g.value(node.outputs[0]).ty.dtype.scalar;
+    s.is_int() && node.inputs.iter().all(|&v| g.value(v).ty.dtype.scalar == s)
 }
 
 fn f32_in(g: &Graph, n: NodeId) -> bool {
@@ -823,6 +834,39 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 "    for (int32_t i = 0; i < {total}; ++i) {{\n        {}\n    }}",
                 cast_stmt(from, *to)
             );
+        }
+        Op::Trilu { upper, k } => {
+            let s = shape(g, node.inputs[0]);
+            let r = s.len();
+            let (rows, cols) = (s[r - 2], s[r - 1]);
+            let total = g.value(node.outputs[0]).ty.numel();
+            let keep = if *upper {
+                format!("j - i >= {k}")
+            } else {
+                format!("j - i <= {k}")
+            };
+            let _ = writeln!(
+                out,
+                "    for (int32_t n = 0; n < {total}; ++n) {{\n        int64_t i = (n / {cols}) % {rows}, j = n % {cols};\n        y0[n] = ({keep}) ? x0[n] : 0;\n    }}"
+            );
+        }
+        Op::Binary(b) if int_io(g, n) => {
+            // Wrapping two's-complement arithmetic, as the evaluator's i64 then truncation.
+            let t = header::c_type(g.value(node.outputs[0]).ty.dtype.scalar);
+            let (sa, sb) = (
+                bcast(shape(g, node.inputs[0]), &o0),
+                bcast(shape(g, node.inputs[1]), &o0),
+            );
+            let expr = match b {
+                BinaryOp::Add => format!("({t})((uint64_t)(int64_t)a + (uint64_t)(int64_t)b)"),
+                BinaryOp::Sub => format!("({t})((uint64_t)(int64_t)a - (uint64_t)(int64_t)b)"),
+                BinaryOp::Mul => format!("({t})((uint64_t)(int64_t)a * (uint64_t)(int64_t)b)"),
+                BinaryOp::Max => "(a > b ? a : b)".to_string(),
+                _ => "(a < b ? a : b)".to_string(),
+            };
+            nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+                format!("{t} a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
+            });
         }
         Op::GatherElements { axis } => {
             // Out-of-range indices are clamped, as in Gather (the evaluator refuses them).
