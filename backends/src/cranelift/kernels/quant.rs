@@ -400,8 +400,18 @@ type Tap = (usize, usize, (i64, i64), (i64, i64));
 
 /// Arena bytes `qconv` needs: one i32 accumulator per output position.
 pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
-    let out = &g.value(g.node(n).outputs[0]).ty.shape;
-    4 * out[2..].iter().product::<usize>()
+    let node = g.node(n);
+    let out = &g.value(node.outputs[0]).ty.shape;
+    let positions: usize = out[2..].iter().product();
+    match &node.op {
+        Op::QConv { window, group, .. } if pointwise(g, n, window, *group) => 0,
+        // im2col: one int8 row of all output positions per (input channel, tap)
+        Op::QConv { window, group: 1, .. } if g.const_value(node.inputs[1]).is_some() => {
+            let ci = g.value(node.inputs[0]).ty.shape[1];
+            ci * window.kernel.iter().product::<usize>() * positions
+        }
+        _ => 4 * positions,
+    }
 }
 
 /// Valid output range `[lo, hi)` along one axis for kernel tap `k`: the positions whose
@@ -436,13 +446,63 @@ fn pointwise(g: &Graph, n: NodeId, window: &Window, group: usize) -> bool {
         && g.const_value(node.inputs[1]).is_some()
 }
 
-fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
+/// The blocked product of `qconv_pointwise` on the im2col rows of a spatial convolution
+/// (one group): padding taps read the input zero point, which the per-channel zero-point
+/// term then cancels exactly.
+fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &Args, b: Value) -> Value {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let gm = geo(&xs, &out, window);
+    let (ci, hw, p) = (xs[1] as i64, (gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let kk = (gm.kh * gm.kw) as i64;
+    let xb = fx.addr(a.ins[0], b, ci * hw);
+    let zp = c32(fx, q.input_zp as i64);
+    fx.for_n(ci, &mut |fx, c| {
+        let xplane = fx.addr(xb, c, hw);
+        let rows = fx.addr(a.scratch, c, kk * p);
+        for kh in 0..gm.kh {
+            for kw in 0..gm.kw {
+                let tap = (kh * gm.kw + kw) as i64;
+                let row = fx.add_imm(rows, tap * p);
+                let (oy0, oy1) = valid_range(gm.h, gm.oh, kh, gm.sh, gm.dh, gm.ph);
+                let (ox0, ox1) = valid_range(gm.w, gm.ow, kw, gm.sw, gm.dw, gm.pw);
+                if !(oy0 == 0 && oy1 == gm.oh as i64 && ox0 == 0 && ox1 == gm.ow as i64) {
+                    fx.for_ptrs(p, &[(row, 1)], &mut |fx, r| store_i8(fx, zp, r[0]));
+                }
+                if oy1 <= oy0 || ox1 <= ox0 {
+                    continue;
+                }
+                let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
+                    + ox0 * gm.sw as i64
+                    + (kw * gm.dw) as i64
+                    - gm.pw as i64;
+                let src = fx.add_imm(xplane, x_first);
+                let dst = fx.add_imm(row, oy0 * gm.ow as i64 + ox0);
+                fx.for_ptrs(
+                    oy1 - oy0,
+                    &[(src, gm.sh as i64 * gm.w as i64), (dst, gm.ow as i64)],
+                    &mut |fx, r| {
+                        fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 1)], &mut |fx, e| {
+                            let v = fx.b.ins().load(I8, flags(), e[0], 0);
+                            fx.b.ins().store(flags(), v, e[1], 0);
+                        });
+                    },
+                );
+            }
+        }
+    });
+    a.scratch
+}
+
+fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spatial: Option<&Window>) {
     use cranelift_codegen::ir::types::{I8X16, I32X4};
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let m = g.value(node.inputs[1]).ty.shape[0] as i64;
-    let ci = xs[1] as i64;
-    let p: i64 = xs[2..].iter().product::<usize>() as i64;
+    let kk: i64 = spatial.map_or(1, |w| w.kernel.iter().product::<usize>() as i64);
+    let ci = xs[1] as i64 * kk;
+    let p: i64 = g.value(node.outputs[0]).ty.shape[2..].iter().product::<usize>() as i64;
     let has_bias = node.inputs.len() > 2;
     let (mb, pb) = (if fx.simd { m / 4 } else { 0 }, p / 4);
     let widen4 = |fx: &mut Fx, ptr: Value| -> Value {
@@ -484,7 +544,10 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
         store_i8(fx, y, ya);
     };
     fx.for_n(xs[0] as i64, &mut |fx, b| {
-        let xbase = fx.addr(a.ins[0], b, ci * p);
+        let xbase = match spatial {
+            Some(w) => im2col(fx, g, n, w, q, a, b),
+            None => fx.addr(a.ins[0], b, ci * p),
+        };
         let ybase = fx.addr(a.outs[0], b, m * p);
         fx.for_n(mb, &mut |fx, ob| {
             let oc0 = fx.mul_imm(ob, 4);
@@ -553,7 +616,10 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
 
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
     if pointwise(g, n, window, group) {
-        return qconv_pointwise(fx, g, n, q, a);
+        return qconv_pointwise(fx, g, n, q, a, None);
+    }
+    if group == 1 && g.const_value(g.node(n).inputs[1]).is_some() {
+        return qconv_pointwise(fx, g, n, q, a, Some(window));
     }
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
