@@ -365,12 +365,7 @@ impl Rewriter<'_> {
                 let x_slot = 1 - slot;
                 let (x, px) = self.int_of(node.inputs[x_slot])?;
                 let po = self.out_params(out)?;
-                let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
-                let t = Tensor::from_vec(vec![256], xs);
-                let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
-                let args: [&Tensor; 2] = if slot == 1 { [&t, &c] } else { [&c, &t] };
-                let y = kiln_ir::eval::eval_node(&node.op, &args, &[ty]).map_err(QuantError::Eval)?;
-                let table: Arc<[i8]> = y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect();
+                let table = lut(&node.op, px, po, Some((slot, &c)))?;
                 self.emit_int(
                     n,
                     Op::Lut {
@@ -437,11 +432,7 @@ impl Rewriter<'_> {
                     },
                     _ => self.out_params(out)?,
                 };
-                let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
-                let t = Tensor::from_vec(vec![256], xs);
-                let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
-                let y = kiln_ir::eval::eval_node(&node.op, &[&t], &[ty]).map_err(QuantError::Eval)?;
-                let table: Arc<[i8]> = y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect();
+                let table = lut(&node.op, px, po, None)?;
                 self.emit_int(
                     n,
                     Op::Lut {
@@ -638,6 +629,22 @@ impl Rewriter<'_> {
             act_max: act.1.map_or(127, |hi| po.quantize(hi)),
         })
     }
+}
+
+/// The 256-entry table of a one-input function of an int8: every input value dequantized,
+/// put through the evaluator's float kernel of `op` (with `constant` as its other operand,
+/// in its slot, for a binary op), and quantized to the output's parameters.
+fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Arc<[i8]>, QuantError> {
+    let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
+    let t = Tensor::from_vec(vec![256], xs);
+    let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
+    let args: Vec<&Tensor> = match constant {
+        None => vec![&t],
+        Some((1, c)) => vec![&t, c],
+        Some((_, c)) => vec![c, &t],
+    };
+    let y = kiln_ir::eval::eval_node(op, &args, &[ty]).map_err(QuantError::Eval)?;
+    Ok(y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect())
 }
 
 /// Ops this pass usually turns into integer ops (used to decide where to quantize early).

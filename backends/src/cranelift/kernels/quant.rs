@@ -29,6 +29,17 @@ fn c32(fx: &mut Fx, v: i64) -> Value {
     fx.b.ins().iconst(I32, v)
 }
 
+/// Four int8 at `ptr` sign-extended to an i32x4 (one 4-byte load, so nothing past them is read).
+fn widen4(fx: &mut Fx, ptr: Value) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I32X4};
+    let four = fx.b.ins().load(I32, flags(), ptr, 0);
+    let v = fx.b.ins().scalar_to_vector(I32X4, four);
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+    let h = fx.b.ins().swiden_low(bytes);
+    fx.b.ins().swiden_low(h)
+}
+
 /// `round(a * b / 2^31)` half away from zero (`b` is never `i32::MIN` here).
 fn srdhm(fx: &mut Fx, a: Value, b: Value) -> Value {
     let a64 = fx.b.ins().sextend(I64, a);
@@ -312,22 +323,14 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
             let wrow = fx.addr(a.aux[2], j, k);
             let vec = if fx.simd { k / 4 } else { 0 };
             if vec > 0 {
-                use cranelift_codegen::ir::types::{I8X16, I32X4};
+                use cranelift_codegen::ir::types::I32X4;
                 let zero = c32(fx, 0);
                 let acc4 = fx.b.declare_var(I32X4);
                 let z4 = fx.b.ins().splat(I32X4, zero);
                 fx.b.def_var(acc4, z4);
-                let widen = |fx: &mut Fx, p: Value| -> Value {
-                    let four = fx.b.ins().load(I32, flags(), p, 0);
-                    let v = fx.b.ins().scalar_to_vector(I32X4, four);
-                    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-                    let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
-                    let h = fx.b.ins().swiden_low(bytes);
-                    fx.b.ins().swiden_low(h)
-                };
                 fx.for_ptrs(vec, &[(xrow, 4), (wrow, 4)], &mut |fx, p| {
-                    let x = widen(fx, p[0]);
-                    let w = widen(fx, p[1]);
+                    let x = widen4(fx, p[0]);
+                    let w = widen4(fx, p[1]);
                     let prod = fx.b.ins().imul(x, w);
                     let cur = fx.b.use_var(acc4);
                     let nv = fx.b.ins().iadd(cur, prod);
@@ -369,18 +372,12 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
 /// lanes at a time where the target has 128-bit vectors (a 4-byte load widened to i32x4),
 /// `mac` for the rest.
 fn mac_run(fx: &mut Fx, x: Value, acc: Value, len: i64, w: Value, zw: Value, mac: &dyn Fn(&mut Fx, &[Value])) {
-    use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
+    use cranelift_codegen::ir::types::I32X4;
     let vec = if fx.simd { len / 4 } else { 0 };
     if vec > 0 {
         let (wv, zv) = (fx.b.ins().splat(I32X4, w), fx.b.ins().splat(I32X4, zw));
         fx.for_ptrs(vec, &[(x, 4), (acc, 16)], &mut |fx, p| {
-            let four = fx.b.ins().load(I32, flags(), p[0], 0);
-            let v = fx.b.ins().scalar_to_vector(I32X4, four);
-            let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-            let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
-            let h = fx.b.ins().swiden_low(bytes);
-            debug_assert_eq!(fx.b.func.dfg.value_type(h), I16X8);
-            let xv = fx.b.ins().swiden_low(h);
+            let xv = widen4(fx, p[0]);
             let xw = fx.b.ins().imul(xv, wv);
             let t = fx.b.ins().isub(xw, zv);
             let cur = fx.b.ins().load(I32X4, flags(), p[1], 0);
@@ -496,7 +493,7 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &A
 }
 
 fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spatial: Option<&Window>) {
-    use cranelift_codegen::ir::types::{I8X16, I32X4};
+    use cranelift_codegen::ir::types::I32X4;
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let m = g.value(node.inputs[1]).ty.shape[0] as i64;
@@ -505,14 +502,6 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
     let p: i64 = g.value(node.outputs[0]).ty.shape[2..].iter().product::<usize>() as i64;
     let has_bias = node.inputs.len() > 2;
     let (mb, pb) = (if fx.simd { m / 4 } else { 0 }, p / 4);
-    let widen4 = |fx: &mut Fx, ptr: Value| -> Value {
-        let four = fx.b.ins().load(I32, flags(), ptr, 0);
-        let v = fx.b.ins().scalar_to_vector(I32X4, four);
-        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
-        let h = fx.b.ins().swiden_low(bytes);
-        fx.b.ins().swiden_low(h)
-    };
     // One output channel at output position pointer `xp` (scalar), all channels summed.
     let scalar_out = |fx: &mut Fx, xbase: Value, ybase: Value, oc: Value, pos: Value| {
         let wrow = fx.addr(a.ins[1], oc, ci);
