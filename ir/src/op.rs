@@ -105,6 +105,61 @@ pub struct Window {
     pub pads: Vec<usize>,
 }
 
+/// A 1-D or 2-D window seen as 2-D (a 1-D window is one row): input and output extents,
+/// kernel, strides, dilations and leading pads. Kernels of every backend loop over this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plane {
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl Window {
+    /// The plane of this window over an `[N, C, (H,) W]` input giving `output`.
+    pub fn plane(&self, input: &[usize], output: &[usize]) -> Plane {
+        if input.len() == 3 {
+            Plane {
+                h: 1,
+                w: input[2],
+                oh: 1,
+                ow: output[2],
+                kh: 1,
+                kw: self.kernel[0],
+                sh: 1,
+                sw: self.strides[0],
+                dh: 1,
+                dw: self.dilations[0],
+                ph: 0,
+                pw: self.pads[0],
+            }
+        } else {
+            Plane {
+                h: input[2],
+                w: input[3],
+                oh: output[2],
+                ow: output[3],
+                kh: self.kernel[0],
+                kw: self.kernel[1],
+                sh: self.strides[0],
+                sw: self.strides[1],
+                dh: self.dilations[0],
+                dw: self.dilations[1],
+                ph: self.pads[0],
+                pw: self.pads[1],
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv {
     pub window: Window,

@@ -11,7 +11,7 @@
 
 use super::writer::{f32_lit, nest};
 use super::{bcast, shape, strides};
-use kiln_ir::op::{PoolKind, QLinear, Window};
+use kiln_ir::op::{Plane as Geom, PoolKind, QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;
 
@@ -79,54 +79,8 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
     })
 }
 
-/// 1-D and 2-D windows as 2-D (a 1-D window is one row).
-struct Geom {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    ph: usize,
-    pw: usize,
-}
-
 fn geom(xs: &[usize], os: &[usize], w: &Window) -> Geom {
-    if xs.len() == 4 {
-        Geom {
-            h: xs[2],
-            w: xs[3],
-            oh: os[2],
-            ow: os[3],
-            kh: w.kernel[0],
-            kw: w.kernel[1],
-            sh: w.strides[0],
-            sw: w.strides[1],
-            dh: w.dilations[0],
-            dw: w.dilations[1],
-            ph: w.pads[0],
-            pw: w.pads[1],
-        }
-    } else {
-        Geom {
-            h: 1,
-            w: xs[2],
-            oh: 1,
-            ow: os[2],
-            kh: 1,
-            kw: w.kernel[0],
-            sh: 1,
-            sw: w.strides[0],
-            dh: 1,
-            dw: w.dilations[0],
-            ph: 0,
-            pw: w.pads[0],
-        }
-    }
+    w.plane(xs, os)
 }
 
 /// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`

@@ -22,53 +22,10 @@ fn i32s(v: &[i32]) -> Vec<u8> {
 }
 
 /// Geometry of a 1-D or 2-D window op viewed as 2-D (`H = 1` for 1-D).
-pub(super) struct Geo {
-    pub h: usize,
-    pub w: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub sh: usize,
-    pub sw: usize,
-    pub dh: usize,
-    pub dw: usize,
-    pub ph: usize,
-    pub pw: usize,
-}
+pub(super) type Geo = kiln_ir::op::Plane;
 
 pub(super) fn geo(x: &[usize], out: &[usize], win: &Window) -> Geo {
-    if x.len() == 3 {
-        Geo {
-            h: 1,
-            w: x[2],
-            oh: 1,
-            ow: out[2],
-            kh: 1,
-            kw: win.kernel[0],
-            sh: 1,
-            sw: win.strides[0],
-            dh: 1,
-            dw: win.dilations[0],
-            ph: 0,
-            pw: win.pads[0],
-        }
-    } else {
-        Geo {
-            h: x[2],
-            w: x[3],
-            oh: out[2],
-            ow: out[3],
-            kh: win.kernel[0],
-            kw: win.kernel[1],
-            sh: win.strides[0],
-            sw: win.strides[1],
-            dh: win.dilations[0],
-            dw: win.dilations[1],
-            ph: win.pads[0],
-            pw: win.pads[1],
-        }
-    }
+    win.plane(x, out)
 }
 
 /// Per output index along one axis: (first input index, first valid tap, end of valid taps).
