@@ -123,6 +123,27 @@ pub struct Plane {
     pub pw: usize,
 }
 
+impl Plane {
+    /// Output rows `[lo, hi)` whose kernel row `kh` lands inside the input.
+    pub fn rows_reached(&self, kh: usize) -> (usize, usize) {
+        reached(self.h, self.oh, kh, self.sh, self.dh, self.ph)
+    }
+
+    /// Output columns `[lo, hi)` whose kernel column `kw` lands inside the input.
+    pub fn cols_reached(&self, kw: usize) -> (usize, usize) {
+        reached(self.w, self.ow, kw, self.sw, self.dw, self.pw)
+    }
+}
+
+/// Output positions `[lo, hi)` along one axis whose tap `k` reads inside `0..input`.
+fn reached(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
+    let ok = |o: usize| (0..input as i64).contains(&((o * s + k * d) as i64 - p as i64));
+    match (0..out).find(|&o| ok(o)) {
+        Some(lo) => (lo, (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1)),
+        None => (0, 0),
+    }
+}
+
 impl Window {
     /// The plane of this window over an `[N, C, (H,) W]` input giving `output`.
     pub fn plane(&self, input: &[usize], output: &[usize]) -> Plane {

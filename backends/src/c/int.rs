@@ -9,8 +9,8 @@
 //! `kiln_mul8` forms them in `int16_t` on AVR, which multiplies those far faster than 32-bit
 //! values, and in `int32_t` elsewhere (16-bit casts cost Cortex-M extra instructions).
 
-use super::writer::{f32_lit, nest};
-use super::{bcast, shape, strides};
+use super::writer::f32_lit;
+use super::{broadcast2, shape};
 use kiln_ir::op::{Plane as Geom, PoolKind, QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;
@@ -144,12 +144,8 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             );
         }
         Op::QAdd(a) => {
-            let (sa, sb) = (
-                bcast(shape(g, node.inputs[0]), &o0),
-                bcast(shape(g, node.inputs[1]), &o0),
-            );
             let (ra, rb, ro) = (a.a, a.b, a.out);
-            nest(out, 1, &o0, &[strides(&o0), sa, sb], &|o| {
+            broadcast2(out, g, n, &|o| {
                 format!(
                     "int32_t a = kiln_mbqm((int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls}), {}, {});\nint32_t b = kiln_mbqm((int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls}), {}, {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(a + b, {}, {}) + {}, {}, {});",
                     o[1],
@@ -195,11 +191,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             );
         }
         Op::QMul(m) => {
-            let (sa, sb) = (
-                bcast(shape(g, node.inputs[0]), &o0),
-                bcast(shape(g, node.inputs[1]), &o0),
-            );
-            nest(out, 1, &o0, &[strides(&o0), sa, sb], &|o| {
+            broadcast2(out, g, n, &|o| {
                 format!(
                     "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(p, {}, {}) + {}, {}, {});",
                     o[1],
@@ -343,15 +335,6 @@ pub fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     }
 }
 
-/// Output positions `[lo, hi)` along one axis that kernel tap `k` reaches inside the input.
-fn reach(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
-    let ok = |o: usize| (0..input as i64).contains(&((o * s + k * d) as i64 - p as i64));
-    match (0..out).find(|&o| ok(o)) {
-        Some(lo) => (lo, (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1)),
-        None => (0, 0),
-    }
-}
-
 /// Integer convolution, accumulator-stationary: per output channel a row of i32 sums (the
 /// scratch buffer), and per input channel and kernel tap one pass over exactly the output
 /// positions that tap reaches (ranges computed here), so the inner loops test nothing.
@@ -378,8 +361,8 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     );
     for kh in 0..ge.kh {
         for kw in 0..ge.kw {
-            let (oy0, oy1) = reach(ge.h, ge.oh, kh, ge.sh, ge.dh, ge.ph);
-            let (ox0, ox1) = reach(ge.w, ge.ow, kw, ge.sw, ge.dw, ge.pw);
+            let (oy0, oy1) = ge.rows_reached(kh);
+            let (ox0, ox1) = ge.cols_reached(kw);
             if oy1 <= oy0 || ox1 <= ox0 {
                 continue;
             }

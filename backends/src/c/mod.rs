@@ -274,6 +274,15 @@ fn cast_stmt(from: Scalar, to: Scalar) -> String {
     )
 }
 
+/// Loops over a two-input node's output with both inputs broadcast to it; `body` gets the
+/// output's and the two inputs' index expressions (in that order).
+fn broadcast2(out: &mut String, g: &Graph, n: NodeId, body: &dyn Fn(&[String]) -> String) {
+    let node = g.node(n);
+    let o0 = shape(g, node.outputs[0]);
+    let (sa, sb) = (bcast(shape(g, node.inputs[0]), o0), bcast(shape(g, node.inputs[1]), o0));
+    nest(out, 1, o0, &[strides(o0), sa, sb], body);
+}
+
 /// Comparisons (any element type, bool result) and logic (bool).
 fn compare_or_logic(b: BinaryOp) -> bool {
     matches!(
@@ -798,10 +807,6 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
             );
         }
         Op::Binary(b) if compare_or_logic(*b) => {
-            let (sa, sb) = (
-                bcast(shape(g, node.inputs[0]), &o0),
-                bcast(shape(g, node.inputs[1]), &o0),
-            );
             let op = match b {
                 BinaryOp::Equal => "==",
                 BinaryOp::Less => "<",
@@ -812,7 +817,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 BinaryOp::Or => "||",
                 _ => "!=",
             };
-            nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+            broadcast2(out, g, n, &|o| {
                 format!("y0[{}] = (uint8_t)(x0[{}] {op} x1[{}]);", o[0], o[1], o[2])
             });
         }
@@ -853,10 +858,6 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
         Op::Binary(b) if int_io(g, n) => {
             // Wrapping two's-complement arithmetic, as the evaluator's i64 then truncation.
             let t = header::c_type(g.value(node.outputs[0]).ty.dtype.scalar);
-            let (sa, sb) = (
-                bcast(shape(g, node.inputs[0]), &o0),
-                bcast(shape(g, node.inputs[1]), &o0),
-            );
             let expr = match b {
                 BinaryOp::Add => format!("({t})((uint64_t)(int64_t)a + (uint64_t)(int64_t)b)"),
                 BinaryOp::Sub => format!("({t})((uint64_t)(int64_t)a - (uint64_t)(int64_t)b)"),
@@ -864,7 +865,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                 BinaryOp::Max => "(a > b ? a : b)".to_string(),
                 _ => "(a < b ? a : b)".to_string(),
             };
-            nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+            broadcast2(out, g, n, &|o| {
                 format!("{t} a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
             });
         }
@@ -930,10 +931,6 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                     format!("float v = x0[{}];\ny0[{}] = {expr};", o[1], o[0])
                 });
             } else {
-                let (sa, sb) = (
-                    bcast(shape(g, node.inputs[0]), &o0),
-                    bcast(shape(g, node.inputs[1]), &o0),
-                );
                 let expr = match b {
                     BinaryOp::Add => "a + b",
                     BinaryOp::Sub => "a - b",
@@ -942,7 +939,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
                     BinaryOp::Max => "kiln_maxf(a, b)",
                     _ => "kiln_minf(a, b)",
                 };
-                nest(out, 1, &dims(&o0), &[strides(&o0), sa, sb], &|o| {
+                broadcast2(out, g, n, &|o| {
                     format!("float a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
                 });
             }

@@ -365,18 +365,8 @@ impl Rewriter<'_> {
                 let x_slot = 1 - slot;
                 let (x, px) = self.int_of(node.inputs[x_slot])?;
                 let po = self.out_params(out)?;
-                let table = lut(&node.op, px, po, Some((slot, &c)))?;
-                self.emit_int(
-                    n,
-                    Op::Lut {
-                        table,
-                        scale: po.scale,
-                        zero_point: po.zp,
-                    },
-                    vec![x],
-                    out,
-                    po,
-                );
+                let op = lut(&node.op, px, po, Some((slot, &c)))?;
+                self.emit_int(n, op, vec![x], out, po);
             }
             Op::Binary(kiln_ir::op::BinaryOp::Mul) => {
                 let (a, pa) = self.int_of(node.inputs[0])?;
@@ -432,18 +422,8 @@ impl Rewriter<'_> {
                     },
                     _ => self.out_params(out)?,
                 };
-                let table = lut(&node.op, px, po, None)?;
-                self.emit_int(
-                    n,
-                    Op::Lut {
-                        table,
-                        scale: po.scale,
-                        zero_point: po.zp,
-                    },
-                    vec![x],
-                    out,
-                    po,
-                );
+                let op = lut(&node.op, px, po, None)?;
+                self.emit_int(n, op, vec![x], out, po);
             }
             Op::Softmax { axis } if self.src.value(node.inputs[0]).ty.shape[*axis] <= rt::SOFTMAX_MAX_LEN => {
                 let (x, px) = self.int_of(node.inputs[0])?;
@@ -483,11 +463,7 @@ impl Rewriter<'_> {
                         .dst
                         .add_node_typed(
                             &format!("{name}:requant"),
-                            Op::Lut {
-                                table,
-                                scale: po.scale,
-                                zero_point: po.zp,
-                            },
+                            table_op(table, po),
                             vec![q],
                             vec![(self.dst.fresh_name(&name), ty)],
                         )
@@ -631,10 +607,19 @@ impl Rewriter<'_> {
     }
 }
 
-/// The 256-entry table of a one-input function of an int8: every input value dequantized,
+/// A `Lut` op producing values with the parameters `po`.
+fn table_op(table: Arc<[i8]>, po: Q) -> Op {
+    Op::Lut {
+        table,
+        scale: po.scale,
+        zero_point: po.zp,
+    }
+}
+
+/// The 256-entry table op of a one-input function of an int8: every input value dequantized,
 /// put through the evaluator's float kernel of `op` (with `constant` as its other operand,
 /// in its slot, for a binary op), and quantized to the output's parameters.
-fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Arc<[i8]>, QuantError> {
+fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op, QuantError> {
     let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
     let t = Tensor::from_vec(vec![256], xs);
     let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
@@ -644,7 +629,10 @@ fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Arc<
         Some((_, c)) => vec![c, &t],
     };
     let y = kiln_ir::eval::eval_node(op, &args, &[ty]).map_err(QuantError::Eval)?;
-    Ok(y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect())
+    Ok(table_op(
+        y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect(),
+        po,
+    ))
 }
 
 /// Ops this pass usually turns into integer ops (used to decide where to quantize early).

@@ -29,6 +29,18 @@ fn c32(fx: &mut Fx, v: i64) -> Value {
     fx.b.ins().iconst(I32, v)
 }
 
+/// `acc += sum x[i] * w[i]` over `n` int8 pairs, each pointer with its byte step.
+fn dot_i8(fx: &mut Fx, acc: cranelift_frontend::Variable, x: (Value, i64), w: (Value, i64), n: i64) {
+    fx.for_ptrs(n, &[x, w], &mut |fx, p| {
+        let xv = load_i8(fx, p[0]);
+        let wv = load_i8(fx, p[1]);
+        let prod = fx.b.ins().imul(xv, wv);
+        let cur = fx.b.use_var(acc);
+        let nv = fx.b.ins().iadd(cur, prod);
+        fx.b.def_var(acc, nv);
+    });
+}
+
 /// Four int8 at `ptr` sign-extended to an i32x4 (one 4-byte load, so nothing past them is read).
 fn widen4(fx: &mut Fx, ptr: Value) -> Value {
     use cranelift_codegen::ir::types::{I8X16, I32X4};
@@ -346,14 +358,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
             }
             let done = vec * 4;
             let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
-            fx.for_ptrs(k - done, &[(xt, 1), (wt, 1)], &mut |fx, p| {
-                let x = load_i8(fx, p[0]);
-                let w = load_i8(fx, p[1]);
-                let prod = fx.b.ins().imul(x, w);
-                let cur = fx.b.use_var(acc);
-                let nv = fx.b.ins().iadd(cur, prod);
-                fx.b.def_var(acc, nv);
-            });
+            dot_i8(fx, acc, (xt, 1), (wt, 1), k - done);
             let za = fx.addr(a.aux[3], j, 4);
             let zs = fx.load(I32, za);
             let cur = fx.b.use_var(acc);
@@ -411,20 +416,9 @@ pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     }
 }
 
-/// Valid output range `[lo, hi)` along one axis for kernel tap `k`: the positions whose
-/// input coordinate `o * s + k * d - p` falls inside `0..input`.
-fn valid_range(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (i64, i64) {
-    let ok = |o: usize| {
-        let i = (o * s + k * d) as i64 - p as i64;
-        (0..input as i64).contains(&i)
-    };
-    match (0..out).find(|&o| ok(o)) {
-        Some(lo) => (
-            lo as i64,
-            (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1) as i64,
-        ),
-        None => (0, 0),
-    }
+/// `Plane::rows_reached`/`cols_reached` as i64 pairs.
+fn reached((lo, hi): (usize, usize)) -> (i64, i64) {
+    (lo as i64, hi as i64)
 }
 
 /// Integer convolution, accumulator-stationary: per output channel a row of i32 sums over
@@ -462,8 +456,8 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &A
             for kw in 0..gm.kw {
                 let tap = (kh * gm.kw + kw) as i64;
                 let row = fx.add_imm(rows, tap * p);
-                let (oy0, oy1) = valid_range(gm.h, gm.oh, kh, gm.sh, gm.dh, gm.ph);
-                let (ox0, ox1) = valid_range(gm.w, gm.ow, kw, gm.sw, gm.dw, gm.pw);
+                let (oy0, oy1) = reached(gm.rows_reached(kh));
+                let (ox0, ox1) = reached(gm.cols_reached(kw));
                 if !(oy0 == 0 && oy1 == gm.oh as i64 && ox0 == 0 && ox1 == gm.ow as i64) {
                     fx.for_ptrs(p, &[(row, 1)], &mut |fx, r| store_i8(fx, zp, r[0]));
                 }
@@ -514,14 +508,7 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
             c32(fx, 0)
         };
         fx.b.def_var(acc, init);
-        fx.for_ptrs(ci, &[(xp, p), (wrow, 1)], &mut |fx, q2| {
-            let x = load_i8(fx, q2[0]);
-            let w = load_i8(fx, q2[1]);
-            let prod = fx.b.ins().imul(x, w);
-            let cur = fx.b.use_var(acc);
-            let nv = fx.b.ins().iadd(cur, prod);
-            fx.b.def_var(acc, nv);
-        });
+        dot_i8(fx, acc, (xp, p), (wrow, 1), ci);
         let za = fx.addr(a.aux[4], oc, 4);
         let zs = fx.load(I32, za);
         let cur = fx.b.use_var(acc);
@@ -623,14 +610,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
     let acc = a.scratch;
     let taps: Vec<Tap> = (0..gm.kh)
         .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
-        .map(|(kh, kw)| {
-            (
-                kh,
-                kw,
-                valid_range(gm.h, gm.oh, kh, gm.sh, gm.dh, gm.ph),
-                valid_range(gm.w, gm.ow, kw, gm.sw, gm.dw, gm.pw),
-            )
-        })
+        .map(|(kh, kw)| (kh, kw, reached(gm.rows_reached(kh)), reached(gm.cols_reached(kw))))
         .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
         .collect();
     fx.for_n(xs[0] as i64, &mut |fx, b| {
