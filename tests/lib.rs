@@ -480,3 +480,115 @@ pub fn build_int_harness(built: &NativeExe, g: &kiln_ir::Graph, prefix: &str, na
     }
     Ok(exe)
 }
+
+// ---- Rust source builds: many models in one crate, one cargo build ----
+
+/// Compiles each `(prefix, graph)` to Rust source and builds them all into one binary with
+/// cargo (`RUSTFLAGS=-D warnings`, release with overflow checks, target dir shared under
+/// `target/rust-source`). The binary picks the model from the name it is run as: each
+/// returned executable is a symlink `<dir>/<prefix>/<prefix>` (or `<prefix>_int`, which calls
+/// `run_int` on int8 buffers, when `int` is set and the model has that entry point).
+pub fn build_rust(
+    models: &[(&str, &kiln_ir::Graph)],
+    dir: &std::path::Path,
+    int: bool,
+) -> Result<Vec<NativeExe>, String> {
+    use kiln::compile::{CompileOptions, Emit, compile, parse_target};
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+    let rt = repo().join("runtime");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"kiln-rust-source-check\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nkiln-runtime = {{ path = {:?} }}\nbytemuck = \"1\"\n\n[profile.release]\noverflow-checks = true\n\n[workspace]\n",
+            rt.display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::copy(repo().join("Cargo.lock"), dir.join("Cargo.lock"));
+    let mut main = String::from(
+        "use std::convert::TryInto;\n\nfn load<T: bytemuck::Pod>(p: &str) -> Vec<T> {\n    let b = std::fs::read(p).expect(p);\n    let mut v = vec![T::zeroed(); b.len() / std::mem::size_of::<T>()];\n    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(&b);\n    v\n}\n\nfn save<T: bytemuck::Pod>(p: &str, v: &[T]) {\n    std::fs::write(p, bytemuck::cast_slice::<T, u8>(v)).expect(p);\n}\n\n",
+    );
+    let mut arms = String::new();
+    let mut wanted = Vec::new();
+    for (prefix, g) in models {
+        let opts = CompileOptions {
+            emit: Emit::RustSource,
+            target: parse_target("host").map_err(|e| e.to_string())?,
+            prefix: prefix.to_string(),
+        };
+        let out = compile(g, &opts, "test").map_err(|e| format!("{prefix}: {e}"))?;
+        for (name, bytes) in &out.files {
+            std::fs::write(src.join(name), bytes).map_err(|e| e.to_string())?;
+        }
+        main.push_str(&format!("include!(\"{prefix}.rs\");\n"));
+        let has_int = int && kiln_backends::header::int_boundary(g).is_some();
+        for (entry, suffix) in [("run", ""), ("run_int", "_int")] {
+            if entry == "run_int" && !has_int {
+                continue;
+            }
+            let mut body = String::new();
+            let (ni, no) = (g.inputs().len(), g.outputs().len());
+            let ty = |v: kiln_ir::ValueId| {
+                if suffix.is_empty() {
+                    kiln_backends::header::rust_type(g.value(v).ty.dtype.scalar)
+                } else {
+                    "i8"
+                }
+            };
+            for (i, &v) in g.inputs().iter().enumerate() {
+                body.push_str(&format!("        let in{i}: Vec<{}> = load(&a[{i}]);\n", ty(v)));
+            }
+            for (i, &v) in g.outputs().iter().enumerate() {
+                body.push_str(&format!(
+                    "        let mut out{i}: Vec<{}> = vec![Default::default(); {prefix}::OUTPUT{i}_COUNT];\n",
+                    ty(v)
+                ));
+            }
+            let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}[..].try_into().unwrap()")).collect();
+            args.extend((0..no).map(|i| format!("(&mut out{i}[..]).try_into().unwrap()")));
+            args.push("&mut arena".into());
+            body.push_str(&format!(
+                "        let mut arena = Box::new({prefix}::Arena::new());\n        {prefix}::{entry}({}).unwrap();\n",
+                args.join(", ")
+            ));
+            for i in 0..no {
+                body.push_str(&format!("        save(&a[{}], &out{i});\n", ni + i));
+            }
+            arms.push_str(&format!("        \"{prefix}{suffix}\" => {{\n{body}        }}\n"));
+            wanted.push(format!("{prefix}{suffix}"));
+        }
+    }
+    main.push_str(&format!(
+        "\nfn main() {{\n    let argv: Vec<String> = std::env::args().collect();\n    let name = std::path::Path::new(&argv[0]).file_name().unwrap().to_string_lossy().into_owned();\n    let a = &argv[1..];\n    match name.as_str() {{\n{arms}        other => panic!(\"unknown model {{other}}\"),\n    }}\n}}\n"
+    ));
+    std::fs::write(src.join("main.rs"), main).map_err(|e| e.to_string())?;
+    let target = repo().join("target/rust-source");
+    let st = std::process::Command::new(env!("CARGO"))
+        .current_dir(dir)
+        .args(["build", "--release", "--quiet", "--offline"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-D warnings")
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !st.status.success() {
+        return Err(format!("cargo build failed:\n{}", String::from_utf8_lossy(&st.stderr)));
+    }
+    let bin = dir.join("kiln-rust-source-check");
+    std::fs::copy(target.join("release/kiln-rust-source-check"), &bin).map_err(|e| e.to_string())?;
+    wanted
+        .into_iter()
+        .map(|name| {
+            let d = dir.join(&name);
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            let exe = d.join(&name);
+            let _ = std::fs::remove_file(&exe);
+            std::os::unix::fs::symlink(&bin, &exe).map_err(|e| e.to_string())?;
+            Ok(NativeExe {
+                exe,
+                dir: d,
+                runner: None,
+            })
+        })
+        .collect()
+}

@@ -252,64 +252,7 @@ pub fn rust_bindings(api: &Api) -> String {
         "// Link the `{p}` static library (lib{p}.a) and `include!` this file.\n"
     );
     let _ = writeln!(s, "#[allow(dead_code)]\npub mod {p} {{");
-    let _ = writeln!(
-        s,
-        "    /// Bytes of scratch memory the model needs.\n    pub const ARENA_SIZE: usize = {};",
-        api.arena_size
-    );
-    let _ = writeln!(
-        s,
-        "    /// Alignment the arena needs.\n    pub const ARENA_ALIGN: usize = {};\n",
-        api.arena_align
-    );
-    for (kind, ports) in [("INPUT", &api.inputs), ("OUTPUT", &api.outputs)] {
-        for (i, port) in ports.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "    /// {} {i} `{}`: {}[{}]",
-                kind.to_ascii_lowercase(),
-                port.name,
-                rust_type(port.scalar),
-                dims(&port.shape)
-            );
-            let _ = writeln!(
-                s,
-                "    pub const {kind}{i}_SHAPE: [usize; {}] = [{}];",
-                port.shape.len(),
-                dims(&port.shape)
-            );
-            let _ = writeln!(
-                s,
-                "    pub const {kind}{i}_COUNT: usize = {};",
-                port.shape.iter().product::<usize>()
-            );
-            if let Some(q) = api.int.as_ref().map(|int| {
-                if kind == "INPUT" {
-                    &int.inputs[i]
-                } else {
-                    &int.outputs[i]
-                }
-            }) {
-                let _ = writeln!(s, "    pub const {kind}{i}_SCALE: f32 = {:e};", q.scale);
-                let _ = writeln!(s, "    pub const {kind}{i}_ZERO_POINT: i32 = {};", q.zero_point);
-            }
-            s.push('\n');
-        }
-    }
-    let _ = writeln!(s, "    /// Arena storage with the alignment the model needs.");
-    let _ = writeln!(
-        s,
-        "    #[repr(C, align({}))]\n    pub struct Arena(pub [u8; ARENA_SIZE]);\n",
-        api.arena_align
-    );
-    let _ = writeln!(
-        s,
-        "    impl Arena {{\n        pub const fn new() -> Self {{\n            Arena([0; ARENA_SIZE])\n        }}\n    }}\n"
-    );
-    let _ = writeln!(
-        s,
-        "    impl Default for Arena {{\n        fn default() -> Self {{\n            Self::new()\n        }}\n    }}\n"
-    );
+    s.push_str(&rust_api_items(api));
     let mut raw: Vec<String> = api
         .inputs
         .iter()
@@ -393,5 +336,70 @@ pub fn rust_bindings(api: &Api) -> String {
         let _ = writeln!(s, "        if rc == 0 {{ Ok(()) }} else {{ Err(rc) }}\n    }}");
     }
     s.push_str("}\n");
+    s
+}
+
+/// The items every Rust API module starts with: arena size and alignment, each port's shape,
+/// count (and scale and zero point when quantized), and the aligned `Arena` type.
+pub fn rust_api_items(api: &Api) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "    /// Bytes of scratch memory the model needs.\n    pub const ARENA_SIZE: usize = {};",
+        api.arena_size
+    );
+    let _ = writeln!(
+        s,
+        "    /// Alignment the arena needs.\n    pub const ARENA_ALIGN: usize = {};\n",
+        api.arena_align
+    );
+    for (kind, ports) in [("INPUT", &api.inputs), ("OUTPUT", &api.outputs)] {
+        for (i, port) in ports.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "    /// {} {i} `{}`: {}[{}]",
+                kind.to_ascii_lowercase(),
+                port.name,
+                rust_type(port.scalar),
+                dims(&port.shape)
+            );
+            let _ = writeln!(
+                s,
+                "    pub const {kind}{i}_SHAPE: [usize; {}] = [{}];",
+                port.shape.len(),
+                dims(&port.shape)
+            );
+            let _ = writeln!(
+                s,
+                "    pub const {kind}{i}_COUNT: usize = {};",
+                port.shape.iter().product::<usize>()
+            );
+            if let Some(q) = api.int.as_ref().map(|int| {
+                if kind == "INPUT" {
+                    &int.inputs[i]
+                } else {
+                    &int.outputs[i]
+                }
+            }) {
+                let _ = writeln!(s, "    pub const {kind}{i}_SCALE: f32 = {:e};", q.scale);
+                let _ = writeln!(s, "    pub const {kind}{i}_ZERO_POINT: i32 = {};", q.zero_point);
+            }
+            s.push('\n');
+        }
+    }
+    let _ = writeln!(s, "    /// Arena storage with the alignment the model needs.");
+    let _ = writeln!(
+        s,
+        "    #[repr(C, align({}))]\n    pub struct Arena(pub [u8; ARENA_SIZE]);\n",
+        api.arena_align
+    );
+    let _ = writeln!(
+        s,
+        "    impl Arena {{\n        pub const fn new() -> Self {{\n            Arena([0; ARENA_SIZE])\n        }}\n    }}\n"
+    );
+    let _ = writeln!(
+        s,
+        "    impl Default for Arena {{\n        fn default() -> Self {{\n            Self::new()\n        }}\n    }}\n"
+    );
     s
 }

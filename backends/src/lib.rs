@@ -5,3 +5,4 @@ pub mod c;
 pub mod cranelift;
 pub mod header;
 pub mod namer;
+pub mod rust;

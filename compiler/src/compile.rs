@@ -34,6 +34,8 @@ pub enum CompileError {
     Native(#[from] cranelift::Error),
     #[error(transparent)]
     C(#[from] kiln_backends::c::Error),
+    #[error(transparent)]
+    Rust(#[from] kiln_backends::rust::Error),
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -45,6 +47,8 @@ pub enum Emit {
     Object,
     /// Portable C99 source: `<prefix>.c` and `<prefix>.h`.
     C,
+    /// A Rust module, `<prefix>.rs`, over the `kiln-runtime` crate (any target rustc has).
+    RustSource,
 }
 
 #[derive(Clone, Debug)]
@@ -101,8 +105,10 @@ pub fn plan_native(g: &Graph) -> Result<MemoryPlan, IrError> {
 
 pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
     check_prefix(&opts.prefix)?;
-    if opts.emit == Emit::C {
-        return compile_c(g, opts, source);
+    match opts.emit {
+        Emit::C => return compile_c(g, opts, source),
+        Emit::RustSource => return compile_rust(g, opts, source),
+        Emit::Object => {}
     }
     let plan = plan_native(g)?;
     let out = cranelift::emit(
@@ -163,6 +169,31 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
     ];
     Ok(Compiled {
         files,
+        clif: String::new(),
+        report,
+    })
+}
+
+fn compile_rust(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
+    use kiln_backends::rust;
+    let plan = plan::plan_with(g, rust::ARENA_ALIGN, |_, _| 0, plan::Reuse::Disjoint)?;
+    let text = rust::emit(
+        g,
+        &plan,
+        &rust::Options {
+            prefix: opts.prefix.clone(),
+        },
+        source,
+    )?;
+    check_fit(g, &plan, &opts.target)?;
+    let report = Report {
+        arena_size: plan.arena_size,
+        arena_lower_bound: plan.lower_bound,
+        object_bytes: text.len(),
+        kernels: plan.order.len(),
+    };
+    Ok(Compiled {
+        files: vec![(format!("{}.rs", opts.prefix), text.into_bytes())],
         clif: String::new(),
         report,
     })

@@ -2,6 +2,7 @@
 //! blocks. Backends live in `kiln-backends`; the IR and the reference evaluator in `kiln-ir`.
 
 pub mod bench;
+pub mod builder;
 pub mod compile;
 pub mod fsutil;
 pub mod npy;
@@ -13,6 +14,8 @@ pub mod target;
 use std::path::Path;
 use thiserror::Error;
 
+pub use builder::{Artifacts, Build, BuildError, Quantize};
+pub use compile::Emit;
 pub use onnx::{ImportError, ImportOptions};
 pub use passes::{PassError, PipelineOptions};
 

@@ -76,6 +76,8 @@ enum MethodArg {
 enum EmitArg {
     Object,
     C,
+    /// Rust source (a module using the `kiln-runtime` crate).
+    Rust,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -150,7 +152,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "eval")]
         emit: BenchEmit,
     },
-    /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs.
+    /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs;
+    /// `--emit c` writes <prefix>.c and <prefix>.h; `--emit rust` writes <prefix>.rs.
     Compile {
         model: PathBuf,
         #[command(flatten)]
@@ -604,6 +607,7 @@ fn compile(
             emit: match emit {
                 EmitArg::Object => Emit::Object,
                 EmitArg::C => Emit::C,
+                EmitArg::Rust => Emit::RustSource,
             },
             target: target.clone(),
             prefix: prefix.clone(),
@@ -621,10 +625,10 @@ fn compile(
         r.kernels,
         r.arena_size,
         r.arena_lower_bound,
-        if matches!(emit, EmitArg::C) {
-            "C source"
-        } else {
-            "object"
+        match emit {
+            EmitArg::C => "C source",
+            EmitArg::Rust => "Rust source",
+            EmitArg::Object => "object",
         },
         r.object_bytes,
         start.elapsed().as_secs_f64() * 1e3

@@ -105,44 +105,9 @@ pub struct Window {
     pub pads: Vec<usize>,
 }
 
-/// A 1-D or 2-D window seen as 2-D (a 1-D window is one row): input and output extents,
-/// kernel, strides, dilations and leading pads. Kernels of every backend loop over this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Plane {
-    pub h: usize,
-    pub w: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub sh: usize,
-    pub sw: usize,
-    pub dh: usize,
-    pub dw: usize,
-    pub ph: usize,
-    pub pw: usize,
-}
-
-impl Plane {
-    /// Output rows `[lo, hi)` whose kernel row `kh` lands inside the input.
-    pub fn rows_reached(&self, kh: usize) -> (usize, usize) {
-        reached(self.h, self.oh, kh, self.sh, self.dh, self.ph)
-    }
-
-    /// Output columns `[lo, hi)` whose kernel column `kw` lands inside the input.
-    pub fn cols_reached(&self, kw: usize) -> (usize, usize) {
-        reached(self.w, self.ow, kw, self.sw, self.dw, self.pw)
-    }
-}
-
-/// Output positions `[lo, hi)` along one axis whose tap `k` reads inside `0..input`.
-fn reached(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
-    let ok = |o: usize| (0..input as i64).contains(&((o * s + k * d) as i64 - p as i64));
-    match (0..out).find(|&o| ok(o)) {
-        Some(lo) => (lo, (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1)),
-        None => (0, 0),
-    }
-}
+/// The 2-D view of a window every backend's kernels loop over (defined in the runtime,
+/// whose Rust-source kernels take it too).
+pub use kiln_runtime::kernels::Plane;
 
 impl Window {
     /// The plane of this window over an `[N, C, (H,) W]` input giving `output`.

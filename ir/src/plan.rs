@@ -70,8 +70,27 @@ fn in_place_ok(g: &Graph, n: NodeId) -> bool {
     }
 }
 
+/// Whether an op may write its output over its dying input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    InPlace,
+    /// Every node's outputs apart from its inputs (Rust source, where a kernel's `&mut`
+    /// output may not alias what it reads). Reshapes still alias.
+    Disjoint,
+}
+
 /// Plans `g`; `scratch_bytes` tells how much temporary memory a node's kernel needs.
 pub fn plan(g: &Graph, align: usize, scratch_bytes: impl Fn(&Graph, NodeId) -> usize) -> Result<MemoryPlan> {
+    plan_with(g, align, scratch_bytes, Reuse::InPlace)
+}
+
+/// [`plan`] with a choice of in-place reuse.
+pub fn plan_with(
+    g: &Graph,
+    align: usize,
+    scratch_bytes: impl Fn(&Graph, NodeId) -> usize,
+    reuse_mode: Reuse,
+) -> Result<MemoryPlan> {
     let order = g.topo_order()?;
     let mut location: Vec<Option<Location>> = vec![None; g.num_values()];
     for (i, &v) in g.inputs().iter().enumerate() {
@@ -108,7 +127,8 @@ pub fn plan(g: &Graph, align: usize, scratch_bytes: impl Fn(&Graph, NodeId) -> u
             let alias = src.is_some() && matches!(node.op, Op::Reshape { .. });
             let src_group = src.and_then(|x| group_of.get(&x).copied());
             // In place only when no value sharing the input's bytes is read after this step.
-            let reuse = src_group.is_some_and(|gi| groups[gi].last <= s) && in_place_ok(g, n);
+            let reuse =
+                src_group.is_some_and(|gi| groups[gi].last <= s) && reuse_mode == Reuse::InPlace && in_place_ok(g, n);
             let end = last_use[v.index()].max(s);
             match (src_group, src.and_then(|x| location[x.index()])) {
                 (Some(gi), _) if alias || reuse => {

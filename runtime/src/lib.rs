@@ -14,6 +14,8 @@
 //! `tests/requant.rs` pin them down.
 #![no_std]
 
+pub mod kernels;
+
 /// A rescale factor `multiplier * 2^(shift - 31)`, `multiplier` in `[2^30, 2^31)` (or 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Requant {

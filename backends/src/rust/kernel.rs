@@ -1,0 +1,571 @@
+//! One call into `kiln_runtime::kernels` per node, with its shapes as literals. The call
+//! reads inputs `x0..` and writes outputs `y0..` (bound by the caller as element slices).
+
+use kiln_ir::op::{BinaryOp, PadMode, PoolKind, QLinear, UnaryOp, Window};
+use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
+use kiln_runtime::Requant;
+use kiln_runtime::kernels::Plane;
+
+use super::f32_lit;
+use std::fmt::Write;
+
+fn shape(g: &Graph, v: ValueId) -> &[usize] {
+    &g.value(v).ty.shape
+}
+
+fn scalar(g: &Graph, v: ValueId) -> Scalar {
+    g.value(v).ty.dtype.scalar
+}
+
+fn dense(s: &[usize]) -> Vec<i64> {
+    kiln_ir::tensor::strides(s).into_iter().map(|x| x as i64).collect()
+}
+
+/// Strides reading `inp` broadcast to `out`.
+fn bcast(inp: &[usize], out: &[usize]) -> Vec<i64> {
+    let st = dense(inp);
+    let r = out.len();
+    let mut s = vec![0i64; r];
+    for i in 0..inp.len() {
+        s[r - inp.len() + i] = if inp[i] == 1 { 0 } else { st[i] };
+    }
+    s
+}
+
+fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", s.join(", "))
+}
+
+fn all_f32(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.inputs
+        .iter()
+        .chain(&node.outputs)
+        .all(|&v| scalar(g, v) == Scalar::F32)
+}
+
+/// Element types a slice of the arena may be viewed as.
+fn plain(s: Scalar) -> bool {
+    !matches!(s, Scalar::Bool | Scalar::F16)
+}
+
+fn spatial_2d(g: &Graph, v: ValueId) -> bool {
+    matches!(shape(g, v).len(), 3 | 4)
+}
+
+/// A literal for use as an operand (negative values parenthesised).
+fn lp(x: f32) -> String {
+    let s = f32_lit(x);
+    if s.starts_with('-') { format!("({s})") } else { s }
+}
+
+/// The closure body computing `u(v)` for a float `v`, if Kiln has one.
+fn unary(u: UnaryOp) -> Option<String> {
+    use UnaryOp::*;
+    let softplus = "(if v > 0.0 { v + k::libm::log1pf(k::math::exp(-v)) } else { k::libm::log1pf(k::math::exp(v)) })";
+    let libm = |f: &str| Some(format!("k::libm::{f}(v)"));
+    match u {
+        Relu => Some("if v < 0.0 { 0.0 } else { v }".into()),
+        LeakyRelu { alpha } => Some(format!("if v < 0.0 {{ {} * v }} else {{ v }}", lp(alpha))),
+        Clip { min, max } => {
+            let mut e = "v".to_string();
+            if min > f32::NEG_INFINITY {
+                e = format!("k::math::max({e}, {})", f32_lit(min));
+            }
+            if max < f32::INFINITY {
+                e = format!("k::math::min({e}, {})", f32_lit(max));
+            }
+            Some(e)
+        }
+        HardSigmoid { alpha, beta } => Some(format!(
+            "k::math::max(k::math::min({} * v + {}, 1.0), 0.0)",
+            lp(alpha),
+            lp(beta)
+        )),
+        HardSwish => Some("v * k::math::max(k::math::min(v / 6.0 + 0.5, 1.0), 0.0)".into()),
+        Sigmoid => Some("k::math::sigmoid(v)".into()),
+        Tanh => Some("k::math::tanh(v)".into()),
+        Exp => Some("k::math::exp(v)".into()),
+        Neg => Some("-v".into()),
+        Abs => Some("v.abs()".into()),
+        Reciprocal => Some("1.0 / v".into()),
+        Elu { alpha } => Some(format!(
+            "if v < 0.0 {{ {} * (k::math::exp(v) - 1.0) }} else {{ v }}",
+            lp(alpha)
+        )),
+        Celu { alpha } => Some(format!(
+            "k::math::max(v, 0.0) + k::math::min(0.0, {a} * (k::math::exp(v / {a}) - 1.0))",
+            a = lp(alpha)
+        )),
+        Selu { alpha, gamma } => Some(format!(
+            "{g} * (if v > 0.0 {{ v }} else {{ {a} * k::math::exp(v) - {a} }})",
+            a = lp(alpha),
+            g = lp(gamma)
+        )),
+        ThresholdedRelu { alpha } => Some(format!("if v > {} {{ v }} else {{ 0.0 }}", lp(alpha))),
+        Softplus => Some(softplus.to_string()),
+        Softsign => Some("v / (1.0 + v.abs())".into()),
+        Mish => Some(format!("v * k::math::tanh{softplus}")),
+        Gelu { tanh_approx: false } => Some("0.5 * v * (1.0 + k::libm::erff(v / 1.41421356))".into()),
+        Gelu { tanh_approx: true } => {
+            Some("0.5 * v * (1.0 + k::math::tanh(0.797884561 * (v + 0.044715 * v * v * v)))".into())
+        }
+        Sign => Some("if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { v }".into()),
+        Sqrt => libm("sqrtf"),
+        Log => libm("logf"),
+        Floor => libm("floorf"),
+        Ceil => libm("ceilf"),
+        Round => libm("rintf"),
+        Erf => libm("erff"),
+        Sin => libm("sinf"),
+        Cos => libm("cosf"),
+        Tan => libm("tanf"),
+        Asin => libm("asinf"),
+        Acos => libm("acosf"),
+        Atan => libm("atanf"),
+        Sinh => libm("sinhf"),
+        Cosh => libm("coshf"),
+        Asinh => libm("asinhf"),
+        Acosh => libm("acoshf"),
+        Atanh => libm("atanhf"),
+        Not | IsNaN | IsInf { .. } | BitwiseNot => None,
+    }
+}
+
+fn act(fused: Option<UnaryOp>) -> Option<String> {
+    match fused {
+        None => Some("|v| v".into()),
+        Some(u) => unary(u).map(|e| format!("|v| {e}")),
+    }
+}
+
+/// The closure body of a binary op on `p` and `q` of element type `s`.
+fn binary(b: BinaryOp, s: Scalar) -> Option<String> {
+    use BinaryOp::*;
+    let e = if s == Scalar::F32 {
+        match b {
+            Add => "p + q",
+            Sub => "p - q",
+            Mul => "p * q",
+            Div => "p / q",
+            Max => "k::math::max(p, q)",
+            Min => "k::math::min(p, q)",
+            Pow => "k::libm::powf(p, q)",
+            PRelu => "if p < 0.0 { q * p } else { p }",
+            _ => return None,
+        }
+    } else if s.is_int() && plain(s) {
+        match b {
+            Add => "p.wrapping_add(q)",
+            Sub => "p.wrapping_sub(q)",
+            Mul => "p.wrapping_mul(q)",
+            Max => "p.max(q)",
+            Min => "p.min(q)",
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(e.into())
+}
+
+fn plane_lit(p: &Plane) -> String {
+    format!(
+        "k::Plane {{ h: {}, w: {}, oh: {}, ow: {}, kh: {}, kw: {}, sh: {}, sw: {}, dh: {}, dw: {}, ph: {}, pw: {} }}",
+        p.h, p.w, p.oh, p.ow, p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, p.ph, p.pw
+    )
+}
+
+/// The plane of a global pool: every spatial position as one row.
+fn global_plane(x: &[usize]) -> Plane {
+    let w: usize = x[2..].iter().product();
+    Plane {
+        h: 1,
+        w,
+        oh: 1,
+        ow: 1,
+        kh: 1,
+        kw: w,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        ph: 0,
+        pw: 0,
+    }
+}
+
+fn conv_shape(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
+    format!(
+        "&k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {group}, plane: {} }}",
+        x[0],
+        x[1],
+        y[1],
+        plane_lit(&w.plane(x, y))
+    )
+}
+
+fn requant_lit(r: Requant) -> String {
+    format!(
+        "kiln_runtime::Requant {{ multiplier: {}, shift: {} }}",
+        r.multiplier, r.shift
+    )
+}
+
+/// A module-level `const` of the output stage, named after node `k`.
+fn qlinear(items: &mut String, k: usize, q: &QLinear) -> String {
+    let rq: Vec<String> = q
+        .requant
+        .iter()
+        .map(|&r| format!("({}, {})", r.multiplier, r.shift))
+        .collect();
+    let _ = write!(
+        items,
+        "    const RQ{k}: [kiln_runtime::Requant; {}] = k::int::requants([",
+        rq.len()
+    );
+    super::wrap(items, &rq, "        ");
+    items.push_str("]);\n");
+    let _ = writeln!(
+        items,
+        "    const Q{k}: k::int::QLinear = k::int::QLinear {{\n        input_zp: {},\n        output_zp: {},\n        requant: &RQ{k},\n        act_min: {},\n        act_max: {},\n    }};",
+        q.input_zp, q.output_zp, q.act_min, q.act_max
+    );
+    format!("Q{k}")
+}
+
+/// A module-level lookup table named after node `k`.
+fn table<T: std::fmt::Display>(items: &mut String, name: &str, ty: &str, v: &[T]) -> String {
+    let vals: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    let _ = write!(items, "    static {name}: [{ty}; {}] = [", v.len());
+    super::wrap(items, &vals, "        ");
+    items.push_str("];\n");
+    name.to_string()
+}
+
+pub(super) fn supported(g: &Graph, n: NodeId) -> bool {
+    call_opt(g, n, 0, &mut String::new()).is_some()
+}
+
+/// The call for node `n` (the `k`-th of the schedule); module-level constants it needs are
+/// appended to `items`.
+pub(super) fn call(g: &Graph, n: NodeId, k: usize, items: &mut String) -> String {
+    call_opt(g, n, k, items).expect("checked by `supported`")
+}
+
+fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<String> {
+    let node = g.node(n);
+    let ins = &node.inputs;
+    if !ins.iter().chain(&node.outputs).all(|&v| plain(scalar(g, v))) {
+        return None;
+    }
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let x0s = ins.first().map(|&v| shape(g, v).to_vec()).unwrap_or_default();
+    let s = match &node.op {
+        Op::Identity | Op::Reshape { .. } => "y0.copy_from_slice(x0);".to_string(),
+        Op::Unary(u) if all_f32(g, n) => format!("k::map(x0, y0, |v| {});", unary(*u)?),
+        Op::Binary(b) => {
+            let t = scalar(g, node.outputs[0]);
+            if ins.iter().any(|&v| scalar(g, v) != t) {
+                return None;
+            }
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| {});",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0),
+                binary(*b, t)?
+            )
+        }
+        Op::Conv(c) if all_f32(g, n) && spatial_2d(g, ins[0]) => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::float::conv(x0, x1, {bias}, y0, {}, {});",
+                conv_shape(&x0s, &o0, c.group, &c.window),
+                act(c.fused)?
+            )
+        }
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+            fused,
+        } if all_f32(g, n) => {
+            let (m, nn) = (o0[0], o0[1]);
+            let k = if *trans_a { x0s[0] } else { x0s[1] };
+            let c = if ins.len() > 2 {
+                let st = bcast(shape(g, ins[2]), &o0);
+                format!("Some((x2, [{}, {}]))", st[0], st[1])
+            } else {
+                "None".into()
+            };
+            format!(
+                "k::float::gemm(x0, x1, {c}, y0, &k::float::GemmShape {{ m: {m}, n: {nn}, k: {k}, trans_a: {trans_a}, trans_b: {trans_b}, alpha: {}, beta: {} }}, {});",
+                f32_lit(*alpha),
+                f32_lit(*beta),
+                act(*fused)?
+            )
+        }
+        Op::MatMul if all_f32(g, n) => matmul(&x0s, shape(g, ins[1]))?,
+        Op::Pool(p) if spatial_2d(g, ins[0]) => {
+            let plane = plane_lit(&p.window.plane(&x0s, &o0));
+            let nc = x0s[0] * x0s[1];
+            pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads[x0s.len() - 2..])?
+        }
+        Op::GlobalPool(kind) => {
+            let kind = match kind {
+                PoolKind::Avg { .. } => PoolKind::Avg {
+                    count_include_pad: false,
+                },
+                k => *k,
+            };
+            let plane = plane_lit(&global_plane(&x0s));
+            pool(kind, scalar(g, ins[0]), x0s[0] * x0s[1], &plane, &[0, 0])?
+        }
+        Op::Softmax { axis } if all_f32(g, n) => {
+            let (outer, len, inner) = split_axis(&x0s, *axis);
+            format!("k::float::softmax(x0, y0, {outer}, {len}, {inner});")
+        }
+        Op::Transpose { perm } => {
+            let ist = dense(&x0s);
+            let st: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
+            format!(
+                "k::copy_nd(x0, 0, &{}, y0, 0, &{}, &{});",
+                list(&st),
+                list(&dense(&o0)),
+                list(&o0)
+            )
+        }
+        Op::Slice { axes } => {
+            let ist = dense(&x0s);
+            let st: Vec<i64> = axes.iter().zip(&ist).map(|(a, &s)| a.step * s).collect();
+            let base: i64 = axes.iter().zip(&ist).map(|(a, &s)| a.start * s).sum();
+            format!(
+                "k::copy_nd(x0, {base}, &{}, y0, 0, &{}, &{});",
+                list(&st),
+                list(&dense(&o0)),
+                list(&o0)
+            )
+        }
+        Op::Expand { .. } => format!(
+            "k::copy_nd(x0, 0, &{}, y0, 0, &{}, &{});",
+            list(&bcast(&x0s, &o0)),
+            list(&dense(&o0)),
+            list(&o0)
+        ),
+        Op::Concat { axis } => {
+            let ost = dense(&o0);
+            let mut at = 0i64;
+            let mut s = String::new();
+            for (i, &v) in ins.iter().enumerate() {
+                let xs = shape(g, v);
+                s.push_str(&format!(
+                    "k::copy_nd(x{i}, 0, &{}, y0, {}, &{}, &{});\n",
+                    list(&dense(xs)),
+                    at * ost[*axis],
+                    list(&ost),
+                    list(xs)
+                ));
+                at += xs[*axis] as i64;
+            }
+            s
+        }
+        Op::Split { axis, .. } => {
+            let ist = dense(&x0s);
+            let mut at = 0i64;
+            let mut s = String::new();
+            for (k, &v) in node.outputs.iter().enumerate() {
+                let ys = shape(g, v);
+                s.push_str(&format!(
+                    "k::copy_nd(x0, {}, &{}, y{k}, 0, &{}, &{});\n",
+                    at * ist[*axis],
+                    list(&ist),
+                    list(&dense(ys)),
+                    list(ys)
+                ));
+                at += ys[*axis] as i64;
+            }
+            s
+        }
+        Op::Gather { axis } => {
+            if !matches!(scalar(g, ins[1]), Scalar::I64 | Scalar::I32) {
+                return None;
+            }
+            let (outer, len, inner) = split_axis(&x0s, *axis);
+            format!("k::gather(x0, x1, {outer}, {len}, {inner}, y0);")
+        }
+        Op::Pad { mode, pads } => {
+            let r = x0s.len();
+            let fill = if ins.len() > 1 && g.value(ins[1]).ty.numel() > 0 {
+                "x1[0]"
+            } else if scalar(g, ins[0]) == Scalar::F32 {
+                "0.0"
+            } else {
+                "0"
+            };
+            let mode = match mode {
+                PadMode::Constant => "Constant",
+                PadMode::Reflect => "Reflect",
+                PadMode::Edge => "Edge",
+                PadMode::Wrap => "Wrap",
+            };
+            format!(
+                "k::pad(x0, &{}, y0, &{}, &{}, k::PadMode::{mode}, {fill});",
+                list(&x0s),
+                list(&o0),
+                list(&pads[..r])
+            )
+        }
+        Op::Quantize { to, scale, zero_point } if scalar(g, ins[0]) == Scalar::F32 => {
+            let (lo, hi, t) = match to {
+                Scalar::I8 => (-128, 127, "i8"),
+                Scalar::U8 => (0, 255, "u8"),
+                Scalar::I16 => (-32768, 32767, "i16"),
+                _ => return None,
+            };
+            format!(
+                "k::map(x0, y0, |v| kiln_runtime::quantize(v, {}, {zero_point}, {lo}, {hi}) as {t});",
+                f32_lit(*scale)
+            )
+        }
+        Op::Dequantize { scale, zero_point } if scalar(g, ins[0]).is_int() => format!(
+            "k::map(x0, y0, |v| kiln_runtime::dequantize(v as i32, {}, {zero_point}));",
+            f32_lit(*scale)
+        ),
+        Op::QConv { window, group, q } if spatial_2d(g, ins[0]) && scalar(g, ins[0]) == Scalar::I8 => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::int::qconv(x0, x1, {bias}, y0, {}, &{});",
+                conv_shape(&x0s, &o0, *group, window),
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QMatMul { q } if scalar(g, ins[0]) == Scalar::I8 => {
+            let w = shape(g, ins[1]);
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::int::qmatmul(x0, x1, {bias}, y0, {}, {}, &{});",
+                w[0],
+                w[1],
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QAdd(p) => {
+            let _ = writeln!(
+                items,
+                "    const Q{kk}: k::int::QAdd = k::int::QAdd {{\n        a_zp: {},\n        a: {},\n        b_zp: {},\n        b: {},\n        out: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n    }};",
+                p.a_zp,
+                requant_lit(p.a),
+                p.b_zp,
+                requant_lit(p.b),
+                requant_lit(p.out),
+                p.output_zp,
+                p.act_min,
+                p.act_max
+            );
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.apply(p, q));",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0)
+            )
+        }
+        Op::QMul(p) => {
+            let _ = writeln!(
+                items,
+                "    const Q{kk}: k::int::QMul = k::int::QMul {{\n        a_zp: {},\n        b_zp: {},\n        requant: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n    }};",
+                p.a_zp,
+                p.b_zp,
+                requant_lit(p.requant),
+                p.output_zp,
+                p.act_min,
+                p.act_max
+            );
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.apply(p, q));",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0)
+            )
+        }
+        Op::QSoftmax { axis, exp_table } => {
+            let (_, len, inner) = split_axis(&x0s, *axis);
+            if inner != 1 {
+                return None;
+            }
+            let t = table(items, &format!("T{kk}"), "i32", exp_table);
+            format!("k::int::qsoftmax(x0, y0, {len}, &{t});")
+        }
+        Op::Lut { table: t, .. } if t.len() == 256 => {
+            let t = table(items, &format!("T{kk}"), "i8", t);
+            format!("k::int::lut(x0, y0, &{t});")
+        }
+        _ => return None,
+    };
+    Some(s)
+}
+
+fn split_axis(s: &[usize], axis: usize) -> (usize, usize, usize) {
+    (s[..axis].iter().product(), s[axis], s[axis + 1..].iter().product())
+}
+
+/// Pooling over `nc` planes; `pads` are the spatial pads (begin..., end...).
+fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Option<String> {
+    Some(match (kind, s) {
+        (PoolKind::Max, Scalar::F32) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, f32::NEG_INFINITY);"),
+        (PoolKind::Max, Scalar::I8) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, i8::MIN);"),
+        (PoolKind::Max, Scalar::U8) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, 0);"),
+        (PoolKind::Avg { count_include_pad }, Scalar::F32) => {
+            let r = pads.len() / 2;
+            let ends = match (count_include_pad, r) {
+                (false, _) => "None".to_string(),
+                (true, 1) => format!("Some((0, {}))", pads[1]),
+                (true, _) => format!("Some(({}, {}))", pads[2], pads[3]),
+            };
+            format!("k::float::avg_pool(x0, y0, {nc}, &{plane}, {ends});")
+        }
+        (
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+            Scalar::I8,
+        ) => format!("k::int::avg_pool(x0, y0, {nc}, &{plane});"),
+        _ => return None,
+    })
+}
+
+/// `MatMul` with NumPy broadcasting of the batch axes, as the evaluator does it.
+fn matmul(a: &[usize], b: &[usize]) -> Option<String> {
+    let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+    let b2 = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let n = b2[b2.len() - 1];
+    let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
+    let r = ab.len().max(bb.len());
+    let pad = |s: &[usize]| {
+        let mut v = vec![1usize; r - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (ab, bb) = (pad(ab), pad(bb));
+    let batch: Vec<usize> = ab.iter().zip(&bb).map(|(&x, &y)| x.max(y)).collect();
+    let (sa, sb) = (bcast(&ab, &batch), bcast(&bb, &batch));
+    let mut pairs = Vec::new();
+    let total: usize = batch.iter().product();
+    for i in 0..total {
+        let (mut rem, mut ao, mut bo) = (i, 0i64, 0i64);
+        for d in (0..r).rev() {
+            let idx = (rem % batch[d]) as i64;
+            rem /= batch[d];
+            ao += idx * sa[d];
+            bo += idx * sb[d];
+        }
+        pairs.push(format!("({}, {})", ao as usize * m * k, bo as usize * k * n));
+    }
+    Some(format!(
+        "k::float::matmul(x0, x1, y0, {m}, {k}, {n}, &[{}]);",
+        pairs.join(", ")
+    ))
+}

@@ -1,0 +1,231 @@
+//! Kiln from a build script, the way `cc` or `prost-build` are used: one builder call
+//! compiles a model into `OUT_DIR` and prints the cargo directives that link or rebuild it.
+//!
+//! ```no_run
+//! // in build.rs's main; an `Err` names the file and the problem
+//! kiln::Build::new("models/kws.onnx")
+//!     .quantize(kiln::Quantize::int8("models/kws_calib"))
+//!     .emit(kiln::Emit::RustSource) // or Emit::Object, Emit::C; default: by target
+//!     .compile("kws")?;
+//! # Ok::<(), kiln::BuildError>(())
+//! ```
+//! and in the crate (with `kiln-runtime` as a dependency for Rust source):
+//! ```ignore
+//! include!(concat!(env!("OUT_DIR"), "/kws.rs"));
+//!
+//! let mut arena = kws::Arena::new();
+//! let mut scores = [0f32; kws::OUTPUT0_COUNT];
+//! kws::run(&features, &mut scores, &mut arena).unwrap();
+//! ```
+//! Both `Emit::Object` and `Emit::RustSource` give the same `kws` module: the constants,
+//! `Arena`, `run` (and `run_int` for integer models), so a crate can switch between them.
+
+use crate::compile::{self, CompileError, CompileOptions, Emit};
+use crate::quantize::{QuantError, QuantOptions};
+use crate::{ImportOptions, PipelineOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// How to quantize the model before compiling it.
+#[derive(Clone, Debug, Default)]
+pub enum Quantize {
+    /// Keep the model's own types.
+    #[default]
+    None,
+    /// Full-integer int8, calibrated on the data in `calibration` (a directory of
+    /// `input_K.npy`, an `.npz`, or per-sample subdirectories; see the README).
+    Int8 {
+        calibration: PathBuf,
+        options: QuantOptions,
+    },
+}
+
+impl Quantize {
+    /// Int8 with Kiln's default calibration.
+    pub fn int8(calibration: impl Into<PathBuf>) -> Quantize {
+        Quantize::Int8 {
+            calibration: calibration.into(),
+            options: QuantOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{}: {source}", .path.display())]
+    Load { path: PathBuf, source: Box<crate::Error> },
+    #[error("{}: int8 quantization with {}: {source}", .path.display(), .calibration.display())]
+    Quantize {
+        path: PathBuf,
+        calibration: PathBuf,
+        source: Box<QuantError>,
+    },
+    #[error("{}: {source}", .path.display())]
+    Compile { path: PathBuf, source: Box<CompileError> },
+    #[error("no output directory: OUT_DIR is not set (call from a build script, or give .out_dir())")]
+    NoOutDir,
+}
+
+/// What [`Build::compile`] produced.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// Every file written, in `out_dir`.
+    pub files: Vec<PathBuf>,
+    /// The code generator picked (or forced).
+    pub emit: Emit,
+    /// Arena bytes the model needs.
+    pub arena_size: usize,
+}
+
+/// Compiles one model for a build script; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Build {
+    model: PathBuf,
+    quantize: Quantize,
+    emit: Option<Emit>,
+    target: Option<String>,
+    out_dir: Option<PathBuf>,
+    input_shapes: BTreeMap<String, Vec<usize>>,
+    cargo_metadata: bool,
+}
+
+impl Build {
+    pub fn new(model: impl Into<PathBuf>) -> Build {
+        Build {
+            model: model.into(),
+            quantize: Quantize::None,
+            emit: None,
+            target: None,
+            out_dir: None,
+            input_shapes: BTreeMap::new(),
+            cargo_metadata: true,
+        }
+    }
+
+    pub fn quantize(&mut self, q: Quantize) -> &mut Build {
+        self.quantize = q;
+        self
+    }
+
+    /// Forces a code generator. By default a native object when Cranelift supports the
+    /// target, Rust source otherwise (e.g. AVR, Cortex-M).
+    pub fn emit(&mut self, e: Emit) -> &mut Build {
+        self.emit = Some(e);
+        self
+    }
+
+    /// Target triple or part name (default: cargo's `TARGET`, else the host).
+    pub fn target(&mut self, t: impl Into<String>) -> &mut Build {
+        self.target = Some(t.into());
+        self
+    }
+
+    /// Output directory (default: cargo's `OUT_DIR`).
+    pub fn out_dir(&mut self, d: impl Into<PathBuf>) -> &mut Build {
+        self.out_dir = Some(d.into());
+        self
+    }
+
+    /// Pins a symbolic input dimension, as `--input-shape name=1,3,32,32` does.
+    pub fn input_shape(&mut self, name: impl Into<String>, dims: &[usize]) -> &mut Build {
+        self.input_shapes.insert(name.into(), dims.to_vec());
+        self
+    }
+
+    /// Whether to print `cargo:` directives (default: yes).
+    pub fn cargo_metadata(&mut self, on: bool) -> &mut Build {
+        self.cargo_metadata = on;
+        self
+    }
+
+    /// Compiles the model into `<out_dir>/<name>.*` with symbol prefix `name`, and prints the
+    /// directives: `rerun-if-changed` for the model and calibration data, and for an object
+    /// the `rustc-link-search`/`rustc-link-lib` of `lib<name>.a`.
+    pub fn compile(&self, name: &str) -> Result<Artifacts, BuildError> {
+        let path = self.model.clone();
+        let compile_err = |source| BuildError::Compile {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let out_dir = match &self.out_dir {
+            Some(d) => d.clone(),
+            None => std::env::var_os("OUT_DIR")
+                .map(PathBuf::from)
+                .ok_or(BuildError::NoOutDir)?,
+        };
+        let target_name = self
+            .target
+            .clone()
+            .or_else(|| std::env::var("TARGET").ok())
+            .unwrap_or_else(|| "host".into());
+        let target = compile::parse_target(&target_name).map_err(compile_err)?;
+        self.rerun(&self.model);
+        if let Quantize::Int8 { calibration, options } = &self.quantize {
+            self.rerun(calibration);
+            if let Some(c) = &options.cache {
+                self.rerun(c);
+            }
+        }
+        let import = ImportOptions {
+            input_shapes: self.input_shapes.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        let m = crate::load(&self.model, &import, &PipelineOptions::default(), |_, _| {}).map_err(|source| {
+            BuildError::Load {
+                path: path.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        let graph = match &self.quantize {
+            Quantize::None => m.graph,
+            Quantize::Int8 { calibration, options } => {
+                crate::quantize::quantize_int8(&m.graph, calibration, options, |_, _| {})
+                    .map_err(|source| BuildError::Quantize {
+                        path: path.clone(),
+                        calibration: calibration.clone(),
+                        source: Box::new(source),
+                    })?
+                    .graph
+            }
+        };
+        let emit = self.emit.unwrap_or_else(|| {
+            if kiln_backends::cranelift::target_isa(&target.triple).is_ok() {
+                Emit::Object
+            } else {
+                Emit::RustSource
+            }
+        });
+        let source = self
+            .model
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = compile::compile(
+            &graph,
+            &CompileOptions {
+                emit,
+                target,
+                prefix: name.to_string(),
+            },
+            &source,
+        )
+        .map_err(compile_err)?;
+        compile::write_files(&out_dir, &out.files).map_err(compile_err)?;
+        if self.cargo_metadata && emit == Emit::Object {
+            println!("cargo:rustc-link-search=native={}", out_dir.display());
+            println!("cargo:rustc-link-lib=static={name}");
+        }
+        Ok(Artifacts {
+            files: out.files.iter().map(|(f, _)| out_dir.join(f)).collect(),
+            emit,
+            arena_size: out.report.arena_size,
+        })
+    }
+
+    fn rerun(&self, p: &Path) {
+        if self.cargo_metadata {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Float kernels in the evaluator's order of operations: sums start from the bias (or zero)
+//! and run over input channels, then kernel taps, in index order; a zero weight is skipped
+//! exactly as the evaluator's GEMM skips it.
+
+use super::math;
+use super::{ConvShape, Plane};
+
+/// Convolution over `[N, C, H, W]` (or `[N, C, W]`) with `[M, C/group, KH, KW]` weights;
+/// `act` is the fused activation.
+#[inline]
+pub fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, act: impl Fn(f32) -> f32) {
+    let p = &s.plane;
+    let (cg, mg) = (s.cin / s.group, s.cout / s.group);
+    let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    for b in 0..s.batch {
+        for oc in 0..s.cout {
+            let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
+            let wo = &w[oc * cg * k..][..cg * k];
+            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    let mut acc = bias.map_or(0.0, |b| b[oc]);
+                    for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                        for ky in 0..p.kh {
+                            for kx in 0..p.kw {
+                                let wv = wc[ky * p.kw + kx];
+                                if wv != 0.0
+                                    && let Some(i) = p.tap(oy, ox, ky, kx)
+                                {
+                                    acc += xc[i] * wv;
+                                }
+                            }
+                        }
+                    }
+                    yo[oy * p.ow + ox] = act(acc);
+                }
+            }
+        }
+    }
+}
+
+/// `Gemm`: `[M, N] = alpha * op(A) op(B) + beta * C`, `op` an optional transpose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// `Gemm` with `c` broadcast through its (row, column) strides.
+#[inline]
+pub fn gemm(
+    a: &[f32],
+    b: &[f32],
+    c: Option<(&[f32], [isize; 2])>,
+    y: &mut [f32],
+    s: &GemmShape,
+    act: impl Fn(f32) -> f32,
+) {
+    let (m, n, k) = (s.m, s.n, s.k);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                let av = if s.trans_a { a[p * m + i] } else { a[i * k + p] };
+                if av != 0.0 {
+                    acc += av * if s.trans_b { b[j * k + p] } else { b[p * n + j] };
+                }
+            }
+            if s.alpha != 1.0 {
+                acc *= s.alpha;
+            }
+            if let Some((c, [rs, cs])) = c {
+                acc += s.beta * c[(i as isize * rs + j as isize * cs) as usize];
+            }
+            y[i * n + j] = act(acc);
+        }
+    }
+}
+
+/// Batched `[M, K] x [K, N]`; `batches` lists each product's element offsets into `a` and `b`.
+#[inline]
+pub fn matmul(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize, batches: &[(usize, usize)]) {
+    for (yb, &(ao, bo)) in y.chunks_exact_mut(m * n).zip(batches) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    let av = a[ao + i * k + p];
+                    if av != 0.0 {
+                        acc += av * b[bo + p * n + j];
+                    }
+                }
+                yb[i * n + j] = acc;
+            }
+        }
+    }
+}
+
+/// Max over each window of `channels` planes; padding never wins. NaN propagates.
+#[inline]
+pub fn max_pool<T: Copy + PartialOrd>(x: &[T], y: &mut [T], channels: usize, p: &Plane, lowest: T) {
+    let (pin, pout) = (p.h * p.w, p.oh * p.ow);
+    for c in 0..channels {
+        let xc = &x[c * pin..][..pin];
+        for oy in 0..p.oh {
+            for ox in 0..p.ow {
+                let mut m = lowest;
+                for ky in 0..p.kh {
+                    for kx in 0..p.kw {
+                        if let Some(i) = p.tap(oy, ox, ky, kx) {
+                            let v = xc[i];
+                            #[allow(clippy::eq_op)]
+                            if v > m || v != v {
+                                m = v;
+                            }
+                        }
+                    }
+                }
+                y[c * pout + oy * p.ow + ox] = m;
+            }
+        }
+    }
+}
+
+/// Mean over each window. With `pad_ends = Some((end_h, end_w))` the divisor counts taps in
+/// the padded extent (`count_include_pad`); otherwise only taps inside the input.
+#[inline]
+pub fn avg_pool(x: &[f32], y: &mut [f32], channels: usize, p: &Plane, pad_ends: Option<(usize, usize)>) {
+    let (pin, pout) = (p.h * p.w, p.oh * p.ow);
+    let within = |o: usize, k: usize, s: usize, d: usize, pad: usize, n: usize| {
+        let pos = (o * s + k * d) as i64 - pad as i64;
+        pos >= -(pad as i64) && pos < n as i64
+    };
+    for c in 0..channels {
+        let xc = &x[c * pin..][..pin];
+        for oy in 0..p.oh {
+            for ox in 0..p.ow {
+                let (mut sum, mut n) = (0.0f32, 0usize);
+                for ky in 0..p.kh {
+                    for kx in 0..p.kw {
+                        if let Some(i) = p.tap(oy, ox, ky, kx) {
+                            sum += xc[i];
+                            n += 1;
+                        }
+                    }
+                }
+                if let Some((eh, ew)) = pad_ends {
+                    let rows = (0..p.kh).filter(|&k| within(oy, k, p.sh, p.dh, p.ph, p.h + eh)).count();
+                    let cols = (0..p.kw).filter(|&k| within(ox, k, p.sw, p.dw, p.pw, p.w + ew)).count();
+                    n = rows * cols;
+                }
+                y[c * pout + oy * p.ow + ox] = sum / n.max(1) as f32;
+            }
+        }
+    }
+}
+
+/// Softmax along the middle axis of `[outer, len, inner]`.
+#[inline]
+pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize) {
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut mx = f32::NEG_INFINITY;
+            for j in 0..len {
+                if x[at(j)] > mx {
+                    mx = x[at(j)];
+                }
+            }
+            let mut sum = 0.0f32;
+            for j in 0..len {
+                let e = math::exp(x[at(j)] - mx);
+                y[at(j)] = e;
+                sum += e;
+            }
+            for j in 0..len {
+                y[at(j)] = y[at(j)] / sum;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane(h: usize, w: usize, k: usize, pad: usize) -> Plane {
+        let o = |n: usize| n + 2 * pad - k + 1;
+        Plane {
+            h,
+            w,
+            oh: o(h),
+            ow: o(w),
+            kh: k,
+            kw: k,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: pad,
+            pw: pad,
+        }
+    }
+
+    #[test]
+    fn conv_same_padding_sums_neighbours() {
+        let x = [1.0f32; 9];
+        let w = [1.0f32; 9];
+        let mut y = [0.0f32; 9];
+        let s = ConvShape {
+            batch: 1,
+            cin: 1,
+            cout: 1,
+            group: 1,
+            plane: plane(3, 3, 3, 1),
+        };
+        conv(&x, &w, Some(&[0.5]), &mut y, &s, |v| v);
+        assert_eq!(y, [4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
+    }
+
+    #[test]
+    fn average_counts_padding_on_request() {
+        let x = [4.0f32; 4];
+        let p = plane(2, 2, 3, 1);
+        let mut y = [0.0f32; 4];
+        avg_pool(&x, &mut y, 1, &p, None);
+        assert_eq!(y, [4.0; 4]);
+        avg_pool(&x, &mut y, 1, &p, Some((1, 1)));
+        assert_eq!(y, [16.0 / 9.0; 4]);
+    }
+
+    #[test]
+    fn gemm_transposes_and_broadcasts() {
+        // A^T with A = [[1, 3], [2, 4]] (k x m), B = I, C = [10, 20] per column.
+        let s = GemmShape {
+            m: 2,
+            n: 2,
+            k: 2,
+            trans_a: true,
+            trans_b: false,
+            alpha: 2.0,
+            beta: 1.0,
+        };
+        let mut y = [0.0; 4];
+        gemm(
+            &[1.0, 3.0, 2.0, 4.0],
+            &[1.0, 0.0, 0.0, 1.0],
+            Some((&[10.0, 20.0], [0, 1])),
+            &mut y,
+            &s,
+            |v| v,
+        );
+        assert_eq!(y, [12.0, 24.0, 16.0, 28.0]);
+    }
+}

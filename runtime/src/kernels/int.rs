@@ -1,0 +1,174 @@
+//! Integer kernels, step for step the evaluator's (`kiln_ir::eval::quant`): int32
+//! accumulators that wrap, the input zero point subtracted per tap (so padding adds nothing),
+//! and the fixed-point rescale of the crate root.
+
+use super::{ConvShape, Plane};
+use crate::{ADD_LEFT_SHIFT, Requant, multiply_by_quantized_multiplier as mbqm};
+
+/// Output stage of an integer product: zero points, one rescale per output channel (or one
+/// for all), and the clamp that carries a folded activation.
+#[derive(Clone, Copy, Debug)]
+pub struct QLinear<'a> {
+    pub input_zp: i32,
+    pub output_zp: i32,
+    pub requant: &'a [Requant],
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+impl QLinear<'_> {
+    #[inline]
+    fn finish(&self, channel: usize, acc: i32) -> i8 {
+        let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
+        (mbqm(acc, r) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+    }
+}
+
+/// Integer convolution, int8 input and weights, int32 bias.
+#[inline]
+pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let p = &s.plane;
+    let (cg, mg) = (s.cin / s.group, s.cout / s.group);
+    let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    for b in 0..s.batch {
+        for oc in 0..s.cout {
+            let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
+            let wo = &w[oc * cg * k..][..cg * k];
+            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    let mut acc = bias.map_or(0, |b| b[oc]);
+                    for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                        for ky in 0..p.kh {
+                            for kx in 0..p.kw {
+                                if let Some(i) = p.tap(oy, ox, ky, kx) {
+                                    let d = (xc[i] as i32 - q.input_zp) * wc[ky * p.kw + kx] as i32;
+                                    acc = acc.wrapping_add(d);
+                                }
+                            }
+                        }
+                    }
+                    yo[oy * p.ow + ox] = q.finish(oc, acc);
+                }
+            }
+        }
+    }
+}
+
+/// `[rows, K] x [K, N]` integer product with an int32 bias per column.
+#[inline]
+pub fn qmatmul(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], k: usize, n: usize, q: &QLinear) {
+    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n)) {
+        for (j, yv) in yr.iter_mut().enumerate() {
+            let mut acc = bias.map_or(0, |b| b[j]);
+            for (kk, &xe) in xr.iter().enumerate() {
+                acc = acc.wrapping_add((xe as i32 - q.input_zp) * w[kk * n + j] as i32);
+            }
+            *yv = q.finish(j, acc);
+        }
+    }
+}
+
+/// Parameters of an integer Add: both sides rescaled to a common scale after a left shift.
+#[derive(Clone, Copy, Debug)]
+pub struct QAdd {
+    pub a_zp: i32,
+    pub a: Requant,
+    pub b_zp: i32,
+    pub b: Requant,
+    pub out: Requant,
+    pub output_zp: i32,
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+impl QAdd {
+    #[inline]
+    pub fn apply(&self, a: i8, b: i8) -> i8 {
+        let x1 = (a as i32 - self.a_zp) << ADD_LEFT_SHIFT;
+        let x2 = (b as i32 - self.b_zp) << ADD_LEFT_SHIFT;
+        let s = mbqm(x1, self.a) + mbqm(x2, self.b);
+        (mbqm(s, self.out) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+    }
+}
+
+/// Parameters of an integer Mul: one rescale of the product of the centred inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct QMul {
+    pub a_zp: i32,
+    pub b_zp: i32,
+    pub requant: Requant,
+    pub output_zp: i32,
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+impl QMul {
+    #[inline]
+    pub fn apply(&self, a: i8, b: i8) -> i8 {
+        let prod = (a as i32 - self.a_zp) * (b as i32 - self.b_zp);
+        (mbqm(prod, self.requant) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+    }
+}
+
+/// Integer softmax of each contiguous row of `len` (the last axis).
+#[inline]
+pub fn qsoftmax(x: &[i8], y: &mut [i8], len: usize, exp_table: &[i32]) {
+    for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+        crate::softmax_i8(xr, exp_table, yr);
+    }
+}
+
+/// Integer average over each window's taps inside the input (padding never counts), rounded
+/// half away from zero; input and output share scale and zero point.
+#[inline]
+pub fn avg_pool(x: &[i8], y: &mut [i8], channels: usize, p: &Plane) {
+    let (pin, pout) = (p.h * p.w, p.oh * p.ow);
+    for c in 0..channels {
+        let xc = &x[c * pin..][..pin];
+        for oy in 0..p.oh {
+            for ox in 0..p.ow {
+                let (mut s, mut n) = (0i32, 0i32);
+                for ky in 0..p.kh {
+                    for kx in 0..p.kw {
+                        if let Some(i) = p.tap(oy, ox, ky, kx) {
+                            s += xc[i] as i32;
+                            n += 1;
+                        }
+                    }
+                }
+                let v = if n == 0 {
+                    0
+                } else {
+                    crate::rounded_average(s, n).clamp(-128, 127)
+                };
+                y[c * pout + oy * p.ow + ox] = v as i8;
+            }
+        }
+    }
+}
+
+/// A 256-entry table lookup indexed by the int8 value.
+#[inline]
+pub fn lut(x: &[i8], y: &mut [i8], table: &[i8; 256]) {
+    for (d, &v) in y.iter_mut().zip(x) {
+        *d = table[(v as i32 + 128) as usize];
+    }
+}
+
+/// Rescale factors from `(multiplier, shift)` pairs, for generated constants.
+pub const fn requants<const N: usize>(p: [(i32, i32); N]) -> [Requant; N] {
+    let mut out = [Requant {
+        multiplier: 0,
+        shift: 0,
+    }; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = Requant {
+            multiplier: p[i].0,
+            shift: p[i].1,
+        };
+        i += 1;
+    }
+    out
+}
