@@ -87,12 +87,30 @@ fn clif_small_elementwise() {
     settings().bind(|| insta::assert_snapshot!("clif_small_elementwise", clif_of("ew", &small_elementwise())));
 }
 
-fn c_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
+fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::Emit, int8: bool) -> String {
     let p = write_model(tag, m);
-    let model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    let mut model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    if int8 {
+        // 16 deterministic samples spanning [-1, 1)
+        let calib = p.parent().unwrap().join(format!("{tag}-calib"));
+        std::fs::create_dir_all(&calib).unwrap();
+        let x = model.graph.value(model.graph.inputs()[0]).ty.shape.clone();
+        let mut shape = vec![16];
+        shape.extend_from_slice(&x[1..]);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 50.5 - 1.0).collect();
+        kiln::npy::write(&calib.join("input_0.npy"), &f32_tensor(&shape, v)).unwrap();
+        let opts = kiln::quantize::QuantOptions {
+            method: Some(kiln::quantize::calibrate::Method::MinMax),
+            ..Default::default()
+        };
+        model.graph = kiln::quantize::quantize_int8(&model.graph, &calib, &opts, |_, _| {})
+            .unwrap()
+            .graph;
+    }
     let target = kiln::compile::parse_target("x86_64-unknown-linux-gnu").unwrap();
     let opts = kiln::compile::CompileOptions {
-        emit: kiln::compile::Emit::C,
+        emit,
         target,
         prefix: tag.into(),
     };
@@ -101,6 +119,28 @@ fn c_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
         .iter()
         .map(|(name, bytes)| format!("===== {name}\n{}", String::from_utf8_lossy(bytes)))
         .collect()
+}
+
+fn c_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
+    files_of(tag, m, kiln::compile::Emit::C, false)
+}
+
+#[test]
+fn rust_small_cnn() {
+    let text = files_of("cnn", &small_cnn(), kiln::compile::Emit::RustSource, false);
+    settings().bind(|| insta::assert_snapshot!("rust_small_cnn", text));
+}
+
+#[test]
+fn rust_small_elementwise() {
+    let text = files_of("ew", &small_elementwise(), kiln::compile::Emit::RustSource, false);
+    settings().bind(|| insta::assert_snapshot!("rust_small_elementwise", text));
+}
+
+#[test]
+fn rust_small_cnn_int8() {
+    let text = files_of("cnn_q8", &small_cnn(), kiln::compile::Emit::RustSource, true);
+    settings().bind(|| insta::assert_snapshot!("rust_small_cnn_int8", text));
 }
 
 #[test]

@@ -514,9 +514,9 @@ fn split_axis(s: &[usize], axis: usize) -> (usize, usize, usize) {
 /// Pooling over `nc` planes; `pads` are the spatial pads (begin..., end...).
 fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Option<String> {
     Some(match (kind, s) {
-        (PoolKind::Max, Scalar::F32) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, f32::NEG_INFINITY);"),
-        (PoolKind::Max, Scalar::I8) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, i8::MIN);"),
-        (PoolKind::Max, Scalar::U8) => format!("k::float::max_pool(x0, y0, {nc}, &{plane}, 0);"),
+        (PoolKind::Max, Scalar::F32) => format!("k::max_pool(x0, y0, {nc}, &{plane}, f32::NEG_INFINITY);"),
+        (PoolKind::Max, Scalar::I8) => format!("k::max_pool(x0, y0, {nc}, &{plane}, i8::MIN);"),
+        (PoolKind::Max, Scalar::U8) => format!("k::max_pool(x0, y0, {nc}, &{plane}, 0);"),
         (PoolKind::Avg { count_include_pad }, Scalar::F32) => {
             let r = pads.len() / 2;
             let ends = match (count_include_pad, r) {

@@ -109,7 +109,7 @@ fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::
             Scalar::F32 => t.to_f32_vec().iter().map(|&x| f32_lit(x)).collect(),
             _ => t.to_i64_vec().iter().map(|x| x.to_string()).collect(),
         };
-        let _ = writeln!(out, "\n    /// `{}`: {}", g.value(v).name, g.value(v).ty);
+        let _ = writeln!(out, "\n    /// `{}`: {}", g.value(v).name, types(g, &[v]));
         let _ = write!(out, "    static {name}: [{ty}; {}] = [", items.len());
         wrap(out, &items, "        ");
         out.push_str("];\n");
@@ -270,8 +270,16 @@ fn pretty(item: &str) -> String {
     s
 }
 
+/// Element types and shapes, without quantization parameters (those are in the kernel).
 fn types(g: &Graph, vs: &[ValueId]) -> String {
-    let t: Vec<String> = vs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+    let t: Vec<String> = vs
+        .iter()
+        .map(|&v| {
+            let ty = &g.value(v).ty;
+            let dims: Vec<String> = ty.shape.iter().map(|d| d.to_string()).collect();
+            format!("{}[{}]", ty.dtype.scalar, dims.join(","))
+        })
+        .collect();
     t.join(", ")
 }
 

@@ -12,6 +12,7 @@ pub mod int;
 pub mod layout;
 pub mod math;
 
+pub use float::max_pool;
 pub use layout::{PadMode, copy_nd, for_each_nd, gather, map, pad, zip_nd};
 
 /// Plain element types a kernel may view arena bytes as.
