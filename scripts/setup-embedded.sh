@@ -6,7 +6,12 @@
 #            counts instructions. Debian 12 images here carry qemu-utils 10 from
 #            bookworm-backports, which bookworm's qemu-system 7.2 conflicts with, so QEMU
 #            comes from bookworm-backports too (pinned low by default: nothing else moves).
+#   rust:    the thumbv7em-none-eabihf standard library, for the Rust source backend's
+#            Cortex-M4F runs (through rustup)
 set -euo pipefail
+if command -v rustup >/dev/null; then
+  rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || echo "warning: rustup could not add thumbv7em-none-eabihf" >&2
+fi
 sudo_cmd=""
 [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

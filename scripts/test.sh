@@ -29,3 +29,6 @@ scripts/setup-embedded.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 KILN_REQUIRE_MCU=1 cargo test --workspace --locked
+# The build.rs example: the shipped digits model compiled by kiln::Build as a native object
+# and as Rust source, float and int8, run on its reference input.
+cargo run -q --locked -p kiln-buildrs-app

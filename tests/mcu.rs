@@ -7,8 +7,10 @@
 //! correctly, avr-libc flushes subnormals, and exp comes from the shared approximation, so
 //! the bound is a few ULP (stated below). Each run prints cycles (AVR) or instructions
 //! (Cortex-M) per inference, flash, static RAM and peak stack, and the test checks that
-//! weights stay in flash. Skipped without the toolchains (`scripts/setup-embedded.sh`)
-//! unless `KILN_REQUIRE_MCU` is set.
+//! weights stay in flash. The Cortex-M4F runs every model a second time from the Rust
+//! source backend, built as a `no_std` staticlib for `thumbv7em-none-eabihf` and linked into
+//! the same C harness. Skipped without the toolchains (`scripts/setup-embedded.sh`) unless
+//! `KILN_REQUIRE_MCU` is set.
 
 use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
 use kiln::{ImportOptions, PipelineOptions};
@@ -167,6 +169,9 @@ enum Part {
     /// An AVR part simavr knows, by its avr-gcc `-mmcu` name.
     Avr(&'static str),
     CortexM4,
+    /// The Cortex-M4F again, the model emitted as Rust source and built as a `no_std`
+    /// staticlib for `thumbv7em-none-eabihf` behind a C-ABI `model_run`.
+    CortexM4Rust,
 }
 
 impl Part {
@@ -178,8 +183,86 @@ impl Part {
         match self {
             Part::Avr(mcu) => mcu,
             Part::CortexM4 => "cortex-m4",
+            Part::CortexM4Rust => "cortex-m4-rust",
         }
     }
+
+    /// Kiln's name for the part.
+    fn target(self) -> &'static str {
+        match self {
+            Part::CortexM4Rust => "cortex-m4",
+            p => p.name(),
+        }
+    }
+}
+
+/// Builds `g` as Rust source into a `no_std` staticlib `<dir>/libmodelrs.a` exporting
+/// `model_run` with the C backend's signature, plus the matching `model.h`.
+fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
+    let opts = CompileOptions {
+        emit: Emit::RustSource,
+        target: parse_target("cortex-m4").map_err(|e| e.to_string())?,
+        prefix: "model".into(),
+    };
+    let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
+    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    let plan = kiln_ir::plan::plan_with(
+        g,
+        kiln_backends::rust::ARENA_ALIGN,
+        |_, _| 0,
+        kiln_ir::plan::Reuse::Disjoint,
+    )
+    .map_err(|e| e.to_string())?;
+    let api = kiln_backends::header::Api::new(g, &plan, "model", name);
+    std::fs::write(dir.join("model.h"), kiln_backends::header::c_header(&api)).map_err(|e| e.to_string())?;
+    let ty = |v: kiln_ir::ValueId| kiln_backends::header::rust_type(g.value(v).ty.dtype.scalar);
+    let mut params = Vec::new();
+    let mut args = Vec::new();
+    for (i, &v) in g.inputs().iter().enumerate() {
+        params.push(format!("in{i}: *const {}", ty(v)));
+        args.push(format!("&*(in{i} as *const [{}; model::INPUT{i}_COUNT])", ty(v)));
+    }
+    for (i, &v) in g.outputs().iter().enumerate() {
+        params.push(format!("out{i}: *mut {}", ty(v)));
+        args.push(format!("&mut *(out{i} as *mut [{}; model::OUTPUT{i}_COUNT])", ty(v)));
+    }
+    params.push("arena: *mut u8".into());
+    args.push("&mut *(arena as *mut model::Arena)".into());
+    let lib = format!(
+        "#![no_std]\ninclude!(\"../model.rs\");\n\n#[panic_handler]\nfn panic(_: &core::panic::PanicInfo) -> ! {{\n    loop {{}}\n}}\n\n/// # Safety\n/// The buffers `model.h` describes.\n#[unsafe(no_mangle)]\npub unsafe extern \"C\" fn model_run({}) -> i32 {{\n    match unsafe {{ model::run({}) }} {{\n        Ok(()) => 0,\n        Err(e) => e,\n    }}\n}}\n",
+        params.join(", "),
+        args.join(", ")
+    );
+    std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("src/lib.rs"), lib).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"modelrs\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\ncrate-type = [\"staticlib\"]\n\n[dependencies]\nkiln-runtime = {{ path = {:?} }}\n\n[profile.release]\npanic = \"abort\"\nopt-level = 2\ncodegen-units = 1\n\n[workspace]\n",
+            repo().join("runtime").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::copy(repo().join("Cargo.lock"), dir.join("Cargo.lock"));
+    let target_dir = repo().join("target/rust-cortex-m");
+    sh(Command::new(env!("CARGO"))
+        .current_dir(dir)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--offline",
+            "--target",
+            "thumbv7em-none-eabihf",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-D warnings -C target-cpu=cortex-m4"))?;
+    std::fs::copy(
+        target_dir.join("thumbv7em-none-eabihf/release/libmodelrs.a"),
+        dir.join("libmodelrs.a"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// A bare-metal program: inputs copied from flash, `KILN_RUNS` calls of `model_run`, then
@@ -195,7 +278,7 @@ fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
             c += "static uint8_t *stack_low(void) { return &__heap_start; }\nstatic uintptr_t stack_top(void) { return RAMEND + 1; }\n";
             c += "static uintptr_t sp(void) { return SP; }\n";
         }
-        Part::CortexM4 => {
+        Part::CortexM4 | Part::CortexM4Rust => {
             c += "#define ROM\n#define rom_copy memcpy\nvoid kiln_puts(const char *s);\nextern uint32_t __stack_top[];\n";
             c += "static char buf[1024];\nstatic size_t len;\n";
             c += "static void flush(void) { buf[len] = 0; kiln_puts(buf); len = 0; }\nstatic void put(char ch) { if (len + 1 >= sizeof buf) flush(); buf[len++] = ch; }\n";
@@ -266,17 +349,21 @@ struct Tools {
 
 fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, dir: &Path) -> Result<Run, String> {
     let dir = dir.join(format!("{}-{name}", part.name()));
-    let opts = CompileOptions {
-        emit: Emit::C,
-        target: parse_target(part.name()).map_err(|e| e.to_string())?,
-        prefix: "model".into(),
-    };
-    let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
-    write_files(&dir, &out.files).map_err(|e| e.to_string())?;
+    if part == Part::CortexM4Rust {
+        rust_staticlib(g, name, &dir)?;
+    } else {
+        let opts = CompileOptions {
+            emit: Emit::C,
+            target: parse_target(part.target()).map_err(|e| e.to_string())?,
+            prefix: "model".into(),
+        };
+        let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
+        write_files(&dir, &out.files).map_err(|e| e.to_string())?;
+    }
     std::fs::write(dir.join("main.c"), harness(part, g, inputs)).map_err(|e| e.to_string())?;
     let (gcc, size, arch): (&str, &str, &[&str]) = match part {
         Part::Avr(_) => ("avr-gcc", "avr-size", &["-Os"]),
-        Part::CortexM4 => (
+        Part::CortexM4 | Part::CortexM4Rust => (
             "arm-none-eabi-gcc",
             "arm-none-eabi-size",
             &[
@@ -290,7 +377,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     };
     let mmcu = match part {
         Part::Avr(mcu) => Some(format!("-mmcu={mcu}")),
-        Part::CortexM4 => None,
+        Part::CortexM4 | Part::CortexM4Rust => None,
     };
     let cc = |args: &[&str]| {
         sh(Command::new(gcc)
@@ -300,17 +387,22 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
             .args(["-ffunction-sections", "-fdata-sections"])
             .args(args))
     };
-    cc(&[
-        "-std=c99",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-pedantic",
-        "-c",
-        "model.c",
-        "-o",
-        "model.o",
-    ])?;
+    let model_obj = if part == Part::CortexM4Rust {
+        "libmodelrs.a"
+    } else {
+        cc(&[
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-c",
+            "model.c",
+            "-o",
+            "model.o",
+        ])?;
+        "model.o"
+    };
     let link = |runs: u32| -> Result<PathBuf, String> {
         let elf = format!("prog{runs}.elf");
         let define = format!("-DKILN_RUNS={runs}");
@@ -327,8 +419,8 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
             &main_o,
         ])?;
         match part {
-            Part::Avr(_) => cc(&["-Wl,--gc-sections", &main_o, "model.o", "-lm", "-o", &elf])?,
-            Part::CortexM4 => {
+            Part::Avr(_) => cc(&["-Wl,--gc-sections", &main_o, model_obj, "-lm", "-o", &elf])?,
+            Part::CortexM4 | Part::CortexM4Rust => {
                 let startup = repo().join("tests/mcu/cm_startup.c");
                 let ld = repo().join("tests/mcu/cm.ld");
                 cc(&["-std=gnu99", "-c", &startup.to_string_lossy(), "-o", "startup.o"])?;
@@ -339,7 +431,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
                     &ld.to_string_lossy(),
                     "-Wl,--gc-sections",
                     &main_o,
-                    "model.o",
+                    model_obj,
                     "startup.o",
                     "-lm",
                     "-o",
@@ -361,7 +453,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
                     .map_err(|e| e.to_string())?;
                 (o, None)
             }
-            Part::CortexM4 => {
+            Part::CortexM4 | Part::CortexM4Rust => {
                 let plugin = tools.qemu_plugin.as_ref().ok_or("no QEMU plugin")?;
                 let count = elf.with_extension("insns");
                 let o = Command::new("timeout")
@@ -414,7 +506,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     // the difference between a program that runs the model twice and once.
     let cost = match part {
         Part::Avr(_) => one,
-        Part::CortexM4 => exec(&link(2)?)?.1 - one,
+        Part::CortexM4 | Part::CortexM4Rust => exec(&link(2)?)?.1 - one,
     };
     let sizes = sh(Command::new(size).arg("-A").arg(&elf1))?;
     let section = |s: &str| {
@@ -527,7 +619,7 @@ fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &To
             let r = last.ok_or("no input sets")?;
             let cost = match part {
                 Part::Avr(_) => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
-                Part::CortexM4 => format!("{} instructions/inference", r.cost),
+                Part::CortexM4 | Part::CortexM4Rust => format!("{} instructions/inference", r.cost),
             };
             Ok(format!(
                 "{cost}, flash {} B, static RAM {} B + stack {} B; worst {worst:.3} of the bound",
@@ -615,6 +707,17 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         models.push(int8_model(m));
     }
     check_part(Part::CortexM4, &models, &tools);
+    // The same builds as Rust source (no LSTM there yet, so not the VAD model).
+    let has_target = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", "thumbv7em-none-eabihf"])
+        .output()
+        .ok()
+        .and_then(|o| std::fs::read_dir(String::from_utf8_lossy(&o.stdout).trim()).ok())
+        .is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))));
+    if available("Rust thumbv7em-none-eabihf", has_target) {
+        models.retain(|(name, _, _)| *name != "silero_vad_16k");
+        check_part(Part::CortexM4Rust, &models, &tools);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

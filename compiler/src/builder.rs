@@ -24,7 +24,7 @@ use crate::compile::{self, CompileError, CompileOptions, Emit};
 use crate::quantize::{QuantError, QuantOptions};
 use crate::{ImportOptions, PipelineOptions};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use thiserror::Error;
 
 /// How to quantize the model before compiling it.
@@ -76,6 +76,8 @@ pub struct Artifacts {
     pub emit: Emit,
     /// Arena bytes the model needs.
     pub arena_size: usize,
+    /// The `cargo:` directives (printed unless `cargo_metadata(false)`).
+    pub directives: Vec<String>,
 }
 
 /// Compiles one model for a build script; see the [module docs](self).
@@ -160,11 +162,11 @@ impl Build {
             .or_else(|| std::env::var("TARGET").ok())
             .unwrap_or_else(|| "host".into());
         let target = compile::parse_target(&target_name).map_err(compile_err)?;
-        self.rerun(&self.model);
+        let mut directives = vec![format!("cargo:rerun-if-changed={}", self.model.display())];
         if let Quantize::Int8 { calibration, options } = &self.quantize {
-            self.rerun(calibration);
+            directives.push(format!("cargo:rerun-if-changed={}", calibration.display()));
             if let Some(c) = &options.cache {
-                self.rerun(c);
+                directives.push(format!("cargo:rerun-if-changed={}", c.display()));
             }
         }
         let import = ImportOptions {
@@ -212,20 +214,20 @@ impl Build {
         )
         .map_err(compile_err)?;
         compile::write_files(&out_dir, &out.files).map_err(compile_err)?;
-        if self.cargo_metadata && emit == Emit::Object {
-            println!("cargo:rustc-link-search=native={}", out_dir.display());
-            println!("cargo:rustc-link-lib=static={name}");
+        if emit == Emit::Object {
+            directives.push(format!("cargo:rustc-link-search=native={}", out_dir.display()));
+            directives.push(format!("cargo:rustc-link-lib=static={name}"));
+        }
+        if self.cargo_metadata {
+            for d in &directives {
+                println!("{d}");
+            }
         }
         Ok(Artifacts {
             files: out.files.iter().map(|(f, _)| out_dir.join(f)).collect(),
             emit,
             arena_size: out.report.arena_size,
+            directives,
         })
-    }
-
-    fn rerun(&self, p: &Path) {
-        if self.cargo_metadata {
-            println!("cargo:rerun-if-changed={}", p.display());
-        }
     }
 }

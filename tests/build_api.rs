@@ -1,0 +1,114 @@
+//! `kiln::Build`, the build-script API: code generator picked by target, files and cargo
+//! directives, and errors that name the file and the problem without leaving files behind.
+
+use kiln::{Build, BuildError, Emit, Quantize};
+use kiln_tests::repo;
+use std::path::PathBuf;
+
+fn model(name: &str) -> PathBuf {
+    repo().join("tests/models").join(name).join("model.onnx")
+}
+
+fn out_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-build-api-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn names(d: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn cranelift_targets_get_an_object_and_link_directives() {
+    let d = out_dir("host");
+    let a = Build::new(model("digits_cnn"))
+        .target("x86_64-unknown-linux-gnu")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    assert_eq!(a.emit, Emit::Object);
+    assert_eq!(names(&d), ["digits.h", "digits.o", "digits.rs", "libdigits.a"]);
+    assert!(a.directives.contains(&"cargo:rustc-link-lib=static=digits".to_string()));
+    assert!(
+        a.directives
+            .contains(&format!("cargo:rustc-link-search=native={}", d.display()))
+    );
+    assert!(
+        a.directives
+            .contains(&format!("cargo:rerun-if-changed={}", model("digits_cnn").display()))
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn other_targets_get_rust_source_and_calibration_reruns() {
+    let d = out_dir("m4");
+    let calib = repo().join("tests/models/digits_cnn/calib");
+    let a = Build::new(model("digits_cnn"))
+        .quantize(Quantize::int8(&calib))
+        .target("cortex-m4")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    assert_eq!(a.emit, Emit::RustSource);
+    assert_eq!(names(&d), ["digits.rs"]);
+    let text = std::fs::read_to_string(d.join("digits.rs")).unwrap();
+    assert!(text.contains("pub fn run_int(") && !text.contains("unsafe"), "{text}");
+    assert!(
+        a.directives
+            .contains(&format!("cargo:rerun-if-changed={}", calib.display()))
+    );
+    assert!(!a.directives.iter().any(|l| l.contains("rustc-link")));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Runs a failing build and returns its message; nothing may be left in the output folder.
+fn fails(tag: &str, b: &mut Build) -> String {
+    let d = out_dir(tag);
+    let e = b.out_dir(&d).cargo_metadata(false).compile("m").expect_err("must fail");
+    assert_eq!(names(&d), Vec::<String>::new(), "{tag}: files left behind");
+    e.to_string()
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_file() {
+    let missing = repo().join("tests/models/nope/model.onnx");
+    let e = fails("missing", &mut Build::new(&missing));
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+
+    let silero = model("silero_vad_16k");
+    let e = fails("unsupported", Build::new(&silero).emit(Emit::RustSource));
+    assert!(e.contains(&silero.display().to_string()) && e.contains("node `"), "{e}");
+
+    let e = fails(
+        "calib",
+        Build::new(model("digits_cnn")).quantize(Quantize::int8("/no/such/calibration")),
+    );
+    assert!(e.contains("/no/such/calibration"), "{e}");
+
+    let e = fails("target", Build::new(model("digits_cnn")).target("z80"));
+    assert!(e.contains("unknown target `z80`"), "{e}");
+
+    let e = fails("fit", Build::new(model("digits_cnn")).target("atmega328p"));
+    assert!(e.contains("does not fit atmega328p"), "{e}");
+}
+
+#[test]
+fn without_out_dir_the_build_says_so() {
+    if std::env::var_os("OUT_DIR").is_some() {
+        return; // not the situation under test
+    }
+    let e = Build::new(model("digits_cnn")).cargo_metadata(false).compile("m").err();
+    assert!(matches!(e, Some(BuildError::NoOutDir)), "{e:?}");
+}
