@@ -87,7 +87,7 @@ fn ref_inputs(c: &Case, set: usize) -> Option<Vec<Tensor>> {
 }
 
 fn supported(g: &Graph) -> bool {
-    let plan = kiln_ir::plan::plan_with(g, 16, |_, _| 0, kiln_ir::plan::Reuse::Disjoint).unwrap();
+    let plan = kiln::compile::plan_rust(g).unwrap();
     plan.order
         .iter()
         .all(|&n| kiln_backends::rust::unsupported(g, n).is_none())

@@ -98,6 +98,12 @@ fn check_prefix(p: &str) -> Result<(), CompileError> {
     }
 }
 
+/// Plans memory for the Rust source backend (no in-place reuse; see `kiln_backends::rust`).
+pub fn plan_rust(g: &Graph) -> Result<MemoryPlan, IrError> {
+    use kiln_backends::rust;
+    plan::plan_with(g, rust::ARENA_ALIGN, rust::scratch_bytes, plan::Reuse::Disjoint)
+}
+
 /// Plans memory for the native backend.
 pub fn plan_native(g: &Graph) -> Result<MemoryPlan, IrError> {
     plan::plan(g, cranelift::ARENA_ALIGN, cranelift::scratch_bytes)
@@ -176,7 +182,7 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
 
 fn compile_rust(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
     use kiln_backends::rust;
-    let plan = plan::plan_with(g, rust::ARENA_ALIGN, |_, _| 0, plan::Reuse::Disjoint)?;
+    let plan = plan_rust(g)?;
     let text = rust::emit(
         g,
         &plan,

@@ -202,7 +202,7 @@ fn conv_shape(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
         x[0],
         x[1],
         y[1],
-        plane_lit(&w.plane(x, y))
+        plane_lit(&w.plane(x, y).flattened())
     )
 }
 
@@ -242,6 +242,19 @@ fn table<T: std::fmt::Display>(items: &mut String, name: &str, ty: &str, v: &[T]
     super::wrap(items, &vals, "        ");
     items.push_str("];\n");
     name.to_string()
+}
+
+/// Arena bytes of int32 accumulators a node's kernel needs (bound as `s`).
+pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    let node = g.node(n);
+    match &node.op {
+        Op::QConv { .. } => {
+            let o = shape(g, node.outputs[0]);
+            4 * o[2..].iter().product::<usize>()
+        }
+        Op::QMatMul { .. } => 4 * shape(g, node.inputs[1])[1],
+        _ => 0,
+    }
 }
 
 pub(super) fn supported(g: &Graph, n: NodeId) -> bool {
@@ -310,7 +323,18 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
         }
         Op::MatMul if all_f32(g, n) => matmul(&x0s, shape(g, ins[1]))?,
         Op::Pool(p) if spatial_2d(g, ins[0]) => {
-            let plane = plane_lit(&p.window.plane(&x0s, &o0));
+            let plane = p.window.plane(&x0s, &o0);
+            // count_include_pad needs the true geometry for its divisor
+            let plane = plane_lit(&if matches!(
+                p.kind,
+                PoolKind::Avg {
+                    count_include_pad: true
+                }
+            ) {
+                plane
+            } else {
+                plane.flattened()
+            });
             let nc = x0s[0] * x0s[1];
             pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads[x0s.len() - 2..])?
         }
@@ -437,7 +461,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
         Op::QConv { window, group, q } if spatial_2d(g, ins[0]) && scalar(g, ins[0]) == Scalar::I8 => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
-                "k::int::qconv(x0, x1, {bias}, y0, {}, &{});",
+                "k::int::qconv(x0, x1, {bias}, y0, s, {}, &{});",
                 conv_shape(&x0s, &o0, *group, window),
                 qlinear(items, kk, q)
             )
@@ -446,8 +470,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let w = shape(g, ins[1]);
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
-                "k::int::qmatmul(x0, x1, {bias}, y0, {}, {}, &{});",
-                w[0],
+                "k::int::qmatmul(x0, x1, {bias}, y0, s, {}, &{});",
                 w[1],
                 qlinear(items, kk, q)
             )

@@ -30,6 +30,11 @@ pub struct Options {
     pub prefix: String,
 }
 
+/// Scratch bytes per node: int32 accumulators of the integer products.
+pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    kernel::scratch_bytes(g, n)
+}
+
 /// Why node `n` cannot be compiled to Rust yet, if it cannot.
 pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     let node = g.node(n);
@@ -199,13 +204,16 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
         let body = match boundary {
             Some(b) if b.inputs.iter().any(|q| q.node == n) => {
                 let i = b.inputs.iter().position(|q| q.node == n).unwrap_or(0);
-                bind(c, &[], &node.outputs, &format!("y0.copy_from_slice(&in{i}[..]);"))
+                bind(c, &[], &node.outputs, None, &format!("y0.copy_from_slice(&in{i}[..]);"))
             }
             Some(b) if b.outputs.iter().any(|q| q.node == n) => {
                 let i = b.outputs.iter().position(|q| q.node == n).unwrap_or(0);
-                bind(c, &node.inputs, &[], &format!("out{i}.copy_from_slice(x0);"))
+                bind(c, &node.inputs, &[], None, &format!("out{i}.copy_from_slice(x0);"))
             }
-            _ => bind(c, &node.inputs, &node.outputs, &c.calls[k]),
+            _ => {
+                let scratch = c.plan.scratch.get(&n).map(|&off| (off, kernel::scratch_bytes(g, n)));
+                bind(c, &node.inputs, &node.outputs, scratch, &c.calls[k])
+            }
         };
         out.push_str(&body);
     }
@@ -223,7 +231,7 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
             "        // graph output {i} `{}` is also another value",
             g.value(v).name
         );
-        out.push_str(&bind(c, &[v], &[], &format!("out{i}.copy_from_slice(x0);")));
+        out.push_str(&bind(c, &[v], &[], None, &format!("out{i}.copy_from_slice(x0);")));
     }
     out.push_str("        Ok(())\n    }\n");
     module.push('\n');
@@ -289,15 +297,16 @@ fn aliased(c: &Ctx, n: NodeId) -> bool {
     matches!(node.op, Op::Reshape { .. } | Op::Identity) && c.plan.loc(node.inputs[0]) == c.plan.loc(node.outputs[0])
 }
 
-/// Wraps `call` in a block that binds `x0..` to the inputs and `y0..` to the outputs as
-/// element slices: arena outputs come from `split_at_mut` around them, arena inputs from the
-/// gaps between (the plan keeps a node's outputs apart from everything it reads).
-fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], call: &str) -> String {
+/// Wraps `call` in a block that binds `x0..` to the inputs, `y0..` to the outputs and `s`
+/// to the scratch accumulators (`(offset, bytes)`) as element slices: arena outputs and
+/// scratch come from `split_at_mut` around them, arena inputs from the gaps between (the
+/// plan keeps a node's outputs apart from everything it reads).
+fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usize)>, call: &str) -> String {
     let g = c.g;
     let ty = |v: ValueId| header::rust_type(g.value(v).ty.dtype.scalar);
-    let bytes = |v: ValueId| g.value(v).ty.bytes();
     let mut lines: Vec<String> = Vec::new();
-    // Arena outputs in address order, and the gaps around them.
+    // Writable arena regions (outputs, then scratch as index `outs.len()`) in address order,
+    // and the gaps around them.
     let mut arena_outs: Vec<(usize, usize)> = outs
         .iter()
         .enumerate()
@@ -306,7 +315,15 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], call: &str) -> String {
             _ => None,
         })
         .collect();
+    if let Some((off, _)) = scratch {
+        arena_outs.push((off, outs.len()));
+    }
     arena_outs.sort();
+    let bytes = |k: usize| match outs.get(k) {
+        Some(&v) => g.value(v).ty.bytes(),
+        None => scratch.map_or(0, |s| s.1),
+    };
+    let in_bytes = |v: ValueId| g.value(v).ty.bytes();
     let mut gaps: Vec<(usize, String)> = Vec::new(); // (start, binding)
     let mut used_gaps = vec![false; arena_outs.len() + 1];
     let arena_ins: Vec<(usize, usize)> = ins
@@ -334,7 +351,7 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], call: &str) -> String {
                 rest = "r";
             }
             gaps.push((at, gap(i)));
-            let len = bytes(outs[k]);
+            let len = bytes(k);
             let last = arena_outs.len();
             let tail = if i + 1 == last { gap(last) } else { "r".into() };
             let _ = writeln!(split, "let (b{k}, {tail}) = {rest}.split_at_mut({len});");
@@ -355,10 +372,10 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], call: &str) -> String {
             Location::Const(w) => format!("&{}[..]", c.weights[&w]),
             Location::Arena(off) => {
                 if arena_outs.is_empty() {
-                    format!("k::view(&a[{off}..{}])", off + bytes(v))
+                    format!("k::view(&a[{off}..{}])", off + in_bytes(v))
                 } else {
                     let (start, name) = &gaps[gap_of(off)];
-                    format!("k::view(&{name}[{}..{}])", off - start, off - start + bytes(v))
+                    format!("k::view(&{name}[{}..{}])", off - start, off - start + in_bytes(v))
                 }
             }
         };
@@ -372,6 +389,9 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], call: &str) -> String {
             other => unreachable!("a node writes {other:?}"),
         };
         lines.push(format!("let y{k}: &mut [{t}] = {e};"));
+    }
+    if scratch.is_some() {
+        lines.push(format!("let s: &mut [i32] = k::view_mut(b{});", outs.len()));
     }
     lines.extend(call.lines().map(str::to_string));
     let mut s = String::from("        {\n");

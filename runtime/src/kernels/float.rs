@@ -6,7 +6,8 @@ use super::math;
 use super::{ConvShape, Plane};
 
 /// Convolution over `[N, C, H, W]` (or `[N, C, W]`) with `[M, C/group, KH, KW]` weights;
-/// `act` is the fused activation.
+/// `act` is the fused activation. Weight-stationary: each output plane starts from the bias
+/// and takes one pass per input channel and tap over exactly the outputs that tap reaches.
 #[inline]
 pub fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, act: impl Fn(f32) -> f32) {
     let p = &s.plane;
@@ -17,23 +18,35 @@ pub fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvS
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
             let wo = &w[oc * cg * k..][..cg * k];
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
-            for oy in 0..p.oh {
-                for ox in 0..p.ow {
-                    let mut acc = bias.map_or(0.0, |b| b[oc]);
-                    for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                        for ky in 0..p.kh {
-                            for kx in 0..p.kw {
-                                let wv = wc[ky * p.kw + kx];
-                                if wv != 0.0
-                                    && let Some(i) = p.tap(oy, ox, ky, kx)
-                                {
-                                    acc += xc[i] * wv;
+            yo.fill(bias.map_or(0.0, |b| b[oc]));
+            for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                for ky in 0..p.kh {
+                    let (oy0, oy1) = p.rows_reached(ky);
+                    for kx in 0..p.kw {
+                        let wv = wc[ky * p.kw + kx];
+                        let (ox0, ox1) = p.cols_reached(kx);
+                        if wv == 0.0 || ox0 == ox1 {
+                            continue;
+                        }
+                        for oy in oy0..oy1 {
+                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                            let yrow = &mut yo[oy * p.ow..][ox0..ox1];
+                            if p.sw == 1 {
+                                for (yv, &xv) in yrow.iter_mut().zip(xs) {
+                                    *yv += xv * wv;
+                                }
+                            } else {
+                                for (yv, &xv) in yrow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                    *yv += xv * wv;
                                 }
                             }
                         }
                     }
-                    yo[oy * p.ow + ox] = act(acc);
                 }
+            }
+            for v in yo.iter_mut() {
+                *v = act(*v);
             }
         }
     }
@@ -51,7 +64,8 @@ pub struct GemmShape {
     pub beta: f32,
 }
 
-/// `Gemm` with `c` broadcast through its (row, column) strides.
+/// `Gemm` with `c` broadcast through its (row, column) strides. Each output sums over `k`
+/// in order from zero, then scales by alpha and adds `beta * c`.
 #[inline]
 pub fn gemm(
     a: &[f32],
@@ -62,22 +76,39 @@ pub fn gemm(
     act: impl Fn(f32) -> f32,
 ) {
     let (m, n, k) = (s.m, s.n, s.k);
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                let av = if s.trans_a { a[p * m + i] } else { a[i * k + p] };
+    for (i, yr) in y.chunks_exact_mut(n).take(m).enumerate() {
+        let a_at = |p: usize| if s.trans_a { a[p * m + i] } else { a[i * k + p] };
+        if s.trans_b {
+            for (j, yv) in yr.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for (p, &bv) in b[j * k..][..k].iter().enumerate() {
+                    let av = a_at(p);
+                    if av != 0.0 {
+                        acc += av * bv;
+                    }
+                }
+                *yv = acc;
+            }
+        } else {
+            yr.fill(0.0);
+            for (p, br) in b.chunks_exact(n).take(k).enumerate() {
+                let av = a_at(p);
                 if av != 0.0 {
-                    acc += av * if s.trans_b { b[j * k + p] } else { b[p * n + j] };
+                    for (yv, &bv) in yr.iter_mut().zip(br) {
+                        *yv += av * bv;
+                    }
                 }
             }
+        }
+        for (j, yv) in yr.iter_mut().enumerate() {
+            let mut v = *yv;
             if s.alpha != 1.0 {
-                acc *= s.alpha;
+                v *= s.alpha;
             }
             if let Some((c, [rs, cs])) = c {
-                acc += s.beta * c[(i as isize * rs + j as isize * cs) as usize];
+                v += s.beta * c[(i as isize * rs + j as isize * cs) as usize];
             }
-            y[i * n + j] = act(acc);
+            *yv = act(v);
         }
     }
 }
@@ -85,17 +116,19 @@ pub fn gemm(
 /// Batched `[M, K] x [K, N]`; `batches` lists each product's element offsets into `a` and `b`.
 #[inline]
 pub fn matmul(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize, batches: &[(usize, usize)]) {
-    for (yb, &(ao, bo)) in y.chunks_exact_mut(m * n).zip(batches) {
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = 0.0f32;
-                for p in 0..k {
-                    let av = a[ao + i * k + p];
-                    if av != 0.0 {
-                        acc += av * b[bo + p * n + j];
+    for (yb, &(ao, bo)) in y.chunks_exact_mut((m * n).max(1)).zip(batches) {
+        if k == 0 {
+            yb.fill(0.0);
+            continue;
+        }
+        for (ar, yr) in a[ao..][..m * k].chunks_exact(k).zip(yb.chunks_exact_mut(n.max(1))) {
+            yr.fill(0.0);
+            for (&av, br) in ar.iter().zip(b[bo..][..k * n].chunks_exact(n.max(1))) {
+                if av != 0.0 {
+                    for (yv, &bv) in yr.iter_mut().zip(br) {
+                        *yv += av * bv;
                     }
                 }
-                yb[i * n + j] = acc;
             }
         }
     }

@@ -24,47 +24,74 @@ impl QLinear<'_> {
     }
 }
 
-/// Integer convolution, int8 input and weights, int32 bias.
+/// Integer convolution, int8 input and weights, int32 bias; `acc` holds one output plane
+/// of accumulators. Weight-stationary as the float [`conv`](super::float::conv).
 #[inline]
-pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [i32], s: &ConvShape, q: &QLinear) {
     let p = &s.plane;
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    let acc = &mut acc[..pout];
     for b in 0..s.batch {
         for oc in 0..s.cout {
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
             let wo = &w[oc * cg * k..][..cg * k];
-            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
-            for oy in 0..p.oh {
-                for ox in 0..p.ow {
-                    let mut acc = bias.map_or(0, |b| b[oc]);
-                    for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                        for ky in 0..p.kh {
-                            for kx in 0..p.kw {
-                                if let Some(i) = p.tap(oy, ox, ky, kx) {
-                                    let d = (xc[i] as i32 - q.input_zp) * wc[ky * p.kw + kx] as i32;
-                                    acc = acc.wrapping_add(d);
+            acc.fill(bias.map_or(0, |b| b[oc]));
+            for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                for ky in 0..p.kh {
+                    let (oy0, oy1) = p.rows_reached(ky);
+                    for kx in 0..p.kw {
+                        let wv = wc[ky * p.kw + kx] as i32;
+                        let (ox0, ox1) = p.cols_reached(kx);
+                        if wv == 0 || ox0 == ox1 {
+                            continue;
+                        }
+                        for oy in oy0..oy1 {
+                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                            let arow = &mut acc[oy * p.ow..][ox0..ox1];
+                            if p.sw == 1 {
+                                for (a, &xv) in arow.iter_mut().zip(xs) {
+                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                                }
+                            } else {
+                                for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
                                 }
                             }
                         }
                     }
-                    yo[oy * p.ow + ox] = q.finish(oc, acc);
                 }
+            }
+            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+            for (d, &a) in yo.iter_mut().zip(acc.iter()) {
+                *d = q.finish(oc, a);
             }
         }
     }
 }
 
-/// `[rows, K] x [K, N]` integer product with an int32 bias per column.
+/// `[rows, K] x [K, N]` integer product (`w` row-major `[K, N]`) with an int32 bias per
+/// column; `acc` holds one row of `N` accumulators.
 #[inline]
-pub fn qmatmul(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], k: usize, n: usize, q: &QLinear) {
-    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n)) {
-        for (j, yv) in yr.iter_mut().enumerate() {
-            let mut acc = bias.map_or(0, |b| b[j]);
-            for (kk, &xe) in xr.iter().enumerate() {
-                acc = acc.wrapping_add((xe as i32 - q.input_zp) * w[kk * n + j] as i32);
+pub fn qmatmul(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [i32], n: usize, q: &QLinear) {
+    let acc = &mut acc[..n];
+    let k = w.len() / n.max(1);
+    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+        match bias {
+            Some(b) => acc.copy_from_slice(&b[..n]),
+            None => acc.fill(0),
+        }
+        for (&xe, wr) in xr.iter().zip(w.chunks_exact(n.max(1))) {
+            let xv = xe as i32 - q.input_zp;
+            if xv != 0 {
+                for (a, &we) in acc.iter_mut().zip(wr) {
+                    *a = a.wrapping_add(xv * we as i32);
+                }
             }
-            *yv = q.finish(j, acc);
+        }
+        for (j, (d, &a)) in yr.iter_mut().zip(acc.iter()).enumerate() {
+            *d = q.finish(j, a);
         }
     }
 }

@@ -61,13 +61,61 @@ pub struct Plane {
 
 impl Plane {
     /// Output rows `[lo, hi)` whose kernel row `kh` lands inside the input.
+    #[inline]
     pub fn rows_reached(&self, kh: usize) -> (usize, usize) {
-        reached(self.h, self.oh, kh, self.sh, self.dh, self.ph)
+        span(kh * self.dh, self.sh, self.ph, self.h, self.oh)
     }
 
     /// Output columns `[lo, hi)` whose kernel column `kw` lands inside the input.
+    #[inline]
     pub fn cols_reached(&self, kw: usize) -> (usize, usize) {
-        reached(self.w, self.ow, kw, self.sw, self.dw, self.pw)
+        span(kw * self.dw, self.sw, self.pw, self.w, self.ow)
+    }
+
+    /// The same window with its rows run as one long row where that reads the same elements:
+    /// a column plane (`w == 1`) becomes a row, and a 1x1 stride-1 window without padding
+    /// covers the plane as one row. Kernels then loop over long contiguous rows.
+    pub fn flattened(self) -> Plane {
+        let p = self;
+        if p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.ph == 0 && p.pw == 0 && p.oh == p.h && p.ow == p.w {
+            let n = p.h * p.w;
+            return Plane {
+                h: 1,
+                w: n,
+                oh: 1,
+                ow: n,
+                ..p
+            };
+        }
+        if p.w == 1 && p.ow == 1 && p.kw == 1 && p.pw == 0 {
+            return Plane {
+                h: 1,
+                w: p.h,
+                oh: 1,
+                ow: p.oh,
+                kh: 1,
+                kw: p.kh,
+                sh: 1,
+                sw: p.sh,
+                dh: 1,
+                dw: p.dh,
+                ph: 0,
+                pw: p.ph,
+            };
+        }
+        p
+    }
+
+    /// Kernel rows `[lo, hi)` that land inside the input at output row `oy`.
+    #[inline]
+    pub fn taps_y(&self, oy: usize) -> (usize, usize) {
+        span(oy * self.sh, self.dh, self.ph, self.h, self.kh)
+    }
+
+    /// Kernel columns `[lo, hi)` that land inside the input at output column `ox`.
+    #[inline]
+    pub fn taps_x(&self, ox: usize) -> (usize, usize) {
+        span(ox * self.sw, self.dw, self.pw, self.w, self.kw)
     }
 
     /// The input offset (row-major `h x w`) read by tap `(ky, kx)` at output `(oy, ox)`, or
@@ -80,13 +128,17 @@ impl Plane {
     }
 }
 
-/// Output positions `[lo, hi)` along one axis whose tap `k` reads inside `0..input`.
-fn reached(input: usize, out: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
-    let ok = |o: usize| (0..input as i64).contains(&((o * s + k * d) as i64 - p as i64));
-    match (0..out).find(|&o| ok(o)) {
-        Some(lo) => (lo, (lo..out).take_while(|&o| ok(o)).last().map_or(lo, |h| h + 1)),
-        None => (0, 0),
-    }
+/// The `i < count` with `0 <= base + i * step - pad < n`, as `[lo, hi)`: the output
+/// positions a kernel tap reaches, or the kernel taps an output position reads.
+#[inline]
+fn span(base: usize, step: usize, pad: usize, n: usize, count: usize) -> (usize, usize) {
+    let lo = if pad > base { (pad - base).div_ceil(step) } else { 0 };
+    let hi = if n + pad > base {
+        ((n - 1 + pad - base) / step + 1).min(count)
+    } else {
+        0
+    };
+    if lo < hi { (lo, hi) } else { (0, 0) }
 }
 
 /// Batch, channels and window of a convolution.
@@ -101,3 +153,65 @@ pub struct ConvShape {
 
 /// Float functions without a `core` form (sqrt, log, erf, trigonometry, rounding).
 pub use libm;
+
+#[cfg(test)]
+mod tests {
+    use super::Plane;
+
+    /// The closed-form ranges agree with testing every position, over many geometries.
+    #[test]
+    fn reach_ranges_match_brute_force() {
+        let inside = |o: usize, s: usize, k: usize, d: usize, p: usize, h: usize| {
+            let pos = (o * s + k * d) as i64 - p as i64;
+            pos >= 0 && pos < h as i64
+        };
+        let cases: [(usize, usize, usize, usize, usize); 7] = [
+            (5, 3, 1, 1, 1),
+            (7, 3, 2, 1, 0),
+            (4, 5, 1, 1, 3),
+            (9, 3, 3, 2, 2),
+            (1, 3, 1, 1, 1),
+            (3, 1, 2, 1, 4),
+            (6, 4, 3, 1, 3),
+        ];
+        for (h, k, s, d, p) in cases {
+            let oh = (h + 2 * p).saturating_sub(d * (k - 1) + 1) / s + 1;
+            let pl = Plane {
+                h,
+                w: h,
+                oh,
+                ow: oh,
+                kh: k,
+                kw: k,
+                sh: s,
+                sw: s,
+                dh: d,
+                dw: d,
+                ph: p,
+                pw: p,
+            };
+            let run = |f: &dyn Fn(usize) -> bool, n: usize| {
+                let lo = (0..n).find(|&i| f(i)).unwrap_or(0);
+                let hi = (lo..n).take_while(|&i| f(i)).last().map_or(lo, |i| i + 1);
+                assert!((hi..n).all(|i| !f(i)), "not contiguous");
+                (lo, hi)
+            };
+            for o in 0..oh {
+                assert_eq!(
+                    pl.taps_y(o),
+                    run(&|t| inside(o, s, t, d, p, h), k),
+                    "taps h={h} k={k} s={s} d={d} p={p} o={o}"
+                );
+                assert_eq!(pl.taps_x(o), pl.taps_y(o));
+            }
+            for t in 0..k {
+                assert_eq!(
+                    pl.rows_reached(t),
+                    run(&|o| inside(o, s, t, d, p, h), oh),
+                    "reach h={h} k={k} s={s} d={d} p={p} t={t}"
+                );
+                assert_eq!(pl.cols_reached(t), pl.rows_reached(t));
+            }
+        }
+    }
+}
