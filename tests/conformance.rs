@@ -4,7 +4,9 @@
 //! fails the run; unlisted cases are reported (with the reason) but do not fail it.
 //! `KILN_BLESS=1` rewrites the manifest with the cases passing now.
 //! Every case the evaluator passes is also compiled natively and to C (host `cc`, strict C99)
-//! and run; `native.pass` and `c.pass` list the cases each backend must pass.
+//! and run; `native.pass` and `c.pass` list the cases each backend must pass. The Rust source
+//! backend gets every evaluator-passing case it supports built into one program (one cargo
+//! build under `-D warnings`, see `kiln_tests::build_rust`); `rust.pass` lists its cases.
 //! Tolerance: the ONNX backend-test default, |got - want| <= 1e-7 + 1e-3 * |want|; integer
 //! and bool outputs exactly.
 
@@ -24,7 +26,60 @@ enum Backend {
     C,
 }
 
+/// One test-data set of a case, imported with that set's shapes and ready to run.
+struct Prepared {
+    graph: kiln_ir::Graph,
+    inputs: Vec<kiln_ir::Tensor>,
+    wants: Vec<kiln_ir::Tensor>,
+}
+
+fn check(got: &[kiln_ir::Tensor], wants: &[kiln_ir::Tensor]) -> Result<(), String> {
+    if got.len() != wants.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), wants.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(wants).enumerate() {
+        let (worst, max_abs) = compare(g, w, RTOL, ATOL).map_err(|e| format!("output {i}: {e}"))?;
+        if worst > 1.0 {
+            return Err(format!("output {i}: off by {max_abs:e} ({worst:.1}x the tolerance)"));
+        }
+    }
+    Ok(())
+}
+
 fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
+    for p in prepare(dir)? {
+        let got = match backend {
+            Backend::Eval => kiln_ir::eval::run(&p.graph, &p.inputs).map_err(|e| e.to_string())?,
+            Backend::Native | Backend::C => {
+                let build = std::env::temp_dir().join(format!(
+                    "kiln-conf-{}-{}",
+                    std::process::id(),
+                    dir.file_name().unwrap().to_string_lossy()
+                ));
+                let exe = if backend == Backend::C {
+                    kiln_tests::build_c(&p.graph, "model", &build, &[])
+                } else {
+                    kiln_tests::build_native(&p.graph, "model", &build)
+                };
+                let exe = match exe {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&build);
+                        return Err(e);
+                    }
+                };
+                let got = exe.run(&p.graph, &p.inputs);
+                let _ = std::fs::remove_dir_all(&build);
+                got?
+            }
+        };
+        check(&got, &p.wants)?;
+    }
+    Ok(())
+}
+
+/// Imports a case once per test-data set.
+fn prepare(dir: &Path) -> Result<Vec<Prepared>, String> {
     let sets: Vec<PathBuf> = {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| e.to_string())?
@@ -60,6 +115,7 @@ fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
         .map(|i| i.name.as_str())
         .filter(|n| !inits.contains(n))
         .collect();
+    let mut prepared = Vec::new();
     for set in &sets {
         let inputs = numbered(set, "input")
             .iter()
@@ -119,42 +175,76 @@ fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
             .filter(|(n, _)| !opts.constant_inputs.contains_key(**n))
             .map(|(_, t)| t.clone())
             .collect();
-        let got = match backend {
-            Backend::Eval => kiln_ir::eval::run(&model.graph, &free).map_err(|e| e.to_string())?,
-            Backend::Native | Backend::C => {
-                let build = std::env::temp_dir().join(format!(
-                    "kiln-conf-{}-{}",
-                    std::process::id(),
-                    dir.file_name().unwrap().to_string_lossy()
-                ));
-                let exe = if backend == Backend::C {
-                    kiln_tests::build_c(&model.graph, "model", &build, &[])
-                } else {
-                    kiln_tests::build_native(&model.graph, "model", &build)
-                };
-                let exe = match exe {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&build);
-                        return Err(e);
-                    }
-                };
-                let got = exe.run(&model.graph, &free);
-                let _ = std::fs::remove_dir_all(&build);
-                got?
+        prepared.push(Prepared {
+            graph: model.graph,
+            inputs: free,
+            wants,
+        });
+    }
+    Ok(prepared)
+}
+
+/// The Rust source backend on every case in `cases` (those the evaluator passes): each
+/// supported set's graph goes into one program, built once; the rest fail with the reason.
+fn rust_cases(cases: &[PathBuf]) -> BTreeMap<String, Result<(), String>> {
+    let mut out = BTreeMap::new();
+    let mut built: Vec<(String, String, Prepared)> = Vec::new(); // (case, prefix, set)
+    for case in cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let sets = match std::panic::catch_unwind(|| prepare(case)) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                out.insert(name, Err(e));
+                continue;
+            }
+            Err(_) => {
+                out.insert(name, Err("PANIC while importing".into()));
+                continue;
             }
         };
-        if got.len() != wants.len() {
-            return Err(format!("{} outputs, expected {}", got.len(), wants.len()));
+        let why: Vec<String> = sets
+            .iter()
+            .flat_map(|p| {
+                let plan = kiln::compile::plan_rust(&p.graph).ok();
+                let g = &p.graph;
+                plan.map(|plan| {
+                    plan.order
+                        .iter()
+                        .filter_map(|&n| kiln_backends::rust::unsupported(g, n))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_else(|| vec!["cannot plan".into()])
+            })
+            .collect();
+        if !why.is_empty() {
+            out.insert(name, Err(why.join("; ")));
+            continue;
         }
-        for (i, (g, w)) in got.iter().zip(&wants).enumerate() {
-            let (worst, max_abs) = compare(g, w, RTOL, ATOL).map_err(|e| format!("output {i}: {e}"))?;
-            if worst > 1.0 {
-                return Err(format!("output {i}: off by {max_abs:e} ({worst:.1}x the tolerance)"));
+        for (k, p) in sets.into_iter().enumerate() {
+            built.push((name.clone(), format!("c{}_{k}", built.len()), p));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-conf-rust-{}", std::process::id()));
+    let list: Vec<(&str, &kiln_ir::Graph)> = built.iter().map(|(_, pre, p)| (pre.as_str(), &p.graph)).collect();
+    match kiln_tests::build_rust(&list, &dir, false) {
+        Ok(exes) => {
+            for ((name, _, p), exe) in built.iter().zip(&exes) {
+                let r = exe.run(&p.graph, &p.inputs).and_then(|got| check(&got, &p.wants));
+                let e = out.entry(name.clone()).or_insert(Ok(()));
+                if e.is_ok() {
+                    *e = r;
+                }
+            }
+        }
+        Err(e) => {
+            let first: String = e.lines().take(40).collect::<Vec<_>>().join("\n");
+            for (name, _, _) in &built {
+                out.insert(name.clone(), Err(format!("the batch build failed: {first}")));
             }
         }
     }
-    Ok(())
+    let _ = std::fs::remove_dir_all(&dir);
+    out
 }
 
 fn main() {
@@ -165,6 +255,7 @@ fn main() {
     let eval_manifest = root.join("tests/conformance/evaluator.pass");
     let native_manifest = root.join("tests/conformance/native.pass");
     let c_manifest = root.join("tests/conformance/c.pass");
+    let rust_manifest = root.join("tests/conformance/rust.pass");
     if !dir.is_dir() {
         if std::env::var_os("KILN_REQUIRE_CONFORMANCE").is_some() {
             eprintln!(
@@ -191,6 +282,7 @@ fn main() {
     }
     type Outcome = (
         Result<(), String>,
+        Option<Result<(), String>>,
         Option<Result<(), String>>,
         Option<Result<(), String>>,
     );
@@ -221,12 +313,27 @@ fn main() {
                     // The backends are tried on every case the evaluator passes.
                     let native = eval.is_ok().then(|| guarded(case, Backend::Native));
                     let c = eval.is_ok().then(|| guarded(case, Backend::C));
-                    results.lock().unwrap().insert(name, (eval, native, c));
+                    results.lock().unwrap().insert(name, (eval, native, c, None));
                 }
             });
         }
     });
     let results = results.into_inner().unwrap();
+    let eval_ok: Vec<PathBuf> = cases
+        .iter()
+        .filter(|c| {
+            results
+                .get(&*c.file_name().unwrap().to_string_lossy())
+                .is_some_and(|o| o.0.is_ok())
+        })
+        .cloned()
+        .collect();
+    let mut results = results;
+    for (name, r) in rust_cases(&eval_ok) {
+        if let Some(o) = results.get_mut(&name) {
+            o.3 = Some(r);
+        }
+    }
     let _ = std::fs::create_dir_all(root.join("target"));
     let mut total_failed = 0;
     let mut total_passed = 0;
@@ -238,6 +345,7 @@ fn main() {
         ),
         ("native", &native_manifest, Box::new(|o: &Outcome| o.1.clone())),
         ("c", &c_manifest, Box::new(|o: &Outcome| o.2.clone())),
+        ("rust", &rust_manifest, Box::new(|o: &Outcome| o.3.clone())),
     ] {
         let manifest = read_manifest(manifest_path);
         let (mut passed, mut failed, mut new_pass, mut outside) = (0, 0, Vec::new(), 0);

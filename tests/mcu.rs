@@ -701,7 +701,7 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         models.push(int8_model(m));
     }
     check_part(Part::CortexM4, &models, &tools);
-    // The same builds as Rust source (no LSTM there yet, so not the VAD model).
+    // The same builds as Rust source.
     let has_target = Command::new("rustc")
         .args(["--print", "target-libdir", "--target", "thumbv7em-none-eabihf"])
         .output()
@@ -709,7 +709,6 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         .and_then(|o| std::fs::read_dir(String::from_utf8_lossy(&o.stdout).trim()).ok())
         .is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))));
     if available("Rust thumbv7em-none-eabihf", has_target) {
-        models.retain(|(name, _, _)| *name != "silero_vad_16k");
         check_part(Part::CortexM4Rust, &models, &tools);
     }
     let _ = std::fs::remove_dir_all(&dir);

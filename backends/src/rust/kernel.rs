@@ -45,9 +45,9 @@ fn all_f32(g: &Graph, n: NodeId) -> bool {
         .all(|&v| scalar(g, v) == Scalar::F32)
 }
 
-/// Element types a slice of the arena may be viewed as.
+/// Element types a slice of the arena may be viewed as (bool as a 0/1 `u8`).
 fn plain(s: Scalar) -> bool {
-    !matches!(s, Scalar::Bool | Scalar::F16)
+    s != Scalar::F16
 }
 
 fn spatial_2d(g: &Graph, v: ValueId) -> bool {
@@ -63,7 +63,7 @@ fn lp(x: f32) -> String {
 /// The closure body computing `u(v)` for a float `v`, if Kiln has one.
 fn unary(u: UnaryOp) -> Option<String> {
     use UnaryOp::*;
-    let softplus = "(if v > 0.0 { v + k::libm::log1pf(k::math::exp(-v)) } else { k::libm::log1pf(k::math::exp(v)) })";
+    let softplus = "if v > 0.0 { v + k::libm::log1pf(k::math::exp(-v)) } else { k::libm::log1pf(k::math::exp(v)) }";
     let libm = |f: &str| Some(format!("k::libm::{f}(v)"));
     match u {
         Relu => Some("if v < 0.0 { 0.0 } else { v }".into()),
@@ -106,7 +106,7 @@ fn unary(u: UnaryOp) -> Option<String> {
         ThresholdedRelu { alpha } => Some(format!("if v > {} {{ v }} else {{ 0.0 }}", lp(alpha))),
         Softplus => Some(softplus.to_string()),
         Softsign => Some("v / (1.0 + v.abs())".into()),
-        Mish => Some(format!("v * k::math::tanh{softplus}")),
+        Mish => Some(format!("v * k::math::tanh({softplus})")),
         Gelu { tanh_approx: false } => Some("0.5 * v * (1.0 + k::libm::erff(v / 1.41421356))".into()),
         Gelu { tanh_approx: true } => {
             Some("0.5 * v * (1.0 + k::math::tanh(0.797884561 * (v + 0.044715 * v * v * v)))".into())
@@ -253,6 +253,7 @@ pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
             4 * o[2..].iter().product::<usize>()
         }
         Op::QMatMul { .. } => 4 * shape(g, node.inputs[1])[1],
+        Op::Rnn(r) => 4 * 10 * r.hidden,
         _ => 0,
     }
 }
@@ -278,6 +279,130 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
     let s = match &node.op {
         Op::Identity | Op::Reshape { .. } => "y0.copy_from_slice(x0);".to_string(),
         Op::Unary(u) if all_f32(g, n) => format!("k::map(x0, y0, |v| {});", unary(*u)?),
+        Op::Binary(b) if b.yields_bool() => {
+            let t = scalar(g, ins[0]);
+            if scalar(g, ins[1]) != t
+                || (matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor) != (t == Scalar::Bool))
+            {
+                return None;
+            }
+            let e = match b {
+                BinaryOp::Equal => "(p == q) as u8",
+                BinaryOp::Less => "(p < q) as u8",
+                BinaryOp::LessOrEqual => "(p <= q) as u8",
+                BinaryOp::Greater => "(p > q) as u8",
+                BinaryOp::GreaterOrEqual => "(p >= q) as u8",
+                BinaryOp::And => "p & q",
+                BinaryOp::Or => "p | q",
+                _ => "p ^ q",
+            };
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| {e});",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0)
+            )
+        }
+        Op::Unary(UnaryOp::Not) if scalar(g, ins[0]) == Scalar::Bool => "k::map(x0, y0, |v| (v == 0) as u8);".into(),
+        Op::Where if scalar(g, ins[0]) == Scalar::Bool => format!(
+            "k::zip3_nd((x0, &{}), (x1, &{}), (x2, &{}), &{}, y0, |c, p, q| if c != 0 {{ p }} else {{ q }});",
+            list(&bcast(&x0s, &o0)),
+            list(&bcast(shape(g, ins[1]), &o0)),
+            list(&bcast(shape(g, ins[2]), &o0)),
+            list(&o0)
+        ),
+        Op::Cast { to } => {
+            let (from, to) = (scalar(g, ins[0]), *to);
+            let t = super::header::rust_type(to);
+            let e = if to == Scalar::Bool {
+                if from.is_float() {
+                    "(v != 0.0) as u8".to_string()
+                } else {
+                    "(v != 0) as u8".to_string()
+                }
+            } else if from.is_float() || to.is_float() {
+                // through f64 as the evaluator converts; float to int saturates, NaN to 0
+                format!("v as f64 as {t}")
+            } else {
+                format!("v as {t}")
+            };
+            format!("k::map(x0, y0, |v| {e});")
+        }
+        Op::Rnn(r) if all_f32(g, n) && ins.len() == 6 => {
+            use kiln_ir::op::{Activation, RnnDirection, RnnKind};
+            let default = r
+                .activations
+                .chunks(3)
+                .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh]);
+            if !matches!(r.kind, RnnKind::Lstm { input_forget: false }) || !default {
+                return None;
+            }
+            let (seq, batch, isz) = if r.batch_major {
+                (x0s[1], x0s[0], x0s[2])
+            } else {
+                (x0s[0], x0s[1], x0s[2])
+            };
+            let out = |k: usize| {
+                if node.outputs.len() > k {
+                    format!("Some(y{k})")
+                } else {
+                    "None".into()
+                }
+            };
+            let clip = match r.clip {
+                Some(c) => format!("Some({})", f32_lit(c)),
+                None => "None".into(),
+            };
+            format!(
+                "k::rnn::lstm(&k::rnn::LstmInputs {{ x: x0, w: x1, r: x2, b: x3, h0: x4, c0: x5 }}, {}, {}, {}, s, &k::rnn::Lstm {{ seq: {seq}, batch: {batch}, input: {isz}, hidden: {}, dirs: {}, reverse: {}, batch_major: {}, clip: {clip} }});",
+                out(0),
+                out(1),
+                out(2),
+                r.hidden,
+                r.direction.count(),
+                r.direction == RnnDirection::Reverse,
+                r.batch_major
+            )
+        }
+        Op::Reduce { kind, axes, .. }
+            if scalar(g, ins[0]) == Scalar::F32 && scalar(g, node.outputs[0]) == Scalar::F32 =>
+        {
+            use kiln_ir::op::ReduceKind as R;
+            let all = axes.is_empty();
+            let kept: Vec<usize> = x0s
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if all || axes.contains(&i) { 1 } else { d })
+                .collect();
+            let reduced: Vec<usize> = x0s
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if all || axes.contains(&i) { d } else { 1 })
+                .collect();
+            let k = match kind {
+                R::Sum => "Sum",
+                R::Mean => "Mean",
+                R::Max => "Max",
+                R::Min => "Min",
+                R::Prod => "Prod",
+                R::L1 => "L1",
+                R::L2 => "L2",
+                R::SumSquare => "SumSquare",
+                R::LogSum => "LogSum",
+                R::LogSumExp => "LogSumExp",
+            };
+            format!(
+                "k::reduce::reduce(x0, &{}, &{}, &{}, y0, k::reduce::Reduce::{k});",
+                list(&dense(&x0s)),
+                list(&kept),
+                list(&reduced)
+            )
+        }
+        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } if scalar(g, ins[0]) != Scalar::Bool => {
+            let (outer, len, inner) = split_axis(&x0s, *axis);
+            let max = matches!(node.op, Op::ArgMax { .. });
+            format!("k::reduce::arg(x0, y0, {outer}, {len}, {inner}, {max}, {last});")
+        }
         Op::Binary(b) => {
             let t = scalar(g, node.outputs[0]);
             if ins.iter().any(|&v| scalar(g, v) != t) {
@@ -336,7 +461,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 plane.flattened()
             });
             let nc = x0s[0] * x0s[1];
-            pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads[x0s.len() - 2..])?
+            pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads)?
         }
         Op::GlobalPool(kind) => {
             let kind = match kind {

@@ -61,8 +61,6 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options, source: &str) -> Resul
     out.push_str("// Needs the `kiln-runtime` crate (no_std, no allocation); `include!` this file.\n\n");
     let _ = writeln!(out, "#[allow(dead_code, clippy::all)]\npub mod {} {{", opts.prefix);
     out.push_str(&header::rust_api_items(&api));
-    out.push_str("    use kiln_runtime::kernels as k;\n");
-    let weights = weights(&mut out, g, plan);
     let mut items = String::new();
     let calls: Vec<String> = plan
         .order
@@ -70,6 +68,20 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options, source: &str) -> Resul
         .enumerate()
         .map(|(k, &n)| kernel::call(g, n, k, &mut items))
         .collect();
+    // Arena views and kernels all live in `k`; a model of copies alone needs none of it.
+    let uses_k = !items.is_empty()
+        || plan.order.iter().any(|&n| {
+            let node = g.node(n);
+            node.inputs
+                .iter()
+                .chain(&node.outputs)
+                .any(|&v| matches!(plan.loc(v), Location::Arena(_)))
+        })
+        || calls.iter().any(|c| c.contains("k::"));
+    if uses_k {
+        out.push_str("    use kiln_runtime::kernels as k;\n");
+    }
+    let weights = weights(&mut out, g, plan);
     if !items.is_empty() {
         out.push('\n');
         out.push_str(&items);
@@ -186,7 +198,7 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
         }
     }
     let _ = writeln!(out, "    pub fn {name}({}) -> Result<(), i32> {{", params.join(", "));
-    out.push_str("        let a = &mut arena.0[..];\n");
+    let head = out.len();
     let boundary = api.int.as_ref().filter(|_| int);
     for (k, &n) in c.plan.order.iter().enumerate() {
         let node = g.node(n);
@@ -233,6 +245,25 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
         );
         out.push_str(&bind(c, &[v], &[], None, &format!("out{i}.copy_from_slice(x0);")));
     }
+    let body = &out[head..];
+    let mut binding = String::new();
+    let unused: Vec<String> = (0..api.inputs.len())
+        .map(|i| format!("in{i}"))
+        .chain((0..api.outputs.len()).map(|i| format!("out{i}")))
+        .filter(|p| !mentions(body, p))
+        .collect();
+    if !unused.is_empty() {
+        // e.g. an input only its shape was taken from, or an empty output
+        for u in &unused {
+            let _ = writeln!(binding, "        let _ = {u};");
+        }
+    }
+    binding.push_str(if mentions(body, "a") {
+        "        let a = &mut arena.0[..];\n"
+    } else {
+        "        let _ = arena; // this model needs no scratch memory\n"
+    });
+    out.insert_str(head, &binding);
     out.push_str("        Ok(())\n    }\n");
     module.push('\n');
     module.push_str(&pretty(&text));
@@ -311,7 +342,7 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         .iter()
         .enumerate()
         .filter_map(|(k, &v)| match c.plan.loc(v) {
-            Location::Arena(off) => Some((off, k)),
+            Location::Arena(off) if g.value(v).ty.bytes() > 0 => Some((off, k)),
             _ => None,
         })
         .collect();
@@ -330,7 +361,7 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         .iter()
         .enumerate()
         .filter_map(|(k, &v)| match c.plan.loc(v) {
-            Location::Arena(off) => Some((off, k)),
+            Location::Arena(off) if g.value(v).ty.bytes() > 0 => Some((off, k)),
             _ => None,
         })
         .collect();
@@ -370,6 +401,7 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
             Location::Input(i) => format!("&in{i}[..]"),
             Location::Output(i) => format!("&out{i}[..]"),
             Location::Const(w) => format!("&{}[..]", c.weights[&w]),
+            Location::Arena(_) if in_bytes(v) == 0 => "&[]".to_string(),
             Location::Arena(off) => {
                 if arena_outs.is_empty() {
                     format!("k::view(&a[{off}..{}])", off + in_bytes(v))
@@ -385,13 +417,20 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         let t = ty(v);
         let e = match c.plan.loc(v) {
             Location::Output(i) => format!("&mut out{i}[..]"),
+            Location::Arena(_) if g.value(v).ty.bytes() == 0 => "&mut []".to_string(),
             Location::Arena(_) => format!("k::view_mut(b{k})"),
             other => unreachable!("a node writes {other:?}"),
         };
         lines.push(format!("let y{k}: &mut [{t}] = {e};"));
     }
     if scratch.is_some() {
-        lines.push(format!("let s: &mut [i32] = k::view_mut(b{});", outs.len()));
+        // int32 accumulators, or the float state of a recurrent layer
+        let t = if outs.iter().all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32) && !call.contains("k::int::") {
+            "f32"
+        } else {
+            "i32"
+        };
+        lines.push(format!("let s: &mut [{t}] = k::view_mut(b{});", outs.len()));
     }
     lines.extend(call.lines().map(str::to_string));
     let mut s = String::from("        {\n");

@@ -76,6 +76,24 @@ pub fn zip_nd<A: Copy, B: Copy, C>(
     });
 }
 
+/// `y = f(a, b, c)` over `shape` (y contiguous), each input through broadcast strides.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn zip3_nd<A: Copy, B: Copy, C: Copy, D>(
+    (a, sa): (&[A], &[isize]),
+    (b, sb): (&[B], &[isize]),
+    (c, sc): (&[C], &[isize]),
+    shape: &[usize],
+    y: &mut [D],
+    f: impl Fn(A, B, C) -> D,
+) {
+    let mut i = 0;
+    for_each_nd(shape, [0, 0, 0], [sa, sb, sc], |[p, q, r]| {
+        y[i] = f(a[p], b[q], c[r]);
+        i += 1;
+    });
+}
+
 /// Whether `strides` are the row-major strides of `shape`.
 fn is_dense(strides: &[isize], shape: &[usize]) -> bool {
     let mut expect = 1isize;

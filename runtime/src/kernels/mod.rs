@@ -11,9 +11,11 @@ pub mod float;
 pub mod int;
 pub mod layout;
 pub mod math;
+pub mod reduce;
+pub mod rnn;
 
 pub use float::max_pool;
-pub use layout::{PadMode, copy_nd, for_each_nd, gather, map, pad, zip_nd};
+pub use layout::{PadMode, copy_nd, for_each_nd, gather, map, pad, zip_nd, zip3_nd};
 
 /// Plain element types a kernel may view arena bytes as.
 pub trait Elem: bytemuck::Pod {}
