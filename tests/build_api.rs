@@ -87,9 +87,22 @@ fn bad_input_is_an_error_naming_the_file() {
     let e = fails("missing", &mut Build::new(&missing));
     assert!(e.contains(&missing.display().to_string()), "{e}");
 
-    let silero = model("silero_vad_16k");
-    let e = fails("unsupported", Build::new(&silero).emit(Emit::RustSource));
-    assert!(e.contains(&silero.display().to_string()) && e.contains("node `"), "{e}");
+    // Hardmax has no Rust source kernel yet
+    let hm = kiln_tests::write_model(
+        "build-api-hardmax",
+        &kiln_tests::model(
+            vec![kiln_tests::node("Hardmax", "pick", &["x"], &["y"], vec![])],
+            vec![kiln_tests::fixed("x", &[1, 4])],
+            vec![kiln_tests::fixed("y", &[1, 4])],
+            vec![],
+            13,
+        ),
+    );
+    let e = fails("unsupported", Build::new(&hm).emit(Emit::RustSource));
+    assert!(
+        e.contains(&hm.display().to_string()) && e.contains("node `pick`"),
+        "{e}"
+    );
 
     let e = fails(
         "calib",
@@ -111,4 +124,20 @@ fn without_out_dir_the_build_says_so() {
     }
     let e = Build::new(model("digits_cnn")).cargo_metadata(false).compile("m").err();
     assert!(matches!(e, Some(BuildError::NoOutDir)), "{e:?}");
+}
+
+#[test]
+fn fp16_keeps_weights_in_binary16_in_rust_source() {
+    let d = out_dir("fp16");
+    let a = Build::new(model("digits_cnn"))
+        .quantize(Quantize::Fp16)
+        .target("cortex-m4")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    assert_eq!(a.emit, Emit::RustSource);
+    let text = std::fs::read_to_string(d.join("digits.rs")).unwrap();
+    assert!(text.contains("[k::F16; 72] = k::f16s(["), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
 }

@@ -87,10 +87,13 @@ fn clif_small_elementwise() {
     settings().bind(|| insta::assert_snapshot!("clif_small_elementwise", clif_of("ew", &small_elementwise())));
 }
 
-fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::Emit, int8: bool) -> String {
+fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::Emit, mode: &str) -> String {
     let p = write_model(tag, m);
     let mut model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
-    if int8 {
+    if mode == "fp16" {
+        model.graph = kiln::quantize::fp16::to_fp16(&model.graph).unwrap().graph;
+    }
+    if mode == "int8" {
         // 16 deterministic samples spanning [-1, 1)
         let calib = p.parent().unwrap().join(format!("{tag}-calib"));
         std::fs::create_dir_all(&calib).unwrap();
@@ -122,24 +125,24 @@ fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::E
 }
 
 fn c_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
-    files_of(tag, m, kiln::compile::Emit::C, false)
+    files_of(tag, m, kiln::compile::Emit::C, "float")
 }
 
 #[test]
 fn rust_small_cnn() {
-    let text = files_of("cnn", &small_cnn(), kiln::compile::Emit::RustSource, false);
+    let text = files_of("cnn", &small_cnn(), kiln::compile::Emit::RustSource, "float");
     settings().bind(|| insta::assert_snapshot!("rust_small_cnn", text));
 }
 
 #[test]
 fn rust_small_elementwise() {
-    let text = files_of("ew", &small_elementwise(), kiln::compile::Emit::RustSource, false);
+    let text = files_of("ew", &small_elementwise(), kiln::compile::Emit::RustSource, "float");
     settings().bind(|| insta::assert_snapshot!("rust_small_elementwise", text));
 }
 
 #[test]
 fn rust_small_cnn_int8() {
-    let text = files_of("cnn_q8", &small_cnn(), kiln::compile::Emit::RustSource, true);
+    let text = files_of("cnn_q8", &small_cnn(), kiln::compile::Emit::RustSource, "int8");
     settings().bind(|| insta::assert_snapshot!("rust_small_cnn_int8", text));
 }
 
@@ -158,4 +161,16 @@ fn emission_is_deterministic() {
     let a = clif_of("det1", &small_cnn()).replace("det1", "x");
     let b = clif_of("det2", &small_cnn()).replace("det2", "x");
     assert_eq!(a, b);
+}
+
+#[test]
+fn c_small_cnn_fp16() {
+    let text = files_of("cnn_h", &small_cnn(), kiln::compile::Emit::C, "fp16");
+    settings().bind(|| insta::assert_snapshot!("c_small_cnn_fp16", text));
+}
+
+#[test]
+fn rust_small_cnn_fp16() {
+    let text = files_of("cnn_h", &small_cnn(), kiln::compile::Emit::RustSource, "fp16");
+    settings().bind(|| insta::assert_snapshot!("rust_small_cnn_fp16", text));
 }

@@ -561,6 +561,25 @@ fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     (name, g, vec![inputs])
 }
 
+/// A shipped float model with float16 weights (`--quantize fp16`), with its first reference
+/// input.
+fn fp16_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let dir = repo().join("tests/models").join(name);
+    let m = kiln::load(
+        &dir.join("model.onnx"),
+        &ImportOptions::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let g = kiln::quantize::fp16::to_fp16(&m.graph).unwrap().graph;
+    let set = dir.join("ref/test_data_set_0");
+    let inputs = (0..g.inputs().len())
+        .map(|i| kiln::npy::read(&set.join(format!("input_{i}.npy"))).unwrap())
+        .collect();
+    (label, g, vec![inputs])
+}
+
 fn with_inputs(name: &str, g: Graph) -> (&str, Graph, Vec<Vec<Tensor>>) {
     let sets = random_inputs(&g);
     (name, g, sets)
@@ -664,7 +683,11 @@ fn small_models_run_on_a_simulated_atmega328p() {
         ],
         &tools,
     );
-    check_part(Part::Avr("atmega2560"), &[with_inputs("wide", wide())], &tools);
+    check_part(
+        Part::Avr("atmega2560"),
+        &[with_inputs("wide", wide()), fp16_model("digits_cnn", "digits_fp16")],
+        &tools,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -685,6 +708,8 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         with_inputs("conv", conv_net()),
         with_inputs("mlp", mlp()),
         with_inputs("wide", wide()),
+        fp16_model("digits_cnn", "digits_fp16"),
+        fp16_model("mlperf_tiny_kws_dscnn", "kws_fp16"),
     ];
     // The int8 builds of the shipped models, on their first reference input, integer
     // results compared byte for byte.

@@ -33,6 +33,8 @@ pub enum Quantize {
     /// Keep the model's own types.
     #[default]
     None,
+    /// Reduced float: Conv/Gemm/MatMul weights as binary16 (half the bytes), f32 arithmetic.
+    Fp16,
     /// Full-integer int8, calibrated on the data in `calibration` (a directory of
     /// `input_K.npy`, an `.npz`, or per-sample subdirectories; see the README).
     Int8 {
@@ -181,6 +183,14 @@ impl Build {
         })?;
         let graph = match &self.quantize {
             Quantize::None => m.graph,
+            Quantize::Fp16 => {
+                crate::quantize::fp16::to_fp16(&m.graph)
+                    .map_err(|source| BuildError::Compile {
+                        path: path.clone(),
+                        source: Box::new(CompileError::Plan(source)),
+                    })?
+                    .graph
+            }
             Quantize::Int8 { calibration, options } => {
                 crate::quantize::quantize_int8(&m.graph, calibration, options, |_, _| {})
                     .map_err(|source| BuildError::Quantize {

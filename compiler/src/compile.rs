@@ -98,6 +98,36 @@ fn check_prefix(p: &str) -> Result<(), CompileError> {
     }
 }
 
+/// The native backend has no binary16 loads yet: float16 weights (`--quantize fp16`) are
+/// widened back to f32 constants at compile time (same values, so the same results; the
+/// object is not smaller). `None` when the graph has none.
+pub fn widen_half_weights(g: &Graph) -> Option<Graph> {
+    let halves: Vec<kiln_ir::ValueId> = g
+        .topo_order()
+        .ok()?
+        .into_iter()
+        .flat_map(|n| g.node(n).inputs.clone())
+        .filter(|&v| g.value(v).ty.dtype.scalar == kiln_ir::Scalar::F16 && g.const_value(v).is_some())
+        .collect();
+    if halves.is_empty() {
+        return None;
+    }
+    let mut out = g.clone();
+    let mut map = std::collections::HashMap::new();
+    for n in g.topo_order().ok()? {
+        for (slot, &v) in g.node(n).inputs.iter().enumerate() {
+            if halves.contains(&v) {
+                let w = *map.entry(v).or_insert_with(|| {
+                    let t = g.const_value(v).expect("constant").cast(kiln_ir::Scalar::F32);
+                    out.add_const(&format!("{}:f32", g.value(v).name), t)
+                });
+                out.set_input(n, slot, w);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Plans memory for the Rust source backend (no in-place reuse; see `kiln_backends::rust`).
 pub fn plan_rust(g: &Graph) -> Result<MemoryPlan, IrError> {
     use kiln_backends::rust;
@@ -116,6 +146,8 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
         Emit::RustSource => return compile_rust(g, opts, source),
         Emit::Object => {}
     }
+    let widened = widen_half_weights(g);
+    let g = widened.as_ref().unwrap_or(g);
     let plan = plan_native(g)?;
     let out = cranelift::emit(
         g,

@@ -34,6 +34,8 @@ enum QuantMode {
     None,
     /// Full integer: int8 weights and activations, calibrated on --calibrate data.
     Int8,
+    /// Reduced float: Conv/Gemm/MatMul weights as float16, f32 arithmetic (no data needed).
+    Fp16,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -219,6 +221,20 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             if quant.calibrate.is_some() {
                 bail!("--calibrate needs --quantize int8");
             }
+        }
+        QuantMode::Fp16 => {
+            if quant.calibrate.is_some() {
+                bail!("--quantize fp16 needs no calibration data; drop --calibrate");
+            }
+            let q = kiln::quantize::fp16::to_fp16(&m.graph)?;
+            for n in &q.notes {
+                eprintln!("note: {n}");
+            }
+            eprintln!(
+                "note: float16 weights: {} -> {} bytes (C and Rust source read them as binary16; the native backend widens them back to f32 at compile time)",
+                q.bytes_f32, q.bytes_f16
+            );
+            m.graph = q.graph;
         }
         QuantMode::Int8 => {
             let dir = quant

@@ -72,6 +72,29 @@ fn bcast(inp: &[usize], out: &[usize]) -> Vec<i64> {
     s
 }
 
+/// f32 throughout, except that the weight (input 1) may be a binary16 constant
+/// (`--quantize fp16`), which the kernel widens as it reads it.
+fn f32_half_weights(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.inputs
+        .iter()
+        .chain(&node.outputs)
+        .enumerate()
+        .all(|(i, &v)| match g.value(v).ty.dtype.scalar {
+            Scalar::F32 => true,
+            Scalar::F16 => i == 1 && g.const_value(v).is_some(),
+            _ => false,
+        })
+}
+
+/// Whether node `n` reads a binary16 weight.
+fn half_weight(g: &Graph, n: NodeId) -> bool {
+    g.node(n)
+        .inputs
+        .iter()
+        .any(|&v| g.value(v).ty.dtype.scalar == Scalar::F16 && g.const_value(v).is_some())
+}
+
 fn f32_io(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     node.inputs
@@ -207,9 +230,11 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
                     BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Max | BinaryOp::Min
                 ) || (*b == BinaryOp::Pow && pow_exponent(g, n).is_some()))
         }
-        Op::Conv(c) => f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok),
-        Op::Gemm { fused, .. } => f32_io(g, n) && fused.is_none_or(unary_ok),
-        Op::MatMul => f32_io(g, n),
+        Op::Conv(c) => {
+            f32_half_weights(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok)
+        }
+        Op::Gemm { fused, .. } => f32_half_weights(g, n) && fused.is_none_or(unary_ok),
+        Op::MatMul => f32_half_weights(g, n),
         Op::Pool(p) => {
             f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && !matches!(p.kind, PoolKind::Lp { .. })
         }
@@ -383,6 +408,27 @@ fn unary_expr(u: UnaryOp, x: &str) -> String {
     }
 }
 
+/// binary16 to f32, exact (every binary16 value is an f32), integer operations only.
+const HALF_PRELUDE: &str = r#"
+static inline float kiln_h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (uint32_t)(h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    union { uint32_t u; float f; } v;
+    if (e == 0x1fu) {
+        u = s | 0x7f800000u | (m << 13);
+    } else if (e != 0) {
+        u = s | ((e + 112u) << 23) | (m << 13);
+    } else if (m != 0) {
+        e = 113u;
+        while (!(m & 0x400u)) { m <<= 1; --e; }
+        u = s | (e << 23) | ((m & 0x3ffu) << 13);
+    } else {
+        u = s;
+    }
+    v.u = u;
+    return v.f;
+}
+"#;
+
 /// Helpers every file carries (unused ones are `static inline`, so no warnings).
 const PRELUDE: &str = r#"
 static inline float kiln_maxf(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
@@ -476,6 +522,14 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if plan.order.iter().any(|&n| int::supported(g, n).is_some()) {
         out.push_str(int::PRELUDE);
     }
+    if plan.order.iter().any(|&n| half_weight(g, n)) {
+        out.push_str(HALF_PRELUDE);
+        out.push_str(if opts.progmem {
+            "static inline float kiln_ld_half(const uint16_t *p) { return kiln_h2f(pgm_read_word(p)); }\n"
+        } else {
+            "static inline float kiln_ld_half(const uint16_t *p) { return kiln_h2f(*p); }\n"
+        });
+    }
     let storage = if opts.progmem {
         "static const PROGMEM "
     } else {
@@ -495,13 +549,16 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 && !names.contains_key(&v)
             {
                 let name = format!("w{}", v.index());
-                let items: Vec<String> = match t.data.scalar() {
-                    Scalar::F32 => t
-                        .to_f32_vec()
-                        .iter()
-                        .map(|&x| f32_lit(x).ok_or_else(|| Error::NonFinite(g.value(v).name.clone())))
-                        .collect::<Result<_, _>>()?,
-                    _ => t.to_i64_vec().iter().map(|x| format!("{x}")).collect(),
+                let items: Vec<String> = match &t.data {
+                    kiln_ir::Data::F16(h) => h.iter().map(|x| x.to_bits().to_string()).collect(),
+                    _ => match t.data.scalar() {
+                        Scalar::F32 => t
+                            .to_f32_vec()
+                            .iter()
+                            .map(|&x| f32_lit(x).ok_or_else(|| Error::NonFinite(g.value(v).name.clone())))
+                            .collect::<Result<_, _>>()?,
+                        _ => t.to_i64_vec().iter().map(|x| format!("{x}")).collect(),
+                    },
                 };
                 let _ = writeln!(
                     out,
@@ -519,8 +576,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         if !aliased(g, plan, n) {
             let mut text = String::new();
             kernel(&mut text, g, n, k);
-            if opts.progmem {
-                text = flash_reads(g, n, k, &text)?;
+            if opts.progmem || half_weight(g, n) {
+                text = flash_reads(g, n, k, &text, opts.progmem)?;
             }
             out.push_str(&text);
         }
@@ -651,15 +708,20 @@ fn entry(
     let _ = writeln!(out, "    return 0;\n}}");
 }
 
-/// Routes a kernel's reads of its constant inputs through flash loads (see `rom`).
-fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str) -> Result<String, Error> {
+/// Routes a kernel's reads of its constant inputs through loads (see `rom`): flash loads
+/// when `progmem`, and binary16 weights through `kiln_ld_half`, which widens them.
+fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, progmem: bool) -> Result<String, Error> {
     let node = g.node(n);
     let rom: Vec<(String, &str)> = node
         .inputs
         .iter()
         .enumerate()
         .filter(|(_, v)| g.const_value(**v).is_some())
-        .map(|(i, &v)| (format!("x{i}"), header::c_type(g.value(v).ty.dtype.scalar)))
+        .filter_map(|(i, &v)| match g.value(v).ty.dtype.scalar {
+            Scalar::F16 => Some((format!("x{i}"), "half")),
+            s if progmem => Some((format!("x{i}"), header::c_type(s))),
+            _ => None,
+        })
         .collect();
     let head = sig(g, n, k).len();
     let body = rom::rewrite(&text[head..], &rom).map_err(|word| {

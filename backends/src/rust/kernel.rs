@@ -37,12 +37,13 @@ fn list<T: std::fmt::Display>(v: &[T]) -> String {
     format!("[{}]", s.join(", "))
 }
 
+/// f32 throughout, except a binary16 weight where the kernel takes one.
 fn all_f32(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     node.inputs
         .iter()
         .chain(&node.outputs)
-        .all(|&v| scalar(g, v) == Scalar::F32)
+        .all(|&v| scalar(g, v) == Scalar::F32 || half_weight(g, n, v))
 }
 
 /// Element types a slice of the arena may be viewed as (bool as a 0/1 `u8`).
@@ -268,12 +269,26 @@ pub(super) fn call(g: &Graph, n: NodeId, k: usize, items: &mut String) -> String
     call_opt(g, n, k, items).expect("checked by `supported`")
 }
 
+/// A binary16 constant weight (input 1) of a float product, read through `k::F16`.
+pub(super) fn half_weight(g: &Graph, n: NodeId, v: ValueId) -> bool {
+    let node = g.node(n);
+    matches!(node.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul)
+        && node.inputs.get(1) == Some(&v)
+        && scalar(g, v) == Scalar::F16
+        && g.const_value(v).is_some()
+}
+
 fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<String> {
     let node = g.node(n);
     let ins = &node.inputs;
-    if !ins.iter().chain(&node.outputs).all(|&v| plain(scalar(g, v))) {
+    if !ins
+        .iter()
+        .chain(&node.outputs)
+        .all(|&v| plain(scalar(g, v)) || half_weight(g, n, v))
+    {
         return None;
     }
+
     let o0 = shape(g, node.outputs[0]).to_vec();
     let x0s = ins.first().map(|&v| shape(g, v).to_vec()).unwrap_or_default();
     let s = match &node.op {

@@ -122,14 +122,22 @@ fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::
         }
         let name = format!("W{}", v.index());
         let ty = header::rust_type(t.data.scalar());
-        let items: Vec<String> = match t.data.scalar() {
-            Scalar::F32 => t.to_f32_vec().iter().map(|&x| f32_lit(x)).collect(),
-            _ => t.to_i64_vec().iter().map(|x| x.to_string()).collect(),
-        };
         let _ = writeln!(out, "\n    /// `{}`: {}", g.value(v).name, types(g, &[v]));
-        let _ = write!(out, "    static {name}: [{ty}; {}] = [", items.len());
-        wrap(out, &items, "        ");
-        out.push_str("];\n");
+        if let kiln_ir::Data::F16(h) = &t.data {
+            // binary16 bit patterns, widened by the kernels as they read them
+            let items: Vec<String> = h.iter().map(|x| format!("{:#06x}", x.to_bits())).collect();
+            let _ = write!(out, "    static {name}: [k::F16; {}] = k::f16s([", items.len());
+            wrap(out, &items, "        ");
+            out.push_str("]);\n");
+        } else {
+            let items: Vec<String> = match t.data.scalar() {
+                Scalar::F32 => t.to_f32_vec().iter().map(|&x| f32_lit(x)).collect(),
+                _ => t.to_i64_vec().iter().map(|x| x.to_string()).collect(),
+            };
+            let _ = write!(out, "    static {name}: [{ty}; {}] = [", items.len());
+            wrap(out, &items, "        ");
+            out.push_str("];\n");
+        }
         names.insert(v, name);
     }
     names
@@ -334,7 +342,10 @@ fn aliased(c: &Ctx, n: NodeId) -> bool {
 /// plan keeps a node's outputs apart from everything it reads).
 fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usize)>, call: &str) -> String {
     let g = c.g;
-    let ty = |v: ValueId| header::rust_type(g.value(v).ty.dtype.scalar);
+    let ty = |v: ValueId| match g.value(v).ty.dtype.scalar {
+        Scalar::F16 => "k::F16",
+        s => header::rust_type(s),
+    };
     let mut lines: Vec<String> = Vec::new();
     // Writable arena regions (outputs, then scratch as index `outs.len()`) in address order,
     // and the gaps around them.

@@ -3,13 +3,20 @@
 //! exactly as the evaluator's GEMM skips it.
 
 use super::math;
-use super::{ConvShape, Plane};
+use super::{ConvShape, Plane, Weight};
 
 /// Convolution over `[N, C, H, W]` (or `[N, C, W]`) with `[M, C/group, KH, KW]` weights;
 /// `act` is the fused activation. Weight-stationary: each output plane starts from the bias
 /// and takes one pass per input channel and tap over exactly the outputs that tap reaches.
 #[inline]
-pub fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, act: impl Fn(f32) -> f32) {
+pub fn conv<W: Weight>(
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    s: &ConvShape,
+    act: impl Fn(f32) -> f32,
+) {
     let p = &s.plane;
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
@@ -23,7 +30,7 @@ pub fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvS
                 for ky in 0..p.kh {
                     let (oy0, oy1) = p.rows_reached(ky);
                     for kx in 0..p.kw {
-                        let wv = wc[ky * p.kw + kx];
+                        let wv = wc[ky * p.kw + kx].f32();
                         let (ox0, ox1) = p.cols_reached(kx);
                         if wv == 0.0 || ox0 == ox1 {
                             continue;
@@ -67,9 +74,9 @@ pub struct GemmShape {
 /// `Gemm` with `c` broadcast through its (row, column) strides. Each output sums over `k`
 /// in order from zero, then scales by alpha and adds `beta * c`.
 #[inline]
-pub fn gemm(
+pub fn gemm<W: Weight>(
     a: &[f32],
-    b: &[f32],
+    b: &[W],
     c: Option<(&[f32], [isize; 2])>,
     y: &mut [f32],
     s: &GemmShape,
@@ -84,7 +91,7 @@ pub fn gemm(
                 for (p, &bv) in b[j * k..][..k].iter().enumerate() {
                     let av = a_at(p);
                     if av != 0.0 {
-                        acc += av * bv;
+                        acc += av * bv.f32();
                     }
                 }
                 *yv = acc;
@@ -95,7 +102,7 @@ pub fn gemm(
                 let av = a_at(p);
                 if av != 0.0 {
                     for (yv, &bv) in yr.iter_mut().zip(br) {
-                        *yv += av * bv;
+                        *yv += av * bv.f32();
                     }
                 }
             }
@@ -115,7 +122,7 @@ pub fn gemm(
 
 /// Batched `[M, K] x [K, N]`; `batches` lists each product's element offsets into `a` and `b`.
 #[inline]
-pub fn matmul(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize, batches: &[(usize, usize)]) {
+pub fn matmul<W: Weight>(a: &[f32], b: &[W], y: &mut [f32], m: usize, k: usize, n: usize, batches: &[(usize, usize)]) {
     for (yb, &(ao, bo)) in y.chunks_exact_mut((m * n).max(1)).zip(batches) {
         if k == 0 {
             yb.fill(0.0);
@@ -126,7 +133,7 @@ pub fn matmul(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize,
             for (&av, br) in ar.iter().zip(b[bo..][..k * n].chunks_exact(n.max(1))) {
                 if av != 0.0 {
                     for (yv, &bv) in yr.iter_mut().zip(br) {
-                        *yv += av * bv;
+                        *yv += av * bv.f32();
                     }
                 }
             }

@@ -17,6 +17,55 @@ pub mod rnn;
 pub use float::max_pool;
 pub use layout::{PadMode, copy_nd, for_each_nd, gather, map, pad, zip_nd, zip3_nd};
 
+/// An IEEE binary16 weight (its bit pattern), widened exactly to f32 when read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+/// Binary16 constants from their bit patterns, for generated `static`s.
+pub const fn f16s<const N: usize>(bits: [u16; N]) -> [F16; N] {
+    let mut out = [F16(0); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = F16(bits[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A weight element the float kernels read: f32, or binary16 widened on the fly.
+pub trait Weight: Copy {
+    fn f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for F16 {
+    /// Exact: every binary16 value is an f32.
+    #[inline]
+    fn f32(self) -> f32 {
+        let h = self.0 as u32;
+        let (s, e, m) = ((h & 0x8000) << 16, (h >> 10) & 0x1f, h & 0x3ff);
+        let u = if e == 0x1f {
+            s | 0x7f80_0000 | (m << 13)
+        } else if e != 0 {
+            s | ((e + 112) << 23) | (m << 13)
+        } else if m != 0 {
+            // subnormal: shift the leading one up to the implicit bit
+            let k = m.leading_zeros() - 21;
+            s | ((113 - k) << 23) | (((m << k) & 0x3ff) << 13)
+        } else {
+            s
+        };
+        f32::from_bits(u)
+    }
+}
+
 /// Plain element types a kernel may view arena bytes as.
 pub trait Elem: bytemuck::Pod {}
 impl Elem for f32 {}
@@ -158,7 +207,34 @@ pub use libm;
 
 #[cfg(test)]
 mod tests {
-    use super::Plane;
+    use super::{F16, Plane, Weight};
+
+    /// Every binary16 pattern widens to the value the `half` crate's reference gives.
+    #[test]
+    fn binary16_widening_is_exact() {
+        for bits in 0..=u16::MAX {
+            let want = half_reference(bits);
+            let got = F16(bits).f32();
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#x}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// binary16 by its definition: (-1)^s * 2^(e-15) * 1.m, or 2^-14 * 0.m when e = 0.
+    fn half_reference(bits: u16) -> f32 {
+        let s = if bits & 0x8000 != 0 { -1.0f64 } else { 1.0 };
+        let e = ((bits >> 10) & 0x1f) as i32;
+        let m = (bits & 0x3ff) as f64;
+        let v = match e {
+            0 => m / 1024.0 * 2f64.powi(-14),
+            31 if m == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            _ => (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        };
+        (s * v) as f32
+    }
 
     /// The closed-form ranges agree with testing every position, over many geometries.
     #[test]

@@ -1,0 +1,151 @@
+//! Reduced float (`--quantize fp16`): Conv/Gemm/MatMul weights stored as binary16 and
+//! widened exactly as they are read. On every shipped model the weight bytes halve and the
+//! outputs stay within `REL` of the float model's (see `REL`) on the reference inputs
+//! (the only change is each weight rounded to binary16, a relative error of at most 2^-11);
+//! the C and Rust source builds reproduce the evaluator within the float backends' usual
+//! bound, and so does the native object (which widens the weights at compile time).
+
+use kiln::{ImportOptions, PipelineOptions};
+use kiln_ir::{Graph, Tensor};
+use kiln_tests::{build_c, build_native, build_rust, compare, repo};
+use std::path::PathBuf;
+
+/// max |fp16 - float| over max(1, max |float|), per output: relative for large outputs,
+/// absolute for probability-scale ones (a VAD probability of 0.0017 may move by 5e-5).
+const REL: f64 = 1e-2;
+const RTOL: f64 = 1e-5;
+const ATOL: f64 = 1e-6;
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    float: Graph,
+    half: Graph,
+    bytes: (usize, usize),
+}
+
+fn cases() -> Vec<Case> {
+    let root = repo().join("tests/models");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let mut o = ImportOptions::default();
+            if name.starts_with("rapidocr") {
+                o.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
+            }
+            let m = kiln::load(&dir.join("model.onnx"), &o, &PipelineOptions::default(), |_, _| {}).unwrap();
+            let h = kiln::quantize::fp16::to_fp16(&m.graph).unwrap();
+            Case {
+                name,
+                dir,
+                float: m.graph,
+                half: h.graph,
+                bytes: (h.bytes_f32, h.bytes_f16),
+            }
+        })
+        .collect()
+}
+
+fn ref_sets(c: &Case) -> Vec<Vec<Tensor>> {
+    (0..)
+        .map(|s| c.dir.join("ref").join(format!("test_data_set_{s}")))
+        .take_while(|d| d.is_dir())
+        .map(|d| {
+            (0..c.float.inputs().len())
+                .map(|i| kiln::npy::read(&d.join(format!("input_{i}.npy"))).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn fp16_models_halve_weights_and_stay_close_to_float() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let (b32, b16) = c.bytes;
+        assert!(b32 > 0 && b16 * 2 == b32, "{}: {b32} -> {b16} weight bytes", c.name);
+        let mut worst = 0f64;
+        let mut agree = (0, 0);
+        for inputs in ref_sets(&c) {
+            let want = kiln_ir::eval::run(&c.float, &inputs).unwrap();
+            let got = kiln_ir::eval::run(&c.half, &inputs).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+                let scale = wv.iter().fold(1f64, |m, v| m.max(v.abs()));
+                let err = gv.iter().zip(&wv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                if std::env::var_os("KILN_FP16_DEBUG").is_some() {
+                    println!("  {}: output {:?} err {err:e} scale {scale:e}", c.name, w.shape);
+                }
+                worst = worst.max(err / scale);
+                if wv.len() > 1 {
+                    let arg = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+                    agree.0 += (arg(&gv) == arg(&wv)) as usize;
+                    agree.1 += 1;
+                }
+            }
+        }
+        println!(
+            "{}: weights {b32} -> {b16} bytes; max error {worst:.2e} of max(1, output range); argmax agrees {}/{}",
+            c.name, agree.0, agree.1
+        );
+        if worst > REL {
+            failures.push(format!("{}: error {worst:e} of the output range", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn fp16_builds_match_the_evaluator() {
+    let cases = cases();
+    let dir = std::env::temp_dir().join(format!("kiln-fp16-{}", std::process::id()));
+    let list: Vec<(String, &Graph)> = cases.iter().map(|c| (format!("h_{}", c.name), &c.half)).collect();
+    let refs: Vec<(&str, &Graph)> = list.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+    let rust = build_rust(&refs, &dir.join("rust"), false).unwrap();
+    let mut failures = Vec::new();
+    for (c, rs) in cases.iter().zip(&rust) {
+        for (label, exe) in [
+            ("C", build_c(&c.half, "model", &dir.join(format!("c-{}", c.name)), &[])),
+            (
+                "native",
+                build_native(&c.half, "model", &dir.join(format!("n-{}", c.name))),
+            ),
+            (
+                "Rust",
+                Ok(kiln_tests::NativeExe {
+                    exe: rs.exe.clone(),
+                    dir: rs.dir.clone(),
+                    runner: None,
+                }),
+            ),
+        ] {
+            let res = (|| -> Result<f64, String> {
+                let exe = exe?;
+                let mut worst = 0f64;
+                for inputs in ref_sets(c) {
+                    let want = kiln_ir::eval::run(&c.half, &inputs).map_err(|e| e.to_string())?;
+                    for (g, w) in exe.run(&c.half, &inputs)?.iter().zip(&want) {
+                        let (r, _) = compare(g, w, RTOL, ATOL)?;
+                        worst = worst.max(r);
+                    }
+                }
+                if worst > 1.0 {
+                    return Err(format!("{worst:.1}x the bound"));
+                }
+                Ok(worst)
+            })();
+            match res {
+                Ok(w) => println!("{} fp16 ({label}): worst {w:.3} of the bound", c.name),
+                Err(e) => failures.push(format!("{} ({label}): {e}", c.name)),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
