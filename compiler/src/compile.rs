@@ -102,28 +102,30 @@ fn check_prefix(p: &str) -> Result<(), CompileError> {
 /// widened back to f32 constants at compile time (same values, so the same results; the
 /// object is not smaller). `None` when the graph has none.
 pub fn widen_half_weights(g: &Graph) -> Option<Graph> {
-    let halves: Vec<kiln_ir::ValueId> = g
-        .topo_order()
-        .ok()?
-        .into_iter()
-        .flat_map(|n| g.node(n).inputs.clone())
-        .filter(|&v| g.value(v).ty.dtype.scalar == kiln_ir::Scalar::F16 && g.const_value(v).is_some())
-        .collect();
-    if halves.is_empty() {
+    use kiln_ir::{Op, Scalar};
+    let order = g.topo_order().ok()?;
+    // exactly what `--quantize fp16` makes: a constant binary16 weight (input 1) of a float
+    // Conv, Gemm or MatMul
+    let half = |n: kiln_ir::NodeId| {
+        let node = g.node(n);
+        matches!(node.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul)
+            && node.inputs.len() > 1
+            && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::F32
+            && g.value(node.inputs[1]).ty.dtype.scalar == Scalar::F16
+            && g.const_value(node.inputs[1]).is_some()
+    };
+    if !order.iter().any(|&n| half(n)) {
         return None;
     }
     let mut out = g.clone();
     let mut map = std::collections::HashMap::new();
-    for n in g.topo_order().ok()? {
-        for (slot, &v) in g.node(n).inputs.iter().enumerate() {
-            if halves.contains(&v) {
-                let w = *map.entry(v).or_insert_with(|| {
-                    let t = g.const_value(v).expect("constant").cast(kiln_ir::Scalar::F32);
-                    out.add_const(&format!("{}:f32", g.value(v).name), t)
-                });
-                out.set_input(n, slot, w);
-            }
-        }
+    for &n in order.iter().filter(|&&n| half(n)) {
+        let v = g.node(n).inputs[1];
+        let w = *map.entry(v).or_insert_with(|| {
+            let t = g.const_value(v).expect("constant").cast(Scalar::F32);
+            out.add_const(&format!("{}:f32", g.value(v).name), t)
+        });
+        out.set_input(n, 1, w);
     }
     Some(out)
 }

@@ -488,9 +488,38 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let plane = plane_lit(&global_plane(&x0s));
             pool(kind, scalar(g, ins[0]), x0s[0] * x0s[1], &plane, &[0, 0])?
         }
-        Op::Softmax { axis } if all_f32(g, n) => {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } if all_f32(g, n) => {
             let (outer, len, inner) = split_axis(&x0s, *axis);
-            format!("k::float::softmax(x0, y0, {outer}, {len}, {inner});")
+            let f = match node.op {
+                Op::Softmax { .. } => "softmax",
+                Op::LogSoftmax { .. } => "log_softmax",
+                _ => "hardmax",
+            };
+            format!("k::float::{f}(x0, y0, {outer}, {len}, {inner});")
+        }
+        Op::LayerNorm { axis, epsilon } if all_f32(g, n) => {
+            let inner: usize = x0s[*axis..].iter().product();
+            if ins[1..].iter().any(|&v| g.value(v).ty.numel() != inner) {
+                return None;
+            }
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::float::layer_norm(x0, x1, {bias}, y0, {inner}, {});",
+                f32_lit(*epsilon)
+            )
+        }
+        Op::Trilu { upper, k } if x0s.len() >= 2 => {
+            let r = x0s.len();
+            format!("k::trilu(x0, y0, {}, {}, {upper}, {k});", x0s[r - 2], x0s[r - 1])
+        }
+        Op::GatherElements { axis } if matches!(scalar(g, ins[1]), Scalar::I64 | Scalar::I32) => {
+            let is = shape(g, ins[1]).to_vec();
+            format!(
+                "k::gather_elements(x0, &{}, x1, &{}, {axis}, {}, y0);",
+                list(&dense(&x0s)),
+                list(&is),
+                x0s[*axis]
+            )
         }
         Op::Transpose { perm } => {
             let ist = dense(&x0s);

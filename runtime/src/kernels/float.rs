@@ -225,6 +225,77 @@ pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize)
     }
 }
 
+/// `LogSoftmax` along the middle axis of `[outer, len, inner]`: `x - max - ln(sum(e^(x - max)))`.
+#[inline]
+pub fn log_softmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize) {
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut mx = f32::NEG_INFINITY;
+            for j in 0..len {
+                if x[at(j)] > mx {
+                    mx = x[at(j)];
+                }
+            }
+            let mut sum = 0.0f32;
+            for j in 0..len {
+                sum += math::exp(x[at(j)] - mx);
+            }
+            let ln = libm::logf(sum);
+            for j in 0..len {
+                y[at(j)] = x[at(j)] - mx - ln;
+            }
+        }
+    }
+}
+
+/// `Hardmax` along the middle axis of `[outer, len, inner]`: 1 at the first maximum.
+#[inline]
+pub fn hardmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize) {
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let (mut mx, mut arg) = (f32::NEG_INFINITY, 0);
+            for j in 0..len {
+                y[at(j)] = 0.0;
+                if x[at(j)] > mx {
+                    mx = x[at(j)];
+                    arg = j;
+                }
+            }
+            if len > 0 {
+                y[at(arg)] = 1.0;
+            }
+        }
+    }
+}
+
+/// `LayerNormalization` over rows of `inner` elements, with a scale (and bias) per element of
+/// the row; mean and variance summed in order as the evaluator does.
+#[inline]
+pub fn layer_norm(x: &[f32], scale: &[f32], bias: Option<&[f32]>, y: &mut [f32], inner: usize, eps: f32) {
+    for (xr, yr) in x.chunks_exact(inner.max(1)).zip(y.chunks_exact_mut(inner.max(1))) {
+        let n = inner as f32;
+        let mut sum = 0.0f32;
+        for &v in xr {
+            sum += v;
+        }
+        let mean = sum / n;
+        let mut sq = 0.0f32;
+        for &v in xr {
+            sq += (v - mean) * (v - mean);
+        }
+        let inv = 1.0 / libm::sqrtf(sq / n + eps);
+        for (j, (d, &v)) in yr.iter_mut().zip(xr).enumerate() {
+            let mut o = (v - mean) * inv * scale[j];
+            if let Some(b) = bias {
+                o += b[j];
+            }
+            *d = o;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,6 +170,40 @@ mod tests {
     }
 }
 
+/// `Trilu` on the last two axes (`rows x cols` matrices): keeps `j - i >= k` (upper) or
+/// `j - i <= k` (lower), zero elsewhere.
+pub fn trilu<T: Copy + Default>(x: &[T], y: &mut [T], rows: usize, cols: usize, upper: bool, k: i64) {
+    for (n, (d, &v)) in y.iter_mut().zip(x).enumerate() {
+        let (i, j) = (((n / cols.max(1)) % rows.max(1)) as i64, (n % cols.max(1)) as i64);
+        let keep = if upper { j - i >= k } else { j - i <= k };
+        *d = if keep { v } else { T::default() };
+    }
+}
+
+/// `GatherElements`: `y[i] = x[i with axis coordinate replaced by idx[i]]`, over the index
+/// tensor's `shape`; `x_strides` are `x`'s, `len` its extent on `axis` (negative indices
+/// count from the end, out-of-range clamps).
+pub fn gather_elements<T: Copy, I: Copy + Into<i64>>(
+    x: &[T],
+    x_strides: &[isize],
+    idx: &[I],
+    shape: &[usize],
+    axis: usize,
+    len: usize,
+    y: &mut [T],
+) {
+    let mut strides = [0isize; MAX_RANK];
+    strides[..x_strides.len()].copy_from_slice(x_strides);
+    strides[axis] = 0; // the axis coordinate comes from the index
+    let mut k = 0;
+    for_each_nd(shape, [0], [&strides[..shape.len()]], |[base]| {
+        let i: i64 = idx[k].into();
+        let row = if i < 0 { i + len as i64 } else { i }.clamp(0, len as i64 - 1) as usize;
+        y[k] = x[base + row * x_strides[axis] as usize];
+        k += 1;
+    });
+}
+
 /// How [`pad`] fills positions outside the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PadMode {
