@@ -87,13 +87,13 @@ fn bad_input_is_an_error_naming_the_file() {
     let e = fails("missing", &mut Build::new(&missing));
     assert!(e.contains(&missing.display().to_string()), "{e}");
 
-    // Hardmax has no Rust source kernel yet
+    // Lp pooling has no Rust source kernel yet
     let hm = kiln_tests::write_model(
-        "build-api-hardmax",
+        "build-api-lppool",
         &kiln_tests::model(
-            vec![kiln_tests::node("Hardmax", "pick", &["x"], &["y"], vec![])],
-            vec![kiln_tests::fixed("x", &[1, 4])],
-            vec![kiln_tests::fixed("y", &[1, 4])],
+            vec![kiln_tests::node("GlobalLpPool", "pick", &["x"], &["y"], vec![])],
+            vec![kiln_tests::fixed("x", &[1, 2, 4, 4])],
+            vec![kiln_tests::fixed("y", &[1, 2, 1, 1])],
             vec![],
             13,
         ),
