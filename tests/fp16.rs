@@ -2,8 +2,8 @@
 //! widened exactly as they are read. On every shipped model the weight bytes halve and the
 //! outputs stay within `REL` of the float model's (see `REL`) on the reference inputs
 //! (the only change is each weight rounded to binary16, a relative error of at most 2^-11);
-//! the C and Rust source builds reproduce the evaluator within the float backends' usual
-//! bound, and so does the native object (which widens the weights at compile time).
+//! the native object, the C and the Rust source builds reproduce the evaluator within the
+//! float backends' usual bound, each reading the binary16 weights directly.
 
 use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Tensor};

@@ -98,38 +98,6 @@ fn check_prefix(p: &str) -> Result<(), CompileError> {
     }
 }
 
-/// The native backend has no binary16 loads yet: float16 weights (`--quantize fp16`) are
-/// widened back to f32 constants at compile time (same values, so the same results; the
-/// object is not smaller). `None` when the graph has none.
-pub fn widen_half_weights(g: &Graph) -> Option<Graph> {
-    use kiln_ir::{Op, Scalar};
-    let order = g.topo_order().ok()?;
-    // exactly what `--quantize fp16` makes: a constant binary16 weight (input 1) of a float
-    // Conv, Gemm or MatMul
-    let half = |n: kiln_ir::NodeId| {
-        let node = g.node(n);
-        matches!(node.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul)
-            && node.inputs.len() > 1
-            && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::F32
-            && g.value(node.inputs[1]).ty.dtype.scalar == Scalar::F16
-            && g.const_value(node.inputs[1]).is_some()
-    };
-    if !order.iter().any(|&n| half(n)) {
-        return None;
-    }
-    let mut out = g.clone();
-    let mut map = std::collections::HashMap::new();
-    for &n in order.iter().filter(|&&n| half(n)) {
-        let v = g.node(n).inputs[1];
-        let w = *map.entry(v).or_insert_with(|| {
-            let t = g.const_value(v).expect("constant").cast(Scalar::F32);
-            out.add_const(&format!("{}:f32", g.value(v).name), t)
-        });
-        out.set_input(n, 1, w);
-    }
-    Some(out)
-}
-
 /// Plans memory for the Rust source backend (no in-place reuse; see `kiln_backends::rust`).
 pub fn plan_rust(g: &Graph) -> Result<MemoryPlan, IrError> {
     use kiln_backends::rust;
@@ -148,8 +116,6 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
         Emit::RustSource => return compile_rust(g, opts, source),
         Emit::Object => {}
     }
-    let widened = widen_half_weights(g);
-    let g = widened.as_ref().unwrap_or(g);
     let plan = plan_native(g)?;
     let out = cranelift::emit(
         g,

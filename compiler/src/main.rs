@@ -230,10 +230,7 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             for n in &q.notes {
                 eprintln!("note: {n}");
             }
-            eprintln!(
-                "note: float16 weights: {} -> {} bytes (C and Rust source read them as binary16; the native backend widens them back to f32 at compile time)",
-                q.bytes_f32, q.bytes_f16
-            );
+            eprintln!("note: float16 weights: {} -> {} bytes", q.bytes_f32, q.bytes_f16);
             m.graph = q.graph;
         }
         QuantMode::Int8 => {

@@ -661,6 +661,41 @@ impl Fx<'_, '_> {
         self.b.ins().select(is_sub, sub, nf)
     }
 
+    /// Four binary16 values at `addr` widened to an f32x4, exactly (the vector form of
+    /// [`Fx::f16_to_f32`]).
+    pub fn load_f16x4(&mut self, addr: Value) -> Value {
+        use cranelift_codegen::ir::types::{F32X4, I32X4};
+        let h = self.b.ins().uload16x4(MemFlagsData::new().with_notrap(), addr, 0);
+        let splat = |fx: &mut Self, v: i32| fx.int_splat(I32X4, v);
+        let sign = self.b.ins().ushr_imm_u(h, 15);
+        let sign = self.b.ins().ishl_imm_u(sign, 31);
+        let exp = self.b.ins().ushr_imm_u(h, 10);
+        let c31 = splat(self, 31);
+        let exp = self.b.ins().band(exp, c31);
+        let c1023 = splat(self, 1023);
+        let mant = self.b.ins().band(h, c1023);
+        let c112 = splat(self, 112);
+        let e32 = self.b.ins().iadd(exp, c112);
+        let e32 = self.b.ins().ishl_imm_u(e32, 23);
+        let m32 = self.b.ins().ishl_imm_u(mant, 13);
+        let normal = self.b.ins().bor(e32, m32);
+        let inf = splat(self, 0x7f80_0000);
+        let special = self.b.ins().bor(m32, inf);
+        let is_special = self.b.ins().icmp(IntCC::Equal, exp, c31);
+        let bits = self.b.ins().bitselect(is_special, special, normal);
+        let bits = self.b.ins().bor(bits, sign);
+        // zero / subnormal: mant * 2^-24
+        let mf = self.b.ins().fcvt_from_sint(F32X4, mant);
+        let k = self.f(F32X4, 1.0 / 16_777_216.0);
+        let sub = self.mul(mf, k);
+        let sub = self.bits(I32X4, sub);
+        let sub = self.b.ins().bor(sub, sign);
+        let zero = splat(self, 0);
+        let is_sub = self.b.ins().icmp(IntCC::Equal, exp, zero);
+        let out = self.b.ins().bitselect(is_sub, sub, bits);
+        self.bits(F32X4, out)
+    }
+
     /// f32 to IEEE half bits (round to nearest even), in the low 16 of an i64.
     pub fn f32_to_f16(&mut self, x: Value) -> Value {
         let b = self.bits(I32, x);

@@ -13,12 +13,42 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::op::{Conv, UnaryOp};
 use kiln_ir::{Graph, NodeId};
 
-/// A matrix in memory: element (r, c) at `base + r * row + c * col` (bytes).
+/// A matrix in memory: element (r, c) at `base + r * row + c * col` (bytes). `half`
+/// elements are binary16 (weights under `--quantize fp16`), widened exactly as loaded.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat {
     pub base: Value,
     pub row: i64,
     pub col: i64,
+    pub half: bool,
+}
+
+impl Mat {
+    pub fn f32(base: Value, row: i64, col: i64) -> Mat {
+        Mat {
+            base,
+            row,
+            col,
+            half: false,
+        }
+    }
+
+    fn elem(&self) -> i64 {
+        if self.half { 2 } else { 4 }
+    }
+}
+
+/// Loads one f32 (or f32x4) element of `m` at `addr`.
+fn load_el(fx: &mut Fx, m: &Mat, ty: Type, addr: Value) -> Value {
+    match (m.half, ty == F32) {
+        (false, _) => fx.load(ty, addr),
+        (true, true) => {
+            let h = fx.load(cranelift_codegen::ir::types::I16, addr);
+            let h = fx.b.ins().uextend(I64, h);
+            fx.f16_to_f32(h)
+        }
+        (true, false) => fx.load_f16x4(addr),
+    }
 }
 
 /// Emits `c = init + a * b` for an `m x k` by `k x n` product.
@@ -35,7 +65,7 @@ pub(crate) fn gemm(
     init: &dyn Fn(&mut Fx, Value) -> Value,
     post: Option<UnaryOp>,
 ) {
-    let vec_ok = t.simd && b.col == 4 && c.col == 4;
+    let vec_ok = t.simd && b.col == b.elem() && c.col == 4;
     fx.for_n(m as i64, &mut |fx, i| {
         let arow = fx.addr(a.base, i, a.row);
         let crow = fx.addr(c.base, i, c.row);
@@ -61,11 +91,11 @@ pub(crate) fn gemm(
                         .collect();
                     fx.for_ptrs(k as i64, &[(arow, a.col), (bcol, b.row)], &mut |fx, pp| {
                         let (aa, brow) = (pp[0], pp[1]);
-                        let av = fx.load(F32, aa);
+                        let av = load_el(fx, &a, F32, aa);
                         let av = fx.splat(ty, av);
                         for (u, &acc) in accs.iter().enumerate() {
                             let ba = fx.add_imm(brow, (u * lanes) as i64 * b.col);
-                            let bv = fx.load(ty, ba);
+                            let bv = load_el(fx, &b, ty, ba);
                             let pr = fx.mul(av, bv);
                             let cur = fx.b.use_var(acc);
                             let sum = fx.add(cur, pr);
@@ -197,7 +227,9 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
             let plane = fx.b.ins().iadd(plane, ch0);
             let xg = fx.addr(a.ins[0], plane, hw * 4);
             let oc0 = fx.mul_imm(gi, mg);
-            let wg = fx.addr(a.ins[1], oc0, cg * k * 4);
+            let half = g.value(node.inputs[1]).ty.dtype.scalar == kiln_ir::Scalar::F16;
+            let es = if half { 2 } else { 4 };
+            let wg = fx.addr(a.ins[1], oc0, cg * k * es);
             let oplane = fx.mul_imm(b, m);
             let oplane = fx.b.ins().iadd(oplane, oc0);
             let og = fx.addr(a.outs[0], oplane, p * 4);
@@ -214,20 +246,13 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
             };
             let weights = Mat {
                 base: wg,
-                row: cg * k * 4,
-                col: 4,
+                row: cg * k * es,
+                col: es,
+                half,
             };
             if pw {
-                let cols = Mat {
-                    base: xg,
-                    row: p * 4,
-                    col: 4,
-                };
-                let outm = Mat {
-                    base: og,
-                    row: p * 4,
-                    col: 4,
-                };
+                let cols = Mat::f32(xg, p * 4, 4);
+                let outm = Mat::f32(og, p * 4, 4);
                 gemm(
                     fx,
                     t,
@@ -246,17 +271,9 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
             let rows = tile_rows(&gm, cg);
             let band = |fx: &mut Fx, oh0: Value, nrows: i64| {
                 im2col(fx, &gm, cg, xg, a.scratch, a.aux[0], oh0, nrows);
-                let cols = Mat {
-                    base: a.scratch,
-                    row: nrows * gm.ow * 4,
-                    col: 4,
-                };
+                let cols = Mat::f32(a.scratch, nrows * gm.ow * 4, 4);
                 let ob = fx.addr(og, oh0, gm.ow * 4);
-                let outm = Mat {
-                    base: ob,
-                    row: p * 4,
-                    col: 4,
-                };
+                let outm = Mat::f32(ob, p * 4, 4);
                 gemm(
                     fx,
                     t,

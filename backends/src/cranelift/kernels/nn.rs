@@ -224,24 +224,29 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
     });
 }
 
+/// `out = a x b` with `b` `[k, nn]` row-major, in f32 or (`half`) binary16.
 #[allow(clippy::too_many_arguments)]
-fn matmul_2d(fx: &mut Fx, t: Target, m: usize, k: usize, nn: usize, a: Value, a_st: (i64, i64), b: Value, out: Value) {
+fn matmul_2d(
+    fx: &mut Fx,
+    t: Target,
+    m: usize,
+    k: usize,
+    nn: usize,
+    a: Value,
+    a_st: (i64, i64),
+    (b, half): (Value, bool),
+    out: Value,
+) {
     let zero = |fx: &mut Fx, _: Value| fx.f(F32, 0.0);
-    let a = Mat {
-        base: a,
-        row: a_st.0 * 4,
-        col: a_st.1 * 4,
-    };
+    let a = Mat::f32(a, a_st.0 * 4, a_st.1 * 4);
+    let es = if half { 2 } else { 4 };
     let b = Mat {
         base: b,
-        row: nn as i64 * 4,
-        col: 4,
+        row: nn as i64 * es,
+        col: es,
+        half,
     };
-    let c = Mat {
-        base: out,
-        row: nn as i64 * 4,
-        col: 4,
-    };
+    let c = Mat::f32(out, nn as i64 * 4, 4);
     gemm_loop(fx, t, m, k, nn, a, b, c, &zero, None);
 }
 
@@ -254,6 +259,16 @@ pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         return vec![];
     };
     let (rows, cols) = (b.shape[0], b.shape[1]);
+    if let kiln_ir::Data::F16(h) = &b.data {
+        // binary16 weights stay binary16: repack the bit patterns
+        let mut t = vec![0u16; h.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = h[r * cols + c].to_bits();
+            }
+        }
+        return vec![t.iter().flat_map(|v| v.to_le_bytes()).collect()];
+    }
     let v = b.to_f32_vec();
     let mut t = vec![0f32; v.len()];
     for r in 0..rows {
@@ -282,7 +297,8 @@ pub(crate) fn gemm(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta:
         // read it through a scalar loop nest instead.
         return gemm_scalar_bt(fx, g, n, alpha, beta, ta, a);
     };
-    matmul_2d(fx, t, m, k, nn, a.ins[0], a_st, b, a.outs[0]);
+    let half = g.value(node.inputs[1]).ty.dtype.scalar == kiln_ir::Scalar::F16;
+    matmul_2d(fx, t, m, k, nn, a.ins[0], a_st, (b, half), a.outs[0]);
     gemm_epilogue(fx, g, n, alpha, beta, a, t);
 }
 
@@ -417,8 +433,23 @@ pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         });
         return;
     }
+    // binary16 weights (`--quantize fp16`): B's batch strides count 2-byte elements
+    let half = g.value(node.inputs[1]).ty.dtype.scalar == kiln_ir::Scalar::F16;
+    let ops = if half {
+        [
+            ops[0].clone(),
+            ops[1].clone(),
+            Opnd::new(
+                a.ins[1],
+                scale(super::bcast_strides(&b2[..b2.len() - 2], &batch), (k * nn) as i64),
+                2,
+            ),
+        ]
+    } else {
+        ops
+    };
     nest(fx, &dims, &ops, F32, None, &mut |fx, _, p, _| {
-        matmul_2d(fx, t, m, k, nn, p[1], (k as i64, 1), p[2], p[0]);
+        matmul_2d(fx, t, m, k, nn, p[1], (k as i64, 1), (p[2], half), p[0]);
     });
 }
 
