@@ -164,7 +164,13 @@ pub fn write_model(tag: &str, m: &ModelProto) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-test-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let p = dir.join("model.onnx");
-    std::fs::write(&p, m.encode_to_vec()).expect("write model");
+    // Tests in one process may write the same tag at once: write aside, then rename, so a
+    // reader never sees a half-written file.
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("model.onnx.{n}.tmp"));
+    std::fs::write(&tmp, m.encode_to_vec()).expect("write model");
+    std::fs::rename(&tmp, &p).expect("rename model");
     p
 }
 
