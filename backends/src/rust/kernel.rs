@@ -418,6 +418,20 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let max = matches!(node.op, Op::ArgMax { .. });
             format!("k::reduce::arg(x0, y0, {outer}, {len}, {inner}, {max}, {last});")
         }
+        Op::Binary(BinaryOp::Pow) if all_f32(g, n) && pow_exponent(g, n).is_some() => {
+            // a constant exponent of 2, 0.5 or 1 needs no powf (slow on small cores)
+            let e = match pow_exponent(g, n) {
+                Some(2.0) => "p * p",
+                Some(0.5) => "k::libm::sqrtf(p)",
+                _ => "p",
+            };
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, _| {e});",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0)
+            )
+        }
         Op::Binary(b) => {
             let t = scalar(g, node.outputs[0]);
             if ins.iter().any(|&v| scalar(g, v) != t) {
@@ -697,6 +711,13 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
         _ => return None,
     };
     Some(s)
+}
+
+/// A constant exponent of 1, 2 or 0.5, the same for every element.
+fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
+    let t = g.const_value(g.node(n).inputs[1])?;
+    let v = t.to_f64_vec();
+    (!v.is_empty() && v.iter().all(|&x| x == v[0]) && [1.0, 2.0, 0.5].contains(&v[0])).then(|| v[0] as f32)
 }
 
 fn split_axis(s: &[usize], axis: usize) -> (usize, usize, usize) {
