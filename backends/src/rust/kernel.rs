@@ -658,6 +658,47 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 qlinear(items, kk, q)
             )
         }
+        Op::Resize(rz) if all_f32(g, n) && ins.len() == 1 => {
+            // tap tables per axis from the evaluator's own rule, as module statics
+            let mut axes = Vec::new();
+            for (d, (&li, &lo)) in x0s.iter().zip(&o0).enumerate() {
+                let taps = kiln_ir::eval::resize_taps(rz, d, li, lo);
+                let count = taps.iter().flatten().map(|t| t.len()).max().unwrap_or(1);
+                let (mut idx, mut wts) = (Vec::new(), Vec::new());
+                for t in &taps {
+                    for j in 0..count {
+                        match t.as_ref().and_then(|t| t.get(j)) {
+                            Some(&(i, w)) => {
+                                idx.push(i.to_string());
+                                wts.push(format!("{w:?}"));
+                            }
+                            None => {
+                                idx.push(if t.is_some() { "0".into() } else { "u32::MAX".into() });
+                                wts.push("0.0".into());
+                            }
+                        }
+                    }
+                }
+                let (ni, nw) = (format!("RI{kk}_{d}"), format!("RW{kk}_{d}"));
+                let _ = write!(items, "    static {ni}: [u32; {}] = [", idx.len());
+                super::wrap(items, &idx, "        ");
+                items.push_str("];\n");
+                let _ = write!(items, "    static {nw}: [f64; {}] = [", wts.len());
+                super::wrap(items, &wts, "        ");
+                items.push_str("];\n");
+                axes.push(format!(
+                    "k::ResizeAxis {{ index: &{ni}, weight: &{nw}, count: {count} }}"
+                ));
+            }
+            let st: Vec<usize> = dense(&x0s).into_iter().map(|v| v as usize).collect();
+            format!(
+                "k::resize(x0, &{}, &{}, &[{}], {}, y0);",
+                list(&st),
+                list(&o0),
+                axes.join(", "),
+                f32_lit(rz.extrapolation)
+            )
+        }
         Op::QAdd(p) => {
             let _ = writeln!(
                 items,

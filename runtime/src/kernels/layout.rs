@@ -260,3 +260,68 @@ pub fn pad<T: Copy>(
         }
     }
 }
+
+/// One axis of a [`resize`]: `count` taps per output index, each an input index (`u32::MAX`
+/// where the output lies outside the crop and takes the extrapolation value) and a weight.
+#[derive(Clone, Copy, Debug)]
+pub struct ResizeAxis<'a> {
+    pub index: &'a [u32],
+    pub weight: &'a [f64],
+    pub count: usize,
+}
+
+/// `Resize` as a separable sum: each output is `sum over the tap product of (product of the
+/// axis weights) * x`, accumulated in f64 in the evaluator's order (zero weights skipped)
+/// and rounded once.
+pub fn resize(
+    x: &[f32],
+    in_strides: &[usize],
+    out_shape: &[usize],
+    axes: &[ResizeAxis],
+    extrapolation: f32,
+    y: &mut [f32],
+) {
+    let r = out_shape.len();
+    assert!(r <= MAX_RANK && axes.len() == r && in_strides.len() == r);
+    let mut o = [0usize; MAX_RANK];
+    for v in y.iter_mut() {
+        let outside = (0..r).any(|d| axes[d].index[o[d] * axes[d].count] == u32::MAX);
+        *v = if outside {
+            extrapolation
+        } else {
+            let mut k = [0usize; MAX_RANK];
+            let mut acc = 0.0f64;
+            'taps: loop {
+                let (mut w, mut off) = (1.0f64, 0usize);
+                for d in 0..r {
+                    let t = o[d] * axes[d].count + k[d];
+                    w *= axes[d].weight[t];
+                    off += axes[d].index[t] as usize * in_strides[d];
+                }
+                if w != 0.0 {
+                    acc += w * x[off] as f64;
+                }
+                let mut d = r;
+                loop {
+                    if d == 0 {
+                        break 'taps;
+                    }
+                    d -= 1;
+                    k[d] += 1;
+                    if k[d] < axes[d].count {
+                        break;
+                    }
+                    k[d] = 0;
+                }
+            }
+            acc as f32
+        };
+        for d in (0..r).rev() {
+            o[d] += 1;
+            if o[d] < out_shape[d] {
+                break;
+            }
+            o[d] = 0;
+        }
+    }
+}

@@ -15,7 +15,9 @@ pub mod reduce;
 pub mod rnn;
 
 pub use float::max_pool;
-pub use layout::{PadMode, copy_nd, for_each_nd, gather, gather_elements, map, pad, trilu, zip_nd, zip3_nd};
+pub use layout::{
+    PadMode, ResizeAxis, copy_nd, for_each_nd, gather, gather_elements, map, pad, resize, trilu, zip_nd, zip3_nd,
+};
 
 /// An IEEE binary16 weight (its bit pattern), widened exactly to f32 when read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
