@@ -658,6 +658,50 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 qlinear(items, kk, q)
             )
         }
+        Op::ConvTranspose(c) if all_f32(g, n) && spatial_2d(g, ins[0]) => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            let r = x0s.len() - 2;
+            let w = &c.window;
+            let plane = if r == 1 {
+                Plane {
+                    h: 1,
+                    w: x0s[2],
+                    oh: 1,
+                    ow: o0[2],
+                    kh: 1,
+                    kw: w.kernel[0],
+                    sh: 1,
+                    sw: w.strides[0],
+                    dh: 1,
+                    dw: w.dilations[0],
+                    ph: 0,
+                    pw: w.pads[0],
+                }
+            } else {
+                Plane {
+                    h: x0s[2],
+                    w: x0s[3],
+                    oh: o0[2],
+                    ow: o0[3],
+                    kh: w.kernel[0],
+                    kw: w.kernel[1],
+                    sh: w.strides[0],
+                    sw: w.strides[1],
+                    dh: w.dilations[0],
+                    dw: w.dilations[1],
+                    ph: w.pads[0],
+                    pw: w.pads[1],
+                }
+            };
+            format!(
+                "k::float::conv_transpose(x0, x1, {bias}, y0, &k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {}, plane: {} }});",
+                x0s[0],
+                x0s[1],
+                o0[1],
+                c.group,
+                plane_lit(&plane)
+            )
+        }
         Op::Resize(rz) if all_f32(g, n) && ins.len() == 1 => {
             // tap tables per axis from the evaluator's own rule, as module statics
             let mut axes = Vec::new();

@@ -225,6 +225,46 @@ pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize)
     }
 }
 
+/// `ConvTranspose` over `[N, C, H, W]` (or `[N, C, W]`) with `[C, M/group, KH, KW]`
+/// weights: each input element scatters `x * w` to output `(i * stride + k * dilation -
+/// pad)` when that lies inside; `plane` holds the input (`h, w`) and output (`oh, ow`)
+/// extents. Sums run in the evaluator's order: input channel, tap, output channel, input
+/// position.
+#[inline]
+pub fn conv_transpose(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape) {
+    let p = &s.plane;
+    let (cg, mg) = (s.cin / s.group, s.cout / s.group);
+    let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    for b in 0..s.batch {
+        for oc in 0..s.cout {
+            y[(b * s.cout + oc) * pout..][..pout].fill(bias.map_or(0.0, |b| b[oc]));
+        }
+        for gi in 0..s.group {
+            for cc in 0..cg {
+                let ch = gi * cg + cc;
+                let xc = &x[(b * s.cin + ch) * pin..][..pin];
+                for kk in 0..k {
+                    let (ky, kx) = (kk / p.kw, kk % p.kw);
+                    for mm in 0..mg {
+                        let wv = w[(ch * mg + mm) * k + kk];
+                        let yo = &mut y[(b * s.cout + gi * mg + mm) * pout..][..pout];
+                        for (i, &xv) in xc.iter().enumerate() {
+                            let oy = ((i / p.w) * p.sh + ky * p.dh).checked_sub(p.ph);
+                            let ox = ((i % p.w) * p.sw + kx * p.dw).checked_sub(p.pw);
+                            if let (Some(oy), Some(ox)) = (oy, ox)
+                                && oy < p.oh
+                                && ox < p.ow
+                            {
+                                yo[oy * p.ow + ox] += xv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `LogSoftmax` along the middle axis of `[outer, len, inner]`: `x - max - ln(sum(e^(x - max)))`.
 #[inline]
 pub fn log_softmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize) {
