@@ -32,3 +32,5 @@ KILN_REQUIRE_CONFORMANCE=1 KILN_REQUIRE_CROSS=1 KILN_REQUIRE_MCU=1 cargo test --
 # The build.rs example: the shipped digits model compiled by kiln::Build as a native object
 # and as Rust source, float and int8, run on its reference input.
 cargo run -q --locked -p kiln-buildrs-app
+# The same API picking Rust source by itself: a no_std crate built for a Cortex-M target.
+cargo build -q --locked -p kiln-buildrs-mcu --target thumbv7em-none-eabihf
