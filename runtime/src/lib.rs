@@ -137,6 +137,29 @@ pub fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
     }
 }
 
+/// Dynamic-range quantization parameters for a run of activations (the rule of hybrid
+/// int8 mode, where activations are quantized at run time): the observed range widened to
+/// include 0 and mapped onto int8, `scale = (max - min) / 255` and `zero_point =
+/// round_away(-128 - min / scale)` clamped to int8, all in f32 so every backend agrees.
+/// NaNs are ignored; an empty, all-zero or non-finite range gives `(1.0, 0)`.
+pub fn dynamic_qparams(values: &[f32]) -> (f32, i32) {
+    let (mut lo, mut hi) = (0.0f32, 0.0f32);
+    for &v in values {
+        if v < lo {
+            lo = v;
+        }
+        if v > hi {
+            hi = v;
+        }
+    }
+    let scale = (hi - lo) / 255.0;
+    if !(scale > 0.0 && scale.is_finite()) {
+        return (1.0, 0);
+    }
+    let zp = round_away(-128.0 - lo / scale).clamp(-128, 127);
+    (scale, zp)
+}
+
 /// Integer to float: `(q - zero_point) * scale` in f32.
 #[inline]
 pub fn dequantize(q: i32, scale: f32, zero_point: i32) -> f32 {
@@ -210,6 +233,33 @@ pub const ADD_LEFT_SHIFT: i32 = 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_ranges_keep_zero_exact_and_cover_the_values() {
+        for values in [
+            &[0.5f32, -1.25, 3.0, 0.0][..],
+            &[2.0, 4.0, 8.0],
+            &[-7.0, -0.5],
+            &[1e-30, 0.0],
+            &[0.0, 0.0],
+            &[],
+            &[f32::NAN, 1.0],
+        ] {
+            let (s, zp) = super::dynamic_qparams(values);
+            assert!(s > 0.0 && (-128..=127).contains(&zp), "{values:?}");
+            assert_eq!(super::quantize(0.0, s, zp, -128, 127), zp, "zero is exact: {values:?}");
+            for &v in values.iter().filter(|v| !v.is_nan()) {
+                let q = super::quantize(v, s, zp, -128, 127);
+                let back = super::dequantize(q, s, zp);
+                assert!(
+                    (back - v).abs() <= s * 0.5 + s * 1e-3,
+                    "{v} -> {q} -> {back} ({values:?})"
+                );
+            }
+        }
+        assert_eq!(super::dynamic_qparams(&[0.0, 0.0]), (1.0, 0));
+        assert_eq!(super::dynamic_qparams(&[f32::INFINITY]), (1.0, 0));
+    }
 
     #[test]
     fn known_values() {
