@@ -145,6 +145,13 @@ fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::
 
 /// Items separated by `, `, wrapped before 100 columns, one indented block.
 fn wrap(out: &mut String, items: &[String], indent: &str) {
+    // On the opening line when everything fits there (as rustfmt would).
+    let col = out.len() - out.rfind('\n').map_or(0, |i| i + 1);
+    let inline = items.join(", ");
+    if col + inline.len() + 3 <= 100 {
+        out.push_str(&inline);
+        return;
+    }
     let mut line = String::new();
     for it in items {
         if !line.is_empty() && indent.len() + line.len() + it.len() + 2 > 100 {
