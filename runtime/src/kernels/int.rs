@@ -31,6 +31,9 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
     let p = &s.plane;
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    if k == 1 && p.sh == 1 && p.sw == 1 && p.ph == 0 && p.pw == 0 && pin == pout && s.group == 1 {
+        return qconv_1x1(x, w, bias, y, s, q);
+    }
     let acc = &mut acc[..pout];
     for b in 0..s.batch {
         for oc in 0..s.cout {
@@ -66,6 +69,29 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             for (d, &a) in yo.iter_mut().zip(acc.iter()) {
                 *d = q.finish(oc, a);
+            }
+        }
+    }
+}
+
+/// A 1x1, stride-1, unpadded convolution, output-stationary: the zero point comes out of the
+/// sum (`sum((x - zp) * w) = sum(x * w) - zp * sum(w)`, exact in wrapping i32), so each
+/// position is a plain dot product over the input channels kept in a register.
+fn qconv_1x1(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let pos = s.plane.h * s.plane.w;
+    for b in 0..s.batch {
+        let xb = &x[b * s.cin * pos..][..s.cin * pos];
+        for oc in 0..s.cout {
+            let wo = &w[oc * s.cin..][..s.cin];
+            let wsum = wo.iter().fold(0i32, |a, &v| a.wrapping_add(v as i32));
+            let start = bias.map_or(0, |b| b[oc]).wrapping_sub(q.input_zp.wrapping_mul(wsum));
+            let yo = &mut y[(b * s.cout + oc) * pos..][..pos];
+            for (i, d) in yo.iter_mut().enumerate() {
+                let mut acc = start;
+                for (xc, &wv) in xb.chunks_exact(pos).zip(wo) {
+                    acc = acc.wrapping_add(xc[i] as i32 * wv as i32);
+                }
+                *d = q.finish(oc, acc);
             }
         }
     }
