@@ -34,6 +34,9 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
     if k == 1 && p.sh == 1 && p.sw == 1 && p.ph == 0 && p.pw == 0 && pin == pout && s.group == 1 {
         return qconv_1x1(x, w, bias, y, s, q);
     }
+    if pout < 16 {
+        return qconv_few_outputs(x, w, bias, y, s, q);
+    }
     let acc = &mut acc[..pout];
     for b in 0..s.batch {
         for oc in 0..s.cout {
@@ -69,6 +72,52 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             for (d, &a) in yo.iter_mut().zip(acc.iter()) {
                 *d = q.finish(oc, a);
+            }
+        }
+    }
+}
+
+/// Output-stationary convolution for small output planes (a long kernel over a short signal,
+/// e.g. an STFT as a convolution), where a pass per tap would reach only a few outputs:
+/// per output the taps inside the input form one contiguous range per row, summed in a
+/// register with the zero point taken out of the sum as in [`qconv_1x1`].
+fn qconv_few_outputs(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let p = &s.plane;
+    let (cg, mg) = (s.cin / s.group, s.cout / s.group);
+    let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    for b in 0..s.batch {
+        for oc in 0..s.cout {
+            let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
+            let wo = &w[oc * cg * k..][..cg * k];
+            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+            for oy in 0..p.oh {
+                let (ky0, ky1) = p.taps_y(oy);
+                for ox in 0..p.ow {
+                    let (kx0, kx1) = p.taps_x(ox);
+                    let (mut acc, mut wsum) = (bias.map_or(0, |b| b[oc]), 0i32);
+                    if kx0 < kx1 {
+                        for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                            for ky in ky0..ky1 {
+                                let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                                let wrow = &wc[ky * p.kw..][kx0..kx1];
+                                let xs = &xrow[ox * p.sw + kx0 * p.dw - p.pw..];
+                                if p.dw == 1 {
+                                    for (&xv, &wv) in xs[..wrow.len()].iter().zip(wrow) {
+                                        acc = acc.wrapping_add(xv as i32 * wv as i32);
+                                        wsum = wsum.wrapping_add(wv as i32);
+                                    }
+                                } else {
+                                    for (&xv, &wv) in xs.iter().step_by(p.dw).zip(wrow) {
+                                        acc = acc.wrapping_add(xv as i32 * wv as i32);
+                                        wsum = wsum.wrapping_add(wv as i32);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let acc = acc.wrapping_sub(q.input_zp.wrapping_mul(wsum));
+                    yo[oy * p.ow + ox] = q.finish(oc, acc);
+                }
             }
         }
     }
