@@ -1,6 +1,7 @@
 //! `kiln bench`: one tool for every latency figure. The evaluator is timed in-process; a
-//! compiled model is linked into a small C timing loop with the system `cc` (-O2) and run
-//! on this machine, so the number includes nothing but the generated code.
+//! compiled model (native object, or C source built with the same compiler) is linked into a
+//! small C timing loop with the system `cc` (-O2) and run on this machine, so the number
+//! includes nothing but the generated code.
 
 use crate::compile::{CompileOptions, Emit, compile, parse_target, write_files};
 use kiln_backends::header::c_type;
@@ -35,10 +36,19 @@ pub fn bench_eval(g: &Graph, inputs: &[Tensor], runs: usize) -> Result<Timing, k
     Ok(summarize(times))
 }
 
-/// Compiles `g` for the host, links a timing harness, runs it in `work`.
+/// Compiles `g` for the host (`Emit::Object` or `Emit::C`), links a timing harness, runs it
+/// in `work`.
 pub fn bench_object(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path) -> Result<Timing, String> {
+    bench_compiled(g, inputs, runs, work, Emit::Object)
+}
+
+/// As [`bench_object`] for any host-runnable emit kind (object or C).
+pub fn bench_compiled(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path, emit: Emit) -> Result<Timing, String> {
+    if emit == Emit::RustSource {
+        return Err("benchmarks time native objects and C; Rust source is timed in its crate".into());
+    }
     let opts = CompileOptions {
-        emit: Emit::Object,
+        emit,
         target: parse_target("host").map_err(|e| e.to_string())?,
         prefix: "bench_model".into(),
     };
@@ -78,12 +88,15 @@ pub fn bench_object(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path) -> R
     ));
     std::fs::write(work.join("bench.c"), c).map_err(|e| e.to_string())?;
     let exe = work.join("bench");
-    let cc = std::process::Command::new("cc")
-        .args(["-std=c11", "-O2"])
-        .arg(work.join("bench.c"))
-        .arg("-L")
-        .arg(work)
-        .args(["-lbench_model", "-o"])
+    let mut cc = std::process::Command::new("cc");
+    cc.args(["-std=c11", "-O2"]).arg(work.join("bench.c"));
+    if emit == Emit::C {
+        cc.arg(work.join("bench_model.c")).arg("-lm");
+    } else {
+        cc.arg("-L").arg(work).arg("-lbench_model");
+    }
+    let cc = cc
+        .arg("-o")
         .arg(&exe)
         .output()
         .map_err(|e| format!("cannot run cc: {e}"))?;

@@ -86,6 +86,8 @@ enum EmitArg {
 enum BenchEmit {
     Eval,
     Object,
+    /// The C backend's source, built with the system `cc -O2`.
+    C,
 }
 
 #[derive(Subcommand)]
@@ -575,11 +577,15 @@ fn bench(
     };
     let (what, t) = match emit {
         BenchEmit::Eval => ("evaluator", kiln::bench::bench_eval(g, &ts, runs)?),
-        BenchEmit::Object => {
+        BenchEmit::Object | BenchEmit::C => {
             let work = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
-            let r = kiln::bench::bench_object(g, &ts, runs, &work);
+            let (what, e) = match emit {
+                BenchEmit::C => ("C source (cc -O2)", kiln::compile::Emit::C),
+                _ => ("native object", kiln::compile::Emit::Object),
+            };
+            let r = kiln::bench::bench_compiled(g, &ts, runs, &work, e);
             let _ = std::fs::remove_dir_all(&work);
-            ("native object", r.map_err(anyhow::Error::msg)?)
+            (what, r.map_err(anyhow::Error::msg)?)
         }
     };
     println!(
