@@ -5,9 +5,9 @@
 //! the native object, the C and the Rust source builds reproduce the evaluator within the
 //! float backends' usual bound, each reading the binary16 weights directly.
 
-use kiln::{ImportOptions, PipelineOptions};
+use kiln::PipelineOptions;
 use kiln_ir::{Graph, Tensor};
-use kiln_tests::{build_c, build_native, build_rust, compare, repo};
+use kiln_tests::{build_c, build_native, build_rust, case_import_options, compare, model_dirs, ref_input_sets};
 use std::path::PathBuf;
 
 /// max |fp16 - float| over max(1, max |float|), per output: relative for large outputs,
@@ -25,20 +25,11 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let root = repo().join("tests/models");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
+    model_dirs()
+        .into_iter()
         .map(|dir| {
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-            let mut o = ImportOptions::default();
-            if name.starts_with("rapidocr") {
-                o.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
-            }
+            let o = case_import_options(&dir);
             let m = kiln::load(&dir.join("model.onnx"), &o, &PipelineOptions::default(), |_, _| {}).unwrap();
             let h = kiln::quantize::fp16::to_fp16(&m.graph).unwrap();
             Case {
@@ -53,15 +44,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn ref_sets(c: &Case) -> Vec<Vec<Tensor>> {
-    (0..)
-        .map(|s| c.dir.join("ref").join(format!("test_data_set_{s}")))
-        .take_while(|d| d.is_dir())
-        .map(|d| {
-            (0..c.float.inputs().len())
-                .map(|i| kiln::npy::read(&d.join(format!("input_{i}.npy"))).unwrap())
-                .collect()
-        })
-        .collect()
+    ref_input_sets(&c.dir, c.float.inputs().len())
 }
 
 #[test]
@@ -79,9 +62,6 @@ fn fp16_models_halve_weights_and_stay_close_to_float() {
                 let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
                 let scale = wv.iter().fold(1f64, |m, v| m.max(v.abs()));
                 let err = gv.iter().zip(&wv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-                if std::env::var_os("KILN_FP16_DEBUG").is_some() {
-                    println!("  {}: output {:?} err {err:e} scale {scale:e}", c.name, w.shape);
-                }
                 worst = worst.max(err / scale);
                 if wv.len() > 1 {
                     let arg = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });

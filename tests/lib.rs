@@ -598,3 +598,44 @@ pub fn build_rust(
         })
         .collect()
 }
+
+// ---- the shipped models ----
+
+/// The folders of `tests/models/` that hold a `model.onnx`, sorted.
+pub fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/models"))
+        .expect("tests/models")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Pinned input shapes from a model folder's `case.toml` (`input_shape = "x=1,3,48,192"`).
+pub fn case_import_options(dir: &std::path::Path) -> kiln::ImportOptions {
+    let mut o = kiln::ImportOptions::default();
+    if let Ok(t) = std::fs::read_to_string(dir.join("case.toml"))
+        && let Some(line) = t.lines().find(|l| l.trim_start().starts_with("input_shape"))
+        && let Some((name, dims)) = line.split('"').nth(1).and_then(|s| s.split_once('='))
+    {
+        o.input_shapes.insert(
+            name.to_string(),
+            dims.split(',').filter_map(|d| d.trim().parse().ok()).collect(),
+        );
+    }
+    o
+}
+
+/// A model folder's reference input sets (`ref/test_data_set_K/input_I.npy`), in order.
+pub fn ref_input_sets(dir: &std::path::Path, inputs: usize) -> Vec<Vec<Tensor>> {
+    (0..)
+        .map(|s| dir.join("ref").join(format!("test_data_set_{s}")))
+        .take_while(|d| d.is_dir())
+        .map(|d| {
+            (0..inputs)
+                .map(|i| kiln::npy::read(&d.join(format!("input_{i}.npy"))).expect("reference input"))
+                .collect()
+        })
+        .collect()
+}

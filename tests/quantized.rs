@@ -36,7 +36,7 @@ fn cases_with(method: Option<kiln::quantize::calibrate::Method>) -> Vec<Case> {
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
             let m = kiln::load(
                 &dir.join("model.onnx"),
-                &import_options(&dir),
+                &kiln_tests::case_import_options(&dir),
                 &PipelineOptions::default(),
                 |_, _| {},
             )
@@ -59,21 +59,6 @@ fn cases_with(method: Option<kiln::quantize::calibrate::Method>) -> Vec<Case> {
             }
         })
         .collect()
-}
-
-/// Pinned input shapes from the model folder's `case.toml` (`input_shape = "x=1,3,48,192"`).
-fn import_options(dir: &std::path::Path) -> ImportOptions {
-    let mut o = ImportOptions::default();
-    if let Ok(t) = std::fs::read_to_string(dir.join("case.toml"))
-        && let Some(line) = t.lines().find(|l| l.trim_start().starts_with("input_shape"))
-        && let Some((name, dims)) = line.split('"').nth(1).and_then(|s| s.split_once('='))
-    {
-        o.input_shapes.insert(
-            name.to_string(),
-            dims.split(',').filter_map(|d| d.trim().parse().ok()).collect(),
-        );
-    }
-    o
 }
 
 fn ref_inputs(c: &Case, set: usize) -> Option<Vec<Tensor>> {

@@ -4,10 +4,10 @@
 //! float order; Kiln's exp/tanh approximations and libm stand in for std), integer tensors
 //! bit for bit, through `run` and through `run_int`.
 
+use kiln::PipelineOptions;
 use kiln::quantize::{QuantOptions, quantize_int8};
-use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Tensor};
-use kiln_tests::{build_rust, compare, expose_integers, repo};
+use kiln_tests::{build_rust, case_import_options, compare, expose_integers, model_dirs, ref_input_sets};
 use std::path::PathBuf;
 
 const RTOL: f64 = 1e-5;
@@ -32,34 +32,14 @@ struct Case {
     int8: Option<Graph>,
 }
 
-fn import_options(dir: &std::path::Path) -> ImportOptions {
-    let mut o = ImportOptions::default();
-    if let Ok(t) = std::fs::read_to_string(dir.join("case.toml"))
-        && let Some(line) = t.lines().find(|l| l.trim_start().starts_with("input_shape"))
-        && let Some((name, dims)) = line.split('"').nth(1).and_then(|s| s.split_once('='))
-    {
-        o.input_shapes.insert(
-            name.to_string(),
-            dims.split(',').filter_map(|d| d.trim().parse().ok()).collect(),
-        );
-    }
-    o
-}
-
 fn cases() -> Vec<Case> {
-    let root = repo().join("tests/models");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
+    model_dirs()
+        .into_iter()
         .map(|dir| {
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
             let m = kiln::load(
                 &dir.join("model.onnx"),
-                &import_options(&dir),
+                &case_import_options(&dir),
                 &PipelineOptions::default(),
                 |_, _| {},
             )
@@ -77,15 +57,6 @@ fn cases() -> Vec<Case> {
             }
         })
         .collect()
-}
-
-fn ref_inputs(c: &Case, set: usize) -> Option<Vec<Tensor>> {
-    let d = c.dir.join("ref").join(format!("test_data_set_{set}"));
-    d.is_dir().then(|| {
-        (0..c.float.inputs().len())
-            .map(|i| kiln::npy::read(&d.join(format!("input_{i}.npy"))).unwrap())
-            .collect()
-    })
 }
 
 fn supported(g: &Graph) -> bool {
@@ -172,7 +143,7 @@ fn models_as_rust_source_match_the_evaluator() {
             let res = (|| -> Result<String, String> {
                 let mut worst = 0f64;
                 let mut set = 0;
-                while let Some(inputs) = ref_inputs(c, set) {
+                for inputs in ref_input_sets(&c.dir, c.float.inputs().len()) {
                     let (want, got) = match &view {
                         None => (
                             kiln_ir::eval::run(g, &inputs).map_err(|e| e.to_string())?,

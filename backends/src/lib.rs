@@ -6,3 +6,4 @@ pub mod cranelift;
 pub mod header;
 pub mod namer;
 pub mod rust;
+pub mod shapes;

@@ -11,6 +11,7 @@ mod rom;
 mod writer;
 
 use crate::header;
+use crate::shapes::{bcast, f32_half_weight, pow_exponent, strides};
 use kiln_ir::op::{BinaryOp, Conv, Pool, PoolKind, ReduceKind, UnaryOp};
 use kiln_ir::plan::{Location, MemoryPlan};
 use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
@@ -56,35 +57,6 @@ pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 
 fn shape(g: &Graph, v: ValueId) -> &[usize] {
     &g.value(v).ty.shape
-}
-
-fn strides(s: &[usize]) -> Vec<i64> {
-    kiln_ir::tensor::strides(s).into_iter().map(|x| x as i64).collect()
-}
-
-fn bcast(inp: &[usize], out: &[usize]) -> Vec<i64> {
-    let st = strides(inp);
-    let r = out.len();
-    let mut s = vec![0i64; r];
-    for i in 0..inp.len() {
-        s[r - inp.len() + i] = if inp[i] == 1 { 0 } else { st[i] };
-    }
-    s
-}
-
-/// f32 throughout, except that the weight (input 1) may be a binary16 constant
-/// (`--quantize fp16`), which the kernel widens as it reads it.
-fn f32_half_weights(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    node.inputs
-        .iter()
-        .chain(&node.outputs)
-        .enumerate()
-        .all(|(i, &v)| match g.value(v).ty.dtype.scalar {
-            Scalar::F32 => true,
-            Scalar::F16 => i == 1 && g.const_value(v).is_some(),
-            _ => false,
-        })
 }
 
 /// Whether node `n` reads a binary16 weight.
@@ -231,10 +203,10 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
                 ) || (*b == BinaryOp::Pow && pow_exponent(g, n).is_some()))
         }
         Op::Conv(c) => {
-            f32_half_weights(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok)
+            f32_half_weight(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok)
         }
-        Op::Gemm { fused, .. } => f32_half_weights(g, n) && fused.is_none_or(unary_ok),
-        Op::MatMul => f32_half_weights(g, n),
+        Op::Gemm { fused, .. } => f32_half_weight(g, n) && fused.is_none_or(unary_ok),
+        Op::MatMul => f32_half_weight(g, n),
         Op::Pool(p) => {
             f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && !matches!(p.kind, PoolKind::Lp { .. })
         }
@@ -332,12 +304,6 @@ fn int_io(g: &Graph, n: NodeId) -> bool {
 
 fn f32_in(g: &Graph, n: NodeId) -> bool {
     g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::F32
-}
-
-fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
-    let t = g.const_value(g.node(n).inputs[1])?;
-    let v = t.to_f64_vec();
-    (!v.is_empty() && v.iter().all(|&x| x == v[0]) && [1.0, 2.0, 0.5].contains(&v[0])).then(|| v[0] as f32)
 }
 
 /// The C expression for `u(x)` (x a float expression without side effects).

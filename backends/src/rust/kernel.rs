@@ -7,6 +7,7 @@ use kiln_runtime::Requant;
 use kiln_runtime::kernels::Plane;
 
 use super::f32_lit;
+use crate::shapes::{bcast, f32_half_weight, pow_exponent, strides};
 use std::fmt::Write;
 
 fn shape(g: &Graph, v: ValueId) -> &[usize] {
@@ -17,33 +18,9 @@ fn scalar(g: &Graph, v: ValueId) -> Scalar {
     g.value(v).ty.dtype.scalar
 }
 
-fn dense(s: &[usize]) -> Vec<i64> {
-    kiln_ir::tensor::strides(s).into_iter().map(|x| x as i64).collect()
-}
-
-/// Strides reading `inp` broadcast to `out`.
-fn bcast(inp: &[usize], out: &[usize]) -> Vec<i64> {
-    let st = dense(inp);
-    let r = out.len();
-    let mut s = vec![0i64; r];
-    for i in 0..inp.len() {
-        s[r - inp.len() + i] = if inp[i] == 1 { 0 } else { st[i] };
-    }
-    s
-}
-
 fn list<T: std::fmt::Display>(v: &[T]) -> String {
     let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();
     format!("[{}]", s.join(", "))
-}
-
-/// f32 throughout, except a binary16 weight where the kernel takes one.
-fn all_f32(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    node.inputs
-        .iter()
-        .chain(&node.outputs)
-        .all(|&v| scalar(g, v) == Scalar::F32 || half_weight(g, n, v))
 }
 
 /// Element types a slice of the arena may be viewed as (bool as a 0/1 `u8`).
@@ -269,31 +246,17 @@ pub(super) fn call(g: &Graph, n: NodeId, k: usize, items: &mut String) -> String
     call_opt(g, n, k, items).expect("checked by `supported`")
 }
 
-/// A binary16 constant weight (input 1) of a float product, read through `k::F16`.
-pub(super) fn half_weight(g: &Graph, n: NodeId, v: ValueId) -> bool {
-    let node = g.node(n);
-    matches!(node.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul)
-        && node.inputs.get(1) == Some(&v)
-        && scalar(g, v) == Scalar::F16
-        && g.const_value(v).is_some()
-}
-
 fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<String> {
     let node = g.node(n);
     let ins = &node.inputs;
-    if !ins
-        .iter()
-        .chain(&node.outputs)
-        .all(|&v| plain(scalar(g, v)) || half_weight(g, n, v))
-    {
+    if !ins.iter().chain(&node.outputs).all(|&v| plain(scalar(g, v))) && !f32_half_weight(g, n) {
         return None;
     }
-
     let o0 = shape(g, node.outputs[0]).to_vec();
     let x0s = ins.first().map(|&v| shape(g, v).to_vec()).unwrap_or_default();
     let s = match &node.op {
         Op::Identity | Op::Reshape { .. } => "y0.copy_from_slice(x0);".to_string(),
-        Op::Unary(u) if all_f32(g, n) => format!("k::map(x0, y0, |v| {});", unary(*u)?),
+        Op::Unary(u) if f32_half_weight(g, n) => format!("k::map(x0, y0, |v| {});", unary(*u)?),
         Op::Binary(b) if b.yields_bool() => {
             let t = scalar(g, ins[0]);
             if scalar(g, ins[1]) != t
@@ -343,7 +306,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             };
             format!("k::map(x0, y0, |v| {e});")
         }
-        Op::Rnn(r) if all_f32(g, n) && ins.len() == 6 => {
+        Op::Rnn(r) if f32_half_weight(g, n) && ins.len() == 6 => {
             use kiln_ir::op::{Activation, RnnDirection, RnnKind};
             let default = r
                 .activations
@@ -408,7 +371,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             };
             format!(
                 "k::reduce::reduce(x0, &{}, &{}, &{}, y0, k::reduce::Reduce::{k});",
-                list(&dense(&x0s)),
+                list(&strides(&x0s)),
                 list(&kept),
                 list(&reduced)
             )
@@ -418,7 +381,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let max = matches!(node.op, Op::ArgMax { .. });
             format!("k::reduce::arg(x0, y0, {outer}, {len}, {inner}, {max}, {last});")
         }
-        Op::Binary(BinaryOp::Pow) if all_f32(g, n) && pow_exponent(g, n).is_some() => {
+        Op::Binary(BinaryOp::Pow) if f32_half_weight(g, n) && pow_exponent(g, n).is_some() => {
             // a constant exponent of 2, 0.5 or 1 needs no powf (slow on small cores)
             let e = match pow_exponent(g, n) {
                 Some(2.0) => "p * p",
@@ -445,7 +408,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 binary(*b, t)?
             )
         }
-        Op::Conv(c) if all_f32(g, n) && spatial_2d(g, ins[0]) => {
+        Op::Conv(c) if f32_half_weight(g, n) && spatial_2d(g, ins[0]) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
                 "k::float::conv(x0, x1, {bias}, y0, {}, {});",
@@ -459,7 +422,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             trans_a,
             trans_b,
             fused,
-        } if all_f32(g, n) => {
+        } if f32_half_weight(g, n) => {
             let (m, nn) = (o0[0], o0[1]);
             let k = if *trans_a { x0s[0] } else { x0s[1] };
             let c = if ins.len() > 2 {
@@ -475,7 +438,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 act(*fused)?
             )
         }
-        Op::MatMul if all_f32(g, n) => matmul(&x0s, shape(g, ins[1]))?,
+        Op::MatMul if f32_half_weight(g, n) => matmul(&x0s, shape(g, ins[1]))?,
         Op::Pool(p) if spatial_2d(g, ins[0]) => {
             let plane = p.window.plane(&x0s, &o0);
             // count_include_pad needs the true geometry for its divisor
@@ -502,7 +465,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let plane = plane_lit(&global_plane(&x0s));
             pool(kind, scalar(g, ins[0]), x0s[0] * x0s[1], &plane, &[0, 0])?
         }
-        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } if all_f32(g, n) => {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } if f32_half_weight(g, n) => {
             let (outer, len, inner) = split_axis(&x0s, *axis);
             let f = match node.op {
                 Op::Softmax { .. } => "softmax",
@@ -511,7 +474,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             };
             format!("k::float::{f}(x0, y0, {outer}, {len}, {inner});")
         }
-        Op::LayerNorm { axis, epsilon } if all_f32(g, n) => {
+        Op::LayerNorm { axis, epsilon } if f32_half_weight(g, n) => {
             let inner: usize = x0s[*axis..].iter().product();
             if ins[1..].iter().any(|&v| g.value(v).ty.numel() != inner) {
                 return None;
@@ -530,47 +493,47 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let is = shape(g, ins[1]).to_vec();
             format!(
                 "k::gather_elements(x0, &{}, x1, &{}, {axis}, {}, y0);",
-                list(&dense(&x0s)),
+                list(&strides(&x0s)),
                 list(&is),
                 x0s[*axis]
             )
         }
         Op::Transpose { perm } => {
-            let ist = dense(&x0s);
+            let ist = strides(&x0s);
             let st: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
             format!(
                 "k::copy_nd(x0, 0, &{}, y0, 0, &{}, &{});",
                 list(&st),
-                list(&dense(&o0)),
+                list(&strides(&o0)),
                 list(&o0)
             )
         }
         Op::Slice { axes } => {
-            let ist = dense(&x0s);
+            let ist = strides(&x0s);
             let st: Vec<i64> = axes.iter().zip(&ist).map(|(a, &s)| a.step * s).collect();
             let base: i64 = axes.iter().zip(&ist).map(|(a, &s)| a.start * s).sum();
             format!(
                 "k::copy_nd(x0, {base}, &{}, y0, 0, &{}, &{});",
                 list(&st),
-                list(&dense(&o0)),
+                list(&strides(&o0)),
                 list(&o0)
             )
         }
         Op::Expand { .. } => format!(
             "k::copy_nd(x0, 0, &{}, y0, 0, &{}, &{});",
             list(&bcast(&x0s, &o0)),
-            list(&dense(&o0)),
+            list(&strides(&o0)),
             list(&o0)
         ),
         Op::Concat { axis } => {
-            let ost = dense(&o0);
+            let ost = strides(&o0);
             let mut at = 0i64;
             let mut s = String::new();
             for (i, &v) in ins.iter().enumerate() {
                 let xs = shape(g, v);
                 s.push_str(&format!(
                     "k::copy_nd(x{i}, 0, &{}, y0, {}, &{}, &{});\n",
-                    list(&dense(xs)),
+                    list(&strides(xs)),
                     at * ost[*axis],
                     list(&ost),
                     list(xs)
@@ -580,7 +543,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             s
         }
         Op::Split { axis, .. } => {
-            let ist = dense(&x0s);
+            let ist = strides(&x0s);
             let mut at = 0i64;
             let mut s = String::new();
             for (k, &v) in node.outputs.iter().enumerate() {
@@ -589,7 +552,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                     "k::copy_nd(x0, {}, &{}, y{k}, 0, &{}, &{});\n",
                     at * ist[*axis],
                     list(&ist),
-                    list(&dense(ys)),
+                    list(&strides(ys)),
                     list(ys)
                 ));
                 at += ys[*axis] as i64;
@@ -658,41 +621,10 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 qlinear(items, kk, q)
             )
         }
-        Op::ConvTranspose(c) if all_f32(g, n) && spatial_2d(g, ins[0]) => {
+        Op::ConvTranspose(c) if f32_half_weight(g, n) && spatial_2d(g, ins[0]) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
-            let r = x0s.len() - 2;
-            let w = &c.window;
-            let plane = if r == 1 {
-                Plane {
-                    h: 1,
-                    w: x0s[2],
-                    oh: 1,
-                    ow: o0[2],
-                    kh: 1,
-                    kw: w.kernel[0],
-                    sh: 1,
-                    sw: w.strides[0],
-                    dh: 1,
-                    dw: w.dilations[0],
-                    ph: 0,
-                    pw: w.pads[0],
-                }
-            } else {
-                Plane {
-                    h: x0s[2],
-                    w: x0s[3],
-                    oh: o0[2],
-                    ow: o0[3],
-                    kh: w.kernel[0],
-                    kw: w.kernel[1],
-                    sh: w.strides[0],
-                    sw: w.strides[1],
-                    dh: w.dilations[0],
-                    dw: w.dilations[1],
-                    ph: w.pads[0],
-                    pw: w.pads[1],
-                }
-            };
+            // input extents in h/w, output extents in oh/ow: the same geometry as a conv
+            let plane = c.window.plane(&x0s, &o0);
             format!(
                 "k::float::conv_transpose(x0, x1, {bias}, y0, &k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {}, plane: {} }});",
                 x0s[0],
@@ -702,7 +634,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 plane_lit(&plane)
             )
         }
-        Op::Resize(rz) if all_f32(g, n) && ins.len() == 1 => {
+        Op::Resize(rz) if f32_half_weight(g, n) && ins.len() == 1 => {
             // tap tables per axis from the evaluator's own rule, as module statics
             let mut axes = Vec::new();
             for (d, (&li, &lo)) in x0s.iter().zip(&o0).enumerate() {
@@ -734,7 +666,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                     "k::ResizeAxis {{ index: &{ni}, weight: &{nw}, count: {count} }}"
                 ));
             }
-            let st: Vec<usize> = dense(&x0s).into_iter().map(|v| v as usize).collect();
+            let st: Vec<usize> = strides(&x0s).into_iter().map(|v| v as usize).collect();
             format!(
                 "k::resize(x0, &{}, &{}, &[{}], {}, y0);",
                 list(&st),
@@ -796,13 +728,6 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
         _ => return None,
     };
     Some(s)
-}
-
-/// A constant exponent of 1, 2 or 0.5, the same for every element.
-fn pow_exponent(g: &Graph, n: NodeId) -> Option<f32> {
-    let t = g.const_value(g.node(n).inputs[1])?;
-    let v = t.to_f64_vec();
-    (!v.is_empty() && v.iter().all(|&x| x == v[0]) && [1.0, 2.0, 0.5].contains(&v[0])).then(|| v[0] as f32)
 }
 
 fn split_axis(s: &[usize], axis: usize) -> (usize, usize, usize) {

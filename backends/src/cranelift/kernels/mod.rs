@@ -47,21 +47,6 @@ fn f32_only(g: &Graph, n: NodeId) -> bool {
         .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
 }
 
-/// f32 throughout except a constant binary16 weight (input 1, `--quantize fp16`), which
-/// the product loop widens as it loads it.
-fn f32_half_weight(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    node.inputs
-        .iter()
-        .chain(&node.outputs)
-        .enumerate()
-        .all(|(i, &v)| match g.value(v).ty.dtype.scalar {
-            Scalar::F32 => true,
-            Scalar::F16 => i == 1 && g.const_value(v).is_some(),
-            _ => false,
-        })
-}
-
 /// f32 in, f32 out, with a vectorizable kernel.
 fn fast_unary(g: &Graph, n: NodeId, u: kiln_ir::op::UnaryOp) -> bool {
     f32_only(g, n) && elementwise::unary_supported(u)
@@ -96,7 +81,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
         Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
         Op::Conv(c) => {
-            f32_half_weight(g, n)
+            crate::shapes::f32_half_weight(g, n)
                 && (rank == 3 || rank == 4)
                 && c.window.kernel.len() + 2 == rank
                 && c.fused.is_none_or(elementwise::unary_supported)
@@ -112,7 +97,9 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         }
         Op::GlobalPool(k) if int8_pool(g, n) => !matches!(k, kiln_ir::op::PoolKind::Lp { .. }),
         Op::GlobalPool(_) => float_ok,
-        Op::Gemm { fused, .. } => f32_half_weight(g, n) && fused.is_none_or(elementwise::unary_supported),
+        Op::Gemm { fused, .. } => {
+            crate::shapes::f32_half_weight(g, n) && fused.is_none_or(elementwise::unary_supported)
+        }
         Op::MatMul => scalar(0) != Scalar::Bool,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => matches!(scalar(0), Scalar::F32 | Scalar::F16),
         Op::Reduce { .. } => nn::reduce_supported(scalar(0)),
