@@ -27,22 +27,30 @@ pub fn conv<W: Weight>(
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             yo.fill(bias.map_or(0.0, |b| b[oc]));
             for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                p.tap_runs(|t, xi, yi, len| {
-                    let wv = wc[t].f32();
-                    if wv == 0.0 {
-                        return;
-                    }
-                    let yrow = &mut yo[yi..][..len];
-                    if p.sw == 1 {
-                        for (yv, &xv) in yrow.iter_mut().zip(&xc[xi..]) {
-                            *yv += xv * wv;
+                for ky in 0..p.kh {
+                    let (oy0, oy1) = p.rows_reached(ky);
+                    for kx in 0..p.kw {
+                        let wv = wc[ky * p.kw + kx].f32();
+                        let (ox0, ox1) = p.cols_reached(kx);
+                        if wv == 0.0 || ox0 == ox1 {
+                            continue;
                         }
-                    } else {
-                        for (yv, &xv) in yrow.iter_mut().zip(xc[xi..].iter().step_by(p.sw)) {
-                            *yv += xv * wv;
+                        for oy in oy0..oy1 {
+                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                            let yrow = &mut yo[oy * p.ow..][ox0..ox1];
+                            if p.sw == 1 {
+                                for (yv, &xv) in yrow.iter_mut().zip(xs) {
+                                    *yv += xv * wv;
+                                }
+                            } else {
+                                for (yv, &xv) in yrow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                    *yv += xv * wv;
+                                }
+                            }
                         }
                     }
-                });
+                }
             }
             for v in yo.iter_mut() {
                 *v = act(*v);

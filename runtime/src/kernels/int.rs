@@ -44,22 +44,30 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
             let wo = &w[oc * cg * k..][..cg * k];
             acc.fill(bias.map_or(0, |b| b[oc]));
             for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                p.tap_runs(|t, xi, ai, len| {
-                    let wv = wc[t] as i32;
-                    if wv == 0 {
-                        return;
-                    }
-                    let arow = &mut acc[ai..][..len];
-                    if p.sw == 1 {
-                        for (a, &xv) in arow.iter_mut().zip(&xc[xi..]) {
-                            *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                for ky in 0..p.kh {
+                    let (oy0, oy1) = p.rows_reached(ky);
+                    for kx in 0..p.kw {
+                        let wv = wc[ky * p.kw + kx] as i32;
+                        let (ox0, ox1) = p.cols_reached(kx);
+                        if wv == 0 || ox0 == ox1 {
+                            continue;
                         }
-                    } else {
-                        for (a, &xv) in arow.iter_mut().zip(xc[xi..].iter().step_by(p.sw)) {
-                            *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                        for oy in oy0..oy1 {
+                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                            let arow = &mut acc[oy * p.ow..][ox0..ox1];
+                            if p.sw == 1 {
+                                for (a, &xv) in arow.iter_mut().zip(xs) {
+                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                                }
+                            } else {
+                                for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                                }
+                            }
                         }
                     }
-                });
+                }
             }
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             for (d, &a) in yo.iter_mut().zip(acc.iter()) {

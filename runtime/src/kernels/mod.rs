@@ -159,31 +159,6 @@ impl Plane {
         p
     }
 
-    /// The runs of a weight-stationary pass: for each kernel tap `t = ky * kw + kx` and each
-    /// output row it reaches, `f(t, x, y, len)` with the row's first input offset `x` (then
-    /// every `sw`-th), its first output offset `y` and its number of outputs `len`.
-    #[inline]
-    pub fn tap_runs(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
-        for ky in 0..self.kh {
-            let (oy0, oy1) = self.rows_reached(ky);
-            for kx in 0..self.kw {
-                let (ox0, ox1) = self.cols_reached(kx);
-                if ox0 == ox1 {
-                    continue;
-                }
-                for oy in oy0..oy1 {
-                    let row = (oy * self.sh + ky * self.dh - self.ph) * self.w;
-                    f(
-                        ky * self.kw + kx,
-                        row + ox0 * self.sw + kx * self.dw - self.pw,
-                        oy * self.ow + ox0,
-                        ox1 - ox0,
-                    );
-                }
-            }
-        }
-    }
-
     /// Kernel rows `[lo, hi)` that land inside the input at output row `oy`.
     #[inline]
     pub fn taps_y(&self, oy: usize) -> (usize, usize) {
