@@ -35,6 +35,9 @@ pub enum Quantize {
     None,
     /// Reduced float: Conv/Gemm/MatMul weights as binary16 (half the bytes), f32 arithmetic.
     Fp16,
+    /// Hybrid: Conv/Gemm/MatMul weights as int8 (a quarter of the bytes), activations
+    /// quantized at run time by each of those ops, everything else f32.
+    Dynamic,
     /// Full-integer int8, calibrated on the data in `calibration` (a directory of
     /// `input_K.npy`, an `.npz`, or per-sample subdirectories; see the README).
     Int8 {
@@ -185,6 +188,14 @@ impl Build {
             Quantize::None => m.graph,
             Quantize::Fp16 => {
                 crate::quantize::fp16::to_fp16(&m.graph)
+                    .map_err(|source| BuildError::Compile {
+                        path: path.clone(),
+                        source: Box::new(CompileError::Plan(source)),
+                    })?
+                    .graph
+            }
+            Quantize::Dynamic => {
+                crate::quantize::dynamic::to_dynamic(&m.graph, &[])
                     .map_err(|source| BuildError::Compile {
                         path: path.clone(),
                         source: Box::new(CompileError::Plan(source)),

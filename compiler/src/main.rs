@@ -36,6 +36,9 @@ enum QuantMode {
     Int8,
     /// Reduced float: Conv/Gemm/MatMul weights as float16, f32 arithmetic (no data needed).
     Fp16,
+    /// Hybrid: Conv/Gemm/MatMul weights as int8, activations quantized at run time, float
+    /// everywhere else (no data needed).
+    Dynamic,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -233,6 +236,20 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 eprintln!("note: {n}");
             }
             eprintln!("note: float16 weights: {} -> {} bytes", q.bytes_f32, q.bytes_f16);
+            m.graph = q.graph;
+        }
+        QuantMode::Dynamic => {
+            if quant.calibrate.is_some() {
+                bail!("--quantize dynamic needs no calibration data; drop --calibrate");
+            }
+            let q = kiln::quantize::dynamic::to_dynamic(&m.graph, &quant.keep_float)?;
+            for n in &q.notes {
+                eprintln!("note: {n}");
+            }
+            eprintln!(
+                "note: int8 weights: {} -> {} bytes (with one f32 scale per channel)",
+                q.bytes_f32, q.bytes_int8
+            );
             m.graph = q.graph;
         }
         QuantMode::Int8 => {

@@ -494,6 +494,20 @@ pub enum Op {
     QMatMul {
         q: QLinear,
     },
+    /// `[x: f32, w: i8 (symmetric, per output channel)] -> [y: f32]`, hybrid convolution:
+    /// `x` quantized at run time as one tensor (`kiln_runtime::dynamic_quantize`), the int8
+    /// products summed in i32, `y = kiln_runtime::dynamic_rescale(acc, s_x, weight_scales[c])`.
+    /// A bias and activation follow as float ops.
+    DynConv {
+        window: Window,
+        group: usize,
+        weight_scales: Arc<[f32]>,
+    },
+    /// `[x: f32 [.., K], w: i8 [K, N] (symmetric, per column)] -> [y: f32 [.., N]]`, hybrid
+    /// product as `DynConv` with each row of `x` quantized on its own.
+    DynMatMul {
+        weight_scales: Arc<[f32]>,
+    },
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Add).
     QAdd(QAdd),
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Mul):
@@ -624,6 +638,8 @@ impl Op {
             Op::Dequantize { .. } => "Dequantize",
             Op::QConv { .. } => "QConv",
             Op::QMatMul { .. } => "QMatMul",
+            Op::DynConv { .. } => "DynConv",
+            Op::DynMatMul { .. } => "DynMatMul",
             Op::QAdd(_) => "QAdd",
             Op::QMul(_) => "QMul",
             Op::QSoftmax { .. } => "QSoftmax",

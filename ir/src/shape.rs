@@ -122,6 +122,26 @@ fn int_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
     Ok(())
 }
 
+/// A hybrid op reads f32 activations and int8 weights.
+fn dyn_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
+    for (t, want) in inputs.iter().zip([Scalar::F32, Scalar::I8]) {
+        if t.dtype.scalar != want {
+            return err(op, format!("input {t} is not {want}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_scales(op: &Op, scales: &[f32], channels: usize) -> Result<()> {
+    if scales.len() != 1 && scales.len() != channels {
+        return err(
+            op,
+            format!("{} weight scales for {channels} output channels", scales.len()),
+        );
+    }
+    Ok(())
+}
+
 fn check_requant(op: &Op, q: &QLinear, channels: usize) -> Result<()> {
     if q.requant.len() != 1 && q.requant.len() != channels {
         return err(
@@ -285,6 +305,36 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let mut s = a.shape.clone();
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![qtype(Scalar::I8, q.output_scale, q.output_zp, s)])
+        }
+        DynConv {
+            window,
+            group,
+            weight_scales,
+        } => {
+            arity(op, inputs, 2, 2)?;
+            dyn_inputs(op, inputs)?;
+            let f = crate::op::Conv {
+                window: window.clone(),
+                group: *group,
+                fused: None,
+            };
+            let as_float: Vec<TensorType> = inputs.iter().map(|t| plain(Scalar::F32, t.shape.clone())).collect();
+            let refs: Vec<&TensorType> = as_float.iter().collect();
+            let out = infer(&Op::Conv(f), &refs)?;
+            check_scales(op, weight_scales, out[0].shape[1])?;
+            Ok(out)
+        }
+        DynMatMul { weight_scales } => {
+            arity(op, inputs, 2, 2)?;
+            dyn_inputs(op, inputs)?;
+            let (a, w) = (inputs[0], inputs[1]);
+            if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
+                return err(op, format!("cannot multiply {a} by {w}"));
+            }
+            check_scales(op, weight_scales, w.shape[1])?;
+            let mut s = a.shape.clone();
+            *s.last_mut().expect("rank >= 1") = w.shape[1];
+            Ok(vec![plain(Scalar::F32, s)])
         }
         QAdd(_) | QMul(_) => {
             arity(op, inputs, 2, 2)?;

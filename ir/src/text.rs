@@ -137,6 +137,12 @@ pub fn attrs(op: &Op) -> String {
         Op::Dequantize { scale, zero_point } => format!("scale={scale:e} zp={zero_point}"),
         Op::QConv { window: w, group, q } => format!("{} group={group} {}", window(w), qlinear(q)),
         Op::QMatMul { q } => qlinear(q),
+        Op::DynConv {
+            window: w,
+            group,
+            weight_scales,
+        } => format!("{} group={group} weight_scales={}", window(w), scales(weight_scales)),
+        Op::DynMatMul { weight_scales } => format!("weight_scales={}", scales(weight_scales)),
         Op::QAdd(a) => format!(
             "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]",
             a.a_zp,
@@ -170,6 +176,13 @@ pub fn attrs(op: &Op) -> String {
 
 fn rq(r: &Requant) -> String {
     format!("{}>>{}", r.multiplier, -r.shift + 31)
+}
+
+/// The first few of a per-channel scale list (the whole list is in the op).
+fn scales(v: &[f32]) -> String {
+    let r: Vec<String> = v.iter().take(4).map(|s| format!("{s:e}")).collect();
+    let more = if v.len() > 4 { ",..." } else { "" };
+    format!("[{}{more}]", r.join(","))
 }
 
 fn qlinear(q: &QLinear) -> String {

@@ -160,6 +160,23 @@ pub fn dynamic_qparams(values: &[f32]) -> (f32, i32) {
     (scale, zp)
 }
 
+/// Quantizes `x` into `q` by the dynamic rule of [`dynamic_qparams`] and returns the
+/// parameters it chose.
+pub fn dynamic_quantize(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let (scale, zp) = dynamic_qparams(x);
+    for (d, &v) in q.iter_mut().zip(x) {
+        *d = quantize(v, scale, zp, -128, 127) as i8;
+    }
+    (scale, zp)
+}
+
+/// The float result of a hybrid product: the i32 sum converted to f32 (rounded to nearest)
+/// times `input_scale * weight_scale`, two f32 roundings in this order on every backend.
+#[inline]
+pub fn dynamic_rescale(acc: i32, input_scale: f32, weight_scale: f32) -> f32 {
+    acc as f32 * (input_scale * weight_scale)
+}
+
 /// Integer to float: `(q - zero_point) * scale` in f32.
 #[inline]
 pub fn dequantize(q: i32, scale: f32, zero_point: i32) -> f32 {

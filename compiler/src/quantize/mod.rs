@@ -5,6 +5,7 @@
 
 mod cache;
 pub mod calibrate;
+pub mod dynamic;
 pub mod fp16;
 pub mod quantize_static;
 pub mod report;

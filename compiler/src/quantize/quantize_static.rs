@@ -661,7 +661,7 @@ fn fused_clamp(f: Option<UnaryOp>) -> Option<(Option<f32>, Option<f32>)> {
 }
 
 /// Symmetric int8 per channel: `scale_c = max|w_c| / 127`, values in `-127..=127`.
-fn per_channel(w: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn per_channel(w: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize) -> (Vec<i8>, Vec<f32>) {
     let mut amax = vec![0f32; channels];
     for (i, &x) in w.iter().enumerate() {
         let c = channel_of(i);

