@@ -7,12 +7,18 @@
 //! Rust source. End to end, the float ops between them keep the float backends' usual bound.
 
 use kiln::PipelineOptions;
-use kiln_ir::{Graph, Tensor};
-use kiln_tests::{case_import_options, model_dirs, ref_input_sets};
+use kiln_ir::{Graph, Op, Tensor};
+use kiln_tests::{
+    NativeExe, build_c, build_native, build_rust, case_import_options, compare, model_dirs, ref_input_sets,
+};
 use std::path::PathBuf;
 
 /// Without a figure from ONNX Runtime: max |hybrid - float| over max(1, max |float|).
 const REL: f64 = 0.1;
+/// The float bound between backends end to end (float ops between the hybrid ones may
+/// round differently, and a hybrid op can move a quantized input by one step).
+const RTOL: f64 = 1e-4;
+const ATOL: f64 = 1e-5;
 
 struct Case {
     name: String,
@@ -135,4 +141,116 @@ fn the_digits_cnn_keeps_its_accuracy_in_hybrid_int8() {
         ah >= af - 0.01,
         "hybrid accuracy {ah} is more than 1 point below float {af}"
     );
+}
+
+/// Every hybrid node of `g` on its own: a graph whose inputs are those nodes' activation
+/// inputs and whose outputs are their results, and the values the evaluator computes for
+/// those inputs on each of `sets`.
+fn islands(g: &Graph, sets: &[Vec<Tensor>]) -> (Graph, Vec<Vec<Tensor>>) {
+    let nodes: Vec<_> = g
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .filter(|&n| matches!(g.node(n).op, Op::DynConv { .. } | Op::DynMatMul { .. }))
+        .collect();
+    let mut probe = g.clone();
+    probe.set_outputs(nodes.iter().map(|&n| g.node(n).inputs[0]).collect());
+    let values = sets.iter().map(|s| kiln_ir::eval::run(&probe, s).unwrap()).collect();
+    let mut isl = Graph::new("islands");
+    for (i, &n) in nodes.iter().enumerate() {
+        let node = g.node(n);
+        let x = isl.add_input(&format!("x{i}"), g.value(node.inputs[0]).ty.clone());
+        let w = isl.add_const(
+            &format!("w{i}"),
+            g.const_value(node.inputs[1]).unwrap().as_ref().clone(),
+        );
+        let (_, o) = isl
+            .add_node(&format!("n{i}"), node.op.clone(), vec![x, w], &[])
+            .unwrap();
+        isl.add_output(o[0]);
+    }
+    (isl, values)
+}
+
+/// Runs `exe` on every input set; `check` compares each output with the evaluator's.
+fn against_evaluator(
+    exe: &NativeExe,
+    g: &Graph,
+    sets: &[Vec<Tensor>],
+    check: &dyn Fn(&Tensor, &Tensor) -> Result<f64, String>,
+) -> Result<f64, String> {
+    let mut worst = 0f64;
+    for inputs in sets {
+        let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
+        for (i, (got, w)) in exe.run(g, inputs)?.iter().zip(&want).enumerate() {
+            worst = worst.max(check(got, w).map_err(|e| format!("output {i}: {e}"))?);
+        }
+    }
+    Ok(worst)
+}
+
+fn bit_exact(got: &Tensor, want: &Tensor) -> Result<f64, String> {
+    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    match g.iter().zip(&w).position(|(a, b)| a.to_bits() != b.to_bits()) {
+        None if g.len() == w.len() => Ok(0.0),
+        None => Err(format!("{} values, expected {}", g.len(), w.len())),
+        Some(i) => Err(format!("element {i}: {} != {}", g[i], w[i])),
+    }
+}
+
+type Built = Result<NativeExe, String>;
+
+#[test]
+fn hybrid_builds_match_the_evaluator() {
+    let cases = cases();
+    let dir = std::env::temp_dir().join(format!("kiln-dynamic-{}", std::process::id()));
+    let isl: Vec<(Graph, Vec<Vec<Tensor>>)> = cases.iter().map(|c| islands(&c.hybrid, &ref_sets(c))).collect();
+    let mut list: Vec<(String, &Graph)> = cases.iter().map(|c| (format!("d_{}", c.name), &c.hybrid)).collect();
+    list.extend(cases.iter().zip(&isl).map(|(c, (g, _))| (format!("i_{}", c.name), g)));
+    let refs: Vec<(&str, &Graph)> = list.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+    let rust = build_rust(&refs, &dir.join("rust"), false).unwrap();
+    let (rust_whole, rust_isl) = rust.split_at(cases.len());
+    let mut failures = Vec::new();
+    let close = |got: &Tensor, want: &Tensor| compare(got, want, RTOL, ATOL).map(|r| r.0);
+    for (i, c) in cases.iter().enumerate() {
+        let (ig, sets) = &isl[i];
+        let rust_exe = |e: &NativeExe| NativeExe {
+            exe: e.exe.clone(),
+            dir: e.dir.clone(),
+            runner: None,
+        };
+        let builds: [(&str, Built, Built); 3] = [
+            (
+                "C",
+                build_c(&c.hybrid, "model", &dir.join(format!("c-{}", c.name)), &[]),
+                build_c(ig, "model", &dir.join(format!("ci-{}", c.name)), &[]),
+            ),
+            (
+                "native",
+                build_native(&c.hybrid, "model", &dir.join(format!("n-{}", c.name))),
+                build_native(ig, "model", &dir.join(format!("ni-{}", c.name))),
+            ),
+            ("Rust", Ok(rust_exe(&rust_whole[i])), Ok(rust_exe(&rust_isl[i]))),
+        ];
+        for (label, whole, island) in builds {
+            let res = (|| -> Result<f64, String> {
+                against_evaluator(&island?, ig, sets, &bit_exact).map_err(|e| format!("hybrid ops: {e}"))?;
+                let w = against_evaluator(&whole?, &c.hybrid, &ref_sets(c), &close)?;
+                if w > 1.0 {
+                    return Err(format!("{w:.1}x the float bound"));
+                }
+                Ok(w)
+            })();
+            match res {
+                Ok(w) => println!(
+                    "{} hybrid ({label}): {} hybrid ops bit-exact; end to end worst {w:.3} of the bound",
+                    c.name,
+                    ig.outputs().len()
+                ),
+                Err(e) => failures.push(format!("{} ({label}): {e}", c.name)),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -20,6 +20,7 @@ pub const PRELUDE: &str = r#"
 #define KILN_ROM
 #define kiln_rom_i32(p) (*(p))
 #define kiln_rom_i8(p) (*(p))
+#define kiln_rom_f32(p) (*(p))
 #endif
 #ifndef kiln_mul8
 #define kiln_mul8(x, w) ((int32_t)(x) * (int32_t)(w))
@@ -52,6 +53,21 @@ static inline int32_t kiln_round_away(float y) {
     return f >= 0.5f ? t + 1 : (f <= -0.5f ? t - 1 : t);
 }
 static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) { return s > 0 ? (s + n / 2) / n : (s - n / 2) / n; }
+static inline void kiln_dyn_quantize(const float *x, int8_t *q, int32_t n, float *scale, int32_t *zp) {
+    float lo = 0.0f, hi = 0.0f, s;
+    int32_t i, z = 0;
+    for (i = 0; i < n; ++i) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+    }
+    s = (hi - lo) / 255.0f;
+    if (s > 0.0f && s - s == 0.0f) z = kiln_clamp(kiln_round_away(-128.0f - lo / s), -128, 127);
+    else s = 1.0f;
+    for (i = 0; i < n; ++i) q[i] = (int8_t)kiln_clamp(kiln_round_away(x[i] / s) + z, -128, 127);
+    *scale = s;
+    *zp = z;
+}
+static inline float kiln_dyn_rescale(int32_t acc, float sx, float sw) { return (float)acc * (sx * sw); }
 "#;
 
 /// Whether this module compiles node `n` (`None`: not an integer node).
@@ -62,7 +78,8 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
     Some(match &node.op {
         Op::Quantize { to, .. } => *to == Scalar::I8,
         Op::Dequantize { .. } => i8_in,
-        Op::QConv { .. } => matches!(rank, 3 | 4),
+        Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
+        Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
         Op::Pool(p) if i8_in => {
             matches!(rank, 3 | 4)
@@ -81,6 +98,54 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
 
 fn geom(xs: &[usize], os: &[usize], w: &Window) -> Geom {
     w.plane(xs, os)
+}
+
+/// What an integer convolution reads and how it finishes: the int8 input array, its zero
+/// point and the expression of the result from the accumulator `acc` (C source).
+struct Stage {
+    x: &'static str,
+    zp: String,
+    fin: String,
+}
+
+/// Static int8: the node's input, a constant zero point, the fixed-point rescale.
+fn static_stage(out: &mut String, q: &QLinear, ch: &str) -> Stage {
+    Stage {
+        x: "x0",
+        zp: q.input_zp.to_string(),
+        fin: requant(out, q, ch),
+    }
+}
+
+/// Hybrid: `x0` quantized as one tensor into the scratch after `skip` bytes (`xq`, with
+/// `sx` and `zp`), and the float rescale by the per-channel weight scale.
+fn dyn_stage(out: &mut String, g: &Graph, n: NodeId, scales: &[f32], ch: &str, skip: usize) -> Stage {
+    let numel = g.value(g.node(n).inputs[0]).ty.numel();
+    let ws = scales_table(out, scales);
+    let _ = writeln!(
+        out,
+        "    int8_t *xq = (int8_t *)(void *)s + {skip};\n    float sx;\n    int32_t zp;\n    kiln_dyn_quantize(x0, xq, {numel}, &sx, &zp);"
+    );
+    let c = if scales.len() == 1 { "0" } else { ch };
+    Stage {
+        x: "xq",
+        zp: "zp".into(),
+        fin: format!("kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{ws}[{c}]))"),
+    }
+}
+
+fn scales_table(out: &mut String, scales: &[f32]) -> &'static str {
+    let v: Vec<String> = scales
+        .iter()
+        .map(|&x| f32_lit(x).unwrap_or_else(|| "1.0f".into()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "    static const KILN_ROM float ws[{}] = {{{}}};",
+        v.len(),
+        v.join(", ")
+    );
+    "ws"
 }
 
 /// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`
@@ -219,72 +284,34 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 q.input_zp
             );
         }
-        Op::QConv { window, group, q } if pointwise(window, *group) => {
-            // A 1x1 convolution over every position: a matrix product, one register sum
-            // per output, no bounds to test.
-            let xs = shape(g, node.inputs[0]).to_vec();
-            let m = shape(g, node.inputs[1])[0];
-            let ci = xs[1];
-            let pos: usize = xs[2..].iter().product();
-            let fin = requant(out, q, "oc");
-            let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+        Op::DynMatMul { weight_scales } => {
+            let ws = shape(g, node.inputs[1]);
+            let (k, nn) = (ws[0], ws[1]);
+            let rows = total / nn.max(1);
+            let t = scales_table(out, weight_scales);
+            let c = if weight_scales.len() == 1 { "0" } else { "j" };
             let _ = writeln!(
                 out,
-                "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t p = 0; p < {pos}; ++p) {{\n        const int8_t *x = x0 + b * {} + p;\n        int32_t acc = {bias};",
-                xs[0],
-                ci * pos
+                "    int8_t *xq = (int8_t *)(void *)s;\n    for (int32_t r = 0; r < {rows}; ++r) {{\n        float sx;\n        int32_t zp;\n        kiln_dyn_quantize(x0 + r * {k}, xq, {k}, &sx, &zp);"
             );
             let _ = writeln!(
                 out,
-                "        for (int32_t c = 0; c < {ci}; ++c) acc += kiln_mul8((int32_t)x[c * {pos}] - {}, x1[oc * {ci} + c]);\n        y0[(b * {m} + oc) * {pos} + p] = {fin};\n    }}",
-                q.input_zp
+                "        for (int32_t j = 0; j < {nn}; ++j) {{\n            int32_t acc = 0;\n            for (int32_t k = 0; k < {k}; ++k) acc += kiln_mul8((int32_t)xq[k] - zp, x1[k * {nn} + j]);\n            y0[r * {nn} + j] = kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{t}[{c}]));\n        }}\n    }}"
             );
         }
-        Op::QConv { window, group, q } if accumulate_rows(g, n, window, *group) => qconv(out, g, n, window, *group, q),
         Op::QConv { window, group, q } => {
-            let xs = shape(g, node.inputs[0]).to_vec();
-            let ws = shape(g, node.inputs[1]).to_vec();
-            let ge = geom(&xs, &o0, window);
-            let (m, ci) = (ws[0], xs[1]);
-            let (cg, mg) = (ci / group, m / group);
-            let fin = requant(out, q, "oc");
-            let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
-            let Geom {
-                h,
-                w,
-                oh,
-                ow,
-                kh,
-                kw,
-                sh,
-                sw,
-                dh,
-                dw,
-                ph,
-                pw,
-            } = ge;
-            let _ = writeln!(
-                out,
-                "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{",
-                xs[0]
-            );
-            let _ = writeln!(
-                out,
-                "        int32_t acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
-            );
-            let _ = writeln!(
-                out,
-                "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};\n            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {w}) continue;"
-            );
-            let _ = writeln!(
-                out,
-                "            acc += kiln_mul8((int32_t)x0[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {}, x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx]);\n        }}",
-                q.input_zp
-            );
-            let _ = writeln!(
-                out,
-                "        y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {fin};\n    }}"
-            );
+            let skip = qconv_scratch(g, n);
+            let st = static_stage(out, q, "oc");
+            conv(out, g, n, window, *group, &st, skip);
+        }
+        Op::DynConv {
+            window,
+            group,
+            weight_scales,
+        } => {
+            let skip = acc_bytes(g, n, window, *group);
+            let st = dyn_stage(out, g, n, weight_scales, "oc", skip);
+            conv(out, g, n, window, *group, &st, skip);
         }
         Op::Pool(p) => pool(out, g, n, &p.window, p.kind == PoolKind::Max),
         Op::GlobalPool(k) => {
@@ -300,6 +327,79 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
         }
         _ => unreachable!("integer kernel for a node `supported` refused"),
     }
+}
+
+/// An integer convolution (static or hybrid, per `st`): pointwise, accumulator-stationary or
+/// one register sum per output.
+fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, st: &Stage, acc_bytes: usize) {
+    let node = g.node(n);
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+    let (x, zp) = (st.x, &st.zp);
+    if pointwise(window, group) {
+        // A 1x1 convolution over every position: a matrix product, one register sum
+        // per output, no bounds to test.
+        let xs = shape(g, node.inputs[0]).to_vec();
+        let m = shape(g, node.inputs[1])[0];
+        let ci = xs[1];
+        let pos: usize = xs[2..].iter().product();
+        let _ = writeln!(
+            out,
+            "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t p = 0; p < {pos}; ++p) {{\n        const int8_t *x = {x} + b * {} + p;\n        int32_t acc = {bias};",
+            xs[0],
+            ci * pos
+        );
+        let _ = writeln!(
+            out,
+            "        for (int32_t c = 0; c < {ci}; ++c) acc += kiln_mul8((int32_t)x[c * {pos}] - {zp}, x1[oc * {ci} + c]);\n        y0[(b * {m} + oc) * {pos} + p] = {};\n    }}",
+            st.fin
+        );
+        return;
+    }
+    if acc_bytes > 0 {
+        return qconv(out, g, n, window, group, st);
+    }
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let ws = shape(g, node.inputs[1]).to_vec();
+    let ge = geom(&xs, &o0, window);
+    let (m, ci) = (ws[0], xs[1]);
+    let (cg, mg) = (ci / group, m / group);
+    let Geom {
+        h,
+        w,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        ph,
+        pw,
+    } = ge;
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{",
+        xs[0]
+    );
+    let _ = writeln!(
+        out,
+        "        int32_t acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
+    );
+    let _ = writeln!(
+        out,
+        "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};\n            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {w}) continue;"
+    );
+    let _ = writeln!(
+        out,
+        "            acc += kiln_mul8((int32_t){x}[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {zp}, x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx]);\n        }}"
+    );
+    let _ = writeln!(
+        out,
+        "        y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {};\n    }}",
+        st.fin
+    );
 }
 
 /// Convolutions with a spatial kernel over several input channels run accumulator-stationary
@@ -325,20 +425,29 @@ fn pointwise(window: &Window, group: usize) -> bool {
 }
 
 /// Scratch bytes of an integer convolution: one i32 accumulator per output position when it
-/// runs accumulator-stationary.
+/// runs accumulator-stationary; for a hybrid one, then the quantized input.
 pub fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
-    match &g.node(n).op {
-        Op::QConv { window, group, .. } if accumulate_rows(g, n, window, *group) => {
-            4 * shape(g, g.node(n).outputs[0])[2..].iter().product::<usize>()
-        }
+    let node = g.node(n);
+    match &node.op {
+        Op::QConv { window, group, .. } => acc_bytes(g, n, window, *group),
+        Op::DynConv { window, group, .. } => acc_bytes(g, n, window, *group) + g.value(node.inputs[0]).ty.numel(),
+        Op::DynMatMul { .. } => shape(g, node.inputs[1])[0],
         _ => 0,
+    }
+}
+
+fn acc_bytes(g: &Graph, n: NodeId, window: &Window, group: usize) -> usize {
+    if accumulate_rows(g, n, window, group) {
+        4 * shape(g, g.node(n).outputs[0])[2..].iter().product::<usize>()
+    } else {
+        0
     }
 }
 
 /// Integer convolution, accumulator-stationary: per output channel a row of i32 sums (the
 /// scratch buffer), and per input channel and kernel tap one pass over exactly the output
 /// positions that tap reaches (ranges computed here), so the inner loops test nothing.
-fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear) {
+fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, st: &Stage) {
     let node = g.node(n);
     let xs = shape(g, node.inputs[0]).to_vec();
     let ws = shape(g, node.inputs[1]).to_vec();
@@ -347,12 +456,12 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     let (m, ci) = (ws[0], xs[1]);
     let (cg, mg) = (ci / group, m / group);
     let (hw, ohw, kk) = (ge.h * ge.w, ge.oh * ge.ow, ge.kh * ge.kw);
-    let fin = requant(out, q, "oc");
     let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+    let x = st.x;
     let _ = writeln!(out, "    int32_t *acc = (int32_t *)(void *)s;");
     let _ = writeln!(
         out,
-        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *xb = x0 + (b * {ci} + oc / {mg} * {cg}) * {hw};\n        for (int32_t p = 0; p < {ohw}; ++p) acc[p] = {bias};",
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *xb = {x} + (b * {ci} + oc / {mg} * {cg}) * {hw};\n        for (int32_t p = 0; p < {ohw}; ++p) acc[p] = {bias};",
         xs[0]
     );
     let _ = writeln!(
@@ -371,7 +480,7 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
                 out,
                 "            {{\n                int32_t w = x1[(oc * {cg} + c) * {kk} + {}], zw = w * {};",
                 kh * ge.kw + kw,
-                q.input_zp
+                st.zp
             );
             let _ = writeln!(
                 out,
@@ -384,7 +493,7 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     let _ = writeln!(
         out,
         "        for (int32_t p = 0; p < {ohw}; ++p) {{\n            int32_t acc_p = acc[p];\n            y0[(b * {m} + oc) * {ohw} + p] = {};\n        }}\n    }}",
-        fin.replace("kiln_mbqm(acc,", "kiln_mbqm(acc_p,")
+        st.fin.replace("(acc,", "(acc_p,")
     );
 }
 

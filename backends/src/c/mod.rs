@@ -50,7 +50,7 @@ pub struct Output {
 pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => 4 * 10 * r.hidden,
-        Op::QConv { .. } => int::qconv_scratch(g, n),
+        Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => int::qconv_scratch(g, n),
         _ => 0,
     }
 }

@@ -213,6 +213,15 @@ fn qlinear(items: &mut String, k: usize, q: &QLinear) -> String {
     format!("Q{k}")
 }
 
+/// The per-channel weight scales of hybrid node `k`, as a module `static`.
+fn scales_table(items: &mut String, k: usize, v: &[f32]) -> String {
+    let vals: Vec<String> = v.iter().map(|&x| super::f32_lit(x)).collect();
+    let _ = write!(items, "    static WS{k}: [f32; {}] = [", v.len());
+    super::wrap(items, &vals, "        ");
+    items.push_str("];\n");
+    format!("WS{k}")
+}
+
 /// A module-level lookup table named after node `k`.
 fn table<T: std::fmt::Display>(items: &mut String, name: &str, ty: &str, v: &[T]) -> String {
     let vals: Vec<String> = v.iter().map(|x| x.to_string()).collect();
@@ -231,6 +240,15 @@ pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
             4 * o[2..].iter().product::<usize>()
         }
         Op::QMatMul { .. } => 4 * shape(g, node.inputs[1])[1],
+        Op::DynConv { .. } => {
+            let o = shape(g, node.outputs[0]);
+            let positions = o[2..].iter().product::<usize>();
+            4 * kiln_runtime::kernels::int::dyn_conv_scratch(positions, g.value(node.inputs[0]).ty.numel())
+        }
+        Op::DynMatMul { .. } => {
+            let w = shape(g, node.inputs[1]);
+            4 * kiln_runtime::kernels::int::dyn_matmul_scratch(w[1], w[0])
+        }
         Op::Rnn(r) => 4 * 10 * r.hidden,
         _ => 0,
     }
@@ -621,6 +639,20 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 qlinear(items, kk, q)
             )
         }
+        Op::DynConv {
+            window,
+            group,
+            weight_scales,
+        } if spatial_2d(g, ins[0]) => format!(
+            "k::int::dyn_conv(x0, x1, y0, s, {}, &{});",
+            conv_shape(&x0s, &o0, *group, window),
+            scales_table(items, kk, weight_scales)
+        ),
+        Op::DynMatMul { weight_scales } => format!(
+            "k::int::dyn_matmul(x0, x1, y0, s, {}, &{});",
+            shape(g, ins[1])[1],
+            scales_table(items, kk, weight_scales)
+        ),
         Op::ConvTranspose(c) if f32_half_weight(g, n) && spatial_2d(g, ins[0]) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             // input extents in h/w, output extents in oh/ow: the same geometry as a conv

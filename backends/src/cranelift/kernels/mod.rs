@@ -127,7 +127,8 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Dequantize { .. } => scalar(0) == Scalar::I8,
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::DynConv { .. } | Op::DynMatMul { .. } => false,
+        Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
+        Op::DynMatMul { .. } => true,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -140,7 +141,7 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
-        Op::QConv { .. } => quant::qconv_scratch(g, n),
+        Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => quant::qconv_scratch(g, n),
         _ => 0,
     }
 }
@@ -148,7 +149,12 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 /// Read-only tables the kernel wants, computed at compile time.
 pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     match &g.node(n).op {
-        Op::Lut { .. } | Op::QMatMul { .. } | Op::QConv { .. } | Op::QSoftmax { .. } => quant::aux(g, n),
+        Op::Lut { .. }
+        | Op::QMatMul { .. }
+        | Op::QConv { .. }
+        | Op::QSoftmax { .. }
+        | Op::DynConv { .. }
+        | Op::DynMatMul { .. } => quant::aux(g, n),
         Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
         Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
@@ -168,7 +174,7 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
     match &g.node(n).op {
         Op::BatchNorm { .. } => slot == 0 || !const_params(g, n),
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
-        Op::QMatMul { .. } => slot != 1,
+        Op::QMatMul { .. } | Op::DynMatMul { .. } => slot != 1,
         _ => true,
     }
 }
@@ -249,12 +255,13 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
         Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
-        Op::QMatMul { q } => quant::qmatmul(fx, g, n, q, a),
+        Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
-        Op::DynConv { .. } | Op::DynMatMul { .. } => unreachable!("rejected by `unsupported`"),
+        Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a),
+        Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
     }
 }
 

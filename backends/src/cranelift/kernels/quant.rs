@@ -117,29 +117,169 @@ pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a
         let x = fx.load(F32, p[0]);
         let s = fx.f(F32, scale);
         let y = fx.b.ins().fdiv(x, s);
-        // round half away from zero, NaN to 0, saturated at ±1e9 (kiln_runtime::round_away)
-        let (lo, hi) = (fx.f(F32, -1.0e9), fx.f(F32, 1.0e9));
-        let big = fx.b.ins().fcmp(FloatCC::GreaterThan, y, hi);
-        let y1 = fx.b.ins().select(big, hi, y);
-        let small = fx.b.ins().fcmp(FloatCC::LessThan, y1, lo);
-        let y2 = fx.b.ins().select(small, lo, y1);
-        let t = fx.b.ins().fcvt_to_sint_sat(I32, y2);
-        let tf = fx.b.ins().fcvt_from_sint(F32, t);
-        let f = fx.b.ins().fsub(y2, tf);
-        let (half, nhalf) = (fx.f(F32, 0.5), fx.f(F32, -0.5));
-        let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
-        let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
-        let tp = fx.b.ins().iadd_imm_s(t, 1);
-        let tm = fx.b.ins().iadd_imm_s(t, -1);
-        let r = fx.b.ins().select(down, tm, t);
-        let r = fx.b.ins().select(up, tp, r);
-        let nan = fx.b.ins().fcmp(FloatCC::Unordered, y, y);
-        let zero = c32(fx, 0);
-        let r = fx.b.ins().select(nan, zero, r);
+        let r = round_away(fx, y);
         let q = fx.b.ins().iadd_imm_s(r, zp as i64);
         let q = clamp(fx, q, -128, 127);
         store_i8(fx, q, p[1]);
     });
+}
+
+/// `kiln_runtime::round_away`: half away from zero to i32, NaN to 0, saturated at ±1e9.
+fn round_away(fx: &mut Fx, y: Value) -> Value {
+    let (lo, hi) = (fx.f(F32, -1.0e9), fx.f(F32, 1.0e9));
+    let big = fx.b.ins().fcmp(FloatCC::GreaterThan, y, hi);
+    let y1 = fx.b.ins().select(big, hi, y);
+    let small = fx.b.ins().fcmp(FloatCC::LessThan, y1, lo);
+    let y2 = fx.b.ins().select(small, lo, y1);
+    let t = fx.b.ins().fcvt_to_sint_sat(I32, y2);
+    let tf = fx.b.ins().fcvt_from_sint(F32, t);
+    let f = fx.b.ins().fsub(y2, tf);
+    let (half, nhalf) = (fx.f(F32, 0.5), fx.f(F32, -0.5));
+    let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
+    let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
+    let tp = fx.b.ins().iadd_imm_s(t, 1);
+    let tm = fx.b.ins().iadd_imm_s(t, -1);
+    let r = fx.b.ins().select(down, tm, t);
+    let r = fx.b.ins().select(up, tp, r);
+    let nan = fx.b.ins().fcmp(FloatCC::Unordered, y, y);
+    let zero = c32(fx, 0);
+    fx.b.ins().select(nan, zero, r)
+}
+
+/// `kiln_runtime::dynamic_quantize` of `n` f32 at `x` into int8 at `q`: returns the scale
+/// (f32) and zero point (i32) as values.
+fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
+    let (lo, hi) = (fx.b.declare_var(F32), fx.b.declare_var(F32));
+    let zero = fx.f(F32, 0.0);
+    fx.b.def_var(lo, zero);
+    fx.b.def_var(hi, zero);
+    fx.for_ptrs(n, &[(x, 4)], &mut |fx, p| {
+        let v = fx.load(F32, p[0]);
+        let (l, h) = (fx.b.use_var(lo), fx.b.use_var(hi));
+        let below = fx.b.ins().fcmp(FloatCC::LessThan, v, l);
+        let l = fx.b.ins().select(below, v, l);
+        let above = fx.b.ins().fcmp(FloatCC::GreaterThan, v, h);
+        let h = fx.b.ins().select(above, v, h);
+        fx.b.def_var(lo, l);
+        fx.b.def_var(hi, h);
+    });
+    let (l, h) = (fx.b.use_var(lo), fx.b.use_var(hi));
+    let range = fx.b.ins().fsub(h, l);
+    let d = fx.f(F32, 255.0);
+    let s = fx.b.ins().fdiv(range, d);
+    // scale > 0 and finite (s - s is 0 only for finite s), else (1.0, 0)
+    let zero = fx.f(F32, 0.0);
+    let pos = fx.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
+    let ss = fx.b.ins().fsub(s, s);
+    let fin = fx.b.ins().fcmp(FloatCC::Equal, ss, zero);
+    let ok = fx.b.ins().band(pos, fin);
+    let one = fx.f(F32, 1.0);
+    let scale = fx.b.ins().select(ok, s, one);
+    let lq = fx.b.ins().fdiv(l, scale);
+    let m128 = fx.f(F32, -128.0);
+    let z = fx.b.ins().fsub(m128, lq);
+    let z = round_away(fx, z);
+    let z = clamp(fx, z, -128, 127);
+    let zero_i = c32(fx, 0);
+    let zp = fx.b.ins().select(ok, z, zero_i);
+    fx.for_ptrs(n, &[(x, 4), (q, 1)], &mut |fx, p| {
+        let v = fx.load(F32, p[0]);
+        let y = fx.b.ins().fdiv(v, scale);
+        let r = round_away(fx, y);
+        let r = fx.b.ins().iadd(r, zp);
+        let r = clamp(fx, r, -128, 127);
+        store_i8(fx, r, p[1]);
+    });
+    (scale, zp)
+}
+
+/// The input zero point and output stage an integer product kernel is generic over, with
+/// the read-only tables it reads them from.
+#[derive(Clone, Copy)]
+pub(crate) enum Stage<'a> {
+    /// Static int8: per-channel (multiplier, shift) tables and, per output channel,
+    /// `zp_in * sum(w)`.
+    Static {
+        q: &'a QLinear,
+        mult: Value,
+        shift: Value,
+        zsum: Value,
+    },
+    /// Hybrid: the run-time input scale and zero point, the f32 weight scales and, per
+    /// output channel, `sum(w)`; results are f32.
+    Dynamic {
+        sx: Value,
+        zp: Value,
+        scales: Value,
+        per_channel: bool,
+        wsum: Value,
+    },
+}
+
+impl Stage<'_> {
+    fn zp(&self, fx: &mut Fx) -> Value {
+        match *self {
+            Stage::Static { q, .. } => c32(fx, q.input_zp as i64),
+            Stage::Dynamic { zp, .. } => zp,
+        }
+    }
+
+    /// Bytes per output element.
+    fn elem(&self) -> i64 {
+        match self {
+            Stage::Static { .. } => 1,
+            Stage::Dynamic { .. } => 4,
+        }
+    }
+
+    /// `zp_in * sum(w)` of output channel `ch`.
+    fn zsum(&self, fx: &mut Fx, ch: Value) -> Value {
+        match *self {
+            Stage::Static { zsum, .. } => {
+                let za = fx.addr(zsum, ch, 4);
+                fx.load(I32, za)
+            }
+            Stage::Dynamic { zp, wsum, .. } => {
+                let wa = fx.addr(wsum, ch, 4);
+                let w = fx.load(I32, wa);
+                fx.b.ins().imul(w, zp)
+            }
+        }
+    }
+
+    /// What `store` needs of output channel `ch`, loaded once per channel.
+    fn channel(&self, fx: &mut Fx, ch: Value) -> (Value, Value) {
+        match *self {
+            Stage::Static { q, mult, shift, .. } => channel_requant(fx, q, mult, shift, ch),
+            Stage::Dynamic {
+                sx,
+                scales,
+                per_channel,
+                ..
+            } => {
+                let i = if per_channel { ch } else { fx.i(0) };
+                let sa = fx.addr(scales, i, 4);
+                let sw = fx.load(F32, sa);
+                let s = fx.b.ins().fmul(sx, sw);
+                (s, s)
+            }
+        }
+    }
+
+    /// Finishes accumulator `acc` with `chan` from `channel` and stores it at `addr + off`.
+    fn store(&self, fx: &mut Fx, acc: Value, chan: (Value, Value), addr: Value, off: i32) {
+        match *self {
+            Stage::Static { q, .. } => {
+                let y = finish(fx, q, acc, chan.0, chan.1);
+                fx.b.ins().istore8(flags(), y, addr, off);
+            }
+            Stage::Dynamic { .. } => {
+                let f = fx.b.ins().fcvt_from_sint(F32, acc);
+                let y = fx.b.ins().fmul(f, chan.0);
+                fx.b.ins().store(flags(), y, addr, off);
+            }
+        }
+    }
 }
 
 pub(crate) fn dequantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
@@ -250,28 +390,72 @@ fn finish(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
     clamp(fx, r, q.act_min, q.act_max)
 }
 
+fn tables_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A product's constant `[K, N]` weights transposed to `[N, K]` (each output's row
+/// contiguous, so the inner loop is a plain dot product) and each column's sum.
+fn columns(g: &Graph, n: NodeId) -> (Vec<u8>, Vec<i32>) {
+    let w = g.const_value(g.node(n).inputs[1]).expect("constant weights");
+    let (k, nn) = (w.shape[0], w.shape[1]);
+    let wv: Vec<i8> = w.to_i64_vec().iter().map(|&v| v as i8).collect();
+    let t: Vec<u8> = (0..nn)
+        .flat_map(|j| (0..k).map(move |kk| (j, kk)))
+        .map(|(j, kk)| wv[kk * nn + j] as u8)
+        .collect();
+    let sums = (0..nn)
+        .map(|j| (0..k).map(|kk| wv[kk * nn + j] as i32).sum::<i32>())
+        .collect();
+    (t, sums)
+}
+
+/// Per output channel of a convolution, the sum of its weights (empty if not constant).
+fn channel_sums(g: &Graph, n: NodeId) -> Vec<i32> {
+    let node = g.node(n);
+    let w = g
+        .const_value(node.inputs[1])
+        .map(|t| t.to_i64_vec())
+        .unwrap_or_default();
+    let m = g.value(node.inputs[1]).ty.shape[0];
+    let per = w.len() / m.max(1);
+    (0..m)
+        .map(|o| {
+            w[o * per..(o + 1) * per]
+                .iter()
+                .fold(0i32, |a, &x| a.wrapping_add(x as i32))
+        })
+        .collect()
+}
+
 pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     let node = g.node(n);
     match &node.op {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
         Op::QMatMul { q } => {
-            // Weights transposed to [N, K] (each output's row contiguous) and, per output,
-            // zp_in * sum_k w, so the inner loop is a plain dot product of the raw int8s.
-            let w = g.const_value(node.inputs[1]).expect("constant weights");
-            let (k, nn) = (w.shape[0], w.shape[1]);
-            let wv: Vec<i8> = w.to_i64_vec().iter().map(|&v| v as i8).collect();
-            let t: Vec<u8> = (0..nn)
-                .flat_map(|j| (0..k).map(move |kk| (j, kk)))
-                .map(|(j, kk)| wv[kk * nn + j] as u8)
-                .collect();
-            let zsum: Vec<i32> = (0..nn)
-                .map(|j| q.input_zp * (0..k).map(|kk| wv[kk * nn + j] as i32).sum::<i32>())
-                .collect();
+            let (t, wsum) = columns(g, n);
+            let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
             let mut v = requant_tables(q);
             v.push(t);
             v.push(tables_i32(&zsum));
             v
+        }
+        Op::DynMatMul { weight_scales } => {
+            let (t, wsum) = columns(g, n);
+            vec![tables_f32(weight_scales), t, tables_i32(&wsum)]
+        }
+        Op::DynConv {
+            window, weight_scales, ..
+        } => {
+            let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
+            let gm = geo(xs, out, window);
+            vec![
+                tables_i32(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)),
+                tables_i32(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)),
+                tables_f32(weight_scales),
+                tables_i32(&channel_sums(g, n)),
+            ]
         }
         Op::QConv { window, q, .. } => {
             let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
@@ -283,18 +467,7 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             v.extend(requant_tables(q));
             // Per output channel, zp_in * sum of its weights (the pointwise kernel's
             // zero-point term).
-            let w = g
-                .const_value(node.inputs[1])
-                .map(|t| t.to_i64_vec())
-                .unwrap_or_default();
-            let m = g.value(node.inputs[1]).ty.shape[0];
-            let per = w.len() / m.max(1);
-            let zsum: Vec<i32> = (0..m)
-                .map(|o| {
-                    q.input_zp
-                        .wrapping_mul(w[o * per..(o + 1) * per].iter().map(|&x| x as i32).sum::<i32>())
-                })
-                .collect();
+            let zsum: Vec<i32> = channel_sums(g, n).iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
             v.push(tables_i32(&zsum));
             v
         }
@@ -314,15 +487,43 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     }
 }
 
-pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
+/// Integer `[rows, K] x [K, N]`: static int8 with `q`, or hybrid (`q` is `None`) with each
+/// row quantized into the scratch first.
+pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a: &Args) {
     let node = g.node(n);
     let ws = &g.value(node.inputs[1]).ty.shape;
     let (k, nn) = (ws[0] as i64, ws[1] as i64);
     let rows = numel(g, node.outputs[0]) / nn.max(1);
     let has_bias = node.inputs.len() > 2;
+    let per_channel = match &node.op {
+        Op::DynMatMul { weight_scales } => weight_scales.len() > 1,
+        _ => false,
+    };
     fx.for_n(rows, &mut |fx, r| {
-        let xrow = fx.addr(a.ins[0], r, k);
-        let yrow = fx.addr(a.outs[0], r, nn);
+        let (xrow, st, wt) = match q {
+            Some(q) => {
+                let st = Stage::Static {
+                    q,
+                    mult: a.aux[0],
+                    shift: a.aux[1],
+                    zsum: a.aux[3],
+                };
+                (fx.addr(a.ins[0], r, k), st, a.aux[2])
+            }
+            None => {
+                let x = fx.addr(a.ins[0], r, k * 4);
+                let (sx, zp) = dyn_quantize(fx, x, a.scratch, k);
+                let st = Stage::Dynamic {
+                    sx,
+                    zp,
+                    scales: a.aux[0],
+                    per_channel,
+                    wsum: a.aux[2],
+                };
+                (a.scratch, st, a.aux[1])
+            }
+        };
+        let yrow = fx.addr(a.outs[0], r, nn * st.elem());
         fx.for_n(nn, &mut |fx, j| {
             let acc = fx.b.declare_var(I32);
             let init = if has_bias {
@@ -332,7 +533,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
                 c32(fx, 0)
             };
             fx.b.def_var(acc, init);
-            let wrow = fx.addr(a.aux[2], j, k);
+            let wrow = fx.addr(wt, j, k);
             let vec = if fx.simd { k / 4 } else { 0 };
             if vec > 0 {
                 use cranelift_codegen::ir::types::I32X4;
@@ -359,16 +560,14 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) 
             let done = vec * 4;
             let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
             dot_i8(fx, acc, (xt, 1), (wt, 1), k - done);
-            let za = fx.addr(a.aux[3], j, 4);
-            let zs = fx.load(I32, za);
+            let zs = st.zsum(fx, j);
             let cur = fx.b.use_var(acc);
             let nv = fx.b.ins().isub(cur, zs);
             fx.b.def_var(acc, nv);
-            let (m, s) = channel_requant(fx, q, a.aux[0], a.aux[1], j);
+            let chan = st.channel(fx, j);
             let accv = fx.b.use_var(acc);
-            let y = finish(fx, q, accv, m, s);
-            let ya = fx.addr(yrow, j, 1);
-            store_i8(fx, y, ya);
+            let ya = fx.addr(yrow, j, st.elem());
+            st.store(fx, accv, chan, ya, 0);
         });
     });
 }
@@ -400,20 +599,33 @@ fn mac_run(fx: &mut Fx, x: Value, acc: Value, len: i64, w: Value, zw: Value, mac
 /// A kernel tap (row, column) and the output rows and columns it reaches.
 type Tap = (usize, usize, (i64, i64), (i64, i64));
 
-/// Arena bytes `qconv` needs: one i32 accumulator per output position.
+/// Arena bytes an integer convolution or product needs: i32 accumulators or im2col rows,
+/// after (for a hybrid op) the quantized input.
 pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     let node = g.node(n);
     let out = &g.value(node.outputs[0]).ty.shape;
     let positions: usize = out[2..].iter().product();
-    match &node.op {
-        Op::QConv { window, group, .. } if pointwise(g, n, window, *group) => 0,
-        // im2col: one int8 row of all output positions per (input channel, tap)
-        Op::QConv { window, group: 1, .. } if g.const_value(node.inputs[1]).is_some() => {
+    let (window, group, input) = match &node.op {
+        Op::QConv { window, group, .. } => (window, *group, 0),
+        Op::DynConv { window, group, .. } => (window, *group, dyn_input_bytes(g, n)),
+        Op::DynMatMul { .. } => return g.value(node.inputs[1]).ty.shape[0],
+        _ => return 0,
+    };
+    input
+        + if pointwise(g, n, window, group) {
+            0
+        } else if group == 1 && g.const_value(node.inputs[1]).is_some() {
+            // im2col: one int8 row of all output positions per (input channel, tap)
             let ci = g.value(node.inputs[0]).ty.shape[1];
             ci * window.kernel.iter().product::<usize>() * positions
+        } else {
+            4 * positions
         }
-        _ => 4 * positions,
-    }
+}
+
+/// Bytes of a hybrid convolution's quantized input, rounded up to keep what follows aligned.
+fn dyn_input_bytes(g: &Graph, n: NodeId) -> usize {
+    g.value(g.node(n).inputs[0]).ty.numel().div_ceil(16) * 16
 }
 
 /// `Plane::rows_reached`/`cols_reached` as i64 pairs.
@@ -440,7 +652,7 @@ fn pointwise(g: &Graph, n: NodeId, window: &Window, group: usize) -> bool {
 /// The blocked product of `qconv_pointwise` on the im2col rows of a spatial convolution
 /// (one group): padding taps read the input zero point, which the per-channel zero-point
 /// term then cancels exactly.
-fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &Args, b: Value) -> Value {
+fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, b: Value) -> Value {
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let out = g.value(node.outputs[0]).ty.shape.clone();
@@ -448,7 +660,7 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &A
     let (ci, hw, p) = (xs[1] as i64, (gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
     let kk = (gm.kh * gm.kw) as i64;
     let xb = fx.addr(a.ins[0], b, ci * hw);
-    let zp = c32(fx, q.input_zp as i64);
+    let zp = st.zp(fx);
     fx.for_n(ci, &mut |fx, c| {
         let xplane = fx.addr(xb, c, hw);
         let rows = fx.addr(a.scratch, c, kk * p);
@@ -486,7 +698,7 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &A
     a.scratch
 }
 
-fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spatial: Option<&Window>) {
+fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spatial: Option<&Window>) {
     use cranelift_codegen::ir::types::I32X4;
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
@@ -496,6 +708,7 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
     let p: i64 = g.value(node.outputs[0]).ty.shape[2..].iter().product::<usize>() as i64;
     let has_bias = node.inputs.len() > 2;
     let (mb, pb) = (if fx.simd { m / 4 } else { 0 }, p / 4);
+    let es = st.elem();
     // One output channel at output position pointer `xp` (scalar), all channels summed.
     let scalar_out = |fx: &mut Fx, xbase: Value, ybase: Value, oc: Value, pos: Value| {
         let wrow = fx.addr(a.ins[1], oc, ci);
@@ -509,22 +722,20 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
         };
         fx.b.def_var(acc, init);
         dot_i8(fx, acc, (xp, p), (wrow, 1), ci);
-        let za = fx.addr(a.aux[4], oc, 4);
-        let zs = fx.load(I32, za);
+        let zs = st.zsum(fx, oc);
         let cur = fx.b.use_var(acc);
         let s = fx.b.ins().isub(cur, zs);
-        let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
-        let y = finish(fx, q, s, mult, shift);
-        let row = fx.addr(ybase, oc, p);
-        let ya = fx.addr(row, pos, 1);
-        store_i8(fx, y, ya);
+        let chan = st.channel(fx, oc);
+        let row = fx.addr(ybase, oc, p * es);
+        let ya = fx.addr(row, pos, es);
+        st.store(fx, s, chan, ya, 0);
     };
     fx.for_n(xs[0] as i64, &mut |fx, b| {
         let xbase = match spatial {
-            Some(w) => im2col(fx, g, n, w, q, a, b),
+            Some(w) => im2col(fx, g, n, w, st, a, b),
             None => fx.addr(a.ins[0], b, ci * p),
         };
-        let ybase = fx.addr(a.outs[0], b, m * p);
+        let ybase = fx.addr(a.outs[0], b, m * p * es);
         fx.for_n(mb, &mut |fx, ob| {
             let oc0 = fx.mul_imm(ob, 4);
             let ocs: Vec<Value> = (0..4).map(|k| fx.add_imm(oc0, k)).collect();
@@ -558,17 +769,15 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
                     }
                 });
                 for (k, &v) in vars.iter().enumerate() {
-                    let za = fx.addr(a.aux[4], ocs[k], 4);
-                    let zs = fx.load(I32, za);
-                    let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], ocs[k]);
+                    let zs = st.zsum(fx, ocs[k]);
+                    let chan = st.channel(fx, ocs[k]);
                     let acc4 = fx.b.use_var(v);
-                    let row = fx.addr(ybase, ocs[k], p);
-                    let yp = fx.addr(row, pos, 1);
+                    let row = fx.addr(ybase, ocs[k], p * es);
+                    let yp = fx.addr(row, pos, es);
                     for lane in 0..4u8 {
                         let e = fx.b.ins().extractlane(acc4, lane);
                         let s = fx.b.ins().isub(e, zs);
-                        let y = finish(fx, q, s, mult, shift);
-                        fx.b.ins().istore8(flags(), y, yp, lane as i32);
+                        st.store(fx, s, chan, yp, (lane as i64 * es) as i32);
                     }
                 }
             });
@@ -591,11 +800,48 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, spa
 }
 
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
+    let st = Stage::Static {
+        q,
+        mult: a.aux[2],
+        shift: a.aux[3],
+        zsum: a.aux[4],
+    };
+    conv(fx, g, n, window, group, st, a);
+}
+
+/// Hybrid convolution: the input quantized as one tensor into the scratch, then the integer
+/// convolution reading it (the kernel's own scratch follows) with a float output stage.
+pub(crate) fn dyn_conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, a: &Args) {
+    let per_channel = matches!(&g.node(n).op, Op::DynConv { weight_scales, .. } if weight_scales.len() > 1);
+    let xn = numel(g, g.node(n).inputs[0]);
+    let (sx, zp) = dyn_quantize(fx, a.ins[0], a.scratch, xn);
+    let rest = fx.add_imm(a.scratch, dyn_input_bytes(g, n) as i64);
+    let mut ins = a.ins.clone();
+    ins[0] = a.scratch;
+    let inner = Args {
+        ins,
+        outs: a.outs.clone(),
+        scratch: rest,
+        aux: a.aux.clone(),
+    };
+    let st = Stage::Dynamic {
+        sx,
+        zp,
+        scales: a.aux[2],
+        per_channel,
+        wsum: a.aux[3],
+    };
+    conv(fx, g, n, window, group, st, &inner);
+}
+
+/// An int8 convolution with output stage `st`: a blocked product for 1x1 and (one group,
+/// constant weights) im2col'ed kernels, accumulator-stationary otherwise.
+fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: Stage, a: &Args) {
     if pointwise(g, n, window, group) {
-        return qconv_pointwise(fx, g, n, q, a, None);
+        return qconv_pointwise(fx, g, n, st, a, None);
     }
     if group == 1 && g.const_value(g.node(n).inputs[1]).is_some() {
-        return qconv_pointwise(fx, g, n, q, a, Some(window));
+        return qconv_pointwise(fx, g, n, st, a, Some(window));
     }
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
@@ -634,7 +880,8 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
                 for &(kh, kw, (oy0, oy1), (ox0, ox1)) in &taps {
                     let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
                     let w = load_i8(fx, wa);
-                    let zw = fx.b.ins().imul_imm_s(w, q.input_zp as i64);
+                    let zpv = st.zp(fx);
+                    let zw = fx.b.ins().imul(w, zpv);
                     // Row `oy`, first valid column: input (oy*sh + kh*dh - ph, ox0*sw + kw*dw - pw).
                     let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
                         + ox0 * gm.sw as i64
@@ -674,14 +921,14 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
                     );
                 }
             });
-            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+            let chan = st.channel(fx, oc);
             let bo = fx.mul_imm(b, m);
             let boc = fx.b.ins().iadd(bo, oc);
-            let ybase = fx.addr(a.outs[0], boc, ohw);
-            fx.for_ptrs(ohw, &[(acc, 4), (ybase, 1)], &mut |fx, p| {
+            let es = st.elem();
+            let ybase = fx.addr(a.outs[0], boc, ohw * es);
+            fx.for_ptrs(ohw, &[(acc, 4), (ybase, es)], &mut |fx, p| {
                 let s = fx.load(I32, p[0]);
-                let y = finish(fx, q, s, mult, shift);
-                store_i8(fx, y, p[1]);
+                st.store(fx, s, chan, p[1], 0);
             });
         });
     });
