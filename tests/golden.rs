@@ -58,8 +58,15 @@ fn small_elementwise() -> kiln::onnx::proto::ModelProto {
 }
 
 fn clif_of(tag: &str, m: &kiln::onnx::proto::ModelProto) -> String {
+    clif_in(tag, m, "float")
+}
+
+fn clif_in(tag: &str, m: &kiln::onnx::proto::ModelProto, mode: &str) -> String {
     let p = write_model(tag, m);
-    let model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    let mut model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
+    if mode == "dynamic" {
+        model.graph = kiln::quantize::dynamic::to_dynamic(&model.graph, &[]).unwrap().graph;
+    }
     let target = kiln::compile::parse_target("x86_64-unknown-linux-gnu").unwrap();
     let opts = kiln::compile::CompileOptions {
         emit: kiln::compile::Emit::Object,
@@ -92,6 +99,9 @@ fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::E
     let mut model = kiln::load(&p, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {}).unwrap();
     if mode == "fp16" {
         model.graph = kiln::quantize::fp16::to_fp16(&model.graph).unwrap().graph;
+    }
+    if mode == "dynamic" {
+        model.graph = kiln::quantize::dynamic::to_dynamic(&model.graph, &[]).unwrap().graph;
     }
     if mode == "int8" {
         // 16 deterministic samples spanning [-1, 1)
@@ -173,4 +183,21 @@ fn c_small_cnn_fp16() {
 fn rust_small_cnn_fp16() {
     let text = files_of("cnn_h", &small_cnn(), kiln::compile::Emit::RustSource, "fp16");
     settings().bind(|| insta::assert_snapshot!("rust_small_cnn_fp16", text));
+}
+
+#[test]
+fn c_small_cnn_dynamic() {
+    let text = files_of("cnn_d", &small_cnn(), kiln::compile::Emit::C, "dynamic");
+    settings().bind(|| insta::assert_snapshot!("c_small_cnn_dynamic", text));
+}
+
+#[test]
+fn rust_small_cnn_dynamic() {
+    let text = files_of("cnn_d", &small_cnn(), kiln::compile::Emit::RustSource, "dynamic");
+    settings().bind(|| insta::assert_snapshot!("rust_small_cnn_dynamic", text));
+}
+
+#[test]
+fn clif_small_cnn_dynamic() {
+    settings().bind(|| insta::assert_snapshot!("clif_small_cnn_dynamic", clif_in("cnn_d", &small_cnn(), "dynamic")));
 }
