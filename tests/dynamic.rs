@@ -281,3 +281,96 @@ fn hybrid_c_runs_clean_under_sanitizers() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The run-time quantization on inputs no model produces: NaNs (ignored by the range,
+/// quantized to the zero point), infinities (an infinite scale falls back to 1), all
+/// zeros, subnormal ranges, exact halves (rounded away from zero), huge magnitudes, and
+/// rows whose length is not a multiple of the vector width. Every backend gives the
+/// evaluator's bytes.
+#[test]
+fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
+    use kiln_ir::{DType, Scalar, TensorType};
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    let rows: Vec<Vec<f32>> = vec![
+        vec![nan, 1.0, -2.0, 0.5, nan, 3.0, -0.0, 0.25, 7.0],
+        vec![0.0; 9],
+        vec![inf, 1.0, 2.0, -3.0, 0.5, -0.5, 1.5, 2.5, 9.0],
+        vec![1e-40, -1e-40, -0.0, 0.0, 5e-41, -5e-41, 1e-45, -1e-45, 0.0],
+        vec![0.0, 255.0, 0.5, 1.5, 2.5, 254.5, 127.5, 128.5, 3.5],
+        vec![1e30, -1e30, 3e29, -7e29, 1.0, -1.0, 0.0, 5e29, -2e29],
+        vec![nan; 9],
+        vec![-inf, -1.0, 4.0, 8.0, 16.0, -16.0, 0.125, -0.125, 1.0],
+    ];
+    let xm: Vec<f32> = rows.concat();
+    let xc: Vec<f32> = vec![
+        nan, 1.0, -2.0, 0.5, 3.0, -0.0, 0.25, 7.0, 2.5, -1.5, 0.5, -0.5, 1e-3, 4.0, -4.0, 8.0, 6.5, -6.5,
+    ];
+    let w: Vec<i8> = (0..27).map(|i| (i * 37 % 255 - 127) as i8).collect();
+    let wc: Vec<i8> = (0..36).map(|i| (i * 53 % 255 - 127) as i8).collect();
+    let mut g = Graph::new("edge");
+    let f = |shape: Vec<usize>| TensorType::new(DType::plain(Scalar::F32), shape);
+    let a = g.add_input("a", f(vec![8, 9]));
+    let c = g.add_input("c", f(vec![1, 2, 3, 3]));
+    let wm = g.add_const("wm", Tensor::from_vec(vec![9, 3], w));
+    let wcv = g.add_const("wc", Tensor::from_vec(vec![2, 2, 3, 3], wc));
+    let (_, y) = g
+        .add_node(
+            "mm",
+            Op::DynMatMul {
+                weight_scales: vec![0.01, 0.02, 0.03].into(),
+            },
+            vec![a, wm],
+            &[],
+        )
+        .unwrap();
+    g.add_output(y[0]);
+    let window = kiln_ir::op::Window {
+        kernel: vec![3, 3],
+        strides: vec![1, 1],
+        dilations: vec![1, 1],
+        pads: vec![1, 1, 1, 1],
+    };
+    let (_, y) = g
+        .add_node(
+            "cv",
+            Op::DynConv {
+                window,
+                group: 1,
+                weight_scales: vec![0.5, 0.25].into(),
+            },
+            vec![c, wcv],
+            &[],
+        )
+        .unwrap();
+    g.add_output(y[0]);
+    let sets = vec![vec![
+        Tensor::from_vec(vec![8, 9], xm),
+        Tensor::from_vec(vec![1, 2, 3, 3], xc),
+    ]];
+    let want = kiln_ir::eval::run(&g, &sets[0]).unwrap();
+    // the rule itself: NaN rows quantize to the zero point (all-NaN: scale 1, zero point 0)
+    assert!(want[0].to_f32_vec()[18..21].iter().all(|v| v.is_finite()));
+    let dir = std::env::temp_dir().join(format!("kiln-dynamic-edge-{}", std::process::id()));
+    let rust = build_rust(&[("edge", &g)], &dir.join("rust"), false).unwrap();
+    let builds = [
+        ("C", build_c(&g, "model", &dir.join("c"), &[])),
+        ("native", build_native(&g, "model", &dir.join("n"))),
+        (
+            "Rust",
+            Ok(NativeExe {
+                exe: rust[0].exe.clone(),
+                dir: rust[0].dir.clone(),
+                runner: None,
+            }),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (label, exe) in builds {
+        if let Err(e) = exe.and_then(|e| against_evaluator(&e, &g, &sets, &bit_exact)) {
+            failures.push(format!("{label}: {e}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -242,6 +242,11 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             if quant.calibrate.is_some() {
                 bail!("--quantize dynamic needs no calibration data; drop --calibrate");
             }
+            let opts = kiln::quantize::QuantOptions {
+                keep_float: quant.keep_float.clone(),
+                ..Default::default()
+            };
+            kiln::quantize::quantize_static::check_keep_float(&m.graph, &opts)?;
             let q = kiln::quantize::dynamic::to_dynamic(&m.graph, &quant.keep_float)?;
             for n in &q.notes {
                 eprintln!("note: {n}");
@@ -318,7 +323,17 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
         quant.quantize = QuantMode::Int8;
     }
     let float = load(path, shapes, &PipelineOptions::default())?.graph;
-    let int8 = load_quantized(path, shapes, &quant)?.graph;
+    let mode = match quant.quantize {
+        QuantMode::Fp16 => "float16",
+        QuantMode::Dynamic => "hybrid int8",
+        _ => "int8",
+    };
+    // Data-free modes use the data only to measure.
+    let mut build = quant.clone();
+    if matches!(quant.quantize, QuantMode::Fp16 | QuantMode::Dynamic) {
+        build.calibrate = None;
+    }
+    let int8 = load_quantized(path, shapes, &build)?.graph;
     let calib = CalibrationSet::load(
         &float,
         quant.calibrate.as_deref().context("report needs --calibrate DIR")?,
@@ -329,7 +344,7 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     };
     let samples = pick(&calib, 32);
     println!(
-        "per-layer SQNR of the int8 value against the float one ({} calibration samples):",
+        "per-layer SQNR of the {mode} value against the float one ({} calibration samples):",
         samples.len()
     );
     for (name, db) in kiln::quantize::report::layer_sqnr(&float, &int8, &samples)? {
@@ -345,7 +360,7 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     };
     let (wf, wq) = (weight_bytes(&float), weight_bytes(&int8));
     println!(
-        "weights: float {wf} bytes, int8 {wq} bytes ({:.2}x smaller)",
+        "weights: float {wf} bytes, {mode} {wq} bytes ({:.2}x smaller)",
         wf as f64 / wq.max(1) as f64
     );
     let (set, what) = match eval {

@@ -36,6 +36,21 @@ impl<'a, 'b> Fx<'a, 'b> {
         if ty == F32 { s } else { self.b.ins().splat(ty, s) }
     }
 
+    /// `v` (a scalar of type `ty`) computed here and only here. Cranelift places pure
+    /// instructions at their uses, which for a value computed once per call from a loop's
+    /// result (a run-time scale) can mean recomputing the whole chain inside a later loop
+    /// nest; a round trip through a stack slot with a fence between (so the load is not
+    /// forwarded from the store) pins it, at the cost of one fence per call.
+    pub fn anchor(&mut self, ty: Type, v: Value) -> Value {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let slot = self
+            .b
+            .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+        self.b.ins().stack_store(I64, v, slot, 0);
+        self.b.ins().fence();
+        self.b.ins().stack_load(I64, ty, slot, 0)
+    }
+
     pub fn splat(&mut self, ty: Type, s: Value) -> Value {
         if ty == F32 { s } else { self.b.ins().splat(ty, s) }
     }

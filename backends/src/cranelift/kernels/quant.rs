@@ -147,28 +147,53 @@ fn round_away(fx: &mut Fx, y: Value) -> Value {
 }
 
 /// `kiln_runtime::dynamic_quantize` of `n` f32 at `x` into int8 at `q`: returns the scale
-/// (f32) and zero point (i32) as values.
+/// (f32) and zero point (i32) as values. Four lanes at a time where the target has 128-bit
+/// vectors: the range comes out the same in any order (a value replaces the running bound
+/// only when strictly beyond it, so NaNs and -0.0 never do), and each lane rounds exactly
+/// as the scalar steps.
 fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
+    use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4};
+    let vec = if fx.simd { n / 4 } else { 0 };
     let (lo, hi) = (fx.b.declare_var(F32), fx.b.declare_var(F32));
     let zero = fx.f(F32, 0.0);
     fx.b.def_var(lo, zero);
     fx.b.def_var(hi, zero);
-    fx.for_ptrs(n, &[(x, 4)], &mut |fx, p| {
-        let v = fx.load(F32, p[0]);
-        let (l, h) = (fx.b.use_var(lo), fx.b.use_var(hi));
+    let widen = |fx: &mut Fx, v: Value, var_lo, var_hi, ty| {
+        let (l, h) = (fx.b.use_var(var_lo), fx.b.use_var(var_hi));
         let below = fx.b.ins().fcmp(FloatCC::LessThan, v, l);
-        let l = fx.b.ins().select(below, v, l);
+        let l = fx.sel(ty, below, v, l);
         let above = fx.b.ins().fcmp(FloatCC::GreaterThan, v, h);
-        let h = fx.b.ins().select(above, v, h);
-        fx.b.def_var(lo, l);
-        fx.b.def_var(hi, h);
+        let h = fx.sel(ty, above, v, h);
+        fx.b.def_var(var_lo, l);
+        fx.b.def_var(var_hi, h);
+    };
+    if vec > 0 {
+        let (lo4, hi4) = (fx.b.declare_var(F32X4), fx.b.declare_var(F32X4));
+        let z4 = fx.f(F32X4, 0.0);
+        fx.b.def_var(lo4, z4);
+        fx.b.def_var(hi4, z4);
+        fx.for_ptrs(vec, &[(x, 16)], &mut |fx, p| {
+            let v = fx.load(F32X4, p[0]);
+            widen(fx, v, lo4, hi4, F32X4);
+        });
+        let (l4, h4) = (fx.b.use_var(lo4), fx.b.use_var(hi4));
+        for lane in 0..4u8 {
+            let l = fx.b.ins().extractlane(l4, lane);
+            widen(fx, l, lo, hi, F32);
+            let h = fx.b.ins().extractlane(h4, lane);
+            widen(fx, h, lo, hi, F32);
+        }
+    }
+    let xt = fx.add_imm(x, vec * 16);
+    fx.for_ptrs(n - vec * 4, &[(xt, 4)], &mut |fx, p| {
+        let v = fx.load(F32, p[0]);
+        widen(fx, v, lo, hi, F32);
     });
     let (l, h) = (fx.b.use_var(lo), fx.b.use_var(hi));
     let range = fx.b.ins().fsub(h, l);
     let d = fx.f(F32, 255.0);
     let s = fx.b.ins().fdiv(range, d);
     // scale > 0 and finite (s - s is 0 only for finite s), else (1.0, 0)
-    let zero = fx.f(F32, 0.0);
     let pos = fx.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
     let ss = fx.b.ins().fsub(s, s);
     let fin = fx.b.ins().fcmp(FloatCC::Equal, ss, zero);
@@ -182,7 +207,42 @@ fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
     let z = clamp(fx, z, -128, 127);
     let zero_i = c32(fx, 0);
     let zp = fx.b.ins().select(ok, z, zero_i);
-    fx.for_ptrs(n, &[(x, 4), (q, 1)], &mut |fx, p| {
+    let (scale, zp) = (fx.anchor(F32, scale), fx.anchor(I32, zp));
+    if vec > 0 {
+        let s4 = fx.b.ins().splat(F32X4, scale);
+        let z4 = fx.b.ins().splat(I32X4, zp);
+        let (lo_c, hi_c) = (fx.f(F32X4, -1.0e9), fx.f(F32X4, 1.0e9));
+        let (half, nhalf) = (fx.f(F32X4, 0.5), fx.f(F32X4, -0.5));
+        let (lo_q, hi_q) = (c32(fx, -128), c32(fx, 127));
+        let (lo_q, hi_q) = (fx.b.ins().splat(I32X4, lo_q), fx.b.ins().splat(I32X4, hi_q));
+        fx.for_ptrs(vec, &[(x, 16), (q, 4)], &mut |fx, p| {
+            let v = fx.load(F32X4, p[0]);
+            let y = fx.b.ins().fdiv(v, s4);
+            // NaN stays NaN through the clamp and converts to 0, as round_away's NaN case
+            let y = fx.b.ins().fmax(y, lo_c);
+            let y = fx.b.ins().fmin(y, hi_c);
+            let t = fx.b.ins().fcvt_to_sint_sat(I32X4, y);
+            let tf = fx.b.ins().fcvt_from_sint(F32X4, t);
+            let f = fx.b.ins().fsub(y, tf);
+            // lane masks are -1 where true: t + 1 rounding up, t - 1 rounding down
+            let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
+            let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
+            let r = fx.b.ins().isub(t, up);
+            let r = fx.b.ins().iadd(r, down);
+            let r = fx.b.ins().iadd(r, z4);
+            let r = fx.b.ins().smax(r, lo_q);
+            let r = fx.b.ins().smin(r, hi_q);
+            let h = fx.b.ins().snarrow(r, r);
+            let b: Value = fx.b.ins().snarrow(h, h);
+            debug_assert_eq!(fx.b.func.dfg.value_type(h), I16X8);
+            debug_assert_eq!(fx.b.func.dfg.value_type(b), I8X16);
+            let w = fx.bits(I32X4, b);
+            let w = fx.b.ins().extractlane(w, 0);
+            fx.b.ins().store(flags(), w, p[1], 0);
+        });
+    }
+    let (xt, qt) = (fx.add_imm(x, vec * 16), fx.add_imm(q, vec * 4));
+    fx.for_ptrs(n - vec * 4, &[(xt, 4), (qt, 1)], &mut |fx, p| {
         let v = fx.load(F32, p[0]);
         let y = fx.b.ins().fdiv(v, scale);
         let r = round_away(fx, y);
