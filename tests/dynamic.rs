@@ -9,7 +9,7 @@
 use kiln::PipelineOptions;
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_tests::{
-    NativeExe, build_c, build_native, build_rust, case_import_options, compare, model_dirs, ref_input_sets,
+    NativeExe, build_c, build_native, build_rust, case_import_options, compare, islands, model_dirs, ref_input_sets,
 };
 use std::path::PathBuf;
 
@@ -141,35 +141,6 @@ fn the_digits_cnn_keeps_its_accuracy_in_hybrid_int8() {
         ah >= af - 0.01,
         "hybrid accuracy {ah} is more than 1 point below float {af}"
     );
-}
-
-/// Every hybrid node of `g` on its own: a graph whose inputs are those nodes' activation
-/// inputs and whose outputs are their results, and the values the evaluator computes for
-/// those inputs on each of `sets`.
-fn islands(g: &Graph, sets: &[Vec<Tensor>]) -> (Graph, Vec<Vec<Tensor>>) {
-    let nodes: Vec<_> = g
-        .topo_order()
-        .unwrap()
-        .into_iter()
-        .filter(|&n| matches!(g.node(n).op, Op::DynConv { .. } | Op::DynMatMul { .. }))
-        .collect();
-    let mut probe = g.clone();
-    probe.set_outputs(nodes.iter().map(|&n| g.node(n).inputs[0]).collect());
-    let values = sets.iter().map(|s| kiln_ir::eval::run(&probe, s).unwrap()).collect();
-    let mut isl = Graph::new("islands");
-    for (i, &n) in nodes.iter().enumerate() {
-        let node = g.node(n);
-        let x = isl.add_input(&format!("x{i}"), g.value(node.inputs[0]).ty.clone());
-        let w = isl.add_const(
-            &format!("w{i}"),
-            g.const_value(node.inputs[1]).unwrap().as_ref().clone(),
-        );
-        let (_, o) = isl
-            .add_node(&format!("n{i}"), node.op.clone(), vec![x, w], &[])
-            .unwrap();
-        isl.add_output(o[0]);
-    }
-    (isl, values)
 }
 
 /// Runs `exe` on every input set; `check` compares each output with the evaluator's.

@@ -487,6 +487,40 @@ pub fn build_int_harness(built: &NativeExe, g: &kiln_ir::Graph, prefix: &str, na
     Ok(exe)
 }
 
+/// Every hybrid node of `g` on its own: a graph whose inputs are those nodes' activation
+/// inputs and whose outputs are their results, and the values the evaluator computes for
+/// those inputs on each of `sets`.
+pub fn islands(g: &kiln_ir::Graph, sets: &[Vec<Tensor>]) -> (kiln_ir::Graph, Vec<Vec<Tensor>>) {
+    let nodes: Vec<_> = g
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .filter(|&n| {
+            matches!(
+                g.node(n).op,
+                kiln_ir::Op::DynConv { .. } | kiln_ir::Op::DynMatMul { .. }
+            )
+        })
+        .collect();
+    let mut probe = g.clone();
+    probe.set_outputs(nodes.iter().map(|&n| g.node(n).inputs[0]).collect());
+    let values = sets.iter().map(|s| kiln_ir::eval::run(&probe, s).unwrap()).collect();
+    let mut isl = kiln_ir::Graph::new("islands");
+    for (i, &n) in nodes.iter().enumerate() {
+        let node = g.node(n);
+        let x = isl.add_input(&format!("x{i}"), g.value(node.inputs[0]).ty.clone());
+        let w = isl.add_const(
+            &format!("w{i}"),
+            g.const_value(node.inputs[1]).unwrap().as_ref().clone(),
+        );
+        let (_, o) = isl
+            .add_node(&format!("n{i}"), node.op.clone(), vec![x, w], &[])
+            .unwrap();
+        isl.add_output(o[0]);
+    }
+    (isl, values)
+}
+
 // ---- Rust source builds: many models in one crate, one cargo build ----
 
 /// Compiles each `(prefix, graph)` to Rust source and builds them all into one binary with

@@ -564,6 +564,26 @@ fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
 /// A shipped float model with float16 weights (`--quantize fp16`), with its first reference
 /// input.
 fn fp16_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    data_free_model(name, label, |g| kiln::quantize::fp16::to_fp16(g).unwrap().graph)
+}
+
+/// A shipped float model in hybrid int8 (`--quantize dynamic`) with its first reference
+/// input, and its hybrid ops alone (`label` + `_islands`) on the inputs the evaluator gives
+/// them, whose results must match bit for bit.
+fn dynamic_models(name: &'static str, label: &'static str) -> [(&'static str, Graph, Vec<Vec<Tensor>>); 2] {
+    let whole = data_free_model(name, label, |g| {
+        kiln::quantize::dynamic::to_dynamic(g, &[]).unwrap().graph
+    });
+    let (ig, sets) = kiln_tests::islands(&whole.1, &whole.2);
+    let islands: &'static str = Box::leak(format!("{label}_islands").into_boxed_str());
+    [whole, (islands, ig, sets)]
+}
+
+fn data_free_model(
+    name: &'static str,
+    label: &'static str,
+    convert: impl Fn(&Graph) -> Graph,
+) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let dir = repo().join("tests/models").join(name);
     let m = kiln::load(
         &dir.join("model.onnx"),
@@ -572,7 +592,7 @@ fn fp16_model(name: &'static str, label: &'static str) -> (&'static str, Graph, 
         |_, _| {},
     )
     .unwrap();
-    let g = kiln::quantize::fp16::to_fp16(&m.graph).unwrap().graph;
+    let g = convert(&m.graph);
     let set = dir.join("ref/test_data_set_0");
     let inputs = (0..g.inputs().len())
         .map(|i| kiln::npy::read(&set.join(format!("input_{i}.npy"))).unwrap())
@@ -601,7 +621,7 @@ fn random_inputs(g: &Graph) -> Vec<Vec<Tensor>> {
 }
 
 /// Runs each model on each of its input sets on `part` and checks it against the evaluator
-/// (integer outputs bit for bit).
+/// (integer outputs, and every output of an `_islands` model, bit for bit).
 fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &Tools) {
     let dir = std::env::temp_dir().join(format!("kiln-mcu-{}-{}", part.name(), std::process::id()));
     let mut failures = Vec::new();
@@ -612,8 +632,13 @@ fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &To
             for (seed, inputs) in sets.iter().enumerate() {
                 let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
                 let run = run_on(part, &format!("{name}-{seed}"), g, inputs, tools, &dir)?;
+                let (rtol, atol) = if name.ends_with("_islands") {
+                    (0.0, 0.0)
+                } else {
+                    (RTOL, ATOL)
+                };
                 for (i, (got, w)) in run.outputs.iter().zip(&want).enumerate() {
-                    let (r, a) = compare(got, w, RTOL, ATOL).map_err(|e| format!("input {seed}: output {i}: {e}"))?;
+                    let (r, a) = compare(got, w, rtol, atol).map_err(|e| format!("input {seed}: output {i}: {e}"))?;
                     if r > 1.0 {
                         return Err(format!(
                             "input {seed}: output {i} differs from the evaluator by {a:e} ({r:.1}x the bound)\n got {:?}\nwant {:?}",
@@ -683,11 +708,9 @@ fn small_models_run_on_a_simulated_atmega328p() {
         ],
         &tools,
     );
-    check_part(
-        Part::Avr("atmega2560"),
-        &[with_inputs("wide", wide()), fp16_model("digits_cnn", "digits_fp16")],
-        &tools,
-    );
+    let mut big = vec![with_inputs("wide", wide()), fp16_model("digits_cnn", "digits_fp16")];
+    big.extend(dynamic_models("digits_cnn", "digits_dynamic"));
+    check_part(Part::Avr("atmega2560"), &big, &tools);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -711,6 +734,8 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         fp16_model("digits_cnn", "digits_fp16"),
         fp16_model("mlperf_tiny_kws_dscnn", "kws_fp16"),
     ];
+    models.extend(dynamic_models("digits_cnn", "digits_dynamic"));
+    models.extend(dynamic_models("mlperf_tiny_kws_dscnn", "kws_dynamic"));
     // The int8 builds of the shipped models, on their first reference input, integer
     // results compared byte for byte.
     for m in [
