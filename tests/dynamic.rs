@@ -345,3 +345,187 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Pseudo-random values in [-scale, scale).
+fn noise(seed: u32, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// One recurrent layer (seq 5, batch 2, input 6, hidden 8) with random weights and states.
+fn recurrent(kind: kiln_ir::op::RnnKind, direction: kiln_ir::op::RnnDirection) -> (Graph, Vec<Tensor>) {
+    use kiln_ir::op::{Activation, Rnn, RnnKind};
+    use kiln_ir::{DType, Scalar, TensorType};
+    let (seq, batch, isz, h) = (5, 2, 6, 8);
+    let lstm = matches!(kind, RnnKind::Lstm { .. });
+    let gates = if lstm { 4 } else { 3 };
+    let mut g = Graph::new("rnn");
+    let f = |shape: Vec<usize>| TensorType::new(DType::plain(Scalar::F32), shape);
+    let x = g.add_input("x", f(vec![seq, batch, isz]));
+    let h0 = g.add_input("h0", f(vec![1, batch, h]));
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(vec![1, gates * h, isz], noise(1, gates * h * isz, 0.6)),
+    );
+    let r = g.add_const(
+        "r",
+        Tensor::from_vec(vec![1, gates * h, h], noise(2, gates * h * h, 0.6)),
+    );
+    let b = g.add_const(
+        "b",
+        Tensor::from_vec(vec![1, 2 * gates * h], noise(3, 2 * gates * h, 0.3)),
+    );
+    let mut ins = vec![x, w, r, b, h0];
+    let mut inputs = vec![
+        Tensor::from_vec(vec![seq, batch, isz], noise(4, seq * batch * isz, 1.0)),
+        Tensor::from_vec(vec![1, batch, h], noise(5, batch * h, 0.5)),
+    ];
+    if lstm {
+        ins.push(g.add_input("c0", f(vec![1, batch, h])));
+        inputs.push(Tensor::from_vec(vec![1, batch, h], noise(6, batch * h, 0.5)));
+    }
+    let activations = if lstm {
+        vec![Activation::Sigmoid, Activation::Tanh, Activation::Tanh]
+    } else {
+        vec![Activation::Sigmoid, Activation::Tanh]
+    };
+    let op = Op::Rnn(Rnn {
+        kind,
+        hidden: h,
+        direction,
+        activations,
+        clip: None,
+        batch_major: false,
+    });
+    let names: &[&str] = if lstm { &["y", "yh", "yc"] } else { &["y", "yh"] };
+    let (_, outs) = g.add_node("layer", op, ins, names).unwrap();
+    for o in outs {
+        g.add_output(o);
+    }
+    (g, inputs)
+}
+
+fn recurrent_cases() -> Vec<(&'static str, Graph, Vec<Tensor>)> {
+    use kiln_ir::op::{RnnDirection, RnnKind};
+    [
+        ("lstm", RnnKind::Lstm { input_forget: false }, RnnDirection::Forward),
+        (
+            "lstm_reverse",
+            RnnKind::Lstm { input_forget: false },
+            RnnDirection::Reverse,
+        ),
+        (
+            "gru",
+            RnnKind::Gru {
+                linear_before_reset: false,
+            },
+            RnnDirection::Forward,
+        ),
+        (
+            "gru_lbr",
+            RnnKind::Gru {
+                linear_before_reset: true,
+            },
+            RnnDirection::Reverse,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, kind, dir)| {
+        let (g, x) = recurrent(kind, dir);
+        (name, g, x)
+    })
+    .collect()
+}
+
+/// LSTM and GRU run hybrid by being written out step by step around int8 products: every
+/// output (sequence, last state, last cell) stays within 0.02 of the float layer, and no
+/// recurrent op is left.
+#[test]
+fn hybrid_recurrent_layers_follow_the_float_ones() {
+    for (name, g, inputs) in recurrent_cases() {
+        let d = kiln::quantize::dynamic::to_dynamic(&g, &[]).unwrap();
+        assert!(d.notes.is_empty(), "{name}: {:?}", d.notes);
+        let ops: Vec<&str> = d.graph.node_ids().map(|n| d.graph.node(n).op.name()).collect();
+        assert!(!ops.contains(&"LSTM") && !ops.contains(&"GRU"), "{name}: {ops:?}");
+        assert!(ops.contains(&"DynMatMul"), "{name}: {ops:?}");
+        // int8 values plus an f32 scale per gate unit (a third of the bytes at this size)
+        assert!(
+            d.bytes_int8 * 5 / 2 < d.bytes_f32,
+            "{name}: {} -> {}",
+            d.bytes_f32,
+            d.bytes_int8
+        );
+        let want = kiln_ir::eval::run(&g, &inputs).unwrap();
+        let got = kiln_ir::eval::run(&d.graph, &inputs).unwrap();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.shape, b.shape, "{name} output {i}");
+            let err = a
+                .to_f64_vec()
+                .iter()
+                .zip(&b.to_f64_vec())
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            println!("{name} output {i}: max abs error {err:.4}");
+            assert!(err < 0.02, "{name} output {i}: error {err}");
+        }
+    }
+}
+
+/// The written-out layers on every backend: their hybrid products bit for bit, the whole
+/// layer within the float bound.
+#[test]
+fn hybrid_recurrent_layers_build_everywhere() {
+    let cases: Vec<(&str, Graph, Vec<Vec<Tensor>>)> = recurrent_cases()
+        .into_iter()
+        .map(|(n, g, x)| (n, kiln::quantize::dynamic::to_dynamic(&g, &[]).unwrap().graph, vec![x]))
+        .collect();
+    let isl: Vec<(Graph, Vec<Vec<Tensor>>)> = cases.iter().map(|(_, g, s)| islands(g, s)).collect();
+    let dir = std::env::temp_dir().join(format!("kiln-dynamic-rnn-{}", std::process::id()));
+    let mut list: Vec<(String, &Graph)> = cases.iter().map(|(n, g, _)| (format!("r_{n}"), g)).collect();
+    list.extend(cases.iter().zip(&isl).map(|((n, _, _), (g, _))| (format!("ri_{n}"), g)));
+    let refs: Vec<(&str, &Graph)> = list.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+    let rust = build_rust(&refs, &dir.join("rust"), false).unwrap();
+    let close = |got: &Tensor, want: &Tensor| compare(got, want, RTOL, ATOL).map(|r| r.0);
+    let mut failures = Vec::new();
+    for (i, (name, g, sets)) in cases.iter().enumerate() {
+        let (ig, isets) = &isl[i];
+        let copy = |e: &NativeExe| NativeExe {
+            exe: e.exe.clone(),
+            dir: e.dir.clone(),
+            runner: None,
+        };
+        let builds: [(&str, Built, Built); 3] = [
+            (
+                "C",
+                build_c(g, "model", &dir.join(format!("c-{name}")), &[]),
+                build_c(ig, "model", &dir.join(format!("ci-{name}")), &[]),
+            ),
+            (
+                "native",
+                build_native(g, "model", &dir.join(format!("n-{name}"))),
+                build_native(ig, "model", &dir.join(format!("ni-{name}"))),
+            ),
+            ("Rust", Ok(copy(&rust[i])), Ok(copy(&rust[cases.len() + i]))),
+        ];
+        for (label, whole, island) in builds {
+            let res = (|| -> Result<f64, String> {
+                against_evaluator(&island?, ig, isets, &bit_exact).map_err(|e| format!("hybrid ops: {e}"))?;
+                let w = against_evaluator(&whole?, g, sets, &close)?;
+                if w > 1.0 {
+                    return Err(format!("{w:.1}x the float bound"));
+                }
+                Ok(w)
+            })();
+            match res {
+                Ok(w) => println!("{name} ({label}): hybrid ops bit-exact; end to end worst {w:.3} of the bound"),
+                Err(e) => failures.push(format!("{name} ({label}): {e}")),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
