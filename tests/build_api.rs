@@ -141,3 +141,22 @@ fn fp16_keeps_weights_in_binary16_in_rust_source() {
     assert!(text.contains("[k::F16; 72] = k::f16s(["), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn dynamic_builds_hybrid_ops_in_rust_source() {
+    let d = out_dir("dynamic");
+    let a = Build::new(model("digits_cnn"))
+        .quantize(Quantize::Dynamic)
+        .target("cortex-m4")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    assert_eq!(a.emit, Emit::RustSource);
+    let text = std::fs::read_to_string(d.join("digits.rs")).unwrap();
+    assert!(
+        text.contains("k::int::dyn_conv(") && text.contains("k::int::dyn_matmul("),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
