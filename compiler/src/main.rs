@@ -52,6 +52,10 @@ struct QuantArgs {
     /// Leave these nodes (by name) or op types in float (repeatable).
     #[arg(long = "keep-float", value_name = "NODE|OPTYPE")]
     keep_float: Vec<String>,
+    /// Run these Conv/Gemm/MatMul nodes (by name), op types, or `all` of them with int16
+    /// activations and int8 weights (16x8), for accuracy-sensitive layers (repeatable).
+    #[arg(long = "int16", value_name = "NODE|OPTYPE|all")]
+    int16: Vec<String>,
     /// How activation ranges are chosen from the calibration data.
     #[arg(long = "calibration-method", value_enum, default_value = "auto")]
     method: MethodArg,
@@ -277,6 +281,7 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 },
                 cache: quant.calibration_cache.clone(),
                 per_tensor_weights: quant.per_tensor_weights,
+                int16: quant.int16.clone(),
             };
             let start = std::time::Instant::now();
             let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {

@@ -122,6 +122,24 @@ fn int_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
     Ok(())
 }
 
+/// An integer product reads int8 activations (int32 bias, int8 result) or int16 ones
+/// (16x8: int64 bias, int16 result), and int8 weights; returns the result's type.
+fn product_inputs(op: &Op, inputs: &[&TensorType]) -> Result<Scalar> {
+    let x = inputs[0].dtype.scalar;
+    let bias = match x {
+        Scalar::I8 => Scalar::I32,
+        Scalar::I16 => Scalar::I64,
+        _ => return err(op, format!("input 0 is {x}, expected i8 or i16")),
+    };
+    for (i, t) in inputs.iter().enumerate().skip(1) {
+        let want = if i == 2 { bias } else { Scalar::I8 };
+        if t.dtype.scalar != want {
+            return err(op, format!("input {i} is {}, expected {want}", t.dtype.scalar));
+        }
+    }
+    Ok(x)
+}
+
 /// A hybrid op reads f32 activations and int8 weights.
 fn dyn_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
     for (t, want) in inputs.iter().zip([Scalar::F32, Scalar::I8]) {
@@ -142,14 +160,19 @@ fn check_scales(op: &Op, scales: &[f32], channels: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_requant(op: &Op, q: &QLinear, channels: usize) -> Result<()> {
+fn check_requant(op: &Op, q: &QLinear, channels: usize, out: Scalar) -> Result<()> {
     if q.requant.len() != 1 && q.requant.len() != channels {
         return err(
             op,
             format!("{} rescale factors for {channels} output channels", q.requant.len()),
         );
     }
-    if q.act_min > q.act_max || q.act_min < -128 || q.act_max > 127 {
+    let (lo, hi) = if out == Scalar::I16 {
+        (-32768, 32767)
+    } else {
+        (-128, 127)
+    };
+    if q.act_min > q.act_max || q.act_min < lo || q.act_max > hi {
         return err(op, format!("bad activation range {}..={}", q.act_min, q.act_max));
     }
     Ok(())
@@ -272,7 +295,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         }
         QConv { window, group, q } => {
             arity(op, inputs, 2, 3)?;
-            int_inputs(op, inputs)?;
+            let out_scalar = product_inputs(op, inputs)?;
             let f = crate::op::Conv {
                 window: window.clone(),
                 group: *group,
@@ -281,9 +304,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let as_float: Vec<TensorType> = inputs.iter().map(|t| plain(Scalar::F32, t.shape.clone())).collect();
             let refs: Vec<&TensorType> = as_float.iter().collect();
             let out = infer(&Op::Conv(f), &refs)?;
-            check_requant(op, q, out[0].shape[1])?;
+            check_requant(op, q, out[0].shape[1], out_scalar)?;
             Ok(vec![qtype(
-                Scalar::I8,
+                out_scalar,
                 q.output_scale,
                 q.output_zp,
                 out[0].shape.clone(),
@@ -291,7 +314,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         }
         QMatMul { q } => {
             arity(op, inputs, 2, 3)?;
-            int_inputs(op, inputs)?;
+            let out_scalar = product_inputs(op, inputs)?;
             let (a, w) = (inputs[0], inputs[1]);
             if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
                 return err(op, format!("cannot multiply {a} by {w}"));
@@ -301,10 +324,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             {
                 return err(op, format!("bias {b} does not match {} outputs", w.shape[1]));
             }
-            check_requant(op, q, w.shape[1])?;
+            check_requant(op, q, w.shape[1], out_scalar)?;
             let mut s = a.shape.clone();
             *s.last_mut().expect("rank >= 1") = w.shape[1];
-            Ok(vec![qtype(Scalar::I8, q.output_scale, q.output_zp, s)])
+            Ok(vec![qtype(out_scalar, q.output_scale, q.output_zp, s)])
         }
         DynConv {
             window,

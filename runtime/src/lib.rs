@@ -105,6 +105,21 @@ pub fn multiply_by_quantized_multiplier(x: i32, r: Requant) -> i32 {
     )
 }
 
+/// The 64-bit rescale of 16x8 kernels (int16 activations, int8 weights, int64 sums), as
+/// TFLite's reference: the Q31 multiplier rounded to 16 bits, then `x * m16` shifted right
+/// by `15 - shift` rounding half up. `shift` must lie in `-31..=7` (the quantizer checks),
+/// so the shift is 8..=46 and `x * m16` fits for sums up to 2^47.
+#[inline]
+pub fn multiply_by_quantized_multiplier_wide(x: i64, r: Requant) -> i64 {
+    let m16 = if r.multiplier < 0x7FFF_0000 {
+        (r.multiplier as i64 + (1 << 15)) >> 16
+    } else {
+        0x7FFF
+    };
+    let total = 15 - r.shift;
+    x.wrapping_mul(m16).wrapping_add(1i64 << (total - 1)) >> total
+}
+
 /// Rounds half away from zero to an integer, saturating to ±2^30 (NaN gives 0).
 #[inline]
 pub fn round_away(y: f32) -> i32 {

@@ -22,6 +22,7 @@ pub const PRELUDE: &str = r#"
 #define kiln_rom_i8(p) (*(p))
 #define kiln_rom_f32(p) (*(p))
 #endif
+#define kiln_mul16(x, w) ((int64_t)(x) * (int64_t)(w))
 #ifndef kiln_mul8
 #define kiln_mul8(x, w) ((int32_t)(x) * (int32_t)(w))
 #endif
@@ -42,6 +43,12 @@ static inline int32_t kiln_mbqm(int32_t x, int32_t m, int32_t shift) {
     return kiln_rdbp(kiln_srdhm((int32_t)((uint32_t)x << left), m), right);
 }
 static inline int32_t kiln_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
+    int64_t m16 = m < 0x7FFF0000 ? ((int64_t)m + ((int64_t)1 << 15)) >> 16 : 0x7FFF;
+    int32_t total = 15 - shift;
+    return (int64_t)((uint64_t)x * (uint64_t)m16 + ((uint64_t)1 << (total - 1))) >> total;
+}
+static inline int32_t kiln_clamp64(int64_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : (int32_t)v); }
 static inline int32_t kiln_round_away(float y) {
     int32_t t;
     float f;
@@ -76,8 +83,8 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
     let rank = shape(g, node.inputs[0]).len();
     let i8_in = g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8;
     Some(match &node.op {
-        Op::Quantize { to, .. } => *to == Scalar::I8,
-        Op::Dequantize { .. } => i8_in,
+        Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::I16),
+        Op::Dequantize { .. } => i8_in || g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16,
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
@@ -106,14 +113,28 @@ struct Stage {
     x: &'static str,
     zp: String,
     fin: String,
+    /// 16x8: int16 input, int64 sums.
+    wide: bool,
+}
+
+impl Stage {
+    /// C types of the sums and the input elements, and the product macro.
+    fn types(&self) -> (&'static str, &'static str, &'static str) {
+        if self.wide {
+            ("int64_t", "int16_t", "kiln_mul16")
+        } else {
+            ("int32_t", "int8_t", "kiln_mul8")
+        }
+    }
 }
 
 /// Static int8: the node's input, a constant zero point, the fixed-point rescale.
-fn static_stage(out: &mut String, q: &QLinear, ch: &str) -> Stage {
+fn static_stage(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> Stage {
     Stage {
         x: "x0",
         zp: q.input_zp.to_string(),
-        fin: requant(out, q, ch),
+        fin: requant(out, q, ch, wide),
+        wide,
     }
 }
 
@@ -131,6 +152,7 @@ fn dyn_stage(out: &mut String, g: &Graph, n: NodeId, scales: &[f32], ch: &str, s
         x: "xq",
         zp: "zp".into(),
         fin: format!("kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{ws}[{c}]))"),
+        wide: false,
     }
 }
 
@@ -150,7 +172,7 @@ fn scales_table(out: &mut String, scales: &[f32]) -> &'static str {
 
 /// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`
 /// for output channel `ch`.
-fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
+fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
     let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
     let s: Vec<String> = q.requant.iter().map(|r| r.shift.to_string()).collect();
     let _ = writeln!(
@@ -170,6 +192,12 @@ fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
     } else {
         ch.to_string()
     };
+    if wide {
+        return format!(
+            "(int16_t)kiln_clamp64(kiln_mbqm64(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
+            q.output_zp, q.act_min, q.act_max
+        );
+    }
     format!(
         "(int8_t)kiln_clamp(kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
         q.output_zp, q.act_min, q.act_max
@@ -182,10 +210,15 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
     let o0 = shape(g, node.outputs[0]).to_vec();
     let total: usize = o0.iter().product();
     match &node.op {
-        Op::Quantize { scale, zero_point, .. } => {
+        Op::Quantize { scale, zero_point, to } => {
+            let (t, lo, hi) = if *to == Scalar::I16 {
+                ("int16_t", -32768, 32767)
+            } else {
+                ("int8_t", -128, 127)
+            };
             let _ = writeln!(
                 out,
-                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (int8_t)kiln_clamp(kiln_round_away(x0[i] / {}) + {zero_point}, -128, 127);",
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_round_away(x0[i] / {}) + {zero_point}, {lo}, {hi});",
                 f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
             );
         }
@@ -276,11 +309,17 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             let ws = shape(g, node.inputs[1]);
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);
-            let fin = requant(out, q, "j");
+            let wide = wide_input(g, n);
+            let fin = requant(out, q, "j", wide);
+            let (acc_t, mul) = if wide {
+                ("int64_t", "kiln_mul16")
+            } else {
+                ("int32_t", "kiln_mul8")
+            };
             let bias = if node.inputs.len() > 2 { "x2[j]" } else { "0" };
             let _ = writeln!(
                 out,
-                "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        int32_t acc = {bias};\n        for (int32_t k = 0; k < {k}; ++k) acc += kiln_mul8((int32_t)x0[r * {k} + k] - {}, x1[k * {nn} + j]);\n        y0[r * {nn} + j] = {fin};\n    }}",
+                "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        {acc_t} acc = {bias};\n        for (int32_t k = 0; k < {k}; ++k) acc += {mul}((int32_t)x0[r * {k} + k] - {}, x1[k * {nn} + j]);\n        y0[r * {nn} + j] = {fin};\n    }}",
                 q.input_zp
             );
         }
@@ -301,7 +340,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
         }
         Op::QConv { window, group, q } => {
             let skip = qconv_scratch(g, n);
-            let st = static_stage(out, q, "oc");
+            let st = static_stage(out, q, "oc", wide_input(g, n));
             conv(out, g, n, window, *group, &st, skip);
         }
         Op::DynConv {
@@ -336,6 +375,7 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
     let o0 = shape(g, node.outputs[0]).to_vec();
     let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
     let (x, zp) = (st.x, &st.zp);
+    let (acc_t, x_t, mul) = st.types();
     if pointwise(window, group) {
         // A 1x1 convolution over every position: a matrix product, one register sum
         // per output, no bounds to test.
@@ -345,13 +385,13 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
         let pos: usize = xs[2..].iter().product();
         let _ = writeln!(
             out,
-            "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t p = 0; p < {pos}; ++p) {{\n        const int8_t *x = {x} + b * {} + p;\n        int32_t acc = {bias};",
+            "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc)\n    for (int32_t p = 0; p < {pos}; ++p) {{\n        const {x_t} *x = {x} + b * {} + p;\n        {acc_t} acc = {bias};",
             xs[0],
             ci * pos
         );
         let _ = writeln!(
             out,
-            "        for (int32_t c = 0; c < {ci}; ++c) acc += kiln_mul8((int32_t)x[c * {pos}] - {zp}, x1[oc * {ci} + c]);\n        y0[(b * {m} + oc) * {pos} + p] = {};\n    }}",
+            "        for (int32_t c = 0; c < {ci}; ++c) acc += {mul}((int32_t)x[c * {pos}] - {zp}, x1[oc * {ci} + c]);\n        y0[(b * {m} + oc) * {pos} + p] = {};\n    }}",
             st.fin
         );
         return;
@@ -385,7 +425,7 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
     );
     let _ = writeln!(
         out,
-        "        int32_t acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
+        "        {acc_t} acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
     );
     let _ = writeln!(
         out,
@@ -393,7 +433,7 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
     );
     let _ = writeln!(
         out,
-        "            acc += kiln_mul8((int32_t){x}[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {zp}, x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx]);\n        }}"
+        "            acc += {mul}((int32_t){x}[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {zp}, x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx]);\n        }}"
     );
     let _ = writeln!(
         out,
@@ -436,9 +476,15 @@ pub fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     }
 }
 
+/// Whether an integer product reads int16 (16x8, int64 sums).
+fn wide_input(g: &Graph, n: NodeId) -> bool {
+    g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::I16
+}
+
 fn acc_bytes(g: &Graph, n: NodeId, window: &Window, group: usize) -> usize {
+    let sum = if wide_input(g, n) { 8 } else { 4 };
     if accumulate_rows(g, n, window, group) {
-        4 * shape(g, g.node(n).outputs[0])[2..].iter().product::<usize>()
+        sum * shape(g, g.node(n).outputs[0])[2..].iter().product::<usize>()
     } else {
         0
     }
@@ -458,15 +504,16 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     let (hw, ohw, kk) = (ge.h * ge.w, ge.oh * ge.ow, ge.kh * ge.kw);
     let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
     let x = st.x;
-    let _ = writeln!(out, "    int32_t *acc = (int32_t *)(void *)s;");
+    let (acc_t, x_t, _) = st.types();
+    let _ = writeln!(out, "    {acc_t} *acc = ({acc_t} *)(void *)s;");
     let _ = writeln!(
         out,
-        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *xb = {x} + (b * {ci} + oc / {mg} * {cg}) * {hw};\n        for (int32_t p = 0; p < {ohw}; ++p) acc[p] = {bias};",
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const {x_t} *xb = {x} + (b * {ci} + oc / {mg} * {cg}) * {hw};\n        for (int32_t p = 0; p < {ohw}; ++p) acc[p] = {bias};",
         xs[0]
     );
     let _ = writeln!(
         out,
-        "        for (int32_t c = 0; c < {cg}; ++c) {{\n            const int8_t *xp = xb + c * {hw};"
+        "        for (int32_t c = 0; c < {cg}; ++c) {{\n            const {x_t} *xp = xb + c * {hw};"
     );
     for kh in 0..ge.kh {
         for kw in 0..ge.kw {
@@ -492,7 +539,7 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     let _ = writeln!(out, "        }}");
     let _ = writeln!(
         out,
-        "        for (int32_t p = 0; p < {ohw}; ++p) {{\n            int32_t acc_p = acc[p];\n            y0[(b * {m} + oc) * {ohw} + p] = {};\n        }}\n    }}",
+        "        for (int32_t p = 0; p < {ohw}; ++p) {{\n            {acc_t} acc_p = acc[p];\n            y0[(b * {m} + oc) * {ohw} + p] = {};\n        }}\n    }}",
         st.fin.replace("(acc,", "(acc_p,")
     );
 }

@@ -174,6 +174,17 @@ fn global_plane(x: &[usize]) -> Plane {
     }
 }
 
+/// As [`conv_shape`] without flattening the plane (the 16x8 kernel walks rows as given).
+fn conv_shape_plain(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
+    format!(
+        "&k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {group}, plane: {} }}",
+        x[0],
+        x[1],
+        y[1],
+        plane_lit(&w.plane(x, y))
+    )
+}
+
 fn conv_shape(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
     format!(
         "&k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {group}, plane: {} }}",
@@ -231,15 +242,21 @@ fn table<T: std::fmt::Display>(items: &mut String, name: &str, ty: &str, v: &[T]
     name.to_string()
 }
 
+/// Bytes of one accumulator of an integer product reading `x`.
+fn sum_bytes(g: &Graph, x: ValueId) -> usize {
+    if scalar(g, x) == Scalar::I16 { 8 } else { 4 }
+}
+
 /// Arena bytes of int32 accumulators a node's kernel needs (bound as `s`).
 pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
     let node = g.node(n);
     match &node.op {
+        // i32 sums, or i64 for 16x8 products
         Op::QConv { .. } => {
             let o = shape(g, node.outputs[0]);
-            4 * o[2..].iter().product::<usize>()
+            sum_bytes(g, node.inputs[0]) * o[2..].iter().product::<usize>()
         }
-        Op::QMatMul { .. } => 4 * shape(g, node.inputs[1])[1],
+        Op::QMatMul { .. } => sum_bytes(g, node.inputs[0]) * shape(g, node.inputs[1])[1],
         Op::DynConv { .. } => {
             let o = shape(g, node.outputs[0]);
             let positions = o[2..].iter().product::<usize>();
@@ -627,6 +644,23 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             format!(
                 "k::int::qconv(x0, x1, {bias}, y0, s, {}, &{});",
                 conv_shape(&x0s, &o0, *group, window),
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QConv { window, group, q } if spatial_2d(g, ins[0]) && scalar(g, ins[0]) == Scalar::I16 => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::int::qconv16(x0, x1, {bias}, y0, s, {}, &{});",
+                conv_shape_plain(&x0s, &o0, *group, window),
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QMatMul { q } if scalar(g, ins[0]) == Scalar::I16 => {
+            let w = shape(g, ins[1]);
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::int::qmatmul16(x0, x1, {bias}, y0, s, {}, &{});",
+                w[1],
                 qlinear(items, kk, q)
             )
         }

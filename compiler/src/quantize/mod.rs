@@ -28,7 +28,7 @@ pub enum QuantError {
     Ir(IrError),
     #[error("internal: {0}")]
     Internal(String),
-    #[error("--keep-float `{0}`: no node has this name or op type")]
+    #[error("--keep-float/--int16 `{0}`: no node has this name or op type")]
     NoSuchNode(String),
 }
 
@@ -44,6 +44,9 @@ pub struct QuantOptions {
     pub cache: Option<PathBuf>,
     /// One weight scale per tensor instead of per output channel.
     pub per_tensor_weights: bool,
+    /// Node names or op types (case-insensitive; `all` for every one) whose products run
+    /// 16x8: int16 activations (symmetric), int8 weights, int64 sums.
+    pub int16: Vec<String>,
 }
 
 /// The result of quantizing a model.

@@ -20,17 +20,26 @@ use kiln_runtime as rt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Scale and zero point of a per-tensor int8 value.
+/// Scale, zero point and width (8 or 16 bits) of a per-tensor integer value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Q {
     pub scale: f32,
     pub zp: i32,
+    pub bits: u8,
 }
 
 impl Q {
+    fn int8(scale: f32, zp: i32) -> Q {
+        Q { scale, zp, bits: 8 }
+    }
+
+    fn scalar(self) -> Scalar {
+        if self.bits == 16 { Scalar::I16 } else { Scalar::I8 }
+    }
+
     fn dtype(self) -> DType {
         DType::quantized(
-            Scalar::I8,
+            self.scalar(),
             QParams::PerTensor {
                 scale: self.scale,
                 zero_point: self.zp,
@@ -38,8 +47,13 @@ impl Q {
         )
     }
 
+    fn range(self) -> (i32, i32) {
+        if self.bits == 16 { (-32768, 32767) } else { (-128, 127) }
+    }
+
     fn quantize(self, x: f32) -> i32 {
-        rt::quantize(x, self.scale, self.zp, -128, 127)
+        let (lo, hi) = self.range();
+        rt::quantize(x, self.scale, self.zp, lo, hi)
     }
 }
 
@@ -52,7 +66,18 @@ pub fn activation_params(lo: f32, hi: f32) -> Q {
     }
     let scale = scale as f32;
     let zp = (-128.0 - lo / scale as f64).round().clamp(-128.0, 127.0) as i32;
-    Q { scale, zp }
+    Q::int8(scale, zp)
+}
+
+/// Symmetric int16 parameters covering `[lo, hi]` (zero point 0, TFLite's 16x8 scheme).
+pub fn activation_params16(lo: f32, hi: f32) -> Q {
+    let m = (lo.abs().max(hi.abs())) as f64;
+    let scale = if m > 0.0 && m.is_finite() {
+        (m / 32767.0) as f32
+    } else {
+        1e-6
+    };
+    Q { scale, zp: 0, bits: 16 }
 }
 
 struct Rewriter<'a> {
@@ -61,7 +86,10 @@ struct Rewriter<'a> {
     opts: &'a QuantOptions,
     dst: Graph,
     float: HashMap<ValueId, ValueId>,
+    /// The integer version each value was computed in (int8, or int16 from a 16x8 layer).
     int: HashMap<ValueId, (ValueId, Q)>,
+    /// Versions in the other width, requantized through float where widths meet.
+    other: HashMap<(ValueId, u8), (ValueId, Q)>,
     notes: Vec<String>,
 }
 
@@ -73,7 +101,8 @@ pub struct Quantized {
 
 /// A `--keep-float` that matches nothing is a typo, not a request to do nothing.
 pub fn check_keep_float(src: &Graph, opts: &QuantOptions) -> Result<(), QuantError> {
-    for k in &opts.keep_float {
+    let int16 = opts.int16.iter().filter(|k| !k.eq_ignore_ascii_case("all"));
+    for k in opts.keep_float.iter().chain(int16) {
         let hit = src
             .node_ids()
             .any(|n| src.node(n).name == *k || src.node(n).op.name().eq_ignore_ascii_case(k));
@@ -93,6 +122,7 @@ pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantize
         dst: Graph::new(src.name.clone()),
         float: HashMap::new(),
         int: HashMap::new(),
+        other: HashMap::new(),
         notes: Vec::new(),
     };
     for &v in src.inputs() {
@@ -167,56 +197,114 @@ impl Rewriter<'_> {
         Ok(f)
     }
 
-    /// The int8 version of `v`: a quantized constant, or a Quantize of its float version.
+    /// The int8 version of `v`.
     fn int_of(&mut self, v: ValueId) -> Result<(ValueId, Q), QuantError> {
+        self.int_bits(v, 8)
+    }
+
+    /// Whether `v` was computed as int8 (so layout ops can move it as it is).
+    fn has_int8(&self, v: ValueId) -> bool {
+        self.int.get(&v).is_some_and(|(_, q)| q.bits == 8)
+    }
+
+    /// The `bits`-wide integer version of `v`: as computed, else a quantized constant or a
+    /// Quantize of its float version (a Dequantize first where the other width exists).
+    fn int_bits(&mut self, v: ValueId, bits: u8) -> Result<(ValueId, Q), QuantError> {
         if let Some(&q) = self.int.get(&v) {
-            return Ok(q);
+            if q.1.bits == bits {
+                return Ok(q);
+            }
+            if let Some(&q) = self.other.get(&(v, bits)) {
+                return Ok(q);
+            }
         }
+        let params = |lo: f32, hi: f32| {
+            if bits == 16 {
+                activation_params16(lo, hi)
+            } else {
+                activation_params(lo, hi)
+            }
+        };
         let name = self.name(v);
         let res = if let ValueDef::Const(t) = &self.src.value(v).def {
             let x = t.to_f32_vec();
             let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let p = activation_params(lo, hi);
-            let q: Vec<i8> = x.iter().map(|&e| p.quantize(e) as i8).collect();
-            let mut qt = Tensor::from_vec(t.shape.clone(), q);
+            let p = params(lo, hi);
+            let q: Vec<i32> = x.iter().map(|&e| p.quantize(e)).collect();
+            let mut qt = if bits == 16 {
+                Tensor::from_vec(t.shape.clone(), q.iter().map(|&e| e as i16).collect::<Vec<_>>())
+            } else {
+                Tensor::from_vec(t.shape.clone(), q.iter().map(|&e| e as i8).collect::<Vec<_>>())
+            };
             qt.quant = p.dtype().quant;
-            (self.dst.add_const(&format!("{name}:q"), qt), p)
+            (self.dst.add_const(&self.dst.fresh_name(&format!("{name}:q")), qt), p)
         } else {
             let &(lo, hi) = self
                 .ranges
                 .by_value
                 .get(&v)
                 .ok_or_else(|| QuantError::NoRange(name.clone()))?;
-            let p = activation_params(lo, hi);
+            let p = params(lo, hi);
             let f = self.float_of(v)?;
             let ty = TensorType::new(p.dtype(), self.src.value(v).ty.shape.clone());
+            let suffix = if self.int.contains_key(&v) {
+                format!(":q{bits}")
+            } else {
+                ":q".into()
+            };
             let q = self
                 .dst
                 .add_node_typed(
-                    &format!("{name}:quantize"),
+                    &format!("{name}:quantize{}", if bits == 16 { "16" } else { "" }),
                     Op::Quantize {
-                        to: Scalar::I8,
+                        to: p.scalar(),
                         scale: p.scale,
                         zero_point: p.zp,
                     },
                     vec![f],
-                    vec![(format!("{name}:q"), ty)],
+                    vec![(format!("{name}{suffix}"), ty)],
                 )
                 .1[0];
             (q, p)
         };
-        self.int.insert(v, res);
+        match self.int.entry(v) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.other.insert((v, bits), res);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(res);
+            }
+        }
         Ok(res)
     }
 
     fn out_params(&self, v: ValueId) -> Result<Q, QuantError> {
+        self.out_params_bits(v, 8)
+    }
+
+    fn out_params_bits(&self, v: ValueId, bits: u8) -> Result<Q, QuantError> {
         let &(lo, hi) = self
             .ranges
             .by_value
             .get(&v)
             .ok_or_else(|| QuantError::NoRange(self.name(v)))?;
-        Ok(activation_params(lo, hi))
+        Ok(if bits == 16 {
+            activation_params16(lo, hi)
+        } else {
+            activation_params(lo, hi)
+        })
+    }
+
+    /// The activation width of node `n`'s products: 16 when `--int16` names it.
+    fn width(&self, n: NodeId) -> u8 {
+        let node = self.src.node(n);
+        let hit = self
+            .opts
+            .int16
+            .iter()
+            .any(|k| *k == node.name || k.eq_ignore_ascii_case(node.op.name()) || k.eq_ignore_ascii_case("all"));
+        if hit { 16 } else { 8 }
     }
 
     /// Adds an integer node producing the int8 version of `out`.
@@ -285,8 +373,9 @@ impl Rewriter<'_> {
                     },
                     None => None,
                 };
-                let (x, px) = self.int_of(node.inputs[0])?;
-                let po = self.out_params(out)?;
+                let bits = self.width(n);
+                let (x, px) = self.int_bits(node.inputs[0], bits)?;
+                let po = self.out_params_bits(out, bits)?;
                 let m = w.shape[0];
                 let per = w.numel() / m;
                 let (wq, ws) = if self.opts.per_tensor_weights {
@@ -298,7 +387,7 @@ impl Rewriter<'_> {
                 let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
                 let mut ins = vec![x, wv];
                 if let Some(b) = bias {
-                    ins.push(self.add_bias(node.inputs[2], &b.to_f32_vec(), px.scale, &ws));
+                    ins.push(self.add_bias(node.inputs[2], &b.to_f32_vec(), px, &ws));
                 }
                 let q = self.qlinear(&node.name, px, po, &ws, act)?;
                 self.emit_int(
@@ -412,14 +501,8 @@ impl Rewriter<'_> {
             Op::Unary(u) => {
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let po = match u {
-                    UnaryOp::Sigmoid => Q {
-                        scale: 1.0 / 256.0,
-                        zp: -128,
-                    },
-                    UnaryOp::Tanh => Q {
-                        scale: 1.0 / 128.0,
-                        zp: 0,
-                    },
+                    UnaryOp::Sigmoid => Q::int8(1.0 / 256.0, -128),
+                    UnaryOp::Tanh => Q::int8(1.0 / 128.0, 0),
                     _ => self.out_params(out)?,
                 };
                 let op = lut(&node.op, px, po, None)?;
@@ -427,14 +510,11 @@ impl Rewriter<'_> {
             }
             Op::Softmax { axis } if self.src.value(node.inputs[0]).ty.shape[*axis] <= rt::SOFTMAX_MAX_LEN => {
                 let (x, px) = self.int_of(node.inputs[0])?;
-                let po = Q {
-                    scale: 1.0 / 256.0,
-                    zp: -128,
-                };
+                let po = Q::int8(1.0 / 256.0, -128);
                 let exp_table: Arc<[i32]> = rt::softmax_exp_table(px.scale).to_vec().into();
                 self.emit_int(n, Op::QSoftmax { axis: *axis, exp_table }, vec![x], out, po);
             }
-            Op::Pad { .. } if self.int.contains_key(&node.inputs[0]) => {
+            Op::Pad { .. } if self.has_int8(node.inputs[0]) => {
                 // Padding with the input's own scale: the fill value becomes one int8 constant.
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let fill = cst(1).map_or(0.0, |t| t.to_f32_vec().first().copied().unwrap_or(0.0));
@@ -508,7 +588,7 @@ impl Rewriter<'_> {
     /// Ops that move or select int8 values without changing their scale.
     fn pass_through(&mut self, n: NodeId) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
-        if !self.int.contains_key(&node.inputs[0]) {
+        if !self.has_int8(node.inputs[0]) {
             return self.keep_float(n, "");
         }
         let (x, px) = self.int_of(node.inputs[0])?;
@@ -527,8 +607,9 @@ impl Rewriter<'_> {
     ) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
         let out = node.outputs[0];
-        let (x, px) = self.int_of(node.inputs[0])?;
-        let po = self.out_params(out)?;
+        let bits = self.width(n);
+        let (x, px) = self.int_bits(node.inputs[0], bits)?;
+        let po = self.out_params_bits(out, bits)?;
         let (wq, ws) = if self.opts.per_tensor_weights {
             per_channel(w, 1, |_| 0)
         } else {
@@ -538,7 +619,7 @@ impl Rewriter<'_> {
         let wv = self.add_weights(&wname, vec![k, nn], wq, &ws, 1);
         let mut ins = vec![x, wv];
         if let Some(b) = bias {
-            ins.push(self.add_bias(node.inputs[2], &b, px.scale, &ws));
+            ins.push(self.add_bias(node.inputs[2], &b, px, &ws));
         }
         let q = self.qlinear(&node.name, px, po, &ws, act)?;
         self.emit_int(n, Op::QMatMul { q }, ins, out, po);
@@ -562,17 +643,28 @@ impl Rewriter<'_> {
         self.dst.add_const(name, t)
     }
 
-    fn add_bias(&mut self, v: ValueId, b: &[f32], sx: f32, ws: &[f32]) -> ValueId {
-        let q: Vec<i32> = b
+    /// The bias in the product's accumulator units: int32, or int64 for a 16x8 product.
+    fn add_bias(&mut self, v: ValueId, b: &[f32], px: Q, ws: &[f32]) -> ValueId {
+        let sx = px.scale;
+        let q: Vec<i64> = b
             .iter()
             .enumerate()
             .map(|(c, &x)| {
                 let s = sx as f64 * ws[if ws.len() == 1 { 0 } else { c }] as f64;
-                (x as f64 / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+                let (lo, hi) = if px.bits == 16 {
+                    (-(2f64.powi(47)), 2f64.powi(47))
+                } else {
+                    (i32::MIN as f64, i32::MAX as f64)
+                };
+                (x as f64 / s).round().clamp(lo, hi) as i64
             })
             .collect();
         let n = q.len();
-        let mut t = Tensor::from_vec(vec![n], q);
+        let mut t = if px.bits == 16 {
+            Tensor::from_vec(vec![n], q)
+        } else {
+            Tensor::from_vec(vec![n], q.iter().map(|&v| v as i32).collect::<Vec<_>>())
+        };
         t.quant = Some(QParams::PerAxis {
             axis: 0,
             scales: (0..n).map(|c| ws[if ws.len() == 1 { 0 } else { c }] * sx).collect(),
@@ -593,6 +685,8 @@ impl Rewriter<'_> {
             .iter()
             .map(|&s| {
                 rt::quantize_multiplier(px.scale as f64 * s as f64 / po.scale as f64)
+                    // the 64-bit rescale of 16x8 products takes shifts in -31..=7
+                    .filter(|r| po.bits == 8 || (-31..=7).contains(&r.shift))
                     .ok_or_else(|| QuantError::Scale(node.to_string(), "output".into()))
             })
             .collect::<Result<Arc<[_]>, _>>()?;
@@ -601,8 +695,8 @@ impl Rewriter<'_> {
             output_scale: po.scale,
             output_zp: po.zp,
             requant,
-            act_min: act.0.map_or(-128, |lo| po.quantize(lo)),
-            act_max: act.1.map_or(127, |hi| po.quantize(hi)),
+            act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
+            act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
         })
     }
 }

@@ -51,25 +51,46 @@ pub(crate) fn dequantize(q: &Tensor, scale: f32, zp: i32) -> Tensor {
     Tensor::from_vec(q.shape.clone(), v)
 }
 
-fn finish(q: &QLinear, channel: usize, acc: i32) -> i32 {
+/// The int8 output stage: the sum wraps to i32 (as on the targets), one fixed-point rescale.
+fn finish(q: &QLinear, channel: usize, acc: i64) -> i32 {
     let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
-    (rt::multiply_by_quantized_multiplier(acc, r) + q.output_zp).clamp(q.act_min, q.act_max)
+    (rt::multiply_by_quantized_multiplier(acc as i32, r) + q.output_zp).clamp(q.act_min, q.act_max)
+}
+
+/// The 16x8 output stage: the i64 sum rescaled by the 64-bit rule.
+fn finish_wide(q: &QLinear, channel: usize, acc: i64) -> i32 {
+    let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
+    let v = rt::multiply_by_quantized_multiplier_wide(acc, r) + q.output_zp as i64;
+    v.clamp(q.act_min as i64, q.act_max as i64) as i32
+}
+
+/// An integer product's output from `(channel, sum)` pairs: int8, or int16 when its input
+/// is int16 (16x8).
+fn product_out(x: &Tensor, q: &QLinear, out: &[usize], acc: Vec<(usize, i64)>) -> Tensor {
+    if x.data.scalar() == Scalar::I16 {
+        let y: Vec<i16> = acc.into_iter().map(|(c, a)| finish_wide(q, c, a) as i16).collect();
+        Tensor::from_vec(out.to_vec(), y)
+    } else {
+        let y: Vec<i8> = acc.into_iter().map(|(c, a)| finish(q, c, a) as i8).collect();
+        Tensor::from_vec(out.to_vec(), y)
+    }
 }
 
 /// Integer convolution: padding reads the input zero point, i.e. contributes nothing.
 pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
-    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
-    let y = int_conv(
+    let bias = x.get(2).map(|b| b.to_i64_vec());
+    let xv = ints(x[0]);
+    let acc = int_conv(
         window,
         group,
         q.input_zp,
-        (sl(x[0]), &x[0].shape),
+        (&xv, &x[0].shape),
         x[1],
-        bias,
+        bias.as_deref(),
         out,
-        |oc, a| finish(q, oc, a) as i8,
+        |oc, a| (oc, a),
     );
-    Ok(Tensor::from_vec(out.to_vec(), y))
+    Ok(product_out(x[0], q, out, acc))
 }
 
 /// Hybrid convolution: the input quantized as one tensor by the dynamic rule, then the
@@ -78,23 +99,25 @@ pub(crate) fn dyn_conv(window: &Window, group: usize, scales: &[f32], x: &[&Tens
     let xf: &[f32] = sl(x[0]);
     let mut xq = vec![0i8; xf.len()];
     let (sx, zp) = rt::dynamic_quantize(xf, &mut xq);
+    let xq: Vec<i32> = xq.iter().map(|&v| v as i32).collect();
     let y = int_conv(window, group, zp, (&xq, &x[0].shape), x[1], None, out, |oc, a| {
-        rt::dynamic_rescale(a, sx, scales[if scales.len() == 1 { 0 } else { oc }])
+        rt::dynamic_rescale(a as i32, sx, scales[if scales.len() == 1 { 0 } else { oc }])
     });
     Tensor::from_vec(out.to_vec(), y)
 }
 
-/// The i32 sums of an int8 convolution, each passed through `finish(channel, acc)`.
+/// The sums of an integer convolution in i64 (an int8 one wraps them to i32 in its output
+/// stage, which equals summing in wrapping i32), each passed through `finish(channel, acc)`.
 #[allow(clippy::too_many_arguments)]
 fn int_conv<T>(
     window: &Window,
     group: usize,
     zp: i32,
-    (xv, xs): (&[i8], &[usize]),
+    (xv, xs): (&[i32], &[usize]),
     wt: &Tensor,
-    bias: Option<&[i32]>,
+    bias: Option<&[i64]>,
     out: &[usize],
-    mut finish: impl FnMut(usize, i32) -> T,
+    mut finish: impl FnMut(usize, i64) -> T,
 ) -> Vec<T> {
     let (n, ci) = (xs[0], xs[1]);
     let m = wt.shape[0];
@@ -106,7 +129,7 @@ fn int_conv<T>(
     let table = window_table(isp, &out[2..], window);
     let wv: &[i8] = sl(wt);
     let mut y = Vec::with_capacity(n * m * p);
-    let mut acc = vec![0i32; p];
+    let mut acc = vec![0i64; p];
     for b in 0..n {
         for gi in 0..group {
             for mm in 0..mg {
@@ -115,10 +138,10 @@ fn int_conv<T>(
                 for cc in 0..cg {
                     let xc = &xv[(b * ci + gi * cg + cc) * pin..][..pin];
                     for kk in 0..k {
-                        let w = wv[(oc * cg + cc) * k + kk] as i32;
+                        let w = wv[(oc * cg + cc) * k + kk] as i64;
                         for (a, &off) in acc.iter_mut().zip(&table[kk * p..][..p]) {
                             if off != PAD {
-                                *a = a.wrapping_add((xc[off] as i32 - zp) * w);
+                                *a += (xc[off] - zp) as i64 * w;
                             }
                         }
                     }
@@ -131,14 +154,14 @@ fn int_conv<T>(
 }
 
 pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tensor> {
-    let xv: &[i8] = sl(x[0]);
-    let bias: Option<&[i32]> = x.get(2).map(|b| sl(b));
-    let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
-    let mut y = Vec::with_capacity(xv.len() / kd.max(1) * nd);
+    let xv = ints(x[0]);
+    let bias = x.get(2).map(|b| b.to_i64_vec());
+    let kd = x[1].shape[0];
+    let mut acc = Vec::with_capacity(out.iter().product());
     for xr in xv.chunks_exact(kd.max(1)) {
-        int_row(xr, q.input_zp, x[1], bias, |j, a| y.push(finish(q, j, a) as i8));
+        int_row(xr, q.input_zp, x[1], bias.as_deref(), |j, a| acc.push((j, a)));
     }
-    Ok(Tensor::from_vec(out.to_vec(), y))
+    Ok(product_out(x[0], q, out, acc))
 }
 
 /// Hybrid matrix product: each row of the input quantized on its own by the dynamic rule.
@@ -149,9 +172,10 @@ pub(crate) fn dyn_matmul(scales: &[f32], x: &[&Tensor], out: &[usize]) -> Tensor
     let mut xq = vec![0i8; kd];
     for xr in xf.chunks_exact(kd.max(1)) {
         let (sx, zp) = rt::dynamic_quantize(xr, &mut xq);
-        int_row(&xq, zp, x[1], None, |j, a| {
+        let xw: Vec<i32> = xq.iter().map(|&v| v as i32).collect();
+        int_row(&xw, zp, x[1], None, |j, a| {
             y.push(rt::dynamic_rescale(
-                a,
+                a as i32,
                 sx,
                 scales[if scales.len() == 1 { 0 } else { j }],
             ))
@@ -160,14 +184,14 @@ pub(crate) fn dyn_matmul(scales: &[f32], x: &[&Tensor], out: &[usize]) -> Tensor
     Tensor::from_vec(out.to_vec(), y)
 }
 
-/// One row of an int8 product with `w: [K, N]`: each column's i32 sum passed to `emit`.
-fn int_row(xr: &[i8], zp: i32, w: &Tensor, bias: Option<&[i32]>, mut emit: impl FnMut(usize, i32)) {
+/// One row of an integer product with `w: [K, N]`: each column's i64 sum passed to `emit`.
+fn int_row(xr: &[i32], zp: i32, w: &Tensor, bias: Option<&[i64]>, mut emit: impl FnMut(usize, i64)) {
     let nd = w.shape[1];
     let wv: &[i8] = sl(w);
     for j in 0..nd {
         let mut a = bias.map_or(0, |b| b[j]);
         for (kk, &xe) in xr.iter().enumerate() {
-            a = a.wrapping_add((xe as i32 - zp) * wv[kk * nd + j] as i32);
+            a += (xe - zp) as i64 * wv[kk * nd + j] as i64;
         }
         emit(j, a);
     }

@@ -223,6 +223,92 @@ pub fn qmatmul<R: Rescale>(
     }
 }
 
+impl QLinear<'_> {
+    /// The 16x8 output stage: the i64 sum rescaled by the 64-bit rule, clamped to int16.
+    #[inline]
+    fn finish_wide(&self, channel: usize, acc: i64) -> i16 {
+        let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
+        let v = crate::multiply_by_quantized_multiplier_wide(acc, r) + self.output_zp as i64;
+        v.clamp(self.act_min as i64, self.act_max as i64) as i16
+    }
+}
+
+/// 16x8 convolution: int16 input (symmetric), int8 weights, int64 bias and sums, int16
+/// output; weight-stationary as [`qconv`]. `scratch` holds one output plane of i64 sums.
+#[inline]
+pub fn qconv16(
+    x: &[i16],
+    w: &[i8],
+    bias: Option<&[i64]>,
+    y: &mut [i16],
+    scratch: &mut [i32],
+    s: &ConvShape,
+    q: &QLinear,
+) {
+    let p = &s.plane;
+    let (cg, mg) = (s.cin / s.group, s.cout / s.group);
+    let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
+    let acc: &mut [i64] = bytemuck::cast_slice_mut(&mut scratch[..2 * pout]);
+    let zp = q.input_zp as i64;
+    for b in 0..s.batch {
+        for oc in 0..s.cout {
+            let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
+            let wo = &w[oc * cg * k..][..cg * k];
+            acc.fill(bias.map_or(0, |b| b[oc]));
+            for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+                for ky in 0..p.kh {
+                    let (oy0, oy1) = p.rows_reached(ky);
+                    for kx in 0..p.kw {
+                        let wv = wc[ky * p.kw + kx] as i64;
+                        let (ox0, ox1) = p.cols_reached(kx);
+                        if wv == 0 || ox0 == ox1 {
+                            continue;
+                        }
+                        for oy in oy0..oy1 {
+                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                            let arow = &mut acc[oy * p.ow..][ox0..ox1];
+                            for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                *a += (xv as i64 - zp) * wv;
+                            }
+                        }
+                    }
+                }
+            }
+            let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+            for (d, &a) in yo.iter_mut().zip(acc.iter()) {
+                *d = q.finish_wide(oc, a);
+            }
+        }
+    }
+}
+
+/// 16x8 `[rows, K] x [K, N]` product (`w` row-major `[K, N]`, int64 bias); `scratch` holds
+/// one row of `N` i64 sums.
+#[inline]
+pub fn qmatmul16(x: &[i16], w: &[i8], bias: Option<&[i64]>, y: &mut [i16], scratch: &mut [i32], n: usize, q: &QLinear) {
+    let acc: &mut [i64] = bytemuck::cast_slice_mut(&mut scratch[..2 * n]);
+    let k = w.len() / n.max(1);
+    let zp = q.input_zp as i64;
+    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+        match bias {
+            Some(b) => acc.copy_from_slice(&b[..n]),
+            None => acc.fill(0),
+        }
+        for (&xe, wr) in xr.iter().zip(w.chunks_exact(n.max(1))) {
+            let xv = xe as i64 - zp;
+            if xv != 0 {
+                for (a, &we) in acc.iter_mut().zip(wr) {
+                    *a += xv * we as i64;
+                }
+            }
+        }
+        for (j, (d, &a)) in yr.iter_mut().zip(acc.iter()).enumerate() {
+            *d = q.finish_wide(j, a);
+        }
+    }
+}
+
 /// Hybrid convolution: `x` quantized as one tensor by the dynamic rule
 /// ([`crate::dynamic_quantize`]), then the integer convolution with a float output stage.
 /// `scratch` holds one output plane of accumulators, then the quantized input

@@ -123,8 +123,8 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
         Op::ConvTranspose(_) => float_ok,
         Op::Resize(_) => float_ok,
-        Op::Quantize { to, .. } => *to == Scalar::I8,
-        Op::Dequantize { .. } => scalar(0) == Scalar::I8,
+        Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::I16),
+        Op::Dequantize { .. } => matches!(scalar(0), Scalar::I8 | Scalar::I16),
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
         Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
@@ -254,7 +254,9 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
         Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
         Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
+        Op::QConv { window, group, q } if int16(g, n) => quant::qconv16(fx, g, n, window, *group, q, a),
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
+        Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
@@ -263,6 +265,11 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a),
         Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
     }
+}
+
+/// An integer product on int16 activations (16x8).
+fn int16(g: &Graph, n: NodeId) -> bool {
+    g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::I16
 }
 
 /// Pooling of int8 values in 1-D or 2-D (the integer kernels of `quant`).

@@ -113,14 +113,20 @@ fn numel(g: &Graph, v: kiln_ir::ValueId) -> i64 {
 
 pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
-    fx.for_ptrs(total, &[(a.ins[0], 4), (a.outs[0], 1)], &mut |fx, p| {
+    let wide = g.value(g.node(n).outputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let (lo, hi, es) = if wide { (-32768, 32767, 2) } else { (-128, 127, 1) };
+    fx.for_ptrs(total, &[(a.ins[0], 4), (a.outs[0], es)], &mut |fx, p| {
         let x = fx.load(F32, p[0]);
         let s = fx.f(F32, scale);
         let y = fx.b.ins().fdiv(x, s);
         let r = round_away(fx, y);
         let q = fx.b.ins().iadd_imm_s(r, zp as i64);
-        let q = clamp(fx, q, -128, 127);
-        store_i8(fx, q, p[1]);
+        let q = clamp(fx, q, lo, hi);
+        if wide {
+            fx.b.ins().istore16(flags(), q, p[1], 0);
+        } else {
+            store_i8(fx, q, p[1]);
+        }
     });
 }
 
@@ -344,14 +350,23 @@ impl Stage<'_> {
 
 pub(crate) fn dequantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
-    fx.for_ptrs(total, &[(a.ins[0], 1), (a.outs[0], 4)], &mut |fx, p| {
-        let q = load_i8(fx, p[0]);
-        let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
-        let f = fx.b.ins().fcvt_from_sint(F32, d);
-        let s = fx.f(F32, scale);
-        let y = fx.b.ins().fmul(f, s);
-        fx.store(y, p[1]);
-    });
+    let wide = g.value(g.node(n).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    fx.for_ptrs(
+        total,
+        &[(a.ins[0], if wide { 2 } else { 1 }), (a.outs[0], 4)],
+        &mut |fx, p| {
+            let q = if wide {
+                fx.b.ins().sload16(I32, flags(), p[0], 0)
+            } else {
+                load_i8(fx, p[0])
+            };
+            let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
+            let f = fx.b.ins().fcvt_from_sint(F32, d);
+            let s = fx.f(F32, scale);
+            let y = fx.b.ins().fmul(f, s);
+            fx.store(y, p[1]);
+        },
+    );
 }
 
 pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
@@ -666,6 +681,7 @@ pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     let out = &g.value(node.outputs[0]).ty.shape;
     let positions: usize = out[2..].iter().product();
     let (window, group, input) = match &node.op {
+        Op::QConv { .. } if g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16 => return 0,
         Op::QConv { window, group, .. } => (window, *group, 0),
         Op::DynConv { window, group, .. } => (window, *group, dyn_input_bytes(g, n)),
         Op::DynMatMul { .. } => return g.value(node.inputs[1]).ty.shape[0],
@@ -990,6 +1006,149 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: St
                 let s = fx.load(I32, p[0]);
                 st.store(fx, s, chan, p[1], 0);
             });
+        });
+    });
+}
+
+/// `kiln_runtime::multiply_by_quantized_multiplier_wide` with run-time `m` and `shift` (i32):
+/// the multiplier rounded to 16 bits, one rounding right shift of the i64 product.
+fn mbqm_wide(fx: &mut Fx, x: Value, m: Value, shift: Value) -> Value {
+    let m64 = fx.b.ins().sextend(I64, m);
+    let rounded = fx.b.ins().iadd_imm_s(m64, 1 << 15);
+    let rounded = fx.b.ins().sshr_imm_s(rounded, 16);
+    let small = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, m, 0x7FFF_0000);
+    let cap = fx.i(0x7FFF);
+    let m16 = fx.b.ins().select(small, rounded, cap);
+    let s64 = fx.b.ins().sextend(I64, shift);
+    let fifteen = fx.i(15);
+    let total = fx.b.ins().isub(fifteen, s64);
+    let one = fx.i(1);
+    let tm1 = fx.b.ins().iadd_imm_s(total, -1);
+    let half = fx.b.ins().ishl(one, tm1);
+    let p = fx.b.ins().imul(x, m16);
+    let p = fx.b.ins().iadd(p, half);
+    fx.b.ins().sshr(p, total)
+}
+
+/// The 16x8 output stage: rescale, zero point, clamp (all in i64), as an i32 value.
+fn finish_wide(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
+    let r = mbqm_wide(fx, acc, m, s);
+    let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+    let (lo, hi) = (fx.i(q.act_min as i64), fx.i(q.act_max as i64));
+    let r = fx.b.ins().smax(r, lo);
+    let r = fx.b.ins().smin(r, hi);
+    fx.b.ins().ireduce(I32, r)
+}
+
+/// 16x8 convolution (int16 input, int8 weights, int64 bias and sums), output-stationary
+/// over the tap-range tables: per output position the taps inside the input, summed in
+/// an i64 register.
+pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let ws = g.value(node.inputs[1]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let gm: Geo = geo(&xs, &out, window);
+    let (m, ci) = (ws[0] as i64, xs[1] as i64);
+    let (cg, mg) = (ci / group as i64, m / group as i64);
+    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let kk = (gm.kh * gm.kw) as i64;
+    let has_bias = node.inputs.len() > 2;
+    let zp = q.input_zp as i64;
+    fx.for_n(xs[0] as i64, &mut |fx, b| {
+        fx.for_n(m, &mut |fx, oc| {
+            let gi = fx.b.ins().sdiv_imm_s(oc, mg);
+            let cbase = fx.mul_imm(gi, cg);
+            let bc = fx.mul_imm(b, ci);
+            let c0 = fx.b.ins().iadd(bc, cbase);
+            let xbase = fx.addr(a.ins[0], c0, hw * 2);
+            let wbase = fx.addr(a.ins[1], oc, cg * kk);
+            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+            let bo = fx.mul_imm(b, m);
+            let boc = fx.b.ins().iadd(bo, oc);
+            let ybase = fx.addr(a.outs[0], boc, ohw * 2);
+            fx.for_n(gm.oh as i64, &mut |fx, oh| {
+                let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
+                fx.for_n(gm.ow as i64, &mut |fx, ow| {
+                    let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
+                    let acc = fx.b.declare_var(I64);
+                    let init = if has_bias {
+                        let ba = fx.addr(a.ins[2], oc, 8);
+                        fx.load(I64, ba)
+                    } else {
+                        fx.i(0)
+                    };
+                    fx.b.def_var(acc, init);
+                    fx.for_n(cg, &mut |fx, c| {
+                        let xplane = fx.addr(xbase, c, hw * 2);
+                        let wplane = fx.addr(wbase, c, kk);
+                        fx.for_range(khl, khh, &mut |fx, kh| {
+                            let ih = fx.mul_imm(kh, gm.dh as i64);
+                            let ih = fx.b.ins().iadd(ih0, ih);
+                            let xrow = fx.addr(xplane, ih, gm.w as i64 * 2);
+                            let wrow = fx.addr(wplane, kh, gm.kw as i64);
+                            fx.for_range(kwl, kwh, &mut |fx, kw| {
+                                let iw = fx.mul_imm(kw, gm.dw as i64);
+                                let iw = fx.b.ins().iadd(iw0, iw);
+                                let xa = fx.addr(xrow, iw, 2);
+                                let x = fx.b.ins().sload16(I64, flags(), xa, 0);
+                                let x = fx.b.ins().iadd_imm_s(x, -zp);
+                                let wa = fx.addr(wrow, kw, 1);
+                                let w = fx.b.ins().sload8(I64, flags(), wa, 0);
+                                let p = fx.b.ins().imul(x, w);
+                                let cur = fx.b.use_var(acc);
+                                let nv = fx.b.ins().iadd(cur, p);
+                                fx.b.def_var(acc, nv);
+                            });
+                        });
+                    });
+                    let v = fx.b.use_var(acc);
+                    let y = finish_wide(fx, q, v, mult, shift);
+                    let pos = fx.mul_imm(oh, gm.ow as i64);
+                    let pos = fx.b.ins().iadd(pos, ow);
+                    let ya = fx.addr(ybase, pos, 2);
+                    fx.b.ins().istore16(flags(), y, ya, 0);
+                });
+            });
+        });
+    });
+}
+
+/// 16x8 `[rows, K] x [K, N]` over the transposed weights, one i64 sum per output.
+pub(crate) fn qmatmul16(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let (k, nn) = (ws[0] as i64, ws[1] as i64);
+    let rows = numel(g, node.outputs[0]) / nn.max(1);
+    let has_bias = node.inputs.len() > 2;
+    let zp = q.input_zp as i64;
+    fx.for_n(rows, &mut |fx, r| {
+        let xrow = fx.addr(a.ins[0], r, k * 2);
+        let yrow = fx.addr(a.outs[0], r, nn * 2);
+        fx.for_n(nn, &mut |fx, j| {
+            let acc = fx.b.declare_var(I64);
+            let init = if has_bias {
+                let ba = fx.addr(a.ins[2], j, 8);
+                fx.load(I64, ba)
+            } else {
+                fx.i(0)
+            };
+            fx.b.def_var(acc, init);
+            let wrow = fx.addr(a.aux[2], j, k);
+            fx.for_ptrs(k, &[(xrow, 2), (wrow, 1)], &mut |fx, p| {
+                let x = fx.b.ins().sload16(I64, flags(), p[0], 0);
+                let x = fx.b.ins().iadd_imm_s(x, -zp);
+                let w = fx.b.ins().sload8(I64, flags(), p[1], 0);
+                let prod = fx.b.ins().imul(x, w);
+                let cur = fx.b.use_var(acc);
+                let nv = fx.b.ins().iadd(cur, prod);
+                fx.b.def_var(acc, nv);
+            });
+            let (m, s) = channel_requant(fx, q, a.aux[0], a.aux[1], j);
+            let v = fx.b.use_var(acc);
+            let y = finish_wide(fx, q, v, m, s);
+            let ya = fx.addr(yrow, j, 2);
+            fx.b.ins().istore16(flags(), y, ya, 0);
         });
     });
 }
