@@ -546,19 +546,36 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
 /// A shipped model quantized to int8 on its calib/ data, its integer tensors exposed as
 /// outputs, with its first reference input.
 fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    quantized_model(name, name, Default::default())
+}
+
+/// A shipped model with every product in 16x8 (`--int16 all`).
+fn int16_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let opts = kiln::quantize::QuantOptions {
+        int16: vec!["all".into()],
+        ..Default::default()
+    };
+    quantized_model(name, label, opts)
+}
+
+fn quantized_model(
+    name: &'static str,
+    label: &'static str,
+    qopts: kiln::quantize::QuantOptions,
+) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let dir = repo().join("tests/models").join(name);
     let mut opts = ImportOptions::default();
     if name.starts_with("rapidocr") {
         opts.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
     }
     let m = kiln::load(&dir.join("model.onnx"), &opts, &PipelineOptions::default(), |_, _| {}).unwrap();
-    let q = kiln::quantize::quantize_int8(&m.graph, &dir.join("calib"), &Default::default(), |_, _| {}).unwrap();
+    let q = kiln::quantize::quantize_int8(&m.graph, &dir.join("calib"), &qopts, |_, _| {}).unwrap();
     let g = kiln_tests::expose_integers(&q.graph);
     let set = dir.join("ref/test_data_set_0");
     let inputs = (0..g.inputs().len())
         .map(|i| kiln::npy::read(&set.join(format!("input_{i}.npy"))).unwrap())
         .collect();
-    (name, g, vec![inputs])
+    (label, g, vec![inputs])
 }
 
 /// A shipped float model with float16 weights (`--quantize fp16`), with its first reference
@@ -708,7 +725,11 @@ fn small_models_run_on_a_simulated_atmega328p() {
         ],
         &tools,
     );
-    let mut big = vec![with_inputs("wide", wide()), fp16_model("digits_cnn", "digits_fp16")];
+    let mut big = vec![
+        with_inputs("wide", wide()),
+        fp16_model("digits_cnn", "digits_fp16"),
+        int16_model("digits_cnn", "digits_16x8"),
+    ];
     big.extend(dynamic_models("digits_cnn", "digits_dynamic"));
     check_part(Part::Avr("atmega2560"), &big, &tools);
     let _ = std::fs::remove_dir_all(&dir);
@@ -736,6 +757,8 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
     ];
     models.extend(dynamic_models("digits_cnn", "digits_dynamic"));
     models.extend(dynamic_models("mlperf_tiny_kws_dscnn", "kws_dynamic"));
+    models.push(int16_model("digits_cnn", "digits_16x8"));
+    models.push(int16_model("mlperf_tiny_kws_dscnn", "kws_16x8"));
     // The int8 builds of the shipped models, on their first reference input, integer
     // results compared byte for byte.
     for m in [

@@ -174,17 +174,6 @@ fn global_plane(x: &[usize]) -> Plane {
     }
 }
 
-/// As [`conv_shape`] without flattening the plane (the 16x8 kernel walks rows as given).
-fn conv_shape_plain(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
-    format!(
-        "&k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {group}, plane: {} }}",
-        x[0],
-        x[1],
-        y[1],
-        plane_lit(&w.plane(x, y))
-    )
-}
-
 fn conv_shape(x: &[usize], y: &[usize], group: usize, w: &Window) -> String {
     format!(
         "&k::ConvShape {{ batch: {}, cin: {}, cout: {}, group: {group}, plane: {} }}",
@@ -651,7 +640,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
                 "k::int::qconv16(x0, x1, {bias}, y0, s, {}, &{});",
-                conv_shape_plain(&x0s, &o0, *group, window),
+                conv_shape(&x0s, &o0, *group, window),
                 qlinear(items, kk, q)
             )
         }

@@ -249,7 +249,8 @@ pub fn qconv16(
     let (cg, mg) = (s.cin / s.group, s.cout / s.group);
     let (pin, pout, k) = (p.h * p.w, p.oh * p.ow, p.kh * p.kw);
     let acc: &mut [i64] = bytemuck::cast_slice_mut(&mut scratch[..2 * pout]);
-    let zp = q.input_zp as i64;
+    // (x - zp) * w fits i32 (at most 2^16 * 2^7), so only the sum needs 64 bits
+    let zp = q.input_zp;
     for b in 0..s.batch {
         for oc in 0..s.cout {
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
@@ -259,7 +260,7 @@ pub fn qconv16(
                 for ky in 0..p.kh {
                     let (oy0, oy1) = p.rows_reached(ky);
                     for kx in 0..p.kw {
-                        let wv = wc[ky * p.kw + kx] as i64;
+                        let wv = wc[ky * p.kw + kx] as i32;
                         let (ox0, ox1) = p.cols_reached(kx);
                         if wv == 0 || ox0 == ox1 {
                             continue;
@@ -268,8 +269,14 @@ pub fn qconv16(
                             let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
                             let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
                             let arow = &mut acc[oy * p.ow..][ox0..ox1];
-                            for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
-                                *a += (xv as i64 - zp) * wv;
+                            if p.sw == 1 {
+                                for (a, &xv) in arow.iter_mut().zip(xs) {
+                                    *a += ((xv as i32 - zp) * wv) as i64;
+                                }
+                            } else {
+                                for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                                    *a += ((xv as i32 - zp) * wv) as i64;
+                                }
                             }
                         }
                     }
@@ -289,17 +296,17 @@ pub fn qconv16(
 pub fn qmatmul16(x: &[i16], w: &[i8], bias: Option<&[i64]>, y: &mut [i16], scratch: &mut [i32], n: usize, q: &QLinear) {
     let acc: &mut [i64] = bytemuck::cast_slice_mut(&mut scratch[..2 * n]);
     let k = w.len() / n.max(1);
-    let zp = q.input_zp as i64;
+    let zp = q.input_zp;
     for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
         match bias {
             Some(b) => acc.copy_from_slice(&b[..n]),
             None => acc.fill(0),
         }
         for (&xe, wr) in xr.iter().zip(w.chunks_exact(n.max(1))) {
-            let xv = xe as i64 - zp;
+            let xv = xe as i32 - zp;
             if xv != 0 {
                 for (a, &we) in acc.iter_mut().zip(wr) {
-                    *a += xv * we as i64;
+                    *a += (xv * we as i32) as i64;
                 }
             }
         }
