@@ -54,6 +54,22 @@ proptest! {
     }
 
     #[test]
+    fn wide_rescale_rounds_half_up_with_a_16_bit_multiplier(x in -(1i64 << 46)..(1i64 << 46), real in 1e-9f64..127.0) {
+        // The 16x8 rule: the multiplier rounded to 16 bits, one shift rounding half up.
+        let r = quantize_multiplier(real).unwrap();
+        prop_assume!((-31..=7).contains(&r.shift));
+        let m16 = if r.multiplier < 0x7FFF_0000 { (r.multiplier as i128 + (1 << 15)) >> 16 } else { 0x7FFF };
+        let total = (15 - r.shift) as u32;
+        let num = x as i128 * m16;
+        let want = (num + (1i128 << (total - 1))).div_euclid(1i128 << total);
+        prop_assert_eq!(multiply_by_quantized_multiplier_wide(x, r) as i128, want);
+        // and it stays close to the real product: 2^-15 relative from the multiplier, plus one step
+        let exact = x as f64 * r.multiplier as f64 * 2f64.powi(r.shift - 31);
+        let got = multiply_by_quantized_multiplier_wide(x, r) as f64;
+        prop_assert!((got - exact).abs() <= 1.0 + exact.abs() * 2f64.powi(-15), "{got} vs {exact}");
+    }
+
+    #[test]
     fn average_rounds_half_away(sum in -100000i32..100000, count in 1i32..1000) {
         let want = round_div(sum as i64, count as i64);
         prop_assert_eq!(rounded_average(sum, count) as i64, want);
