@@ -82,13 +82,14 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
     let node = g.node(n);
     let rank = shape(g, node.inputs[0]).len();
     let i8_in = g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8;
+    let int_in = i8_in || g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16;
     Some(match &node.op {
         Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::I16),
         Op::Dequantize { .. } => i8_in || g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16,
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::Pool(p) if i8_in => {
+        Op::Pool(p) if int_in => {
             matches!(rank, 3 | 4)
                 && !matches!(
                     p.kind,
@@ -98,7 +99,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
                         }
                 )
         }
-        Op::GlobalPool(k) if i8_in => matches!(rank, 3 | 4) && !matches!(k, PoolKind::Lp { .. }),
+        Op::GlobalPool(k) if int_in => matches!(rank, 3 | 4) && !matches!(k, PoolKind::Lp { .. }),
         _ => return None,
     })
 }
@@ -563,10 +564,15 @@ fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
         pw,
     } = geom(&xs, &o0, window);
     let planes = xs[0] * xs[1];
+    let (t, lo, hi) = if g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16 {
+        ("int16_t", -32768, 32767)
+    } else {
+        ("int8_t", -128, 127)
+    };
     let _ = writeln!(
         out,
         "    for (int32_t c = 0; c < {planes}; ++c)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{\n        int32_t acc = {}, cnt = 0;",
-        if max { "-128" } else { "0" }
+        if max { lo } else { 0 }
     );
     let _ = writeln!(
         out,
@@ -578,9 +584,9 @@ fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
         "            v = x0[(c * {h} + iy) * {w} + ix];\n            {step}\n            ++cnt;\n        }}"
     );
     let res = if max {
-        "acc"
+        "acc".to_string()
     } else {
-        "(cnt == 0 ? 0 : kiln_clamp(kiln_rounded_avg(acc, cnt), -128, 127))"
+        format!("(cnt == 0 ? 0 : kiln_clamp(kiln_rounded_avg(acc, cnt), {lo}, {hi}))")
     };
-    let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = (int8_t){res};\n    }}");
+    let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = ({t}){res};\n    }}");
 }

@@ -794,6 +794,7 @@ fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Op
     Some(match (kind, s) {
         (PoolKind::Max, Scalar::F32) => format!("k::max_pool(x0, y0, {nc}, &{plane}, f32::NEG_INFINITY);"),
         (PoolKind::Max, Scalar::I8) => format!("k::max_pool(x0, y0, {nc}, &{plane}, i8::MIN);"),
+        (PoolKind::Max, Scalar::I16) => format!("k::max_pool(x0, y0, {nc}, &{plane}, i16::MIN);"),
         (PoolKind::Max, Scalar::U8) => format!("k::max_pool(x0, y0, {nc}, &{plane}, 0);"),
         (PoolKind::Avg { count_include_pad }, Scalar::F32) => {
             let r = pads.len() / 2;
@@ -808,7 +809,7 @@ fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Op
             PoolKind::Avg {
                 count_include_pad: false,
             },
-            Scalar::I8,
+            Scalar::I8 | Scalar::I16,
         ) => format!("k::int::avg_pool(x0, y0, {nc}, &{plane});"),
         _ => return None,
     })

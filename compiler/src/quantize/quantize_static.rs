@@ -585,13 +585,13 @@ impl Rewriter<'_> {
         })
     }
 
-    /// Ops that move or select int8 values without changing their scale.
+    /// Ops that move or select integer values (int8, or the int16 of a 16x8 layer) without
+    /// changing their scale.
     fn pass_through(&mut self, n: NodeId) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
-        if !self.has_int8(node.inputs[0]) {
+        let Some(&(x, px)) = self.int.get(&node.inputs[0]) else {
             return self.keep_float(n, "");
-        }
-        let (x, px) = self.int_of(node.inputs[0])?;
+        };
         self.emit_int(n, node.op.clone(), vec![x], node.outputs[0], px);
         Ok(())
     }

@@ -256,8 +256,8 @@ pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {
 }
 
 /// Integer average pooling over the taps inside the input (TFLite: padding never counts),
-/// rounded half away from zero; input and output share scale and zero point.
-pub(crate) fn avg_pool_i8(window: &Window, kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<Tensor> {
+/// rounded half away from zero; input and output (int8 or int16) share scale and zero point.
+pub(crate) fn avg_pool_int(window: &Window, kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<Tensor> {
     if kind
         != (PoolKind::Avg {
             count_include_pad: false,
@@ -271,7 +271,8 @@ pub(crate) fn avg_pool_i8(window: &Window, kind: PoolKind, x: &Tensor, out: &[us
     let po: usize = out[2..].iter().product();
     let k: usize = window.kernel.iter().product();
     let table = window_table(isp, &out[2..], window);
-    let xv: &[i8] = sl(x);
+    let xv = ints(x);
+    let (lo, hi) = range(x.data.scalar());
     let mut y = Vec::with_capacity(n * c * po);
     for nc in 0..n * c {
         let xc = &xv[nc * pin..][..pin];
@@ -280,16 +281,16 @@ pub(crate) fn avg_pool_i8(window: &Window, kind: PoolKind, x: &Tensor, out: &[us
             for kk in 0..k {
                 let off = table[kk * po + o];
                 if off != PAD {
-                    s += xc[off] as i32;
+                    s += xc[off];
                     cnt += 1;
                 }
             }
             y.push(if cnt == 0 {
                 0
             } else {
-                rt::rounded_average(s, cnt).clamp(-128, 127)
-            } as i8);
+                rt::rounded_average(s, cnt).clamp(lo, hi)
+            });
         }
     }
-    Ok(Tensor::from_vec(out.to_vec(), y))
+    Ok(Tensor::new(out.to_vec(), narrow(x.data.scalar(), y)))
 }

@@ -194,8 +194,8 @@ fn pool_t<T: Flt>(p: &Pool, x: &Tensor, out: &[usize]) -> Vec<T> {
 }
 
 pub(crate) fn pool(p: &Pool, x: &Tensor, out: &[usize]) -> Result<Tensor> {
-    if x.data.scalar() == Scalar::I8 && matches!(p.kind, PoolKind::Avg { .. }) {
-        return super::quant::avg_pool_i8(&p.window, p.kind, x, out);
+    if matches!(x.data.scalar(), Scalar::I8 | Scalar::I16) && matches!(p.kind, PoolKind::Avg { .. }) {
+        return super::quant::avg_pool_int(&p.window, p.kind, x, out);
     }
     let data = match x.data.scalar() {
         Scalar::F32 => Data::F32(pool_t(p, x, out)),

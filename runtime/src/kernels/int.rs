@@ -415,7 +415,7 @@ pub fn qsoftmax(x: &[i8], y: &mut [i8], len: usize, exp_table: &[i32]) {
 /// Integer average over each window's taps inside the input (padding never counts), rounded
 /// half away from zero; input and output share scale and zero point.
 #[inline]
-pub fn avg_pool(x: &[i8], y: &mut [i8], channels: usize, p: &Plane) {
+pub fn avg_pool<T: Quantized>(x: &[T], y: &mut [T], channels: usize, p: &Plane) {
     let (pin, pout) = (p.h * p.w, p.oh * p.ow);
     for c in 0..channels {
         let xc = &x[c * pin..][..pin];
@@ -425,7 +425,7 @@ pub fn avg_pool(x: &[i8], y: &mut [i8], channels: usize, p: &Plane) {
                 for ky in 0..p.kh {
                     for kx in 0..p.kw {
                         if let Some(i) = p.tap(oy, ox, ky, kx) {
-                            s += xc[i] as i32;
+                            s += xc[i].widen();
                             n += 1;
                         }
                     }
@@ -433,11 +433,46 @@ pub fn avg_pool(x: &[i8], y: &mut [i8], channels: usize, p: &Plane) {
                 let v = if n == 0 {
                     0
                 } else {
-                    crate::rounded_average(s, n).clamp(-128, 127)
+                    crate::rounded_average(s, n).clamp(T::MIN, T::MAX)
                 };
-                y[c * pout + oy * p.ow + ox] = v as i8;
+                y[c * pout + oy * p.ow + ox] = T::narrow(v);
             }
         }
+    }
+}
+
+/// An integer activation type (int8, or int16 of 16x8 layers).
+pub trait Quantized: Copy {
+    const MIN: i32;
+    const MAX: i32;
+    fn widen(self) -> i32;
+    /// `v` already clamped to `MIN..=MAX`.
+    fn narrow(v: i32) -> Self;
+}
+
+impl Quantized for i8 {
+    const MIN: i32 = -128;
+    const MAX: i32 = 127;
+    #[inline]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+    #[inline]
+    fn narrow(v: i32) -> i8 {
+        v as i8
+    }
+}
+
+impl Quantized for i16 {
+    const MIN: i32 = -32768;
+    const MAX: i32 = 32767;
+    #[inline]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+    #[inline]
+    fn narrow(v: i32) -> i16 {
+        v as i16
     }
 }
 

@@ -275,7 +275,7 @@ fn int16(g: &Graph, n: NodeId) -> bool {
 /// Pooling of int8 values in 1-D or 2-D (the integer kernels of `quant`).
 fn int8_pool(g: &Graph, n: NodeId) -> bool {
     let x = &g.value(g.node(n).inputs[0]).ty;
-    x.dtype.scalar == Scalar::I8 && matches!(x.shape.len(), 3 | 4)
+    matches!(x.dtype.scalar, Scalar::I8 | Scalar::I16) && matches!(x.shape.len(), 3 | 4)
 }
 
 fn rank(g: &Graph, n: NodeId) -> usize {

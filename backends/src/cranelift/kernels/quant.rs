@@ -1173,25 +1173,31 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
     let planes = (xs[0] * xs[1]) as i64;
     let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
     let is_max = kind == PoolKind::Max;
+    let wide = g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
     fx.for_n(planes, &mut |fx, pl| {
-        let xplane = fx.addr(a.ins[0], pl, hw);
-        let oplane = fx.addr(a.outs[0], pl, ohw);
+        let xplane = fx.addr(a.ins[0], pl, hw * es);
+        let oplane = fx.addr(a.outs[0], pl, ohw * es);
         fx.for_n(gm.oh as i64, &mut |fx, oh| {
             let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
             fx.for_n(gm.ow as i64, &mut |fx, ow| {
                 let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
                 let acc = fx.b.declare_var(I32);
-                let init = c32(fx, if is_max { -128 } else { 0 });
+                let init = c32(fx, if is_max { lo as i64 } else { 0 });
                 fx.b.def_var(acc, init);
                 fx.for_range(khl, khh, &mut |fx, kh| {
                     let ih = fx.mul_imm(kh, gm.dh as i64);
                     let ih = fx.b.ins().iadd(ih0, ih);
-                    let xrow = fx.addr(xplane, ih, gm.w as i64);
+                    let xrow = fx.addr(xplane, ih, gm.w as i64 * es);
                     fx.for_range(kwl, kwh, &mut |fx, kw| {
                         let iw = fx.mul_imm(kw, gm.dw as i64);
                         let iw = fx.b.ins().iadd(iw0, iw);
-                        let xa = fx.addr(xrow, iw, 1);
-                        let x = load_i8(fx, xa);
+                        let xa = fx.addr(xrow, iw, es);
+                        let x = if wide {
+                            fx.b.ins().sload16(I32, flags(), xa, 0)
+                        } else {
+                            load_i8(fx, xa)
+                        };
                         let cur = fx.b.use_var(acc);
                         let nv = if is_max {
                             fx.b.ins().smax(cur, x)
@@ -1208,12 +1214,16 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
                     let cnt = fx.b.ins().imul(rows, cols);
                     let cnt = fx.b.ins().ireduce(I32, cnt);
                     v = rounded_average(fx, v, cnt);
-                    v = clamp(fx, v, -128, 127);
+                    v = clamp(fx, v, lo, hi);
                 }
                 let pos = fx.mul_imm(oh, gm.ow as i64);
                 let pos = fx.b.ins().iadd(pos, ow);
-                let oa = fx.addr(oplane, pos, 1);
-                store_i8(fx, v, oa);
+                let oa = fx.addr(oplane, pos, es);
+                if wide {
+                    fx.b.ins().istore16(flags(), v, oa, 0);
+                } else {
+                    store_i8(fx, v, oa);
+                }
             });
         });
     });
