@@ -359,6 +359,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![plain(Scalar::F32, s)])
         }
+        QAdd(a) if inputs.len() == 2 && inputs.iter().all(|t| t.dtype.scalar == Scalar::I16) => {
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
+                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
+            })?;
+            if a.act_min < -32768 || a.act_max > 32767 || a.act_min > a.act_max {
+                return err(op, format!("bad activation range {}..={}", a.act_min, a.act_max));
+            }
+            Ok(vec![qtype(Scalar::I16, a.output_scale, a.output_zp, s)])
+        }
         QAdd(_) | QMul(_) => {
             arity(op, inputs, 2, 2)?;
             int_inputs(op, inputs)?;

@@ -262,6 +262,10 @@ fn exp_neg(x: f64) -> f64 {
 /// rescaled operands keep 20 fractional bits (TFLite's int8 Add).
 pub const ADD_LEFT_SHIFT: i32 = 20;
 
+/// The left shift of an int16 Add (16x8 layers, zero points 0): 15 bits keep
+/// `(x - zp) << 15` within i32 for every int16 `x`.
+pub const ADD_LEFT_SHIFT_16: i32 = 15;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,9 +244,14 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
         }
         Op::QAdd(a) => {
             let (ra, rb, ro) = (a.a, a.b, a.out);
+            let (t, ls) = if wide_input(g, n) {
+                ("int16_t", kiln_runtime::ADD_LEFT_SHIFT_16)
+            } else {
+                ("int8_t", kiln_runtime::ADD_LEFT_SHIFT)
+            };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t a = kiln_mbqm((int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls}), {}, {});\nint32_t b = kiln_mbqm((int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls}), {}, {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(a + b, {}, {}) + {}, {}, {});",
+                    "int32_t a = kiln_mbqm((int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls}), {}, {});\nint32_t b = kiln_mbqm((int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls}), {}, {});\ny0[{}] = ({t})kiln_clamp(kiln_mbqm(a + b, {}, {}) + {}, {}, {});",
                     o[1],
                     a.a_zp,
                     ra.multiplier,
@@ -261,7 +266,6 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                     a.output_zp,
                     a.act_min,
                     a.act_max,
-                    ls = kiln_runtime::ADD_LEFT_SHIFT
                 )
             });
         }

@@ -475,9 +475,20 @@ impl Rewriter<'_> {
                 self.emit_int(n, op, vec![a, b], out, po);
             }
             Op::Binary(kiln_ir::op::BinaryOp::Add) => {
-                let (a, pa) = self.int_of(node.inputs[0])?;
-                let (b, pb) = self.int_of(node.inputs[1])?;
-                let po = self.out_params(out)?;
+                // int16 when both sides come from 16x8 layers (zero points 0), else int8
+                let wide = node
+                    .inputs
+                    .iter()
+                    .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16));
+                let bits = if wide { 16 } else { 8 };
+                let (a, pa) = self.int_bits(node.inputs[0], bits)?;
+                let (b, pb) = self.int_bits(node.inputs[1], bits)?;
+                let po = self.out_params_bits(out, bits)?;
+                let shift = if wide {
+                    rt::ADD_LEFT_SHIFT_16
+                } else {
+                    rt::ADD_LEFT_SHIFT
+                };
                 let twice = 2.0 * (pa.scale.max(pb.scale) as f64);
                 let m = |x: f64, what: &str| {
                     rt::quantize_multiplier(x).ok_or_else(|| QuantError::Scale(node.name.clone(), what.to_string()))
@@ -489,12 +500,9 @@ impl Rewriter<'_> {
                     b: m(pb.scale as f64 / twice, "input b")?,
                     output_scale: po.scale,
                     output_zp: po.zp,
-                    out: m(
-                        twice / ((1u64 << rt::ADD_LEFT_SHIFT) as f64 * po.scale as f64),
-                        "output",
-                    )?,
-                    act_min: -128,
-                    act_max: 127,
+                    out: m(twice / ((1u64 << shift) as f64 * po.scale as f64), "output")?,
+                    act_min: po.range().0,
+                    act_max: po.range().1,
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }

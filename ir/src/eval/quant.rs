@@ -197,20 +197,27 @@ fn int_row(xr: &[i32], zp: i32, w: &Tensor, bias: Option<&[i64]>, mut emit: impl
     }
 }
 
+/// TFLite's integer Add: int8 (left shift 20) or the int16 of 16x8 layers (left shift 15).
 pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Tensor> {
-    let (av, bv): (&[i8], &[i8]) = (sl(a), sl(b));
+    let scalar = a.data.scalar();
+    let shift = if scalar == Scalar::I16 {
+        rt::ADD_LEFT_SHIFT_16
+    } else {
+        rt::ADD_LEFT_SHIFT
+    };
+    let (av, bv) = (ints(a), ints(b));
     let (oa, ob) = (broadcast_offsets(&a.shape, out), broadcast_offsets(&b.shape, out));
-    let y: Vec<i8> = oa
+    let y: Vec<i32> = oa
         .iter()
         .zip(&ob)
         .map(|(&i, &j)| {
-            let x1 = (av[i] as i32 - p.a_zp) << rt::ADD_LEFT_SHIFT;
-            let x2 = (bv[j] as i32 - p.b_zp) << rt::ADD_LEFT_SHIFT;
+            let x1 = (av[i] - p.a_zp) << shift;
+            let x2 = (bv[j] - p.b_zp) << shift;
             let s = rt::multiply_by_quantized_multiplier(x1, p.a) + rt::multiply_by_quantized_multiplier(x2, p.b);
-            (rt::multiply_by_quantized_multiplier(s, p.out) + p.output_zp).clamp(p.act_min, p.act_max) as i8
+            (rt::multiply_by_quantized_multiplier(s, p.out) + p.output_zp).clamp(p.act_min, p.act_max)
         })
         .collect();
-    Ok(Tensor::from_vec(out.to_vec(), y))
+    Ok(Tensor::new(out.to_vec(), narrow(scalar, y)))
 }
 
 pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {

@@ -378,10 +378,21 @@ pub struct QAdd {
 impl QAdd {
     #[inline]
     pub fn apply(&self, a: i8, b: i8) -> i8 {
-        let x1 = (a as i32 - self.a_zp) << ADD_LEFT_SHIFT;
-        let x2 = (b as i32 - self.b_zp) << ADD_LEFT_SHIFT;
+        self.add(a as i32, b as i32, ADD_LEFT_SHIFT) as i8
+    }
+
+    /// The int16 Add of 16x8 layers.
+    #[inline]
+    pub fn apply16(&self, a: i16, b: i16) -> i16 {
+        self.add(a as i32, b as i32, crate::ADD_LEFT_SHIFT_16) as i16
+    }
+
+    #[inline]
+    fn add(&self, a: i32, b: i32, shift: i32) -> i32 {
+        let x1 = (a - self.a_zp) << shift;
+        let x2 = (b - self.b_zp) << shift;
         let s = mbqm(x1, self.a) + mbqm(x2, self.b);
-        (mbqm(s, self.out) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+        (mbqm(s, self.out) + self.output_zp).clamp(self.act_min, self.act_max)
     }
 }
 

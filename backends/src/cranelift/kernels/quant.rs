@@ -383,6 +383,18 @@ pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 
 /// Walks the output of a broadcasting two-input integer op: `body(fx, a_ptr, b_ptr, out_ptr)`.
 fn broadcast2(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, body: &mut dyn FnMut(&mut Fx, Value, Value, Value)) {
+    broadcast2_sized(fx, g, n, a, 1, body)
+}
+
+/// As `broadcast2` for elements of `es` bytes.
+fn broadcast2_sized(
+    fx: &mut Fx,
+    g: &Graph,
+    n: NodeId,
+    a: &Args,
+    es: i64,
+    body: &mut dyn FnMut(&mut Fx, Value, Value, Value),
+) {
     let node = g.node(n);
     let out = g.value(node.outputs[0]).ty.shape.clone();
     let bst = |v: kiln_ir::ValueId| -> Vec<i64> {
@@ -400,9 +412,9 @@ fn broadcast2(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, body: &mut dyn FnMut(
     let dims: Vec<i64> = out.iter().map(|&d| d as i64).collect();
     fx.for_index(&dims, &mut |fx, idx| {
         let (ia, ib, io) = (fx.dot(idx, &sa), fx.dot(idx, &sb), fx.dot(idx, &so));
-        let pa = fx.addr(a.ins[0], ia, 1);
-        let pb = fx.addr(a.ins[1], ib, 1);
-        let po = fx.addr(a.outs[0], io, 1);
+        let pa = fx.addr(a.ins[0], ia, es);
+        let pb = fx.addr(a.ins[1], ib, es);
+        let po = fx.addr(a.outs[0], io, es);
         body(fx, pa, pb, po);
     });
 }
@@ -422,10 +434,22 @@ pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
 }
 
 pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
-    let ls = kiln_runtime::ADD_LEFT_SHIFT as i64;
-    broadcast2(fx, g, n, a, &mut |fx, pa, pb, po| {
-        let xa = load_i8(fx, pa);
-        let xb = load_i8(fx, pb);
+    let wide = g.value(g.node(n).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let (ls, es) = if wide {
+        (kiln_runtime::ADD_LEFT_SHIFT_16 as i64, 2)
+    } else {
+        (kiln_runtime::ADD_LEFT_SHIFT as i64, 1)
+    };
+    let load = move |fx: &mut Fx, p: Value| {
+        if wide {
+            fx.b.ins().sload16(I32, flags(), p, 0)
+        } else {
+            load_i8(fx, p)
+        }
+    };
+    broadcast2_sized(fx, g, n, a, es, &mut |fx, pa, pb, po| {
+        let xa = load(fx, pa);
+        let xb = load(fx, pb);
         let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
         let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
         let xa = fx.b.ins().ishl_imm_s(xa, ls);
@@ -436,7 +460,11 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
         let r = mbqm_const(fx, s, q.out);
         let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
         let r = clamp(fx, r, q.act_min, q.act_max);
-        store_i8(fx, r, po);
+        if wide {
+            fx.b.ins().istore16(flags(), r, po, 0);
+        } else {
+            store_i8(fx, r, po);
+        }
     });
 }
 
