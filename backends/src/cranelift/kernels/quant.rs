@@ -637,14 +637,33 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
             };
             fx.b.def_var(acc, init);
             let wrow = fx.addr(wt, j, k);
-            let vec = if fx.simd { k / 4 } else { 0 };
-            if vec > 0 {
-                use cranelift_codegen::ir::types::I32X4;
+            // Sixteen products at a time (both rows widened to i16, multiplied in i16 lanes,
+            // the products widened into i32 sums), then fours, then one by one.
+            let (v16, v4) = if fx.simd { (k / 16, k % 16 / 4) } else { (0, 0) };
+            if v16 + v4 > 0 {
+                use cranelift_codegen::ir::types::{I8X16, I32X4};
                 let zero = c32(fx, 0);
                 let acc4 = fx.b.declare_var(I32X4);
                 let z4 = fx.b.ins().splat(I32X4, zero);
                 fx.b.def_var(acc4, z4);
-                fx.for_ptrs(vec, &[(xrow, 4), (wrow, 4)], &mut |fx, p| {
+                fx.for_ptrs(v16, &[(xrow, 16), (wrow, 16)], &mut |fx, p| {
+                    let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
+                    let w = fx.b.ins().load(I8X16, flags(), p[1], 0);
+                    let (xl, xh) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x));
+                    let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
+                    // an int8 product fits i16 exactly; each half widened to i32 on its own
+                    let (pl, ph) = (fx.b.ins().imul(xl, wl), fx.b.ins().imul(xh, wh));
+                    let mut cur = fx.b.use_var(acc4);
+                    for p16 in [pl, ph] {
+                        let a = fx.b.ins().swiden_low(p16);
+                        let b = fx.b.ins().swiden_high(p16);
+                        let ab = fx.b.ins().iadd(a, b);
+                        cur = fx.b.ins().iadd(cur, ab);
+                    }
+                    fx.b.def_var(acc4, cur);
+                });
+                let (x4, w4) = (fx.add_imm(xrow, v16 * 16), fx.add_imm(wrow, v16 * 16));
+                fx.for_ptrs(v4, &[(x4, 4), (w4, 4)], &mut |fx, p| {
                     let x = widen4(fx, p[0]);
                     let w = widen4(fx, p[1]);
                     let prod = fx.b.ins().imul(x, w);
@@ -660,7 +679,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
                 }
                 fx.b.def_var(acc, s);
             }
-            let done = vec * 4;
+            let done = v16 * 16 + v4 * 4;
             let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
             dot_i8(fx, acc, (xt, 1), (wt, 1), k - done);
             let zs = st.zsum(fx, j);
