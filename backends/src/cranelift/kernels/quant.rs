@@ -830,7 +830,9 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spati
     let ci = xs[1] as i64 * kk;
     let p: i64 = g.value(node.outputs[0]).ty.shape[2..].iter().product::<usize>() as i64;
     let has_bias = node.inputs.len() > 2;
-    let (mb, pb) = (if fx.simd { m / 4 } else { 0 }, p / 4);
+    let mb = if fx.simd { m / 4 } else { 0 };
+    let pb8 = p / 8;
+    let done = pb8 * 8 + if p - pb8 * 8 >= 4 { 4 } else { 0 };
     let es = st.elem();
     // One output channel at output position pointer `xp` (scalar), all channels summed.
     let scalar_out = |fx: &mut Fx, xbase: Value, ybase: Value, oc: Value, pos: Value| {
@@ -862,11 +864,12 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spati
         fx.for_n(mb, &mut |fx, ob| {
             let oc0 = fx.mul_imm(ob, 4);
             let ocs: Vec<Value> = (0..4).map(|k| fx.add_imm(oc0, k)).collect();
-            fx.for_n(pb, &mut |fx, pblk| {
-                let pos = fx.mul_imm(pblk, 4);
-                let vars: Vec<_> = (0..4)
+            // One block of 4 output channels x `width` positions (8: int8 products in i16
+            // lanes, exact for int8 x int8, widened into two i32x4 sums; 4: i32 lanes).
+            let block = |fx: &mut Fx, pos: Value, width: i64| {
+                let halves = (width / 4) as usize;
+                let vars: Vec<Vec<_>> = (0..4)
                     .map(|k| {
-                        let v = fx.b.declare_var(I32X4);
                         let init = if has_bias {
                             let ba = fx.addr(a.ins[2], ocs[k], 4);
                             fx.load(I32, ba)
@@ -874,41 +877,77 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spati
                             c32(fx, 0)
                         };
                         let s = fx.b.ins().splat(I32X4, init);
-                        fx.b.def_var(v, s);
-                        v
+                        (0..halves)
+                            .map(|_| {
+                                let v = fx.b.declare_var(I32X4);
+                                fx.b.def_var(v, s);
+                                v
+                            })
+                            .collect()
                     })
                     .collect();
                 let xp = fx.addr(xbase, pos, 1);
                 let wrow0 = fx.addr(a.ins[1], oc0, ci);
                 fx.for_ptrs(ci, &[(xp, p), (wrow0, 1)], &mut |fx, q2| {
-                    let x4 = widen4(fx, q2[0]);
-                    for (k, &v) in vars.iter().enumerate() {
-                        let w = fx.b.ins().sload8(I32, flags(), q2[1], (k as i64 * ci) as i32);
-                        let wv = fx.b.ins().splat(I32X4, w);
-                        let prod = fx.b.ins().imul(x4, wv);
-                        let cur = fx.b.use_var(v);
-                        let nv = fx.b.ins().iadd(cur, prod);
-                        fx.b.def_var(v, nv);
+                    if width == 8 {
+                        use cranelift_codegen::ir::types::{I8X16, I16X8, I64X2};
+                        let eight = fx.b.ins().load(I64, flags(), q2[0], 0);
+                        let v = fx.b.ins().scalar_to_vector(I64X2, eight);
+                        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                        let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+                        let x8 = fx.b.ins().swiden_low(bytes);
+                        for (k, vs) in vars.iter().enumerate() {
+                            let w = fx.b.ins().sload8(I32, flags(), q2[1], (k as i64 * ci) as i32);
+                            let w = fx.b.ins().ireduce(cranelift_codegen::ir::types::I16, w);
+                            let wv = fx.b.ins().splat(I16X8, w);
+                            let prod = fx.b.ins().imul(x8, wv);
+                            let parts = [fx.b.ins().swiden_low(prod), fx.b.ins().swiden_high(prod)];
+                            for (&var, part) in vs.iter().zip(parts) {
+                                let cur = fx.b.use_var(var);
+                                let nv = fx.b.ins().iadd(cur, part);
+                                fx.b.def_var(var, nv);
+                            }
+                        }
+                    } else {
+                        let x4 = widen4(fx, q2[0]);
+                        for (k, vs) in vars.iter().enumerate() {
+                            let w = fx.b.ins().sload8(I32, flags(), q2[1], (k as i64 * ci) as i32);
+                            let wv = fx.b.ins().splat(I32X4, w);
+                            let prod = fx.b.ins().imul(x4, wv);
+                            let cur = fx.b.use_var(vs[0]);
+                            let nv = fx.b.ins().iadd(cur, prod);
+                            fx.b.def_var(vs[0], nv);
+                        }
                     }
                 });
-                for (k, &v) in vars.iter().enumerate() {
+                for (k, vs) in vars.iter().enumerate() {
                     let zs = st.zsum(fx, ocs[k]);
                     let chan = st.channel(fx, ocs[k]);
-                    let acc4 = fx.b.use_var(v);
                     let row = fx.addr(ybase, ocs[k], p * es);
                     let yp = fx.addr(row, pos, es);
-                    for lane in 0..4u8 {
-                        let e = fx.b.ins().extractlane(acc4, lane);
-                        let s = fx.b.ins().isub(e, zs);
-                        st.store(fx, s, chan, yp, (lane as i64 * es) as i32);
+                    for (h, &var) in vs.iter().enumerate() {
+                        let acc4 = fx.b.use_var(var);
+                        for lane in 0..4u8 {
+                            let e = fx.b.ins().extractlane(acc4, lane);
+                            let s = fx.b.ins().isub(e, zs);
+                            st.store(fx, s, chan, yp, ((h as i64 * 4 + lane as i64) * es) as i32);
+                        }
                     }
                 }
+            };
+            fx.for_n(pb8, &mut |fx, pblk| {
+                let pos = fx.mul_imm(pblk, 8);
+                block(fx, pos, 8);
             });
-            // positions left over after the blocks of 4
+            if p - pb8 * 8 >= 4 {
+                let pos = fx.i(pb8 * 8);
+                block(fx, pos, 4);
+            }
+            // positions left over after the blocks
             for k in 0..4 {
                 let oc = ocs[k as usize];
-                fx.for_n(p - pb * 4, &mut |fx, t| {
-                    let pos = fx.add_imm(t, pb * 4);
+                fx.for_n(p - done, &mut |fx, t| {
+                    let pos = fx.add_imm(t, done);
                     scalar_out(fx, xbase, ybase, oc, pos);
                 });
             }
