@@ -153,3 +153,101 @@ fn int16_builds_match_the_evaluator_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The 16x8 product at its extremes: int16 inputs at -32768 and 32767 against int8 weights
+/// at -128 and 127 over a long row (the native kernel sums eight lanes in i32 for 127 steps
+/// at a time before widening), with a bias near the int64 bound the quantizer allows.
+#[test]
+fn int16_products_at_the_extremes_are_bit_exact() {
+    use kiln_ir::op::QLinear;
+    use kiln_ir::{DType, QParams, TensorType};
+    let (rows, k, n) = (3, 2051, 5);
+    // row 0 all -32768 against column 0 all -128: every product +2^22, the sum ~2^33
+    // row 1 all 32767 against column 1 all 127; the rest mixed
+    let x: Vec<i16> = (0..rows * k)
+        .map(|i| match (i / k, i % 7) {
+            (0, _) => -32768,
+            (1, _) => 32767,
+            (_, 0 | 3) => -32768,
+            (_, 1 | 5) => 32767,
+            (_, 2) => -1,
+            _ => (i as i32 * 977 % 65536 - 32768) as i16,
+        })
+        .collect();
+    let w: Vec<i8> = (0..k * n)
+        .map(|i| match i % n {
+            0 => -128,
+            1 => 127,
+            _ if i % 3 == 0 => -128,
+            _ => 127,
+        })
+        .collect();
+    // the first three columns unbiased (their sums must show), the last two near the bound
+    let bias: Vec<i64> = vec![0, 0, 0, 1i64 << 46, -(1i64 << 46)];
+    let q = QParams::PerTensor {
+        scale: 1.0,
+        zero_point: 0,
+    };
+    let mut g = Graph::new("extremes");
+    let xv = g.add_input(
+        "x",
+        TensorType::new(DType::quantized(Scalar::I16, q.clone()), vec![rows, k]),
+    );
+    let wv = g.add_const("w", Tensor::from_vec(vec![k, n], w));
+    let bv = g.add_const("b", Tensor::from_vec(vec![n], bias));
+    let requant: std::sync::Arc<[_]> = [20, 25, 30, 25, 25]
+        .iter()
+        .map(|&e| kiln_runtime::quantize_multiplier(2f64.powi(-e)).unwrap())
+        .collect();
+    let ql = QLinear {
+        input_zp: 0,
+        output_scale: 1.0,
+        output_zp: 0,
+        requant,
+        act_min: -32768,
+        act_max: 32767,
+    };
+    let (_, y) = g
+        .add_node("mm", kiln_ir::Op::QMatMul { q: ql }, vec![xv, wv, bv], &[])
+        .unwrap();
+    g.add_output(y[0]);
+    let inputs = vec![Tensor::from_vec(vec![rows, k], x)];
+    let want = kiln_ir::eval::run(&g, &inputs).unwrap();
+    let saturated = want[0]
+        .to_i64_vec()
+        .iter()
+        .filter(|&&v| v == -32768 || v == 32767)
+        .count();
+    assert!(
+        saturated > 0 && saturated < rows * n,
+        "{saturated} of {} saturated",
+        rows * n
+    );
+    let dir = std::env::temp_dir().join(format!("kiln-int16-edge-{}", std::process::id()));
+    let rust = build_rust(&[("edge16", &g)], &dir.join("rust"), false).unwrap();
+    let mut failures = Vec::new();
+    for (label, exe) in [
+        ("C", build_c(&g, "model", &dir.join("c"), &[])),
+        ("native", build_native(&g, "model", &dir.join("n"))),
+        (
+            "Rust",
+            Ok(NativeExe {
+                exe: rust[0].exe.clone(),
+                dir: rust[0].dir.clone(),
+                runner: None,
+            }),
+        ),
+    ] {
+        match exe.and_then(|e| e.run(&g, &inputs)) {
+            Ok(got) if got[0].data == want[0].data => {}
+            Ok(got) => failures.push(format!(
+                "{label}: {:?} vs {:?}",
+                got[0].to_i64_vec(),
+                want[0].to_i64_vec()
+            )),
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

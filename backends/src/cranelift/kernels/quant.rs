@@ -1200,6 +1200,46 @@ pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group:
     });
 }
 
+/// `sum (x - zp) * w` over `steps` groups of eight int16 `x` and int8 `w` (at most 127
+/// groups, so the i32 lanes cannot overflow), as an i64 value.
+fn dot_i16x8(fx: &mut Fx, x: Value, w: Value, steps: i64, zp: i64) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4, I64X2};
+    let zero = c32(fx, 0);
+    let acc = fx.b.declare_var(I32X4);
+    let z4 = fx.b.ins().splat(I32X4, zero);
+    fx.b.def_var(acc, z4);
+    let zpv = c32(fx, zp);
+    let zp4 = fx.b.ins().splat(I32X4, zpv);
+    fx.for_ptrs(steps, &[(x, 16), (w, 8)], &mut |fx, p| {
+        let xv = fx.b.ins().load(I16X8, flags(), p[0], 0);
+        let eight = fx.b.ins().load(I64, flags(), p[1], 0);
+        let wv = fx.b.ins().scalar_to_vector(I64X2, eight);
+        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let wb = fx.b.ins().bitcast(I8X16, lanes, wv);
+        let w16 = fx.b.ins().swiden_low(wb);
+        let mut cur = fx.b.use_var(acc);
+        for half in 0..2 {
+            let (xh, wh) = if half == 0 {
+                (fx.b.ins().swiden_low(xv), fx.b.ins().swiden_low(w16))
+            } else {
+                (fx.b.ins().swiden_high(xv), fx.b.ins().swiden_high(w16))
+            };
+            let xh = fx.b.ins().isub(xh, zp4);
+            let prod = fx.b.ins().imul(xh, wh);
+            cur = fx.b.ins().iadd(cur, prod);
+        }
+        fx.b.def_var(acc, cur);
+    });
+    let v = fx.b.use_var(acc);
+    let mut s = fx.i(0);
+    for lane in 0..4u8 {
+        let e = fx.b.ins().extractlane(v, lane);
+        let e = fx.b.ins().sextend(I64, e);
+        s = fx.b.ins().iadd(s, e);
+    }
+    s
+}
+
 /// 16x8 `[rows, K] x [K, N]` over the transposed weights, one i64 sum per output.
 pub(crate) fn qmatmul16(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args) {
     let node = g.node(n);
@@ -1221,7 +1261,22 @@ pub(crate) fn qmatmul16(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args
             };
             fx.b.def_var(acc, init);
             let wrow = fx.addr(a.aux[2], j, k);
-            fx.for_ptrs(k, &[(xrow, 2), (wrow, 1)], &mut |fx, p| {
+            // Eight products at a time in i32 lanes: |(x - zp) * w| < 2^23 and each lane takes
+            // two per step, so a chunk of 127 steps stays below 2^31 exactly; each chunk's
+            // lanes are then added to the i64 sum.
+            let v8 = if fx.simd { k / 8 } else { 0 };
+            let mut start = 0;
+            while start < v8 {
+                let steps = (v8 - start).min(127);
+                let (xc, wc) = (fx.add_imm(xrow, start * 16), fx.add_imm(wrow, start * 8));
+                let part = dot_i16x8(fx, xc, wc, steps, zp);
+                let cur = fx.b.use_var(acc);
+                let nv = fx.b.ins().iadd(cur, part);
+                fx.b.def_var(acc, nv);
+                start += steps;
+            }
+            let (xt, wtail) = (fx.add_imm(xrow, v8 * 16), fx.add_imm(wrow, v8 * 8));
+            fx.for_ptrs(k - v8 * 8, &[(xt, 2), (wtail, 1)], &mut |fx, p| {
                 let x = fx.b.ins().sload16(I64, flags(), p[0], 0);
                 let x = fx.b.ins().iadd_imm_s(x, -zp);
                 let w = fx.b.ins().sload8(I64, flags(), p[1], 0);
