@@ -251,3 +251,87 @@ fn int16_products_at_the_extremes_are_bit_exact() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The 16x8 convolution at its extremes: a 600-tap kernel over two channels of int16
+/// extremes against int8 extremes, so one position's sum passes 2^31 (the native kernel
+/// sums in i32 lanes between flushes into i64 and must flush within the kernel).
+#[test]
+fn int16_convolution_at_the_extremes_is_bit_exact() {
+    use kiln_ir::op::{QLinear, Window};
+    use kiln_ir::{DType, QParams, TensorType};
+    let (c, len, m, k) = (2, 700, 3, 600);
+    let x: Vec<i16> = (0..c * len)
+        .map(|i| match (i / len, i % 5) {
+            (0, _) => -32768,
+            (_, 0 | 2) => 32767,
+            _ => -32768,
+        })
+        .collect();
+    let w: Vec<i8> = (0..m * c * k)
+        .map(|i| match i / (c * k) {
+            0 => -128,
+            1 => 127,
+            _ if i % 2 == 0 => -128,
+            _ => 127,
+        })
+        .collect();
+    let q = QParams::PerTensor {
+        scale: 1.0,
+        zero_point: 0,
+    };
+    let mut g = Graph::new("conv_extremes");
+    let xv = g.add_input("x", TensorType::new(DType::quantized(Scalar::I16, q), vec![1, c, len]));
+    let wv = g.add_const("w", Tensor::from_vec(vec![m, c, k], w));
+    let requant: std::sync::Arc<[_]> = [25, 25, 20]
+        .iter()
+        .map(|&e| kiln_runtime::quantize_multiplier(2f64.powi(-e)).unwrap())
+        .collect();
+    let op = kiln_ir::Op::QConv {
+        window: Window {
+            kernel: vec![k],
+            strides: vec![1],
+            dilations: vec![1],
+            pads: vec![0, 0],
+        },
+        group: 1,
+        q: QLinear {
+            input_zp: 0,
+            output_scale: 1.0,
+            output_zp: 0,
+            requant,
+            act_min: -32768,
+            act_max: 32767,
+        },
+    };
+    let (_, y) = g.add_node("cv", op, vec![xv, wv], &[]).unwrap();
+    g.add_output(y[0]);
+    let inputs = vec![Tensor::from_vec(vec![1, c, len], x)];
+    let want = kiln_ir::eval::run(&g, &inputs).unwrap();
+    let dir = std::env::temp_dir().join(format!("kiln-int16-conv-edge-{}", std::process::id()));
+    let rust = build_rust(&[("cedge16", &g)], &dir.join("rust"), false).unwrap();
+    let mut failures = Vec::new();
+    for (label, exe) in [
+        ("C", build_c(&g, "model", &dir.join("c"), &[])),
+        ("native", build_native(&g, "model", &dir.join("n"))),
+        (
+            "Rust",
+            Ok(NativeExe {
+                exe: rust[0].exe.clone(),
+                dir: rust[0].dir.clone(),
+                runner: None,
+            }),
+        ),
+    ] {
+        match exe.and_then(|e| e.run(&g, &inputs)) {
+            Ok(got) if got[0].data == want[0].data => {}
+            Ok(got) => {
+                let (a, b) = (got[0].to_i64_vec(), want[0].to_i64_vec());
+                let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0);
+                failures.push(format!("{label}: element {i}: {} vs {}", a[i], b[i]));
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -728,7 +728,9 @@ pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     let out = &g.value(node.outputs[0]).ty.shape;
     let positions: usize = out[2..].iter().product();
     let (window, group, input) = match &node.op {
-        Op::QConv { .. } if g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16 => return 0,
+        Op::QConv { .. } if g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16 => {
+            return qconv16_scratch(g, n);
+        }
         Op::QConv { window, group, .. } => (window, *group, 0),
         Op::DynConv { window, group, .. } => (window, *group, dyn_input_bytes(g, n)),
         Op::DynMatMul { .. } => return g.value(node.inputs[1]).ty.shape[0],
@@ -1126,10 +1128,13 @@ fn finish_wide(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Valu
     fx.b.ins().ireduce(I32, r)
 }
 
-/// 16x8 convolution (int16 input, int8 weights, int64 bias and sums), output-stationary
-/// over the tap-range tables: per output position the taps inside the input, summed in
-/// an i64 register.
+/// 16x8 convolution (int16 input, int8 weights, int64 bias and sums), weight-stationary as
+/// the int8 one: per output channel, input channels in chunks whose products cannot
+/// overflow i32 (at most 255 taps of |(x - zp) * w| < 2^23 per position; a longer kernel
+/// flushes within its channel) summed four positions at a time in i32 lanes, each chunk
+/// then added to the i64 sums.
 pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
+    use cranelift_codegen::ir::types::{I16X8, I32X4, I64X2};
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let ws = g.value(node.inputs[1]).ty.shape.clone();
@@ -1140,7 +1145,15 @@ pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group:
     let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
     let kk = (gm.kh * gm.kw) as i64;
     let has_bias = node.inputs.len() > 2;
+    let chunk = (255 / kk).max(1).min(cg);
+    let (acc32, acc64) = (a.scratch, fx.add_imm(a.scratch, (ohw * 4 + 7) / 8 * 8));
     let zp = q.input_zp as i64;
+    let taps: Vec<Tap> = (0..gm.kh)
+        .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
+        .map(|(kh, kw)| (kh, kw, reached(gm.rows_reached(kh)), reached(gm.cols_reached(kw))))
+        .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
+        .collect();
+    let simd = fx.simd;
     fx.for_n(xs[0] as i64, &mut |fx, b| {
         fx.for_n(m, &mut |fx, oc| {
             let gi = fx.b.ins().sdiv_imm_s(oc, mg);
@@ -1149,55 +1162,111 @@ pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group:
             let c0 = fx.b.ins().iadd(bc, cbase);
             let xbase = fx.addr(a.ins[0], c0, hw * 2);
             let wbase = fx.addr(a.ins[1], oc, cg * kk);
+            let bias = if has_bias {
+                let ba = fx.addr(a.ins[2], oc, 8);
+                fx.load(I64, ba)
+            } else {
+                fx.i(0)
+            };
+            let zero = c32(fx, 0);
+            fx.for_ptrs(ohw, &[(acc64, 8), (acc32, 4)], &mut |fx, p| {
+                fx.store(bias, p[0]);
+                fx.store(zero, p[1]);
+            });
+            // i32 sums into the i64 ones, and the i32 ones cleared
+            let flush = |fx: &mut Fx| {
+                fx.for_ptrs(ohw, &[(acc32, 4), (acc64, 8)], &mut |fx, p| {
+                    let v = fx.load(I32, p[0]);
+                    let v = fx.b.ins().sextend(I64, v);
+                    let cur = fx.load(I64, p[1]);
+                    let nv = fx.b.ins().iadd(cur, v);
+                    fx.store(nv, p[1]);
+                    let zero = c32(fx, 0);
+                    fx.store(zero, p[0]);
+                });
+            };
+            let mut start = 0;
+            while start < cg {
+                let count = chunk.min(cg - start);
+                let xchunk = fx.add_imm(xbase, start * hw * 2);
+                let wchunk = fx.add_imm(wbase, start * kk);
+                fx.for_n(count, &mut |fx, c| {
+                    let xplane = fx.addr(xchunk, c, hw * 2);
+                    let wplane = fx.addr(wchunk, c, kk);
+                    for (t, &(kh, kw, (oy0, oy1), (ox0, ox1))) in taps.iter().enumerate() {
+                        // a kernel of more than 255 taps (one channel per chunk) flushes
+                        // every 255 taps
+                        if t > 0 && t % 255 == 0 {
+                            flush(fx);
+                        }
+                        let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
+                        let w = load_i8(fx, wa);
+                        let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
+                            + ox0 * gm.sw as i64
+                            + (kw * gm.dw) as i64
+                            - gm.pw as i64;
+                        let xrow0 = fx.add_imm(xplane, x_first * 2);
+                        let arow0 = fx.add_imm(acc32, (oy0 * gm.ow as i64 + ox0) * 4);
+                        let mac = |fx: &mut Fx, p: &[Value]| {
+                            let x = fx.b.ins().sload16(I32, flags(), p[0], 0);
+                            let x = fx.b.ins().iadd_imm_s(x, -zp);
+                            let xw = fx.b.ins().imul(x, w);
+                            let cur = fx.load(I32, p[1]);
+                            let nv = fx.b.ins().iadd(cur, xw);
+                            fx.store(nv, p[1]);
+                        };
+                        let run = |fx: &mut Fx, x: Value, acc: Value, len: i64| {
+                            let vec = if simd && gm.sw == 1 { len / 4 } else { 0 };
+                            if vec > 0 {
+                                let wv = fx.b.ins().splat(I32X4, w);
+                                let zv = c32(fx, zp);
+                                let zv = fx.b.ins().splat(I32X4, zv);
+                                fx.for_ptrs(vec, &[(x, 8), (acc, 16)], &mut |fx, p| {
+                                    let four = fx.b.ins().load(I64, flags(), p[0], 0);
+                                    let v = fx.b.ins().scalar_to_vector(I64X2, four);
+                                    let lanes =
+                                        MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                                    let h = fx.b.ins().bitcast(I16X8, lanes, v);
+                                    let xv = fx.b.ins().swiden_low(h);
+                                    let xv = fx.b.ins().isub(xv, zv);
+                                    let xw = fx.b.ins().imul(xv, wv);
+                                    let cur = fx.b.ins().load(I32X4, flags(), p[1], 0);
+                                    let nv = fx.b.ins().iadd(cur, xw);
+                                    fx.b.ins().store(flags(), nv, p[1], 0);
+                                });
+                            }
+                            let done = vec * 4;
+                            let (xt, at) = (fx.add_imm(x, done * 2 * gm.sw as i64), fx.add_imm(acc, done * 4));
+                            fx.for_ptrs(len - done, &[(xt, 2 * gm.sw as i64), (at, 4)], &mut |fx, p| mac(fx, p));
+                        };
+                        fx.for_ptrs(
+                            oy1 - oy0,
+                            &[(xrow0, gm.sh as i64 * gm.w as i64 * 2), (arow0, gm.ow as i64 * 4)],
+                            &mut |fx, r| run(fx, r[0], r[1], ox1 - ox0),
+                        );
+                    }
+                });
+                flush(fx);
+                start += count;
+            }
             let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
             let bo = fx.mul_imm(b, m);
             let boc = fx.b.ins().iadd(bo, oc);
             let ybase = fx.addr(a.outs[0], boc, ohw * 2);
-            fx.for_n(gm.oh as i64, &mut |fx, oh| {
-                let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
-                fx.for_n(gm.ow as i64, &mut |fx, ow| {
-                    let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
-                    let acc = fx.b.declare_var(I64);
-                    let init = if has_bias {
-                        let ba = fx.addr(a.ins[2], oc, 8);
-                        fx.load(I64, ba)
-                    } else {
-                        fx.i(0)
-                    };
-                    fx.b.def_var(acc, init);
-                    fx.for_n(cg, &mut |fx, c| {
-                        let xplane = fx.addr(xbase, c, hw * 2);
-                        let wplane = fx.addr(wbase, c, kk);
-                        fx.for_range(khl, khh, &mut |fx, kh| {
-                            let ih = fx.mul_imm(kh, gm.dh as i64);
-                            let ih = fx.b.ins().iadd(ih0, ih);
-                            let xrow = fx.addr(xplane, ih, gm.w as i64 * 2);
-                            let wrow = fx.addr(wplane, kh, gm.kw as i64);
-                            fx.for_range(kwl, kwh, &mut |fx, kw| {
-                                let iw = fx.mul_imm(kw, gm.dw as i64);
-                                let iw = fx.b.ins().iadd(iw0, iw);
-                                let xa = fx.addr(xrow, iw, 2);
-                                let x = fx.b.ins().sload16(I64, flags(), xa, 0);
-                                let x = fx.b.ins().iadd_imm_s(x, -zp);
-                                let wa = fx.addr(wrow, kw, 1);
-                                let w = fx.b.ins().sload8(I64, flags(), wa, 0);
-                                let p = fx.b.ins().imul(x, w);
-                                let cur = fx.b.use_var(acc);
-                                let nv = fx.b.ins().iadd(cur, p);
-                                fx.b.def_var(acc, nv);
-                            });
-                        });
-                    });
-                    let v = fx.b.use_var(acc);
-                    let y = finish_wide(fx, q, v, mult, shift);
-                    let pos = fx.mul_imm(oh, gm.ow as i64);
-                    let pos = fx.b.ins().iadd(pos, ow);
-                    let ya = fx.addr(ybase, pos, 2);
-                    fx.b.ins().istore16(flags(), y, ya, 0);
-                });
+            fx.for_ptrs(ohw, &[(acc64, 8), (ybase, 2)], &mut |fx, p| {
+                let s = fx.load(I64, p[0]);
+                let y = finish_wide(fx, q, s, mult, shift);
+                fx.b.ins().istore16(flags(), y, p[1], 0);
             });
         });
     });
+}
+
+/// Arena bytes of `qconv16`: i32 and i64 sums for one output plane.
+pub(crate) fn qconv16_scratch(g: &Graph, n: NodeId) -> usize {
+    let out = &g.value(g.node(n).outputs[0]).ty.shape;
+    let ohw = out[2..].iter().product::<usize>();
+    (4 * ohw).div_ceil(8) * 8 + 8 * ohw
 }
 
 /// `sum (x - zp) * w` over `steps` groups of eight int16 `x` and int8 `w` (at most 127
