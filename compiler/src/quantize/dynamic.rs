@@ -22,9 +22,9 @@ pub struct Dynamic {
     pub notes: Vec<String>,
 }
 
-/// Rewrites every Conv (1-D/2-D), MatMul and Gemm whose weight is a constant f32 matrix,
-/// except nodes named in `keep_float` by name or op type (case-insensitive), which the
-/// caller has checked exist (`quantize_static::check_keep_float`).
+/// Rewrites every Conv (1-D/2-D), MatMul and Gemm whose weight is a constant f32 matrix and
+/// every LSTM/GRU `unrollable` accepts, except nodes named in `keep_float` by name or op type
+/// (case-insensitive), which the caller has checked exist (`quantize_static::check_keep_float`).
 pub fn to_dynamic(src: &Graph, keep_float: &[String]) -> Result<Dynamic, IrError> {
     let mut r = Rewriter {
         g: src.clone(),
