@@ -20,7 +20,9 @@ fn moments(fx: &mut Fx, base: Value, len: i64, step: i64) -> (Value, Value) {
     });
     let nf = fx.f(F32, len as f32);
     let s = fx.b.use_var(sum);
+    // pinned, or Cranelift recomputes the division inside the next loop (`Fx::anchor`)
     let mean = fx.div(s, nf);
+    let mean = fx.anchor(F32, mean);
     let sq = fx.b.declare_var(F32);
     fx.b.def_var(sq, z);
     fx.for_ptrs(len, &[(base, step)], &mut |fx, p| {
@@ -56,6 +58,7 @@ pub(crate) fn layer_norm(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, eps: f3
         let sd = fx.b.ins().sqrt(ve);
         let one = fx.f(F32, 1.0);
         let inv = fx.div(one, sd);
+        let inv = fx.anchor(F32, inv);
         let mut ptrs = vec![(xr, 4), (yr, 4), (a.ins[1], 4)];
         if let Some(b) = bias {
             ptrs.push((b, 4));
@@ -92,6 +95,7 @@ pub(crate) fn instance_norm(fx: &mut Fx, g: &Graph, n: NodeId, eps: f32, a: &Arg
         let ve = fx.add(var, e);
         let sd = fx.b.ins().sqrt(ve);
         let k = fx.div(scale, sd);
+        let k = fx.anchor(F32, k);
         fx.for_ptrs(inner, &[(xr, 4), (yr, 4)], &mut |fx, p| {
             let v = fx.load(F32, p[0]);
             let d = fx.sub(v, mean);
