@@ -498,7 +498,13 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, log: bool,
                 fx.b.def_var(sum, s);
             });
             let sum_v = fx.b.use_var(sum);
-            let ls = if log { fx.log(F32, sum_v) } else { sum_v };
+            // the log pinned, or Cranelift evaluates it inside the next loop (`Fx::anchor`)
+            let ls = if log {
+                let l = fx.log(F32, sum_v);
+                fx.anchor(F32, l)
+            } else {
+                sum_v
+            };
             fx.for_n(len, &mut |fx, j| {
                 let ya = fx.addr(yb, j, inner * eb);
                 let v = if log {
