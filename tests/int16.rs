@@ -335,3 +335,67 @@ fn int16_convolution_at_the_extremes_is_bit_exact() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `<prefix>_run_int` at a 16x8 boundary: an int16 input port (the first layer is 16x8)
+/// next to int8 output ports, on C and native builds, gives the evaluator's integers.
+#[test]
+fn the_integer_entry_point_takes_int16_ports() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for c in cases() {
+        let Some(int) = kiln_backends::header::int_boundary(&c.int16) else {
+            continue;
+        };
+        if !int.inputs.iter().chain(&int.outputs).any(|q| q.scalar == Scalar::I16) {
+            continue;
+        }
+        for native in [false, true] {
+            let dir = std::env::temp_dir().join(format!("kiln-runint16-{}-{}-{native}", std::process::id(), c.name));
+            let res = (|| -> Result<(), String> {
+                let built = if native {
+                    build_native(&c.int16, "model", &dir)?
+                } else {
+                    build_c(&c.int16, "model", &dir, &[])?
+                };
+                let exe = kiln_tests::build_int_harness(&built, &c.int16, "model", native)?;
+                let inputs = sets(&c).remove(0);
+                let mut seen: std::collections::HashMap<kiln_ir::ValueId, Tensor> = Default::default();
+                kiln_ir::eval::run_observed(&c.int16, &inputs, |v, t| {
+                    seen.insert(v, t.clone());
+                })
+                .map_err(|e| e.to_string())?;
+                let mut args = Vec::new();
+                for (i, q) in int.inputs.iter().enumerate() {
+                    let p = dir.join(format!("qin{i}.bin"));
+                    std::fs::write(&p, seen[&q.value].data.to_le_bytes()).map_err(|e| e.to_string())?;
+                    args.push(p);
+                }
+                let outs: Vec<PathBuf> = (0..int.outputs.len())
+                    .map(|i| dir.join(format!("qout{i}.bin")))
+                    .collect();
+                args.extend(outs.iter().cloned());
+                let st = std::process::Command::new(&exe)
+                    .args(&args)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !st.status.success() {
+                    return Err(format!("run_int failed: {}", st.status));
+                }
+                for (q, p) in int.outputs.iter().zip(&outs) {
+                    if std::fs::read(p).map_err(|e| e.to_string())? != seen[&q.value].data.to_le_bytes() {
+                        return Err("integer outputs differ from the evaluator".into());
+                    }
+                }
+                Ok(())
+            })();
+            let _ = std::fs::remove_dir_all(&dir);
+            match res {
+                Ok(()) => checked += 1,
+                Err(e) => failures.push(format!("{} ({}): {e}", c.name, if native { "native" } else { "C" })),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked > 0, "no model has an int16 port");
+    println!("{checked} builds with int16 ports match through run_int");
+}

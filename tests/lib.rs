@@ -440,20 +440,25 @@ pub fn expose_integers(g: &kiln_ir::Graph) -> kiln_ir::Graph {
 pub fn build_int_harness(built: &NativeExe, g: &kiln_ir::Graph, prefix: &str, native: bool) -> Result<PathBuf, String> {
     let up = prefix.to_ascii_uppercase();
     let (ni, no) = (g.inputs().len(), g.outputs().len());
+    let int = kiln_backends::header::int_boundary(g).ok_or("the graph has no integer boundary")?;
+    let ty = |q: &kiln_backends::header::QPort| kiln_backends::header::c_type(q.scalar);
     let mut c = format!("#include \"{prefix}.h\"\n#include <stdio.h>\n#include <stdlib.h>\n");
     c.push_str("static void io(const char *p, void *b, size_t n, int w) {\n  FILE *f = fopen(p, w ? \"wb\" : \"rb\");\n  if (!f || (w ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n) { fprintf(stderr, \"io %s\\n\", p); exit(2); }\n  fclose(f);\n}\n");
-    for i in 0..ni {
-        c.push_str(&format!("static int8_t in{i}[{up}_INPUT{i}_COUNT + 1];\n"));
+    for (i, q) in int.inputs.iter().enumerate() {
+        c.push_str(&format!("static {} in{i}[{up}_INPUT{i}_COUNT + 1];\n", ty(q)));
     }
-    for i in 0..no {
-        c.push_str(&format!("static int8_t out{i}[{up}_OUTPUT{i}_COUNT + 1];\n"));
+    for (i, q) in int.outputs.iter().enumerate() {
+        c.push_str(&format!("static {} out{i}[{up}_OUTPUT{i}_COUNT + 1];\n", ty(q)));
     }
     c.push_str(&format!(
         "static _Alignas(16) unsigned char arena[{up}_ARENA_SIZE + 16];\nint main(int argc, char **argv) {{\n  if (argc != {}) return 3;\n",
         1 + ni + no
     ));
     for i in 0..ni {
-        c.push_str(&format!("  io(argv[{}], in{i}, {up}_INPUT{i}_COUNT, 0);\n", 1 + i));
+        c.push_str(&format!(
+            "  io(argv[{}], in{i}, sizeof in{i}[0] * {up}_INPUT{i}_COUNT, 0);\n",
+            1 + i
+        ));
     }
     let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}")).collect();
     args.extend((0..no).map(|i| format!("out{i}")));
@@ -461,7 +466,7 @@ pub fn build_int_harness(built: &NativeExe, g: &kiln_ir::Graph, prefix: &str, na
     c.push_str(&format!("  if ({prefix}_run_int({})) return 10;\n", args.join(", ")));
     for i in 0..no {
         c.push_str(&format!(
-            "  io(argv[{}], out{i}, {up}_OUTPUT{i}_COUNT, 1);\n",
+            "  io(argv[{}], out{i}, sizeof out{i}[0] * {up}_OUTPUT{i}_COUNT, 1);\n",
             1 + ni + i
         ));
     }

@@ -19,6 +19,8 @@ pub struct Port {
 pub struct QPort {
     pub node: NodeId,
     pub value: ValueId,
+    /// The buffer's element type: int8, or int16 at a 16x8 layer.
+    pub scalar: Scalar,
     pub scale: f32,
     pub zero_point: i32,
 }
@@ -37,7 +39,7 @@ pub fn int_boundary(g: &Graph) -> Option<IntApi> {
         let cons = g.consumers(v);
         let [n] = cons.as_slice() else { return None };
         let Op::Quantize {
-            to: Scalar::I8,
+            to: to @ (Scalar::I8 | Scalar::I16),
             scale,
             zero_point,
         } = g.node(*n).op
@@ -50,6 +52,7 @@ pub fn int_boundary(g: &Graph) -> Option<IntApi> {
         inputs.push(QPort {
             node: *n,
             value: g.node(*n).outputs[0],
+            scalar: to,
             scale,
             zero_point,
         });
@@ -63,13 +66,14 @@ pub fn int_boundary(g: &Graph) -> Option<IntApi> {
         let q = g.node(n).inputs[0];
         if !g.consumers(v).is_empty()
             || g.outputs().iter().filter(|&&o| o == v).count() > 1
-            || g.value(q).ty.dtype.scalar != Scalar::I8
+            || !matches!(g.value(q).ty.dtype.scalar, Scalar::I8 | Scalar::I16)
         {
             return None;
         }
         outputs.push(QPort {
             node: n,
             value: q,
+            scalar: g.value(q).ty.dtype.scalar,
             scale,
             zero_point,
         });
@@ -219,17 +223,23 @@ pub fn c_header(api: &Api) -> String {
         "   uses `arena` for everything else. Returns 0 on success. Buffers must not overlap. */"
     );
     let _ = writeln!(s, "int {}_run({});\n", api.prefix, params.join(", "));
-    if api.int.is_some() {
+    if let Some(int) = &api.int {
         let mut ip: Vec<String> = api
             .inputs
             .iter()
-            .map(|p| format!("const int8_t *{}", p.ident))
+            .zip(&int.inputs)
+            .map(|(p, q)| format!("const {} *{}", c_type(q.scalar), p.ident))
             .collect();
-        ip.extend(api.outputs.iter().map(|p| format!("int8_t *{}", p.ident)));
+        ip.extend(
+            api.outputs
+                .iter()
+                .zip(&int.outputs)
+                .map(|(p, q)| format!("{} *{}", c_type(q.scalar), p.ident)),
+        );
         ip.push("void *arena".into());
         let _ = writeln!(
             s,
-            "/* The same model on int8 buffers: input = round(x / SCALE) + ZERO_POINT, output\n   x = (q - ZERO_POINT) * SCALE, with each port's constants above. */"
+            "/* The same model on integer buffers (int8, int16 at a 16x8 layer): input =\n   round(x / SCALE) + ZERO_POINT, output x = (q - ZERO_POINT) * SCALE, with each port's\n   constants above. */"
         );
         let _ = writeln!(s, "int {}_run_int({});\n", api.prefix, ip.join(", "));
     }
@@ -264,9 +274,13 @@ pub fn rust_bindings(api: &Api) -> String {
             .map(|q| format!("{}: *mut {}", q.ident, rust_type(q.scalar))),
     );
     raw.push("arena: *mut u8".into());
-    let int_decl = if api.int.is_some() {
-        let mut r: Vec<String> = api.inputs.iter().map(|q| format!("{}: *const i8", q.ident)).collect();
-        r.extend(api.outputs.iter().map(|q| format!("{}: *mut i8", q.ident)));
+    let int_decl = if let Some(int) = &api.int {
+        let mut r: Vec<String> = (api.inputs.iter().zip(&int.inputs))
+            .map(|(p, q)| format!("{}: *const {}", p.ident, rust_type(q.scalar)))
+            .collect();
+        r.extend(
+            (api.outputs.iter().zip(&int.outputs)).map(|(p, q)| format!("{}: *mut {}", p.ident, rust_type(q.scalar))),
+        );
         r.push("arena: *mut u8".into());
         format!("\n        fn {p}_run_int({}) -> i32;", r.join(", "))
     } else {
@@ -312,23 +326,20 @@ pub fn rust_bindings(api: &Api) -> String {
     );
     let _ = writeln!(s, "        let rc = unsafe {{ {p}_run({}) }};", call.join(", "));
     let _ = writeln!(s, "        if rc == 0 {{ Ok(()) }} else {{ Err(rc) }}\n    }}");
-    if api.int.is_some() {
-        let mut safe: Vec<String> = api
-            .inputs
-            .iter()
+    if let Some(int) = &api.int {
+        let mut safe: Vec<String> = (api.inputs.iter().zip(&int.inputs))
             .enumerate()
-            .map(|(i, q)| format!("{}: &[i8; INPUT{i}_COUNT]", q.ident))
+            .map(|(i, (p, q))| format!("{}: &[{}; INPUT{i}_COUNT]", p.ident, rust_type(q.scalar)))
             .collect();
         safe.extend(
-            api.outputs
-                .iter()
+            (api.outputs.iter().zip(&int.outputs))
                 .enumerate()
-                .map(|(i, q)| format!("{}: &mut [i8; OUTPUT{i}_COUNT]", q.ident)),
+                .map(|(i, (p, q))| format!("{}: &mut [{}; OUTPUT{i}_COUNT]", p.ident, rust_type(q.scalar))),
         );
         safe.push("arena: &mut Arena".into());
         let _ = writeln!(
             s,
-            "\n    /// Runs the model on int8 buffers (see each port's SCALE and ZERO_POINT)."
+            "\n    /// Runs the model on integer buffers (see each port's SCALE and ZERO_POINT)."
         );
         let _ = writeln!(s, "    pub fn run_int({}) -> Result<(), i32> {{", safe.join(", "));
         let _ = writeln!(s, "        // SAFETY: as for `run`.");

@@ -574,26 +574,18 @@ fn entry(
     let mut params: Vec<String> = Vec::new();
     let mut doc = String::new();
     for (i, q) in api.inputs.iter().enumerate() {
-        let ty = if int.is_some() {
-            "int8_t"
-        } else {
-            header::c_type(q.scalar)
-        };
+        let ty = header::c_type(int.map_or(q.scalar, |ia| ia.inputs[i].scalar));
         params.push(format!("const {ty} *in{i}"));
         let _ = write!(doc, "\n * in{i}: `{}`", q.name.replace("*/", "* /"));
     }
     for (i, q) in api.outputs.iter().enumerate() {
-        let ty = if int.is_some() {
-            "int8_t"
-        } else {
-            header::c_type(q.scalar)
-        };
+        let ty = header::c_type(int.map_or(q.scalar, |ia| ia.outputs[i].scalar));
         params.push(format!("{ty} *out{i}"));
         let _ = write!(doc, "\n * out{i}: `{}`", q.name.replace("*/", "* /"));
     }
     params.push("void *arena".into());
     let (name, what) = match int {
-        Some(_) => (format!("{p}_run_int"), "Entry point on int8 buffers."),
+        Some(_) => (format!("{p}_run_int"), "Entry point on integer buffers."),
         None => (format!("{p}_run"), "Entry point."),
     };
     let _ = writeln!(out, "\n/* {what}{doc} */");

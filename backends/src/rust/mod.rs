@@ -179,26 +179,27 @@ pub(crate) fn f32_lit(x: f32) -> String {
     }
 }
 
-/// Prints `run` (float, or the model's types) or `run_int` (int8 buffers in place of the
+/// Prints `run` (float, or the model's types) or `run_int` (integer buffers in place of the
 /// boundary Quantize/Dequantize nodes, copied at the same point of the schedule).
 fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
     let g = c.g;
     let mut text = String::new();
     let out = &mut text;
     let mut params = Vec::new();
+    let ia = api.int.as_ref().filter(|_| int);
     for (i, q) in api.inputs.iter().enumerate() {
-        let ty = if int { "i8" } else { header::rust_type(q.scalar) };
+        let ty = header::rust_type(ia.map_or(q.scalar, |ia| ia.inputs[i].scalar));
         params.push(format!("in{i}: &[{ty}; INPUT{i}_COUNT]"));
     }
     for (i, q) in api.outputs.iter().enumerate() {
-        let ty = if int { "i8" } else { header::rust_type(q.scalar) };
+        let ty = header::rust_type(ia.map_or(q.scalar, |ia| ia.outputs[i].scalar));
         params.push(format!("out{i}: &mut [{ty}; OUTPUT{i}_COUNT]"));
     }
     params.push("arena: &mut Arena".into());
     let (name, doc) = if int {
         (
             "run_int",
-            "Runs the model on int8 buffers (see each port's SCALE and ZERO_POINT).",
+            "Runs the model on integer buffers (see each port's SCALE and ZERO_POINT).",
         )
     } else {
         ("run", "Runs the model.")
