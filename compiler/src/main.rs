@@ -224,6 +224,12 @@ fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
 
 /// Loads a model and, when asked, quantizes it on the calibration data.
 fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result<kiln::Model> {
+    if !quant.int16.is_empty() && quant.quantize != QuantMode::Int8 {
+        bail!("--int16 selects 16x8 layers of a full-integer build: it needs --quantize int8");
+    }
+    if !quant.keep_float.is_empty() && !matches!(quant.quantize, QuantMode::Int8 | QuantMode::Dynamic) {
+        bail!("--keep-float needs --quantize int8 or --quantize dynamic");
+    }
     let mut m = load(model, shapes, &PipelineOptions::default())?;
     match quant.quantize {
         QuantMode::None => {

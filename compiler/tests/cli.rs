@@ -324,3 +324,87 @@ fn report_and_int8_compile_from_the_command_line() {
     ]);
     assert!(!o.status.success() && text(&o).1.contains("--calibrate"));
 }
+
+#[test]
+fn hybrid_and_16x8_from_the_command_line() {
+    let m = "tests/models/digits_cnn";
+    let dir = tmp("hybrid");
+    let o = kiln(&[
+        "compile",
+        &format!("{m}/model.onnx"),
+        "--quantize",
+        "dynamic",
+        "--emit",
+        "c",
+        "--prefix",
+        "digits",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("int8 weights: 5408 -> 1424 bytes"), "{err}");
+    let c = std::fs::read_to_string(dir.join("digits.c")).unwrap();
+    assert!(
+        c.contains("kiln_dyn_quantize(") && c.contains("kiln_dyn_rescale("),
+        "{c}"
+    );
+    // the report measures a data-free mode on the data it is given
+    let o = kiln(&[
+        "report",
+        &format!("{m}/model.onnx"),
+        "--quantize",
+        "dynamic",
+        "--calibrate",
+        &format!("{m}/calib"),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success() && out.contains("hybrid int8"), "{out}{err}");
+    // 16x8 layers of an int8 build: the header declares int16 at the input port
+    let o = kiln(&[
+        "compile",
+        &format!("{m}/model.onnx"),
+        "--quantize",
+        "int8",
+        "--calibrate",
+        &format!("{m}/calib"),
+        "--int16",
+        "all",
+        "--emit",
+        "c",
+        "--prefix",
+        "digits",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let h = std::fs::read_to_string(dir.join("digits.h")).unwrap();
+    assert!(h.contains("int digits_run_int(const int16_t *"), "{h}");
+    // flags that do not belong to the mode are refused, naming them
+    for (args, flag) in [
+        (vec!["--quantize", "dynamic", "--int16", "all"], "--int16"),
+        (vec!["--keep-float", "Gemm"], "--keep-float"),
+        (
+            vec![
+                "--quantize",
+                "int8",
+                "--calibrate",
+                "tests/models/digits_cnn/calib",
+                "--int16",
+                "Nope",
+            ],
+            "Nope",
+        ),
+    ] {
+        let mut a = vec!["compile", "tests/models/digits_cnn/model.onnx"];
+        a.extend(args);
+        a.extend(["-o", dir.to_str().unwrap()]);
+        let o = kiln(&a);
+        assert!(
+            !o.status.success() && text(&o).1.contains(flag),
+            "{a:?}: {}",
+            text(&o).1
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
