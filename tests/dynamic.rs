@@ -9,7 +9,8 @@
 use kiln::PipelineOptions;
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_tests::{
-    NativeExe, build_c, build_native, build_rust, case_import_options, compare, islands, model_dirs, ref_input_sets,
+    NativeExe, bit_exact_on_every_backend, build_c, build_native, build_rust, case_import_options, compare, islands,
+    model_dirs, ref_input_sets,
 };
 use std::path::PathBuf;
 
@@ -323,26 +324,7 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
     // the rule itself: NaN rows quantize to the zero point (all-NaN: scale 1, zero point 0)
     assert!(want[0].to_f32_vec()[18..21].iter().all(|v| v.is_finite()));
     let dir = std::env::temp_dir().join(format!("kiln-dynamic-edge-{}", std::process::id()));
-    let rust = build_rust(&[("edge", &g)], &dir.join("rust"), false).unwrap();
-    let builds = [
-        ("C", build_c(&g, "model", &dir.join("c"), &[])),
-        ("native", build_native(&g, "model", &dir.join("n"))),
-        (
-            "Rust",
-            Ok(NativeExe {
-                exe: rust[0].exe.clone(),
-                dir: rust[0].dir.clone(),
-                runner: None,
-            }),
-        ),
-    ];
-    let mut failures = Vec::new();
-    for (label, exe) in builds {
-        if let Err(e) = exe.and_then(|e| against_evaluator(&e, &g, &sets, &bit_exact)) {
-            failures.push(format!("{label}: {e}"));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let failures = bit_exact_on_every_backend(&g, &sets, "edge", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -224,31 +224,7 @@ fn int16_products_at_the_extremes_are_bit_exact() {
         rows * n
     );
     let dir = std::env::temp_dir().join(format!("kiln-int16-edge-{}", std::process::id()));
-    let rust = build_rust(&[("edge16", &g)], &dir.join("rust"), false).unwrap();
-    let mut failures = Vec::new();
-    for (label, exe) in [
-        ("C", build_c(&g, "model", &dir.join("c"), &[])),
-        ("native", build_native(&g, "model", &dir.join("n"))),
-        (
-            "Rust",
-            Ok(NativeExe {
-                exe: rust[0].exe.clone(),
-                dir: rust[0].dir.clone(),
-                runner: None,
-            }),
-        ),
-    ] {
-        match exe.and_then(|e| e.run(&g, &inputs)) {
-            Ok(got) if got[0].data == want[0].data => {}
-            Ok(got) => failures.push(format!(
-                "{label}: {:?} vs {:?}",
-                got[0].to_i64_vec(),
-                want[0].to_i64_vec()
-            )),
-            Err(e) => failures.push(format!("{label}: {e}")),
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let failures = kiln_tests::bit_exact_on_every_backend(&g, &[inputs], "edge16", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -306,33 +282,8 @@ fn int16_convolution_at_the_extremes_is_bit_exact() {
     let (_, y) = g.add_node("cv", op, vec![xv, wv], &[]).unwrap();
     g.add_output(y[0]);
     let inputs = vec![Tensor::from_vec(vec![1, c, len], x)];
-    let want = kiln_ir::eval::run(&g, &inputs).unwrap();
     let dir = std::env::temp_dir().join(format!("kiln-int16-conv-edge-{}", std::process::id()));
-    let rust = build_rust(&[("cedge16", &g)], &dir.join("rust"), false).unwrap();
-    let mut failures = Vec::new();
-    for (label, exe) in [
-        ("C", build_c(&g, "model", &dir.join("c"), &[])),
-        ("native", build_native(&g, "model", &dir.join("n"))),
-        (
-            "Rust",
-            Ok(NativeExe {
-                exe: rust[0].exe.clone(),
-                dir: rust[0].dir.clone(),
-                runner: None,
-            }),
-        ),
-    ] {
-        match exe.and_then(|e| e.run(&g, &inputs)) {
-            Ok(got) if got[0].data == want[0].data => {}
-            Ok(got) => {
-                let (a, b) = (got[0].to_i64_vec(), want[0].to_i64_vec());
-                let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0);
-                failures.push(format!("{label}: element {i}: {} vs {}", a[i], b[i]));
-            }
-            Err(e) => failures.push(format!("{label}: {e}")),
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let failures = kiln_tests::bit_exact_on_every_backend(&g, &[inputs], "cedge16", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

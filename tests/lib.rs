@@ -526,6 +526,52 @@ pub fn islands(g: &kiln_ir::Graph, sets: &[Vec<Tensor>]) -> (kiln_ir::Graph, Vec
     (isl, values)
 }
 
+/// Builds `g` as C, as a native object and as Rust source (crate binary `tag`) under `dir`,
+/// runs each on every input set and returns a line per backend whose outputs are not the
+/// evaluator's bytes (empty when all three match exactly). `dir` is removed afterwards.
+pub fn bit_exact_on_every_backend(
+    g: &kiln_ir::Graph,
+    sets: &[Vec<Tensor>],
+    tag: &str,
+    dir: &std::path::Path,
+) -> Vec<String> {
+    let rust = build_rust(&[(tag, g)], &dir.join("rust"), false).map(|mut v| v.remove(0));
+    let builds = [
+        ("C", build_c(g, "model", &dir.join("c"), &[])),
+        ("native", build_native(g, "model", &dir.join("n"))),
+        ("Rust", rust),
+    ];
+    let mut failures = Vec::new();
+    for (label, exe) in builds {
+        let res = exe.and_then(|exe| {
+            for (k, inputs) in sets.iter().enumerate() {
+                let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
+                for (i, (got, w)) in exe.run(g, inputs)?.iter().zip(&want).enumerate() {
+                    if got.data.to_le_bytes() != w.data.to_le_bytes() {
+                        let (a, b) = (got.to_f64_vec(), w.to_f64_vec());
+                        let e = a
+                            .iter()
+                            .zip(&b)
+                            .position(|(x, y)| x.to_bits() != y.to_bits())
+                            .unwrap_or(0);
+                        return Err(format!(
+                            "set {k}, output {i}, element {e}: {} vs {}",
+                            a.get(e).copied().unwrap_or(f64::NAN),
+                            b.get(e).copied().unwrap_or(f64::NAN)
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            failures.push(format!("{label}: {e}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    failures
+}
+
 // ---- Rust source builds: many models in one crate, one cargo build ----
 
 /// Compiles each `(prefix, graph)` to Rust source and builds them all into one binary with

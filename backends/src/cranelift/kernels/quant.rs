@@ -753,6 +753,22 @@ fn dyn_input_bytes(g: &Graph, n: NodeId) -> usize {
     g.value(g.node(n).inputs[0]).ty.numel().div_ceil(16) * 16
 }
 
+/// The kernel taps of `gm` that reach at least one output, with the rows and columns they
+/// reach.
+fn taps(gm: &Geo) -> Vec<Tap> {
+    (0..gm.kh)
+        .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
+        .map(|(kh, kw)| (kh, kw, reached(gm.rows_reached(kh)), reached(gm.cols_reached(kw))))
+        .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
+        .collect()
+}
+
+/// Input element (in the channel plane) that tap (`kh`, `kw`) reads for output (`oy0`, `ox0`).
+fn tap_start(gm: &Geo, kh: usize, kw: usize, oy0: i64, ox0: i64) -> i64 {
+    (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64 + ox0 * gm.sw as i64 + (kw * gm.dw) as i64
+        - gm.pw as i64
+}
+
 /// `Plane::rows_reached`/`cols_reached` as i64 pairs.
 fn reached((lo, hi): (usize, usize)) -> (i64, i64) {
     (lo as i64, hi as i64)
@@ -801,10 +817,7 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Arg
                 if oy1 <= oy0 || ox1 <= ox0 {
                     continue;
                 }
-                let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
-                    + ox0 * gm.sw as i64
-                    + (kw * gm.dw) as i64
-                    - gm.pw as i64;
+                let x_first = tap_start(&gm, kh, kw, oy0, ox0);
                 let src = fx.add_imm(xplane, x_first);
                 let dst = fx.add_imm(row, oy0 * gm.ow as i64 + ox0);
                 fx.for_ptrs(
@@ -1018,11 +1031,7 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: St
     let kk = (gm.kh * gm.kw) as i64;
     let has_bias = node.inputs.len() > 2;
     let acc = a.scratch;
-    let taps: Vec<Tap> = (0..gm.kh)
-        .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
-        .map(|(kh, kw)| (kh, kw, reached(gm.rows_reached(kh)), reached(gm.cols_reached(kw))))
-        .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
-        .collect();
+    let taps = taps(&gm);
     fx.for_n(xs[0] as i64, &mut |fx, b| {
         fx.for_n(m, &mut |fx, oc| {
             let gi = fx.b.ins().sdiv_imm_s(oc, mg);
@@ -1047,10 +1056,7 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: St
                     let zpv = st.zp(fx);
                     let zw = fx.b.ins().imul(w, zpv);
                     // Row `oy`, first valid column: input (oy*sh + kh*dh - ph, ox0*sw + kw*dw - pw).
-                    let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
-                        + ox0 * gm.sw as i64
-                        + (kw * gm.dw) as i64
-                        - gm.pw as i64;
+                    let x_first = tap_start(&gm, kh, kw, oy0, ox0);
                     let xrow0 = fx.add_imm(xplane, x_first);
                     let arow0 = fx.add_imm(acc, (oy0 * gm.ow as i64 + ox0) * 4);
                     let mac = |fx: &mut Fx, p: &[Value]| {
@@ -1148,11 +1154,7 @@ pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group:
     let chunk = (255 / kk).max(1).min(cg);
     let (acc32, acc64) = (a.scratch, fx.add_imm(a.scratch, (ohw * 4 + 7) / 8 * 8));
     let zp = q.input_zp as i64;
-    let taps: Vec<Tap> = (0..gm.kh)
-        .flat_map(|kh| (0..gm.kw).map(move |kw| (kh, kw)))
-        .map(|(kh, kw)| (kh, kw, reached(gm.rows_reached(kh)), reached(gm.cols_reached(kw))))
-        .filter(|t| t.2.1 > t.2.0 && t.3.1 > t.3.0)
-        .collect();
+    let taps = taps(&gm);
     let simd = fx.simd;
     fx.for_n(xs[0] as i64, &mut |fx, b| {
         fx.for_n(m, &mut |fx, oc| {
@@ -1201,10 +1203,7 @@ pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group:
                         }
                         let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
                         let w = load_i8(fx, wa);
-                        let x_first = (oy0 * gm.sh as i64 + (kh * gm.dh) as i64 - gm.ph as i64) * gm.w as i64
-                            + ox0 * gm.sw as i64
-                            + (kw * gm.dw) as i64
-                            - gm.pw as i64;
+                        let x_first = tap_start(&gm, kh, kw, oy0, ox0);
                         let xrow0 = fx.add_imm(xplane, x_first * 2);
                         let arow0 = fx.add_imm(acc32, (oy0 * gm.ow as i64 + ox0) * 4);
                         let mac = |fx: &mut Fx, p: &[Value]| {
