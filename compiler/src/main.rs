@@ -65,6 +65,10 @@ struct QuantArgs {
     /// Reuse (or create) a calibration cache file.
     #[arg(long = "calibration-cache", value_name = "FILE")]
     calibration_cache: Option<PathBuf>,
+    /// With a model that carries its own quantization (QDQ, QOperator): fail instead of
+    /// leaving any part of it in float.
+    #[arg(long = "strict-integer")]
+    strict_integer: bool,
     /// Tail percentile kept by `--calibration-method percentile`.
     #[arg(long, default_value_t = 99.999)]
     percentile: f64,
@@ -230,11 +234,20 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
     if !quant.keep_float.is_empty() && !matches!(quant.quantize, QuantMode::Int8 | QuantMode::Dynamic) {
         bail!("--keep-float needs --quantize int8 or --quantize dynamic");
     }
+    if quant.strict_integer && quant.quantize != QuantMode::Int8 {
+        bail!("--strict-integer applies to integer builds of quantized models: it needs --quantize int8");
+    }
     let mut m = load(model, shapes, &PipelineOptions::default())?;
+    let own = kiln::quantize::qdq::is_quantized(&m.graph);
     match quant.quantize {
         QuantMode::None => {
             if quant.calibrate.is_some() {
                 bail!("--calibrate needs --quantize int8");
+            }
+            if own {
+                eprintln!(
+                    "note: the model carries its own quantization (QuantizeLinear/DequantizeLinear); it is compiled as the float arithmetic those ops define. --quantize int8 gives integer code with the model's parameters"
+                );
             }
         }
         QuantMode::Fp16 => {
@@ -267,28 +280,19 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             );
             m.graph = q.graph;
         }
-        QuantMode::Int8 => {
-            let dir = quant
-                .calibrate
-                .as_ref()
-                .context("--quantize int8 needs calibration data: --calibrate DIR")?;
-            use kiln::quantize::calibrate::Method;
-            if !(50.0..=100.0).contains(&quant.percentile) {
-                bail!("--percentile must be between 50 and 100");
+        QuantMode::Int8 if own => {
+            let opts = quant_options(quant)?;
+            let q = kiln::quantize::qdq::quantize_model(&m.graph, quant.calibrate.as_deref(), &opts)?;
+            for n in &q.notes {
+                eprintln!("note: {n}");
             }
-            let opts = kiln::quantize::QuantOptions {
-                keep_float: quant.keep_float.clone(),
-                method: match quant.method {
-                    MethodArg::Auto => None,
-                    MethodArg::Minmax => Some(Method::MinMax),
-                    MethodArg::Percentile => Some(Method::Percentile(quant.percentile)),
-                    MethodArg::Entropy => Some(Method::Entropy),
-                    MethodArg::Mse => Some(Method::Mse),
-                },
-                cache: quant.calibration_cache.clone(),
-                per_tensor_weights: quant.per_tensor_weights,
-                int16: quant.int16.clone(),
-            };
+            m.graph = q.graph;
+        }
+        QuantMode::Int8 => {
+            let dir = quant.calibrate.as_ref().context(
+                "--quantize int8 needs calibration data: --calibrate DIR (or a model quantized by its authors)",
+            )?;
+            let opts = quant_options(quant)?;
             let start = std::time::Instant::now();
             let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {
                 if start.elapsed().as_secs() >= 2 && (done % 10 == 0 || done == total) {
@@ -306,6 +310,28 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
         }
     }
     Ok(m)
+}
+
+/// The full-integer options the command line gives.
+fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
+    use kiln::quantize::calibrate::Method;
+    if !(50.0..=100.0).contains(&quant.percentile) {
+        bail!("--percentile must be between 50 and 100");
+    }
+    Ok(kiln::quantize::QuantOptions {
+        keep_float: quant.keep_float.clone(),
+        method: match quant.method {
+            MethodArg::Auto => None,
+            MethodArg::Minmax => Some(Method::MinMax),
+            MethodArg::Percentile => Some(Method::Percentile(quant.percentile)),
+            MethodArg::Entropy => Some(Method::Entropy),
+            MethodArg::Mse => Some(Method::Mse),
+        },
+        cache: quant.calibration_cache.clone(),
+        per_tensor_weights: quant.per_tensor_weights,
+        int16: quant.int16.clone(),
+        strict_integer: quant.strict_integer,
+    })
 }
 
 fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions) -> Result<kiln::Model> {

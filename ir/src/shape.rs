@@ -178,6 +178,27 @@ fn check_requant(op: &Op, q: &QLinear, channels: usize, out: Scalar) -> Result<(
     Ok(())
 }
 
+/// The element type of a layout op's output: per-axis parameters follow their axis to
+/// where `moved` puts it, and are dropped when the axis does not survive.
+fn moved_quant(x: &TensorType, shape: &[usize], moved: impl Fn(usize) -> Option<usize>) -> DType {
+    let mut d = x.dtype.clone();
+    if let Some(QParams::PerAxis {
+        axis,
+        scales,
+        zero_points,
+    }) = &x.dtype.quant
+    {
+        d.quant = moved(*axis)
+            .filter(|&a| shape.get(a) == Some(&scales.len()))
+            .map(|a| QParams::PerAxis {
+                axis: a,
+                scales: scales.clone(),
+                zero_points: zero_points.clone(),
+            });
+    }
+    d
+}
+
 fn plain(s: Scalar, shape: Vec<usize>) -> TensorType {
     TensorType::new(DType::plain(s), shape)
 }
@@ -535,7 +556,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if shape.iter().product::<usize>() != x().numel() {
                 return err(op, format!("cannot reshape {} to {shape:?}", x()));
             }
-            Ok(vec![TensorType::new(x().dtype.clone(), shape.clone())])
+            Ok(vec![TensorType::new(
+                moved_quant(x(), shape, |a| {
+                    // the axis survives where the dims before it multiply to the same count
+                    let before: usize = x().shape[..a].iter().product();
+                    (0..shape.len())
+                        .find(|&j| shape[..j].iter().product::<usize>() == before && shape[j] == x().shape[a])
+                }),
+                shape.clone(),
+            )])
         }
         Transpose { perm } => {
             arity(op, inputs, 1, 1)?;
@@ -547,9 +576,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             {
                 return err(op, format!("perm {perm:?} is not a permutation of {}", x()));
             }
+            let shape: Vec<usize> = perm.iter().map(|&p| x().shape[p]).collect();
             Ok(vec![TensorType::new(
-                x().dtype.clone(),
-                perm.iter().map(|&p| x().shape[p]).collect(),
+                moved_quant(x(), &shape, |a| perm.iter().position(|&p| p == a)),
+                shape,
             )])
         }
         Concat { axis } => {

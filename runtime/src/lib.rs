@@ -1,14 +1,16 @@
 //! Integer arithmetic shared, bit for bit, by the reference evaluator and generated code.
 //! `no_std` and allocation-free so the same functions can be linked into firmware.
 //!
-//! The contract is TFLite's reference fixed-point arithmetic (also what TFLite Micro and
-//! CMSIS-NN reproduce), so a model quantized by Kiln, or imported from TFLite, gives the same
-//! bytes on a device as under those runtimes:
+//! The contract is TFLite's fixed-point arithmetic in its single-rounding form (the
+//! `TFLITE_SINGLE_ROUNDING` build of TFLite and CMSIS-NN):
 //! - a real rescale factor `m` becomes a 31-bit multiplier and a power-of-two shift
 //!   ([`quantize_multiplier`]);
-//! - an int32 accumulator is rescaled by a saturating rounding doubling high multiply followed
-//!   by a rounding (half away from zero) arithmetic right shift ([`multiply_by_quantized_multiplier`]);
-//! - float to integer uses round half away from zero ([`quantize`]).
+//! - an int32 accumulator is rescaled by one 64-bit product and one rounding shift
+//!   ([`multiply_by_quantized_multiplier`]), so the result is the exactly rounded real
+//!   product up to the multiplier's 31 bits. The two-step form (rounding high multiply, then
+//!   rounding shift) is off by one whenever the exact value lies within ~2^-10 of a half,
+//!   which made imported ONNX models disagree with ONNX Runtime in about 0.2% of outputs;
+//! - float to integer rounds half to even, as ONNX `QuantizeLinear` ([`quantize`]).
 //!
 //! Every backend prints these same steps; `tests` below and the property tests in
 //! `tests/requant.rs` pin them down.
@@ -70,39 +72,14 @@ pub fn quantize_multiplier(real: f64) -> Option<Requant> {
     })
 }
 
-/// `round(a * b / 2^31)`, rounding half away from zero, saturating the one overflow case
-/// (gemmlowp's `SaturatingRoundingDoublingHighMul`).
-#[inline]
-pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
-    if a == i32::MIN && b == i32::MIN {
-        return i32::MAX;
-    }
-    let ab = a as i64 * b as i64;
-    let nudge = if ab >= 0 { 1i64 << 30 } else { 1 - (1i64 << 30) };
-    ((ab + nudge) / (1i64 << 31)) as i32
-}
-
-/// `x / 2^exponent` rounded half away from zero (gemmlowp's `RoundingDivideByPOT`),
-/// `exponent` in `0..=31`.
-#[inline]
-pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
-    let mask = ((1i64 << exponent) - 1) as i32;
-    let remainder = x & mask;
-    let threshold = (mask >> 1) + (x < 0) as i32;
-    (x >> exponent) + (remainder > threshold) as i32
-}
-
-/// Rescales an accumulator: `x * multiplier * 2^(shift - 31)`, rounded as TFLite's
-/// reference `MultiplyByQuantizedMultiplier` (a left shift for positive `shift` wraps like
-/// the int32 arithmetic of the C and native backends).
+/// Rescales an accumulator: `x * multiplier * 2^(shift - 31)` in one step, the 64-bit
+/// product shifted right by `31 - shift` rounding half up, saturated to i32. `shift` lies in
+/// `-31..=30` ([`quantize_multiplier`]), so the shift is 1..=62 and nothing overflows.
 #[inline]
 pub fn multiply_by_quantized_multiplier(x: i32, r: Requant) -> i32 {
-    let left = if r.shift > 0 { r.shift } else { 0 };
-    let right = if r.shift > 0 { 0 } else { -r.shift };
-    rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), r.multiplier),
-        right,
-    )
+    let total = 31 - r.shift;
+    let p = (x as i64 * r.multiplier as i64 + (1i64 << (total - 1))) >> total;
+    p.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
 /// The 64-bit rescale of 16x8 kernels (int16 activations, int8 weights, int64 sums), as
@@ -120,18 +97,20 @@ pub fn multiply_by_quantized_multiplier_wide(x: i64, r: Requant) -> i64 {
     x.wrapping_mul(m16).wrapping_add(1i64 << (total - 1)) >> total
 }
 
-/// Rounds half away from zero to an integer, saturating to ±2^30 (NaN gives 0).
+/// Rounds half to even to an integer, saturating to ±1e9 (NaN gives 0): the rounding of
+/// ONNX `QuantizeLinear` and ONNX Runtime. Integer steps only, so no libm and no rounding
+/// mode are involved on any target.
 #[inline]
-pub fn round_away(y: f32) -> i32 {
+pub fn round_even(y: f32) -> i32 {
     if y.is_nan() {
         return 0;
     }
     let y = y.clamp(-1.0e9, 1.0e9);
     let t = y as i32;
     let f = y - t as f32;
-    if f >= 0.5 {
+    if f > 0.5 || (f == 0.5 && t & 1 != 0) {
         t + 1
-    } else if f <= -0.5 {
+    } else if f < -0.5 || (f == -0.5 && t & 1 != 0) {
         t - 1
     } else {
         t
@@ -139,10 +118,11 @@ pub fn round_away(y: f32) -> i32 {
 }
 
 /// Float to integer: `clamp(round(x / scale) + zero_point, lo, hi)`, division in f32 and
-/// rounding half away from zero (TFLite's `AffineQuantize`).
+/// rounding half to even (ONNX `QuantizeLinear`, so imported QDQ models quantize their
+/// inputs exactly as ONNX Runtime does).
 #[inline]
 pub fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
-    let q = round_away(x / scale).saturating_add(zero_point);
+    let q = round_even(x / scale).saturating_add(zero_point);
     if q < lo {
         lo
     } else if q > hi {
@@ -155,7 +135,8 @@ pub fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
 /// Dynamic-range quantization parameters for a run of activations (the rule of hybrid
 /// int8 mode, where activations are quantized at run time): the observed range widened to
 /// include 0 and mapped onto int8, `scale = (max - min) / 255` and `zero_point =
-/// round_away(-128 - min / scale)` clamped to int8, all in f32 so every backend agrees.
+/// round_even(-128 - min / scale)` clamped to int8, all in f32 so every backend agrees
+/// (ONNX `DynamicQuantizeLinear`'s rule, shifted from uint8 to int8).
 /// NaNs are ignored; an empty, all-zero or non-finite range gives `(1.0, 0)`.
 pub fn dynamic_qparams(values: &[f32]) -> (f32, i32) {
     let (mut lo, mut hi) = (0.0f32, 0.0f32);
@@ -171,7 +152,7 @@ pub fn dynamic_qparams(values: &[f32]) -> (f32, i32) {
     if !(scale > 0.0 && scale.is_finite()) {
         return (1.0, 0);
     }
-    let zp = round_away(-128.0 - lo / scale).clamp(-128, 127);
+    let zp = round_even(-128.0 - lo / scale).clamp(-128, 127);
     (scale, zp)
 }
 
@@ -198,14 +179,17 @@ pub fn dequantize(q: i32, scale: f32, zero_point: i32) -> f32 {
     (q - zero_point) as f32 * scale
 }
 
-/// Rounded integer division of a pooling sum by the element count, half away from zero
-/// (TFLite's reference integer AveragePool).
+/// Rounded integer division of a pooling sum by the element count (positive), half to
+/// even: the exact average rounded as ONNX Runtime's integer pooling does (a global average
+/// over an even count meets exact halves often).
 #[inline]
 pub fn rounded_average(sum: i32, count: i32) -> i32 {
-    if sum > 0 {
-        (sum + count / 2) / count
+    let (q, r) = (sum / count, sum % count);
+    let r2 = 2 * r.abs();
+    if r2 > count || (r2 == count && q & 1 != 0) {
+        q + if sum < 0 { -1 } else { 1 }
     } else {
-        (sum - count / 2) / count
+        q
     }
 }
 
@@ -310,15 +294,44 @@ mod tests {
         assert_eq!(quantize_multiplier(1.0).unwrap().shift, 1);
         assert_eq!(quantize_multiplier(0.0).unwrap().multiplier, 0);
         assert_eq!(quantize_multiplier(-1.0), None);
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
-        assert_eq!(rounding_divide_by_pot(5, 1), 3);
-        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
-        assert_eq!(rounding_divide_by_pot(-4, 1), -2);
-        assert_eq!(round_away(2.5), 3);
-        assert_eq!(round_away(-2.5), -3);
-        assert_eq!(round_away(f32::NAN), 0);
+        // 0.5 = 2^30 * 2^(0 - 31): halves round up
+        let half = quantize_multiplier(0.5).unwrap();
+        assert_eq!(multiply_by_quantized_multiplier(5, half), 3);
+        assert_eq!(multiply_by_quantized_multiplier(-5, half), -2);
+        assert_eq!(multiply_by_quantized_multiplier(-4, half), -2);
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MAX, quantize_multiplier(4.0).unwrap()),
+            i32::MAX
+        );
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MIN, quantize_multiplier(4.0).unwrap()),
+            i32::MIN
+        );
+        for (y, r) in [
+            (2.5, 2),
+            (3.5, 4),
+            (-2.5, -2),
+            (-3.5, -4),
+            (0.5, 0),
+            (-0.5, 0),
+            (1.5, 2),
+            (2.4999998, 2),
+            (2.5000002, 3),
+        ] {
+            assert_eq!(round_even(y), r, "{y}");
+        }
+        assert_eq!(round_even(f32::NAN), 0);
+        assert_eq!(round_even(3.0e9), 1_000_000_000);
         assert_eq!(quantize(1000.0, 0.1, 3, -128, 127), 127);
         assert_eq!(rounded_average(-3, 2), -2);
         assert_eq!(rounded_average(3, 2), 2);
+        assert_eq!(rounded_average(5, 2), 2);
+        assert_eq!(rounded_average(-5, 2), -2);
+        assert_eq!(rounded_average(7, 4), 2);
+        assert_eq!(rounded_average(-7, 4), -2);
+        assert_eq!(rounded_average(6, 4), 2);
+        assert_eq!(rounded_average(10, 4), 2);
+        assert_eq!(rounded_average(-10, 4), -2);
+        assert_eq!(rounded_average(0, 3), 0);
     }
 }

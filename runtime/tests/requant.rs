@@ -3,14 +3,6 @@
 use kiln_runtime::*;
 use proptest::prelude::*;
 
-/// `n / 2^k` rounded half away from zero, exactly.
-fn round_div_pow2(n: i128, k: u32) -> i128 {
-    let d = 1i128 << k;
-    let q = n / d;
-    let r = n % d;
-    if 2 * r.abs() >= d { q + n.signum() } else { q }
-}
-
 proptest! {
     #[test]
     fn multiplier_reconstructs_the_real_factor(real in 1e-9f64..1e3) {
@@ -21,24 +13,29 @@ proptest! {
     }
 
     #[test]
-    fn high_mul_is_the_rounded_product(a in any::<i32>(), b in any::<i32>()) {
-        prop_assume!(!(a == i32::MIN && b == i32::MIN));
-        let want = round_div_pow2(a as i128 * b as i128, 31);
-        prop_assert_eq!(saturating_rounding_doubling_high_mul(a, b) as i128, want);
+    fn rescale_is_the_product_rounded_once(x in any::<i32>(), real in 1e-9f64..1e3) {
+        // x * multiplier / 2^(31 - shift) rounded half up, saturated: exactly, in i128
+        let r = quantize_multiplier(real).unwrap();
+        let t = (31 - r.shift) as u32;
+        let want = ((x as i128 * r.multiplier as i128 + (1i128 << (t - 1))) >> t).clamp(i32::MIN as i128, i32::MAX as i128);
+        prop_assert_eq!(multiply_by_quantized_multiplier(x, r) as i128, want);
     }
 
     #[test]
-    fn divide_by_pot_rounds_half_away(x in any::<i32>(), e in 0i32..31) {
-        prop_assert_eq!(rounding_divide_by_pot(x, e) as i128, round_div_pow2(x as i128, e as u32));
-    }
-
-    #[test]
-    fn rescale_is_within_one_step_of_exact(x in -(1i32 << 24)..(1 << 24), real in 1e-6f64..0.999) {
-        // Two roundings (high mul, then shift) land within one step of the exact product.
+    fn rescale_is_within_half_a_step_of_exact(x in -(1i32 << 24)..(1 << 24), real in 1e-6f64..0.999) {
+        // One rounding: within half a step of the exact real product, plus the multiplier's
+        // own 2^-31 relative error.
         let r = quantize_multiplier(real).unwrap();
         let got = multiply_by_quantized_multiplier(x, r) as f64;
-        let exact = x as f64 * r.multiplier as f64 * 2f64.powi(r.shift - 31);
-        prop_assert!((got - exact).abs() <= 1.0, "{got} vs {exact}");
+        let exact = x as f64 * real;
+        prop_assert!((got - exact).abs() <= 0.5 + (x as f64).abs() * real * 2f64.powi(-30), "{got} vs {exact}");
+    }
+
+    #[test]
+    fn round_even_matches_std(y in -1e9f32..1e9) {
+        prop_assert_eq!(round_even(y) as f32, y.round_ties_even());
+        let t = y.trunc();
+        prop_assert_eq!(round_even(t + 0.5) as f32, (t + 0.5).round_ties_even());
     }
 
     #[test]
@@ -46,8 +43,8 @@ proptest! {
         let q = quantize(x, scale, zp, -128, 127);
         prop_assert!((-128..=127).contains(&q));
         let y = x / scale;
-        let r = round_away(y);
-        prop_assert!((r as f32 - y).abs() <= 0.5 || y.abs() > 1e9);
+        let r = round_even(y);
+        prop_assert_eq!(r as f32, y.round_ties_even());
         if (r + zp) >= -128 && (r + zp) <= 127 {
             prop_assert_eq!(q, r + zp);
         }
@@ -70,23 +67,22 @@ proptest! {
     }
 
     #[test]
-    fn average_rounds_half_away(sum in -100000i32..100000, count in 1i32..1000) {
+    fn average_rounds_half_to_even(sum in -100000i32..100000, count in 1i32..1000) {
         let want = round_div(sum as i64, count as i64);
         prop_assert_eq!(rounded_average(sum, count) as i64, want);
     }
 }
 
+/// `n / d` rounded half to even, from the exact quotient in f64 (exact for these sizes).
 fn round_div(n: i64, d: i64) -> i64 {
-    let q = n / d;
-    let r = n % d;
-    if 2 * r.abs() >= d { q + n.signum() } else { q }
+    (n as f64 / d as f64).round_ties_even() as i64
 }
 
 #[test]
 fn saturation_extremes() {
-    assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
-    assert_eq!(saturating_rounding_doubling_high_mul(i32::MAX, i32::MAX), i32::MAX - 1);
-    assert_eq!(rounding_divide_by_pot(i32::MIN, 31), -1);
+    let big = quantize_multiplier(1000.0).unwrap();
+    assert_eq!(multiply_by_quantized_multiplier(i32::MAX, big), i32::MAX);
+    assert_eq!(multiply_by_quantized_multiplier(i32::MIN, big), i32::MIN);
     assert_eq!(quantize(f32::INFINITY, 1.0, 0, -128, 127), 127);
     assert_eq!(quantize(f32::NEG_INFINITY, 1.0, 0, -128, 127), -128);
     assert!(quantize_multiplier(f64::NAN).is_none());

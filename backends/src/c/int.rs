@@ -26,21 +26,10 @@ pub const PRELUDE: &str = r#"
 #ifndef kiln_mul8
 #define kiln_mul8(x, w) ((int32_t)(x) * (int32_t)(w))
 #endif
-static inline int32_t kiln_srdhm(int32_t a, int32_t b) {
-    int64_t ab, nudge;
-    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
-}
-static inline int32_t kiln_rdbp(int32_t x, int32_t e) {
-    int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
-    int32_t rem = x & mask, thr = (mask >> 1) + (x < 0 ? 1 : 0);
-    return (x >> e) + (rem > thr ? 1 : 0);
-}
 static inline int32_t kiln_mbqm(int32_t x, int32_t m, int32_t shift) {
-    int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-    return kiln_rdbp(kiln_srdhm((int32_t)((uint32_t)x << left), m), right);
+    int32_t t = 31 - shift;
+    int64_t p = ((int64_t)x * m + ((int64_t)1 << (t - 1))) >> t;
+    return p < INT32_MIN ? INT32_MIN : (p > INT32_MAX ? INT32_MAX : (int32_t)p);
 }
 static inline int32_t kiln_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
@@ -49,7 +38,7 @@ static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
     return (int64_t)((uint64_t)x * (uint64_t)m16 + ((uint64_t)1 << (total - 1))) >> total;
 }
 static inline int32_t kiln_clamp64(int64_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : (int32_t)v); }
-static inline int32_t kiln_round_away(float y) {
+static inline int32_t kiln_round_even(float y) {
     int32_t t;
     float f;
     if (y != y) return 0;
@@ -57,9 +46,15 @@ static inline int32_t kiln_round_away(float y) {
     else if (y < -1.0e9f) y = -1.0e9f;
     t = (int32_t)y;
     f = y - (float)t;
-    return f >= 0.5f ? t + 1 : (f <= -0.5f ? t - 1 : t);
+    if (f > 0.5f || (f == 0.5f && (t & 1))) return t + 1;
+    return f < -0.5f || (f == -0.5f && (t & 1)) ? t - 1 : t;
 }
-static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) { return s > 0 ? (s + n / 2) / n : (s - n / 2) / n; }
+static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) {
+    int32_t q = s / n, r = s % n;
+    int32_t r2 = 2 * (r < 0 ? -r : r);
+    if (r2 > n || (r2 == n && (q & 1))) q += s < 0 ? -1 : 1;
+    return q;
+}
 static inline void kiln_dyn_quantize(const float *x, int8_t *q, int32_t n, float *scale, int32_t *zp) {
     float lo = 0.0f, hi = 0.0f, s;
     int32_t i, z = 0;
@@ -68,9 +63,9 @@ static inline void kiln_dyn_quantize(const float *x, int8_t *q, int32_t n, float
         if (x[i] > hi) hi = x[i];
     }
     s = (hi - lo) / 255.0f;
-    if (s > 0.0f && s - s == 0.0f) z = kiln_clamp(kiln_round_away(-128.0f - lo / s), -128, 127);
+    if (s > 0.0f && s - s == 0.0f) z = kiln_clamp(kiln_round_even(-128.0f - lo / s), -128, 127);
     else s = 1.0f;
-    for (i = 0; i < n; ++i) q[i] = (int8_t)kiln_clamp(kiln_round_away(x[i] / s) + z, -128, 127);
+    for (i = 0; i < n; ++i) q[i] = (int8_t)kiln_clamp(kiln_round_even(x[i] / s) + z, -128, 127);
     *scale = s;
     *zp = z;
 }
@@ -84,8 +79,11 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
     let i8_in = g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8;
     let int_in = i8_in || g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16;
     Some(match &node.op {
-        Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::I16),
-        Op::Dequantize { .. } => i8_in || g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16,
+        Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16),
+        Op::Dequantize { .. } => matches!(
+            g.value(node.inputs[0]).ty.dtype.scalar,
+            Scalar::I8 | Scalar::U8 | Scalar::I16
+        ),
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
@@ -212,14 +210,14 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
     let total: usize = o0.iter().product();
     match &node.op {
         Op::Quantize { scale, zero_point, to } => {
-            let (t, lo, hi) = if *to == Scalar::I16 {
-                ("int16_t", -32768, 32767)
-            } else {
-                ("int8_t", -128, 127)
+            let (t, lo, hi) = match to {
+                Scalar::I16 => ("int16_t", -32768, 32767),
+                Scalar::U8 => ("uint8_t", 0, 255),
+                _ => ("int8_t", -128, 127),
             };
             let _ = writeln!(
                 out,
-                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_round_away(x0[i] / {}) + {zero_point}, {lo}, {hi});",
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_round_even(x0[i] / {}) + {zero_point}, {lo}, {hi});",
                 f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
             );
         }

@@ -565,6 +565,12 @@ impl Ctx {
         Ok(outs[0])
     }
 
+    /// Adds a helper node with one output named `name` (for lowerings).
+    pub fn add_aux_named(&mut self, name: &str, op: Op, inputs: Vec<ValueId>) -> Result<ValueId, ImportError> {
+        let outs = self.add_named(name, op, inputs, &[name])?;
+        Ok(outs[0])
+    }
+
     fn add_named(
         &mut self,
         name: &str,

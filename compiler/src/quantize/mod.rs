@@ -7,6 +7,7 @@ mod cache;
 pub mod calibrate;
 pub mod dynamic;
 pub mod fp16;
+pub mod qdq;
 pub mod quantize_static;
 pub mod report;
 
@@ -30,6 +31,8 @@ pub enum QuantError {
     Internal(String),
     #[error("--keep-float/--int16 `{0}`: no node has this name or op type")]
     NoSuchNode(String),
+    #[error("--strict-integer: parts of the model cannot be integer:\n  {0}")]
+    NotInteger(String),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,6 +50,8 @@ pub struct QuantOptions {
     /// Node names or op types (case-insensitive; `all` for every one) whose products run
     /// 16x8: int16 activations (symmetric), int8 weights, int64 sums.
     pub int16: Vec<String>,
+    /// Refuse to leave any part of a model that carries its own quantization in float.
+    pub strict_integer: bool,
 }
 
 /// The result of quantizing a model.
@@ -55,8 +60,9 @@ pub struct Quantized {
     /// Nodes left in float, and why.
     pub notes: Vec<String>,
     pub samples: usize,
-    /// The calibration method used (the one `auto` chose, if it chose).
-    pub method: calibrate::Method,
+    /// The calibration method used (the one `auto` chose, if it chose); `None` when the
+    /// model's own parameters were used.
+    pub method: Option<calibrate::Method>,
 }
 
 /// Calibrates `g` on the data in `dir` and returns the integer graph.
@@ -95,7 +101,7 @@ pub fn quantize_int8(
         graph: q.graph,
         notes,
         samples: ranges.samples,
-        method,
+        method: Some(method),
     })
 }
 

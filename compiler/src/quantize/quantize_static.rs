@@ -20,6 +20,9 @@ use kiln_runtime as rt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The words every note about a node left in float carries (`--strict-integer` looks for them).
+pub const STAYS_FLOAT: &str = "stays float";
+
 /// Scale, zero point and width (8 or 16 bits) of a per-tensor integer value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Q {
@@ -29,6 +32,10 @@ pub struct Q {
 }
 
 impl Q {
+    pub fn new(scale: f32, zp: i32, bits: u8) -> Q {
+        Q { scale, zp, bits }
+    }
+
     fn int8(scale: f32, zp: i32) -> Q {
         Q { scale, zp, bits: 8 }
     }
@@ -83,6 +90,8 @@ pub fn activation_params16(lo: f32, hi: f32) -> Q {
 struct Rewriter<'a> {
     src: &'a Graph,
     ranges: &'a Ranges,
+    /// Parameters fixed by the model itself (QDQ pairs), which take precedence over ranges.
+    pins: &'a HashMap<ValueId, Q>,
     opts: &'a QuantOptions,
     dst: Graph,
     float: HashMap<ValueId, ValueId>,
@@ -114,10 +123,22 @@ pub fn check_keep_float(src: &Graph, opts: &QuantOptions) -> Result<(), QuantErr
 }
 
 pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    run_pinned(src, ranges, &HashMap::new(), opts)
+}
+
+/// [`run`] with some values' parameters fixed in advance (a model's own QDQ parameters).
+/// A node whose values have neither a pin nor a range then stays float, with a note.
+pub fn run_pinned(
+    src: &Graph,
+    ranges: &Ranges,
+    pins: &HashMap<ValueId, Q>,
+    opts: &QuantOptions,
+) -> Result<Quantized, QuantError> {
     check_keep_float(src, opts)?;
     let mut r = Rewriter {
         src,
         ranges,
+        pins,
         opts,
         dst: Graph::new(src.name.clone()),
         float: HashMap::new(),
@@ -144,7 +165,7 @@ pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantize
         });
         if !cons.is_empty()
             && feeds_int
-            && ranges.by_value.contains_key(&v)
+            && (ranges.by_value.contains_key(&v) || pins.contains_key(&v))
             && src.value(v).ty.dtype.scalar == Scalar::F32
         {
             r.int_of(v)?;
@@ -155,6 +176,8 @@ pub fn run(src: &Graph, ranges: &Ranges, opts: &QuantOptions) -> Result<Quantize
     }
     let outs: Vec<ValueId> = src.outputs().iter().map(|&v| r.float_of(v)).collect::<Result<_, _>>()?;
     r.dst.set_outputs(outs);
+    // a node that stayed float after trying integer inputs leaves unused Quantize nodes
+    crate::passes::eliminate_dead_nodes::run(&mut r.dst).map_err(QuantError::Ir)?;
     kiln_ir::verify::verify(&r.dst).map_err(QuantError::Ir)?;
     Ok(Quantized {
         graph: r.dst,
@@ -240,12 +263,17 @@ impl Rewriter<'_> {
             qt.quant = p.dtype().quant;
             (self.dst.add_const(&self.dst.fresh_name(&format!("{name}:q")), qt), p)
         } else {
-            let &(lo, hi) = self
-                .ranges
-                .by_value
-                .get(&v)
-                .ok_or_else(|| QuantError::NoRange(name.clone()))?;
-            let p = params(lo, hi);
+            let p = match self.pins.get(&v) {
+                Some(&p) if p.bits == bits => p,
+                _ => {
+                    let &(lo, hi) = self
+                        .ranges
+                        .by_value
+                        .get(&v)
+                        .ok_or_else(|| QuantError::NoRange(name.clone()))?;
+                    params(lo, hi)
+                }
+            };
             let f = self.float_of(v)?;
             let ty = TensorType::new(p.dtype(), self.src.value(v).ty.shape.clone());
             let suffix = if self.int.contains_key(&v) {
@@ -284,6 +312,11 @@ impl Rewriter<'_> {
     }
 
     fn out_params_bits(&self, v: ValueId, bits: u8) -> Result<Q, QuantError> {
+        if let Some(&p) = self.pins.get(&v)
+            && p.bits == bits
+        {
+            return Ok(p);
+        }
         let &(lo, hi) = self
             .ranges
             .by_value
@@ -296,9 +329,13 @@ impl Rewriter<'_> {
         })
     }
 
-    /// The activation width of node `n`'s products: 16 when `--int16` names it.
+    /// The activation width of node `n`'s products: the model's when it fixes the output's
+    /// parameters, else 16 when `--int16` names it.
     fn width(&self, n: NodeId) -> u8 {
         let node = self.src.node(n);
+        if let Some(p) = node.outputs.first().and_then(|o| self.pins.get(o)) {
+            return p.bits;
+        }
         let hit = self
             .opts
             .int16
@@ -319,8 +356,11 @@ impl Rewriter<'_> {
     fn keep_float(&mut self, n: NodeId, why: &str) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
         if !why.is_empty() {
-            self.notes
-                .push(format!("node `{}` ({}) stays float: {why}", node.name, node.op.name()));
+            self.notes.push(format!(
+                "node `{}` ({}) {STAYS_FLOAT}: {why}",
+                node.name,
+                node.op.name()
+            ));
         }
         let ins: Vec<ValueId> = node
             .inputs
@@ -340,7 +380,24 @@ impl Rewriter<'_> {
     }
 
     fn node(&mut self, n: NodeId) -> Result<(), QuantError> {
+        match self.node_int(n) {
+            // a model with its own parameters may leave values unquantized on purpose
+            Err(QuantError::NoRange(v)) if !self.pins.is_empty() => {
+                self.keep_float(n, &format!("the model gives no quantization parameters for `{v}`"))
+            }
+            r => r,
+        }
+    }
+
+    fn node_int(&mut self, n: NodeId) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
+        let moves = matches!(
+            node.op,
+            Op::Pool(_) | Op::GlobalPool(_) | Op::Reshape { .. } | Op::Transpose { .. } | Op::Pad { .. }
+        );
+        if !self.pins.is_empty() && !moves && !node.outputs.iter().all(|o| self.pins.contains_key(o)) {
+            return self.keep_float(n, "the model leaves its output in float");
+        }
         if self
             .opts
             .keep_float
@@ -378,10 +435,10 @@ impl Rewriter<'_> {
                 let po = self.out_params_bits(out, bits)?;
                 let m = w.shape[0];
                 let per = w.numel() / m;
-                let (wq, ws) = if self.opts.per_tensor_weights {
-                    per_channel(&w.to_f32_vec(), 1, |_| 0)
-                } else {
-                    per_channel(&w.to_f32_vec(), m, |i| i / per)
+                let (wq, ws) = match model_grid(&w, 0) {
+                    Some(ws) => self.on_grid(&node.name, &w.to_f32_vec(), ws, |i| i / per)?,
+                    None if self.opts.per_tensor_weights => per_channel(&w.to_f32_vec(), 1, |_| 0),
+                    None => per_channel(&w.to_f32_vec(), m, |i| i / per),
                 };
                 let wname = format!("{}:q", self.name(node.inputs[1]));
                 let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
@@ -437,7 +494,8 @@ impl Rewriter<'_> {
                         if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] }
                     })
                     .collect();
-                self.matmul(n, &w, k, nn, c.map(|c| c.to_f32_vec()), act)?;
+                let grid = model_grid(&b, if *trans_b { 0 } else { 1 });
+                self.matmul(n, (&w, k, nn), grid, c.map(|c| c.to_f32_vec()), act)?;
             }
             Op::MatMul => {
                 let Some(b) = cst(1) else {
@@ -446,7 +504,8 @@ impl Rewriter<'_> {
                 if b.shape.len() != 2 || self.src.value(node.inputs[0]).ty.shape.is_empty() {
                     return self.keep_float(n, "its second input is not a constant matrix");
                 }
-                self.matmul(n, &b.to_f32_vec(), b.shape[0], b.shape[1], None, (None, None))?;
+                let grid = model_grid(&b, 1);
+                self.matmul(n, (&b.to_f32_vec(), b.shape[0], b.shape[1]), grid, None, (None, None))?;
             }
             // A binary op with a scalar constant is a function of one int8: a table.
             Op::Binary(_) if self.scalar_const_operand(&node).is_some() => {
@@ -508,9 +567,10 @@ impl Rewriter<'_> {
             }
             Op::Unary(u) => {
                 let (x, px) = self.int_of(node.inputs[0])?;
-                let po = match u {
-                    UnaryOp::Sigmoid => Q::int8(1.0 / 256.0, -128),
-                    UnaryOp::Tanh => Q::int8(1.0 / 128.0, 0),
+                let po = match (u, self.pins.get(&out)) {
+                    (_, Some(&p)) if p.bits == 8 => p,
+                    (UnaryOp::Sigmoid, _) => Q::int8(1.0 / 256.0, -128),
+                    (UnaryOp::Tanh, _) => Q::int8(1.0 / 128.0, 0),
                     _ => self.out_params(out)?,
                 };
                 let op = lut(&node.op, px, po, None)?;
@@ -520,7 +580,31 @@ impl Rewriter<'_> {
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let po = Q::int8(1.0 / 256.0, -128);
                 let exp_table: Arc<[i32]> = rt::softmax_exp_table(px.scale).to_vec().into();
-                self.emit_int(n, Op::QSoftmax { axis: *axis, exp_table }, vec![x], out, po);
+                let op = Op::QSoftmax { axis: *axis, exp_table };
+                match self.pins.get(&out) {
+                    // the model's own output parameters: one table from Kiln's to them
+                    Some(&pin) if pin != po && pin.bits == 8 => {
+                        let ty = TensorType::new(po.dtype(), self.src.value(out).ty.shape.clone());
+                        let name = self.dst.fresh_name(&format!("{}:softmax", self.name(out)));
+                        let t = self.dst.add_node_typed(&node.name, op, vec![x], vec![(name, ty)]).1[0];
+                        let table: Arc<[i8]> = (-128..128)
+                            .map(|i| pin.quantize(rt::dequantize(i, po.scale, po.zp)) as i8)
+                            .collect();
+                        let ty = TensorType::new(pin.dtype(), self.src.value(out).ty.shape.clone());
+                        let name = format!("{}:q", self.name(out));
+                        let r = self
+                            .dst
+                            .add_node_typed(
+                                &format!("{}:requant", node.name),
+                                table_op(table, pin),
+                                vec![t],
+                                vec![(name, ty)],
+                            )
+                            .1[0];
+                        self.int.insert(out, (r, pin));
+                    }
+                    _ => self.emit_int(n, op, vec![x], out, po),
+                }
             }
             Op::Pad { .. } if self.has_int8(node.inputs[0]) => {
                 // Padding with the input's own scale: the fill value becomes one int8 constant.
@@ -595,21 +679,93 @@ impl Rewriter<'_> {
 
     /// Ops that move or select integer values (int8, or the int16 of a 16x8 layer) without
     /// changing their scale.
+    ///
+    /// A model may give the output its own parameters (QOperator pooling): an average then
+    /// becomes a depthwise convolution with unit weights (one exact rescale of the window sum),
+    /// anything else is followed by a 256-entry requantization table (one rounding of exact
+    /// values).
     fn pass_through(&mut self, n: NodeId) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
         let Some(&(x, px)) = self.int.get(&node.inputs[0]) else {
             return self.keep_float(n, "");
         };
-        self.emit_int(n, node.op.clone(), vec![x], node.outputs[0], px);
+        let out = node.outputs[0];
+        let pin = self
+            .pins
+            .get(&out)
+            .copied()
+            .filter(|&p| p != px && p.bits == 8 && px.bits == 8);
+        let Some(po) = pin else {
+            self.emit_int(n, node.op.clone(), vec![x], out, px);
+            return Ok(());
+        };
+        if let Some(window) = self.average_window(&node) {
+            let shape = &self.src.value(node.inputs[0]).ty.shape;
+            let c = shape[1];
+            let count: usize = window.kernel.iter().product();
+            let ws = [1.0 / count as f32];
+            let mut wshape = vec![c, 1];
+            wshape.extend(&window.kernel);
+            let name = format!("{}:ones", node.name);
+            let name = self.dst.fresh_name(&name);
+            let w = self.add_weights(&name, wshape, vec![1; c * count], &ws, 0);
+            let q = self.qlinear(&node.name, px, po, &ws, (None, None))?;
+            self.emit_int(n, Op::QConv { window, group: c, q }, vec![x, w], out, po);
+            return Ok(());
+        }
+        let ty = TensorType::new(px.dtype(), self.src.value(out).ty.shape.clone());
+        let name = self.dst.fresh_name(&format!("{}:moved", self.name(out)));
+        let moved = self
+            .dst
+            .add_node_typed(&node.name, node.op.clone(), vec![x], vec![(name, ty)])
+            .1[0];
+        let table: Arc<[i8]> = (-128..128)
+            .map(|i| po.quantize(rt::dequantize(i, px.scale, px.zp)) as i8)
+            .collect();
+        let ty = TensorType::new(po.dtype(), self.src.value(out).ty.shape.clone());
+        let name = format!("{}:q", self.name(out));
+        let r = self
+            .dst
+            .add_node_typed(
+                &format!("{}:requant", node.name),
+                table_op(table, po),
+                vec![moved],
+                vec![(name, ty)],
+            )
+            .1[0];
+        self.int.insert(out, (r, po));
         Ok(())
     }
 
+    /// The window of an average pooling that every output takes over whole, unpadded
+    /// (global, or padding 0 and no partial windows), as a convolution window.
+    fn average_window(&self, node: &kiln_ir::Node) -> Option<kiln_ir::op::Window> {
+        let shape = &self.src.value(node.inputs[0]).ty.shape;
+        match &node.op {
+            Op::GlobalPool(PoolKind::Avg { .. }) if shape.len() >= 3 => {
+                let r = shape.len() - 2;
+                Some(kiln_ir::op::Window {
+                    kernel: shape[2..].to_vec(),
+                    strides: vec![1; r],
+                    dilations: vec![1; r],
+                    pads: vec![0; 2 * r],
+                })
+            }
+            Op::Pool(p) if matches!(p.kind, PoolKind::Avg { .. }) && p.window.pads.iter().all(|&x| x == 0) => {
+                let whole = (shape[2..].iter().zip(&p.window.kernel).zip(&p.window.strides))
+                    .all(|((&d, &k), &s)| d >= k && (d - k).is_multiple_of(s));
+                (whole && p.window.dilations.iter().all(|&d| d == 1)).then(|| p.window.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Node `n` as an integer product with the `[k, nn]` float matrix `w` (row-major).
     fn matmul(
         &mut self,
         n: NodeId,
-        w: &[f32],
-        k: usize,
-        nn: usize,
+        (w, k, nn): (&[f32], usize, usize),
+        grid: Option<Vec<f32>>,
         bias: Option<Vec<f32>>,
         act: (Option<f32>, Option<f32>),
     ) -> Result<(), QuantError> {
@@ -618,10 +774,10 @@ impl Rewriter<'_> {
         let bits = self.width(n);
         let (x, px) = self.int_bits(node.inputs[0], bits)?;
         let po = self.out_params_bits(out, bits)?;
-        let (wq, ws) = if self.opts.per_tensor_weights {
-            per_channel(w, 1, |_| 0)
-        } else {
-            per_channel(w, nn, |i| i % nn)
+        let (wq, ws) = match grid {
+            Some(ws) => self.on_grid(&node.name, w, ws, |i| i % nn)?,
+            None if self.opts.per_tensor_weights => per_channel(w, 1, |_| 0),
+            None => per_channel(w, nn, |i| i % nn),
         };
         let wname = format!("{}:q", self.name(node.inputs[1]));
         let wv = self.add_weights(&wname, vec![k, nn], wq, &ws, 1);
@@ -632,6 +788,40 @@ impl Rewriter<'_> {
         let q = self.qlinear(&node.name, px, po, &ws, act)?;
         self.emit_int(n, Op::QMatMul { q }, ins, out, po);
         Ok(())
+    }
+
+    /// The model's own int8 weights: `w` divided by its grid's scales (one, or one per
+    /// channel); Kiln's own quantization, with a note, when a value is off the int8 grid.
+    fn on_grid(
+        &mut self,
+        node: &str,
+        w: &[f32],
+        scales: Vec<f32>,
+        channel_of: impl Fn(usize) -> usize,
+    ) -> Result<(Vec<i8>, Vec<f32>), QuantError> {
+        let s = |i: usize| scales[if scales.len() == 1 { 0 } else { channel_of(i) }];
+        let q: Option<Vec<i8>> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let q = (x as f64 / s(i) as f64).round();
+                ((-128.0..=127.0).contains(&q) && q as f32 * s(i) == x).then_some(q as i8)
+            })
+            .collect();
+        match q {
+            Some(q) => Ok((q, scales)),
+            None => {
+                self.notes.push(format!(
+                    "node `{node}`: the model's weights are not on a symmetric int8 grid; Kiln quantized them"
+                ));
+                let channels = if scales.len() == 1 { 1 } else { scales.len() };
+                Ok(per_channel(
+                    w,
+                    channels,
+                    |i| if channels == 1 { 0 } else { channel_of(i) },
+                ))
+            }
+        }
     }
 
     fn add_weights(&mut self, name: &str, shape: Vec<usize>, q: Vec<i8>, scales: &[f32], axis: usize) -> ValueId {
@@ -750,6 +940,20 @@ fn integer_op(op: &Op) -> bool {
             | Op::GlobalPool(_)
             | Op::Softmax { .. }
     )
+}
+
+/// The weight scales of a float constant that records the integer grid it came from (a
+/// dequantized QDQ weight), when that grid is symmetric and per tensor or per `channel_axis`.
+fn model_grid(w: &Tensor, channel_axis: usize) -> Option<Vec<f32>> {
+    match w.quant.as_ref()? {
+        QParams::PerTensor { scale, zero_point: 0 } => Some(vec![*scale]),
+        QParams::PerAxis {
+            axis,
+            scales,
+            zero_points,
+        } if *axis == channel_axis && zero_points.iter().all(|&z| z == 0) => Some(scales.to_vec()),
+        _ => None,
+    }
 }
 
 /// The clamp a fused activation imposes, or `None` if it is not a clamp.

@@ -52,53 +52,39 @@ fn widen4(fx: &mut Fx, ptr: Value) -> Value {
     fx.b.ins().swiden_low(h)
 }
 
-/// `round(a * b / 2^31)` half away from zero (`b` is never `i32::MIN` here).
-fn srdhm(fx: &mut Fx, a: Value, b: Value) -> Value {
-    let a64 = fx.b.ins().sextend(I64, a);
-    let b64 = fx.b.ins().sextend(I64, b);
-    let ab = fx.b.ins().imul(a64, b64);
-    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, ab, 0);
-    let (pos_n, neg_n) = (fx.i(1 << 30), fx.i(1 - (1 << 30)));
-    let nudge = fx.b.ins().select(neg, neg_n, pos_n);
-    let s = fx.b.ins().iadd(ab, nudge);
-    // Division by 2^31 truncating toward zero, as Rust's and C's `/`.
-    let sign = fx.b.ins().sshr_imm_s(s, 63);
-    let bias = fx.b.ins().band_imm_s(sign, (1i64 << 31) - 1);
-    let s = fx.b.ins().iadd(s, bias);
-    let q = fx.b.ins().sshr_imm_s(s, 31);
-    fx.b.ins().ireduce(I32, q)
-}
-
-/// `x / 2^e` rounded half away from zero; `e` an i32 value in `0..=31`.
-fn rdbp(fx: &mut Fx, x: Value, e: Value) -> Value {
-    let one = c32(fx, 1);
-    let p = fx.b.ins().ishl(one, e);
-    let mask = fx.b.ins().iadd_imm_s(p, -1);
-    let rem = fx.b.ins().band(x, mask);
-    let half = fx.b.ins().sshr_imm_s(mask, 1);
-    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
-    let neg = fx.b.ins().uextend(I32, neg);
-    let thr = fx.b.ins().iadd(half, neg);
-    let up = fx.b.ins().icmp(IntCC::SignedGreaterThan, rem, thr);
-    let up = fx.b.ins().uextend(I32, up);
-    let sh = fx.b.ins().sshr(x, e);
-    fx.b.ins().iadd(sh, up)
-}
-
-/// `multiply_by_quantized_multiplier(x, m, shift)` with run-time `m` and `shift` (i32).
+/// `kiln_runtime::multiply_by_quantized_multiplier` with run-time `m` and `shift` (i32):
+/// the 64-bit product shifted right by `31 - shift` rounding half up, saturated to i32.
 fn mbqm(fx: &mut Fx, x: Value, m: Value, shift: Value) -> Value {
-    let zero = c32(fx, 0);
-    let left = fx.b.ins().smax(shift, zero);
-    let nshift = fx.b.ins().ineg(shift);
-    let right = fx.b.ins().smax(nshift, zero);
-    let xl = fx.b.ins().ishl(x, left);
-    let h = srdhm(fx, xl, m);
-    rdbp(fx, h, right)
+    let x64 = fx.b.ins().sextend(I64, x);
+    let m64 = fx.b.ins().sextend(I64, m);
+    let p = fx.b.ins().imul(x64, m64);
+    let s64 = fx.b.ins().sextend(I64, shift);
+    let k31 = fx.i(31);
+    let t = fx.b.ins().isub(k31, s64);
+    let t1 = fx.b.ins().iadd_imm_s(t, -1);
+    let one = fx.i(1);
+    let half = fx.b.ins().ishl(one, t1);
+    let p = fx.b.ins().iadd(p, half);
+    let r = fx.b.ins().sshr(p, t);
+    saturate_i32(fx, r)
 }
 
+/// `mbqm` with the factor known at compile time.
 fn mbqm_const(fx: &mut Fx, x: Value, r: Requant) -> Value {
-    let (m, s) = (c32(fx, r.multiplier as i64), c32(fx, r.shift as i64));
-    mbqm(fx, x, m, s)
+    let total = 31 - r.shift as i64;
+    let x64 = fx.b.ins().sextend(I64, x);
+    let p = fx.b.ins().imul_imm_s(x64, r.multiplier as i64);
+    let p = fx.b.ins().iadd_imm_s(p, 1i64 << (total - 1));
+    let q = fx.b.ins().sshr_imm_s(p, total);
+    saturate_i32(fx, q)
+}
+
+/// An i64 clamped to the i32 range and narrowed.
+fn saturate_i32(fx: &mut Fx, v: Value) -> Value {
+    let (lo, hi) = (fx.i(i32::MIN as i64), fx.i(i32::MAX as i64));
+    let v = fx.b.ins().smax(v, lo);
+    let v = fx.b.ins().smin(v, hi);
+    fx.b.ins().ireduce(I32, v)
 }
 
 fn clamp(fx: &mut Fx, v: Value, lo: i32, hi: i32) -> Value {
@@ -113,13 +99,18 @@ fn numel(g: &Graph, v: kiln_ir::ValueId) -> i64 {
 
 pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
-    let wide = g.value(g.node(n).outputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
-    let (lo, hi, es) = if wide { (-32768, 32767, 2) } else { (-128, 127, 1) };
+    let to = g.value(g.node(n).outputs[0]).ty.dtype.scalar;
+    let wide = to == kiln_ir::Scalar::I16;
+    let (lo, hi, es) = match to {
+        kiln_ir::Scalar::I16 => (-32768, 32767, 2),
+        kiln_ir::Scalar::U8 => (0, 255, 1),
+        _ => (-128, 127, 1),
+    };
     fx.for_ptrs(total, &[(a.ins[0], 4), (a.outs[0], es)], &mut |fx, p| {
         let x = fx.load(F32, p[0]);
         let s = fx.f(F32, scale);
         let y = fx.b.ins().fdiv(x, s);
-        let r = round_away(fx, y);
+        let r = round_even(fx, y);
         let q = fx.b.ins().iadd_imm_s(r, zp as i64);
         let q = clamp(fx, q, lo, hi);
         if wide {
@@ -130,8 +121,8 @@ pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a
     });
 }
 
-/// `kiln_runtime::round_away`: half away from zero to i32, NaN to 0, saturated at ±1e9.
-fn round_away(fx: &mut Fx, y: Value) -> Value {
+/// `kiln_runtime::round_even`: half to even to i32, NaN to 0, saturated at ±1e9.
+fn round_even(fx: &mut Fx, y: Value) -> Value {
     let (lo, hi) = (fx.f(F32, -1.0e9), fx.f(F32, 1.0e9));
     let big = fx.b.ins().fcmp(FloatCC::GreaterThan, y, hi);
     let y1 = fx.b.ins().select(big, hi, y);
@@ -141,8 +132,16 @@ fn round_away(fx: &mut Fx, y: Value) -> Value {
     let tf = fx.b.ins().fcvt_from_sint(F32, t);
     let f = fx.b.ins().fsub(y2, tf);
     let (half, nhalf) = (fx.f(F32, 0.5), fx.f(F32, -0.5));
-    let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
-    let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
+    let odd = fx.b.ins().band_imm_s(t, 1);
+    let odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);
+    let above = fx.b.ins().fcmp(FloatCC::GreaterThan, f, half);
+    let tie_up = fx.b.ins().fcmp(FloatCC::Equal, f, half);
+    let tie_up = fx.b.ins().band(tie_up, odd);
+    let up = fx.b.ins().bor(above, tie_up);
+    let below = fx.b.ins().fcmp(FloatCC::LessThan, f, nhalf);
+    let tie_down = fx.b.ins().fcmp(FloatCC::Equal, f, nhalf);
+    let tie_down = fx.b.ins().band(tie_down, odd);
+    let down = fx.b.ins().bor(below, tie_down);
     let tp = fx.b.ins().iadd_imm_s(t, 1);
     let tm = fx.b.ins().iadd_imm_s(t, -1);
     let r = fx.b.ins().select(down, tm, t);
@@ -209,7 +208,7 @@ fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
     let lq = fx.b.ins().fdiv(l, scale);
     let m128 = fx.f(F32, -128.0);
     let z = fx.b.ins().fsub(m128, lq);
-    let z = round_away(fx, z);
+    let z = round_even(fx, z);
     let z = clamp(fx, z, -128, 127);
     let zero_i = c32(fx, 0);
     let zp = fx.b.ins().select(ok, z, zero_i);
@@ -219,20 +218,31 @@ fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
         let z4 = fx.b.ins().splat(I32X4, zp);
         let (lo_c, hi_c) = (fx.f(F32X4, -1.0e9), fx.f(F32X4, 1.0e9));
         let (half, nhalf) = (fx.f(F32X4, 0.5), fx.f(F32X4, -0.5));
+        let (one, zero) = (c32(fx, 1), c32(fx, 0));
+        let (one4, zero4) = (fx.b.ins().splat(I32X4, one), fx.b.ins().splat(I32X4, zero));
         let (lo_q, hi_q) = (c32(fx, -128), c32(fx, 127));
         let (lo_q, hi_q) = (fx.b.ins().splat(I32X4, lo_q), fx.b.ins().splat(I32X4, hi_q));
         fx.for_ptrs(vec, &[(x, 16), (q, 4)], &mut |fx, p| {
             let v = fx.load(F32X4, p[0]);
             let y = fx.b.ins().fdiv(v, s4);
-            // NaN stays NaN through the clamp and converts to 0, as round_away's NaN case
+            // NaN stays NaN through the clamp and converts to 0, as round_even's NaN case
             let y = fx.b.ins().fmax(y, lo_c);
             let y = fx.b.ins().fmin(y, hi_c);
             let t = fx.b.ins().fcvt_to_sint_sat(I32X4, y);
             let tf = fx.b.ins().fcvt_from_sint(F32X4, t);
             let f = fx.b.ins().fsub(y, tf);
-            // lane masks are -1 where true: t + 1 rounding up, t - 1 rounding down
-            let up = fx.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, half);
-            let down = fx.b.ins().fcmp(FloatCC::LessThanOrEqual, f, nhalf);
+            // lane masks are -1 where true: t + 1 rounding up, t - 1 rounding down, a tie
+            // moving only an odd t
+            let odd = fx.b.ins().band(t, one4);
+            let odd = fx.b.ins().icmp(IntCC::NotEqual, odd, zero4);
+            let above = fx.b.ins().fcmp(FloatCC::GreaterThan, f, half);
+            let tie = fx.b.ins().fcmp(FloatCC::Equal, f, half);
+            let tie = fx.b.ins().band(tie, odd);
+            let up = fx.b.ins().bor(above, tie);
+            let below = fx.b.ins().fcmp(FloatCC::LessThan, f, nhalf);
+            let tie = fx.b.ins().fcmp(FloatCC::Equal, f, nhalf);
+            let tie = fx.b.ins().band(tie, odd);
+            let down = fx.b.ins().bor(below, tie);
             let r = fx.b.ins().isub(t, up);
             let r = fx.b.ins().iadd(r, down);
             let r = fx.b.ins().iadd(r, z4);
@@ -251,7 +261,7 @@ fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
     fx.for_ptrs(n - vec * 4, &[(xt, 4), (qt, 1)], &mut |fx, p| {
         let v = fx.load(F32, p[0]);
         let y = fx.b.ins().fdiv(v, scale);
-        let r = round_away(fx, y);
+        let r = round_even(fx, y);
         let r = fx.b.ins().iadd(r, zp);
         let r = clamp(fx, r, -128, 127);
         store_i8(fx, r, p[1]);
@@ -350,15 +360,16 @@ impl Stage<'_> {
 
 pub(crate) fn dequantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
-    let wide = g.value(g.node(n).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let from = g.value(g.node(n).inputs[0]).ty.dtype.scalar;
+    let wide = from == kiln_ir::Scalar::I16;
     fx.for_ptrs(
         total,
         &[(a.ins[0], if wide { 2 } else { 1 }), (a.outs[0], 4)],
         &mut |fx, p| {
-            let q = if wide {
-                fx.b.ins().sload16(I32, flags(), p[0], 0)
-            } else {
-                load_i8(fx, p[0])
+            let q = match from {
+                kiln_ir::Scalar::I16 => fx.b.ins().sload16(I32, flags(), p[0], 0),
+                kiln_ir::Scalar::U8 => fx.b.ins().uload8(I32, flags(), p[0], 0),
+                _ => load_i8(fx, p[0]),
             };
             let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
             let f = fx.b.ins().fcvt_from_sint(F32, d);
@@ -1495,16 +1506,26 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) 
     });
 }
 
-/// `s / n` rounded half away from zero; 0 when `n` is 0 (a window entirely in padding).
+/// `kiln_runtime::rounded_average`: `s / n` rounded half to even; 0 when `n` is 0 (a
+/// window entirely in padding).
 fn rounded_average(fx: &mut Fx, s: Value, n: Value) -> Value {
     let one = c32(fx, 1);
     let safe_n = fx.b.ins().smax(n, one);
-    let half = fx.b.ins().sdiv_imm_s(safe_n, 2);
-    let pos = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, s, 0);
-    let up = fx.b.ins().iadd(s, half);
-    let down = fx.b.ins().isub(s, half);
-    let num = fx.b.ins().select(pos, up, down);
-    let q = fx.b.ins().sdiv(num, safe_n);
+    let q = fx.b.ins().sdiv(s, safe_n);
+    let r = fx.b.ins().srem(s, safe_n);
+    let r = fx.b.ins().iabs(r);
+    let r2 = fx.b.ins().iadd(r, r);
+    let over = fx.b.ins().icmp(IntCC::SignedGreaterThan, r2, safe_n);
+    let tie = fx.b.ins().icmp(IntCC::Equal, r2, safe_n);
+    let odd = fx.b.ins().band_imm_s(q, 1);
+    let odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);
+    let tie_odd = fx.b.ins().band(tie, odd);
+    let away = fx.b.ins().bor(over, tie_odd);
+    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, s, 0);
+    let (m1, p1) = (c32(fx, -1), c32(fx, 1));
+    let step = fx.b.ins().select(neg, m1, p1);
+    let moved = fx.b.ins().iadd(q, step);
+    let q = fx.b.ins().select(away, moved, q);
     let empty = fx.b.ins().icmp_imm_s(IntCC::Equal, n, 0);
     let zero = c32(fx, 0);
     fx.b.ins().select(empty, zero, q)

@@ -73,6 +73,15 @@ fn kernel_of(cx: &Ctx, n: &NodeProto, w: ValueId) -> Result<Vec<usize>, ImportEr
 
 pub fn conv(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     let (x, w) = (cx.req(n, 0)?, cx.req(n, 1)?);
+    let op = conv_op(cx, n, x, w)?;
+    let mut ins = vec![x, w];
+    ins.extend(cx.input(n, 2));
+    cx.add(n, op, ins)
+}
+
+/// The float convolution node `n`'s attributes describe over input `x` and weight `w`
+/// (shared with QLinearConv/ConvInteger, whose operands sit in other slots).
+pub(super) fn conv_op(cx: &Ctx, n: &NodeProto, x: ValueId, w: ValueId) -> Result<Op, ImportError> {
     let kernel = kernel_of(cx, n, w)?;
     let xs = cx.ty(x).shape.clone();
     if xs.len() < 3 {
@@ -80,17 +89,11 @@ pub fn conv(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     }
     let window = window(cx, n, &xs[2..], kernel)?;
     let group = Attrs::of(n).i("group", 1).max(0) as usize;
-    let mut ins = vec![x, w];
-    ins.extend(cx.input(n, 2));
-    cx.add(
-        n,
-        Op::Conv(Conv {
-            window,
-            group,
-            fused: None,
-        }),
-        ins,
-    )
+    Ok(Op::Conv(Conv {
+        window,
+        group,
+        fused: None,
+    }))
 }
 
 pub fn conv_transpose(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {

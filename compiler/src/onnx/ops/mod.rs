@@ -11,6 +11,7 @@ mod index;
 mod matmul;
 mod norm;
 mod pool;
+mod quant;
 mod reduce;
 mod resize;
 mod rnn;
@@ -25,6 +26,8 @@ pub type ImportFn = fn(&mut Ctx, &NodeProto) -> Result<Vec<ValueId>, ImportError
 /// One importable ONNX op.
 pub struct OpSpec {
     pub op_type: &'static str,
+    /// The op's domain: empty for the default (ai.onnx), else e.g. `com.microsoft`.
+    pub domain: &'static str,
     /// Lowest opset of the default domain whose form of the op is handled.
     pub since: i64,
     pub import: ImportFn,
@@ -35,11 +38,25 @@ pub struct OpSpec {
 const fn op(op_type: &'static str, import: ImportFn, notes: &'static str) -> OpSpec {
     OpSpec {
         op_type,
+        domain: "",
         since: 7,
         import,
         notes,
     }
 }
+
+/// An op of ONNX Runtime's `com.microsoft` domain.
+const fn ms(op_type: &'static str, import: ImportFn, notes: &'static str) -> OpSpec {
+    OpSpec {
+        op_type,
+        domain: MS,
+        since: 1,
+        import,
+        notes,
+    }
+}
+
+const MS: &str = "com.microsoft";
 
 pub static REGISTRY: &[OpSpec] = &[
     // Elementwise, one input.
@@ -235,6 +252,45 @@ pub static REGISTRY: &[OpSpec] = &[
     op("ReduceProd", reduce::reduce, "as ReduceL1"),
     op("ReduceSum", reduce::reduce, "as ReduceL1"),
     op("ReduceSumSquare", reduce::reduce, "as ReduceL1"),
+    // Quantization (QDQ and the QOperator ops of the default domain).
+    op(
+        "DequantizeLinear",
+        quant::dequantize_linear,
+        "int8/uint8/int16/uint16/int32; per tensor, per axis, blocked",
+    ),
+    op(
+        "QLinearConv",
+        quant::qlinear_conv,
+        "as Conv; per-tensor input/output, per-tensor or per-channel weight, int32 bias",
+    ),
+    op(
+        "QLinearMatMul",
+        quant::qlinear_matmul,
+        "per tensor, per row of A, per column of B",
+    ),
+    op(
+        "QuantizeLinear",
+        quant::quantize_linear,
+        "to int8/uint8/int16/uint16, rounding half to even; per tensor, per axis, blocked; output_dtype",
+    ),
+    // ONNX Runtime's quantized operators (QOperator format).
+    ms(
+        "QGemm",
+        quant::qgemm,
+        "alpha, transA, transB; int32 bias per column; float output without y_scale",
+    ),
+    ms("QLinearAdd", quant::qlinear_binary, "numpy broadcasting"),
+    ms(
+        "QLinearAveragePool",
+        quant::qlinear_pool,
+        "as AveragePool; channels_last = 0",
+    ),
+    ms("QLinearConcat", quant::qlinear_concat, "axis"),
+    ms("QLinearGlobalAveragePool", quant::qlinear_pool, "channels_last = 0"),
+    ms("QLinearLeakyRelu", quant::qlinear_unary, "alpha"),
+    ms("QLinearMul", quant::qlinear_binary, "numpy broadcasting"),
+    ms("QLinearSigmoid", quant::qlinear_unary, ""),
+    ms("QLinearSoftmax", quant::qlinear_unary, "axis, opset"),
     // Constants and types.
     op("Cast", constant::cast, "between f32, f64, f16, i8..i64, u8..u64, bool"),
     op("CastLike", constant::cast, "as Cast"),
@@ -267,10 +323,10 @@ pub static REGISTRY: &[OpSpec] = &[
 
 /// The importer for `op_type` in `domain`, if Kiln has one.
 pub fn find(op_type: &str, domain: &str) -> Option<&'static OpSpec> {
-    if !super::is_default_domain(domain) {
-        return None;
-    }
-    REGISTRY.iter().find(|s| s.op_type == op_type)
+    let default = super::is_default_domain(domain);
+    REGISTRY
+        .iter()
+        .find(|s| s.op_type == op_type && (s.domain == domain || (default && s.domain.is_empty())))
 }
 
 /// `SUPPORTED_OPS.md`, generated from [`REGISTRY`].
@@ -282,13 +338,19 @@ pub fn markdown() -> String {
          Generated from the op registry (`compiler/src/onnx/ops/mod.rs`) by `kiln ops --markdown`;\n\
          a test fails when this file is out of date. Domain: ai.onnx (default). Opsets 7 to 25 are\n\
          read; each op accepts every form of its attributes/inputs across those opsets unless noted.\n\
+         Ops marked com.microsoft are ONNX Runtime's quantized operators (QOperator models).\n\
          Older files are read with opset-7 meanings and legacy attributes are refused; newer ones\n\
          with opset-25 meanings (a notice says so).\n\
          Inputs named constant below must be initializers or fold to constants at import.\n\n\
          | op | opsets | notes |\n|---|---|---|\n",
     );
     for o in specs {
-        s.push_str(&format!("| {} | {}+ | {} |\n", o.op_type, o.since, o.notes));
+        let name = if o.domain.is_empty() {
+            o.op_type.to_string()
+        } else {
+            format!("{} ({})", o.op_type, o.domain)
+        };
+        s.push_str(&format!("| {name} | {}+ | {} |\n", o.since, o.notes));
     }
     s.push_str(&format!("\n{} operators.\n", REGISTRY.len()));
     s

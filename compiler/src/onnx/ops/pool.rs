@@ -24,8 +24,18 @@ fn kind(cx: &Ctx, n: &NodeProto) -> Result<PoolKind, ImportError> {
 }
 
 pub fn pool(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
-    let a = Attrs::of(n);
     let x = cx.req(n, 0)?;
+    if n.op_type == "MaxPool" && n.output.len() > 1 && !n.output[1].is_empty() {
+        return Err(cx.err("the Indices output of MaxPool is not supported"));
+    }
+    let op = pool_op(cx, n, x, kind(cx, n)?)?;
+    cx.add(n, op, vec![x])
+}
+
+/// The pooling of `kind` node `n`'s attributes describe over input `x` (shared with
+/// QLinearAveragePool).
+pub(super) fn pool_op(cx: &Ctx, n: &NodeProto, x: ValueId, kind: PoolKind) -> Result<Op, ImportError> {
+    let a = Attrs::of(n);
     let xs = cx.ty(x).shape.clone();
     if xs.len() < 3 {
         return Err(cx.err(format!("input {} must be N,C,spatial", cx.ty(x))));
@@ -37,15 +47,11 @@ pub fn pool(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
         .map(|&k| k.max(0) as usize)
         .collect();
     let w = window(cx, n, &xs[2..], kernel)?;
-    if n.op_type == "MaxPool" && n.output.len() > 1 && !n.output[1].is_empty() {
-        return Err(cx.err("the Indices output of MaxPool is not supported"));
-    }
-    let p = Pool {
-        kind: kind(cx, n)?,
+    Ok(Op::Pool(Pool {
+        kind,
         window: w,
         ceil_mode: a.i("ceil_mode", 0) != 0,
-    };
-    cx.add(n, Op::Pool(p), vec![x])
+    }))
 }
 
 pub fn global(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {

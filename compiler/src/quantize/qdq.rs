@@ -1,0 +1,231 @@
+//! Integer code from a model that carries its own quantization (QDQ from quantization-aware
+//! training or `quantize_static`, and QOperator ops, which the importer expands into the
+//! same form). Instead of calibrating, the model's `Quantize -> Dequantize` pairs are read as
+//! the exact parameters of the value they wrap and removed; the float graph that remains is
+//! rewritten by `quantize_static` with those parameters pinned. Weights and biases arrive as
+//! float constants that record their integer grid (see the importer), so the integer ops use
+//! the model's own integers and scales.
+
+use super::calibrate::{self, Ranges};
+use super::quantize_static::{self, Q};
+use super::{QuantError, QuantOptions, Quantized};
+use crate::passes;
+use kiln_ir::{Graph, Op, Scalar, ValueId};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A float graph with the model's quantization steps turned into pinned parameters.
+pub struct Stripped {
+    pub graph: Graph,
+    pub pins: HashMap<ValueId, Q>,
+    /// Quantization steps that could not be read as parameters, and why.
+    pub notes: Vec<String>,
+}
+
+/// Whether `g` has quantization steps of its own (a QDQ or QOperator model).
+pub fn is_quantized(g: &Graph) -> bool {
+    g.node_ids()
+        .any(|n| matches!(g.node(n).op, Op::Quantize { .. } | Op::Dequantize { .. }))
+}
+
+/// The parameters a `Quantize` to `to` stands for, in Kiln's terms: uint8 becomes int8
+/// with the zero point moved by 128 (the same grid); int16 must be symmetric (16x8).
+fn params(to: Scalar, scale: f32, zero_point: i32) -> Result<Q, String> {
+    match to {
+        Scalar::I8 => Ok(Q::new(scale, zero_point, 8)),
+        Scalar::U8 => Ok(Q::new(scale, zero_point - 128, 8)),
+        Scalar::I16 if zero_point == 0 => Ok(Q::new(scale, 0, 16)),
+        Scalar::I16 => Err(format!(
+            "int16 with zero point {zero_point} (Kiln's int16 is symmetric)"
+        )),
+        other => Err(format!("{other} is not an activation type Kiln computes in")),
+    }
+}
+
+/// Ops that only move or select elements (max pooling picks one), so they give the same
+/// values on integers as on their dequantized floats.
+fn commutes_with_quantize(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Transpose { .. } | Op::Identity | Op::Slice { .. } | Op::Expand { .. }
+    ) || matches!(op, Op::Pool(p) if p.kind == kiln_ir::op::PoolKind::Max)
+        || matches!(op, Op::GlobalPool(kiln_ir::op::PoolKind::Max))
+}
+
+/// Rewrites data-movement ops that run on quantized integers (QOperator models pool and
+/// reshape uint8 directly) as `Dequantize -> op -> Quantize` with the same parameters, so
+/// every quantization step ends at its `Dequantize` again.
+fn sink_quantize(g: &mut Graph) -> Result<(), QuantError> {
+    for n in g.topo_order().map_err(QuantError::Ir)? {
+        let node = g.node(n).clone();
+        if !commutes_with_quantize(&node.op) || node.inputs.len() != 1 || node.outputs.len() != 1 {
+            continue;
+        }
+        let Some(q) = g.producer(node.inputs[0]) else {
+            continue;
+        };
+        let Op::Quantize { to, scale, zero_point } = g.node(q).op else {
+            continue;
+        };
+        let y = node.outputs[0];
+        let dname = g.fresh_name(&format!("{}:dequantized", g.value(node.inputs[0]).name));
+        let d = g
+            .add_node(
+                &format!("{}:dequantize", node.name),
+                Op::Dequantize { scale, zero_point },
+                vec![node.inputs[0]],
+                &[&dname],
+            )
+            .map_err(QuantError::Ir)?
+            .1[0];
+        let fname = g.fresh_name(&format!("{}:float", g.value(y).name));
+        let f = g
+            .add_node(&format!("{}:float", node.name), node.op.clone(), vec![d], &[&fname])
+            .map_err(QuantError::Ir)?
+            .1[0];
+        let qname = g.fresh_name(&format!("{}:q", g.value(y).name));
+        let yq = g
+            .add_node(
+                &format!("{}:quantize", node.name),
+                Op::Quantize { to, scale, zero_point },
+                vec![f],
+                &[&qname],
+            )
+            .map_err(QuantError::Ir)?
+            .1[0];
+        let name = g.value(y).name.clone();
+        let out = g.is_output(y);
+        g.replace_uses(y, yq);
+        g.remove_node(n);
+        if out {
+            g.rename(yq, &name);
+        }
+    }
+    crate::passes::eliminate_dead_nodes::run(g).map_err(QuantError::Ir)?;
+    Ok(())
+}
+
+/// Removes every `Quantize` whose consumers are all `Dequantize` with its own parameters
+/// (the QDQ pair around a value), pinning the value's parameters.
+pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
+    let mut g = src.clone();
+    sink_quantize(&mut g)?;
+    let mut pins: HashMap<ValueId, Q> = HashMap::new();
+    let mut notes = Vec::new();
+    for n in g.topo_order().map_err(QuantError::Ir)? {
+        if !g.contains_node(n) {
+            continue;
+        }
+        let node = g.node(n).clone();
+        let Op::Quantize { to, scale, zero_point } = node.op else {
+            continue;
+        };
+        let (x, xq) = (node.inputs[0], node.outputs[0]);
+        let deqs = g.consumers(xq);
+        let paired = !g.is_output(xq)
+            && !deqs.is_empty()
+            && deqs.iter().all(|&d| {
+                matches!(g.node(d).op, Op::Dequantize { scale: s, zero_point: z } if s == scale && z == zero_point)
+            });
+        if !paired {
+            notes.push(format!(
+                "node `{}` (QuantizeLinear) is not followed only by its DequantizeLinear; {}",
+                node.name,
+                quantize_static::STAYS_FLOAT
+            ));
+            continue;
+        }
+        let q = match params(to, scale, zero_point) {
+            Ok(q) => q,
+            Err(why) => {
+                notes.push(format!(
+                    "node `{}` (QuantizeLinear): {why}; {}",
+                    node.name,
+                    quantize_static::STAYS_FLOAT
+                ));
+                continue;
+            }
+        };
+        if let Some(old) = pins.get(&x)
+            && *old != q
+        {
+            notes.push(format!(
+                "value `{}` is quantized twice with different parameters; the first pair is kept",
+                g.value(x).name
+            ));
+            continue;
+        }
+        pins.insert(x, q);
+        for d in deqs {
+            let y = g.node(d).outputs[0];
+            let name = g.value(y).name.clone();
+            let out = g.is_output(y);
+            g.replace_uses(y, x);
+            g.remove_node(d);
+            if out {
+                g.rename(x, &name);
+            }
+        }
+        g.remove_node(n);
+    }
+    for n in g.node_ids().collect::<Vec<_>>() {
+        let node = g.node(n);
+        if matches!(node.op, Op::Dequantize { .. }) {
+            notes.push(format!(
+                "node `{}` (DequantizeLinear) of `{}` has no QuantizeLinear before it; {}",
+                node.name,
+                g.value(node.inputs[0]).name,
+                quantize_static::STAYS_FLOAT
+            ));
+        }
+    }
+    Ok(Stripped { graph: g, pins, notes })
+}
+
+/// The integer graph of a model quantized by its authors: strip the QDQ pairs, fuse the
+/// activations that were separated from their producer by a pair, and rewrite with the
+/// pinned parameters. Values the model left unquantized get ranges from calibration data
+/// in `calibration` when given (method: `opts.method`, default min-max); without data the
+/// ops around them stay float with a note.
+pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    let s = strip(g)?;
+    let mut f = s.graph;
+    let pins = s.pins;
+    // these passes remove and rewire nodes but keep value ids, so the pins stay valid
+    for pass in [passes::fuse_activations::run, passes::eliminate_dead_nodes::run] {
+        pass(&mut f).map_err(QuantError::Ir)?;
+        kiln_ir::verify::verify(&f).map_err(QuantError::Ir)?;
+    }
+    let ranges = match calibration {
+        Some(dir) => {
+            let set = calibrate::CalibrationSet::load(&f, dir)?;
+            let method = opts.method.unwrap_or(calibrate::Method::MinMax);
+            calibrate::calibrate(&f, &set, method, |_, _| {})?
+        }
+        None => Ranges::default(),
+    };
+    let q = quantize_static::run_pinned(&f, &ranges, &pins, opts)?;
+    let mut notes = s.notes;
+    notes.extend(q.notes);
+    let float: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains(quantize_static::STAYS_FLOAT))
+        .collect();
+    if opts.strict_integer && !float.is_empty() {
+        let list: Vec<&str> = float.iter().map(|s| s.as_str()).collect();
+        return Err(QuantError::NotInteger(list.join("\n  ")));
+    }
+    notes.insert(
+        0,
+        format!(
+            "using the model's own quantization parameters ({} quantized values)",
+            pins.len()
+        ),
+    );
+    Ok(Quantized {
+        graph: q.graph,
+        notes,
+        samples: ranges.samples,
+        method: None,
+    })
+}

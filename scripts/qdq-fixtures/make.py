@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Quantized copies of repo models made by ONNX Runtime, with ONNX Runtime's outputs, for
+Kiln's QDQ/QOperator import tests. For each model folder given:
+
+    <model>/ort/qdq_s8.onnx   quantize_static, QDQ, int8 activations, int8 weights per channel
+    <model>/ort/qdq_u8.onnx   quantize_static, QDQ, uint8 activations, int8 weights per channel
+    <model>/ort/qop_u8.onnx   quantize_static, QOperator, uint8 activations, int8 weights per channel
+    <model>/ort/<variant>_out_<k>.npy   ONNX Runtime's (CPU) output 0 on ref/test_data_set_<k>
+
+Calibration: min-max on up to 64 samples of calib/input_0.npy (single-input models).
+Pinned versions in requirements.txt; run from the repo root:
+
+    python3 -m venv venv && venv/bin/pip install -r scripts/qdq-fixtures/requirements.txt
+    venv/bin/python scripts/qdq-fixtures/make.py tests/models/digits_cnn
+"""
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+VARIANTS = {
+    "qdq_s8": (QuantFormat.QDQ, QuantType.QInt8),
+    "qdq_u8": (QuantFormat.QDQ, QuantType.QUInt8),
+    "qop_u8": (QuantFormat.QOperator, QuantType.QUInt8),
+}
+
+
+def main(d):
+    model = os.path.join(d, "model.onnx")
+    out = os.path.join(d, "ort")
+    os.makedirs(out, exist_ok=True)
+    calib = np.load(os.path.join(d, "calib", "input_0.npy"))[:64]
+    sess = ort.InferenceSession(model)
+    inp = sess.get_inputs()[0]
+    shape = [1] + list(calib.shape[1:])
+    pre = os.path.join(out, "pre.onnx")
+    # fixes the symbolic batch so the quantizer sees static shapes
+    quant_pre_process(model, pre, skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {inp.name: x.reshape(shape).astype(np.float32)}
+
+    refs = []
+    k = 0
+    while os.path.isdir(os.path.join(d, "ref", f"test_data_set_{k}")):
+        refs.append(np.load(os.path.join(d, "ref", f"test_data_set_{k}", "input_0.npy")))
+        k += 1
+    for name, (fmt, act) in VARIANTS.items():
+        path = os.path.join(out, f"{name}.onnx")
+        quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True,
+                        activation_type=act, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        for k, x in enumerate(refs):
+            y = s.run(None, {inp.name: x.astype(np.float32)})[0]
+            np.save(os.path.join(out, f"{name}_out_{k}.npy"), y)
+        print(f"{path}: {os.path.getsize(path)} bytes")
+    os.remove(pre)
+
+
+if __name__ == "__main__":
+    for d in sys.argv[1:]:
+        main(d)
