@@ -535,41 +535,67 @@ pub fn bit_exact_on_every_backend(
     tag: &str,
     dir: &std::path::Path,
 ) -> Vec<String> {
-    let rust = build_rust(&[(tag, g)], &dir.join("rust"), false).map(|mut v| v.remove(0));
-    let builds = [
-        ("C", build_c(g, "model", &dir.join("c"), &[])),
-        ("native", build_native(g, "model", &dir.join("n"))),
-        ("Rust", rust),
-    ];
+    bit_exact_on_every_backend_many(&[(tag, g, sets)], dir)
+}
+
+/// [`bit_exact_on_every_backend`] for several models, their Rust source in one crate (one
+/// cargo build); failure lines start with the model's tag.
+pub fn bit_exact_on_every_backend_many(
+    models: &[(&str, &kiln_ir::Graph, &[Vec<Tensor>])],
+    dir: &std::path::Path,
+) -> Vec<String> {
+    let list: Vec<(&str, &kiln_ir::Graph)> = models.iter().map(|&(t, g, _)| (t, g)).collect();
+    let rust = build_rust(&list, &dir.join("rust"), false);
     let mut failures = Vec::new();
-    for (label, exe) in builds {
-        let res = exe.and_then(|exe| {
-            for (k, inputs) in sets.iter().enumerate() {
-                let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
-                for (i, (got, w)) in exe.run(g, inputs)?.iter().zip(&want).enumerate() {
-                    if got.data.to_le_bytes() != w.data.to_le_bytes() {
-                        let (a, b) = (got.to_f64_vec(), w.to_f64_vec());
-                        let e = a
-                            .iter()
-                            .zip(&b)
-                            .position(|(x, y)| x.to_bits() != y.to_bits())
-                            .unwrap_or(0);
-                        return Err(format!(
-                            "set {k}, output {i}, element {e}: {} vs {}",
-                            a.get(e).copied().unwrap_or(f64::NAN),
-                            b.get(e).copied().unwrap_or(f64::NAN)
-                        ));
-                    }
-                }
+    for (k, &(tag, g, sets)) in models.iter().enumerate() {
+        let results = [
+            (
+                "C",
+                build_c(g, "model", &dir.join(tag).join("c"), &[]).and_then(|e| same_bytes(&e, g, sets)),
+            ),
+            (
+                "native",
+                build_native(g, "model", &dir.join(tag).join("n")).and_then(|e| same_bytes(&e, g, sets)),
+            ),
+            (
+                "Rust",
+                match &rust {
+                    Ok(v) => same_bytes(&v[k], g, sets),
+                    Err(e) => Err(e.clone()),
+                },
+            ),
+        ];
+        for (label, res) in results {
+            if let Err(e) = res {
+                failures.push(format!("{tag} {label}: {e}"));
             }
-            Ok(())
-        });
-        if let Err(e) = res {
-            failures.push(format!("{label}: {e}"));
         }
     }
     let _ = std::fs::remove_dir_all(dir);
     failures
+}
+
+/// Runs `exe` on every input set: an error names the first byte that is not the evaluator's.
+fn same_bytes(exe: &NativeExe, g: &kiln_ir::Graph, sets: &[Vec<Tensor>]) -> Result<(), String> {
+    for (k, inputs) in sets.iter().enumerate() {
+        let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
+        for (i, (got, w)) in exe.run(g, inputs)?.iter().zip(&want).enumerate() {
+            if got.data.to_le_bytes() != w.data.to_le_bytes() {
+                let (a, b) = (got.to_f64_vec(), w.to_f64_vec());
+                let e = a
+                    .iter()
+                    .zip(&b)
+                    .position(|(x, y)| x.to_bits() != y.to_bits())
+                    .unwrap_or(0);
+                return Err(format!(
+                    "set {k}, output {i}, element {e}: {} vs {}",
+                    a.get(e).copied().unwrap_or(f64::NAN),
+                    b.get(e).copied().unwrap_or(f64::NAN)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---- Rust source builds: many models in one crate, one cargo build ----

@@ -466,7 +466,10 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let _ = writeln!(out, "#include \"{p}.h\"");
     let needs_math = plan.order.iter().any(|&n| {
         matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
-            || matches!(g.node(n).op, Op::LogSoftmax { .. } | Op::LayerNorm { .. })
+            || matches!(
+                g.node(n).op,
+                Op::LogSoftmax { .. } | Op::LayerNorm { .. } | Op::BatchNorm { .. }
+            )
             || matches!(
                 g.node(n).op,
                 Op::Reduce {

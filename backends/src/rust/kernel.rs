@@ -498,6 +498,13 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             };
             format!("k::float::{f}(x0, y0, {outer}, {len}, {inner});")
         }
+        Op::BatchNorm { epsilon } if x0s.len() >= 2 && ins.iter().all(|&v| scalar(g, v) == Scalar::F32) => {
+            let (c, inner) = (x0s[1], x0s[2..].iter().product::<usize>());
+            format!(
+                "k::float::batch_norm(x0, x1, x2, x3, x4, y0, {c}, {inner}, {});",
+                f32_lit(*epsilon)
+            )
+        }
         Op::LayerNorm { axis, epsilon } if f32_half_weight(g, n) => {
             let inner: usize = x0s[*axis..].iter().product();
             if ins[1..].iter().any(|&v| g.value(v).ty.numel() != inner) {

@@ -336,6 +336,33 @@ pub fn layer_norm(x: &[f32], scale: &[f32], bias: Option<&[f32]>, y: &mut [f32],
     }
 }
 
+/// Inference BatchNormalization over `[n, c, inner]`: per channel `y = x * k + s` with
+/// `k = scale / sqrt(var + eps)` and `s = bias - mean * k` (the evaluator's steps).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: &[f32],
+    scale: &[f32],
+    bias: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    y: &mut [f32],
+    c: usize,
+    inner: usize,
+    eps: f32,
+) {
+    let plane = (c * inner).max(1);
+    for (xb, yb) in x.chunks_exact(plane).zip(y.chunks_exact_mut(plane)) {
+        for ch in 0..c {
+            let k = scale[ch] / libm::sqrtf(var[ch] + eps);
+            let s = bias[ch] - mean[ch] * k;
+            let r = ch * inner..(ch + 1) * inner;
+            for (d, &v) in yb[r.clone()].iter_mut().zip(&xb[r]) {
+                *d = v * k + s;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
