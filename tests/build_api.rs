@@ -160,3 +160,41 @@ fn dynamic_builds_hybrid_ops_in_rust_source() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn quantized_models_build_with_their_own_parameters() {
+    let d = out_dir("qdq");
+    let qdq = repo().join("tests/models/digits_cnn/ort/qdq_s8.onnx");
+    let a = Build::new(&qdq)
+        .quantize(Quantize::Model {
+            options: Default::default(),
+        })
+        .target("cortex-m4")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    assert_eq!(a.emit, Emit::RustSource);
+    let text = std::fs::read_to_string(d.join("digits.rs")).unwrap();
+    // integer convolution and product; the input scale is the model's (1/255), not calibrated
+    assert!(
+        text.contains("k::int::qconv(") && text.contains("pub fn run_int("),
+        "{text}"
+    );
+    assert!(text.contains("INPUT0_SCALE: f32 = 3.921569e-3;"), "{text}");
+    // a float model has nothing to keep: the error names the file
+    let err = Build::new(model("digits_cnn"))
+        .quantize(Quantize::Model {
+            options: kiln::quantize::QuantOptions {
+                strict_integer: true,
+                ..Default::default()
+            },
+        })
+        .target("cortex-m4")
+        .out_dir(out_dir("qdq-float"))
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap_err();
+    assert!(err.to_string().contains("digits_cnn/model.onnx"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

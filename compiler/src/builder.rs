@@ -44,6 +44,10 @@ pub enum Quantize {
         calibration: PathBuf,
         options: QuantOptions,
     },
+    /// Full-integer with the quantization the model carries (QDQ from quantization-aware
+    /// training or ONNX Runtime, or QOperator ops): its own scales, zero points and integer
+    /// weights, no calibration data.
+    Model { options: QuantOptions },
 }
 
 impl Quantize {
@@ -60,6 +64,8 @@ impl Quantize {
 pub enum BuildError {
     #[error("{}: {source}", .path.display())]
     Load { path: PathBuf, source: Box<crate::Error> },
+    #[error("{}: integer build with the model's own quantization: {source}", .path.display())]
+    QuantizeModel { path: PathBuf, source: Box<QuantError> },
     #[error("{}: int8 quantization with {}: {source}", .path.display(), .calibration.display())]
     Quantize {
         path: PathBuf,
@@ -199,6 +205,14 @@ impl Build {
                     .map_err(|source| BuildError::Compile {
                         path: path.clone(),
                         source: Box::new(CompileError::Plan(source)),
+                    })?
+                    .graph
+            }
+            Quantize::Model { options } => {
+                crate::quantize::qdq::quantize_model(&m.graph, None, options)
+                    .map_err(|source| BuildError::QuantizeModel {
+                        path: path.clone(),
+                        source: Box::new(source),
                     })?
                     .graph
             }

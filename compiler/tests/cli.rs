@@ -408,3 +408,47 @@ fn hybrid_and_16x8_from_the_command_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn quantized_models_from_the_command_line() {
+    let m = "tests/models/mlperf_tiny_kws_dscnn/ort/qop_u8.onnx";
+    // float arithmetic unless asked, with a hint
+    let dir = tmp("qop-float");
+    let o = kiln(&["compile", m, "--emit", "c", "-o", dir.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("carries its own quantization") && err.contains("--quantize int8"),
+        "{err}"
+    );
+    // integer with the model's parameters: no calibration data needed
+    let dir = tmp("qop-int");
+    let o = kiln(&[
+        "compile",
+        m,
+        "--quantize",
+        "int8",
+        "--strict-integer",
+        "--emit",
+        "c",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("using the model's own quantization parameters"), "{err}");
+    let h = std::fs::read_to_string(dir.join("qop_u8.h")).unwrap();
+    assert!(h.contains("qop_u8_run_int("), "{h}");
+    // --strict-integer belongs to integer builds; a float model still needs data
+    let o = kiln(&["compile", m, "--strict-integer", "-o", tmp("x").to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).1.contains("--strict-integer"));
+    let o = kiln(&[
+        "compile",
+        "tests/models/digits_cnn/model.onnx",
+        "--quantize",
+        "int8",
+        "-o",
+        tmp("y").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && text(&o).1.contains("--calibrate"));
+}

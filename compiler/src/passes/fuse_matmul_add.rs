@@ -6,10 +6,16 @@
 //! broadcasts over more than the last axis.
 
 use kiln_ir::op::BinaryOp;
-use kiln_ir::{Graph, IrError, Op, ValueDef};
+use kiln_ir::{Graph, IrError, Op, ValueDef, ValueId};
 
 pub fn run(g: &mut Graph) -> Result<bool, IrError> {
-    let mut changed = false;
+    Ok(!run_where(g, |_| true)?.is_empty())
+}
+
+/// Fuses where `allow(product)` holds; returns each fused `(sum, product)` pair (the Gemm
+/// takes over the product's value, so a caller can move what it knew about the sum).
+pub fn run_where(g: &mut Graph, allow: impl Fn(ValueId) -> bool) -> Result<Vec<(ValueId, ValueId)>, IrError> {
+    let mut fused = Vec::new();
     for n in g.topo_order()? {
         if !g.contains_node(n) || g.node(n).op != Op::Binary(BinaryOp::Add) {
             continue;
@@ -19,6 +25,7 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
         let (prod, bias) = if g.const_value(b).is_some() { (a, b) } else { (b, a) };
         let Some(p) = g.producer(prod) else { continue };
         if g.node(p).op != Op::MatMul
+            || !allow(prod)
             || g.consumers(prod).len() != 1
             || g.is_output(prod)
             || !matches!(g.value(prod).def, ValueDef::Node(..))
@@ -30,7 +37,7 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
             continue;
         };
         let ns = g.value(x).ty.shape.len();
-        if ns != 2 || wt.shape.len() != 2 || g.value(x).ty.dtype != g.value(bias).ty.dtype {
+        if ns != 2 || wt.shape.len() != 2 || g.value(x).ty.dtype.scalar != g.value(bias).ty.dtype.scalar {
             continue;
         }
         let cols = wt.shape[1];
@@ -54,7 +61,7 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
         g.replace_uses(y, prod);
         g.remove_node(n);
         g.rename(prod, &yname);
-        changed = true;
+        fused.push((y, prod));
     }
-    Ok(changed)
+    Ok(fused)
 }

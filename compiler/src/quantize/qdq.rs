@@ -10,6 +10,7 @@ use super::calibrate::{self, Ranges};
 use super::quantize_static::{self, Q};
 use super::{QuantError, QuantOptions, Quantized};
 use crate::passes;
+use kiln_ir::op::UnaryOp;
 use kiln_ir::{Graph, Op, Scalar, ValueId};
 use std::collections::HashMap;
 use std::path::Path;
@@ -105,6 +106,17 @@ fn sink_quantize(g: &mut Graph) -> Result<(), QuantError> {
     Ok(())
 }
 
+/// Whether `v` is an int8 graph input, or one moved by layout ops (a model taking int8).
+fn from_int8_input(g: &Graph, v: ValueId) -> bool {
+    if g.value(v).ty.dtype.scalar != Scalar::I8 {
+        return false;
+    }
+    match g.producer(v) {
+        None => g.inputs().contains(&v),
+        Some(n) => commutes_with_quantize(&g.node(n).op) && from_int8_input(g, g.node(n).inputs[0]),
+    }
+}
+
 /// Removes every `Quantize` whose consumers are all `Dequantize` with its own parameters
 /// (the QDQ pair around a value), pinning the value's parameters.
 pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
@@ -122,8 +134,8 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
         };
         let (x, xq) = (node.inputs[0], node.outputs[0]);
         let deqs = g.consumers(xq);
-        let paired = !g.is_output(xq)
-            && !deqs.is_empty()
+        // a graph output keeps its Quantize (the model returns integers) but still fixes x
+        let paired = (g.is_output(xq) || !deqs.is_empty())
             && deqs.iter().all(|&d| {
                 matches!(g.node(d).op, Op::Dequantize { scale: s, zero_point: z } if s == scale && z == zero_point)
             });
@@ -166,17 +178,33 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
                 g.rename(x, &name);
             }
         }
-        g.remove_node(n);
+        if !g.is_output(xq) {
+            g.remove_node(n);
+        }
     }
     for n in g.node_ids().collect::<Vec<_>>() {
         let node = g.node(n);
-        if matches!(node.op, Op::Dequantize { .. }) {
+        let int8_input = from_int8_input(&g, node.inputs[0]);
+        if matches!(node.op, Op::Dequantize { .. }) && !int8_input {
             notes.push(format!(
                 "node `{}` (DequantizeLinear) of `{}` has no QuantizeLinear before it; {}",
                 node.name,
                 g.value(node.inputs[0]).name,
                 quantize_static::STAYS_FLOAT
             ));
+        }
+    }
+    // An input reshaped or transposed before its first quantization (a layout change the
+    // exporter put in front) takes that quantization, so the integer entry point can take
+    // the input as it is.
+    for &v in g.inputs() {
+        let cons = g.consumers(v);
+        if let [c] = cons.as_slice()
+            && matches!(g.node(*c).op, Op::Reshape { .. } | Op::Transpose { .. })
+            && let Some(&p) = pins.get(&g.node(*c).outputs[0])
+            && !pins.contains_key(&v)
+        {
+            pins.insert(v, p);
         }
     }
     Ok(Stripped { graph: g, pins, notes })
@@ -190,11 +218,32 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
 pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
     let s = strip(g)?;
     let mut f = s.graph;
-    let pins = s.pins;
+    let mut pins = s.pins;
+    // A product the model did not quantize, followed by its bias: one Gemm whose int32 bias
+    // sits in the accumulator (TFLite exports put MatMul and Add apart this way).
+    for (sum, prod) in passes::fuse_matmul_add::run_where(&mut f, |v| !pins.contains_key(&v)).map_err(QuantError::Ir)? {
+        if let Some(p) = pins.remove(&sum) {
+            pins.insert(prod, p);
+        }
+    }
     // these passes remove and rewire nodes but keep value ids, so the pins stay valid
     for pass in [passes::fuse_activations::run, passes::eliminate_dead_nodes::run] {
         pass(&mut f).map_err(QuantError::Ir)?;
         kiln_ir::verify::verify(&f).map_err(QuantError::Ir)?;
+    }
+    // A ReLU/Clip the model quantizes after an op it does not (TFLite's Add then ReLU):
+    // the op takes the activation's parameters, whose clamp then is exact.
+    for n in f.topo_order().map_err(QuantError::Ir)? {
+        let node = f.node(n);
+        let (x, y) = (node.inputs[0], node.outputs[0]);
+        if matches!(node.op, Op::Unary(UnaryOp::Relu | UnaryOp::Clip { .. }))
+            && !pins.contains_key(&x)
+            && f.consumers(x).len() == 1
+            && f.producer(x).is_some()
+            && let Some(&p) = pins.get(&y)
+        {
+            pins.insert(x, p);
+        }
     }
     let ranges = match calibration {
         Some(dir) => {

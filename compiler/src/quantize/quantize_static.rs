@@ -174,7 +174,11 @@ pub fn run_pinned(
     for n in src.topo_order().map_err(QuantError::Ir)? {
         r.node(n)?;
     }
-    let outs: Vec<ValueId> = src.outputs().iter().map(|&v| r.float_of(v)).collect::<Result<_, _>>()?;
+    let outs: Vec<ValueId> = src
+        .outputs()
+        .iter()
+        .map(|&v| r.output_of(v))
+        .collect::<Result<_, _>>()?;
     r.dst.set_outputs(outs);
     // a node that stayed float after trying integer inputs leaves unused Quantize nodes
     crate::passes::eliminate_dead_nodes::run(&mut r.dst).map_err(QuantError::Ir)?;
@@ -218,6 +222,18 @@ impl Rewriter<'_> {
         };
         self.float.insert(v, f);
         Ok(f)
+    }
+
+    /// The value the rewritten graph outputs for `v`: its float version, or for an integer
+    /// output (a model that ends in QuantizeLinear) its integer version.
+    fn output_of(&mut self, v: ValueId) -> Result<ValueId, QuantError> {
+        if self.src.value(v).ty.dtype.scalar.is_float() {
+            return self.float_of(v);
+        }
+        match self.int.get(&v) {
+            Some(&(q, _)) => Ok(q),
+            None => self.float_of(v),
+        }
     }
 
     /// The int8 version of `v`.
@@ -391,6 +407,34 @@ impl Rewriter<'_> {
 
     fn node_int(&mut self, n: NodeId) -> Result<(), QuantError> {
         let node = self.src.node(n).clone();
+        let out = node.outputs[0];
+        match &node.op {
+            // a model with int8 inputs (maybe moved by layout ops): already the integer version
+            Op::Dequantize { scale, zero_point }
+                if self.src.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+                    && self.float.contains_key(&node.inputs[0]) =>
+            {
+                let x = self.float[&node.inputs[0]];
+                self.int.insert(out, (x, Q::int8(*scale, *zero_point)));
+            }
+            // a model with int8 outputs: the value at the model's parameters, as it is
+            Op::Quantize {
+                to: Scalar::I8,
+                scale,
+                zero_point,
+            } if self
+                .int
+                .get(&node.inputs[0])
+                .is_some_and(|(_, q)| *q == Q::int8(*scale, *zero_point)) =>
+            {
+                let q = self.int[&node.inputs[0]];
+                self.int.insert(out, q);
+            }
+            _ => {}
+        }
+        if self.int.contains_key(&out) {
+            return Ok(());
+        }
         let moves = matches!(
             node.op,
             Op::Pool(_) | Op::GlobalPool(_) | Op::Reshape { .. } | Op::Transpose { .. } | Op::Pad { .. }
