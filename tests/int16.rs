@@ -206,6 +206,7 @@ fn int16_products_at_the_extremes_are_bit_exact() {
         requant,
         act_min: -32768,
         act_max: 32767,
+        weight_bits: 8,
     };
     let (_, y) = g
         .add_node("mm", kiln_ir::Op::QMatMul { q: ql }, vec![xv, wv, bv], &[])
@@ -277,6 +278,7 @@ fn int16_convolution_at_the_extremes_is_bit_exact() {
             requant,
             act_min: -32768,
             act_max: 32767,
+            weight_bits: 8,
         },
     };
     let (_, y) = g.add_node("cv", op, vec![xv, wv], &[]).unwrap();

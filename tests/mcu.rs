@@ -550,6 +550,15 @@ fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
 }
 
 /// A shipped model with every product in 16x8 (`--int16 all`).
+/// An int8 build with 4-bit weights (packed in flash, unpacked as read).
+fn w4_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let opts = kiln::quantize::QuantOptions {
+        weight_bits: Some(4),
+        ..Default::default()
+    };
+    quantized_model(name, label, opts)
+}
+
 fn int16_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let opts = kiln::quantize::QuantOptions {
         int16: vec!["all".into()],
@@ -722,6 +731,7 @@ fn small_models_run_on_a_simulated_atmega328p() {
             with_inputs("conv", conv_net()),
             with_inputs("mlp", mlp()),
             int8_model("digits_cnn"),
+            w4_model("digits_cnn", "digits_w4"),
         ],
         &tools,
     );
@@ -759,6 +769,7 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
     models.extend(dynamic_models("mlperf_tiny_kws_dscnn", "kws_dynamic"));
     models.push(int16_model("digits_cnn", "digits_16x8"));
     models.push(int16_model("mlperf_tiny_kws_dscnn", "kws_16x8"));
+    models.push(w4_model("mlperf_tiny_kws_dscnn", "kws_w4"));
     // The int8 builds of the shipped models, on their first reference input, integer
     // results compared byte for byte.
     for m in [

@@ -218,7 +218,11 @@ fn check_fit(g: &Graph, plan: &MemoryPlan, target: &Target) -> Result<(), Compil
             _ => None,
         })
         .collect();
-    let weights: usize = consts.iter().map(|&v| g.value(v).ty.bytes()).sum();
+    let stored = |v| match kiln_ir::analysis::packed_weight_bits(g, v) {
+        Some(b) => kiln_runtime::packed_len(g.value(v).ty.numel(), b),
+        None => g.value(v).ty.bytes(),
+    };
+    let weights: usize = consts.iter().map(|&v| stored(v)).sum();
     let fail = |what, need, limit| CompileError::DoesNotFit {
         mcu: mcu.name,
         what,
@@ -231,11 +235,11 @@ fn check_fit(g: &Graph, plan: &MemoryPlan, target: &Target) -> Result<(), Compil
     if target.is_avr() {
         // avr-gcc objects are at most PTRDIFF_MAX bytes, and `pgm_read_*` reaches only
         // the first 64 KiB of flash.
-        if let Some(v) = consts.iter().copied().find(|&v| g.value(v).ty.bytes() > 32767) {
+        if let Some(v) = consts.iter().copied().find(|&v| stored(v) > 32767) {
             return Err(CompileError::AvrLimit(format!(
                 "constant `{}` is {} bytes; an AVR object can be at most 32767",
                 g.value(v).name,
-                g.value(v).ty.bytes()
+                stored(v)
             )));
         }
         if weights > 65535 {

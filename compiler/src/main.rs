@@ -65,6 +65,10 @@ struct QuantArgs {
     /// Reuse (or create) a calibration cache file.
     #[arg(long = "calibration-cache", value_name = "FILE")]
     calibration_cache: Option<PathBuf>,
+    /// Width of Conv/Gemm/MatMul weights in a full-integer build: 8, or 4 or 2 (symmetric
+    /// per channel, stored packed two or four to a byte).
+    #[arg(long = "weight-bits", value_parser = ["8", "4", "2"])]
+    weight_bits: Option<String>,
     /// With a model that carries its own quantization (QDQ, QOperator): fail instead of
     /// leaving any part of it in float.
     #[arg(long = "strict-integer")]
@@ -234,6 +238,9 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
     if !quant.keep_float.is_empty() && !matches!(quant.quantize, QuantMode::Int8 | QuantMode::Dynamic) {
         bail!("--keep-float needs --quantize int8 or --quantize dynamic");
     }
+    if quant.weight_bits.is_some() && quant.quantize != QuantMode::Int8 {
+        bail!("--weight-bits sets the weight width of a full-integer build: it needs --quantize int8");
+    }
     if quant.strict_integer && quant.quantize != QuantMode::Int8 {
         bail!("--strict-integer applies to integer builds of quantized models: it needs --quantize int8");
     }
@@ -331,6 +338,10 @@ fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
         per_tensor_weights: quant.per_tensor_weights,
         int16: quant.int16.clone(),
         strict_integer: quant.strict_integer,
+        weight_bits: quant
+            .weight_bits
+            .as_deref()
+            .map(|b| b.parse().expect("checked by clap")),
     })
 }
 
@@ -387,15 +398,7 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     for (name, db) in kiln::quantize::report::layer_sqnr(&float, &int8, &samples)? {
         println!("  {db:7.1} dB  {name}");
     }
-    let weight_bytes = |g: &Graph| -> usize {
-        let mut seen = std::collections::HashSet::new();
-        g.node_ids()
-            .flat_map(|n| g.node(n).inputs.clone())
-            .filter(|&v| g.const_value(v).is_some() && seen.insert(v))
-            .map(|v| g.value(v).ty.bytes())
-            .sum()
-    };
-    let (wf, wq) = (weight_bytes(&float), weight_bytes(&int8));
+    let (wf, wq) = (analysis::constant_bytes(&float), analysis::constant_bytes(&int8));
     println!(
         "weights: float {wf} bytes, {mode} {wq} bytes ({:.2}x smaller)",
         wf as f64 / wq.max(1) as f64

@@ -1,7 +1,7 @@
 //! Analyses over a finished graph: multiply-accumulate counts and parameter sizes, used by
 //! `kiln inspect` and, later, by reports and budgets.
 
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Op, RnnKind};
 
 /// Multiply-accumulates one execution of node `n` performs (0 for ops without products).
@@ -51,4 +51,38 @@ pub fn parameter_count(g: &Graph) -> u64 {
         }
     }
     total
+}
+
+/// The packed width of constant `v` when every node reading it takes it as the weight of an
+/// integer Conv/MatMul narrower than 8 bits (see `QLinear::weight_bits`).
+pub fn packed_weight_bits(g: &Graph, v: ValueId) -> Option<u8> {
+    g.const_value(v)?;
+    let cons = g.consumers(v);
+    let mut bits = None;
+    for n in &cons {
+        let node = g.node(*n);
+        match &node.op {
+            Op::QConv { q, .. } | Op::QMatMul { q } if q.weight_bits < 8 && node.inputs.get(1) == Some(&v) => {
+                if bits.is_some_and(|b| b != q.weight_bits) {
+                    return None;
+                }
+                bits = Some(q.weight_bits);
+            }
+            _ => return None,
+        }
+    }
+    bits
+}
+
+/// Bytes the constants the graph reads take when stored (packed weights at their width).
+pub fn constant_bytes(g: &Graph) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    g.node_ids()
+        .flat_map(|n| g.node(n).inputs.clone())
+        .filter(|&v| g.const_value(v).is_some() && seen.insert(v))
+        .map(|v| match packed_weight_bits(g, v) {
+            Some(b) => kiln_runtime::packed_len(g.value(v).ty.numel(), b),
+            None => g.value(v).ty.bytes(),
+        })
+        .sum()
 }

@@ -538,6 +538,17 @@ pub struct QLinear {
     /// Clamp of the result in output integers (a fused ReLU/Clip lands here).
     pub act_min: i32,
     pub act_max: i32,
+    /// Storage width of the weight (8, 4 or 2): its values lie in the signed range of that
+    /// many bits and backends store them packed, `8 / weight_bits` to a byte
+    /// (`kiln_runtime::pack_weights`). Arithmetic is the same at every width.
+    pub weight_bits: u8,
+}
+
+impl QLinear {
+    /// Largest weight value at this width (127, 7 or 1; the smallest is one below minus it).
+    pub fn weight_max(&self) -> i32 {
+        (1 << (self.weight_bits - 1)) - 1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -175,6 +175,9 @@ fn check_requant(op: &Op, q: &QLinear, channels: usize, out: Scalar) -> Result<(
     if q.act_min > q.act_max || q.act_min < lo || q.act_max > hi {
         return err(op, format!("bad activation range {}..={}", q.act_min, q.act_max));
     }
+    if !matches!(q.weight_bits, 2 | 4 | 8) {
+        return err(op, format!("weights of {} bits (8, 4 or 2)", q.weight_bits));
+    }
     Ok(())
 }
 

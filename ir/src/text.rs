@@ -188,8 +188,13 @@ fn scales(v: &[f32]) -> String {
 fn qlinear(q: &QLinear) -> String {
     let r: Vec<String> = q.requant.iter().take(4).map(rq).collect();
     let more = if q.requant.len() > 4 { ",..." } else { "" };
+    let bits = if q.weight_bits == 8 {
+        String::new()
+    } else {
+        format!(" weight_bits={}", q.weight_bits)
+    };
     format!(
-        "in_zp={} out_zp={} requant=[{}{more}] act=[{},{}]",
+        "in_zp={} out_zp={} requant=[{}{more}] act=[{},{}]{bits}",
         q.input_zp,
         q.output_zp,
         r.join(","),

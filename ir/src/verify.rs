@@ -38,6 +38,21 @@ pub fn verify(g: &Graph) -> Result<()> {
                 return bad(format!("output {k} of node `{}` is not linked back to it", node.name));
             }
         }
+        if let crate::Op::QConv { q, .. } | crate::Op::QMatMul { q } = &node.op
+            && q.weight_bits < 8
+        {
+            // packed weights are constants whose every value fits the width
+            let w = node.inputs.get(1).and_then(|&v| g.const_value(v));
+            let max = q.weight_max() as i64;
+            if !w.is_some_and(|t| t.to_i64_vec().iter().all(|x| (-max - 1..=max).contains(x))) {
+                return bad(format!(
+                    "node `{}`: its weights are not constants in {}..={max} ({} bits)",
+                    node.name,
+                    -max - 1,
+                    q.weight_bits
+                ));
+            }
+        }
         let types: Vec<_> = node.inputs.iter().map(|&v| &g.value(v).ty).collect();
         let inferred = shape::infer(&node.op, &types).map_err(|e| e.at(&node.name))?;
         if inferred.len() != node.outputs.len() {

@@ -173,6 +173,32 @@ pub fn dynamic_rescale(acc: i32, input_scale: f32, weight_scale: f32) -> f32 {
     acc as f32 * (input_scale * weight_scale)
 }
 
+/// Bytes that hold `n` weights of `bits` (8, 4 or 2) bits each.
+pub const fn packed_len(n: usize, bits: u8) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
+
+/// Packs weights of `bits` bits, `8 / bits` to a byte, element `i` in bits
+/// `(i % (8 / bits)) * bits` up (the low bits first), two's complement. `out` holds
+/// [`packed_len`] bytes.
+pub fn pack_weights(w: &[i8], bits: u8, out: &mut [u8]) {
+    let per = (8 / bits) as usize;
+    let mask = ((1u16 << bits) - 1) as u8;
+    out.fill(0);
+    for (i, &v) in w.iter().enumerate() {
+        out[i / per] |= ((v as u8) & mask) << ((i % per) * bits as usize);
+    }
+}
+
+/// Weight `i` of weights packed by [`pack_weights`].
+#[inline]
+pub fn packed_weight(p: &[u8], bits: u8, i: usize) -> i8 {
+    let per = (8 / bits) as usize;
+    let field = (p[i / per] >> ((i % per) * bits as usize)) as i32 & ((1 << bits) - 1);
+    let sign = 1 << (bits - 1);
+    ((field ^ sign) - sign) as i8
+}
+
 /// Integer to float: `(q - zero_point) * scale` in f32.
 #[inline]
 pub fn dequantize(q: i32, scale: f32, zero_point: i32) -> f32 {
@@ -279,6 +305,26 @@ mod tests {
         }
         assert_eq!(super::dynamic_qparams(&[0.0, 0.0]), (1.0, 0));
         assert_eq!(super::dynamic_qparams(&[f32::INFINITY]), (1.0, 0));
+    }
+
+    #[test]
+    fn packed_weights_round_trip() {
+        let w4: [i8; 7] = [-7, 7, 0, -1, 3, -8, 5];
+        let mut p = [0u8; packed_len(7, 4)];
+        pack_weights(&w4, 4, &mut p);
+        assert_eq!(p, [0x79, 0xF0, 0x83, 0x05]);
+        for (i, &v) in w4.iter().enumerate() {
+            assert_eq!(packed_weight(&p, 4, i), v);
+        }
+        let w2: [i8; 5] = [-1, 1, 0, -2, 1];
+        let mut p = [0u8; packed_len(5, 2)];
+        pack_weights(&w2, 2, &mut p);
+        for (i, &v) in w2.iter().enumerate() {
+            assert_eq!(packed_weight(&p, 2, i), v);
+        }
+        let mut p = [0u8; 2];
+        pack_weights(&[-128, 127], 8, &mut p);
+        assert_eq!((packed_weight(&p, 8, 0), packed_weight(&p, 8, 1)), (-128, 127));
     }
 
     #[test]

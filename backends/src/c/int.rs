@@ -20,9 +20,18 @@ pub const PRELUDE: &str = r#"
 #define KILN_ROM
 #define kiln_rom_i32(p) (*(p))
 #define kiln_rom_i8(p) (*(p))
+#define kiln_rom_u8(p) (*(p))
 #define kiln_rom_f32(p) (*(p))
 #endif
 #define kiln_mul16(x, w) ((int64_t)(x) * (int64_t)(w))
+static inline int32_t kiln_ld_w4(const uint8_t *p, int32_t i) {
+    int32_t b = kiln_rom_u8(&p[i >> 1]), n = (i & 1) ? b >> 4 : b & 15;
+    return (n ^ 8) - 8;
+}
+static inline int32_t kiln_ld_w2(const uint8_t *p, int32_t i) {
+    int32_t n = (kiln_rom_u8(&p[i >> 2]) >> ((i & 3) * 2)) & 3;
+    return (n ^ 2) - 2;
+}
 #ifndef kiln_mul8
 #define kiln_mul8(x, w) ((int32_t)(x) * (int32_t)(w))
 #endif

@@ -518,7 +518,15 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 && !names.contains_key(&v)
             {
                 let name = format!("w{}", v.index());
+                let packed = kiln_ir::analysis::packed_weight_bits(g, v);
                 let items: Vec<String> = match &t.data {
+                    _ if packed.is_some() => {
+                        let w: Vec<i8> = t.to_i64_vec().iter().map(|&x| x as i8).collect();
+                        let bits = packed.unwrap_or(8);
+                        let mut p = vec![0u8; kiln_runtime::packed_len(w.len(), bits)];
+                        kiln_runtime::pack_weights(&w, bits, &mut p);
+                        p.iter().map(|b| b.to_string()).collect()
+                    }
                     kiln_ir::Data::F16(h) => h.iter().map(|x| x.to_bits().to_string()).collect(),
                     _ => match t.data.scalar() {
                         Scalar::F32 => t
@@ -535,7 +543,12 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     g.value(v).name.replace("*/", "* /"),
                     g.value(v).ty
                 );
-                array(&mut out, storage, header::c_type(t.data.scalar()), &name, &items);
+                let ty = if packed.is_some() {
+                    "uint8_t"
+                } else {
+                    header::c_type(t.data.scalar())
+                };
+                array(&mut out, storage, ty, &name, &items);
                 names.insert(v, name);
             }
         }
@@ -545,7 +558,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         if !aliased(g, plan, n) {
             let mut text = String::new();
             kernel(&mut text, g, n, k);
-            if opts.progmem || half_weight(g, n) {
+            if opts.progmem || half_weight(g, n) || packed_weight(g, n) {
                 text = flash_reads(g, n, k, &text, opts.progmem)?;
             }
             out.push_str(&text);
@@ -679,6 +692,9 @@ fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, progmem: bool) -> Res
         .enumerate()
         .filter(|(_, v)| g.const_value(**v).is_some())
         .filter_map(|(i, &v)| match g.value(v).ty.dtype.scalar {
+            _ if let Some(b) = kiln_ir::analysis::packed_weight_bits(g, v) => {
+                Some((format!("x{i}"), if b == 4 { "w4" } else { "w2" }))
+            }
             Scalar::F16 => Some((format!("x{i}"), "half")),
             s if progmem => Some((format!("x{i}"), header::c_type(s))),
             _ => None,
@@ -695,6 +711,14 @@ fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, progmem: bool) -> Res
     Ok(format!("{}{body}", &text[..head]))
 }
 
+/// Whether node `n` reads weights stored packed (narrower than 8 bits).
+fn packed_weight(g: &Graph, n: NodeId) -> bool {
+    g.node(n)
+        .inputs
+        .iter()
+        .any(|&v| kiln_ir::analysis::packed_weight_bits(g, v).is_some())
+}
+
 /// A reshape-like node whose output the plan placed on its input's bytes.
 fn aliased(g: &Graph, plan: &MemoryPlan, n: NodeId) -> bool {
     let node = g.node(n);
@@ -707,7 +731,14 @@ fn sig(g: &Graph, n: NodeId, k: usize) -> String {
         .inputs
         .iter()
         .enumerate()
-        .map(|(i, &v)| format!("const {} *x{i}", header::c_type(g.value(v).ty.dtype.scalar)))
+        .map(|(i, &v)| {
+            let ty = if kiln_ir::analysis::packed_weight_bits(g, v).is_some() {
+                "uint8_t"
+            } else {
+                header::c_type(g.value(v).ty.dtype.scalar)
+            };
+            format!("const {ty} *x{i}")
+        })
         .collect();
     ps.extend(
         node.outputs

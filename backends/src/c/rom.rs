@@ -12,6 +12,7 @@ pub const PRELUDE: &str = r#"#include <avr/pgmspace.h>
 #define KILN_ROM PROGMEM
 #define kiln_rom_i32(p) ((int32_t)pgm_read_dword(p))
 #define kiln_rom_i8(p) ((int8_t)pgm_read_byte(p))
+#define kiln_rom_u8(p) pgm_read_byte(p)
 #define kiln_rom_f32(p) pgm_read_float(p)
 #define kiln_mul8(x, w) ((int16_t)((int16_t)(x) * (int16_t)(w)))
 static inline float kiln_ld_float(const float *p) { return pgm_read_float(p); }
@@ -26,8 +27,10 @@ static inline uint64_t kiln_ld_uint64_t(const uint64_t *p) { uint64_t v; memcpy_
 "#;
 
 /// Rewrites every read `name[e]` in `body` into `kiln_ld_<ty>(&name[e])`, for each
-/// `(name, ty)` in `rom`. Fails with the pointer's name when one is used other than by
-/// subscript (pointer arithmetic, passing it on), which the rewrite cannot follow.
+/// `(name, ty)` in `rom`; packed weights (`ty` `w4` or `w2`, see `kiln_runtime::pack_weights`)
+/// become `kiln_ld_<ty>(name, e)`, since their elements have no address. Fails with the
+/// pointer's name when one is used other than by subscript (pointer arithmetic, passing it
+/// on), which the rewrite cannot follow.
 pub fn rewrite(body: &str, rom: &[(String, &str)]) -> Result<String, String> {
     let chars: Vec<char> = body.chars().collect();
     let mut out = String::with_capacity(body.len() + 64);
@@ -61,9 +64,14 @@ fn scan(s: &[char], mut i: usize, rom: &[(String, &str)], out: &mut String, nest
                 if s.get(j) != Some(&'[') {
                     return Err(word);
                 }
-                out.push_str(&format!("kiln_ld_{ty}(&{word}["));
+                let packed = matches!(*ty, "w4" | "w2");
+                if packed {
+                    out.push_str(&format!("kiln_ld_{ty}({word}, ("));
+                } else {
+                    out.push_str(&format!("kiln_ld_{ty}(&{word}["));
+                }
                 let close = scan(s, j + 1, rom, out, true)?;
-                out.push_str("])");
+                out.push_str(if packed { "))" } else { "])" });
                 i = close + 1;
             } else {
                 out.push_str(&word);

@@ -236,8 +236,24 @@ fn sum_bytes(g: &Graph, x: ValueId) -> usize {
     if scalar(g, x) == Scalar::I16 { 8 } else { 4 }
 }
 
-/// Arena bytes of int32 accumulators a node's kernel needs (bound as `s`).
+/// Scratch bytes that hold `n` unpacked weights (a multiple of 8, so the accumulators
+/// before them keep their alignment).
+pub(super) fn unpacked_bytes(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// Arena bytes a node's kernel needs: its accumulators (bound as `s`), then room to unpack
+/// narrow weights.
 pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    let node = g.node(n);
+    let packed: usize = (node.inputs.iter())
+        .filter(|&&v| kiln_ir::analysis::packed_weight_bits(g, v).is_some())
+        .map(|&v| unpacked_bytes(g.value(v).ty.numel()))
+        .sum();
+    packed + accumulator_bytes(g, n)
+}
+
+fn accumulator_bytes(g: &Graph, n: NodeId) -> usize {
     let node = g.node(n);
     match &node.op {
         // i32 sums, or i64 for 16x8 products

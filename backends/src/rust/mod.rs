@@ -129,6 +129,15 @@ fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::
             let _ = write!(out, "    static {name}: [k::F16; {}] = k::f16s([", items.len());
             wrap(out, &items, "        ");
             out.push_str("]);\n");
+        } else if let Some(bits) = kiln_ir::analysis::packed_weight_bits(g, v) {
+            // narrow weights packed `8 / bits` to a byte, unpacked into scratch per call
+            let w: Vec<i8> = t.to_i64_vec().iter().map(|&x| x as i8).collect();
+            let mut p = vec![0u8; kiln_runtime::packed_len(w.len(), bits)];
+            kiln_runtime::pack_weights(&w, bits, &mut p);
+            let items: Vec<String> = p.iter().map(|b| b.to_string()).collect();
+            let _ = write!(out, "    static {name}: [u8; {}] = [", items.len());
+            wrap(out, &items, "        ");
+            out.push_str("];\n");
         } else {
             let items: Vec<String> = match t.data.scalar() {
                 Scalar::F32 => t.to_f32_vec().iter().map(|&x| f32_lit(x)).collect(),
@@ -411,8 +420,23 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         gaps.push((at, gap(arena_outs.len())));
     }
     lines.extend(split.lines().map(str::to_string));
+    let mut unpack = Vec::new();
     for (k, &v) in ins.iter().enumerate() {
         if !mentions(call, &format!("x{k}")) {
+            continue;
+        }
+        if let (Some(bits), Location::Const(w)) = (kiln_ir::analysis::packed_weight_bits(g, v), c.plan.loc(v)) {
+            // unpacked into the end of the scratch, after the accumulators
+            let n = g.value(v).ty.numel();
+            let o = outs.len();
+            unpack.push(format!(
+                "let (b{o}, bw) = b{o}.split_at_mut(b{o}.len() - {});",
+                kernel::unpacked_bytes(n)
+            ));
+            unpack.push(format!(
+                "let x{k}: &[i8] = k::int::unpack_weights(&{}, {bits}, &mut bw[..{n}]);",
+                c.weights[&w]
+            ));
             continue;
         }
         let t = ty(v);
@@ -442,6 +466,7 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         };
         lines.push(format!("let y{k}: &mut [{t}] = {e};"));
     }
+    lines.extend(unpack);
     if scratch.is_some() {
         // int32 accumulators, or the float state of a recurrent layer
         let t = if outs.iter().all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32) && !call.contains("k::int::") {

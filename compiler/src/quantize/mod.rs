@@ -52,6 +52,8 @@ pub struct QuantOptions {
     pub int16: Vec<String>,
     /// Refuse to leave any part of a model that carries its own quantization in float.
     pub strict_integer: bool,
+    /// Width of Conv/Gemm/MatMul weights (8, 4 or 2 bits; `None`: 8), stored packed.
+    pub weight_bits: Option<u8>,
 }
 
 /// The result of quantizing a model.

@@ -479,18 +479,14 @@ impl Rewriter<'_> {
                 let po = self.out_params_bits(out, bits)?;
                 let m = w.shape[0];
                 let per = w.numel() / m;
-                let (wq, ws) = match model_grid(&w, 0) {
-                    Some(ws) => self.on_grid(&node.name, &w.to_f32_vec(), ws, |i| i / per)?,
-                    None if self.opts.per_tensor_weights => per_channel(&w.to_f32_vec(), 1, |_| 0),
-                    None => per_channel(&w.to_f32_vec(), m, |i| i / per),
-                };
+                let (wq, ws, wbits) = self.weights(&node.name, &w.to_f32_vec(), model_grid(&w, 0), m, |i| i / per);
                 let wname = format!("{}:q", self.name(node.inputs[1]));
                 let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
                 let mut ins = vec![x, wv];
                 if let Some(b) = bias {
                     ins.push(self.add_bias(node.inputs[2], &b.to_f32_vec(), px, &ws));
                 }
-                let q = self.qlinear(&node.name, px, po, &ws, act)?;
+                let q = self.qlinear(&node.name, px, po, &ws, act, wbits)?;
                 self.emit_int(
                     n,
                     Op::QConv {
@@ -753,7 +749,7 @@ impl Rewriter<'_> {
             let name = format!("{}:ones", node.name);
             let name = self.dst.fresh_name(&name);
             let w = self.add_weights(&name, wshape, vec![1; c * count], &ws, 0);
-            let q = self.qlinear(&node.name, px, po, &ws, (None, None))?;
+            let q = self.qlinear(&node.name, px, po, &ws, (None, None), 8)?;
             self.emit_int(n, Op::QConv { window, group: c, q }, vec![x, w], out, po);
             return Ok(());
         }
@@ -818,31 +814,58 @@ impl Rewriter<'_> {
         let bits = self.width(n);
         let (x, px) = self.int_bits(node.inputs[0], bits)?;
         let po = self.out_params_bits(out, bits)?;
-        let (wq, ws) = match grid {
-            Some(ws) => self.on_grid(&node.name, w, ws, |i| i % nn)?,
-            None if self.opts.per_tensor_weights => per_channel(w, 1, |_| 0),
-            None => per_channel(w, nn, |i| i % nn),
-        };
+        let (wq, ws, wbits) = self.weights(&node.name, w, grid, nn, |i| i % nn);
         let wname = format!("{}:q", self.name(node.inputs[1]));
         let wv = self.add_weights(&wname, vec![k, nn], wq, &ws, 1);
         let mut ins = vec![x, wv];
         if let Some(b) = bias {
             ins.push(self.add_bias(node.inputs[2], &b, px, &ws));
         }
-        let q = self.qlinear(&node.name, px, po, &ws, act)?;
+        let q = self.qlinear(&node.name, px, po, &ws, act, wbits)?;
         self.emit_int(n, Op::QMatMul { q }, ins, out, po);
         Ok(())
     }
 
+    /// A product's integer weights, their scales and storage width: the model's own (from
+    /// `grid`) at the narrowest width that holds them, else Kiln's, symmetric per channel
+    /// (or per tensor) at `--weight-bits`.
+    fn weights(
+        &mut self,
+        node: &str,
+        w: &[f32],
+        grid: Option<Vec<f32>>,
+        channels: usize,
+        channel_of: impl Fn(usize) -> usize,
+    ) -> (Vec<i8>, Vec<f32>, u8) {
+        if let Some(scales) = grid
+            && let Some((q, scales)) = self.on_grid(node, w, scales, &channel_of)
+        {
+            let (lo, hi) = q.iter().fold((0i8, 0i8), |(l, h), &v| (l.min(v), h.max(v)));
+            let bits = [2u8, 4, 8]
+                .into_iter()
+                .find(|&b| (lo as i32) >= -(1 << (b - 1)) && (hi as i32) < 1 << (b - 1))
+                .unwrap_or(8);
+            return (q, scales, bits);
+        }
+        let bits = self.opts.weight_bits.unwrap_or(8);
+        let qmax = ((1i32 << (bits - 1)) - 1) as f32;
+        let (q, s) = if self.opts.per_tensor_weights {
+            per_channel_max(w, 1, |_| 0, qmax)
+        } else {
+            per_channel_max(w, channels, channel_of, qmax)
+        };
+        (q, s, bits)
+    }
+
     /// The model's own int8 weights: `w` divided by its grid's scales (one, or one per
-    /// channel); Kiln's own quantization, with a note, when a value is off the int8 grid.
+    /// channel); `None`, with a note, when a value is off the int8 grid.
     fn on_grid(
         &mut self,
         node: &str,
         w: &[f32],
         scales: Vec<f32>,
         channel_of: impl Fn(usize) -> usize,
-    ) -> Result<(Vec<i8>, Vec<f32>), QuantError> {
+    ) -> Option<(Vec<i8>, Vec<f32>)> {
         let s = |i: usize| scales[if scales.len() == 1 { 0 } else { channel_of(i) }];
         let q: Option<Vec<i8>> = w
             .iter()
@@ -852,20 +875,12 @@ impl Rewriter<'_> {
                 ((-128.0..=127.0).contains(&q) && q as f32 * s(i) == x).then_some(q as i8)
             })
             .collect();
-        match q {
-            Some(q) => Ok((q, scales)),
-            None => {
-                self.notes.push(format!(
-                    "node `{node}`: the model's weights are not on a symmetric int8 grid; Kiln quantized them"
-                ));
-                let channels = if scales.len() == 1 { 1 } else { scales.len() };
-                Ok(per_channel(
-                    w,
-                    channels,
-                    |i| if channels == 1 { 0 } else { channel_of(i) },
-                ))
-            }
+        if q.is_none() {
+            self.notes.push(format!(
+                "node `{node}`: the model's weights are not on a symmetric int8 grid; Kiln quantized them"
+            ));
         }
+        q.map(|q| (q, scales))
     }
 
     fn add_weights(&mut self, name: &str, shape: Vec<usize>, q: Vec<i8>, scales: &[f32], axis: usize) -> ValueId {
@@ -922,6 +937,7 @@ impl Rewriter<'_> {
         po: Q,
         ws: &[f32],
         act: (Option<f32>, Option<f32>),
+        weight_bits: u8,
     ) -> Result<QLinear, QuantError> {
         let requant = ws
             .iter()
@@ -939,6 +955,7 @@ impl Rewriter<'_> {
             requant,
             act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
             act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
+            weight_bits,
         })
     }
 }
@@ -1012,16 +1029,45 @@ fn fused_clamp(f: Option<UnaryOp>) -> Option<(Option<f32>, Option<f32>)> {
 
 /// Symmetric int8 per channel: `scale_c = max|w_c| / 127`, values in `-127..=127`.
 pub(crate) fn per_channel(w: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize) -> (Vec<i8>, Vec<f32>) {
+    per_channel_max(w, channels, channel_of, 127.0)
+}
+
+/// Symmetric per channel into `-qmax..=qmax` (127, 7 for 4-bit weights, 1 for 2-bit). At
+/// 8 bits the scale covers the largest weight; narrower grids clip: each channel's range is
+/// the fraction of its largest weight (1, 0.95, .., 0.3) whose grid reconstructs the
+/// channel with the least squared error, since a few large weights would otherwise leave
+/// most of the others at zero.
+fn per_channel_max(w: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize, qmax: f32) -> (Vec<i8>, Vec<f32>) {
     let mut amax = vec![0f32; channels];
     for (i, &x) in w.iter().enumerate() {
         let c = channel_of(i);
         amax[c] = amax[c].max(x.abs());
     }
-    let scales: Vec<f32> = amax.iter().map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+    let mut scales: Vec<f32> = amax.iter().map(|&a| if a > 0.0 { a / qmax } else { 1.0 }).collect();
+    if qmax < 127.0 {
+        let ratios: Vec<f32> = (0..15).map(|k| 1.0 - 0.05 * k as f32).collect();
+        let mut err = vec![vec![0f64; ratios.len()]; channels];
+        for (i, &x) in w.iter().enumerate() {
+            let c = channel_of(i);
+            for (r, e) in ratios.iter().zip(err[c].iter_mut()) {
+                let s = scales[c] * r;
+                let q = (x as f64 / s as f64).round().clamp(-qmax as f64, qmax as f64);
+                *e += (x as f64 - q * s as f64).powi(2);
+            }
+        }
+        for (c, e) in err.iter().enumerate() {
+            let best = (0..ratios.len()).fold(0, |b, k| if e[k] < e[b] { k } else { b });
+            scales[c] *= ratios[best];
+        }
+    }
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x as f64 / scales[channel_of(i)] as f64).round().clamp(-127.0, 127.0) as i8)
+        .map(|(i, &x)| {
+            (x as f64 / scales[channel_of(i)] as f64)
+                .round()
+                .clamp(-qmax as f64, qmax as f64) as i8
+        })
         .collect();
     (q, scales)
 }

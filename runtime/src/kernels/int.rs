@@ -58,6 +58,15 @@ impl Rescale for DynRescale<'_> {
     }
 }
 
+/// Unpacks weights packed by [`crate::pack_weights`] into `out` (as many as it holds) and
+/// returns them as int8.
+pub fn unpack_weights<'a>(p: &[u8], bits: u8, out: &'a mut [u8]) -> &'a [i8] {
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = crate::packed_weight(p, bits, i) as u8;
+    }
+    bytemuck::cast_slice(out)
+}
+
 /// Integer convolution, int8 input and weights, int32 bias; `acc` holds one output plane
 /// of accumulators. Weight-stationary as the float [`conv`](super::float::conv).
 #[inline]
