@@ -162,3 +162,74 @@ fn packed_weights_are_bit_exact_on_every_backend() {
         failures.join("\n")
     );
 }
+
+/// Output SQNR of `q` against `float` on the budget search's samples (32 spread evenly
+/// over the calibration set).
+fn output_sqnr(float: &Graph, q: &Graph, dir: &std::path::Path) -> f64 {
+    let set = kiln::quantize::calibrate::CalibrationSet::load(float, &dir.join("calib")).unwrap();
+    let n = set.samples.min(32);
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for i in 0..n {
+        let x = set.sample(float, i * set.samples / n);
+        let a = kiln_ir::eval::run(float, &x).unwrap();
+        let b = kiln_ir::eval::run(q, &x).unwrap();
+        for (u, v) in a[0].to_f64_vec().iter().zip(b[0].to_f64_vec()) {
+            sig += u * u;
+            noise += (u - v) * (u - v);
+        }
+    }
+    10.0 * (sig / noise).log10()
+}
+
+#[test]
+fn an_accuracy_budget_picks_the_smallest_mix_that_meets_it() {
+    let dir = repo().join("tests/models/mlperf_tiny_kws_dscnn");
+    let m = kiln::load(
+        &dir.join("model.onnx"),
+        &case_import_options(&dir),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let build = |budget: Option<f64>| {
+        let opts = QuantOptions {
+            accuracy_budget: budget,
+            method: Some(kiln::quantize::calibrate::Method::MinMax),
+            ..Default::default()
+        };
+        quantize_int8(&m.graph, &dir.join("calib"), &opts, |_, _| {})
+    };
+    let int8 = build(None).unwrap();
+    let (b8, s8) = (
+        kiln_ir::analysis::constant_bytes(&int8.graph),
+        output_sqnr(&m.graph, &int8.graph, &dir),
+    );
+    println!("kws all int8: {b8} bytes of constants, output SQNR {s8:.1} dB");
+    for budget in [20.0, 25.0, s8 + 3.0] {
+        let q = build(Some(budget)).unwrap();
+        let (bytes, sqnr) = (
+            kiln_ir::analysis::constant_bytes(&q.graph),
+            output_sqnr(&m.graph, &q.graph, &dir),
+        );
+        let picks: Vec<&String> = q.notes.iter().filter(|n| n.starts_with("budget: node")).collect();
+        println!(
+            "kws budget {budget:.1} dB: {bytes} bytes, output SQNR {sqnr:.1} dB; {} layers:",
+            picks.len()
+        );
+        for p in &picks {
+            println!("  {p}");
+        }
+        assert!(sqnr >= budget, "budget {budget}: {sqnr} dB");
+        assert!(picks.len() == 10, "one choice per Conv/Gemm/MatMul");
+        if budget < s8 {
+            // below what int8 reaches, some layers narrow to 4-bit weights
+            assert!(bytes < b8, "budget {budget}: {bytes} >= {b8}");
+            assert!(picks.iter().any(|p| p.contains("4-bit")));
+        } else {
+            // above it, some layers must widen
+            assert!(picks.iter().any(|p| p.contains("16x8") || p.ends_with("float")));
+        }
+    }
+    let err = build(Some(500.0)).err().expect("no mix reaches 500 dB");
+    assert!(err.to_string().contains("--accuracy-budget 500"), "{err}");
+}

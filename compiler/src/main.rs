@@ -69,6 +69,11 @@ struct QuantArgs {
     /// per channel, stored packed two or four to a byte).
     #[arg(long = "weight-bits", value_parser = ["8", "4", "2"])]
     weight_bits: Option<String>,
+    /// Mixed precision: the lowest output SQNR (dB, against float on the calibration data)
+    /// allowed; each Conv/Gemm/MatMul gets the smallest of 4-bit weights, int8, 16x8 or
+    /// float that stays within it (the choice per layer is printed).
+    #[arg(long = "accuracy-budget", value_name = "DB")]
+    accuracy_budget: Option<f64>,
     /// With a model that carries its own quantization (QDQ, QOperator): fail instead of
     /// leaving any part of it in float.
     #[arg(long = "strict-integer")]
@@ -238,6 +243,12 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
     if !quant.keep_float.is_empty() && !matches!(quant.quantize, QuantMode::Int8 | QuantMode::Dynamic) {
         bail!("--keep-float needs --quantize int8 or --quantize dynamic");
     }
+    if quant.accuracy_budget.is_some() && quant.quantize != QuantMode::Int8 {
+        bail!("--accuracy-budget chooses precisions within a full-integer build: it needs --quantize int8");
+    }
+    if quant.accuracy_budget.is_some_and(|b| !b.is_finite()) {
+        bail!("--accuracy-budget must be a finite number of dB");
+    }
     if quant.weight_bits.is_some() && quant.quantize != QuantMode::Int8 {
         bail!("--weight-bits sets the weight width of a full-integer build: it needs --quantize int8");
     }
@@ -342,6 +353,8 @@ fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
             .weight_bits
             .as_deref()
             .map(|b| b.parse().expect("checked by clap")),
+        weight_bits_of: Vec::new(),
+        accuracy_budget: quant.accuracy_budget,
     })
 }
 

@@ -402,7 +402,7 @@ fn input_type(
     let Some(T::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(bad("only tensor inputs are supported".into()));
     };
-    let scalar = tensor::scalar_of(tt.elem_type).ok_or_else(|| {
+    let scalar = tensor::scalar_of_unpacked(tt.elem_type).ok_or_else(|| {
         bad(format!(
             "element type {} is not supported",
             proto::data_type::name(tt.elem_type)

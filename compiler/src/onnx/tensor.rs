@@ -47,12 +47,29 @@ pub fn checked_numel(dims: &[i64], what: &str) -> Result<usize, ImportError> {
     Ok(n)
 }
 
+/// The IR type of an ONNX element type, 4-bit integers widened to one per byte (a graph
+/// input declared INT4 takes one value per int8).
+pub fn scalar_of_unpacked(code: i32) -> Option<Scalar> {
+    match code {
+        INT4 => Some(Scalar::I8),
+        UINT4 => Some(Scalar::U8),
+        c => scalar_of(c),
+    }
+}
+
+/// ONNX's 4-bit integer element types, held in the IR one per int8 (signed) or uint8.
+const INT4: i32 = 22;
+const UINT4: i32 = 21;
+
 pub fn convert(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, ImportError> {
     let name = if t.name.is_empty() { "<unnamed tensor>" } else { &t.name };
     let bad = |msg: String| ImportError::BadTensor {
         name: name.to_string(),
         msg,
     };
+    if matches!(t.data_type, INT4 | UINT4) {
+        return convert_4bit(t, base_dir).map_err(bad);
+    }
     let scalar = scalar_of(t.data_type)
         .ok_or_else(|| bad(format!("element type {} is not supported", dt::name(t.data_type))))?;
     let n = checked_numel(&t.dims, name)?;
@@ -101,6 +118,37 @@ pub fn convert(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, Impor
         }
     };
     Ok(Tensor::new(shape, data))
+}
+
+/// INT4/UINT4: two values to a byte, the first in the low nibble (`raw_data`, or one byte
+/// pair per `int32_data` entry); widened to one int8/uint8 each, so a 4-bit weight reaches
+/// the quantizer as its exact integers (and is packed again by the backends).
+fn convert_4bit(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, String> {
+    let n = checked_numel(&t.dims, &t.name).map_err(|e| e.to_string())?;
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let bytes: Vec<u8> = if t.data_location == 1 {
+        read_external(t, base_dir)?
+    } else if !t.raw_data.is_empty() || n == 0 {
+        t.raw_data.clone()
+    } else {
+        t.int32_data.iter().map(|&v| v as u8).collect()
+    };
+    if bytes.len() != n.div_ceil(2) {
+        return Err(format!(
+            "holds {} bytes, shape {shape:?} of 4-bit values needs {}",
+            bytes.len(),
+            n.div_ceil(2)
+        ));
+    }
+    let nibble = |i: usize| (bytes[i / 2] >> (4 * (i % 2))) & 15;
+    Ok(if t.data_type == INT4 {
+        Tensor::from_vec(
+            shape,
+            (0..n).map(|i| ((nibble(i) as i8) << 4) >> 4).collect::<Vec<i8>>(),
+        )
+    } else {
+        Tensor::from_vec(shape, (0..n).map(nibble).collect::<Vec<u8>>())
+    })
 }
 
 fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {

@@ -3,6 +3,7 @@
 //! in `kiln_runtime` and evaluated by `kiln_ir::eval`, so a quantized graph is an ordinary
 //! graph every backend compiles.
 
+pub mod budget;
 mod cache;
 pub mod calibrate;
 pub mod dynamic;
@@ -31,6 +32,8 @@ pub enum QuantError {
     Internal(String),
     #[error("--keep-float/--int16 `{0}`: no node has this name or op type")]
     NoSuchNode(String),
+    #[error("--accuracy-budget {0} dB cannot be met: the best mix reaches {1:.1} dB output SQNR")]
+    Budget(f64, f64),
     #[error("--strict-integer: parts of the model cannot be integer:\n  {0}")]
     NotInteger(String),
 }
@@ -54,6 +57,12 @@ pub struct QuantOptions {
     pub strict_integer: bool,
     /// Width of Conv/Gemm/MatMul weights (8, 4 or 2 bits; `None`: 8), stored packed.
     pub weight_bits: Option<u8>,
+    /// Per-node weight widths (node name, bits), over `weight_bits` (set by the budget search).
+    pub weight_bits_of: Vec<(String, u8)>,
+    /// Mixed precision by budget: the lowest end-to-end output SQNR (dB, against float on the
+    /// calibration data) allowed; each Conv/Gemm/MatMul then gets the smallest of int4,
+    /// int8, int16 activations or float that keeps the model above it.
+    pub accuracy_budget: Option<f64>,
 }
 
 /// The result of quantizing a model.
@@ -94,8 +103,19 @@ pub fn quantize_int8(
             (r, m)
         }
     };
-    let q = quantize_static::run(g, &ranges, opts)?;
+    let (q, choice) = match opts.accuracy_budget {
+        Some(db) => {
+            let b = budget::search(g, &set, &ranges, opts, db)?;
+            let summary = format!("budget: output SQNR {:.1} dB against float (budget {db} dB)", b.sqnr);
+            (b.quantized, Some((b.choices, summary)))
+        }
+        None => (quantize_static::run(g, &ranges, opts)?, None),
+    };
     let mut notes = q.notes;
+    if let Some((c, summary)) = choice {
+        notes.extend(c.iter().map(|c| format!("budget: {c}")));
+        notes.push(summary);
+    }
     if opts.method.is_none() {
         notes.push(format!("calibration method chosen: {method}"));
     }

@@ -847,7 +847,11 @@ impl Rewriter<'_> {
                 .unwrap_or(8);
             return (q, scales, bits);
         }
-        let bits = self.opts.weight_bits.unwrap_or(8);
+        let bits = (self.opts.weight_bits_of.iter())
+            .find(|(name, _)| name == node)
+            .map(|&(_, b)| b)
+            .or(self.opts.weight_bits)
+            .unwrap_or(8);
         let qmax = ((1i32 << (bits - 1)) - 1) as f32;
         let (q, s) = if self.opts.per_tensor_weights {
             per_channel_max(w, 1, |_| 0, qmax)
