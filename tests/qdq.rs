@@ -310,3 +310,63 @@ fn quantization_aware_training_is_as_accurate_as_post_training_int8() {
         "Kiln {a_qat} vs ONNX Runtime {ort} on the same QDQ model"
     );
 }
+
+#[test]
+fn dynamically_quantized_models_run_as_hybrid_ops() {
+    // ONNX Runtime's quantize_dynamic: DynamicQuantizeLinear -> ConvInteger/MatMulInteger ->
+    // Cast -> Mul(x_scale * w_scale). With symmetric int8 weights (the autoencoder) Kiln's
+    // hybrid ops compute exactly that: ONNX Runtime's outputs to the bit. uint8 weights (ORT's
+    // choice for Conv) have a zero point the hybrid ops do not take: Kiln quantizes those
+    // products again, symmetric int8, and stays about as close to float as ONNX Runtime.
+    for dir in model_dirs() {
+        let path = dir.join("ort/dyn.onnx");
+        if !path.exists() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let m = kiln::load(
+            &path,
+            &case_import_options(&dir),
+            &PipelineOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        let products = m
+            .graph
+            .node_ids()
+            .filter(|&n| matches!(m.graph.node(n).op, Op::IntConv { .. } | Op::IntMatMul))
+            .count();
+        let q = qdq::quantize_model(&m.graph, None, &QuantOptions::default()).unwrap();
+        let hybrid = q
+            .graph
+            .node_ids()
+            .filter(|&n| matches!(q.graph.node(n).op, Op::DynConv { .. } | Op::DynMatMul { .. }))
+            .count();
+        assert_eq!(hybrid, products, "{name}: every integer product runs as a hybrid op");
+        let requantized = q.notes.iter().any(|n| n.contains("not symmetric int8"));
+        let (mut vs_ort, mut ort_vs_float, mut kiln_vs_float) = (0f64, 0f64, 0f64);
+        for (k, inputs) in ref_input_sets(&dir, q.graph.inputs().len()).iter().enumerate() {
+            let got = kiln_ir::eval::run(&q.graph, inputs).unwrap()[0].to_f64_vec();
+            let ort = kiln::npy::read(&dir.join(format!("ort/dyn_out_{k}.npy")))
+                .unwrap()
+                .to_f64_vec();
+            let float = kiln::npy::read(&dir.join(format!("ref/test_data_set_{k}/output_0.npy")))
+                .unwrap()
+                .to_f64_vec();
+            for ((a, b), f) in got.iter().zip(&ort).zip(&float) {
+                vs_ort = vs_ort.max((a - b).abs());
+                ort_vs_float = ort_vs_float.max((b - f).abs());
+                kiln_vs_float = kiln_vs_float.max((a - f).abs());
+            }
+        }
+        println!(
+            "{name}: {products} products; max abs Kiln - ORT {vs_ort:.3e}; vs float: Kiln {kiln_vs_float:.3e}, ORT {ort_vs_float:.3e}{}",
+            if requantized { " (weights quantized again)" } else { "" }
+        );
+        if requantized {
+            assert!(kiln_vs_float <= 2.0 * ort_vs_float + 1e-6, "{name}");
+        } else {
+            assert_eq!(vs_ort, 0.0, "{name}: not ONNX Runtime's bits");
+        }
+    }
+}

@@ -268,6 +268,14 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 );
             }
         }
+        QuantMode::Int8 | QuantMode::Dynamic if own => {
+            let opts = quant_options(quant)?;
+            let q = kiln::quantize::qdq::quantize_model(&m.graph, quant.calibrate.as_deref(), &opts)?;
+            for n in &q.notes {
+                eprintln!("note: {n}");
+            }
+            m.graph = q.graph;
+        }
         QuantMode::Fp16 => {
             if quant.calibrate.is_some() {
                 bail!("--quantize fp16 needs no calibration data; drop --calibrate");
@@ -296,14 +304,6 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 "note: int8 weights: {} -> {} bytes (with one f32 scale per channel)",
                 q.bytes_f32, q.bytes_int8
             );
-            m.graph = q.graph;
-        }
-        QuantMode::Int8 if own => {
-            let opts = quant_options(quant)?;
-            let q = kiln::quantize::qdq::quantize_model(&m.graph, quant.calibrate.as_deref(), &opts)?;
-            for n in &q.notes {
-                eprintln!("note: {n}");
-            }
             m.graph = q.graph;
         }
         QuantMode::Int8 => {

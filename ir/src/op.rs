@@ -508,6 +508,18 @@ pub enum Op {
     DynMatMul {
         weight_scales: Arc<[f32]>,
     },
+    /// `[x: f32] -> [y: u8, scale: f32 [], zero_point: u8 []]`, ONNX `DynamicQuantizeLinear`:
+    /// the range widened to include 0 over 255 steps, rounding half to even. Only the
+    /// evaluator runs it: `quantize::qdq` folds the pattern it starts into `DynConv` /
+    /// `DynMatMul`, whose rule is the same shifted to int8.
+    DynamicQuantize,
+    /// `[x: u8|i8, w: u8|i8, x_zp?, w_zp?] -> [y: i32]`, ONNX `ConvInteger` (evaluator only).
+    IntConv {
+        window: Window,
+        group: usize,
+    },
+    /// `[a: u8|i8, b: u8|i8, a_zp?, b_zp?] -> [y: i32]`, ONNX `MatMulInteger` (evaluator only).
+    IntMatMul,
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Add).
     QAdd(QAdd),
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Mul):
@@ -651,6 +663,9 @@ impl Op {
             Op::QMatMul { .. } => "QMatMul",
             Op::DynConv { .. } => "DynConv",
             Op::DynMatMul { .. } => "DynMatMul",
+            Op::DynamicQuantize => "DynamicQuantize",
+            Op::IntConv { .. } => "IntConv",
+            Op::IntMatMul => "IntMatMul",
             Op::QAdd(_) => "QAdd",
             Op::QMul(_) => "QMul",
             Op::QSoftmax { .. } => "QSoftmax",

@@ -150,6 +150,18 @@ fn dyn_inputs(op: &Op, inputs: &[&TensorType]) -> Result<()> {
     Ok(())
 }
 
+/// ConvInteger/MatMulInteger operands: 8-bit integers, zero points of the same type with one
+/// value (or one per row of `a` / column of `b`, which the evaluator broadcasts).
+fn int_operands(op: &Op, inputs: &[&TensorType]) -> Result<()> {
+    for (i, t) in inputs.iter().enumerate() {
+        let of = inputs[i % 2].dtype.scalar;
+        if !matches!(t.dtype.scalar, Scalar::U8 | Scalar::I8) || t.dtype.scalar != of {
+            return err(op, format!("input {i} is {t}, not 8-bit integers like its operand"));
+        }
+    }
+    Ok(())
+}
+
 fn check_scales(op: &Op, scales: &[f32], channels: usize) -> Result<()> {
     if scales.len() != 1 && scales.len() != channels {
         return err(
@@ -370,6 +382,47 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let out = infer(&Op::Conv(f), &refs)?;
             check_scales(op, weight_scales, out[0].shape[1])?;
             Ok(out)
+        }
+        DynamicQuantize => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::F32 {
+                return err(op, format!("quantizes f32, not {}", x().dtype.scalar));
+            }
+            Ok(vec![
+                plain(Scalar::U8, x().shape.clone()),
+                plain(Scalar::F32, vec![]),
+                plain(Scalar::U8, vec![]),
+            ])
+        }
+        IntConv { window, group } => {
+            arity(op, inputs, 2, 4)?;
+            int_operands(op, inputs)?;
+            let f = crate::op::Conv {
+                window: window.clone(),
+                group: *group,
+                fused: None,
+            };
+            let as_float: Vec<TensorType> = inputs[..2]
+                .iter()
+                .map(|t| plain(Scalar::F32, t.shape.clone()))
+                .collect();
+            let refs: Vec<&TensorType> = as_float.iter().collect();
+            let out = infer(&Op::Conv(f), &refs)?;
+            Ok(vec![plain(Scalar::I32, out[0].shape.clone())])
+        }
+        IntMatMul => {
+            arity(op, inputs, 2, 4)?;
+            int_operands(op, inputs)?;
+            if inputs[1].shape.len() != 2 {
+                return err(op, format!("the second operand {} must be 2-D", inputs[1]));
+            }
+            let as_float: Vec<TensorType> = inputs[..2]
+                .iter()
+                .map(|t| plain(Scalar::F32, t.shape.clone()))
+                .collect();
+            let refs: Vec<&TensorType> = as_float.iter().collect();
+            let out = infer(&MatMul, &refs)?;
+            Ok(vec![plain(Scalar::I32, out[0].shape.clone())])
         }
         DynMatMul { weight_scales } => {
             arity(op, inputs, 2, 2)?;

@@ -39,7 +39,7 @@ fn fused_attr(f: &Option<UnaryOp>) -> String {
 /// The attributes of `op` as `key=value` pairs (empty for attribute-free ops).
 pub fn attrs(op: &Op) -> String {
     match op {
-        Op::Identity | Op::Where | Op::MatMul => String::new(),
+        Op::Identity | Op::Where | Op::MatMul | Op::DynamicQuantize | Op::IntMatMul => String::new(),
         Op::Unary(u) => {
             let d = format!("{u:?}");
             d.find('{')
@@ -143,6 +143,7 @@ pub fn attrs(op: &Op) -> String {
             weight_scales,
         } => format!("{} group={group} weight_scales={}", window(w), scales(weight_scales)),
         Op::DynMatMul { weight_scales } => format!("weight_scales={}", scales(weight_scales)),
+        Op::IntConv { window: w, group } => format!("{} group={group}", window(w)),
         Op::QAdd(a) => format!(
             "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]",
             a.a_zp,

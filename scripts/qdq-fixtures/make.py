@@ -5,6 +5,8 @@ Kiln's QDQ/QOperator import tests. For each model folder given:
     <model>/ort/qdq_s8.onnx   quantize_static, QDQ, int8 activations, int8 weights per channel
     <model>/ort/qdq_u8.onnx   quantize_static, QDQ, uint8 activations, int8 weights per channel
     <model>/ort/qop_u8.onnx   quantize_static, QOperator, uint8 activations, int8 weights per channel
+    <model>/ort/dyn.onnx      quantize_dynamic (int8 weights; uint8 where the model has Conv, as
+                              ONNX Runtime's CPU ConvInteger takes only uint8 weights)
     <model>/ort/<variant>_out_<k>.npy   ONNX Runtime's (CPU) output 0 on ref/test_data_set_<k>
 
 Calibration: min-max on up to 64 samples of calib/input_0.npy (single-input models).
@@ -17,9 +19,10 @@ import os
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                      QuantType, quantize_static)
+                                      QuantType, quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 VARIANTS = {
@@ -54,11 +57,15 @@ def main(d):
     while os.path.isdir(os.path.join(d, "ref", f"test_data_set_{k}")):
         refs.append(np.load(os.path.join(d, "ref", f"test_data_set_{k}", "input_0.npy")))
         k += 1
-    for name, (fmt, act) in VARIANTS.items():
+    has_conv = any(n.op_type == "Conv" for n in onnx.load(pre).graph.node)
+    for name, (fmt, act) in list(VARIANTS.items()) + [("dyn", (None, None))]:
         path = os.path.join(out, f"{name}.onnx")
-        quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True,
-                        activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        if fmt is None:
+            quantize_dynamic(pre, path, weight_type=QuantType.QUInt8 if has_conv else QuantType.QInt8)
+        else:
+            quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True,
+                            activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

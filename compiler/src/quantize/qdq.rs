@@ -11,7 +11,7 @@ use super::quantize_static::{self, Q};
 use super::{QuantError, QuantOptions, Quantized};
 use crate::passes;
 use kiln_ir::op::UnaryOp;
-use kiln_ir::{Graph, Op, Scalar, ValueId};
+use kiln_ir::{Graph, Op, Scalar, Tensor, ValueId};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -23,10 +23,177 @@ pub struct Stripped {
     pub notes: Vec<String>,
 }
 
-/// Whether `g` has quantization steps of its own (a QDQ or QOperator model).
+/// Whether `g` has quantization steps of its own (a QDQ or QOperator model, or ONNX
+/// Runtime's dynamic quantization).
 pub fn is_quantized(g: &Graph) -> bool {
-    g.node_ids()
-        .any(|n| matches!(g.node(n).op, Op::Quantize { .. } | Op::Dequantize { .. }))
+    g.node_ids().any(|n| {
+        matches!(
+            g.node(n).op,
+            Op::Quantize { .. } | Op::Dequantize { .. } | Op::DynamicQuantize
+        )
+    })
+}
+
+/// One dynamically quantized product as ONNX Runtime writes it: `DynamicQuantizeLinear(x)`
+/// feeding `ConvInteger`/`MatMulInteger` with constant weights, the i32 result cast to f32
+/// and multiplied by `x_scale * w_scale`.
+struct DynamicProduct {
+    x: ValueId,
+    weights: Vec<i32>,
+    shape: Vec<usize>,
+    scales: Vec<f32>,
+    op: Op,
+    /// The product's f32 output (the final Mul's).
+    out: ValueId,
+    nodes: Vec<kiln_ir::NodeId>,
+}
+
+fn dynamic_product(g: &Graph, n: kiln_ir::NodeId) -> Option<DynamicProduct> {
+    let node = g.node(n);
+    if !matches!(node.op, Op::IntConv { .. } | Op::IntMatMul) {
+        return None;
+    }
+    let d = g.producer(node.inputs[0])?;
+    if g.node(d).op != Op::DynamicQuantize || node.inputs.get(2).is_some_and(|&z| z != g.node(d).outputs[2]) {
+        return None;
+    }
+    let (x, scale) = (g.node(d).inputs[0], g.node(d).outputs[1]);
+    let w = g.const_value(node.inputs[1])?;
+    let wz: Vec<i64> = match node.inputs.get(3) {
+        Some(&z) => g.const_value(z)?.to_i64_vec(),
+        None => vec![0],
+    };
+    let [cast] = g.consumers(node.outputs[0])[..] else {
+        return None;
+    };
+    if g.node(cast).op != (Op::Cast { to: Scalar::F32 }) {
+        return None;
+    }
+    let [mul] = g.consumers(g.node(cast).outputs[0])[..] else {
+        return None;
+    };
+    let mn = g.node(mul);
+    if mn.op != Op::Binary(kiln_ir::op::BinaryOp::Mul) {
+        return None;
+    }
+    let other = mn.inputs.iter().copied().find(|&v| v != g.node(cast).outputs[0])?;
+    let sm = g.producer(other)?;
+    let smn = g.node(sm);
+    if smn.op != Op::Binary(kiln_ir::op::BinaryOp::Mul) || !smn.inputs.contains(&scale) {
+        return None;
+    }
+    let ws = smn.inputs.iter().copied().find(|&v| v != scale)?;
+    let scales = g.const_value(ws)?.to_f32_vec();
+    let (channels, channel_of): (usize, Box<dyn Fn(usize) -> usize>) = match &node.op {
+        Op::IntConv { .. } => {
+            let per = w.numel() / w.shape[0].max(1);
+            (w.shape[0], Box::new(move |i| i / per))
+        }
+        _ => {
+            let cols = *w.shape.last()?;
+            (cols, Box::new(move |i| i % cols))
+        }
+    };
+    if (scales.len() != 1 && scales.len() != channels) || (wz.len() != 1 && wz.len() != channels) {
+        return None;
+    }
+    let weights = (w.to_i64_vec().iter().enumerate())
+        .map(|(i, &v)| (v - wz[if wz.len() == 1 { 0 } else { channel_of(i) }]) as i32)
+        .collect();
+    let op = match &node.op {
+        Op::IntConv { window, group } => Op::DynConv {
+            window: window.clone(),
+            group: *group,
+            weight_scales: scales.clone().into(),
+        },
+        _ => Op::DynMatMul {
+            weight_scales: scales.clone().into(),
+        },
+    };
+    Some(DynamicProduct {
+        x,
+        weights,
+        shape: w.shape.clone(),
+        scales,
+        op,
+        out: mn.outputs[0],
+        nodes: vec![mul, cast, n],
+    })
+}
+
+/// Folds each dynamically quantized product into Kiln's hybrid op with the model's own
+/// weights and scales: exactly when the weights are symmetric int8 (the hybrid op's rule is
+/// `DynamicQuantizeLinear`'s, shifted to int8, and it rescales as `Cast * (x_scale *
+/// w_scale)` does), else as the float product of the dequantized weights, which the hybrid
+/// rewrite then quantizes symmetric (noted). Returns the names of the latter.
+fn fold_dynamic(g: &mut Graph, notes: &mut Vec<String>) -> Result<Vec<String>, QuantError> {
+    let mut float = Vec::new();
+    for n in g.topo_order().map_err(QuantError::Ir)? {
+        if !g.contains_node(n) {
+            continue;
+        }
+        let Some(p) = dynamic_product(g, n) else { continue };
+        let name = g.node(n).name.clone();
+        let rows: usize = g.value(p.x).ty.shape.iter().rev().skip(1).product();
+        let int8 = p.weights.iter().all(|&v| (-128..=127).contains(&v));
+        // the hybrid product quantizes each row on its own, ONNX the whole tensor at once
+        let exact = int8 && (matches!(p.op, Op::DynConv { .. }) || rows == 1);
+        let (op, w) = if exact {
+            let w: Vec<i8> = p.weights.iter().map(|&v| v as i8).collect();
+            (p.op.clone(), Tensor::from_vec(p.shape.clone(), w))
+        } else {
+            let channels = p.scales.len();
+            let per = p.weights.len() / channels.max(1);
+            let cols = *p.shape.last().unwrap_or(&1);
+            let wf: Vec<f32> = (p.weights.iter().enumerate())
+                .map(|(i, &v)| {
+                    let c = match (&p.op, channels) {
+                        (_, 1) => 0,
+                        (Op::DynConv { .. }, _) => i / per,
+                        _ => i % cols,
+                    };
+                    v as f32 * p.scales[c]
+                })
+                .collect();
+            let op = match &p.op {
+                Op::DynConv { window, group, .. } => Op::Conv(kiln_ir::op::Conv {
+                    window: window.clone(),
+                    group: *group,
+                    fused: None,
+                }),
+                _ => Op::MatMul,
+            };
+            notes.push(format!(
+                "node `{name}`: its weights are not symmetric int8, so Kiln's hybrid rule quantizes them again"
+            ));
+            float.push(name.clone());
+            (op, Tensor::from_vec(p.shape.clone(), wf))
+        };
+        let wv = g.add_const(&g.fresh_name(&format!("{name}:weight")), w);
+        let out_name = g.value(p.out).name.clone();
+        let is_out = g.is_output(p.out);
+        let tmp = g.fresh_name(&format!("{out_name}:folded"));
+        let y = g.add_node(&name, op, vec![p.x, wv], &[&tmp]).map_err(QuantError::Ir)?.1[0];
+        g.replace_uses(p.out, y);
+        for m in p.nodes {
+            g.remove_node(m);
+        }
+        if is_out {
+            g.rename(y, &out_name);
+        }
+    }
+    passes::eliminate_dead_nodes::run(g).map_err(QuantError::Ir)?;
+    for n in g.node_ids().collect::<Vec<_>>() {
+        let node = g.node(n);
+        if matches!(node.op, Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul) {
+            notes.push(format!(
+                "node `{}` ({}) is not in the form ONNX Runtime's dynamic quantization writes; no backend compiles it",
+                node.name,
+                node.op.name()
+            ));
+        }
+    }
+    Ok(float)
 }
 
 /// The parameters a `Quantize` to `to` stands for, in Kiln's terms: uint8 becomes int8
@@ -216,6 +383,38 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
 /// in `calibration` when given (method: `opts.method`, default min-max); without data the
 /// ops around them stay float with a note.
 pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    let mut dyn_notes = Vec::new();
+    let mut g = g.clone();
+    let refold = fold_dynamic(&mut g, &mut dyn_notes)?;
+    if !refold.is_empty() {
+        // the products whose weights could not be kept: Kiln's hybrid rewrite, for them only
+        let others: Vec<String> = (g.node_ids())
+            .map(|n| g.node(n).name.clone())
+            .filter(|name| !refold.contains(name))
+            .collect();
+        g = super::dynamic::to_dynamic(&g, &others).map_err(QuantError::Ir)?.graph;
+    }
+    let g = &g;
+    if !g
+        .node_ids()
+        .any(|n| matches!(g.node(n).op, Op::Quantize { .. } | Op::Dequantize { .. }))
+    {
+        // dynamic quantization only: the model's float parts stay float by design
+        let products = g
+            .node_ids()
+            .filter(|&n| matches!(g.node(n).op, Op::DynConv { .. } | Op::DynMatMul { .. }))
+            .count();
+        dyn_notes.insert(
+            0,
+            format!("using the model's own dynamic quantization ({products} hybrid products)"),
+        );
+        return Ok(Quantized {
+            graph: g.clone(),
+            notes: dyn_notes,
+            samples: 0,
+            method: None,
+        });
+    }
     let s = strip(g)?;
     let mut f = s.graph;
     let mut pins = s.pins;
@@ -254,7 +453,8 @@ pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions
         None => Ranges::default(),
     };
     let q = quantize_static::run_pinned(&f, &ranges, &pins, opts)?;
-    let mut notes = s.notes;
+    let mut notes = dyn_notes;
+    notes.extend(s.notes);
     notes.extend(q.notes);
     let float: Vec<&String> = notes
         .iter()

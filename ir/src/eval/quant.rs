@@ -85,12 +85,68 @@ pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], o
         group,
         q.input_zp,
         (&xv, &x[0].shape),
-        x[1],
+        (&ints(x[1]), x[1].shape[0]),
         bias.as_deref(),
         out,
         |oc, a| (oc, a),
     );
     Ok(product_out(x[0], q, out, acc))
+}
+
+/// ONNX `DynamicQuantizeLinear`: `[y: u8, scale, zero_point]`, the int8 rule of
+/// `kiln_runtime::dynamic_quantize` shifted by 128 (the same grid).
+pub(crate) fn dynamic_quantize_u8(x: &Tensor) -> Vec<Tensor> {
+    let xf: &[f32] = sl(x);
+    let mut q = vec![0i8; xf.len()];
+    let (s, zp) = rt::dynamic_quantize(xf, &mut q);
+    let y: Vec<u8> = q.iter().map(|&v| (v as i32 + 128) as u8).collect();
+    vec![
+        Tensor::from_vec(x.shape.clone(), y),
+        Tensor::from_vec(vec![], vec![s]),
+        Tensor::from_vec(vec![], vec![(zp + 128) as u8]),
+    ]
+}
+
+/// A zero point input: one value, or one per index of `axis` of the operand (`None`: 0).
+fn zero_points(t: Option<&&Tensor>) -> Vec<i32> {
+    t.map_or(vec![0], |t| ints(t))
+}
+
+/// ONNX `ConvInteger`: `sum((x - x_zp) * (w - w_zp))` in i32 (per-tensor `x_zp`; `w_zp` one
+/// or one per output channel).
+pub(crate) fn int_conv_op(window: &Window, group: usize, x: &[&Tensor], out: &[usize]) -> Tensor {
+    let xz = zero_points(x.get(2))[0];
+    let wz = zero_points(x.get(3));
+    let xv = ints(x[0]);
+    let m = x[1].shape[0];
+    let per = x[1].numel() / m.max(1);
+    let wv: Vec<i32> = (ints(x[1]).iter().enumerate())
+        .map(|(i, &w)| w - wz[if wz.len() == 1 { 0 } else { i / per }])
+        .collect();
+    let y = int_conv(window, group, xz, (&xv, &x[0].shape), (&wv, m), None, out, |_, a| {
+        a as i32
+    });
+    Tensor::from_vec(out.to_vec(), y)
+}
+
+/// ONNX `MatMulInteger`: batched `(a - a_zp) x (b - b_zp)` in i32 (`a_zp` per tensor or per
+/// row, `b_zp` per tensor or per column; `b` 2-D).
+pub(crate) fn int_matmul_op(x: &[&Tensor], out: &[usize]) -> Tensor {
+    let (av, bv) = (ints(x[0]), ints(x[1]));
+    let (az, bz) = (zero_points(x.get(2)), zero_points(x.get(3)));
+    let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
+    let mut y = Vec::with_capacity(out.iter().product());
+    for (r, ar) in av.chunks_exact(kd.max(1)).enumerate() {
+        let za = az[if az.len() == 1 { 0 } else { r % az.len() }];
+        for j in 0..nd {
+            let zb = bz[if bz.len() == 1 { 0 } else { j }];
+            let s: i64 = (0..kd)
+                .map(|k| (ar[k] - za) as i64 * (bv[k * nd + j] - zb) as i64)
+                .sum();
+            y.push(s as i32);
+        }
+    }
+    Tensor::from_vec(out.to_vec(), y)
 }
 
 /// Hybrid convolution: the input quantized as one tensor by the dynamic rule, then the
@@ -100,9 +156,16 @@ pub(crate) fn dyn_conv(window: &Window, group: usize, scales: &[f32], x: &[&Tens
     let mut xq = vec![0i8; xf.len()];
     let (sx, zp) = rt::dynamic_quantize(xf, &mut xq);
     let xq: Vec<i32> = xq.iter().map(|&v| v as i32).collect();
-    let y = int_conv(window, group, zp, (&xq, &x[0].shape), x[1], None, out, |oc, a| {
-        rt::dynamic_rescale(a as i32, sx, scales[if scales.len() == 1 { 0 } else { oc }])
-    });
+    let y = int_conv(
+        window,
+        group,
+        zp,
+        (&xq, &x[0].shape),
+        (&ints(x[1]), x[1].shape[0]),
+        None,
+        out,
+        |oc, a| rt::dynamic_rescale(a as i32, sx, scales[if scales.len() == 1 { 0 } else { oc }]),
+    );
     Tensor::from_vec(out.to_vec(), y)
 }
 
@@ -114,20 +177,18 @@ fn int_conv<T>(
     group: usize,
     zp: i32,
     (xv, xs): (&[i32], &[usize]),
-    wt: &Tensor,
+    (wv, m): (&[i32], usize),
     bias: Option<&[i64]>,
     out: &[usize],
     mut finish: impl FnMut(usize, i64) -> T,
 ) -> Vec<T> {
     let (n, ci) = (xs[0], xs[1]);
-    let m = wt.shape[0];
     let (cg, mg) = (ci / group, m / group);
     let isp = &xs[2..];
     let pin: usize = isp.iter().product();
     let p: usize = out[2..].iter().product();
     let k: usize = window.kernel.iter().product();
     let table = window_table(isp, &out[2..], window);
-    let wv: &[i8] = sl(wt);
     let mut y = Vec::with_capacity(n * m * p);
     let mut acc = vec![0i64; p];
     for b in 0..n {

@@ -129,6 +129,8 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
         Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::DynMatMul { .. } => true,
+        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => false,
     };
     (!ok).then(|| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -264,6 +266,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Lut { .. } => quant::lut(fx, g, n, a),
         Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a),
         Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => unreachable!("refused by `unsupported`"),
     }
 }
 

@@ -254,9 +254,24 @@ pub static REGISTRY: &[OpSpec] = &[
     op("ReduceSumSquare", reduce::reduce, "as ReduceL1"),
     // Quantization (QDQ and the QOperator ops of the default domain).
     op(
+        "ConvInteger",
+        quant::conv_integer,
+        "as Conv; 8-bit operands, per-tensor input zero point, per-channel weight zero points",
+    ),
+    op(
+        "DynamicQuantizeLinear",
+        quant::dynamic_quantize_linear,
+        "folded with the ConvInteger/MatMulInteger after it into Kiln's hybrid ops",
+    ),
+    op(
         "DequantizeLinear",
         quant::dequantize_linear,
         "int8/uint8/int16/uint16/int32; per tensor, per axis, blocked",
+    ),
+    op(
+        "MatMulInteger",
+        quant::matmul_integer,
+        "2-D b; zero points per tensor, per row of a, per column of b",
     ),
     op(
         "QLinearConv",

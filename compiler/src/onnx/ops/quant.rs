@@ -499,3 +499,57 @@ pub fn qgemm(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     let y = cx.add_aux("float", op, ins)?;
     requantized(cx, n, y, 7, a)
 }
+
+// ---- dynamic quantization (ONNX Runtime's `quantize_dynamic`) ----
+
+/// DynamicQuantizeLinear: `[y: u8, y_scale, y_zero_point]`.
+pub fn dynamic_quantize_linear(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
+    let x = cx.req(n, 0)?;
+    cx.add(n, Op::DynamicQuantize, vec![x])
+}
+
+/// ConvInteger: `[x, w, x_zero_point?, w_zero_point?] -> i32`.
+pub fn conv_integer(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
+    let (x, w) = (cx.req(n, 0)?, cx.req(n, 1)?);
+    let Op::Conv(c) = conv_op(cx, n, x, w)? else {
+        unreachable!("conv_op makes a Conv")
+    };
+    let ins = integer_operands(cx, n)?;
+    cx.add(
+        n,
+        Op::IntConv {
+            window: c.window,
+            group: c.group,
+        },
+        ins,
+    )
+}
+
+/// MatMulInteger: `[a, b, a_zero_point?, b_zero_point?] -> i32`.
+pub fn matmul_integer(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
+    let ins = integer_operands(cx, n)?;
+    cx.add(n, Op::IntMatMul, ins)
+}
+
+/// `[a, b, a_zp?, b_zp?]` with a zero of `a`'s type standing in for an absent `a_zp` that
+/// `b_zp` follows, so the slots keep their meaning.
+fn integer_operands(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
+    let mut ins = vec![cx.req(n, 0)?, cx.req(n, 1)?];
+    match (cx.input(n, 2), cx.input(n, 3)) {
+        (Some(a), b) => {
+            ins.push(a);
+            ins.extend(b);
+        }
+        (None, Some(b)) => {
+            let zero = match cx.ty(ins[0]).dtype.scalar {
+                Scalar::U8 => Tensor::from_vec(vec![], vec![0u8]),
+                _ => Tensor::from_vec(vec![], vec![0i8]),
+            };
+            let name = format!("{}/a_zero_point", cx.node_name());
+            ins.push(cx.constant(&name, zero));
+            ins.push(b);
+        }
+        (None, None) => {}
+    }
+    Ok(ins)
+}
