@@ -370,3 +370,49 @@ fn dynamically_quantized_models_run_as_hybrid_ops() {
         }
     }
 }
+
+#[test]
+fn four_bit_quantization_aware_training_imports_packed() {
+    // qat.py with 4-bit weights exports them as ONNX INT4 tensors: Kiln keeps them 4-bit
+    // (packed) and matches ONNX Runtime's accuracy, above post-training 4-bit weights
+    let dir = kiln_tests::repo().join("tests/models/digits_cnn");
+    let m = kiln::load(
+        &dir.join("qat4/model.onnx"),
+        &Default::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let q = qdq::quantize_model(&m.graph, None, &QuantOptions::default()).unwrap();
+    let widths: Vec<u8> = (q.graph.node_ids())
+        .filter_map(|n| match &q.graph.node(n).op {
+            Op::QConv { q, .. } | Op::QMatMul { q } => Some(q.weight_bits),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(widths, [4, 4]);
+    let float = kiln::load(
+        &dir.join("model.onnx"),
+        &Default::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let opts = QuantOptions {
+        weight_bits: Some(4),
+        ..Default::default()
+    };
+    let ptq = kiln::quantize::quantize_int8(&float.graph, &dir.join("calib"), &opts, |_, _| {}).unwrap();
+    let (a_qat, a_ptq) = (digits_accuracy(&q.graph), digits_accuracy(&ptq.graph));
+    let text = std::fs::read_to_string(dir.join("qat4/ACCURACY")).unwrap();
+    let ort: f64 = (text.lines())
+        .find_map(|l| l.strip_prefix("onnxruntime "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let bytes = kiln_ir::analysis::constant_bytes(&q.graph);
+    println!(
+        "digits, 4-bit weights: QAT {a_qat:.4} (ONNX Runtime {ort:.4}), post-training {a_ptq:.4}; {bytes} bytes of constants"
+    );
+    assert!(a_qat >= a_ptq, "QAT {a_qat} below post-training {a_ptq}");
+    assert!((a_qat - ort).abs() < 1e-6);
+}

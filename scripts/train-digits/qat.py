@@ -2,18 +2,20 @@
 """Quantization-aware training of the digits CNN (tests/models/digits_cnn) and export as a
 QDQ ONNX model, for Kiln's QAT import test. Plain numpy like train.py, fixed seed.
 
-    venv/bin/python scripts/train-digits/qat.py scripts/train-digits/data tests/models/digits_cnn
+    venv/bin/python scripts/train-digits/qat.py scripts/train-digits/data tests/models/digits_cnn [4]
 
 Starts from the float model's weights (DIR/model.onnx) and fine-tunes with fake
 quantization in the forward pass and straight-through gradients:
 - input: int8 with scale 1/255, zero point -128 (pixels scaled to [0, 1]);
-- weights: int8 symmetric per output channel (scale max|w| / 127);
+- weights: int8 symmetric per output channel (scale max|w| / 127), or with a last argument
+  `4`, 4-bit (scale max|w| / 7) exported as ONNX INT4 tensors (opset 21);
 - activations (ReLU output, logits): int8 asymmetric per tensor from ranges tracked by an
   exponential moving average during training;
 - biases: int32 at input scale x weight scale.
-Writes DIR/qat/model.onnx (QuantizeLinear/DequantizeLinear around every quantized value,
-integer weights and biases behind DequantizeLinear) and DIR/qat/ACCURACY (the held-out
-accuracy of the fake-quantized network, and ONNX Runtime's on the exported model).
+Writes DIR/qat/model.onnx (DIR/qat4/ for 4-bit weights; QuantizeLinear/DequantizeLinear
+around every quantized value, integer weights and biases behind DequantizeLinear) and
+ACCURACY beside it (the held-out accuracy of the fake-quantized network, and ONNX Runtime's
+on the exported model).
 """
 import os
 import sys
@@ -24,6 +26,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 data_dir, model_dir = sys.argv[1], sys.argv[2]
+WBITS = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+QMAX = (1 << (WBITS - 1)) - 1
 images = np.load(os.path.join(data_dir, "images_uint8.npy")).astype(np.float32) / 16.0
 labels = np.load(os.path.join(data_dir, "labels.npy")).astype(np.int64)
 rng = np.random.default_rng(0)
@@ -51,12 +55,12 @@ def fq(x, s, zp):
 
 def weight_scales(w):
     a = np.abs(w.reshape(w.shape[0], -1)).max(1)
-    return np.where(a > 0, a / 127.0, 1.0).astype(np.float32)
+    return np.where(a > 0, a / QMAX, 1.0).astype(np.float32)
 
 
 def fq_weight(w):
     s = weight_scales(w).reshape((-1,) + (1,) * (w.ndim - 1))
-    return (np.clip(np.round(w / s), -127, 127) * s).astype(np.float32)
+    return (np.clip(np.round(w / s), -QMAX, QMAX) * s).astype(np.float32)
 
 
 def patches(x):
@@ -149,20 +153,27 @@ w1, b1, w2, b2 = params
 sw1, sw2 = weight_scales(w1), weight_scales(w2)
 sr, zr = act_params(0.0, ranges["r"][1])
 sl, zl = act_params(*ranges["l"])
-w1i = np.clip(np.round(w1 / sw1.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
-w2i = np.clip(np.round(w2 / sw2.reshape(-1, 1)), -127, 127).astype(np.int8)
+w1i = np.clip(np.round(w1 / sw1.reshape(-1, 1, 1, 1)), -QMAX, QMAX).astype(np.int8)
+w2i = np.clip(np.round(w2 / sw2.reshape(-1, 1)), -QMAX, QMAX).astype(np.int8)
 sb1, sb2 = (X_S * sw1).astype(np.float32), (sr * sw2).astype(np.float32)
 b1i = np.round(b1 / sb1).astype(np.int32)
 b2i = np.round(b2 / sb2).astype(np.int32)
 f32 = lambda v: np.array(v, np.float32)
 i8 = lambda v: np.array(v, np.int8)
-inits = [
+def weight(a, n):
+    """int8, or ONNX INT4 (two values to a byte) for 4-bit weights."""
+    if WBITS == 8:
+        return numpy_helper.from_array(a, n)
+    return helper.make_tensor(n, TensorProto.INT4, a.shape, a.flatten().tolist())
+
+
+inits = [weight(w1i, "w1_q"), weight(np.zeros(8, np.int8), "w1_zp"), weight(w2i, "w2_q"),
+         weight(np.zeros(10, np.int8), "w2_zp")] + [
     numpy_helper.from_array(a, n)
     for a, n in [
         (f32(X_S), "x_s"), (i8(X_ZP), "x_zp"), (f32(sr), "r_s"), (i8(zr), "r_zp"), (f32(sl), "l_s"), (i8(zl), "l_zp"),
-        (w1i, "w1_q"), (sw1, "w1_s"), (np.zeros(8, np.int8), "w1_zp"), (b1i, "b1_q"), (sb1, "b1_s"),
-        (np.zeros(8, np.int32), "b1_zp"), (w2i, "w2_q"), (sw2, "w2_s"), (np.zeros(10, np.int8), "w2_zp"),
-        (b2i, "b2_q"), (sb2, "b2_s"), (np.zeros(10, np.int32), "b2_zp"),
+        (sw1, "w1_s"), (b1i, "b1_q"), (sb1, "b1_s"), (np.zeros(8, np.int32), "b1_zp"),
+        (sw2, "w2_s"), (b2i, "b2_q"), (sb2, "b2_s"), (np.zeros(10, np.int32), "b2_zp"),
     ]
 ]
 Q = lambda i, o, s, z: helper.make_node("QuantizeLinear", [i, s, z], [o], name=o)
@@ -188,10 +199,11 @@ graph = helper.make_graph(
     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
     inits,
 )
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="kiln train-digits qat")
-model.ir_version = 8
+opset = 13 if WBITS == 8 else 21  # INT4 tensors need opset 21
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kiln train-digits qat")
+model.ir_version = 8 if WBITS == 8 else 10
 onnx.checker.check_model(model)
-out = os.path.join(model_dir, "qat")
+out = os.path.join(model_dir, "qat" if WBITS == 8 else f"qat{WBITS}")
 os.makedirs(out, exist_ok=True)
 path = os.path.join(out, "model.onnx")
 onnx.save(model, path)
