@@ -537,6 +537,12 @@ pub enum Op {
         scale: f32,
         zero_point: i32,
     },
+    /// `[x: i16] -> [y: i16<scale, 0>]`, a one-input function of an int16 as 513 samples
+    /// with integer interpolation between them (`kiln_runtime::lut16`).
+    Lut16 {
+        table: Arc<[i16]>,
+        scale: f32,
+    },
 }
 
 /// The rescale of an integer Conv or MatMul: `y = clamp(zp_out + M_c(sum_k (x - zp_in) w + b))`.
@@ -670,6 +676,7 @@ impl Op {
             Op::QMul(_) => "QMul",
             Op::QSoftmax { .. } => "QSoftmax",
             Op::Lut { .. } => "Lut",
+            Op::Lut16 { .. } => "Lut16",
         }
     }
 

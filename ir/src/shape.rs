@@ -479,6 +479,13 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             Ok(vec![qtype(Scalar::I8, *scale, *zero_point, x().shape.clone())])
         }
+        Lut16 { table, scale } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I16 || table.len() != kiln_runtime::LUT16_LEN {
+                return err(op, "maps i16 through a 513-entry table");
+            }
+            Ok(vec![qtype(Scalar::I16, *scale, 0, x().shape.clone())])
+        }
         Conv(c) => {
             arity(op, inputs, 2, 3)?;
             let (xt, w) = (inputs[0], inputs[1]);

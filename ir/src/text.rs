@@ -172,6 +172,12 @@ pub fn attrs(op: &Op) -> String {
             });
             format!("table={h:016x} zp={zero_point}")
         }
+        Op::Lut16 { table, .. } => {
+            let h = table.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                (h ^ b as u16 as u64).wrapping_mul(0x100000001b3)
+            });
+            format!("table16={h:016x}")
+        }
     }
 }
 

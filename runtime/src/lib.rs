@@ -173,6 +173,21 @@ pub fn dynamic_rescale(acc: i32, input_scale: f32, weight_scale: f32) -> f32 {
     acc as f32 * (input_scale * weight_scale)
 }
 
+/// Entries of a 16-bit lookup table: one per 128 steps of the int16 domain, both ends.
+pub const LUT16_LEN: usize = 513;
+
+/// TFLite's int16 function table: `table[j]` is the function at input `j * 128 - 32768`;
+/// between entries the result is interpolated linearly in integers (rounding half up), so a
+/// one-input function of an int16 costs 1 KiB of table instead of 128 KiB.
+#[inline]
+pub fn lut16(table: &[i16], x: i16) -> i16 {
+    let u = x as i32 + 32768;
+    let (j, f) = ((u >> 7) as usize, u & 127);
+    let base = table[j] as i32;
+    let delta = (table[j + 1] as i32 - base) * f;
+    (base + ((delta + 64) >> 7)) as i16
+}
+
 /// Bytes that hold `n` weights of `bits` (8, 4 or 2) bits each.
 pub const fn packed_len(n: usize, bits: u8) -> usize {
     (n * bits as usize).div_ceil(8)

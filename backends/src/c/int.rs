@@ -21,6 +21,7 @@ pub const PRELUDE: &str = r#"
 #define kiln_rom_i32(p) (*(p))
 #define kiln_rom_i8(p) (*(p))
 #define kiln_rom_u8(p) (*(p))
+#define kiln_rom_i16(p) (*(p))
 #define kiln_rom_f32(p) (*(p))
 #endif
 #define kiln_mul16(x, w) ((int64_t)(x) * (int64_t)(w))
@@ -96,6 +97,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
+        Op::Lut16 { .. } => true,
         Op::Pool(p) if int_in => {
             matches!(rank, 3 | 4)
                 && !matches!(
@@ -235,6 +237,19 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 out,
                 "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (float)((int32_t)x0[i] - {zero_point}) * {};",
                 f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+            );
+        }
+        Op::Lut16 { table, .. } => {
+            let t: Vec<String> = table.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "    static const KILN_ROM int16_t table[{}] = {{{}}};",
+                table.len(),
+                t.join(", ")
+            );
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) {{\n        int32_t u = (int32_t)x0[i] + 32768, j = u >> 7, f = u & 127;\n        int32_t b = kiln_rom_i16(&table[j]), d = (kiln_rom_i16(&table[j + 1]) - b) * f;\n        y0[i] = (int16_t)(b + ((d + 64) >> 7));\n    }}"
             );
         }
         Op::Lut { table, .. } => {

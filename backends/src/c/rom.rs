@@ -13,6 +13,7 @@ pub const PRELUDE: &str = r#"#include <avr/pgmspace.h>
 #define kiln_rom_i32(p) ((int32_t)pgm_read_dword(p))
 #define kiln_rom_i8(p) ((int8_t)pgm_read_byte(p))
 #define kiln_rom_u8(p) pgm_read_byte(p)
+#define kiln_rom_i16(p) ((int16_t)pgm_read_word(p))
 #define kiln_rom_f32(p) pgm_read_float(p)
 #define kiln_mul8(x, w) ((int16_t)((int16_t)(x) * (int16_t)(w)))
 static inline float kiln_ld_float(const float *p) { return pgm_read_float(p); }

@@ -808,6 +808,10 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let t = table(items, &format!("T{kk}"), "i8", t);
             format!("k::int::lut(x0, y0, &{t});")
         }
+        Op::Lut16 { table: t, .. } => {
+            let t = table(items, &format!("T{kk}"), "i16", t);
+            format!("k::int::lut16(x0, y0, &{t});")
+        }
         _ => return None,
     };
     Some(s)

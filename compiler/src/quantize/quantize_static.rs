@@ -605,6 +605,17 @@ impl Rewriter<'_> {
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }
+            // after a 16x8 layer: a 513-entry int16 table with interpolation
+            Op::Unary(u) if self.int.get(&node.inputs[0]).is_some_and(|(_, q)| q.bits == 16) => {
+                let (x, px) = self.int_bits(node.inputs[0], 16)?;
+                let po = match (u, self.pins.get(&out)) {
+                    (_, Some(&p)) if p.bits == 16 => p,
+                    (UnaryOp::Sigmoid | UnaryOp::Tanh, _) => Q::new(1.0 / 32768.0, 0, 16),
+                    _ => self.out_params_bits(out, 16)?,
+                };
+                let op = lut16(&node.op, px, po)?;
+                self.emit_int(n, op, vec![x], out, po);
+            }
             Op::Unary(u) => {
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let po = match (u, self.pins.get(&out)) {
@@ -990,6 +1001,21 @@ fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op, 
         y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect(),
         po,
     ))
+}
+
+/// The 513-entry int16 table of a one-input function (`kiln_runtime::lut16`): the
+/// evaluator's float kernel of `op` at every 128th int16 input, quantized to `po`.
+fn lut16(op: &Op, px: Q, po: Q) -> Result<Op, QuantError> {
+    let xs: Vec<f32> = (0..rt::LUT16_LEN as i32)
+        .map(|j| (j * 128 - 32768) as f32 * px.scale)
+        .collect();
+    let t = Tensor::from_vec(vec![rt::LUT16_LEN], xs);
+    let ty = TensorType::new(DType::plain(Scalar::F32), vec![rt::LUT16_LEN]);
+    let y = kiln_ir::eval::eval_node(op, &[&t], &[ty]).map_err(QuantError::Eval)?;
+    Ok(Op::Lut16 {
+        table: y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i16).collect(),
+        scale: po.scale,
+    })
 }
 
 /// Ops this pass usually turns into integer ops (used to decide where to quantize early).

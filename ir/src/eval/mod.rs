@@ -264,6 +264,7 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::QAdd(a) => one(quant::qadd(a, x[0], x[1], &out[0].shape)?),
         Op::QMul(m) => one(quant::qmul(m, x[0], x[1], &out[0].shape)),
         Op::Lut { table, .. } => one(quant::lut(table, x[0])),
+        Op::Lut16 { table, .. } => one(quant::lut16(table, x[0])),
         Op::QSoftmax { axis, exp_table } => one(quant::softmax(*axis, exp_table, x[0])),
     }
 }

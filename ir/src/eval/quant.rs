@@ -323,6 +323,11 @@ pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {
     Tensor::from_vec(x.shape.clone(), v)
 }
 
+pub(crate) fn lut16(table: &[i16], x: &Tensor) -> Tensor {
+    let v: Vec<i16> = sl::<i16>(x).iter().map(|&q| rt::lut16(table, q)).collect();
+    Tensor::from_vec(x.shape.clone(), v)
+}
+
 /// Integer average pooling over the taps inside the input (TFLite: padding never counts),
 /// rounded half away from zero; input and output (int8 or int16) share scale and zero point.
 pub(crate) fn avg_pool_int(window: &Window, kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<Tensor> {

@@ -504,6 +504,13 @@ pub fn lut(x: &[i8], y: &mut [i8], table: &[i8; 256]) {
     }
 }
 
+/// [`crate::lut16`] over a tensor.
+pub fn lut16(x: &[i16], y: &mut [i16], table: &[i16; crate::LUT16_LEN]) {
+    for (d, &v) in y.iter_mut().zip(x) {
+        *d = crate::lut16(table, v);
+    }
+}
+
 /// Rescale factors from `(multiplier, shift)` pairs, for generated constants.
 pub const fn requants<const N: usize>(p: [(i32, i32); N]) -> [Requant; N] {
     let mut out = [Requant {

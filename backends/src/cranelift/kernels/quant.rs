@@ -392,6 +392,27 @@ pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     });
 }
 
+/// `kiln_runtime::lut16`: two table reads and the integer interpolation per element.
+pub(crate) fn lut16(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
+    let total = numel(g, g.node(n).outputs[0]);
+    fx.for_ptrs(total, &[(a.ins[0], 2), (a.outs[0], 2)], &mut |fx, p| {
+        let x = fx.b.ins().sload16(I32, flags(), p[0], 0);
+        let u = fx.b.ins().iadd_imm_s(x, 32768);
+        let j = fx.b.ins().sshr_imm_s(u, 7);
+        let f = fx.b.ins().band_imm_s(u, 127);
+        let j = fx.b.ins().uextend(I64, j);
+        let t = fx.addr(a.aux[0], j, 2);
+        let b = fx.b.ins().sload16(I32, flags(), t, 0);
+        let nx = fx.b.ins().sload16(I32, flags(), t, 2);
+        let d = fx.b.ins().isub(nx, b);
+        let d = fx.b.ins().imul(d, f);
+        let d = fx.b.ins().iadd_imm_s(d, 64);
+        let d = fx.b.ins().sshr_imm_s(d, 7);
+        let y = fx.b.ins().iadd(b, d);
+        fx.b.ins().istore16(flags(), y, p[1], 0);
+    });
+}
+
 /// Walks the output of a broadcasting two-input integer op: `body(fx, a_ptr, b_ptr, out_ptr)`.
 fn broadcast2(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, body: &mut dyn FnMut(&mut Fx, Value, Value, Value)) {
     broadcast2_sized(fx, g, n, a, 1, body)
@@ -546,6 +567,7 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     let node = g.node(n);
     match &node.op {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
+        Op::Lut16 { table, .. } => vec![table.iter().flat_map(|v| v.to_le_bytes()).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
         Op::QMatMul { q } => {
             let (t, wsum) = columns(g, n);
