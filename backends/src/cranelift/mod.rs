@@ -142,11 +142,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 && kernels::reads_input(g, n, slot)
                 && !const_data.contains_key(&v)
             {
-                let id = data(
-                    &mut module,
-                    &format!("{}_const{}", opts.prefix, v.index()),
-                    t.data.to_le_bytes(),
-                )?;
+                let bytes = match kiln_ir::analysis::packed_weight_bits(g, v) {
+                    Some(bits) => kernels::pack_bytes(&t.data.to_le_bytes(), bits),
+                    None => t.data.to_le_bytes(),
+                };
+                let id = data(&mut module, &format!("{}_const{}", opts.prefix, v.index()), bytes)?;
                 const_data.insert(v, id);
             }
         }

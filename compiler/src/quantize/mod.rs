@@ -32,6 +32,10 @@ pub enum QuantError {
     Internal(String),
     #[error("--keep-float/--int16 `{0}`: no node has this name or op type")]
     NoSuchNode(String),
+    #[error(
+        "the model carries no quantization of its own (no QuantizeLinear/DequantizeLinear, QLinear ops or DynamicQuantizeLinear); quantize it with calibration data instead"
+    )]
+    NotQuantized,
     #[error("--accuracy-budget {0} dB cannot be met: the best mix reaches {1:.1} dB output SQNR")]
     Budget(f64, f64),
     #[error("--strict-integer: parts of the model cannot be integer:\n  {0}")]

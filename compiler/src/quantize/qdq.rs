@@ -383,6 +383,9 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
 /// in `calibration` when given (method: `opts.method`, default min-max); without data the
 /// ops around them stay float with a note.
 pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
+    if !is_quantized(g) {
+        return Err(QuantError::NotQuantized);
+    }
     let mut dyn_notes = Vec::new();
     let mut g = g.clone();
     let refold = fold_dynamic(&mut g, &mut dyn_notes)?;

@@ -139,8 +139,32 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     })
 }
 
-/// Arena bytes the kernel of node `n` needs as scratch.
+/// Arena bytes the kernel of node `n` needs as scratch: its own, then room to unpack
+/// narrow weights (see [`packed`]).
 pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+    match packed(g, n) {
+        Some((_, count)) => kernel_scratch(g, n).next_multiple_of(16) + count.next_multiple_of(16),
+        None => kernel_scratch(g, n),
+    }
+}
+
+/// The width and element count of node `n`'s packed weight: integer products with narrow
+/// weights keep them packed in read-only data and unpack them into scratch as they start.
+pub(crate) fn packed(g: &Graph, n: NodeId) -> Option<(u8, usize)> {
+    let node = g.node(n);
+    if !matches!(node.op, Op::QConv { .. } | Op::QMatMul { .. }) {
+        return None;
+    }
+    let w = *node.inputs.get(1)?;
+    kiln_ir::analysis::packed_weight_bits(g, w).map(|b| (b, g.value(w).ty.numel()))
+}
+
+/// Narrow weights packed for read-only data.
+pub(crate) fn pack_bytes(bytes: &[u8], bits: u8) -> Vec<u8> {
+    quant::pack(bytes, bits)
+}
+
+fn kernel_scratch(g: &Graph, n: NodeId) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
@@ -184,6 +208,33 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
 }
 
 pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
+    if let Some((bits, count)) = packed(g, n) {
+        // unpack the weights into scratch, then run the int8 kernel on them: a convolution
+        // reads its weight input, a product its column table (aux 2)
+        let dst = fx.add_imm(a.scratch, kernel_scratch(g, n).next_multiple_of(16) as i64);
+        let src = if matches!(g.node(n).op, Op::QConv { .. }) {
+            a.ins[1]
+        } else {
+            a.aux[2]
+        };
+        quant::unpack_weights(fx, src, dst, bits, count);
+        let mut args = Args {
+            ins: a.ins.clone(),
+            outs: a.outs.clone(),
+            scratch: a.scratch,
+            aux: a.aux.clone(),
+        };
+        if matches!(g.node(n).op, Op::QConv { .. }) {
+            args.ins[1] = dst;
+        } else {
+            args.aux[2] = dst;
+        }
+        return emit_kernel(fx, g, n, &args, t);
+    }
+    emit_kernel(fx, g, n, a, t)
+}
+
+fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     let node = g.node(n);
     match &node.op {
         Op::Unary(u) if fast_unary(g, n, *u) => elementwise::unary(fx, g, n, *u, a, t),

@@ -392,6 +392,30 @@ pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     });
 }
 
+/// `bytes` (int8 values that fit `bits`) packed by `kiln_runtime::pack_weights`.
+pub(crate) fn pack(bytes: &[u8], bits: u8) -> Vec<u8> {
+    let w: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+    let mut p = vec![0u8; kiln_runtime::packed_len(w.len(), bits)];
+    kiln_runtime::pack_weights(&w, bits, &mut p);
+    p
+}
+
+/// Unpacks `count` weights of `bits` from `src` into int8 at `dst` (which has room for
+/// whole bytes' worth: `count` rounded up to 16).
+pub(crate) fn unpack_weights(fx: &mut Fx, src: Value, dst: Value, bits: u8, count: usize) {
+    let per = (8 / bits) as i64;
+    let bytes = kiln_runtime::packed_len(count, bits) as i64;
+    fx.for_ptrs(bytes, &[(src, 1), (dst, per)], &mut |fx, p| {
+        let b = fx.b.ins().uload8(I32, flags(), p[0], 0);
+        for k in 0..per {
+            // field k, sign-extended: shift it to the top of the i32, then arithmetically down
+            let up = fx.b.ins().ishl_imm_s(b, 32 - bits as i64 * (k + 1));
+            let v = fx.b.ins().sshr_imm_s(up, 32 - bits as i64);
+            fx.b.ins().istore8(flags(), v, p[1], k as i32);
+        }
+    });
+}
+
 /// `kiln_runtime::lut16`: two table reads and the integer interpolation per element.
 pub(crate) fn lut16(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
@@ -573,7 +597,10 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             let (t, wsum) = columns(g, n);
             let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
             let mut v = requant_tables(q);
-            v.push(t);
+            v.push(match super::packed(g, n) {
+                Some((bits, _)) => pack(&t, bits),
+                None => t,
+            });
             v.push(tables_i32(&zsum));
             v
         }
