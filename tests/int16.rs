@@ -352,3 +352,42 @@ fn the_integer_entry_point_takes_int16_ports() {
     assert!(checked > 0, "no model has an int16 port");
     println!("{checked} builds with int16 ports match through run_int");
 }
+
+/// Where int8 and 16x8 layers meet (the KWS softmax after its 16x8 layers, a layer given
+/// `--int16` by name) the value moves by an integer `Requant`, not through float: a 16x8
+/// build of a model without float parts has Quantize only at its inputs and Dequantize only
+/// at its outputs.
+#[test]
+fn width_changes_stay_integer() {
+    let dir = kiln_tests::repo().join("tests/models/mlperf_tiny_kws_dscnn");
+    let m = kiln::load(
+        &dir.join("model.onnx"),
+        &kiln_tests::case_import_options(&dir),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    for int16 in [vec!["all".to_string()], vec!["Conv__97".to_string()]] {
+        let opts = QuantOptions {
+            method: Some(Method::MinMax),
+            int16: int16.clone(),
+            ..Default::default()
+        };
+        let g = quantize_int8(&m.graph, &dir.join("calib"), &opts, |_, _| {})
+            .unwrap()
+            .graph;
+        let mut requants = 0;
+        for n in g.node_ids() {
+            let node = g.node(n);
+            match node.op {
+                kiln_ir::Op::Quantize { .. } => {
+                    assert!(g.inputs().contains(&node.inputs[0]), "{int16:?}: {}", node.name)
+                }
+                kiln_ir::Op::Dequantize { .. } => assert!(g.is_output(node.outputs[0]), "{int16:?}: {}", node.name),
+                kiln_ir::Op::Requant { .. } => requants += 1,
+                _ => {}
+            }
+        }
+        assert!(requants > 0, "{int16:?}: no width change");
+    }
+}

@@ -537,6 +537,16 @@ pub enum Op {
         scale: f32,
         zero_point: i32,
     },
+    /// `[x: i8|i16] -> [y: to<scale, zero_point>]`: an integer value moved to other
+    /// parameters and width without float, `y = clamp(zero_point + M(x - input_zp))` with
+    /// `kiln_runtime::multiply_by_quantized_multiplier` (where int8 and 16x8 layers meet).
+    Requant {
+        to: Scalar,
+        input_zp: i32,
+        requant: Requant,
+        scale: f32,
+        zero_point: i32,
+    },
     /// `[x: i16] -> [y: i16<scale, 0>]`, a one-input function of an int16 as 513 samples
     /// with integer interpolation between them (`kiln_runtime::lut16`).
     Lut16 {
@@ -677,6 +687,7 @@ impl Op {
             Op::QSoftmax { .. } => "QSoftmax",
             Op::Lut { .. } => "Lut",
             Op::Lut16 { .. } => "Lut16",
+            Op::Requant { .. } => "Requant",
         }
     }
 

@@ -479,6 +479,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             Ok(vec![qtype(Scalar::I8, *scale, *zero_point, x().shape.clone())])
         }
+        Requant {
+            to, scale, zero_point, ..
+        } => {
+            arity(op, inputs, 1, 1)?;
+            if !matches!(x().dtype.scalar, Scalar::I8 | Scalar::I16) || !matches!(to, Scalar::I8 | Scalar::I16) {
+                return err(op, format!("moves i8/i16 to i8/i16, not {} to {to}", x().dtype.scalar));
+            }
+            Ok(vec![qtype(*to, *scale, *zero_point, x().shape.clone())])
+        }
         Lut16 { table, scale } => {
             arity(op, inputs, 1, 1)?;
             if x().dtype.scalar != Scalar::I16 || table.len() != kiln_runtime::LUT16_LEN {

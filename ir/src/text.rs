@@ -172,6 +172,16 @@ pub fn attrs(op: &Op) -> String {
             });
             format!("table={h:016x} zp={zero_point}")
         }
+        Op::Requant {
+            to,
+            input_zp,
+            requant,
+            scale,
+            zero_point,
+        } => format!(
+            "to={to} in_zp={input_zp} requant={} scale={scale:e} zp={zero_point}",
+            rq(requant)
+        ),
         Op::Lut16 { table, .. } => {
             let h = table.iter().fold(0xcbf29ce484222325u64, |h, &b| {
                 (h ^ b as u16 as u64).wrapping_mul(0x100000001b3)

@@ -97,7 +97,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::Lut16 { .. } => true,
+        Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::Pool(p) if int_in => {
             matches!(rank, 3 | 4)
                 && !matches!(
@@ -237,6 +237,24 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 out,
                 "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (float)((int32_t)x0[i] - {zero_point}) * {};",
                 f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+            );
+        }
+        Op::Requant {
+            to,
+            input_zp,
+            requant,
+            zero_point,
+            ..
+        } => {
+            let (t, lo, hi) = if *to == Scalar::I16 {
+                ("int16_t", -32768, 32767)
+            } else {
+                ("int8_t", -128, 127)
+            };
+            let _ = writeln!(
+                out,
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_mbqm((int32_t)x0[i] - {input_zp}, {}, {}) + {zero_point}, {lo}, {hi});",
+                requant.multiplier, requant.shift
             );
         }
         Op::Lut16 { table, .. } => {

@@ -808,6 +808,15 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let t = table(items, &format!("T{kk}"), "i8", t);
             format!("k::int::lut(x0, y0, &{t});")
         }
+        Op::Requant {
+            input_zp,
+            requant,
+            zero_point,
+            ..
+        } => format!(
+            "k::int::requant(x0, y0, {input_zp}, kiln_runtime::Requant {{ multiplier: {}, shift: {} }}, {zero_point});",
+            requant.multiplier, requant.shift
+        ),
         Op::Lut16 { table: t, .. } => {
             let t = table(items, &format!("T{kk}"), "i16", t);
             format!("k::int::lut16(x0, y0, &{t});")

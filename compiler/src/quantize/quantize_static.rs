@@ -246,8 +246,8 @@ impl Rewriter<'_> {
         self.int.get(&v).is_some_and(|(_, q)| q.bits == 8)
     }
 
-    /// The `bits`-wide integer version of `v`: as computed, else a quantized constant or a
-    /// Quantize of its float version (a Dequantize first where the other width exists).
+    /// The `bits`-wide integer version of `v`: as computed, else a quantized constant, a
+    /// `Requant` of the other width's version, or a Quantize of its float version.
     fn int_bits(&mut self, v: ValueId, bits: u8) -> Result<(ValueId, Q), QuantError> {
         if let Some(&q) = self.int.get(&v) {
             if q.1.bits == bits {
@@ -290,8 +290,32 @@ impl Rewriter<'_> {
                     params(lo, hi)
                 }
             };
-            let f = self.float_of(v)?;
             let ty = TensorType::new(p.dtype(), self.src.value(v).ty.shape.clone());
+            // from the other width: an integer rescale, no float in between
+            let other = self.int.get(&v).copied();
+            if let Some((iv, ip)) = other
+                && let Some(r) = rt::quantize_multiplier(ip.scale as f64 / p.scale as f64)
+            {
+                let op = Op::Requant {
+                    to: p.scalar(),
+                    input_zp: ip.zp,
+                    requant: r,
+                    scale: p.scale,
+                    zero_point: p.zp,
+                };
+                let q = self
+                    .dst
+                    .add_node_typed(
+                        &format!("{name}:requant{bits}"),
+                        op,
+                        vec![iv],
+                        vec![(format!("{name}:q{bits}"), ty)],
+                    )
+                    .1[0];
+                self.other.insert((v, bits), (q, p));
+                return Ok((q, p));
+            }
+            let f = self.float_of(v)?;
             let suffix = if self.int.contains_key(&v) {
                 format!(":q{bits}")
             } else {

@@ -265,6 +265,13 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::QMul(m) => one(quant::qmul(m, x[0], x[1], &out[0].shape)),
         Op::Lut { table, .. } => one(quant::lut(table, x[0])),
         Op::Lut16 { table, .. } => one(quant::lut16(table, x[0])),
+        Op::Requant {
+            to,
+            input_zp,
+            requant,
+            zero_point,
+            ..
+        } => one(quant::requant(x[0], *to, *input_zp, *requant, *zero_point)),
         Op::QSoftmax { axis, exp_table } => one(quant::softmax(*axis, exp_table, x[0])),
     }
 }

@@ -323,6 +323,14 @@ pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {
     Tensor::from_vec(x.shape.clone(), v)
 }
 
+pub(crate) fn requant(x: &Tensor, to: Scalar, input_zp: i32, r: crate::op::Requant, zp: i32) -> Tensor {
+    let (lo, hi) = range(to);
+    let v: Vec<i32> = (ints(x).into_iter())
+        .map(|q| (rt::multiply_by_quantized_multiplier(q - input_zp, r) + zp).clamp(lo, hi))
+        .collect();
+    Tensor::new(x.shape.clone(), narrow(to, v))
+}
+
 pub(crate) fn lut16(table: &[i16], x: &Tensor) -> Tensor {
     let v: Vec<i16> = sl::<i16>(x).iter().map(|&q| rt::lut16(table, q)).collect();
     Tensor::from_vec(x.shape.clone(), v)

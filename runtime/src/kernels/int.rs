@@ -504,6 +504,14 @@ pub fn lut(x: &[i8], y: &mut [i8], table: &[i8; 256]) {
     }
 }
 
+/// An integer value moved to other parameters and width: `y = clamp(zp + M(x - input_zp))`.
+pub fn requant<X: Quantized, Y: Quantized>(x: &[X], y: &mut [Y], input_zp: i32, r: Requant, zp: i32) {
+    for (d, &v) in y.iter_mut().zip(x) {
+        let q = crate::multiply_by_quantized_multiplier(v.widen() - input_zp, r) + zp;
+        *d = Y::narrow(q.clamp(Y::MIN, Y::MAX));
+    }
+}
+
 /// [`crate::lut16`] over a tensor.
 pub fn lut16(x: &[i16], y: &mut [i16], table: &[i16; crate::LUT16_LEN]) {
     for (d, &v) in y.iter_mut().zip(x) {

@@ -127,7 +127,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Dequantize { .. } => matches!(scalar(0), Scalar::I8 | Scalar::U8 | Scalar::I16),
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::Lut16 { .. } => true,
+        Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::DynMatMul { .. } => true,
         // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
@@ -318,6 +318,12 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
         Op::Lut16 { .. } => quant::lut16(fx, g, n, a),
+        Op::Requant {
+            input_zp,
+            requant,
+            zero_point,
+            ..
+        } => quant::requant(fx, g, n, *input_zp, *requant, *zero_point, a),
         Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a),
         Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
         Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => unreachable!("refused by `unsupported`"),

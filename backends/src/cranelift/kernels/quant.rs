@@ -416,6 +416,36 @@ pub(crate) fn unpack_weights(fx: &mut Fx, src: Value, dst: Value, bits: u8, coun
     });
 }
 
+/// An integer value moved to other parameters (`Op::Requant`), i8/i16 in and out.
+pub(crate) fn requant(fx: &mut Fx, g: &Graph, n: NodeId, in_zp: i32, r: Requant, zp: i32, a: &Args) {
+    let node = g.node(n);
+    let total = numel(g, node.outputs[0]);
+    let wide_in = g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let wide_out = g.value(node.outputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let (lo, hi) = if wide_out { (-32768, 32767) } else { (-128, 127) };
+    let es = |w: bool| if w { 2 } else { 1 };
+    fx.for_ptrs(
+        total,
+        &[(a.ins[0], es(wide_in)), (a.outs[0], es(wide_out))],
+        &mut |fx, p| {
+            let x = if wide_in {
+                fx.b.ins().sload16(I32, flags(), p[0], 0)
+            } else {
+                load_i8(fx, p[0])
+            };
+            let x = fx.b.ins().iadd_imm_s(x, -(in_zp as i64));
+            let y = mbqm_const(fx, x, r);
+            let y = fx.b.ins().iadd_imm_s(y, zp as i64);
+            let y = clamp(fx, y, lo, hi);
+            if wide_out {
+                fx.b.ins().istore16(flags(), y, p[1], 0);
+            } else {
+                store_i8(fx, y, p[1]);
+            }
+        },
+    );
+}
+
 /// `kiln_runtime::lut16`: two table reads and the integer interpolation per element.
 pub(crate) fn lut16(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     let total = numel(g, g.node(n).outputs[0]);
