@@ -750,3 +750,26 @@ pub fn ref_input_sets(dir: &std::path::Path, inputs: usize) -> Vec<Vec<Tensor>> 
         })
         .collect()
 }
+
+/// Held-out accuracy of a digits CNN build on `tests/models/digits_cnn/eval` (360 images),
+/// counting the first largest output as the answer (as numpy's argmax; int8 probabilities
+/// tie often).
+pub fn digits_accuracy(g: &kiln_ir::Graph) -> f64 {
+    let dir = repo().join("tests/models/digits_cnn");
+    let x = kiln::npy::read(&dir.join("eval/input_0.npy")).unwrap().to_f32_vec();
+    let labels = kiln::npy::read(&dir.join("eval/labels.npy")).unwrap().to_i64_vec();
+    let ok = (labels.iter().enumerate())
+        .filter(|&(i, &l)| {
+            let t = Tensor::from_vec(vec![1, 1, 8, 8], x[i * 64..(i + 1) * 64].to_vec());
+            let y = kiln_ir::eval::run(g, &[t]).unwrap()[0].to_f64_vec();
+            (0..y.len()).fold(0, |b, i| if y[i] > y[b] { i } else { b }) as i64 == l
+        })
+        .count();
+    ok as f64 / labels.len() as f64
+}
+
+/// A model loaded with default options and the standard pipeline.
+pub fn load_model(path: &std::path::Path) -> kiln::Model {
+    kiln::load(path, &Default::default(), &kiln::PipelineOptions::default(), |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -8,7 +8,9 @@
 use kiln::PipelineOptions;
 use kiln::quantize::{QuantOptions, qdq};
 use kiln_ir::{Graph, Op, Tensor};
-use kiln_tests::{bit_exact_on_every_backend_many, case_import_options, model_dirs, ref_input_sets};
+use kiln_tests::{
+    bit_exact_on_every_backend_many, case_import_options, digits_accuracy, load_model, model_dirs, ref_input_sets,
+};
 use std::path::{Path, PathBuf};
 
 /// Largest difference from ONNX Runtime, in steps of the output's quantization.
@@ -254,45 +256,14 @@ fn strict_integer_names_what_the_model_leaves_in_float() {
     load(&digits, "qop_u8", &strict).unwrap();
 }
 
-/// Held-out accuracy of `g` on the digits `eval/` split.
-fn digits_accuracy(g: &Graph) -> f64 {
-    let dir = kiln_tests::repo().join("tests/models/digits_cnn");
-    let x = kiln::npy::read(&dir.join("eval/input_0.npy")).unwrap().to_f32_vec();
-    let labels = kiln::npy::read(&dir.join("eval/labels.npy")).unwrap().to_i64_vec();
-    let ok = labels
-        .iter()
-        .enumerate()
-        .filter(|&(i, &l)| {
-            let t = Tensor::from_vec(vec![1, 1, 8, 8], x[i * 64..(i + 1) * 64].to_vec());
-            let y = kiln_ir::eval::run(g, &[t]).unwrap()[0].to_f64_vec();
-            // the first largest, as numpy's argmax (int8 probabilities often tie)
-            let best = (0..y.len()).fold(0, |b, i| if y[i] > y[b] { i } else { b });
-            best as i64 == l
-        })
-        .count();
-    ok as f64 / labels.len() as f64
-}
-
 #[test]
 fn quantization_aware_training_is_as_accurate_as_post_training_int8() {
     // scripts/train-digits/qat.py fine-tunes the digits CNN with fake quantization and
     // exports QDQ; Kiln builds it with the model's own parameters
     let dir = kiln_tests::repo().join("tests/models/digits_cnn");
-    let qat = kiln::load(
-        &dir.join("qat/model.onnx"),
-        &Default::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let qat = load_model(&dir.join("qat/model.onnx"));
     let q = qdq::quantize_model(&qat.graph, None, &QuantOptions::default()).unwrap();
-    let float = kiln::load(
-        &dir.join("model.onnx"),
-        &Default::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let float = load_model(&dir.join("model.onnx"));
     let ptq =
         kiln::quantize::quantize_int8(&float.graph, &dir.join("calib"), &QuantOptions::default(), |_, _| {}).unwrap();
     let (a_qat, a_ptq) = (digits_accuracy(&q.graph), digits_accuracy(&ptq.graph));
@@ -376,13 +347,7 @@ fn four_bit_quantization_aware_training_imports_packed() {
     // qat.py with 4-bit weights exports them as ONNX INT4 tensors: Kiln keeps them 4-bit
     // (packed) and matches ONNX Runtime's accuracy, above post-training 4-bit weights
     let dir = kiln_tests::repo().join("tests/models/digits_cnn");
-    let m = kiln::load(
-        &dir.join("qat4/model.onnx"),
-        &Default::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let m = load_model(&dir.join("qat4/model.onnx"));
     let q = qdq::quantize_model(&m.graph, None, &QuantOptions::default()).unwrap();
     let widths: Vec<u8> = (q.graph.node_ids())
         .filter_map(|n| match &q.graph.node(n).op {
@@ -391,13 +356,7 @@ fn four_bit_quantization_aware_training_imports_packed() {
         })
         .collect();
     assert_eq!(widths, [4, 4]);
-    let float = kiln::load(
-        &dir.join("model.onnx"),
-        &Default::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let float = load_model(&dir.join("model.onnx"));
     let opts = QuantOptions {
         weight_bits: Some(4),
         ..Default::default()

@@ -7,7 +7,7 @@
 use kiln::PipelineOptions;
 use kiln::quantize::{QuantOptions, quantize_int8};
 use kiln_ir::{Graph, Op, Tensor};
-use kiln_tests::{bit_exact_on_every_backend_many, case_import_options, ref_input_sets, repo};
+use kiln_tests::{bit_exact_on_every_backend_many, case_import_options, digits_accuracy, ref_input_sets, repo};
 
 const MODELS: [&str; 4] = [
     "digits_cnn",
@@ -61,20 +61,6 @@ fn max_abs_error(float: &Graph, q: &Graph, sets: &[Vec<Tensor>]) -> f64 {
         }
     }
     worst
-}
-
-fn digits_accuracy(g: &Graph) -> f64 {
-    let dir = repo().join("tests/models/digits_cnn");
-    let x = kiln::npy::read(&dir.join("eval/input_0.npy")).unwrap().to_f32_vec();
-    let labels = kiln::npy::read(&dir.join("eval/labels.npy")).unwrap().to_i64_vec();
-    let ok = (labels.iter().enumerate())
-        .filter(|&(i, &l)| {
-            let t = Tensor::from_vec(vec![1, 1, 8, 8], x[i * 64..(i + 1) * 64].to_vec());
-            let y = kiln_ir::eval::run(g, &[t]).unwrap()[0].to_f64_vec();
-            (0..y.len()).fold(0, |b, i| if y[i] > y[b] { i } else { b }) as i64 == l
-        })
-        .count();
-    ok as f64 / labels.len() as f64
 }
 
 #[test]

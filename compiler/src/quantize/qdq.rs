@@ -23,6 +23,16 @@ pub struct Stripped {
     pub notes: Vec<String>,
 }
 
+/// Points every use of `old` (graph outputs too) at `new`; a graph output keeps its name.
+fn replace_value(g: &mut Graph, old: ValueId, new: ValueId) {
+    let name = g.value(old).name.clone();
+    let out = g.is_output(old);
+    g.replace_uses(old, new);
+    if out {
+        g.rename(new, &name);
+    }
+}
+
 /// Whether `g` has quantization steps of its own (a QDQ or QOperator model, or ONNX
 /// Runtime's dynamic quantization).
 pub fn is_quantized(g: &Graph) -> bool {
@@ -170,16 +180,11 @@ fn fold_dynamic(g: &mut Graph, notes: &mut Vec<String>) -> Result<Vec<String>, Q
             (op, Tensor::from_vec(p.shape.clone(), wf))
         };
         let wv = g.add_const(&g.fresh_name(&format!("{name}:weight")), w);
-        let out_name = g.value(p.out).name.clone();
-        let is_out = g.is_output(p.out);
-        let tmp = g.fresh_name(&format!("{out_name}:folded"));
+        let tmp = g.fresh_name(&format!("{}:folded", g.value(p.out).name));
         let y = g.add_node(&name, op, vec![p.x, wv], &[&tmp]).map_err(QuantError::Ir)?.1[0];
-        g.replace_uses(p.out, y);
+        replace_value(g, p.out, y);
         for m in p.nodes {
             g.remove_node(m);
-        }
-        if is_out {
-            g.rename(y, &out_name);
         }
     }
     passes::eliminate_dead_nodes::run(g).map_err(QuantError::Ir)?;
@@ -261,13 +266,8 @@ fn sink_quantize(g: &mut Graph) -> Result<(), QuantError> {
             )
             .map_err(QuantError::Ir)?
             .1[0];
-        let name = g.value(y).name.clone();
-        let out = g.is_output(y);
-        g.replace_uses(y, yq);
+        replace_value(g, y, yq);
         g.remove_node(n);
-        if out {
-            g.rename(yq, &name);
-        }
     }
     crate::passes::eliminate_dead_nodes::run(g).map_err(QuantError::Ir)?;
     Ok(())
@@ -337,13 +337,8 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
         pins.insert(x, q);
         for d in deqs {
             let y = g.node(d).outputs[0];
-            let name = g.value(y).name.clone();
-            let out = g.is_output(y);
-            g.replace_uses(y, x);
+            replace_value(&mut g, y, x);
             g.remove_node(d);
-            if out {
-                g.rename(x, &name);
-            }
         }
         if !g.is_output(xq) {
             g.remove_node(n);
