@@ -5,6 +5,9 @@ Kiln's QDQ/QOperator import tests. For each model folder given:
     <model>/ort/qdq_s8.onnx   quantize_static, QDQ, int8 activations, int8 weights per channel
     <model>/ort/qdq_u8.onnx   quantize_static, QDQ, uint8 activations, int8 weights per channel
     <model>/ort/qop_u8.onnx   quantize_static, QOperator, uint8 activations, int8 weights per channel
+    <model>/ort/qdq_s16.onnx  (KWS only) quantize_static, QDQ, int16 symmetric activations,
+                              int8 weights per channel (ONNX Runtime writes these Q/DQ in its
+                              com.microsoft domain)
     <model>/ort/dyn.onnx      quantize_dynamic (int8 weights; uint8 where the model has Conv, as
                               ONNX Runtime's CPU ConvInteger takes only uint8 weights)
     <model>/ort/<variant>_out_<k>.npy   ONNX Runtime's (CPU) output 0 on ref/test_data_set_<k>
@@ -58,9 +61,15 @@ def main(d):
         refs.append(np.load(os.path.join(d, "ref", f"test_data_set_{k}", "input_0.npy")))
         k += 1
     has_conv = any(n.op_type == "Conv" for n in onnx.load(pre).graph.node)
-    for name, (fmt, act) in list(VARIANTS.items()) + [("dyn", (None, None))]:
+    extra = [("qdq_s16", (QuantFormat.QDQ, QuantType.QInt16))] if d.rstrip("/").endswith("kws_dscnn") else []
+    for name, (fmt, act) in list(VARIANTS.items()) + extra + [("dyn", (None, None))]:
         path = os.path.join(out, f"{name}.onnx")
-        if fmt is None:
+        if act == QuantType.QInt16:
+            quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True,
+                            activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True})
+        elif fmt is None:
             quantize_dynamic(pre, path, weight_type=QuantType.QUInt8 if has_conv else QuantType.QInt8)
         else:
             quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True,

@@ -36,6 +36,8 @@ pub enum QuantError {
         "the model carries no quantization of its own (no QuantizeLinear/DequantizeLinear, QLinear ops or DynamicQuantizeLinear); quantize it with calibration data instead"
     )]
     NotQuantized,
+    #[error("value `{0}` is quantized to {1} bits by the model; no other width is known for it")]
+    Width(String, u8),
     #[error("--accuracy-budget {0} dB cannot be met: the best mix reaches {1:.1} dB output SQNR")]
     Budget(f64, f64),
     #[error("--strict-integer: parts of the model cannot be integer:\n  {0}")]

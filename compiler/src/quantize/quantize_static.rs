@@ -168,7 +168,7 @@ pub fn run_pinned(
             && (ranges.by_value.contains_key(&v) || pins.contains_key(&v))
             && src.value(v).ty.dtype.scalar == Scalar::F32
         {
-            r.int_of(v)?;
+            r.int_bits(v, pins.get(&v).map_or(8, |p| p.bits))?;
         }
     }
     for n in src.topo_order().map_err(QuantError::Ir)? {
@@ -281,6 +281,10 @@ impl Rewriter<'_> {
         } else {
             let p = match self.pins.get(&v) {
                 Some(&p) if p.bits == bits => p,
+                // the model fixed the other width and gives no range for this one
+                Some(&p) if !self.ranges.by_value.contains_key(&v) => {
+                    return Err(QuantError::Width(name.clone(), p.bits));
+                }
                 _ => {
                     let &(lo, hi) = self
                         .ranges
@@ -425,6 +429,10 @@ impl Rewriter<'_> {
             Err(QuantError::NoRange(v)) if !self.pins.is_empty() => {
                 self.keep_float(n, &format!("the model gives no quantization parameters for `{v}`"))
             }
+            Err(QuantError::Width(v, bits)) => self.keep_float(
+                n,
+                &format!("the model quantizes `{v}` to {bits} bits, which this op's integer kernel does not take"),
+            ),
             r => r,
         }
     }

@@ -306,6 +306,12 @@ pub static REGISTRY: &[OpSpec] = &[
     ms("QLinearMul", quant::qlinear_binary, "numpy broadcasting"),
     ms("QLinearSigmoid", quant::qlinear_unary, ""),
     ms("QLinearSoftmax", quant::qlinear_unary, "axis, opset"),
+    ms(
+        "DequantizeLinear",
+        quant::dequantize_linear,
+        "as the default domain's (ONNX Runtime writes 16-bit ones here)",
+    ),
+    ms("QuantizeLinear", quant::quantize_linear, "as the default domain's"),
     // Constants and types.
     op("Cast", constant::cast, "between f32, f64, f16, i8..i64, u8..u64, bool"),
     op("CastLike", constant::cast, "as Cast"),
