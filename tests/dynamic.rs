@@ -291,6 +291,22 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
             "mm",
             Op::DynMatMul {
                 weight_scales: vec![0.01, 0.02, 0.03].into(),
+                block: 0,
+            },
+            vec![a, wm],
+            &[],
+        )
+        .unwrap();
+    g.add_output(y[0]);
+    // blocked scales along K = 9 in blocks of 4 (the last block short): one scale per block
+    // and column, the rescaled block sums added in order
+    let blocked = (1..=9).map(|i| 0.003 * i as f32).collect::<Vec<f32>>();
+    let (_, y) = g
+        .add_node(
+            "mm_blocked",
+            Op::DynMatMul {
+                weight_scales: blocked.into(),
+                block: 4,
             },
             vec![a, wm],
             &[],

@@ -409,3 +409,99 @@ fn int16_activations_from_onnx_runtime_run_16x8() {
     println!("kws int16 QDQ: max abs difference from ONNX Runtime {worst:.3e}");
     assert!(worst <= 4.0 / 32767.0, "{worst}");
 }
+
+#[test]
+fn blocked_weights_run_hybrid_with_their_own_scales() {
+    // ONNX Runtime's weight-only quantizer on the autoencoder: 4-bit weights in blocks of 32
+    // along K, as com.microsoft MatMulNBits (asymmetric) and as blocked int4
+    // DequantizeLinear (symmetric). In float Kiln computes ONNX Runtime's product (within
+    // FLOAT_REL of the largest output). `--quantize dynamic` keeps the model's integers and
+    // block scales: every product becomes a blocked DynMatMul whose weights times their block
+    // scales are the model's dequantized weights exactly, and which runs bit-exactly on every
+    // backend. ONNX Runtime computes these in f32 (accuracy_level 0), so the difference is
+    // Kiln's run-time int8 activations, stated as an SQNR.
+    const FLOAT_REL: f64 = 1e-5;
+    const MIN_SQNR_DB: f64 = 40.0;
+    let dir = model_dirs()
+        .into_iter()
+        .find(|d| d.ends_with("mlperf_tiny_ad_fc_autoencoder"))
+        .expect("the autoencoder");
+    let mut built = Vec::new();
+    for variant in ["nbits4", "qdq_block4"] {
+        let path = dir.join(format!("ort/{variant}.onnx"));
+        let m = kiln::load(
+            &path,
+            &case_import_options(&dir),
+            &PipelineOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{variant}: {e}"));
+        let q = kiln::quantize::dynamic::to_dynamic(&m.graph, &[]).unwrap();
+        assert!(q.notes.is_empty(), "{variant}: {:?}", q.notes);
+        let mut products = 0;
+        for n in q.graph.node_ids() {
+            let node = q.graph.node(n);
+            let Op::DynMatMul { weight_scales, block } = &node.op else {
+                assert!(
+                    !matches!(node.op, Op::MatMul | Op::Gemm { .. }),
+                    "{variant}: {} stays float",
+                    node.name
+                );
+                continue;
+            };
+            products += 1;
+            assert_eq!(*block, 32, "{variant}: {}", node.name);
+            // the float import's weight for this product, by the product's name
+            let f = (m.graph.node_ids())
+                .find(|&f| m.graph.node(f).name == node.name)
+                .unwrap_or_else(|| panic!("{variant}: no float product {}", node.name));
+            let wf = m.graph.const_value(m.graph.node(f).inputs[1]).unwrap().to_f32_vec();
+            let w = q.graph.const_value(node.inputs[1]).unwrap();
+            let nn = w.shape[1];
+            let wi = w.to_i64_vec();
+            if variant == "qdq_block4" {
+                // int4, negated where ONNX Runtime wrote a negative scale (to reach -8)
+                assert!(wi.iter().all(|&v| (-8..=8).contains(&v)), "{variant}: not int4");
+            }
+            for (i, (&v, &f)) in wi.iter().zip(&wf).enumerate() {
+                let s = weight_scales[(i / nn) / block * nn + i % nn];
+                assert_eq!(v as f32 * s, f, "{variant} {}: weight {i}", node.name);
+            }
+        }
+        assert_eq!(products, 10, "{variant}: the autoencoder's ten products");
+        let (mut float_err, mut sig, mut noise, mut peak) = (0f64, 0f64, 0f64, 0f64);
+        let sets = ref_input_sets(&dir, 1);
+        for (k, inputs) in sets.iter().enumerate() {
+            let ort = kiln::npy::read(&dir.join(format!("ort/{variant}_out_{k}.npy")))
+                .unwrap()
+                .to_f64_vec();
+            let float = kiln_ir::eval::run(&m.graph, inputs).unwrap()[0].to_f64_vec();
+            let hybrid = kiln_ir::eval::run(&q.graph, inputs).unwrap()[0].to_f64_vec();
+            for ((&o, &f), &h) in ort.iter().zip(&float).zip(&hybrid) {
+                float_err = float_err.max((f - o).abs());
+                peak = peak.max(o.abs());
+                sig += o * o;
+                noise += (h - o) * (h - o);
+            }
+        }
+        let sqnr = 10.0 * (sig / noise).log10();
+        println!(
+            "{variant}: float max |Kiln - ORT| {float_err:.2e} (largest output {peak:.1}); hybrid SQNR vs ORT {sqnr:.1} dB; constants {} bytes",
+            kiln_ir::analysis::constant_bytes(&q.graph)
+        );
+        assert!(
+            float_err <= FLOAT_REL * peak,
+            "{variant}: float differs from ONNX Runtime"
+        );
+        assert!(sqnr >= MIN_SQNR_DB, "{variant}: hybrid SQNR {sqnr:.1} dB");
+        built.push((variant, q.graph, sets));
+    }
+    let models: Vec<(&str, &Graph, &[Vec<Tensor>])> = built.iter().map(|(t, g, s)| (*t, g, s.as_slice())).collect();
+    let out = std::env::temp_dir().join(format!("kiln-blocked-{}", std::process::id()));
+    let failures = bit_exact_on_every_backend_many(&models, &out);
+    assert!(
+        failures.is_empty(),
+        "not the evaluator's bytes:\n{}",
+        failures.join("\n")
+    );
+}

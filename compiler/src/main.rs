@@ -301,7 +301,7 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                 eprintln!("note: {n}");
             }
             eprintln!(
-                "note: int8 weights: {} -> {} bytes (with one f32 scale per channel)",
+                "note: int8 weights: {} -> {} bytes (with their f32 scales, per channel or per block)",
                 q.bytes_f32, q.bytes_int8
             );
             m.graph = q.graph;

@@ -90,6 +90,39 @@ pub enum QParams {
         scales: Arc<[f32]>,
         zero_points: Arc<[i32]>,
     },
+    /// One scale/zero point per `block` consecutive indices along `axis` and per index of
+    /// every other axis (ONNX blocked quantization): laid out as the tensor's shape with
+    /// `axis` shortened to `ceil(len / block)`, row-major.
+    Blocked {
+        axis: usize,
+        block: usize,
+        scales: Arc<[f32]>,
+        zero_points: Arc<[i32]>,
+    },
+}
+
+impl QParams {
+    /// The parameter index of each element of a tensor of `shape` quantized with `self`.
+    pub fn index(&self, shape: &[usize]) -> Vec<usize> {
+        let total: usize = shape.iter().product();
+        match self {
+            QParams::PerTensor { .. } => vec![0; total],
+            QParams::PerAxis { axis, .. } => {
+                let inner: usize = shape[axis + 1..].iter().product();
+                (0..total).map(|i| (i / inner.max(1)) % shape[*axis]).collect()
+            }
+            QParams::Blocked { axis, block, .. } => {
+                let inner: usize = shape[axis + 1..].iter().product::<usize>().max(1);
+                let (len, blocks) = (shape[*axis], shape[*axis].div_ceil(*block));
+                (0..total)
+                    .map(|i| {
+                        let (o, r) = (i / (inner * len), i % (inner * len));
+                        (o * blocks + r / inner / block) * inner + r % inner
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Element type of a tensor: a storage scalar, optionally with quantization parameters.
@@ -147,6 +180,11 @@ impl fmt::Display for DType {
                     write!(f, "{}{z}", if i > 0 { "," } else { "" })?;
                 }
                 write!(f, "]>")
+            }
+            Some(QParams::Blocked {
+                axis, block, scales, ..
+            }) => {
+                write!(f, "<axis={axis}, block={block}, {} scales>", scales.len())
             }
         }
     }

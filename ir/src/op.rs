@@ -505,8 +505,14 @@ pub enum Op {
     },
     /// `[x: f32 [.., K], w: i8 [K, N] (symmetric, per column)] -> [y: f32 [.., N]]`, hybrid
     /// product as `DynConv` with each row of `x` quantized on its own.
+    ///
+    /// With `block > 0` the weight scales are blocked along K (ONNX blocked quantization,
+    /// ONNX Runtime's `MatMulNBits`): `weight_scales` is `[ceil(K / block), N]` row-major,
+    /// each block's i32 sum is rescaled with its own scale and the results are added in f32,
+    /// in block order from 0.0 (`kiln_runtime::kernels::dyn_matmul`).
     DynMatMul {
         weight_scales: Arc<[f32]>,
+        block: usize,
     },
     /// `[x: f32] -> [y: u8, scale: f32 [], zero_point: u8 []]`, ONNX `DynamicQuantizeLinear`:
     /// the range widened to include 0 over 255 steps, rounding half to even. Only the

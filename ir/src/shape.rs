@@ -197,6 +197,9 @@ fn check_requant(op: &Op, q: &QLinear, channels: usize, out: Scalar) -> Result<(
 /// where `moved` puts it, and are dropped when the axis does not survive.
 fn moved_quant(x: &TensorType, shape: &[usize], moved: impl Fn(usize) -> Option<usize>) -> DType {
     let mut d = x.dtype.clone();
+    if matches!(x.dtype.quant, Some(QParams::Blocked { .. })) {
+        d.quant = None;
+    }
     if let Some(QParams::PerAxis {
         axis,
         scales,
@@ -424,14 +427,21 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let out = infer(&MatMul, &refs)?;
             Ok(vec![plain(Scalar::I32, out[0].shape.clone())])
         }
-        DynMatMul { weight_scales } => {
+        DynMatMul { weight_scales, block } => {
             arity(op, inputs, 2, 2)?;
             dyn_inputs(op, inputs)?;
             let (a, w) = (inputs[0], inputs[1]);
             if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
                 return err(op, format!("cannot multiply {a} by {w}"));
             }
-            check_scales(op, weight_scales, w.shape[1])?;
+            if *block == 0 {
+                check_scales(op, weight_scales, w.shape[1])?;
+            } else if weight_scales.len() != w.shape[0].div_ceil(*block) * w.shape[1] {
+                return err(
+                    op,
+                    format!("{} weight scales for blocks of {block} in {w}", weight_scales.len()),
+                );
+            }
             let mut s = a.shape.clone();
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![plain(Scalar::F32, s)])

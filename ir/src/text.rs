@@ -142,7 +142,13 @@ pub fn attrs(op: &Op) -> String {
             group,
             weight_scales,
         } => format!("{} group={group} weight_scales={}", window(w), scales(weight_scales)),
-        Op::DynMatMul { weight_scales } => format!("weight_scales={}", scales(weight_scales)),
+        Op::DynMatMul {
+            weight_scales,
+            block: 0,
+        } => format!("weight_scales={}", scales(weight_scales)),
+        Op::DynMatMul { weight_scales, block } => {
+            format!("block={block} weight_scales={}", scales(weight_scales))
+        }
         Op::IntConv { window: w, group } => format!("{} group={group}", window(w)),
         Op::QAdd(a) => format!(
             "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]",

@@ -106,6 +106,18 @@ pub fn verify(g: &Graph) -> Result<()> {
                         && scales.len() == zero_points.len()
                         && scales.iter().all(|s| s.is_finite() && *s > 0.0)
                 }
+                QParams::Blocked {
+                    axis,
+                    block,
+                    scales,
+                    zero_points,
+                } => {
+                    let len = val.ty.shape.get(*axis).copied().unwrap_or(0);
+                    *block > 0
+                        && scales.len() == val.ty.numel() / len.max(1) * len.div_ceil(*block)
+                        && scales.len() == zero_points.len()
+                        && scales.iter().all(|s| s.is_finite() && *s > 0.0)
+                }
             };
             if !ok {
                 return bad(format!(

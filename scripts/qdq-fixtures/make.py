@@ -8,6 +8,10 @@ Kiln's QDQ/QOperator import tests. For each model folder given:
     <model>/ort/qdq_s16.onnx  (KWS only) quantize_static, QDQ, int16 symmetric activations,
                               int8 weights per channel (ONNX Runtime writes these Q/DQ in its
                               com.microsoft domain)
+    <model>/ort/nbits4.onnx   (models with MatMul) MatMulNBitsQuantizer, QOperator: com.microsoft
+                              MatMulNBits, 4-bit asymmetric weights in blocks of 32 along K
+    <model>/ort/qdq_block4.onnx  the same quantizer in QDQ form: blocked int4 DequantizeLinear
+                              (opset 21), symmetric
     <model>/ort/dyn.onnx      quantize_dynamic (int8 weights; uint8 where the model has Conv, as
                               ONNX Runtime's CPU ConvInteger takes only uint8 weights)
     <model>/ort/<variant>_out_<k>.npy   ONNX Runtime's (CPU) output 0 on ref/test_data_set_<k>
@@ -26,6 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quantize_dynamic, quantize_static)
+from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                              MatMulNBitsQuantizer)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 VARIANTS = {
@@ -82,6 +88,19 @@ def main(d):
             y = s.run(None, {inp.name: x.astype(np.float32)})[0]
             np.save(os.path.join(out, f"{name}_out_{k}.npy"), y)
         print(f"{path}: {os.path.getsize(path)} bytes")
+    # on the model as given: the pre-processed one has its MatMul+Add fused into Gemm
+    if any(n.op_type == "MatMul" for n in onnx.load(model).graph.node):
+        for name, fmt, sym in [("nbits4", QuantFormat.QOperator, False), ("qdq_block4", QuantFormat.QDQ, True)]:
+            path = os.path.join(out, f"{name}.onnx")
+            cfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=sym, quant_format=fmt)
+            q = MatMulNBitsQuantizer(onnx.load(model), algo_config=cfg)
+            q.process()
+            q.model.save_model_to_file(path)
+            s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            for k, x in enumerate(refs):
+                y = s.run(None, {inp.name: x.astype(np.float32)})[0]
+                np.save(os.path.join(out, f"{name}_out_{k}.npy"), y)
+            print(f"{path}: {os.path.getsize(path)} bytes")
     os.remove(pre)
 
 

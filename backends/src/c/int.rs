@@ -368,7 +368,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 q.input_zp
             );
         }
-        Op::DynMatMul { weight_scales } => {
+        Op::DynMatMul { weight_scales, block } => {
             let ws = shape(g, node.inputs[1]);
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);
@@ -378,10 +378,24 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 out,
                 "    int8_t *xq = (int8_t *)(void *)s;\n    for (int32_t r = 0; r < {rows}; ++r) {{\n        float sx;\n        int32_t zp;\n        kiln_dyn_quantize(x0 + r * {k}, xq, {k}, &sx, &zp);"
             );
-            let _ = writeln!(
-                out,
-                "        for (int32_t j = 0; j < {nn}; ++j) {{\n            int32_t acc = 0;\n            for (int32_t k = 0; k < {k}; ++k) acc += kiln_mul8((int32_t)xq[k] - zp, x1[k * {nn} + j]);\n            y0[r * {nn} + j] = kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{t}[{c}]));\n        }}\n    }}"
-            );
+            if *block == 0 {
+                let _ = writeln!(
+                    out,
+                    "        for (int32_t j = 0; j < {nn}; ++j) {{\n            int32_t acc = 0;\n            for (int32_t k = 0; k < {k}; ++k) acc += kiln_mul8((int32_t)xq[k] - zp, x1[k * {nn} + j]);\n            y0[r * {nn} + j] = kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{t}[{c}]));\n        }}\n    }}"
+                );
+            } else {
+                // each block rescaled with its own scale, the floats added in block order
+                let blocks = k.div_ceil(*block);
+                let end = if k % block == 0 {
+                    format!("b * {block} + {block}")
+                } else {
+                    format!("b < {} ? b * {block} + {block} : {k}", blocks - 1)
+                };
+                let _ = writeln!(
+                    out,
+                    "        for (int32_t j = 0; j < {nn}; ++j) {{\n            float v = 0.0f;\n            for (int32_t b = 0; b < {blocks}; ++b) {{\n                int32_t acc = 0;\n                int32_t k1 = {end};\n                for (int32_t k = b * {block}; k < k1; ++k) acc += kiln_mul8((int32_t)xq[k] - zp, x1[k * {nn} + j]);\n                v += kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{t}[b * {nn} + j]));\n            }}\n            y0[r * {nn} + j] = v;\n        }}\n    }}"
+                );
+            }
         }
         Op::QConv { window, group, q } => {
             let skip = qconv_scratch(g, n);

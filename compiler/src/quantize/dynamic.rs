@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// The hybrid graph and what changed.
 pub struct Dynamic {
     pub graph: Graph,
-    /// Bytes of the converted weights as f32, and as int8 plus one f32 scale per channel.
+    /// Bytes of the converted weights as f32, and as int8 plus their f32 scales.
     pub bytes_f32: usize,
     pub bytes_int8: usize,
     /// Ops with weights that stay float, and why.
@@ -50,6 +50,56 @@ pub fn to_dynamic(src: &Graph, keep_float: &[String]) -> Result<Dynamic, IrError
     })
 }
 
+/// The model's own int8 weights, scales and block length (0: per channel) of a float
+/// weight that records its grid, as `weight` lays them out: `[K, N]` (after the transpose)
+/// with scales per column or `[blocks, N]` blocked along K, or `[M, ...]` per output
+/// channel for a convolution. `None` when the grid is missing, another shape, or does not
+/// reproduce every value exactly in int8.
+fn own_grid(t: &Tensor, transpose: bool, conv: bool) -> Option<(Vec<i8>, Vec<f32>, usize)> {
+    let grid = t.quant.as_ref()?;
+    // the axes of the output channel and of K in `t` as stored
+    let (out_axis, k_axis) = match (conv, transpose) {
+        (true, _) => (0, usize::MAX),
+        (false, false) => (1, 0),
+        (false, true) => (0, 1),
+    };
+    let (scales, block): (Vec<f32>, usize) = match grid {
+        QParams::PerTensor { scale, .. } => (vec![*scale], 0),
+        QParams::PerAxis { axis, scales, .. } if *axis == out_axis => (scales.to_vec(), 0),
+        QParams::Blocked {
+            axis, block, scales, ..
+        } if *axis == k_axis => {
+            if transpose {
+                // stored [N, blocks]: to [blocks, N]
+                let (nn, nb) = (t.shape[0], scales.len() / t.shape[0].max(1));
+                ((0..nb * nn).map(|i| scales[(i % nn) * nb + i / nn]).collect(), *block)
+            } else {
+                (scales.to_vec(), *block)
+            }
+        }
+        _ => return None,
+    };
+    let vals = t.to_f32_vec();
+    let idx = grid.index(&t.shape);
+    let mut q = Vec::with_capacity(vals.len());
+    for (&v, &i) in vals.iter().zip(&idx) {
+        let s = match grid {
+            QParams::PerTensor { scale, .. } => *scale,
+            QParams::PerAxis { scales, .. } | QParams::Blocked { scales, .. } => scales[i],
+        };
+        let r = (v / s).round();
+        if !(-128.0..=127.0).contains(&r) || r * s != v {
+            return None;
+        }
+        q.push(r as i8);
+    }
+    if transpose {
+        let (r, c) = (t.shape[0], t.shape[1]);
+        q = (0..c * r).map(|i| q[(i % r) * c + i / r]).collect();
+    }
+    Some((q, scales, block))
+}
+
 /// The longest sequence written out step by step.
 const MAX_UNROLL: usize = 64;
 
@@ -81,11 +131,14 @@ fn unrollable(g: &Graph, node: &kiln_ir::Node, r: &Rnn) -> Result<(), &'static s
 
 /// A weight in int8 and its per-channel scales.
 type IntWeight = (ValueId, Arc<[f32]>);
+/// An int8 weight, its scales and their block length along K (0: per channel).
+type BlockedWeight = (ValueId, Arc<[f32]>, usize);
 
 struct Rewriter {
     g: Graph,
-    /// Quantized weights by (float weight, transposed), shared between nodes.
-    weights: HashMap<(ValueId, bool), IntWeight>,
+    /// Quantized weights (value, scales, block) by (float weight, transposed), shared
+    /// between nodes.
+    weights: HashMap<(ValueId, bool), BlockedWeight>,
     bytes_f32: usize,
     bytes_int8: usize,
     notes: Vec<String>,
@@ -117,7 +170,7 @@ impl Rewriter {
                     self.note(&node.name, "only 1-D and 2-D convolutions have an integer kernel");
                     return Ok(());
                 }
-                let (wq, scales) = self.weight(w, &wt, false, true)?;
+                let (wq, scales, _) = self.weight(&node.name, w, &wt, false, true)?;
                 let op = Op::DynConv {
                     window: c.window.clone(),
                     group: c.group,
@@ -128,8 +181,9 @@ impl Rewriter {
                 self.replace(n, op, vec![x, wq], bias, 1.0, c.fused)
             }
             Op::MatMul if wt.shape.len() == 2 => {
-                let (wq, scales) = self.weight(w, &wt, false, false)?;
-                self.replace(n, Op::DynMatMul { weight_scales: scales }, vec![x, wq], None, 1.0, None)
+                let (wq, weight_scales, block) = self.weight(&node.name, w, &wt, false, false)?;
+                let op = Op::DynMatMul { weight_scales, block };
+                self.replace(n, op, vec![x, wq], None, 1.0, None)
             }
             &Op::Gemm {
                 alpha,
@@ -147,9 +201,9 @@ impl Rewriter {
                     self.note(&node.name, "its C operand is not a constant");
                     return Ok(());
                 }
-                let (wq, scales) = self.weight(w, &wt, trans_b, false)?;
-                let scales: Arc<[f32]> = scales.iter().map(|&s| s * alpha).collect();
-                let op = Op::DynMatMul { weight_scales: scales };
+                let (wq, scales, block) = self.weight(&node.name, w, &wt, trans_b, false)?;
+                let weight_scales: Arc<[f32]> = scales.iter().map(|&s| s * alpha).collect();
+                let op = Op::DynMatMul { weight_scales, block };
                 self.replace(n, op, vec![x, wq], c.map(|c| (c, 0)), beta, fused)
             }
             Op::Rnn(r) => match unrollable(&self.g, &node, r) {
@@ -218,6 +272,7 @@ impl Rewriter {
     fn product(&mut self, base: &str, x: ValueId, (w, scales): &IntWeight) -> Result<ValueId, IrError> {
         let op = Op::DynMatMul {
             weight_scales: scales.clone(),
+            block: 0,
         };
         self.op(base, op, vec![x, *w])
     }
@@ -368,42 +423,70 @@ impl Rewriter {
     }
 
     /// The int8 form of weight `w` (`[K, N]` after an optional transpose, or `[M, ...]`
-    /// for a convolution), per output channel, shared between nodes reading it.
+    /// for a convolution), shared between nodes reading it, with its scales and their block
+    /// length along K (0: per output channel). A weight that records the integer grid it
+    /// came from (a dequantized weight of a quantized model) keeps the model's integers and
+    /// scales where the hybrid ops can express them; any other is quantized per channel.
     fn weight(
         &mut self,
+        node: &str,
         w: ValueId,
         t: &Tensor,
         transpose: bool,
         conv: bool,
-    ) -> Result<(ValueId, Arc<[f32]>), IrError> {
+    ) -> Result<BlockedWeight, IrError> {
         if let Some(done) = self.weights.get(&(w, transpose)) {
             return Ok(done.clone());
         }
-        let mut vals = t.to_f32_vec();
         let mut shape = t.shape.clone();
         if transpose {
-            let (r, c) = (shape[0], shape[1]);
-            vals = (0..c * r).map(|i| vals[(i % r) * c + i / r]).collect();
-            shape = vec![c, r];
+            shape.swap(0, 1);
         }
         let channels = shape[if conv { 0 } else { 1 }];
-        let per = vals.len() / channels.max(1);
-        let (q, scales) = if conv {
-            per_channel(&vals, channels, |i| i / per)
-        } else {
-            per_channel(&vals, channels, |i| i % channels)
-        };
-        let mut qt = Tensor::from_vec(shape, q);
-        qt.quant = Some(QParams::PerAxis {
-            axis: if conv { 0 } else { 1 },
-            scales: scales.clone().into(),
-            zero_points: vec![0; channels].into(),
+        let own = own_grid(t, transpose, conv);
+        if own.is_none() && t.quant.is_some() {
+            self.notes.push(format!(
+                "node `{node}`: its weights' own grid has no hybrid form (int8 values blocked along K, or one scale per output channel), so Kiln quantized them again"
+            ));
+        }
+        let (q, scales, block) = own.unwrap_or_else(|| {
+            let mut vals = t.to_f32_vec();
+            if transpose {
+                let (r, c) = (t.shape[0], t.shape[1]);
+                vals = (0..c * r).map(|i| vals[(i % r) * c + i / r]).collect();
+            }
+            let per = vals.len() / channels.max(1);
+            let (q, scales) = if conv {
+                per_channel(&vals, channels, |i| i / per)
+            } else {
+                per_channel(&vals, channels, |i| i % channels)
+            };
+            (q, scales, 0)
         });
-        self.bytes_f32 += vals.len() * 4;
-        self.bytes_int8 += vals.len() + 4 * channels;
+        let numel = q.len();
+        let mut qt = Tensor::from_vec(shape, q);
+        qt.quant = Some(match block {
+            0 if scales.len() == 1 => QParams::PerTensor {
+                scale: scales[0],
+                zero_point: 0,
+            },
+            0 => QParams::PerAxis {
+                axis: if conv { 0 } else { 1 },
+                scales: scales.clone().into(),
+                zero_points: vec![0; channels].into(),
+            },
+            _ => QParams::Blocked {
+                axis: 0,
+                block,
+                scales: scales.clone().into(),
+                zero_points: vec![0; scales.len()].into(),
+            },
+        });
+        self.bytes_f32 += numel * 4;
+        self.bytes_int8 += numel + 4 * scales.len();
         let name = self.g.fresh_name(&format!("{}:int8", self.g.value(w).name));
         let v = self.g.add_const(&name, qt);
-        let done = (v, Arc::from(scales));
+        let done = (v, Arc::from(scales), block);
         self.weights.insert((w, transpose), done.clone());
         Ok(done)
     }

@@ -511,7 +511,8 @@ impl Rewriter<'_> {
                 let po = self.out_params_bits(out, bits)?;
                 let m = w.shape[0];
                 let per = w.numel() / m;
-                let (wq, ws, wbits) = self.weights(&node.name, &w.to_f32_vec(), model_grid(&w, 0), m, |i| i / per);
+                let grid = model_grid(&mut self.notes, &node.name, &w, 0);
+                let (wq, ws, wbits) = self.weights(&node.name, &w.to_f32_vec(), grid, m, |i| i / per);
                 let wname = format!("{}:q", self.name(node.inputs[1]));
                 let wv = self.add_weights(&wname, w.shape.clone(), wq, &ws, 0);
                 let mut ins = vec![x, wv];
@@ -566,7 +567,7 @@ impl Rewriter<'_> {
                         if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] }
                     })
                     .collect();
-                let grid = model_grid(&b, if *trans_b { 0 } else { 1 });
+                let grid = model_grid(&mut self.notes, &node.name, &b, if *trans_b { 0 } else { 1 });
                 self.matmul(n, (&w, k, nn), grid, c.map(|c| c.to_f32_vec()), act)?;
             }
             Op::MatMul => {
@@ -576,7 +577,7 @@ impl Rewriter<'_> {
                 if b.shape.len() != 2 || self.src.value(node.inputs[0]).ty.shape.is_empty() {
                     return self.keep_float(n, "its second input is not a constant matrix");
                 }
-                let grid = model_grid(&b, 1);
+                let grid = model_grid(&mut self.notes, &node.name, &b, 1);
                 self.matmul(n, (&b.to_f32_vec(), b.shape[0], b.shape[1]), grid, None, (None, None))?;
             }
             // A binary op with a scalar constant is a function of one int8: a table.
@@ -1067,7 +1068,9 @@ fn integer_op(op: &Op) -> bool {
 
 /// The weight scales of a float constant that records the integer grid it came from (a
 /// dequantized QDQ weight), when that grid is symmetric and per tensor or per `channel_axis`.
-fn model_grid(w: &Tensor, channel_axis: usize) -> Option<Vec<f32>> {
+/// A blocked grid has no such form (the integer product takes one scale per output); it is
+/// noted, and the weights are quantized again.
+fn model_grid(notes: &mut Vec<String>, node: &str, w: &Tensor, channel_axis: usize) -> Option<Vec<f32>> {
     match w.quant.as_ref()? {
         QParams::PerTensor { scale, zero_point: 0 } => Some(vec![*scale]),
         QParams::PerAxis {
@@ -1075,6 +1078,12 @@ fn model_grid(w: &Tensor, channel_axis: usize) -> Option<Vec<f32>> {
             scales,
             zero_points,
         } if *axis == channel_axis && zero_points.iter().all(|&z| z == 0) => Some(scales.to_vec()),
+        QParams::Blocked { block, .. } => {
+            notes.push(format!(
+                "node `{node}`: the model's weights have one scale per block of {block} along K, which an int8 product with int8 activations cannot take; Kiln quantized them per channel (`--quantize dynamic` keeps the blocks)"
+            ));
+            None
+        }
         _ => None,
     }
 }

@@ -225,22 +225,37 @@ pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tenso
     Ok(product_out(x[0], q, out, acc))
 }
 
-/// Hybrid matrix product: each row of the input quantized on its own by the dynamic rule.
-pub(crate) fn dyn_matmul(scales: &[f32], x: &[&Tensor], out: &[usize]) -> Tensor {
+/// Hybrid matrix product: each row of the input quantized on its own by the dynamic rule;
+/// with blocked scales, each block of K rescaled on its own and the floats added in order.
+pub(crate) fn dyn_matmul(scales: &[f32], block: usize, x: &[&Tensor], out: &[usize]) -> Tensor {
     let xf: &[f32] = sl(x[0]);
     let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
+    let wv: &[i8] = sl(x[1]);
     let mut y = Vec::with_capacity(xf.len() / kd.max(1) * nd);
     let mut xq = vec![0i8; kd];
     for xr in xf.chunks_exact(kd.max(1)) {
         let (sx, zp) = rt::dynamic_quantize(xr, &mut xq);
-        let xw: Vec<i32> = xq.iter().map(|&v| v as i32).collect();
-        int_row(&xw, zp, x[1], None, |j, a| {
-            y.push(rt::dynamic_rescale(
-                a as i32,
-                sx,
-                scales[if scales.len() == 1 { 0 } else { j }],
-            ))
-        });
+        if block == 0 {
+            let xw: Vec<i32> = xq.iter().map(|&v| v as i32).collect();
+            int_row(&xw, zp, x[1], None, |j, a| {
+                y.push(rt::dynamic_rescale(
+                    a as i32,
+                    sx,
+                    scales[if scales.len() == 1 { 0 } else { j }],
+                ))
+            });
+            continue;
+        }
+        for j in 0..nd {
+            let mut v = 0.0f32;
+            for (b, k0) in (0..kd).step_by(block).enumerate() {
+                let a: i32 = (k0..(k0 + block).min(kd))
+                    .map(|kk| (xq[kk] as i32 - zp) * wv[kk * nd + j] as i32)
+                    .sum();
+                v += rt::dynamic_rescale(a, sx, scales[b * nd + j]);
+            }
+            y.push(v);
+        }
     }
     Tensor::from_vec(out.to_vec(), y)
 }

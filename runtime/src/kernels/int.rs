@@ -343,21 +343,49 @@ pub fn dyn_conv(x: &[f32], w: &[i8], y: &mut [f32], scratch: &mut [i32], s: &Con
 }
 
 /// Hybrid `[rows, K] x [K, N]` product: each row of `x` quantized on its own, then the
-/// integer row product with a float output stage. `scratch` holds one row of `N`
-/// accumulators, then one quantized row ([`dyn_matmul_scratch`] words).
+/// integer row product with a float output stage. With `block > 0` the scales are
+/// `[ceil(K / block), N]`: each block's sums are rescaled on their own and added to the
+/// output in block order. `scratch` holds one row of `N` accumulators, then one quantized
+/// row ([`dyn_matmul_scratch`] words).
 #[inline]
-pub fn dyn_matmul(x: &[f32], w: &[i8], y: &mut [f32], scratch: &mut [i32], n: usize, weight_scales: &[f32]) {
+pub fn dyn_matmul(
+    x: &[f32],
+    w: &[i8],
+    y: &mut [f32],
+    scratch: &mut [i32],
+    n: usize,
+    weight_scales: &[f32],
+    block: usize,
+) {
     let k = w.len() / n.max(1);
     let (acc, rest) = scratch.split_at_mut(n);
     let xq = &mut bytemuck::cast_slice_mut::<i32, i8>(rest)[..k];
     for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
         let (input_scale, input_zp) = crate::dynamic_quantize(xr, xq);
-        let r = DynRescale {
-            input_scale,
-            input_zp,
-            weight_scales,
-        };
-        qmatmul(xq, w, None, yr, acc, n, &r);
+        if block == 0 {
+            let r = DynRescale {
+                input_scale,
+                input_zp,
+                weight_scales,
+            };
+            qmatmul(xq, w, None, yr, acc, n, &r);
+            continue;
+        }
+        yr.fill(0.0);
+        for (b, k0) in (0..k).step_by(block).enumerate() {
+            acc.fill(0);
+            let k1 = (k0 + block).min(k);
+            for (&xe, wr) in xq[k0..k1].iter().zip(w[k0 * n..k1 * n].chunks_exact(n)) {
+                let xv = xe as i32 - input_zp;
+                for (a, &we) in acc.iter_mut().zip(wr) {
+                    *a += xv * we as i32;
+                }
+            }
+            let scales = &weight_scales[b * n..][..n];
+            for ((d, &a), &s) in yr.iter_mut().zip(acc.iter()).zip(scales) {
+                *d += crate::dynamic_rescale(a, input_scale, s);
+            }
+        }
     }
 }
 

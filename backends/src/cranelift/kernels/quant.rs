@@ -599,6 +599,22 @@ fn columns(g: &Graph, n: NodeId) -> (Vec<u8>, Vec<i32>) {
     (t, sums)
 }
 
+/// The sum of each block of `block` weights of each column of a product's constant `[K, N]`
+/// weights, `[blocks, N]` row-major.
+fn block_sums(g: &Graph, n: NodeId, block: usize) -> Vec<i32> {
+    let w = g.const_value(g.node(n).inputs[1]).expect("constant weights");
+    let (k, nn) = (w.shape[0], w.shape[1]);
+    let wv = w.to_i64_vec();
+    (0..k.div_ceil(block) * nn)
+        .map(|i| {
+            let (b, j) = (i / nn, i % nn);
+            (b * block..((b + 1) * block).min(k))
+                .map(|kk| wv[kk * nn + j] as i32)
+                .sum()
+        })
+        .collect()
+}
+
 /// Per output channel of a convolution, the sum of its weights (empty if not constant).
 fn channel_sums(g: &Graph, n: NodeId) -> Vec<i32> {
     let node = g.node(n);
@@ -634,8 +650,12 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             v.push(tables_i32(&zsum));
             v
         }
-        Op::DynMatMul { weight_scales } => {
+        Op::DynMatMul { weight_scales, block } => {
             let (t, wsum) = columns(g, n);
+            let wsum = match *block {
+                0 => wsum,
+                b => block_sums(g, n, b),
+            };
             vec![tables_f32(weight_scales), t, tables_i32(&wsum)]
         }
         Op::DynConv {
@@ -688,9 +708,9 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
     let (k, nn) = (ws[0] as i64, ws[1] as i64);
     let rows = numel(g, node.outputs[0]) / nn.max(1);
     let has_bias = node.inputs.len() > 2;
-    let per_channel = match &node.op {
-        Op::DynMatMul { weight_scales } => weight_scales.len() > 1,
-        _ => false,
+    let (per_channel, block) = match &node.op {
+        Op::DynMatMul { weight_scales, block } => (weight_scales.len() > 1, *block as i64),
+        _ => (false, 0),
     };
     fx.for_n(rows, &mut |fx, r| {
         let (xrow, st, wt) = match q {
@@ -718,6 +738,11 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
         };
         let yrow = fx.addr(a.outs[0], r, nn * st.elem());
         fx.for_n(nn, &mut |fx, j| {
+            let wrow = fx.addr(wt, j, k);
+            if block > 0 {
+                blocked_column(fx, &st, (xrow, wrow), j, (k, nn, block), yrow);
+                return;
+            }
             let acc = fx.b.declare_var(I32);
             let init = if has_bias {
                 let ba = fx.addr(a.ins[2], j, 4);
@@ -726,52 +751,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
                 c32(fx, 0)
             };
             fx.b.def_var(acc, init);
-            let wrow = fx.addr(wt, j, k);
-            // Sixteen products at a time (both rows widened to i16, multiplied in i16 lanes,
-            // the products widened into i32 sums), then fours, then one by one.
-            let (v16, v4) = if fx.simd { (k / 16, k % 16 / 4) } else { (0, 0) };
-            if v16 + v4 > 0 {
-                use cranelift_codegen::ir::types::{I8X16, I32X4};
-                let zero = c32(fx, 0);
-                let acc4 = fx.b.declare_var(I32X4);
-                let z4 = fx.b.ins().splat(I32X4, zero);
-                fx.b.def_var(acc4, z4);
-                fx.for_ptrs(v16, &[(xrow, 16), (wrow, 16)], &mut |fx, p| {
-                    let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
-                    let w = fx.b.ins().load(I8X16, flags(), p[1], 0);
-                    let (xl, xh) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x));
-                    let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
-                    // an int8 product fits i16 exactly; each half widened to i32 on its own
-                    let (pl, ph) = (fx.b.ins().imul(xl, wl), fx.b.ins().imul(xh, wh));
-                    let mut cur = fx.b.use_var(acc4);
-                    for p16 in [pl, ph] {
-                        let a = fx.b.ins().swiden_low(p16);
-                        let b = fx.b.ins().swiden_high(p16);
-                        let ab = fx.b.ins().iadd(a, b);
-                        cur = fx.b.ins().iadd(cur, ab);
-                    }
-                    fx.b.def_var(acc4, cur);
-                });
-                let (x4, w4) = (fx.add_imm(xrow, v16 * 16), fx.add_imm(wrow, v16 * 16));
-                fx.for_ptrs(v4, &[(x4, 4), (w4, 4)], &mut |fx, p| {
-                    let x = widen4(fx, p[0]);
-                    let w = widen4(fx, p[1]);
-                    let prod = fx.b.ins().imul(x, w);
-                    let cur = fx.b.use_var(acc4);
-                    let nv = fx.b.ins().iadd(cur, prod);
-                    fx.b.def_var(acc4, nv);
-                });
-                let v = fx.b.use_var(acc4);
-                let mut s = fx.b.use_var(acc);
-                for lane in 0..4u8 {
-                    let e = fx.b.ins().extractlane(v, lane);
-                    s = fx.b.ins().iadd(s, e);
-                }
-                fx.b.def_var(acc, s);
-            }
-            let done = v16 * 16 + v4 * 4;
-            let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
-            dot_i8(fx, acc, (xt, 1), (wt, 1), k - done);
+            dot_row(fx, acc, xrow, wrow, k);
             let zs = st.zsum(fx, j);
             let cur = fx.b.use_var(acc);
             let nv = fx.b.ins().isub(cur, zs);
@@ -782,6 +762,108 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
             st.store(fx, accv, chan, ya, 0);
         });
     });
+}
+
+/// Output `j` of a hybrid product with blocked scales: per block of `block` inputs, the
+/// integer dot product rescaled with that block's scale, added to an f32 sum in block order
+/// (`kiln_runtime::kernels::int::dyn_matmul`). Scales and weight sums are `[blocks, N]`.
+fn blocked_column(
+    fx: &mut Fx,
+    st: &Stage,
+    (xrow, wrow): (Value, Value),
+    j: Value,
+    (k, nn, block): (i64, i64, i64),
+    yrow: Value,
+) {
+    let Stage::Dynamic {
+        sx, zp, scales, wsum, ..
+    } = *st
+    else {
+        unreachable!("only hybrid products have blocked scales")
+    };
+    let sum = fx.b.declare_var(F32);
+    let zero = fx.f(F32, 0.0);
+    fx.b.def_var(sum, zero);
+    let one = |fx: &mut Fx, b: Value, len: i64| {
+        let acc = fx.b.declare_var(I32);
+        let z = c32(fx, 0);
+        fx.b.def_var(acc, z);
+        let (xb, wb) = (fx.addr(xrow, b, block), fx.addr(wrow, b, block));
+        dot_row(fx, acc, xb, wb, len);
+        let bn = fx.mul_imm(b, nn);
+        let i = fx.b.ins().iadd(bn, j);
+        let wa = fx.addr(wsum, i, 4);
+        let w = fx.load(I32, wa);
+        let zs = fx.b.ins().imul(w, zp);
+        let cur = fx.b.use_var(acc);
+        let a = fx.b.ins().isub(cur, zs);
+        let sa = fx.addr(scales, i, 4);
+        let sw = fx.load(F32, sa);
+        let s = fx.b.ins().fmul(sx, sw);
+        let f = fx.b.ins().fcvt_from_sint(F32, a);
+        let y = fx.b.ins().fmul(f, s);
+        let cur = fx.b.use_var(sum);
+        let nv = fx.b.ins().fadd(cur, y);
+        fx.b.def_var(sum, nv);
+    };
+    let full = k / block;
+    fx.for_n(full, &mut |fx, b| one(fx, b, block));
+    if k % block != 0 {
+        let b = fx.i(full);
+        one(fx, b, k % block);
+    }
+    let v = fx.b.use_var(sum);
+    let ya = fx.addr(yrow, j, 4);
+    fx.b.ins().store(flags(), v, ya, 0);
+}
+
+/// `acc += x[i] * w[i]` over `k` contiguous int8 pairs: sixteen products at a time (both
+/// rows widened to i16, multiplied in i16 lanes, the products widened into i32 sums), then
+/// fours, then one by one.
+fn dot_row(fx: &mut Fx, acc: cranelift_frontend::Variable, xrow: Value, wrow: Value, k: i64) {
+    let (v16, v4) = if fx.simd { (k / 16, k % 16 / 4) } else { (0, 0) };
+    if v16 + v4 > 0 {
+        use cranelift_codegen::ir::types::{I8X16, I32X4};
+        let zero = c32(fx, 0);
+        let acc4 = fx.b.declare_var(I32X4);
+        let z4 = fx.b.ins().splat(I32X4, zero);
+        fx.b.def_var(acc4, z4);
+        fx.for_ptrs(v16, &[(xrow, 16), (wrow, 16)], &mut |fx, p| {
+            let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
+            let w = fx.b.ins().load(I8X16, flags(), p[1], 0);
+            let (xl, xh) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x));
+            let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
+            // an int8 product fits i16 exactly; each half widened to i32 on its own
+            let (pl, ph) = (fx.b.ins().imul(xl, wl), fx.b.ins().imul(xh, wh));
+            let mut cur = fx.b.use_var(acc4);
+            for p16 in [pl, ph] {
+                let a = fx.b.ins().swiden_low(p16);
+                let b = fx.b.ins().swiden_high(p16);
+                let ab = fx.b.ins().iadd(a, b);
+                cur = fx.b.ins().iadd(cur, ab);
+            }
+            fx.b.def_var(acc4, cur);
+        });
+        let (x4, w4) = (fx.add_imm(xrow, v16 * 16), fx.add_imm(wrow, v16 * 16));
+        fx.for_ptrs(v4, &[(x4, 4), (w4, 4)], &mut |fx, p| {
+            let x = widen4(fx, p[0]);
+            let w = widen4(fx, p[1]);
+            let prod = fx.b.ins().imul(x, w);
+            let cur = fx.b.use_var(acc4);
+            let nv = fx.b.ins().iadd(cur, prod);
+            fx.b.def_var(acc4, nv);
+        });
+        let v = fx.b.use_var(acc4);
+        let mut s = fx.b.use_var(acc);
+        for lane in 0..4u8 {
+            let e = fx.b.ins().extractlane(v, lane);
+            s = fx.b.ins().iadd(s, e);
+        }
+        fx.b.def_var(acc, s);
+    }
+    let done = v16 * 16 + v4 * 4;
+    let (xt, wt) = (fx.add_imm(xrow, done), fx.add_imm(wrow, done));
+    dot_i8(fx, acc, (xt, 1), (wt, 1), k - done);
 }
 
 /// `acc[i] += x[i] * w - zw` for `len` contiguous int8 inputs and i32 accumulators: four

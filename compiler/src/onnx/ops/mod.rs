@@ -9,6 +9,7 @@ mod conv;
 mod elementwise;
 mod index;
 mod matmul;
+mod matmul_nbits;
 mod norm;
 mod pool;
 mod quant;
@@ -295,6 +296,11 @@ pub static REGISTRY: &[OpSpec] = &[
         "alpha, transA, transB; int32 bias per column; float output without y_scale",
     ),
     ms("QLinearAdd", quant::qlinear_binary, "numpy broadcasting"),
+    ms(
+        "MatMulNBits",
+        matmul_nbits::matmul_nbits,
+        "bits 2/4/8, block_size, packed or float zero points, bias; g_idx only in block order; weights keep their blocked grid",
+    ),
     ms(
         "QLinearAveragePool",
         quant::qlinear_pool,

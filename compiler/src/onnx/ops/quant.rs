@@ -186,21 +186,32 @@ fn dequantize(cx: &mut Ctx, x: ValueId, p: &Params, out: &str) -> Result<ValueId
 }
 
 /// The integer grid a dequantized constant lies on, in int8 terms for uint8 data (zero
-/// point shifted by 128), when it is one scale per tensor or per axis.
+/// point shifted by 128): one scale per tensor, per axis or per block. A negative scale
+/// (ONNX Runtime's symmetric 4-bit quantizer writes them, to reach -8) is the same grid
+/// as its magnitude with the integers and zero point negated.
 fn grid(p: &Params, from: Scalar) -> Option<QParams> {
-    if p.block > 0 || p.scales.iter().any(|&s| s <= 0.0) {
+    if p.scales.contains(&0.0) {
         return None;
     }
     let shift = if from == Scalar::U8 { 128 } else { 0 };
-    let zps: Vec<i32> = p.zero_points.iter().map(|&z| (z - shift) as i32).collect();
+    let zps: Vec<i32> = (p.zero_points.iter().zip(&p.scales))
+        .map(|(&z, &s)| ((z - shift) as i32) * if s < 0.0 { -1 } else { 1 })
+        .collect();
+    let scales: Vec<f32> = p.scales.iter().map(|s| s.abs()).collect();
     Some(match p.axis {
         None => QParams::PerTensor {
-            scale: p.scales[0],
+            scale: scales[0],
             zero_point: zps[0],
+        },
+        Some(axis) if p.block > 0 => QParams::Blocked {
+            axis,
+            block: p.block,
+            scales: scales.into(),
+            zero_points: zps.into(),
         },
         Some(axis) => QParams::PerAxis {
             axis,
-            scales: p.scales.clone().into(),
+            scales: scales.into(),
             zero_points: zps.into(),
         },
     })
