@@ -411,7 +411,7 @@ fn int16_activations_from_onnx_runtime_run_16x8() {
 }
 
 #[test]
-fn blocked_weights_run_hybrid_with_their_own_scales() {
+fn blocked_weights_keep_their_own_scales() {
     // ONNX Runtime's weight-only quantizer on the autoencoder: 4-bit weights in blocks of 32
     // along K, as com.microsoft MatMulNBits (asymmetric) and as blocked int4
     // DequantizeLinear (symmetric). In float Kiln computes ONNX Runtime's product (within
@@ -496,6 +496,31 @@ fn blocked_weights_run_hybrid_with_their_own_scales() {
         assert!(sqnr >= MIN_SQNR_DB, "{variant}: hybrid SQNR {sqnr:.1} dB");
         built.push((variant, q.graph, sets));
     }
+    // Int8 activations with blocked int8 weights (ONNX Runtime's int8 QDQ autoencoder with
+    // each weight re-quantized in blocks of 32 along K): `--quantize int8` folds each product
+    // into a QBlockMatMul with the model's integers and block scales, and gives ONNX
+    // Runtime's output steps exactly.
+    let (graph, notes) = load(&dir, "qdq_s8_block32", &QuantOptions::default()).unwrap();
+    let blocked = (graph.node_ids())
+        .filter(|&n| matches!(graph.node(n).op, Op::QBlockMatMul { block: 32, .. }))
+        .count();
+    assert_eq!(blocked, 10, "the ten products: {notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("per channel")), "{notes:?}");
+    let step = output_step(&graph);
+    let sets = ref_input_sets(&dir, 1);
+    let mut worst = 0f64;
+    for (k, inputs) in sets.iter().enumerate() {
+        let got = kiln_ir::eval::run(&graph, inputs).unwrap()[0].to_f64_vec();
+        let ort = kiln::npy::read(&dir.join(format!("ort/qdq_s8_block32_out_{k}.npy")))
+            .unwrap()
+            .to_f64_vec();
+        for (a, b) in got.iter().zip(&ort) {
+            worst = worst.max(((a - b) / step).abs());
+        }
+    }
+    println!("qdq_s8_block32: {blocked} blocked int8 products; max |Kiln - ORT| {worst:.2} steps");
+    assert!(worst <= ORT_STEPS + 1e-3, "{worst} steps from ONNX Runtime");
+    built.push(("qdq_s8_block32", graph, sets));
     let models: Vec<(&str, &Graph, &[Vec<Tensor>])> = built.iter().map(|(t, g, s)| (*t, g, s.as_slice())).collect();
     let out = std::env::temp_dir().join(format!("kiln-blocked-{}", std::process::id()));
     let failures = bit_exact_on_every_backend_many(&models, &out);

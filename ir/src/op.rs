@@ -494,6 +494,16 @@ pub enum Op {
     QMatMul {
         q: QLinear,
     },
+    /// `[x: i8 [.., K], w: i8 [K, N] (symmetric), b: i64 [N]?] -> [y: i8 [.., N]]`: an int8
+    /// product whose weights have one scale per `block` rows of K and column (ONNX blocked
+    /// quantization). `q.requant` is `[ceil(K / block), N]` row-major, and the blocks of a
+    /// column share one shift. Each block's i32 sum times its multiplier is added in i64 to
+    /// the bias (in output steps times `2^(31 - shift)`), and the total is shifted down once,
+    /// rounding half up (`kiln_runtime::kernels::int::qblock_matmul`).
+    QBlockMatMul {
+        q: QLinear,
+        block: usize,
+    },
     /// `[x: f32, w: i8 (symmetric, per output channel)] -> [y: f32]`, hybrid convolution:
     /// `x` quantized at run time as one tensor (`kiln_runtime::dynamic_quantize`), the int8
     /// products summed in i32, `y = kiln_runtime::dynamic_rescale(acc, s_x, weight_scales[c])`.
@@ -683,6 +693,7 @@ impl Op {
             Op::Dequantize { .. } => "Dequantize",
             Op::QConv { .. } => "QConv",
             Op::QMatMul { .. } => "QMatMul",
+            Op::QBlockMatMul { .. } => "QBlockMatMul",
             Op::DynConv { .. } => "DynConv",
             Op::DynMatMul { .. } => "DynMatMul",
             Op::DynamicQuantize => "DynamicQuantize",

@@ -368,6 +368,52 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![qtype(out_scalar, q.output_scale, q.output_zp, s)])
         }
+        QBlockMatMul { q, block } => {
+            arity(op, inputs, 2, 3)?;
+            let (a, w) = (inputs[0], inputs[1]);
+            if a.dtype.scalar != Scalar::I8 || w.dtype.scalar != Scalar::I8 {
+                return err(op, format!("takes int8 inputs and weights, not {a} and {w}"));
+            }
+            if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
+                return err(op, format!("cannot multiply {a} by {w}"));
+            }
+            let (k, nn) = (w.shape[0], w.shape[1]);
+            if let Some(b) = inputs.get(2)
+                && (b.shape != [nn] || b.dtype.scalar != Scalar::I64)
+            {
+                return err(op, format!("bias {b} is not i64 [{nn}]"));
+            }
+            // i64 totals: K products of at most 2^15 times multipliers below 2^31
+            if *block == 0 || k > 1 << 16 || q.weight_bits != 8 {
+                return err(
+                    op,
+                    format!("blocks of {block} over K = {k} with {}-bit weights", q.weight_bits),
+                );
+            }
+            if q.requant.len() != k.div_ceil(*block) * nn {
+                return err(
+                    op,
+                    format!("{} rescale factors for blocks of {block} in {w}", q.requant.len()),
+                );
+            }
+            let shared = (q.requant.iter().enumerate())
+                .all(|(i, r)| r.shift == q.requant[i % nn].shift && (-31..=30).contains(&r.shift) && r.multiplier >= 0);
+            if !shared {
+                return err(op, "the blocks of a column must share one shift in -31..=30");
+            }
+            check_requant(
+                op,
+                &QLinear {
+                    requant: q.requant[..nn].into(),
+                    ..q.clone()
+                },
+                nn,
+                Scalar::I8,
+            )?;
+            let mut s = a.shape.clone();
+            *s.last_mut().expect("rank >= 1") = nn;
+            Ok(vec![qtype(Scalar::I8, q.output_scale, q.output_zp, s)])
+        }
         DynConv {
             window,
             group,

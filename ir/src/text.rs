@@ -137,6 +137,7 @@ pub fn attrs(op: &Op) -> String {
         Op::Dequantize { scale, zero_point } => format!("scale={scale:e} zp={zero_point}"),
         Op::QConv { window: w, group, q } => format!("{} group={group} {}", window(w), qlinear(q)),
         Op::QMatMul { q } => qlinear(q),
+        Op::QBlockMatMul { q, block } => format!("block={block} {}", qlinear(q)),
         Op::DynConv {
             window: w,
             group,

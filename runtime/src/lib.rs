@@ -82,6 +82,17 @@ pub fn multiply_by_quantized_multiplier(x: i32, r: Requant) -> i32 {
     p.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
+/// An i64 total in units of `2^(shift - 31)` output steps shifted down to steps, rounding
+/// half up, saturated to i32: the last step of [`multiply_by_quantized_multiplier`], for
+/// totals of several products (blocked products). `shift` lies in `-31..=30`, and the
+/// quantizer keeps `|total| < 2^62 + 2^61`, so adding the half cannot overflow.
+#[inline]
+pub fn rounding_shift_wide(total: i64, shift: i32) -> i32 {
+    let e = 31 - shift;
+    let p = (total + (1i64 << (e - 1))) >> e;
+    p.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
 /// The 64-bit rescale of 16x8 kernels (int16 activations, int8 weights, int64 sums), as
 /// TFLite's reference: the Q31 multiplier rounded to 16 bits, then `x * m16` shifted right
 /// by `15 - shift` rounding half up. `shift` must lie in `-31..=7` (the quantizer checks),

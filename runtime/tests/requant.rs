@@ -32,6 +32,14 @@ proptest! {
     }
 
     #[test]
+    fn blocked_total_is_shifted_once(total in -(3i64 << 61)..(3i64 << 61), shift in -31i32..=30) {
+        // the bounded totals of a blocked product: the exact rounding half up, saturated
+        let e = (31 - shift) as u32;
+        let want = ((total as i128 + (1i128 << (e - 1))) >> e).clamp(i32::MIN as i128, i32::MAX as i128);
+        prop_assert_eq!(rounding_shift_wide(total, shift) as i128, want);
+    }
+
+    #[test]
     fn round_even_matches_std(y in -1e9f32..1e9) {
         prop_assert_eq!(round_even(y) as f32, y.round_ties_even());
         let t = y.trunc();

@@ -12,6 +12,9 @@ Kiln's QDQ/QOperator import tests. For each model folder given:
                               MatMulNBits, 4-bit asymmetric weights in blocks of 32 along K
     <model>/ort/qdq_block4.onnx  the same quantizer in QDQ form: blocked int4 DequantizeLinear
                               (opset 21), symmetric
+    <model>/ort/qdq_s8_block32.onnx  (models with MatMul) qdq_s8 with each 2-D weight re-quantized
+                              int8 symmetric in blocks of 32 along K (blocked DequantizeLinear,
+                              opset 21): int8 activations with blocked weights
     <model>/ort/dyn.onnx      quantize_dynamic (int8 weights; uint8 where the model has Conv, as
                               ONNX Runtime's CPU ConvInteger takes only uint8 weights)
     <model>/ort/<variant>_out_<k>.npy   ONNX Runtime's (CPU) output 0 on ref/test_data_set_<k>
@@ -39,6 +42,37 @@ VARIANTS = {
     "qdq_u8": (QuantFormat.QDQ, QuantType.QUInt8),
     "qop_u8": (QuantFormat.QOperator, QuantType.QUInt8),
 }
+
+
+def blocked_copy(src, dst, block):
+    """`src` with every per-column int8 DequantizeLinear of a 2-D weight [K, N] replaced by a
+    symmetric int8 one with a scale per `block` rows of K and column."""
+    m = onnx.load(src)
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
+            continue
+        q = onnx.numpy_helper.to_array(inits[n.input[0]])
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        if q.ndim != 2 or axis != 1:
+            continue
+        s = onnx.numpy_helper.to_array(inits[n.input[1]])
+        w = q.astype(np.float32) * s.astype(np.float32)
+        k, cols = w.shape
+        nb = (k + block - 1) // block
+        sb = np.zeros((nb, cols), np.float32)
+        for b in range(nb):
+            sb[b] = np.maximum(np.abs(w[b * block:(b + 1) * block]).max(axis=0), 1e-8) / 127.0
+        full = np.repeat(sb, block, axis=0)[:k]
+        qb = np.clip(np.round(w / full), -127, 127).astype(np.int8)
+        for name, arr in [(n.input[0], qb), (n.input[1], sb), (n.input[2], np.zeros((nb, cols), np.int8))]:
+            inits[name].CopyFrom(onnx.numpy_helper.from_array(arr, name))
+        del n.attribute[:]
+        n.attribute.extend([onnx.helper.make_attribute("axis", 0), onnx.helper.make_attribute("block_size", block)])
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(o.version, 21)
+    onnx.save(m, dst)
 
 
 def main(d):
@@ -87,6 +121,18 @@ def main(d):
         for k, x in enumerate(refs):
             y = s.run(None, {inp.name: x.astype(np.float32)})[0]
             np.save(os.path.join(out, f"{name}_out_{k}.npy"), y)
+        print(f"{path}: {os.path.getsize(path)} bytes")
+    if os.path.exists(os.path.join(out, "qdq_s8.onnx")) and any(
+            n.op_type == "MatMul" for n in onnx.load(model).graph.node):
+        path = os.path.join(out, "qdq_s8_block32.onnx")
+        blocked_copy(os.path.join(out, "qdq_s8.onnx"), path, 32)
+        # unoptimized: ONNX Runtime's QGemm fusion takes no blocked zero points
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        for k, x in enumerate(refs):
+            y = s.run(None, {inp.name: x.astype(np.float32)})[0]
+            np.save(os.path.join(out, f"qdq_s8_block32_out_{k}.npy"), y)
         print(f"{path}: {os.path.getsize(path)} bytes")
     # on the model as given: the pre-processed one has its MatMul+Add fused into Gemm
     if any(n.op_type == "MatMul" for n in onnx.load(model).graph.node):

@@ -48,6 +48,10 @@ static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
     return (int64_t)((uint64_t)x * (uint64_t)m16 + ((uint64_t)1 << (total - 1))) >> total;
 }
 static inline int32_t kiln_clamp64(int64_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : (int32_t)v); }
+static inline int64_t kiln_shift64(int64_t t, int32_t shift) {
+    int32_t e = 31 - shift;
+    return (t + ((int64_t)1 << (e - 1))) >> e;
+}
 static inline int32_t kiln_round_even(float y) {
     int32_t t;
     float f;
@@ -97,6 +101,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
+        Op::QBlockMatMul { .. } => true,
         Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::Pool(p) if int_in => {
             matches!(rank, 3 | 4)
@@ -366,6 +371,33 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 out,
                 "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        {acc_t} acc = {bias};\n        for (int32_t k = 0; k < {k}; ++k) acc += {mul}((int32_t)x0[r * {k} + k] - {}, x1[k * {nn} + j]);\n        y0[r * {nn} + j] = {fin};\n    }}",
                 q.input_zp
+            );
+        }
+        Op::QBlockMatMul { q, block } => {
+            let ws = shape(g, node.inputs[1]);
+            let (k, nn) = (ws[0], ws[1]);
+            let rows = total / nn.max(1);
+            let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
+            let sh: Vec<String> = q.requant[..nn].iter().map(|r| r.shift.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "    static const KILN_ROM int32_t mult[{}] = {{{}}};\n    static const KILN_ROM int32_t shift[{nn}] = {{{}}};",
+                m.len(),
+                m.join(", "),
+                sh.join(", ")
+            );
+            let bias = if node.inputs.len() > 2 { "x2[j]" } else { "0" };
+            let blocks = k.div_ceil(*block);
+            let end = if k % block == 0 {
+                format!("b * {block} + {block}")
+            } else {
+                format!("b < {} ? b * {block} + {block} : {k}", blocks - 1)
+            };
+            // per column: the bias plus each block's sum times its multiplier, shifted once
+            let _ = writeln!(
+                out,
+                "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        int64_t t = {bias};\n        for (int32_t b = 0; b < {blocks}; ++b) {{\n            int32_t acc = 0;\n            int32_t k1 = {end};\n            for (int32_t k = b * {block}; k < k1; ++k) acc += kiln_mul8((int32_t)x0[r * {k} + k] - {}, x1[k * {nn} + j]);\n            t += (int64_t)acc * kiln_rom_i32(&mult[b * {nn} + j]);\n        }}\n        y0[r * {nn} + j] = (int8_t)kiln_clamp64(kiln_shift64(t, kiln_rom_i32(&shift[j])) + {}, {}, {});\n    }}",
+                q.input_zp, q.output_zp, q.act_min, q.act_max
             );
         }
         Op::DynMatMul { weight_scales, block } => {

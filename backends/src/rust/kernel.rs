@@ -262,6 +262,7 @@ fn accumulator_bytes(g: &Graph, n: NodeId) -> usize {
             sum_bytes(g, node.inputs[0]) * o[2..].iter().product::<usize>()
         }
         Op::QMatMul { .. } => sum_bytes(g, node.inputs[0]) * shape(g, node.inputs[1])[1],
+        Op::QBlockMatMul { .. } => 4 * kiln_runtime::kernels::int::qblock_matmul_scratch(shape(g, node.inputs[1])[1]),
         Op::DynConv { .. } => {
             let o = shape(g, node.outputs[0]);
             let positions = o[2..].iter().product::<usize>();
@@ -682,6 +683,14 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             format!(
                 "k::int::qmatmul(x0, x1, {bias}, y0, s, {}, &{});",
                 w[1],
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QBlockMatMul { q, block } => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "k::int::qblock_matmul(x0, x1, {bias}, y0, s, ({}, {block}), &{});",
+                shape(g, ins[1])[1],
                 qlinear(items, kk, q)
             )
         }

@@ -55,7 +55,7 @@ pub fn to_dynamic(src: &Graph, keep_float: &[String]) -> Result<Dynamic, IrError
 /// with scales per column or `[blocks, N]` blocked along K, or `[M, ...]` per output
 /// channel for a convolution. `None` when the grid is missing, another shape, or does not
 /// reproduce every value exactly in int8.
-fn own_grid(t: &Tensor, transpose: bool, conv: bool) -> Option<(Vec<i8>, Vec<f32>, usize)> {
+pub(super) fn own_grid(t: &Tensor, transpose: bool, conv: bool) -> Option<(Vec<i8>, Vec<f32>, usize)> {
     let grid = t.quant.as_ref()?;
     // the axes of the output channel and of K in `t` as stored
     let (out_axis, k_axis) = match (conv, transpose) {

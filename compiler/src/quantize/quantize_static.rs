@@ -567,6 +567,9 @@ impl Rewriter<'_> {
                         if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] }
                     })
                     .collect();
+                if let Some(bw) = self.blocked(n, &b, *trans_b) {
+                    return self.block_matmul(n, bw, nn, c.map(|c| c.to_f32_vec()), act);
+                }
                 let grid = model_grid(&mut self.notes, &node.name, &b, if *trans_b { 0 } else { 1 });
                 self.matmul(n, (&w, k, nn), grid, c.map(|c| c.to_f32_vec()), act)?;
             }
@@ -576,6 +579,9 @@ impl Rewriter<'_> {
                 };
                 if b.shape.len() != 2 || self.src.value(node.inputs[0]).ty.shape.is_empty() {
                     return self.keep_float(n, "its second input is not a constant matrix");
+                }
+                if let Some(bw) = self.blocked(n, &b, false) {
+                    return self.block_matmul(n, bw, b.shape[1], None, (None, None));
                 }
                 let grid = model_grid(&mut self.notes, &node.name, &b, 1);
                 self.matmul(n, (&b.to_f32_vec(), b.shape[0], b.shape[1]), grid, None, (None, None))?;
@@ -870,6 +876,89 @@ impl Rewriter<'_> {
         Ok(())
     }
 
+    /// The model's own int8 weights `[K, N]`, scales `[blocks, N]` and block length when
+    /// `b` (transposed when `transpose`) records a grid blocked along K and node `n` runs
+    /// int8 (a 16x8 product takes one scale per column).
+    fn blocked(&self, n: NodeId, b: &Tensor, transpose: bool) -> Option<(Vec<i8>, Vec<f32>, usize)> {
+        if !matches!(b.quant, Some(QParams::Blocked { .. })) || self.width(n) != 8 {
+            return None;
+        }
+        super::dynamic::own_grid(b, transpose, false).filter(|g| g.2 > 0)
+    }
+
+    /// Node `n` as an int8 product with the model's blocked weights `(w, scales, block)`
+    /// (`QBlockMatMul`): per column one shift, from its largest block factor, and each
+    /// block's multiplier at that shift; the bias in the same units.
+    fn block_matmul(
+        &mut self,
+        n: NodeId,
+        (wq, ws, block): (Vec<i8>, Vec<f32>, usize),
+        nn: usize,
+        bias: Option<Vec<f32>>,
+        act: (Option<f32>, Option<f32>),
+    ) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        let out = node.outputs[0];
+        let (x, px) = self.int_bits(node.inputs[0], 8)?;
+        let po = self.out_params_bits(out, 8)?;
+        let k = wq.len() / nn.max(1);
+        let blocks = ws.len() / nn.max(1);
+        let factor = |i: usize| px.scale as f64 * ws[i] as f64 / po.scale as f64;
+        let mut requant = vec![
+            rt::Requant {
+                multiplier: 0,
+                shift: 0
+            };
+            ws.len()
+        ];
+        for j in 0..nn {
+            let top = (0..blocks).map(|b| factor(b * nn + j)).fold(0.0, f64::max);
+            let r = rt::quantize_multiplier(top)
+                .filter(|r| r.multiplier > 0)
+                .ok_or_else(|| QuantError::Scale(node.name.clone(), "output".into()))?;
+            for b in 0..blocks {
+                let m = (factor(b * nn + j) * 2f64.powi(31 - r.shift)).round();
+                requant[b * nn + j] = rt::Requant {
+                    multiplier: m.min(r.multiplier as f64) as i32,
+                    shift: r.shift,
+                };
+            }
+        }
+        let mut wt = Tensor::from_vec(vec![k, nn], wq);
+        wt.quant = Some(QParams::Blocked {
+            axis: 0,
+            block,
+            scales: ws.clone().into(),
+            zero_points: vec![0; ws.len()].into(),
+        });
+        let wname = format!("{}:q", self.name(node.inputs[1]));
+        let wv = self.dst.add_const(&wname, wt);
+        let mut ins = vec![x, wv];
+        if let Some(b) = bias {
+            // output steps times 2^(31 - shift), kept within 2^61 (`rounding_shift_wide`)
+            let q: Vec<i64> = (b.iter().enumerate())
+                .map(|(j, &v)| {
+                    let e = 31 - requant[j].shift;
+                    let lim = 2f64.powi(61);
+                    (v as f64 / po.scale as f64 * 2f64.powi(e)).round().clamp(-lim, lim) as i64
+                })
+                .collect();
+            let bname = format!("{}:q", self.name(node.inputs[2]));
+            ins.push(self.dst.add_const(&bname, Tensor::from_vec(vec![nn], q)));
+        }
+        let q = QLinear {
+            input_zp: px.zp,
+            output_scale: po.scale,
+            output_zp: po.zp,
+            requant: requant.into(),
+            act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
+            act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
+            weight_bits: 8,
+        };
+        self.emit_int(n, Op::QBlockMatMul { q, block }, ins, out, po);
+        Ok(())
+    }
+
     /// A product's integer weights, their scales and storage width: the model's own (from
     /// `grid`) at the narrowest width that holds them, else Kiln's, symmetric per channel
     /// (or per tensor) at `--weight-bits`.
@@ -1080,7 +1169,7 @@ fn model_grid(notes: &mut Vec<String>, node: &str, w: &Tensor, channel_axis: usi
         } if *axis == channel_axis && zero_points.iter().all(|&z| z == 0) => Some(scales.to_vec()),
         QParams::Blocked { block, .. } => {
             notes.push(format!(
-                "node `{node}`: the model's weights have one scale per block of {block} along K, which an int8 product with int8 activations cannot take; Kiln quantized them per channel (`--quantize dynamic` keeps the blocks)"
+                "node `{node}`: the model's weights have one scale per block of {block} along K, which this integer product cannot take; Kiln quantized them per channel (`--quantize dynamic` keeps the blocks)"
             ));
             None
         }

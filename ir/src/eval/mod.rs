@@ -252,6 +252,7 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::Dequantize { scale, zero_point } => one(quant::dequantize(x[0], *scale, *zero_point)),
         Op::QConv { window, group, q } => one(quant::qconv(window, *group, q, x, &out[0].shape)?),
         Op::QMatMul { q } => one(quant::qmatmul(q, x, &out[0].shape)?),
+        Op::QBlockMatMul { q, block } => one(quant::qblock_matmul(q, *block, x, &out[0].shape)),
         Op::DynConv {
             window,
             group,

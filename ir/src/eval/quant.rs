@@ -225,6 +225,31 @@ pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tenso
     Ok(product_out(x[0], q, out, acc))
 }
 
+/// Int8 product with blocked weight scales: per column, the bias plus each block's i32 sum
+/// times its multiplier, in i64, shifted down once (rounding half up) and saturated.
+pub(crate) fn qblock_matmul(q: &QLinear, block: usize, x: &[&Tensor], out: &[usize]) -> Tensor {
+    let xv = ints(x[0]);
+    let wv = ints(x[1]);
+    let bias = x.get(2).map(|b| b.to_i64_vec());
+    let (kd, nd) = (x[1].shape[0], x[1].shape[1]);
+    let mut y = Vec::with_capacity(out.iter().product());
+    for xr in xv.chunks_exact(kd.max(1)) {
+        for j in 0..nd {
+            let mut total: i128 = bias.as_ref().map_or(0, |b| b[j] as i128);
+            for (b, k0) in (0..kd).step_by(block).enumerate() {
+                let a: i64 = (k0..(k0 + block).min(kd))
+                    .map(|kk| (xr[kk] - q.input_zp) as i64 * wv[kk * nd + j] as i64)
+                    .sum();
+                total += a as i128 * q.requant[b * nd + j].multiplier as i128;
+            }
+            let e = 31 - q.requant[j].shift;
+            let r = ((total + (1i128 << (e - 1))) >> e).clamp(i32::MIN as i128, i32::MAX as i128) as i32;
+            y.push(r.saturating_add(q.output_zp).clamp(q.act_min, q.act_max) as i8);
+        }
+    }
+    Tensor::from_vec(out.to_vec(), y)
+}
+
 /// Hybrid matrix product: each row of the input quantized on its own by the dynamic rule;
 /// with blocked scales, each block of K rescaled on its own and the floats added in order.
 pub(crate) fn dyn_matmul(scales: &[f32], block: usize, x: &[&Tensor], out: &[usize]) -> Tensor {

@@ -325,6 +325,55 @@ pub fn qmatmul16(x: &[i16], w: &[i8], bias: Option<&[i64]>, y: &mut [i16], scrat
     }
 }
 
+/// Int8 `[rows, K] x [K, N]` product with blocked weight scales (`q.requant` is
+/// `[ceil(K / block), N]`, one shift per column): per column, the i64 bias plus each
+/// block's i32 sum times its multiplier, shifted down once by [`crate::rounding_shift_wide`].
+/// `(n, block)` are N and the block length; `scratch` holds `N` i64 totals and `N` i32
+/// block sums ([`qblock_matmul_scratch`] words).
+#[inline]
+pub fn qblock_matmul(
+    x: &[i8],
+    w: &[i8],
+    bias: Option<&[i64]>,
+    y: &mut [i8],
+    scratch: &mut [i32],
+    (n, block): (usize, usize),
+    q: &QLinear,
+) {
+    let k = w.len() / n.max(1);
+    let (tot, acc) = scratch.split_at_mut(2 * n);
+    let tot: &mut [i64] = bytemuck::cast_slice_mut(tot);
+    let acc = &mut acc[..n];
+    for (xr, yr) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+        match bias {
+            Some(b) => tot.copy_from_slice(&b[..n]),
+            None => tot.fill(0),
+        }
+        for (b, k0) in (0..k).step_by(block.max(1)).enumerate() {
+            acc.fill(0);
+            let k1 = (k0 + block).min(k);
+            for (&xe, wr) in xr[k0..k1].iter().zip(w[k0 * n..k1 * n].chunks_exact(n)) {
+                let xv = xe as i32 - q.input_zp;
+                for (a, &we) in acc.iter_mut().zip(wr) {
+                    *a += xv * we as i32;
+                }
+            }
+            for ((t, &a), r) in tot.iter_mut().zip(acc.iter()).zip(&q.requant[b * n..][..n]) {
+                *t += a as i64 * r.multiplier as i64;
+            }
+        }
+        for (j, (d, &t)) in yr.iter_mut().zip(tot.iter()).enumerate() {
+            let v = crate::rounding_shift_wide(t, q.requant[j].shift);
+            *d = v.saturating_add(q.output_zp).clamp(q.act_min, q.act_max) as i8;
+        }
+    }
+}
+
+/// Scratch words of [`qblock_matmul`]: `n` i64 totals and `n` i32 block sums.
+pub const fn qblock_matmul_scratch(n: usize) -> usize {
+    3 * n
+}
+
 /// Hybrid convolution: `x` quantized as one tensor by the dynamic rule
 /// ([`crate::dynamic_quantize`]), then the integer convolution with a float output stage.
 /// `scratch` holds one output plane of accumulators, then the quantized input

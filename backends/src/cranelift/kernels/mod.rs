@@ -127,6 +127,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Dequantize { .. } => matches!(scalar(0), Scalar::I8 | Scalar::U8 | Scalar::I16),
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
+        Op::QBlockMatMul { .. } => true,
         Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::DynMatMul { .. } => true,
@@ -179,6 +180,7 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::Lut { .. }
         | Op::Lut16 { .. }
         | Op::QMatMul { .. }
+        | Op::QBlockMatMul { .. }
         | Op::QConv { .. }
         | Op::QSoftmax { .. }
         | Op::DynConv { .. }
@@ -202,7 +204,7 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
     match &g.node(n).op {
         Op::BatchNorm { .. } => slot == 0 || !const_params(g, n),
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
-        Op::QMatMul { .. } | Op::DynMatMul { .. } => slot != 1,
+        Op::QMatMul { .. } | Op::QBlockMatMul { .. } | Op::DynMatMul { .. } => slot != 1,
         _ => true,
     }
 }
@@ -313,6 +315,7 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
         Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),
+        Op::QBlockMatMul { q, block } => quant::qblock_matmul(fx, g, n, q, *block, a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),

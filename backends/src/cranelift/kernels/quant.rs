@@ -650,6 +650,13 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             v.push(tables_i32(&zsum));
             v
         }
+        Op::QBlockMatMul { q, block } => {
+            let (t, _) = columns(g, n);
+            let nn = g.value(node.inputs[1]).ty.shape[1];
+            let m: Vec<i32> = q.requant.iter().map(|r| r.multiplier).collect();
+            let s: Vec<i32> = q.requant[..nn].iter().map(|r| r.shift).collect();
+            vec![tables_i32(&m), tables_i32(&s), t, tables_i32(&block_sums(g, n, *block))]
+        }
         Op::DynMatMul { weight_scales, block } => {
             let (t, wsum) = columns(g, n);
             let wsum = match *block {
@@ -760,6 +767,78 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
             let accv = fx.b.use_var(acc);
             let ya = fx.addr(yrow, j, st.elem());
             st.store(fx, accv, chan, ya, 0);
+        });
+    });
+}
+
+/// Int8 product with blocked weight scales (`QBlockMatMul`): per column, the i64 bias plus
+/// each block's integer dot product times its multiplier, shifted down once rounding half
+/// up (`kiln_runtime::kernels::int::qblock_matmul`). Aux: multipliers `[blocks, N]`, shifts
+/// `[N]`, the weights as columns `[N, K]`, the weight sums `[blocks, N]`.
+pub(crate) fn qblock_matmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, block: usize, a: &Args) {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let (k, nn, block) = (ws[0] as i64, ws[1] as i64, block as i64);
+    let rows = numel(g, node.outputs[0]) / nn.max(1);
+    let has_bias = node.inputs.len() > 2;
+    let (mt, st, wt, sums) = (a.aux[0], a.aux[1], a.aux[2], a.aux[3]);
+    fx.for_n(rows, &mut |fx, r| {
+        let xrow = fx.addr(a.ins[0], r, k);
+        let yrow = fx.addr(a.outs[0], r, nn);
+        fx.for_n(nn, &mut |fx, j| {
+            let wrow = fx.addr(wt, j, k);
+            let total = fx.b.declare_var(I64);
+            let init = if has_bias {
+                let ba = fx.addr(a.ins[2], j, 8);
+                fx.load(I64, ba)
+            } else {
+                fx.i(0)
+            };
+            fx.b.def_var(total, init);
+            let one = |fx: &mut Fx, b: Value, len: i64| {
+                let acc = fx.b.declare_var(I32);
+                let z = c32(fx, 0);
+                fx.b.def_var(acc, z);
+                let (xb, wb) = (fx.addr(xrow, b, block), fx.addr(wrow, b, block));
+                dot_row(fx, acc, xb, wb, len);
+                let bn = fx.mul_imm(b, nn);
+                let i = fx.b.ins().iadd(bn, j);
+                let sa = fx.addr(sums, i, 4);
+                let wsum = fx.load(I32, sa);
+                let zs = fx.b.ins().imul_imm_s(wsum, q.input_zp as i64);
+                let cur = fx.b.use_var(acc);
+                let dot = fx.b.ins().isub(cur, zs);
+                let ma = fx.addr(mt, i, 4);
+                let m = fx.load(I32, ma);
+                let (d64, m64) = (fx.b.ins().sextend(I64, dot), fx.b.ins().sextend(I64, m));
+                let p = fx.b.ins().imul(d64, m64);
+                let cur = fx.b.use_var(total);
+                let nv = fx.b.ins().iadd(cur, p);
+                fx.b.def_var(total, nv);
+            };
+            let full = k / block;
+            fx.for_n(full, &mut |fx, b| one(fx, b, block));
+            if k % block != 0 {
+                let b = fx.i(full);
+                one(fx, b, k % block);
+            }
+            let sa = fx.addr(st, j, 4);
+            let shift = fx.load(I32, sa);
+            let s64 = fx.b.ins().sextend(I64, shift);
+            let k31 = fx.i(31);
+            let e = fx.b.ins().isub(k31, s64);
+            let e1 = fx.b.ins().iadd_imm_s(e, -1);
+            let one = fx.i(1);
+            let half = fx.b.ins().ishl(one, e1);
+            let t = fx.b.use_var(total);
+            let t = fx.b.ins().iadd(t, half);
+            let v = fx.b.ins().sshr(t, e);
+            let v = fx.b.ins().iadd_imm_s(v, q.output_zp as i64);
+            let (lo, hi) = (fx.i(q.act_min as i64), fx.i(q.act_max as i64));
+            let v = fx.b.ins().smax(v, lo);
+            let v = fx.b.ins().smin(v, hi);
+            let ya = fx.addr(yrow, j, 1);
+            fx.b.ins().istore8(flags(), v, ya, 0);
         });
     });
 }
