@@ -292,6 +292,7 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
             Op::DynMatMul {
                 weight_scales: vec![0.01, 0.02, 0.03].into(),
                 block: 0,
+                weight_bits: 8,
             },
             vec![a, wm],
             &[],
@@ -307,6 +308,7 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
             Op::DynMatMul {
                 weight_scales: blocked.into(),
                 block: 4,
+                weight_bits: 8,
             },
             vec![a, wm],
             &[],

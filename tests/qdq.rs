@@ -441,7 +441,10 @@ fn blocked_weights_keep_their_own_scales() {
         let mut products = 0;
         for n in q.graph.node_ids() {
             let node = q.graph.node(n);
-            let Op::DynMatMul { weight_scales, block } = &node.op else {
+            let Op::DynMatMul {
+                weight_scales, block, ..
+            } = &node.op
+            else {
                 assert!(
                     !matches!(node.op, Op::MatMul | Op::Gemm { .. }),
                     "{variant}: {} stays float",
@@ -460,8 +463,12 @@ fn blocked_weights_keep_their_own_scales() {
             let nn = w.shape[1];
             let wi = w.to_i64_vec();
             if variant == "qdq_block4" {
-                // int4, negated where ONNX Runtime wrote a negative scale (to reach -8)
-                assert!(wi.iter().all(|&v| (-8..=8).contains(&v)), "{variant}: not int4");
+                // the model's int4 values (its negative scales kept), stored packed
+                assert!(wi.iter().all(|&v| (-8..=7).contains(&v)), "{variant}: not int4");
+                assert!(
+                    matches!(node.op, Op::DynMatMul { weight_bits: 4, .. }),
+                    "{variant}: not packed"
+                );
             }
             for (i, (&v, &f)) in wi.iter().zip(&wf).enumerate() {
                 let s = weight_scales[(i / nn) / block * nn + i % nn];
@@ -529,4 +536,70 @@ fn blocked_weights_keep_their_own_scales() {
         "not the evaluator's bytes:\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn block_products_are_bit_exact_at_the_edges() {
+    // QBlockMatMul's arithmetic at its corners: extreme inputs, a short last block (K = 9 in
+    // blocks of 4), negative multipliers (a model's negative block scales), shifts from -31
+    // to 30, i64 biases near the bound, a clamped output, and 4-bit weights stored packed.
+    use kiln_ir::op::QLinear;
+    use kiln_ir::{DType, Scalar, TensorType};
+    let (k, nn, block) = (9usize, 4usize, 4usize);
+    let w: Vec<i8> = (0..k * nn).map(|i| ((i * 7 + 3) % 16) as i8 - 8).collect();
+    // [blocks, N]: per column one shift (-31, 0, 30, 5); column 2 (shift 30) rounds every
+    // odd total at an exact half
+    let mults = [
+        1 << 30,
+        -i32::MAX,
+        1,
+        1 << 20,
+        -(1 << 30),
+        12345,
+        -1,
+        (1 << 21) + 1,
+        i32::MAX,
+        -7,
+        1,
+        -(1 << 21),
+    ];
+    let shifts = [-31, 0, 30, 5];
+    let requant: Vec<kiln_runtime::Requant> = (0..mults.len())
+        .map(|i| kiln_runtime::Requant {
+            multiplier: mults[i],
+            shift: shifts[i % nn],
+        })
+        .collect();
+    let q = QLinear {
+        input_zp: -3,
+        output_scale: 0.5,
+        output_zp: 4,
+        requant: requant.into(),
+        act_min: -100,
+        act_max: 127,
+        weight_bits: 4,
+    };
+    let mut g = Graph::new("block_edges");
+    let x = g.add_input("x", TensorType::new(DType::plain(Scalar::I8), vec![5, k]));
+    let wv = g.add_const("w", Tensor::from_vec(vec![k, nn], w));
+    let bias: Vec<i64> = vec![(1 << 61) - 1, -(1 << 61), 1, 123_456_789];
+    let bv = g.add_const("b", Tensor::from_vec(vec![nn], bias));
+    let (_, y) = g
+        .add_node("p", Op::QBlockMatMul { q, block }, vec![x, wv, bv], &[])
+        .unwrap();
+    g.add_output(y[0]);
+    kiln_ir::verify::verify(&g).unwrap();
+    assert_eq!(kiln_ir::analysis::packed_weight_bits(&g, wv), Some(4));
+    let rows: Vec<i8> = [
+        [-128i8; 9],
+        [127; 9],
+        [0, 1, -1, 64, -64, 127, -128, 5, -3],
+        [0, 1, -1, 2, -2, 3, -3, 1, 0],
+        [-3, -2, -4, -3, -1, -5, -3, -2, -3],
+    ]
+    .concat();
+    let sets = vec![vec![Tensor::from_vec(vec![5, k], rows)]];
+    let dir = std::env::temp_dir().join(format!("kiln-block-edges-{}", std::process::id()));
+    let failures = kiln_tests::bit_exact_on_every_backend(&g, &sets, "block_edges", &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -62,11 +62,19 @@ pub fn packed_weight_bits(g: &Graph, v: ValueId) -> Option<u8> {
     for n in &cons {
         let node = g.node(*n);
         match &node.op {
-            Op::QConv { q, .. } | Op::QMatMul { q } if q.weight_bits < 8 && node.inputs.get(1) == Some(&v) => {
+            Op::QConv { q, .. } | Op::QMatMul { q } | Op::QBlockMatMul { q, .. }
+                if q.weight_bits < 8 && node.inputs.get(1) == Some(&v) =>
+            {
                 if bits.is_some_and(|b| b != q.weight_bits) {
                     return None;
                 }
                 bits = Some(q.weight_bits);
+            }
+            &Op::DynMatMul { weight_bits, .. } if weight_bits < 8 && node.inputs.get(1) == Some(&v) => {
+                if bits.is_some_and(|b| b != weight_bits) {
+                    return None;
+                }
+                bits = Some(weight_bits);
             }
             _ => return None,
         }

@@ -92,7 +92,8 @@ pub enum QParams {
     },
     /// One scale/zero point per `block` consecutive indices along `axis` and per index of
     /// every other axis (ONNX blocked quantization): laid out as the tensor's shape with
-    /// `axis` shortened to `ceil(len / block)`, row-major.
+    /// `axis` shortened to `ceil(len / block)`, row-major. Scales are non-zero and may be
+    /// negative (as the model wrote them).
     Blocked {
         axis: usize,
         block: usize,

@@ -497,7 +497,8 @@ pub enum Op {
     /// `[x: i8 [.., K], w: i8 [K, N] (symmetric), b: i64 [N]?] -> [y: i8 [.., N]]`: an int8
     /// product whose weights have one scale per `block` rows of K and column (ONNX blocked
     /// quantization). `q.requant` is `[ceil(K / block), N]` row-major, and the blocks of a
-    /// column share one shift. Each block's i32 sum times its multiplier is added in i64 to
+    /// column share one shift; multipliers may be negative (a model's own grid keeps the
+    /// sign of its scales). Each block's i32 sum times its multiplier is added in i64 to
     /// the bias (in output steps times `2^(31 - shift)`), and the total is shifted down once,
     /// rounding half up (`kiln_runtime::kernels::int::qblock_matmul`).
     QBlockMatMul {
@@ -519,10 +520,13 @@ pub enum Op {
     /// With `block > 0` the weight scales are blocked along K (ONNX blocked quantization,
     /// ONNX Runtime's `MatMulNBits`): `weight_scales` is `[ceil(K / block), N]` row-major,
     /// each block's i32 sum is rescaled with its own scale and the results are added in f32,
-    /// in block order from 0.0 (`kiln_runtime::kernels::dyn_matmul`).
+    /// in block order from 0.0 (`kiln_runtime::kernels::dyn_matmul`). Scales may be negative
+    /// (a model's own blocked grid keeps its signs). `weight_bits` is the storage width, as
+    /// in `QLinear`.
     DynMatMul {
         weight_scales: Arc<[f32]>,
         block: usize,
+        weight_bits: u8,
     },
     /// `[x: f32] -> [y: u8, scale: f32 [], zero_point: u8 []]`, ONNX `DynamicQuantizeLinear`:
     /// the range widened to include 0 over 255 steps, rounding half to even. Only the

@@ -384,11 +384,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 return err(op, format!("bias {b} is not i64 [{nn}]"));
             }
             // i64 totals: K products of at most 2^15 times multipliers below 2^31
-            if *block == 0 || k > 1 << 16 || q.weight_bits != 8 {
-                return err(
-                    op,
-                    format!("blocks of {block} over K = {k} with {}-bit weights", q.weight_bits),
-                );
+            if *block == 0 || k > 1 << 16 {
+                return err(op, format!("blocks of {block} over K = {k}"));
             }
             if q.requant.len() != k.div_ceil(*block) * nn {
                 return err(
@@ -396,8 +393,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                     format!("{} rescale factors for blocks of {block} in {w}", q.requant.len()),
                 );
             }
-            let shared = (q.requant.iter().enumerate())
-                .all(|(i, r)| r.shift == q.requant[i % nn].shift && (-31..=30).contains(&r.shift) && r.multiplier >= 0);
+            let shared = (q.requant.iter().enumerate()).all(|(i, r)| {
+                r.shift == q.requant[i % nn].shift && (-31..=30).contains(&r.shift) && r.multiplier != i32::MIN
+            });
             if !shared {
                 return err(op, "the blocks of a column must share one shift in -31..=30");
             }
@@ -473,12 +471,19 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let out = infer(&MatMul, &refs)?;
             Ok(vec![plain(Scalar::I32, out[0].shape.clone())])
         }
-        DynMatMul { weight_scales, block } => {
+        DynMatMul {
+            weight_scales,
+            block,
+            weight_bits,
+        } => {
             arity(op, inputs, 2, 2)?;
             dyn_inputs(op, inputs)?;
             let (a, w) = (inputs[0], inputs[1]);
             if w.shape.len() != 2 || a.shape.last() != Some(&w.shape[0]) {
                 return err(op, format!("cannot multiply {a} by {w}"));
+            }
+            if !matches!(weight_bits, 2 | 4 | 8) {
+                return err(op, format!("weights of {weight_bits} bits (8, 4 or 2)"));
             }
             if *block == 0 {
                 check_scales(op, weight_scales, w.shape[1])?;

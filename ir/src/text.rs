@@ -146,9 +146,19 @@ pub fn attrs(op: &Op) -> String {
         Op::DynMatMul {
             weight_scales,
             block: 0,
+            weight_bits: 8,
         } => format!("weight_scales={}", scales(weight_scales)),
-        Op::DynMatMul { weight_scales, block } => {
-            format!("block={block} weight_scales={}", scales(weight_scales))
+        Op::DynMatMul {
+            weight_scales,
+            block,
+            weight_bits,
+        } => {
+            let bits = if *weight_bits == 8 {
+                String::new()
+            } else {
+                format!(" bits={weight_bits}")
+            };
+            format!("block={block}{bits} weight_scales={}", scales(weight_scales))
         }
         Op::IntConv { window: w, group } => format!("{} group={group}", window(w)),
         Op::QAdd(a) => format!(

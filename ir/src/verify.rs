@@ -38,18 +38,21 @@ pub fn verify(g: &Graph) -> Result<()> {
                 return bad(format!("output {k} of node `{}` is not linked back to it", node.name));
             }
         }
-        if let crate::Op::QConv { q, .. } | crate::Op::QMatMul { q } = &node.op
-            && q.weight_bits < 8
-        {
+        let narrow = match &node.op {
+            crate::Op::QConv { q, .. } | crate::Op::QMatMul { q } | crate::Op::QBlockMatMul { q, .. } => q.weight_bits,
+            crate::Op::DynMatMul { weight_bits, .. } => *weight_bits,
+            _ => 8,
+        };
+        if narrow < 8 {
             // packed weights are constants whose every value fits the width
             let w = node.inputs.get(1).and_then(|&v| g.const_value(v));
-            let max = q.weight_max() as i64;
+            let max = (1i64 << (narrow - 1)) - 1;
             if !w.is_some_and(|t| t.to_i64_vec().iter().all(|x| (-max - 1..=max).contains(x))) {
                 return bad(format!(
                     "node `{}`: its weights are not constants in {}..={max} ({} bits)",
                     node.name,
                     -max - 1,
-                    q.weight_bits
+                    narrow
                 ));
             }
         }
@@ -113,10 +116,11 @@ pub fn verify(g: &Graph) -> Result<()> {
                     zero_points,
                 } => {
                     let len = val.ty.shape.get(*axis).copied().unwrap_or(0);
+                    // signed: a model's blocked scales keep their sign
                     *block > 0
                         && scales.len() == val.ty.numel() / len.max(1) * len.div_ceil(*block)
                         && scales.len() == zero_points.len()
-                        && scales.iter().all(|s| s.is_finite() && *s > 0.0)
+                        && scales.iter().all(|s| s.is_finite() && *s != 0.0)
                 }
             };
             if !ok {

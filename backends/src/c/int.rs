@@ -400,7 +400,9 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 q.input_zp, q.output_zp, q.act_min, q.act_max
             );
         }
-        Op::DynMatMul { weight_scales, block } => {
+        Op::DynMatMul {
+            weight_scales, block, ..
+        } => {
             let ws = shape(g, node.inputs[1]);
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);

@@ -703,7 +703,9 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             conv_shape(&x0s, &o0, *group, window),
             scales_table(items, kk, weight_scales)
         ),
-        Op::DynMatMul { weight_scales, block } => format!(
+        Op::DynMatMul {
+            weight_scales, block, ..
+        } => format!(
             "k::int::dyn_matmul(x0, x1, y0, s, {}, &{}, {block});",
             shape(g, ins[1])[1],
             scales_table(items, kk, weight_scales)

@@ -131,14 +131,21 @@ fn unrollable(g: &Graph, node: &kiln_ir::Node, r: &Rnn) -> Result<(), &'static s
 
 /// A weight in int8 and its per-channel scales.
 type IntWeight = (ValueId, Arc<[f32]>);
-/// An int8 weight, its scales and their block length along K (0: per channel).
-type BlockedWeight = (ValueId, Arc<[f32]>, usize);
+/// An int8 weight constant, its scales, their block length along K (0: per channel) and
+/// the width its values fit (a model's own 4-bit grid stays packed).
+#[derive(Clone)]
+struct Weight {
+    value: ValueId,
+    scales: Arc<[f32]>,
+    block: usize,
+    bits: u8,
+}
 
 struct Rewriter {
     g: Graph,
     /// Quantized weights (value, scales, block) by (float weight, transposed), shared
     /// between nodes.
-    weights: HashMap<(ValueId, bool), BlockedWeight>,
+    weights: HashMap<(ValueId, bool), Weight>,
     bytes_f32: usize,
     bytes_int8: usize,
     notes: Vec<String>,
@@ -170,20 +177,24 @@ impl Rewriter {
                     self.note(&node.name, "only 1-D and 2-D convolutions have an integer kernel");
                     return Ok(());
                 }
-                let (wq, scales, _) = self.weight(&node.name, w, &wt, false, true)?;
+                let wq = self.weight(&node.name, w, &wt, false, true)?;
                 let op = Op::DynConv {
                     window: c.window.clone(),
                     group: c.group,
-                    weight_scales: scales,
+                    weight_scales: wq.scales,
                 };
                 // the bias as [M, 1, ...] against the NC* output
                 let bias = node.inputs.get(2).map(|&b| (b, rank - 1));
-                self.replace(n, op, vec![x, wq], bias, 1.0, c.fused)
+                self.replace(n, op, vec![x, wq.value], bias, 1.0, c.fused)
             }
             Op::MatMul if wt.shape.len() == 2 => {
-                let (wq, weight_scales, block) = self.weight(&node.name, w, &wt, false, false)?;
-                let op = Op::DynMatMul { weight_scales, block };
-                self.replace(n, op, vec![x, wq], None, 1.0, None)
+                let wq = self.weight(&node.name, w, &wt, false, false)?;
+                let op = Op::DynMatMul {
+                    weight_scales: wq.scales,
+                    block: wq.block,
+                    weight_bits: wq.bits,
+                };
+                self.replace(n, op, vec![x, wq.value], None, 1.0, None)
             }
             &Op::Gemm {
                 alpha,
@@ -201,10 +212,13 @@ impl Rewriter {
                     self.note(&node.name, "its C operand is not a constant");
                     return Ok(());
                 }
-                let (wq, scales, block) = self.weight(&node.name, w, &wt, trans_b, false)?;
-                let weight_scales: Arc<[f32]> = scales.iter().map(|&s| s * alpha).collect();
-                let op = Op::DynMatMul { weight_scales, block };
-                self.replace(n, op, vec![x, wq], c.map(|c| (c, 0)), beta, fused)
+                let wq = self.weight(&node.name, w, &wt, trans_b, false)?;
+                let op = Op::DynMatMul {
+                    weight_scales: wq.scales.iter().map(|&s| s * alpha).collect(),
+                    block: wq.block,
+                    weight_bits: wq.bits,
+                };
+                self.replace(n, op, vec![x, wq.value], c.map(|c| (c, 0)), beta, fused)
             }
             Op::Rnn(r) => match unrollable(&self.g, &node, r) {
                 Ok(()) => self.unroll(n, r),
@@ -273,6 +287,7 @@ impl Rewriter {
         let op = Op::DynMatMul {
             weight_scales: scales.clone(),
             block: 0,
+            weight_bits: 8,
         };
         self.op(base, op, vec![x, *w])
     }
@@ -427,14 +442,7 @@ impl Rewriter {
     /// length along K (0: per output channel). A weight that records the integer grid it
     /// came from (a dequantized weight of a quantized model) keeps the model's integers and
     /// scales where the hybrid ops can express them; any other is quantized per channel.
-    fn weight(
-        &mut self,
-        node: &str,
-        w: ValueId,
-        t: &Tensor,
-        transpose: bool,
-        conv: bool,
-    ) -> Result<BlockedWeight, IrError> {
+    fn weight(&mut self, node: &str, w: ValueId, t: &Tensor, transpose: bool, conv: bool) -> Result<Weight, IrError> {
         if let Some(done) = self.weights.get(&(w, transpose)) {
             return Ok(done.clone());
         }
@@ -449,6 +457,7 @@ impl Rewriter {
                 "node `{node}`: its weights' own grid has no hybrid form (int8 values blocked along K, or one scale per output channel), so Kiln quantized them again"
             ));
         }
+        let own_values = own.is_some();
         let (q, scales, block) = own.unwrap_or_else(|| {
             let mut vals = t.to_f32_vec();
             if transpose {
@@ -464,6 +473,17 @@ impl Rewriter {
             (q, scales, 0)
         });
         let numel = q.len();
+        // a product keeps the model's own narrow integers packed (the hybrid convolution and
+        // Kiln's own per-channel weights are int8)
+        let bits = if own_values && !conv {
+            let (lo, hi) = q.iter().fold((0i8, 0i8), |(l, h), &v| (l.min(v), h.max(v)));
+            [2u8, 4, 8]
+                .into_iter()
+                .find(|&b| lo as i32 >= -(1 << (b - 1)) && (hi as i32) < 1 << (b - 1))
+                .unwrap_or(8)
+        } else {
+            8
+        };
         let mut qt = Tensor::from_vec(shape, q);
         qt.quant = Some(match block {
             0 if scales.len() == 1 => QParams::PerTensor {
@@ -483,10 +503,14 @@ impl Rewriter {
             },
         });
         self.bytes_f32 += numel * 4;
-        self.bytes_int8 += numel + 4 * scales.len();
+        self.bytes_int8 += kiln_runtime::packed_len(numel, bits) + 4 * scales.len();
         let name = self.g.fresh_name(&format!("{}:int8", self.g.value(w).name));
-        let v = self.g.add_const(&name, qt);
-        let done = (v, Arc::from(scales), block);
+        let done = Weight {
+            value: self.g.add_const(&name, qt),
+            scales: Arc::from(scales),
+            block,
+            bits,
+        };
         self.weights.insert((w, transpose), done.clone());
         Ok(done)
     }

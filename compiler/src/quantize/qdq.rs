@@ -119,6 +119,7 @@ fn dynamic_product(g: &Graph, n: kiln_ir::NodeId) -> Option<DynamicProduct> {
         _ => Op::DynMatMul {
             weight_scales: scales.clone().into(),
             block: 0,
+            weight_bits: 8,
         },
     };
     Some(DynamicProduct {

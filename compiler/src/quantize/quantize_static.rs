@@ -912,18 +912,25 @@ impl Rewriter<'_> {
             ws.len()
         ];
         for j in 0..nn {
-            let top = (0..blocks).map(|b| factor(b * nn + j)).fold(0.0, f64::max);
+            // a model's blocked scales may be negative: the shift from the largest magnitude
+            let top = (0..blocks).map(|b| factor(b * nn + j).abs()).fold(0.0, f64::max);
             let r = rt::quantize_multiplier(top)
                 .filter(|r| r.multiplier > 0)
                 .ok_or_else(|| QuantError::Scale(node.name.clone(), "output".into()))?;
             for b in 0..blocks {
                 let m = (factor(b * nn + j) * 2f64.powi(31 - r.shift)).round();
+                let lim = r.multiplier as f64;
                 requant[b * nn + j] = rt::Requant {
-                    multiplier: m.min(r.multiplier as f64) as i32,
+                    multiplier: m.clamp(-lim, lim) as i32,
                     shift: r.shift,
                 };
             }
         }
+        let (lo, hi) = wq.iter().fold((0i8, 0i8), |(l, h), &v| (l.min(v), h.max(v)));
+        let weight_bits = [2u8, 4, 8]
+            .into_iter()
+            .find(|&b| lo as i32 >= -(1 << (b - 1)) && (hi as i32) < 1 << (b - 1))
+            .unwrap_or(8);
         let mut wt = Tensor::from_vec(vec![k, nn], wq);
         wt.quant = Some(QParams::Blocked {
             axis: 0,
@@ -953,7 +960,7 @@ impl Rewriter<'_> {
             requant: requant.into(),
             act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
             act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
-            weight_bits: 8,
+            weight_bits,
         };
         self.emit_int(n, Op::QBlockMatMul { q, block }, ins, out, po);
         Ok(())

@@ -258,7 +258,9 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
             group,
             weight_scales,
         } => one(quant::dyn_conv(window, *group, weight_scales, x, &out[0].shape)),
-        Op::DynMatMul { weight_scales, block } => one(quant::dyn_matmul(weight_scales, *block, x, &out[0].shape)),
+        Op::DynMatMul {
+            weight_scales, block, ..
+        } => one(quant::dyn_matmul(weight_scales, *block, x, &out[0].shape)),
         Op::DynamicQuantize => Ok(quant::dynamic_quantize_u8(x[0])),
         Op::IntConv { window, group } => one(quant::int_conv_op(window, *group, x, &out[0].shape)),
         Op::IntMatMul => one(quant::int_matmul_op(x, &out[0].shape)),

@@ -153,7 +153,10 @@ pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
 /// weights keep them packed in read-only data and unpack them into scratch as they start.
 pub(crate) fn packed(g: &Graph, n: NodeId) -> Option<(u8, usize)> {
     let node = g.node(n);
-    if !matches!(node.op, Op::QConv { .. } | Op::QMatMul { .. }) {
+    if !matches!(
+        node.op,
+        Op::QConv { .. } | Op::QMatMul { .. } | Op::QBlockMatMul { .. } | Op::DynMatMul { .. }
+    ) {
         return None;
     }
     let w = *node.inputs.get(1)?;
@@ -212,12 +215,12 @@ pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
 pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     if let Some((bits, count)) = packed(g, n) {
         // unpack the weights into scratch, then run the int8 kernel on them: a convolution
-        // reads its weight input, a product its column table (aux 2)
+        // reads its weight input, a product its column table (aux 2; a hybrid one's aux 1)
         let dst = fx.add_imm(a.scratch, kernel_scratch(g, n).next_multiple_of(16) as i64);
-        let src = if matches!(g.node(n).op, Op::QConv { .. }) {
-            a.ins[1]
-        } else {
-            a.aux[2]
+        let src = match g.node(n).op {
+            Op::QConv { .. } => a.ins[1],
+            Op::DynMatMul { .. } => a.aux[1],
+            _ => a.aux[2],
         };
         quant::unpack_weights(fx, src, dst, bits, count);
         let mut args = Args {
@@ -226,10 +229,10 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             scratch: a.scratch,
             aux: a.aux.clone(),
         };
-        if matches!(g.node(n).op, Op::QConv { .. }) {
-            args.ins[1] = dst;
-        } else {
-            args.aux[2] = dst;
+        match g.node(n).op {
+            Op::QConv { .. } => args.ins[1] = dst,
+            Op::DynMatMul { .. } => args.aux[1] = dst,
+            _ => args.aux[2] = dst,
         }
         return emit_kernel(fx, g, n, &args, t);
     }

@@ -615,6 +615,14 @@ fn block_sums(g: &Graph, n: NodeId, block: usize) -> Vec<i32> {
         .collect()
 }
 
+/// A product's column table (`columns`), packed when its weights are stored narrow.
+fn packed_columns(g: &Graph, n: NodeId, t: Vec<u8>) -> Vec<u8> {
+    match super::packed(g, n) {
+        Some((bits, _)) => pack(&t, bits),
+        None => t,
+    }
+}
+
 /// Per output channel of a convolution, the sum of its weights (empty if not constant).
 fn channel_sums(g: &Graph, n: NodeId) -> Vec<i32> {
     let node = g.node(n);
@@ -643,10 +651,7 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             let (t, wsum) = columns(g, n);
             let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
             let mut v = requant_tables(q);
-            v.push(match super::packed(g, n) {
-                Some((bits, _)) => pack(&t, bits),
-                None => t,
-            });
+            v.push(packed_columns(g, n, t));
             v.push(tables_i32(&zsum));
             v
         }
@@ -655,15 +660,22 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             let nn = g.value(node.inputs[1]).ty.shape[1];
             let m: Vec<i32> = q.requant.iter().map(|r| r.multiplier).collect();
             let s: Vec<i32> = q.requant[..nn].iter().map(|r| r.shift).collect();
-            vec![tables_i32(&m), tables_i32(&s), t, tables_i32(&block_sums(g, n, *block))]
+            vec![
+                tables_i32(&m),
+                tables_i32(&s),
+                packed_columns(g, n, t),
+                tables_i32(&block_sums(g, n, *block)),
+            ]
         }
-        Op::DynMatMul { weight_scales, block } => {
+        Op::DynMatMul {
+            weight_scales, block, ..
+        } => {
             let (t, wsum) = columns(g, n);
             let wsum = match *block {
                 0 => wsum,
                 b => block_sums(g, n, b),
             };
-            vec![tables_f32(weight_scales), t, tables_i32(&wsum)]
+            vec![tables_f32(weight_scales), packed_columns(g, n, t), tables_i32(&wsum)]
         }
         Op::DynConv {
             window, weight_scales, ..
@@ -716,7 +728,9 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
     let rows = numel(g, node.outputs[0]) / nn.max(1);
     let has_bias = node.inputs.len() > 2;
     let (per_channel, block) = match &node.op {
-        Op::DynMatMul { weight_scales, block } => (weight_scales.len() > 1, *block as i64),
+        Op::DynMatMul {
+            weight_scales, block, ..
+        } => (weight_scales.len() > 1, *block as i64),
         _ => (false, 0),
     };
     fx.for_n(rows, &mut |fx, r| {

@@ -187,17 +187,19 @@ fn dequantize(cx: &mut Ctx, x: ValueId, p: &Params, out: &str) -> Result<ValueId
 
 /// The integer grid a dequantized constant lies on, in int8 terms for uint8 data (zero
 /// point shifted by 128): one scale per tensor, per axis or per block. A negative scale
-/// (ONNX Runtime's symmetric 4-bit quantizer writes them, to reach -8) is the same grid
-/// as its magnitude with the integers and zero point negated.
+/// (ONNX Runtime's symmetric 4-bit quantizer writes them, to reach -8) is kept in a blocked
+/// grid, whose ops take signed scales, so the model's own integers stay in 4 bits; per tensor
+/// or per axis it is the same grid as its magnitude with the integers and zero point negated.
 fn grid(p: &Params, from: Scalar) -> Option<QParams> {
     if p.scales.contains(&0.0) {
         return None;
     }
     let shift = if from == Scalar::U8 { 128 } else { 0 };
+    let signed = p.block > 0;
     let zps: Vec<i32> = (p.zero_points.iter().zip(&p.scales))
-        .map(|(&z, &s)| ((z - shift) as i32) * if s < 0.0 { -1 } else { 1 })
+        .map(|(&z, &s)| ((z - shift) as i32) * if s < 0.0 && !signed { -1 } else { 1 })
         .collect();
-    let scales: Vec<f32> = p.scales.iter().map(|s| s.abs()).collect();
+    let scales: Vec<f32> = (p.scales.iter()).map(|&s| if signed { s } else { s.abs() }).collect();
     Some(match p.axis {
         None => QParams::PerTensor {
             scale: scales[0],
