@@ -497,14 +497,20 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![plain(Scalar::F32, s)])
         }
-        QAdd(a) if inputs.len() == 2 && inputs.iter().all(|t| t.dtype.scalar == Scalar::I16) => {
+        QAdd(_) | QMul(_) if inputs.len() == 2 && inputs.iter().all(|t| t.dtype.scalar == Scalar::I16) => {
+            // the int16 of 16x8 layers
             let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
                 IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
             })?;
-            if a.act_min < -32768 || a.act_max > 32767 || a.act_min > a.act_max {
-                return err(op, format!("bad activation range {}..={}", a.act_min, a.act_max));
+            let (scale, zp, lo, hi) = match op {
+                QAdd(a) => (a.output_scale, a.output_zp, a.act_min, a.act_max),
+                QMul(m) => (m.output_scale, m.output_zp, m.act_min, m.act_max),
+                _ => unreachable!(),
+            };
+            if lo < -32768 || hi > 32767 || lo > hi {
+                return err(op, format!("bad activation range {lo}..={hi}"));
             }
-            Ok(vec![qtype(Scalar::I16, a.output_scale, a.output_zp, s)])
+            Ok(vec![qtype(Scalar::I16, scale, zp, s)])
         }
         QAdd(_) | QMul(_) => {
             arity(op, inputs, 2, 2)?;

@@ -339,9 +339,11 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             );
         }
         Op::QMul(m) => {
+            // int8, or the int16 of 16x8 layers (zero points 0: the product fits int32_t)
+            let t = if wide_input(g, n) { "int16_t" } else { "int8_t" };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = (int8_t)kiln_clamp(kiln_mbqm(p, {}, {}) + {}, {}, {});",
+                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = ({t})kiln_clamp(kiln_mbqm(p, {}, {}) + {}, {}, {});",
                     o[1],
                     m.a_zp,
                     o[2],

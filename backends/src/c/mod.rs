@@ -170,7 +170,9 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         | Op::Expand { .. } => true,
         Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar == Scalar::F32,
         Op::Pad { .. } => {
-            f32_io(g, n) || (g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8 && node.inputs.len() == 2)
+            f32_io(g, n)
+                || (matches!(g.value(node.inputs[0]).ty.dtype.scalar, Scalar::I8 | Scalar::I16)
+                    && node.inputs.len() == 2)
         }
         Op::Unary(UnaryOp::Not) => g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool,
         Op::Unary(u) => f32_io(g, n) && unary_ok(*u),

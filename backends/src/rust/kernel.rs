@@ -801,10 +801,15 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
                 p.act_max
             );
             format!(
-                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.apply(p, q));",
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.{}(p, q));",
                 list(&bcast(&x0s, &o0)),
                 list(&bcast(shape(g, ins[1]), &o0)),
-                list(&o0)
+                list(&o0),
+                if scalar(g, ins[0]) == Scalar::I16 {
+                    "apply16"
+                } else {
+                    "apply"
+                }
             )
         }
         Op::QSoftmax { axis, exp_table } => {

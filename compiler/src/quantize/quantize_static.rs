@@ -242,10 +242,6 @@ impl Rewriter<'_> {
     }
 
     /// Whether `v` was computed as int8 (so layout ops can move it as it is).
-    fn has_int8(&self, v: ValueId) -> bool {
-        self.int.get(&v).is_some_and(|(_, q)| q.bits == 8)
-    }
-
     /// The `bits`-wide integer version of `v`: as computed, else a quantized constant, a
     /// `Requant` of the other width's version, or a Quantize of its float version.
     fn int_bits(&mut self, v: ValueId, bits: u8) -> Result<(ValueId, Q), QuantError> {
@@ -586,7 +582,22 @@ impl Rewriter<'_> {
                 let grid = model_grid(&mut self.notes, &node.name, &b, 1);
                 self.matmul(n, (&b.to_f32_vec(), b.shape[0], b.shape[1]), grid, None, (None, None))?;
             }
-            // A binary op with a scalar constant is a function of one int8: a table.
+            // A binary op with a scalar constant is a function of one integer: after a 16x8
+            // layer the interpolated int16 table, else the int8 table.
+            Op::Binary(_)
+                if self.scalar_const_operand(&node).is_some_and(|(slot, _)| {
+                    self.int.get(&node.inputs[1 - slot]).is_some_and(|(_, q)| q.bits == 16)
+                }) =>
+            {
+                let (slot, c) = self.scalar_const_operand(&node).expect("checked");
+                let (x, px) = self.int_bits(node.inputs[1 - slot], 16)?;
+                let po = match self.pins.get(&out) {
+                    Some(&p) if p.bits == 16 => p,
+                    _ => self.out_params_bits(out, 16)?,
+                };
+                let op = lut16(&node.op, px, po, Some((slot, &c)))?;
+                self.emit_int(n, op, vec![x], out, po);
+            }
             Op::Binary(_) if self.scalar_const_operand(&node).is_some() => {
                 let (slot, c) = self.scalar_const_operand(&node).expect("checked");
                 let x_slot = 1 - slot;
@@ -596,9 +607,15 @@ impl Rewriter<'_> {
                 self.emit_int(n, op, vec![x], out, po);
             }
             Op::Binary(kiln_ir::op::BinaryOp::Mul) => {
-                let (a, pa) = self.int_of(node.inputs[0])?;
-                let (b, pb) = self.int_of(node.inputs[1])?;
-                let po = self.out_params(out)?;
+                // int16 when both sides come from 16x8 layers (zero points 0), else int8
+                let wide = node
+                    .inputs
+                    .iter()
+                    .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16));
+                let bits = if wide { 16 } else { 8 };
+                let (a, pa) = self.int_bits(node.inputs[0], bits)?;
+                let (b, pb) = self.int_bits(node.inputs[1], bits)?;
+                let po = self.out_params_bits(out, bits)?;
                 let requant = rt::quantize_multiplier(pa.scale as f64 * pb.scale as f64 / po.scale as f64)
                     .ok_or_else(|| QuantError::Scale(node.name.clone(), "output".into()))?;
                 let op = Op::QMul(QMul {
@@ -607,8 +624,8 @@ impl Rewriter<'_> {
                     output_scale: po.scale,
                     output_zp: po.zp,
                     requant,
-                    act_min: -128,
-                    act_max: 127,
+                    act_min: po.range().0,
+                    act_max: po.range().1,
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }
@@ -652,7 +669,7 @@ impl Rewriter<'_> {
                     (UnaryOp::Sigmoid | UnaryOp::Tanh, _) => Q::new(1.0 / 32768.0, 0, 16),
                     _ => self.out_params_bits(out, 16)?,
                 };
-                let op = lut16(&node.op, px, po)?;
+                let op = lut16(&node.op, px, po, None)?;
                 self.emit_int(n, op, vec![x], out, po);
             }
             Op::Unary(u) => {
@@ -696,15 +713,60 @@ impl Rewriter<'_> {
                     _ => self.emit_int(n, op, vec![x], out, po),
                 }
             }
-            Op::Pad { .. } if self.has_int8(node.inputs[0]) => {
-                // Padding with the input's own scale: the fill value becomes one int8 constant.
-                let (x, px) = self.int_of(node.inputs[0])?;
+            Op::Pad { .. } if self.int.contains_key(&node.inputs[0]) => {
+                // Padding with the input's own scale (int8, or the int16 of a 16x8 layer): the
+                // fill value becomes one integer constant.
+                let (x, px) = self.int[&node.inputs[0]];
                 let fill = cst(1).map_or(0.0, |t| t.to_f32_vec().first().copied().unwrap_or(0.0));
-                let mut t = Tensor::from_vec(vec![], vec![px.quantize(fill) as i8]);
+                let mut t = if px.bits == 16 {
+                    Tensor::from_vec(vec![], vec![px.quantize(fill) as i16])
+                } else {
+                    Tensor::from_vec(vec![], vec![px.quantize(fill) as i8])
+                };
                 t.quant = px.dtype().quant;
                 let name = format!("{}:fill", node.name);
                 let fv = self.dst.add_const(&self.dst.fresh_name(&name), t);
                 self.emit_int(n, node.op.clone(), vec![x, fv], out, px);
+            }
+            Op::Concat { .. }
+                if node
+                    .inputs
+                    .iter()
+                    .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16)) =>
+            {
+                // All from 16x8 layers: int16 throughout, each input moved to the output's
+                // scale by an integer rescale, then copied.
+                let po = self.out_params_bits(out, 16)?;
+                let mut ins = Vec::new();
+                for &v in &node.inputs {
+                    let (q, pq) = self.int[&v];
+                    if pq == po {
+                        ins.push(q);
+                        continue;
+                    }
+                    let requant = rt::quantize_multiplier(pq.scale as f64 / po.scale as f64)
+                        .ok_or_else(|| QuantError::Scale(node.name.clone(), "input".into()))?;
+                    let op = Op::Requant {
+                        to: Scalar::I16,
+                        input_zp: pq.zp,
+                        requant,
+                        scale: po.scale,
+                        zero_point: po.zp,
+                    };
+                    let ty = TensorType::new(po.dtype(), self.src.value(v).ty.shape.clone());
+                    let name = format!("{}:to_{}", self.name(v), node.name);
+                    let r = self
+                        .dst
+                        .add_node_typed(
+                            &format!("{name}:requant"),
+                            op,
+                            vec![q],
+                            vec![(self.dst.fresh_name(&name), ty)],
+                        )
+                        .1[0];
+                    ins.push(r);
+                }
+                self.emit_int(n, node.op.clone(), ins, out, po);
             }
             Op::Concat { .. } => {
                 // Each input is brought to the output's scale by a table, then copied.
@@ -1134,13 +1196,19 @@ fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op, 
 
 /// The 513-entry int16 table of a one-input function (`kiln_runtime::lut16`): the
 /// evaluator's float kernel of `op` at every 128th int16 input, quantized to `po`.
-fn lut16(op: &Op, px: Q, po: Q) -> Result<Op, QuantError> {
+/// A binary op's `constant` operand goes in its slot, as for `lut`.
+fn lut16(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op, QuantError> {
     let xs: Vec<f32> = (0..rt::LUT16_LEN as i32)
         .map(|j| (j * 128 - 32768) as f32 * px.scale)
         .collect();
     let t = Tensor::from_vec(vec![rt::LUT16_LEN], xs);
     let ty = TensorType::new(DType::plain(Scalar::F32), vec![rt::LUT16_LEN]);
-    let y = kiln_ir::eval::eval_node(op, &[&t], &[ty]).map_err(QuantError::Eval)?;
+    let args: Vec<&Tensor> = match constant {
+        None => vec![&t],
+        Some((1, c)) => vec![&t, c],
+        Some((_, c)) => vec![c, &t],
+    };
+    let y = kiln_ir::eval::eval_node(op, &args, &[ty]).map_err(QuantError::Eval)?;
     Ok(Op::Lut16 {
         table: y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i16).collect(),
         scale: po.scale,

@@ -321,18 +321,19 @@ pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Te
     Ok(Tensor::new(out.to_vec(), narrow(scalar, y)))
 }
 
+/// TFLite's integer Mul, int8 or the int16 of 16x8 layers (whose product fits i32).
 pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
-    let (av, bv): (&[i8], &[i8]) = (sl(a), sl(b));
+    let (av, bv) = (ints(a), ints(b));
     let (oa, ob) = (broadcast_offsets(&a.shape, out), broadcast_offsets(&b.shape, out));
-    let y: Vec<i8> = oa
+    let y: Vec<i32> = oa
         .iter()
         .zip(&ob)
         .map(|(&i, &j)| {
-            let prod = (av[i] as i32 - p.a_zp) * (bv[j] as i32 - p.b_zp);
-            (rt::multiply_by_quantized_multiplier(prod, p.requant) + p.output_zp).clamp(p.act_min, p.act_max) as i8
+            let prod = (av[i] - p.a_zp) * (bv[j] - p.b_zp);
+            (rt::multiply_by_quantized_multiplier(prod, p.requant) + p.output_zp).clamp(p.act_min, p.act_max)
         })
         .collect();
-    Tensor::from_vec(out.to_vec(), y)
+    Tensor::new(out.to_vec(), narrow(a.data.scalar(), y))
 }
 
 pub(crate) fn softmax(axis: usize, exp_table: &[i32], x: &Tensor) -> Tensor {

@@ -496,8 +496,19 @@ pub struct QMul {
 impl QMul {
     #[inline]
     pub fn apply(&self, a: i8, b: i8) -> i8 {
-        let prod = (a as i32 - self.a_zp) * (b as i32 - self.b_zp);
-        (mbqm(prod, self.requant) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+        self.mul(a as i32, b as i32) as i8
+    }
+
+    /// The int16 Mul of 16x8 layers (zero points 0, so the product fits i32).
+    #[inline]
+    pub fn apply16(&self, a: i16, b: i16) -> i16 {
+        self.mul(a as i32, b as i32) as i16
+    }
+
+    #[inline]
+    fn mul(&self, a: i32, b: i32) -> i32 {
+        let prod = (a - self.a_zp) * (b - self.b_zp);
+        (mbqm(prod, self.requant) + self.output_zp).clamp(self.act_min, self.act_max)
     }
 }
 

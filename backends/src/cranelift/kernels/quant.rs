@@ -467,12 +467,8 @@ pub(crate) fn lut16(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
     });
 }
 
-/// Walks the output of a broadcasting two-input integer op: `body(fx, a_ptr, b_ptr, out_ptr)`.
-fn broadcast2(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, body: &mut dyn FnMut(&mut Fx, Value, Value, Value)) {
-    broadcast2_sized(fx, g, n, a, 1, body)
-}
-
-/// As `broadcast2` for elements of `es` bytes.
+/// Walks the output of a broadcasting two-input integer op with elements of `es` bytes:
+/// `body(fx, a_ptr, b_ptr, out_ptr)`.
 fn broadcast2_sized(
     fx: &mut Fx,
     g: &Graph,
@@ -506,16 +502,28 @@ fn broadcast2_sized(
 }
 
 pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
-    broadcast2(fx, g, n, a, &mut |fx, pa, pb, po| {
-        let xa = load_i8(fx, pa);
-        let xb = load_i8(fx, pb);
+    let wide = g.value(g.node(n).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
+    let load = move |fx: &mut Fx, p: Value| {
+        if wide {
+            fx.b.ins().sload16(I32, flags(), p, 0)
+        } else {
+            load_i8(fx, p)
+        }
+    };
+    broadcast2_sized(fx, g, n, a, if wide { 2 } else { 1 }, &mut |fx, pa, pb, po| {
+        let xa = load(fx, pa);
+        let xb = load(fx, pb);
         let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
         let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
         let p = fx.b.ins().imul(xa, xb);
         let r = mbqm_const(fx, p, q.requant);
         let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
         let r = clamp(fx, r, q.act_min, q.act_max);
-        store_i8(fx, r, po);
+        if wide {
+            fx.b.ins().istore16(flags(), r, po, 0);
+        } else {
+            store_i8(fx, r, po);
+        }
     });
 }
 
