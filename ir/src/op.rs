@@ -567,6 +567,13 @@ pub enum Op {
         scale: f32,
         zero_point: i32,
     },
+    /// `[x: i16<s, 0>] -> [y: i16<1/32768, 0>]`: softmax along `axis` of the int16 of a 16x8
+    /// layer, `requant` taking `x - max` onto the exponential table's domain
+    /// (`kiln_runtime::softmax_i16`; the table is `kiln_runtime::softmax16_exp_table`).
+    QSoftmax16 {
+        axis: usize,
+        requant: Requant,
+    },
     /// `[x: i16] -> [y: i16<scale, 0>]`, a one-input function of an int16 as 513 samples
     /// with integer interpolation between them (`kiln_runtime::lut16`).
     Lut16 {
@@ -706,6 +713,7 @@ impl Op {
             Op::QAdd(_) => "QAdd",
             Op::QMul(_) => "QMul",
             Op::QSoftmax { .. } => "QSoftmax",
+            Op::QSoftmax16 { .. } => "QSoftmax16",
             Op::Lut { .. } => "Lut",
             Op::Lut16 { .. } => "Lut16",
             Op::Requant { .. } => "Requant",

@@ -525,6 +525,16 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             };
             Ok(vec![qtype(Scalar::I8, scale, zp, s)])
         }
+        QSoftmax16 { axis, requant } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I16 || *axis >= x().shape.len() || x().shape[*axis] > 1 << 16 {
+                return err(op, "softmax of i16 along an existing axis of at most 65536");
+            }
+            if !(-31..=30).contains(&requant.shift) || requant.multiplier <= 0 {
+                return err(op, "the rescale must be a positive factor");
+            }
+            Ok(vec![qtype(Scalar::I16, 1.0 / 32768.0, 0, x().shape.clone())])
+        }
         QSoftmax { axis, exp_table } => {
             arity(op, inputs, 1, 1)?;
             if x().dtype.scalar != Scalar::I8 || exp_table.len() != 256 || *axis >= x().shape.len() {

@@ -820,6 +820,17 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let t = table(items, &format!("T{kk}"), "i32", exp_table);
             format!("k::int::qsoftmax(x0, y0, {len}, &{t});")
         }
+        Op::QSoftmax16 { axis, requant } => {
+            let (_, len, inner) = split_axis(&x0s, *axis);
+            if inner != 1 {
+                return None;
+            }
+            let t = table(items, &format!("T{kk}"), "i16", &kiln_runtime::softmax16_exp_table());
+            format!(
+                "k::int::qsoftmax16(x0, y0, {len}, kiln_runtime::Requant {{ multiplier: {}, shift: {} }}, &{t});",
+                requant.multiplier, requant.shift
+            )
+        }
         Op::Lut { table: t, .. } if t.len() == 256 => {
             let t = table(items, &format!("T{kk}"), "i8", t);
             format!("k::int::lut(x0, y0, &{t});")

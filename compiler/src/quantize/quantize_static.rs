@@ -683,6 +683,41 @@ impl Rewriter<'_> {
                 let op = lut(&node.op, px, po, None)?;
                 self.emit_int(n, op, vec![x], out, po);
             }
+            // after a 16x8 layer: int16 softmax, probabilities in steps of 1/32768
+            Op::Softmax { axis }
+                if self.int.get(&node.inputs[0]).is_some_and(|(_, q)| q.bits == 16)
+                    && self.src.value(node.inputs[0]).ty.shape[*axis] <= 1 << 16 =>
+            {
+                let (x, px) = self.int_bits(node.inputs[0], 16)?;
+                let requant = rt::softmax16_requant(px.scale)
+                    .ok_or_else(|| QuantError::Scale(node.name.clone(), "input".into()))?;
+                let po = Q::new(1.0 / 32768.0, 0, 16);
+                let op = Op::QSoftmax16 { axis: *axis, requant };
+                match self.pins.get(&out) {
+                    // the model's own output parameters: an integer rescale to them
+                    Some(&pin) if pin != po => {
+                        let ty = TensorType::new(po.dtype(), self.src.value(out).ty.shape.clone());
+                        let name = self.dst.fresh_name(&format!("{}:softmax", self.name(out)));
+                        let t = self.dst.add_node_typed(&node.name, op, vec![x], vec![(name, ty)]).1[0];
+                        let requant = rt::quantize_multiplier(po.scale as f64 / pin.scale as f64)
+                            .ok_or_else(|| QuantError::Scale(node.name.clone(), "output".into()))?;
+                        let op = Op::Requant {
+                            to: pin.scalar(),
+                            input_zp: 0,
+                            requant,
+                            scale: pin.scale,
+                            zero_point: pin.zp,
+                        };
+                        let ty = TensorType::new(pin.dtype(), self.src.value(out).ty.shape.clone());
+                        let name = format!("{}:q", self.name(out));
+                        let r = (self.dst)
+                            .add_node_typed(&format!("{}:requant", node.name), op, vec![t], vec![(name, ty)])
+                            .1[0];
+                        self.int.insert(out, (r, pin));
+                    }
+                    _ => self.emit_int(n, op, vec![x], out, po),
+                }
+            }
             Op::Softmax { axis } if self.src.value(node.inputs[0]).ty.shape[*axis] <= rt::SOFTMAX_MAX_LEN => {
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let po = Q::int8(1.0 / 256.0, -128);

@@ -359,6 +359,29 @@ pub(crate) fn softmax(axis: usize, exp_table: &[i32], x: &Tensor) -> Tensor {
     Tensor::from_vec(x.shape.clone(), y)
 }
 
+pub(crate) fn softmax16(axis: usize, r: crate::op::Requant, x: &Tensor) -> Tensor {
+    let xv: &[i16] = sl(x);
+    let table = rt::softmax16_exp_table();
+    let len = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let outer: usize = x.shape[..axis].iter().product();
+    let mut y = vec![0i16; xv.len()];
+    let (mut row, mut out) = (vec![0i16; len], vec![0i16; len]);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * len + k) * inner + i;
+            for (k, r) in row.iter_mut().enumerate() {
+                *r = xv[at(k)];
+            }
+            rt::softmax_i16(&row, r, &table, &mut out);
+            for (k, &v) in out.iter().enumerate() {
+                y[at(k)] = v;
+            }
+        }
+    }
+    Tensor::from_vec(x.shape.clone(), y)
+}
+
 pub(crate) fn lut(table: &[i8], x: &Tensor) -> Tensor {
     let v: Vec<i8> = sl::<i8>(x).iter().map(|&q| table[(q as i32 + 128) as usize]).collect();
     Tensor::from_vec(x.shape.clone(), v)

@@ -512,6 +512,14 @@ impl QMul {
     }
 }
 
+/// Int16 softmax ([`crate::softmax_i16`]) of each contiguous row of `len` (the last axis).
+#[inline]
+pub fn qsoftmax16(x: &[i16], y: &mut [i16], len: usize, r: Requant, table: &[i16]) {
+    for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+        crate::softmax_i16(xr, r, table, yr);
+    }
+}
+
 /// Integer softmax of each contiguous row of `len` (the last axis).
 #[inline]
 pub fn qsoftmax(x: &[i8], y: &mut [i8], len: usize, exp_table: &[i32]) {

@@ -127,7 +127,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         Op::Dequantize { .. } => matches!(scalar(0), Scalar::I8 | Scalar::U8 | Scalar::I16),
         Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::QBlockMatMul { .. } => true,
+        Op::QBlockMatMul { .. } | Op::QSoftmax16 { .. } => true,
         Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
         Op::DynMatMul { .. } => true,
@@ -186,6 +186,7 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         | Op::QBlockMatMul { .. }
         | Op::QConv { .. }
         | Op::QSoftmax { .. }
+        | Op::QSoftmax16 { .. }
         | Op::DynConv { .. }
         | Op::DynMatMul { .. } => quant::aux(g, n),
         Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
@@ -322,6 +323,7 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
+        Op::QSoftmax16 { axis, requant } => quant::softmax16(fx, g, n, *axis, *requant, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
         Op::Lut16 { .. } => quant::lut16(fx, g, n, a),
         Op::Requant {

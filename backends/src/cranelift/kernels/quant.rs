@@ -655,6 +655,12 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
         Op::Lut16 { table, .. } => vec![table.iter().flat_map(|v| v.to_le_bytes()).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
+        Op::QSoftmax16 { .. } => vec![
+            kiln_runtime::softmax16_exp_table()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ],
         Op::QMatMul { q } => {
             let (t, wsum) = columns(g, n);
             let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
@@ -1763,6 +1769,75 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) 
                 let q = fx.b.ins().smin(q, top);
                 let q = fx.b.ins().ireduce(I32, q);
                 store_i8(fx, q, p[1]);
+            });
+        });
+    });
+}
+
+/// `kiln_runtime::softmax_i16` along `axis` (the exponential table in aux 0).
+pub(crate) fn softmax16(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, r: Requant, a: &Args) {
+    let shape = g.value(g.node(n).inputs[0]).ty.shape.clone();
+    let len = shape[axis] as i64;
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
+    let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
+    let table = a.aux[0];
+    fx.for_n(outer, &mut |fx, o| {
+        fx.for_n(inner, &mut |fx, i| {
+            let base = fx.mul_imm(o, len * inner);
+            let base = fx.b.ins().iadd(base, i);
+            let xrow = fx.addr(a.ins[0], base, 2);
+            let yrow = fx.addr(a.outs[0], base, 2);
+            let m = fx.b.declare_var(I32);
+            let init = c32(fx, -32768);
+            fx.b.def_var(m, init);
+            fx.for_ptrs(len, &[(xrow, 2 * inner)], &mut |fx, p| {
+                let x = fx.b.ins().sload16(I32, flags(), p[0], 0);
+                let cur = fx.b.use_var(m);
+                let nv = fx.b.ins().smax(cur, x);
+                fx.b.def_var(m, nv);
+            });
+            let mv = fx.b.use_var(m);
+            // exp of x - max from the table, interpolated as `lut16`, widened to i64
+            let exp_of = |fx: &mut Fx, p: Value| -> Value {
+                let x = fx.b.ins().sload16(I32, flags(), p, 0);
+                let d = fx.b.ins().isub(x, mv);
+                let s = mbqm_const(fx, d, r);
+                let s = fx.b.ins().iadd_imm_s(s, 32767);
+                let u = clamp(fx, s, -32768, 32767);
+                let u = fx.b.ins().iadd_imm_s(u, 32768);
+                let j = fx.b.ins().sshr_imm_s(u, 7);
+                let f = fx.b.ins().band_imm_s(u, 127);
+                let j = fx.b.ins().uextend(I64, j);
+                let t = fx.addr(table, j, 2);
+                let b = fx.b.ins().sload16(I32, flags(), t, 0);
+                let nx = fx.b.ins().sload16(I32, flags(), t, 2);
+                let d = fx.b.ins().isub(nx, b);
+                let d = fx.b.ins().imul(d, f);
+                let d = fx.b.ins().iadd_imm_s(d, 64);
+                let d = fx.b.ins().sshr_imm_s(d, 7);
+                let e = fx.b.ins().iadd(b, d);
+                fx.b.ins().sextend(I64, e)
+            };
+            let sum = fx.b.declare_var(I64);
+            let zero = fx.i(0);
+            fx.b.def_var(sum, zero);
+            fx.for_ptrs(len, &[(xrow, 2 * inner)], &mut |fx, p| {
+                let e = exp_of(fx, p[0]);
+                let cur = fx.b.use_var(sum);
+                let nv = fx.b.ins().iadd(cur, e);
+                fx.b.def_var(sum, nv);
+            });
+            let s = fx.b.use_var(sum);
+            let s2 = fx.b.ins().iadd(s, s);
+            fx.for_ptrs(len, &[(xrow, 2 * inner), (yrow, 2 * inner)], &mut |fx, p| {
+                let e = exp_of(fx, p[0]);
+                let num = fx.b.ins().imul_imm_s(e, 65536);
+                let num = fx.b.ins().iadd(num, s);
+                let q = fx.b.ins().sdiv(num, s2);
+                let top = fx.i(32767);
+                let q = fx.b.ins().smin(q, top);
+                let q = fx.b.ins().ireduce(I32, q);
+                fx.b.ins().istore16(flags(), q, p[1], 0);
             });
         });
     });
