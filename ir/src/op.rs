@@ -568,11 +568,12 @@ pub enum Op {
         zero_point: i32,
     },
     /// `[x: i16<s, 0>] -> [y: i16<1/32768, 0>]`: softmax along `axis` of the int16 of a 16x8
-    /// layer, `requant` taking `x - max` onto the exponential table's domain
-    /// (`kiln_runtime::softmax_i16`; the table is `kiln_runtime::softmax16_exp_table`).
+    /// layer, the exponential of `max - x` as the product of two 256-entry Q30 tables
+    /// (`kiln_runtime::softmax_i16`, `softmax16_tables`).
     QSoftmax16 {
         axis: usize,
-        requant: Requant,
+        exp_hi: Arc<[i32]>,
+        exp_lo: Arc<[i32]>,
     },
     /// `[x: i16] -> [y: i16<scale, 0>]`, a one-input function of an int16 as 513 samples
     /// with integer interpolation between them (`kiln_runtime::lut16`).

@@ -525,13 +525,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             };
             Ok(vec![qtype(Scalar::I8, scale, zp, s)])
         }
-        QSoftmax16 { axis, requant } => {
+        QSoftmax16 { axis, exp_hi, exp_lo } => {
             arity(op, inputs, 1, 1)?;
             if x().dtype.scalar != Scalar::I16 || *axis >= x().shape.len() || x().shape[*axis] > 1 << 16 {
                 return err(op, "softmax of i16 along an existing axis of at most 65536");
             }
-            if !(-31..=30).contains(&requant.shift) || requant.multiplier <= 0 {
-                return err(op, "the rescale must be a positive factor");
+            // Q30 exponentials: at most 1.0, and exp(0) = 1.0 so no row sums to zero
+            let q30 = |t: &[i32]| t.len() == 256 && t[0] == 1 << 30 && t.iter().all(|&v| (0..=1 << 30).contains(&v));
+            if !q30(exp_hi) || !q30(exp_lo) {
+                return err(op, "takes two 256-entry Q30 exponential tables starting at 1.0");
             }
             Ok(vec![qtype(Scalar::I16, 1.0 / 32768.0, 0, x().shape.clone())])
         }

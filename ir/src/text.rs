@@ -182,7 +182,7 @@ pub fn attrs(op: &Op) -> String {
             m.act_max
         ),
         Op::QSoftmax { axis, exp_table } => format!("axis={axis} exp[1]={}", exp_table[1]),
-        Op::QSoftmax16 { axis, requant } => format!("axis={axis} rescale={}", rq(requant)),
+        Op::QSoftmax16 { axis, exp_lo, .. } => format!("axis={axis} exp_lo[1]={}", exp_lo[1]),
         Op::Lut { table, zero_point, .. } => {
             // A short fingerprint: the table is data, but a changed table must show in a diff.
             let h = table.iter().fold(0xcbf29ce484222325u64, |h, &b| {

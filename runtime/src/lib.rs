@@ -262,20 +262,16 @@ pub fn softmax_i8(row: &[i8], exp_table: &[i32], out: &mut [i8]) {
     }
 }
 
-/// How far below a row's maximum the int16 softmax ([`softmax_i16`]) still resolves the
-/// exponential; beyond it exp is its value at this point (4.5e-5).
-pub const SOFTMAX16_RANGE: f64 = 10.0;
-
-/// Integer softmax of one int16 row (16x8 layers, scale `s`): each `x - max` rescaled by `r`
-/// ([`softmax16_requant`]) onto the int16 domain of [`softmax16_exp_table`], which spans
-/// `[-SOFTMAX16_RANGE, 0]`, its exponential read from that table by [`lut16`], and the result
-/// `e * 32768 / sum` rounded half up, saturated to 32767 (output scale 1/32768, zero point 0).
-/// Rows hold at most 65536 values, so the sum fits i32.
-pub fn softmax_i16(row: &[i16], r: Requant, table: &[i16], out: &mut [i16]) {
+/// Integer softmax of one int16 row (16x8 layers): the exponential of each difference from
+/// the row's maximum, `d` input steps, is `hi[d >> 8] * lo[d & 255]` in Q30
+/// ([`softmax16_tables`]: exp of a 256-step and of a one-step multiple, so exact to the
+/// tables' rounding), and the result `e * 32768 / sum` rounded half up, saturated to 32767
+/// (output scale 1/32768, zero point 0). Rows hold at most 65536 values.
+pub fn softmax_i16(row: &[i16], hi: &[i32], lo: &[i32], out: &mut [i16]) {
     let max = row.iter().copied().max().unwrap_or(0) as i32;
     let e = |x: i16| {
-        let u = (multiply_by_quantized_multiplier(x as i32 - max, r) + 32767).clamp(-32768, 32767);
-        lut16(table, u as i16) as i64
+        let d = (max - x as i32) as usize;
+        (hi[d >> 8] as i64 * lo[d & 255] as i64 + (1 << 29)) >> 30
     };
     let sum: i64 = row.iter().map(|&x| e(x)).sum();
     for (o, &x) in out.iter_mut().zip(row) {
@@ -283,22 +279,16 @@ pub fn softmax_i16(row: &[i16], r: Requant, table: &[i16], out: &mut [i16]) {
     }
 }
 
-/// The rescale of [`softmax_i16`] for an input scale: `x - max` in steps of `scale_in` to
-/// steps of `SOFTMAX16_RANGE / 65535`.
-pub fn softmax16_requant(scale_in: f32) -> Option<Requant> {
-    quantize_multiplier(scale_in as f64 * 65535.0 / SOFTMAX16_RANGE).filter(|r| r.multiplier > 0)
-}
-
-/// The exponential table of [`softmax_i16`]: at int16 input `u`, `exp((u - 32767) *
-/// SOFTMAX16_RANGE / 65535) * 32767`, rounded and capped at 32767, in [`lut16`]'s layout.
-pub fn softmax16_exp_table() -> [i16; LUT16_LEN] {
-    let mut t = [0i16; LUT16_LEN];
-    for (j, v) in t.iter_mut().enumerate() {
-        let arg = ((j as i64 * 128 - 32768) - 32767) as f64 * SOFTMAX16_RANGE / 65535.0;
-        let e = if arg >= 0.0 { 1.0 } else { exp_neg(-arg) };
-        *v = ((e * 32767.0 + 0.5) as i64).min(32767) as i16;
+/// The Q30 tables of [`softmax_i16`] for an input scale: `exp(-256 k scale)` and
+/// `exp(-k scale)` for `k` in 0..256.
+pub fn softmax16_tables(scale_in: f32) -> ([i32; 256], [i32; 256]) {
+    let (mut hi, mut lo) = ([0i32; 256], [0i32; 256]);
+    for k in 0..256 {
+        let q30 = |x: f64| (exp_neg(x) * (1u64 << 30) as f64 + 0.5) as i32;
+        hi[k] = q30(256.0 * k as f64 * scale_in as f64);
+        lo[k] = q30(k as f64 * scale_in as f64);
     }
-    t
+    (hi, lo)
 }
 
 /// The Q16 exponential table of [`softmax_i8`] for an input scale.

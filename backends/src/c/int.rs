@@ -48,10 +48,8 @@ static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
     return (int64_t)((uint64_t)x * (uint64_t)m16 + ((uint64_t)1 << (total - 1))) >> total;
 }
 static inline int32_t kiln_clamp64(int64_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : (int32_t)v); }
-static inline int32_t kiln_exp16(const int16_t *t, int32_t x, int32_t mult, int32_t shift) {
-    int32_t u = kiln_clamp(kiln_mbqm(x, mult, shift) + 32767, -32768, 32767) + 32768, j = u >> 7, f = u & 127;
-    int32_t b = kiln_rom_i16(&t[j]), d = (kiln_rom_i16(&t[j + 1]) - b) * f;
-    return b + ((d + 64) >> 7);
+static inline int64_t kiln_exp16(const int32_t *hi, const int32_t *lo, int32_t d) {
+    return ((int64_t)kiln_rom_i32(&hi[d >> 8]) * kiln_rom_i32(&lo[d & 255]) + ((int64_t)1 << 29)) >> 30;
 }
 static inline int64_t kiln_shift64(int64_t t, int32_t shift) {
     int32_t e = 31 - shift;
@@ -343,28 +341,23 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
                 "        for (k = 0; k < {len}; ++k) {{\n            int64_t q = ((int64_t)kiln_rom_i32(&table[m - x0[{at}]]) * 512 + sum) / (2 * sum);\n            y0[{at}] = (int8_t)(q - 128 > 127 ? 127 : q - 128);\n        }}\n    }}"
             );
         }
-        Op::QSoftmax16 { axis, requant } => {
+        Op::QSoftmax16 { axis, exp_hi, exp_lo } => {
             let len = o0[*axis];
             let inner: usize = o0[axis + 1..].iter().product();
             let outer: usize = o0[..*axis].iter().product();
-            let t: Vec<String> = kiln_runtime::softmax16_exp_table()
-                .iter()
-                .map(|v| v.to_string())
-                .collect();
-            let _ = writeln!(
-                out,
-                "    static const KILN_ROM int16_t table[{}] = {{{}}};",
-                t.len(),
-                t.join(", ")
-            );
+            for (name, t) in [("hi", exp_hi), ("lo", exp_lo)] {
+                let t: Vec<String> = t.iter().map(|v| v.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "    static const KILN_ROM int32_t {name}[256] = {{{}}};",
+                    t.join(", ")
+                );
+            }
             let at = format!("(o * {len} + k) * {inner} + i");
-            let e = format!(
-                "kiln_exp16(table, (int32_t)x0[{at}] - m, {}, {})",
-                requant.multiplier, requant.shift
-            );
+            let e = format!("kiln_exp16(hi, lo, m - (int32_t)x0[{at}])");
             let _ = writeln!(
                 out,
-                "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        int32_t k, m = -32768;\n        int64_t sum = 0;\n        for (k = 0; k < {len}; ++k) if (x0[{at}] > m) m = x0[{at}];\n        for (k = 0; k < {len}; ++k) sum += {e};\n        for (k = 0; k < {len}; ++k) {{\n            int64_t q = ((int64_t){e} * 65536 + sum) / (2 * sum);\n            y0[{at}] = (int16_t)(q > 32767 ? 32767 : q);\n        }}\n    }}"
+                "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        int32_t k, m = -32768;\n        int64_t sum = 0;\n        for (k = 0; k < {len}; ++k) if (x0[{at}] > m) m = x0[{at}];\n        for (k = 0; k < {len}; ++k) sum += {e};\n        for (k = 0; k < {len}; ++k) {{\n            int64_t q = ({e} * 65536 + sum) / (2 * sum);\n            y0[{at}] = (int16_t)(q > 32767 ? 32767 : q);\n        }}\n    }}"
             );
         }
         Op::QMul(m) => {

@@ -820,16 +820,14 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             let t = table(items, &format!("T{kk}"), "i32", exp_table);
             format!("k::int::qsoftmax(x0, y0, {len}, &{t});")
         }
-        Op::QSoftmax16 { axis, requant } => {
+        Op::QSoftmax16 { axis, exp_hi, exp_lo } => {
             let (_, len, inner) = split_axis(&x0s, *axis);
             if inner != 1 {
                 return None;
             }
-            let t = table(items, &format!("T{kk}"), "i16", &kiln_runtime::softmax16_exp_table());
-            format!(
-                "k::int::qsoftmax16(x0, y0, {len}, kiln_runtime::Requant {{ multiplier: {}, shift: {} }}, &{t});",
-                requant.multiplier, requant.shift
-            )
+            let hi = table(items, &format!("H{kk}"), "i32", exp_hi);
+            let lo = table(items, &format!("L{kk}"), "i32", exp_lo);
+            format!("k::int::qsoftmax16(x0, y0, {len}, &{hi}, &{lo});")
         }
         Op::Lut { table: t, .. } if t.len() == 256 => {
             let t = table(items, &format!("T{kk}"), "i8", t);

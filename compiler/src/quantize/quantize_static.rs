@@ -156,6 +156,9 @@ pub fn run_pinned(
     for &v in src.inputs() {
         let cons = src.consumers(v);
         let layout = |n: NodeId| matches!(src.node(n).op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Identity);
+        let next: Vec<NodeId> = (cons.iter())
+            .flat_map(|&n| src.node(n).outputs.iter().flat_map(|&o| src.consumers(o)))
+            .collect();
         let feeds_int = cons.iter().all(|&n| {
             layout(n)
                 && src.node(n).outputs.iter().all(|&o| {
@@ -168,7 +171,9 @@ pub fn run_pinned(
             && (ranges.by_value.contains_key(&v) || pins.contains_key(&v))
             && src.value(v).ty.dtype.scalar == Scalar::F32
         {
-            r.int_bits(v, pins.get(&v).map_or(8, |p| p.bits))?;
+            // at the width of the layers it reaches: 16x8 ones get all 16 bits of the input
+            let wide = next.iter().all(|&m| r.width(m) == 16);
+            r.int_bits(v, pins.get(&v).map_or(if wide { 16 } else { 8 }, |p| p.bits))?;
         }
     }
     for n in src.topo_order().map_err(QuantError::Ir)? {
@@ -689,10 +694,13 @@ impl Rewriter<'_> {
                     && self.src.value(node.inputs[0]).ty.shape[*axis] <= 1 << 16 =>
             {
                 let (x, px) = self.int_bits(node.inputs[0], 16)?;
-                let requant = rt::softmax16_requant(px.scale)
-                    .ok_or_else(|| QuantError::Scale(node.name.clone(), "input".into()))?;
+                let (hi, lo) = rt::softmax16_tables(px.scale);
                 let po = Q::new(1.0 / 32768.0, 0, 16);
-                let op = Op::QSoftmax16 { axis: *axis, requant };
+                let op = Op::QSoftmax16 {
+                    axis: *axis,
+                    exp_hi: hi.to_vec().into(),
+                    exp_lo: lo.to_vec().into(),
+                };
                 match self.pins.get(&out) {
                     // the model's own output parameters: an integer rescale to them
                     Some(&pin) if pin != po => {

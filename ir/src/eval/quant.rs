@@ -359,9 +359,8 @@ pub(crate) fn softmax(axis: usize, exp_table: &[i32], x: &Tensor) -> Tensor {
     Tensor::from_vec(x.shape.clone(), y)
 }
 
-pub(crate) fn softmax16(axis: usize, r: crate::op::Requant, x: &Tensor) -> Tensor {
+pub(crate) fn softmax16(axis: usize, (hi, lo): (&[i32], &[i32]), x: &Tensor) -> Tensor {
     let xv: &[i16] = sl(x);
-    let table = rt::softmax16_exp_table();
     let len = x.shape[axis];
     let inner: usize = x.shape[axis + 1..].iter().product();
     let outer: usize = x.shape[..axis].iter().product();
@@ -373,7 +372,7 @@ pub(crate) fn softmax16(axis: usize, r: crate::op::Requant, x: &Tensor) -> Tenso
             for (k, r) in row.iter_mut().enumerate() {
                 *r = xv[at(k)];
             }
-            rt::softmax_i16(&row, r, &table, &mut out);
+            rt::softmax_i16(&row, hi, lo, &mut out);
             for (k, &v) in out.iter().enumerate() {
                 y[at(k)] = v;
             }

@@ -514,9 +514,9 @@ impl QMul {
 
 /// Int16 softmax ([`crate::softmax_i16`]) of each contiguous row of `len` (the last axis).
 #[inline]
-pub fn qsoftmax16(x: &[i16], y: &mut [i16], len: usize, r: Requant, table: &[i16]) {
+pub fn qsoftmax16(x: &[i16], y: &mut [i16], len: usize, hi: &[i32], lo: &[i32]) {
     for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
-        crate::softmax_i16(xr, r, table, yr);
+        crate::softmax_i16(xr, hi, lo, yr);
     }
 }
 

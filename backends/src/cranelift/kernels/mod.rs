@@ -323,7 +323,7 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
         Op::QMul(q) => quant::qmul(fx, g, n, q, a),
         Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
-        Op::QSoftmax16 { axis, requant } => quant::softmax16(fx, g, n, *axis, *requant, a),
+        Op::QSoftmax16 { axis, .. } => quant::softmax16(fx, g, n, *axis, a),
         Op::Lut { .. } => quant::lut(fx, g, n, a),
         Op::Lut16 { .. } => quant::lut16(fx, g, n, a),
         Op::Requant {

@@ -655,12 +655,7 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
         Op::Lut16 { table, .. } => vec![table.iter().flat_map(|v| v.to_le_bytes()).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
-        Op::QSoftmax16 { .. } => vec![
-            kiln_runtime::softmax16_exp_table()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        ],
+        Op::QSoftmax16 { exp_hi, exp_lo, .. } => vec![tables_i32(exp_hi), tables_i32(exp_lo)],
         Op::QMatMul { q } => {
             let (t, wsum) = columns(g, n);
             let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
@@ -1774,13 +1769,13 @@ pub(crate) fn softmax(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) 
     });
 }
 
-/// `kiln_runtime::softmax_i16` along `axis` (the exponential table in aux 0).
-pub(crate) fn softmax16(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, r: Requant, a: &Args) {
+/// `kiln_runtime::softmax_i16` along `axis` (the exponential tables in aux 0 and 1).
+pub(crate) fn softmax16(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args) {
     let shape = g.value(g.node(n).inputs[0]).ty.shape.clone();
     let len = shape[axis] as i64;
     let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64;
     let outer: i64 = shape[..axis].iter().product::<usize>() as i64;
-    let table = a.aux[0];
+    let (hi, lo) = (a.aux[0], a.aux[1]);
     fx.for_n(outer, &mut |fx, o| {
         fx.for_n(inner, &mut |fx, i| {
             let base = fx.mul_imm(o, len * inner);
@@ -1797,26 +1792,19 @@ pub(crate) fn softmax16(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, r: Requa
                 fx.b.def_var(m, nv);
             });
             let mv = fx.b.use_var(m);
-            // exp of x - max from the table, interpolated as `lut16`, widened to i64
+            // exp of max - x in Q30: hi[d >> 8] * lo[d & 255], rounded
             let exp_of = |fx: &mut Fx, p: Value| -> Value {
                 let x = fx.b.ins().sload16(I32, flags(), p, 0);
-                let d = fx.b.ins().isub(x, mv);
-                let s = mbqm_const(fx, d, r);
-                let s = fx.b.ins().iadd_imm_s(s, 32767);
-                let u = clamp(fx, s, -32768, 32767);
-                let u = fx.b.ins().iadd_imm_s(u, 32768);
-                let j = fx.b.ins().sshr_imm_s(u, 7);
-                let f = fx.b.ins().band_imm_s(u, 127);
-                let j = fx.b.ins().uextend(I64, j);
-                let t = fx.addr(table, j, 2);
-                let b = fx.b.ins().sload16(I32, flags(), t, 0);
-                let nx = fx.b.ins().sload16(I32, flags(), t, 2);
-                let d = fx.b.ins().isub(nx, b);
-                let d = fx.b.ins().imul(d, f);
-                let d = fx.b.ins().iadd_imm_s(d, 64);
-                let d = fx.b.ins().sshr_imm_s(d, 7);
-                let e = fx.b.ins().iadd(b, d);
-                fx.b.ins().sextend(I64, e)
+                let d = fx.b.ins().isub(mv, x);
+                let dh = fx.b.ins().ushr_imm_u(d, 8);
+                let dl = fx.b.ins().band_imm_s(d, 255);
+                let (dh, dl) = (fx.b.ins().uextend(I64, dh), fx.b.ins().uextend(I64, dl));
+                let (ha, la) = (fx.addr(hi, dh, 4), fx.addr(lo, dl, 4));
+                let (h, l) = (fx.load(I32, ha), fx.load(I32, la));
+                let (h, l) = (fx.b.ins().sextend(I64, h), fx.b.ins().sextend(I64, l));
+                let e = fx.b.ins().imul(h, l);
+                let e = fx.b.ins().iadd_imm_s(e, 1 << 29);
+                fx.b.ins().sshr_imm_s(e, 30)
             };
             let sum = fx.b.declare_var(I64);
             let zero = fx.i(0);
