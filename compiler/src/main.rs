@@ -395,6 +395,14 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
         build.calibrate = None;
     }
     let int8 = load_quantized(path, shapes, &build)?.graph;
+    let mix = kiln::quantize::report::precision_mix(&int8);
+    // a build that is not plain int8 (4-bit weights, 16x8 layers, float ones) says so
+    let mode = if mode == "int8" && mix.split(", ").any(|p| !p.ends_with(" int8")) {
+        "quantized"
+    } else {
+        mode
+    };
+    println!("products: {mix}");
     let calib = CalibrationSet::load(
         &float,
         quant.calibrate.as_deref().context("report needs --calibrate DIR")?,
@@ -464,7 +472,7 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     }
     if labels.is_some() {
         println!(
-            "  accuracy: float {:.2}%, int8 {:.2}%",
+            "  accuracy: float {:.2}%, {mode} {:.2}%",
             100.0 * right_f as f64 / n as f64,
             100.0 * right_q as f64 / n as f64
         );

@@ -290,6 +290,25 @@ fn report_and_int8_compile_from_the_command_line() {
         "{out}"
     );
     assert!(out.contains("accuracy: float 98.89%"), "{out}");
+    assert!(out.contains("products: 2 int8\n"), "{out}");
+    // a 4-bit build is reported as what it is, not as int8
+    let o = kiln(&[
+        "report",
+        &format!("{m}/model.onnx"),
+        "--calibrate",
+        &format!("{m}/calib"),
+        "--eval",
+        &format!("{m}/eval"),
+        "--weight-bits",
+        "4",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("products: 2 int8 with 4-bit weights"), "{out}");
+    assert!(
+        out.contains("weights: float 5480 bytes, quantized 748 bytes") && out.contains(", quantized 97.22%"),
+        "{out}"
+    );
     let dir = tmp("q8");
     let o = kiln(&[
         "compile",

@@ -60,3 +60,53 @@ pub fn layer_sqnr(
         })
         .collect())
 }
+
+/// How the products (Conv, Gemm, MatMul and their integer forms) of a built graph compute,
+/// counted by kind: e.g. `7 int8, 3 int8 with 4-bit weights, 1 float`.
+pub fn precision_mix(g: &Graph) -> String {
+    use kiln_ir::{Op, Scalar};
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for n in g.node_ids() {
+        let node = g.node(n);
+        let narrow = |bits: u8| {
+            if bits < 8 {
+                format!(" with {bits}-bit weights")
+            } else {
+                String::new()
+            }
+        };
+        let kind = match &node.op {
+            Op::QConv { q, .. } | Op::QMatMul { q } | Op::QBlockMatMul { q, .. } => {
+                let act = match g.value(node.inputs[0]).ty.dtype.scalar {
+                    Scalar::I16 => "16x8",
+                    _ => "int8",
+                };
+                let blocked = if matches!(node.op, Op::QBlockMatMul { .. }) {
+                    " (blocked scales)"
+                } else {
+                    ""
+                };
+                format!("{act}{}{blocked}", narrow(q.weight_bits))
+            }
+            Op::DynConv { .. } => "hybrid int8".to_string(),
+            Op::DynMatMul { weight_bits, block, .. } => {
+                let blocked = if *block > 0 { " (blocked scales)" } else { "" };
+                format!("hybrid int8{}{blocked}", narrow(*weight_bits))
+            }
+            Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::ConvTranspose(_) => {
+                match node.inputs.get(1).map(|&w| g.value(w).ty.dtype.scalar) {
+                    Some(Scalar::F16) => "float16 weights".to_string(),
+                    _ => "float".to_string(),
+                }
+            }
+            _ => continue,
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, c)| format!("{c} {k}")).collect();
+    if parts.is_empty() {
+        "no products".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
