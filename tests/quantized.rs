@@ -632,3 +632,76 @@ fn calibration_data_reads_from_npz_and_per_sample_folders() {
     assert_eq!(q(&per), want, "per-sample folders differ");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The boundary ops at their edges: Quantize (to int8, uint8 and int16) of exact halves,
+/// values past the range, infinities, NaN, -0.0 and subnormals, in a length that is not a
+/// multiple of the vector width, and Dequantize back: every backend gives the evaluator's
+/// bytes (the native kernels take four lanes at a time and round with the float add).
+#[test]
+fn quantize_and_dequantize_edges_are_bit_exact() {
+    use kiln_ir::{DType, Scalar, TensorType};
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let mut xs: Vec<f32> = vec![
+        0.5,
+        1.5,
+        2.5,
+        -0.5,
+        -1.5,
+        -2.5,
+        126.5,
+        127.5,
+        -127.5,
+        -128.5,
+        254.5,
+        255.5,
+        1e9,
+        -1e9,
+        3e38,
+        -3e38,
+        inf,
+        -inf,
+        nan,
+        -0.0,
+        0.0,
+        1e-40,
+        -1e-40,
+        4194304.5,
+        8388607.0,
+        12582912.0,
+        0.49999997,
+        -0.49999997,
+    ];
+    xs.extend((0..23).map(|i| i as f32 * 0.25 - 2.75));
+    let n = xs.len();
+    let mut g = Graph::new("q_edges");
+    let x = g.add_input("x", TensorType::new(DType::plain(Scalar::F32), vec![n]));
+    for (to, scale, zp) in [(Scalar::I8, 0.5f32, 3), (Scalar::U8, 1.0, 128), (Scalar::I16, 0.25, 0)] {
+        let (_, q) = g
+            .add_node(
+                &format!("q_{to}"),
+                Op::Quantize {
+                    to,
+                    scale,
+                    zero_point: zp,
+                },
+                vec![x],
+                &[],
+            )
+            .unwrap();
+        g.add_output(q[0]);
+        let (_, d) = g
+            .add_node(
+                &format!("d_{to}"),
+                Op::Dequantize { scale, zero_point: zp },
+                vec![q[0]],
+                &[],
+            )
+            .unwrap();
+        g.add_output(d[0]);
+    }
+    kiln_ir::verify::verify(&g).unwrap();
+    let sets = vec![vec![Tensor::from_vec(vec![n], xs)]];
+    let dir = std::env::temp_dir().join(format!("kiln-q-edges-{}", std::process::id()));
+    let failures = kiln_tests::bit_exact_on_every_backend(&g, &sets, "q_edges", &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -106,7 +106,12 @@ pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a
         kiln_ir::Scalar::U8 => (0, 255, 1),
         _ => (-128, 127, 1),
     };
-    fx.for_ptrs(total, &[(a.ins[0], 4), (a.outs[0], es)], &mut |fx, p| {
+    let vec = if fx.simd { total / 4 } else { 0 };
+    if vec > 0 {
+        quantize4(fx, (a.ins[0], a.outs[0]), vec, scale, zp, to);
+    }
+    let (xt, yt) = (fx.add_imm(a.ins[0], vec * 16), fx.add_imm(a.outs[0], vec * 4 * es));
+    fx.for_ptrs(total - vec * 4, &[(xt, 4), (yt, es)], &mut |fx, p| {
         let x = fx.load(F32, p[0]);
         let s = fx.f(F32, scale);
         let y = fx.b.ins().fdiv(x, s);
@@ -118,6 +123,63 @@ pub(crate) fn quantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32, a
         } else {
             store_i8(fx, q, p[1]);
         }
+    });
+}
+
+/// Four lanes of `quantize` at a time, `count` times. Rounding half to even is the float
+/// add's own: for `|y| <= 2^22`, `(y + 1.5 * 2^23) - 1.5 * 2^23` is `y` rounded to an
+/// integer, ties to even. Clamping `y` to that range first changes nothing after the
+/// saturation to at most 16 bits, and NaN still converts to 0 (`fcvt_to_sint_sat`), as
+/// `kiln_runtime::round_even` has it.
+fn quantize4(fx: &mut Fx, (x, y): (Value, Value), count: i64, scale: f32, zp: i32, to: kiln_ir::Scalar) {
+    use cranelift_codegen::ir::types::{F32X4, I32X4, I64X2};
+    let (lo, hi, es) = match to {
+        kiln_ir::Scalar::I16 => (-32768, 32767, 2),
+        kiln_ir::Scalar::U8 => (0, 255, 1),
+        _ => (-128, 127, 1),
+    };
+    let splat_f = |fx: &mut Fx, v: f32| {
+        let c = fx.f(F32, v);
+        fx.b.ins().splat(F32X4, c)
+    };
+    let splat_i = |fx: &mut Fx, v: i64| {
+        let c = c32(fx, v);
+        fx.b.ins().splat(I32X4, c)
+    };
+    let (s4, lim, nlim, magic) = (
+        splat_f(fx, scale),
+        splat_f(fx, 4194304.0),
+        splat_f(fx, -4194304.0),
+        splat_f(fx, 12582912.0),
+    );
+    let (z4, lo4, hi4) = (splat_i(fx, zp as i64), splat_i(fx, lo), splat_i(fx, hi));
+    fx.for_ptrs(count, &[(x, 16), (y, 4 * es)], &mut |fx, p| {
+        let v = fx.b.ins().load(F32X4, flags(), p[0], 0);
+        let v = fx.b.ins().fdiv(v, s4);
+        let v = fx.b.ins().fmin(v, lim);
+        let v = fx.b.ins().fmax(v, nlim);
+        let v = fx.b.ins().fadd(v, magic);
+        let v = fx.b.ins().fsub(v, magic);
+        let q = fx.b.ins().fcvt_to_sint_sat(I32X4, v);
+        let q = fx.b.ins().iadd(q, z4);
+        let q = fx.b.ins().smax(q, lo4);
+        let q = fx.b.ins().smin(q, hi4);
+        let h = fx.b.ins().snarrow(q, q);
+        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        if es == 2 {
+            let d = fx.b.ins().bitcast(I64X2, lanes, h);
+            let d = fx.b.ins().extractlane(d, 0);
+            fx.b.ins().store(flags(), d, p[1], 0);
+            return;
+        }
+        let b = if to == kiln_ir::Scalar::U8 {
+            fx.b.ins().unarrow(h, h)
+        } else {
+            fx.b.ins().snarrow(h, h)
+        };
+        let w = fx.b.ins().bitcast(I32X4, lanes, b);
+        let w = fx.b.ins().extractlane(w, 0);
+        fx.b.ins().store(flags(), w, p[1], 0);
     });
 }
 
@@ -362,22 +424,50 @@ pub(crate) fn dequantize(fx: &mut Fx, g: &Graph, n: NodeId, scale: f32, zp: i32,
     let total = numel(g, g.node(n).outputs[0]);
     let from = g.value(g.node(n).inputs[0]).ty.dtype.scalar;
     let wide = from == kiln_ir::Scalar::I16;
-    fx.for_ptrs(
-        total,
-        &[(a.ins[0], if wide { 2 } else { 1 }), (a.outs[0], 4)],
-        &mut |fx, p| {
+    let es = if wide { 2 } else { 1 };
+    // four lanes at a time: widened to i32x4, less the zero point, converted, scaled
+    let vec = if fx.simd { total / 4 } else { 0 };
+    if vec > 0 {
+        use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4, I64X2};
+        let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let (zc, sc) = (c32(fx, zp as i64), fx.f(F32, scale));
+        let (z4, s4) = (fx.b.ins().splat(I32X4, zc), fx.b.ins().splat(F32X4, sc));
+        fx.for_ptrs(vec, &[(a.ins[0], 4 * es), (a.outs[0], 16)], &mut |fx, p| {
             let q = match from {
-                kiln_ir::Scalar::I16 => fx.b.ins().sload16(I32, flags(), p[0], 0),
-                kiln_ir::Scalar::U8 => fx.b.ins().uload8(I32, flags(), p[0], 0),
-                _ => load_i8(fx, p[0]),
+                kiln_ir::Scalar::I16 => {
+                    let d = fx.b.ins().load(I64, flags(), p[0], 0);
+                    let v = fx.b.ins().scalar_to_vector(I64X2, d);
+                    let h = fx.b.ins().bitcast(I16X8, lanes, v);
+                    fx.b.ins().swiden_low(h)
+                }
+                kiln_ir::Scalar::U8 => {
+                    let w = fx.b.ins().load(I32, flags(), p[0], 0);
+                    let v = fx.b.ins().scalar_to_vector(I32X4, w);
+                    let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+                    let h = fx.b.ins().uwiden_low(bytes);
+                    fx.b.ins().uwiden_low(h)
+                }
+                _ => widen4(fx, p[0]),
             };
-            let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
-            let f = fx.b.ins().fcvt_from_sint(F32, d);
-            let s = fx.f(F32, scale);
-            let y = fx.b.ins().fmul(f, s);
-            fx.store(y, p[1]);
-        },
-    );
+            let d = fx.b.ins().isub(q, z4);
+            let f = fx.b.ins().fcvt_from_sint(F32X4, d);
+            let y = fx.b.ins().fmul(f, s4);
+            fx.b.ins().store(flags(), y, p[1], 0);
+        });
+    }
+    let (xt, yt) = (fx.add_imm(a.ins[0], vec * 4 * es), fx.add_imm(a.outs[0], vec * 16));
+    fx.for_ptrs(total - vec * 4, &[(xt, es), (yt, 4)], &mut |fx, p| {
+        let q = match from {
+            kiln_ir::Scalar::I16 => fx.b.ins().sload16(I32, flags(), p[0], 0),
+            kiln_ir::Scalar::U8 => fx.b.ins().uload8(I32, flags(), p[0], 0),
+            _ => load_i8(fx, p[0]),
+        };
+        let d = fx.b.ins().iadd_imm_s(q, -(zp as i64));
+        let f = fx.b.ins().fcvt_from_sint(F32, d);
+        let s = fx.f(F32, scale);
+        let y = fx.b.ins().fmul(f, s);
+        fx.store(y, p[1]);
+    });
 }
 
 pub(crate) fn lut(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
@@ -1013,6 +1103,8 @@ pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
     input
         + if pointwise(g, n, window, group) {
             0
+        } else if let Some(d) = Depthwise::of(g, n, window, group) {
+            d.scratch()
         } else if group == 1 && g.const_value(node.inputs[1]).is_some() {
             // im2col: one int8 row of all output positions per (input channel, tap)
             let ci = g.value(node.inputs[0]).ty.shape[1];
@@ -1020,6 +1112,151 @@ pub(crate) fn qconv_scratch(g: &Graph, n: NodeId) -> usize {
         } else {
             4 * positions
         }
+}
+
+/// A depthwise convolution (one input channel per output) with unit strides and dilations,
+/// computed per channel on a zero-point-padded copy of its plane: with the rows laid out
+/// `pw` apart, every tap is one fixed offset, so all outputs are one run over the flattened
+/// plane (vectorized, accumulators in registers across the taps). The `pw - ow` extra
+/// columns per row are computed and dropped.
+struct Depthwise {
+    /// Padded plane rows and columns.
+    ph: i64,
+    pw: i64,
+    /// Where the input plane starts in the padded one.
+    top: i64,
+    left: i64,
+    /// Flattened outputs computed: `oh` rows of `pw`, rounded up to whole vectors.
+    run: i64,
+    /// Kernel width: the last vector reads up to `kw + 2` bytes past the padded plane.
+    kw: i64,
+}
+
+impl Depthwise {
+    fn of(g: &Graph, n: NodeId, window: &Window, group: usize) -> Option<Depthwise> {
+        let node = g.node(n);
+        let (xs, ws) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty.shape);
+        let out = &g.value(node.outputs[0]).ty.shape;
+        let unit = window.strides.iter().chain(&window.dilations).all(|&v| v == 1);
+        if xs.len() != 4 || group != xs[1] || ws[0] != xs[1] || !unit {
+            return None;
+        }
+        let gm = geo(xs, out, window);
+        let (ph, pw) = ((gm.oh + gm.kh - 1) as i64, (gm.ow + gm.kw - 1) as i64);
+        if (gm.ph + gm.h) as i64 > ph || (gm.pw + gm.w) as i64 > pw {
+            return None;
+        }
+        Some(Depthwise {
+            ph,
+            pw,
+            top: gm.ph as i64,
+            left: gm.pw as i64,
+            run: (gm.oh as i64 * pw + 3) / 4 * 4,
+            kw: gm.kw as i64,
+        })
+    }
+
+    /// The padded plane (with room for a vector read past its end), then the i32 sums.
+    fn plane_bytes(&self) -> i64 {
+        (self.ph * self.pw + self.kw + 2 + 15) / 16 * 16
+    }
+
+    fn scratch(&self) -> usize {
+        (self.plane_bytes() + 4 * self.run) as usize
+    }
+}
+
+/// The depthwise convolution of `Depthwise` with output stage `st`.
+fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depthwise, st: Stage, a: &Args) {
+    let node = g.node(n);
+    let xs = g.value(node.inputs[0]).ty.shape.clone();
+    let out = g.value(node.outputs[0]).ty.shape.clone();
+    let gm = geo(&xs, &out, window);
+    let (c, hw, ohw) = (xs[1] as i64, (gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
+    let (kh, kw) = (gm.kh as i64, gm.kw as i64);
+    let has_bias = node.inputs.len() > 2;
+    let plane = a.scratch;
+    let acc = fx.add_imm(a.scratch, d.plane_bytes());
+    let lanes = if fx.simd { 4 } else { 1 };
+    fx.for_n(xs[0] as i64 * c, &mut |fx, bc| {
+        let ch = fx.b.ins().srem_imm_s(bc, c);
+        // the padded plane: the zero point everywhere, then the input rows
+        let zp = st.zp(fx);
+        if fx.simd {
+            use cranelift_codegen::ir::types::{I8, I8X16};
+            let z8 = fx.b.ins().ireduce(I8, zp);
+            let z16 = fx.b.ins().splat(I8X16, z8);
+            fx.for_ptrs(d.plane_bytes() / 16, &[(plane, 16)], &mut |fx, p| {
+                fx.b.ins().store(flags(), z16, p[0], 0);
+            });
+        } else {
+            fx.for_ptrs(d.plane_bytes(), &[(plane, 1)], &mut |fx, p| store_i8(fx, zp, p[0]));
+        }
+        let xplane = fx.addr(a.ins[0], bc, hw);
+        let first = fx.add_imm(plane, d.top * d.pw + d.left);
+        fx.for_ptrs(gm.h as i64, &[(xplane, gm.w as i64), (first, d.pw)], &mut |fx, r| {
+            fx.for_ptrs(gm.w as i64, &[(r[0], 1), (r[1], 1)], &mut |fx, p| {
+                let v = fx.b.ins().load(cranelift_codegen::ir::types::I8, flags(), p[0], 0);
+                fx.b.ins().store(flags(), v, p[1], 0);
+            });
+        });
+        // this channel's taps, and bias - zp * sum(w)
+        let wbase = fx.addr(a.ins[1], ch, kh * kw);
+        let taps: Vec<(i64, Value)> = (0..kh * kw)
+            .map(|t| {
+                let wa = fx.add_imm(wbase, t);
+                (t / kw * d.pw + t % kw, load_i8(fx, wa))
+            })
+            .collect();
+        let bias = if has_bias {
+            let ba = fx.addr(a.ins[2], ch, 4);
+            fx.load(I32, ba)
+        } else {
+            c32(fx, 0)
+        };
+        let zs = st.zsum(fx, ch);
+        let init = fx.b.ins().isub(bias, zs);
+        if lanes == 4 {
+            use cranelift_codegen::ir::types::I32X4;
+            let init4 = fx.b.ins().splat(I32X4, init);
+            let w4: Vec<(i64, Value)> = taps.iter().map(|&(o, w)| (o, fx.b.ins().splat(I32X4, w))).collect();
+            fx.for_ptrs(d.run / 4, &[(plane, 4), (acc, 16)], &mut |fx, p| {
+                let mut s = init4;
+                for &(off, w) in &w4 {
+                    let xa = fx.add_imm(p[0], off);
+                    let x = widen4(fx, xa);
+                    let xw = fx.b.ins().imul(x, w);
+                    s = fx.b.ins().iadd(s, xw);
+                }
+                fx.b.ins().store(flags(), s, p[1], 0);
+            });
+        } else {
+            fx.for_ptrs(d.run, &[(plane, 1), (acc, 4)], &mut |fx, p| {
+                let mut s = init;
+                for &(off, w) in &taps {
+                    let xa = fx.add_imm(p[0], off);
+                    let x = load_i8(fx, xa);
+                    let xw = fx.b.ins().imul(x, w);
+                    s = fx.b.ins().iadd(s, xw);
+                }
+                fx.store(s, p[1]);
+            });
+        }
+        // the valid columns of each row to the output
+        let chan = st.channel(fx, ch);
+        let es = st.elem();
+        let ybase = fx.addr(a.outs[0], bc, ohw * es);
+        fx.for_ptrs(
+            gm.oh as i64,
+            &[(acc, 4 * d.pw), (ybase, gm.ow as i64 * es)],
+            &mut |fx, r| {
+                fx.for_ptrs(gm.ow as i64, &[(r[0], 4), (r[1], es)], &mut |fx, p| {
+                    let v = fx.load(I32, p[0]);
+                    st.store(fx, v, chan, p[1], 0);
+                });
+            },
+        );
+    });
 }
 
 /// Bytes of a hybrid convolution's quantized input, rounded up to keep what follows aligned.
@@ -1177,7 +1414,46 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spati
                     .collect();
                 let xp = fx.addr(xbase, pos, 1);
                 let wrow0 = fx.addr(a.ins[1], oc0, ci);
-                fx.for_ptrs(ci, &[(xp, p), (wrow0, 1)], &mut |fx, q2| {
+                // Width 8: input channels two at a time, their bytes interleaved, so each
+                // output channel takes two `pmaddwd`-shaped products (pairs of i16 products
+                // summed into i32 lanes) per pair; an odd last channel as below.
+                let pairs = if width == 8 { ci / 2 } else { 0 };
+                fx.for_ptrs(pairs, &[(xp, 2 * p), (wrow0, 2)], &mut |fx, q2| {
+                    use cranelift_codegen::ir::types::{I8X16, I16, I16X8, I64X2};
+                    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                    let r0 = fx.b.ins().load(I64, flags(), q2[0], 0);
+                    let r1 = fx.b.ins().load(I64, flags(), q2[0], p as i32);
+                    let v = fx.b.ins().scalar_to_vector(I64X2, r0);
+                    let v = fx.b.ins().insertlane(v, r1, 1);
+                    let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+                    let mask: Vec<u8> = (0..8u8).flat_map(|i| [i, i + 8]).collect();
+                    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+                    let inter = fx.b.ins().shuffle(bytes, bytes, mask);
+                    let (xl, xh) = (fx.b.ins().swiden_low(inter), fx.b.ins().swiden_high(inter));
+                    for (k, vs) in vars.iter().enumerate() {
+                        // the pair of weights (w_c, w_c+1) in every pair of i16 lanes
+                        let w2 = fx.b.ins().load(I16, flags(), q2[1], (k as i64 * ci) as i32);
+                        let w2 = fx.b.ins().splat(I16X8, w2);
+                        let wb = fx.b.ins().bitcast(I8X16, lanes, w2);
+                        let wv = fx.b.ins().swiden_low(wb);
+                        for (&var, x) in vs.iter().zip([xl, xh]) {
+                            let lo = {
+                                let (a1, b1) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_low(wv));
+                                fx.b.ins().imul(a1, b1)
+                            };
+                            let hi = {
+                                let (a1, b1) = (fx.b.ins().swiden_high(x), fx.b.ins().swiden_high(wv));
+                                fx.b.ins().imul(a1, b1)
+                            };
+                            let d = fx.b.ins().iadd_pairwise(lo, hi);
+                            let cur = fx.b.use_var(var);
+                            let nv = fx.b.ins().iadd(cur, d);
+                            fx.b.def_var(var, nv);
+                        }
+                    }
+                });
+                let (xr, wr) = (fx.add_imm(xp, 2 * pairs * p), fx.add_imm(wrow0, 2 * pairs));
+                fx.for_ptrs(ci - 2 * pairs, &[(xr, p), (wr, 1)], &mut |fx, q2| {
                     if width == 8 {
                         use cranelift_codegen::ir::types::{I8X16, I16X8, I64X2};
                         let eight = fx.b.ins().load(I64, flags(), q2[0], 0);
@@ -1293,6 +1569,9 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: St
     }
     if group == 1 && g.const_value(g.node(n).inputs[1]).is_some() {
         return qconv_pointwise(fx, g, n, st, a, Some(window));
+    }
+    if let Some(d) = Depthwise::of(g, n, window, group) {
+        return qconv_depthwise(fx, g, n, window, &d, st, a);
     }
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
