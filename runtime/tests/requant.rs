@@ -69,7 +69,8 @@ proptest! {
         prop_assert!((-128..=127).contains(&q));
         let y = x / scale;
         let r = round_even(y);
-        prop_assert_eq!(r as f32, y.round_ties_even());
+        // round_even saturates at ±1e9 (x / scale reaches 1e10 here)
+        prop_assert_eq!(r as f32, y.round_ties_even().clamp(-1e9, 1e9));
         if (r + zp) >= -128 && (r + zp) <= 127 {
             prop_assert_eq!(q, r + zp);
         }

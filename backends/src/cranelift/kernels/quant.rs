@@ -1025,14 +1025,20 @@ fn dot_row(fx: &mut Fx, acc: cranelift_frontend::Variable, xrow: Value, wrow: Va
             let w = fx.b.ins().load(I8X16, flags(), p[1], 0);
             let (xl, xh) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x));
             let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
-            // an int8 product fits i16 exactly; each half widened to i32 on its own
-            let (pl, ph) = (fx.b.ins().imul(xl, wl), fx.b.ins().imul(xh, wh));
+            // each half: i16 products summed in adjacent pairs into i32 lanes (the shape
+            // Cranelift lowers to one `pmaddwd`)
             let mut cur = fx.b.use_var(acc4);
-            for p16 in [pl, ph] {
-                let a = fx.b.ins().swiden_low(p16);
-                let b = fx.b.ins().swiden_high(p16);
-                let ab = fx.b.ins().iadd(a, b);
-                cur = fx.b.ins().iadd(cur, ab);
+            for (x16, w16) in [(xl, wl), (xh, wh)] {
+                let lo = {
+                    let (a, b) = (fx.b.ins().swiden_low(x16), fx.b.ins().swiden_low(w16));
+                    fx.b.ins().imul(a, b)
+                };
+                let hi = {
+                    let (a, b) = (fx.b.ins().swiden_high(x16), fx.b.ins().swiden_high(w16));
+                    fx.b.ins().imul(a, b)
+                };
+                let d = fx.b.ins().iadd_pairwise(lo, hi);
+                cur = fx.b.ins().iadd(cur, d);
             }
             fx.b.def_var(acc4, cur);
         });
