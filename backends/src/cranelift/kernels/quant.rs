@@ -1188,23 +1188,11 @@ fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depth
         let ch = fx.b.ins().srem_imm_s(bc, c);
         // the padded plane: the zero point everywhere, then the input rows
         let zp = st.zp(fx);
-        if fx.simd {
-            use cranelift_codegen::ir::types::{I8, I8X16};
-            let z8 = fx.b.ins().ireduce(I8, zp);
-            let z16 = fx.b.ins().splat(I8X16, z8);
-            fx.for_ptrs(d.plane_bytes() / 16, &[(plane, 16)], &mut |fx, p| {
-                fx.b.ins().store(flags(), z16, p[0], 0);
-            });
-        } else {
-            fx.for_ptrs(d.plane_bytes(), &[(plane, 1)], &mut |fx, p| store_i8(fx, zp, p[0]));
-        }
+        fill_bytes(fx, plane, d.plane_bytes(), zp);
         let xplane = fx.addr(a.ins[0], bc, hw);
         let first = fx.add_imm(plane, d.top * d.pw + d.left);
         fx.for_ptrs(gm.h as i64, &[(xplane, gm.w as i64), (first, d.pw)], &mut |fx, r| {
-            fx.for_ptrs(gm.w as i64, &[(r[0], 1), (r[1], 1)], &mut |fx, p| {
-                let v = fx.b.ins().load(cranelift_codegen::ir::types::I8, flags(), p[0], 0);
-                fx.b.ins().store(flags(), v, p[1], 0);
-            });
+            copy_bytes(fx, r[0], r[1], gm.w as i64)
         });
         // this channel's taps, and bias - zp * sum(w)
         let wbase = fx.addr(a.ins[1], ch, kh * kw);
@@ -1329,7 +1317,7 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Arg
                 let (oy0, oy1) = reached(gm.rows_reached(kh));
                 let (ox0, ox1) = reached(gm.cols_reached(kw));
                 if !(oy0 == 0 && oy1 == gm.oh as i64 && ox0 == 0 && ox1 == gm.ow as i64) {
-                    fx.for_ptrs(p, &[(row, 1)], &mut |fx, r| store_i8(fx, zp, r[0]));
+                    fill_bytes(fx, row, p, zp);
                 }
                 if oy1 <= oy0 || ox1 <= ox0 {
                     continue;
@@ -1341,6 +1329,9 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Arg
                     oy1 - oy0,
                     &[(src, gm.sh as i64 * gm.w as i64), (dst, gm.ow as i64)],
                     &mut |fx, r| {
+                        if gm.sw == 1 {
+                            return copy_bytes(fx, r[0], r[1], ox1 - ox0);
+                        }
                         fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 1)], &mut |fx, e| {
                             let v = fx.b.ins().load(I8, flags(), e[0], 0);
                             fx.b.ins().store(flags(), v, e[1], 0);
@@ -1351,6 +1342,31 @@ fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Arg
         }
     });
     a.scratch
+}
+
+/// `len` bytes from `src` to `dst` (not overlapping): eight at a time, then one by one.
+fn copy_bytes(fx: &mut Fx, src: Value, dst: Value, len: i64) {
+    fx.for_ptrs(len / 8, &[(src, 8), (dst, 8)], &mut |fx, p| {
+        let v = fx.b.ins().load(I64, flags(), p[0], 0);
+        fx.b.ins().store(flags(), v, p[1], 0);
+    });
+    let (s, d) = (fx.add_imm(src, len / 8 * 8), fx.add_imm(dst, len / 8 * 8));
+    fx.for_ptrs(len % 8, &[(s, 1), (d, 1)], &mut |fx, p| {
+        let v = fx.b.ins().load(I8, flags(), p[0], 0);
+        fx.b.ins().store(flags(), v, p[1], 0);
+    });
+}
+
+/// `len` bytes at `dst` set to the low byte of `v` (an i32): eight at a time, then one by one.
+fn fill_bytes(fx: &mut Fx, dst: Value, len: i64, v: Value) {
+    let b = fx.b.ins().band_imm_s(v, 0xFF);
+    let b = fx.b.ins().uextend(I64, b);
+    let b8 = fx.b.ins().imul_imm_s(b, 0x0101_0101_0101_0101);
+    fx.for_ptrs(len / 8, &[(dst, 8)], &mut |fx, p| {
+        fx.b.ins().store(flags(), b8, p[0], 0);
+    });
+    let d = fx.add_imm(dst, len / 8 * 8);
+    fx.for_ptrs(len % 8, &[(d, 1)], &mut |fx, p| store_i8(fx, v, p[0]));
 }
 
 fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spatial: Option<&Window>) {
