@@ -202,6 +202,9 @@ pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
     if pointwise(c) {
         return 0;
     }
+    if let Some(d) = Depthwise::of(g, n, c) {
+        return d.scratch();
+    }
     let ws = &g.value(node.inputs[1]).ty.shape;
     let gm = geo(&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape, c);
     let cg = ws[1] as i64;
@@ -220,6 +223,9 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
     let (hw, p) = (gm.h * gm.w, gm.oh * gm.ow);
     let has_bias = node.inputs.len() > 2;
     let pw = pointwise(c);
+    if let Some(d) = Depthwise::of(g, n, c) {
+        return depthwise(fx, g, n, c, &d, a, t);
+    }
     fx.for_n(nb, &mut |fx, b| {
         fx.for_n(c.group as i64, &mut |fx, gi| {
             let plane = fx.mul_imm(b, ci);
@@ -297,6 +303,118 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                 let oh0 = fx.i(full * rows);
                 band(fx, oh0, rest);
             }
+        });
+    });
+}
+
+/// A depthwise convolution (one input channel per output, f32 weights) with unit strides and
+/// dilations: per channel, a zero-padded copy of the plane with rows `pw` apart makes every
+/// tap one fixed offset, so the outputs are one run over the flattened plane, four lanes at a
+/// time with the sum in registers across the taps (bias first, then the taps in order, as
+/// im2col and `gemm` add them). The `pw - ow` extra columns per row are dropped.
+struct Depthwise {
+    /// Padded plane rows and columns, and where the input starts in it.
+    ph: i64,
+    pw: i64,
+    top: i64,
+    left: i64,
+    /// Flattened outputs computed: `oh` rows of `pw`, rounded up to whole vectors.
+    run: i64,
+    kw: i64,
+}
+
+impl Depthwise {
+    fn of(g: &Graph, n: NodeId, c: &Conv) -> Option<Depthwise> {
+        let node = g.node(n);
+        let (xs, w) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty);
+        let out = &g.value(node.outputs[0]).ty.shape;
+        let unit = c.window.strides.iter().chain(&c.window.dilations).all(|&v| v == 1);
+        let f32w = w.dtype.scalar == kiln_ir::Scalar::F32;
+        if pointwise(c) || xs.len() != 4 || c.group != xs[1] || w.shape[0] != xs[1] || !unit || !f32w {
+            return None;
+        }
+        let gm = geo(xs, out, c);
+        let (ph, pw) = (gm.oh + gm.kh - 1, gm.ow + gm.kw - 1);
+        if gm.ph + gm.h > ph || gm.pw + gm.w > pw {
+            return None;
+        }
+        Some(Depthwise {
+            ph,
+            pw,
+            top: gm.ph,
+            left: gm.pw,
+            run: (gm.oh * pw + 3) / 4 * 4,
+            kw: gm.kw,
+        })
+    }
+
+    /// Floats of the padded plane, with room for the last vector's reads past it.
+    fn plane(&self) -> i64 {
+        (self.ph * self.pw + self.kw + 2 + 3) / 4 * 4
+    }
+
+    fn scratch(&self) -> usize {
+        (4 * (self.plane() + self.run)) as usize
+    }
+}
+
+fn depthwise(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, d: &Depthwise, a: &Args, t: Target) {
+    let node = g.node(n);
+    let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
+    let gm = geo(xs, out, c);
+    let (ch, hw, p) = (xs[1] as i64, gm.h * gm.w, gm.oh * gm.ow);
+    let k = gm.kh * gm.kw;
+    let has_bias = node.inputs.len() > 2;
+    let plane = a.scratch;
+    let acc = fx.add_imm(a.scratch, 4 * d.plane());
+    let (ty, lanes) = if t.simd { (F4, 4) } else { (F32, 1) };
+    let zero = fx.f(F32, 0.0);
+    fx.for_n(xs[0] as i64 * ch, &mut |fx, bc| {
+        let c_ = fx.b.ins().srem_imm_s(bc, ch);
+        fx.for_ptrs(d.plane(), &[(plane, 4)], &mut |fx, q| fx.store(zero, q[0]));
+        let xplane = fx.addr(a.ins[0], bc, hw * 4);
+        let first = fx.add_imm(plane, 4 * (d.top * d.pw + d.left));
+        fx.for_ptrs(gm.h, &[(xplane, gm.w * 4), (first, d.pw * 4)], &mut |fx, r| {
+            fx.for_ptrs(gm.w, &[(r[0], 4), (r[1], 4)], &mut |fx, q| {
+                let v = fx.load(F32, q[0]);
+                fx.store(v, q[1]);
+            });
+        });
+        let wbase = fx.addr(a.ins[1], c_, k * 4);
+        let taps: Vec<(i64, Value)> = (0..k)
+            .map(|i| {
+                let wa = fx.add_imm(wbase, 4 * i);
+                let w = fx.load(F32, wa);
+                (4 * (i / gm.kw * d.pw + i % gm.kw), fx.splat(ty, w))
+            })
+            .collect();
+        let bias = if has_bias {
+            let ba = fx.addr(a.ins[2], c_, 4);
+            fx.load(F32, ba)
+        } else {
+            zero
+        };
+        let b4 = fx.splat(ty, bias);
+        fx.for_ptrs(d.run / lanes, &[(plane, 4 * lanes), (acc, 4 * lanes)], &mut |fx, q| {
+            let mut s = b4;
+            for &(off, w) in &taps {
+                let xa = fx.add_imm(q[0], off);
+                let x = fx.load(ty, xa);
+                let pr = fx.mul(x, w);
+                s = fx.add(s, pr);
+            }
+            let s = match c.fused {
+                Some(op) => super::elementwise::unary_op(fx, ty, op, s),
+                None => s,
+            };
+            fx.store(s, q[1]);
+        });
+        let ybase = fx.addr(a.outs[0], bc, p * 4);
+        fx.for_ptrs(gm.oh, &[(acc, 4 * d.pw), (ybase, gm.ow * 4)], &mut |fx, r| {
+            fx.for_ptrs(gm.ow, &[(r[0], 4), (r[1], 4)], &mut |fx, q| {
+                let v = fx.load(F32, q[0]);
+                fx.store(v, q[1]);
+            });
         });
     });
 }

@@ -1144,7 +1144,8 @@ impl Depthwise {
         let (xs, ws) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty.shape);
         let out = &g.value(node.outputs[0]).ty.shape;
         let unit = window.strides.iter().chain(&window.dilations).all(|&v| v == 1);
-        if xs.len() != 4 || group != xs[1] || ws[0] != xs[1] || !unit {
+        // (a 1x1 single-channel one with constant weights is pointwise, which comes first)
+        if pointwise(g, n, window, group) || xs.len() != 4 || group != xs[1] || ws[0] != xs[1] || !unit {
             return None;
         }
         let gm = geo(xs, out, window);
