@@ -58,15 +58,20 @@ fn mbqm(fx: &mut Fx, x: Value, m: Value, shift: Value) -> Value {
     let x64 = fx.b.ins().sextend(I64, x);
     let m64 = fx.b.ins().sextend(I64, m);
     let p = fx.b.ins().imul(x64, m64);
+    let r = round_shift(fx, p, shift);
+    saturate_i32(fx, r)
+}
+
+/// An i64 `t` shifted right by `31 - shift` (`shift` a run-time i32), rounding half up.
+fn round_shift(fx: &mut Fx, t: Value, shift: Value) -> Value {
     let s64 = fx.b.ins().sextend(I64, shift);
     let k31 = fx.i(31);
-    let t = fx.b.ins().isub(k31, s64);
-    let t1 = fx.b.ins().iadd_imm_s(t, -1);
+    let e = fx.b.ins().isub(k31, s64);
+    let e1 = fx.b.ins().iadd_imm_s(e, -1);
     let one = fx.i(1);
-    let half = fx.b.ins().ishl(one, t1);
-    let p = fx.b.ins().iadd(p, half);
-    let r = fx.b.ins().sshr(p, t);
-    saturate_i32(fx, r)
+    let half = fx.b.ins().ishl(one, e1);
+    let t = fx.b.ins().iadd(t, half);
+    fx.b.ins().sshr(t, e)
 }
 
 /// `mbqm` with the factor known at compile time.
@@ -908,19 +913,8 @@ pub(crate) fn qblock_matmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, bloc
                 fx.i(0)
             };
             fx.b.def_var(total, init);
-            let one = |fx: &mut Fx, b: Value, len: i64| {
-                let acc = fx.b.declare_var(I32);
-                let z = c32(fx, 0);
-                fx.b.def_var(acc, z);
-                let (xb, wb) = (fx.addr(xrow, b, block), fx.addr(wrow, b, block));
-                dot_row(fx, acc, xb, wb, len);
-                let bn = fx.mul_imm(b, nn);
-                let i = fx.b.ins().iadd(bn, j);
-                let sa = fx.addr(sums, i, 4);
-                let wsum = fx.load(I32, sa);
-                let zs = fx.b.ins().imul_imm_s(wsum, q.input_zp as i64);
-                let cur = fx.b.use_var(acc);
-                let dot = fx.b.ins().isub(cur, zs);
+            let zp = c32(fx, q.input_zp as i64);
+            block_dots(fx, (xrow, wrow), j, (k, nn, block), (sums, zp), &|fx, i, dot| {
                 let ma = fx.addr(mt, i, 4);
                 let m = fx.load(I32, ma);
                 let (d64, m64) = (fx.b.ins().sextend(I64, dot), fx.b.ins().sextend(I64, m));
@@ -928,24 +922,11 @@ pub(crate) fn qblock_matmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, bloc
                 let cur = fx.b.use_var(total);
                 let nv = fx.b.ins().iadd(cur, p);
                 fx.b.def_var(total, nv);
-            };
-            let full = k / block;
-            fx.for_n(full, &mut |fx, b| one(fx, b, block));
-            if k % block != 0 {
-                let b = fx.i(full);
-                one(fx, b, k % block);
-            }
+            });
             let sa = fx.addr(st, j, 4);
             let shift = fx.load(I32, sa);
-            let s64 = fx.b.ins().sextend(I64, shift);
-            let k31 = fx.i(31);
-            let e = fx.b.ins().isub(k31, s64);
-            let e1 = fx.b.ins().iadd_imm_s(e, -1);
-            let one = fx.i(1);
-            let half = fx.b.ins().ishl(one, e1);
             let t = fx.b.use_var(total);
-            let t = fx.b.ins().iadd(t, half);
-            let v = fx.b.ins().sshr(t, e);
+            let v = round_shift(fx, t, shift);
             let v = fx.b.ins().iadd_imm_s(v, q.output_zp as i64);
             let (lo, hi) = (fx.i(q.act_min as i64), fx.i(q.act_max as i64));
             let v = fx.b.ins().smax(v, lo);
@@ -976,19 +957,7 @@ fn blocked_column(
     let sum = fx.b.declare_var(F32);
     let zero = fx.f(F32, 0.0);
     fx.b.def_var(sum, zero);
-    let one = |fx: &mut Fx, b: Value, len: i64| {
-        let acc = fx.b.declare_var(I32);
-        let z = c32(fx, 0);
-        fx.b.def_var(acc, z);
-        let (xb, wb) = (fx.addr(xrow, b, block), fx.addr(wrow, b, block));
-        dot_row(fx, acc, xb, wb, len);
-        let bn = fx.mul_imm(b, nn);
-        let i = fx.b.ins().iadd(bn, j);
-        let wa = fx.addr(wsum, i, 4);
-        let w = fx.load(I32, wa);
-        let zs = fx.b.ins().imul(w, zp);
-        let cur = fx.b.use_var(acc);
-        let a = fx.b.ins().isub(cur, zs);
+    block_dots(fx, (xrow, wrow), j, (k, nn, block), (wsum, zp), &|fx, i, a| {
         let sa = fx.addr(scales, i, 4);
         let sw = fx.load(F32, sa);
         let s = fx.b.ins().fmul(sx, sw);
@@ -997,6 +966,37 @@ fn blocked_column(
         let cur = fx.b.use_var(sum);
         let nv = fx.b.ins().fadd(cur, y);
         fx.b.def_var(sum, nv);
+    });
+    let v = fx.b.use_var(sum);
+    let ya = fx.addr(yrow, j, 4);
+    fx.b.ins().store(flags(), v, ya, 0);
+}
+
+/// For each block of `block` inputs of output `j` (the last one short when `k` is not a
+/// multiple), in order: `each(fx, i, dot)` with `i = b * nn + j` the block's table index and
+/// `dot` its integer dot product less `zp * sums[i]` (the input zero point's share).
+fn block_dots(
+    fx: &mut Fx,
+    (xrow, wrow): (Value, Value),
+    j: Value,
+    (k, nn, block): (i64, i64, i64),
+    (sums, zp): (Value, Value),
+    each: &dyn Fn(&mut Fx, Value, Value),
+) {
+    let one = |fx: &mut Fx, b: Value, len: i64| {
+        let acc = fx.b.declare_var(I32);
+        let z = c32(fx, 0);
+        fx.b.def_var(acc, z);
+        let (xb, wb) = (fx.addr(xrow, b, block), fx.addr(wrow, b, block));
+        dot_row(fx, acc, xb, wb, len);
+        let bn = fx.mul_imm(b, nn);
+        let i = fx.b.ins().iadd(bn, j);
+        let wa = fx.addr(sums, i, 4);
+        let w = fx.load(I32, wa);
+        let zs = fx.b.ins().imul(w, zp);
+        let cur = fx.b.use_var(acc);
+        let dot = fx.b.ins().isub(cur, zs);
+        each(fx, i, dot);
     };
     let full = k / block;
     fx.for_n(full, &mut |fx, b| one(fx, b, block));
@@ -1004,9 +1004,6 @@ fn blocked_column(
         let b = fx.i(full);
         one(fx, b, k % block);
     }
-    let v = fx.b.use_var(sum);
-    let ya = fx.addr(yrow, j, 4);
-    fx.b.ins().store(flags(), v, ya, 0);
 }
 
 /// `acc += x[i] * w[i]` over `k` contiguous int8 pairs: sixteen products at a time (both
