@@ -276,6 +276,32 @@ fn external_data_is_read_and_checked() {
     std::fs::write(&bad, prost::Message::encode_to_vec(&m("../escape.bin"))).unwrap();
     let e = err_text(load(&bad));
     assert!(e.contains("relative path inside the model's folder"), "{e}");
+    // Links are followed only to a regular file inside the folder.
+    let link = |name: &str, to: &Path| {
+        let l = dir.join(name);
+        let _ = std::fs::remove_file(&l);
+        std::os::unix::fs::symlink(to, &l).unwrap();
+    };
+    link("inside.bin", &dir.join("weights.bin"));
+    std::fs::write(&good, prost::Message::encode_to_vec(&m("inside.bin"))).unwrap();
+    assert!(load(&good).is_ok(), "a link to a file in the folder loads");
+    for (name, to) in [("passwd.bin", "/etc/passwd"), ("zero.bin", "/dev/zero")] {
+        link(name, Path::new(to));
+        std::fs::write(&bad, prost::Message::encode_to_vec(&m(name))).unwrap();
+        let e = err_text(load(&bad));
+        assert!(e.contains("inside the model's folder") && e.contains(to), "{e}");
+    }
+    std::fs::create_dir_all(dir.join("sub.bin")).unwrap();
+    std::fs::write(&bad, prost::Message::encode_to_vec(&m("sub.bin"))).unwrap();
+    let e = err_text(load(&bad));
+    assert!(e.contains("sub.bin") && e.contains("not a regular file"), "{e}");
+    // The declared length must be what the shape needs; nothing more is read.
+    let mut long = m("weights.bin");
+    let init = &mut long.graph.as_mut().unwrap().initializer[0];
+    init.external_data[2].value = "12".into();
+    std::fs::write(&bad, prost::Message::encode_to_vec(&long)).unwrap();
+    let e = err_text(load(&bad));
+    assert!(e.contains("holds 12 bytes") && e.contains("needs 16"), "{e}");
 }
 
 #[test]

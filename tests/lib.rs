@@ -244,7 +244,7 @@ pub fn build_native_for(
         prefix: prefix.into(),
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
-    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
     let c = harness_source(g, prefix);
     let src = dir.join("harness.c");
     std::fs::write(&src, c).map_err(|e| e.to_string())?;
@@ -369,7 +369,7 @@ pub fn build_c(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path, extra: &
         prefix: prefix.into(),
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
-    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("harness.c"), harness_source(g, prefix)).map_err(|e| e.to_string())?;
     let run = |args: Vec<std::ffi::OsString>| -> Result<(), String> {
         let st = std::process::Command::new("cc")

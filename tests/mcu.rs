@@ -205,7 +205,7 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
         prefix: "model".into(),
     };
     let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
-    write_files(dir, &out.files).map_err(|e| e.to_string())?;
+    write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
     let plan = kiln::compile::plan_rust(g).map_err(|e| e.to_string())?;
     let api = kiln_backends::header::Api::new(g, &plan, "model", name);
     std::fs::write(dir.join("model.h"), kiln_backends::header::c_header(&api)).map_err(|e| e.to_string())?;
@@ -352,7 +352,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
             prefix: "model".into(),
         };
         let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
-        write_files(&dir, &out.files).map_err(|e| e.to_string())?;
+        write_files(&dir, &out.files, &[]).map_err(|e| e.to_string())?;
     }
     std::fs::write(dir.join("main.c"), harness(part, g, inputs)).map_err(|e| e.to_string())?;
     let (gcc, size, arch): (&str, &str, &[&str]) = match part {

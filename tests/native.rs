@@ -113,7 +113,7 @@ fn two_models_with_different_prefixes_link_into_one_program() {
             prefix: prefix.into(),
         };
         let out = kiln::compile::compile(&m.graph, &opts, model).unwrap();
-        kiln::compile::write_files(&dir, &out.files).unwrap();
+        kiln::compile::write_files(&dir, &out.files, &[]).unwrap();
         let input = kiln::npy::read(&d.join("ref/test_data_set_0/input_0.npy")).unwrap();
         std::fs::write(dir.join(format!("{prefix}.in")), input.data.to_le_bytes()).unwrap();
         let want = kiln_ir::eval::run(&m.graph, &[input]).unwrap().remove(0);

@@ -21,7 +21,7 @@ fn rust_program_links_the_model_through_generated_bindings() {
         prefix: "kws".into(),
     };
     let out = kiln::compile::compile(&m.graph, &opts, "model.onnx").unwrap();
-    kiln::compile::write_files(&dir, &out.files).unwrap();
+    kiln::compile::write_files(&dir, &out.files, &[]).unwrap();
     let main = r#"
 include!("kws.rs");
 
@@ -101,7 +101,7 @@ fn rust_program_runs_the_int8_model_both_ways() {
         prefix: "kws".into(),
     };
     let out = kiln::compile::compile(&g, &opts, "model.onnx").unwrap();
-    kiln::compile::write_files(&dir, &out.files).unwrap();
+    kiln::compile::write_files(&dir, &out.files, &[]).unwrap();
     let main = r#"
 include!("kws.rs");
 

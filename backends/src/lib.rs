@@ -7,3 +7,4 @@ pub mod header;
 pub mod namer;
 pub mod rust;
 pub mod shapes;
+pub mod text;

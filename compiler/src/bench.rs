@@ -53,7 +53,7 @@ pub fn bench_compiled(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path, em
         prefix: "bench_model".into(),
     };
     let out = compile(g, &opts, "bench").map_err(|e| e.to_string())?;
-    write_files(work, &out.files).map_err(|e| e.to_string())?;
+    write_files(work, &out.files, &[]).map_err(|e| e.to_string())?;
     let mut c = String::from(
         "#define _POSIX_C_SOURCE 199309L\n#include \"bench_model.h\"\n#include <stdio.h>\n#include <stdlib.h>\n#include <time.h>\n",
     );

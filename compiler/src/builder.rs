@@ -248,7 +248,7 @@ impl Build {
             &source,
         )
         .map_err(compile_err)?;
-        compile::write_files(&out_dir, &out.files).map_err(compile_err)?;
+        compile::write_files(&out_dir, &out.files, &m.files).map_err(compile_err)?;
         if emit == Emit::Object {
             directives.push(format!("cargo:rustc-link-search=native={}", out_dir.display()));
             directives.push(format!("cargo:rustc-link-lib=static={name}"));

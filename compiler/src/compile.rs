@@ -38,6 +38,8 @@ pub enum CompileError {
     Rust(#[from] kiln_backends::rust::Error),
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("refusing to write {path}: it is the input file {input} (choose another -o folder or --prefix)")]
+    WouldOverwriteInput { path: PathBuf, input: PathBuf },
 }
 
 /// What to produce.
@@ -268,19 +270,29 @@ fn static_lib(member: &str, object: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes every file into `dir`, all or nothing.
-pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), CompileError> {
+/// Writes `files` into `dir`, all or none: each under a fresh temporary name (never through
+/// a link planted there), then renamed into place. Nothing is written when an output would
+/// replace one of `inputs` (the model and its external data).
+pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)], inputs: &[PathBuf]) -> Result<(), CompileError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CompileError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    refuse_overwriting(dir, files, inputs)?;
     let tag = format!(".kiln-tmp-{}", std::process::id());
     let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| {
         for (name, bytes) in files {
             let tmp = dir.join(format!("{name}{tag}"));
-            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-            written.push((tmp, dir.join(name)));
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            written.push((tmp.clone(), dir.join(name)));
+            std::io::Write::write_all(&mut f, bytes).map_err(io(&tmp))?;
         }
         for (tmp, dst) in &written {
             std::fs::rename(tmp, dst).map_err(io(dst))?;
@@ -293,4 +305,32 @@ pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Compil
         }
     }
     result
+}
+
+/// An output replaces an input when its directory entry is the input's, or when it already
+/// exists and resolves to the same file.
+fn refuse_overwriting(dir: &Path, files: &[(String, Vec<u8>)], inputs: &[PathBuf]) -> Result<(), CompileError> {
+    let entry = |p: &Path| -> Option<PathBuf> {
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    for (name, _) in files {
+        let dst = dir.join(name);
+        for input in inputs {
+            let same_entry = entry(&dst).is_some_and(|d| Some(d) == entry(input));
+            let same_file = dst
+                .canonicalize()
+                .is_ok_and(|d| input.canonicalize().is_ok_and(|i| d == i));
+            if same_entry || same_file {
+                return Err(CompileError::WouldOverwriteInput {
+                    path: dst,
+                    input: input.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub struct Model {
     pub graph: kiln_ir::Graph,
     pub notices: Vec<String>,
     pub opset: i64,
+    /// The model file and its external data files (outputs are never written over them).
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// Imports `path` and runs the pass pipeline on it.
@@ -45,7 +47,13 @@ pub fn load(
         mut graph,
         notices,
         opset,
+        files,
     } = onnx::load(path, import)?;
     passes::run(&mut graph, pipeline, on_print)?;
-    Ok(Model { graph, notices, opset })
+    Ok(Model {
+        graph,
+        notices,
+        opset,
+        files,
+    })
 }

@@ -169,9 +169,9 @@ enum Cmd {
         /// Input .npy files in graph order (default: a fixed pseudo-random input).
         #[arg(long = "input")]
         inputs: Vec<PathBuf>,
-        /// Timed runs (after one warm-up run).
-        #[arg(long, default_value_t = 50)]
-        runs: usize,
+        /// Timed runs (after one warm-up run), 1 to 1,000,000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        runs: u32,
         /// What to time: the reference evaluator, or the model compiled to a native object.
         #[arg(long, value_enum, default_value = "eval")]
         emit: BenchEmit,
@@ -658,9 +658,10 @@ fn bench(
     shapes: &ShapeArgs,
     quant: &QuantArgs,
     inputs: &[PathBuf],
-    runs: usize,
+    runs: u32,
     emit: BenchEmit,
 ) -> Result<()> {
+    let runs = runs as usize;
     let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
     let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {
@@ -671,13 +672,16 @@ fn bench(
     let (what, t) = match emit {
         BenchEmit::Eval => ("evaluator", kiln::bench::bench_eval(g, &ts, runs)?),
         BenchEmit::Object | BenchEmit::C => {
-            let work = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+            // A fresh private folder with an unpredictable name, removed however this ends.
+            let work = tempfile::Builder::new()
+                .prefix("kiln-bench-")
+                .tempdir()
+                .context("cannot create a temporary build folder")?;
             let (what, e) = match emit {
                 BenchEmit::C => ("C source (cc -O2)", kiln::compile::Emit::C),
                 _ => ("native object", kiln::compile::Emit::Object),
             };
-            let r = kiln::bench::bench_compiled(g, &ts, runs, &work, e);
-            let _ = std::fs::remove_dir_all(&work);
+            let r = kiln::bench::bench_compiled(g, &ts, runs, work.path(), e);
             (what, r.map_err(anyhow::Error::msg)?)
         }
     };
@@ -730,7 +734,7 @@ fn compile(
         out.files
             .push((format!("{prefix}.clif"), out.clif.clone().into_bytes()));
     }
-    compile::write_files(out_dir, &out.files)?;
+    compile::write_files(out_dir, &out.files, &m.files)?;
     let r = &out.report;
     println!(
         "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); {} {} bytes; {:.0} ms",

@@ -471,3 +471,55 @@ fn quantized_models_from_the_command_line() {
     ]);
     assert!(!o.status.success() && text(&o).1.contains("--calibrate"));
 }
+
+#[test]
+fn compile_never_writes_over_its_input() {
+    let dir = tmp("overwrite");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A model file named like one of the outputs, compiled into its own folder.
+    let model = dir.join("net.h");
+    std::fs::copy(repo().join("tests/models/digits_cnn/model.onnx"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let d = dir.to_str().unwrap();
+    let o = kiln(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--emit",
+        "c",
+        "--prefix",
+        "net",
+        "-o",
+        d,
+    ]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("refusing to write") && err.contains("net.h"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the model is unchanged");
+    assert!(!dir.join("net.c").exists(), "nothing is written");
+    // Another prefix in the same folder is fine.
+    let o = kiln(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--emit",
+        "c",
+        "--prefix",
+        "other",
+        "-o",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(dir.join("other.c").exists());
+}
+
+#[test]
+fn bench_refuses_absurd_run_counts() {
+    let m = "tests/models/digits_cnn/model.onnx";
+    for runs in ["0", "18446744073709551615", "1000001"] {
+        let o = kiln(&["bench", m, "--runs", runs]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{runs}: {err}");
+        assert!(err.contains("--runs"), "{err}");
+    }
+}

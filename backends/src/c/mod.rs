@@ -542,7 +542,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 let _ = writeln!(
                     out,
                     "\n/* `{}`: {} */",
-                    g.value(v).name.replace("*/", "* /"),
+                    crate::text::comment(&g.value(v).name),
                     g.value(v).ty
                 );
                 let ty = if packed.is_some() {
@@ -594,12 +594,12 @@ fn entry(
     for (i, q) in api.inputs.iter().enumerate() {
         let ty = header::c_type(int.map_or(q.scalar, |ia| ia.inputs[i].scalar));
         params.push(format!("const {ty} *in{i}"));
-        let _ = write!(doc, "\n * in{i}: `{}`", q.name.replace("*/", "* /"));
+        let _ = write!(doc, "\n * in{i}: `{}`", crate::text::comment(&q.name));
     }
     for (i, q) in api.outputs.iter().enumerate() {
         let ty = header::c_type(int.map_or(q.scalar, |ia| ia.outputs[i].scalar));
         params.push(format!("{ty} *out{i}"));
-        let _ = write!(doc, "\n * out{i}: `{}`", q.name.replace("*/", "* /"));
+        let _ = write!(doc, "\n * out{i}: `{}`", crate::text::comment(&q.name));
     }
     params.push("void *arena".into());
     let (name, what) = match int {
@@ -760,7 +760,7 @@ fn sig(g: &Graph, n: NodeId, k: usize) -> String {
         .collect();
     format!(
         "\n/* node `{}` ({}): {} -> {} */\nstatic void k{k}({}) {{\n    {}\n",
-        node.name.replace("*/", "* /"),
+        crate::text::comment(&node.name),
         node.op.name(),
         ins.join(", "),
         outs.join(", "),

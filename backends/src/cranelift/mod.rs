@@ -193,7 +193,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 ));
             }
         }
-        clif.push_str(&format!("; {name}: node `{}`\n{}\n", node.name, ctx.func.display()));
+        clif.push_str(&format!(
+            "; {name}: node `{}`\n{}\n",
+            crate::text::comment(&node.name),
+            ctx.func.display()
+        ));
         let defined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             module.define_function(fid, &mut ctx).map_err(|e| format!("{e:?}"))
         }))

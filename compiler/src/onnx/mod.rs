@@ -104,6 +104,8 @@ pub struct Imported {
     pub graph: Graph,
     pub notices: Vec<String>,
     pub opset: i64,
+    /// The model file and every external data file it names: outputs must not replace them.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// Reads and imports a model file.
@@ -126,7 +128,33 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> 
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    import_model(&model, &name, path.parent(), opts)
+    let mut imported = import_model(&model, &name, path.parent(), opts)?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    imported.files.push(path.to_path_buf());
+    if let Some(g) = &model.graph {
+        external_files(g, base, &mut imported.files);
+    }
+    Ok(imported)
+}
+
+/// Files named by external tensors anywhere in `g`: initializers, and tensor attributes of
+/// nodes and of their subgraphs.
+fn external_files(g: &proto::GraphProto, base: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let mut add = |t: &proto::TensorProto| {
+        if t.data_location == 1 {
+            let loc = t.external_data.iter().find(|e| e.key == "location");
+            out.extend(loc.map(|e| base.join(&e.value)));
+        }
+    };
+    g.initializer.iter().for_each(&mut add);
+    for a in g.node.iter().flat_map(|n| &n.attribute) {
+        a.t.iter().chain(&a.tensors).for_each(&mut add);
+    }
+    for a in g.node.iter().flat_map(|n| &n.attribute) {
+        for sub in a.g.iter().chain(&a.graphs) {
+            external_files(sub, base, out);
+        }
+    }
 }
 
 /// The ONNX `default` domain has two spellings.
@@ -289,6 +317,7 @@ pub fn import_model(
         graph: cx.graph,
         notices: cx.notices,
         opset,
+        files: Vec::new(),
     })
 }
 

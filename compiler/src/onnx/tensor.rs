@@ -76,7 +76,10 @@ pub fn convert(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, Impor
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let external;
     let raw: Option<&[u8]> = if t.data_location == 1 {
-        external = read_external(t, base_dir).map_err(bad)?;
+        let need = n
+            .checked_mul(scalar.size())
+            .ok_or_else(|| bad("byte size overflows".into()))?;
+        external = read_external(t, base_dir, need).map_err(bad)?;
         Some(&external)
     } else if !t.raw_data.is_empty() || (n == 0) {
         Some(&t.raw_data)
@@ -127,7 +130,7 @@ fn convert_4bit(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, Stri
     let n = checked_numel(&t.dims, &t.name).map_err(|e| e.to_string())?;
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let bytes: Vec<u8> = if t.data_location == 1 {
-        read_external(t, base_dir)?
+        read_external(t, base_dir, n.div_ceil(2))?
     } else if !t.raw_data.is_empty() || n == 0 {
         t.raw_data.clone()
     } else {
@@ -151,37 +154,64 @@ fn convert_4bit(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, Stri
     })
 }
 
-fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+/// Reads the `need` bytes of an external tensor. The file must be a regular file inside the
+/// model's folder once links are resolved (a link to `/etc/passwd` or `/dev/zero` is refused),
+/// and only the bytes the tensor needs are read, so a huge or endless file costs nothing.
+fn read_external(t: &TensorProto, base_dir: Option<&Path>, need: usize) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Seek, SeekFrom};
     let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
     let loc = get("location").ok_or("external data without a `location`")?;
     let rel = Path::new(loc);
+    let outside = || format!("external data location `{loc}` must be a relative path inside the model's folder");
     if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(outside());
+    }
+    let base = base_dir.unwrap_or(Path::new("."));
+    let path = base.join(rel);
+    let cannot = |e: std::io::Error| format!("cannot read external data file {}: {e}", path.display());
+    let real = path.canonicalize().map_err(cannot)?;
+    let real_base = base.canonicalize().map_err(cannot)?;
+    if !real.starts_with(&real_base) {
         return Err(format!(
-            "external data location `{loc}` must be a relative path inside the model's folder"
+            "{} (`{}` resolves to {})",
+            outside(),
+            path.display(),
+            real.display()
         ));
     }
-    let path = base_dir.unwrap_or(Path::new(".")).join(rel);
+    let mut file = std::fs::File::open(&real).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("external data `{}` is not a regular file", path.display()));
+    }
     let parse = |k: &str| -> Result<u64, String> {
         get(k)
             .map(|v| v.parse::<u64>().map_err(|_| format!("bad external data {k} `{v}`")))
             .unwrap_or(Ok(0))
     };
     let offset = parse("offset")?;
-    let length = get("length").map(|_| parse("length")).transpose()?;
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read external data file {}: {e}", path.display()))?;
-    let start = offset as usize;
-    let end = match length {
-        Some(l) => start.checked_add(l as usize).ok_or("external data range overflows")?,
-        None => bytes.len(),
+    let size = meta.len();
+    let length = match get("length") {
+        Some(_) => parse("length")?,
+        None => size.saturating_sub(offset),
     };
-    if start > end || end > bytes.len() {
+    let end = offset.checked_add(length).ok_or("external data range overflows")?;
+    if end > size {
         return Err(format!(
-            "external data range {start}..{end} is outside {} ({} bytes)",
-            path.display(),
-            bytes.len()
+            "external data range {offset}..{end} is outside {} ({size} bytes)",
+            path.display()
         ));
     }
-    Ok(bytes[start..end].to_vec())
+    if length != need as u64 {
+        return Err(format!("holds {length} bytes of external data, its shape needs {need}"));
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    (&mut file).take(length).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 != length {
+        return Err(format!("{} ended early while reading external data", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// IR tensor to TensorProto (raw little-endian data); used by tests and fixtures.
