@@ -172,6 +172,8 @@ enum Part {
     /// The Cortex-M4F again, the model emitted as Rust source and built as a `no_std`
     /// staticlib for `thumbv7em-none-eabihf` behind a C-ABI `model_run`.
     CortexM4Rust,
+    /// A Cortex-M3 (Armv7-M, no DSP extension, soft float) on QEMU's mps2-an385.
+    CortexM3,
 }
 
 impl Part {
@@ -184,6 +186,7 @@ impl Part {
             Part::Avr(mcu) => mcu,
             Part::CortexM4 => "cortex-m4",
             Part::CortexM4Rust => "cortex-m4-rust",
+            Part::CortexM3 => "cortex-m3",
         }
     }
 
@@ -272,7 +275,7 @@ fn harness(part: Part, g: &Graph, inputs: &[Tensor]) -> String {
             c += "static uint8_t *stack_low(void) { return &__heap_start; }\nstatic uintptr_t stack_top(void) { return RAMEND + 1; }\n";
             c += "static uintptr_t sp(void) { return SP; }\n";
         }
-        Part::CortexM4 | Part::CortexM4Rust => {
+        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
             c += "#define ROM\n#define rom_copy memcpy\nvoid kiln_puts(const char *s);\nextern uint32_t __stack_top[];\n";
             c += "static char buf[1024];\nstatic size_t len;\n";
             c += "static void flush(void) { buf[len] = 0; kiln_puts(buf); len = 0; }\nstatic void put(char ch) { if (len + 1 >= sizeof buf) flush(); buf[len++] = ch; }\n";
@@ -368,10 +371,15 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
                 "-O2",
             ],
         ),
+        Part::CortexM3 => (
+            "arm-none-eabi-gcc",
+            "arm-none-eabi-size",
+            &["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft", "-O2"],
+        ),
     };
     let mmcu = match part {
         Part::Avr(mcu) => Some(format!("-mmcu={mcu}")),
-        Part::CortexM4 | Part::CortexM4Rust => None,
+        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => None,
     };
     let cc = |args: &[&str]| {
         sh(Command::new(gcc)
@@ -414,7 +422,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
         ])?;
         match part {
             Part::Avr(_) => cc(&["-Wl,--gc-sections", &main_o, model_obj, "-lm", "-o", &elf])?,
-            Part::CortexM4 | Part::CortexM4Rust => {
+            Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
                 let startup = repo().join("tests/mcu/cm_startup.c");
                 let ld = repo().join("tests/mcu/cm.ld");
                 cc(&["-std=gnu99", "-c", &startup.to_string_lossy(), "-o", "startup.o"])?;
@@ -447,7 +455,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
                     .map_err(|e| e.to_string())?;
                 (o, None)
             }
-            Part::CortexM4 | Part::CortexM4Rust => {
+            Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
                 let plugin = tools.qemu_plugin.as_ref().ok_or("no QEMU plugin")?;
                 let count = elf.with_extension("insns");
                 let o = Command::new("timeout")
@@ -455,7 +463,11 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
                         "120",
                         "qemu-system-arm",
                         "-M",
-                        "mps2-an386",
+                        if part == Part::CortexM3 {
+                            "mps2-an385"
+                        } else {
+                            "mps2-an386"
+                        },
                         "-display",
                         "none",
                         "-monitor",
@@ -500,7 +512,7 @@ fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, d
     // the difference between a program that runs the model twice and once.
     let cost = match part {
         Part::Avr(_) => one,
-        Part::CortexM4 | Part::CortexM4Rust => exec(&link(2)?)?.1 - one,
+        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => exec(&link(2)?)?.1 - one,
     };
     let sizes = sh(Command::new(size).arg("-A").arg(&elf1))?;
     let section = |s: &str| {
@@ -683,7 +695,7 @@ fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &To
             let r = last.ok_or("no input sets")?;
             let cost = match part {
                 Part::Avr(_) => format!("{} cycles/inference ({:.2} ms at 16 MHz)", r.cost, r.cost as f64 / 16e3),
-                Part::CortexM4 | Part::CortexM4Rust => format!("{} instructions/inference", r.cost),
+                Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => format!("{} instructions/inference", r.cost),
             };
             Ok(format!(
                 "{cost}, flash {} B, static RAM {} B + stack {} B; worst {worst:.3} of the bound",
@@ -836,4 +848,89 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
     // Unknown part names list the known ones.
     let e = parse_target("atmega9999").expect_err("unknown").to_string();
     assert!(e.contains("atmega328p") && e.contains("cortex-m4"), "{e}");
+}
+
+/// The official MLPerf Tiny int8 models (`model_int8_qdq_tflite.onnx`, compiled as
+/// `kiln compile --quantize int8`) on a Cortex-M4 (DSP kernels) and a Cortex-M3 (plain C):
+/// outputs byte for byte the evaluator's, and instructions per inference against the
+/// committed baseline `tests/mcu/bench-cortexm.txt` (exact counts, so a regression of more
+/// than 5% fails). `KILN_UPDATE_BENCH=1` rewrites the baseline.
+#[test]
+fn official_int8_models_instruction_benchmark() {
+    let ok = has("arm-none-eabi-gcc", "--version") && has("qemu-system-arm", "--version");
+    if !available("Cortex-M", ok) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-cm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = helper(&dir, "qemu_insns.c", "qemu_insns.so", &["-shared", "-fPIC"]).unwrap();
+    let tools = Tools {
+        avr_sim: None,
+        qemu_plugin: Some(plugin),
+    };
+    let baseline_path = repo().join("tests/mcu/bench-cortexm.txt");
+    let baseline = std::fs::read_to_string(&baseline_path).unwrap_or_default();
+    let want = |key: &str| -> Option<u64> {
+        baseline.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(' ')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    let mut lines = vec![
+        "# part model instructions/inference (tests/mcu.rs official_int8_models_instruction_benchmark)".to_string(),
+    ];
+    let mut failures = Vec::new();
+    for m in [
+        "mlperf_tiny_kws_dscnn",
+        "mlperf_tiny_vww_mobilenetv1_025",
+        "mlperf_tiny_ic_resnet8",
+        "mlperf_tiny_ad_fc_autoencoder",
+    ] {
+        let mdir = repo().join("tests/models").join(m);
+        let model = kiln::load(
+            &mdir.join("model_int8_qdq_tflite.onnx"),
+            &ImportOptions::default(),
+            &PipelineOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        let g = kiln::quantize::qdq::quantize_model(&model.graph, None, &Default::default())
+            .unwrap()
+            .graph;
+        let input = kiln::npy::read(&mdir.join("ref_int8_onnx/test_data_set_0/input_0.npy")).unwrap();
+        let inputs = vec![input];
+        let want_out = kiln_ir::eval::run(&g, &inputs).unwrap();
+        for part in [Part::CortexM4, Part::CortexM3] {
+            let key = format!("{} {}", part.name(), m.trim_start_matches("mlperf_tiny_"));
+            match run_on(part, m, &g, &inputs, &tools, &dir) {
+                Ok(run) => {
+                    for (got, w) in run.outputs.iter().zip(&want_out) {
+                        if got.data.to_le_bytes() != w.data.to_le_bytes() {
+                            failures.push(format!("{key}: output differs from the evaluator"));
+                        }
+                    }
+                    println!("{key}: {} instructions, flash {} B", run.cost, run.flash);
+                    if let Some(base) = want(&key)
+                        && run.cost * 100 > base * 105
+                    {
+                        failures.push(format!(
+                            "{key}: {} instructions, baseline {base} (+5% allowed)",
+                            run.cost
+                        ));
+                    }
+                    lines.push(format!("{key} {}", run.cost));
+                }
+                Err(e) => failures.push(format!("{key}: {e}")),
+            }
+        }
+    }
+    if std::env::var_os("KILN_UPDATE_BENCH").is_some() {
+        std::fs::write(&baseline_path, lines.join("\n") + "\n").unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -160,6 +160,7 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
         &kiln_backends::c::Options {
             prefix: opts.prefix.clone(),
             progmem: opts.target.is_avr(),
+            cortex_m: opts.target.is_cortex_m(),
         },
     )?;
     check_fit(g, &plan, &opts.target)?;

@@ -29,6 +29,12 @@ const MCUS: &[(&str, &str, usize, usize)] = &[
     ("atmega2560", "avr-unknown-unknown", 256 * 1024, 8 * 1024),
     // A typical Cortex-M4F part (STM32F405-class: 1 MiB flash, 128 KiB main SRAM).
     ("cortex-m4", "thumbv7em-none-eabihf", 1024 * 1024, 128 * 1024),
+    // STM32F746-class Cortex-M7 (1 MiB flash, 320 KiB SRAM).
+    ("cortex-m7", "thumbv7em-none-eabihf", 1024 * 1024, 320 * 1024),
+    // STM32L552-class Cortex-M33 with the DSP extension (512 KiB flash, 256 KiB SRAM).
+    ("cortex-m33", "thumbv8m.main-none-eabihf", 512 * 1024, 256 * 1024),
+    // LPC1768-class Cortex-M3, no DSP extension (512 KiB flash, 64 KiB SRAM).
+    ("cortex-m3", "thumbv7m-none-eabi", 512 * 1024, 64 * 1024),
 ];
 
 impl Target {
@@ -66,6 +72,15 @@ impl Target {
     /// Harvard parts, where constants must be placed in and read from program memory.
     pub fn is_avr(&self) -> bool {
         self.triple.architecture == Architecture::Avr
+    }
+
+    /// A 32-bit Arm M-profile part (`thumbv6m`..`thumbv8m.main`).
+    pub fn is_cortex_m(&self) -> bool {
+        let a = self.triple.architecture.to_string();
+        a.starts_with("thumbv6m")
+            || a.starts_with("thumbv7m")
+            || a.starts_with("thumbv7em")
+            || a.starts_with("thumbv8m")
     }
 }
 

@@ -26,8 +26,10 @@ void Reset_Handler(void) {
     uint32_t *src = __data_load, *dst = __data_start;
     while (dst < __data_end) *dst++ = *src++;
     for (dst = __bss_start; dst < __bss_end; ++dst) *dst = 0;
+#if defined(__ARM_FP)
     *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20; /* CPACR: CP10, CP11 full access */
     __asm__ volatile("dsb\n\tisb");
+#endif
     kiln_exit(main());
 }
 

@@ -41,6 +41,13 @@ static inline int32_t kiln_mbqm(int32_t x, int32_t m, int32_t shift) {
     int64_t p = ((int64_t)x * m + ((int64_t)1 << (t - 1))) >> t;
     return p < INT32_MIN ? INT32_MIN : (p > INT32_MAX ? INT32_MAX : (int32_t)p);
 }
+/* kiln_mbqm for -31 <= shift <= -2, in 32 bits: the rounding bit 2^(t-1) is a multiple
+   of 2^32, so the low word of the product cannot change the result, and no saturation is
+   needed (|result| < 2^30). One long multiply, an add and a shift. */
+static inline int32_t kiln_mbqm_hi(int32_t x, int32_t m, int32_t shift) {
+    int32_t s = -1 - shift, hi = (int32_t)(((int64_t)x * m) >> 32);
+    return (hi + (1 << (s - 1))) >> s;
+}
 static inline int32_t kiln_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 static inline int64_t kiln_mbqm64(int64_t x, int32_t m, int32_t shift) {
     int64_t m16 = m < 0x7FFF0000 ? ((int64_t)m + ((int64_t)1 << 15)) >> 16 : 0x7FFF;
@@ -217,13 +224,26 @@ fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
         );
     }
     format!(
-        "(int8_t)kiln_clamp(kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
-        q.output_zp, q.act_min, q.act_max
+        "(int8_t)kiln_clamp({}(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
+        mbqm(q.requant.iter().map(|r| r.shift)),
+        q.output_zp,
+        q.act_min,
+        q.act_max
     )
 }
 
+/// The rescale helper that is exact for every one of `shifts`: the 32-bit form when all lie
+/// in -31..=-2 (almost every layer: multipliers below one half), else the 64-bit one.
+fn mbqm(mut shifts: impl Iterator<Item = i32>) -> &'static str {
+    if shifts.all(|s| (-31..=-2).contains(&s)) {
+        "kiln_mbqm_hi"
+    } else {
+        "kiln_mbqm"
+    }
+}
+
 /// Prints the body of integer node `n`.
-pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
+pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
     let node = g.node(n);
     let o0 = shape(g, node.outputs[0]).to_vec();
     let total: usize = o0.iter().product();
@@ -261,8 +281,10 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             };
             let _ = writeln!(
                 out,
-                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_mbqm((int32_t)x0[i] - {input_zp}, {}, {}) + {zero_point}, {lo}, {hi});",
-                requant.multiplier, requant.shift
+                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp({}((int32_t)x0[i] - {input_zp}, {}, {}) + {zero_point}, {lo}, {hi});",
+                mbqm([requant.shift].into_iter()),
+                requant.multiplier,
+                requant.shift
             );
         }
         Op::Lut16 { table, .. } => {
@@ -385,6 +407,9 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
             let rows = total / nn.max(1);
             let wide = wide_input(g, n);
             let fin = requant(out, q, "j", wide);
+            if cortex_m && super::mcu::packed_dense(g, n) {
+                return super::mcu::dense(out, g, n, q, &fin);
+            }
             let (acc_t, mul) = if wide {
                 ("int64_t", "kiln_mul16")
             } else {
@@ -458,6 +483,15 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId) {
         Op::QConv { window, group, q } => {
             let skip = qconv_scratch(g, n);
             let st = static_stage(out, q, "oc", wide_input(g, n));
+            if cortex_m && super::mcu::packed_pointwise(g, n) {
+                return super::mcu::pointwise(out, g, n, &st.fin);
+            }
+            if cortex_m && super::mcu::packed_patch(g, n) {
+                return super::mcu::patch_conv(out, g, n, window, q, &st.fin);
+            }
+            if cortex_m && super::mcu::plane_conv_fits(g, n) {
+                return super::mcu::plane_conv(out, g, n, window, q, &st.fin);
+            }
             conv(out, g, n, window, *group, &st, skip);
         }
         Op::DynConv {

@@ -7,6 +7,7 @@
 //! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
 
 mod int;
+mod mcu;
 mod rom;
 mod writer;
 
@@ -40,6 +41,9 @@ pub struct Options {
     /// Keep constants in program memory and read them with flash loads (AVR, where a
     /// `static const` array would otherwise be copied into RAM at start-up).
     pub progmem: bool,
+    /// A 32-bit Cortex-M part: int8 convolutions use the kernels of `mcu` (stack-buffered
+    /// planes, and DSP-extension paths chosen by the C preprocessor).
+    pub cortex_m: bool,
 }
 
 pub struct Output {
@@ -398,7 +402,16 @@ static inline float kiln_h2f(uint16_t h) {
 "#;
 
 /// Helpers every file carries (unused ones are `static inline`, so no warnings).
+/// `KILN_LAYER_BEGIN(k)`/`KILN_LAYER_END(k)` wrap the call of kernel `k` in the entry
+/// points: empty unless defined before this file is compiled (e.g. `-D` to a simulator's
+/// region markers, for a per-layer profile).
 const PRELUDE: &str = r#"
+#ifndef KILN_LAYER_BEGIN
+#define KILN_LAYER_BEGIN(k)
+#endif
+#ifndef KILN_LAYER_END
+#define KILN_LAYER_END(k)
+#endif
 static inline float kiln_maxf(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
 static inline float kiln_minf(float a, float b) { return (a != a || b != b) ? a + b : (a < b ? a : b); }
 static inline float kiln_absf(float a) { return a < 0.0f ? -a : a; }
@@ -493,6 +506,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if plan.order.iter().any(|&n| int::supported(g, n).is_some()) {
         out.push_str(int::PRELUDE);
     }
+    if opts.cortex_m {
+        out.push_str(mcu::PRELUDE);
+    }
     if plan.order.iter().any(|&n| half_weight(g, n)) {
         out.push_str(HALF_PRELUDE);
         out.push_str(if opts.progmem {
@@ -521,7 +537,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             {
                 let name = format!("w{}", v.index());
                 let packed = kiln_ir::analysis::packed_weight_bits(g, v);
+                let reordered = if opts.cortex_m { mcu::const_values(g, v) } else { None };
                 let items: Vec<String> = match &t.data {
+                    _ if reordered.is_some() => reordered.iter().flatten().map(|x| x.to_string()).collect(),
                     _ if packed.is_some() => {
                         let w: Vec<i8> = t.to_i64_vec().iter().map(|&x| x as i8).collect();
                         let bits = packed.unwrap_or(8);
@@ -559,9 +577,13 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (k, &n) in plan.order.iter().enumerate() {
         if !aliased(g, plan, n) {
             let mut text = String::new();
-            kernel(&mut text, g, n, k);
+            kernel(&mut text, g, n, k, opts.cortex_m);
             if opts.progmem || half_weight(g, n) || packed_weight(g, n) {
                 text = flash_reads(g, n, k, &text, opts.progmem)?;
+            }
+            if opts.cortex_m {
+                // kept out of line: one kernel's registers are not the whole model's
+                text = text.replacen("*/\nstatic void k", "*/\nKILN_KERNEL k", 1);
             }
             out.push_str(&text);
         }
@@ -660,7 +682,11 @@ fn entry(
         if let Some(off) = plan.scratch.get(&n) {
             args.push(format!("(float *)(a + {off})"));
         }
-        let _ = writeln!(out, "    k{k}({});", args.join(", "));
+        let _ = writeln!(
+            out,
+            "    KILN_LAYER_BEGIN({k}); k{k}({}); KILN_LAYER_END({k});",
+            args.join(", ")
+        );
     }
     for (i, &v) in g.outputs().iter().enumerate() {
         if int.is_some() {
@@ -773,11 +799,11 @@ fn dims(s: &[usize]) -> Vec<usize> {
     s.to_vec()
 }
 
-fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize) {
+fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool) {
     let node = g.node(n);
     out.push_str(&sig(g, n, k));
     if int::supported(g, n).is_some() {
-        int::kernel(out, g, n);
+        int::kernel(out, g, n, cortex_m);
         out.push_str("}\n");
         return;
     }

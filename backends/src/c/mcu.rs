@@ -1,0 +1,490 @@
+//! Int8 convolution kernels for 32-bit microcontrollers (Cortex-M): the planar layout the
+//! graph already has, with the work shaped for the part instead of the general loop nest.
+//!
+//! - Pointwise (1x1) convolutions with an even number of input and output channels read
+//!   their weights in a compile-time order, `[w(o,c) w(o+1,c) w(o,c+1) w(o+1,c+1)]` per
+//!   output-channel pair and input-channel pair, so that on Armv7E-M / Armv8-M with the DSP
+//!   extension one 32-bit load and two `SXTB16` give both channels' weight pairs. The
+//!   activations of two input channels at two positions become one word with a single pack
+//!   and two `SXTB16`; `SMLAD` then adds two products at a time into a 2x2 block of sums.
+//!   The input zero point is folded into the bias constant at compile time, so the raw int8
+//!   values are multiplied (integer sums: the same bytes). No scratch. Without the DSP
+//!   extension the same constants are read through the permuted index.
+//! - Convolutions with one input channel per group (depthwise, or a first layer over a
+//!   single-channel input) copy each input plane into a zero-point-padded stack buffer; every
+//!   tap is then a fixed offset, the zero point moves into the starting sum, and the tap
+//!   loop is unrolled with no bounds test.
+//!
+//! The constants' form is decided once here (`packed_pointwise`, `const_values`) and used
+//! both by the constant emitter and by the kernel, so the flash bytes do not grow.
+
+use super::shape;
+use kiln_ir::op::{QLinear, Window};
+use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
+use std::fmt::Write;
+
+/// Helpers for the DSP kernels, defined only where the DSP extension exists (GNU C inline
+/// assembly for the rotated extends, which GCC 12's `arm_acle.h` cannot express).
+pub const PRELUDE: &str = r#"
+#include <string.h>
+#if defined(__GNUC__)
+#define KILN_KERNEL __attribute__((noinline)) static void
+#else
+#define KILN_KERNEL static void
+#endif
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
+#include <arm_acle.h>
+#define KILN_DSP 1
+static inline int32_t kiln_ld32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static inline int32_t kiln_ld16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline int32_t kiln_sxtb16_r8(int32_t x) {
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+static inline int32_t kiln_sxtab16_r8(int32_t a, int32_t x) {
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+}
+#endif
+"#;
+
+/// Whether node `n` is a pointwise int8 convolution whose weights are stored in the SMLAD
+/// pair order and whose bias has the input zero point folded in (even channel counts;
+/// weights and int32 bias constants read by this node alone).
+pub fn packed_pointwise(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QConv { window, group, q } = &node.op else {
+        return false;
+    };
+    let xs = shape(g, node.inputs[0]);
+    let ws = shape(g, node.inputs[1]);
+    let own = |v: ValueId| g.const_value(v).is_some() && !g.is_output(v) && g.consumers(v) == [n];
+    *group == 1
+        && q.weight_bits == 8
+        && xs.len() == 4
+        && node.inputs.len() == 3
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && g.value(node.inputs[2]).ty.dtype.scalar == Scalar::I32
+        && window.kernel.iter().all(|&k| k == 1)
+        && window.strides.iter().all(|&s| s == 1)
+        && window.pads.iter().all(|&p| p == 0)
+        && ws[0].is_multiple_of(2)
+        && xs[1].is_multiple_of(2)
+        && own(node.inputs[1])
+        && own(node.inputs[2])
+}
+
+/// The values of constant `v` as its kernel reads them, when that differs from the graph's:
+/// pointwise weights in pair order, and their bias less `zp * sum(w)` (wrapping, as the
+/// int32 sums do, so `bias' + sum(x * w)` is exactly `bias + sum((x - zp) * w)`).
+pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    let n = *g.consumers(v).first()?;
+    if packed_patch(g, n) && g.node(n).inputs[1] == v {
+        return patch_weights(g, n);
+    }
+    if packed_dense(g, n) && g.node(n).inputs[1] == v {
+        return dense_weights(g, n);
+    }
+    if !packed_pointwise(g, n) {
+        return None;
+    }
+    let node = g.node(n);
+    let Op::QConv { q, .. } = &node.op else {
+        return None;
+    };
+    let ws = shape(g, node.inputs[1]);
+    let (m, c) = (ws[0], ws[1]);
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    if v == node.inputs[1] {
+        let mut out = vec![0; w.len()];
+        for o in 0..m {
+            for k in 0..c {
+                out[packed_index(o, k, c)] = w[o * c + k];
+            }
+        }
+        Some(out)
+    } else if v == node.inputs[2] {
+        let bias = g.const_value(v)?.to_i64_vec();
+        let zp = i64::from(q.input_zp);
+        let fold = |o: usize| bias[o] - zp * w[o * c..(o + 1) * c].iter().sum::<i64>();
+        Some((0..m).map(|o| i64::from(fold(o) as i32)).collect())
+    } else {
+        None
+    }
+}
+
+/// Position of weight (o, c) of a `[m, ch]` pointwise kernel in the pair order.
+fn packed_index(o: usize, c: usize, ch: usize) -> usize {
+    (o & !1) * ch + 2 * c + (o & 1)
+}
+
+/// The finishing expression for sum `acc` of channel `ch`, from a template written for
+/// `acc` and `oc`.
+fn finish(fin: &str, acc: &str, ch: &str) -> String {
+    fin.replace("(acc,", &format!("({acc},"))
+        .replace("[oc]", &format!("[{ch}]"))
+}
+
+/// Pointwise convolution over pair-ordered weights: the DSP kernel, and the plain loop for
+/// every other target.
+pub fn pointwise(out: &mut String, g: &Graph, n: NodeId, fin: &str) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let m = shape(g, node.inputs[1])[0];
+    let (b, c) = (xs[0], xs[1]);
+    let p: usize = xs[2..].iter().product();
+    let bias = |o: &str| {
+        if node.inputs.len() > 2 {
+            format!("x2[{o}]")
+        } else {
+            "0".into()
+        }
+    };
+    let _ = writeln!(out, "#if KILN_DSP");
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {b}; ++b)\n    for (int32_t o = 0; o < {m}; o += 2) {{\n        const int8_t *xb = x0 + b * {}, *wo = x1 + o * {c};\n        int8_t *y = y0 + (b * {m} + o) * {p};\n        int32_t p = 0;",
+        c * p
+    );
+    // Two positions at a time: per input-channel pair one packed word of activations.
+    let step = "{ int32_t t = kiln_ld16(x) | (kiln_ld16(x + P) << 16), ww = kiln_ld32(w);\n                int32_t xa = __sxtb16(t), xb = kiln_sxtb16_r8(t);\n                int32_t wa = __sxtb16(ww), wb = kiln_sxtb16_r8(ww);\n                s00 = __smlad(xa, wa, s00); s01 = __smlad(xb, wa, s01);\n                s10 = __smlad(xa, wb, s10); s11 = __smlad(xb, wb, s11);\n                x += 2 * P; w += 4; }".replace('P', &p.to_string());
+    let unroll = [8, 4, 2].into_iter().find(|u| c % u == 0 && c / u > 0).unwrap_or(2) / 2;
+    let body = if unroll > 1 {
+        let steps = vec![step.as_str(); unroll].join("\n                ");
+        format!(
+            "for (int32_t k = 0; k < {}; ++k) {{\n                {steps}\n            }}",
+            c / (2 * unroll)
+        )
+    } else {
+        format!(
+            "for (int32_t k = 0; k < {}; ++k) {{\n                {step}\n            }}",
+            c / 2
+        )
+    };
+    let _ = writeln!(
+        out,
+        "        for (; p + 2 <= {p}; p += 2) {{\n            const int8_t *x = xb + p, *w = wo;\n            int32_t s00 = {}, s01 = s00, s10 = {}, s11 = s10;\n            {body}",
+        bias("o"),
+        bias("o + 1")
+    );
+    let _ = writeln!(
+        out,
+        "            y[p] = {};\n            y[p + 1] = {};\n            y[{p} + p] = {};\n            y[{p} + p + 1] = {};\n        }}",
+        finish(fin, "s00", "o"),
+        finish(fin, "s01", "o"),
+        finish(fin, "s10", "o + 1"),
+        finish(fin, "s11", "o + 1")
+    );
+    if p % 2 == 1 {
+        let _ = writeln!(
+            out,
+            "        {{\n            const int8_t *x = xb + p, *w = wo;\n            int32_t s00 = {}, s10 = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t t = (int32_t)(uint8_t)x[0] | ((int32_t)(uint8_t)x[{p}] << 16), ww = kiln_ld32(w);\n                int32_t xa = __sxtb16(t);\n                s00 = __smlad(xa, __sxtb16(ww), s00);\n                s10 = __smlad(xa, kiln_sxtb16_r8(ww), s10);\n                x += {}; w += 4;\n            }}\n            y[p] = {};\n            y[{p} + p] = {};\n        }}",
+            bias("o"),
+            bias("o + 1"),
+            c / 2,
+            2 * p,
+            finish(fin, "s00", "o"),
+            finish(fin, "s10", "o + 1")
+        );
+    }
+    let _ = writeln!(out, "    }}\n#else");
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {b}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *w = x1 + (oc & ~1) * {c} + (oc & 1);\n        for (int32_t p = 0; p < {p}; ++p) {{\n            const int8_t *x = x0 + b * {} + p;\n            int32_t acc = {};\n            for (int32_t c = 0; c < {c}; ++c) acc += (int32_t)x[c * {p}] * w[2 * c];\n            y0[(b * {m} + oc) * {p} + p] = {fin};\n        }}\n    }}\n#endif",
+        c * p,
+        bias("oc")
+    );
+}
+
+/// Largest zero-point-padded input plane kept on the stack.
+const MAX_PLANE: usize = 4096;
+
+/// Whether node `n` is an int8 convolution with one input channel per group over a 2-D
+/// plane small enough for [`plane_conv`].
+pub fn plane_conv_fits(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QConv { window, group, q } = &node.op else {
+        return false;
+    };
+    let xs = shape(g, node.inputs[0]);
+    if xs.len() != 4 || g.value(node.inputs[0]).ty.dtype.scalar != Scalar::I8 || q.weight_bits != 8 {
+        return false;
+    }
+    let ge = window.plane(xs, shape(g, node.outputs[0]));
+    let (ph, pw) = plane_dims(&ge);
+    xs[1] == *group && window.kernel.iter().product::<usize>() > 1 && ph * pw <= MAX_PLANE
+}
+
+fn plane_dims(ge: &kiln_ir::op::Plane) -> (usize, usize) {
+    (
+        (ge.oh - 1) * ge.sh + (ge.kh - 1) * ge.dh + 1,
+        (ge.ow - 1) * ge.sw + (ge.kw - 1) * ge.dw + 1,
+    )
+}
+
+/// One input channel per group: per group the padded plane, then per output channel of the
+/// group the taps at fixed offsets, weights in registers when there are few of them.
+pub fn plane_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &QLinear, fin: &str) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let m = shape(g, node.inputs[1])[0];
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let ge = window.plane(&xs, &o0);
+    let (ph, pw) = plane_dims(&ge);
+    let (groups, mg, kk) = (xs[1], m / xs[1], ge.kh * ge.kw);
+    let zp = q.input_zp;
+    // Rows and columns of the input that land inside the plane.
+    let rows = ge.h.min(ph.saturating_sub(ge.ph));
+    let cols = ge.w.min(pw.saturating_sub(ge.pw));
+    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
+    let _ = writeln!(out, "    int8_t pl[{}];", ph * pw);
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t gi = 0; gi < {groups}; ++gi) {{\n        const int8_t *xp = x0 + (b * {groups} + gi) * {};\n        memset(pl, {zp}, sizeof pl);\n        for (int32_t iy = 0; iy < {rows}; ++iy) memcpy(pl + (iy + {}) * {pw} + {}, xp + iy * {}, {cols});",
+        xs[0],
+        ge.h * ge.w,
+        ge.ph,
+        ge.pw,
+        ge.w
+    );
+    let offs: Vec<usize> = (0..ge.kh)
+        .flat_map(|ky| (0..ge.kw).map(move |kx| ky * ge.dh * pw + kx * ge.dw))
+        .collect();
+    let in_regs = kk <= 9;
+    let _ = writeln!(
+        out,
+        "        for (int32_t oc = gi * {mg}; oc < gi * {mg} + {mg}; ++oc) {{\n            const int8_t *w = x1 + oc * {kk};\n            int32_t s0 = {bias};"
+    );
+    if in_regs {
+        let decl: Vec<String> = (0..kk).map(|i| format!("w{i} = w[{i}]")).collect();
+        let _ = writeln!(out, "            int32_t {};", decl.join(", "));
+        let zs: Vec<String> = (0..kk).map(|i| format!("w{i}")).collect();
+        let _ = writeln!(out, "            s0 -= {zp} * ({});", zs.join(" + "));
+    } else {
+        let _ = writeln!(
+            out,
+            "            for (int32_t i = 0; i < {kk}; ++i) s0 -= {zp} * (int32_t)w[i];"
+        );
+    }
+    let taps: Vec<String> = offs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            if in_regs {
+                format!("q[{o}] * w{i}")
+            } else {
+                format!("q[{o}] * w[{i}]")
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "            for (int32_t oy = 0; oy < {}; ++oy)\n            for (int32_t ox = 0; ox < {}; ++ox) {{\n                const int8_t *q = pl + oy * {} + ox * {};\n                int32_t acc = s0 + {};\n                y0[((b * {m} + oc) * {} + oy) * {} + ox] = {fin};\n            }}\n        }}\n    }}",
+        ge.oh,
+        ge.ow,
+        ge.sh * pw,
+        ge.sw,
+        taps.join("\n                    + "),
+        ge.oh,
+        ge.ow
+    );
+}
+
+/// Largest im2col patch (taps per output) kept on the stack as int16.
+const MAX_PATCH: usize = 2048;
+
+/// Whether node `n` is a one-group int8 convolution with a spatial kernel whose weights
+/// are stored for [`patch_conv`] (a constant read by this node alone).
+pub fn packed_patch(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QConv { window, group, q } = &node.op else {
+        return false;
+    };
+    let xs = shape(g, node.inputs[0]);
+    let ws = shape(g, node.inputs[1]);
+    let w = node.inputs[1];
+    let kk: usize = ws[1..].iter().product();
+    *group == 1
+        && q.weight_bits == 8
+        && xs.len() == 4
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && window.kernel.iter().product::<usize>() > 1
+        && (4..=MAX_PATCH).contains(&kk)
+        && g.const_value(w).is_some()
+        && !g.is_output(w)
+        && g.consumers(w) == [n]
+}
+
+/// Position of tap `i` of a weight row in the patch order: within each group of four taps
+/// `[w0 w2 w1 w3]`, so `SXTB16` of one word gives `(w0, w1)` and with `ROR #8` `(w2, w3)`,
+/// the pairs the int16 patch holds; a last partial group stays in order.
+fn patch_index(i: usize, kk: usize) -> usize {
+    if i >= kk & !3 {
+        return i;
+    }
+    (i & !3) | ((i & 1) << 1) | ((i >> 1) & 1)
+}
+
+/// The weights of a [`packed_patch`] node in patch order.
+fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let ws = shape(g, node.inputs[1]);
+    let kk: usize = ws[1..].iter().product();
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let mut out = vec![0; w.len()];
+    for (r, row) in w.chunks(kk).enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            out[r * kk + patch_index(i, kk)] = x;
+        }
+    }
+    Some(out)
+}
+
+/// A one-group convolution, patch-stationary: per output position the taps less the zero
+/// point (0 where the window leaves the input) gathered once as int16 pairs, then per pair
+/// of output channels a dot product over the patch (`SMLAD` on the DSP extension).
+pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &QLinear, fin: &str) {
+    let node = g.node(n);
+    let xs = shape(g, node.inputs[0]).to_vec();
+    let ws = shape(g, node.inputs[1]).to_vec();
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let ge = window.plane(&xs, &o0);
+    let (m, ci) = (ws[0], xs[1]);
+    let kk: usize = ws[1..].iter().product();
+    let k4 = kk & !3;
+    let zp = q.input_zp;
+    let bias = |o: &str| {
+        if node.inputs.len() > 2 {
+            format!("x2[{o}]")
+        } else {
+            "0".into()
+        }
+    };
+    let _ = writeln!(out, "    int16_t pt[{}];", kk + kk % 2);
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oy = 0; oy < {}; ++oy)\n    for (int32_t ox = 0; ox < {}; ++ox) {{\n        int8_t *y = y0 + b * {} + oy * {} + ox;\n        int16_t *t = pt;",
+        xs[0],
+        ge.oh,
+        ge.ow,
+        m * ge.oh * ge.ow,
+        ge.ow
+    );
+    let _ = writeln!(
+        out,
+        "        for (int32_t c = 0; c < {ci}; ++c)\n        for (int32_t ky = 0; ky < {}; ++ky) {{\n            int32_t iy = oy * {} + ky * {} - {};\n            int32_t row = ((b * {ci} + c) * {} + iy) * {};\n            for (int32_t kx = 0; kx < {}; ++kx) {{\n                int32_t ix = ox * {} + kx * {} - {};\n                *t++ = (int16_t)(iy < 0 || iy >= {} || ix < 0 || ix >= {} ? 0 : (int32_t)x0[row + ix] - {zp});\n            }}\n        }}",
+        ge.kh, ge.sh, ge.dh, ge.ph, ge.h, ge.w, ge.kw, ge.sw, ge.dw, ge.pw, ge.h, ge.w
+    );
+    let tail = |acc: &str, w: &str| {
+        (k4..kk)
+            .map(|i| format!(" {acc} += (int32_t)pt[{i}] * {w}[{i}];"))
+            .collect::<String>()
+    };
+    let step = "{ int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), wa = kiln_ld32(w), wb = kiln_ld32(w + KK);\n                s0 = __smlad(pa, __sxtb16(wa), s0); s0 = __smlad(pb, kiln_sxtb16_r8(wa), s0);\n                s1 = __smlad(pa, __sxtb16(wb), s1); s1 = __smlad(pb, kiln_sxtb16_r8(wb), s1);\n                p += 4; w += 4; }".replace("KK", &kk.to_string());
+    // A short patch is unrolled whole: the loop's own instructions would cost as much.
+    let steps = if k4 / 4 <= 12 {
+        vec![step.as_str(); k4 / 4].join("\n            ")
+    } else {
+        format!("for (int32_t k = 0; k < {}; ++k) {step}", k4 / 4)
+    };
+    let _ = writeln!(
+        out,
+        "#if KILN_DSP\n        int32_t o = 0;\n        for (; o + 2 <= {m}; o += 2) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s0 = {}, s1 = {};\n            {}\n           {}{}\n            y[o * {}] = {};\n            y[(o + 1) * {}] = {};\n        }}\n        for (; o < {m}; ++o) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s0 = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), wa = kiln_ld32(w);\n                s0 = __smlad(pa, __sxtb16(wa), s0); s0 = __smlad(pb, kiln_sxtb16_r8(wa), s0);\n                p += 4; w += 4;\n            }}\n           {}\n            y[o * {}] = {};\n        }}",
+        bias("o"),
+        bias("o + 1"),
+        steps,
+        tail("s0", &format!("(x1 + o * {kk})")),
+        tail("s1", &format!("(x1 + (o + 1) * {kk})")),
+        ge.oh * ge.ow,
+        finish(fin, "s0", "o"),
+        ge.oh * ge.ow,
+        finish(fin, "s1", "o + 1"),
+        bias("o"),
+        k4 / 4,
+        tail("s0", &format!("(x1 + o * {kk})")),
+        ge.oh * ge.ow,
+        finish(fin, "s0", "o"),
+    );
+    let _ = writeln!(
+        out,
+        "#else\n        (void)t;\n        for (int32_t oc = 0; oc < {m}; ++oc) {{\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {k4}; i += 4) acc += pt[i] * w[i] + pt[i + 1] * w[i + 2] + pt[i + 2] * w[i + 1] + pt[i + 3] * w[i + 3];\n           {}\n            y[oc * {}] = {fin};\n        }}\n#endif\n    }}",
+        bias("oc"),
+        tail("acc", "w"),
+        ge.oh * ge.ow
+    );
+}
+
+/// Whether node `n` is an int8 matrix product whose weights are stored for [`dense`]
+/// (K a multiple of 4, N even, a constant read by this node alone).
+pub fn packed_dense(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QMatMul { q } = &node.op else {
+        return false;
+    };
+    let ws = shape(g, node.inputs[1]);
+    let w = node.inputs[1];
+    ws.len() == 2
+        && q.weight_bits == 8
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && ws[0].is_multiple_of(4)
+        && ws[1].is_multiple_of(2)
+        && g.const_value(w).is_some()
+        && !g.is_output(w)
+        && g.consumers(w) == [n]
+}
+
+/// Position of weight (k, j) of a `[kk, nn]` product in the dense order: per column pair
+/// and group of four rows two words, `[w(0,j) w(0,j+1) w(2,j) w(2,j+1)]` and the same of
+/// rows 1 and 3, matching `SXTB16` of four activations `(x0, x2)` and, rotated, `(x1, x3)`.
+fn dense_index(k: usize, j: usize, kk: usize) -> usize {
+    (j & !1) * kk + (k & !3) * 2 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
+}
+
+fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let ws = shape(g, g.node(n).inputs[1]);
+    let (kk, nn) = (ws[0], ws[1]);
+    let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
+    let mut out = vec![0; w.len()];
+    for k in 0..kk {
+        for j in 0..nn {
+            out[dense_index(k, j, kk)] = w[k * nn + j];
+        }
+    }
+    Some(out)
+}
+
+/// An int8 matrix product over dense-ordered weights: per row and column pair, four
+/// activations less the zero point as two int16 pairs (`SXTAB16`), two weight words, four
+/// `SMLAD`s; the plain loop reads the same weights through the permuted index.
+pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
+    let node = g.node(n);
+    let ws = shape(g, node.inputs[1]);
+    let (kk, nn) = (ws[0], ws[1]);
+    let rows = g.value(node.outputs[0]).ty.numel() / nn.max(1);
+    let bias = |j: &str| {
+        if node.inputs.len() > 2 {
+            format!("x2[{j}]")
+        } else {
+            "0".into()
+        }
+    };
+    let zp = q.input_zp;
+    let lanes = ((zp.wrapping_neg() as u32) & 0xffff) * 0x10001;
+    let template = fin.replace("[j]", "[oc]");
+    let _ = writeln!(
+        out,
+        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += 2) {{\n        const int8_t *x = x0 + r * {kk}, *w = x1 + j * {kk};\n        int32_t s0 = {}, s1 = {};\n        for (int32_t k = 0; k < {}; ++k) {{\n            int32_t v = kiln_ld32(x), wa = kiln_ld32(w), wb = kiln_ld32(w + 4);\n            int32_t xa = __sxtab16(kzp, v), xb = kiln_sxtab16_r8(kzp, v);\n            s0 = __smlad(xa, __sxtb16(wa), s0); s1 = __smlad(xa, kiln_sxtb16_r8(wa), s1);\n            s0 = __smlad(xb, __sxtb16(wb), s0); s1 = __smlad(xb, kiln_sxtb16_r8(wb), s1);\n            x += 4; w += 8;\n        }}\n        y0[r * {nn} + j] = {};\n        y0[r * {nn} + j + 1] = {};\n    }}\n#else",
+        bias("j"),
+        bias("j + 1"),
+        kk / 4,
+        finish(&template, "s0", "j"),
+        finish(&template, "s1", "j + 1")
+    );
+    let _ = writeln!(
+        out,
+        "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        const int8_t *w = x1 + (j & ~1) * {kk} + (j & 1);\n        int32_t acc = {};\n        const int8_t *x = x0 + r * {kk};\n        for (int32_t k = 0; k < {kk}; k += 4, x += 4, w += 8)\n            acc += (x[0] - {zp}) * w[0] + (x[1] - {zp}) * w[4] + (x[2] - {zp}) * w[2] + (x[3] - {zp}) * w[6];\n        y0[r * {nn} + j] = {fin};\n    }}\n#endif",
+        bias("j")
+    );
+}
