@@ -74,7 +74,7 @@ def main():
         if not a.layers:
             return
         src = open(os.path.join(work, "m.c")).read()
-        ops = {int(k): op for op, k in re.findall(r"\((\w+)\): [^\n]*\nstatic void k(\d+)\(", src)}
+        ops = {int(k): op for op, k in re.findall(r"\((\w+)\): [^\n]*\n(?:static void|KILN_KERNEL) k(\d+)\(", src)}
         layers = sorted({int(k) for k in re.findall(r"KILN_LAYER_BEGIN\((\d+)\)", src)})
         for k in layers:
             d = ["-include", "bench.h", f"-DKILN_LAYER_BEGIN(k)=if ((k) == {k}) BENCH_BEGIN(2)",

@@ -406,10 +406,11 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);
             let wide = wide_input(g, n);
-            let fin = requant(out, q, "j", wide);
             if cortex_m && super::mcu::packed_dense(g, n) {
+                let fin = super::mcu::requant(out, q, "oc");
                 return super::mcu::dense(out, g, n, q, &fin);
             }
+            let fin = requant(out, q, "j", wide);
             let (acc_t, mul) = if wide {
                 ("int64_t", "kiln_mul16")
             } else {
@@ -482,16 +483,15 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
         }
         Op::QConv { window, group, q } => {
             let skip = qconv_scratch(g, n);
+            if cortex_m && let Some(k) = super::mcu::conv_kind(g, n) {
+                let fin = super::mcu::requant(out, q, "oc");
+                return match k {
+                    super::mcu::ConvKind::Patch => super::mcu::patch_conv(out, g, n, window, q, &fin),
+                    super::mcu::ConvKind::Pointwise => super::mcu::pointwise(out, g, n, &fin),
+                    super::mcu::ConvKind::Plane => super::mcu::plane_conv(out, g, n, window, q, &fin),
+                };
+            }
             let st = static_stage(out, q, "oc", wide_input(g, n));
-            if cortex_m && super::mcu::packed_pointwise(g, n) {
-                return super::mcu::pointwise(out, g, n, &st.fin);
-            }
-            if cortex_m && super::mcu::packed_patch(g, n) {
-                return super::mcu::patch_conv(out, g, n, window, q, &st.fin);
-            }
-            if cortex_m && super::mcu::plane_conv_fits(g, n) {
-                return super::mcu::plane_conv(out, g, n, window, q, &st.fin);
-            }
             conv(out, g, n, window, *group, &st, skip);
         }
         Op::DynConv {

@@ -35,6 +35,7 @@ pub const PRELUDE: &str = r#"
 #if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
 #include <arm_acle.h>
 #define KILN_DSP 1
+#define KILN_SAT8(v) __ssat((v), 8)
 static inline int32_t kiln_ld32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 static inline int32_t kiln_ld16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline int32_t kiln_sxtb16_r8(int32_t x) {
@@ -47,6 +48,8 @@ static inline int32_t kiln_sxtab16_r8(int32_t a, int32_t x) {
     __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
     return r;
 }
+#else
+#define KILN_SAT8(v) kiln_clamp((v), -128, 127)
 #endif
 "#;
 
@@ -81,8 +84,8 @@ pub fn packed_pointwise(g: &Graph, n: NodeId) -> bool {
 /// int32 sums do, so `bias' + sum(x * w)` is exactly `bias + sum((x - zp) * w)`).
 pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     let n = *g.consumers(v).first()?;
-    if packed_patch(g, n) && g.node(n).inputs[1] == v {
-        return patch_weights(g, n);
+    if packed_patch(g, n) {
+        return (g.node(n).inputs[1] == v).then(|| patch_weights(g, n)).flatten();
     }
     if packed_dense(g, n) && g.node(n).inputs[1] == v {
         return dense_weights(g, n);
@@ -124,7 +127,69 @@ fn packed_index(o: usize, c: usize, ch: usize) -> usize {
 /// `acc` and `oc`.
 fn finish(fin: &str, acc: &str, ch: &str) -> String {
     fin.replace("(acc,", &format!("({acc},"))
+        .replace("(acc)", &format!("({acc})"))
         .replace("[oc]", &format!("[{ch}]"))
+}
+
+/// Which of this module's kernels runs an int8 convolution.
+pub enum ConvKind {
+    Patch,
+    Pointwise,
+    Plane,
+}
+
+pub fn conv_kind(g: &Graph, n: NodeId) -> Option<ConvKind> {
+    if packed_patch(g, n) {
+        Some(ConvKind::Patch)
+    } else if packed_pointwise(g, n) {
+        Some(ConvKind::Pointwise)
+    } else if plane_conv_fits(g, n) {
+        Some(ConvKind::Plane)
+    } else {
+        None
+    }
+}
+
+/// The rescale tables and the finishing expression of sum `acc` for channel `ch` (int8
+/// output). When every shift lies in -31..=-2 the table holds `r = -2 - shift` as bytes and
+/// the rescale is `((hi32(acc * m) >> r) + 1) >> 1`: the same floor((acc*m + 2^(t-1)) / 2^t)
+/// with t = 31 - shift, since flooring in steps is exact. With the DSP extension the clamp
+/// to the full int8 range is one `SSAT`.
+pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
+    let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "    static const KILN_ROM int32_t mult[{}] = {{{}}};",
+        m.len(),
+        m.join(", ")
+    );
+    let c = if q.requant.len() == 1 { "0" } else { ch };
+    let narrow = q.requant.iter().all(|r| (-31..=-2).contains(&r.shift));
+    let scaled = if narrow {
+        let r: Vec<String> = q.requant.iter().map(|r| (-2 - r.shift).to_string()).collect();
+        let _ = writeln!(
+            out,
+            "    static const KILN_ROM int8_t rsh[{}] = {{{}}};",
+            r.len(),
+            r.join(", ")
+        );
+        format!("((((int32_t)(((int64_t)(acc) * kiln_rom_i32(&mult[{c}])) >> 32) >> kiln_rom_i8(&rsh[{c}])) + 1) >> 1)")
+    } else {
+        let s: Vec<String> = q.requant.iter().map(|r| r.shift.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "    static const KILN_ROM int32_t shift[{}] = {{{}}};",
+            s.len(),
+            s.join(", ")
+        );
+        format!("kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}]))")
+    };
+    let v = format!("{scaled} + ({})", q.output_zp);
+    if q.act_min <= -128 && q.act_max >= 127 {
+        format!("(int8_t)KILN_SAT8({v})")
+    } else {
+        format!("(int8_t)kiln_clamp({v}, {}, {})", q.act_min, q.act_max)
+    }
 }
 
 /// Pointwise convolution over pair-ordered weights: the DSP kernel, and the plain loop for
@@ -292,14 +357,14 @@ pub fn plane_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     );
 }
 
-/// Largest im2col patch (taps per output) kept on the stack as int16.
-const MAX_PATCH: usize = 2048;
+/// Largest im2col patch (taps per output) kept on the stack as int16 (two of them).
+const MAX_PATCH: usize = 1024;
 
 /// Whether node `n` is a one-group int8 convolution with a spatial kernel whose weights
 /// are stored for [`patch_conv`] (a constant read by this node alone).
 pub fn packed_patch(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
-    let Op::QConv { window, group, q } = &node.op else {
+    let Op::QConv { group, q, .. } = &node.op else {
         return false;
     };
     let xs = shape(g, node.inputs[0]);
@@ -310,7 +375,6 @@ pub fn packed_patch(g: &Graph, n: NodeId) -> bool {
         && q.weight_bits == 8
         && xs.len() == 4
         && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-        && window.kernel.iter().product::<usize>() > 1
         && (4..=MAX_PATCH).contains(&kk)
         && g.const_value(w).is_some()
         && !g.is_output(w)
@@ -342,9 +406,10 @@ fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     Some(out)
 }
 
-/// A one-group convolution, patch-stationary: per output position the taps less the zero
-/// point (0 where the window leaves the input) gathered once as int16 pairs, then per pair
-/// of output channels a dot product over the patch (`SMLAD` on the DSP extension).
+/// A one-group convolution, patch-stationary: per pair of output positions (along a row)
+/// the taps less the zero point (0 where the window leaves the input) gathered once as int16
+/// patches, without bounds tests when the window lies inside; then per pair of output
+/// channels a 2x2 block of dot products (`SMLAD`, two weights per `SXTB16`).
 pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &QLinear, fin: &str) {
     let node = g.node(n);
     let xs = shape(g, node.inputs[0]).to_vec();
@@ -354,65 +419,110 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     let (m, ci) = (ws[0], xs[1]);
     let kk: usize = ws[1..].iter().product();
     let k4 = kk & !3;
+    let ks = kk + kk % 2;
     let zp = q.input_zp;
-    let bias = |o: &str| {
-        if node.inputs.len() > 2 {
-            format!("x2[{o}]")
-        } else {
-            "0".into()
-        }
+    let has_bias = node.inputs.len() > 2;
+    let bias = |o: &str| if has_bias { format!("x2[{o}]") } else { "0".into() };
+    // The patch of position `ox + j` into `t`.
+    let row: Vec<String> = (0..ge.kw)
+        .map(|kx| format!("t[{kx}] = (int16_t)(r[{}] - {zp});", kx * ge.dw))
+        .collect();
+    let build = format!(
+        r#"        for (int32_t j = 0; j <= two; ++j) {{
+            int16_t *t = pt + j * {ks};
+            int32_t iy0 = oy * {sh} - {ph}, ix0 = (ox + j) * {sw} - {pw};
+            if (iy0 >= 0 && iy0 + {ylast} < {h} && ix0 >= 0 && ix0 + {xlast} < {w}) {{
+                const int8_t *xr = x0 + ((b * {ci}) * {h} + iy0) * {w} + ix0;
+                for (int32_t c = 0; c < {ci}; ++c)
+                for (int32_t ky = 0; ky < {kh}; ++ky, t += {kw}) {{
+                    const int8_t *r = xr + c * {hw} + ky * {rowstep};
+                    {row}
+                }}
+            }} else {{
+                for (int32_t c = 0; c < {ci}; ++c)
+                for (int32_t ky = 0; ky < {kh}; ++ky) {{
+                    int32_t iy = iy0 + ky * {dh}, base = ((b * {ci} + c) * {h} + iy) * {w};
+                    for (int32_t kx = 0; kx < {kw}; ++kx) {{
+                        int32_t ix = ix0 + kx * {dw};
+                        *t++ = (int16_t)(iy < 0 || iy >= {h} || ix < 0 || ix >= {w} ? 0 : (int32_t)x0[base + ix] - {zp});
+                    }}
+                }}
+            }}
+        }}"#,
+        sh = ge.sh,
+        ph = ge.ph,
+        sw = ge.sw,
+        pw = ge.pw,
+        ylast = (ge.kh - 1) * ge.dh,
+        xlast = (ge.kw - 1) * ge.dw,
+        h = ge.h,
+        w = ge.w,
+        kh = ge.kh,
+        kw = ge.kw,
+        dh = ge.dh,
+        dw = ge.dw,
+        hw = ge.h * ge.w,
+        rowstep = ge.dh * ge.w,
+        row = row.join(" "),
+    );
+    let tail = |acc: &str, pat: &str, w: &str| {
+        (k4..kk)
+            .map(|i| format!(" {acc} += (int32_t){pat}[{i}] * {w}[{i}];"))
+            .collect::<String>()
     };
-    let _ = writeln!(out, "    int16_t pt[{}];", kk + kk % 2);
+    // 2 positions x 2 output channels: both patches' pairs stay in registers for both.
+    let step = "{ int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), qa = kiln_ld32(p + KS), qb = kiln_ld32(p + KS + 2);\n                int32_t wv = kiln_ld32(w), a = __sxtb16(wv), c = kiln_sxtb16_r8(wv);\n                s00 = __smlad(pa, a, s00); s00 = __smlad(pb, c, s00); s10 = __smlad(qa, a, s10); s10 = __smlad(qb, c, s10);\n                wv = kiln_ld32(w + KK); a = __sxtb16(wv); c = kiln_sxtb16_r8(wv);\n                s01 = __smlad(pa, a, s01); s01 = __smlad(pb, c, s01); s11 = __smlad(qa, a, s11); s11 = __smlad(qb, c, s11);\n                p += 4; w += 4; }"
+        .replace("KS", &ks.to_string())
+        .replace("KK", &kk.to_string());
+    // A loop even when short: fully unrolled, GCC hoists every patch load out of the
+    // channel loop and spills them all.
+    let steps = if (k4 / 4) % 2 == 0 {
+        format!(
+            "for (int32_t k = 0; k < {}; ++k) {{\n                {step}\n                {step}\n            }}",
+            k4 / 8
+        )
+    } else {
+        format!("for (int32_t k = 0; k < {}; ++k) {step}", k4 / 4)
+    };
+    let ohw = ge.oh * ge.ow;
+    let _ = writeln!(out, "    int16_t pt[{}];", 2 * ks);
     let _ = writeln!(
         out,
-        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oy = 0; oy < {}; ++oy)\n    for (int32_t ox = 0; ox < {}; ++ox) {{\n        int8_t *y = y0 + b * {} + oy * {} + ox;\n        int16_t *t = pt;",
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oy = 0; oy < {}; ++oy)\n    for (int32_t ox = 0; ox < {}; ox += 2) {{\n        int32_t two = ox + 1 < {};\n        int8_t *y = y0 + b * {} + oy * {} + ox;\n{build}",
         xs[0],
         ge.oh,
         ge.ow,
-        m * ge.oh * ge.ow,
+        ge.ow,
+        m * ohw,
         ge.ow
     );
     let _ = writeln!(
         out,
-        "        for (int32_t c = 0; c < {ci}; ++c)\n        for (int32_t ky = 0; ky < {}; ++ky) {{\n            int32_t iy = oy * {} + ky * {} - {};\n            int32_t row = ((b * {ci} + c) * {} + iy) * {};\n            for (int32_t kx = 0; kx < {}; ++kx) {{\n                int32_t ix = ox * {} + kx * {} - {};\n                *t++ = (int16_t)(iy < 0 || iy >= {} || ix < 0 || ix >= {} ? 0 : (int32_t)x0[row + ix] - {zp});\n            }}\n        }}",
-        ge.kh, ge.sh, ge.dh, ge.ph, ge.h, ge.w, ge.kw, ge.sw, ge.dw, ge.pw, ge.h, ge.w
-    );
-    let tail = |acc: &str, w: &str| {
-        (k4..kk)
-            .map(|i| format!(" {acc} += (int32_t)pt[{i}] * {w}[{i}];"))
-            .collect::<String>()
-    };
-    let step = "{ int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), wa = kiln_ld32(w), wb = kiln_ld32(w + KK);\n                s0 = __smlad(pa, __sxtb16(wa), s0); s0 = __smlad(pb, kiln_sxtb16_r8(wa), s0);\n                s1 = __smlad(pa, __sxtb16(wb), s1); s1 = __smlad(pb, kiln_sxtb16_r8(wb), s1);\n                p += 4; w += 4; }".replace("KK", &kk.to_string());
-    // A short patch is unrolled whole: the loop's own instructions would cost as much.
-    let steps = if k4 / 4 <= 12 {
-        vec![step.as_str(); k4 / 4].join("\n            ")
-    } else {
-        format!("for (int32_t k = 0; k < {}; ++k) {step}", k4 / 4)
-    };
-    let _ = writeln!(
-        out,
-        "#if KILN_DSP\n        int32_t o = 0;\n        for (; o + 2 <= {m}; o += 2) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s0 = {}, s1 = {};\n            {}\n           {}{}\n            y[o * {}] = {};\n            y[(o + 1) * {}] = {};\n        }}\n        for (; o < {m}; ++o) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s0 = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), wa = kiln_ld32(w);\n                s0 = __smlad(pa, __sxtb16(wa), s0); s0 = __smlad(pb, kiln_sxtb16_r8(wa), s0);\n                p += 4; w += 4;\n            }}\n           {}\n            y[o * {}] = {};\n        }}",
+        "#if KILN_DSP\n        int32_t o = 0;\n        if (two) for (; o + 2 <= {m}; o += 2) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s00 = {}, s01 = {}, s10 = s00, s11 = s01;\n                {steps}\n           {}{}{}{}\n            y[o * {ohw}] = {};\n            y[o * {ohw} + 1] = {};\n            y[(o + 1) * {ohw}] = {};\n            y[(o + 1) * {ohw} + 1] = {};\n        }}",
         bias("o"),
         bias("o + 1"),
-        steps,
-        tail("s0", &format!("(x1 + o * {kk})")),
-        tail("s1", &format!("(x1 + (o + 1) * {kk})")),
-        ge.oh * ge.ow,
-        finish(fin, "s0", "o"),
-        ge.oh * ge.ow,
-        finish(fin, "s1", "o + 1"),
-        bias("o"),
+        tail("s00", "pt", &format!("(x1 + o * {kk})")),
+        tail("s10", &format!("(pt + {ks})"), &format!("(x1 + o * {kk})")),
+        tail("s01", "pt", &format!("(x1 + (o + 1) * {kk})")),
+        tail("s11", &format!("(pt + {ks})"), &format!("(x1 + (o + 1) * {kk})")),
+        finish(fin, "s00", "o"),
+        finish(fin, "s10", "o"),
+        finish(fin, "s01", "o + 1"),
+        finish(fin, "s11", "o + 1"),
+    );
+    // Whatever the blocks left: an odd last column or an odd last channel.
+    let _ = writeln!(
+        out,
+        "        for (int32_t oc = o; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t wv = kiln_ld32(w);\n                acc = __smlad(kiln_ld32(p), __sxtb16(wv), acc);\n                acc = __smlad(kiln_ld32(p + 2), kiln_sxtb16_r8(wv), acc);\n                p += 4; w += 4;\n            }}\n           {}\n            y[oc * {ohw} + j] = {fin};\n        }}",
+        bias("oc"),
         k4 / 4,
-        tail("s0", &format!("(x1 + o * {kk})")),
-        ge.oh * ge.ow,
-        finish(fin, "s0", "o"),
+        tail("acc", &format!("(pt + j * {ks})"), &format!("(x1 + oc * {kk})")),
     );
     let _ = writeln!(
         out,
-        "#else\n        (void)t;\n        for (int32_t oc = 0; oc < {m}; ++oc) {{\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {k4}; i += 4) acc += pt[i] * w[i] + pt[i + 1] * w[i + 2] + pt[i + 2] * w[i + 1] + pt[i + 3] * w[i + 3];\n           {}\n            y[oc * {}] = {fin};\n        }}\n#endif\n    }}",
+        "#else\n        for (int32_t oc = 0; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {k4}; i += 4) acc += p[i] * w[i] + p[i + 1] * w[i + 2] + p[i + 2] * w[i + 1] + p[i + 3] * w[i + 3];\n           {}\n            y[oc * {ohw} + j] = {fin};\n        }}\n#endif\n    }}",
         bias("oc"),
-        tail("acc", "w"),
-        ge.oh * ge.ow
+        tail("acc", "p", "w"),
     );
 }
 
@@ -472,19 +582,20 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
     };
     let zp = q.input_zp;
     let lanes = ((zp.wrapping_neg() as u32) & 0xffff) * 0x10001;
-    let template = fin.replace("[j]", "[oc]");
+    let template = fin;
     let _ = writeln!(
         out,
         "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += 2) {{\n        const int8_t *x = x0 + r * {kk}, *w = x1 + j * {kk};\n        int32_t s0 = {}, s1 = {};\n        for (int32_t k = 0; k < {}; ++k) {{\n            int32_t v = kiln_ld32(x), wa = kiln_ld32(w), wb = kiln_ld32(w + 4);\n            int32_t xa = __sxtab16(kzp, v), xb = kiln_sxtab16_r8(kzp, v);\n            s0 = __smlad(xa, __sxtb16(wa), s0); s1 = __smlad(xa, kiln_sxtb16_r8(wa), s1);\n            s0 = __smlad(xb, __sxtb16(wb), s0); s1 = __smlad(xb, kiln_sxtb16_r8(wb), s1);\n            x += 4; w += 8;\n        }}\n        y0[r * {nn} + j] = {};\n        y0[r * {nn} + j + 1] = {};\n    }}\n#else",
         bias("j"),
         bias("j + 1"),
         kk / 4,
-        finish(&template, "s0", "j"),
-        finish(&template, "s1", "j + 1")
+        finish(template, "s0", "j"),
+        finish(template, "s1", "j + 1")
     );
     let _ = writeln!(
         out,
-        "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        const int8_t *w = x1 + (j & ~1) * {kk} + (j & 1);\n        int32_t acc = {};\n        const int8_t *x = x0 + r * {kk};\n        for (int32_t k = 0; k < {kk}; k += 4, x += 4, w += 8)\n            acc += (x[0] - {zp}) * w[0] + (x[1] - {zp}) * w[4] + (x[2] - {zp}) * w[2] + (x[3] - {zp}) * w[6];\n        y0[r * {nn} + j] = {fin};\n    }}\n#endif",
-        bias("j")
+        "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        const int8_t *w = x1 + (j & ~1) * {kk} + (j & 1);\n        int32_t acc = {};\n        const int8_t *x = x0 + r * {kk};\n        for (int32_t k = 0; k < {kk}; k += 4, x += 4, w += 8)\n            acc += (x[0] - {zp}) * w[0] + (x[1] - {zp}) * w[4] + (x[2] - {zp}) * w[2] + (x[3] - {zp}) * w[6];\n        y0[r * {nn} + j] = {};\n    }}\n#endif",
+        bias("j"),
+        finish(fin, "acc", "j")
     );
 }
