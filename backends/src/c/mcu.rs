@@ -476,7 +476,7 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
         .replace("KK", &kk.to_string());
     // A loop even when short: fully unrolled, GCC hoists every patch load out of the
     // channel loop and spills them all.
-    let steps = if (k4 / 4) % 2 == 0 {
+    let steps = if (k4 / 4).is_multiple_of(2) {
         format!(
             "for (int32_t k = 0; k < {}; ++k) {{\n                {step}\n                {step}\n            }}",
             k4 / 8
