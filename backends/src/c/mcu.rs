@@ -344,9 +344,50 @@ pub fn plane_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
             }
         })
         .collect();
+    // Rows of three unit-stride taps, two outputs at a time: one word of the plane gives
+    // (x0, x2) and (x1, x3); SMLAD with (w0, w2) plus one halfword multiply each.
+    let dsp3 = in_regs && ge.kw == 3 && ge.dw == 1 && ge.sw == 1 && ge.ow >= 2;
+    let first_ox = if dsp3 {
+        let pairs: Vec<String> = (0..ge.kh)
+            .map(|ky| {
+                format!(
+                    "a{ky} = (int32_t)(((uint32_t)w{} & 0xffffu) | ((uint32_t)w{} << 16))",
+                    3 * ky,
+                    3 * ky + 2
+                )
+            })
+            .collect();
+        let rows: Vec<String> = (0..ge.kh)
+            .map(|ky| {
+                format!(
+                    "{{ int32_t v = kiln_ld32(q + {}), e = __sxtb16(v), f = kiln_sxtb16_r8(v);\n                    s = __smlabb(f, w{}, __smlad(e, a{ky}, s)); t = __smlatb(e, w{}, __smlad(f, a{ky}, t)); }}",
+                    ky * ge.dh * pw,
+                    3 * ky + 1,
+                    3 * ky + 1
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "#if KILN_DSP\n            const int32_t {};\n            for (int32_t oy = 0; oy < {}; ++oy) {{\n                int8_t *y = y0 + ((b * {m} + oc) * {} + oy) * {};\n                for (int32_t ox = 0; ox + 2 <= {}; ox += 2) {{\n                    const int8_t *q = pl + oy * {} + ox;\n                    int32_t s = s0, t = s0;\n                    {}\n                    y[ox] = {};\n                    y[ox + 1] = {};\n                }}\n            }}\n            const int32_t first = {} & ~1;\n#else\n            const int32_t first = 0;\n#endif",
+            pairs.join(", "),
+            ge.oh,
+            ge.oh,
+            ge.ow,
+            ge.ow,
+            ge.sh * pw,
+            rows.join("\n                    "),
+            finish(fin, "s", "oc"),
+            finish(fin, "t", "oc"),
+            ge.ow
+        );
+        "first"
+    } else {
+        "0"
+    };
     let _ = writeln!(
         out,
-        "            for (int32_t oy = 0; oy < {}; ++oy)\n            for (int32_t ox = 0; ox < {}; ++ox) {{\n                const int8_t *q = pl + oy * {} + ox * {};\n                int32_t acc = s0 + {};\n                y0[((b * {m} + oc) * {} + oy) * {} + ox] = {fin};\n            }}\n        }}\n    }}",
+        "            for (int32_t oy = 0; oy < {}; ++oy)\n            for (int32_t ox = {first_ox}; ox < {}; ++ox) {{\n                const int8_t *q = pl + oy * {} + ox * {};\n                int32_t acc = s0 + {};\n                y0[((b * {m} + oc) * {} + oy) * {} + ox] = {fin};\n            }}\n        }}\n    }}",
         ge.oh,
         ge.ow,
         ge.sh * pw,
@@ -406,7 +447,8 @@ fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     Some(out)
 }
 
-/// A one-group convolution, patch-stationary: per pair of output positions (along a row)
+/// A one-group convolution, patch-stationary: per pair of output positions (row-major, so
+/// a pair may span two rows)
 /// the taps less the zero point (0 where the window leaves the input) gathered once as int16
 /// patches, without bounds tests when the window lies inside; then per pair of output
 /// channels a 2x2 block of dot products (`SMLAD`, two weights per `SXTB16`).
@@ -430,7 +472,8 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     let build = format!(
         r#"        for (int32_t j = 0; j <= two; ++j) {{
             int16_t *t = pt + j * {ks};
-            int32_t iy0 = oy * {sh} - {ph}, ix0 = (ox + j) * {sw} - {pw};
+            int32_t oy = (q + j) / {ow}, ox = (q + j) % {ow};
+            int32_t iy0 = oy * {sh} - {ph}, ix0 = ox * {sw} - {pw};
             if (iy0 >= 0 && iy0 + {ylast} < {h} && ix0 >= 0 && ix0 + {xlast} < {w}) {{
                 const int8_t *xr = x0 + ((b * {ci}) * {h} + iy0) * {w} + ix0;
                 for (int32_t c = 0; c < {ci}; ++c)
@@ -449,6 +492,7 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
                 }}
             }}
         }}"#,
+        ow = ge.ow,
         sh = ge.sh,
         ph = ge.ph,
         sw = ge.sw,
@@ -488,13 +532,9 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     let _ = writeln!(out, "    int16_t pt[{}];", 2 * ks);
     let _ = writeln!(
         out,
-        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t oy = 0; oy < {}; ++oy)\n    for (int32_t ox = 0; ox < {}; ox += 2) {{\n        int32_t two = ox + 1 < {};\n        int8_t *y = y0 + b * {} + oy * {} + ox;\n{build}",
+        "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t q = 0; q < {ohw}; q += 2) {{\n        int32_t two = q + 1 < {ohw};\n        int8_t *y = y0 + b * {} + q;\n{build}",
         xs[0],
-        ge.oh,
-        ge.ow,
-        ge.ow,
         m * ohw,
-        ge.ow
     );
     let _ = writeln!(
         out,
