@@ -232,6 +232,24 @@ fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
     )
 }
 
+/// `kiln_mbqm(x, m, shift)` with constant `m` and `shift`, in the cheapest exact form: the
+/// 32-bit helper, or for a power-of-two multiplier 2^k a rounding shift of `x` itself
+/// ((x * 2^k + 2^(t-1)) >> t is (x + 2^(t-1-k)) >> (t-k), t = 31 - shift, and fits int32).
+fn rescale_const(x: &str, m: i32, shift: i32) -> String {
+    let t = 31 - i64::from(shift);
+    if m > 0 && (m as u32).is_power_of_two() {
+        let k = i64::from(m.trailing_zeros());
+        if t - 1 - k >= 0 && t - k <= 62 {
+            return format!(
+                "(int32_t)(((int64_t)({x}) + ((int64_t)1 << {})) >> {})",
+                t - 1 - k,
+                t - k
+            );
+        }
+    }
+    format!("{}({x}, {m}, {shift})", mbqm([shift].into_iter()))
+}
+
 /// The rescale helper that is exact for every one of `shifts`: the 32-bit form when all lie
 /// in -31..=-2 (almost every layer: multipliers below one half), else the 64-bit one.
 fn mbqm(mut shifts: impl Iterator<Item = i32>) -> &'static str {
@@ -321,18 +339,19 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t a = kiln_mbqm((int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls}), {}, {});\nint32_t b = kiln_mbqm((int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls}), {}, {});\ny0[{}] = ({t})kiln_clamp(kiln_mbqm(a + b, {}, {}) + {}, {}, {});",
-                    o[1],
-                    a.a_zp,
-                    ra.multiplier,
-                    ra.shift,
-                    o[2],
-                    a.b_zp,
-                    rb.multiplier,
-                    rb.shift,
+                    "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t})kiln_clamp({} + {}, {}, {});",
+                    rescale_const(
+                        &format!("(int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls})", o[1], a.a_zp),
+                        ra.multiplier,
+                        ra.shift
+                    ),
+                    rescale_const(
+                        &format!("(int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls})", o[2], a.b_zp),
+                        rb.multiplier,
+                        rb.shift
+                    ),
                     o[0],
-                    ro.multiplier,
-                    ro.shift,
+                    rescale_const("a + b", ro.multiplier, ro.shift),
                     a.output_zp,
                     a.act_min,
                     a.act_max,

@@ -585,33 +585,42 @@ pub fn packed_dense(g: &Graph, n: NodeId) -> bool {
         && g.consumers(w) == [n]
 }
 
-/// Position of weight (k, j) of a `[kk, nn]` product in the dense order: per column pair
-/// and group of four rows two words, `[w(0,j) w(0,j+1) w(2,j) w(2,j+1)]` and the same of
-/// rows 1 and 3, matching `SXTB16` of four activations `(x0, x2)` and, rotated, `(x1, x3)`.
-fn dense_index(k: usize, j: usize, kk: usize) -> usize {
-    (j & !1) * kk + (k & !3) * 2 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
+/// Columns a [`dense`] pass takes: four when they divide the width, else two.
+fn dense_cols(nn: usize) -> usize {
+    if nn.is_multiple_of(4) { 4 } else { 2 }
+}
+
+/// Position of weight (k, j) of a `[kk, nn]` product in the dense order: per group of
+/// `cols` columns and four rows, per column pair two words, `[w(0,j) w(0,j+1) w(2,j)
+/// w(2,j+1)]` and the same of rows 1 and 3, matching `SXTB16` of four activations
+/// `(x0, x2)` and, rotated, `(x1, x3)`.
+fn dense_index(k: usize, j: usize, kk: usize, cols: usize) -> usize {
+    (j / cols) * cols * kk + (k & !3) * cols + (j % cols / 2) * 8 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
 }
 
 fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     let ws = shape(g, g.node(n).inputs[1]);
     let (kk, nn) = (ws[0], ws[1]);
+    let cols = dense_cols(nn);
     let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
     let mut out = vec![0; w.len()];
     for k in 0..kk {
         for j in 0..nn {
-            out[dense_index(k, j, kk)] = w[k * nn + j];
+            out[dense_index(k, j, kk, cols)] = w[k * nn + j];
         }
     }
     Some(out)
 }
 
-/// An int8 matrix product over dense-ordered weights: per row and column pair, four
-/// activations less the zero point as two int16 pairs (`SXTAB16`), two weight words, four
-/// `SMLAD`s; the plain loop reads the same weights through the permuted index.
+/// An int8 matrix product over dense-ordered weights: per row and group of columns, four
+/// activations less the zero point as two int16 pairs (`SXTAB16`), shared by every column
+/// of the group, one weight word per column pair and row pair, `SMLAD`s; the plain loop reads
+/// the same weights through the permuted index.
 pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
     let node = g.node(n);
     let ws = shape(g, node.inputs[1]);
     let (kk, nn) = (ws[0], ws[1]);
+    let cols = dense_cols(nn);
     let rows = g.value(node.outputs[0]).ty.numel() / nn.max(1);
     let bias = |j: &str| {
         if node.inputs.len() > 2 {
@@ -622,20 +631,53 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
     };
     let zp = q.input_zp;
     let lanes = ((zp.wrapping_neg() as u32) & 0xffff) * 0x10001;
-    let template = fin;
+    let sums: Vec<String> = (0..cols)
+        .map(|c| format!("s{c} = {}", bias(&format!("j + {c}"))))
+        .collect();
+    let macs: Vec<String> = (0..cols / 2)
+        .map(|h| {
+            format!(
+                "wa = kiln_ld32(w + {}); wb = kiln_ld32(w + {});\n            s{} = __smlad(xa, __sxtb16(wa), s{}); s{} = __smlad(xa, kiln_sxtb16_r8(wa), s{});\n            s{} = __smlad(xb, __sxtb16(wb), s{}); s{} = __smlad(xb, kiln_sxtb16_r8(wb), s{});",
+                8 * h,
+                8 * h + 4,
+                2 * h,
+                2 * h,
+                2 * h + 1,
+                2 * h + 1,
+                2 * h,
+                2 * h,
+                2 * h + 1,
+                2 * h + 1
+            )
+        })
+        .collect();
+    let stores: Vec<String> = (0..cols)
+        .map(|c| {
+            format!(
+                "y0[r * {nn} + j + {c}] = {};",
+                finish(fin, &format!("s{c}"), &format!("j + {c}"))
+            )
+        })
+        .collect();
+    let step = format!(
+        "{{\n            int32_t v = kiln_ld32(x), xa = __sxtab16(kzp, v), xb = kiln_sxtab16_r8(kzp, v), wa, wb;\n            {}\n            x += 4; w += {};\n            }}",
+        macs.join("\n            "),
+        4 * cols
+    );
+    // Unrolling measured worse (spills).
+    let (iters, body) = (kk / 4, step);
     let _ = writeln!(
         out,
-        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += 2) {{\n        const int8_t *x = x0 + r * {kk}, *w = x1 + j * {kk};\n        int32_t s0 = {}, s1 = {};\n        for (int32_t k = 0; k < {}; ++k) {{\n            int32_t v = kiln_ld32(x), wa = kiln_ld32(w), wb = kiln_ld32(w + 4);\n            int32_t xa = __sxtab16(kzp, v), xb = kiln_sxtab16_r8(kzp, v);\n            s0 = __smlad(xa, __sxtb16(wa), s0); s1 = __smlad(xa, kiln_sxtb16_r8(wa), s1);\n            s0 = __smlad(xb, __sxtb16(wb), s0); s1 = __smlad(xb, kiln_sxtb16_r8(wb), s1);\n            x += 4; w += 8;\n        }}\n        y0[r * {nn} + j] = {};\n        y0[r * {nn} + j + 1] = {};\n    }}\n#else",
-        bias("j"),
-        bias("j + 1"),
-        kk / 4,
-        finish(template, "s0", "j"),
-        finish(template, "s1", "j + 1")
+        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += {cols}) {{\n        const int8_t *x = x0 + r * {kk}, *w = x1 + j * {kk};\n        int32_t {};\n        for (int32_t k = 0; k < {iters}; ++k) {{\n            {body}\n        }}\n        {}\n    }}\n#else",
+        sums.join(", "),
+        stores.join("\n        ")
     );
     let _ = writeln!(
         out,
-        "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        const int8_t *w = x1 + (j & ~1) * {kk} + (j & 1);\n        int32_t acc = {};\n        const int8_t *x = x0 + r * {kk};\n        for (int32_t k = 0; k < {kk}; k += 4, x += 4, w += 8)\n            acc += (x[0] - {zp}) * w[0] + (x[1] - {zp}) * w[4] + (x[2] - {zp}) * w[2] + (x[3] - {zp}) * w[6];\n        y0[r * {nn} + j] = {};\n    }}\n#endif",
+        "    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        const int8_t *w = x1 + j / {cols} * {} + j % {cols} / 2 * 8 + (j & 1);\n        int32_t acc = {};\n        const int8_t *x = x0 + r * {kk};\n        for (int32_t k = 0; k < {kk}; k += 4, x += 4, w += {})\n            acc += (x[0] - {zp}) * w[0] + (x[1] - {zp}) * w[4] + (x[2] - {zp}) * w[2] + (x[3] - {zp}) * w[6];\n        y0[r * {nn} + j] = {};\n    }}\n#endif",
+        cols * kk,
         bias("j"),
+        4 * cols,
         finish(fin, "acc", "j")
     );
 }
