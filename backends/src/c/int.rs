@@ -506,7 +506,6 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
                 let fin = super::mcu::requant(out, q, "oc");
                 return match k {
                     super::mcu::ConvKind::Patch => super::mcu::patch_conv(out, g, n, window, q, &fin),
-                    super::mcu::ConvKind::Pointwise => super::mcu::pointwise(out, g, n, &fin),
                     super::mcu::ConvKind::Plane => super::mcu::plane_conv(out, g, n, window, q, &fin),
                 };
             }

@@ -1,22 +1,28 @@
-//! Int8 convolution kernels for 32-bit microcontrollers (Cortex-M): the planar layout the
-//! graph already has, with the work shaped for the part instead of the general loop nest.
+//! Int8 kernels for 32-bit microcontrollers (Cortex-M): the planar layout the graph already
+//! has, with the work shaped for the part instead of the general loop nest. On Armv7E-M /
+//! Armv8-M with the DSP extension (`KILN_DSP`, chosen by the preprocessor) the sums run on
+//! `SMLAD` (two 16-bit products per instruction); elsewhere a plain loop reads the same
+//! constants. Integer sums in any order are the same bytes as the evaluator's.
 //!
-//! - Pointwise (1x1) convolutions with an even number of input and output channels read
-//!   their weights in a compile-time order, `[w(o,c) w(o+1,c) w(o,c+1) w(o+1,c+1)]` per
-//!   output-channel pair and input-channel pair, so that on Armv7E-M / Armv8-M with the DSP
-//!   extension one 32-bit load and two `SXTB16` give both channels' weight pairs. The
-//!   activations of two input channels at two positions become one word with a single pack
-//!   and two `SXTB16`; `SMLAD` then adds two products at a time into a 2x2 block of sums.
-//!   The input zero point is folded into the bias constant at compile time, so the raw int8
-//!   values are multiplied (integer sums: the same bytes). No scratch. Without the DSP
-//!   extension the same constants are read through the permuted index.
-//! - Convolutions with one input channel per group (depthwise, or a first layer over a
-//!   single-channel input) copy each input plane into a zero-point-padded stack buffer; every
-//!   tap is then a fixed offset, the zero point moves into the starting sum, and the tap
-//!   loop is unrolled with no bounds test.
+//! - One-group convolutions, pointwise included (`patch_conv`): per pair of output
+//!   positions the taps less the input zero point are gathered once into int16 patches on
+//!   the stack, then each pair of output channels takes a 2x2 block of sums, both patches'
+//!   pairs reused for both channels. Weights are stored with each group of four taps as
+//!   `[w0 w2 w1 w3]`, so one load and two `SXTB16` give the pairs `(w0, w1)`, `(w2, w3)`
+//!   that meet the patch's; rows are padded to whole groups (at most three zero bytes per
+//!   output channel).
+//! - One input channel per group, depthwise above all (`plane_conv`): each input plane is
+//!   copied into a zero-point-padded stack buffer, the zero point moves into the starting
+//!   sum, every tap is a fixed offset; rows of three unit-stride taps take two outputs at a
+//!   time from one word of the plane.
+//! - Dense products (`dense`): four activations as two int16 pairs (`SXTAB16` subtracts the
+//!   zero point), shared by four columns whose weights are stored pairwise.
+//! - Rescale (`requant`): `((hi32(acc * m) >> r) + 1) >> 1` with a byte table of `r`, and
+//!   `SSAT` for the int8 clamp.
 //!
-//! The constants' form is decided once here (`packed_pointwise`, `const_values`) and used
-//! both by the constant emitter and by the kernel, so the flash bytes do not grow.
+//! The weights' order is decided once here (`const_values`) and used both by the constant
+//! emitter and by the kernels. Arenas do not change: buffers are on the stack, bounded by
+//! `MAX_PLANE` and `MAX_PATCH`.
 
 use super::shape;
 use kiln_ir::op::{QLinear, Window};
@@ -37,7 +43,6 @@ pub const PRELUDE: &str = r#"
 #define KILN_DSP 1
 #define KILN_SAT8(v) __ssat((v), 8)
 static inline int32_t kiln_ld32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
-static inline int32_t kiln_ld16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline int32_t kiln_sxtb16_r8(int32_t x) {
     int32_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
@@ -53,74 +58,20 @@ static inline int32_t kiln_sxtab16_r8(int32_t a, int32_t x) {
 #endif
 "#;
 
-/// Whether node `n` is a pointwise int8 convolution whose weights are stored in the SMLAD
-/// pair order and whose bias has the input zero point folded in (even channel counts;
-/// weights and int32 bias constants read by this node alone).
-pub fn packed_pointwise(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    let Op::QConv { window, group, q } = &node.op else {
-        return false;
-    };
-    let xs = shape(g, node.inputs[0]);
-    let ws = shape(g, node.inputs[1]);
-    let own = |v: ValueId| g.const_value(v).is_some() && !g.is_output(v) && g.consumers(v) == [n];
-    *group == 1
-        && q.weight_bits == 8
-        && xs.len() == 4
-        && node.inputs.len() == 3
-        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-        && g.value(node.inputs[2]).ty.dtype.scalar == Scalar::I32
-        && window.kernel.iter().all(|&k| k == 1)
-        && window.strides.iter().all(|&s| s == 1)
-        && window.pads.iter().all(|&p| p == 0)
-        && ws[0].is_multiple_of(2)
-        && xs[1].is_multiple_of(2)
-        && own(node.inputs[1])
-        && own(node.inputs[2])
-}
-
-/// The values of constant `v` as its kernel reads them, when that differs from the graph's:
-/// pointwise weights in pair order, and their bias less `zp * sum(w)` (wrapping, as the
-/// int32 sums do, so `bias' + sum(x * w)` is exactly `bias + sum((x - zp) * w)`).
+/// The values of weight constant `v` as its kernel reads them, when that differs from the
+/// graph's order (the kernels of this module that own their weights).
 pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     let n = *g.consumers(v).first()?;
+    if g.node(n).inputs.get(1) != Some(&v) {
+        return None;
+    }
     if packed_patch(g, n) {
-        return (g.node(n).inputs[1] == v).then(|| patch_weights(g, n)).flatten();
-    }
-    if packed_dense(g, n) && g.node(n).inputs[1] == v {
-        return dense_weights(g, n);
-    }
-    if !packed_pointwise(g, n) {
-        return None;
-    }
-    let node = g.node(n);
-    let Op::QConv { q, .. } = &node.op else {
-        return None;
-    };
-    let ws = shape(g, node.inputs[1]);
-    let (m, c) = (ws[0], ws[1]);
-    let w = g.const_value(node.inputs[1])?.to_i64_vec();
-    if v == node.inputs[1] {
-        let mut out = vec![0; w.len()];
-        for o in 0..m {
-            for k in 0..c {
-                out[packed_index(o, k, c)] = w[o * c + k];
-            }
-        }
-        Some(out)
-    } else if v == node.inputs[2] {
-        let bias = g.const_value(v)?.to_i64_vec();
-        let zp = i64::from(q.input_zp);
-        let fold = |o: usize| bias[o] - zp * w[o * c..(o + 1) * c].iter().sum::<i64>();
-        Some((0..m).map(|o| i64::from(fold(o) as i32)).collect())
+        patch_weights(g, n)
+    } else if packed_dense(g, n) {
+        dense_weights(g, n)
     } else {
         None
     }
-}
-
-/// Position of weight (o, c) of a `[m, ch]` pointwise kernel in the pair order.
-fn packed_index(o: usize, c: usize, ch: usize) -> usize {
-    (o & !1) * ch + 2 * c + (o & 1)
 }
 
 /// The finishing expression for sum `acc` of channel `ch`, from a template written for
@@ -134,15 +85,12 @@ fn finish(fin: &str, acc: &str, ch: &str) -> String {
 /// Which of this module's kernels runs an int8 convolution.
 pub enum ConvKind {
     Patch,
-    Pointwise,
     Plane,
 }
 
 pub fn conv_kind(g: &Graph, n: NodeId) -> Option<ConvKind> {
     if packed_patch(g, n) {
         Some(ConvKind::Patch)
-    } else if packed_pointwise(g, n) {
-        Some(ConvKind::Pointwise)
     } else if plane_conv_fits(g, n) {
         Some(ConvKind::Plane)
     } else {
@@ -190,77 +138,6 @@ pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
     } else {
         format!("(int8_t)kiln_clamp({v}, {}, {})", q.act_min, q.act_max)
     }
-}
-
-/// Pointwise convolution over pair-ordered weights: the DSP kernel, and the plain loop for
-/// every other target.
-pub fn pointwise(out: &mut String, g: &Graph, n: NodeId, fin: &str) {
-    let node = g.node(n);
-    let xs = shape(g, node.inputs[0]).to_vec();
-    let m = shape(g, node.inputs[1])[0];
-    let (b, c) = (xs[0], xs[1]);
-    let p: usize = xs[2..].iter().product();
-    let bias = |o: &str| {
-        if node.inputs.len() > 2 {
-            format!("x2[{o}]")
-        } else {
-            "0".into()
-        }
-    };
-    let _ = writeln!(out, "#if KILN_DSP");
-    let _ = writeln!(
-        out,
-        "    for (int32_t b = 0; b < {b}; ++b)\n    for (int32_t o = 0; o < {m}; o += 2) {{\n        const int8_t *xb = x0 + b * {}, *wo = x1 + o * {c};\n        int8_t *y = y0 + (b * {m} + o) * {p};\n        int32_t p = 0;",
-        c * p
-    );
-    // Two positions at a time: per input-channel pair one packed word of activations.
-    let step = "{ int32_t t = kiln_ld16(x) | (kiln_ld16(x + P) << 16), ww = kiln_ld32(w);\n                int32_t xa = __sxtb16(t), xb = kiln_sxtb16_r8(t);\n                int32_t wa = __sxtb16(ww), wb = kiln_sxtb16_r8(ww);\n                s00 = __smlad(xa, wa, s00); s01 = __smlad(xb, wa, s01);\n                s10 = __smlad(xa, wb, s10); s11 = __smlad(xb, wb, s11);\n                x += 2 * P; w += 4; }".replace('P', &p.to_string());
-    let unroll = [8, 4, 2].into_iter().find(|u| c % u == 0 && c / u > 0).unwrap_or(2) / 2;
-    let body = if unroll > 1 {
-        let steps = vec![step.as_str(); unroll].join("\n                ");
-        format!(
-            "for (int32_t k = 0; k < {}; ++k) {{\n                {steps}\n            }}",
-            c / (2 * unroll)
-        )
-    } else {
-        format!(
-            "for (int32_t k = 0; k < {}; ++k) {{\n                {step}\n            }}",
-            c / 2
-        )
-    };
-    let _ = writeln!(
-        out,
-        "        for (; p + 2 <= {p}; p += 2) {{\n            const int8_t *x = xb + p, *w = wo;\n            int32_t s00 = {}, s01 = s00, s10 = {}, s11 = s10;\n            {body}",
-        bias("o"),
-        bias("o + 1")
-    );
-    let _ = writeln!(
-        out,
-        "            y[p] = {};\n            y[p + 1] = {};\n            y[{p} + p] = {};\n            y[{p} + p + 1] = {};\n        }}",
-        finish(fin, "s00", "o"),
-        finish(fin, "s01", "o"),
-        finish(fin, "s10", "o + 1"),
-        finish(fin, "s11", "o + 1")
-    );
-    if p % 2 == 1 {
-        let _ = writeln!(
-            out,
-            "        {{\n            const int8_t *x = xb + p, *w = wo;\n            int32_t s00 = {}, s10 = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t t = (int32_t)(uint8_t)x[0] | ((int32_t)(uint8_t)x[{p}] << 16), ww = kiln_ld32(w);\n                int32_t xa = __sxtb16(t);\n                s00 = __smlad(xa, __sxtb16(ww), s00);\n                s10 = __smlad(xa, kiln_sxtb16_r8(ww), s10);\n                x += {}; w += 4;\n            }}\n            y[p] = {};\n            y[{p} + p] = {};\n        }}",
-            bias("o"),
-            bias("o + 1"),
-            c / 2,
-            2 * p,
-            finish(fin, "s00", "o"),
-            finish(fin, "s10", "o + 1")
-        );
-    }
-    let _ = writeln!(out, "    }}\n#else");
-    let _ = writeln!(
-        out,
-        "    for (int32_t b = 0; b < {b}; ++b)\n    for (int32_t oc = 0; oc < {m}; ++oc) {{\n        const int8_t *w = x1 + (oc & ~1) * {c} + (oc & 1);\n        for (int32_t p = 0; p < {p}; ++p) {{\n            const int8_t *x = x0 + b * {} + p;\n            int32_t acc = {};\n            for (int32_t c = 0; c < {c}; ++c) acc += (int32_t)x[c * {p}] * w[2 * c];\n            y0[(b * {m} + oc) * {p} + p] = {fin};\n        }}\n    }}\n#endif",
-        c * p,
-        bias("oc")
-    );
 }
 
 /// Largest zero-point-padded input plane kept on the stack.
@@ -433,13 +310,21 @@ fn patch_index(i: usize, kk: usize) -> usize {
 }
 
 /// The weights of a [`packed_patch`] node in patch order.
+/// Taps of a patch row rounded up to whole groups of four.
+fn padded_taps(taps: usize) -> usize {
+    taps.div_ceil(4) * 4
+}
+
+/// The weights of a [`packed_patch`] node in patch order, each row padded with zeros to
+/// [`padded_taps`] (at most three bytes per output channel).
 fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     let node = g.node(n);
     let ws = shape(g, node.inputs[1]);
-    let kk: usize = ws[1..].iter().product();
+    let taps: usize = ws[1..].iter().product();
+    let kk = padded_taps(taps);
     let w = g.const_value(node.inputs[1])?.to_i64_vec();
-    let mut out = vec![0; w.len()];
-    for (r, row) in w.chunks(kk).enumerate() {
+    let mut out = vec![0; ws[0] * kk];
+    for (r, row) in w.chunks(taps).enumerate() {
         for (i, &x) in row.iter().enumerate() {
             out[r * kk + patch_index(i, kk)] = x;
         }
@@ -459,9 +344,11 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     let o0 = shape(g, node.outputs[0]).to_vec();
     let ge = window.plane(&xs, &o0);
     let (m, ci) = (ws[0], xs[1]);
-    let kk: usize = ws[1..].iter().product();
-    let k4 = kk & !3;
-    let ks = kk + kk % 2;
+    // Weight rows and patches are padded to a multiple of four taps (zeros), so every dot
+    // product is whole SMLAD steps.
+    let taps: usize = ws[1..].iter().product();
+    let kk = padded_taps(taps);
+    let ks = kk;
     let zp = q.input_zp;
     let has_bias = node.inputs.len() > 2;
     let bias = |o: &str| if has_bias { format!("x2[{o}]") } else { "0".into() };
@@ -509,27 +396,28 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
         rowstep = ge.dh * ge.w,
         row = row.join(" "),
     );
-    let tail = |acc: &str, pat: &str, w: &str| {
-        (k4..kk)
-            .map(|i| format!(" {acc} += (int32_t){pat}[{i}] * {w}[{i}];"))
-            .collect::<String>()
-    };
     // 2 positions x 2 output channels: both patches' pairs stay in registers for both.
     let step = "{ int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), qa = kiln_ld32(p + KS), qb = kiln_ld32(p + KS + 2);\n                int32_t wv = kiln_ld32(w), a = __sxtb16(wv), c = kiln_sxtb16_r8(wv);\n                s00 = __smlad(pa, a, s00); s00 = __smlad(pb, c, s00); s10 = __smlad(qa, a, s10); s10 = __smlad(qb, c, s10);\n                wv = kiln_ld32(w + KK); a = __sxtb16(wv); c = kiln_sxtb16_r8(wv);\n                s01 = __smlad(pa, a, s01); s01 = __smlad(pb, c, s01); s11 = __smlad(qa, a, s11); s11 = __smlad(qb, c, s11);\n                p += 4; w += 4; }"
         .replace("KS", &ks.to_string())
         .replace("KK", &kk.to_string());
     // A loop even when short: fully unrolled, GCC hoists every patch load out of the
     // channel loop and spills them all.
-    let steps = if (k4 / 4).is_multiple_of(2) {
+    let steps = if (kk / 4).is_multiple_of(2) {
         format!(
             "for (int32_t k = 0; k < {}; ++k) {{\n                {step}\n                {step}\n            }}",
-            k4 / 8
+            kk / 8
         )
     } else {
-        format!("for (int32_t k = 0; k < {}; ++k) {step}", k4 / 4)
+        format!("for (int32_t k = 0; k < {}; ++k) {step}", kk / 4)
     };
     let ohw = ge.oh * ge.ow;
     let _ = writeln!(out, "    int16_t pt[{}];", 2 * ks);
+    if taps < kk {
+        let _ = writeln!(
+            out,
+            "    for (int32_t i = {taps}; i < {kk}; ++i) pt[i] = pt[{ks} + i] = 0;"
+        );
+    }
     let _ = writeln!(
         out,
         "    for (int32_t b = 0; b < {}; ++b)\n    for (int32_t q = 0; q < {ohw}; q += 2) {{\n        int32_t two = q + 1 < {ohw};\n        int8_t *y = y0 + b * {} + q;\n{build}",
@@ -538,13 +426,9 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     );
     let _ = writeln!(
         out,
-        "#if KILN_DSP\n        int32_t o = 0;\n        if (two) for (; o + 2 <= {m}; o += 2) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s00 = {}, s01 = {}, s10 = s00, s11 = s01;\n                {steps}\n           {}{}{}{}\n            y[o * {ohw}] = {};\n            y[o * {ohw} + 1] = {};\n            y[(o + 1) * {ohw}] = {};\n            y[(o + 1) * {ohw} + 1] = {};\n        }}",
+        "#if KILN_DSP\n        int32_t o = 0;\n        if (two) for (; o + 2 <= {m}; o += 2) {{\n            const int16_t *p = pt;\n            const int8_t *w = x1 + o * {kk};\n            int32_t s00 = {}, s01 = {}, s10 = s00, s11 = s01;\n                {steps}\n            y[o * {ohw}] = {};\n            y[o * {ohw} + 1] = {};\n            y[(o + 1) * {ohw}] = {};\n            y[(o + 1) * {ohw} + 1] = {};\n        }}",
         bias("o"),
         bias("o + 1"),
-        tail("s00", "pt", &format!("(x1 + o * {kk})")),
-        tail("s10", &format!("(pt + {ks})"), &format!("(x1 + o * {kk})")),
-        tail("s01", "pt", &format!("(x1 + (o + 1) * {kk})")),
-        tail("s11", &format!("(pt + {ks})"), &format!("(x1 + (o + 1) * {kk})")),
         finish(fin, "s00", "o"),
         finish(fin, "s10", "o"),
         finish(fin, "s01", "o + 1"),
@@ -553,16 +437,14 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     // Whatever the blocks left: an odd last column or an odd last channel.
     let _ = writeln!(
         out,
-        "        for (int32_t oc = o; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t wv = kiln_ld32(w);\n                acc = __smlad(kiln_ld32(p), __sxtb16(wv), acc);\n                acc = __smlad(kiln_ld32(p + 2), kiln_sxtb16_r8(wv), acc);\n                p += 4; w += 4;\n            }}\n           {}\n            y[oc * {ohw} + j] = {fin};\n        }}",
+        "        for (int32_t oc = o; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t k = 0; k < {}; ++k) {{\n                int32_t wv = kiln_ld32(w);\n                acc = __smlad(kiln_ld32(p), __sxtb16(wv), acc);\n                acc = __smlad(kiln_ld32(p + 2), kiln_sxtb16_r8(wv), acc);\n                p += 4; w += 4;\n            }}\n            y[oc * {ohw} + j] = {fin};\n        }}",
         bias("oc"),
-        k4 / 4,
-        tail("acc", &format!("(pt + j * {ks})"), &format!("(x1 + oc * {kk})")),
+        kk / 4,
     );
     let _ = writeln!(
         out,
-        "#else\n        for (int32_t oc = 0; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {k4}; i += 4) acc += p[i] * w[i] + p[i + 1] * w[i + 2] + p[i + 2] * w[i + 1] + p[i + 3] * w[i + 3];\n           {}\n            y[oc * {ohw} + j] = {fin};\n        }}\n#endif\n    }}",
+        "#else\n        for (int32_t oc = 0; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {kk}; i += 4) acc += p[i] * w[i] + p[i + 1] * w[i + 2] + p[i + 2] * w[i + 1] + p[i + 3] * w[i + 3];\n            y[oc * {ohw} + j] = {fin};\n        }}\n#endif\n    }}",
         bias("oc"),
-        tail("acc", "p", "w"),
     );
 }
 
