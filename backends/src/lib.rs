@@ -5,6 +5,7 @@ pub mod c;
 pub mod cranelift;
 pub mod header;
 pub mod namer;
+pub mod pack;
 pub mod rust;
 pub mod shapes;
 pub mod text;

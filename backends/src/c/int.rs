@@ -425,7 +425,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);
             let wide = wide_input(g, n);
-            if cortex_m && super::mcu::packed_dense(g, n) {
+            if cortex_m && crate::pack::packed_dense(g, n) {
                 let fin = super::mcu::requant(out, q, "oc");
                 return super::mcu::dense(out, g, n, q, &fin);
             }

@@ -25,8 +25,9 @@
 //! `MAX_PLANE` and `MAX_PATCH`.
 
 use super::shape;
+use crate::pack::{dense_cols, packed_patch, padded_taps};
 use kiln_ir::op::{QLinear, Window};
-use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
+use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;
 
 /// Helpers for the DSP kernels, defined only where the DSP extension exists (GNU C inline
@@ -57,22 +58,6 @@ static inline int32_t kiln_sxtab16_r8(int32_t a, int32_t x) {
 #define KILN_SAT8(v) kiln_clamp((v), -128, 127)
 #endif
 "#;
-
-/// The values of weight constant `v` as its kernel reads them, when that differs from the
-/// graph's order (the kernels of this module that own their weights).
-pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
-    let n = *g.consumers(v).first()?;
-    if g.node(n).inputs.get(1) != Some(&v) {
-        return None;
-    }
-    if packed_patch(g, n) {
-        patch_weights(g, n)
-    } else if packed_dense(g, n) {
-        dense_weights(g, n)
-    } else {
-        None
-    }
-}
 
 /// The finishing expression for sum `acc` of channel `ch`, from a template written for
 /// `acc` and `oc`.
@@ -275,63 +260,6 @@ pub fn plane_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     );
 }
 
-/// Largest im2col patch (taps per output) kept on the stack as int16 (two of them).
-const MAX_PATCH: usize = 1024;
-
-/// Whether node `n` is a one-group int8 convolution with a spatial kernel whose weights
-/// are stored for [`patch_conv`] (a constant read by this node alone).
-pub fn packed_patch(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    let Op::QConv { group, q, .. } = &node.op else {
-        return false;
-    };
-    let xs = shape(g, node.inputs[0]);
-    let ws = shape(g, node.inputs[1]);
-    let w = node.inputs[1];
-    let kk: usize = ws[1..].iter().product();
-    *group == 1
-        && q.weight_bits == 8
-        && xs.len() == 4
-        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-        && (4..=MAX_PATCH).contains(&kk)
-        && g.const_value(w).is_some()
-        && !g.is_output(w)
-        && g.consumers(w) == [n]
-}
-
-/// Position of tap `i` of a weight row in the patch order: within each group of four taps
-/// `[w0 w2 w1 w3]`, so `SXTB16` of one word gives `(w0, w1)` and with `ROR #8` `(w2, w3)`,
-/// the pairs the int16 patch holds; a last partial group stays in order.
-fn patch_index(i: usize, kk: usize) -> usize {
-    if i >= kk & !3 {
-        return i;
-    }
-    (i & !3) | ((i & 1) << 1) | ((i >> 1) & 1)
-}
-
-/// The weights of a [`packed_patch`] node in patch order.
-/// Taps of a patch row rounded up to whole groups of four.
-fn padded_taps(taps: usize) -> usize {
-    taps.div_ceil(4) * 4
-}
-
-/// The weights of a [`packed_patch`] node in patch order, each row padded with zeros to
-/// [`padded_taps`] (at most three bytes per output channel).
-fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
-    let node = g.node(n);
-    let ws = shape(g, node.inputs[1]);
-    let taps: usize = ws[1..].iter().product();
-    let kk = padded_taps(taps);
-    let w = g.const_value(node.inputs[1])?.to_i64_vec();
-    let mut out = vec![0; ws[0] * kk];
-    for (r, row) in w.chunks(taps).enumerate() {
-        for (i, &x) in row.iter().enumerate() {
-            out[r * kk + patch_index(i, kk)] = x;
-        }
-    }
-    Some(out)
-}
-
 /// A one-group convolution, patch-stationary: per pair of output positions (row-major, so
 /// a pair may span two rows)
 /// the taps less the zero point (0 where the window leaves the input) gathered once as int16
@@ -446,52 +374,6 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
         "#else\n        for (int32_t oc = 0; oc < {m}; ++oc)\n        for (int32_t j = 0; j <= two; ++j) {{\n            const int16_t *p = pt + j * {ks};\n            const int8_t *w = x1 + oc * {kk};\n            int32_t acc = {};\n            for (int32_t i = 0; i < {kk}; i += 4) acc += p[i] * w[i] + p[i + 1] * w[i + 2] + p[i + 2] * w[i + 1] + p[i + 3] * w[i + 3];\n            y[oc * {ohw} + j] = {fin};\n        }}\n#endif\n    }}",
         bias("oc"),
     );
-}
-
-/// Whether node `n` is an int8 matrix product whose weights are stored for [`dense`]
-/// (K a multiple of 4, N even, a constant read by this node alone).
-pub fn packed_dense(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    let Op::QMatMul { q } = &node.op else {
-        return false;
-    };
-    let ws = shape(g, node.inputs[1]);
-    let w = node.inputs[1];
-    ws.len() == 2
-        && q.weight_bits == 8
-        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-        && ws[0].is_multiple_of(4)
-        && ws[1].is_multiple_of(2)
-        && g.const_value(w).is_some()
-        && !g.is_output(w)
-        && g.consumers(w) == [n]
-}
-
-/// Columns a [`dense`] pass takes: four when they divide the width, else two.
-fn dense_cols(nn: usize) -> usize {
-    if nn.is_multiple_of(4) { 4 } else { 2 }
-}
-
-/// Position of weight (k, j) of a `[kk, nn]` product in the dense order: per group of
-/// `cols` columns and four rows, per column pair two words, `[w(0,j) w(0,j+1) w(2,j)
-/// w(2,j+1)]` and the same of rows 1 and 3, matching `SXTB16` of four activations
-/// `(x0, x2)` and, rotated, `(x1, x3)`.
-fn dense_index(k: usize, j: usize, kk: usize, cols: usize) -> usize {
-    (j / cols) * cols * kk + (k & !3) * cols + (j % cols / 2) * 8 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
-}
-
-fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
-    let ws = shape(g, g.node(n).inputs[1]);
-    let (kk, nn) = (ws[0], ws[1]);
-    let cols = dense_cols(nn);
-    let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
-    let mut out = vec![0; w.len()];
-    for k in 0..kk {
-        for j in 0..nn {
-            out[dense_index(k, j, kk, cols)] = w[k * nn + j];
-        }
-    }
-    Some(out)
 }
 
 /// An int8 matrix product over dense-ordered weights: per row and group of columns, four

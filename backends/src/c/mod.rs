@@ -537,7 +537,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             {
                 let name = format!("w{}", v.index());
                 let packed = kiln_ir::analysis::packed_weight_bits(g, v);
-                let reordered = if opts.cortex_m { mcu::const_values(g, v) } else { None };
+                let reordered = if opts.cortex_m {
+                    crate::pack::const_values(g, v)
+                } else {
+                    None
+                };
                 let items: Vec<String> = match &t.data {
                     _ if reordered.is_some() => reordered.iter().flatten().map(|x| x.to_string()).collect(),
                     _ if packed.is_some() => {

@@ -1,0 +1,161 @@
+//! Weight layouts for the Cortex-M int8 kernels, decided once for every backend that runs
+//! them (the C backend's `c::mcu`, the Rust-source backend's `kiln_runtime::kernels::mcu`):
+//! which nodes use them, and the order their weight constants are stored in. Only the
+//! order changes (and patch rows gain at most three zero bytes), so flash stays the same.
+
+use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
+
+fn shape(g: &Graph, v: ValueId) -> &[usize] {
+    &g.value(v).ty.shape
+}
+
+/// The values of weight constant `v` as its kernel reads them, when that differs from the
+/// graph's order (the kernels of this module that own their weights).
+pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    let n = *g.consumers(v).first()?;
+    if g.node(n).inputs.get(1) != Some(&v) {
+        return None;
+    }
+    if packed_patch(g, n) {
+        patch_weights(g, n)
+    } else if packed_dense(g, n) {
+        dense_weights(g, n)
+    } else {
+        None
+    }
+}
+
+/// Largest im2col patch (taps per output) kept on the stack as int16 (two of them).
+pub const MAX_PATCH: usize = 1024;
+
+/// Whether node `n` is a one-group int8 convolution (pointwise included) whose weights
+/// are stored in patch order (a constant read by this node alone).
+pub fn packed_patch(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QConv { group, q, .. } = &node.op else {
+        return false;
+    };
+    let xs = shape(g, node.inputs[0]);
+    let ws = shape(g, node.inputs[1]);
+    let w = node.inputs[1];
+    let kk: usize = ws[1..].iter().product();
+    *group == 1
+        && q.weight_bits == 8
+        && xs.len() == 4
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && (4..=MAX_PATCH).contains(&kk)
+        && g.const_value(w).is_some()
+        && !g.is_output(w)
+        && g.consumers(w) == [n]
+}
+
+/// Position of tap `i` of a weight row in the patch order: within each group of four taps
+/// `[w0 w2 w1 w3]`, so `SXTB16` of one word gives `(w0, w1)` and with `ROR #8` `(w2, w3)`,
+/// the pairs the int16 patch holds; a last partial group stays in order.
+pub fn patch_index(i: usize, kk: usize) -> usize {
+    if i >= kk & !3 {
+        return i;
+    }
+    (i & !3) | ((i & 1) << 1) | ((i >> 1) & 1)
+}
+
+/// Taps of a patch row rounded up to whole groups of four.
+pub fn padded_taps(taps: usize) -> usize {
+    taps.div_ceil(4) * 4
+}
+
+/// The weights of a [`packed_patch`] node in patch order, each row padded with zeros to
+/// [`padded_taps`] (at most three bytes per output channel).
+pub fn patch_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let ws = shape(g, node.inputs[1]);
+    let taps: usize = ws[1..].iter().product();
+    let kk = padded_taps(taps);
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let mut out = vec![0; ws[0] * kk];
+    for (r, row) in w.chunks(taps).enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            out[r * kk + patch_index(i, kk)] = x;
+        }
+    }
+    Some(out)
+}
+
+/// Whether node `n` is an int8 matrix product whose weights are stored for the dense kernels
+/// (K a multiple of 4, N even, a constant read by this node alone).
+pub fn packed_dense(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QMatMul { q } = &node.op else {
+        return false;
+    };
+    let ws = shape(g, node.inputs[1]);
+    let w = node.inputs[1];
+    ws.len() == 2
+        && q.weight_bits == 8
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && ws[0].is_multiple_of(4)
+        && ws[1].is_multiple_of(2)
+        && g.const_value(w).is_some()
+        && !g.is_output(w)
+        && g.consumers(w) == [n]
+}
+
+/// Columns a the dense kernels pass takes: four when they divide the width, else two.
+pub fn dense_cols(nn: usize) -> usize {
+    if nn.is_multiple_of(4) { 4 } else { 2 }
+}
+
+/// Position of weight (k, j) of a `[kk, nn]` product in the dense order: per group of
+/// `cols` columns and four rows, per column pair two words, `[w(0,j) w(0,j+1) w(2,j)
+/// w(2,j+1)]` and the same of rows 1 and 3, matching `SXTB16` of four activations
+/// `(x0, x2)` and, rotated, `(x1, x3)`.
+pub fn dense_index(k: usize, j: usize, kk: usize, cols: usize) -> usize {
+    (j / cols) * cols * kk + (k & !3) * cols + (j % cols / 2) * 8 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
+}
+
+pub fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let ws = shape(g, g.node(n).inputs[1]);
+    let (kk, nn) = (ws[0], ws[1]);
+    let cols = dense_cols(nn);
+    let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
+    let mut out = vec![0; w.len()];
+    for k in 0..kk {
+        for j in 0..nn {
+            out[dense_index(k, j, kk, cols)] = w[k * nn + j];
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_order_is_a_permutation_within_each_group() {
+        for kk in [4, 8, 12, 28] {
+            let mut seen: Vec<usize> = (0..kk).map(|i| patch_index(i, kk)).collect();
+            assert!((0..kk).all(|i| patch_index(i, kk) / 4 == i / 4));
+            seen.sort_unstable();
+            assert_eq!(seen, (0..kk).collect::<Vec<_>>());
+        }
+        // [w0 w2 w1 w3]: tap 1 is stored third, tap 2 second.
+        assert_eq!((0..4).map(|i| patch_index(i, 4)).collect::<Vec<_>>(), [0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn dense_order_is_a_permutation() {
+        for (kk, nn) in [(4, 2), (8, 4), (12, 6), (640, 128)] {
+            let cols = dense_cols(nn);
+            let mut seen: Vec<usize> = (0..kk)
+                .flat_map(|k| (0..nn).map(move |j| dense_index(k, j, kk, cols)))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..kk * nn).collect::<Vec<_>>(), "{kk}x{nn}");
+        }
+        // The first word of a column pair holds rows 0 and 2 of both columns.
+        let at = |k, j| dense_index(k, j, 8, 2);
+        assert_eq!([at(0, 0), at(0, 1), at(2, 0), at(2, 1)], [0, 1, 2, 3]);
+        assert_eq!([at(1, 0), at(1, 1), at(3, 0), at(3, 1)], [4, 5, 6, 7]);
+    }
+}
