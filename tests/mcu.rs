@@ -235,7 +235,7 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
-            "[package]\nname = \"modelrs\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\ncrate-type = [\"staticlib\"]\n\n[dependencies]\nkiln-runtime = {{ path = {:?} }}\n\n[profile.release]\npanic = \"abort\"\nopt-level = 2\ncodegen-units = 1\n\n[workspace]\n",
+            "[package]\nname = \"modelrs\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\ncrate-type = [\"staticlib\"]\n\n[dependencies]\nkiln-runtime = {{ path = {:?}, features = [\"arm-dsp\"] }}\n\n[profile.release]\npanic = \"abort\"\nopt-level = 2\ncodegen-units = 1\n\n[workspace]\n",
             repo().join("runtime").display().to_string()
         ),
     )
@@ -904,7 +904,7 @@ fn official_int8_models_instruction_benchmark() {
         let input = kiln::npy::read(&mdir.join("ref_int8_onnx/test_data_set_0/input_0.npy")).unwrap();
         let inputs = vec![input];
         let want_out = kiln_ir::eval::run(&g, &inputs).unwrap();
-        for part in [Part::CortexM4, Part::CortexM3] {
+        for part in [Part::CortexM4, Part::CortexM4Rust, Part::CortexM3] {
             let key = format!("{} {}", part.name(), m.trim_start_matches("mlperf_tiny_"));
             match run_on(part, m, &g, &inputs, &tools, &dir) {
                 Ok(run) => {

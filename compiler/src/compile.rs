@@ -191,6 +191,7 @@ fn compile_rust(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compil
         &plan,
         &rust::Options {
             prefix: opts.prefix.clone(),
+            cortex_m: opts.target.is_cortex_m(),
         },
         source,
     )?;

@@ -278,16 +278,16 @@ fn accumulator_bytes(g: &Graph, n: NodeId) -> usize {
 }
 
 pub(super) fn supported(g: &Graph, n: NodeId) -> bool {
-    call_opt(g, n, 0, &mut String::new()).is_some()
+    call_opt(g, n, 0, &mut String::new(), false).is_some()
 }
 
 /// The call for node `n` (the `k`-th of the schedule); module-level constants it needs are
 /// appended to `items`.
-pub(super) fn call(g: &Graph, n: NodeId, k: usize, items: &mut String) -> String {
-    call_opt(g, n, k, items).expect("checked by `supported`")
+pub(super) fn call(g: &Graph, n: NodeId, k: usize, items: &mut String, cortex_m: bool) -> String {
+    call_opt(g, n, k, items, cortex_m).expect("checked by `supported`")
 }
 
-fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<String> {
+fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool) -> Option<String> {
     let node = g.node(n);
     let ins = &node.inputs;
     if !ins.iter().chain(&node.outputs).all(|&v| plain(scalar(g, v))) && !f32_half_weight(g, n) {
@@ -652,6 +652,16 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             "k::map(x0, y0, |v| kiln_runtime::dequantize(v as i32, {}, {zero_point}));",
             f32_lit(*scale)
         ),
+        Op::QConv { window, group, q } if cortex_m && crate::pack::packed_patch(g, n) => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            let taps: usize = shape(g, ins[1])[1..].iter().product();
+            format!(
+                "let _ = s; // planned for the portable kernel; this one keeps its patches on the stack\nk::mcu::patch_conv::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                2 * crate::pack::padded_taps(taps),
+                conv_shape(&x0s, &o0, *group, window),
+                qlinear(items, kk, q)
+            )
+        }
         Op::QConv { window, group, q } if spatial_2d(g, ins[0]) && scalar(g, ins[0]) == Scalar::I8 => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
@@ -674,6 +684,15 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String) -> Option<Strin
             format!(
                 "k::int::qmatmul16(x0, x1, {bias}, y0, s, {}, &{});",
                 w[1],
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QMatMul { q } if cortex_m && crate::pack::packed_dense(g, n) => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            format!(
+                "let _ = s;\nk::mcu::dense::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                crate::pack::dense_cols(shape(g, ins[1])[1]),
+                shape(g, ins[1])[1],
                 qlinear(items, kk, q)
             )
         }

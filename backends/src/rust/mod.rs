@@ -28,6 +28,9 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub prefix: String,
+    /// A 32-bit Cortex-M part: int8 convolutions and products run `kiln_runtime`'s
+    /// `kernels::mcu` over weights in `pack`'s orders.
+    pub cortex_m: bool,
 }
 
 /// Scratch bytes per node: int32 accumulators of the integer products.
@@ -67,7 +70,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options, source: &str) -> Resul
         .order
         .iter()
         .enumerate()
-        .map(|(k, &n)| kernel::call(g, n, k, &mut items))
+        .map(|(k, &n)| kernel::call(g, n, k, &mut items, opts.cortex_m))
         .collect();
     // Arena views and kernels all live in `k`; a model of copies alone needs none of it.
     let uses_k = !items.is_empty()
@@ -82,7 +85,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options, source: &str) -> Resul
     if uses_k {
         out.push_str("    use kiln_runtime::kernels as k;\n");
     }
-    let weights = weights(&mut out, g, plan);
+    let weights = weights(&mut out, g, plan, opts.cortex_m);
     if !items.is_empty() {
         out.push('\n');
         out.push_str(&items);
@@ -109,7 +112,12 @@ struct Ctx<'a> {
 }
 
 /// Prints every constant a node reads as a `static` array, numbered by value.
-fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::HashMap<ValueId, String> {
+fn weights(
+    out: &mut String,
+    g: &Graph,
+    plan: &MemoryPlan,
+    cortex_m: bool,
+) -> std::collections::HashMap<ValueId, String> {
     let mut names = std::collections::HashMap::new();
     let read = plan
         .order
@@ -129,7 +137,14 @@ fn weights(out: &mut String, g: &Graph, plan: &MemoryPlan) -> std::collections::
             crate::text::comment(&g.value(v).name),
             types(g, &[v])
         );
-        if let kiln_ir::Data::F16(h) = &t.data {
+        let reordered = if cortex_m { crate::pack::const_values(g, v) } else { None };
+        if let Some(vals) = reordered {
+            // in the order the Cortex-M kernel reads them (see `pack`)
+            let items: Vec<String> = vals.iter().map(|x| x.to_string()).collect();
+            let _ = write!(out, "    static {name}: [{ty}; {}] = [", items.len());
+            wrap(out, &items, "        ");
+            out.push_str("];\n");
+        } else if let kiln_ir::Data::F16(h) = &t.data {
             // binary16 bit patterns, widened by the kernels as they read them
             let items: Vec<String> = h.iter().map(|x| format!("{:#06x}", x.to_bits())).collect();
             let _ = write!(out, "    static {name}: [k::F16; {}] = k::f16s([", items.len());

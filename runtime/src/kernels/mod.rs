@@ -11,6 +11,7 @@ pub mod float;
 pub mod int;
 pub mod layout;
 pub mod math;
+pub mod mcu;
 pub mod reduce;
 pub mod rnn;
 

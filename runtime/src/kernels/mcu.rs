@@ -1,0 +1,235 @@
+//! Int8 kernels shaped for 32-bit microcontrollers, the Rust-source twins of the C backend's
+//! Cortex-M kernels: the same weight orders (decided in `kiln-backends`' `pack` module), the
+//! same blocking, the same bytes as [`super::int::qconv`] and [`super::int::qmatmul`].
+//!
+//! - [`patch_conv`]: one-group convolutions, pointwise included. Per pair of output
+//!   positions the taps less the zero point are gathered into int16 patches (a stack array
+//!   sized by the caller), then each pair of output channels takes a 2x2 block of sums.
+//!   Weight rows hold each group of four taps as `[w0 w2 w1 w3]`, padded to whole groups.
+//! - [`dense`]: int8 products with weights in column-pair order.
+//!
+//! The two-products step is [`smlad`] over a packed int16 pair and `SXTB16` of a weight
+//! word. With the crate feature `arm-dsp` on a 32-bit Arm target (Cortex-M4/M7/M33, whose
+//! DSP extension has these instructions) they are `SMLAD`/`SXTB16` through stable inline
+//! assembly; elsewhere the same arithmetic in plain Rust.
+
+use super::ConvShape;
+use super::int::QLinear;
+use crate::{Requant, multiply_by_quantized_multiplier as mbqm};
+
+#[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+mod ops {
+    use core::arch::asm;
+
+    #[inline(always)]
+    pub fn smlad(a: i32, b: i32, acc: i32) -> i32 {
+        let r: i32;
+        // SAFETY: register-only arithmetic, no memory or flags touched.
+        unsafe { asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack, preserves_flags)) };
+        r
+    }
+
+    #[inline(always)]
+    pub fn sxtb16(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as above.
+        unsafe { asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        r
+    }
+
+    #[inline(always)]
+    pub fn sxtb16_r8(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as above.
+        unsafe { asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        r
+    }
+}
+
+#[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+mod ops {
+    /// `acc + lo(a) * lo(b) + hi(a) * hi(b)` on the signed 16-bit halves (SMLAD).
+    #[inline(always)]
+    pub fn smlad(a: i32, b: i32, acc: i32) -> i32 {
+        let (a0, a1) = (a as i16 as i32, (a >> 16) as i16 as i32);
+        let (b0, b1) = (b as i16 as i32, (b >> 16) as i16 as i32);
+        acc.wrapping_add(a0 * b0).wrapping_add(a1 * b1)
+    }
+
+    /// Bytes 0 and 2 sign-extended into the two halves (SXTB16).
+    #[inline(always)]
+    pub fn sxtb16(x: i32) -> i32 {
+        (x as i8 as i16 as u16 as u32 | ((((x >> 16) as i8 as i16 as u16) as u32) << 16)) as i32
+    }
+
+    /// Bytes 1 and 3 (SXTB16 with ROR #8).
+    #[inline(always)]
+    pub fn sxtb16_r8(x: i32) -> i32 {
+        sxtb16(x >> 8)
+    }
+}
+
+pub use ops::{smlad, sxtb16, sxtb16_r8};
+
+#[inline(always)]
+fn word(b: &[i8]) -> i32 {
+    i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+#[inline(always)]
+fn pair(p: &[i16]) -> i32 {
+    (p[0] as u16 as u32 | ((p[1] as u16 as u32) << 16)) as i32
+}
+
+/// The int8 output of sum `acc` of channel `ch`: the 32-bit form of the rescale for shifts
+/// in -31..=-2 (the rounding bit is a multiple of 2^32, see the C backend), else the
+/// reference one.
+#[inline(always)]
+pub fn finish(q: &QLinear, ch: usize, acc: i32) -> i8 {
+    let r: Requant = q.requant[if q.requant.len() == 1 { 0 } else { ch }];
+    let v = if (-31..=-2).contains(&r.shift) {
+        let hi = ((acc as i64 * r.multiplier as i64) >> 32) as i32;
+        ((hi >> (-2 - r.shift)) + 1) >> 1
+    } else {
+        mbqm(acc, r)
+    };
+    (v + q.output_zp).clamp(q.act_min, q.act_max) as i8
+}
+
+/// Four taps of two weight rows against four taps of two patches: the 2x2 block step.
+#[inline(always)]
+fn step4(s: &mut [i32; 4], p: &[i16], q: &[i16], w0: &[i8], w1: &[i8]) {
+    let (pa, pb, qa, qb) = (pair(&p[..2]), pair(&p[2..4]), pair(&q[..2]), pair(&q[2..4]));
+    let v = word(w0);
+    let (a, c) = (sxtb16(v), sxtb16_r8(v));
+    s[0] = smlad(pb, c, smlad(pa, a, s[0]));
+    s[1] = smlad(qb, c, smlad(qa, a, s[1]));
+    let v = word(w1);
+    let (a, c) = (sxtb16(v), sxtb16_r8(v));
+    s[2] = smlad(pb, c, smlad(pa, a, s[2]));
+    s[3] = smlad(qb, c, smlad(qa, a, s[3]));
+}
+
+/// One patch against one weight row.
+#[inline(always)]
+fn dot(p: &[i16], w: &[i8], mut acc: i32) -> i32 {
+    for (p, w) in p.chunks_exact(4).zip(w.chunks_exact(4)) {
+        let v = word(w);
+        acc = smlad(pair(&p[2..4]), sxtb16_r8(v), smlad(pair(&p[..2]), sxtb16(v), acc));
+    }
+    acc
+}
+
+/// Gathers the patch of output position `pos` (row-major) into `t` (length `kk`, taps past
+/// the window's stay as they are: zero).
+#[inline(always)]
+fn gather(x: &[i8], t: &mut [i16], s: &ConvShape, b: usize, pos: usize, zp: i32) {
+    let p = &s.plane;
+    let (oy, ox) = (pos / p.ow, pos % p.ow);
+    let (iy0, ix0) = ((oy * p.sh) as isize - p.ph as isize, (ox * p.sw) as isize - p.pw as isize);
+    let mut i = 0;
+    for c in 0..s.cin {
+        let xc = &x[(b * s.cin + c) * p.h * p.w..][..p.h * p.w];
+        for ky in 0..p.kh {
+            let iy = iy0 + (ky * p.dh) as isize;
+            for kx in 0..p.kw {
+                let ix = ix0 + (kx * p.dw) as isize;
+                t[i] = if iy < 0 || iy >= p.h as isize || ix < 0 || ix >= p.w as isize {
+                    0
+                } else {
+                    (xc[iy as usize * p.w + ix as usize] as i32 - zp) as i16
+                };
+                i += 1;
+            }
+        }
+    }
+}
+
+/// A one-group int8 convolution over patch-ordered weights (`[cout][kk]`, `kk` the taps
+/// rounded up to a multiple of four); `N` is `2 * kk`, the two patches on the stack.
+#[inline]
+pub fn patch_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let kk = N / 2;
+    let mut pt = [0i16; N];
+    let p = &s.plane;
+    let pout = p.oh * p.ow;
+    let zp = q.input_zp;
+    let b0 = |o: usize| bias.map_or(0, |b| b[o]);
+    for b in 0..s.batch {
+        let yb = &mut y[b * s.cout * pout..][..s.cout * pout];
+        let mut pos = 0;
+        while pos < pout {
+            let two = pos + 1 < pout;
+            {
+                let (t0, t1) = pt.split_at_mut(kk);
+                gather(x, t0, s, b, pos, zp);
+                if two {
+                    gather(x, t1, s, b, pos + 1, zp);
+                }
+            }
+            let (p0, p1) = pt.split_at(kk);
+            let mut o = 0;
+            if two {
+                while o + 2 <= s.cout {
+                    let (w0, w1) = (&w[o * kk..][..kk], &w[(o + 1) * kk..][..kk]);
+                    let mut acc = [b0(o), b0(o), b0(o + 1), b0(o + 1)];
+                    for (((pc, qc), w0c), w1c) in p0
+                        .chunks_exact(4)
+                        .zip(p1.chunks_exact(4))
+                        .zip(w0.chunks_exact(4))
+                        .zip(w1.chunks_exact(4))
+                    {
+                        step4(&mut acc, pc, qc, w0c, w1c);
+                    }
+                    yb[o * pout + pos] = finish(q, o, acc[0]);
+                    yb[o * pout + pos + 1] = finish(q, o, acc[1]);
+                    yb[(o + 1) * pout + pos] = finish(q, o + 1, acc[2]);
+                    yb[(o + 1) * pout + pos + 1] = finish(q, o + 1, acc[3]);
+                    o += 2;
+                }
+            }
+            for oc in o..s.cout {
+                let wr = &w[oc * kk..][..kk];
+                yb[oc * pout + pos] = finish(q, oc, dot(p0, wr, b0(oc)));
+                if two {
+                    yb[oc * pout + pos + 1] = finish(q, oc, dot(p1, wr, b0(oc)));
+                }
+            }
+            pos += 2;
+        }
+    }
+}
+
+/// Columns a [`dense`] pass takes (as `kiln-backends`' `pack::dense_cols`).
+pub const fn dense_cols(n: usize) -> usize {
+    if n % 4 == 0 { 4 } else { 2 }
+}
+
+/// An int8 product `[rows, k] x [k, n]` over weights in dense order (per group of `C`
+/// columns and four rows, per column pair the words of rows 0/2 and 1/3), `k % 4 == 0`;
+/// `C` is [`dense_cols`] of `n`.
+#[inline]
+pub fn dense<const C: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], n: usize, q: &QLinear) {
+    let k = w.len() / n;
+    let zp = q.input_zp;
+    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        for ((j0, wg), yg) in (0..n).step_by(C).zip(w.chunks_exact(C * k)).zip(yr.chunks_exact_mut(C)) {
+            let mut acc = [0i32; C];
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = bias.map_or(0, |b| b[j0 + c]);
+            }
+            for (xs, ws) in xr.chunks_exact(4).zip(wg.chunks_exact(4 * C)) {
+                let xa = ((xs[0] as i32 - zp) as u16 as u32 | (((xs[2] as i32 - zp) as u16 as u32) << 16)) as i32;
+                let xb = ((xs[1] as i32 - zp) as u16 as u32 | (((xs[3] as i32 - zp) as u16 as u32) << 16)) as i32;
+                for (h, wp) in ws.chunks_exact(8).enumerate() {
+                    let (wa, wb) = (word(&wp[..4]), word(&wp[4..]));
+                    acc[2 * h] = smlad(xb, sxtb16(wb), smlad(xa, sxtb16(wa), acc[2 * h]));
+                    acc[2 * h + 1] = smlad(xb, sxtb16_r8(wb), smlad(xa, sxtb16_r8(wa), acc[2 * h + 1]));
+                }
+            }
+            for (c, (d, &a)) in yg.iter_mut().zip(&acc).enumerate() {
+                *d = finish(q, j0 + c, a);
+            }
+        }
+    }
+}
