@@ -137,7 +137,11 @@ fn weights(
             crate::text::comment(&g.value(v).name),
             types(g, &[v])
         );
-        let reordered = if cortex_m { crate::pack::const_values(g, v) } else { None };
+        let reordered = if cortex_m {
+            crate::pack::const_values(g, v)
+        } else {
+            None
+        };
         if let Some(vals) = reordered {
             // in the order the Cortex-M kernel reads them (see `pack`)
             let items: Vec<String> = vals.iter().map(|x| x.to_string()).collect();

@@ -25,7 +25,9 @@ mod ops {
     pub fn smlad(a: i32, b: i32, acc: i32) -> i32 {
         let r: i32;
         // SAFETY: register-only arithmetic, no memory or flags touched.
-        unsafe { asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack, preserves_flags))
+        };
         r
     }
 
@@ -33,7 +35,9 @@ mod ops {
     pub fn sxtb16(x: i32) -> i32 {
         let r: i32;
         // SAFETY: as above.
-        unsafe { asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
         r
     }
 
@@ -41,7 +45,9 @@ mod ops {
     pub fn sxtb16_r8(x: i32) -> i32 {
         let r: i32;
         // SAFETY: as above.
-        unsafe { asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
         r
     }
 }
@@ -126,7 +132,10 @@ fn dot(p: &[i16], w: &[i8], mut acc: i32) -> i32 {
 fn gather(x: &[i8], t: &mut [i16], s: &ConvShape, b: usize, pos: usize, zp: i32) {
     let p = &s.plane;
     let (oy, ox) = (pos / p.ow, pos % p.ow);
-    let (iy0, ix0) = ((oy * p.sh) as isize - p.ph as isize, (ox * p.sw) as isize - p.pw as isize);
+    let (iy0, ix0) = (
+        (oy * p.sh) as isize - p.ph as isize,
+        (ox * p.sw) as isize - p.pw as isize,
+    );
     let mut i = 0;
     for c in 0..s.cin {
         let xc = &x[(b * s.cin + c) * p.h * p.w..][..p.h * p.w];
@@ -200,14 +209,9 @@ pub fn patch_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &
     }
 }
 
-/// Columns a [`dense`] pass takes (as `kiln-backends`' `pack::dense_cols`).
-pub const fn dense_cols(n: usize) -> usize {
-    if n % 4 == 0 { 4 } else { 2 }
-}
-
 /// An int8 product `[rows, k] x [k, n]` over weights in dense order (per group of `C`
 /// columns and four rows, per column pair the words of rows 0/2 and 1/3), `k % 4 == 0`;
-/// `C` is [`dense_cols`] of `n`.
+/// `C` is 4 when it divides `n`, else 2 (`kiln-backends`' `pack::dense_cols`).
 #[inline]
 pub fn dense<const C: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], n: usize, q: &QLinear) {
     let k = w.len() / n;
