@@ -127,6 +127,33 @@ pub fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     Some(out)
 }
 
+/// Largest zero-point-padded input plane kept on the stack.
+pub const MAX_PLANE: usize = 4096;
+
+/// Whether node `n` is an int8 convolution with one input channel per group over a 2-D
+/// plane small enough for the stack-buffered plane kernels.
+pub fn plane_conv_fits(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QConv { window, group, q } = &node.op else {
+        return false;
+    };
+    let xs = shape(g, node.inputs[0]);
+    if xs.len() != 4 || g.value(node.inputs[0]).ty.dtype.scalar != Scalar::I8 || q.weight_bits != 8 {
+        return false;
+    }
+    let ge = window.plane(xs, shape(g, node.outputs[0]));
+    let (ph, pw) = plane_dims(&ge);
+    xs[1] == *group && window.kernel.iter().product::<usize>() > 1 && ph * pw <= MAX_PLANE
+}
+
+/// Rows and columns of the zero-point-padded plane the outputs read.
+pub fn plane_dims(ge: &kiln_ir::op::Plane) -> (usize, usize) {
+    (
+        (ge.oh - 1) * ge.sh + (ge.kh - 1) * ge.dh + 1,
+        (ge.ow - 1) * ge.sw + (ge.kw - 1) * ge.dw + 1,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

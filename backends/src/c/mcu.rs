@@ -25,9 +25,9 @@
 //! `MAX_PLANE` and `MAX_PATCH`.
 
 use super::shape;
-use crate::pack::{dense_cols, packed_patch, padded_taps};
+use crate::pack::{dense_cols, packed_patch, padded_taps, plane_conv_fits, plane_dims};
 use kiln_ir::op::{QLinear, Window};
-use kiln_ir::{Graph, NodeId, Op, Scalar};
+use kiln_ir::{Graph, NodeId};
 use std::fmt::Write;
 
 /// Helpers for the DSP kernels, defined only where the DSP extension exists (GNU C inline
@@ -123,32 +123,6 @@ pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
     } else {
         format!("(int8_t)kiln_clamp({v}, {}, {})", q.act_min, q.act_max)
     }
-}
-
-/// Largest zero-point-padded input plane kept on the stack.
-const MAX_PLANE: usize = 4096;
-
-/// Whether node `n` is an int8 convolution with one input channel per group over a 2-D
-/// plane small enough for [`plane_conv`].
-pub fn plane_conv_fits(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    let Op::QConv { window, group, q } = &node.op else {
-        return false;
-    };
-    let xs = shape(g, node.inputs[0]);
-    if xs.len() != 4 || g.value(node.inputs[0]).ty.dtype.scalar != Scalar::I8 || q.weight_bits != 8 {
-        return false;
-    }
-    let ge = window.plane(xs, shape(g, node.outputs[0]));
-    let (ph, pw) = plane_dims(&ge);
-    xs[1] == *group && window.kernel.iter().product::<usize>() > 1 && ph * pw <= MAX_PLANE
-}
-
-fn plane_dims(ge: &kiln_ir::op::Plane) -> (usize, usize) {
-    (
-        (ge.oh - 1) * ge.sh + (ge.kh - 1) * ge.dh + 1,
-        (ge.ow - 1) * ge.sw + (ge.kw - 1) * ge.dw + 1,
-    )
 }
 
 /// One input channel per group: per group the padded plane, then per output channel of the

@@ -657,7 +657,17 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
             let taps: usize = shape(g, ins[1])[1..].iter().product();
             format!(
                 "let _ = s; // planned for the portable kernel; this one keeps its patches on the stack\nk::mcu::patch_conv::<{}>(x0, x1, {bias}, y0, {}, &{});",
-                2 * crate::pack::padded_taps(taps),
+                crate::pack::padded_taps(taps),
+                conv_shape(&x0s, &o0, *group, window),
+                qlinear(items, kk, q)
+            )
+        }
+        Op::QConv { window, group, q } if cortex_m && crate::pack::plane_conv_fits(g, n) => {
+            let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
+            let (ph, pw) = crate::pack::plane_dims(&window.plane(&x0s, &o0));
+            format!(
+                "let _ = s;\nk::mcu::plane_conv::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                ph * pw,
                 conv_shape(&x0s, &o0, *group, window),
                 qlinear(items, kk, q)
             )

@@ -82,11 +82,6 @@ fn word(b: &[i8]) -> i32 {
     i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
 }
 
-#[inline(always)]
-fn pair(p: &[i16]) -> i32 {
-    (p[0] as u16 as u32 | ((p[1] as u16 as u32) << 16)) as i32
-}
-
 /// The int8 output of sum `acc` of channel `ch`: the 32-bit form of the rescale for shifts
 /// in -31..=-2 (the rounding bit is a multiple of 2^32, see the C backend), else the
 /// reference one.
@@ -102,10 +97,12 @@ pub fn finish(q: &QLinear, ch: usize, acc: i32) -> i8 {
     (v + q.output_zp).clamp(q.act_min, q.act_max) as i8
 }
 
-/// Four taps of two weight rows against four taps of two patches: the 2x2 block step.
+/// Four taps of two weight rows against four taps of two patches (two int16 pairs each):
+/// the 2x2 block step.
 #[inline(always)]
-fn step4(s: &mut [i32; 4], p: &[i16], q: &[i16], w0: &[i8], w1: &[i8]) {
-    let (pa, pb, qa, qb) = (pair(&p[..2]), pair(&p[2..4]), pair(&q[..2]), pair(&q[2..4]));
+fn step4(s: &mut [i32; 4], p: &[u32], q: &[u32], w0: &[i8], w1: &[i8]) {
+    let (pa, pb) = (u32::from_le(p[0]) as i32, u32::from_le(p[1]) as i32);
+    let (qa, qb) = (u32::from_le(q[0]) as i32, u32::from_le(q[1]) as i32);
     let v = word(w0);
     let (a, c) = (sxtb16(v), sxtb16_r8(v));
     s[0] = smlad(pb, c, smlad(pa, a, s[0]));
@@ -118,10 +115,11 @@ fn step4(s: &mut [i32; 4], p: &[i16], q: &[i16], w0: &[i8], w1: &[i8]) {
 
 /// One patch against one weight row.
 #[inline(always)]
-fn dot(p: &[i16], w: &[i8], mut acc: i32) -> i32 {
-    for (p, w) in p.chunks_exact(4).zip(w.chunks_exact(4)) {
+fn dot(p: &[u32], w: &[i8], mut acc: i32) -> i32 {
+    for (p, w) in p.chunks_exact(2).zip(w.chunks_exact(4)) {
         let v = word(w);
-        acc = smlad(pair(&p[2..4]), sxtb16_r8(v), smlad(pair(&p[..2]), sxtb16(v), acc));
+        let (pa, pb) = (u32::from_le(p[0]) as i32, u32::from_le(p[1]) as i32);
+        acc = smlad(pb, sxtb16_r8(v), smlad(pa, sxtb16(v), acc));
     }
     acc
 }
@@ -155,11 +153,12 @@ fn gather(x: &[i8], t: &mut [i16], s: &ConvShape, b: usize, pos: usize, zp: i32)
 }
 
 /// A one-group int8 convolution over patch-ordered weights (`[cout][kk]`, `kk` the taps
-/// rounded up to a multiple of four); `N` is `2 * kk`, the two patches on the stack.
+/// rounded up to a multiple of four); `W` is `kk`, the words of the two int16 patches on the
+/// stack (words, so each pair is one aligned load).
 #[inline]
-pub fn patch_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
-    let kk = N / 2;
-    let mut pt = [0i16; N];
+pub fn patch_conv<const W: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let kk = W;
+    let mut words = [0u32; W];
     let p = &s.plane;
     let pout = p.oh * p.ow;
     let zp = q.input_zp;
@@ -170,21 +169,22 @@ pub fn patch_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &
         while pos < pout {
             let two = pos + 1 < pout;
             {
+                let pt: &mut [i16] = bytemuck::cast_slice_mut(&mut words[..]);
                 let (t0, t1) = pt.split_at_mut(kk);
                 gather(x, t0, s, b, pos, zp);
                 if two {
                     gather(x, t1, s, b, pos + 1, zp);
                 }
             }
-            let (p0, p1) = pt.split_at(kk);
+            let (p0, p1) = words.split_at(kk / 2);
             let mut o = 0;
             if two {
                 while o + 2 <= s.cout {
                     let (w0, w1) = (&w[o * kk..][..kk], &w[(o + 1) * kk..][..kk]);
                     let mut acc = [b0(o), b0(o), b0(o + 1), b0(o + 1)];
                     for (((pc, qc), w0c), w1c) in p0
-                        .chunks_exact(4)
-                        .zip(p1.chunks_exact(4))
+                        .chunks_exact(2)
+                        .zip(p1.chunks_exact(2))
                         .zip(w0.chunks_exact(4))
                         .zip(w1.chunks_exact(4))
                     {
@@ -205,6 +205,71 @@ pub fn patch_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &
                 }
             }
             pos += 2;
+        }
+    }
+}
+
+/// One input channel per group (depthwise above all): per group the input plane copied into
+/// a zero-point-padded stack buffer of `N` bytes (the plane the outputs read), the zero point
+/// moved into the starting sum, and every tap a fixed offset with no bounds test; rows of
+/// three unit-stride taps take two outputs at a time from one word of the plane.
+#[inline]
+pub fn plane_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], s: &ConvShape, q: &QLinear) {
+    let p = &s.plane;
+    let (ph, pw) = (
+        (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1,
+        (p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1,
+    );
+    let (groups, mg, kk) = (s.cin, s.cout / s.cin, p.kh * p.kw);
+    let (rows, cols) = (p.h.min(ph.saturating_sub(p.ph)), p.w.min(pw.saturating_sub(p.pw)));
+    let zp = q.input_zp;
+    let pairs = p.kw == 3 && p.dw == 1 && p.sw == 1;
+    let mut pl = [0i8; N];
+    let pl = &mut pl[..ph * pw];
+    let pout = p.oh * p.ow;
+    for b in 0..s.batch {
+        for gi in 0..groups {
+            let xp = &x[(b * groups + gi) * p.h * p.w..][..p.h * p.w];
+            pl.fill(zp as i8);
+            for iy in 0..rows {
+                pl[(iy + p.ph) * pw + p.pw..][..cols].copy_from_slice(&xp[iy * p.w..][..cols]);
+            }
+            for oc in gi * mg..(gi + 1) * mg {
+                let wo = &w[oc * kk..][..kk];
+                let s0 = bias.map_or(0, |b| b[oc]) - zp * wo.iter().map(|&v| v as i32).sum::<i32>();
+                let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
+                for oy in 0..p.oh {
+                    let base = oy * p.sh * pw;
+                    let yr = &mut yo[oy * p.ow..][..p.ow];
+                    let mut ox = 0;
+                    if pairs {
+                        while ox + 2 <= p.ow {
+                            let (mut a, mut c) = (s0, s0);
+                            for ky in 0..p.kh {
+                                let r = &pl[base + ky * p.dh * pw + ox..];
+                                let wr = &wo[ky * 3..][..3];
+                                let (x0, x1, x2, x3) = (r[0] as i32, r[1] as i32, r[2] as i32, r[3] as i32);
+                                let (w0, w1, w2) = (wr[0] as i32, wr[1] as i32, wr[2] as i32);
+                                a += x0 * w0 + x1 * w1 + x2 * w2;
+                                c += x1 * w0 + x2 * w1 + x3 * w2;
+                            }
+                            yr[ox] = finish(q, oc, a);
+                            yr[ox + 1] = finish(q, oc, c);
+                            ox += 2;
+                        }
+                    }
+                    for (o, d) in yr.iter_mut().enumerate().skip(ox) {
+                        let mut acc = s0;
+                        for ky in 0..p.kh {
+                            let r = &pl[base + ky * p.dh * pw + o * p.sw..];
+                            for (kx, &wv) in wo[ky * p.kw..][..p.kw].iter().enumerate() {
+                                acc += r[kx * p.dw] as i32 * wv as i32;
+                            }
+                        }
+                        *d = finish(q, oc, acc);
+                    }
+                }
+            }
         }
     }
 }
