@@ -176,9 +176,10 @@ fn quantized_models_build_with_their_own_parameters() {
         .unwrap();
     assert_eq!(a.emit, Emit::RustSource);
     let text = std::fs::read_to_string(d.join("digits.rs")).unwrap();
-    // integer convolution and product; the input scale is the model's (1/255), not calibrated
+    // integer convolution and product (the Cortex-M kernels, for this target); the input
+    // scale is the model's (1/255), not calibrated
     assert!(
-        text.contains("k::int::qconv(") && text.contains("pub fn run_int("),
+        text.contains("k::mcu::patch_conv::<") && text.contains("pub fn run_int("),
         "{text}"
     );
     assert!(text.contains("INPUT0_SCALE: f32 = 3.921569e-3;"), "{text}");

@@ -235,11 +235,16 @@ fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
 /// `kiln_mbqm(x, m, shift)` with constant `m` and `shift`, in the cheapest exact form: the
 /// 32-bit helper, or for a power-of-two multiplier 2^k a rounding shift of `x` itself
 /// ((x * 2^k + 2^(t-1)) >> t is (x + 2^(t-1-k)) >> (t-k), t = 31 - shift, and fits int32).
-fn rescale_const(x: &str, m: i32, shift: i32) -> String {
+/// `x_bits`, when known, bounds |x| below 2^x_bits, which lets that shift stay in 32 bits.
+fn rescale_const(x: &str, m: i32, shift: i32, x_bits: Option<u32>) -> String {
     let t = 31 - i64::from(shift);
     if m > 0 && (m as u32).is_power_of_two() {
         let k = i64::from(m.trailing_zeros());
-        if t - 1 - k >= 0 && t - k <= 62 {
+        let (e, f) = (t - 1 - k, t - k);
+        if e >= 0 && x_bits.is_some_and(|b| b <= 29) && e <= 29 {
+            return format!("((({x}) + (1 << {e})) >> {f})");
+        }
+        if e >= 0 && f <= 62 {
             return format!(
                 "(int32_t)(((int64_t)({x}) + ((int64_t)1 << {})) >> {})",
                 t - 1 - k,
@@ -337,24 +342,36 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             } else {
                 ("int8_t", kiln_runtime::ADD_LEFT_SHIFT)
             };
+            // int8 inputs less their zero points stay within 9 bits before the shift
+            let bits = (t == "int8_t").then_some(9 + ls as u32);
+            let clamp = if cortex_m && t == "int8_t" && a.act_min <= -128 && a.act_max >= 127 {
+                "KILN_SAT8(".to_string()
+            } else {
+                "kiln_clamp(".to_string()
+            };
+            let bounds = if clamp.starts_with("KILN") {
+                String::new()
+            } else {
+                format!(", {}, {}", a.act_min, a.act_max)
+            };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t})kiln_clamp({} + {}, {}, {});",
+                    "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t}){clamp}{} + {}{bounds});",
                     rescale_const(
                         &format!("(int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls})", o[1], a.a_zp),
                         ra.multiplier,
-                        ra.shift
+                        ra.shift,
+                        bits
                     ),
                     rescale_const(
                         &format!("(int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls})", o[2], a.b_zp),
                         rb.multiplier,
-                        rb.shift
+                        rb.shift,
+                        bits
                     ),
                     o[0],
-                    rescale_const("a + b", ro.multiplier, ro.shift),
+                    rescale_const("a + b", ro.multiplier, ro.shift, None),
                     a.output_zp,
-                    a.act_min,
-                    a.act_max,
                 )
             });
         }

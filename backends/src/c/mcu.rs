@@ -44,6 +44,7 @@ pub const PRELUDE: &str = r#"
 #define KILN_DSP 1
 #define KILN_SAT8(v) __ssat((v), 8)
 static inline int32_t kiln_ld32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static inline int32_t kiln_ld16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline int32_t kiln_sxtb16_r8(int32_t x) {
     int32_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
@@ -255,9 +256,39 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     let has_bias = node.inputs.len() > 2;
     let bias = |o: &str| if has_bias { format!("x2[{o}]") } else { "0".into() };
     // The patch of position `ox + j` into `t`.
-    let row: Vec<String> = (0..ge.kw)
-        .map(|kx| format!("t[{kx}] = (int16_t)(r[{}] - {zp});", kx * ge.dw))
-        .collect();
+    // The taps of one window row: with the DSP extension, a unit-dilation row's first two
+    // taps come from one halfword load, both less the zero point in one SXTAB16 and stored
+    // as one word.
+    let scalar_row = |t0: usize, r: &str| -> String {
+        (0..ge.kw)
+            .map(|kx| format!("t[{}] = (int16_t)({r}[{}] - {zp});", t0 + kx, kx * ge.dw))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let dsp_row = |t0: usize, r: &str| -> String {
+        let rest: String = (2..ge.kw)
+            .map(|kx| format!(" t[{}] = (int16_t)({r}[{kx}] - {zp});", t0 + kx))
+            .collect();
+        format!("{{ int32_t h = kiln_ld16({r}), v = __sxtab16(kzp, h | (h << 8)); memcpy(t + {t0}, &v, 4);{rest} }}")
+    };
+    let rows_of = |row: &dyn Fn(usize, &str) -> String| -> String {
+        (0..ge.kh)
+            .map(|ky| {
+                let r = format!("(r + {})", ky * ge.dh * ge.w);
+                row(ky * ge.kw, &r)
+            })
+            .collect::<Vec<_>>()
+            .join("\n                    ")
+    };
+    let row = if ge.kw >= 2 && ge.dw == 1 {
+        format!(
+            "#if KILN_DSP\n                    {}\n#else\n                    {}\n#endif",
+            rows_of(&dsp_row),
+            rows_of(&scalar_row)
+        )
+    } else {
+        format!("                    {}", rows_of(&scalar_row))
+    };
     let build = format!(
         r#"        for (int32_t j = 0; j <= two; ++j) {{
             int16_t *t = pt + j * {ks};
@@ -265,10 +296,9 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
             int32_t iy0 = oy * {sh} - {ph}, ix0 = ox * {sw} - {pw};
             if (iy0 >= 0 && iy0 + {ylast} < {h} && ix0 >= 0 && ix0 + {xlast} < {w}) {{
                 const int8_t *xr = x0 + ((b * {ci}) * {h} + iy0) * {w} + ix0;
-                for (int32_t c = 0; c < {ci}; ++c)
-                for (int32_t ky = 0; ky < {kh}; ++ky, t += {kw}) {{
-                    const int8_t *r = xr + c * {hw} + ky * {rowstep};
-                    {row}
+                for (int32_t c = 0; c < {ci}; ++c, t += {khw}) {{
+                    const int8_t *r = xr + c * {hw};
+{row}
                 }}
             }} else {{
                 for (int32_t c = 0; c < {ci}; ++c)
@@ -295,8 +325,8 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
         dh = ge.dh,
         dw = ge.dw,
         hw = ge.h * ge.w,
-        rowstep = ge.dh * ge.w,
-        row = row.join(" "),
+        khw = ge.kh * ge.kw,
+        row = row,
     );
     // 2 positions x 2 output channels: both patches' pairs stay in registers for both.
     let step = "{ int32_t pa = kiln_ld32(p), pb = kiln_ld32(p + 2), qa = kiln_ld32(p + KS), qb = kiln_ld32(p + KS + 2);\n                int32_t wv = kiln_ld32(w), a = __sxtb16(wv), c = kiln_sxtb16_r8(wv);\n                s00 = __smlad(pa, a, s00); s00 = __smlad(pb, c, s00); s10 = __smlad(qa, a, s10); s10 = __smlad(qb, c, s10);\n                wv = kiln_ld32(w + KK); a = __sxtb16(wv); c = kiln_sxtb16_r8(wv);\n                s01 = __smlad(pa, a, s01); s01 = __smlad(pb, c, s01); s11 = __smlad(qa, a, s11); s11 = __smlad(qb, c, s11);\n                p += 4; w += 4; }"
@@ -314,6 +344,13 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     };
     let ohw = ge.oh * ge.ow;
     let _ = writeln!(out, "    int16_t pt[{}];", 2 * ks);
+    if ge.kw >= 2 && ge.dw == 1 {
+        let lanes = ((zp.wrapping_neg() as u32) & 0xffff) * 0x10001;
+        let _ = writeln!(
+            out,
+            "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n#endif"
+        );
+    }
     if taps < kk {
         let _ = writeln!(
             out,
