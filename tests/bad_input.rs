@@ -368,3 +368,54 @@ fn legacy_broadcast_attribute_is_refused() {
     let e = err_text(load(&write_model("legacy", &m)));
     assert!(e.contains("old_add") && e.contains("legacy"), "{e}");
 }
+
+#[test]
+fn nodes_without_outputs_and_repeated_outputs_are_refused() {
+    for op in [
+        "Constant",
+        "ConstantOfShape",
+        "Range",
+        "DequantizeLinear",
+        "Dropout",
+        "LayerNormalization",
+        "Shape",
+        "Size",
+    ] {
+        let m = model(
+            vec![
+                node(op, "outless", &["x"], &[], vec![]),
+                node("Relu", "r", &["x"], &["y"], vec![]),
+            ],
+            vec![fixed("x", &[1, 4])],
+            vec![fixed("y", &[1, 4])],
+            vec![],
+            17,
+        );
+        let e = err_text(load(&write_model("outless", &m)));
+        assert!(e.contains("outless") && e.contains("has no output"), "{op}: {e}");
+    }
+    let mut m = relu_model();
+    let g = m.graph.as_mut().unwrap();
+    g.output.push(g.output[0].clone());
+    let e = err_text(load(&write_model("dup-out", &m)));
+    assert!(e.contains("`y`") && e.contains("more than once"), "{e}");
+}
+
+#[test]
+fn range_with_an_empty_start_is_refused() {
+    let empty = TensorProto {
+        name: "start".into(),
+        dims: vec![0],
+        data_type: kiln::onnx::proto::data_type::FLOAT,
+        ..Default::default()
+    };
+    let m = model(
+        vec![node("Range", "rng", &["start", "limit", "delta"], &["y"], vec![])],
+        vec![],
+        vec![fixed("y", &[4])],
+        vec![empty, tensor("limit", &[], vec![4.0]), tensor("delta", &[], vec![1.0])],
+        17,
+    );
+    let e = err_text(load(&write_model("range-empty", &m)));
+    assert!(e.contains("rng"), "{e}");
+}

@@ -206,6 +206,7 @@ pub fn import_model(
     if !unsupported.is_empty() {
         return Err(ImportError::Unsupported(unsupported));
     }
+    validate_structure(g)?;
 
     for init in &g.initializer {
         let t = tensor::convert(init, base_dir)?;
@@ -319,6 +320,30 @@ pub fn import_model(
         opset,
         files: Vec::new(),
     })
+}
+
+/// Structure every importer relies on, checked once with errors that name the node or
+/// output: each node has a named first output, graph outputs are named once.
+fn validate_structure(g: &proto::GraphProto) -> Result<(), ImportError> {
+    for (i, n) in g.node.iter().enumerate() {
+        if n.output.first().is_none_or(|o| o.is_empty()) {
+            return Err(ImportError::Node {
+                node: node_name(n, i),
+                op_type: n.op_type.clone(),
+                msg: "has no output (its first output must be named)".into(),
+            });
+        }
+    }
+    let mut seen = HashSet::new();
+    for o in &g.output {
+        if !seen.insert(o.name.as_str()) {
+            return Err(ImportError::OutputType {
+                name: o.name.clone(),
+                msg: "is listed more than once".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How a declared tensor type disagrees with the inferred one (symbolic dims match anything).

@@ -61,6 +61,11 @@ pub fn range(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
             .ok_or_else(|| cx.err(format!("input {i} is required")))
     };
     let (s, l, d) = (get(cx, 0)?, get(cx, 1)?, get(cx, 2)?);
+    for (t, what) in [(&s, "start"), (&l, "limit"), (&d, "delta")] {
+        if t.numel() != 1 {
+            return Err(cx.err(format!("{what} must be a scalar, it has {} elements", t.numel())));
+        }
+    }
     let scalar = s.data.scalar();
     let (start, limit, delta) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
     if delta == 0.0 {
