@@ -419,3 +419,35 @@ fn range_with_an_empty_start_is_refused() {
     let e = err_text(load(&write_model("range-empty", &m)));
     assert!(e.contains("rng"), "{e}");
 }
+
+#[test]
+fn an_attribute_of_the_wrong_type_is_refused() {
+    use kiln::onnx::proto::{AttributeProto, AttributeType};
+    let axis = AttributeProto {
+        name: "axis".into(),
+        r#type: AttributeType::String as i32,
+        s: b"abc".to_vec(),
+        ..Default::default()
+    };
+    let m = model(
+        vec![node("Concat", "cat", &["x", "x"], &["y"], vec![axis])],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[2, 4])],
+        vec![],
+        13,
+    );
+    let e = err_text(load(&write_model("attr-type", &m)));
+    assert!(
+        e.contains("cat") && e.contains("`axis` must be an int") && e.contains("a string"),
+        "{e}"
+    );
+    // Declared correctly, the same model loads.
+    let m = model(
+        vec![node("Concat", "cat", &["x", "x"], &["y"], vec![attr_i("axis", 0)])],
+        vec![fixed("x", &[1, 4])],
+        vec![fixed("y", &[2, 4])],
+        vec![],
+        13,
+    );
+    assert!(load(&write_model("attr-type-ok", &m)).is_ok());
+}

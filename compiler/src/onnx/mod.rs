@@ -334,6 +334,17 @@ fn validate_structure(g: &proto::GraphProto) -> Result<(), ImportError> {
             });
         }
     }
+    for (i, n) in g.node.iter().enumerate() {
+        for a in &n.attribute {
+            if let Some(msg) = attribute_type_error(a) {
+                return Err(ImportError::Node {
+                    node: node_name(n, i),
+                    op_type: n.op_type.clone(),
+                    msg,
+                });
+            }
+        }
+    }
     let mut seen = HashSet::new();
     for o in &g.output {
         if !seen.insert(o.name.as_str()) {
@@ -344,6 +355,55 @@ fn validate_structure(g: &proto::GraphProto) -> Result<(), ImportError> {
         }
     }
     Ok(())
+}
+
+/// Why an attribute Kiln reads by a fixed type has another (an `axis` given as a string
+/// would otherwise read as 0). Names whose type differs between operators are not checked.
+fn attribute_type_error(a: &proto::AttributeProto) -> Option<String> {
+    use proto::AttributeType as T;
+    let want = match a.name.as_str() {
+        "axis"
+        | "group"
+        | "keepdims"
+        | "transA"
+        | "transB"
+        | "to"
+        | "ceil_mode"
+        | "count_include_pad"
+        | "select_last_index"
+        | "batch_dims"
+        | "blocksize"
+        | "block_size"
+        | "noop_with_empty_axes" => T::Int,
+        "kernel_shape" | "strides" | "pads" | "dilations" | "perm" | "output_padding" | "output_shape" => T::Ints,
+        "epsilon" | "momentum" => T::Float,
+        "auto_pad" | "coordinate_transformation_mode" | "nearest_mode" => T::String,
+        _ => return None,
+    };
+    // The declared type, or for old files without one, the field that holds a value.
+    let got = match T::try_from(a.r#type).unwrap_or(T::Undefined) {
+        T::Undefined if !a.s.is_empty() => T::String,
+        T::Undefined if !a.ints.is_empty() => T::Ints,
+        T::Undefined if !a.floats.is_empty() => T::Floats,
+        T::Undefined if a.t.is_some() => T::Tensor,
+        T::Undefined => return None,
+        t => t,
+    };
+    let name = |t: T| match t {
+        T::Int => "an int",
+        T::Ints => "a list of ints",
+        T::Float => "a float",
+        T::String => "a string",
+        _ => "another type",
+    };
+    (got != want).then(|| {
+        format!(
+            "attribute `{}` must be {}, the model gives {}",
+            a.name,
+            name(want),
+            name(got)
+        )
+    })
 }
 
 /// How a declared tensor type disagrees with the inferred one (symbolic dims match anything).
