@@ -323,14 +323,14 @@ pub fn import_model(
 }
 
 /// Structure every importer relies on, checked once with errors that name the node or
-/// output: each node has a named first output, graph outputs are named once.
+/// output: each node has a named output, graph outputs are named once.
 fn validate_structure(g: &proto::GraphProto) -> Result<(), ImportError> {
     for (i, n) in g.node.iter().enumerate() {
-        if n.output.first().is_none_or(|o| o.is_empty()) {
+        if n.output.iter().all(|o| o.is_empty()) {
             return Err(ImportError::Node {
                 node: node_name(n, i),
                 op_type: n.op_type.clone(),
-                msg: "has no output (its first output must be named)".into(),
+                msg: "has no output".into(),
             });
         }
     }
