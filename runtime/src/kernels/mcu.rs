@@ -97,22 +97,6 @@ pub fn finish(q: &QLinear, ch: usize, acc: i32) -> i8 {
     (v + q.output_zp).clamp(q.act_min, q.act_max) as i8
 }
 
-/// Four taps of two weight rows against four taps of two patches (two int16 pairs each):
-/// the 2x2 block step.
-#[inline(always)]
-fn step4(s: &mut [i32; 4], p: &[u32], q: &[u32], w0: &[i8], w1: &[i8]) {
-    let (pa, pb) = (u32::from_le(p[0]) as i32, u32::from_le(p[1]) as i32);
-    let (qa, qb) = (u32::from_le(q[0]) as i32, u32::from_le(q[1]) as i32);
-    let v = word(w0);
-    let (a, c) = (sxtb16(v), sxtb16_r8(v));
-    s[0] = smlad(pb, c, smlad(pa, a, s[0]));
-    s[1] = smlad(qb, c, smlad(qa, a, s[1]));
-    let v = word(w1);
-    let (a, c) = (sxtb16(v), sxtb16_r8(v));
-    s[2] = smlad(pb, c, smlad(pa, a, s[2]));
-    s[3] = smlad(qb, c, smlad(qa, a, s[3]));
-}
-
 /// One patch against one weight row.
 #[inline(always)]
 fn dot(p: &[u32], w: &[i8], mut acc: i32) -> i32 {
@@ -202,16 +186,26 @@ pub fn patch_conv<const W: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &
             let mut o = 0;
             if two {
                 while o + 2 <= s.cout {
-                    let (w0, w1) = (&w[o * kk..][..kk], &w[(o + 1) * kk..][..kk]);
-                    let mut acc = [b0(o), b0(o), b0(o + 1), b0(o + 1)];
-                    for (((pc, qc), w0c), w1c) in p0
-                        .chunks_exact(2)
-                        .zip(p1.chunks_exact(2))
-                        .zip(w0.chunks_exact(4))
-                        .zip(w1.chunks_exact(4))
-                    {
-                        step4(&mut acc, pc, qc, w0c, w1c);
+                    // One index into the whole patch array and the two weight rows: the
+                    // second patch and row sit at constant offsets (`W` is a constant).
+                    let wp = &w[o * kk..][..2 * kk];
+                    let (mut s00, mut s10, mut s01, mut s11) = (b0(o), b0(o), b0(o + 1), b0(o + 1));
+                    for i in 0..kk / 4 {
+                        let (pa, pb) = (u32::from_le(words[2 * i]) as i32, u32::from_le(words[2 * i + 1]) as i32);
+                        let (qa, qb) = (
+                            u32::from_le(words[kk / 2 + 2 * i]) as i32,
+                            u32::from_le(words[kk / 2 + 2 * i + 1]) as i32,
+                        );
+                        let v = word(&wp[4 * i..4 * i + 4]);
+                        let (a, c) = (sxtb16(v), sxtb16_r8(v));
+                        s00 = smlad(pb, c, smlad(pa, a, s00));
+                        s10 = smlad(qb, c, smlad(qa, a, s10));
+                        let v = word(&wp[kk + 4 * i..kk + 4 * i + 4]);
+                        let (a, c) = (sxtb16(v), sxtb16_r8(v));
+                        s01 = smlad(pb, c, smlad(pa, a, s01));
+                        s11 = smlad(qb, c, smlad(qa, a, s11));
                     }
+                    let acc = [s00, s10, s01, s11];
                     yb[o * pout + pos] = finish(q, o, acc[0]);
                     yb[o * pout + pos + 1] = finish(q, o, acc[1]);
                     yb[(o + 1) * pout + pos] = finish(q, o + 1, acc[2]);
