@@ -2,6 +2,7 @@
 //! shapes, verification, a stable text form and a reference evaluator — and nothing about
 //! ONNX, protobuf or any backend, so every front end and back end meets here.
 
+pub mod accumulate;
 pub mod analysis;
 pub mod dtype;
 pub mod error;
