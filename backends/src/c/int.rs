@@ -36,6 +36,11 @@ static inline int32_t kiln_ld_w2(const uint8_t *p, int32_t i) {
 #ifndef kiln_mul8
 #define kiln_mul8(x, w) ((int32_t)(x) * (int32_t)(w))
 #endif
+#if defined(__AVR__) && defined(__INT24_MAX__)
+typedef __int24 kiln_acc24;
+#else
+typedef int32_t kiln_acc24;
+#endif
 static inline int32_t kiln_mbqm(int32_t x, int32_t m, int32_t shift) {
     int32_t t = 31 - shift;
     int64_t p = ((int64_t)x * m + ((int64_t)1 << (t - 1))) >> t;
@@ -140,6 +145,9 @@ struct Stage {
     fin: String,
     /// 16x8: int16 input, int64 sums.
     wide: bool,
+    /// Every partial sum provably fits 24 bits (`kiln_ir::accumulate`): register sums may be
+    /// `kiln_acc24`, a 3-byte integer on AVR and `int32_t` elsewhere.
+    acc24: bool,
 }
 
 impl Stage {
@@ -147,19 +155,27 @@ impl Stage {
     fn types(&self) -> (&'static str, &'static str, &'static str) {
         if self.wide {
             ("int64_t", "int16_t", "kiln_mul16")
+        } else if self.acc24 {
+            ("kiln_acc24", "int8_t", "kiln_mul8")
         } else {
             ("int32_t", "int8_t", "kiln_mul8")
         }
     }
 }
 
+/// Whether every partial sum of integer node `n` fits 24 bits.
+fn fits_24(g: &Graph, n: NodeId) -> bool {
+    kiln_ir::accumulate::node_range(g, n).is_some_and(|r| r.bits() <= 24)
+}
+
 /// Static int8: the node's input, a constant zero point, the fixed-point rescale.
-fn static_stage(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> Stage {
+fn static_stage(out: &mut String, q: &QLinear, ch: &str, wide: bool, acc24: bool) -> Stage {
     Stage {
         x: "x0",
         zp: q.input_zp.to_string(),
         fin: requant(out, q, ch, wide),
         wide,
+        acc24: acc24 && !wide,
     }
 }
 
@@ -178,6 +194,7 @@ fn dyn_stage(out: &mut String, g: &Graph, n: NodeId, scales: &[f32], ch: &str, s
         zp: "zp".into(),
         fin: format!("kiln_dyn_rescale(acc, sx, kiln_rom_f32(&{ws}[{c}]))"),
         wide: false,
+        acc24: false,
     }
 }
 
@@ -449,6 +466,8 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let fin = requant(out, q, "j", wide);
             let (acc_t, mul) = if wide {
                 ("int64_t", "kiln_mul16")
+            } else if fits_24(g, n) {
+                ("kiln_acc24", "kiln_mul8")
             } else {
                 ("int32_t", "kiln_mul8")
             };
@@ -526,7 +545,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
                     super::mcu::ConvKind::Plane => super::mcu::plane_conv(out, g, n, window, q, &fin),
                 };
             }
-            let st = static_stage(out, q, "oc", wide_input(g, n));
+            let st = static_stage(out, q, "oc", wide_input(g, n), fits_24(g, n));
             conv(out, g, n, window, *group, &st, skip);
         }
         Op::DynConv {
@@ -690,7 +709,9 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     let (hw, ohw, kk) = (ge.h * ge.w, ge.oh * ge.ow, ge.kh * ge.kw);
     let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0" };
     let x = st.x;
-    let (acc_t, x_t, _) = st.types();
+    let (_, x_t, _) = st.types();
+    // the scratch row is planned at 4 (8) bytes a sum
+    let acc_t = if st.wide { "int64_t" } else { "int32_t" };
     let _ = writeln!(out, "    {acc_t} *acc = ({acc_t} *)(void *)s;");
     let _ = writeln!(
         out,
