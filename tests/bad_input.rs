@@ -451,3 +451,28 @@ fn an_attribute_of_the_wrong_type_is_refused() {
     );
     assert!(load(&write_model("attr-type-ok", &m)).is_ok());
 }
+
+#[test]
+fn an_rnn_hidden_size_that_disagrees_with_its_weights_is_refused() {
+    // hidden_size 2^40 with weights for 8: refused before any state is allocated.
+    let w = tensor("w", &[1, 24, 4], vec![0.1; 96]);
+    let r = tensor("r", &[1, 24, 8], vec![0.1; 192]);
+    let m = model(
+        vec![node(
+            "GRU",
+            "gru",
+            &["x", "w", "r"],
+            &["", "h"],
+            vec![attr_i("hidden_size", 1 << 40)],
+        )],
+        vec![fixed("x", &[2, 1, 4])],
+        vec![fixed("h", &[1, 1, 8])],
+        vec![w, r],
+        14,
+    );
+    let e = err_text(load(&write_model("gru-huge", &m)));
+    assert!(
+        e.contains("gru") && e.contains("hidden_size 1099511627776 does not match W"),
+        "{e}"
+    );
+}
