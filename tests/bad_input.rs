@@ -476,3 +476,17 @@ fn an_rnn_hidden_size_that_disagrees_with_its_weights_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn split_into_more_parts_than_the_axis_holds_is_refused() {
+    let outs = ["a", "b", "c", "d", "e"];
+    let m = model(
+        vec![node("Split", "sp", &["x"], &outs, vec![attr_i("axis", 1)])],
+        vec![fixed("x", &[1, 2])],
+        outs.iter().map(|o| fixed(o, &[1, 1])).collect(),
+        vec![],
+        13,
+    );
+    let e = err_text(load(&write_model("split-many", &m)));
+    assert!(e.contains("sp") && e.contains("5 outputs from an axis of 2"), "{e}");
+}

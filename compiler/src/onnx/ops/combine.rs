@@ -33,12 +33,18 @@ pub fn split(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
             if parts == 0 {
                 return Err(cx.err("no outputs"));
             }
+            if parts > dim {
+                return Err(cx.err(format!("{parts} outputs from an axis of {dim} elements")));
+            }
             let chunk = dim.div_ceil(parts);
             (0..parts).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect()
         }
     };
     if sizes.iter().sum::<usize>() != dim {
         return Err(cx.err(format!("split {sizes:?} does not add up to {dim}")));
+    }
+    if sizes.len() != n.output.len() {
+        return Err(cx.err(format!("{} parts for {} outputs", sizes.len(), n.output.len())));
     }
     cx.add(n, Op::Split { axis, sizes }, vec![x])
 }

@@ -89,7 +89,12 @@ pub fn rnn(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     }
     // hidden_size sizes the states allocated below: it must agree with the weights first.
     let wt = cx.ty(cx.req(n, 1)?).clone();
-    if wt.shape.len() != 3 || wt.shape[0] != dirs || h > wt.shape[1] || wt.shape[1] % h != 0 || wt.shape[1] / h > 4 {
+    if wt.shape.len() != 3
+        || wt.shape[0] != dirs
+        || h > wt.shape[1]
+        || !wt.shape[1].is_multiple_of(h)
+        || wt.shape[1] / h > 4
+    {
         return Err(cx.err(format!("hidden_size {hidden} does not match W {wt}")));
     }
     let (seq, batch) = if batch_major {
