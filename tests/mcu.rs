@@ -757,18 +757,28 @@ fn small_models_run_on_a_simulated_atmega328p() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn small_models_run_on_a_cortex_m4_in_qemu() {
+/// The Cortex-M toolchain and QEMU with Kiln's instruction-counting plugin built into a fresh
+/// folder named by `tag` (returned, for the caller to remove), or `None` when they are missing
+/// and not required.
+fn cortex_m_tools(tag: &str) -> Option<(Tools, PathBuf)> {
     let ok = has("arm-none-eabi-gcc", "--version") && has("qemu-system-arm", "--version");
     if !available("Cortex-M", ok) {
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("kiln-cm-tools-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let plugin = helper(&dir, "qemu_insns.c", "qemu_insns.so", &["-shared", "-fPIC"]).unwrap();
     let tools = Tools {
         avr_sim: None,
         qemu_plugin: Some(plugin),
+    };
+    Some((tools, dir))
+}
+
+#[test]
+fn small_models_run_on_a_cortex_m4_in_qemu() {
+    let Some((tools, dir)) = cortex_m_tools("cm-tools") else {
+        return;
     };
     let mut models = vec![
         with_inputs("conv", conv_net()),
@@ -857,16 +867,8 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
 /// than 5% fails). `KILN_UPDATE_BENCH=1` rewrites the baseline.
 #[test]
 fn official_int8_models_instruction_benchmark() {
-    let ok = has("arm-none-eabi-gcc", "--version") && has("qemu-system-arm", "--version");
-    if !available("Cortex-M", ok) {
+    let Some((tools, dir)) = cortex_m_tools("cm-bench") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("kiln-cm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let plugin = helper(&dir, "qemu_insns.c", "qemu_insns.so", &["-shared", "-fPIC"]).unwrap();
-    let tools = Tools {
-        avr_sim: None,
-        qemu_plugin: Some(plugin),
     };
     let baseline_path = repo().join("tests/mcu/bench-cortexm.txt");
     let baseline = std::fs::read_to_string(&baseline_path).unwrap_or_default();
