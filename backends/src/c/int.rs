@@ -212,23 +212,22 @@ fn scales_table(out: &mut String, scales: &[f32]) -> &'static str {
     "ws"
 }
 
+/// A kernel-local constant table `name` of C type `ty` (in flash on AVR).
+pub(super) fn rom_table<T: std::fmt::Display>(out: &mut String, ty: &str, name: &str, vals: impl Iterator<Item = T>) {
+    let v: Vec<String> = vals.map(|x| x.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "    static const KILN_ROM {ty} {name}[{}] = {{{}}};",
+        v.len(),
+        v.join(", ")
+    );
+}
+
 /// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`
 /// for output channel `ch`.
-fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
-    let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
-    let s: Vec<String> = q.requant.iter().map(|r| r.shift.to_string()).collect();
-    let _ = writeln!(
-        out,
-        "    static const KILN_ROM int32_t mult[{}] = {{{}}};",
-        m.len(),
-        m.join(", ")
-    );
-    let _ = writeln!(
-        out,
-        "    static const KILN_ROM int32_t shift[{}] = {{{}}};",
-        s.len(),
-        s.join(", ")
-    );
+pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
+    rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
+    rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
     let c = if q.requant.len() == 1 {
         "0".to_string()
     } else {

@@ -24,6 +24,7 @@
 //! emitter and by the kernels. Arenas do not change: buffers are on the stack, bounded by
 //! `MAX_PLANE` and `MAX_PATCH`.
 
+use super::int::rom_table;
 use super::shape;
 use crate::pack::{dense_cols, packed_patch, padded_taps, plane_conv_fits, plane_dims};
 use kiln_ir::op::{QLinear, Window};
@@ -90,32 +91,13 @@ pub fn conv_kind(g: &Graph, n: NodeId) -> Option<ConvKind> {
 /// with t = 31 - shift, since flooring in steps is exact. With the DSP extension the clamp
 /// to the full int8 range is one `SSAT`.
 pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
-    let m: Vec<String> = q.requant.iter().map(|r| r.multiplier.to_string()).collect();
-    let _ = writeln!(
-        out,
-        "    static const KILN_ROM int32_t mult[{}] = {{{}}};",
-        m.len(),
-        m.join(", ")
-    );
     let c = if q.requant.len() == 1 { "0" } else { ch };
-    let narrow = q.requant.iter().all(|r| (-31..=-2).contains(&r.shift));
-    let scaled = if narrow {
-        let r: Vec<String> = q.requant.iter().map(|r| (-2 - r.shift).to_string()).collect();
-        let _ = writeln!(
-            out,
-            "    static const KILN_ROM int8_t rsh[{}] = {{{}}};",
-            r.len(),
-            r.join(", ")
-        );
+    rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
+    let scaled = if q.requant.iter().all(|r| (-31..=-2).contains(&r.shift)) {
+        rom_table(out, "int8_t", "rsh", q.requant.iter().map(|r| -2 - r.shift));
         format!("((((int32_t)(((int64_t)(acc) * kiln_rom_i32(&mult[{c}])) >> 32) >> kiln_rom_i8(&rsh[{c}])) + 1) >> 1)")
     } else {
-        let s: Vec<String> = q.requant.iter().map(|r| r.shift.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "    static const KILN_ROM int32_t shift[{}] = {{{}}};",
-            s.len(),
-            s.join(", ")
-        );
+        rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
         format!("kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}]))")
     };
     let v = format!("{scaled} + ({})", q.output_zp);
