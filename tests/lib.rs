@@ -629,9 +629,11 @@ pub fn build_rust(
     let mut arms = String::new();
     let mut wanted = Vec::new();
     for (prefix, g) in models {
+        // `m4_` builds take the Cortex-M kernels and layouts, run here in their portable form
+        let target = if prefix.starts_with("m4_") { "cortex-m4" } else { "host" };
         let opts = CompileOptions {
             emit: Emit::RustSource,
-            target: parse_target("host").map_err(|e| e.to_string())?,
+            target: parse_target(target).map_err(|e| e.to_string())?,
             prefix: prefix.to_string(),
         };
         let out = compile(g, &opts, "test").map_err(|e| format!("{prefix}: {e}"))?;

@@ -109,6 +109,9 @@ fn models_as_rust_source_match_the_evaluator() {
             if supported(q) {
                 graphs.push((format!("q_{}", c.name), expose_integers(q)));
                 graphs.push((format!("i_{}", c.name), q.clone()));
+                if c.name.starts_with("mlperf_tiny") {
+                    graphs.push((format!("m4_q_{}", c.name), expose_integers(q)));
+                }
             }
         }
     }
@@ -126,6 +129,7 @@ fn models_as_rust_source_match_the_evaluator() {
         for (label, g_run, view) in [
             ("float", format!("f_{}", c.name), None),
             ("int8", format!("q_{}", c.name), None),
+            ("int8, Cortex-M kernels", format!("m4_q_{}", c.name), None),
             (
                 "int8 run_int",
                 format!("i_{}_int", c.name),

@@ -25,6 +25,21 @@ pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     }
 }
 
+/// Whether constant `v` is the weight of a [`packed_dense`] node: the Rust-source backend
+/// stores those as little-endian words (aligned, so pairs load as one `LDRD`).
+pub fn dense_weight(g: &Graph, v: ValueId) -> bool {
+    g.consumers(v)
+        .first()
+        .is_some_and(|&n| g.node(n).inputs.get(1) == Some(&v) && packed_dense(g, n))
+}
+
+/// Bytes (int8 values) as little-endian 32-bit words; `b.len()` is a multiple of four.
+pub fn words(b: &[i64]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]))
+        .collect()
+}
+
 /// Largest im2col patch (taps per output) kept on the stack as int16 (two of them).
 pub const MAX_PATCH: usize = 1024;
 

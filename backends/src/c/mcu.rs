@@ -37,13 +37,16 @@ pub const PRELUDE: &str = r#"
 #include <string.h>
 #if defined(__GNUC__)
 #define KILN_KERNEL __attribute__((noinline)) static void
+#define KILN_WORDS __attribute__((aligned(4)))
 #else
 #define KILN_KERNEL static void
+#define KILN_WORDS
 #endif
 #if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
 #include <arm_acle.h>
 #define KILN_DSP 1
 #define KILN_SAT8(v) __ssat((v), 8)
+#define KILN_LDRD(a, b, p) __asm__("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p))
 static inline int32_t kiln_ld32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 static inline int32_t kiln_ld16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline int32_t kiln_sxtb16_r8(int32_t x) {
@@ -369,10 +372,11 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
     );
 }
 
-/// An int8 matrix product over dense-ordered weights: per row and group of columns, four
-/// activations less the zero point as two int16 pairs (`SXTAB16`), shared by every column
-/// of the group, one weight word per column pair and row pair, `SMLAD`s; the plain loop reads
-/// the same weights through the permuted index.
+/// An int8 matrix product over dense-ordered weights: per row and group of columns, each
+/// four activations less the zero point as two int16 pairs (`SXTAB16`), shared by every
+/// column of the group; per column pair one `LDRD` with write-back (two weight words),
+/// two `SXTB16`s per word and `SMLAD`s. Eight rows per loop step when they divide the depth.
+/// The plain loop reads the same weights through the permuted index.
 pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
     let node = g.node(n);
     let ws = shape(g, node.inputs[1]);
@@ -391,23 +395,32 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
     let sums: Vec<String> = (0..cols)
         .map(|c| format!("s{c} = {}", bias(&format!("j + {c}"))))
         .collect();
-    let macs: Vec<String> = (0..cols / 2)
-        .map(|h| {
-            format!(
-                "wa = kiln_ld32(w + {}); wb = kiln_ld32(w + {});\n            s{} = __smlad(xa, __sxtb16(wa), s{}); s{} = __smlad(xa, kiln_sxtb16_r8(wa), s{});\n            s{} = __smlad(xb, __sxtb16(wb), s{}); s{} = __smlad(xb, kiln_sxtb16_r8(wb), s{});",
-                8 * h,
-                8 * h + 4,
-                2 * h,
-                2 * h,
-                2 * h + 1,
-                2 * h + 1,
-                2 * h,
-                2 * h,
-                2 * h + 1,
-                2 * h + 1
-            )
-        })
-        .collect();
+    let quad = |v: &str| {
+        let pairs: Vec<String> = (0..cols / 2)
+            .map(|h| {
+                let (a, b) = (2 * h, 2 * h + 1);
+                format!(
+                    "KILN_LDRD(wa, wb, w);\n            s{a} = __smlad(xa, __sxtb16(wa), s{a}); s{b} = __smlad(xa, kiln_sxtb16_r8(wa), s{b});\n            s{a} = __smlad(xb, __sxtb16(wb), s{a}); s{b} = __smlad(xb, kiln_sxtb16_r8(wb), s{b});"
+                )
+            })
+            .collect();
+        format!(
+            "xa = __sxtab16(kzp, {v}); xb = kiln_sxtab16_r8(kzp, {v});\n            {}",
+            pairs.join("\n            ")
+        )
+    };
+    let step = if kk.is_multiple_of(8) {
+        format!(
+            "int32_t v = kiln_ld32(x), u = kiln_ld32(x + 4), xa, xb, wa, wb;\n            {}\n            {}\n            x += 8;",
+            quad("v"),
+            quad("u")
+        )
+    } else {
+        format!(
+            "int32_t v = kiln_ld32(x), xa, xb, wa, wb;\n            {}\n            x += 4;",
+            quad("v")
+        )
+    };
     let stores: Vec<String> = (0..cols)
         .map(|c| {
             format!(
@@ -416,16 +429,9 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
             )
         })
         .collect();
-    let step = format!(
-        "{{\n            int32_t v = kiln_ld32(x), xa = __sxtab16(kzp, v), xb = kiln_sxtab16_r8(kzp, v), wa, wb;\n            {}\n            x += 4; w += {};\n            }}",
-        macs.join("\n            "),
-        4 * cols
-    );
-    // Unrolling measured worse (spills).
-    let (iters, body) = (kk / 4, step);
     let _ = writeln!(
         out,
-        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += {cols}) {{\n        const int8_t *x = x0 + r * {kk}, *w = x1 + j * {kk};\n        int32_t {};\n        for (int32_t k = 0; k < {iters}; ++k) {{\n            {body}\n        }}\n        {}\n    }}\n#else",
+        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += {cols}) {{\n        const int8_t *x = x0 + r * {kk}, *xe = x + {kk}, *w = x1 + j * {kk};\n        int32_t {};\n        do {{\n            {step}\n        }} while (x != xe);\n        {}\n    }}\n#else",
         sums.join(", "),
         stores.join("\n        ")
     );

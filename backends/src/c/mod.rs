@@ -572,7 +572,13 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 } else {
                     header::c_type(t.data.scalar())
                 };
-                array(&mut out, storage, ty, &name, &items);
+                // the DSP kernels read reordered weights a word (or two) at a time
+                let qualifiers = if reordered.is_some() {
+                    format!("{storage}KILN_WORDS ")
+                } else {
+                    storage.to_string()
+                };
+                array(&mut out, &qualifiers, ty, &name, &items);
                 names.insert(v, name);
             }
         }

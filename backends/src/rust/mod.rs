@@ -95,6 +95,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options, source: &str) -> Resul
         plan,
         weights: &weights,
         calls: &calls,
+        cortex_m: opts.cortex_m,
     };
     entry(&mut out, &ctx, &api, false);
     if api.int.is_some() {
@@ -109,6 +110,7 @@ struct Ctx<'a> {
     plan: &'a MemoryPlan,
     weights: &'a std::collections::HashMap<ValueId, String>,
     calls: &'a [String],
+    cortex_m: bool,
 }
 
 /// Prints every constant a node reads as a `static` array, numbered by value.
@@ -142,7 +144,13 @@ fn weights(
         } else {
             None
         };
-        if let Some(vals) = reordered {
+        if let Some(vals) = reordered.as_ref().filter(|_| crate::pack::dense_weight(g, v)) {
+            // dense-ordered bytes as words, two to a load (see `pack`)
+            let items: Vec<String> = crate::pack::words(vals).iter().map(|x| format!("{x:#010x}")).collect();
+            let _ = write!(out, "    static {name}: [u32; {}] = [", items.len());
+            wrap(out, &items, "        ");
+            out.push_str("];\n");
+        } else if let Some(vals) = reordered {
             // in the order the Cortex-M kernel reads them (see `pack`)
             let items: Vec<String> = vals.iter().map(|x| x.to_string()).collect();
             let _ = write!(out, "    static {name}: [{ty}; {}] = [", items.len());
@@ -464,7 +472,8 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
             ));
             continue;
         }
-        let t = ty(v);
+        let words = c.cortex_m && crate::pack::dense_weight(g, v);
+        let t = if words { "u32" } else { ty(v) };
         let e = match c.plan.loc(v) {
             Location::Input(i) => format!("&in{i}[..]"),
             Location::Output(i) => format!("&out{i}[..]"),
@@ -482,7 +491,8 @@ fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usiz
         lines.push(format!("let x{k}: &[{t}] = {e};"));
     }
     for (k, &v) in outs.iter().enumerate() {
-        let t = ty(v);
+        let words = c.cortex_m && crate::pack::dense_weight(g, v);
+        let t = if words { "u32" } else { ty(v) };
         let e = match c.plan.loc(v) {
             Location::Output(i) => format!("&mut out{i}[..]"),
             Location::Arena(_) if g.value(v).ty.bytes() == 0 => "&mut []".to_string(),

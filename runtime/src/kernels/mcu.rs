@@ -50,6 +50,40 @@ mod ops {
         };
         r
     }
+
+    /// Two words from `*p`, advancing it past them (`LDRD` with write-back).
+    ///
+    /// # Safety
+    /// `*p` and `*p + 1` are in bounds of one allocation and `*p` is 4-byte aligned.
+    #[inline(always)]
+    pub unsafe fn ld2(p: &mut *const u32) -> (i32, i32) {
+        let (a, b): (i32, i32);
+        // SAFETY: the caller's; reads the two words, writes back the pointer.
+        unsafe {
+            asm!("ldrd {a}, {b}, [{p}], #8", a = lateout(reg) a, b = lateout(reg) b, p = inout(reg) *p, options(pure, readonly, nostack, preserves_flags))
+        };
+        (a, b)
+    }
+
+    #[inline(always)]
+    pub fn sxtab16(a: i32, x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as above.
+        unsafe {
+            asm!("sxtab16 {r}, {a}, {x}", r = lateout(reg) r, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
+        r
+    }
+
+    #[inline(always)]
+    pub fn sxtab16_r8(a: i32, x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as above.
+        unsafe {
+            asm!("sxtab16 {r}, {a}, {x}, ror #8", r = lateout(reg) r, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
+        r
+    }
 }
 
 #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
@@ -73,9 +107,38 @@ mod ops {
     pub fn sxtb16_r8(x: i32) -> i32 {
         sxtb16(x >> 8)
     }
+
+    /// Two words from `*p`, advancing it past them.
+    ///
+    /// # Safety
+    /// `*p` and `*p + 1` are in bounds of one allocation and aligned.
+    #[inline(always)]
+    pub unsafe fn ld2(p: &mut *const u32) -> (i32, i32) {
+        // SAFETY: the caller's.
+        unsafe {
+            let r = (p.read() as i32, p.add(1).read() as i32);
+            *p = p.add(2);
+            r
+        }
+    }
+
+    /// `a` plus bytes 0 and 2 sign-extended, per 16-bit half, wrapping (SXTAB16).
+    #[inline(always)]
+    pub fn sxtab16(a: i32, x: i32) -> i32 {
+        let b = sxtb16(x);
+        let lo = (a as u16).wrapping_add(b as u16) as u32;
+        let hi = ((a >> 16) as u16).wrapping_add((b >> 16) as u16) as u32;
+        (lo | hi << 16) as i32
+    }
+
+    /// `a` plus bytes 1 and 3 (SXTAB16 with ROR #8).
+    #[inline(always)]
+    pub fn sxtab16_r8(a: i32, x: i32) -> i32 {
+        sxtab16(a, x >> 8)
+    }
 }
 
-pub use ops::{smlad, sxtb16, sxtb16_r8};
+pub use ops::{ld2, smlad, sxtab16, sxtab16_r8, sxtb16, sxtb16_r8};
 
 #[inline(always)]
 fn word(b: &[i8]) -> i32 {
@@ -290,26 +353,53 @@ pub fn plane_conv<const N: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &
     }
 }
 
-/// An int8 product `[rows, k] x [k, n]` over weights in dense order (per group of `C`
-/// columns and four rows, per column pair the words of rows 0/2 and 1/3), `k % 4 == 0`;
-/// `C` is 4 when it divides `n`, else 2 (`kiln-backends`' `pack::dense_cols`).
+/// An int8 product `[rows, k] x [k, n]` over weights in dense order, as little-endian words
+/// (per group of `C` columns and four rows, per column pair the words of rows 0/2 and 1/3),
+/// `k % 4 == 0`; `C` is 4 when it divides `n`, else 2 (`kiln-backends`' `pack::dense_cols`).
+/// Each four activations less the zero point become two int16 pairs (`SXTAB16`) shared by the
+/// group's columns; eight rows per step when they divide `k`.
 #[inline]
-pub fn dense<const C: usize>(x: &[i8], w: &[i8], bias: Option<&[i32]>, y: &mut [i8], n: usize, q: &QLinear) {
-    let k = w.len() / n;
-    let zp = q.input_zp;
+pub fn dense<const C: usize>(x: &[i8], w: &[u32], bias: Option<&[i32]>, y: &mut [i8], n: usize, q: &QLinear) {
+    let k = w.len() * 4 / n;
+    let kzp = ((q.input_zp.wrapping_neg() as u16 as u32) * 0x10001) as i32;
+    /// Four rows: `v` the activations, `*wp` the group's next `C` words (advanced past them).
+    ///
+    /// # Safety
+    /// `C` words from `*wp` are in bounds and aligned.
+    #[inline(always)]
+    unsafe fn quad<const C: usize>(acc: &mut [i32; C], kzp: i32, v: i32, wp: &mut *const u32) {
+        let (xa, xb) = (sxtab16(kzp, v), sxtab16_r8(kzp, v));
+        for h in 0..C / 2 {
+            // SAFETY: the caller's.
+            let (wa, wb) = unsafe { ld2(wp) };
+            acc[2 * h] = smlad(xb, sxtb16(wb), smlad(xa, sxtb16(wa), acc[2 * h]));
+            acc[2 * h + 1] = smlad(xb, sxtb16_r8(wb), smlad(xa, sxtb16_r8(wa), acc[2 * h + 1]));
+        }
+    }
     for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        for ((j0, wg), yg) in (0..n).step_by(C).zip(w.chunks_exact(C * k)).zip(yr.chunks_exact_mut(C)) {
+        for ((j0, wg), yg) in (0..n)
+            .step_by(C)
+            .zip(w.chunks_exact(C * k / 4))
+            .zip(yr.chunks_exact_mut(C))
+        {
             let mut acc = [0i32; C];
             for (c, a) in acc.iter_mut().enumerate() {
                 *a = bias.map_or(0, |b| b[j0 + c]);
             }
-            for (xs, ws) in xr.chunks_exact(4).zip(wg.chunks_exact(4 * C)) {
-                let xa = ((xs[0] as i32 - zp) as u16 as u32 | (((xs[2] as i32 - zp) as u16 as u32) << 16)) as i32;
-                let xb = ((xs[1] as i32 - zp) as u16 as u32 | (((xs[3] as i32 - zp) as u16 as u32) << 16)) as i32;
-                for (h, wp) in ws.chunks_exact(8).enumerate() {
-                    let (wa, wb) = (word(&wp[..4]), word(&wp[4..]));
-                    acc[2 * h] = smlad(xb, sxtb16(wb), smlad(xa, sxtb16(wa), acc[2 * h]));
-                    acc[2 * h + 1] = smlad(xb, sxtb16_r8(wb), smlad(xa, sxtb16_r8(wa), acc[2 * h + 1]));
+            // k/4 steps of C words each: exactly `wg`, which is whole words of one slice.
+            let mut wp = wg.as_ptr();
+            if k.is_multiple_of(8) {
+                for xs in xr.chunks_exact(8) {
+                    // SAFETY: see above.
+                    unsafe {
+                        quad(&mut acc, kzp, word(&xs[..4]), &mut wp);
+                        quad(&mut acc, kzp, word(&xs[4..]), &mut wp);
+                    }
+                }
+            } else {
+                for xs in xr.chunks_exact(4) {
+                    // SAFETY: see above.
+                    unsafe { quad(&mut acc, kzp, word(xs), &mut wp) };
                 }
             }
             for (c, (d, &a)) in yg.iter_mut().zip(&acc).enumerate() {
