@@ -97,7 +97,7 @@ def rust_lib(work, a, sig):
     open(os.path.join(work, "Cargo.toml"), "w").write(RUST_TOML.replace("RUNTIME", os.path.join(ROOT, "runtime")))
     target = os.path.join(ROOT, "target", "rust-cortex-m")
     run(["cargo", "build", "--release", "--quiet", "--offline", "--target", "thumbv7em-none-eabihf"],
-        cwd=work, env={**os.environ, "CARGO_TARGET_DIR": target, "RUSTFLAGS": f"-C target-cpu={a.cpu}"})
+        cwd=work, env={**os.environ, "CARGO_TARGET_DIR": target, "RUSTFLAGS": f"-C target-cpu={a.cpu} " + os.environ.get("KILN_RUSTFLAGS", "")})
     size = re.search(r"ARENA_SIZE: usize = (\d+);", open(os.path.join(work, "model.rs")).read())
     return os.path.join(target, "thumbv7em-none-eabihf", "release", "libmodelrs.a"), int(size.group(1))
 

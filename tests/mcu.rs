@@ -563,6 +563,24 @@ fn int8_model(name: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
 
 /// A shipped model with every product in 16x8 (`--int16 all`).
 /// An int8 build with 4-bit weights (packed in flash, unpacked as read).
+/// The int8 build of [`wide`], calibrated on pseudo-random data: bias-free products after a
+/// ReLU, so the dense kernels subtract a nonzero input zero point at run time (nothing to
+/// fold it into).
+fn wide_int8(dir: &Path) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let g = wide();
+    let calib = dir.join("wide-calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &Tensor::from_vec(vec![16, 100], lcg(40, 1600)),
+    )
+    .unwrap();
+    let q = kiln::quantize::quantize_int8(&g, &calib, &Default::default(), |_, _| {}).unwrap();
+    let q = kiln_tests::expose_integers(&q.graph);
+    let sets = random_inputs(&q);
+    ("wide_int8", q, sets)
+}
+
 fn w4_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let opts = kiln::quantize::QuantOptions {
         weight_bits: Some(4),
@@ -749,6 +767,7 @@ fn small_models_run_on_a_simulated_atmega328p() {
     );
     let mut big = vec![
         with_inputs("wide", wide()),
+        wide_int8(&dir),
         fp16_model("digits_cnn", "digits_fp16"),
         int16_model("digits_cnn", "digits_16x8"),
     ];
@@ -784,6 +803,7 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         with_inputs("conv", conv_net()),
         with_inputs("mlp", mlp()),
         with_inputs("wide", wide()),
+        wide_int8(&dir),
         fp16_model("digits_cnn", "digits_fp16"),
         fp16_model("mlperf_tiny_kws_dscnn", "kws_fp16"),
     ];
@@ -906,6 +926,7 @@ fn official_int8_models_instruction_benchmark() {
         let input = kiln::npy::read(&mdir.join("ref_int8_onnx/test_data_set_0/input_0.npy")).unwrap();
         let inputs = vec![input];
         let want_out = kiln_ir::eval::run(&g, &inputs).unwrap();
+        let mut m4 = [0u64; 2]; // C, Rust source
         for part in [Part::CortexM4, Part::CortexM4Rust, Part::CortexM3] {
             let key = format!("{} {}", part.name(), m.trim_start_matches("mlperf_tiny_"));
             match run_on(part, m, &g, &inputs, &tools, &dir) {
@@ -925,9 +946,23 @@ fn official_int8_models_instruction_benchmark() {
                         ));
                     }
                     lines.push(format!("{key} {}", run.cost));
+                    match part {
+                        Part::CortexM4 => m4[0] = run.cost,
+                        Part::CortexM4Rust => m4[1] = run.cost,
+                        _ => {}
+                    }
                 }
                 Err(e) => failures.push(format!("{key}: {e}")),
             }
+        }
+        // The Rust-source build stays within 1.3x of the C build's instructions.
+        if m4[0] > 0 && m4[1] * 10 > m4[0] * 13 {
+            failures.push(format!(
+                "{m}: Rust source {} instructions, {:.2}x the C build's {} (1.3x allowed)",
+                m4[1],
+                m4[1] as f64 / m4[0] as f64,
+                m4[0]
+            ));
         }
     }
     if std::env::var_os("KILN_UPDATE_BENCH").is_some() {

@@ -13,6 +13,9 @@ fn shape(g: &Graph, v: ValueId) -> &[usize] {
 /// graph's order (the kernels of this module that own their weights).
 pub fn const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     let n = *g.consumers(v).first()?;
+    if g.node(n).inputs.get(2) == Some(&v) && dense_bias_folded(g, n) {
+        return dense_bias(g, n);
+    }
     if g.node(n).inputs.get(1) != Some(&v) {
         return None;
     }
@@ -127,6 +130,55 @@ pub fn dense_cols(nn: usize) -> usize {
 /// `(x0, x2)` and, rotated, `(x1, x3)`.
 pub fn dense_index(k: usize, j: usize, kk: usize, cols: usize) -> usize {
     (j / cols) * cols * kk + (k & !3) * cols + (j % cols / 2) * 8 + (k & 1) * 4 + ((k >> 1) & 1) * 2 + (j & 1)
+}
+
+/// Whether the input zero point of [`packed_dense`] node `n` is folded into its bias at
+/// compile time (`b[j] - zp * sum_k w[k][j]`), so its kernels multiply the activations as
+/// they are: the bias is a constant read by this node alone. With the sums wrapping at 32
+/// bits the result is the same.
+pub fn dense_bias_folded(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QMatMul { q } = &node.op else {
+        return false;
+    };
+    packed_dense(g, n)
+        && q.input_zp != 0
+        && node
+            .inputs
+            .get(2)
+            .is_some_and(|&b| g.const_value(b).is_some() && !g.is_output(b) && g.consumers(b) == [n])
+}
+
+/// The zero point the kernels of [`packed_dense`] node `n` subtract at run time: none when
+/// it is folded into the bias.
+pub fn dense_zero_point(g: &Graph, n: NodeId) -> i32 {
+    match &g.node(n).op {
+        Op::QMatMul { q } if !dense_bias_folded(g, n) => q.input_zp,
+        _ => 0,
+    }
+}
+
+/// The bias of a [`dense_bias_folded`] node with the zero point folded in, as i32 values.
+fn dense_bias(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let Op::QMatMul { q } = &node.op else {
+        return None;
+    };
+    let nn = shape(g, node.inputs[1])[1];
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let b = g.const_value(node.inputs[2])?.to_i64_vec();
+    let mut sums = vec![0i64; nn];
+    for row in w.chunks(nn) {
+        for (s, &x) in sums.iter_mut().zip(row) {
+            *s += x;
+        }
+    }
+    Some(
+        b.iter()
+            .zip(&sums)
+            .map(|(&b, &s)| (b - q.input_zp as i64 * s) as i32 as i64)
+            .collect(),
+    )
 }
 
 pub fn dense_weights(g: &Graph, n: NodeId) -> Option<Vec<i64>> {

@@ -460,7 +460,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let wide = wide_input(g, n);
             if cortex_m && crate::pack::packed_dense(g, n) {
                 let fin = super::mcu::requant(out, q, "oc");
-                return super::mcu::dense(out, g, n, q, &fin);
+                return super::mcu::dense(out, g, n, &fin);
             }
             let fin = requant(out, q, "j", wide);
             let (acc_t, mul) = if wide {

@@ -377,7 +377,7 @@ pub fn patch_conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, q: &Q
 /// column of the group; per column pair one `LDRD` with write-back (two weight words),
 /// two `SXTB16`s per word and `SMLAD`s. Eight rows per loop step when they divide the depth.
 /// The plain loop reads the same weights through the permuted index.
-pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
+pub fn dense(out: &mut String, g: &Graph, n: NodeId, fin: &str) {
     let node = g.node(n);
     let ws = shape(g, node.inputs[1]);
     let (kk, nn) = (ws[0], ws[1]);
@@ -390,11 +390,16 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
             "0".into()
         }
     };
-    let zp = q.input_zp;
+    let zp = crate::pack::dense_zero_point(g, n);
     let lanes = ((zp.wrapping_neg() as u32) & 0xffff) * 0x10001;
     let sums: Vec<String> = (0..cols)
         .map(|c| format!("s{c} = {}", bias(&format!("j + {c}"))))
         .collect();
+    let kzp = if zp == 0 {
+        String::new()
+    } else {
+        format!("    const int32_t kzp = (int32_t){lanes:#x}u;\n")
+    };
     let quad = |v: &str| {
         let pairs: Vec<String> = (0..cols / 2)
             .map(|h| {
@@ -404,10 +409,12 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
                 )
             })
             .collect();
-        format!(
-            "xa = __sxtab16(kzp, {v}); xb = kiln_sxtab16_r8(kzp, {v});\n            {}",
-            pairs.join("\n            ")
-        )
+        let unpack = if zp == 0 {
+            format!("xa = __sxtb16({v}); xb = kiln_sxtb16_r8({v});")
+        } else {
+            format!("xa = __sxtab16(kzp, {v}); xb = kiln_sxtab16_r8(kzp, {v});")
+        };
+        format!("{unpack}\n            {}", pairs.join("\n            "))
     };
     let step = if kk.is_multiple_of(8) {
         format!(
@@ -431,7 +438,7 @@ pub fn dense(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, fin: &str) {
         .collect();
     let _ = writeln!(
         out,
-        "#if KILN_DSP\n    const int32_t kzp = (int32_t){lanes:#x}u;\n    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += {cols}) {{\n        const int8_t *x = x0 + r * {kk}, *xe = x + {kk}, *w = x1 + j * {kk};\n        int32_t {};\n        do {{\n            {step}\n        }} while (x != xe);\n        {}\n    }}\n#else",
+        "#if KILN_DSP\n{kzp}    for (int32_t r = 0; r < {rows}; ++r)\n    for (int32_t j = 0; j < {nn}; j += {cols}) {{\n        const int8_t *x = x0 + r * {kk}, *xe = x + {kk}, *w = x1 + j * {kk};\n        int32_t {};\n        do {{\n            {step}\n        }} while (x != xe);\n        {}\n    }}\n#else",
         sums.join(", "),
         stores.join("\n        ")
     );

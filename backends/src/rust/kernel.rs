@@ -655,9 +655,13 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QConv { window, group, q } if cortex_m && crate::pack::packed_patch(g, n) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             let taps: usize = shape(g, ins[1])[1..].iter().product();
+            // the window as `conv_shape` passes it (a degenerate height and width may swap)
+            let flat = window.plane(&x0s, &o0).flattened();
             format!(
-                "let _ = s; // planned for the portable kernel; this one keeps its patches on the stack\nk::mcu::patch_conv::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                "let _ = s; // planned for the portable kernel; this one keeps its patches on the stack\nk::mcu::patch_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
                 crate::pack::padded_taps(taps),
+                flat.kh,
+                flat.kw,
                 conv_shape(&x0s, &o0, *group, window),
                 qlinear(items, kk, q)
             )
@@ -665,9 +669,12 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QConv { window, group, q } if cortex_m && crate::pack::plane_conv_fits(g, n) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             let (ph, pw) = crate::pack::plane_dims(&window.plane(&x0s, &o0));
+            let flat = window.plane(&x0s, &o0).flattened();
             format!(
-                "let _ = s;\nk::mcu::plane_conv::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                "let _ = s;\nk::mcu::plane_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
                 ph * pw,
+                flat.kh,
+                flat.kw,
                 conv_shape(&x0s, &o0, *group, window),
                 qlinear(items, kk, q)
             )
@@ -700,9 +707,10 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QMatMul { q } if cortex_m && crate::pack::packed_dense(g, n) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
-                "let _ = s;\nk::mcu::dense::<{}>(x0, x1, {bias}, y0, {}, &{});",
+                "let _ = s;\nk::mcu::dense::<{}>(x0, x1, {bias}, y0, {}, {}, &{});",
                 crate::pack::dense_cols(shape(g, ins[1])[1]),
                 shape(g, ins[1])[1],
+                crate::pack::dense_zero_point(g, n),
                 qlinear(items, kk, q)
             )
         }
