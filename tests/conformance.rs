@@ -205,7 +205,7 @@ fn rust_cases(cases: &[PathBuf]) -> BTreeMap<String, Result<(), String>> {
         let why: Vec<String> = sets
             .iter()
             .flat_map(|p| {
-                let plan = kiln::compile::plan_rust(&p.graph).ok();
+                let plan = kiln::compile::plan_rust(&p.graph, &kiln::compile::parse_target("host").unwrap()).ok();
                 let g = &p.graph;
                 plan.map(|plan| {
                     plan.order

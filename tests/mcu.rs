@@ -209,7 +209,7 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
     };
     let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
     write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
-    let plan = kiln::compile::plan_rust(g).map_err(|e| e.to_string())?;
+    let plan = kiln::compile::plan_rust(g, &opts.target).map_err(|e| e.to_string())?;
     let api = kiln_backends::header::Api::new(g, &plan, "model", name);
     std::fs::write(dir.join("model.h"), kiln_backends::header::c_header(&api)).map_err(|e| e.to_string())?;
     let ty = |v: kiln_ir::ValueId| kiln_backends::header::rust_type(g.value(v).ty.dtype.scalar);

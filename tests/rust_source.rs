@@ -60,7 +60,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn supported(g: &Graph) -> bool {
-    let plan = kiln::compile::plan_rust(g).unwrap();
+    let plan = kiln::compile::plan_rust(g, &kiln::compile::parse_target("host").unwrap()).unwrap();
     plan.order
         .iter()
         .all(|&n| kiln_backends::rust::unsupported(g, n).is_none())

@@ -101,9 +101,15 @@ fn check_prefix(p: &str) -> Result<(), CompileError> {
 }
 
 /// Plans memory for the Rust source backend (no in-place reuse; see `kiln_backends::rust`).
-pub fn plan_rust(g: &Graph) -> Result<MemoryPlan, IrError> {
+pub fn plan_rust(g: &Graph, target: &Target) -> Result<MemoryPlan, IrError> {
     use kiln_backends::rust;
-    plan::plan_with(g, rust::ARENA_ALIGN, rust::scratch_bytes, plan::Reuse::Disjoint)
+    let cortex_m = target.is_cortex_m();
+    plan::plan_with(
+        g,
+        rust::ARENA_ALIGN,
+        |g, n| rust::scratch_bytes(g, n, cortex_m),
+        plan::Reuse::Disjoint,
+    )
 }
 
 /// Plans memory for the native backend.
@@ -185,7 +191,7 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
 
 fn compile_rust(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
     use kiln_backends::rust;
-    let plan = plan_rust(g)?;
+    let plan = plan_rust(g, &opts.target)?;
     let text = rust::emit(
         g,
         &plan,

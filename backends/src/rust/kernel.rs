@@ -243,14 +243,26 @@ pub(super) fn unpacked_bytes(n: usize) -> usize {
 }
 
 /// Arena bytes a node's kernel needs: its accumulators (bound as `s`), then room to unpack
-/// narrow weights.
-pub(super) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+/// narrow weights. The Cortex-M kernels keep theirs on the stack.
+pub(super) fn scratch_bytes(g: &Graph, n: NodeId, cortex_m: bool) -> usize {
+    if cortex_m && mcu_kernel(g, n) {
+        return 0;
+    }
     let node = g.node(n);
     let packed: usize = (node.inputs.iter())
         .filter(|&&v| kiln_ir::analysis::packed_weight_bits(g, v).is_some())
         .map(|&v| unpacked_bytes(g.value(v).ty.numel()))
         .sum();
     packed + accumulator_bytes(g, n)
+}
+
+/// Whether node `n` runs one of `kiln_runtime::kernels::mcu`'s kernels on a Cortex-M part.
+fn mcu_kernel(g: &Graph, n: NodeId) -> bool {
+    match &g.node(n).op {
+        Op::QConv { .. } => crate::pack::packed_patch(g, n) || crate::pack::plane_conv_fits(g, n),
+        Op::QMatMul { .. } => crate::pack::packed_dense(g, n) && scalar(g, g.node(n).inputs[0]) == Scalar::I8,
+        _ => false,
+    }
 }
 
 fn accumulator_bytes(g: &Graph, n: NodeId) -> usize {
@@ -658,7 +670,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
             // the window as `conv_shape` passes it (a degenerate height and width may swap)
             let flat = window.plane(&x0s, &o0).flattened();
             format!(
-                "let _ = s; // planned for the portable kernel; this one keeps its patches on the stack\nk::mcu::patch_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
+                "k::mcu::patch_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
                 crate::pack::padded_taps(taps),
                 flat.kh,
                 flat.kw,
@@ -671,7 +683,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
             let (ph, pw) = crate::pack::plane_dims(&window.plane(&x0s, &o0));
             let flat = window.plane(&x0s, &o0).flattened();
             format!(
-                "let _ = s;\nk::mcu::plane_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
+                "k::mcu::plane_conv::<{}, {}, {}>(x0, x1, {bias}, y0, {}, &{});",
                 ph * pw,
                 flat.kh,
                 flat.kw,
@@ -707,7 +719,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QMatMul { q } if cortex_m && crate::pack::packed_dense(g, n) => {
             let bias = if ins.len() > 2 { "Some(x2)" } else { "None" };
             format!(
-                "let _ = s;\nk::mcu::dense::<{}>(x0, x1, {bias}, y0, {}, {}, &{});",
+                "k::mcu::dense::<{}>(x0, x1, {bias}, y0, {}, {}, &{});",
                 crate::pack::dense_cols(shape(g, ins[1])[1]),
                 shape(g, ins[1])[1],
                 crate::pack::dense_zero_point(g, n),

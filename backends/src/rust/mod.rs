@@ -33,9 +33,10 @@ pub struct Options {
     pub cortex_m: bool,
 }
 
-/// Scratch bytes per node: int32 accumulators of the integer products.
-pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
-    kernel::scratch_bytes(g, n)
+/// Scratch bytes per node: int32 accumulators of the integer products (none for the
+/// Cortex-M kernels when `cortex_m`, as [`Options::cortex_m`]).
+pub fn scratch_bytes(g: &Graph, n: NodeId, cortex_m: bool) -> usize {
+    kernel::scratch_bytes(g, n, cortex_m)
 }
 
 /// Why node `n` cannot be compiled to Rust yet, if it cannot.
@@ -281,7 +282,11 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
                 bind(c, &node.inputs, &[], None, &format!("out{i}.copy_from_slice(x0);"))
             }
             _ => {
-                let scratch = c.plan.scratch.get(&n).map(|&off| (off, kernel::scratch_bytes(g, n)));
+                let scratch = c
+                    .plan
+                    .scratch
+                    .get(&n)
+                    .map(|&off| (off, kernel::scratch_bytes(g, n, c.cortex_m)));
                 bind(c, &node.inputs, &node.outputs, scratch, &c.calls[k])
             }
         };
