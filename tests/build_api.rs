@@ -199,3 +199,34 @@ fn quantized_models_build_with_their_own_parameters() {
     assert!(err.to_string().contains("digits_cnn/model.onnx"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn target_cpu_reaches_the_object_and_its_header() {
+    let d = out_dir("cpu");
+    Build::new(model("digits_cnn"))
+        .target("x86_64-unknown-linux-gnu")
+        .target_cpu("x86-64-v3,+avx512vnni")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    let h = std::fs::read_to_string(d.join("digits.h")).unwrap();
+    let line = h
+        .lines()
+        .find(|l| l.starts_with("#define DIGITS_CPU_FEATURES"))
+        .unwrap();
+    assert!(
+        line.contains("avx2") && line.contains("fma") && line.contains("avx512vnni"),
+        "{line}"
+    );
+    let rs = std::fs::read_to_string(d.join("digits.rs")).unwrap();
+    assert!(rs.contains("pub const CPU_FEATURES: &str") && rs.contains("pub const ERR_CPU: i32 = -2;"));
+    // an unknown feature is an error naming it
+    let e = fails(
+        "cpu-bad",
+        Build::new(model("digits_cnn"))
+            .target("x86_64-unknown-linux-gnu")
+            .target_cpu("+avx9"),
+    );
+    assert!(e.contains("avx9"), "{e}");
+}

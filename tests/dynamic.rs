@@ -190,6 +190,7 @@ fn hybrid_builds_match_the_evaluator() {
             exe: e.exe.clone(),
             dir: e.dir.clone(),
             runner: None,
+            runner_args: &[],
         };
         let builds: [(&str, Built, Built); 3] = [
             (
@@ -497,6 +498,7 @@ fn hybrid_recurrent_layers_build_everywhere() {
             exe: e.exe.clone(),
             dir: e.dir.clone(),
             runner: None,
+            runner_args: &[],
         };
         let builds: [(&str, Built, Built); 3] = [
             (

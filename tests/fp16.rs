@@ -102,6 +102,7 @@ fn fp16_builds_match_the_evaluator() {
                     exe: rs.exe.clone(),
                     dir: rs.dir.clone(),
                     runner: None,
+                    runner_args: &[],
                 }),
             ),
         ] {

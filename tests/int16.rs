@@ -124,6 +124,7 @@ fn int16_builds_match_the_evaluator_bit_for_bit() {
                     exe: rs.exe.clone(),
                     dir: rs.dir.clone(),
                     runner: None,
+                    runner_args: &[],
                 }),
             ),
         ] {

@@ -185,6 +185,7 @@ pub struct NativeExe {
     pub exe: PathBuf,
     pub dir: PathBuf,
     pub runner: Option<&'static str>,
+    pub runner_args: &'static [&'static str],
 }
 
 /// A target with the C compiler that links for it and the emulator that runs it.
@@ -192,22 +193,32 @@ pub struct Toolchain {
     pub triple: &'static str,
     pub cc: &'static str,
     pub runner: Option<&'static str>,
+    /// Arguments for the runner before the program (e.g. qemu's `-cpu`).
+    pub runner_args: &'static [&'static str],
+    /// `--target-cpu` for the object.
+    pub cpu: Option<&'static str>,
 }
 
 pub const HOST: Toolchain = Toolchain {
     triple: "host",
     cc: "cc",
     runner: None,
+    runner_args: &[],
+    cpu: None,
 };
 pub const AARCH64: Toolchain = Toolchain {
     triple: "aarch64-unknown-linux-gnu",
     cc: "aarch64-linux-gnu-gcc",
     runner: Some("qemu-aarch64-static"),
+    runner_args: &[],
+    cpu: None,
 };
 pub const RISCV64: Toolchain = Toolchain {
     triple: "riscv64gc-unknown-linux-gnu",
     cc: "riscv64-linux-gnu-gcc",
     runner: Some("qemu-riscv64-static"),
+    runner_args: &[],
+    cpu: None,
 };
 
 impl Toolchain {
@@ -237,7 +248,7 @@ pub fn build_native_for(
     tc: &Toolchain,
 ) -> Result<NativeExe, String> {
     use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
-    let target = parse_target(tc.triple).map_err(|e| e.to_string())?;
+    let target = parse_target(tc.triple).map_err(|e| e.to_string())?.with_cpu(tc.cpu);
     let opts = CompileOptions {
         emit: Emit::Object,
         target,
@@ -267,6 +278,7 @@ pub fn build_native_for(
         exe,
         dir: dir.to_path_buf(),
         runner: tc.runner,
+        runner_args: tc.runner_args,
     })
 }
 
@@ -286,7 +298,7 @@ impl NativeExe {
         let mut cmd = match self.runner {
             Some(r) => {
                 let mut c = std::process::Command::new(r);
-                c.arg(&self.exe);
+                c.args(self.runner_args).arg(&self.exe);
                 c
             }
             None => std::process::Command::new(&self.exe),
@@ -416,6 +428,7 @@ pub fn build_c(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path, extra: &
         exe: dir.join("harness"),
         dir: dir.to_path_buf(),
         runner: None,
+        runner_args: &[],
     })
 }
 
@@ -707,6 +720,7 @@ pub fn build_rust(
                 exe,
                 dir: d,
                 runner: None,
+                runner_args: &[],
             })
         })
         .collect()

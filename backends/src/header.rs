@@ -91,6 +91,8 @@ pub struct Api {
     pub outputs: Vec<Port>,
     /// The integer entry point, for fully quantized models.
     pub int: Option<IntApi>,
+    /// For native objects, the CPU features the code assumes (checked by `<prefix>_run`).
+    pub cpu_features: Option<Vec<String>>,
 }
 
 impl Api {
@@ -115,6 +117,7 @@ impl Api {
             inputs,
             outputs,
             int: int_boundary(g),
+            cpu_features: None,
         }
     }
 }
@@ -207,6 +210,14 @@ pub fn c_header(api: &Api) -> String {
             s.push('\n');
         }
     }
+    if let Some(f) = &api.cpu_features {
+        let _ = writeln!(
+            s,
+            "/* CPU features the object assumes (checked once, on the first run). */\n#define {up}_CPU_FEATURES \"{}\"\n#define {up}_ERR_CPU ({})\n",
+            f.join(","),
+            crate::cranelift::cpu::ERR_CPU
+        );
+    }
     let mut params: Vec<String> = api
         .inputs
         .iter()
@@ -220,7 +231,12 @@ pub fn c_header(api: &Api) -> String {
     );
     let _ = writeln!(
         s,
-        "   uses `arena` for everything else. Returns 0 on success. Buffers must not overlap. */"
+        "   uses `arena` for everything else. Returns 0 on success{}. Buffers must not overlap. */",
+        if api.cpu_features.is_some() {
+            format!(", {up}_ERR_CPU on a CPU without {up}_CPU_FEATURES")
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(s, "int {}_run({});\n", api.prefix, params.join(", "));
     if let Some(int) = &api.int {
@@ -263,6 +279,14 @@ pub fn rust_bindings(api: &Api) -> String {
     );
     let _ = writeln!(s, "#[allow(dead_code)]\npub mod {p} {{");
     s.push_str(&rust_api_items(api));
+    if let Some(f) = &api.cpu_features {
+        let _ = writeln!(
+            s,
+            "    /// CPU features the object assumes; `run` fails with `ERR_CPU` on a CPU without one.\n    pub const CPU_FEATURES: &str = \"{}\";\n    /// The status `run` fails with on such a CPU.\n    pub const ERR_CPU: i32 = {};\n",
+            f.join(","),
+            crate::cranelift::cpu::ERR_CPU
+        );
+    }
     let mut raw: Vec<String> = api
         .inputs
         .iter()

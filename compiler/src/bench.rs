@@ -1,6 +1,6 @@
 //! `kiln bench`: one tool for every latency figure. The evaluator is timed in-process; a
 //! compiled model (native object, or C source built with the same compiler) is linked into a
-//! small C timing loop with the system `cc` (-O2) and run on this machine, so the number
+//! small C timing loop with the system `cc` (-O2 unless told otherwise) and run on this machine, so the number
 //! includes nothing but the generated code.
 
 use crate::compile::{CompileOptions, Emit, compile, parse_target, write_files};
@@ -36,20 +36,46 @@ pub fn bench_eval(g: &Graph, inputs: &[Tensor], runs: usize) -> Result<Timing, k
     Ok(summarize(times))
 }
 
+/// How a benchmark builds the model: the CPU features a native object may assume
+/// (`--target-cpu`), and the C compiler's flags for C source.
+#[derive(Clone, Debug)]
+pub struct BuildFlags {
+    pub cpu: Option<String>,
+    pub cflags: Vec<String>,
+}
+
+impl Default for BuildFlags {
+    fn default() -> Self {
+        BuildFlags {
+            cpu: None,
+            cflags: vec!["-O2".into()],
+        }
+    }
+}
+
 /// Compiles `g` for the host (`Emit::Object` or `Emit::C`), links a timing harness, runs it
 /// in `work`.
 pub fn bench_object(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path) -> Result<Timing, String> {
-    bench_compiled(g, inputs, runs, work, Emit::Object)
+    bench_compiled(g, inputs, runs, work, Emit::Object, &BuildFlags::default())
 }
 
 /// As [`bench_object`] for any host-runnable emit kind (object or C).
-pub fn bench_compiled(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path, emit: Emit) -> Result<Timing, String> {
+pub fn bench_compiled(
+    g: &Graph,
+    inputs: &[Tensor],
+    runs: usize,
+    work: &Path,
+    emit: Emit,
+    flags: &BuildFlags,
+) -> Result<Timing, String> {
     if emit == Emit::RustSource {
         return Err("benchmarks time native objects and C; Rust source is timed in its crate".into());
     }
     let opts = CompileOptions {
         emit,
-        target: parse_target("host").map_err(|e| e.to_string())?,
+        target: parse_target("host")
+            .map_err(|e| e.to_string())?
+            .with_cpu(flags.cpu.as_deref()),
         prefix: "bench_model".into(),
     };
     let out = compile(g, &opts, "bench").map_err(|e| e.to_string())?;
@@ -89,7 +115,7 @@ pub fn bench_compiled(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path, em
     std::fs::write(work.join("bench.c"), c).map_err(|e| e.to_string())?;
     let exe = work.join("bench");
     let mut cc = std::process::Command::new("cc");
-    cc.args(["-std=c11", "-O2"]).arg(work.join("bench.c"));
+    cc.arg("-std=c11").args(&flags.cflags).arg(work.join("bench.c"));
     if emit == Emit::C {
         cc.arg(work.join("bench_model.c")).arg("-lm");
     } else {
@@ -110,6 +136,12 @@ pub fn bench_compiled(g: &Graph, inputs: &[Tensor], runs: usize, work: &Path, em
         cmd.arg(p);
     }
     let run = cmd.output().map_err(|e| e.to_string())?;
+    if run.status.code() == Some(3) && emit == Emit::Object {
+        return Err(format!(
+            "the model did not run: this CPU lacks a feature the object assumes (--target-cpu {})",
+            flags.cpu.as_deref().unwrap_or("default")
+        ));
+    }
     if !run.status.success() {
         return Err(format!("benchmark run failed: {}", run.status));
     }

@@ -98,6 +98,7 @@ pub struct Build {
     quantize: Quantize,
     emit: Option<Emit>,
     target: Option<String>,
+    target_cpu: Option<String>,
     out_dir: Option<PathBuf>,
     input_shapes: BTreeMap<String, Vec<usize>>,
     cargo_metadata: bool,
@@ -110,6 +111,7 @@ impl Build {
             quantize: Quantize::None,
             emit: None,
             target: None,
+            target_cpu: None,
             out_dir: None,
             input_shapes: BTreeMap::new(),
             cargo_metadata: true,
@@ -131,6 +133,16 @@ impl Build {
     /// Target triple or part name (default: cargo's `TARGET`, else the host).
     pub fn target(&mut self, t: impl Into<String>) -> &mut Build {
         self.target = Some(t.into());
+        self
+    }
+
+    /// CPU features a native object may assume, as `kiln compile --target-cpu` takes them
+    /// (`native`, `x86-64-v3`, `+avx512vnni,...`). By default, the features cargo compiles
+    /// the crate for (`CARGO_CFG_TARGET_FEATURE`, e.g. from `-C target-cpu=native`) that
+    /// Kiln knows, on top of the portable default: the object then needs no more than the
+    /// Rust code linking it.
+    pub fn target_cpu(&mut self, spec: impl Into<String>) -> &mut Build {
+        self.target_cpu = Some(spec.into());
         self
     }
 
@@ -172,7 +184,16 @@ impl Build {
             .clone()
             .or_else(|| std::env::var("TARGET").ok())
             .unwrap_or_else(|| "host".into());
-        let target = compile::parse_target(&target_name).map_err(compile_err)?;
+        let mut target = compile::parse_target(&target_name).map_err(compile_err)?;
+        target.cpu = self.target_cpu.clone().or_else(|| {
+            let cargo = std::env::var("CARGO_CFG_TARGET_FEATURE").ok()?;
+            let known = kiln_backends::cranelift::cpu::known(target.triple.architecture);
+            let on: Vec<String> = (cargo.split(','))
+                .filter(|f| known.contains(f))
+                .map(|f| format!("+{f}"))
+                .collect();
+            (!on.is_empty()).then(|| on.join(","))
+        });
         let mut directives = vec![format!("cargo:rerun-if-changed={}", self.model.display())];
         if let Quantize::Int8 { calibration, options } = &self.quantize {
             directives.push(format!("cargo:rerun-if-changed={}", calibration.display()));
@@ -227,12 +248,15 @@ impl Build {
             }
         };
         let emit = self.emit.unwrap_or_else(|| {
-            if kiln_backends::cranelift::target_isa(&target.triple).is_ok() {
+            if kiln_backends::cranelift::target_isa(&target.triple, None).is_ok() {
                 Emit::Object
             } else {
                 Emit::RustSource
             }
         });
+        if emit != Emit::Object {
+            target.cpu = None; // C and Rust source take their compiler's CPU flags
+        }
         let source = self
             .model
             .file_name()

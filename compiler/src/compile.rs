@@ -131,9 +131,11 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
         &cranelift::Options {
             triple: opts.target.triple.clone(),
             prefix: opts.prefix.clone(),
+            cpu: opts.target.cpu.clone(),
         },
     )?;
-    let api = Api::new(g, &plan, &opts.prefix, source);
+    let mut api = Api::new(g, &plan, &opts.prefix, source);
+    api.cpu_features = Some(out.features.iter().map(|f| f.to_string()).collect());
     let p = &opts.prefix;
     let archive = static_lib(&format!("{p}.o"), &out.object).map_err(|source| CompileError::Io {
         path: PathBuf::from(format!("lib{p}.a")),

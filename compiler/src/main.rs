@@ -94,7 +94,7 @@ enum MethodArg {
     Mse,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum EmitArg {
     Object,
     C,
@@ -175,6 +175,12 @@ enum Cmd {
         /// What to time: the reference evaluator, or the model compiled to a native object.
         #[arg(long, value_enum, default_value = "eval")]
         emit: BenchEmit,
+        /// CPU features the native object may assume (as for `compile`).
+        #[arg(long = "target-cpu")]
+        target_cpu: Option<String>,
+        /// C compiler flags for `--emit c` (default: -O2), e.g. "-O3 -march=native".
+        #[arg(long, allow_hyphen_values = true)]
+        cflags: Option<String>,
     },
     /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs;
     /// `--emit c` writes <prefix>.c and <prefix>.h; `--emit rust` writes <prefix>.rs.
@@ -190,6 +196,12 @@ enum Cmd {
         /// Target triple (e.g. x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu) or `host`.
         #[arg(long, default_value = "host")]
         target: String,
+        /// CPU features a native object may assume beyond the portable default (x86-64-v2 on
+        /// x86-64): `native` (this machine's), an x86-64 level (x86-64-v3, x86-64-v4) and/or
+        /// `+feature` items, comma-separated (e.g. `x86-64-v3,+avx512vnni`, `+dotprod`). The
+        /// object checks them on its first run and returns an error code on a CPU without them.
+        #[arg(long = "target-cpu")]
+        target_cpu: Option<String>,
         /// Symbol prefix (default: from the model file name).
         #[arg(long)]
         prefix: Option<String>,
@@ -660,6 +672,7 @@ fn bench(
     inputs: &[PathBuf],
     runs: u32,
     emit: BenchEmit,
+    flags: &kiln::bench::BuildFlags,
 ) -> Result<()> {
     let runs = runs as usize;
     let m = load_quantized(path, shapes, quant)?;
@@ -670,7 +683,7 @@ fn bench(
         inputs.iter().map(|p| kiln::npy::read(p)).collect::<Result<_, _>>()?
     };
     let (what, t) = match emit {
-        BenchEmit::Eval => ("evaluator", kiln::bench::bench_eval(g, &ts, runs)?),
+        BenchEmit::Eval => ("evaluator".to_string(), kiln::bench::bench_eval(g, &ts, runs)?),
         BenchEmit::Object | BenchEmit::C => {
             // A fresh private folder with an unpredictable name, removed however this ends.
             let work = tempfile::Builder::new()
@@ -678,10 +691,19 @@ fn bench(
                 .tempdir()
                 .context("cannot create a temporary build folder")?;
             let (what, e) = match emit {
-                BenchEmit::C => ("C source (cc -O2)", kiln::compile::Emit::C),
-                _ => ("native object", kiln::compile::Emit::Object),
+                BenchEmit::C => (
+                    format!("C source (cc {})", flags.cflags.join(" ")),
+                    kiln::compile::Emit::C,
+                ),
+                _ => (
+                    format!(
+                        "native object (--target-cpu {})",
+                        flags.cpu.as_deref().unwrap_or("default")
+                    ),
+                    kiln::compile::Emit::Object,
+                ),
             };
-            let r = kiln::bench::bench_compiled(g, &ts, runs, work.path(), e);
+            let r = kiln::bench::bench_compiled(g, &ts, runs, work.path(), e, flags);
             (what, r.map_err(anyhow::Error::msg)?)
         }
     };
@@ -702,12 +724,18 @@ fn compile(
     quant: &QuantArgs,
     emit: EmitArg,
     target: &str,
+    target_cpu: Option<&str>,
     prefix: Option<&str>,
     out_dir: &Path,
     clif: bool,
 ) -> Result<()> {
     use kiln::compile::{self, CompileOptions, Emit};
-    let target = compile::parse_target(target)?;
+    if target_cpu.is_some() && emit != EmitArg::Object {
+        anyhow::bail!(
+            "--target-cpu applies to native objects (--emit object); give C and Rust source's compiler its own CPU flags"
+        );
+    }
+    let target = compile::parse_target(target)?.with_cpu(target_cpu);
     let prefix = prefix
         .map(String::from)
         .unwrap_or_else(|| compile::default_prefix(path));
@@ -797,17 +825,39 @@ fn main() -> std::process::ExitCode {
             inputs,
             runs,
             emit,
-        } => bench(model, shapes, quant, inputs, *runs, *emit),
+            target_cpu,
+            cflags,
+        } => {
+            let mut flags = kiln::bench::BuildFlags {
+                cpu: target_cpu.clone(),
+                ..Default::default()
+            };
+            if let Some(c) = cflags {
+                flags.cflags = c.split_whitespace().map(str::to_string).collect();
+            }
+            bench(model, shapes, quant, inputs, *runs, *emit, &flags)
+        }
         Cmd::Compile {
             model,
             shapes,
             quant,
             emit,
             target,
+            target_cpu,
             prefix,
             out_dir,
             clif,
-        } => compile(model, shapes, quant, *emit, target, prefix.as_deref(), out_dir, *clif),
+        } => compile(
+            model,
+            shapes,
+            quant,
+            *emit,
+            target,
+            target_cpu.as_deref(),
+            prefix.as_deref(),
+            out_dir,
+            *clif,
+        ),
         Cmd::Ops { markdown } => {
             if *markdown {
                 print!("{}", kiln::onnx::ops::markdown());

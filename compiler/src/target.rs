@@ -21,6 +21,9 @@ pub struct Mcu {
 pub struct Target {
     pub triple: Triple,
     pub mcu: Option<Mcu>,
+    /// CPU features native objects may assume beyond the portable default, as
+    /// `--target-cpu` spells them (`native`, `x86-64-v3`, `+avx512vnni,...`).
+    pub cpu: Option<String>,
 }
 
 /// Parts known by name: (name, triple, flash, RAM). `avr` means the first.
@@ -42,6 +45,7 @@ impl Target {
         Target {
             triple: Triple::host(),
             mcu: None,
+            cpu: None,
         }
     }
 
@@ -55,11 +59,22 @@ impl Target {
             return Some(Target {
                 triple: Triple::from_str(triple).ok()?,
                 mcu: Some(Mcu { name, flash, ram }),
+                cpu: None,
             });
         }
         let triple = Triple::from_str(s).ok()?;
         // A bare architecture such as `x86_64` parses; insist on a known one.
-        (triple.architecture != Architecture::Unknown).then_some(Target { triple, mcu: None })
+        (triple.architecture != Architecture::Unknown).then_some(Target {
+            triple,
+            mcu: None,
+            cpu: None,
+        })
+    }
+
+    /// This target with native objects assuming the CPU features `spec` names.
+    pub fn with_cpu(mut self, spec: Option<&str>) -> Target {
+        self.cpu = spec.map(str::to_string);
+        self
     }
 
     /// The names `parse` accepts besides triples, for error messages.

@@ -3,6 +3,7 @@
 //! weights in read-only data, and one exported `<prefix>_run` that calls the kernels in
 //! schedule order on caller buffers and the arena.
 
+pub mod cpu;
 mod fx;
 mod kernels;
 
@@ -33,6 +34,8 @@ pub enum Error {
     UnsupportedOps(Vec<String>),
     #[error("code generation failed in `{function}`: {msg}")]
     Codegen { function: String, msg: String },
+    #[error("--target-cpu `{spec}`: {reason}")]
+    BadCpu { spec: String, reason: String },
 }
 
 /// What to build for.
@@ -41,16 +44,21 @@ pub struct Options {
     pub triple: Triple,
     /// Symbol prefix: `<prefix>_run`.
     pub prefix: String,
+    /// CPU features beyond the portable default (`--target-cpu`, see [`cpu::apply`]).
+    pub cpu: Option<String>,
 }
 
 /// The emitted object file and, for review, the CLIF of every function.
 pub struct Output {
     pub object: Vec<u8>,
     pub clif: String,
+    /// The CPU features the object assumes (`<prefix>_run` checks them).
+    pub features: Vec<&'static str>,
 }
 
-/// Checks the target and returns the Cranelift ISA for it.
-pub fn target_isa(triple: &Triple) -> Result<isa::OwnedTargetIsa, Error> {
+/// Checks the target and returns the Cranelift ISA for it, with the features `cpu` names
+/// on top of the portable default.
+pub fn target_isa(triple: &Triple, cpu: Option<&str>) -> Result<isa::OwnedTargetIsa, Error> {
     let unsupported = |reason: &str| Error::UnsupportedTarget {
         triple: triple.to_string(),
         reason: reason.into(),
@@ -73,6 +81,12 @@ pub fn target_isa(triple: &Triple) -> Result<isa::OwnedTargetIsa, Error> {
         for f in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"] {
             builder.enable(f).map_err(|e| unsupported(&e.to_string()))?;
         }
+    }
+    if let Some(spec) = cpu {
+        cpu::apply(&mut builder, triple, spec).map_err(|reason| Error::BadCpu {
+            spec: spec.to_string(),
+            reason,
+        })?;
     }
     builder
         .finish(settings::Flags::new(flags))
@@ -100,7 +114,12 @@ fn codegen_err(function: &str, e: impl std::fmt::Display) -> Error {
 }
 
 pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Error> {
-    let isa = target_isa(&opts.triple)?;
+    let isa = target_isa(&opts.triple, opts.cpu.as_deref())?;
+    let features = cpu::assumed(&*isa);
+    cpu::checkable(&opts.triple, &features).map_err(|reason| Error::BadCpu {
+        spec: opts.cpu.clone().unwrap_or_default(),
+        reason,
+    })?;
     let bad = unsupported(g, plan);
     if !bad.is_empty() {
         return Err(Error::UnsupportedOps(bad));
@@ -121,6 +140,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let mut module = ObjectModule::new(builder);
     let mut clif = String::new();
     let mut fctx = FunctionBuilderContext::new();
+    let cpu_ok = cpu::define_check(&mut module, &mut fctx, &opts.prefix, &features)
+        .map_err(|e| codegen_err(&format!("{}_cpu_ok", opts.prefix), e))?;
 
     // Read-only data: the constants kernels read, then per-kernel tables.
     let mut const_data: HashMap<ValueId, DataId> = HashMap::new();
@@ -233,6 +254,23 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             b.seal_block(entry);
             let params = b.block_params(entry).to_vec();
             let arena = params[n_params - 1];
+            if let Some(check) = cpu_ok {
+                // A CPU without the assumed features gets an error code, not SIGILL.
+                let f = module.declare_func_in_func(check, b.func);
+                let call = b.ins().call(f, &[]);
+                let ok = b.inst_results(call)[0];
+                let is_ok = b
+                    .ins()
+                    .icmp_imm_u(cranelift_codegen::ir::condcodes::IntCC::Equal, ok, 1);
+                let (go, stop) = (b.create_block(), b.create_block());
+                b.ins().brif(is_ok, go, &[], stop, &[]);
+                b.switch_to_block(stop);
+                b.seal_block(stop);
+                let code = b.ins().iconst(I32, cpu::ERR_CPU as i64);
+                b.ins().return_(&[code]);
+                b.switch_to_block(go);
+                b.seal_block(go);
+            }
             let mut gv_cache: HashMap<DataId, cranelift_codegen::ir::Value> = HashMap::new();
             let mut data_addr = |b: &mut FunctionBuilder, module: &mut ObjectModule, id: DataId| {
                 *gv_cache.entry(id).or_insert_with(|| {
@@ -324,7 +362,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let product = module.finish();
     let object = product.emit().map_err(|e| codegen_err("<object>", e))?;
     let _ = I64;
-    Ok(Output { object, clif })
+    Ok(Output { object, clif, features })
 }
 
 /// Copies `bytes` bytes from `src` to `dst`.
