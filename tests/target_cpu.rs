@@ -7,9 +7,10 @@ use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Tensor};
 use kiln_tests::{Toolchain, build_native_for, compare, repo};
 
-/// KWS in float and int8 (integer tensors exposed), with its first reference input.
-fn kws() -> (Vec<(&'static str, Graph)>, Vec<Tensor>) {
-    let d = repo().join("tests/models/mlperf_tiny_kws_dscnn");
+/// A shipped model in int8 (integer tensors exposed) and, with `float`, in float, each
+/// with its first reference input.
+fn builds(name: &str, float: bool) -> Vec<(String, Graph, Vec<Tensor>)> {
+    let d = repo().join("tests/models").join(name);
     let m = kiln::load(
         &d.join("model.onnx"),
         &ImportOptions::default(),
@@ -19,23 +20,33 @@ fn kws() -> (Vec<(&'static str, Graph)>, Vec<Tensor>) {
     .unwrap();
     let q = kiln::quantize::quantize_int8(&m.graph, &d.join("calib"), &Default::default(), |_, _| {}).unwrap();
     let input = kiln::npy::read(&d.join("ref/test_data_set_0/input_0.npy")).unwrap();
-    (
-        vec![
-            ("float", m.graph.clone()),
-            ("int8", kiln_tests::expose_integers(&q.graph)),
-        ],
-        vec![input],
-    )
+    let mut v = vec![(
+        format!("{name} int8"),
+        kiln_tests::expose_integers(&q.graph),
+        vec![input.clone()],
+    )];
+    if float {
+        v.push((format!("{name} float"), m.graph, vec![input]));
+    }
+    v
+}
+
+fn kws() -> Vec<(String, Graph, Vec<Tensor>)> {
+    builds("mlperf_tiny_kws_dscnn", true)
+}
+
+/// Builds KWS for `tc` and checks it (see [`check_on`]).
+fn check(tc: &Toolchain, tag: &str, refused: bool) -> Result<(), String> {
+    check_on(tc, tag, refused, &kws())
 }
 
 /// Builds every graph for `tc` and checks it against the evaluator (integers bit for bit,
 /// float within the native backend's bound), or, with `refused`, that it returns `ERR_CPU`.
-fn check(tc: &Toolchain, tag: &str, refused: bool) -> Result<(), String> {
-    let (graphs, inputs) = kws();
-    for (mode, g) in &graphs {
-        let dir = std::env::temp_dir().join(format!("kiln-cpu-{}-{tag}-{mode}", std::process::id()));
+fn check_on(tc: &Toolchain, tag: &str, refused: bool, graphs: &[(String, Graph, Vec<Tensor>)]) -> Result<(), String> {
+    for (k, (mode, g, inputs)) in graphs.iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("kiln-cpu-{}-{tag}-{k}", std::process::id()));
         let exe = build_native_for(g, "model", &dir, tc)?;
-        let got = exe.run(g, &inputs);
+        let got = exe.run(g, inputs);
         let _ = std::fs::remove_dir_all(&dir);
         if refused {
             let err = match got {
@@ -48,7 +59,7 @@ fn check(tc: &Toolchain, tag: &str, refused: bool) -> Result<(), String> {
             }
             continue;
         }
-        let want = kiln_ir::eval::run(g, &inputs).map_err(|e| e.to_string())?;
+        let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
         for (i, (a, b)) in got?.iter().zip(&want).enumerate() {
             if b.data.scalar().is_float() {
                 let (r, d) = compare(a, b, 1e-5, 1e-6)?;
@@ -70,13 +81,23 @@ fn has(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// On a machine with VNNI (this project's) the int8 pointwise layers run on `vpdpbusd`.
 #[test]
 fn native_cpu_objects_match_the_evaluator() {
     let tc = Toolchain {
         cpu: Some("native"),
         ..kiln_tests::HOST
     };
-    check(&tc, "native", false).unwrap();
+    let mut graphs = kws();
+    for m in [
+        "mlperf_tiny_vww_mobilenetv1_025",
+        "mlperf_tiny_ic_resnet8",
+        "mlperf_tiny_ad_fc_autoencoder",
+        "mlperf_tiny_sww_dscnn",
+    ] {
+        graphs.extend(builds(m, false));
+    }
+    check_on(&tc, "native", false, &graphs).unwrap();
 }
 
 #[test]

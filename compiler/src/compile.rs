@@ -113,8 +113,9 @@ pub fn plan_rust(g: &Graph, target: &Target) -> Result<MemoryPlan, IrError> {
 }
 
 /// Plans memory for the native backend.
-pub fn plan_native(g: &Graph) -> Result<MemoryPlan, IrError> {
-    plan::plan(g, cranelift::ARENA_ALIGN, cranelift::scratch_bytes)
+pub fn plan_native(g: &Graph, target: &Target) -> Result<MemoryPlan, IrError> {
+    let dot = cranelift::dot_product(&target.triple, target.cpu.as_deref());
+    plan::plan(g, cranelift::ARENA_ALIGN, |g, n| cranelift::scratch_bytes(g, n, dot))
 }
 
 pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
@@ -124,7 +125,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
         Emit::RustSource => return compile_rust(g, opts, source),
         Emit::Object => {}
     }
-    let plan = plan_native(g)?;
+    let plan = plan_native(g, &opts.target)?;
     let out = cranelift::emit(
         g,
         &plan,

@@ -14,6 +14,7 @@ use cranelift_codegen::{Context, isa};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
+pub use kernels::Dot;
 use kernels::{Args, Target};
 use kiln_ir::plan::{Location, MemoryPlan};
 use kiln_ir::{Graph, ValueId};
@@ -93,9 +94,16 @@ pub fn target_isa(triple: &Triple, cpu: Option<&str>) -> Result<isa::OwnedTarget
         .map_err(|e| unsupported(&e.to_string()))
 }
 
-/// Scratch bytes each node's kernel needs (give this to the memory planner).
-pub fn scratch_bytes(g: &Graph, n: kiln_ir::NodeId) -> usize {
-    kernels::scratch_bytes(g, n)
+/// Scratch bytes each node's kernel needs (give this to the memory planner), for a CPU
+/// with dot product `dot` ([`dot_product`]).
+pub fn scratch_bytes(g: &Graph, n: kiln_ir::NodeId, dot: Option<kernels::Dot>) -> usize {
+    kernels::scratch_bytes(g, n, dot)
+}
+
+/// The byte dot product objects for `triple` with `cpu` features use, if any.
+pub fn dot_product(triple: &Triple, cpu: Option<&str>) -> Option<kernels::Dot> {
+    let isa = target_isa(triple, cpu).ok()?;
+    kernels::Dot::of(triple.architecture, &cpu::assumed(&*isa))
 }
 
 /// Every node this backend cannot compile, described.
@@ -126,6 +134,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     }
     let target = Target {
         simd: !matches!(opts.triple.architecture, Architecture::Riscv64(_)),
+        dot: kernels::Dot::of(opts.triple.architecture, &features),
     };
     let ptr = isa.pointer_type();
     let call_conv = isa.default_call_conv();

@@ -7,6 +7,7 @@
 //! except where an op needs exp/log/tanh/erf (see `fx.rs` for those bounds).
 
 mod convt;
+mod dot;
 mod elementwise;
 mod gemm;
 mod index;
@@ -21,6 +22,7 @@ mod typed;
 
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
+pub use dot::Dot;
 use kiln_ir::op::{PadMode, ScatterReduction};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
@@ -37,6 +39,8 @@ pub(crate) struct Args {
 pub(crate) struct Target {
     /// 128-bit float vectors are available (x86-64 SSE2, AArch64 NEON).
     pub simd: bool,
+    /// The 4-way byte dot product the CPU features give, if any.
+    pub dot: Option<Dot>,
 }
 
 fn f32_only(g: &Graph, n: NodeId) -> bool {
@@ -142,10 +146,10 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
 
 /// Arena bytes the kernel of node `n` needs as scratch: its own, then room to unpack
 /// narrow weights (see [`packed`]).
-pub(crate) fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+pub(crate) fn scratch_bytes(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
     match packed(g, n) {
-        Some((_, count)) => kernel_scratch(g, n).next_multiple_of(16) + count.next_multiple_of(16),
-        None => kernel_scratch(g, n),
+        Some((_, count)) => kernel_scratch(g, n, dot).next_multiple_of(16) + count.next_multiple_of(16),
+        None => kernel_scratch(g, n, dot),
     }
 }
 
@@ -168,8 +172,9 @@ pub(crate) fn pack_bytes(bytes: &[u8], bits: u8) -> Vec<u8> {
     quant::pack(bytes, bits)
 }
 
-fn kernel_scratch(g: &Graph, n: NodeId) -> usize {
+fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
     match &g.node(n).op {
+        Op::QConv { .. } if dot.is_some() && dot::applies(g, n) => dot::scratch(g, n),
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => quant::qconv_scratch(g, n),
@@ -217,7 +222,7 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     if let Some((bits, count)) = packed(g, n) {
         // unpack the weights into scratch, then run the int8 kernel on them: a convolution
         // reads its weight input, a product its column table (aux 2; a hybrid one's aux 1)
-        let dst = fx.add_imm(a.scratch, kernel_scratch(g, n).next_multiple_of(16) as i64);
+        let dst = fx.add_imm(a.scratch, kernel_scratch(g, n, t.dot).next_multiple_of(16) as i64);
         let src = match g.node(n).op {
             Op::QConv { .. } => a.ins[1],
             Op::DynMatMul { .. } => a.aux[1],
@@ -316,6 +321,9 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
         Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
         Op::QConv { window, group, q } if int16(g, n) => quant::qconv16(fx, g, n, window, *group, q, a),
+        Op::QConv { q, .. } if t.dot.is_some() && dot::applies(g, n) => {
+            dot::qconv_pointwise(fx, g, n, q, a, t.dot.unwrap_or(Dot::Signed))
+        }
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
         Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),

@@ -365,7 +365,7 @@ fn gemm_scalar_bt(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: 
             fx.store(v, oa);
         });
     });
-    gemm_epilogue(fx, g, n, alpha, beta, a, Target { simd: false });
+    gemm_epilogue(fx, g, n, alpha, beta, a, Target { simd: false, dot: None });
 }
 
 pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {

@@ -376,7 +376,7 @@ impl Stage<'_> {
     }
 
     /// `zp_in * sum(w)` of output channel `ch`.
-    fn zsum(&self, fx: &mut Fx, ch: Value) -> Value {
+    pub(crate) fn zsum(&self, fx: &mut Fx, ch: Value) -> Value {
         match *self {
             Stage::Static { zsum, .. } => {
                 let za = fx.addr(zsum, ch, 4);
@@ -391,7 +391,7 @@ impl Stage<'_> {
     }
 
     /// What `store` needs of output channel `ch`, loaded once per channel.
-    fn channel(&self, fx: &mut Fx, ch: Value) -> (Value, Value) {
+    pub(crate) fn channel(&self, fx: &mut Fx, ch: Value) -> (Value, Value) {
         match *self {
             Stage::Static { q, mult, shift, .. } => channel_requant(fx, q, mult, shift, ch),
             Stage::Dynamic {
@@ -410,7 +410,7 @@ impl Stage<'_> {
     }
 
     /// Finishes accumulator `acc` with `chan` from `channel` and stores it at `addr + off`.
-    fn store(&self, fx: &mut Fx, acc: Value, chan: (Value, Value), addr: Value, off: i32) {
+    pub(crate) fn store(&self, fx: &mut Fx, acc: Value, chan: (Value, Value), addr: Value, off: i32) {
         match *self {
             Stage::Static { q, .. } => {
                 let y = finish(fx, q, acc, chan.0, chan.1);
@@ -803,8 +803,12 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             v.extend(requant_tables(q));
             // Per output channel, zp_in * sum of its weights (the pointwise kernel's
             // zero-point term).
-            let zsum: Vec<i32> = channel_sums(g, n).iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
+            let sums = channel_sums(g, n);
+            let zsum: Vec<i32> = sums.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
             v.push(tables_i32(&zsum));
+            // (zp + 128) * sum: the same term for activations biased to unsigned (`dot`)
+            let zsum128: Vec<i32> = sums.iter().map(|&s| (q.input_zp + 128).wrapping_mul(s)).collect();
+            v.push(tables_i32(&zsum128));
             v
         }
         Op::Pool(_) | Op::GlobalPool(_) => {

@@ -1,0 +1,245 @@
+//! Int8 pointwise convolutions on the CPU's 4-way byte dot product: x86 `vpdpbusd`
+//! (AVX-VNNI or AVX512-VNNI) and AArch64 `sdot` (FEAT_DotProd). CLIF has no dot opcode;
+//! Cranelift folds the exact widening tree of [`dot4`] into the one instruction when the
+//! ISA flags allow it, so the arithmetic is the evaluator's bit for bit either way.
+//!
+//! The planar activations are first interleaved into scratch, four input channels per
+//! 32-bit lane and four positions per vector (x86: biased by 128 into unsigned bytes, the
+//! operand `vpdpbusd` takes unsigned; the bias comes back out through the per-channel
+//! table `(zp + 128) * sum(w)`). Then each block of four output channels by eight positions
+//! keeps eight vector sums: per four input channels, two vector loads, and per output
+//! channel one broadcast weight word and two dot products (32 products).
+
+use super::super::fx::Fx;
+use super::Args;
+use cranelift_codegen::ir::types::{I8X16, I32, I32X4};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use kiln_ir::op::QLinear;
+use kiln_ir::{Graph, NodeId, Op, Scalar};
+
+/// Which dot product the target has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dot {
+    /// Unsigned activations by signed weights (x86 VNNI).
+    UnsignedBySigned,
+    /// Signed by signed (AArch64 `sdot`).
+    Signed,
+}
+
+impl Dot {
+    /// The dot product the named CPU features give, if any.
+    pub fn of(arch: target_lexicon::Architecture, features: &[&str]) -> Option<Dot> {
+        let has = |f| features.contains(&f);
+        match arch {
+            target_lexicon::Architecture::X86_64
+                if (has("avx") && has("avxvnni")) || (has("avx512vl") && has("avx512vnni")) =>
+            {
+                Some(Dot::UnsignedBySigned)
+            }
+            target_lexicon::Architecture::Aarch64(_) if has("dotprod") => Some(Dot::Signed),
+            _ => None,
+        }
+    }
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// (input channels, positions, output channels) of an int8 pointwise convolution this
+/// kernel takes: static int8 with 8-bit weights, channels a multiple of four, at least
+/// four positions.
+fn dims(g: &Graph, n: NodeId) -> Option<(i64, i64, i64)> {
+    let node = g.node(n);
+    let Op::QConv { window, group, q } = &node.op else {
+        return None;
+    };
+    let xs = &g.value(node.inputs[0]).ty.shape;
+    let ok = *group == 1
+        && q.weight_bits == 8
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
+        && window.kernel.iter().all(|&k| k == 1)
+        && window.strides.iter().all(|&s| s == 1)
+        && window.pads.iter().all(|&p| p == 0)
+        && g.const_value(node.inputs[1]).is_some()
+        && xs[1].is_multiple_of(4);
+    let p: usize = xs[2..].iter().product();
+    (ok && p >= 4).then_some((xs[1] as i64, p as i64, g.value(node.inputs[1]).ty.shape[0] as i64))
+}
+
+/// Whether node `n` runs here when the target has a dot product.
+pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
+    dims(g, n).is_some()
+}
+
+/// Positions rounded up to whole blocks of eight.
+fn padded(p: i64) -> i64 {
+    (p + 7) / 8 * 8
+}
+
+/// Scratch bytes: the interleaved activations of one batch item.
+pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
+    dims(g, n).map_or(0, |(c, p, _)| (c * padded(p)) as usize)
+}
+
+/// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
+/// tree Cranelift folds into `vpdpbusd` (x unsigned) or `sdot`.
+fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
+    let b = &mut fx.b;
+    let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
+    let (xl, xh) = match d {
+        Dot::UnsignedBySigned => (b.ins().uwiden_low(x), b.ins().uwiden_high(x)),
+        Dot::Signed => (b.ins().swiden_low(x), b.ins().swiden_high(x)),
+    };
+    let lo = b.ins().imul(wl, xl);
+    let hi = b.ins().imul(wh, xh);
+    let (l0, l1) = (b.ins().swiden_low(lo), b.ins().swiden_high(lo));
+    let (h0, h1) = (b.ins().swiden_low(hi), b.ins().swiden_high(hi));
+    let pl = b.ins().iadd_pairwise(l0, l1);
+    let ph = b.ins().iadd_pairwise(h0, h1);
+    let s = b.ins().iadd_pairwise(pl, ph);
+    b.ins().iadd(s, acc)
+}
+
+/// The interleave: for each four channels and four positions, the 16 bytes
+/// `x[c..c+4][p]` for `p` in turn (biased by 128 for `UnsignedBySigned`).
+fn interleave(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64) {
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let quads = p / 4;
+    // output byte 4j + i = input byte 4i + j (a 4x4 byte transpose)
+    let mask: Vec<u8> = (0..16u8).map(|k| (k % 4) * 4 + k / 4).collect();
+    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+    let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
+    let bias = fx.b.ins().splat(I8X16, bias);
+    let pp = padded(p);
+    fx.for_n(c / 4, &mut |fx, cq| {
+        let xr = fx.addr(x, cq, 4 * p);
+        let dr = fx.addr(dst, cq, 4 * pp);
+        let quad = |fx: &mut Fx, words: [Value; 4], at: Value| {
+            let v = fx.b.ins().scalar_to_vector(I32X4, words[0]);
+            let v = fx.b.ins().insertlane(v, words[1], 1);
+            let v = fx.b.ins().insertlane(v, words[2], 2);
+            let v = fx.b.ins().insertlane(v, words[3], 3);
+            let bytes = fx.b.ins().bitcast(I8X16, lanes, v);
+            let t = fx.b.ins().shuffle(bytes, bytes, mask);
+            let t = match d {
+                Dot::UnsignedBySigned => fx.b.ins().bxor(t, bias),
+                Dot::Signed => t,
+            };
+            fx.b.ins().store(flags(), t, at, 0);
+        };
+        fx.for_ptrs(quads, &[(xr, 4), (dr, 16)], &mut |fx, q| {
+            let words = [0, 1, 2, 3].map(|i| fx.b.ins().load(I32, flags(), q[0], (i * p) as i32));
+            quad(fx, words, q[1]);
+        });
+        if p % 4 != 0 {
+            // the last positions byte by byte (a word load would read past the row)
+            let (xt, dt) = (fx.add_imm(xr, quads * 4), fx.add_imm(dr, quads * 16));
+            let words = [0, 1, 2, 3].map(|i| {
+                let mut w = fx.b.ins().iconst(I32, 0);
+                for j in 0..p % 4 {
+                    let byte = fx.b.ins().uload8(I32, flags(), xt, (i * p + j) as i32);
+                    let sh = fx.b.ins().ishl_imm_u(byte, 8 * j);
+                    w = fx.b.ins().bor(w, sh);
+                }
+                w
+            });
+            quad(fx, words, dt);
+        }
+    });
+}
+
+/// An int8 pointwise convolution with output stage `q` on dot product `d`. `aux` holds the
+/// requantization tables (2, 3) and the zero-point term (4: `zp * sum(w)`, 5: `(zp + 128)
+/// * sum(w)`), as `quant::aux` builds them.
+pub(crate) fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, d: Dot) {
+    let (c, p, m) = dims(g, n).expect("checked by `applies`");
+    let node = g.node(n);
+    let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
+    let has_bias = node.inputs.len() > 2;
+    let pp = padded(p);
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let zsum = match d {
+        Dot::UnsignedBySigned => a.aux[5],
+        Dot::Signed => a.aux[4],
+    };
+    let st = super::quant::Stage::Static {
+        q,
+        mult: a.aux[2],
+        shift: a.aux[3],
+        zsum,
+    };
+    fx.for_n(batch, &mut |fx, b| {
+        let x = fx.addr(a.ins[0], b, c * p);
+        let y = fx.addr(a.outs[0], b, m * p);
+        interleave(fx, d, x, a.scratch, c, p);
+        // `k` output channels from `oc0`, positions from `pos` (`valid` of the block's 8).
+        let block = |fx: &mut Fx, oc0: Value, k: i64, pos: Value, valid: i64| {
+            let ocs: Vec<Value> = (0..k).map(|i| fx.add_imm(oc0, i)).collect();
+            let vars: Vec<[cranelift_frontend::Variable; 2]> = ocs
+                .iter()
+                .map(|&oc| {
+                    let init = if has_bias {
+                        let ba = fx.addr(a.ins[2], oc, 4);
+                        fx.load(I32, ba)
+                    } else {
+                        fx.b.ins().iconst(I32, 0)
+                    };
+                    let s = fx.b.ins().splat(I32X4, init);
+                    [0, 1].map(|_| {
+                        let v = fx.b.declare_var(I32X4);
+                        fx.b.def_var(v, s);
+                        v
+                    })
+                })
+                .collect();
+            let xs = fx.addr(a.scratch, pos, 4);
+            let w0 = fx.addr(a.ins[1], oc0, c);
+            fx.for_ptrs(c / 4, &[(xs, 4 * pp), (w0, 4)], &mut |fx, r| {
+                let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
+                let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);
+                for (i, v) in vars.iter().enumerate() {
+                    let w = fx.b.ins().load(I32, flags(), r[1], (i as i64 * c) as i32);
+                    let w = fx.b.ins().splat(I32X4, w);
+                    let w = fx.b.ins().bitcast(I8X16, lanes, w);
+                    for (h, xv) in [x0, x1].into_iter().enumerate() {
+                        let cur = fx.b.use_var(v[h]);
+                        let nv = dot4(fx, d, xv, w, cur);
+                        fx.b.def_var(v[h], nv);
+                    }
+                }
+            });
+            for (i, v) in vars.iter().enumerate() {
+                let zs = st.zsum(fx, ocs[i]);
+                let chan = st.channel(fx, ocs[i]);
+                let row = fx.addr(y, ocs[i], p);
+                let yp = fx.addr(row, pos, 1);
+                for j in 0..valid {
+                    let acc = fx.b.use_var(v[(j / 4) as usize]);
+                    let e = fx.b.ins().extractlane(acc, (j % 4) as u8);
+                    let s = fx.b.ins().isub(e, zs);
+                    st.store(fx, s, chan, yp, j as i32);
+                }
+            }
+        };
+        let channel_blocks = |fx: &mut Fx, k: i64, oc0: Value| {
+            fx.for_n(p / 8, &mut |fx, pb| {
+                let pos = fx.mul_imm(pb, 8);
+                block(fx, oc0, k, pos, 8);
+            });
+            if p % 8 != 0 {
+                let pos = fx.i(p / 8 * 8);
+                block(fx, oc0, k, pos, p % 8);
+            }
+        };
+        fx.for_n(m / 4, &mut |fx, ob| {
+            let oc0 = fx.mul_imm(ob, 4);
+            channel_blocks(fx, 4, oc0);
+        });
+        if m % 4 != 0 {
+            let oc0 = fx.i(m / 4 * 4);
+            channel_blocks(fx, m % 4, oc0);
+        }
+    });
+}
