@@ -1,4 +1,5 @@
-//! Int8 pointwise convolutions on the CPU's 4-way byte dot product: x86 `vpdpbusd`
+//! Int8 one-group convolutions on the CPU's 4-way byte dot product (pointwise directly,
+//! others on their im2col rows): x86 `vpdpbusd`
 //! (AVX-VNNI or AVX512-VNNI) and AArch64 `sdot` (FEAT_DotProd). CLIF has no dot opcode;
 //! Cranelift folds the exact widening tree of [`dot4`] into the one instruction when the
 //! ISA flags allow it, so the arithmetic is the evaluator's bit for bit either way.
@@ -14,7 +15,7 @@ use super::super::fx::Fx;
 use super::Args;
 use cranelift_codegen::ir::types::{I8X16, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
-use kiln_ir::op::QLinear;
+use kiln_ir::op::{QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
 /// Which dot product the target has.
@@ -46,26 +47,43 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// (input channels, positions, output channels) of an int8 pointwise convolution this
-/// kernel takes: static int8 with 8-bit weights, channels a multiple of four, at least
-/// four positions.
-fn dims(g: &Graph, n: NodeId) -> Option<(i64, i64, i64)> {
+/// The product an int8 convolution this kernel takes reduces to: `c` rows (input channels
+/// times taps) of `p` positions against `m` output channels; `im2col` when the rows are
+/// gathered first (a spatial window). Static int8 with 8-bit constant weights, one group,
+/// rows a multiple of four, at least four positions.
+struct Dims {
+    c: i64,
+    p: i64,
+    m: i64,
+    im2col: Option<i64>,
+}
+
+fn dims(g: &Graph, n: NodeId) -> Option<Dims> {
     let node = g.node(n);
     let Op::QConv { window, group, q } = &node.op else {
         return None;
     };
     let xs = &g.value(node.inputs[0]).ty.shape;
+    let taps: usize = window.kernel.iter().product();
+    let p: usize = g.value(node.outputs[0]).ty.shape[2..].iter().product();
+    let c = xs[1] * taps;
     let ok = *group == 1
         && q.weight_bits == 8
         && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
         && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
-        && window.kernel.iter().all(|&k| k == 1)
-        && window.strides.iter().all(|&s| s == 1)
-        && window.pads.iter().all(|&p| p == 0)
         && g.const_value(node.inputs[1]).is_some()
-        && xs[1].is_multiple_of(4);
-    let p: usize = xs[2..].iter().product();
-    (ok && p >= 4).then_some((xs[1] as i64, p as i64, g.value(node.inputs[1]).ty.shape[0] as i64))
+        && c.is_multiple_of(4)
+        && p >= 4;
+    let direct = taps == 1
+        && window.strides.iter().all(|&s| s == 1)
+        && window.pads.iter().all(|&v| v == 0)
+        && xs[2..].iter().product::<usize>() == p;
+    ok.then_some(Dims {
+        c: c as i64,
+        p: p as i64,
+        m: g.value(node.inputs[1]).ty.shape[0] as i64,
+        im2col: (!direct).then_some(((c * p) as i64 + 15) / 16 * 16),
+    })
 }
 
 /// Whether node `n` runs here when the target has a dot product.
@@ -78,9 +96,10 @@ fn padded(p: i64) -> i64 {
     (p + 7) / 8 * 8
 }
 
-/// Scratch bytes: the interleaved activations of one batch item.
+/// Scratch bytes: the im2col rows if any, then the interleaved activations of one batch
+/// item.
 pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
-    dims(g, n).map_or(0, |(c, p, _)| (c * padded(p)) as usize)
+    dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + d.c * padded(d.p)) as usize)
 }
 
 /// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
@@ -150,11 +169,11 @@ fn interleave(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64) {
     });
 }
 
-/// An int8 pointwise convolution with output stage `q` on dot product `d`. `aux` holds the
+/// An int8 convolution with output stage `q` on dot product `d`. `aux` holds the
 /// requantization tables (2, 3) and the zero-point term (4: `zp * sum(w)`, 5: `(zp + 128)
 /// * sum(w)`), as `quant::aux` builds them.
-pub(crate) fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, d: Dot) {
-    let (c, p, m) = dims(g, n).expect("checked by `applies`");
+pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &Args, d: Dot) {
+    let Dims { c, p, m, im2col } = dims(g, n).expect("checked by `applies`");
     let node = g.node(n);
     let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
     let has_bias = node.inputs.len() > 2;
@@ -170,10 +189,14 @@ pub(crate) fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a:
         shift: a.aux[3],
         zsum,
     };
+    let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
     fx.for_n(batch, &mut |fx, b| {
-        let x = fx.addr(a.ins[0], b, c * p);
+        let x = match im2col {
+            Some(_) => super::quant::im2col(fx, g, n, window, st, a, b),
+            None => fx.addr(a.ins[0], b, c * p),
+        };
         let y = fx.addr(a.outs[0], b, m * p);
-        interleave(fx, d, x, a.scratch, c, p);
+        interleave(fx, d, x, inter, c, p);
         // `k` output channels from `oc0`, positions from `pos` (`valid` of the block's 8).
         let block = |fx: &mut Fx, oc0: Value, k: i64, pos: Value, valid: i64| {
             let ocs: Vec<Value> = (0..k).map(|i| fx.add_imm(oc0, i)).collect();
@@ -194,7 +217,7 @@ pub(crate) fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a:
                     })
                 })
                 .collect();
-            let xs = fx.addr(a.scratch, pos, 4);
+            let xs = fx.addr(inter, pos, 4);
             let w0 = fx.addr(a.ins[1], oc0, c);
             fx.for_ptrs(c / 4, &[(xs, 4 * pp), (w0, 4)], &mut |fx, r| {
                 let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);

@@ -321,8 +321,8 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
         Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
         Op::QConv { window, group, q } if int16(g, n) => quant::qconv16(fx, g, n, window, *group, q, a),
-        Op::QConv { q, .. } if t.dot.is_some() && dot::applies(g, n) => {
-            dot::qconv_pointwise(fx, g, n, q, a, t.dot.unwrap_or(Dot::Signed))
+        Op::QConv { window, q, .. } if t.dot.is_some() && dot::applies(g, n) => {
+            dot::qconv(fx, g, n, window, q, a, t.dot.unwrap_or(Dot::Signed))
         }
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
         Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),

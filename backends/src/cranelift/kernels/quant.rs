@@ -1300,7 +1300,7 @@ fn pointwise(g: &Graph, n: NodeId, window: &Window, group: usize) -> bool {
 /// The blocked product of `qconv_pointwise` on the im2col rows of a spatial convolution
 /// (one group): padding taps read the input zero point, which the per-channel zero-point
 /// term then cancels exactly.
-fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, b: Value) -> Value {
+pub(crate) fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, b: Value) -> Value {
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let out = g.value(node.outputs[0]).ty.shape.clone();
