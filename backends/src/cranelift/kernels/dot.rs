@@ -4,12 +4,12 @@
 //! Cranelift folds the exact widening tree of [`dot4`] into the one instruction when the
 //! ISA flags allow it, so the arithmetic is the evaluator's bit for bit either way.
 //!
-//! The planar activations are first interleaved into scratch, four input channels per
-//! 32-bit lane and four positions per vector (x86: biased by 128 into unsigned bytes, the
-//! operand `vpdpbusd` takes unsigned; the bias comes back out through the per-channel
-//! table `(zp + 128) * sum(w)`). Then each block of four output channels by eight positions
-//! keeps eight vector sums: per four input channels, two vector loads, and per output
-//! channel one broadcast weight word and two dot products (32 products).
+//! Eight positions at a time, the planar activations are interleaved into a small scratch
+//! buffer, four input channels per 32-bit lane and four positions per vector (x86: biased
+//! by 128 into unsigned bytes, the operand `vpdpbusd` takes unsigned; the bias comes back
+//! out through the per-channel table `(zp + 128) * sum(w)`). Then each block of four output
+//! channels keeps eight vector sums over them: per four input channels, two vector loads,
+//! and per output channel one broadcast weight word and two dot products (32 products).
 
 use super::super::fx::Fx;
 use super::Args;
@@ -91,15 +91,9 @@ pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
     dims(g, n).is_some()
 }
 
-/// Positions rounded up to whole blocks of eight.
-fn padded(p: i64) -> i64 {
-    (p + 7) / 8 * 8
-}
-
-/// Scratch bytes: the im2col rows if any, then the interleaved activations of one batch
-/// item.
+/// Scratch bytes: the im2col rows if any, then eight interleaved positions.
 pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
-    dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + d.c * padded(d.p)) as usize)
+    dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + 8 * d.c) as usize)
 }
 
 /// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
@@ -121,21 +115,34 @@ fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
     b.ins().iadd(s, acc)
 }
 
-/// The interleave: for each four channels and four positions, the 16 bytes
-/// `x[c..c+4][p]` for `p` in turn (biased by 128 for `UnsignedBySigned`).
-fn interleave(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64) {
+/// The interleave of positions `pos..pos + valid` (`valid` <= 8) of all `c` rows of `x`
+/// (rows of `p` bytes) into `dst`: per four rows 32 bytes, each 4-byte lane the four rows'
+/// bytes at one position (biased by 128 for `UnsignedBySigned`). A full block loads a word
+/// per row and half; a partial one loads bytes (a word could read past the last row).
+fn interleave8(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64, pos: Value, valid: i64) {
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-    let quads = p / 4;
     // output byte 4j + i = input byte 4i + j (a 4x4 byte transpose)
     let mask: Vec<u8> = (0..16u8).map(|k| (k % 4) * 4 + k / 4).collect();
     let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
     let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
     let bias = fx.b.ins().splat(I8X16, bias);
-    let pp = padded(p);
-    fx.for_n(c / 4, &mut |fx, cq| {
-        let xr = fx.addr(x, cq, 4 * p);
-        let dr = fx.addr(dst, cq, 4 * pp);
-        let quad = |fx: &mut Fx, words: [Value; 4], at: Value| {
+    let x0 = fx.addr(x, pos, 1);
+    fx.for_ptrs(c / 4, &[(x0, 4 * p), (dst, 32)], &mut |fx, r| {
+        for h in 0..2i64 {
+            let n = (valid - 4 * h).clamp(0, 4);
+            let words = [0, 1, 2, 3].map(|i| {
+                let off = (i * p + 4 * h) as i32;
+                if n == 4 {
+                    return fx.b.ins().load(I32, flags(), r[0], off);
+                }
+                let mut w = fx.b.ins().iconst(I32, 0);
+                for j in 0..n {
+                    let byte = fx.b.ins().uload8(I32, flags(), r[0], off + j as i32);
+                    let sh = fx.b.ins().ishl_imm_u(byte, 8 * j);
+                    w = fx.b.ins().bor(w, sh);
+                }
+                w
+            });
             let v = fx.b.ins().scalar_to_vector(I32X4, words[0]);
             let v = fx.b.ins().insertlane(v, words[1], 1);
             let v = fx.b.ins().insertlane(v, words[2], 2);
@@ -146,25 +153,7 @@ fn interleave(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64) {
                 Dot::UnsignedBySigned => fx.b.ins().bxor(t, bias),
                 Dot::Signed => t,
             };
-            fx.b.ins().store(flags(), t, at, 0);
-        };
-        fx.for_ptrs(quads, &[(xr, 4), (dr, 16)], &mut |fx, q| {
-            let words = [0, 1, 2, 3].map(|i| fx.b.ins().load(I32, flags(), q[0], (i * p) as i32));
-            quad(fx, words, q[1]);
-        });
-        if p % 4 != 0 {
-            // the last positions byte by byte (a word load would read past the row)
-            let (xt, dt) = (fx.add_imm(xr, quads * 4), fx.add_imm(dr, quads * 16));
-            let words = [0, 1, 2, 3].map(|i| {
-                let mut w = fx.b.ins().iconst(I32, 0);
-                for j in 0..p % 4 {
-                    let byte = fx.b.ins().uload8(I32, flags(), xt, (i * p + j) as i32);
-                    let sh = fx.b.ins().ishl_imm_u(byte, 8 * j);
-                    w = fx.b.ins().bor(w, sh);
-                }
-                w
-            });
-            quad(fx, words, dt);
+            fx.b.ins().store(flags(), t, r[1], (16 * h) as i32);
         }
     });
 }
@@ -177,7 +166,6 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
     let node = g.node(n);
     let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
     let has_bias = node.inputs.len() > 2;
-    let pp = padded(p);
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let zsum = match d {
         Dot::UnsignedBySigned => a.aux[5],
@@ -196,7 +184,6 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
             None => fx.addr(a.ins[0], b, c * p),
         };
         let y = fx.addr(a.outs[0], b, m * p);
-        interleave(fx, d, x, inter, c, p);
         // `k` output channels from `oc0`, positions from `pos` (`valid` of the block's 8).
         let block = |fx: &mut Fx, oc0: Value, k: i64, pos: Value, valid: i64| {
             let ocs: Vec<Value> = (0..k).map(|i| fx.add_imm(oc0, i)).collect();
@@ -217,9 +204,8 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                     })
                 })
                 .collect();
-            let xs = fx.addr(inter, pos, 4);
             let w0 = fx.addr(a.ins[1], oc0, c);
-            fx.for_ptrs(c / 4, &[(xs, 4 * pp), (w0, 4)], &mut |fx, r| {
+            fx.for_ptrs(c / 4, &[(inter, 32), (w0, 4)], &mut |fx, r| {
                 let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
                 let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);
                 for (i, v) in vars.iter().enumerate() {
@@ -246,23 +232,25 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                 }
             }
         };
-        let channel_blocks = |fx: &mut Fx, k: i64, oc0: Value| {
-            fx.for_n(p / 8, &mut |fx, pb| {
-                let pos = fx.mul_imm(pb, 8);
-                block(fx, oc0, k, pos, 8);
+        // Per eight positions: interleave them, then every block of output channels.
+        let positions = |fx: &mut Fx, pos: Value, valid: i64| {
+            interleave8(fx, d, x, inter, c, p, pos, valid);
+            fx.for_n(m / 4, &mut |fx, ob| {
+                let oc0 = fx.mul_imm(ob, 4);
+                block(fx, oc0, 4, pos, valid);
             });
-            if p % 8 != 0 {
-                let pos = fx.i(p / 8 * 8);
-                block(fx, oc0, k, pos, p % 8);
+            if m % 4 != 0 {
+                let oc0 = fx.i(m / 4 * 4);
+                block(fx, oc0, m % 4, pos, valid);
             }
         };
-        fx.for_n(m / 4, &mut |fx, ob| {
-            let oc0 = fx.mul_imm(ob, 4);
-            channel_blocks(fx, 4, oc0);
+        fx.for_n(p / 8, &mut |fx, pb| {
+            let pos = fx.mul_imm(pb, 8);
+            positions(fx, pos, 8);
         });
-        if m % 4 != 0 {
-            let oc0 = fx.i(m / 4 * 4);
-            channel_blocks(fx, m % 4, oc0);
+        if p % 8 != 0 {
+            let pos = fx.i(p / 8 * 8);
+            positions(fx, pos, p % 8);
         }
     });
 }
