@@ -115,18 +115,17 @@ fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
     b.ins().iadd(s, acc)
 }
 
-/// The interleave of positions `pos..pos + valid` (`valid` <= 8) of all `c` rows of `x`
-/// (rows of `p` bytes) into `dst`: per four rows 32 bytes, each 4-byte lane the four rows'
+/// The interleave of the `valid` (<= 8) positions from `x0` of all `c` rows (of `p` bytes)
+/// into `dst`: per four rows 32 bytes, each 4-byte lane the four rows'
 /// bytes at one position (biased by 128 for `UnsignedBySigned`). A full block loads a word
 /// per row and half; a partial one loads bytes (a word could read past the last row).
-fn interleave8(fx: &mut Fx, d: Dot, x: Value, dst: Value, c: i64, p: i64, pos: Value, valid: i64) {
+fn interleave8(fx: &mut Fx, d: Dot, x0: Value, dst: Value, (c, p): (i64, i64), valid: i64) {
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     // output byte 4j + i = input byte 4i + j (a 4x4 byte transpose)
     let mask: Vec<u8> = (0..16u8).map(|k| (k % 4) * 4 + k / 4).collect();
     let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
     let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
     let bias = fx.b.ins().splat(I8X16, bias);
-    let x0 = fx.addr(x, pos, 1);
     fx.for_ptrs(c / 4, &[(x0, 4 * p), (dst, 32)], &mut |fx, r| {
         for h in 0..2i64 {
             let n = (valid - 4 * h).clamp(0, 4);
@@ -234,7 +233,8 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
         };
         // Per eight positions: interleave them, then every block of output channels.
         let positions = |fx: &mut Fx, pos: Value, valid: i64| {
-            interleave8(fx, d, x, inter, c, p, pos, valid);
+            let x0 = fx.addr(x, pos, 1);
+            interleave8(fx, d, x0, inter, (c, p), valid);
             fx.for_n(m / 4, &mut |fx, ob| {
                 let oc0 = fx.mul_imm(ob, 4);
                 block(fx, oc0, 4, pos, valid);
