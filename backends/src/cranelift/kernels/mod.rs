@@ -195,6 +195,7 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         | Op::DynConv { .. }
         | Op::DynMatMul { .. } => quant::aux(g, n),
         Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
+        Op::QAdd(_) if g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::I8 => quant::aux(g, n),
         Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
         Op::Pool(_) => nn::pool_aux(g, n),

@@ -637,14 +637,23 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
         }
     };
     broadcast2_sized(fx, g, n, a, es, &mut |fx, pa, pb, po| {
-        let xa = load(fx, pa);
-        let xb = load(fx, pb);
-        let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
-        let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
-        let xa = fx.b.ins().ishl_imm_s(xa, ls);
-        let xb = fx.b.ins().ishl_imm_s(xb, ls);
-        let ra = mbqm_const(fx, xa, q.a);
-        let rb = mbqm_const(fx, xb, q.b);
+        let (ra, rb) = if wide {
+            let xa = load(fx, pa);
+            let xb = load(fx, pb);
+            let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
+            let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
+            let xa = fx.b.ins().ishl_imm_s(xa, ls);
+            let xb = fx.b.ins().ishl_imm_s(xb, ls);
+            (mbqm_const(fx, xa, q.a), mbqm_const(fx, xb, q.b))
+        } else {
+            // int8 inputs: each side's rescale is one of 256 values, tabled (`aux`)
+            let side = |fx: &mut Fx, p: Value, table: Value| {
+                let x = fx.b.ins().uload8(I64, flags(), p, 0);
+                let at = fx.addr(table, x, 4);
+                fx.load(I32, at)
+            };
+            (side(fx, pa, a.aux[0]), side(fx, pb, a.aux[1]))
+        };
         let s = fx.b.ins().iadd(ra, rb);
         let r = mbqm_const(fx, s, q.out);
         let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
@@ -750,6 +759,18 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
         Op::Lut16 { table, .. } => vec![table.iter().flat_map(|v| v.to_le_bytes()).collect()],
         Op::QSoftmax { exp_table, .. } => vec![tables_i32(exp_table)],
+        Op::QAdd(q) => {
+            // per input byte (as u8), its rescaled term: ((x - zp) << 20) * m, rounded
+            let side = |zp: i32, r: kiln_runtime::Requant| -> Vec<i32> {
+                (0..=255u8)
+                    .map(|b| {
+                        let x = ((b as i8 as i32) - zp) << kiln_runtime::ADD_LEFT_SHIFT;
+                        kiln_runtime::multiply_by_quantized_multiplier(x, r)
+                    })
+                    .collect()
+            };
+            vec![tables_i32(&side(q.a_zp, q.a)), tables_i32(&side(q.b_zp, q.b))]
+        }
         Op::QSoftmax16 { exp_hi, exp_lo, .. } => vec![tables_i32(exp_hi), tables_i32(exp_lo)],
         Op::QMatMul { q } => {
             let (t, wsum) = columns(g, n);
