@@ -1185,9 +1185,9 @@ impl Depthwise {
         })
     }
 
-    /// The padded plane (with room for a vector read past its end), then the i32 sums.
+    /// The padded plane (with room for an 8-byte read past its end), then the i32 sums.
     fn plane_bytes(&self) -> i64 {
-        (self.ph * self.pw + self.kw + 2 + 15) / 16 * 16
+        (self.ph * self.pw + self.kw + 8 + 15) / 16 * 16
     }
 
     fn scratch(&self) -> usize {
@@ -1234,16 +1234,49 @@ fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depth
         let zs = st.zsum(fx, ch);
         let init = fx.b.ins().isub(bias, zs);
         if lanes == 4 {
-            use cranelift_codegen::ir::types::I32X4;
+            use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
             let init4 = fx.b.ins().splat(I32X4, init);
-            let w4: Vec<(i64, Value)> = taps.iter().map(|&(o, w)| (o, fx.b.ins().splat(I32X4, w))).collect();
+            // Taps in pairs (an odd last one with a zero partner): per four outputs, the two
+            // taps' bytes widened, their halfwords interleaved, and one `pmaddwd`-shaped
+            // product against (w1, w2) gives both taps' products summed in i32 lanes.
+            let lanes16 = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let pairs: Vec<(i64, i64, Value)> = taps
+                .chunks(2)
+                .map(|t| {
+                    let (o1, w1) = t[0];
+                    let (o2, w2) = t.get(1).copied().unwrap_or((o1, c32(fx, 0)));
+                    let hi = fx.b.ins().ishl_imm_u(w2, 16);
+                    let lo = fx.b.ins().band_imm_u(w1, 0xffff);
+                    let w = fx.b.ins().bor(lo, hi);
+                    let w = fx.b.ins().splat(I32X4, w);
+                    (o1, o2, fx.b.ins().bitcast(I16X8, lanes16, w))
+                })
+                .collect();
+            let mask: Vec<u8> = (0..4u8)
+                .flat_map(|i| [2 * i, 2 * i + 1, 16 + 2 * i, 17 + 2 * i])
+                .collect();
+            let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
             fx.for_ptrs(d.run / 4, &[(plane, 4), (acc, 16)], &mut |fx, p| {
                 let mut s = init4;
-                for &(off, w) in &w4 {
-                    let xa = fx.add_imm(p[0], off);
-                    let x = widen4(fx, xa);
-                    let xw = fx.b.ins().imul(x, w);
-                    s = fx.b.ins().iadd(s, xw);
+                for &(o1, o2, w) in &pairs {
+                    let a = fx.b.ins().sload8x8(flags(), p[0], o1 as i32);
+                    let b = fx.b.ins().sload8x8(flags(), p[0], o2 as i32);
+                    let (a8, b8) = (
+                        fx.b.ins().bitcast(I8X16, lanes16, a),
+                        fx.b.ins().bitcast(I8X16, lanes16, b),
+                    );
+                    let ab = fx.b.ins().shuffle(a8, b8, mask);
+                    let ab = fx.b.ins().bitcast(I16X8, lanes16, ab);
+                    let lo = {
+                        let (x, y) = (fx.b.ins().swiden_low(ab), fx.b.ins().swiden_low(w));
+                        fx.b.ins().imul(x, y)
+                    };
+                    let hi = {
+                        let (x, y) = (fx.b.ins().swiden_high(ab), fx.b.ins().swiden_high(w));
+                        fx.b.ins().imul(x, y)
+                    };
+                    let d2 = fx.b.ins().iadd_pairwise(lo, hi);
+                    s = fx.b.ins().iadd(s, d2);
                 }
                 fx.b.ins().store(flags(), s, p[1], 0);
             });
