@@ -8,7 +8,7 @@ use super::Args;
 use super::nn::{Geo, geo, range_row, tap_ranges};
 use crate::cranelift::fx::Fx;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, I8, I32, I64};
+use cranelift_codegen::ir::types::{F32, I8, I16, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use kiln_ir::op::{PoolKind, QAdd, QLinear, QMul, Requant, Window};
 use kiln_ir::{Graph, NodeId, Op};
@@ -1406,11 +1406,15 @@ fn copy_bytes(fx: &mut Fx, src: Value, dst: Value, len: i64) {
         let v = fx.b.ins().load(I64, flags(), p[0], 0);
         fx.b.ins().store(flags(), v, p[1], 0);
     });
-    let (s, d) = (fx.add_imm(src, len / 8 * 8), fx.add_imm(dst, len / 8 * 8));
-    fx.for_ptrs(len % 8, &[(s, 1), (d, 1)], &mut |fx, p| {
-        let v = fx.b.ins().load(I8, flags(), p[0], 0);
-        fx.b.ins().store(flags(), v, p[1], 0);
-    });
+    // the rest in at most three moves (4, 2, 1 bytes)
+    let mut at = len / 8 * 8;
+    for (size, ty) in [(4, I32), (2, I16), (1, I8)] {
+        if len - at >= size {
+            let v = fx.b.ins().load(ty, flags(), src, at as i32);
+            fx.b.ins().store(flags(), v, dst, at as i32);
+            at += size;
+        }
+    }
 }
 
 /// `len` bytes at `dst` set to the low byte of `v` (an i32): eight at a time, then one by one.
