@@ -1425,8 +1425,14 @@ fn fill_bytes(fx: &mut Fx, dst: Value, len: i64, v: Value) {
     fx.for_ptrs(len / 8, &[(dst, 8)], &mut |fx, p| {
         fx.b.ins().store(flags(), b8, p[0], 0);
     });
-    let d = fx.add_imm(dst, len / 8 * 8);
-    fx.for_ptrs(len % 8, &[(d, 1)], &mut |fx, p| store_i8(fx, v, p[0]));
+    let mut at = len / 8 * 8;
+    for (size, ty) in [(4, I32), (2, I16), (1, I8)] {
+        if len - at >= size {
+            let part = fx.b.ins().ireduce(ty, b8);
+            fx.b.ins().store(flags(), part, dst, at as i32);
+            at += size;
+        }
+    }
 }
 
 fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spatial: Option<&Window>) {
