@@ -175,6 +175,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
         mult: a.aux[2],
         shift: a.aux[3],
         zsum,
+        fits: super::quant::fits_i32(g, n, q),
     };
     let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
     fx.for_n(batch, &mut |fx, b| {

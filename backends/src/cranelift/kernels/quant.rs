@@ -347,6 +347,8 @@ pub(crate) enum Stage<'a> {
         mult: Value,
         shift: Value,
         zsum: Value,
+        /// Every rescaled sum provably fits i32 ([`fits_i32`]): no saturation step.
+        fits: bool,
     },
     /// Hybrid: the run-time input scale and zero point, the f32 weight scales and, per
     /// output channel, `sum(w)`; results are f32.
@@ -412,8 +414,12 @@ impl Stage<'_> {
     /// Finishes accumulator `acc` with `chan` from `channel` and stores it at `addr + off`.
     pub(crate) fn store(&self, fx: &mut Fx, acc: Value, chan: (Value, Value), addr: Value, off: i32) {
         match *self {
-            Stage::Static { q, .. } => {
-                let y = finish(fx, q, acc, chan.0, chan.1);
+            Stage::Static { q, fits, .. } => {
+                let y = if fits {
+                    finish_fit(fx, q, acc, chan.0, chan.1)
+                } else {
+                    finish(fx, q, acc, chan.0, chan.1)
+                };
                 fx.b.ins().istore8(flags(), y, addr, off);
             }
             Stage::Dynamic { .. } => {
@@ -685,6 +691,32 @@ fn channel_requant(fx: &mut Fx, q: &QLinear, mt: Value, st: Value, ch: Value) ->
     (fx.load(I32, ma), fx.load(I32, sa))
 }
 
+/// Whether every sum of integer node `n` rescaled by `q` lies in the i32 range, so the
+/// rescale's saturation never acts (the accumulator-range analysis bounds the sums).
+pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
+    let Some(ranges) = kiln_ir::accumulate::channel_ranges(g, n) else {
+        return false;
+    };
+    ranges.iter().enumerate().all(|(ch, r)| {
+        let rq = q.requant[if q.requant.len() == 1 { 0 } else { ch }];
+        let e = (31 - rq.shift) as u32;
+        let big = r.min.unsigned_abs().max(r.max.unsigned_abs()) as i128;
+        let v = (big * rq.multiplier.unsigned_abs() as i128 + (1i128 << (e - 1))) >> e;
+        v < i32::MAX as i128
+    })
+}
+
+/// [`finish`] for sums whose rescale cannot leave the i32 range.
+fn finish_fit(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
+    let x64 = fx.b.ins().sextend(I64, acc);
+    let m64 = fx.b.ins().sextend(I64, m);
+    let p = fx.b.ins().imul(x64, m64);
+    let r = round_shift(fx, p, s);
+    let r = fx.b.ins().ireduce(I32, r);
+    let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+    clamp(fx, r, q.act_min, q.act_max)
+}
+
 fn finish(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
     let r = mbqm(fx, acc, m, s);
     let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
@@ -870,6 +902,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: Option<&QLinear>, a:
                     mult: a.aux[0],
                     shift: a.aux[1],
                     zsum: a.aux[3],
+                    fits: fits_i32(g, n, q),
                 };
                 (fx.addr(a.ins[0], r, k), st, a.aux[2])
             }
@@ -1620,6 +1653,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
         mult: a.aux[2],
         shift: a.aux[3],
         zsum: a.aux[4],
+        fits: fits_i32(g, n, q),
     };
     conv(fx, g, n, window, group, st, a);
 }
