@@ -219,11 +219,27 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                     }
                 }
             });
+            let fits = matches!(st, super::quant::Stage::Static { fits: true, .. });
             for (i, v) in vars.iter().enumerate() {
                 let zs = st.zsum(fx, ocs[i]);
                 let chan = st.channel(fx, ocs[i]);
                 let row = fx.addr(y, ocs[i], p);
                 let yp = fx.addr(row, pos, 1);
+                if fits {
+                    // four at a time in vectors
+                    let zs4 = fx.b.ins().splat(I32X4, zs);
+                    for (h, &var) in v.iter().enumerate() {
+                        let n = (valid - 4 * h as i64).min(4);
+                        if n <= 0 {
+                            break;
+                        }
+                        let acc = fx.b.use_var(var);
+                        let acc = fx.b.ins().isub(acc, zs4);
+                        let r = super::quant::finish_fit4(fx, q, acc, chan.0, chan.1);
+                        super::quant::store_bytes4(fx, r, yp, 4 * h as i32, n);
+                    }
+                    continue;
+                }
                 for j in 0..valid {
                     let acc = fx.b.use_var(v[(j / 4) as usize]);
                     let e = fx.b.ins().extractlane(acc, (j % 4) as u8);

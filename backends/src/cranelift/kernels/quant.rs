@@ -706,6 +706,65 @@ pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
     })
 }
 
+/// [`finish_fit`] on four sums (i32 lanes) of one channel: the 64-bit products, the
+/// rounding shift and the clamp lane by lane; the results as i32 lanes.
+pub(crate) fn finish_fit4(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I32X4, I64X2};
+    let b = &mut fx.b;
+    let m64 = b.ins().sextend(I64, m);
+    let m2 = b.ins().splat(I64X2, m64);
+    let s64 = b.ins().sextend(I64, s);
+    let k31 = b.ins().iconst(I64, 31);
+    let e = b.ins().isub(k31, s64);
+    let e1 = b.ins().iadd_imm_s(e, -1);
+    let one = b.ins().iconst(I64, 1);
+    let half = b.ins().ishl(one, e1);
+    let half2 = b.ins().splat(I64X2, half);
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let parts = [b.ins().swiden_low(acc), b.ins().swiden_high(acc)].map(|x| {
+        let p = b.ins().imul(x, m2);
+        let p = b.ins().iadd(p, half2);
+        let p = b.ins().sshr(p, e);
+        b.ins().bitcast(I8X16, lanes, p)
+    });
+    // the low word of each 64-bit lane (each fits i32)
+    let mask = b.func.dfg.immediates.push(
+        [0u8, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]
+            .as_slice()
+            .into(),
+    );
+    let r = b.ins().shuffle(parts[0], parts[1], mask);
+    let r = b.ins().bitcast(I32X4, lanes, r);
+    let zp = b.ins().iconst(I32, q.output_zp as i64);
+    let zp = b.ins().splat(I32X4, zp);
+    let r = b.ins().iadd(r, zp);
+    let (lo, hi) = (
+        b.ins().iconst(I32, q.act_min as i64),
+        b.ins().iconst(I32, q.act_max as i64),
+    );
+    let (lo, hi) = (b.ins().splat(I32X4, lo), b.ins().splat(I32X4, hi));
+    let r = b.ins().smax(r, lo);
+    b.ins().smin(r, hi)
+}
+
+/// The first `valid` (1..=4) i32 lanes of `v`, each in the int8 range, stored as bytes.
+pub(crate) fn store_bytes4(fx: &mut Fx, v: Value, addr: Value, off: i32, valid: i64) {
+    use cranelift_codegen::ir::types::I32X4;
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let h = fx.b.ins().snarrow(v, v);
+    let bytes = fx.b.ins().snarrow(h, h);
+    if valid == 4 {
+        let w = fx.b.ins().bitcast(I32X4, lanes, bytes);
+        let w = fx.b.ins().extractlane(w, 0);
+        fx.b.ins().store(flags(), w, addr, off);
+        return;
+    }
+    for j in 0..valid {
+        let e = fx.b.ins().extractlane(bytes, j as u8);
+        fx.b.ins().store(flags(), e, addr, off + j as i32);
+    }
+}
+
 /// [`finish`] for sums whose rescale cannot leave the i32 range.
 fn finish_fit(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
     let x64 = fx.b.ins().sextend(I64, acc);
@@ -1333,7 +1392,20 @@ fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depth
             gm.oh as i64,
             &[(acc, 4 * d.pw), (ybase, gm.ow as i64 * es)],
             &mut |fx, r| {
-                fx.for_ptrs(gm.ow as i64, &[(r[0], 4), (r[1], es)], &mut |fx, p| {
+                // four at a time in vectors where the sums provably fit, the rest one by one
+                let quads = match st {
+                    Stage::Static { fits: true, .. } if lanes == 4 => gm.ow as i64 / 4,
+                    _ => 0,
+                };
+                if let Stage::Static { q, .. } = st {
+                    fx.for_ptrs(quads, &[(r[0], 16), (r[1], 4)], &mut |fx, p| {
+                        let v = fx.b.ins().load(cranelift_codegen::ir::types::I32X4, flags(), p[0], 0);
+                        let y = finish_fit4(fx, q, v, chan.0, chan.1);
+                        store_bytes4(fx, y, p[1], 0, 4);
+                    });
+                }
+                let (a0, y0) = (fx.add_imm(r[0], 16 * quads), fx.add_imm(r[1], 4 * quads * es));
+                fx.for_ptrs(gm.ow as i64 - 4 * quads, &[(a0, 4), (y0, es)], &mut |fx, p| {
                     let v = fx.load(I32, p[0]);
                     st.store(fx, v, chan, p[1], 0);
                 });
