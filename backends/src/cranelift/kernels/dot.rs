@@ -1,5 +1,5 @@
 //! Int8 one-group convolutions on the CPU's 4-way byte dot product (pointwise directly,
-//! others on their im2col rows): x86 `vpdpbusd`
+//! others on their im2col rows), or without one on halfword pair products: x86 `vpdpbusd`
 //! (AVX-VNNI or AVX512-VNNI) and AArch64 `sdot` (FEAT_DotProd). CLIF has no dot opcode;
 //! Cranelift folds the exact widening tree of [`dot4`] into the one instruction when the
 //! ISA flags allow it, so the arithmetic is the evaluator's bit for bit either way.
@@ -18,13 +18,16 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use kiln_ir::op::{QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
-/// Which dot product the target has.
+/// Which dot product the target has (`Pairs` on any other x86-64 or AArch64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dot {
     /// Unsigned activations by signed weights (x86 VNNI).
     UnsignedBySigned,
     /// Signed by signed (AArch64 `sdot`).
     Signed,
+    /// No byte dot product: signed bytes widened to halfwords, pairs summed by a
+    /// `pmaddwd`-shaped product and the pairs of pairs by a pairwise add (any 128-bit SIMD).
+    Pairs,
 }
 
 impl Dot {
@@ -38,6 +41,7 @@ impl Dot {
                 Some(Dot::UnsignedBySigned)
             }
             target_lexicon::Architecture::Aarch64(_) if has("dotprod") => Some(Dot::Signed),
+            target_lexicon::Architecture::X86_64 | target_lexicon::Architecture::Aarch64(_) => Some(Dot::Pairs),
             _ => None,
         }
     }
@@ -100,10 +104,27 @@ pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
 /// tree Cranelift folds into `vpdpbusd` (x unsigned) or `sdot`.
 fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
     let b = &mut fx.b;
+    if d == Dot::Pairs {
+        // w holds one channel's four weights in every lane, so its low half serves both
+        let w16 = b.ins().swiden_low(w);
+        let sums = [b.ins().swiden_low(x), b.ins().swiden_high(x)].map(|x16| {
+            let lo = {
+                let (p, q) = (b.ins().swiden_low(x16), b.ins().swiden_low(w16));
+                b.ins().imul(p, q)
+            };
+            let hi = {
+                let (p, q) = (b.ins().swiden_high(x16), b.ins().swiden_high(w16));
+                b.ins().imul(p, q)
+            };
+            b.ins().iadd_pairwise(lo, hi)
+        });
+        let s = b.ins().iadd_pairwise(sums[0], sums[1]);
+        return b.ins().iadd(s, acc);
+    }
     let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
     let (xl, xh) = match d {
         Dot::UnsignedBySigned => (b.ins().uwiden_low(x), b.ins().uwiden_high(x)),
-        Dot::Signed => (b.ins().swiden_low(x), b.ins().swiden_high(x)),
+        _ => (b.ins().swiden_low(x), b.ins().swiden_high(x)),
     };
     let lo = b.ins().imul(wl, xl);
     let hi = b.ins().imul(wh, xh);
@@ -150,7 +171,7 @@ fn interleave8(fx: &mut Fx, d: Dot, x0: Value, dst: Value, (c, p): (i64, i64), v
             let t = fx.b.ins().shuffle(bytes, bytes, mask);
             let t = match d {
                 Dot::UnsignedBySigned => fx.b.ins().bxor(t, bias),
-                Dot::Signed => t,
+                Dot::Signed | Dot::Pairs => t,
             };
             fx.b.ins().store(flags(), t, r[1], (16 * h) as i32);
         }
@@ -168,7 +189,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let zsum = match d {
         Dot::UnsignedBySigned => a.aux[5],
-        Dot::Signed => a.aux[4],
+        Dot::Signed | Dot::Pairs => a.aux[4],
     };
     let st = super::quant::Stage::Static {
         q,
