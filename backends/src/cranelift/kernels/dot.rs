@@ -292,3 +292,121 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
         }
     });
 }
+
+/// Whether int8 product `n` runs on [`qmatmul`]: static int8 with 8-bit constant weights and
+/// a depth that is whole vectors of sixteen.
+pub(crate) fn matmul_applies(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let Op::QMatMul { q } = &node.op else {
+        return false;
+    };
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    q.weight_bits == 8
+        && ws.len() == 2
+        && ws[0].is_multiple_of(16)
+        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+        && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
+        && g.const_value(node.inputs[1]).is_some()
+}
+
+/// An int8 product `[rows, k] x [k, n]` over the weight columns (`aux` 2, `[n, k]`): four
+/// outputs at a time share each sixteen activations; per output one weight vector and one
+/// dot product (or, as `Pairs`, two `pmaddwd`-shaped products) per sixteen. `aux`: the
+/// requantization tables (0, 1), the zero-point terms (3: `zp * sum(w)`, 4: `(zp + 128) *
+/// sum(w)`).
+pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, d: Dot) {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let (k, nn) = (ws[0] as i64, ws[1] as i64);
+    let rows = g.value(node.outputs[0]).ty.numel() as i64 / nn.max(1);
+    let has_bias = node.inputs.len() > 2;
+    let zsum = match d {
+        Dot::UnsignedBySigned => a.aux[4],
+        Dot::Signed | Dot::Pairs => a.aux[3],
+    };
+    let st = super::quant::Stage::Static {
+        q,
+        mult: a.aux[0],
+        shift: a.aux[1],
+        zsum,
+        fits: super::quant::fits_i32(g, n, q),
+    };
+    let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
+    let bias = fx.b.ins().splat(I8X16, bias);
+    fx.for_n(rows, &mut |fx, r| {
+        let xrow = fx.addr(a.ins[0], r, k);
+        let yrow = fx.addr(a.outs[0], r, nn);
+        let outputs = |fx: &mut Fx, j0: Value, cnt: i64| {
+            let vars: Vec<cranelift_frontend::Variable> = (0..cnt)
+                .map(|_| {
+                    let v = fx.b.declare_var(I32X4);
+                    let z = fx.b.ins().iconst(I32, 0);
+                    let z = fx.b.ins().splat(I32X4, z);
+                    fx.b.def_var(v, z);
+                    v
+                })
+                .collect();
+            let w0 = fx.addr(a.aux[2], j0, k);
+            fx.for_ptrs(k / 16, &[(xrow, 16), (w0, 16)], &mut |fx, p| {
+                let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
+                let x = match d {
+                    Dot::UnsignedBySigned => fx.b.ins().bxor(x, bias),
+                    _ => x,
+                };
+                let xs = (d == Dot::Pairs).then(|| (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x)));
+                for (i, &var) in vars.iter().enumerate() {
+                    let w = fx.b.ins().load(I8X16, flags(), p[1], (i as i64 * k) as i32);
+                    let cur = fx.b.use_var(var);
+                    let nv = match xs {
+                        Some((xl, xh)) => {
+                            let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
+                            let mut s = cur;
+                            for (x16, w16) in [(xl, wl), (xh, wh)] {
+                                let lo = {
+                                    let (u, v) = (fx.b.ins().swiden_low(x16), fx.b.ins().swiden_low(w16));
+                                    fx.b.ins().imul(u, v)
+                                };
+                                let hi = {
+                                    let (u, v) = (fx.b.ins().swiden_high(x16), fx.b.ins().swiden_high(w16));
+                                    fx.b.ins().imul(u, v)
+                                };
+                                let pair = fx.b.ins().iadd_pairwise(lo, hi);
+                                s = fx.b.ins().iadd(s, pair);
+                            }
+                            s
+                        }
+                        None => dot4(fx, d, x, w, cur),
+                    };
+                    fx.b.def_var(var, nv);
+                }
+            });
+            for (i, &var) in vars.iter().enumerate() {
+                let j = fx.add_imm(j0, i as i64);
+                let v = fx.b.use_var(var);
+                let mut s = if has_bias {
+                    let ba = fx.addr(a.ins[2], j, 4);
+                    fx.load(I32, ba)
+                } else {
+                    fx.b.ins().iconst(I32, 0)
+                };
+                for lane in 0..4u8 {
+                    let e = fx.b.ins().extractlane(v, lane);
+                    s = fx.b.ins().iadd(s, e);
+                }
+                let zs = st.zsum(fx, j);
+                let s = fx.b.ins().isub(s, zs);
+                let chan = st.channel(fx, j);
+                let ya = fx.addr(yrow, j, 1);
+                st.store(fx, s, chan, ya, 0);
+            }
+        };
+        fx.for_n(nn / 4, &mut |fx, jb| {
+            let j0 = fx.mul_imm(jb, 4);
+            outputs(fx, j0, 4);
+        });
+        if nn % 4 != 0 {
+            let j0 = fx.i(nn / 4 * 4);
+            outputs(fx, j0, nn % 4);
+        }
+    });
+}

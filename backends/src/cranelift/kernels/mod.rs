@@ -327,6 +327,9 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         }
         Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
         Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),
+        Op::QMatMul { q } if t.dot.is_some() && packed(g, n).is_none() && dot::matmul_applies(g, n) => {
+            dot::qmatmul(fx, g, n, q, a, t.dot.unwrap_or(Dot::Pairs))
+        }
         Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),
         Op::QBlockMatMul { q, block } => quant::qblock_matmul(fx, g, n, q, *block, a),
         Op::QAdd(q) => quant::qadd(fx, g, n, q, a),

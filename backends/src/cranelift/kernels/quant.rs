@@ -866,9 +866,12 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         Op::QMatMul { q } => {
             let (t, wsum) = columns(g, n);
             let zsum: Vec<i32> = wsum.iter().map(|&s| q.input_zp.wrapping_mul(s)).collect();
+            // (zp + 128) * sum: the same term for activations biased to unsigned (`dot`)
+            let zsum128: Vec<i32> = wsum.iter().map(|&s| (q.input_zp + 128).wrapping_mul(s)).collect();
             let mut v = requant_tables(q);
             v.push(packed_columns(g, n, t));
             v.push(tables_i32(&zsum));
+            v.push(tables_i32(&zsum128));
             v
         }
         Op::QBlockMatMul { q, block } => {
