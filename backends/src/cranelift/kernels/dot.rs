@@ -71,23 +71,44 @@ fn dims(g: &Graph, n: NodeId) -> Option<Dims> {
     let taps: usize = window.kernel.iter().product();
     let p: usize = g.value(node.outputs[0]).ty.shape[2..].iter().product();
     let c = xs[1] * taps;
+    let direct = taps == 1
+        && window.strides.iter().all(|&s| s == 1)
+        && window.pads.iter().all(|&v| v == 0)
+        && xs[2..].iter().product::<usize>() == p;
+    // im2col rows are padded to whole words (their weights with zeros, `padded_rows`);
+    // a direct product reads the input itself, so its channels must be whole words
+    let c4 = c.next_multiple_of(4);
     let ok = *group == 1
         && q.weight_bits == 8
         && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
         && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
         && g.const_value(node.inputs[1]).is_some()
-        && c.is_multiple_of(4)
+        && (!direct || c == c4)
         && p >= 4;
-    let direct = taps == 1
-        && window.strides.iter().all(|&s| s == 1)
-        && window.pads.iter().all(|&v| v == 0)
-        && xs[2..].iter().product::<usize>() == p;
     ok.then_some(Dims {
-        c: c as i64,
+        c: c4 as i64,
         p: p as i64,
         m: g.value(node.inputs[1]).ty.shape[0] as i64,
-        im2col: (!direct).then_some(((c * p) as i64 + 15) / 16 * 16),
+        im2col: (!direct).then_some(((c4 * p) as i64 + 15) / 16 * 16),
     })
+}
+
+/// For a convolution this kernel takes whose weight rows are not whole words: the rows
+/// zero-padded to a multiple of four bytes (an `aux` table, index 6).
+pub(crate) fn padded_rows(g: &Graph, n: NodeId) -> Option<Vec<u8>> {
+    let d = dims(g, n)?;
+    let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
+    let row = w.len() / d.m.max(1) as usize;
+    if row == d.c as usize {
+        return None;
+    }
+    let mut out = vec![0u8; d.m as usize * d.c as usize];
+    for (o, r) in w.chunks(row).enumerate() {
+        for (i, &v) in r.iter().enumerate() {
+            out[o * d.c as usize + i] = v as i8 as u8;
+        }
+    }
+    Some(out)
 }
 
 /// Whether node `n` runs here when the target has a dot product.
@@ -199,6 +220,8 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
         fits: super::quant::fits_i32(g, n, q),
     };
     let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
+    // the weight rows, zero-padded to whole words when they are not
+    let weights = if a.aux.len() > 6 { a.aux[6] } else { a.ins[1] };
     fx.for_n(batch, &mut |fx, b| {
         let x = match im2col {
             Some(_) => super::quant::im2col(fx, g, n, window, st, a, b),
@@ -225,7 +248,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                     })
                 })
                 .collect();
-            let w0 = fx.addr(a.ins[1], oc0, c);
+            let w0 = fx.addr(weights, oc0, c);
             fx.for_ptrs(c / 4, &[(inter, 32), (w0, 4)], &mut |fx, r| {
                 let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
                 let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);

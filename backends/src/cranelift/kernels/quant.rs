@@ -924,6 +924,11 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             // (zp + 128) * sum: the same term for activations biased to unsigned (`dot`)
             let zsum128: Vec<i32> = sums.iter().map(|&s| (q.input_zp + 128).wrapping_mul(s)).collect();
             v.push(tables_i32(&zsum128));
+            // weight rows zero-padded to whole words, for the dot-product kernel on im2col
+            // rows whose count is not a multiple of four
+            if let Some(w) = super::dot::padded_rows(g, n) {
+                v.push(w);
+            }
             v
         }
         Op::Pool(_) | Op::GlobalPool(_) => {
