@@ -71,49 +71,15 @@ const ARM_FEATURES: &[(&str, &str, u64, u8)] = &[
     ("i8mm", "has_i8mm", 26, 13),
 ];
 
-/// x86-64 microarchitecture levels, as `-C target-cpu` names them.
+/// x86-64 microarchitecture levels, as `-C target-cpu` names them: each adds its features
+/// to the levels before it.
 const X86_LEVELS: &[(&str, &[&str])] = &[
     (
         "x86-64-v2",
         &["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b"],
     ),
-    (
-        "x86-64-v3",
-        &[
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "popcnt",
-            "cmpxchg16b",
-            "avx",
-            "avx2",
-            "bmi1",
-            "bmi2",
-            "fma",
-            "lzcnt",
-        ],
-    ),
-    (
-        "x86-64-v4",
-        &[
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "popcnt",
-            "cmpxchg16b",
-            "avx",
-            "avx2",
-            "bmi1",
-            "bmi2",
-            "fma",
-            "lzcnt",
-            "avx512f",
-            "avx512dq",
-            "avx512vl",
-        ],
-    ),
+    ("x86-64-v3", &["avx", "avx2", "bmi1", "bmi2", "fma", "lzcnt"]),
+    ("x86-64-v4", &["avx512f", "avx512dq", "avx512vl"]),
 ];
 
 /// The feature names `apply` knows for `arch`.
@@ -196,11 +162,11 @@ pub fn apply(builder: &mut isa::Builder, triple: &Triple, spec: &str) -> Result<
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if item == "native" {
             on.extend(host_features(arch)?);
-        } else if let Some(level) = X86_LEVELS.iter().find(|l| l.0 == item) {
+        } else if let Some(at) = X86_LEVELS.iter().position(|l| l.0 == item) {
             if arch != Architecture::X86_64 {
                 return Err(format!("`{item}` is an x86-64 level; the target is {arch}"));
             }
-            on.extend(level.1);
+            on.extend(X86_LEVELS[..=at].iter().flat_map(|l| l.1.iter()));
         } else if let Some(f) = item.strip_prefix('+') {
             on.push(f);
         } else if let Some(f) = item.strip_prefix('-') {

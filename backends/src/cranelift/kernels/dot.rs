@@ -124,24 +124,15 @@ pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
 /// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
 /// tree Cranelift folds into `vpdpbusd` (x unsigned) or `sdot`.
 fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
-    let b = &mut fx.b;
     if d == Dot::Pairs {
         // w holds one channel's four weights in every lane, so its low half serves both
-        let w16 = b.ins().swiden_low(w);
-        let sums = [b.ins().swiden_low(x), b.ins().swiden_high(x)].map(|x16| {
-            let lo = {
-                let (p, q) = (b.ins().swiden_low(x16), b.ins().swiden_low(w16));
-                b.ins().imul(p, q)
-            };
-            let hi = {
-                let (p, q) = (b.ins().swiden_high(x16), b.ins().swiden_high(w16));
-                b.ins().imul(p, q)
-            };
-            b.ins().iadd_pairwise(lo, hi)
-        });
-        let s = b.ins().iadd_pairwise(sums[0], sums[1]);
-        return b.ins().iadd(s, acc);
+        let w16 = fx.b.ins().swiden_low(w);
+        let (xl, xh) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x));
+        let sums = [fx.madd_i16(xl, w16), fx.madd_i16(xh, w16)];
+        let s = fx.b.ins().iadd_pairwise(sums[0], sums[1]);
+        return fx.b.ins().iadd(s, acc);
     }
+    let b = &mut fx.b;
     let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
     let (xl, xh) = match d {
         Dot::UnsignedBySigned => (b.ins().uwiden_low(x), b.ins().uwiden_high(x)),
@@ -385,15 +376,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, 
                             let (wl, wh) = (fx.b.ins().swiden_low(w), fx.b.ins().swiden_high(w));
                             let mut s = cur;
                             for (x16, w16) in [(xl, wl), (xh, wh)] {
-                                let lo = {
-                                    let (u, v) = (fx.b.ins().swiden_low(x16), fx.b.ins().swiden_low(w16));
-                                    fx.b.ins().imul(u, v)
-                                };
-                                let hi = {
-                                    let (u, v) = (fx.b.ins().swiden_high(x16), fx.b.ins().swiden_high(w16));
-                                    fx.b.ins().imul(u, v)
-                                };
-                                let pair = fx.b.ins().iadd_pairwise(lo, hi);
+                                let pair = fx.madd_i16(x16, w16);
                                 s = fx.b.ins().iadd(s, pair);
                             }
                             s

@@ -1151,15 +1151,7 @@ fn dot_row(fx: &mut Fx, acc: cranelift_frontend::Variable, xrow: Value, wrow: Va
             // Cranelift lowers to one `pmaddwd`)
             let mut cur = fx.b.use_var(acc4);
             for (x16, w16) in [(xl, wl), (xh, wh)] {
-                let lo = {
-                    let (a, b) = (fx.b.ins().swiden_low(x16), fx.b.ins().swiden_low(w16));
-                    fx.b.ins().imul(a, b)
-                };
-                let hi = {
-                    let (a, b) = (fx.b.ins().swiden_high(x16), fx.b.ins().swiden_high(w16));
-                    fx.b.ins().imul(a, b)
-                };
-                let d = fx.b.ins().iadd_pairwise(lo, hi);
+                let d = fx.madd_i16(x16, w16);
                 cur = fx.b.ins().iadd(cur, d);
             }
             fx.b.def_var(acc4, cur);
@@ -1367,15 +1359,7 @@ fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depth
                     );
                     let ab = fx.b.ins().shuffle(a8, b8, mask);
                     let ab = fx.b.ins().bitcast(I16X8, lanes16, ab);
-                    let lo = {
-                        let (x, y) = (fx.b.ins().swiden_low(ab), fx.b.ins().swiden_low(w));
-                        fx.b.ins().imul(x, y)
-                    };
-                    let hi = {
-                        let (x, y) = (fx.b.ins().swiden_high(ab), fx.b.ins().swiden_high(w));
-                        fx.b.ins().imul(x, y)
-                    };
-                    let d2 = fx.b.ins().iadd_pairwise(lo, hi);
+                    let d2 = fx.madd_i16(ab, w);
                     s = fx.b.ins().iadd(s, d2);
                 }
                 fx.b.ins().store(flags(), s, p[1], 0);
@@ -1638,15 +1622,7 @@ fn qconv_pointwise(fx: &mut Fx, g: &Graph, n: NodeId, st: Stage, a: &Args, spati
                         let wb = fx.b.ins().bitcast(I8X16, lanes, w2);
                         let wv = fx.b.ins().swiden_low(wb);
                         for (&var, x) in vs.iter().zip([xl, xh]) {
-                            let lo = {
-                                let (a1, b1) = (fx.b.ins().swiden_low(x), fx.b.ins().swiden_low(wv));
-                                fx.b.ins().imul(a1, b1)
-                            };
-                            let hi = {
-                                let (a1, b1) = (fx.b.ins().swiden_high(x), fx.b.ins().swiden_high(wv));
-                                fx.b.ins().imul(a1, b1)
-                            };
-                            let d = fx.b.ins().iadd_pairwise(lo, hi);
+                            let d = fx.madd_i16(x, wv);
                             let cur = fx.b.use_var(var);
                             let nv = fx.b.ins().iadd(cur, d);
                             fx.b.def_var(var, nv);
