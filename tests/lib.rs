@@ -50,6 +50,27 @@ pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(f64
     Ok((worst, max_abs))
 }
 
+/// The native backend's float tolerance where it fuses multiply-add (`--target-cpu` with
+/// `fma`, AArch64): `|got - want| <= NATIVE_REL * max |want| + NATIVE_ABS` per output tensor,
+/// relative to the output's range (ARCHITECTURE.md, "Float tolerance").
+pub const NATIVE_REL: f64 = 1e-5;
+pub const NATIVE_ABS: f64 = 1e-6;
+
+/// As [`compare`], with the bound relative to the output's range rather than to each
+/// element: `|a - b| <= atol + rel * max |want|`.
+pub fn compare_range(got: &Tensor, want: &Tensor, rel: f64, atol: f64) -> Result<(f64, f64), String> {
+    if !want.data.scalar().is_float() || got.shape != want.shape {
+        return compare(got, want, rel, atol);
+    }
+    let range = want
+        .to_f64_vec()
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, v| m.max(v.abs()));
+    let (_, max_abs) = compare(got, want, 0.0, 1.0)?;
+    Ok((max_abs / (atol + rel * range), max_abs))
+}
+
 /// Reads a serialized TensorProto (`input_0.pb`).
 pub fn read_pb(path: &std::path::Path) -> Result<Tensor, String> {
     use prost::Message;

@@ -705,3 +705,82 @@ fn quantize_and_dequantize_edges_are_bit_exact() {
     let failures = kiln_tests::bit_exact_on_every_backend(&g, &sets, "q_edges", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Integer pools whose window is the whole plane (the native kernel sums or maxes 16 bytes
+/// or 8 halfwords at a time, then the tail): int8 and int16, average and max, Pool and
+/// GlobalPool, planes with and without a tail, extremes that make the sums large.
+#[test]
+fn whole_plane_integer_pools_are_bit_exact_everywhere() {
+    use kiln_ir::op::{Pool, PoolKind, Window};
+    use kiln_ir::{DType, QParams, Scalar, TensorType};
+    let q = QParams::PerTensor {
+        scale: 0.5,
+        zero_point: 3,
+    };
+    let mut failures = Vec::new();
+    for (scalar, shape) in [
+        (Scalar::I8, [1usize, 6, 5, 7]),
+        (Scalar::I16, [2, 3, 4, 4]),
+        (Scalar::I8, [1, 2, 1, 40]),
+    ] {
+        let mut g = Graph::new("pools");
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::quantized(scalar, q.clone()), shape.to_vec()),
+        );
+        for (i, kind) in [
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+            PoolKind::Max,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let window = Window {
+                kernel: shape[2..].to_vec(),
+                strides: vec![1, 1],
+                dilations: vec![1, 1],
+                pads: vec![0; 4],
+            };
+            let pool = Op::Pool(Pool {
+                kind,
+                window,
+                ceil_mode: false,
+            });
+            let (_, y) = g.add_node(&format!("p{i}"), pool, vec![x], &[]).unwrap();
+            g.add_output(y[0]);
+            let (_, y) = g
+                .add_node(&format!("g{i}"), Op::GlobalPool(kind), vec![x], &[])
+                .unwrap();
+            g.add_output(y[0]);
+        }
+        let n: usize = shape.iter().product();
+        // plane 0 at the top of the range, plane 1 at the bottom, the rest mixed
+        let plane: usize = shape[2..].iter().product();
+        let value = |i: usize, lo: i64, hi: i64| match i / plane {
+            0 => hi,
+            1 => lo,
+            _ => lo + (i as i64 * 7919) % (hi - lo + 1),
+        };
+        let input = if scalar == Scalar::I8 {
+            Tensor::from_vec(
+                shape.to_vec(),
+                (0..n).map(|i| value(i, -128, 127) as i8).collect::<Vec<_>>(),
+            )
+        } else {
+            Tensor::from_vec(
+                shape.to_vec(),
+                (0..n).map(|i| value(i, -32768, 32767) as i16).collect::<Vec<_>>(),
+            )
+        };
+        let dir = std::env::temp_dir().join(format!("kiln-wpool-{}-{scalar}-{}", std::process::id(), shape[3]));
+        failures.extend(kiln_tests::bit_exact_on_every_backend(
+            &g,
+            &[vec![input]],
+            "wpool",
+            &dir,
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -5,7 +5,7 @@
 
 use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Tensor};
-use kiln_tests::{Toolchain, build_native_for, compare, repo};
+use kiln_tests::{NATIVE_ABS, NATIVE_REL, Toolchain, build_native_for, compare_range, repo};
 
 /// A shipped model in int8 (integer tensors exposed) and, with `float`, in float, each
 /// with its first reference input.
@@ -62,7 +62,7 @@ fn check_on(tc: &Toolchain, tag: &str, refused: bool, graphs: &[(String, Graph, 
         let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
         for (i, (a, b)) in got?.iter().zip(&want).enumerate() {
             if b.data.scalar().is_float() {
-                let (r, d) = compare(a, b, 1e-5, 1e-6)?;
+                let (r, d) = compare_range(a, b, NATIVE_REL, NATIVE_ABS)?;
                 if r > 1.0 {
                     return Err(format!("{tag} {mode}: output {i} off by {d:e}"));
                 }

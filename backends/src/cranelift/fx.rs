@@ -59,6 +59,14 @@ impl<'a, 'b> Fx<'a, 'b> {
         self.b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0)
     }
 
+    /// A load from memory the current function never writes (weights, a kernel's inputs):
+    /// pure to Cranelift, so it is placed next to its use and can fold into it (x86-64
+    /// `vbroadcastss` or a memory operand) instead of holding a register.
+    pub fn load_ro(&mut self, ty: Type, addr: Value) -> Value {
+        let flags = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        self.b.ins().load(ty, flags, addr, 0)
+    }
+
     pub fn store(&mut self, v: Value, addr: Value) {
         self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
     }

@@ -135,6 +135,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     let target = Target {
         simd: !matches!(opts.triple.architecture, Architecture::Riscv64(_)),
         dot: kernels::Dot::of(opts.triple.architecture, &features),
+        fma: match opts.triple.architecture {
+            Architecture::X86_64 => features.contains(&"fma"),
+            Architecture::Aarch64(_) => true,
+            _ => false,
+        },
     };
     let ptr = isa.pointer_type();
     let call_conv = isa.default_call_conv();

@@ -5,6 +5,7 @@
 //! unpadded convolution reads its input directly.
 
 use super::super::fx::Fx;
+use super::dwconv::Depthwise;
 use super::nest::F4;
 use super::{Args, Target};
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -51,7 +52,11 @@ fn load_el(fx: &mut Fx, m: &Mat, ty: Type, addr: Value) -> Value {
     }
 }
 
-/// Emits `c = init + a * b` for an `m x k` by `k x n` product.
+/// Emits `c = init + a * b` for an `m x k` by `k x n` product: rows in panels of
+/// [`PANEL_ROWS`] (each `a` element broadcast once per panel column step), columns in blocks
+/// of vectors, the sums in registers across `p`. Each sum is still `init` then the products
+/// in `p` order, so without `fma` the result is the evaluator's to the bit; with it, every
+/// product-and-add rounds once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     fx: &mut Fx,
@@ -66,65 +71,144 @@ pub(crate) fn gemm(
     post: Option<UnaryOp>,
 ) {
     let vec_ok = t.simd && b.col == b.elem() && c.col == 4;
-    fx.for_n(m as i64, &mut |fx, i| {
-        let arow = fx.addr(a.base, i, a.row);
-        let crow = fx.addr(c.base, i, c.row);
-        let start = init(fx, i);
-        let mut j = 0usize;
-        let block = |fx: &mut Fx, ty: Type, units: usize, count: usize, j0: usize| {
-            let lanes = ty.lane_count() as usize;
-            let width = units * lanes;
-            let b0 = fx.add_imm(b.base, j0 as i64 * b.col);
-            let c0 = fx.add_imm(crow, j0 as i64 * c.col);
-            fx.for_ptrs(
-                count as i64,
-                &[(b0, width as i64 * b.col), (c0, width as i64 * c.col)],
-                &mut |fx, pp| {
-                    let (bcol, ccol) = (pp[0], pp[1]);
-                    let s = fx.splat(ty, start);
-                    let accs: Vec<_> = (0..units)
-                        .map(|_| {
-                            let v = fx.b.declare_var(ty);
-                            fx.b.def_var(v, s);
-                            v
+    let p = Panel { t, k, a, b, c, post };
+    let panels = if vec_ok { m / PANEL_ROWS } else { 0 };
+    fx.for_n(panels as i64, &mut |fx, pi| {
+        let i0 = fx.mul_imm(pi, PANEL_ROWS as i64);
+        p.rows(fx, i0, PANEL_ROWS, n, vec_ok, init);
+    });
+    let done = (panels * PANEL_ROWS) as i64;
+    fx.for_n(m as i64 - done, &mut |fx, r| {
+        let i = fx.add_imm(r, done);
+        p.rows(fx, i, 1, n, vec_ok, init);
+    });
+}
+
+/// Output rows computed together: each vector of `b` loaded once serves all of them.
+const PANEL_ROWS: usize = 4;
+
+/// The fixed operands of one [`gemm`].
+struct Panel {
+    t: Target,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    post: Option<UnaryOp>,
+}
+
+impl Panel {
+    /// Rows `i0 .. i0 + rows` of `c`: blocks of vectors (four for a single row, two for a
+    /// panel, to stay within the 16 registers of x86-64), single vectors, then scalars.
+    fn rows(
+        &self,
+        fx: &mut Fx,
+        i0: Value,
+        rows: usize,
+        n: usize,
+        vec_ok: bool,
+        init: &dyn Fn(&mut Fx, Value) -> Value,
+    ) {
+        let starts: Vec<Value> = (0..rows)
+            .map(|r| {
+                let i = fx.add_imm(i0, r as i64);
+                init(fx, i)
+            })
+            .collect();
+        let arow = fx.addr(self.a.base, i0, self.a.row);
+        let crow = fx.addr(self.c.base, i0, self.c.row);
+        let mut j = 0;
+        if vec_ok {
+            let units = if rows == 1 { 4 } else { 2 };
+            for u in [units, 1] {
+                let count = (n - j) / (4 * u);
+                self.block(fx, F4, &starts, arow, crow, u, count, j);
+                j += count * 4 * u;
+            }
+        }
+        self.block(fx, F32, &starts, arow, crow, 1, n - j, j);
+    }
+
+    /// `count` steps of `units` vectors of type `ty` across the panel's rows, from column `j0`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        fx: &mut Fx,
+        ty: Type,
+        starts: &[Value],
+        arow: Value,
+        crow: Value,
+        units: usize,
+        count: usize,
+        j0: usize,
+    ) {
+        let (a, b, c) = (&self.a, &self.b, &self.c);
+        let lanes = ty.lane_count() as i64;
+        let width = units as i64 * lanes;
+        let b0 = fx.add_imm(b.base, j0 as i64 * b.col);
+        let c0 = fx.add_imm(crow, j0 as i64 * c.col);
+        fx.for_ptrs(
+            count as i64,
+            &[(b0, width * b.col), (c0, width * c.col)],
+            &mut |fx, pp| {
+                let (bcol, ccol) = (pp[0], pp[1]);
+                let accs: Vec<Vec<_>> = starts
+                    .iter()
+                    .map(|&s| {
+                        let s = fx.splat(ty, s);
+                        (0..units)
+                            .map(|_| {
+                                let v = fx.b.declare_var(ty);
+                                fx.b.def_var(v, s);
+                                v
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let step = |fx: &mut Fx, aa: Value, brow: Value| {
+                    let bv: Vec<Value> = (0..units)
+                        .map(|u| {
+                            let ba = fx.add_imm(brow, u as i64 * lanes * b.col);
+                            load_el(fx, b, ty, ba)
                         })
                         .collect();
-                    fx.for_ptrs(k as i64, &[(arow, a.col), (bcol, b.row)], &mut |fx, pp| {
-                        let (aa, brow) = (pp[0], pp[1]);
-                        let av = load_el(fx, &a, F32, aa);
+                    for (r, row) in accs.iter().enumerate() {
+                        let ra = fx.add_imm(aa, r as i64 * a.row);
+                        let av = if a.half {
+                            load_el(fx, a, F32, ra)
+                        } else {
+                            fx.load_ro(F32, ra)
+                        };
                         let av = fx.splat(ty, av);
-                        for (u, &acc) in accs.iter().enumerate() {
-                            let ba = fx.add_imm(brow, (u * lanes) as i64 * b.col);
-                            let bv = load_el(fx, &b, ty, ba);
-                            let pr = fx.mul(av, bv);
+                        for (&acc, &bv) in row.iter().zip(&bv) {
                             let cur = fx.b.use_var(acc);
-                            let sum = fx.add(cur, pr);
+                            let sum = if self.t.fma {
+                                fx.b.ins().fma(av, bv, cur)
+                            } else {
+                                let pr = fx.mul(av, bv);
+                                fx.add(cur, pr)
+                            };
                             fx.b.def_var(acc, sum);
                         }
-                    });
-                    for (u, &acc) in accs.iter().enumerate() {
+                    }
+                };
+                fx.for_ptrs(self.k as i64, &[(arow, a.col), (bcol, b.row)], &mut |fx, pp| {
+                    step(fx, pp[0], pp[1])
+                });
+                for (r, row) in accs.iter().enumerate() {
+                    for (u, &acc) in row.iter().enumerate() {
                         let v = fx.b.use_var(acc);
-                        let v = match post {
+                        let v = match self.post {
                             Some(op) => super::elementwise::unary_op(fx, ty, op, v),
                             None => v,
                         };
-                        let ca = fx.add_imm(ccol, (u * lanes) as i64 * c.col);
+                        let ca = fx.add_imm(ccol, r as i64 * c.row + u as i64 * lanes * c.col);
                         fx.store(v, ca);
                     }
-                },
-            );
-        };
-        if vec_ok {
-            let quads = n / 16;
-            block(fx, F4, 4, quads, 0);
-            j = quads * 16;
-            let singles = (n - j) / 4;
-            block(fx, F4, 1, singles, j);
-            j += singles * 4;
-        }
-        let rest = n - j;
-        block(fx, F32, 1, rest, j);
-    });
+                }
+            },
+        );
+    }
 }
 
 /// Geometry of a 1-D or 2-D convolution viewed as 2-D.
@@ -199,11 +283,11 @@ fn tile_rows(gm: &Geo, cg: i64) -> i64 {
 pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
     let node = g.node(n);
     let kiln_ir::Op::Conv(c) = &node.op else { return 0 };
-    if pointwise(c) {
-        return 0;
-    }
     if let Some(d) = Depthwise::of(g, n, c) {
         return d.scratch();
+    }
+    if pointwise(c) {
+        return 0;
     }
     let ws = &g.value(node.inputs[1]).ty.shape;
     let gm = geo(&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape, c);
@@ -224,7 +308,7 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
     let has_bias = node.inputs.len() > 2;
     let pw = pointwise(c);
     if let Some(d) = Depthwise::of(g, n, c) {
-        return depthwise(fx, g, n, c, &d, a, t);
+        return super::dwconv::depthwise(fx, g, n, c, &d, a, t);
     }
     fx.for_n(nb, &mut |fx, b| {
         fx.for_n(c.group as i64, &mut |fx, gi| {
@@ -303,118 +387,6 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                 let oh0 = fx.i(full * rows);
                 band(fx, oh0, rest);
             }
-        });
-    });
-}
-
-/// A depthwise convolution (one input channel per output, f32 weights) with unit strides and
-/// dilations: per channel, a zero-padded copy of the plane with rows `pw` apart makes every
-/// tap one fixed offset, so the outputs are one run over the flattened plane, four lanes at a
-/// time with the sum in registers across the taps (bias first, then the taps in order, as
-/// im2col and `gemm` add them). The `pw - ow` extra columns per row are dropped.
-struct Depthwise {
-    /// Padded plane rows and columns, and where the input starts in it.
-    ph: i64,
-    pw: i64,
-    top: i64,
-    left: i64,
-    /// Flattened outputs computed: `oh` rows of `pw`, rounded up to whole vectors.
-    run: i64,
-    kw: i64,
-}
-
-impl Depthwise {
-    fn of(g: &Graph, n: NodeId, c: &Conv) -> Option<Depthwise> {
-        let node = g.node(n);
-        let (xs, w) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty);
-        let out = &g.value(node.outputs[0]).ty.shape;
-        let unit = c.window.strides.iter().chain(&c.window.dilations).all(|&v| v == 1);
-        let f32w = w.dtype.scalar == kiln_ir::Scalar::F32;
-        if pointwise(c) || xs.len() != 4 || c.group != xs[1] || w.shape[0] != xs[1] || !unit || !f32w {
-            return None;
-        }
-        let gm = geo(xs, out, c);
-        let (ph, pw) = (gm.oh + gm.kh - 1, gm.ow + gm.kw - 1);
-        if gm.ph + gm.h > ph || gm.pw + gm.w > pw {
-            return None;
-        }
-        Some(Depthwise {
-            ph,
-            pw,
-            top: gm.ph,
-            left: gm.pw,
-            run: (gm.oh * pw + 3) / 4 * 4,
-            kw: gm.kw,
-        })
-    }
-
-    /// Floats of the padded plane, with room for the last vector's reads past it.
-    fn plane(&self) -> i64 {
-        (self.ph * self.pw + self.kw + 2 + 3) / 4 * 4
-    }
-
-    fn scratch(&self) -> usize {
-        (4 * (self.plane() + self.run)) as usize
-    }
-}
-
-fn depthwise(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, d: &Depthwise, a: &Args, t: Target) {
-    let node = g.node(n);
-    let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
-    let gm = geo(xs, out, c);
-    let (ch, hw, p) = (xs[1] as i64, gm.h * gm.w, gm.oh * gm.ow);
-    let k = gm.kh * gm.kw;
-    let has_bias = node.inputs.len() > 2;
-    let plane = a.scratch;
-    let acc = fx.add_imm(a.scratch, 4 * d.plane());
-    let (ty, lanes) = if t.simd { (F4, 4) } else { (F32, 1) };
-    let zero = fx.f(F32, 0.0);
-    fx.for_n(xs[0] as i64 * ch, &mut |fx, bc| {
-        let c_ = fx.b.ins().srem_imm_s(bc, ch);
-        fx.for_ptrs(d.plane(), &[(plane, 4)], &mut |fx, q| fx.store(zero, q[0]));
-        let xplane = fx.addr(a.ins[0], bc, hw * 4);
-        let first = fx.add_imm(plane, 4 * (d.top * d.pw + d.left));
-        fx.for_ptrs(gm.h, &[(xplane, gm.w * 4), (first, d.pw * 4)], &mut |fx, r| {
-            fx.for_ptrs(gm.w, &[(r[0], 4), (r[1], 4)], &mut |fx, q| {
-                let v = fx.load(F32, q[0]);
-                fx.store(v, q[1]);
-            });
-        });
-        let wbase = fx.addr(a.ins[1], c_, k * 4);
-        let taps: Vec<(i64, Value)> = (0..k)
-            .map(|i| {
-                let wa = fx.add_imm(wbase, 4 * i);
-                let w = fx.load(F32, wa);
-                (4 * (i / gm.kw * d.pw + i % gm.kw), fx.splat(ty, w))
-            })
-            .collect();
-        let bias = if has_bias {
-            let ba = fx.addr(a.ins[2], c_, 4);
-            fx.load(F32, ba)
-        } else {
-            zero
-        };
-        let b4 = fx.splat(ty, bias);
-        fx.for_ptrs(d.run / lanes, &[(plane, 4 * lanes), (acc, 4 * lanes)], &mut |fx, q| {
-            let mut s = b4;
-            for &(off, w) in &taps {
-                let xa = fx.add_imm(q[0], off);
-                let x = fx.load(ty, xa);
-                let pr = fx.mul(x, w);
-                s = fx.add(s, pr);
-            }
-            let s = match c.fused {
-                Some(op) => super::elementwise::unary_op(fx, ty, op, s),
-                None => s,
-            };
-            fx.store(s, q[1]);
-        });
-        let ybase = fx.addr(a.outs[0], bc, p * 4);
-        fx.for_ptrs(gm.oh, &[(acc, 4 * d.pw), (ybase, gm.ow * 4)], &mut |fx, r| {
-            fx.for_ptrs(gm.ow, &[(r[0], 4), (r[1], 4)], &mut |fx, q| {
-                let v = fx.load(F32, q[0]);
-                fx.store(v, q[1]);
-            });
         });
     });
 }

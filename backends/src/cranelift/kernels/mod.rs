@@ -3,11 +3,14 @@
 //! arena, and any read-only tables the kernel asked for (`aux`, e.g. repacked weights).
 //!
 //! Float kernels accumulate in the evaluator's order (bias first, then taps/products in
-//! index order) and never fuse multiply-add, so they reproduce the evaluator bit for bit
-//! except where an op needs exp/log/tanh/erf (see `fx.rs` for those bounds).
+//! index order), so they reproduce the evaluator bit for bit except where an op needs
+//! exp/log/tanh/erf (see `fx.rs` for those bounds) or the target fuses multiply-add
+//! (`Target::fma`: products and depthwise taps round once, within the tolerance stated in
+//! ARCHITECTURE.md).
 
 mod convt;
 mod dot;
+mod dwconv;
 mod elementwise;
 mod gemm;
 mod index;
@@ -41,6 +44,9 @@ pub(crate) struct Target {
     pub simd: bool,
     /// The 4-way byte dot product the CPU features give, if any.
     pub dot: Option<Dot>,
+    /// Fused multiply-add in hardware (x86-64 `fma`, AArch64): float products may round
+    /// once per multiply-add instead of twice (within the documented float tolerance).
+    pub fma: bool,
 }
 
 fn f32_only(g: &Graph, n: NodeId) -> bool {

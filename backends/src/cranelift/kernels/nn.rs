@@ -10,6 +10,7 @@ use super::{Args, Target, strides, typed};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F64, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
 use kiln_ir::op::{Pool, PoolKind, ReduceKind, Window};
 use kiln_ir::{Graph, NodeId};
 
@@ -142,6 +143,47 @@ fn max_step(fx: &mut Fx, acc: Value, x: Value) -> Value {
     fx.b.ins().select(c, x, acc)
 }
 
+/// Planes pooled side by side: each window sum is a chain of dependent adds (kept in the
+/// evaluator's order), so independent planes interleaved keep the adder busy.
+const PLANES_AT_ONCE: i64 = 4;
+
+/// Runs `body(fx, first_plane, count)` over `planes` in groups of [`PLANES_AT_ONCE`], then
+/// one by one.
+fn by_plane_groups(fx: &mut Fx, planes: i64, body: &mut dyn FnMut(&mut Fx, Value, i64)) {
+    let groups = planes / PLANES_AT_ONCE;
+    fx.for_n(groups, &mut |fx, gi| {
+        let pl = fx.mul_imm(gi, PLANES_AT_ONCE);
+        body(fx, pl, PLANES_AT_ONCE);
+    });
+    fx.for_n(planes - groups * PLANES_AT_ONCE, &mut |fx, r| {
+        let pl = fx.add_imm(r, groups * PLANES_AT_ONCE);
+        body(fx, pl, 1);
+    });
+}
+
+/// One accumulator per plane of a group, set to the pooling start value.
+fn pool_accs(fx: &mut Fx, kind: PoolKind, count: i64) -> Vec<Variable> {
+    (0..count)
+        .map(|_| {
+            let acc = fx.b.declare_var(F32);
+            let init = fx.f(F32, if kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 });
+            fx.b.def_var(acc, init);
+            acc
+        })
+        .collect()
+}
+
+/// Adds the element at `xa + k * plane` to plane k's accumulator.
+fn pool_taps(fx: &mut Fx, kind: PoolKind, accs: &[Variable], xa: Value, plane: i64) {
+    for (k, &acc) in accs.iter().enumerate() {
+        let pa = fx.add_imm(xa, k as i64 * plane);
+        let x = fx.load(F32, pa);
+        let cur = fx.b.use_var(acc);
+        let nv = pool_step(fx, kind, cur, x);
+        fx.b.def_var(acc, nv);
+    }
+}
+
 pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
     let node = g.node(n);
     let xs = &g.value(node.inputs[0]).ty.shape;
@@ -149,17 +191,14 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
     let gm = geo(xs, out, &p.window);
     let planes = (xs[0] * xs[1]) as i64;
     let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
-    let is_max = p.kind == PoolKind::Max;
-    fx.for_n(planes, &mut |fx, pl| {
+    by_plane_groups(fx, planes, &mut |fx, pl, count| {
         let xplane = fx.addr(a.ins[0], pl, hw * 4);
         let oplane = fx.addr(a.outs[0], pl, ohw * 4);
         fx.for_n(gm.oh as i64, &mut |fx, oh| {
             let (ih0, khl, khh) = range_row(fx, a.aux[0], oh);
             fx.for_n(gm.ow as i64, &mut |fx, ow| {
                 let (iw0, kwl, kwh) = range_row(fx, a.aux[1], ow);
-                let acc = fx.b.declare_var(F32);
-                let init = fx.f(F32, if is_max { f32::NEG_INFINITY } else { 0.0 });
-                fx.b.def_var(acc, init);
+                let accs = pool_accs(fx, p.kind, count);
                 fx.for_range(khl, khh, &mut |fx, kh| {
                     let ih = fx.mul_imm(kh, gm.dh as i64);
                     let ih = fx.b.ins().iadd(ih0, ih);
@@ -168,26 +207,29 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, p: &Pool, a: &Args) {
                         let iw = fx.mul_imm(kw, gm.dw as i64);
                         let iw = fx.b.ins().iadd(iw0, iw);
                         let xa = fx.addr(xrow, iw, 4);
-                        let x = fx.load(F32, xa);
-                        let cur = fx.b.use_var(acc);
-                        let nv = pool_step(fx, p.kind, cur, x);
-                        fx.b.def_var(acc, nv);
+                        pool_taps(fx, p.kind, &accs, xa, hw * 4);
                     });
                 });
-                let mut v = fx.b.use_var(acc);
                 let pos = fx.mul_imm(oh, gm.ow as i64);
                 let pos = fx.b.ins().iadd(pos, ow);
-                match p.kind {
+                let div = match p.kind {
                     PoolKind::Avg { .. } => {
                         let da = fx.addr(a.aux[2], pos, 4);
-                        let d = fx.load(F32, da);
-                        v = fx.div(v, d);
+                        Some(fx.load(F32, da))
                     }
-                    PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
-                    PoolKind::Max => {}
+                    _ => None,
+                };
+                for (k, &acc) in accs.iter().enumerate() {
+                    let mut v = fx.b.use_var(acc);
+                    match p.kind {
+                        PoolKind::Avg { .. } => v = fx.div(v, div.unwrap()),
+                        PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
+                        PoolKind::Max => {}
+                    }
+                    let oa = fx.addr(oplane, pos, 4);
+                    let oa = fx.add_imm(oa, k as i64 * ohw * 4);
+                    fx.store(v, oa);
                 }
-                let oa = fx.addr(oplane, pos, 4);
-                fx.store(v, oa);
             });
         });
     });
@@ -197,30 +239,26 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
     let xs = &g.value(g.node(n).inputs[0]).ty.shape;
     let planes = (xs[0] * xs[1]) as i64;
     let size: i64 = xs[2..].iter().product::<usize>() as i64;
-    let is_max = k == PoolKind::Max;
-    fx.for_n(planes, &mut |fx, pl| {
+    by_plane_groups(fx, planes, &mut |fx, pl, count| {
         let xplane = fx.addr(a.ins[0], pl, size * 4);
-        let acc = fx.b.declare_var(F32);
-        let init = fx.f(F32, if is_max { f32::NEG_INFINITY } else { 0.0 });
-        fx.b.def_var(acc, init);
-        fx.for_n(size, &mut |fx, i| {
-            let xa = fx.addr(xplane, i, 4);
-            let x = fx.load(F32, xa);
-            let cur = fx.b.use_var(acc);
-            let nv = pool_step(fx, k, cur, x);
-            fx.b.def_var(acc, nv);
+        let accs = pool_accs(fx, k, count);
+        fx.for_ptrs(size, &[(xplane, 4)], &mut |fx, q| {
+            pool_taps(fx, k, &accs, q[0], size * 4)
         });
-        let mut v = fx.b.use_var(acc);
-        match k {
-            PoolKind::Avg { .. } => {
-                let d = fx.f(F32, size as f32);
-                v = fx.div(v, d);
+        for (i, &acc) in accs.iter().enumerate() {
+            let mut v = fx.b.use_var(acc);
+            match k {
+                PoolKind::Avg { .. } => {
+                    let d = fx.f(F32, size as f32);
+                    v = fx.div(v, d);
+                }
+                PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
+                PoolKind::Max => {}
             }
-            PoolKind::Lp { p: e } => v = lp_root(fx, v, e),
-            PoolKind::Max => {}
+            let oa = fx.addr(a.outs[0], pl, 4);
+            let oa = fx.add_imm(oa, 4 * i as i64);
+            fx.store(v, oa);
         }
-        let oa = fx.addr(a.outs[0], pl, 4);
-        fx.store(v, oa);
     });
 }
 
@@ -365,7 +403,19 @@ fn gemm_scalar_bt(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: 
             fx.store(v, oa);
         });
     });
-    gemm_epilogue(fx, g, n, alpha, beta, a, Target { simd: false, dot: None });
+    gemm_epilogue(
+        fx,
+        g,
+        n,
+        alpha,
+        beta,
+        a,
+        Target {
+            simd: false,
+            dot: None,
+            fma: false,
+        },
+    );
 }
 
 pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {

@@ -2115,6 +2115,13 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
     let is_max = kind == PoolKind::Max;
     let wide = g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
     let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
+    let whole = gm.oh * gm.ow == 1
+        && (gm.kh, gm.kw) == (gm.h, gm.w)
+        && window.pads.iter().all(|&p| p == 0)
+        && window.dilations.iter().all(|&d| d == 1);
+    if whole && fx.simd {
+        return whole_plane_pool(fx, a, planes, hw, wide, is_max);
+    }
     fx.for_n(planes, &mut |fx, pl| {
         let xplane = fx.addr(a.ins[0], pl, hw * es);
         let oplane = fx.addr(a.outs[0], pl, ohw * es);
@@ -2166,6 +2173,84 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
                 }
             });
         });
+    });
+}
+
+/// A pool whose one window is the whole plane: the plane's elements are contiguous, so
+/// sixteen bytes (or eight halfwords) at a time are summed (pairwise products with one) or
+/// maxed in vectors, then the lanes and the tail one by one. Integer sums and maxima do not
+/// depend on the order.
+fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_max: bool) {
+    use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
+    let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
+    let per = 16 / es;
+    let vectors = hw / per;
+    fx.for_ptrs(planes, &[(a.ins[0], hw * es), (a.outs[0], es)], &mut |fx, pp| {
+        let (xp, yp) = (pp[0], pp[1]);
+        let acc = fx.b.declare_var(I32X4);
+        let init = c32(fx, if is_max { lo as i64 } else { 0 });
+        let init = fx.b.ins().splat(I32X4, init);
+        fx.b.def_var(acc, init);
+        let one = fx.b.ins().iconst(cranelift_codegen::ir::types::I16, 1);
+        let one = fx.b.ins().splat(I16X8, one);
+        fx.for_ptrs(vectors, &[(xp, 16)], &mut |fx, q| {
+            let halves = if wide {
+                vec![fx.b.ins().load(I16X8, flags(), q[0], 0)]
+            } else {
+                let v = fx.b.ins().load(I8X16, flags(), q[0], 0);
+                vec![fx.b.ins().swiden_low(v), fx.b.ins().swiden_high(v)]
+            };
+            for h in halves {
+                let cur = fx.b.use_var(acc);
+                let nv = if is_max {
+                    let (l, u) = (fx.b.ins().swiden_low(h), fx.b.ins().swiden_high(h));
+                    let m = fx.b.ins().smax(l, u);
+                    fx.b.ins().smax(cur, m)
+                } else {
+                    let pair = fx.madd_i16(h, one);
+                    fx.b.ins().iadd(cur, pair)
+                };
+                fx.b.def_var(acc, nv);
+            }
+        });
+        let v4 = fx.b.use_var(acc);
+        let mut v = fx.b.ins().extractlane(v4, 0);
+        for l in 1..4u8 {
+            let x = fx.b.ins().extractlane(v4, l);
+            v = if is_max {
+                fx.b.ins().smax(v, x)
+            } else {
+                fx.b.ins().iadd(v, x)
+            };
+        }
+        let sv = fx.b.declare_var(I32);
+        fx.b.def_var(sv, v);
+        let tail = fx.add_imm(xp, vectors * 16);
+        fx.for_ptrs(hw - vectors * per, &[(tail, es)], &mut |fx, q| {
+            let x = if wide {
+                fx.b.ins().sload16(I32, flags(), q[0], 0)
+            } else {
+                load_i8(fx, q[0])
+            };
+            let cur = fx.b.use_var(sv);
+            let nv = if is_max {
+                fx.b.ins().smax(cur, x)
+            } else {
+                fx.b.ins().iadd(cur, x)
+            };
+            fx.b.def_var(sv, nv);
+        });
+        let mut v = fx.b.use_var(sv);
+        if !is_max {
+            let cnt = c32(fx, hw);
+            v = rounded_average(fx, v, cnt);
+            v = clamp(fx, v, lo, hi);
+        }
+        if wide {
+            fx.b.ins().istore16(flags(), v, yp, 0);
+        } else {
+            store_i8(fx, v, yp);
+        }
     });
 }
 

@@ -1,0 +1,288 @@
+//! Float depthwise convolution (one input channel per output channel, any kernel, stride,
+//! dilation and padding) computed channels-last: in planar layout a small plane (KWS's are
+//! 25 x 5) gives vectors little to run along, while the channels of one position are as
+//! many as the layer is wide. The kernel transposes the input into a zero-bordered
+//! `[row][column][channel]` copy and the weights into `[tap][channel]`, runs each block of
+//! four channels over every output position with the tap weights held in registers (every
+//! tap one fixed offset from the position), and transposes the `[position][channel]` result
+//! back. Each sum is the bias, then the taps in (row, column) order, padding taps adding
+//! zeros, as im2col and the evaluator do; with `fma` each tap rounds once.
+
+use super::super::fx::Fx;
+use super::nest::F4;
+use super::{Args, Target};
+use cranelift_codegen::ir::types::{F32, I8X16, I32, I32X4};
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value};
+use kiln_ir::op::Conv;
+use kiln_ir::{Graph, NodeId, Scalar};
+
+/// Geometry of a depthwise convolution the kernel takes.
+pub(crate) struct Depthwise {
+    n: i64,
+    c: i64,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    /// Zero-bordered input rows and columns, and where the input starts in it.
+    hp: i64,
+    wp: i64,
+    top: i64,
+    left: i64,
+}
+
+/// Weight taps kept in registers across the positions; more are reloaded per position.
+const TAPS_IN_REGISTERS: i64 = 12;
+
+impl Depthwise {
+    /// The 2-D, f32, multiplier-1 depthwise convolutions.
+    pub fn of(g: &Graph, n: NodeId, c: &Conv) -> Option<Depthwise> {
+        let node = g.node(n);
+        let (xs, w) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty);
+        let out = &g.value(node.outputs[0]).ty.shape;
+        let f32s = [node.inputs[0], node.outputs[0]]
+            .iter()
+            .chain(&node.inputs[1..])
+            .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32);
+        if xs.len() != 4 || !f32s || c.group != xs[1] || w.shape[0] != xs[1] || c.group < 2 {
+            return None;
+        }
+        let u = |v: usize| v as i64;
+        let win = &c.window;
+        let (kh, kw) = (u(win.kernel[0]), u(win.kernel[1]));
+        let (sh, sw, dh, dw) = (
+            u(win.strides[0]),
+            u(win.strides[1]),
+            u(win.dilations[0]),
+            u(win.dilations[1]),
+        );
+        let (oh, ow) = (u(out[2]), u(out[3]));
+        let (top, left) = (u(win.pads[0]), u(win.pads[1]));
+        let (h, wd) = (u(xs[2]), u(xs[3]));
+        Some(Depthwise {
+            n: u(xs[0]),
+            c: u(xs[1]),
+            h,
+            w: wd,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            hp: (top + h).max((oh - 1) * sh + (kh - 1) * dh + 1),
+            wp: (left + wd).max((ow - 1) * sw + (kw - 1) * dw + 1),
+            top,
+            left,
+        })
+    }
+
+    fn padded(&self) -> i64 {
+        (self.hp * self.wp * self.c * 4 + 15) / 16 * 16
+    }
+
+    fn weights(&self) -> i64 {
+        (self.kh * self.kw * self.c * 4 + 15) / 16 * 16
+    }
+
+    /// Arena bytes: the bordered input, the transposed weights and the channels-last output.
+    pub fn scratch(&self) -> usize {
+        (self.padded() + self.weights() + self.oh * self.ow * self.c * 4) as usize
+    }
+
+    fn bordered(&self) -> bool {
+        self.top > 0 || self.left > 0 || self.hp > self.h + self.top || self.wp > self.w + self.left
+    }
+}
+
+pub(crate) fn depthwise(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, d: &Depthwise, a: &Args, t: Target) {
+    let has_bias = g.node(n).inputs.len() > 2;
+    let xpad = a.scratch;
+    let wt = fx.add_imm(a.scratch, d.padded());
+    let yt = fx.add_imm(wt, d.weights());
+    let (cc, hw, p) = (d.c, d.h * d.w, d.oh * d.ow);
+    // weights [C][KH*KW] -> [KH*KW][C], once
+    transpose(fx, t.simd, a.ins[1], d.kh * d.kw * 4, wt, cc * 4, cc, d.kh * d.kw);
+    if d.bordered() {
+        fill_zero(fx, t.simd, xpad, d.padded());
+    }
+    fx.for_n(d.n, &mut |fx, b| {
+        let x = fx.addr(a.ins[0], b, cc * hw * 4);
+        let y = fx.addr(a.outs[0], b, cc * p * 4);
+        // each input row [C][W] -> bordered row [W][C]
+        let first = fx.add_imm(xpad, (d.top * d.wp + d.left) * cc * 4);
+        fx.for_ptrs(d.h, &[(x, d.w * 4), (first, d.wp * cc * 4)], &mut |fx, r| {
+            transpose(fx, t.simd, r[0], hw * 4, r[1], cc * 4, cc, d.w);
+        });
+        let vectors = if t.simd { cc / 4 } else { 0 };
+        channels(fx, d, c, a, t, has_bias, (xpad, wt, yt), F4, vectors, 0);
+        channels(
+            fx,
+            d,
+            c,
+            a,
+            t,
+            has_bias,
+            (xpad, wt, yt),
+            F32,
+            cc - 4 * vectors,
+            4 * vectors,
+        );
+        // [P][C] -> [C][P]
+        transpose(fx, t.simd, yt, cc * 4, y, p * 4, p, cc);
+    });
+}
+
+/// `count` blocks of `ty` lanes of channels from channel `c0`, each over every output
+/// position: the bias, then each tap's input times its weight.
+#[allow(clippy::too_many_arguments)]
+fn channels(
+    fx: &mut Fx,
+    d: &Depthwise,
+    c: &Conv,
+    a: &Args,
+    t: Target,
+    has_bias: bool,
+    (xpad, wt, yt): (Value, Value, Value),
+    ty: Type,
+    count: i64,
+    c0: i64,
+) {
+    let lanes = ty.lane_count() as i64;
+    let cs = d.c * 4;
+    let taps: Vec<(i64, i64)> = (0..d.kh * d.kw)
+        .map(|i| ((i / d.kw * d.dh * d.wp + i % d.kw * d.dw) * cs, i * cs))
+        .collect();
+    let x0 = fx.add_imm(xpad, c0 * 4);
+    let w0 = fx.add_imm(wt, c0 * 4);
+    let y0 = fx.add_imm(yt, c0 * 4);
+    let mut ptrs = vec![(x0, 4 * lanes), (w0, 4 * lanes), (y0, 4 * lanes)];
+    if has_bias {
+        let b0 = fx.add_imm(a.ins[2], c0 * 4);
+        ptrs.push((b0, 4 * lanes));
+    }
+    fx.for_ptrs(count, &ptrs, &mut |fx, q| {
+        let (xc, wc, yc) = (q[0], q[1], q[2]);
+        let bias = if has_bias { fx.load(ty, q[3]) } else { fx.f(ty, 0.0) };
+        let held = taps.len() as i64 <= TAPS_IN_REGISTERS;
+        let weights: Vec<Value> = if held {
+            taps.iter()
+                .map(|&(_, wo)| {
+                    let wa = fx.add_imm(wc, wo);
+                    fx.load(ty, wa)
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        fx.for_ptrs(d.oh, &[(xc, d.sh * d.wp * cs), (yc, d.ow * cs)], &mut |fx, r| {
+            fx.for_ptrs(d.ow, &[(r[0], d.sw * cs), (r[1], cs)], &mut |fx, q| {
+                let mut s = bias;
+                for (i, &(xo, wo)) in taps.iter().enumerate() {
+                    let xa = fx.add_imm(q[0], xo);
+                    let xv = fx.load(ty, xa);
+                    let wv = if held {
+                        weights[i]
+                    } else {
+                        let wa = fx.add_imm(wc, wo);
+                        fx.load(ty, wa)
+                    };
+                    s = if t.fma {
+                        fx.b.ins().fma(xv, wv, s)
+                    } else {
+                        let pr = fx.mul(xv, wv);
+                        fx.add(s, pr)
+                    };
+                }
+                let s = match c.fused {
+                    Some(op) => super::elementwise::unary_op(fx, ty, op, s),
+                    None => s,
+                };
+                fx.store(s, q[1]);
+            });
+        });
+    });
+}
+
+/// Zeroes `bytes` (a multiple of 16) at `dst`.
+fn fill_zero(fx: &mut Fx, simd: bool, dst: Value, bytes: i64) {
+    let step = if simd { 16 } else { 4 };
+    let z = fx.b.ins().iconst(I32, 0);
+    let z = if simd { fx.b.ins().splat(I32X4, z) } else { z };
+    fx.for_ptrs(bytes / step, &[(dst, step)], &mut |fx, q| fx.store(z, q[0]));
+}
+
+/// `dst[j][i] = src[i][j]` for 32-bit elements, `rows` x `cols` of `src`; rows are
+/// `src_row` and `dst_row` bytes apart. Blocks of 4 x 4 go through registers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transpose(
+    fx: &mut Fx,
+    simd: bool,
+    src: Value,
+    src_row: i64,
+    dst: Value,
+    dst_row: i64,
+    rows: i64,
+    cols: i64,
+) {
+    let copy = |fx: &mut Fx, s: Value, d: Value| {
+        let v = fx.load(I32, s);
+        fx.store(v, d);
+    };
+    let (rb, cb) = if simd { (rows / 4, cols / 4) } else { (0, 0) };
+    fx.for_ptrs(rb, &[(src, 4 * src_row), (dst, 16)], &mut |fx, r| {
+        fx.for_ptrs(cb, &[(r[0], 16), (r[1], 4 * dst_row)], &mut |fx, q| {
+            let v: Vec<Value> = (0..4)
+                .map(|i| {
+                    let sa = fx.add_imm(q[0], i * src_row);
+                    fx.load(I32X4, sa)
+                })
+                .collect();
+            let lo01 = shuffle(fx, v[0], v[1], [0, 4, 1, 5]);
+            let hi01 = shuffle(fx, v[0], v[1], [2, 6, 3, 7]);
+            let lo23 = shuffle(fx, v[2], v[3], [0, 4, 1, 5]);
+            let hi23 = shuffle(fx, v[2], v[3], [2, 6, 3, 7]);
+            let out = [
+                shuffle(fx, lo01, lo23, [0, 1, 4, 5]),
+                shuffle(fx, lo01, lo23, [2, 3, 6, 7]),
+                shuffle(fx, hi01, hi23, [0, 1, 4, 5]),
+                shuffle(fx, hi01, hi23, [2, 3, 6, 7]),
+            ];
+            for (i, o) in out.into_iter().enumerate() {
+                let da = fx.add_imm(q[1], i as i64 * dst_row);
+                fx.store(o, da);
+            }
+        });
+        // the columns past the last whole block, four rows each
+        let (s, d) = (fx.add_imm(r[0], 16 * cb), fx.add_imm(r[1], 4 * cb * dst_row));
+        fx.for_ptrs(cols - 4 * cb, &[(s, 4), (d, dst_row)], &mut |fx, q| {
+            for i in 0..4 {
+                let (sa, da) = (fx.add_imm(q[0], i * src_row), fx.add_imm(q[1], 4 * i));
+                copy(fx, sa, da);
+            }
+        });
+    });
+    // the rows past the last whole block
+    let (s, d) = (fx.add_imm(src, 4 * rb * src_row), fx.add_imm(dst, 16 * rb));
+    fx.for_ptrs(rows - 4 * rb, &[(s, src_row), (d, 4)], &mut |fx, r| {
+        fx.for_ptrs(cols, &[(r[0], 4), (r[1], dst_row)], &mut |fx, q| copy(fx, q[0], q[1]));
+    });
+}
+
+/// Lanes `idx` (0-3 from `a`, 4-7 from `b`) of two 32-bit vectors.
+fn shuffle(fx: &mut Fx, a: Value, b: Value, idx: [u8; 4]) -> Value {
+    let le = MemFlagsData::new().with_endianness(Endianness::Little);
+    let mask: Vec<u8> = idx.iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
+    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+    let (a8, b8) = (fx.b.ins().bitcast(I8X16, le, a), fx.b.ins().bitcast(I8X16, le, b));
+    let s = fx.b.ins().shuffle(a8, b8, mask);
+    fx.b.ins().bitcast(I32X4, le, s)
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Where a native object's time goes on the host, per kernel (one kernel per graph node).
+
+    scripts/profile-host.py MODEL [--runs 3000] [--kiln target/release/kiln] [-- KILN_COMPILE_ARGS...]
+
+Compiles MODEL with `kiln compile --emit object` (extra arguments after `--`, e.g.
+`--quantize int8 --target-cpu native`), links a harness that runs `<prefix>_run` --runs
+times on a zero input, samples it with `perf record` and prints each kernel's share of the
+samples (kernel symbols are `<prefix>_k<N>_<op>`, N in schedule order). A measuring aid,
+not a test: host times are noisy, so compare shares and the peer ratios of
+`scripts/bench-peers.py`, never absolute times across runs.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HARNESS = r"""
+#include "m.h"
+#include <stdlib.h>
+static unsigned char arena[M_ARENA_SIZE] __attribute__((aligned(16)));
+static IN_T in0[M_INPUT0_COUNT];
+static OUT_T out0[M_OUTPUT0_COUNT];
+int main(int argc, char **argv) {
+    int runs = argc > 1 ? atoi(argv[1]) : 1;
+    for (int r = 0; r < runs; r++)
+        if (m_run(in0, out0, arena)) return 3;
+    return 0;
+}
+"""
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def main():
+    argv = sys.argv[1:]
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--runs", type=int, default=3000)
+    ap.add_argument("--kiln", default=os.path.join(ROOT, "target", "release", "kiln"))
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        run([a.kiln, "compile", a.model, "--emit", "object", "--prefix", "m", "-o", d] + extra)
+        header = open(os.path.join(d, "m.h")).read()
+        sig = re.search(r"int m_run\(const (\w+) \*\w+, (\w+) \*", header)
+        if sig is None or "M_INPUT1_COUNT" in header or "M_OUTPUT1_COUNT" in header:
+            sys.exit("the harness handles one input and one output")
+        src = HARNESS.replace("IN_T", sig.group(1)).replace("OUT_T", sig.group(2))
+        open(os.path.join(d, "h.c"), "w").write(src)
+        exe = os.path.join(d, "h")
+        run(["cc", "-O2", "-I", d, os.path.join(d, "h.c"), os.path.join(d, "m.o"), "-o", exe])
+        data = os.path.join(d, "perf.data")
+        run(["perf", "record", "-q", "-o", data, exe, str(a.runs)])
+        rep = run(["perf", "report", "-i", data, "--no-children", "--sort", "sym", "--stdio"])
+    rows = []
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[\.\]\s+(\S+)", line)
+        if m:
+            rows.append((float(m.group(1)), m.group(2)))
+    kern = [(p, s) for p, s in rows if re.match(r"m_k\d+_", s)]
+    kern.sort(key=lambda r: int(re.match(r"m_k(\d+)_", r[1]).group(1)))
+    print(f"{'kernel':<28} {'share':>7}")
+    for p, s in kern:
+        print(f"{s[2:]:<28} {p:>6.1f}%")
+    other = sum(p for p, s in rows if (p, s) not in kern)
+    print(f"{'(outside kernels)':<28} {other:>6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
