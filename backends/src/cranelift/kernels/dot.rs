@@ -123,7 +123,7 @@ pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
 
 /// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
 /// tree Cranelift folds into `vpdpbusd` (x unsigned) or `sdot`.
-fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
+pub(crate) fn dot4(fx: &mut Fx, d: Dot, x: Value, w: Value, acc: Value) -> Value {
     if d == Dot::Pairs {
         // w holds one channel's four weights in every lane, so its low half serves both
         let w16 = fx.b.ins().swiden_low(w);
@@ -244,7 +244,9 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                 let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
                 let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);
                 for (i, v) in vars.iter().enumerate() {
-                    let w = fx.b.ins().load(I32, flags(), r[1], (i as i64 * c) as i32);
+                    // read-only weights: a pure load, broadcast straight from memory
+                    let wa = fx.add_imm(r[1], i as i64 * c);
+                    let w = fx.load_ro(I32, wa);
                     let w = fx.b.ins().splat(I32X4, w);
                     let w = fx.b.ins().bitcast(I8X16, lanes, w);
                     for (h, xv) in [x0, x1].into_iter().enumerate() {

@@ -246,16 +246,7 @@ pub(crate) fn transpose(
                     fx.load(I32X4, sa)
                 })
                 .collect();
-            let lo01 = shuffle(fx, v[0], v[1], [0, 4, 1, 5]);
-            let hi01 = shuffle(fx, v[0], v[1], [2, 6, 3, 7]);
-            let lo23 = shuffle(fx, v[2], v[3], [0, 4, 1, 5]);
-            let hi23 = shuffle(fx, v[2], v[3], [2, 6, 3, 7]);
-            let out = [
-                shuffle(fx, lo01, lo23, [0, 1, 4, 5]),
-                shuffle(fx, lo01, lo23, [2, 3, 6, 7]),
-                shuffle(fx, hi01, hi23, [0, 1, 4, 5]),
-                shuffle(fx, hi01, hi23, [2, 3, 6, 7]),
-            ];
+            let out = transpose4(fx, [v[0], v[1], v[2], v[3]]);
             for (i, o) in out.into_iter().enumerate() {
                 let da = fx.add_imm(q[1], i as i64 * dst_row);
                 fx.store(o, da);
@@ -275,6 +266,21 @@ pub(crate) fn transpose(
     fx.for_ptrs(rows - 4 * rb, &[(s, src_row), (d, 4)], &mut |fx, r| {
         fx.for_ptrs(cols, &[(r[0], 4), (r[1], dst_row)], &mut |fx, q| copy(fx, q[0], q[1]));
     });
+}
+
+/// The 4 x 4 transpose of four vectors of 32-bit lanes (lane j of vector i becomes lane i
+/// of vector j), by unpacks.
+pub(crate) fn transpose4(fx: &mut Fx, v: [Value; 4]) -> [Value; 4] {
+    let lo01 = shuffle(fx, v[0], v[1], [0, 4, 1, 5]);
+    let hi01 = shuffle(fx, v[0], v[1], [2, 6, 3, 7]);
+    let lo23 = shuffle(fx, v[2], v[3], [0, 4, 1, 5]);
+    let hi23 = shuffle(fx, v[2], v[3], [2, 6, 3, 7]);
+    [
+        shuffle(fx, lo01, lo23, [0, 1, 4, 5]),
+        shuffle(fx, lo01, lo23, [2, 3, 6, 7]),
+        shuffle(fx, hi01, hi23, [0, 1, 4, 5]),
+        shuffle(fx, hi01, hi23, [2, 3, 6, 7]),
+    ]
 }
 
 /// Lanes `idx` (0-3 from `a`, 4-7 from `b`) of two 32-bit vectors.

@@ -18,6 +18,7 @@ mod layout;
 mod nest;
 mod nn;
 mod norm;
+mod qdw;
 mod quant;
 mod resize;
 mod rnn;
@@ -181,6 +182,7 @@ pub(crate) fn pack_bytes(bytes: &[u8], bits: u8) -> Vec<u8> {
 fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
     match &g.node(n).op {
         Op::QConv { .. } if dot.is_some() && dot::applies(g, n) => dot::scratch(g, n),
+        Op::QConv { .. } if let (Some(_), Some(d)) = (dot, qdw::QDw::of(g, n)) => d.scratch(),
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => quant::qconv_scratch(g, n),
@@ -328,6 +330,9 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
         Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
         Op::QConv { window, group, q } if int16(g, n) => quant::qconv16(fx, g, n, window, *group, q, a),
+        Op::QConv { q, .. } if let (Some(d), Some(w)) = (t.dot, qdw::QDw::of(g, n)) => {
+            qdw::qconv(fx, g, n, q, &w, a, d)
+        }
         Op::QConv { window, q, .. } if t.dot.is_some() && dot::applies(g, n) => {
             dot::qconv(fx, g, n, window, q, a, t.dot.unwrap_or(Dot::Signed))
         }

@@ -706,10 +706,38 @@ pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
     })
 }
 
-/// [`finish_fit`] on four sums (i32 lanes) of one channel: the 64-bit products, the
+/// Bytes of one [`rescale_records`] record.
+pub(crate) const RESCALE_RECORD: i64 = 48;
+
+/// Per output channel (`channels` of them), the constants of [`finish_fit4`] ready for
+/// vectors, so a kernel loads them instead of deriving them per call: the multiplier twice
+/// (i64x2), the rounding half `2^(e-1)` twice, and the shift `e = 31 - shift` (i64), padded
+/// to 48 bytes.
+pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
+    (0..channels)
+        .flat_map(|c| {
+            let r = q.requant[if q.requant.len() == 1 { 0 } else { c }];
+            let e = 31 - r.shift as i64;
+            let (m, half) = (r.multiplier as i64, 1i64 << (e - 1));
+            [m, m, half, half, e, 0].into_iter().flat_map(i64::to_le_bytes)
+        })
+        .collect()
+}
+
+/// [`finish_fit4`] with the channel's constants read from its [`rescale_records`] record at
+/// `rec`.
+pub(crate) fn finish_fit4_rec(fx: &mut Fx, q: &QLinear, acc: Value, rec: Value) -> Value {
+    use cranelift_codegen::ir::types::I64X2;
+    let m2 = fx.b.ins().load(I64X2, flags(), rec, 0);
+    let half2 = fx.b.ins().load(I64X2, flags(), rec, 16);
+    let e = fx.b.ins().load(I64, flags(), rec, 32);
+    rescale4(fx, q, acc, m2, half2, e)
+}
+
+/// [`finish_fit`] on four sums (i32 lanes) of one channel/// [`finish_fit`] on four sums (i32 lanes) of one channel: the 64-bit products, the
 /// rounding shift and the clamp lane by lane; the results as i32 lanes.
 pub(crate) fn finish_fit4(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
-    use cranelift_codegen::ir::types::{I8X16, I32X4, I64X2};
+    use cranelift_codegen::ir::types::I64X2;
     let b = &mut fx.b;
     let m64 = b.ins().sextend(I64, m);
     let m2 = b.ins().splat(I64X2, m64);
@@ -720,6 +748,14 @@ pub(crate) fn finish_fit4(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Val
     let one = b.ins().iconst(I64, 1);
     let half = b.ins().ishl(one, e1);
     let half2 = b.ins().splat(I64X2, half);
+    rescale4(fx, q, acc, m2, half2, e)
+}
+
+/// The body of [`finish_fit4`]: `m2` the multiplier in both i64 lanes, `half2` the rounding
+/// half in both, `e` the right shift.
+fn rescale4(fx: &mut Fx, q: &QLinear, acc: Value, m2: Value, half2: Value, e: Value) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I32X4};
+    let b = &mut fx.b;
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let parts = [b.ins().swiden_low(acc), b.ins().swiden_high(acc)].map(|x| {
         let p = b.ins().imul(x, m2);
@@ -928,6 +964,11 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             // rows whose count is not a multiple of four
             if let Some(w) = super::dot::padded_rows(g, n) {
                 v.push(w);
+            }
+            // packed weights and sum starts for the channels-last depthwise kernel
+            if let Some(d) = super::qdw::QDw::of(g, n) {
+                v.extend(super::qdw::tables(g, n, &d));
+                v.push(rescale_records(q, g.value(node.outputs[0]).ty.shape[1]));
             }
             v
         }

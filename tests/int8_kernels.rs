@@ -1,0 +1,154 @@
+//! The native int8 depthwise kernel (channels-last on the byte dot product) on shapes that
+//! reach every edge: channel counts that are not whole vectors of sixteen or four, kernels
+//! whose taps are not whole groups of four, strides, dilations, uneven padding, two images,
+//! per-channel and per-tensor rescales, zero points at the ends of the range, and a rescale
+//! large enough that the sums do not provably fit (the saturating path). Every backend must
+//! give the evaluator's bytes; the native object is also built with `--target-cpu native`
+//! (the VNNI or `sdot` form where the host has it).
+
+use kiln_ir::op::{QLinear, Window};
+use kiln_ir::{DType, Graph, Op, QParams, Scalar, Tensor, TensorType};
+use kiln_tests::{HOST, Toolchain, bit_exact_on_every_backend_many, build_native_for};
+
+struct Case {
+    n: usize,
+    c: usize,
+    hw: (usize, usize),
+    k: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+    pads: [usize; 4],
+    zp: i32,
+    per_channel: bool,
+    /// log2 of the rescale: around -10 for realistic layers, +20 to defeat the fit proof
+    scale_exp: i32,
+    out_zp: i32,
+}
+
+/// Deterministic bytes over the whole int8 range.
+fn bytes(seed: u64, n: usize) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8 as i8
+        })
+        .collect()
+}
+
+fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
+    let (c, (h, w), (kh, kw)) = (case.c, case.hw, case.k);
+    let q = |zp| QParams::PerTensor {
+        scale: 0.05,
+        zero_point: zp,
+    };
+    let mut g = Graph::new("qdw");
+    let x = g.add_input(
+        "x",
+        TensorType::new(DType::quantized(Scalar::I8, q(case.zp)), vec![case.n, c, h, w]),
+    );
+    let wv = g.add_const("w", Tensor::from_vec(vec![c, 1, kh, kw], bytes(seed + 1, c * kh * kw)));
+    let bias: Vec<i32> = bytes(seed + 2, c).iter().map(|&b| b as i32 * 300).collect();
+    let bv = g.add_const("b", Tensor::from_vec(vec![c], bias));
+    let requant: std::sync::Arc<[_]> = (0..if case.per_channel { c } else { 1 })
+        .map(|i| kiln_runtime::quantize_multiplier(2f64.powi(case.scale_exp) * (1.0 + i as f64 / 7.0)).unwrap())
+        .collect();
+    let op = Op::QConv {
+        window: Window {
+            kernel: vec![kh, kw],
+            strides: vec![case.stride.0, case.stride.1],
+            dilations: vec![case.dil.0, case.dil.1],
+            pads: case.pads.to_vec(),
+        },
+        group: c,
+        q: QLinear {
+            input_zp: case.zp,
+            output_scale: 0.1,
+            output_zp: case.out_zp,
+            requant,
+            act_min: -128,
+            act_max: 127,
+            weight_bits: 8,
+        },
+    };
+    let (_, y) = g.add_node("dw", op, vec![x, wv, bv], &[]).unwrap();
+    g.add_output(y[0]);
+    let xs = Tensor::from_vec(vec![case.n, c, h, w], bytes(seed, case.n * c * h * w));
+    (g, vec![xs])
+}
+
+#[test]
+fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
+    let d = |n, c, hw, k, stride, dil, pads, zp, per_channel, scale_exp| Case {
+        // a saturated rescale plus a nonzero output zero point overflows i32 in every
+        // backend alike (noted on the hardening issue), so the saturating case keeps it 0
+        out_zp: if scale_exp > 0 { 0 } else { -3 },
+        n,
+        c,
+        hw,
+        k,
+        stride,
+        dil,
+        pads,
+        zp,
+        per_channel,
+        scale_exp,
+    };
+    let cases = [
+        // KWS: 3x3 same padding, 64 channels (four whole vectors)
+        d(1, 64, (25, 5), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1], -128, true, -10),
+        // MobileNet stride 2 with padding only at the end, 24 channels (one and a half vectors)
+        d(1, 24, (9, 11), (3, 3), (2, 2), (1, 1), [0, 0, 1, 1], 5, false, -9),
+        // 5 channels (no whole group of four), dilation, uneven padding, two images
+        d(2, 5, (7, 6), (3, 2), (1, 2), (2, 1), [2, 0, 1, 1], 127, true, -8),
+        // 5x5 (25 taps: a last group of one), no padding at all
+        d(1, 18, (8, 9), (5, 5), (1, 1), (1, 1), [0, 0, 0, 0], 0, true, -11),
+        // a rescale of 2^20: the sums cannot be proven to fit, so the saturating path runs
+        d(1, 20, (6, 6), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1], -7, true, 20),
+        // 1x1 depthwise (a per-channel scale) and a 1-wide plane
+        d(1, 33, (4, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 3, true, -6),
+    ];
+    let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (g, x) = depthwise(c, 300 + i as u64);
+            (format!("qdw{i}"), g, vec![x])
+        })
+        .collect();
+    let models: Vec<(&str, &Graph, &[Vec<Tensor>])> =
+        built.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
+    let dir = std::env::temp_dir().join(format!("kiln-qdw-{}", std::process::id()));
+    let mut failures = bit_exact_on_every_backend_many(&models, &dir);
+    // the host's own dot product (VNNI here), built apart from the portable object
+    let native = Toolchain {
+        cpu: Some("native"),
+        ..HOST
+    };
+    for (tag, g, sets) in &built {
+        let d = std::env::temp_dir().join(format!("kiln-qdw-native-{}-{tag}", std::process::id()));
+        let exe = build_native_for(g, "m", &d, &native).unwrap();
+        let want = kiln_ir::eval::run(g, &sets[0]).unwrap();
+        let got = exe.run(g, &sets[0]).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        if got[0].data.to_le_bytes() != want[0].data.to_le_bytes() {
+            failures.push(format!("{tag} native --target-cpu native: not the evaluator's bytes"));
+        }
+    }
+    // the saturating case must reach both ends, the others must not be a few values
+    for ((tag, g, sets), case) in built.iter().zip(&cases) {
+        let y = kiln_ir::eval::run(g, &sets[0]).unwrap()[0].to_i64_vec();
+        let distinct = y.iter().collect::<std::collections::BTreeSet<_>>().len();
+        if case.scale_exp > 0 {
+            assert!(
+                y.contains(&-128) && y.contains(&127),
+                "{tag}: does not saturate both ways"
+            );
+        } else {
+            assert!(distinct > 8, "{tag}: only {distinct} distinct outputs");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
