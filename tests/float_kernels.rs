@@ -1,14 +1,16 @@
-//! The native float kernels that block, reassociate or fuse: the matrix product (panels of
-//! rows, blocks of vectors) and the channels-last depthwise convolution, on shapes chosen
-//! to hit every edge (rows and columns that are not whole panels or vectors, channel counts
-//! that are not whole vectors, strides, dilations, uneven padding, many taps). With the
-//! portable default (no fused multiply-add on x86-64) the object must give the evaluator's
-//! bits; with `--target-cpu x86-64-v3` (fused multiply-add) it must stay within the
+//! The float kernels that block, reorder or fuse: the native matrix product (panels of
+//! rows, blocks of vectors), its im2col, the native channels-last depthwise convolution,
+//! and the C backend's host loop orders (output planes and rows accumulated in place), on
+//! shapes chosen to hit every edge (rows and columns that are not whole panels or vectors,
+//! channel counts that are not whole vectors, strides, dilations, uneven padding, many
+//! taps). With the portable default (no fused multiply-add on x86-64) the object, and the C
+//! (ISO C, so no contraction, at `-O3 -march=native`), must give the evaluator's bits; with
+//! `--target-cpu x86-64-v3` (fused multiply-add) the object must stay within the
 //! documented float tolerance, `|Δ| <= FLOAT_TOL * max |y|` per output.
 
 use kiln_ir::op::{Conv, UnaryOp, Window};
 use kiln_ir::{Graph, Op, Scalar, Tensor, TensorType};
-use kiln_tests::{HOST, Toolchain, build_native_for};
+use kiln_tests::{HOST, Toolchain, build_c, build_native_for};
 
 use kiln_tests::NATIVE_REL as FLOAT_TOL;
 
@@ -24,6 +26,9 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 }
 
 struct DwCase {
+    /// Output channels per group of one input channel, or 0 for one group (a regular
+    /// convolution with `c` input and output channels).
+    depthwise: bool,
     n: usize,
     c: usize,
     hw: (usize, usize),
@@ -40,10 +45,11 @@ fn depthwise(case: &DwCase, seed: u64) -> (Graph, Vec<Tensor>) {
     let mut g = Graph::new("dw");
     let (h, w) = case.hw;
     let x = g.add_input("x", TensorType::new(Scalar::F32, vec![case.n, case.c, h, w]));
-    let wn = case.c * case.k.0 * case.k.1;
+    let cg = if case.depthwise { 1 } else { case.c };
+    let wn = case.c * cg * case.k.0 * case.k.1;
     let wv = g.add_const(
         "w",
-        Tensor::from_vec(vec![case.c, 1, case.k.0, case.k.1], values(seed + 1, wn)),
+        Tensor::from_vec(vec![case.c, cg, case.k.0, case.k.1], values(seed + 1, wn)),
     );
     let mut inputs = vec![x, wv];
     if case.bias {
@@ -56,7 +62,7 @@ fn depthwise(case: &DwCase, seed: u64) -> (Graph, Vec<Tensor>) {
             dilations: vec![case.dil.0, case.dil.1],
             pads: case.pads.to_vec(),
         },
-        group: case.c,
+        group: if case.depthwise { case.c } else { 1 },
         fused: case.relu.then_some(UnaryOp::Relu),
     });
     let (_, y) = g.add_node("dw", op, inputs, &["y"]).unwrap();
@@ -114,6 +120,27 @@ fn fma_host() -> Option<Toolchain> {
         })
 }
 
+/// The C backend's build at `-O3 -march=native` (vectorized) against the evaluator's bits.
+fn check_c(g: &Graph, inputs: &[Tensor], tag: &str) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("kiln-floatk-c-{}-{tag}", std::process::id()));
+    let exe = build_c(g, "m", &dir, &["-O3", "-march=native"])?;
+    let got = exe.run(g, inputs);
+    let _ = std::fs::remove_dir_all(&dir);
+    let want = kiln_ir::eval::run(g, inputs).map_err(|e| e.to_string())?;
+    let (got, want) = (
+        got?[0].as_slice::<f32>().unwrap().to_vec(),
+        want[0].as_slice::<f32>().unwrap().to_vec(),
+    );
+    match got
+        .iter()
+        .zip(&want)
+        .position(|(a, b)| a.to_bits() != b.to_bits() && !(*a == 0.0 && *b == 0.0))
+    {
+        Some(i) => Err(format!("{tag}: element {i} is {}, the evaluator's {}", got[i], want[i])),
+        None => Ok(()),
+    }
+}
+
 fn run_all(cases: Vec<(String, Graph, Vec<Tensor>)>) {
     let fma = fma_host();
     let mut failures = Vec::new();
@@ -121,6 +148,9 @@ fn run_all(cases: Vec<(String, Graph, Vec<Tensor>)>) {
     for (tag, g, inputs) in &cases {
         if let Err(e) = check(g, inputs, &HOST, true, &format!("{tag}-exact")) {
             failures.push(format!("portable: {e}"));
+        }
+        if let Err(e) = check_c(g, inputs, tag) {
+            failures.push(format!("C: {e}"));
         }
         if let Some(tc) = &fma {
             match check(g, inputs, tc, false, &format!("{tag}-fma")) {
@@ -132,7 +162,7 @@ fn run_all(cases: Vec<(String, Graph, Vec<Tensor>)>) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     println!(
-        "{} cases bit-exact portably; with fma ({}) worst {worst:e} of max |y|",
+        "{} cases bit-exact portably and in C; with fma ({}) worst {worst:e} of max |y|",
         cases.len(),
         if fma.is_some() { "x86-64-v3" } else { "not on this host" }
     );
@@ -141,6 +171,7 @@ fn run_all(cases: Vec<(String, Graph, Vec<Tensor>)>) {
 #[test]
 fn depthwise_convolutions_match_the_evaluator() {
     let d = |n, c, hw, k, stride, dil, pads, bias, relu| DwCase {
+        depthwise: true,
         n,
         c,
         hw,
@@ -170,6 +201,41 @@ fn depthwise_convolutions_match_the_evaluator() {
         .map(|(i, c)| {
             let (g, x) = depthwise(c, 100 + i as u64);
             (format!("dw{i}"), g, x)
+        })
+        .collect();
+    run_all(graphs);
+}
+
+#[test]
+fn convolutions_match_the_evaluator() {
+    let d = |c, hw, k, stride, pads, bias, relu| DwCase {
+        depthwise: false,
+        n: 1,
+        c,
+        hw,
+        k,
+        stride,
+        dil: (1, 1),
+        pads,
+        bias,
+        relu,
+    };
+    let cases = [
+        // ResNet 3x3 same padding, rows of 13 (three vectors and a tail)
+        d(6, (9, 13), (3, 3), (1, 1), [1, 1, 1, 1], true, true),
+        // stride 2 with padding at the end only
+        d(5, (8, 11), (3, 3), (2, 2), [0, 0, 1, 1], true, false),
+        // 1x1 unit stride (the flat plane loop in C, no im2col natively)
+        d(7, (5, 9), (1, 1), (1, 1), [0, 0, 0, 0], false, true),
+        // a kernel wider than the padded input reaches for some columns
+        d(3, (4, 3), (2, 5), (1, 1), [0, 2, 1, 2], true, false),
+    ];
+    let graphs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (g, x) = depthwise(c, 400 + i as u64);
+            (format!("conv{i}"), g, x)
         })
         .collect();
     run_all(graphs);

@@ -6,14 +6,16 @@
 //! operations, and exp/tanh/sigmoid use the same Cephes-style approximations as the native
 //! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
 
+mod conv;
 mod int;
+mod linalg;
 mod mcu;
 mod rom;
 mod writer;
 
 use crate::header;
 use crate::shapes::{bcast, f32_half_weight, pow_exponent, strides};
-use kiln_ir::op::{BinaryOp, Conv, Pool, PoolKind, ReduceKind, UnaryOp};
+use kiln_ir::op::{BinaryOp, Pool, PoolKind, ReduceKind, UnaryOp};
 use kiln_ir::plan::{Location, MemoryPlan};
 use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
 use std::fmt::Write;
@@ -587,7 +589,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (k, &n) in plan.order.iter().enumerate() {
         if !aliased(g, plan, n) {
             let mut text = String::new();
-            kernel(&mut text, g, n, k, opts.cortex_m);
+            kernel(&mut text, g, n, k, opts.cortex_m, !opts.cortex_m && !opts.progmem);
             if opts.progmem || half_weight(g, n) || packed_weight(g, n) {
                 text = flash_reads(g, n, k, &text, opts.progmem)?;
             }
@@ -809,7 +811,9 @@ fn dims(s: &[usize]) -> Vec<usize> {
     s.to_vec()
 }
 
-fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool) {
+/// `host`: a target with vectors and caches (not a Cortex-M part nor AVR), where loops
+/// over independent outputs innermost let the C compiler vectorize.
+fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool, host: bool) {
     let node = g.node(n);
     out.push_str(&sig(g, n, k));
     if int::supported(g, n).is_some() {
@@ -1036,70 +1040,15 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool) {
                 });
             }
         }
-        Op::Conv(c) => conv(out, g, n, c),
+        Op::Conv(c) => conv::conv(out, g, n, c, host),
         Op::Gemm {
             alpha,
             beta,
             trans_a,
             trans_b,
             fused,
-        } => {
-            let (m, nn) = (o0[0], o0[1]);
-            let ash = shape(g, node.inputs[0]);
-            let kk = if *trans_a { ash[0] } else { ash[1] };
-            let ai = if *trans_a {
-                format!("p * {m} + i")
-            } else {
-                format!("i * {kk} + p")
-            };
-            let bi = if *trans_b {
-                format!("j * {kk} + p")
-            } else {
-                format!("p * {nn} + j")
-            };
-            let _ = writeln!(
-                out,
-                "    for (int32_t i = 0; i < {m}; ++i)\n        for (int32_t j = 0; j < {nn}; ++j) {{\n            float acc = 0.0f;"
-            );
-            let _ = writeln!(
-                out,
-                "            for (int32_t p = 0; p < {kk}; ++p) acc += x0[{ai}] * x1[{bi}];"
-            );
-            if *alpha != 1.0 {
-                let _ = writeln!(out, "            acc = acc * {};", f32_lit(*alpha).unwrap_or_default());
-            }
-            if node.inputs.len() > 2 {
-                let cs = bcast(shape(g, node.inputs[2]), &o0);
-                let _ = writeln!(
-                    out,
-                    "            acc = acc + {} * x2[i * {} + j * {}];",
-                    f32_lit(*beta).unwrap_or_default(),
-                    cs[0],
-                    cs[1]
-                );
-            }
-            let v = fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
-            let _ = writeln!(out, "            y0[i * {nn} + j] = {v};\n        }}");
-        }
-        Op::MatMul => {
-            let (sa, sb) = (shape(g, node.inputs[0]).to_vec(), shape(g, node.inputs[1]).to_vec());
-            let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
-            let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
-            let (m, kk, nn) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
-            let batch = kiln_ir::shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).expect("checked");
-            let scale = |st: Vec<i64>, s: usize| st.into_iter().map(|x| x * s as i64).collect::<Vec<_>>();
-            let bst = [
-                scale(strides(&batch), m * nn),
-                scale(bcast(&a2[..a2.len() - 2], &batch), m * kk),
-                scale(bcast(&b2[..b2.len() - 2], &batch), kk * nn),
-            ];
-            nest(out, 1, &batch, &bst, &|o| {
-                format!(
-                    "for (int32_t i = 0; i < {m}; ++i)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        float acc = 0.0f;\n        for (int32_t p = 0; p < {kk}; ++p) acc += x0[{} + i * {kk} + p] * x1[{} + p * {nn} + j];\n        y0[{} + i * {nn} + j] = acc;\n    }}",
-                    o[1], o[2], o[0]
-                )
-            });
-        }
+        } => linalg::gemm(out, g, n, (*alpha, *beta), (*trans_a, *trans_b), *fused, host),
+        Op::MatMul => linalg::matmul(out, g, n, host),
         Op::Pool(p) => pool(out, g, n, p),
         Op::GlobalPool(kind) => {
             let s = shape(g, node.inputs[0]);
@@ -1289,70 +1238,6 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool) {
         other => unreachable!("{} passed the support check", other.name()),
     }
     out.push_str("}\n");
-}
-
-fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv) {
-    let node = g.node(n);
-    let xs = shape(g, node.inputs[0]);
-    let ws = shape(g, node.inputs[1]);
-    let os = shape(g, node.outputs[0]);
-    let w = &c.window;
-    let two = xs.len() == 4;
-    let (h, wd, oh, ow) = if two {
-        (xs[2], xs[3], os[2], os[3])
-    } else {
-        (1, xs[2], 1, os[2])
-    };
-    let (kh, kw) = if two {
-        (w.kernel[0], w.kernel[1])
-    } else {
-        (1, w.kernel[0])
-    };
-    let (sh, sw) = if two {
-        (w.strides[0], w.strides[1])
-    } else {
-        (1, w.strides[0])
-    };
-    let (dh, dw) = if two {
-        (w.dilations[0], w.dilations[1])
-    } else {
-        (1, w.dilations[0])
-    };
-    let (ph, pw) = if two { (w.pads[0], w.pads[1]) } else { (0, w.pads[0]) };
-    let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
-    let mg = m / c.group;
-    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0.0f" };
-    let v = c.fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
-    let _ = writeln!(out, "    for (int32_t b = 0; b < {nb}; ++b)");
-    let _ = writeln!(out, "    for (int32_t oc = 0; oc < {m}; ++oc) {{");
-    let _ = writeln!(out, "        int32_t g0 = (oc / {mg}) * {cg};");
-    let _ = writeln!(
-        out,
-        "        for (int32_t oy = 0; oy < {oh}; ++oy)\n        for (int32_t ox = 0; ox < {ow}; ++ox) {{"
-    );
-    let _ = writeln!(out, "            float acc = {bias};");
-    let _ = writeln!(
-        out,
-        "            for (int32_t c = 0; c < {cg}; ++c)\n            for (int32_t ky = 0; ky < {kh}; ++ky) {{"
-    );
-    let _ = writeln!(
-        out,
-        "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
-    );
-    let _ = writeln!(out, "                for (int32_t kx = 0; kx < {kw}; ++kx) {{");
-    let _ = writeln!(
-        out,
-        "                    int32_t ix = ox * {sw} + kx * {dw} - {pw};\n                    if (ix < 0 || ix >= {wd}) continue;"
-    );
-    let _ = writeln!(
-        out,
-        "                    acc = acc + x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx] * x0[((b * {ci} + g0 + c) * {h} + iy) * {wd} + ix];"
-    );
-    let _ = writeln!(out, "                }}\n            }}");
-    let _ = writeln!(
-        out,
-        "            y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {v};\n        }}\n    }}"
-    );
 }
 
 fn pool(out: &mut String, g: &Graph, n: NodeId, p: &Pool) {

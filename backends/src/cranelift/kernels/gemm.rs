@@ -459,7 +459,20 @@ fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value,
                             let src = fx.b.ins().iadd(src, off);
                             let sp = fx.addr(xc, src, 4);
                             let dp = fx.addr(orow, lo, 4);
-                            fx.for_ptrs_v(body_n, &[(sp, gm.sw * 4), (dp, 4)], &mut |fx, q| {
+                            // unit stride: four at a time, then the rest
+                            let (sp, dp, rest) = if gm.sw == 1 && fx.simd {
+                                let quads = fx.b.ins().ushr_imm_u(body_n, 2);
+                                fx.for_ptrs_v(quads, &[(sp, 16), (dp, 16)], &mut |fx, q| {
+                                    let v = fx.load(F4, q[0]);
+                                    fx.store(v, q[1]);
+                                });
+                                let done = fx.b.ins().ishl_imm_u(quads, 4);
+                                let (sp, dp) = (fx.b.ins().iadd(sp, done), fx.b.ins().iadd(dp, done));
+                                (sp, dp, fx.b.ins().band_imm_u(body_n, 3))
+                            } else {
+                                (sp, dp, body_n)
+                            };
+                            fx.for_ptrs_v(rest, &[(sp, gm.sw * 4), (dp, 4)], &mut |fx, q| {
                                 let v = fx.load(F32, q[0]);
                                 fx.store(v, q[1]);
                             });

@@ -1,0 +1,201 @@
+//! Float convolution in C, in two loop orders that add in the same order (bias, then the
+//! taps by input channel, kernel row, kernel column, as the evaluator does), so both give
+//! the evaluator's bits:
+//! - per output, a register accumulator over the taps: the fewest memory accesses, for
+//!   Cortex-M and AVR;
+//! - for hosts, per output channel, the whole output plane set to the bias, then each tap
+//!   added to a run of outputs (a row, or the whole plane for a 1x1 unit-stride
+//!   convolution): the innermost loop is over independent, contiguous outputs with
+//!   compile-time bounds and `restrict` pointers, which `-O3` vectorizes.
+
+use super::{shape, unary_expr};
+use kiln_ir::op::Conv;
+use kiln_ir::{Graph, NodeId};
+use std::fmt::Write;
+
+/// The 2-D view of a 1-D or 2-D convolution.
+struct Geo {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+fn geo(xs: &[usize], os: &[usize], c: &Conv) -> Geo {
+    let w = &c.window;
+    if xs.len() == 4 {
+        Geo {
+            h: xs[2],
+            w: xs[3],
+            oh: os[2],
+            ow: os[3],
+            kh: w.kernel[0],
+            kw: w.kernel[1],
+            sh: w.strides[0],
+            sw: w.strides[1],
+            dh: w.dilations[0],
+            dw: w.dilations[1],
+            ph: w.pads[0],
+            pw: w.pads[1],
+        }
+    } else {
+        Geo {
+            h: 1,
+            w: xs[2],
+            oh: 1,
+            ow: os[2],
+            kh: 1,
+            kw: w.kernel[0],
+            sh: 1,
+            sw: w.strides[0],
+            dh: 1,
+            dw: w.dilations[0],
+            ph: 0,
+            pw: w.pads[0],
+        }
+    }
+}
+
+pub(super) fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv, host: bool) {
+    let node = g.node(n);
+    let (xs, ws, os) = (
+        shape(g, node.inputs[0]),
+        shape(g, node.inputs[1]),
+        shape(g, node.outputs[0]),
+    );
+    let gm = geo(xs, os, c);
+    let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
+    let mg = m / c.group;
+    let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0.0f" };
+    let _ = writeln!(out, "    for (int32_t b = 0; b < {nb}; ++b)");
+    let _ = writeln!(out, "    for (int32_t oc = 0; oc < {m}; ++oc) {{");
+    let _ = writeln!(out, "        int32_t g0 = (oc / {mg}) * {cg};");
+    if host {
+        rows(out, &gm, c, (ci, m, cg), bias);
+    } else {
+        per_output(out, &gm, c, (ci, m, cg), bias);
+    }
+}
+
+/// One register accumulator per output.
+fn per_output(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Geo {
+        h,
+        w: wd,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        ph,
+        pw,
+    } = *gm;
+    let v = c.fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
+    let _ = writeln!(
+        out,
+        "        for (int32_t oy = 0; oy < {oh}; ++oy)\n        for (int32_t ox = 0; ox < {ow}; ++ox) {{"
+    );
+    let _ = writeln!(out, "            float acc = {bias};");
+    let _ = writeln!(
+        out,
+        "            for (int32_t c = 0; c < {cg}; ++c)\n            for (int32_t ky = 0; ky < {kh}; ++ky) {{"
+    );
+    let _ = writeln!(
+        out,
+        "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
+    );
+    let _ = writeln!(out, "                for (int32_t kx = 0; kx < {kw}; ++kx) {{");
+    let _ = writeln!(
+        out,
+        "                    int32_t ix = ox * {sw} + kx * {dw} - {pw};\n                    if (ix < 0 || ix >= {wd}) continue;"
+    );
+    let _ = writeln!(
+        out,
+        "                    acc = acc + x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx] * x0[((b * {ci} + g0 + c) * {h} + iy) * {wd} + ix];"
+    );
+    let _ = writeln!(out, "                }}\n            }}");
+    let _ = writeln!(
+        out,
+        "            y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {v};\n        }}\n    }}"
+    );
+}
+
+/// The output plane as the accumulator, one tap at a time over runs of outputs.
+fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Geo {
+        h,
+        w: wd,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        ph,
+        pw,
+    } = *gm;
+    let p = oh * ow;
+    let _ = writeln!(out, "        float *restrict yo = y0 + (b * {m} + oc) * {p};");
+    let _ = writeln!(out, "        for (int32_t i = 0; i < {p}; ++i) yo[i] = {bias};");
+    let _ = writeln!(
+        out,
+        "        for (int32_t c = 0; c < {cg}; ++c) {{\n            const float *restrict xc = x0 + (b * {ci} + g0 + c) * {};",
+        h * wd
+    );
+    let flat = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && p == h * wd;
+    if flat {
+        let _ = writeln!(
+            out,
+            "            const float wv = x1[oc * {cg} + c];\n            for (int32_t i = 0; i < {p}; ++i) yo[i] = yo[i] + wv * xc[i];"
+        );
+    } else {
+        let _ = writeln!(out, "            for (int32_t ky = 0; ky < {kh}; ++ky)");
+        let _ = writeln!(out, "            for (int32_t oy = 0; oy < {oh}; ++oy) {{");
+        let _ = writeln!(
+            out,
+            "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
+        );
+        let _ = writeln!(
+            out,
+            "                const float *restrict xr = xc + iy * {wd};\n                float *restrict yr = yo + oy * {ow};"
+        );
+        // per kernel column, the output columns whose tap lands inside the input
+        for kx in 0..kw {
+            let off = (kx * dw) as i64 - pw as i64;
+            let valid: Vec<usize> = (0..ow)
+                .filter(|&o| (0..wd as i64).contains(&((o * sw) as i64 + off)))
+                .collect();
+            let (Some(&lo), Some(&hi)) = (valid.first(), valid.last()) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "                {{\n                    const float wv = x1[((oc * {cg} + c) * {kh} + ky) * {kw} + {kx}];\n                    for (int32_t ox = {lo}; ox < {}; ++ox) yr[ox] = yr[ox] + wv * xr[ox * {sw} + ({off})];\n                }}",
+                hi + 1
+            );
+        }
+        let _ = writeln!(out, "            }}");
+    }
+    let _ = writeln!(out, "        }}");
+    if let Some(u) = c.fused {
+        let _ = writeln!(
+            out,
+            "        for (int32_t i = 0; i < {p}; ++i) {{ float acc = yo[i]; yo[i] = {}; }}",
+            unary_expr(u, "acc")
+        );
+    }
+    let _ = writeln!(out, "    }}");
+}

@@ -1,0 +1,111 @@
+//! Gemm and MatMul in C. Each output is `0`, plus the products in `p` order (then Gemm's
+//! alpha, beta * C and activation), as the evaluator adds them, in either of two loop
+//! orders: a dot product per output (microcontrollers: the sum stays in a register), or
+//! for hosts, with `B` walked by rows, each output row accumulated in place one `p` at a
+//! time so the innermost loop runs over independent, contiguous outputs and vectorizes.
+
+use super::writer::{f32_lit, nest};
+use super::{shape, unary_expr};
+use crate::shapes::{bcast, strides};
+use kiln_ir::op::UnaryOp;
+use kiln_ir::{Graph, NodeId};
+use std::fmt::Write;
+
+pub(super) fn gemm(
+    out: &mut String,
+    g: &Graph,
+    n: NodeId,
+    (alpha, beta): (f32, f32),
+    (trans_a, trans_b): (bool, bool),
+    fused: Option<UnaryOp>,
+    host: bool,
+) {
+    let node = g.node(n);
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let (m, nn) = (o0[0], o0[1]);
+    let ash = shape(g, node.inputs[0]);
+    let kk = if trans_a { ash[0] } else { ash[1] };
+    let ai = if trans_a {
+        format!("p * {m} + i")
+    } else {
+        format!("i * {kk} + p")
+    };
+    let bi = if trans_b {
+        format!("j * {kk} + p")
+    } else {
+        format!("p * {nn} + j")
+    };
+    let mut finish = String::new();
+    if alpha != 1.0 {
+        let _ = writeln!(
+            finish,
+            "            acc = acc * {};",
+            f32_lit(alpha).unwrap_or_default()
+        );
+    }
+    if node.inputs.len() > 2 {
+        let cs = bcast(shape(g, node.inputs[2]), &o0);
+        let _ = writeln!(
+            finish,
+            "            acc = acc + {} * x2[i * {} + j * {}];",
+            f32_lit(beta).unwrap_or_default(),
+            cs[0],
+            cs[1]
+        );
+    }
+    let v = fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
+    if host && !trans_b {
+        let _ = writeln!(
+            out,
+            "    for (int32_t i = 0; i < {m}; ++i) {{\n        float *restrict yr = y0 + i * {nn};\n        for (int32_t j = 0; j < {nn}; ++j) yr[j] = 0.0f;"
+        );
+        let _ = writeln!(
+            out,
+            "        for (int32_t p = 0; p < {kk}; ++p) {{\n            const float a = x0[{ai}];\n            for (int32_t j = 0; j < {nn}; ++j) yr[j] = yr[j] + a * x1[{bi}];\n        }}"
+        );
+        let _ = write!(
+            out,
+            "        for (int32_t j = 0; j < {nn}; ++j) {{\n            float acc = yr[j];\n{finish}"
+        );
+        let _ = writeln!(out, "            yr[j] = {v};\n        }}\n    }}");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "    for (int32_t i = 0; i < {m}; ++i)\n        for (int32_t j = 0; j < {nn}; ++j) {{\n            float acc = 0.0f;"
+    );
+    let _ = writeln!(
+        out,
+        "            for (int32_t p = 0; p < {kk}; ++p) acc += x0[{ai}] * x1[{bi}];"
+    );
+    out.push_str(&finish);
+    let _ = writeln!(out, "            y0[i * {nn} + j] = {v};\n        }}");
+}
+
+pub(super) fn matmul(out: &mut String, g: &Graph, n: NodeId, host: bool) {
+    let node = g.node(n);
+    let (sa, sb) = (shape(g, node.inputs[0]).to_vec(), shape(g, node.inputs[1]).to_vec());
+    let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+    let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
+    let (m, kk, nn) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+    let batch = kiln_ir::shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).expect("checked");
+    let scale = |st: Vec<i64>, s: usize| st.into_iter().map(|x| x * s as i64).collect::<Vec<_>>();
+    let bst = [
+        scale(strides(&batch), m * nn),
+        scale(bcast(&a2[..a2.len() - 2], &batch), m * kk),
+        scale(bcast(&b2[..b2.len() - 2], &batch), kk * nn),
+    ];
+    nest(out, 1, &batch, &bst, &|o| {
+        if host {
+            format!(
+                "for (int32_t i = 0; i < {m}; ++i) {{\n    float *restrict yr = y0 + {} + i * {nn};\n    for (int32_t j = 0; j < {nn}; ++j) yr[j] = 0.0f;\n    for (int32_t p = 0; p < {kk}; ++p) {{\n        const float a = x0[{} + i * {kk} + p];\n        for (int32_t j = 0; j < {nn}; ++j) yr[j] = yr[j] + a * x1[{} + p * {nn} + j];\n    }}\n}}",
+                o[0], o[1], o[2]
+            )
+        } else {
+            format!(
+                "for (int32_t i = 0; i < {m}; ++i)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        float acc = 0.0f;\n        for (int32_t p = 0; p < {kk}; ++p) acc += x0[{} + i * {kk} + p] * x1[{} + p * {nn} + j];\n        y0[{} + i * {nn} + j] = acc;\n    }}",
+                o[1], o[2], o[0]
+            )
+        }
+    });
+}
