@@ -130,3 +130,48 @@ fn fp16_builds_match_the_evaluator() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every binary16 bit pattern widened by the native kernels (vectors, and the scalar tail of
+/// a depthwise convolution's weights) must be the exact f32 the evaluator widens it to:
+/// y = 0 + 1 * w for each of the 65,536 weights of a `[1, 1] x [1, 65536]` product (NaNs
+/// compared as NaN, the rest bit for bit).
+#[test]
+fn every_half_widens_exactly() {
+    use kiln_ir::{Op, Scalar, TensorType};
+    let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+    let mut g = Graph::new("widen");
+    let a = g.add_input("a", TensorType::new(Scalar::F32, vec![1, 1]));
+    let b = g.add_const("b", Tensor::from_vec(vec![1, all.len()], all));
+    // as the fp16 rewrite builds it: binary16 weights, f32 activations and result
+    let out = vec![("y".to_string(), TensorType::new(Scalar::F32, vec![1, 65536]))];
+    let (_, y) = g.add_node_typed("mm", Op::MatMul, vec![a, b], out);
+    g.add_output(y[0]);
+    let inputs = vec![Tensor::from_vec(vec![1, 1], vec![1.0f32])];
+    let want = kiln_ir::eval::run(&g, &inputs).unwrap()[0]
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec();
+    let subnormal = want
+        .iter()
+        .filter(|v| v.is_subnormal() || (v.abs() > 0.0 && v.abs() < 6.2e-5))
+        .count();
+    assert!(subnormal > 2000, "the sweep covers binary16 subnormals ({subnormal})");
+    let dir = std::env::temp_dir().join(format!("kiln-widen-{}", std::process::id()));
+    let exe = build_native(&g, "model", &dir).unwrap();
+    let got = exe.run(&g, &inputs).unwrap()[0].as_slice::<f32>().unwrap().to_vec();
+    let _ = std::fs::remove_dir_all(&dir);
+    let bad: Vec<usize> = (0..want.len())
+        .filter(|&i| {
+            let (x, w) = (got[i], want[i]);
+            !(x.to_bits() == w.to_bits() || (x.is_nan() && w.is_nan()))
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} halves widened wrongly, first {:#06x}: {} vs {}",
+        bad.len(),
+        bad[0],
+        got[bad[0]],
+        want[bad[0]]
+    );
+}

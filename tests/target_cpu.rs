@@ -97,6 +97,13 @@ fn native_cpu_objects_match_the_evaluator() {
     ] {
         graphs.extend(builds(m, false));
     }
+    // KWS hybrid (its depthwise and pointwise layers on the int8 kernels with a run-time
+    // input scale) and fp16 (weights widened per panel / per call)
+    let (_, float, inputs) = kws().pop().unwrap();
+    let hybrid = kiln::quantize::dynamic::to_dynamic(&float, &[]).unwrap().graph;
+    let half = kiln::quantize::fp16::to_fp16(&float).unwrap().graph;
+    graphs.push(("KWS hybrid".into(), hybrid, inputs.clone()));
+    graphs.push(("KWS fp16".into(), half, inputs));
     check_on(&tc, "native", false, &graphs).unwrap();
 }
 

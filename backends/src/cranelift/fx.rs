@@ -700,32 +700,33 @@ impl Fx<'_, '_> {
         use cranelift_codegen::ir::types::{F32X4, I32X4};
         let h = self.b.ins().uload16x4(MemFlagsData::new().with_notrap(), addr, 0);
         let splat = |fx: &mut Self, v: i32| fx.int_splat(I32X4, v);
-        let sign = self.b.ins().ushr_imm_u(h, 15);
-        let sign = self.b.ins().ishl_imm_u(sign, 31);
-        let exp = self.b.ins().ushr_imm_u(h, 10);
-        let c31 = splat(self, 31);
-        let exp = self.b.ins().band(exp, c31);
-        let c1023 = splat(self, 1023);
-        let mant = self.b.ins().band(h, c1023);
-        let c112 = splat(self, 112);
-        let e32 = self.b.ins().iadd(exp, c112);
-        let e32 = self.b.ins().ishl_imm_u(e32, 23);
-        let m32 = self.b.ins().ishl_imm_u(mant, 13);
-        let normal = self.b.ins().bor(e32, m32);
-        let inf = splat(self, 0x7f80_0000);
-        let special = self.b.ins().bor(m32, inf);
-        let is_special = self.b.ins().icmp(IntCC::Equal, exp, c31);
-        let bits = self.b.ins().bitselect(is_special, special, normal);
-        let bits = self.b.ins().bor(bits, sign);
-        // zero / subnormal: mant * 2^-24
-        let mf = self.b.ins().fcvt_from_sint(F32X4, mant);
-        let k = self.f(F32X4, 1.0 / 16_777_216.0);
-        let sub = self.mul(mf, k);
-        let sub = self.bits(I32X4, sub);
-        let sub = self.b.ins().bor(sub, sign);
+        // |h| moved to f32's exponent and mantissa positions, then the exponent rebiased by
+        // integer adds (twice for infinities and NaNs, whose exponent must end all ones);
+        // zeros and subnormals get the smallest normal exponent and lose its implicit one
+        // by an exact subtraction of 2^-14, so no float operation sees a subnormal (which
+        // would cost a microcode assist per instruction on x86).
+        let c7fff = splat(self, 0x7fff);
+        let mag = self.b.ins().band(h, c7fff);
+        let o = self.b.ins().ishl_imm_u(mag, 13);
+        let emask = splat(self, 0x0f80_0000);
+        let e = self.b.ins().band(o, emask);
+        let rebias = splat(self, 0x3800_0000);
+        let o = self.b.ins().iadd(o, rebias);
+        let special = self.b.ins().icmp(IntCC::Equal, e, emask);
+        let extra = self.b.ins().band(special, rebias);
+        let o = self.b.ins().iadd(o, extra);
+        let one = splat(self, 0x0080_0000);
+        let low = self.b.ins().iadd(o, one);
+        let low = self.bits(F32X4, low);
+        let magic = self.f(F32X4, f32::from_bits(0x3880_0000)); // 2^-14
+        let low = self.b.ins().fsub(low, magic);
+        let low = self.bits(I32X4, low);
         let zero = splat(self, 0);
-        let is_sub = self.b.ins().icmp(IntCC::Equal, exp, zero);
-        let out = self.b.ins().bitselect(is_sub, sub, bits);
+        let tiny = self.b.ins().icmp(IntCC::Equal, e, zero);
+        let bits = self.b.ins().bitselect(tiny, low, o);
+        let sign = self.b.ins().bxor(h, mag);
+        let sign = self.b.ins().ishl_imm_u(sign, 16);
+        let out = self.b.ins().bor(bits, sign);
         self.bits(F32X4, out)
     }
 

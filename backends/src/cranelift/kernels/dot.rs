@@ -13,6 +13,7 @@
 
 use super::super::fx::Fx;
 use super::Args;
+use super::quant::Stage;
 use cranelift_codegen::ir::types::{I8X16, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use kiln_ir::op::{QLinear, Window};
@@ -64,8 +65,22 @@ struct Dims {
 
 fn dims(g: &Graph, n: NodeId) -> Option<Dims> {
     let node = g.node(n);
-    let Op::QConv { window, group, q } = &node.op else {
-        return None;
+    let (window, group, io_ok) = match &node.op {
+        Op::QConv { window, group, q } => (
+            window,
+            group,
+            q.weight_bits == 8
+                && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
+                && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8,
+        ),
+        // hybrid: the f32 input is quantized to int8 at run time, the output is f32
+        Op::DynConv { window, group, .. } => (
+            window,
+            group,
+            kiln_ir::analysis::packed_weight_bits(g, node.inputs[1]).is_none()
+                && g.value(node.inputs[1]).ty.dtype.scalar == Scalar::I8,
+        ),
+        _ => return None,
     };
     let xs = &g.value(node.inputs[0]).ty.shape;
     let taps: usize = window.kernel.iter().product();
@@ -78,13 +93,7 @@ fn dims(g: &Graph, n: NodeId) -> Option<Dims> {
     // im2col rows are padded to whole words (their weights with zeros, `padded_rows`);
     // a direct product reads the input itself, so its channels must be whole words
     let c4 = c.next_multiple_of(4);
-    let ok = *group == 1
-        && q.weight_bits == 8
-        && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-        && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
-        && g.const_value(node.inputs[1]).is_some()
-        && (!direct || c == c4)
-        && p >= 4;
+    let ok = *group == 1 && io_ok && g.const_value(node.inputs[1]).is_some() && (!direct || c == c4) && p >= 4;
     ok.then_some(Dims {
         c: c4 as i64,
         p: p as i64,
@@ -194,31 +203,59 @@ fn interleave8(fx: &mut Fx, d: Dot, x0: Value, dst: Value, (c, p): (i64, i64), v
 /// requantization tables (2, 3) and the zero-point term (4: `zp * sum(w)`, 5: `(zp + 128)
 /// * sum(w)`), as `quant::aux` builds them.
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &Args, d: Dot) {
-    let Dims { c, p, m, im2col } = dims(g, n).expect("checked by `applies`");
-    let node = g.node(n);
-    let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
-    let has_bias = node.inputs.len() > 2;
-    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let zsum = match d {
         Dot::UnsignedBySigned => a.aux[5],
         Dot::Signed | Dot::Pairs => a.aux[4],
     };
-    let st = super::quant::Stage::Static {
+    let st = Stage::Static {
         q,
         mult: a.aux[2],
         shift: a.aux[3],
         zsum,
         fits: super::quant::fits_i32(g, n, q),
     };
-    let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
     // the weight rows, zero-padded to whole words when they are not
     let weights = if a.aux.len() > 6 { a.aux[6] } else { a.ins[1] };
+    conv(fx, g, n, window, st, weights, a, d);
+}
+
+/// `zp * sum(w)` of channel `ch` as the dot product `d` needs it: with `(zp + 128)` for
+/// activations biased to unsigned (a static stage's table is chosen by its caller).
+fn zero_term(fx: &mut Fx, st: &Stage, d: Dot, ch: Value) -> Value {
+    match *st {
+        Stage::Dynamic { zp, wsum, .. } if d == Dot::UnsignedBySigned => {
+            let wa = fx.addr(wsum, ch, 4);
+            let w = fx.load(I32, wa);
+            let z = fx.b.ins().iadd_imm_s(zp, 128);
+            fx.b.ins().imul(w, z)
+        }
+        _ => st.zsum(fx, ch),
+    }
+}
+
+/// A hybrid convolution (`DynConv`) on dot product `d`, its input already quantized into
+/// `a.ins[0]` with stage `st`; `weights` as for [`qconv`] (`aux` 4 when padded).
+pub(crate) fn dyn_qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, d: Dot) {
+    let weights = if a.aux.len() > 4 { a.aux[4] } else { a.ins[1] };
+    conv(fx, g, n, window, st, weights, a, d);
+}
+
+/// The convolution of [`qconv`] with any output stage.
+#[allow(clippy::too_many_arguments)]
+fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: Value, a: &Args, d: Dot) {
+    let Dims { c, p, m, im2col } = dims(g, n).expect("checked by `applies`");
+    let node = g.node(n);
+    let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
+    let has_bias = matches!(node.op, Op::QConv { .. }) && node.inputs.len() > 2;
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let es = st.elem();
+    let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
     fx.for_n(batch, &mut |fx, b| {
         let x = match im2col {
             Some(_) => super::quant::im2col(fx, g, n, window, st, a, b),
             None => fx.addr(a.ins[0], b, c * p),
         };
-        let y = fx.addr(a.outs[0], b, m * p);
+        let y = fx.addr(a.outs[0], b, m * p * es);
         // `k` output channels from `oc0`, positions from `pos` (`valid` of the block's 8).
         let block = |fx: &mut Fx, oc0: Value, k: i64, pos: Value, valid: i64| {
             let ocs: Vec<Value> = (0..k).map(|i| fx.add_imm(oc0, i)).collect();
@@ -256,32 +293,20 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
                     }
                 }
             });
-            let fits = matches!(st, super::quant::Stage::Static { fits: true, .. });
             for (i, v) in vars.iter().enumerate() {
-                let zs = st.zsum(fx, ocs[i]);
+                let zs = zero_term(fx, &st, d, ocs[i]);
                 let chan = st.channel(fx, ocs[i]);
-                let row = fx.addr(y, ocs[i], p);
-                let yp = fx.addr(row, pos, 1);
-                if fits {
-                    // four at a time in vectors
-                    let zs4 = fx.b.ins().splat(I32X4, zs);
-                    for (h, &var) in v.iter().enumerate() {
-                        let n = (valid - 4 * h as i64).min(4);
-                        if n <= 0 {
-                            break;
-                        }
-                        let acc = fx.b.use_var(var);
-                        let acc = fx.b.ins().isub(acc, zs4);
-                        let r = super::quant::finish_fit4(fx, q, acc, chan.0, chan.1);
-                        super::quant::store_bytes4(fx, r, yp, 4 * h as i32, n);
+                let row = fx.addr(y, ocs[i], p * es);
+                let yp = fx.addr(row, pos, es);
+                let zs4 = fx.b.ins().splat(I32X4, zs);
+                for (h, &var) in v.iter().enumerate() {
+                    let n = (valid - 4 * h as i64).min(4);
+                    if n <= 0 {
+                        break;
                     }
-                    continue;
-                }
-                for j in 0..valid {
-                    let acc = fx.b.use_var(v[(j / 4) as usize]);
-                    let e = fx.b.ins().extractlane(acc, (j % 4) as u8);
-                    let s = fx.b.ins().isub(e, zs);
-                    st.store(fx, s, chan, yp, j as i32);
+                    let acc = fx.b.use_var(var);
+                    let acc = fx.b.ins().isub(acc, zs4);
+                    store4(fx, &st, acc, chan, yp, 4 * h as i32, n);
                 }
             }
         };
@@ -307,6 +332,38 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
             positions(fx, pos, p % 8);
         }
     });
+}
+
+/// The first `valid` (1..=4) lanes of the sums `acc` of one channel finished by `st` and
+/// stored from `yp + off` (in output elements of four): int8 four at a time where the sums
+/// provably fit, f32 (hybrid) four at a time, else one by one.
+fn store4(fx: &mut Fx, st: &Stage, acc: Value, chan: (Value, Value), yp: Value, off: i32, valid: i64) {
+    match *st {
+        Stage::Static { q, fits: true, .. } => {
+            let r = super::quant::finish_fit4(fx, q, acc, chan.0, chan.1);
+            super::quant::store_bytes4(fx, r, yp, off, valid);
+        }
+        Stage::Dynamic { .. } => {
+            use cranelift_codegen::ir::types::F32X4;
+            let f = fx.b.ins().fcvt_from_sint(F32X4, acc);
+            let s = fx.b.ins().splat(F32X4, chan.0);
+            let y = fx.b.ins().fmul(f, s);
+            if valid == 4 {
+                fx.b.ins().store(flags(), y, yp, 4 * off);
+                return;
+            }
+            for j in 0..valid {
+                let e = fx.b.ins().extractlane(y, j as u8);
+                fx.b.ins().store(flags(), e, yp, 4 * (off + j as i32));
+            }
+        }
+        Stage::Static { .. } => {
+            for j in 0..valid {
+                let e = fx.b.ins().extractlane(acc, j as u8);
+                st.store(fx, e, chan, yp, off + j as i32);
+            }
+        }
+    }
 }
 
 /// Whether int8 product `n` runs on [`qmatmul`]: static int8 with 8-bit constant weights and

@@ -6,7 +6,8 @@
 //! four channels over every output position with the tap weights held in registers (every
 //! tap one fixed offset from the position), and transposes the `[position][channel]` result
 //! back. Each sum is the bias, then the taps in (row, column) order, padding taps adding
-//! zeros, as im2col and the evaluator do; with `fma` each tap rounds once.
+//! zeros, as im2col and the evaluator do; with `fma` each tap rounds once. Binary16 weights
+//! are widened once per call.
 
 use super::super::fx::Fx;
 use super::nest::F4;
@@ -35,6 +36,8 @@ pub(crate) struct Depthwise {
     wp: i64,
     top: i64,
     left: i64,
+    /// binary16 weights (`--quantize fp16`), widened once per call before the transpose.
+    half: bool,
 }
 
 /// Weight taps kept in registers across the positions; more are reloaded per position.
@@ -48,8 +51,13 @@ impl Depthwise {
         let out = &g.value(node.outputs[0]).ty.shape;
         let f32s = [node.inputs[0], node.outputs[0]]
             .iter()
-            .chain(&node.inputs[1..])
+            .chain(&node.inputs[2..])
             .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32);
+        let half = match w.dtype.scalar {
+            Scalar::F32 => false,
+            Scalar::F16 => true,
+            _ => return None,
+        };
         if xs.len() != 4 || !f32s || c.group != xs[1] || w.shape[0] != xs[1] || c.group < 2 {
             return None;
         }
@@ -82,6 +90,7 @@ impl Depthwise {
             wp: (left + wd).max((ow - 1) * sw + (kw - 1) * dw + 1),
             top,
             left,
+            half,
         })
     }
 
@@ -93,9 +102,11 @@ impl Depthwise {
         (self.kh * self.kw * self.c * 4 + 15) / 16 * 16
     }
 
-    /// Arena bytes: the bordered input, the transposed weights and the channels-last output.
+    /// Arena bytes: the bordered input, the transposed weights, the channels-last output
+    /// and, for binary16 weights, the widened ones.
     pub fn scratch(&self) -> usize {
-        (self.padded() + self.weights() + self.oh * self.ow * self.c * 4) as usize
+        let widened = if self.half { self.weights() } else { 0 };
+        (self.padded() + self.weights() + self.oh * self.ow * self.c * 4 + widened) as usize
     }
 
     fn bordered(&self) -> bool {
@@ -109,8 +120,15 @@ pub(crate) fn depthwise(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, d: &Depthwi
     let wt = fx.add_imm(a.scratch, d.padded());
     let yt = fx.add_imm(wt, d.weights());
     let (cc, hw, p) = (d.c, d.h * d.w, d.oh * d.ow);
-    // weights [C][KH*KW] -> [KH*KW][C], once
-    transpose(fx, t.simd, a.ins[1], d.kh * d.kw * 4, wt, cc * 4, cc, d.kh * d.kw);
+    // weights [C][KH*KW] -> [KH*KW][C], once (binary16 ones widened first, after the output)
+    let weights = if d.half {
+        let wide = fx.add_imm(yt, p * cc * 4);
+        super::gemm::widen_row(fx, a.ins[1], 2, wide, cc * d.kh * d.kw);
+        wide
+    } else {
+        a.ins[1]
+    };
+    transpose(fx, t.simd, weights, d.kh * d.kw * 4, wt, cc * 4, cc, d.kh * d.kw);
     if d.bordered() {
         fill_zero(fx, t.simd, xpad, d.padded());
     }

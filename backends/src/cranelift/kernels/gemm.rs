@@ -56,7 +56,8 @@ fn load_el(fx: &mut Fx, m: &Mat, ty: Type, addr: Value) -> Value {
 /// [`PANEL_ROWS`] (each `a` element broadcast once per panel column step), columns in blocks
 /// of vectors, the sums in registers across `p`. Each sum is still `init` then the products
 /// in `p` order, so without `fma` the result is the evaluator's to the bit; with it, every
-/// product-and-add rounds once.
+/// product-and-add rounds once. A binary16 `a` is widened a panel at a time into `widen`
+/// ([`widen_bytes`]) when given, else as it is read.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     fx: &mut Fx,
@@ -69,9 +70,18 @@ pub(crate) fn gemm(
     c: Mat,
     init: &dyn Fn(&mut Fx, Value) -> Value,
     post: Option<UnaryOp>,
+    widen: Option<Value>,
 ) {
     let vec_ok = t.simd && b.col == b.elem() && c.col == 4;
-    let p = Panel { t, k, a, b, c, post };
+    let p = Panel {
+        t,
+        k,
+        a,
+        b,
+        c,
+        post,
+        widen,
+    };
     let panels = if vec_ok { m / PANEL_ROWS } else { 0 };
     fx.for_n(panels as i64, &mut |fx, pi| {
         let i0 = fx.mul_imm(pi, PANEL_ROWS as i64);
@@ -95,6 +105,30 @@ struct Panel {
     b: Mat,
     c: Mat,
     post: Option<UnaryOp>,
+    /// Scratch for a panel's rows of a binary16 `a` widened to f32 ([`widen_bytes`]).
+    widen: Option<Value>,
+}
+
+/// Scratch bytes [`gemm`] needs to widen a binary16 `a` with depth `k`, a panel at a time.
+pub(crate) fn widen_bytes(k: usize) -> usize {
+    PANEL_ROWS * k * 4
+}
+
+/// `k` binary16 values `step` bytes apart at `src` widened to f32 at `dst`: four at a time
+/// where they are contiguous, the rest one by one.
+pub(crate) fn widen_row(fx: &mut Fx, src: Value, step: i64, dst: Value, k: i64) {
+    let quads = if step == 2 && fx.simd { k / 4 } else { 0 };
+    fx.for_ptrs(quads, &[(src, 8), (dst, 16)], &mut |fx, q| {
+        let v = fx.load_f16x4(q[0]);
+        fx.store(v, q[1]);
+    });
+    let (s, d) = (fx.add_imm(src, quads * 4 * step), fx.add_imm(dst, quads * 16));
+    fx.for_ptrs(k - 4 * quads, &[(s, step), (d, 4)], &mut |fx, q| {
+        let h = fx.load(cranelift_codegen::ir::types::I16, q[0]);
+        let h = fx.b.ins().uextend(I64, h);
+        let v = fx.f16_to_f32(h);
+        fx.store(v, q[1]);
+    });
 }
 
 impl Panel {
@@ -115,18 +149,28 @@ impl Panel {
                 init(fx, i)
             })
             .collect();
-        let arow = fx.addr(self.a.base, i0, self.a.row);
+        let mut arow = fx.addr(self.a.base, i0, self.a.row);
+        let mut a = self.a;
+        if let (true, Some(buf)) = (a.half && vec_ok, self.widen) {
+            // binary16 rows widened once per panel, not once per use
+            for r in 0..rows as i64 {
+                let src = fx.add_imm(arow, r * a.row);
+                let dst = fx.add_imm(buf, r * self.k as i64 * 4);
+                widen_row(fx, src, a.col, dst, self.k as i64);
+            }
+            (arow, a) = (buf, Mat::f32(buf, self.k as i64 * 4, 4));
+        }
         let crow = fx.addr(self.c.base, i0, self.c.row);
         let mut j = 0;
         if vec_ok {
             let units = if rows == 1 { 4 } else { 2 };
             for u in [units, 1] {
                 let count = (n - j) / (4 * u);
-                self.block(fx, F4, &starts, arow, crow, u, count, j);
+                self.block(fx, &a, F4, &starts, (arow, crow), u, count, j);
                 j += count * 4 * u;
             }
         }
-        self.block(fx, F32, &starts, arow, crow, 1, n - j, j);
+        self.block(fx, &a, F32, &starts, (arow, crow), 1, n - j, j);
     }
 
     /// `count` steps of `units` vectors of type `ty` across the panel's rows, from column `j0`.
@@ -134,15 +178,15 @@ impl Panel {
     fn block(
         &self,
         fx: &mut Fx,
+        a: &Mat,
         ty: Type,
         starts: &[Value],
-        arow: Value,
-        crow: Value,
+        (arow, crow): (Value, Value),
         units: usize,
         count: usize,
         j0: usize,
     ) {
-        let (a, b, c) = (&self.a, &self.b, &self.c);
+        let (b, c) = (&self.b, &self.c);
         let lanes = ty.lane_count() as i64;
         let width = units as i64 * lanes;
         let b0 = fx.add_imm(b.base, j0 as i64 * b.col);
@@ -286,13 +330,23 @@ pub(crate) fn conv_scratch(g: &Graph, n: NodeId) -> usize {
     if let Some(d) = Depthwise::of(g, n, c) {
         return d.scratch();
     }
-    if pointwise(c) {
-        return 0;
-    }
     let ws = &g.value(node.inputs[1]).ty.shape;
     let gm = geo(&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape, c);
     let cg = ws[1] as i64;
-    (cg * gm.kh * gm.kw * tile_rows(&gm, cg) * gm.ow * 4) as usize
+    let k = (cg * gm.kh * gm.kw) as usize;
+    let widen = match g.value(node.inputs[1]).ty.dtype.scalar {
+        kiln_ir::Scalar::F16 => widen_bytes(k),
+        _ => 0,
+    };
+    if pointwise(c) {
+        return widen;
+    }
+    im2col_bytes(&gm, cg) + widen
+}
+
+/// Bytes of the im2col band.
+fn im2col_bytes(gm: &Geo, cg: i64) -> usize {
+    (cg * gm.kh * gm.kw * tile_rows(gm, cg) * gm.ow * 4) as usize
 }
 
 pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Target) {
@@ -340,6 +394,11 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                 col: es,
                 half,
             };
+            // binary16 weights are widened a panel at a time after the im2col band
+            let widen = half.then(|| {
+                let band = if pw { 0 } else { im2col_bytes(&gm, cg) };
+                fx.add_imm(a.scratch, band as i64)
+            });
             if pw {
                 let cols = Mat::f32(xg, p * 4, 4);
                 let outm = Mat::f32(og, p * 4, 4);
@@ -354,6 +413,7 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                     outm,
                     &init,
                     c.fused,
+                    widen,
                 );
                 return;
             }
@@ -375,6 +435,7 @@ pub(crate) fn conv(fx: &mut Fx, g: &Graph, n: NodeId, c: &Conv, a: &Args, t: Tar
                     outm,
                     &init,
                     c.fused,
+                    widen,
                 );
             };
             let full = gm.oh / rows;

@@ -185,6 +185,10 @@ fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
         Op::QConv { .. } if let (Some(_), Some(d)) = (dot, qdw::QDw::of(g, n)) => d.scratch(),
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
+        Op::DynConv { .. } if dot.is_some() && dot::applies(g, n) => quant::dyn_input_bytes(g, n) + dot::scratch(g, n),
+        Op::DynConv { .. } if let (Some(_), Some(d)) = (dot, qdw::QDw::of(g, n)) => {
+            quant::dyn_input_bytes(g, n) + d.scratch()
+        }
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => quant::qconv_scratch(g, n),
         _ => 0,
     }
@@ -355,7 +359,7 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             zero_point,
             ..
         } => quant::requant(fx, g, n, *input_zp, *requant, *zero_point, a),
-        Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a),
+        Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a, t.dot),
         Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
         Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => unreachable!("refused by `unsupported`"),
     }

@@ -285,7 +285,7 @@ fn matmul_2d(
         half,
     };
     let c = Mat::f32(out, nn as i64 * 4, 4);
-    gemm_loop(fx, t, m, k, nn, a, b, c, &zero, None);
+    gemm_loop(fx, t, m, k, nn, a, b, c, &zero, None, None);
 }
 
 pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {

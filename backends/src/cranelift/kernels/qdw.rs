@@ -15,7 +15,7 @@ use super::super::fx::Fx;
 use super::dot::{Dot, dot4};
 use super::quant::{RESCALE_RECORD, Stage, finish_fit4_rec, fits_i32, store_bytes4};
 use super::{Args, dwconv};
-use cranelift_codegen::ir::types::{I8, I8X16, I32, I32X4};
+use cranelift_codegen::ir::types::{F32X4, I8, I8X16, I32, I32X4};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value};
 use kiln_ir::op::QLinear;
 use kiln_ir::{Graph, NodeId, Op, Scalar};
@@ -55,8 +55,22 @@ impl QDw {
     /// channel per output channel, 2-D.
     pub fn of(g: &Graph, n: NodeId) -> Option<QDw> {
         let node = g.node(n);
-        let Op::QConv { window, group, q } = &node.op else {
-            return None;
+        let scalar = |v: kiln_ir::ValueId| g.value(v).ty.dtype.scalar;
+        let (window, group, io_ok) = match &node.op {
+            Op::QConv { window, group, q } => (
+                window,
+                group,
+                q.weight_bits == 8 && scalar(node.inputs[0]) == Scalar::I8 && scalar(node.outputs[0]) == Scalar::I8,
+            ),
+            // hybrid: the f32 input quantized at run time, f32 out, no bias input
+            Op::DynConv { window, group, .. } => (
+                window,
+                group,
+                node.inputs.len() == 2
+                    && scalar(node.inputs[1]) == Scalar::I8
+                    && kiln_ir::analysis::packed_weight_bits(g, node.inputs[1]).is_none(),
+            ),
+            _ => return None,
         };
         let (xs, ws) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.inputs[1]).ty.shape);
         let out = &g.value(node.outputs[0]).ty.shape;
@@ -64,9 +78,7 @@ impl QDw {
             && *group >= 2
             && *group == xs[1]
             && ws[0] == xs[1]
-            && q.weight_bits == 8
-            && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-            && g.value(node.outputs[0]).ty.dtype.scalar == Scalar::I8
+            && io_ok
             && g.const_value(node.inputs[1]).is_some()
             && node.inputs.get(2).is_none_or(|&b| g.const_value(b).is_some());
         if !ok {
@@ -124,7 +136,10 @@ impl QDw {
 /// channel (zeros past the last).
 pub(crate) fn tables(g: &Graph, n: NodeId, d: &QDw) -> Vec<Vec<u8>> {
     let node = g.node(n);
-    let Op::QConv { q, .. } = &node.op else { unreachable!() };
+    let zp = match &node.op {
+        Op::QConv { q, .. } => q.input_zp,
+        _ => 0,
+    };
     let w = g
         .const_value(node.inputs[1])
         .expect("checked by `QDw::of`")
@@ -155,7 +170,7 @@ pub(crate) fn tables(g: &Graph, n: NodeId, d: &QDw) -> Vec<Vec<u8>> {
                 let v = if cc < c {
                     let sum: i64 = w[cc * k..][..k].iter().sum();
                     let b = bias.as_ref().map_or(0, |b| b[cc]);
-                    (b as i32).wrapping_sub((q.input_zp + extra).wrapping_mul(sum as i32))
+                    (b as i32).wrapping_sub((zp + extra).wrapping_mul(sum as i32))
                 } else {
                     0
                 };
@@ -163,7 +178,27 @@ pub(crate) fn tables(g: &Graph, n: NodeId, d: &QDw) -> Vec<Vec<u8>> {
             })
             .collect()
     };
+    if !matches!(node.op, Op::QConv { .. }) {
+        // hybrid: the zero point is known at run time only; the start is `-zp * sum(w)`
+        // from the weight sums (`start(0)` with no bias and zero point 0 is `0`; so give
+        // the sums themselves, negated by the kernel)
+        let sums: Vec<u8> = (0..d.c16 as usize)
+            .flat_map(|cc| {
+                let v: i64 = if cc < c { w[cc * k..][..k].iter().sum() } else { 0 };
+                (v as i32).to_le_bytes()
+            })
+            .collect();
+        return vec![packed, sums];
+    }
     vec![packed, start(0), start(128)]
+}
+
+/// Where the sums start: a compile-time table per channel, or (hybrid) `-(zp [+ 128]) *
+/// sum(w)` from the weight sums and the run-time zero point.
+#[derive(Clone, Copy)]
+enum Start {
+    Table(Value),
+    Sums { sums: Value, zp: Value },
 }
 
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, d: &QDw, a: &Args, dot: Dot) {
@@ -174,25 +209,46 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, d: &QDw, a: 
         zsum: a.aux[4],
         fits: fits_i32(g, n, q),
     };
-    let flip: i64 = if dot == Dot::UnsignedBySigned { -128 } else { 0 };
     let start = if dot == Dot::UnsignedBySigned {
         a.aux[8]
     } else {
         a.aux[7]
     };
+    run(fx, d, &st, dot, (a.aux[6], Start::Table(start), a.aux[9]), a);
+}
+
+/// The hybrid (`DynConv`) form: `a.ins[0]` is the input already quantized with stage `st`
+/// (`Stage::Dynamic`); `aux` 4 and 5 are this kernel's packed weights and weight sums.
+pub(crate) fn dyn_qconv(fx: &mut Fx, d: &QDw, st: Stage, a: &Args, dot: Dot) {
+    let Stage::Dynamic { zp, .. } = st else { unreachable!() };
+    run(
+        fx,
+        d,
+        &st,
+        dot,
+        (a.aux[4], Start::Sums { sums: a.aux[5], zp }, a.aux[4]),
+        a,
+    );
+}
+
+fn run(fx: &mut Fx, d: &QDw, st: &Stage, dot: Dot, (weights, start, records): (Value, Start, Value), a: &Args) {
+    let flip: i64 = if dot == Dot::UnsignedBySigned { -128 } else { 0 };
     let (xpad, sums) = (a.scratch, fx.add_imm(a.scratch, d.padded()));
     let (hw, p) = (d.h * d.w, d.oh * d.ow);
+    let es = st.elem();
     fx.for_n(d.n, &mut |fx, b| {
         let x = fx.addr(a.ins[0], b, d.c * hw);
-        let y = fx.addr(a.outs[0], b, d.c * p);
+        let y = fx.addr(a.outs[0], b, d.c * p * es);
         if d.bordered() {
-            let pad = fx.b.ins().iconst(I8, (q.input_zp as i64) ^ flip);
+            let pad = st.zp(fx);
+            let pad = fx.b.ins().bxor_imm_s(pad, flip);
+            let pad = fx.b.ins().ireduce(I8, pad);
             let pad = fx.b.ins().splat(I8X16, pad);
             fx.for_ptrs(d.padded() / 16, &[(xpad, 16)], &mut |fx, q| fx.store(pad, q[0]));
         }
         to_channels_last(fx, d, x, xpad, flip);
-        sum_positions(fx, d, dot, a.aux[6], start, xpad, sums);
-        finish(fx, d, &st, q, (sums, a.aux[9]), y);
+        sum_positions(fx, d, dot, weights, start, xpad, sums);
+        finish(fx, d, st, (sums, records), y);
     });
 }
 
@@ -247,7 +303,7 @@ fn to_channels_last(fx: &mut Fx, d: &QDw, x: Value, xpad: Value, flip: i64) {
 
 /// Per block of sixteen channels and output position, the four i32 vectors of sums.
 #[allow(clippy::too_many_arguments)]
-fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Value, xpad: Value, sums: Value) {
+fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Start, xpad: Value, sums: Value) {
     let cs = d.c16;
     let offs: Vec<i64> = (0..d.taps)
         .map(|t| (t / d.kw * d.dh * d.wp + t % d.kw * d.dw) * cs)
@@ -267,12 +323,29 @@ fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Value, x
     let (lo8, hi8, lo16, hi16) = (mask(fx, 0, 1), mask(fx, 1, 1), mask(fx, 0, 2), mask(fx, 1, 2));
     let zero = fx.b.ins().iconst(I8, 0);
     let zero = fx.b.ins().splat(I8X16, zero);
+    // hybrid: the sums start at -(zp [+ 128]) * sum(w)
+    let (table, neg_zp) = match start {
+        Start::Table(t) => (t, None),
+        Start::Sums { sums, zp } => {
+            let z = fx.b.ins().iadd_imm_s(zp, -flip_of(dot));
+            let z = fx.b.ins().ineg(z);
+            (sums, Some(fx.b.ins().splat(I32X4, z)))
+        }
+    };
     fx.for_ptrs(
         cs / 16,
-        &[(xpad, 16), (sums, 64), (weights, groups * 64), (start, 64)],
+        &[(xpad, 16), (sums, 64), (weights, groups * 64), (table, 64)],
         &mut |fx, cb| {
             let (wb, sb) = (cb[2], cb[3]);
-            let init: Vec<Value> = (0..4).map(|j| fx.b.ins().load(I32X4, flags(), sb, 16 * j)).collect();
+            let init: Vec<Value> = (0..4)
+                .map(|j| {
+                    let v = fx.b.ins().load(I32X4, flags(), sb, 16 * j);
+                    match neg_zp {
+                        Some(z) => fx.b.ins().imul(v, z),
+                        None => v,
+                    }
+                })
+                .collect();
             fx.for_ptrs(
                 d.oh,
                 &[(cb[0], d.sh * d.wp * cs), (cb[1], 4 * d.ow * cs)],
@@ -311,6 +384,11 @@ fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Value, x
     );
 }
 
+/// The byte bias of the activations for dot product `dot` (-128 for unsigned ones).
+fn flip_of(dot: Dot) -> i64 {
+    if dot == Dot::UnsignedBySigned { -128 } else { 0 }
+}
+
 /// `acc +` per 32-bit lane the four byte products of `x` and `w` (each lane its own
 /// weights): the dot product where the target has one, else halfword pairs.
 fn dot4_lanes(fx: &mut Fx, dot: Dot, x: Value, w: Value, acc: Value) -> Value {
@@ -329,10 +407,11 @@ fn dot4_lanes(fx: &mut Fx, dot: Dot, x: Value, w: Value, acc: Value) -> Value {
 /// The sums `[position][c16]` rescaled into `y` `[C][P]`: four positions by four channels
 /// transposed in registers and finished four at a time where the sums provably fit, the
 /// rest one by one.
-fn finish(fx: &mut Fx, d: &QDw, st: &Stage, q: &QLinear, (sums, records): (Value, Value), y: Value) {
+fn finish(fx: &mut Fx, d: &QDw, st: &Stage, (sums, records): (Value, Value), y: Value) {
     let p = d.oh * d.ow;
-    let fits = matches!(st, Stage::Static { fits: true, .. });
-    let (c4, p4) = if fits { (d.c / 4, p / 4) } else { (0, 0) };
+    let es = st.elem();
+    let vector = matches!(st, Stage::Static { fits: true, .. } | Stage::Dynamic { .. });
+    let (c4, p4) = if vector { (d.c / 4, p / 4) } else { (0, 0) };
     let one = |fx: &mut Fx, chan: (Value, Value), s: Value, t: Value| {
         let v = fx.b.ins().load(I32, flags(), s, 0);
         st.store(fx, v, chan, t, 0);
@@ -346,24 +425,35 @@ fn finish(fx: &mut Fx, d: &QDw, st: &Stage, q: &QLinear, (sums, records): (Value
             })
             .collect();
         let s0 = fx.addr(sums, c0, 4);
-        let y0 = fx.addr(y, c0, p);
+        let y0 = fx.addr(y, c0, p * es);
         let rec = fx.addr(records, c0, RESCALE_RECORD);
-        fx.for_ptrs(p4, &[(s0, 16 * d.c16), (y0, 4)], &mut |fx, pq| {
+        fx.for_ptrs(p4, &[(s0, 16 * d.c16), (y0, 4 * es)], &mut |fx, pq| {
             let v: Vec<Value> = (0..4)
                 .map(|i| fx.b.ins().load(I32X4, flags(), pq[0], (4 * i * d.c16) as i32))
                 .collect();
             let rows = dwconv::transpose4(fx, [v[0], v[1], v[2], v[3]]);
             for (j, r) in rows.into_iter().enumerate() {
-                let rj = fx.add_imm(rec, j as i64 * RESCALE_RECORD);
-                let out = finish_fit4_rec(fx, q, r, rj);
-                store_bytes4(fx, out, pq[1], (j as i64 * p) as i32, 4);
+                let off = (j as i64 * p * es) as i32;
+                match *st {
+                    Stage::Static { q, .. } => {
+                        let rj = fx.add_imm(rec, j as i64 * RESCALE_RECORD);
+                        let out = finish_fit4_rec(fx, q, r, rj);
+                        store_bytes4(fx, out, pq[1], off, 4);
+                    }
+                    Stage::Dynamic { .. } => {
+                        let f = fx.b.ins().fcvt_from_sint(F32X4, r);
+                        let s = fx.b.ins().splat(F32X4, chans[j].0);
+                        let f = fx.b.ins().fmul(f, s);
+                        fx.b.ins().store(flags(), f, pq[1], off);
+                    }
+                }
             }
         });
         // the positions past the whole blocks of four
-        let (s, t) = (fx.add_imm(s0, 16 * p4 * d.c16), fx.add_imm(y0, 4 * p4));
-        fx.for_ptrs(p - 4 * p4, &[(s, 4 * d.c16), (t, 1)], &mut |fx, pq| {
+        let (s, t) = (fx.add_imm(s0, 16 * p4 * d.c16), fx.add_imm(y0, 4 * p4 * es));
+        fx.for_ptrs(p - 4 * p4, &[(s, 4 * d.c16), (t, es)], &mut |fx, pq| {
             for (j, &chan) in chans.iter().enumerate() {
-                let (sj, tj) = (fx.add_imm(pq[0], 4 * j as i64), fx.add_imm(pq[1], j as i64 * p));
+                let (sj, tj) = (fx.add_imm(pq[0], 4 * j as i64), fx.add_imm(pq[1], j as i64 * p * es));
                 one(fx, chan, sj, tj);
             }
         });
@@ -373,8 +463,8 @@ fn finish(fx: &mut Fx, d: &QDw, st: &Stage, q: &QLinear, (sums, records): (Value
         let ch = fx.add_imm(r, 4 * c4);
         let chan = st.channel(fx, ch);
         let s0 = fx.addr(sums, ch, 4);
-        let y0 = fx.addr(y, ch, p);
-        fx.for_ptrs(p, &[(s0, 4 * d.c16), (y0, 1)], &mut |fx, pq| {
+        let y0 = fx.addr(y, ch, p * es);
+        fx.for_ptrs(p, &[(s0, 4 * d.c16), (y0, es)], &mut |fx, pq| {
             one(fx, chan, pq[0], pq[1])
         });
     });

@@ -283,35 +283,21 @@ fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
     if vec > 0 {
         let s4 = fx.b.ins().splat(F32X4, scale);
         let z4 = fx.b.ins().splat(I32X4, zp);
-        let (lo_c, hi_c) = (fx.f(F32X4, -1.0e9), fx.f(F32X4, 1.0e9));
-        let (half, nhalf) = (fx.f(F32X4, 0.5), fx.f(F32X4, -0.5));
-        let (one, zero) = (c32(fx, 1), c32(fx, 0));
-        let (one4, zero4) = (fx.b.ins().splat(I32X4, one), fx.b.ins().splat(I32X4, zero));
+        let big = c32(fx, 1_000_000_000);
+        let (hi_c, lo_c) = (fx.b.ins().splat(I32X4, big), fx.b.ins().ineg(big));
+        let lo_c = fx.b.ins().splat(I32X4, lo_c);
         let (lo_q, hi_q) = (c32(fx, -128), c32(fx, 127));
         let (lo_q, hi_q) = (fx.b.ins().splat(I32X4, lo_q), fx.b.ins().splat(I32X4, hi_q));
         fx.for_ptrs(vec, &[(x, 16), (q, 4)], &mut |fx, p| {
             let v = fx.load(F32X4, p[0]);
             let y = fx.b.ins().fdiv(v, s4);
-            // NaN stays NaN through the clamp and converts to 0, as round_even's NaN case
-            let y = fx.b.ins().fmax(y, lo_c);
-            let y = fx.b.ins().fmin(y, hi_c);
-            let t = fx.b.ins().fcvt_to_sint_sat(I32X4, y);
-            let tf = fx.b.ins().fcvt_from_sint(F32X4, t);
-            let f = fx.b.ins().fsub(y, tf);
-            // lane masks are -1 where true: t + 1 rounding up, t - 1 rounding down, a tie
-            // moving only an odd t
-            let odd = fx.b.ins().band(t, one4);
-            let odd = fx.b.ins().icmp(IntCC::NotEqual, odd, zero4);
-            let above = fx.b.ins().fcmp(FloatCC::GreaterThan, f, half);
-            let tie = fx.b.ins().fcmp(FloatCC::Equal, f, half);
-            let tie = fx.b.ins().band(tie, odd);
-            let up = fx.b.ins().bor(above, tie);
-            let below = fx.b.ins().fcmp(FloatCC::LessThan, f, nhalf);
-            let tie = fx.b.ins().fcmp(FloatCC::Equal, f, nhalf);
-            let tie = fx.b.ins().band(tie, odd);
-            let down = fx.b.ins().bor(below, tie);
-            let r = fx.b.ins().isub(t, up);
-            let r = fx.b.ins().iadd(r, down);
+            // rounded half to even by the ISA (SSE4.1 `roundps`, AArch64 `frintn`), then
+            // converted saturating (NaN to 0, as round_even's NaN case) and held well inside
+            // i32 before the zero point is added
+            let y = fx.b.ins().nearest(y);
+            let r = fx.b.ins().fcvt_to_sint_sat(I32X4, y);
+            let r = fx.b.ins().smin(r, hi_c);
+            let r = fx.b.ins().smax(r, lo_c);
             let r = fx.b.ins().iadd(r, z4);
             let r = fx.b.ins().smax(r, lo_q);
             let r = fx.b.ins().smin(r, hi_q);
@@ -362,7 +348,7 @@ pub(crate) enum Stage<'a> {
 }
 
 impl Stage<'_> {
-    fn zp(&self, fx: &mut Fx) -> Value {
+    pub(crate) fn zp(&self, fx: &mut Fx) -> Value {
         match *self {
             Stage::Static { q, .. } => c32(fx, q.input_zp as i64),
             Stage::Dynamic { zp, .. } => zp,
@@ -370,7 +356,7 @@ impl Stage<'_> {
     }
 
     /// Bytes per output element.
-    fn elem(&self) -> i64 {
+    pub(crate) fn elem(&self) -> i64 {
         match self {
             Stage::Static { .. } => 1,
             Stage::Dynamic { .. } => 4,
@@ -937,12 +923,20 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         } => {
             let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
             let gm = geo(xs, out, window);
-            vec![
+            let mut v = vec![
                 tables_i32(&tap_ranges(gm.h, gm.oh, gm.kh, gm.sh, gm.dh, gm.ph)),
                 tables_i32(&tap_ranges(gm.w, gm.ow, gm.kw, gm.sw, gm.dw, gm.pw)),
                 tables_f32(weight_scales),
                 tables_i32(&channel_sums(g, n)),
-            ]
+            ];
+            // weight rows padded to whole words for the dot-product kernel, as for QConv;
+            // or the channels-last depthwise kernel's packed weights and weight sums
+            if let Some(w) = super::dot::padded_rows(g, n) {
+                v.push(w);
+            } else if let Some(d) = super::qdw::QDw::of(g, n) {
+                v.extend(super::qdw::tables(g, n, &d));
+            }
+            v
         }
         Op::QConv { window, q, .. } => {
             let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
@@ -1448,7 +1442,7 @@ fn qconv_depthwise(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, d: &Depth
 }
 
 /// Bytes of a hybrid convolution's quantized input, rounded up to keep what follows aligned.
-fn dyn_input_bytes(g: &Graph, n: NodeId) -> usize {
+pub(crate) fn dyn_input_bytes(g: &Graph, n: NodeId) -> usize {
     g.value(g.node(n).inputs[0]).ty.numel().div_ceil(16) * 16
 }
 
@@ -1757,7 +1751,15 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: u
 
 /// Hybrid convolution: the input quantized as one tensor into the scratch, then the integer
 /// convolution reading it (the kernel's own scratch follows) with a float output stage.
-pub(crate) fn dyn_conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, a: &Args) {
+pub(crate) fn dyn_conv(
+    fx: &mut Fx,
+    g: &Graph,
+    n: NodeId,
+    window: &Window,
+    group: usize,
+    a: &Args,
+    dot: Option<super::Dot>,
+) {
     let per_channel = matches!(&g.node(n).op, Op::DynConv { weight_scales, .. } if weight_scales.len() > 1);
     let xn = numel(g, g.node(n).inputs[0]);
     let (sx, zp) = dyn_quantize(fx, a.ins[0], a.scratch, xn);
@@ -1777,7 +1779,11 @@ pub(crate) fn dyn_conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group
         per_channel,
         wsum: a.aux[3],
     };
-    conv(fx, g, n, window, group, st, &inner);
+    match (dot, super::qdw::QDw::of(g, n)) {
+        (Some(d), _) if super::dot::applies(g, n) => super::dot::dyn_qconv(fx, g, n, window, st, &inner, d),
+        (Some(d), Some(w)) => super::qdw::dyn_qconv(fx, &w, st, &inner, d),
+        _ => conv(fx, g, n, window, group, st, &inner),
+    }
 }
 
 /// An int8 convolution with output stage `st`: a blocked product for 1x1 and (one group,
