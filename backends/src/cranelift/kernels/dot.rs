@@ -389,26 +389,75 @@ pub(crate) fn matmul_applies(g: &Graph, n: NodeId) -> bool {
 /// sum(w)`).
 pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, d: Dot) {
     let node = g.node(n);
-    let ws = &g.value(node.inputs[1]).ty.shape;
-    let (k, nn) = (ws[0] as i64, ws[1] as i64);
-    let rows = g.value(node.outputs[0]).ty.numel() as i64 / nn.max(1);
-    let has_bias = node.inputs.len() > 2;
+    let k = g.value(node.inputs[1]).ty.shape[0] as i64;
     let zsum = match d {
         Dot::UnsignedBySigned => a.aux[4],
         Dot::Signed | Dot::Pairs => a.aux[3],
     };
-    let st = super::quant::Stage::Static {
+    let st = Stage::Static {
         q,
         mult: a.aux[0],
         shift: a.aux[1],
         zsum,
         fits: super::quant::fits_i32(g, n, q),
     };
+    product(fx, g, n, a, d, a.aux[2], &|fx, r| (fx.addr(a.ins[0], r, k), st));
+}
+
+/// Whether hybrid product `n` runs on [`dyn_qmatmul`]: one scale per column (no blocks) and
+/// a depth that is whole vectors of sixteen.
+pub(crate) fn dyn_matmul_applies(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    matches!(node.op, Op::DynMatMul { block: 0, .. })
+        && ws.len() == 2
+        && ws[0].is_multiple_of(16)
+        && g.const_value(node.inputs[1]).is_some()
+}
+
+/// A hybrid product (`DynMatMul`): each row of the f32 input quantized into the scratch on
+/// its own, then [`product`] with the run-time stage. `aux`: the weight scales (0), the
+/// columns `[n, k]` (1), the weight sums (2).
+pub(crate) fn dyn_qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, d: Dot) {
+    let node = g.node(n);
+    let k = g.value(node.inputs[1]).ty.shape[0] as i64;
+    let per_channel = matches!(&node.op, Op::DynMatMul { weight_scales, .. } if weight_scales.len() > 1);
+    product(fx, g, n, a, d, a.aux[1], &|fx, r| {
+        let x = fx.addr(a.ins[0], r, k * 4);
+        let (sx, zp) = super::quant::dyn_quantize(fx, x, a.scratch, k);
+        let st = Stage::Dynamic {
+            sx,
+            zp,
+            scales: a.aux[0],
+            per_channel,
+            wsum: a.aux[2],
+        };
+        (a.scratch, st)
+    });
+}
+
+/// The body of [`qmatmul`] over the weight columns `wt` (`[n, k]`); `row` gives each input
+/// row's int8 activations and output stage.
+#[allow(clippy::type_complexity)]
+fn product<'a>(
+    fx: &mut Fx,
+    g: &Graph,
+    n: NodeId,
+    a: &Args,
+    d: Dot,
+    wt: Value,
+    row: &dyn Fn(&mut Fx, Value) -> (Value, Stage<'a>),
+) {
+    let node = g.node(n);
+    let ws = &g.value(node.inputs[1]).ty.shape;
+    let (k, nn) = (ws[0] as i64, ws[1] as i64);
+    let rows = g.value(node.outputs[0]).ty.numel() as i64 / nn.max(1);
+    let has_bias = node.inputs.len() > 2;
     let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
     let bias = fx.b.ins().splat(I8X16, bias);
     fx.for_n(rows, &mut |fx, r| {
-        let xrow = fx.addr(a.ins[0], r, k);
-        let yrow = fx.addr(a.outs[0], r, nn);
+        let (xrow, st) = row(fx, r);
+        let yrow = fx.addr(a.outs[0], r, nn * st.elem());
         let outputs = |fx: &mut Fx, j0: Value, cnt: i64| {
             let vars: Vec<cranelift_frontend::Variable> = (0..cnt)
                 .map(|_| {
@@ -419,7 +468,7 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, 
                     v
                 })
                 .collect();
-            let w0 = fx.addr(a.aux[2], j0, k);
+            let w0 = fx.addr(wt, j0, k);
             fx.for_ptrs(k / 16, &[(xrow, 16), (w0, 16)], &mut |fx, p| {
                 let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
                 let x = match d {
@@ -458,10 +507,10 @@ pub(crate) fn qmatmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args, 
                     let e = fx.b.ins().extractlane(v, lane);
                     s = fx.b.ins().iadd(s, e);
                 }
-                let zs = st.zsum(fx, j);
+                let zs = zero_term(fx, &st, d, j);
                 let s = fx.b.ins().isub(s, zs);
                 let chan = st.channel(fx, j);
-                let ya = fx.addr(yrow, j, 1);
+                let ya = fx.addr(yrow, j, st.elem());
                 st.store(fx, s, chan, ya, 0);
             }
         };

@@ -360,6 +360,9 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             ..
         } => quant::requant(fx, g, n, *input_zp, *requant, *zero_point, a),
         Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a, t.dot),
+        Op::DynMatMul { .. } if let (Some(d), true) = (t.dot, dot::dyn_matmul_applies(g, n)) => {
+            dot::dyn_qmatmul(fx, g, n, a, d)
+        }
         Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
         Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => unreachable!("refused by `unsupported`"),
     }

@@ -223,7 +223,7 @@ fn round_even(fx: &mut Fx, y: Value) -> Value {
 /// vectors: the range comes out the same in any order (a value replaces the running bound
 /// only when strictly beyond it, so NaNs and -0.0 never do), and each lane rounds exactly
 /// as the scalar steps.
-fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
+pub(crate) fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, Value) {
     use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4};
     let vec = if fx.simd { n / 4 } else { 0 };
     let (lo, hi) = (fx.b.declare_var(F32), fx.b.declare_var(F32));
