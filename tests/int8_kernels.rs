@@ -11,6 +11,9 @@ use kiln_ir::{DType, Graph, Op, QParams, Scalar, Tensor, TensorType};
 use kiln_tests::{HOST, Toolchain, bit_exact_on_every_backend_many, build_native_for};
 
 struct Case {
+    /// One group of all channels (a regular convolution on im2col rows) instead of one
+    /// channel per group.
+    dense: bool,
     n: usize,
     c: usize,
     hw: (usize, usize),
@@ -49,7 +52,11 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
         "x",
         TensorType::new(DType::quantized(Scalar::I8, q(case.zp)), vec![case.n, c, h, w]),
     );
-    let wv = g.add_const("w", Tensor::from_vec(vec![c, 1, kh, kw], bytes(seed + 1, c * kh * kw)));
+    let cg = if case.dense { c } else { 1 };
+    let wv = g.add_const(
+        "w",
+        Tensor::from_vec(vec![c, cg, kh, kw], bytes(seed + 1, c * cg * kh * kw)),
+    );
     let bias: Vec<i32> = bytes(seed + 2, c).iter().map(|&b| b as i32 * 300).collect();
     let bv = g.add_const("b", Tensor::from_vec(vec![c], bias));
     let requant: std::sync::Arc<[_]> = (0..if case.per_channel { c } else { 1 })
@@ -62,7 +69,7 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
             dilations: vec![case.dil.0, case.dil.1],
             pads: case.pads.to_vec(),
         },
-        group: c,
+        group: if case.dense { 1 } else { c },
         q: QLinear {
             input_zp: case.zp,
             output_scale: 0.1,
@@ -82,6 +89,7 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
 #[test]
 fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
     let d = |n, c, hw, k, stride, dil, pads, zp, per_channel, scale_exp| Case {
+        dense: false,
         // a saturated rescale plus a nonzero output zero point overflows i32 in every
         // backend alike (noted on the hardening issue), so the saturating case keeps it 0
         out_zp: if scale_exp > 0 { 0 } else { -3 },
@@ -110,6 +118,20 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         // 1x1 depthwise (a per-channel scale) and a 1-wide plane
         d(1, 33, (4, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 3, true, -6),
     ];
+    // regular convolutions with stride 2 (im2col gathers every other byte), rows of 9, 33
+    // and 40 outputs (partial and whole 8-byte chunks), 3 and 5 input channels
+    let dense = |c, hw: (usize, usize), pads| Case {
+        dense: true,
+        ..d(1, c, hw, (3, 3), (2, 2), (1, 1), pads, -5, true, -9)
+    };
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .chain([
+            dense(3, (7, 18), [1, 1, 1, 1]),
+            dense(5, (9, 66), [0, 0, 1, 1]),
+            dense(3, (5, 80), [1, 1, 1, 1]),
+        ])
+        .collect();
     let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases
         .iter()
         .enumerate()

@@ -1520,7 +1520,13 @@ pub(crate) fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Sta
                         if gm.sw == 1 {
                             return copy_bytes(fx, r[0], r[1], ox1 - ox0);
                         }
-                        fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 1)], &mut |fx, e| {
+                        let done = if gm.sw == 2 && fx.simd {
+                            every_other_byte(fx, r[0], r[1], ox1 - ox0)
+                        } else {
+                            0
+                        };
+                        let (s0, d0) = (fx.add_imm(r[0], 2 * done), fx.add_imm(r[1], done));
+                        fx.for_ptrs(ox1 - ox0 - done, &[(s0, gm.sw as i64), (d0, 1)], &mut |fx, e| {
                             let v = fx.b.ins().load(I8, flags(), e[0], 0);
                             fx.b.ins().store(flags(), v, e[1], 0);
                         });
@@ -1530,6 +1536,25 @@ pub(crate) fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Sta
         }
     });
     a.scratch
+}
+
+/// The first of every two bytes from `src` to `dst`, eight at a time (one 16-byte load and
+/// one byte shuffle) while the load stays within the `2 * len - 1` bytes the row spans;
+/// returns how many were copied (the caller copies the rest).
+fn every_other_byte(fx: &mut Fx, src: Value, dst: Value, len: i64) -> i64 {
+    use cranelift_codegen::ir::types::{I8X16, I64X2};
+    let chunks = if 2 * len >= 17 { (2 * len - 17) / 16 + 1 } else { 0 };
+    let mask: Vec<u8> = (0..16u8).map(|k| if k < 8 { 2 * k } else { 2 * (k - 8) }).collect();
+    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+    let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    fx.for_ptrs(chunks, &[(src, 16), (dst, 8)], &mut |fx, p| {
+        let v = fx.b.ins().load(I8X16, flags(), p[0], 0);
+        let e = fx.b.ins().shuffle(v, v, mask);
+        let e = fx.b.ins().bitcast(I64X2, le, e);
+        let e = fx.b.ins().extractlane(e, 0);
+        fx.b.ins().store(flags(), e, p[1], 0);
+    });
+    8 * chunks
 }
 
 /// `len` bytes from `src` to `dst` (not overlapping): eight at a time, then one by one.
