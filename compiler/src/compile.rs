@@ -162,16 +162,15 @@ pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compile
 }
 
 fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
-    let plan = plan::plan(g, kiln_backends::c::ARENA_ALIGN, kiln_backends::c::scratch_bytes)?;
-    let out = kiln_backends::c::emit(
-        g,
-        &plan,
-        &kiln_backends::c::Options {
-            prefix: opts.prefix.clone(),
-            progmem: opts.target.is_avr(),
-            cortex_m: opts.target.is_cortex_m(),
-        },
-    )?;
+    use kiln_backends::c;
+    let copts = c::Options {
+        prefix: opts.prefix.clone(),
+        progmem: opts.target.is_avr(),
+        cortex_m: opts.target.is_cortex_m(),
+    };
+    let host = c::host(&copts);
+    let plan = plan::plan(g, c::ARENA_ALIGN, |g, n| c::scratch_bytes(g, n, host))?;
+    let out = c::emit(g, &plan, &copts)?;
     check_fit(g, &plan, &opts.target)?;
     let api = Api::new(g, &plan, &opts.prefix, source);
     let p = &opts.prefix;

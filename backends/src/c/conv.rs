@@ -4,9 +4,12 @@
 //! - per output, a register accumulator over the taps: the fewest memory accesses, for
 //!   Cortex-M and AVR;
 //! - for hosts, per output channel, the whole output plane set to the bias, then each tap
-//!   added to a run of outputs (a row, or the whole plane for a 1x1 unit-stride
-//!   convolution): the innermost loop is over independent, contiguous outputs with
-//!   compile-time bounds and `restrict` pointers, which `-O3` vectorizes.
+//!   added to a run of outputs: the innermost loop is over independent, contiguous outputs
+//!   with compile-time bounds and `restrict` pointers, which `-O3` vectorizes. With unit
+//!   strides the input is first copied into a zero-bordered plane in scratch, rows `Wp`
+//!   wide, so every tap is one offset and one run over all `OH * Wp` positions (the columns
+//!   past `OW` are computed and dropped; padding taps add zeros, as im2col does); a 1x1
+//!   unit-stride convolution runs over the plane directly; other strides go a row at a time.
 
 use super::{shape, unary_expr};
 use kiln_ir::op::Conv;
@@ -64,6 +67,45 @@ fn geo(xs: &[usize], os: &[usize], c: &Conv) -> Geo {
     }
 }
 
+/// The zero-bordered layout of a unit-stride convolution on a host: rows `wp` wide, `hp`
+/// of them per channel, and floats after the last plane the last taps read past it.
+struct Bordered {
+    hp: usize,
+    wp: usize,
+    tail: usize,
+}
+
+fn bordered(gm: &Geo, pointwise: bool) -> Option<Bordered> {
+    if gm.sh != 1 || gm.sw != 1 || pointwise {
+        return None;
+    }
+    Some(Bordered {
+        hp: (gm.ph + gm.h).max(gm.oh + (gm.kh - 1) * gm.dh),
+        wp: (gm.pw + gm.w).max(gm.ow + (gm.kw - 1) * gm.dw),
+        tail: (gm.kw - 1) * gm.dw,
+    })
+}
+
+fn flat(gm: &Geo) -> bool {
+    gm.kh == 1 && gm.kw == 1 && gm.sh == 1 && gm.sw == 1 && gm.ph == 0 && gm.pw == 0 && gm.oh * gm.ow == gm.h * gm.w
+}
+
+/// Scratch bytes of a float convolution on a host: the bordered input of one group and one
+/// output plane `wp` wide.
+pub(super) fn scratch_bytes(g: &Graph, n: NodeId, c: &Conv) -> usize {
+    let node = g.node(n);
+    let (xs, ws, os) = (
+        shape(g, node.inputs[0]),
+        shape(g, node.inputs[1]),
+        shape(g, node.outputs[0]),
+    );
+    if !matches!(xs.len(), 3 | 4) {
+        return 0;
+    }
+    let gm = geo(xs, os, c);
+    bordered(&gm, flat(&gm)).map_or(0, |b| 4 * (ws[1] * b.hp * b.wp + b.tail + gm.oh * b.wp))
+}
+
 pub(super) fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv, host: bool) {
     let node = g.node(n);
     let (xs, ws, os) = (
@@ -78,7 +120,9 @@ pub(super) fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv, host: bool)
     let _ = writeln!(out, "    for (int32_t b = 0; b < {nb}; ++b)");
     let _ = writeln!(out, "    for (int32_t oc = 0; oc < {m}; ++oc) {{");
     let _ = writeln!(out, "        int32_t g0 = (oc / {mg}) * {cg};");
-    if host {
+    if let (true, Some(bd)) = (host, bordered(&gm, flat(&gm))) {
+        planes(out, &gm, &bd, c, (ci, m, cg), bias);
+    } else if host {
         rows(out, &gm, c, (ci, m, cg), bias);
     } else {
         per_output(out, &gm, c, (ci, m, cg), bias);
@@ -155,8 +199,7 @@ fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize)
         "        for (int32_t c = 0; c < {cg}; ++c) {{\n            const float *restrict xc = x0 + (b * {ci} + g0 + c) * {};",
         h * wd
     );
-    let flat = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && p == h * wd;
-    if flat {
+    if flat(gm) {
         let _ = writeln!(
             out,
             "            const float wv = x1[oc * {cg} + c];\n            for (int32_t i = 0; i < {p}; ++i) yo[i] = yo[i] + wv * xc[i];"
@@ -198,4 +241,60 @@ fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize)
         );
     }
     let _ = writeln!(out, "    }}");
+}
+
+/// Unit strides: the group's input copied into the bordered planes (`s`), then per output
+/// channel one run over all `OH * Wp` positions per tap, and the `OW` valid columns of each
+/// row out. The copy is made once per group, when its first output channel comes up.
+fn planes(out: &mut String, gm: &Geo, bd: &Bordered, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Geo {
+        h,
+        w: wd,
+        oh,
+        ow,
+        kh,
+        kw,
+        dh,
+        dw,
+        ph,
+        pw,
+        ..
+    } = *gm;
+    let Bordered { hp, wp, tail } = *bd;
+    let (plane, xp_len, run) = (hp * wp, cg * hp * wp + tail, oh * wp);
+    let mg = m / c.group;
+    let _ = writeln!(
+        out,
+        "        float *restrict xp = s;
+        float *restrict yp = s + {xp_len};"
+    );
+    let _ = writeln!(out, "        if (oc % {mg} == 0) {{");
+    let _ = writeln!(out, "            for (int32_t i = 0; i < {xp_len}; ++i) xp[i] = 0.0f;");
+    let _ = writeln!(
+        out,
+        "            for (int32_t c = 0; c < {cg}; ++c)\n            for (int32_t iy = 0; iy < {h}; ++iy)\n            for (int32_t ix = 0; ix < {wd}; ++ix)"
+    );
+    let _ = writeln!(
+        out,
+        "                xp[(c * {hp} + iy + {ph}) * {wp} + ix + {pw}] = x0[((b * {ci} + g0 + c) * {h} + iy) * {wd} + ix];\n        }}"
+    );
+    let _ = writeln!(out, "        for (int32_t i = 0; i < {run}; ++i) yp[i] = {bias};");
+    let _ = writeln!(
+        out,
+        "        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
+    );
+    let _ = writeln!(
+        out,
+        "            const float wv = x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx];\n            const float *restrict xs = xp + c * {plane} + ky * {} + kx * {dw};",
+        dh * wp
+    );
+    let _ = writeln!(
+        out,
+        "            for (int32_t i = 0; i < {run}; ++i) yp[i] = yp[i] + wv * xs[i];\n        }}"
+    );
+    let v = c.fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
+    let _ = writeln!(
+        out,
+        "        for (int32_t oy = 0; oy < {oh}; ++oy)\n        for (int32_t ox = 0; ox < {ow}; ++ox) {{\n            float acc = yp[oy * {wp} + ox];\n            y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {v};\n        }}\n    }}"
+    );
 }

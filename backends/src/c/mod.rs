@@ -52,10 +52,18 @@ pub struct Output {
     pub source: String,
 }
 
-/// Scratch bytes per node: only recurrent layers need any (h, c and the gate vectors).
-pub fn scratch_bytes(g: &Graph, n: NodeId) -> usize {
+/// Whether C for `opts` targets a host (vectors, caches, room for scratch) rather than a
+/// Cortex-M part or AVR.
+pub fn host(opts: &Options) -> bool {
+    !opts.cortex_m && !opts.progmem
+}
+
+/// Scratch bytes per node: recurrent layers (h, c and the gate vectors), integer
+/// convolutions, and on hosts float convolutions over a zero-bordered input copy.
+pub fn scratch_bytes(g: &Graph, n: NodeId, host: bool) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => 4 * 10 * r.hidden,
+        Op::Conv(c) if host => conv::scratch_bytes(g, n, c),
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => int::qconv_scratch(g, n),
         _ => 0,
     }
@@ -589,9 +597,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (k, &n) in plan.order.iter().enumerate() {
         if !aliased(g, plan, n) {
             let mut text = String::new();
-            kernel(&mut text, g, n, k, opts.cortex_m, !opts.cortex_m && !opts.progmem);
+            kernel(&mut text, g, n, k, opts.cortex_m, host(opts));
             if opts.progmem || half_weight(g, n) || packed_weight(g, n) {
-                text = flash_reads(g, n, k, &text, opts.progmem)?;
+                text = flash_reads(g, n, k, &text, opts)?;
             }
             if opts.cortex_m {
                 // kept out of line: one kernel's registers are not the whole model's
@@ -724,7 +732,8 @@ fn entry(
 
 /// Routes a kernel's reads of its constant inputs through loads (see `rom`): flash loads
 /// when `progmem`, and binary16 weights through `kiln_ld_half`, which widens them.
-fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, progmem: bool) -> Result<String, Error> {
+fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, opts: &Options) -> Result<String, Error> {
+    let progmem = opts.progmem;
     let node = g.node(n);
     let rom: Vec<(String, &str)> = node
         .inputs
@@ -740,7 +749,7 @@ fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, progmem: bool) -> Res
             _ => None,
         })
         .collect();
-    let head = sig(g, n, k).len();
+    let head = sig(g, n, k, host(opts)).len();
     let body = rom::rewrite(&text[head..], &rom).map_err(|word| {
         let input = word.strip_prefix('x').and_then(|i| i.parse::<usize>().ok());
         Error::RomAccess {
@@ -765,7 +774,7 @@ fn aliased(g: &Graph, plan: &MemoryPlan, n: NodeId) -> bool {
     matches!(node.op, Op::Reshape { .. } | Op::Identity) && plan.loc(node.inputs[0]) == plan.loc(node.outputs[0])
 }
 
-fn sig(g: &Graph, n: NodeId, k: usize) -> String {
+fn sig(g: &Graph, n: NodeId, k: usize, host: bool) -> String {
     let node = g.node(n);
     let mut ps: Vec<String> = node
         .inputs
@@ -786,7 +795,7 @@ fn sig(g: &Graph, n: NodeId, k: usize) -> String {
             .enumerate()
             .map(|(i, &v)| format!("{} *y{i}", header::c_type(g.value(v).ty.dtype.scalar))),
     );
-    if scratch_bytes(g, n) > 0 {
+    if scratch_bytes(g, n, host) > 0 {
         ps.push("float *s".into());
     }
     let ins: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -815,7 +824,7 @@ fn dims(s: &[usize]) -> Vec<usize> {
 /// over independent outputs innermost let the C compiler vectorize.
 fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool, host: bool) {
     let node = g.node(n);
-    out.push_str(&sig(g, n, k));
+    out.push_str(&sig(g, n, k, host));
     if int::supported(g, n).is_some() {
         int::kernel(out, g, n, cortex_m);
         out.push_str("}\n");
