@@ -2,7 +2,8 @@
 """Kiln against its peers on the host, one thread, batch 1, in one interleaved run.
 
     scripts/bench-peers.py [--rounds 5] [--runs 200] [--models kws,vww,ic,ad,sww]
-                           [--shared ../shared/models] [--kiln target/release/kiln]
+                           [--modes fp16,hybrid] [--shared ../shared/models]
+                           [--kiln target/release/kiln]
 
 Per round every configuration is timed once (median microseconds over --runs inferences),
 in turn, so drift in the machine's speed touches all of them alike; the table gives the
@@ -10,8 +11,10 @@ median over rounds and the ratios the host-speed issue asks for. Peers (install 
 `pip install onnxruntime ai-edge-litert`): ONNX Runtime on the float model (and on the
 int8 QDQ model), LiteRT with XNNPACK on the MLPerf Tiny `.tflite` files (looked up in
 --shared, `<model>/source/`). Kiln: `kiln bench` on native objects (portable default and
-`--target-cpu native`) and on C (`cc -O3 -march=native`). Python call overhead adds a few
-microseconds to the peers' figures. A measuring aid, not a test.
+`--target-cpu native`) and on C (`cc -O3 -march=native`); `--modes` adds Kiln's fp16 and
+hybrid builds (`native`) and their speed against float (`--models silero` adds Silero VAD,
+which has no LiteRT file). Python call overhead adds a few microseconds to the peers'
+figures. A measuring aid, not a test.
 """
 import argparse
 import os
@@ -29,6 +32,7 @@ MODELS = {
     "ic": ("mlperf_tiny_ic_resnet8", "pretrainedResnet.tflite", "pretrainedResnet_quant.tflite"),
     "ad": ("mlperf_tiny_ad_fc_autoencoder", "ad01_fp32.tflite", "ad01_int8.tflite"),
     "sww": ("mlperf_tiny_sww_dscnn", None, "str_ww_ref_model.tflite"),
+    "silero": ("silero_vad_16k", None, None),
 }
 
 
@@ -53,7 +57,7 @@ def ort_runner(path, runs):
     feed = {}
     for i in s.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        dt = np.float32 if "float" in i.type else np.int8
+        dt = {"tensor(float)": np.float32, "tensor(int64)": np.int64}.get(i.type, np.int8)
         feed[i.name] = np.zeros(shape, dt)
     return lambda: timed(lambda: s.run(None, feed), runs)
 
@@ -90,8 +94,10 @@ def configs(key, a):
     qdq = os.path.join(d, "model_int8_qdq_tflite.onnx")
     if os.path.exists(qdq):
         int8 = [qdq, "--quantize", "int8"]
-    else:
+    elif os.path.isdir(os.path.join(d, "calib")):
         int8 = [fp32, "--quantize", "int8", "--calibrate", os.path.join(d, "calib")]
+    else:
+        int8 = None
     c = {}
     if os.path.exists(fp32):
         c["ORT fp32"] = lambda: ort_runner(fp32, a.runs)
@@ -106,8 +112,13 @@ def configs(key, a):
         c["Kiln fp32"] = k([fp32], "--emit", "object")
         c["Kiln fp32 native"] = k([fp32], "--emit", "object", "--target-cpu", "native")
         c["Kiln C fp32 -O3 native"] = k([fp32], "--emit", "c", "--cflags", "-O3 -march=native")
-    c["Kiln int8"] = k(int8, "--emit", "object")
-    c["Kiln int8 native"] = k(int8, "--emit", "object", "--target-cpu", "native")
+    if int8:
+        c["Kiln int8"] = k(int8, "--emit", "object")
+        c["Kiln int8 native"] = k(int8, "--emit", "object", "--target-cpu", "native")
+    modes = [m for m in a.modes.split(",") if m]
+    for mode, q in [("fp16", "fp16"), ("hybrid", "dynamic")]:
+        if mode in modes and os.path.exists(fp32):
+            c[f"Kiln {mode} native"] = k([fp32], "--quantize", q, "--emit", "object", "--target-cpu", "native")
     return c
 
 
@@ -116,6 +127,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--models", default="kws,vww,ic,ad,sww")
+    ap.add_argument("--modes", default="", help="extra Kiln builds: fp16,hybrid")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "models"))
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target", "release", "kiln"))
     a = ap.parse_args()
@@ -150,7 +162,10 @@ def main():
         ("Kiln fp32 native / ORT fp32", "ORT fp32", "Kiln fp32 native"),
         ("Kiln int8 native / Kiln fp32 native", "Kiln fp32 native", "Kiln int8 native"),
         ("Kiln C -O3 native / Kiln fp32 native", "Kiln fp32 native", "Kiln C fp32 -O3 native"),
+        ("Kiln fp16 native / Kiln fp32 native", "Kiln fp32 native", "Kiln fp16 native"),
+        ("Kiln hybrid native / Kiln fp32 native", "Kiln fp32 native", "Kiln hybrid native"),
     ]
+    pairs = [p for p in pairs if any((key, p[2]) in med for key in keys)]
     print("| model | " + " | ".join(p[0] for p in pairs) + " |")
     print("|---" * (len(pairs) + 1) + "|")
     for key in keys:
