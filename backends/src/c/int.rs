@@ -239,12 +239,14 @@ pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> St
             q.output_zp, q.act_min, q.act_max
         );
     }
+    // clamped before the zero point is added (`clamp(r + zp)` without a signed overflow
+    // where the rescale saturated)
     format!(
-        "(int8_t)kiln_clamp({}(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
+        "(int8_t)(kiln_clamp({}(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])), {}, {}) + {})",
         mbqm(q.requant.iter().map(|r| r.shift)),
-        q.output_zp,
-        q.act_min,
-        q.act_max
+        q.act_min - q.output_zp,
+        q.act_max - q.output_zp,
+        q.output_zp
     )
 }
 
@@ -360,19 +362,24 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             };
             // int8 inputs less their zero points stay within 9 bits before the shift
             let bits = (t == "int8_t").then_some(9 + ls as u32);
-            let clamp = if cortex_m && t == "int8_t" && a.act_min <= -128 && a.act_max >= 127 {
-                "KILN_SAT8(".to_string()
-            } else {
-                "kiln_clamp(".to_string()
-            };
-            let bounds = if clamp.starts_with("KILN") {
-                String::new()
-            } else {
-                format!(", {}, {}", a.act_min, a.act_max)
+            // SSAT only where the rescale cannot come near the i32 bounds (a multiplier
+            // below one half); else clamped before the zero point is added
+            let sat8 = cortex_m && t == "int8_t" && a.act_min <= -128 && a.act_max >= 127 && ro.shift < 0;
+            let finish = |x: String| {
+                if sat8 {
+                    format!("KILN_SAT8({x} + {})", a.output_zp)
+                } else {
+                    format!(
+                        "(kiln_clamp({x}, {}, {}) + {})",
+                        a.act_min - a.output_zp,
+                        a.act_max - a.output_zp,
+                        a.output_zp
+                    )
+                }
             };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t}){clamp}{} + {}{bounds});",
+                    "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t}){};",
                     rescale_const(
                         &format!("(int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls})", o[1], a.a_zp),
                         ra.multiplier,
@@ -386,8 +393,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
                         bits
                     ),
                     o[0],
-                    rescale_const("a + b", ro.multiplier, ro.shift, None),
-                    a.output_zp,
+                    finish(rescale_const("a + b", ro.multiplier, ro.shift, None)),
                 )
             });
         }
@@ -439,7 +445,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let t = if wide_input(g, n) { "int16_t" } else { "int8_t" };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = ({t})kiln_clamp(kiln_mbqm(p, {}, {}) + {}, {}, {});",
+                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = ({t})(kiln_clamp(kiln_mbqm(p, {}, {}), {}, {}) + {});",
                     o[1],
                     m.a_zp,
                     o[2],
@@ -447,9 +453,9 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
                     o[0],
                     m.requant.multiplier,
                     m.requant.shift,
-                    m.output_zp,
-                    m.act_min,
-                    m.act_max
+                    m.act_min - m.output_zp,
+                    m.act_max - m.output_zp,
+                    m.output_zp
                 )
             });
         }

@@ -100,8 +100,15 @@ pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
         rom_table(out, "int8_t", "rsh", q.requant.iter().map(|r| -2 - r.shift));
         format!("((((int32_t)(((int64_t)(acc) * kiln_rom_i32(&mult[{c}])) >> 32) >> kiln_rom_i8(&rsh[{c}])) + 1) >> 1)")
     } else {
+        // the general rescale may saturate: clamped before the zero point is added
         rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
-        format!("kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}]))")
+        let (lo, hi) = (q.act_min.max(-128), q.act_max.min(127));
+        return format!(
+            "(int8_t)(kiln_clamp(kiln_mbqm(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])), {}, {}) + ({}))",
+            lo - q.output_zp,
+            hi - q.output_zp,
+            q.output_zp
+        );
     };
     let v = format!("{scaled} + ({})", q.output_zp);
     if q.act_min <= -128 && q.act_max >= 127 {

@@ -51,10 +51,14 @@ pub(crate) fn dequantize(q: &Tensor, scale: f32, zp: i32) -> Tensor {
     Tensor::from_vec(q.shape.clone(), v)
 }
 
-/// The int8 output stage: the sum wraps to i32 (as on the targets), one fixed-point rescale.
+/// The int8 output stage: the sum wraps to i32 (as on the targets), one fixed-point rescale
+/// (saturating), then the zero point and the clamp in exact integers (a saturated rescale
+/// stays at its end of the range).
 fn finish(q: &QLinear, channel: usize, acc: i64) -> i32 {
     let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
-    (rt::multiply_by_quantized_multiplier(acc as i32, r) + q.output_zp).clamp(q.act_min, q.act_max)
+    rt::multiply_by_quantized_multiplier(acc as i32, r)
+        .saturating_add(q.output_zp)
+        .clamp(q.act_min, q.act_max)
 }
 
 /// The 16x8 output stage: the i64 sum rescaled by the 64-bit rule.
@@ -315,7 +319,9 @@ pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Te
             let x1 = (av[i] - p.a_zp) << shift;
             let x2 = (bv[j] - p.b_zp) << shift;
             let s = rt::multiply_by_quantized_multiplier(x1, p.a) + rt::multiply_by_quantized_multiplier(x2, p.b);
-            (rt::multiply_by_quantized_multiplier(s, p.out) + p.output_zp).clamp(p.act_min, p.act_max)
+            rt::multiply_by_quantized_multiplier(s, p.out)
+                .saturating_add(p.output_zp)
+                .clamp(p.act_min, p.act_max)
         })
         .collect();
     Ok(Tensor::new(out.to_vec(), narrow(scalar, y)))
@@ -330,7 +336,9 @@ pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
         .zip(&ob)
         .map(|(&i, &j)| {
             let prod = (av[i] - p.a_zp) * (bv[j] - p.b_zp);
-            (rt::multiply_by_quantized_multiplier(prod, p.requant) + p.output_zp).clamp(p.act_min, p.act_max)
+            rt::multiply_by_quantized_multiplier(prod, p.requant)
+                .saturating_add(p.output_zp)
+                .clamp(p.act_min, p.act_max)
         })
         .collect();
     Tensor::new(out.to_vec(), narrow(a.data.scalar(), y))

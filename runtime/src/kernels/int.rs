@@ -33,7 +33,9 @@ impl Rescale for QLinear<'_> {
     #[inline]
     fn finish(&self, channel: usize, acc: i32) -> i8 {
         let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
-        (mbqm(acc, r) + self.output_zp).clamp(self.act_min, self.act_max) as i8
+        mbqm(acc, r)
+            .saturating_add(self.output_zp)
+            .clamp(self.act_min, self.act_max) as i8
     }
 }
 
@@ -478,7 +480,9 @@ impl QAdd {
         let x1 = (a - self.a_zp) << shift;
         let x2 = (b - self.b_zp) << shift;
         let s = mbqm(x1, self.a) + mbqm(x2, self.b);
-        (mbqm(s, self.out) + self.output_zp).clamp(self.act_min, self.act_max)
+        mbqm(s, self.out)
+            .saturating_add(self.output_zp)
+            .clamp(self.act_min, self.act_max)
     }
 }
 
@@ -508,7 +512,9 @@ impl QMul {
     #[inline]
     fn mul(&self, a: i32, b: i32) -> i32 {
         let prod = (a - self.a_zp) * (b - self.b_zp);
-        (mbqm(prod, self.requant) + self.output_zp).clamp(self.act_min, self.act_max)
+        mbqm(prod, self.requant)
+            .saturating_add(self.output_zp)
+            .clamp(self.act_min, self.act_max)
     }
 }
 

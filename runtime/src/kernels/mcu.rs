@@ -208,13 +208,14 @@ impl Fin {
     /// The int8 output of sum `acc`.
     #[inline(always)]
     pub fn apply(&self, acc: i32) -> i8 {
+        // the fast form is at most 2^29 in size, so only the general one can saturate
         let v = if self.fast {
             let hi = ((acc as i64 * self.rq.multiplier as i64) >> 32) as i32;
-            ((hi >> self.r) + 1) >> 1
+            (((hi >> self.r) + 1) >> 1) + self.zp
         } else {
-            mbqm(acc, self.rq)
+            mbqm(acc, self.rq).saturating_add(self.zp)
         };
-        (v + self.zp).clamp(self.lo, self.hi) as i8
+        v.clamp(self.lo, self.hi) as i8
     }
 }
 

@@ -604,8 +604,7 @@ pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
         let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
         let p = fx.b.ins().imul(xa, xb);
         let r = mbqm_const(fx, p, q.requant);
-        let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
-        let r = clamp(fx, r, q.act_min, q.act_max);
+        let r = add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max);
         if wide {
             fx.b.ins().istore16(flags(), r, po, 0);
         } else {
@@ -648,8 +647,7 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
         };
         let s = fx.b.ins().iadd(ra, rb);
         let r = mbqm_const(fx, s, q.out);
-        let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
-        let r = clamp(fx, r, q.act_min, q.act_max);
+        let r = add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max);
         if wide {
             fx.b.ins().istore16(flags(), r, po, 0);
         } else {
@@ -800,8 +798,14 @@ fn finish_fit(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value
 
 fn finish(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
     let r = mbqm(fx, acc, m, s);
-    let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
-    clamp(fx, r, q.act_min, q.act_max)
+    add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max)
+}
+
+/// `clamp(r + zp, lo, hi)` in exact integers for a saturated rescale `r`: clamped first,
+/// against bounds moved by `zp`, so the addition cannot wrap.
+fn add_zp_clamp(fx: &mut Fx, r: Value, zp: i32, lo: i32, hi: i32) -> Value {
+    let r = clamp(fx, r, lo - zp, hi - zp);
+    fx.b.ins().iadd_imm_s(r, zp as i64)
 }
 
 fn tables_f32(v: &[f32]) -> Vec<u8> {
