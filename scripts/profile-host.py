@@ -5,7 +5,7 @@
 
 Compiles MODEL with `kiln compile --emit object` (extra arguments after `--`, e.g.
 `--quantize int8 --target-cpu native`), links a harness that runs `<prefix>_run` --runs
-times on a zero input, samples it with `perf record` and prints each kernel's share of the
+times on zero inputs, samples it with `perf record` and prints each kernel's share of the
 samples (kernel symbols are `<prefix>_k<N>_<op>`, N in schedule order). A measuring aid,
 not a test: host times are noisy, so compare shares and the peer ratios of
 `scripts/bench-peers.py`, never absolute times across runs.
@@ -23,12 +23,11 @@ HARNESS = r"""
 #include "m.h"
 #include <stdlib.h>
 static unsigned char arena[M_ARENA_SIZE] __attribute__((aligned(16)));
-static IN_T in0[M_INPUT0_COUNT];
-static OUT_T out0[M_OUTPUT0_COUNT];
+BUFFERS
 int main(int argc, char **argv) {
     int runs = argc > 1 ? atoi(argv[1]) : 1;
     for (int r = 0; r < runs; r++)
-        if (m_run(in0, out0, arena)) return 3;
+        if (m_run(ARGS arena)) return 3;
     return 0;
 }
 """
@@ -55,10 +54,22 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         run([a.kiln, "compile", a.model, "--emit", "object", "--prefix", "m", "-o", d] + extra)
         header = open(os.path.join(d, "m.h")).read()
-        sig = re.search(r"int m_run\(const (\w+) \*\w+, (\w+) \*", header)
-        if sig is None or "M_INPUT1_COUNT" in header or "M_OUTPUT1_COUNT" in header:
-            sys.exit("the harness handles one input and one output")
-        src = HARNESS.replace("IN_T", sig.group(1)).replace("OUT_T", sig.group(2))
+        sig = re.search(r"int m_run\(([^)]*)\);", header)
+        if sig is None:
+            sys.exit("no m_run in the header")
+        # one zeroed static buffer per pointer parameter but the arena, sized from the header
+        params = [p.strip() for p in sig.group(1).split(",")][:-1]
+        bufs, args = [], []
+        ins = outs = 0
+        for p in params:
+            ty = re.match(r"(?:const )?(\w+) \*", p).group(1)
+            if p.startswith("const"):
+                count, ins = f"M_INPUT{ins}_COUNT", ins + 1
+            else:
+                count, outs = f"M_OUTPUT{outs}_COUNT", outs + 1
+            bufs.append(f"static {ty} b{len(bufs)}[{count}];")
+            args.append(f"b{len(args)},")
+        src = HARNESS.replace("BUFFERS", "\n".join(bufs)).replace("ARGS", " ".join(args))
         open(os.path.join(d, "h.c"), "w").write(src)
         exe = os.path.join(d, "h")
         run(["cc", "-O2", "-I", d, os.path.join(d, "h.c"), os.path.join(d, "m.o"), "-o", exe])

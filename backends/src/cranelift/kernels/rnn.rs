@@ -61,13 +61,61 @@ fn clip(fx: &mut Fx, r: &Rnn, v: Value) -> Value {
     }
 }
 
-/// `out[j] = sum_k m[j*len + k] * v[k]` for `rows` rows, accumulated from zero.
+/// `out[j] = sum_k m[j*len + k] * v[k]` for `rows` rows, accumulated from zero in `k` order.
+/// Eight rows at a time where the vectors allow: each 4 x 4 block of `m` transposed in
+/// registers so a lane is one row, and each lane adds its products in `k` order, as the
+/// scalar loop does (the same bits), with eight sums in flight instead of one.
 fn matvec(fx: &mut Fx, m: Value, v: Value, rows: usize, len: usize, out: Value) {
-    fx.for_ptrs(rows as i64, &[(m, len as i64 * 4), (out, 4)], &mut |fx, p| {
+    use cranelift_codegen::ir::types::{F32X4, I32X4};
+    let (rows, len) = (rows as i64, len as i64);
+    let blocks = if fx.simd && len % 4 == 0 { rows / 8 } else { 0 };
+    fx.for_ptrs(blocks, &[(m, 8 * len * 4), (out, 32)], &mut |fx, p| {
+        let accs: Vec<_> = (0..2)
+            .map(|_| {
+                let a = fx.b.declare_var(F32X4);
+                let z = fx.f(F32X4, 0.0);
+                fx.b.def_var(a, z);
+                a
+            })
+            .collect();
+        fx.for_ptrs(len / 4, &[(p[0], 16), (v, 16)], &mut |fx, q| {
+            let vv = fx.load(F32X4, q[1]);
+            let vs: Vec<Value> = (0..4u8)
+                .map(|i| {
+                    let e = fx.b.ins().extractlane(vv, i);
+                    fx.b.ins().splat(F32X4, e)
+                })
+                .collect();
+            for (blk, &acc) in accs.iter().enumerate() {
+                let r: Vec<Value> = (0..4)
+                    .map(|i| {
+                        let a = fx.add_imm(q[0], (4 * blk as i64 + i) * len * 4);
+                        fx.load(I32X4, a)
+                    })
+                    .collect();
+                let cols = super::dwconv::transpose4(fx, [r[0], r[1], r[2], r[3]]);
+                for (c, &x) in cols.iter().zip(&vs) {
+                    let c = fx.bits(F32X4, *c);
+                    let pr = fx.mul(c, x);
+                    let cur = fx.b.use_var(acc);
+                    let s = fx.add(cur, pr);
+                    fx.b.def_var(acc, s);
+                }
+            }
+        });
+        for (blk, &acc) in accs.iter().enumerate() {
+            let a = fx.add_imm(p[1], 16 * blk as i64);
+            let s = fx.b.use_var(acc);
+            fx.store(s, a);
+        }
+    });
+    let done = 8 * blocks;
+    let (m, out) = (fx.add_imm(m, done * len * 4), fx.add_imm(out, done * 4));
+    fx.for_ptrs(rows - done, &[(m, len * 4), (out, 4)], &mut |fx, p| {
         let acc = fx.b.declare_var(F32);
         let z = fx.f(F32, 0.0);
         fx.b.def_var(acc, z);
-        fx.for_ptrs(len as i64, &[(p[0], 4), (v, 4)], &mut |fx, q| {
+        fx.for_ptrs(len, &[(p[0], 4), (v, 4)], &mut |fx, q| {
             let (mv, vv) = (fx.load(F32, q[0]), fx.load(F32, q[1]));
             let pr = fx.mul(mv, vv);
             let cur = fx.b.use_var(acc);
