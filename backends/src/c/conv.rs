@@ -12,60 +12,9 @@
 //!   unit-stride convolution runs over the plane directly; other strides go a row at a time.
 
 use super::{shape, unary_expr};
-use kiln_ir::op::Conv;
+use kiln_ir::op::{Conv, Plane};
 use kiln_ir::{Graph, NodeId};
 use std::fmt::Write;
-
-/// The 2-D view of a 1-D or 2-D convolution.
-struct Geo {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    ph: usize,
-    pw: usize,
-}
-
-fn geo(xs: &[usize], os: &[usize], c: &Conv) -> Geo {
-    let w = &c.window;
-    if xs.len() == 4 {
-        Geo {
-            h: xs[2],
-            w: xs[3],
-            oh: os[2],
-            ow: os[3],
-            kh: w.kernel[0],
-            kw: w.kernel[1],
-            sh: w.strides[0],
-            sw: w.strides[1],
-            dh: w.dilations[0],
-            dw: w.dilations[1],
-            ph: w.pads[0],
-            pw: w.pads[1],
-        }
-    } else {
-        Geo {
-            h: 1,
-            w: xs[2],
-            oh: 1,
-            ow: os[2],
-            kh: 1,
-            kw: w.kernel[0],
-            sh: 1,
-            sw: w.strides[0],
-            dh: 1,
-            dw: w.dilations[0],
-            ph: 0,
-            pw: w.pads[0],
-        }
-    }
-}
 
 /// The zero-bordered layout of a unit-stride convolution on a host: rows `wp` wide, `hp`
 /// of them per channel, and floats after the last plane the last taps read past it.
@@ -75,7 +24,7 @@ struct Bordered {
     tail: usize,
 }
 
-fn bordered(gm: &Geo, pointwise: bool) -> Option<Bordered> {
+fn bordered(gm: &Plane, pointwise: bool) -> Option<Bordered> {
     if gm.sh != 1 || gm.sw != 1 || pointwise {
         return None;
     }
@@ -86,7 +35,7 @@ fn bordered(gm: &Geo, pointwise: bool) -> Option<Bordered> {
     })
 }
 
-fn flat(gm: &Geo) -> bool {
+fn flat(gm: &Plane) -> bool {
     gm.kh == 1 && gm.kw == 1 && gm.sh == 1 && gm.sw == 1 && gm.ph == 0 && gm.pw == 0 && gm.oh * gm.ow == gm.h * gm.w
 }
 
@@ -102,7 +51,7 @@ pub(super) fn scratch_bytes(g: &Graph, n: NodeId, c: &Conv) -> usize {
     if !matches!(xs.len(), 3 | 4) {
         return 0;
     }
-    let gm = geo(xs, os, c);
+    let gm = c.window.plane(xs, os);
     bordered(&gm, flat(&gm)).map_or(0, |b| 4 * (ws[1] * b.hp * b.wp + b.tail + gm.oh * b.wp))
 }
 
@@ -113,7 +62,7 @@ pub(super) fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv, host: bool)
         shape(g, node.inputs[1]),
         shape(g, node.outputs[0]),
     );
-    let gm = geo(xs, os, c);
+    let gm = c.window.plane(xs, os);
     let (nb, ci, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
     let mg = m / c.group;
     let bias = if node.inputs.len() > 2 { "x2[oc]" } else { "0.0f" };
@@ -130,8 +79,8 @@ pub(super) fn conv(out: &mut String, g: &Graph, n: NodeId, c: &Conv, host: bool)
 }
 
 /// One register accumulator per output.
-fn per_output(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
-    let Geo {
+fn per_output(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Plane {
         h,
         w: wd,
         oh,
@@ -176,8 +125,8 @@ fn per_output(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, 
 }
 
 /// The output plane as the accumulator, one tap at a time over runs of outputs.
-fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
-    let Geo {
+fn rows(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Plane {
         h,
         w: wd,
         oh,
@@ -218,16 +167,13 @@ fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize)
         // per kernel column, the output columns whose tap lands inside the input
         for kx in 0..kw {
             let off = (kx * dw) as i64 - pw as i64;
-            let valid: Vec<usize> = (0..ow)
-                .filter(|&o| (0..wd as i64).contains(&((o * sw) as i64 + off)))
-                .collect();
-            let (Some(&lo), Some(&hi)) = (valid.first(), valid.last()) else {
+            let (lo, end) = gm.cols_reached(kx);
+            if end <= lo {
                 continue;
-            };
+            }
             let _ = writeln!(
                 out,
-                "                {{\n                    const float wv = x1[((oc * {cg} + c) * {kh} + ky) * {kw} + {kx}];\n                    for (int32_t ox = {lo}; ox < {}; ++ox) yr[ox] = yr[ox] + wv * xr[ox * {sw} + ({off})];\n                }}",
-                hi + 1
+                "                {{\n                    const float wv = x1[((oc * {cg} + c) * {kh} + ky) * {kw} + {kx}];\n                    for (int32_t ox = {lo}; ox < {end}; ++ox) yr[ox] = yr[ox] + wv * xr[ox * {sw} + ({off})];\n                }}"
             );
         }
         let _ = writeln!(out, "            }}");
@@ -246,8 +192,8 @@ fn rows(out: &mut String, gm: &Geo, c: &Conv, (ci, m, cg): (usize, usize, usize)
 /// Unit strides: the group's input copied into the bordered planes (`s`), then per output
 /// channel one run over all `OH * Wp` positions per tap, and the `OW` valid columns of each
 /// row out. The copy is made once per group, when its first output channel comes up.
-fn planes(out: &mut String, gm: &Geo, bd: &Bordered, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
-    let Geo {
+fn planes(out: &mut String, gm: &Plane, bd: &Bordered, c: &Conv, (ci, m, cg): (usize, usize, usize), bias: &str) {
+    let Plane {
         h,
         w: wd,
         oh,

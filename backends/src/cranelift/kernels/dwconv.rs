@@ -14,30 +14,75 @@ use super::nest::F4;
 use super::{Args, Target};
 use cranelift_codegen::ir::types::{F32, I8X16, I32, I32X4};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value};
-use kiln_ir::op::Conv;
+use kiln_ir::op::{Conv, Window};
 use kiln_ir::{Graph, NodeId, Scalar};
 
-/// Geometry of a depthwise convolution the kernel takes.
+/// The geometry both channels-last depthwise kernels (float here, int8 in `qdw`) work in:
+/// the window's plane and the zero-bordered input copy, `hp` rows of `wp` columns with the
+/// input at (`top`, `left`), from which every tap of a position is one fixed offset.
+pub(crate) struct ChannelsLast {
+    pub n: i64,
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+    pub oh: i64,
+    pub ow: i64,
+    pub kh: i64,
+    pub kw: i64,
+    pub sh: i64,
+    pub sw: i64,
+    pub dh: i64,
+    pub dw: i64,
+    pub hp: i64,
+    pub wp: i64,
+    pub top: i64,
+    pub left: i64,
+}
+
+impl ChannelsLast {
+    /// For a 2-D `[N, C, H, W]` input `xs` giving `out` through `window`.
+    pub fn new(xs: &[usize], out: &[usize], window: &Window) -> ChannelsLast {
+        let p = window.plane(xs, out);
+        let u = |v: usize| v as i64;
+        let (top, left) = (u(p.ph), u(p.pw));
+        ChannelsLast {
+            n: u(xs[0]),
+            c: u(xs[1]),
+            h: u(p.h),
+            w: u(p.w),
+            oh: u(p.oh),
+            ow: u(p.ow),
+            kh: u(p.kh),
+            kw: u(p.kw),
+            sh: u(p.sh),
+            sw: u(p.sw),
+            dh: u(p.dh),
+            dw: u(p.dw),
+            hp: (top + u(p.h)).max(u((p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1)),
+            wp: (left + u(p.w)).max(u((p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1)),
+            top,
+            left,
+        }
+    }
+
+    /// Whether the copy has a border to fill (padding, or rows/columns past the input).
+    pub fn bordered(&self) -> bool {
+        self.top > 0 || self.left > 0 || self.hp > self.h + self.top || self.wp > self.w + self.left
+    }
+}
+
+/// A float depthwise convolution the kernel takes.
 pub(crate) struct Depthwise {
-    n: i64,
-    c: i64,
-    h: i64,
-    w: i64,
-    oh: i64,
-    ow: i64,
-    kh: i64,
-    kw: i64,
-    sh: i64,
-    sw: i64,
-    dh: i64,
-    dw: i64,
-    /// Zero-bordered input rows and columns, and where the input starts in it.
-    hp: i64,
-    wp: i64,
-    top: i64,
-    left: i64,
+    g: ChannelsLast,
     /// binary16 weights (`--quantize fp16`), widened once per call before the transpose.
     half: bool,
+}
+
+impl std::ops::Deref for Depthwise {
+    type Target = ChannelsLast;
+    fn deref(&self) -> &ChannelsLast {
+        &self.g
+    }
 }
 
 /// Weight taps kept in registers across the positions; more are reloaded per position.
@@ -61,35 +106,8 @@ impl Depthwise {
         if xs.len() != 4 || !f32s || c.group != xs[1] || w.shape[0] != xs[1] || c.group < 2 {
             return None;
         }
-        let u = |v: usize| v as i64;
-        let win = &c.window;
-        let (kh, kw) = (u(win.kernel[0]), u(win.kernel[1]));
-        let (sh, sw, dh, dw) = (
-            u(win.strides[0]),
-            u(win.strides[1]),
-            u(win.dilations[0]),
-            u(win.dilations[1]),
-        );
-        let (oh, ow) = (u(out[2]), u(out[3]));
-        let (top, left) = (u(win.pads[0]), u(win.pads[1]));
-        let (h, wd) = (u(xs[2]), u(xs[3]));
         Some(Depthwise {
-            n: u(xs[0]),
-            c: u(xs[1]),
-            h,
-            w: wd,
-            oh,
-            ow,
-            kh,
-            kw,
-            sh,
-            sw,
-            dh,
-            dw,
-            hp: (top + h).max((oh - 1) * sh + (kh - 1) * dh + 1),
-            wp: (left + wd).max((ow - 1) * sw + (kw - 1) * dw + 1),
-            top,
-            left,
+            g: ChannelsLast::new(xs, out, &c.window),
             half,
         })
     }
@@ -107,10 +125,6 @@ impl Depthwise {
     pub fn scratch(&self) -> usize {
         let widened = if self.half { self.weights() } else { 0 };
         (self.padded() + self.weights() + self.oh * self.ow * self.c * 4 + widened) as usize
-    }
-
-    fn bordered(&self) -> bool {
-        self.top > 0 || self.left > 0 || self.hp > self.h + self.top || self.wp > self.w + self.left
     }
 }
 

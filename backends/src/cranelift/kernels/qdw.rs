@@ -12,34 +12,28 @@
 //! other kernels do. Integer sums: bit-exact in any order.
 
 use super::super::fx::Fx;
+use super::Args;
 use super::dot::{Dot, dot4};
+use super::dwconv::{self, ChannelsLast};
 use super::quant::{RESCALE_RECORD, Stage, finish_fit4_rec, fits_i32, store_bytes4};
-use super::{Args, dwconv};
 use cranelift_codegen::ir::types::{F32X4, I8, I8X16, I32, I32X4};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value};
 use kiln_ir::op::QLinear;
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
-/// Geometry of an int8 depthwise convolution this kernel takes.
+/// An int8 depthwise convolution this kernel takes.
 pub(crate) struct QDw {
-    n: i64,
-    c: i64,
+    g: ChannelsLast,
     /// Channels rounded up to whole vectors of sixteen.
     c16: i64,
-    h: i64,
-    w: i64,
-    oh: i64,
-    ow: i64,
-    kw: i64,
-    sh: i64,
-    sw: i64,
-    dh: i64,
-    dw: i64,
-    hp: i64,
-    wp: i64,
-    top: i64,
-    left: i64,
     taps: i64,
+}
+
+impl std::ops::Deref for QDw {
+    type Target = ChannelsLast;
+    fn deref(&self) -> &ChannelsLast {
+        &self.g
+    }
 }
 
 fn flags() -> MemFlagsData {
@@ -84,30 +78,10 @@ impl QDw {
         if !ok {
             return None;
         }
-        let u = |v: usize| v as i64;
-        let (kh, kw) = (u(window.kernel[0]), u(window.kernel[1]));
-        let (sh, sw) = (u(window.strides[0]), u(window.strides[1]));
-        let (dh, dw) = (u(window.dilations[0]), u(window.dilations[1]));
-        let (oh, ow, h, w) = (u(out[2]), u(out[3]), u(xs[2]), u(xs[3]));
-        let (top, left) = (u(window.pads[0]), u(window.pads[1]));
         Some(QDw {
-            n: u(xs[0]),
-            c: u(xs[1]),
-            c16: u(xs[1].next_multiple_of(16)),
-            h,
-            w,
-            oh,
-            ow,
-            kw,
-            sh,
-            sw,
-            dh,
-            dw,
-            hp: (top + h).max((oh - 1) * sh + (kh - 1) * dh + 1),
-            wp: (left + w).max((ow - 1) * sw + (kw - 1) * dw + 1),
-            top,
-            left,
-            taps: kh * kw,
+            g: ChannelsLast::new(xs, out, window),
+            c16: xs[1].next_multiple_of(16) as i64,
+            taps: window.kernel.iter().product::<usize>() as i64,
         })
     }
 
@@ -122,10 +96,6 @@ impl QDw {
     /// Arena bytes: the bordered channels-last input, then the i32 sums `[position][c16]`.
     pub fn scratch(&self) -> usize {
         (self.padded() + 4 * self.oh * self.ow * self.c16) as usize
-    }
-
-    fn bordered(&self) -> bool {
-        self.top > 0 || self.left > 0 || self.hp > self.h + self.top || self.wp > self.w + self.left
     }
 }
 
