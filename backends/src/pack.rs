@@ -1,7 +1,9 @@
-//! Weight layouts for the Cortex-M int8 kernels, decided once for every backend that runs
-//! them (the C backend's `c::mcu`, the Rust-source backend's `kiln_runtime::kernels::mcu`):
-//! which nodes use them, and the order their weight constants are stored in. Only the
-//! order changes (and patch rows gain at most three zero bytes), so flash stays the same.
+//! Weight layouts for the microcontroller int8 kernels, decided once for every backend that
+//! runs them: the Cortex-M ones (the C backend's `c::mcu`, the Rust-source backend's
+//! `kiln_runtime::kernels::mcu`) and the AVR ones (`c::avr`, see [`avr_product`]): which
+//! nodes use them, and the order their weight constants are stored in. Only the order
+//! changes (patch rows gain at most three zero bytes, packed AVR rows at most half a byte),
+//! so flash stays the same.
 
 use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
 
@@ -220,6 +222,138 @@ pub fn plane_dims(ge: &kiln_ir::op::Plane) -> (usize, usize) {
         (ge.oh - 1) * ge.sh + (ge.kh - 1) * ge.dh + 1,
         (ge.ow - 1) * ge.sw + (ge.kw - 1) * ge.dw + 1,
     )
+}
+
+/// How an AVR kernel (`c::avr`) runs an int8 product: every output's weights one row,
+/// streamed by post-increment loads; the input zero point folded into the bias at compile
+/// time, so the inner loop multiplies the stored int8 activations as they are (`MULS`);
+/// sums in `acc_bits` (16 or 24) bits, which `kiln_ir::accumulate` proves hold every
+/// channel's total. The sums wrap modulo 2^acc_bits on the way (the bias is folded, the
+/// order changes), and since the total fits, the result is exactly the evaluator's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvrProduct {
+    pub acc_bits: u32,
+    pub weight_bits: u8,
+    /// Weights (multiply-adds) per output.
+    pub taps: usize,
+    /// Stored bytes per output row: `taps`, or with 4-bit weights half of it rounded up.
+    pub row_bytes: usize,
+    /// No weight is -128, so two products (each within ±128 * 127) add in 16 bits before
+    /// joining a 24-bit sum.
+    pub pairs: bool,
+}
+
+/// Largest row of AVR convolution weights, copied into a stack buffer per output row.
+pub const AVR_MAX_TAPS: usize = 256;
+
+/// The AVR layout of int8 node `n`, if it has one: a `QMatMul` with a 2-D constant weight
+/// or a 1-D/2-D `QConv` with unit horizontal dilation, int8 input, 8- or 4-bit weights
+/// and a bias (if any) of its own, whose sums fit 24 bits.
+pub fn avr_product(g: &Graph, n: NodeId) -> Option<AvrProduct> {
+    let node = g.node(n);
+    let (q, taps) = match &node.op {
+        Op::QMatMul { q } if shape(g, node.inputs[1]).len() == 2 => (q, shape(g, node.inputs[1])[0]),
+        Op::QConv { q, window, .. } => {
+            let ws = shape(g, node.inputs[1]);
+            let dw = *window.dilations.last()?;
+            if !matches!(ws.len(), 3 | 4) || dw != 1 {
+                return None;
+            }
+            let taps: usize = ws[1..].iter().product();
+            (q, taps)
+        }
+        _ => return None,
+    };
+    let own = |v: ValueId| g.const_value(v).is_some() && !g.is_output(v) && g.consumers(v) == [n];
+    let conv_fits = !matches!(node.op, Op::QConv { .. }) || taps <= AVR_MAX_TAPS;
+    if g.value(node.inputs[0]).ty.dtype.scalar != Scalar::I8
+        || !matches!(q.weight_bits, 4 | 8)
+        || !own(node.inputs[1])
+        || node.inputs.get(2).is_some_and(|&b| !own(b))
+        || !conv_fits
+    {
+        return None;
+    }
+    let acc_bits = kiln_ir::accumulate::node_range(g, n)?.bits();
+    if acc_bits > 24 {
+        return None;
+    }
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    Some(AvrProduct {
+        acc_bits,
+        weight_bits: q.weight_bits,
+        taps,
+        row_bytes: if q.weight_bits == 4 { taps.div_ceil(2) } else { taps },
+        pairs: w.iter().all(|&x| x != -128),
+    })
+}
+
+/// The weight rows of AVR node `n` (one per output: `w[.., j]` of a product, `w[oc, ..]`
+/// of a convolution), as stored bytes: int8 values, or 4-bit ones two to a byte (the even
+/// tap in the low nibble), each row padded to whole bytes.
+fn avr_weights(g: &Graph, n: NodeId, p: &AvrProduct) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let rows: Vec<Vec<i64>> = match node.op {
+        Op::QMatMul { .. } => {
+            let nn = shape(g, node.inputs[1])[1];
+            (0..nn).map(|j| (0..p.taps).map(|k| w[k * nn + j]).collect()).collect()
+        }
+        _ => w.chunks(p.taps).map(<[i64]>::to_vec).collect(),
+    };
+    Some(if p.weight_bits == 4 {
+        rows.iter()
+            .flat_map(|r| {
+                r.chunks(2)
+                    .map(|c| (c[0] & 15) | (c.get(1).map_or(0, |&h| h & 15) << 4))
+            })
+            .collect()
+    } else {
+        rows.concat()
+    })
+}
+
+/// Per output channel of AVR node `n`, the bias with the input zero point folded in,
+/// `b - zp * sum(w)`, wrapped to i32 (the kernels need it modulo 2^acc_bits only).
+pub fn avr_bias(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let q = match &node.op {
+        Op::QMatMul { q } | Op::QConv { q, .. } => q,
+        _ => return None,
+    };
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let sums: Vec<i64> = match node.op {
+        Op::QMatMul { .. } => {
+            let nn = shape(g, node.inputs[1])[1];
+            (0..nn).map(|j| w.iter().skip(j).step_by(nn).sum()).collect()
+        }
+        _ => {
+            let m = shape(g, node.inputs[1])[0];
+            w.chunks(w.len() / m.max(1)).map(|r| r.iter().sum()).collect()
+        }
+    };
+    let b = match node.inputs.get(2) {
+        Some(&b) => g.const_value(b)?.to_i64_vec(),
+        None => vec![0; sums.len()],
+    };
+    Some(
+        b.iter()
+            .zip(&sums)
+            .map(|(&b, &s)| (b - i64::from(q.input_zp) * s) as i32 as i64)
+            .collect(),
+    )
+}
+
+/// The values of constant `v` as the AVR kernels read them, when they differ from the
+/// graph's: weight rows ([`avr_weights`]) and folded biases ([`avr_bias`]).
+pub fn avr_const_values(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    let n = *g.consumers(v).first()?;
+    let p = avr_product(g, n)?;
+    match g.node(n).inputs.iter().position(|&i| i == v)? {
+        1 => avr_weights(g, n, &p),
+        2 => avr_bias(g, n),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -168,8 +168,7 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
         progmem: opts.target.is_avr(),
         cortex_m: opts.target.is_cortex_m(),
     };
-    let host = c::host(&copts);
-    let plan = plan::plan(g, c::ARENA_ALIGN, |g, n| c::scratch_bytes(g, n, host))?;
+    let plan = plan::plan(g, c::ARENA_ALIGN, |g, n| c::scratch_bytes(g, n, &copts))?;
     let out = c::emit(g, &plan, &copts)?;
     check_fit(g, &plan, &opts.target)?;
     let api = Api::new(g, &plan, &opts.prefix, source);

@@ -284,7 +284,7 @@ fn mbqm(mut shifts: impl Iterator<Item = i32>) -> &'static str {
 }
 
 /// Prints the body of integer node `n`.
-pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
+pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool) {
     let node = g.node(n);
     let o0 = shape(g, node.outputs[0]).to_vec();
     let total: usize = o0.iter().product();
@@ -464,6 +464,9 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             let (k, nn) = (ws[0], ws[1]);
             let rows = total / nn.max(1);
             let wide = wide_input(g, n);
+            if avr && let Some(p) = crate::pack::avr_product(g, n) {
+                return super::avr::dense(out, g, n, q, &p);
+            }
             if cortex_m && crate::pack::packed_dense(g, n) {
                 let fin = super::mcu::requant(out, q, "oc");
                 return super::mcu::dense(out, g, n, &fin);
@@ -542,6 +545,9 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
             }
         }
         Op::QConv { window, group, q } => {
+            if avr && let Some(p) = crate::pack::avr_product(g, n) {
+                return super::avr::conv(out, g, n, q, *group, &p);
+            }
             let skip = qconv_scratch(g, n);
             if cortex_m && let Some(k) = super::mcu::conv_kind(g, n) {
                 let fin = super::mcu::requant(out, q, "oc");
@@ -775,6 +781,32 @@ fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
         pw,
     } = geom(&xs, &o0, window);
     let planes = xs[0] * xs[1];
+    let int8 = g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8;
+    if max && int8 && ph == 0 && pw == 0 && (oh - 1) * sh + (kh - 1) * dh < h && (ow - 1) * sw + (kw - 1) * dw < w {
+        // int8 max without padding: every tap in range, byte counters (8-bit parts)
+        let ct = |n: usize| if n <= 255 { "uint8_t" } else { "uint16_t" };
+        let _ = writeln!(
+            out,
+            "    int8_t *y = y0;\n    for ({} c = 0; c < {planes}; ++c)\n    for ({} oy = 0; oy < {oh}; ++oy) {{\n        const int8_t *row = x0 + ((uint16_t)c * {h} + (uint16_t)oy * {sh}) * {w};\n        for ({} ox = 0; ox < {ow}; ++ox) {{\n            const int8_t *p = row + (uint16_t)ox * {sw};\n            int8_t m = p[0];",
+            ct(planes),
+            ct(oh),
+            ct(ow)
+        );
+        for ky in 0..kh {
+            for kx in 0..kw {
+                if ky + kx > 0 {
+                    let _ = writeln!(
+                        out,
+                        "            if (p[{}] > m) m = p[{}];",
+                        ky * dh * w + kx * dw,
+                        ky * dh * w + kx * dw
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "            *y++ = m;\n        }}\n    }}");
+        return;
+    }
     let (t, lo, hi) = if g.value(node.inputs[0]).ty.dtype.scalar == Scalar::I16 {
         ("int16_t", -32768, 32767)
     } else {

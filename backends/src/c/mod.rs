@@ -6,6 +6,7 @@
 //! operations, and exp/tanh/sigmoid use the same Cephes-style approximations as the native
 //! backend. Compile with ISO C (`-std=c99`), which keeps multiply-add contraction off.
 
+mod avr;
 mod conv;
 mod int;
 mod linalg;
@@ -60,10 +61,11 @@ pub fn host(opts: &Options) -> bool {
 
 /// Scratch bytes per node: recurrent layers (h, c and the gate vectors), integer
 /// convolutions, and on hosts float convolutions over a zero-bordered input copy.
-pub fn scratch_bytes(g: &Graph, n: NodeId, host: bool) -> usize {
+pub fn scratch_bytes(g: &Graph, n: NodeId, opts: &Options) -> usize {
     match &g.node(n).op {
         Op::Rnn(r) => 4 * 10 * r.hidden,
-        Op::Conv(c) if host => conv::scratch_bytes(g, n, c),
+        Op::Conv(c) if host(opts) => conv::scratch_bytes(g, n, c),
+        Op::QConv { .. } if opts.progmem && crate::pack::avr_product(g, n).is_some() => avr::conv_scratch(g, n),
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => int::qconv_scratch(g, n),
         _ => 0,
     }
@@ -519,6 +521,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if opts.cortex_m {
         out.push_str(mcu::PRELUDE);
     }
+    if opts.progmem && plan.order.iter().any(|&n| crate::pack::avr_product(g, n).is_some()) {
+        out.push_str(avr::PRELUDE);
+    }
     if plan.order.iter().any(|&n| half_weight(g, n)) {
         out.push_str(HALF_PRELUDE);
         out.push_str(if opts.progmem {
@@ -549,6 +554,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 let packed = kiln_ir::analysis::packed_weight_bits(g, v);
                 let reordered = if opts.cortex_m {
                     crate::pack::const_values(g, v)
+                } else if opts.progmem {
+                    crate::pack::avr_const_values(g, v)
                 } else {
                     None
                 };
@@ -583,7 +590,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     header::c_type(t.data.scalar())
                 };
                 // the DSP kernels read reordered weights a word (or two) at a time
-                let qualifiers = if reordered.is_some() {
+                let qualifiers = if reordered.is_some() && opts.cortex_m {
                     format!("{storage}KILN_WORDS ")
                 } else {
                     storage.to_string()
@@ -597,8 +604,10 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     for (k, &n) in plan.order.iter().enumerate() {
         if !aliased(g, plan, n) {
             let mut text = String::new();
-            kernel(&mut text, g, n, k, opts.cortex_m, host(opts));
-            if opts.progmem || half_weight(g, n) || packed_weight(g, n) {
+            kernel(&mut text, g, n, k, opts);
+            // the AVR product kernels read flash themselves (`avr`: post-increment loads)
+            let own_reads = opts.progmem && crate::pack::avr_product(g, n).is_some();
+            if !own_reads && (opts.progmem || half_weight(g, n) || packed_weight(g, n)) {
                 text = flash_reads(g, n, k, &text, opts)?;
             }
             if opts.cortex_m {
@@ -749,7 +758,7 @@ fn flash_reads(g: &Graph, n: NodeId, k: usize, text: &str, opts: &Options) -> Re
             _ => None,
         })
         .collect();
-    let head = sig(g, n, k, host(opts)).len();
+    let head = sig(g, n, k, opts).len();
     let body = rom::rewrite(&text[head..], &rom).map_err(|word| {
         let input = word.strip_prefix('x').and_then(|i| i.parse::<usize>().ok());
         Error::RomAccess {
@@ -774,7 +783,7 @@ fn aliased(g: &Graph, plan: &MemoryPlan, n: NodeId) -> bool {
     matches!(node.op, Op::Reshape { .. } | Op::Identity) && plan.loc(node.inputs[0]) == plan.loc(node.outputs[0])
 }
 
-fn sig(g: &Graph, n: NodeId, k: usize, host: bool) -> String {
+fn sig(g: &Graph, n: NodeId, k: usize, opts: &Options) -> String {
     let node = g.node(n);
     let mut ps: Vec<String> = node
         .inputs
@@ -795,7 +804,7 @@ fn sig(g: &Graph, n: NodeId, k: usize, host: bool) -> String {
             .enumerate()
             .map(|(i, &v)| format!("{} *y{i}", header::c_type(g.value(v).ty.dtype.scalar))),
     );
-    if scratch_bytes(g, n, host) > 0 {
+    if scratch_bytes(g, n, opts) > 0 {
         ps.push("float *s".into());
     }
     let ins: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
@@ -822,11 +831,12 @@ fn dims(s: &[usize]) -> Vec<usize> {
 
 /// `host`: a target with vectors and caches (not a Cortex-M part nor AVR), where loops
 /// over independent outputs innermost let the C compiler vectorize.
-fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, cortex_m: bool, host: bool) {
+fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
+    let (cortex_m, host) = (opts.cortex_m, host(opts));
     let node = g.node(n);
-    out.push_str(&sig(g, n, k, host));
+    out.push_str(&sig(g, n, k, opts));
     if int::supported(g, n).is_some() {
-        int::kernel(out, g, n, cortex_m);
+        int::kernel(out, g, n, cortex_m, opts.progmem);
         out.push_str("}\n");
         return;
     }
