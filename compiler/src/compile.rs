@@ -76,6 +76,17 @@ pub struct Compiled {
     pub report: Report,
 }
 
+/// Per integer product or convolution of `g` with constant weights, in schedule order, its
+/// name and the narrowest accumulator (16, 24, 32 or 64 bits) that `kiln_ir::accumulate`
+/// proves holds every partial sum; AVR kernels sum in that width.
+pub fn accumulator_widths(g: &Graph) -> Vec<(String, u32)> {
+    g.topo_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| Some((g.node(n).name.clone(), kiln_ir::accumulate::node_range(g, n)?.bits())))
+        .collect()
+}
+
 /// Parses a target: `host`, a part name such as `atmega328p`, or a triple.
 pub fn parse_target(s: &str) -> Result<Target, CompileError> {
     Target::parse(s).ok_or_else(|| CompileError::BadTarget(s.to_string()))

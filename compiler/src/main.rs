@@ -777,6 +777,11 @@ fn compile(
         r.object_bytes,
         start.elapsed().as_secs_f64() * 1e3
     );
+    let widths = compile::accumulator_widths(&m.graph);
+    if !widths.is_empty() {
+        let list: Vec<String> = widths.iter().map(|(n, b)| format!("`{n}` {b}")).collect();
+        println!("accumulator bits (proven to hold every sum): {}", list.join(", "));
+    }
     Ok(())
 }
 

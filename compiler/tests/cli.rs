@@ -327,6 +327,14 @@ fn report_and_int8_compile_from_the_command_line() {
         dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+    // the proven accumulator width of each product (9 and 128 int8 taps: 24 bits)
+    assert!(
+        text(&o)
+            .0
+            .contains("accumulator bits (proven to hold every sum): `conv` 24, `dense` 24"),
+        "{}",
+        text(&o).0
+    );
     let h = std::fs::read_to_string(dir.join("digits.h")).unwrap();
     assert!(
         h.contains("int digits_run_int(") && h.contains("DIGITS_INPUT0_SCALE"),
@@ -397,6 +405,14 @@ fn hybrid_and_16x8_from_the_command_line() {
         dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+    // the proven accumulator width of each product (9 and 128 int8 taps: 24 bits)
+    assert!(
+        text(&o)
+            .0
+            .contains("accumulator bits (proven to hold every sum): `conv` 24, `dense` 24"),
+        "{}",
+        text(&o).0
+    );
     let h = std::fs::read_to_string(dir.join("digits.h")).unwrap();
     assert!(h.contains("int digits_run_int(const int16_t *"), "{h}");
     // flags that do not belong to the mode are refused, naming them

@@ -412,3 +412,55 @@ pub fn conv(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, group: usize, p
         ge.sw
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_runtime::{Requant, multiply_by_quantized_multiplier as mbqm};
+    use std::sync::Arc;
+
+    /// `kiln_avr_out`'s arithmetic in Rust: the high word, the shift, the byte rounding.
+    fn fast(x: i32, m: u32, k: i32) -> i32 {
+        let h = ((i64::from(x) * i64::from(m)) >> 32) as i32;
+        let h = if k >= 0 { h << k } else { h >> -k };
+        (h + 128) >> 8
+    }
+
+    #[test]
+    fn the_byte_aligned_rescale_is_the_evaluators_and_thresholds_split_exactly() {
+        let mut s = 0x9e37_79b9u32;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for shift in -20..=-2 {
+            for _ in 0..50 {
+                let r = Requant {
+                    multiplier: (1 << 30) | (next() >> 2) as i32,
+                    shift,
+                };
+                let (m, k) = byte_aligned(r.multiplier, r.shift);
+                for _ in 0..200 {
+                    let x = (next() >> 8) as i32 - (1 << 23);
+                    assert_eq!(fast(x, m, k), mbqm(x, r), "x {x} {r:?}");
+                }
+                // the bottom threshold: the first sum whose rescale clears act_min - zp
+                let q = QLinear {
+                    input_zp: 0,
+                    output_scale: 1.0,
+                    output_zp: -128,
+                    requant: Arc::from(vec![r]),
+                    act_min: -128,
+                    act_max: 127,
+                    weight_bits: 8,
+                };
+                let t = bottom_threshold(&q, &r, 24) as i32;
+                if t > -(1 << 23) && t < (1 << 23) - 1 {
+                    assert!(mbqm(t - 1, r) <= 0 && mbqm(t, r) >= 1, "t {t} {r:?}");
+                }
+            }
+        }
+    }
+}
