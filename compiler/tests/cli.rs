@@ -405,11 +405,11 @@ fn hybrid_and_16x8_from_the_command_line() {
         dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    // the proven accumulator width of each product (9 and 128 int8 taps: 24 bits)
+    // the proven accumulator width of each product (int16 inputs: 32 bits)
     assert!(
         text(&o)
             .0
-            .contains("accumulator bits (proven to hold every sum): `conv` 24, `dense` 24"),
+            .contains("accumulator bits (proven to hold every sum): `conv` 32, `dense` 32"),
         "{}",
         text(&o).0
     );
