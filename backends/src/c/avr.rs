@@ -59,6 +59,29 @@ KILN_AI void kiln_mac2_##sfx(kiln_acc24 *a, const int8_t **x, const int8_t **w) 
 }
 KILN_MACS(f, "lpm")
 KILN_MACS(r, "ld")
+/* a group of taps at fixed offsets `d` (0..63) from the activation pointer in Z, weights
+   from a RAM row at X+: `KILN_G<n>` adds n products in 16 bits, then into a 24-bit sum
+   (the kernel proves the group's 16-bit sum cannot overflow); `KILN_H<n>` into a 16-bit
+   sum */
+#define KILN_T0(d) "ldd %1, Z+" #d "\n\tld %2, X+\n\tmuls %1, %2\n\tmovw %3, r0\n\t"
+#define KILN_TN(d) "ldd %1, Z+" #d "\n\tld %2, X+\n\tmuls %1, %2\n\tadd %A3, r0\n\tadc %B3, r1\n\t"
+#define KILN_GRP(a, x, w, taps, top)                                                       \
+    do {                                                                                   \
+        uint8_t p_, q_;                                                                    \
+        int16_t t_;                                                                        \
+        __asm__(taps "add %A0, %A3\n\tadc %B0, %B3\n\t" top                              \
+                : "+r"(a), "=&d"(p_), "=&d"(q_), "=&r"(t_), "+x"(w) : "z"(x) : "r0");      \
+    } while (0)
+#define KILN_G1(a, x, w, d0) KILN_GRP(a, x, w, KILN_T0(d0), KILN_TOP24("%B3", "%C0"))
+#define KILN_G2(a, x, w, d0, d1) KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1), KILN_TOP24("%B3", "%C0"))
+#define KILN_G3(a, x, w, d0, d1, d2) KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1) KILN_TN(d2), KILN_TOP24("%B3", "%C0"))
+#define KILN_G4(a, x, w, d0, d1, d2, d3) \
+    KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1) KILN_TN(d2) KILN_TN(d3), KILN_TOP24("%B3", "%C0"))
+#define KILN_H1(a, x, w, d0) KILN_GRP(a, x, w, KILN_T0(d0), "clr __zero_reg__\n\t")
+#define KILN_H2(a, x, w, d0, d1) KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1), "clr __zero_reg__\n\t")
+#define KILN_H3(a, x, w, d0, d1, d2) KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1) KILN_TN(d2), "clr __zero_reg__\n\t")
+#define KILN_H4(a, x, w, d0, d1, d2, d3) \
+    KILN_GRP(a, x, w, KILN_T0(d0) KILN_TN(d1) KILN_TN(d2) KILN_TN(d3), "clr __zero_reg__\n\t")
 /* two 4-bit weights from one flash byte; `top` is empty for a 16-bit sum */
 #define KILN_MAC4(name, acc_t, top)                                                         \
 KILN_AI void name(acc_t *a, const int8_t **x, const uint8_t **w) {                          \
@@ -118,6 +141,22 @@ KILN_AI void kiln_mac2_##sfx(kiln_acc24 *a, const int8_t **x, const int8_t **w) 
 #define kiln_ram_i8(p) (*(p))
 KILN_MACS(f, kiln_rom_i8)
 KILN_MACS(r, kiln_ram_i8)
+KILN_AI void kiln_tap24(kiln_acc24 *a, const int8_t *x, const int8_t **w) {
+    int16_t p = (int16_t)(*x * *(*w)++);
+    *a = (kiln_acc24)(int32_t)((uint32_t)(int32_t)*a + (uint32_t)(int32_t)p);
+}
+KILN_AI void kiln_tap16(int16_t *a, const int8_t *x, const int8_t **w) {
+    int16_t p = (int16_t)(*x * *(*w)++);
+    *a = (int16_t)(uint16_t)((uint16_t)*a + (uint16_t)p);
+}
+#define KILN_G1(a, x, w, d0) kiln_tap24(&(a), (x) + (d0), &(w))
+#define KILN_G2(a, x, w, d0, d1) do { KILN_G1(a, x, w, d0); KILN_G1(a, x, w, d1); } while (0)
+#define KILN_G3(a, x, w, d0, d1, d2) do { KILN_G2(a, x, w, d0, d1); KILN_G1(a, x, w, d2); } while (0)
+#define KILN_G4(a, x, w, d0, d1, d2, d3) do { KILN_G2(a, x, w, d0, d1); KILN_G2(a, x, w, d2, d3); } while (0)
+#define KILN_H1(a, x, w, d0) kiln_tap16(&(a), (x) + (d0), &(w))
+#define KILN_H2(a, x, w, d0, d1) do { KILN_H1(a, x, w, d0); KILN_H1(a, x, w, d1); } while (0)
+#define KILN_H3(a, x, w, d0, d1, d2) do { KILN_H2(a, x, w, d0, d1); KILN_H1(a, x, w, d2); } while (0)
+#define KILN_H4(a, x, w, d0, d1, d2, d3) do { KILN_H2(a, x, w, d0, d1); KILN_H2(a, x, w, d2, d3); } while (0)
 KILN_AI int8_t kiln_nib(uint8_t b) { return (int8_t)(((b & 15) ^ 8) - 8); }
 KILN_AI void kiln_mac4_16(int16_t *a, const int8_t **x, const uint8_t **w) {
     uint8_t b = kiln_rom_u8((*w)++);
@@ -393,7 +432,18 @@ pub fn conv(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, group: usize, p
     let rows = cg * ge.kh;
     let ram = AvrProduct { weight_bits: 8, ..*p };
     let step = format!("x += {};", wp - ge.kw);
-    if rows * ge.kw <= 16 {
+    let offsets: Vec<usize> = (0..rows).flat_map(|r| (0..ge.kw).map(move |k| r * wp + k)).collect();
+    if rows * ge.kw <= 16 && offsets.last().is_some_and(|&d| d <= 63) {
+        // every tap at a fixed offset (`LDD Z+d`), grouped as the weights allow
+        let macro_ = if p.acc_bits <= 16 { "KILN_H" } else { "KILN_G" };
+        let groups = tap_groups(g, n, p);
+        let mut at = 0;
+        for len in groups {
+            let d: Vec<String> = offsets[at..at + len].iter().map(|d| d.to_string()).collect();
+            let _ = writeln!(out, "                {macro_}{len}(acc, x, w, {});", d.join(", "));
+            at += len;
+        }
+    } else if rows * ge.kw <= 16 {
         // a small kernel unrolled: no row counter
         for r in 0..rows {
             macs(out, &ram, ge.kw, 'r', "                ");
@@ -463,4 +513,32 @@ mod tests {
             }
         }
     }
+}
+
+/// How the taps of a convolution's weight row split into groups (in order, up to four):
+/// a 24-bit sum takes each group's products as one 16-bit sum, so a group may hold only
+/// taps whose weights, for every output channel, have |w| adding up to at most 255 (with
+/// activations in [-128, 127] the group's sum then lies within ±32,640); a 16-bit sum takes
+/// any four at a time.
+fn tap_groups(g: &Graph, n: NodeId, p: &AvrProduct) -> Vec<usize> {
+    let w = g
+        .const_value(g.node(n).inputs[1])
+        .map(|t| t.to_i64_vec())
+        .unwrap_or_default();
+    let fits = |from: usize, to: usize| {
+        p.acc_bits <= 16
+            || w.chunks(p.taps)
+                .all(|row| row[from..to].iter().map(|v| v.abs()).sum::<i64>() <= 255)
+    };
+    let mut groups = Vec::new();
+    let mut at = 0;
+    while at < p.taps {
+        let mut len = 1;
+        while len < 4 && at + len < p.taps && fits(at, at + len + 1) {
+            len += 1;
+        }
+        groups.push(len);
+        at += len;
+    }
+    groups
 }
