@@ -463,6 +463,34 @@ pub fn conv(out: &mut String, g: &Graph, n: NodeId, q: &QLinear, group: usize, p
     );
 }
 
+/// How the taps of a convolution's weight row split into groups (in order, up to four):
+/// a 24-bit sum takes each group's products as one 16-bit sum, so a group may hold only
+/// taps whose weights, for every output channel, have |w| adding up to at most 255 (with
+/// activations in [-128, 127] the group's sum then lies within ±32,640); a 16-bit sum takes
+/// any four at a time.
+fn tap_groups(g: &Graph, n: NodeId, p: &AvrProduct) -> Vec<usize> {
+    let w = g
+        .const_value(g.node(n).inputs[1])
+        .map(|t| t.to_i64_vec())
+        .unwrap_or_default();
+    let fits = |from: usize, to: usize| {
+        p.acc_bits <= 16
+            || w.chunks(p.taps)
+                .all(|row| row[from..to].iter().map(|v| v.abs()).sum::<i64>() <= 255)
+    };
+    let mut groups = Vec::new();
+    let mut at = 0;
+    while at < p.taps {
+        let mut len = 1;
+        while len < 4 && at + len < p.taps && fits(at, at + len + 1) {
+            len += 1;
+        }
+        groups.push(len);
+        at += len;
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,32 +541,4 @@ mod tests {
             }
         }
     }
-}
-
-/// How the taps of a convolution's weight row split into groups (in order, up to four):
-/// a 24-bit sum takes each group's products as one 16-bit sum, so a group may hold only
-/// taps whose weights, for every output channel, have |w| adding up to at most 255 (with
-/// activations in [-128, 127] the group's sum then lies within ±32,640); a 16-bit sum takes
-/// any four at a time.
-fn tap_groups(g: &Graph, n: NodeId, p: &AvrProduct) -> Vec<usize> {
-    let w = g
-        .const_value(g.node(n).inputs[1])
-        .map(|t| t.to_i64_vec())
-        .unwrap_or_default();
-    let fits = |from: usize, to: usize| {
-        p.acc_bits <= 16
-            || w.chunks(p.taps)
-                .all(|row| row[from..to].iter().map(|v| v.abs()).sum::<i64>() <= 255)
-    };
-    let mut groups = Vec::new();
-    let mut at = 0;
-    while at < p.taps {
-        let mut len = 1;
-        while len < 4 && at + len < p.taps && fits(at, at + len + 1) {
-            len += 1;
-        }
-        groups.push(len);
-        at += len;
-    }
-    groups
 }
