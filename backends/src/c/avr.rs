@@ -541,4 +541,59 @@ mod tests {
             }
         }
     }
+
+    /// A 1x3 int8 convolution over one channel with two output channels of weights `w`.
+    fn conv(w: [[i8; 3]; 2]) -> (Graph, NodeId) {
+        use kiln_ir::dtype::{DType, QParams, Scalar, TensorType};
+        use kiln_ir::op::Window;
+        let q8 = |shape: Vec<usize>| TensorType {
+            shape,
+            dtype: DType::quantized(
+                Scalar::I8,
+                QParams::PerTensor {
+                    scale: 1.0,
+                    zero_point: 0,
+                },
+            ),
+        };
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", q8(vec![1, 1, 1, 8]));
+        let wv = g.add_const("w", kiln_ir::Tensor::from_vec(vec![2, 1, 1, 3], w.concat()));
+        let q = QLinear {
+            input_zp: 0,
+            output_scale: 1.0,
+            output_zp: 0,
+            requant: Arc::from(vec![Requant {
+                multiplier: 1 << 30,
+                shift: -8,
+            }]),
+            act_min: -128,
+            act_max: 127,
+            weight_bits: 8,
+        };
+        let window = Window {
+            kernel: vec![1, 3],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0, 0, 0, 0],
+        };
+        let op = Op::QConv { window, group: 1, q };
+        let (n, _) = g.add_node_typed("c", op, vec![x, wv], vec![("y".into(), q8(vec![1, 2, 1, 6]))]);
+        (g, n)
+    }
+
+    #[test]
+    fn tap_groups_add_in_16_bits_only_what_cannot_overflow() {
+        let groups = |w| {
+            let (g, n) = conv(w);
+            let p = crate::pack::avr_product(&g, n).expect("an AVR convolution");
+            (p.acc_bits, tap_groups(&g, n, &p))
+        };
+        // small weights: the whole sum fits 16 bits (3 * 30 * 128), taps four at a time
+        assert_eq!(groups([[10, -20, 30], [1, 2, 3]]), (16, vec![3]));
+        // 127 + 127 = 254 fits (a pair reaches 128 * 254 = 32,512); a third would not
+        assert_eq!(groups([[127, 127, 127], [0, 0, 0]]), (24, vec![2, 1]));
+        // the second channel decides too: -128 and -128 could reach 32,768
+        assert_eq!(groups([[1, 1, 1], [-128, -128, 5]]), (24, vec![1, 2]));
+    }
 }
