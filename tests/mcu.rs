@@ -705,6 +705,46 @@ fn avr_paths_int8(dir: &Path) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     ("avr_paths_int8", q, sets)
 }
 
+/// An int8 net over a 1-D signal: a strided 5-tap convolution over two channels into a
+/// dense layer (the AVR convolution on `[N, C, W]` inputs).
+fn avr_conv1d_int8(dir: &Path) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
+    let m = model(
+        vec![
+            node(
+                "Conv",
+                "c1d",
+                &["x", "w1", "b1"],
+                &["c"],
+                vec![attr_ints("pads", &[2, 2]), attr_ints("strides", &[2])],
+            ),
+            node("Relu", "r", &["c"], &["r1"], vec![]),
+            node("Flatten", "flat", &["r1"], &["f"], vec![]),
+            node("Gemm", "fc", &["f", "w2", "b2"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![fixed("x", &[1, 2, 16])],
+        vec![fixed("y", &[1, 3])],
+        vec![
+            tensor("w1", &[3, 2, 5], lcg(60, 30)),
+            tensor("b1", &[3], lcg(61, 3)),
+            tensor("w2", &[3, 24], lcg(62, 72)),
+            tensor("b2", &[3], lcg(63, 3)),
+        ],
+        13,
+    );
+    let g = load("conv1d", &m);
+    let calib = dir.join("conv1d-calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &Tensor::from_vec(vec![8, 2, 16], lcg(64, 256)),
+    )
+    .unwrap();
+    let q = kiln::quantize::quantize_int8(&g, &calib, &Default::default(), |_, _| {}).unwrap();
+    let q = kiln_tests::expose_integers(&q.graph);
+    let sets = random_inputs(&q);
+    ("avr_conv1d_int8", q, sets)
+}
+
 fn w4_model(name: &'static str, label: &'static str) -> (&'static str, Graph, Vec<Vec<Tensor>>) {
     let opts = kiln::quantize::QuantOptions {
         weight_bits: Some(4),
@@ -893,6 +933,7 @@ fn small_models_run_on_a_simulated_atmega328p() {
         with_inputs("wide", wide()),
         wide_int8(&dir),
         avr_paths_int8(&dir),
+        avr_conv1d_int8(&dir),
         fp16_model("digits_cnn", "digits_fp16"),
         int16_model("digits_cnn", "digits_16x8"),
     ];
@@ -930,6 +971,7 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         with_inputs("wide", wide()),
         wide_int8(&dir),
         avr_paths_int8(&dir),
+        avr_conv1d_int8(&dir),
         fp16_model("digits_cnn", "digits_fp16"),
         fp16_model("mlperf_tiny_kws_dscnn", "kws_fp16"),
     ];
