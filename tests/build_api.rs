@@ -183,6 +183,24 @@ fn quantized_models_build_with_their_own_parameters() {
         "{text}"
     );
     assert!(text.contains("INPUT0_SCALE: f32 = 3.921569e-3;"), "{text}");
+    // ONNX Runtime's model keeps ONNX Runtime's rounding
+    assert!(text.contains("pub const NUMERICS: &str = \"onnx\";"), "{text}");
+    // a tf2onnx conversion of a TFLite model gets TFLite's, named in the header
+    let kws = repo().join("tests/models/mlperf_tiny_kws_dscnn/model_int8_qdq_tflite.onnx");
+    let dk = out_dir("qdq-tflite");
+    Build::new(&kws)
+        .quantize(Quantize::Model {
+            options: Default::default(),
+        })
+        .target("cortex-m4")
+        .emit(Emit::C)
+        .out_dir(&dk)
+        .cargo_metadata(false)
+        .compile("kws")
+        .unwrap();
+    let h = std::fs::read_to_string(dk.join("kws.h")).unwrap();
+    assert!(h.contains("#define KWS_NUMERICS \"tflite\""), "{h}");
+    let _ = std::fs::remove_dir_all(&dk);
     // a float model has nothing to keep: the error names the file
     let err = Build::new(model("digits_cnn"))
         .quantize(Quantize::Model {

@@ -208,6 +208,7 @@ fn int16_products_at_the_extremes_are_bit_exact() {
         act_min: -32768,
         act_max: 32767,
         weight_bits: 8,
+        numerics: Default::default(),
     };
     let (_, y) = g
         .add_node("mm", kiln_ir::Op::QMatMul { q: ql }, vec![xv, wv, bv], &[])
@@ -280,6 +281,7 @@ fn int16_convolution_at_the_extremes_is_bit_exact() {
             act_min: -32768,
             act_max: 32767,
             weight_bits: 8,
+            numerics: Default::default(),
         },
     };
     let (_, y) = g.add_node("cv", op, vec![xv, wv], &[]).unwrap();

@@ -78,6 +78,7 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
             act_min: -128,
             act_max: 127,
             weight_bits: 8,
+            numerics: Default::default(),
         },
     };
     let (_, y) = g.add_node("dw", op, vec![x, wv, bv], &[]).unwrap();

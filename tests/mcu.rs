@@ -1050,7 +1050,8 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
 
 /// The official MLPerf Tiny int8 models (`model_int8_qdq_tflite.onnx`, compiled as
 /// `kiln compile --quantize int8`) on a Cortex-M4 (DSP kernels) and a Cortex-M3 (plain C):
-/// outputs byte for byte the evaluator's, and instructions per inference against the
+/// outputs byte for byte the evaluator's (and with TFLite's numerics on the Cortex-M4,
+/// TFLite's reference bytes), and instructions per inference against the
 /// committed baseline `tests/mcu/bench-cortexm.txt` (exact counts, so a regression of more
 /// than 5% fails). `KILN_UPDATE_BENCH=1` rewrites the baseline.
 #[test]
@@ -1119,6 +1120,37 @@ fn official_int8_models_instruction_benchmark() {
                         Part::CortexM4Rust => m4[1] = run.cost,
                         _ => {}
                     }
+                }
+                Err(e) => failures.push(format!("{key}: {e}")),
+            }
+        }
+        // TFLite's numerics on the Cortex-M4 (C): TFLite's reference bytes (`ref_int8/`)
+        {
+            let opts = kiln::quantize::QuantOptions {
+                numerics: Some(kiln_ir::op::Numerics::Tflite),
+                ..Default::default()
+            };
+            let gt = kiln::quantize::qdq::quantize_model(&model.graph, None, &opts)
+                .unwrap()
+                .graph;
+            let tin = kiln::npy::read(&mdir.join("ref_int8/test_data_set_0/input_0.npy")).unwrap();
+            let twant = kiln::npy::read(&mdir.join("ref_int8/test_data_set_0/output_0.npy")).unwrap();
+            let key = format!("cortex-m4-tflite {}", m.trim_start_matches("mlperf_tiny_"));
+            match run_on(Part::CortexM4, &format!("{m}-tflite"), &gt, &[tin], &tools, &dir) {
+                Ok(run) => {
+                    if run.outputs[0].to_i64_vec() != twant.to_i64_vec() {
+                        failures.push(format!("{key}: output is not TFLite's reference bytes"));
+                    }
+                    println!("{key}: {} instructions, flash {} B", run.cost, run.flash);
+                    if let Some(base) = want(&key)
+                        && run.cost * 100 > base * 105
+                    {
+                        failures.push(format!(
+                            "{key}: {} instructions, baseline {base} (+5% allowed)",
+                            run.cost
+                        ));
+                    }
+                    lines.push(format!("{key} {}", run.cost));
                 }
                 Err(e) => failures.push(format!("{key}: {e}")),
             }

@@ -120,16 +120,24 @@ fn integer_builds_are_bit_exact_on_every_backend() {
         .zip(&all_sets)
         .map(|((f, t), s)| (t.as_str(), &f.graph, s.as_slice()))
         .collect();
+    // each official model in both numerics
     let tflite: Vec<(String, Graph, Vec<Vec<Tensor>>)> = TFLITE
         .iter()
-        .map(|(name, _)| {
-            let (dir, g) = tflite_model(name);
-            let sets = int8_sets(&dir, "ref_int8_onnx")
-                .into_iter()
-                .take(3)
-                .map(|(x, _)| vec![x])
-                .collect();
-            (format!("{name}_tflite"), g, sets)
+        .flat_map(|(name, _)| {
+            [None, Some(kiln_ir::op::Numerics::Tflite)].map(|numerics| {
+                let (dir, g) = tflite_model_with(name, numerics);
+                let sets = int8_sets(&dir, "ref_int8_onnx")
+                    .into_iter()
+                    .take(3)
+                    .map(|(x, _)| vec![x])
+                    .collect();
+                let tag = if numerics.is_some() {
+                    "_tflite_numerics"
+                } else {
+                    "_tflite"
+                };
+                (format!("{name}{tag}"), g, sets)
+            })
         })
         .collect();
     let mut models = models;
@@ -157,6 +165,10 @@ const TFLITE: [(&str, f64); 5] = [
 ];
 
 fn tflite_model(name: &str) -> (PathBuf, Graph) {
+    tflite_model_with(name, None)
+}
+
+fn tflite_model_with(name: &str, numerics: Option<kiln_ir::op::Numerics>) -> (PathBuf, Graph) {
     let dir = kiln_tests::repo().join("tests/models").join(name);
     let m = kiln::load(
         &dir.join("model_int8_qdq_tflite.onnx"),
@@ -167,6 +179,7 @@ fn tflite_model(name: &str) -> (PathBuf, Graph) {
     .unwrap();
     let strict = QuantOptions {
         strict_integer: true,
+        numerics,
         ..Default::default()
     };
     let q = qdq::quantize_model(&m.graph, None, &strict).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -214,6 +227,35 @@ fn tflite_int8_models_agree_with_onnx_runtime() {
         let (ort, tflite) = (steps("ref_int8_onnx"), steps("ref_int8"));
         println!("{name}: max {ort} steps from ONNX Runtime, {tflite} from TFLite's reference kernels");
         assert!(ort <= bound, "{name}: {ort} steps from ONNX Runtime (stated {bound})");
+    }
+}
+
+/// Built with TFLite's numerics, the official int8 models give TFLite's reference bytes
+/// (`ref_int8/`, what TFLite Micro and CMSIS-NN give) on every reference set; the
+/// producer (`tf2onnx`) names that origin.
+#[test]
+fn tflite_numerics_give_tflites_bytes() {
+    use kiln_ir::op::Numerics;
+    for (name, _) in TFLITE {
+        let (dir, g) = tflite_model_with(name, Some(Numerics::Tflite));
+        let sets = int8_sets(&dir, "ref_int8");
+        assert!(!sets.is_empty(), "{name}");
+        for (k, (x, want)) in sets.iter().enumerate() {
+            let got = kiln_ir::eval::run(&g, std::slice::from_ref(x)).unwrap().remove(0);
+            assert_eq!(got.to_i64_vec(), want.to_i64_vec(), "{name} set {k}");
+        }
+        let m = kiln::load(
+            &dir.join("model_int8_qdq_tflite.onnx"),
+            &Default::default(),
+            &PipelineOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            kiln::quantize::qdq::origin_numerics(&m.producer),
+            Some(Numerics::Tflite),
+            "{name}"
+        );
     }
 }
 
@@ -576,6 +618,7 @@ fn block_products_are_bit_exact_at_the_edges() {
         act_min: -100,
         act_max: 127,
         weight_bits: 4,
+        numerics: Default::default(),
     };
     let mut g = Graph::new("block_edges");
     let x = g.add_input("x", TensorType::new(DType::plain(Scalar::I8), vec![5, k]));

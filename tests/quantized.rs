@@ -747,6 +747,7 @@ fn whole_plane_integer_pools_are_bit_exact_everywhere() {
                 kind,
                 window,
                 ceil_mode: false,
+                numerics: Default::default(),
             });
             let (_, y) = g.add_node(&format!("p{i}"), pool, vec![x], &[]).unwrap();
             g.add_output(y[0]);

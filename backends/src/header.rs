@@ -93,6 +93,28 @@ pub struct Api {
     pub int: Option<IntApi>,
     /// For native objects, the CPU features the code assumes (checked by `<prefix>_run`).
     pub cpu_features: Option<Vec<String>>,
+    /// Whose integer arithmetic the model reproduces, for models with integer ops.
+    pub numerics: Option<kiln_ir::op::Numerics>,
+}
+
+/// The integer numerics of `g`: `None` without integer rescales, `Tflite` when any op
+/// rounds as TFLite does, else `Onnx`.
+fn numerics(g: &Graph) -> Option<kiln_ir::op::Numerics> {
+    use kiln_ir::op::Numerics;
+    let mut found = None;
+    for n in g.node_ids() {
+        let here = match &g.node(n).op {
+            Op::QConv { q, .. } | Op::QMatMul { q } | Op::QBlockMatMul { q, .. } => q.numerics,
+            Op::QAdd(a) => a.numerics,
+            Op::Pool(p) if p.numerics == Numerics::Tflite => p.numerics,
+            Op::QMul(_) | Op::QSoftmax { .. } | Op::Requant { .. } => Numerics::Onnx,
+            _ => continue,
+        };
+        if found != Some(Numerics::Tflite) {
+            found = Some(here);
+        }
+    }
+    found
 }
 
 impl Api {
@@ -118,6 +140,7 @@ impl Api {
             outputs,
             int: int_boundary(g),
             cpu_features: None,
+            numerics: numerics(g),
         }
     }
 }
@@ -184,6 +207,13 @@ pub fn c_header(api: &Api) -> String {
         "#define {up}_ARENA_SIZE {}u\n#define {up}_ARENA_ALIGN {}u\n",
         api.arena_size, api.arena_align
     );
+    if let Some(n) = api.numerics {
+        let _ = writeln!(
+            s,
+            "/* Integer arithmetic reproduced bit for bit: \"onnx\" (ONNX Runtime) or \"tflite\"\n   (TFLite's reference kernels, TFLite Micro). */\n#define {up}_NUMERICS \"{}\"\n",
+            n.name()
+        );
+    }
     for (kind, ports) in [("INPUT", &api.inputs), ("OUTPUT", &api.outputs)] {
         for (i, p) in ports.iter().enumerate() {
             let _ = writeln!(
@@ -388,6 +418,13 @@ pub fn rust_api_items(api: &Api) -> String {
         "    /// Alignment the arena needs.\n    pub const ARENA_ALIGN: usize = {};\n",
         api.arena_align
     );
+    if let Some(n) = api.numerics {
+        let _ = writeln!(
+            s,
+            "    /// Integer arithmetic reproduced bit for bit: \"onnx\" (ONNX Runtime) or \"tflite\"\n    /// (TFLite's reference kernels, TFLite Micro).\n    pub const NUMERICS: &str = \"{}\";\n",
+            n.name()
+        );
+    }
     for (kind, ports) in [("INPUT", &api.inputs), ("OUTPUT", &api.outputs)] {
         for (i, port) in ports.iter().enumerate() {
             let _ = writeln!(

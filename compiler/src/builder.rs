@@ -46,7 +46,8 @@ pub enum Quantize {
     },
     /// Full-integer with the quantization the model carries (QDQ from quantization-aware
     /// training or ONNX Runtime, or QOperator ops): its own scales, zero points and integer
-    /// weights, no calibration data.
+    /// weights, no calibration data. With `options.numerics` unset, the rounding of the
+    /// model's origin (TFLite's for a tf2onnx conversion, see `qdq::origin_numerics`).
     Model { options: QuantOptions },
 }
 
@@ -230,7 +231,12 @@ impl Build {
                     .graph
             }
             Quantize::Model { options } => {
-                crate::quantize::qdq::quantize_model(&m.graph, None, options)
+                // the numerics of the model's origin unless the options name them
+                let mut options = options.clone();
+                if options.numerics.is_none() {
+                    options.numerics = crate::quantize::qdq::origin_numerics(&m.producer);
+                }
+                crate::quantize::qdq::quantize_model(&m.graph, None, &options)
                     .map_err(|source| BuildError::QuantizeModel {
                         path: path.clone(),
                         source: Box::new(source),

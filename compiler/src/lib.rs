@@ -34,6 +34,8 @@ pub struct Model {
     pub opset: i64,
     /// The model file and its external data files (outputs are never written over them).
     pub files: Vec<std::path::PathBuf>,
+    /// The tool that wrote the model (`producer_name`), e.g. `tf2onnx`.
+    pub producer: String,
 }
 
 /// Imports `path` and runs the pass pipeline on it.
@@ -48,6 +50,7 @@ pub fn load(
         notices,
         opset,
         files,
+        producer,
     } = onnx::load(path, import)?;
     passes::run(&mut graph, pipeline, on_print)?;
     Ok(Model {
@@ -55,5 +58,6 @@ pub fn load(
         notices,
         opset,
         files,
+        producer,
     })
 }

@@ -81,6 +81,17 @@ struct QuantArgs {
     /// Tail percentile kept by `--calibration-method percentile`.
     #[arg(long, default_value_t = 99.999)]
     percentile: f64,
+    /// Whose integer arithmetic to reproduce bit for bit: ONNX Runtime's or TFLite's
+    /// reference kernels' (TFLite Micro, CMSIS-NN). Default: the model's origin when it
+    /// carries its own quantization (TFLite's for a tf2onnx conversion), else onnx.
+    #[arg(long, value_enum)]
+    numerics: Option<NumericsArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NumericsArg {
+    Onnx,
+    Tflite,
 }
 
 #[derive(Clone, Copy, Default, clap::ValueEnum)]
@@ -281,7 +292,17 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
             }
         }
         QuantMode::Int8 | QuantMode::Dynamic if own => {
-            let opts = quant_options(quant)?;
+            let mut opts = quant_options(quant)?;
+            if opts.numerics.is_none()
+                && let Some(n) = kiln::quantize::qdq::origin_numerics(&m.producer)
+            {
+                eprintln!(
+                    "note: integer numerics: {} (the model was written by {}; --numerics onnx gives ONNX Runtime's)",
+                    n.name(),
+                    m.producer
+                );
+                opts.numerics = Some(n);
+            }
             let q = kiln::quantize::qdq::quantize_model(&m.graph, quant.calibrate.as_deref(), &opts)?;
             for n in &q.notes {
                 eprintln!("note: {n}");
@@ -367,6 +388,10 @@ fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
             .map(|b| b.parse().expect("checked by clap")),
         weight_bits_of: Vec::new(),
         accuracy_budget: quant.accuracy_budget,
+        numerics: quant.numerics.map(|n| match n {
+            NumericsArg::Onnx => kiln_ir::op::Numerics::Onnx,
+            NumericsArg::Tflite => kiln_ir::op::Numerics::Tflite,
+        }),
     })
 }
 

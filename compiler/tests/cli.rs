@@ -539,3 +539,39 @@ fn bench_refuses_absurd_run_counts() {
         assert!(err.contains("--runs"), "{err}");
     }
 }
+
+#[test]
+fn numerics_follow_the_models_origin_or_the_flag() {
+    let m = "tests/models/mlperf_tiny_kws_dscnn/model_int8_qdq_tflite.onnx";
+    for (flag, want) in [(None, "tflite"), (Some("onnx"), "onnx"), (Some("tflite"), "tflite")] {
+        let dir = tmp(&format!("numerics-{want}-{}", flag.is_some()));
+        let mut args = vec![
+            "compile",
+            m,
+            "--quantize",
+            "int8",
+            "--emit",
+            "c",
+            "--prefix",
+            "kws",
+            "-o",
+        ];
+        let d = dir.to_str().unwrap().to_string();
+        args.push(&d);
+        if let Some(f) = flag {
+            args.extend(["--numerics", f]);
+        }
+        let o = kiln(&args);
+        let (_, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        // the default is said, with the way back
+        assert_eq!(
+            err.contains("integer numerics: tflite (the model was written by tf2onnx"),
+            flag.is_none(),
+            "{err}"
+        );
+        let h = std::fs::read_to_string(dir.join("kws.h")).unwrap();
+        assert!(h.contains(&format!("#define KWS_NUMERICS \"{want}\"")), "{h}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

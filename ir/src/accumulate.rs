@@ -112,6 +112,7 @@ mod tests {
             act_min: -128,
             act_max: 127,
             weight_bits: 8,
+            numerics: Default::default(),
         }
     }
 

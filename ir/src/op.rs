@@ -178,6 +178,8 @@ pub struct Pool {
     pub kind: PoolKind,
     pub window: Window,
     pub ceil_mode: bool,
+    /// The rounding of an integer average (float pools ignore it).
+    pub numerics: Numerics,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -583,6 +585,31 @@ pub enum Op {
     },
 }
 
+/// Whose integer arithmetic an op reproduces bit for bit. The two differ in rounding only:
+/// - `Onnx` (ONNX Runtime): one rescale `x * m * 2^(shift-31)` rounded half up
+///   (`kiln_runtime::multiply_by_quantized_multiplier`), averages rounded half to even.
+/// - `Tflite` (TFLite's reference kernels, TFLite Micro, CMSIS-NN): the rescale in two
+///   steps, the doubling high multiply (rounded half up) then a divide by a power of two
+///   (rounded half away from zero; `kiln_runtime::multiply_by_quantized_multiplier_tflite`);
+///   averages round half away from zero. The quantizer gives it to convolutions, Add and
+///   average pools; fully connected layers keep `Onnx`, which is what TFLite's reference
+///   fully connected kernel gives (measured on the MLPerf Tiny models' references).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Numerics {
+    #[default]
+    Onnx,
+    Tflite,
+}
+
+impl Numerics {
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::Onnx => "onnx",
+            Numerics::Tflite => "tflite",
+        }
+    }
+}
+
 /// The rescale of an integer Conv or MatMul: `y = clamp(zp_out + M_c(sum_k (x - zp_in) w + b))`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QLinear {
@@ -598,6 +625,8 @@ pub struct QLinear {
     /// many bits and backends store them packed, `8 / weight_bits` to a byte
     /// (`kiln_runtime::pack_weights`). Arithmetic is the same at every width.
     pub weight_bits: u8,
+    /// The rounding of the rescale.
+    pub numerics: Numerics,
 }
 
 impl QLinear {
@@ -631,6 +660,8 @@ pub struct QAdd {
     pub out: Requant,
     pub act_min: i32,
     pub act_max: i32,
+    /// The rounding of the three rescales.
+    pub numerics: Numerics,
 }
 
 impl Op {

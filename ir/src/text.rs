@@ -72,7 +72,13 @@ pub fn attrs(op: &Op) -> String {
                 fused_attr(fused)
             )
         }
-        Op::Pool(p) => format!("{} ceil_mode={} kind={:?}", window(&p.window), p.ceil_mode, p.kind),
+        Op::Pool(p) => format!(
+            "{} ceil_mode={} kind={:?}{}",
+            window(&p.window),
+            p.ceil_mode,
+            p.kind,
+            numerics(p.numerics)
+        ),
         Op::GlobalPool(k) => format!("kind={k:?}"),
         Op::BatchNorm { epsilon } | Op::InstanceNorm { epsilon } => format!("epsilon={epsilon}"),
         Op::LayerNorm { axis, epsilon } => format!("axis={axis} epsilon={epsilon}"),
@@ -162,7 +168,7 @@ pub fn attrs(op: &Op) -> String {
         }
         Op::IntConv { window: w, group } => format!("{} group={group}", window(w)),
         Op::QAdd(a) => format!(
-            "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]",
+            "a_zp={} a={} b_zp={} b={} out={} zp={} act=[{},{}]{}",
             a.a_zp,
             rq(&a.a),
             a.b_zp,
@@ -170,7 +176,8 @@ pub fn attrs(op: &Op) -> String {
             rq(&a.out),
             a.output_zp,
             a.act_min,
-            a.act_max
+            a.act_max,
+            numerics(a.numerics)
         ),
         Op::QMul(m) => format!(
             "a_zp={} b_zp={} requant={} zp={} act=[{},{}]",
@@ -229,13 +236,23 @@ fn qlinear(q: &QLinear) -> String {
         format!(" weight_bits={}", q.weight_bits)
     };
     format!(
-        "in_zp={} out_zp={} requant=[{}{more}] act=[{},{}]{bits}",
+        "in_zp={} out_zp={} requant=[{}{more}] act=[{},{}]{bits}{}",
         q.input_zp,
         q.output_zp,
         r.join(","),
         q.act_min,
-        q.act_max
+        q.act_max,
+        numerics(q.numerics)
     )
+}
+
+/// ` numerics=tflite` where an op does not round as ONNX Runtime (the default, unprinted).
+fn numerics(n: crate::op::Numerics) -> String {
+    if n == crate::op::Numerics::Onnx {
+        String::new()
+    } else {
+        format!(" numerics={}", n.name())
+    }
 }
 
 /// Renders `g`; errors only on a cyclic graph.

@@ -129,6 +129,7 @@ fn depthwise_conv_and_avg_pool_by_hand() {
                 pads: vec![0, 0, 0, 1],
             },
             ceil_mode: false,
+            numerics: Default::default(),
         })
     };
     assert_eq!(

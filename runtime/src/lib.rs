@@ -82,6 +82,40 @@ pub fn multiply_by_quantized_multiplier(x: i32, r: Requant) -> i32 {
     p.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
+/// TFLite's `SaturatingRoundingDoublingHighMul`: the high word of `2 * a * b`, rounded half
+/// away from zero; the one overflowing case (both `i32::MIN`) saturates.
+#[inline]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 { 1i64 << 30 } else { 1 - (1i64 << 30) };
+    // C++'s division truncates toward zero
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// TFLite's `RoundingDivideByPOT`: `x / 2^exponent` rounded half away from zero.
+#[inline]
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    let mask = ((1i64 << exponent) - 1) as i32;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + i32::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// TFLite's `MultiplyByQuantizedMultiplier` (double rounding, its reference kernels' and
+/// TFLite Micro's default): `x` shifted left by a positive `shift`, the doubling high
+/// multiply, then a rounding divide by `2^-shift` for a negative one.
+#[inline]
+pub fn multiply_by_quantized_multiplier_tflite(x: i32, r: Requant) -> i32 {
+    let (left, right) = (r.shift.max(0), (-r.shift).max(0));
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), r.multiplier),
+        right,
+    )
+}
+
 /// An i64 total in units of `2^(shift - 31)` output steps shifted down to steps, rounding
 /// half up, saturated to i32: the last step of [`multiply_by_quantized_multiplier`], for
 /// totals of several products (blocked products). `shift` lies in `-31..=30`, and the
@@ -242,6 +276,17 @@ pub fn rounded_average(sum: i32, count: i32) -> i32 {
         q + if sum < 0 { -1 } else { 1 }
     } else {
         q
+    }
+}
+
+/// TFLite's integer average: `sum / count` rounded half away from zero (its reference
+/// average pool; [`rounded_average`] is ONNX Runtime's, half to even).
+pub fn rounded_average_away(sum: i32, count: i32) -> i32 {
+    let half = count / 2;
+    if sum > 0 {
+        (sum + half) / count
+    } else {
+        (sum - half) / count
     }
 }
 

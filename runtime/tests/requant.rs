@@ -32,6 +32,32 @@ proptest! {
     }
 
     #[test]
+    fn tflite_rescale_rounds_twice_as_tflite_writes_it(x in any::<i32>(), real in 1e-9f64..0.999) {
+        // TFLite's two steps spelled out in i128: the doubling high multiply with its nudge,
+        // C++'s truncating division, then RoundingDivideByPOT's mask and threshold
+        let r = quantize_multiplier(real).unwrap();
+        let (left, right) = (r.shift.max(0), (-r.shift).max(0));
+        let a = x.wrapping_mul(1 << left) as i128;
+        let ab = a * r.multiplier as i128;
+        let nudge = if ab >= 0 { 1i128 << 30 } else { 1 - (1i128 << 30) };
+        let v = (ab + nudge) / (1i128 << 31);
+        let mask = (1i128 << right) - 1;
+        let (rem, threshold) = (v & mask, (mask >> 1) + i128::from(v < 0));
+        let want = (v >> right) + i128::from(rem > threshold);
+        prop_assert_eq!(multiply_by_quantized_multiplier_tflite(x, r) as i128, want);
+        // and it is at most one step from the single rounding
+        let once = multiply_by_quantized_multiplier(x, r) as i128;
+        prop_assert!((want - once).abs() <= 1);
+    }
+
+    #[test]
+    fn tflite_average_rounds_half_away(sum in -100000i32..100000, count in 1i32..1000) {
+        let exact = sum as f64 / count as f64;
+        let want = if exact >= 0.0 { (exact + 0.5).floor() } else { (exact - 0.5).ceil() };
+        prop_assert_eq!(rounded_average_away(sum, count) as f64, want);
+    }
+
+    #[test]
     fn blocked_total_is_shifted_once(total in -(3i64 << 61)..(3i64 << 61), shift in -31i32..=30) {
         // the bounded totals of a blocked product: the exact rounding half up, saturated
         let e = (31 - shift) as u32;

@@ -186,10 +186,13 @@ KILN_AI int8_t kiln_avr_out(kiln_acc24 a, kiln_acc24 lo, uint32_t m, int8_t k, i
 }
 "#;
 
-/// Whether the rescale of `q` has the fast form: positive multipliers, shifts at most -2,
-/// an int8 output.
+/// Whether the rescale of `q` has the fast form: ONNX Runtime's rounding, positive
+/// multipliers, shifts at most -2, an int8 output.
 fn fast_rescale(q: &QLinear) -> bool {
-    q.requant.iter().all(|r| r.multiplier > 0 && r.shift <= -2) && q.act_min >= -128 && q.act_max <= 127
+    q.numerics == kiln_ir::op::Numerics::Onnx
+        && q.requant.iter().all(|r| r.multiplier > 0 && r.shift <= -2)
+        && q.act_min >= -128
+        && q.act_max <= 127
 }
 
 /// The multiplier and left shift `k` for `kiln_avr_out`, which rounds at bit 8 of
@@ -533,6 +536,7 @@ mod tests {
                     act_min: -128,
                     act_max: 127,
                     weight_bits: 8,
+                    numerics: Default::default(),
                 };
                 let t = bottom_threshold(&q, &r, 24) as i32;
                 if t > -(1 << 23) && t < (1 << 23) - 1 {
@@ -570,6 +574,7 @@ mod tests {
             act_min: -128,
             act_max: 127,
             weight_bits: 8,
+            numerics: Default::default(),
         };
         let window = Window {
             kernel: vec![1, 3],

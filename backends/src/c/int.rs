@@ -11,7 +11,7 @@
 
 use super::writer::f32_lit;
 use super::{broadcast2, shape};
-use kiln_ir::op::{Plane as Geom, PoolKind, QLinear, Window};
+use kiln_ir::op::{Numerics, Plane as Geom, PoolKind, QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;
 
@@ -78,6 +78,16 @@ static inline int32_t kiln_round_even(float y) {
     if (f > 0.5f || (f == 0.5f && (t & 1))) return t + 1;
     return f < -0.5f || (f == -0.5f && (t & 1)) ? t - 1 : t;
 }
+/* TFLite's two-step rescale (kiln_runtime::multiply_by_quantized_multiplier_tflite): the
+   doubling high multiply, rounded half up, then a divide by 2^-shift rounded half away */
+static inline int32_t kiln_mbqm_tfl(int32_t x, int32_t m, int32_t shift) {
+    int32_t xs = shift > 0 ? (int32_t)((uint32_t)x << shift) : x, e = shift > 0 ? 0 : -shift, v;
+    if (xs == INT32_MIN && m == INT32_MIN) v = INT32_MAX;
+    else v = (int32_t)(((int64_t)xs * m + ((int64_t)1 << 30)) >> 31);
+    return e == 0 ? v : (int32_t)(((int64_t)v + ((int64_t)1 << (e - 1)) - (v < 0)) >> e);
+}
+/* TFLite's integer average: half away from zero */
+static inline int32_t kiln_rounded_avg_away(int32_t s, int32_t n) { return s > 0 ? (s + n / 2) / n : (s - n / 2) / n; }
 static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) {
     int32_t q = s / n, r = s % n;
     int32_t r2 = 2 * (r < 0 ? -r : r);
@@ -241,9 +251,12 @@ pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> St
     }
     // clamped before the zero point is added (`clamp(r + zp)` without a signed overflow
     // where the rescale saturated)
+    let helper = match q.numerics {
+        Numerics::Onnx => mbqm(q.requant.iter().map(|r| r.shift)),
+        Numerics::Tflite => "kiln_mbqm_tfl",
+    };
     format!(
-        "(int8_t)(kiln_clamp({}(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])), {}, {}) + {})",
-        mbqm(q.requant.iter().map(|r| r.shift)),
+        "(int8_t)(kiln_clamp({helper}(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])), {}, {}) + {})",
         q.act_min - q.output_zp,
         q.act_max - q.output_zp,
         q.output_zp
@@ -271,6 +284,14 @@ fn rescale_const(x: &str, m: i32, shift: i32, x_bits: Option<u32>) -> String {
         }
     }
     format!("{}({x}, {m}, {shift})", mbqm([shift].into_iter()))
+}
+
+/// [`rescale_const`] in the rounding of `numerics`.
+fn rescale_of(numerics: Numerics, x: &str, m: i32, shift: i32, x_bits: Option<u32>) -> String {
+    match numerics {
+        Numerics::Onnx => rescale_const(x, m, shift, x_bits),
+        Numerics::Tflite => format!("kiln_mbqm_tfl({x}, {m}, {shift})"),
+    }
 }
 
 /// The rescale helper that is exact for every one of `shifts`: the 32-bit form when all lie
@@ -362,6 +383,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             };
             // int8 inputs less their zero points stay within 9 bits before the shift
             let bits = (t == "int8_t").then_some(9 + ls as u32);
+            let nm = a.numerics;
             // SSAT only where the rescale cannot come near the i32 bounds (a multiplier
             // below one half); else clamped before the zero point is added
             let sat8 = cortex_m && t == "int8_t" && a.act_min <= -128 && a.act_max >= 127 && ro.shift < 0;
@@ -380,20 +402,22 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             broadcast2(out, g, n, &|o| {
                 format!(
                     "int32_t a = {};\nint32_t b = {};\ny0[{}] = ({t}){};",
-                    rescale_const(
+                    rescale_of(
+                        nm,
                         &format!("(int32_t)((uint32_t)((int32_t)x0[{}] - {}) << {ls})", o[1], a.a_zp),
                         ra.multiplier,
                         ra.shift,
                         bits
                     ),
-                    rescale_const(
+                    rescale_of(
+                        nm,
                         &format!("(int32_t)((uint32_t)((int32_t)x1[{}] - {}) << {ls})", o[2], a.b_zp),
                         rb.multiplier,
                         rb.shift,
                         bits
                     ),
                     o[0],
-                    finish(rescale_const("a + b", ro.multiplier, ro.shift, None)),
+                    finish(rescale_of(nm, "a + b", ro.multiplier, ro.shift, None)),
                 )
             });
         }
@@ -568,7 +592,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             let st = dyn_stage(out, g, n, weight_scales, "oc", skip);
             conv(out, g, n, window, *group, &st, skip);
         }
-        Op::Pool(p) => pool(out, g, n, &p.window, p.kind == PoolKind::Max),
+        Op::Pool(p) => pool(out, g, n, &p.window, p.kind == PoolKind::Max, p.numerics),
         Op::GlobalPool(k) => {
             let xs = shape(g, node.inputs[0]);
             let sp = &xs[2..];
@@ -578,7 +602,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
                 dilations: vec![1; sp.len()],
                 pads: vec![0; 2 * sp.len()],
             };
-            pool(out, g, n, &w, *k == PoolKind::Max);
+            pool(out, g, n, &w, *k == PoolKind::Max, Numerics::Onnx);
         }
         _ => unreachable!("integer kernel for a node `supported` refused"),
     }
@@ -762,7 +786,7 @@ fn qconv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, 
     );
 }
 
-fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
+fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool, numerics: Numerics) {
     let node = g.node(n);
     let xs = shape(g, node.inputs[0]).to_vec();
     let o0 = shape(g, node.outputs[0]).to_vec();
@@ -829,7 +853,11 @@ fn pool(out: &mut String, g: &Graph, n: NodeId, window: &Window, max: bool) {
     let res = if max {
         "acc".to_string()
     } else {
-        format!("(cnt == 0 ? 0 : kiln_clamp(kiln_rounded_avg(acc, cnt), {lo}, {hi}))")
+        let avg = match numerics {
+            Numerics::Onnx => "kiln_rounded_avg",
+            Numerics::Tflite => "kiln_rounded_avg_away",
+        };
+        format!("(cnt == 0 ? 0 : kiln_clamp({avg}(acc, cnt), {lo}, {hi}))")
     };
     let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = ({t}){res};\n    }}");
 }

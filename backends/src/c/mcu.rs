@@ -94,6 +94,10 @@ pub fn conv_kind(g: &Graph, n: NodeId) -> Option<ConvKind> {
 /// with t = 31 - shift, since flooring in steps is exact. With the DSP extension the clamp
 /// to the full int8 range is one `SSAT`.
 pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
+    if q.numerics == kiln_ir::op::Numerics::Tflite {
+        // TFLite's two-step rescale: the generic helper
+        return super::int::requant(out, q, ch, false);
+    }
     let c = if q.requant.len() == 1 { "0" } else { ch };
     rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
     let scaled = if q.requant.iter().all(|r| (-31..=-2).contains(&r.shift)) {

@@ -207,8 +207,12 @@ fn qlinear(items: &mut String, k: usize, q: &QLinear) -> String {
     items.push_str("]);\n");
     let _ = writeln!(
         items,
-        "    const Q{k}: k::int::QLinear = k::int::QLinear {{\n        input_zp: {},\n        output_zp: {},\n        requant: &RQ{k},\n        act_min: {},\n        act_max: {},\n    }};",
-        q.input_zp, q.output_zp, q.act_min, q.act_max
+        "    const Q{k}: k::int::QLinear = k::int::QLinear {{\n        input_zp: {},\n        output_zp: {},\n        requant: &RQ{k},\n        act_min: {},\n        act_max: {},\n        tflite: {},\n    }};",
+        q.input_zp,
+        q.output_zp,
+        q.act_min,
+        q.act_max,
+        q.numerics == kiln_ir::op::Numerics::Tflite
     );
     format!("Q{k}")
 }
@@ -506,7 +510,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
                 plane.flattened()
             });
             let nc = x0s[0] * x0s[1];
-            pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads)?
+            pool(p.kind, scalar(g, ins[0]), nc, &plane, &p.window.pads, p.numerics)?
         }
         Op::GlobalPool(kind) => {
             let kind = match kind {
@@ -516,7 +520,14 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
                 k => *k,
             };
             let plane = plane_lit(&global_plane(&x0s));
-            pool(kind, scalar(g, ins[0]), x0s[0] * x0s[1], &plane, &[0, 0])?
+            pool(
+                kind,
+                scalar(g, ins[0]),
+                x0s[0] * x0s[1],
+                &plane,
+                &[0, 0],
+                Default::default(),
+            )?
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } if f32_half_weight(g, n) => {
             let (outer, len, inner) = split_axis(&x0s, *axis);
@@ -816,7 +827,7 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QAdd(p) => {
             let _ = writeln!(
                 items,
-                "    const Q{kk}: k::int::QAdd = k::int::QAdd {{\n        a_zp: {},\n        a: {},\n        b_zp: {},\n        b: {},\n        out: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n    }};",
+                "    const Q{kk}: k::int::QAdd = k::int::QAdd {{\n        a_zp: {},\n        a: {},\n        b_zp: {},\n        b: {},\n        out: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n        tflite: {},\n    }};",
                 p.a_zp,
                 requant_lit(p.a),
                 p.b_zp,
@@ -824,7 +835,8 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
                 requant_lit(p.out),
                 p.output_zp,
                 p.act_min,
-                p.act_max
+                p.act_max,
+                p.numerics == kiln_ir::op::Numerics::Tflite
             );
             format!(
                 "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.{}(p, q));",
@@ -905,7 +917,14 @@ fn split_axis(s: &[usize], axis: usize) -> (usize, usize, usize) {
 }
 
 /// Pooling over `nc` planes; `pads` are the spatial pads (begin..., end...).
-fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Option<String> {
+fn pool(
+    kind: PoolKind,
+    s: Scalar,
+    nc: usize,
+    plane: &str,
+    pads: &[usize],
+    numerics: kiln_ir::op::Numerics,
+) -> Option<String> {
     Some(match (kind, s) {
         (PoolKind::Max, Scalar::F32) => format!("k::max_pool(x0, y0, {nc}, &{plane}, f32::NEG_INFINITY);"),
         (PoolKind::Max, Scalar::I8) => format!("k::max_pool(x0, y0, {nc}, &{plane}, i8::MIN);"),
@@ -925,7 +944,10 @@ fn pool(kind: PoolKind, s: Scalar, nc: usize, plane: &str, pads: &[usize]) -> Op
                 count_include_pad: false,
             },
             Scalar::I8 | Scalar::I16,
-        ) => format!("k::int::avg_pool(x0, y0, {nc}, &{plane});"),
+        ) => format!(
+            "k::int::avg_pool(x0, y0, {nc}, &{plane}, {});",
+            numerics == kiln_ir::op::Numerics::Tflite
+        ),
         _ => return None,
     })
 }

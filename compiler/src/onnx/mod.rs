@@ -106,6 +106,8 @@ pub struct Imported {
     pub opset: i64,
     /// The model file and every external data file it names: outputs must not replace them.
     pub files: Vec<std::path::PathBuf>,
+    /// The tool that wrote the model (`producer_name`), e.g. `tf2onnx`.
+    pub producer: String,
 }
 
 /// Reads and imports a model file.
@@ -319,6 +321,7 @@ pub fn import_model(
         notices: cx.notices,
         opset,
         files: Vec::new(),
+        producer: model.producer_name.clone(),
     })
 }
 

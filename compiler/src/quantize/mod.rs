@@ -12,7 +12,8 @@ pub mod qdq;
 pub mod quantize_static;
 pub mod report;
 
-use kiln_ir::{Graph, IrError};
+use kiln_ir::op::Numerics;
+use kiln_ir::{Graph, IrError, Op};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -69,6 +70,25 @@ pub struct QuantOptions {
     /// calibration data) allowed; each Conv/Gemm/MatMul then gets the smallest of int4,
     /// int8, int16 activations or float that keeps the model above it.
     pub accuracy_budget: Option<f64>,
+    /// Whose integer arithmetic the build reproduces (`kiln_ir::op::Numerics`): `None` is
+    /// ONNX Runtime's; callers pick TFLite's for models of that origin
+    /// ([`qdq::origin_numerics`]).
+    pub numerics: Option<Numerics>,
+}
+
+/// Sets the rounding of every integer convolution, Add and average pool of `g` to `n`.
+/// Products (fully connected layers) keep `Onnx`'s single rounding: TFLite's reference
+/// fully connected kernel gives those bytes.
+pub fn set_numerics(g: &mut Graph, n: Numerics) {
+    for id in g.node_ids().collect::<Vec<_>>() {
+        let int_in = g.value(g.node(id).inputs[0]).ty.dtype.scalar.is_int();
+        match g.op_mut(id) {
+            Op::QConv { q, .. } => q.numerics = n,
+            Op::QAdd(a) => a.numerics = n,
+            Op::Pool(p) if int_in => p.numerics = n,
+            _ => {}
+        }
+    }
 }
 
 /// The result of quantizing a model.

@@ -10,7 +10,7 @@ use super::calibrate::{self, Ranges};
 use super::quantize_static::{self, Q};
 use super::{QuantError, QuantOptions, Quantized};
 use crate::passes;
-use kiln_ir::op::UnaryOp;
+use kiln_ir::op::{Numerics, UnaryOp};
 use kiln_ir::{Graph, Op, Scalar, Tensor, ValueId};
 use std::collections::HashMap;
 use std::path::Path;
@@ -379,6 +379,13 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
 /// pinned parameters. Values the model left unquantized get ranges from calibration data
 /// in `calibration` when given (method: `opts.method`, default min-max); without data the
 /// ops around them stay float with a note.
+/// The integer arithmetic a model that carries its own quantization was made for, as far as
+/// its producer tells: TFLite's for a `tf2onnx` conversion (the QDQ models that tool writes
+/// come from TFLite's int8 files), otherwise unknown.
+pub fn origin_numerics(producer: &str) -> Option<Numerics> {
+    (producer == "tf2onnx").then_some(Numerics::Tflite)
+}
+
 pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
     if !is_quantized(g) {
         return Err(QuantError::NotQuantized);

@@ -187,6 +187,9 @@ pub fn run_pinned(
     r.dst.set_outputs(outs);
     // a node that stayed float after trying integer inputs leaves unused Quantize nodes
     crate::passes::eliminate_dead_nodes::run(&mut r.dst).map_err(QuantError::Ir)?;
+    if let Some(n) = opts.numerics {
+        super::set_numerics(&mut r.dst, n);
+    }
     kiln_ir::verify::verify(&r.dst).map_err(QuantError::Ir)?;
     Ok(Quantized {
         graph: r.dst,
@@ -663,6 +666,7 @@ impl Rewriter<'_> {
                     out: m(twice / ((1u64 << shift) as f64 * po.scale as f64), "output")?,
                     act_min: po.range().0,
                     act_max: po.range().1,
+                    numerics: Default::default(),
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }
@@ -1066,6 +1070,7 @@ impl Rewriter<'_> {
             act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
             act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
             weight_bits,
+            numerics: Default::default(),
         };
         self.emit_int(n, Op::QBlockMatMul { q, block }, ins, out, po);
         Ok(())
@@ -1205,6 +1210,7 @@ impl Rewriter<'_> {
             act_min: act.0.map_or(po.range().0, |lo| po.quantize(lo)),
             act_max: act.1.map_or(po.range().1, |hi| po.quantize(hi)),
             weight_bits,
+            numerics: Default::default(),
         })
     }
 }

@@ -6,7 +6,7 @@ use super::window::{PAD, window_table};
 use super::{broadcast_offsets, sl};
 use crate::dtype::Scalar;
 use crate::error::{IrError, Result};
-use crate::op::{PoolKind, QAdd, QLinear, QMul, Window};
+use crate::op::{Numerics, Pool, PoolKind, QAdd, QLinear, QMul, Window};
 use crate::tensor::{Data, Tensor};
 use kiln_runtime as rt;
 
@@ -54,11 +54,20 @@ pub(crate) fn dequantize(q: &Tensor, scale: f32, zp: i32) -> Tensor {
 /// The int8 output stage: the sum wraps to i32 (as on the targets), one fixed-point rescale
 /// (saturating), then the zero point and the clamp in exact integers (a saturated rescale
 /// stays at its end of the range).
-fn finish(q: &QLinear, channel: usize, acc: i64) -> i32 {
+fn finish(q: &QLinear, two_step: bool, channel: usize, acc: i64) -> i32 {
     let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
-    rt::multiply_by_quantized_multiplier(acc as i32, r)
+    rescale(two_step, acc as i32, r)
         .saturating_add(q.output_zp)
         .clamp(q.act_min, q.act_max)
+}
+
+/// The fixed-point rescale: TFLite's two steps, or ONNX Runtime's one.
+fn rescale(two_step: bool, x: i32, r: rt::Requant) -> i32 {
+    if two_step {
+        rt::multiply_by_quantized_multiplier_tflite(x, r)
+    } else {
+        rt::multiply_by_quantized_multiplier(x, r)
+    }
 }
 
 /// The 16x8 output stage: the i64 sum rescaled by the 64-bit rule.
@@ -71,11 +80,12 @@ fn finish_wide(q: &QLinear, channel: usize, acc: i64) -> i32 {
 /// An integer product's output from `(channel, sum)` pairs: int8, or int16 when its input
 /// is int16 (16x8).
 fn product_out(x: &Tensor, q: &QLinear, out: &[usize], acc: Vec<(usize, i64)>) -> Tensor {
+    let two_step = q.numerics == Numerics::Tflite;
     if x.data.scalar() == Scalar::I16 {
         let y: Vec<i16> = acc.into_iter().map(|(c, a)| finish_wide(q, c, a) as i16).collect();
         Tensor::from_vec(out.to_vec(), y)
     } else {
-        let y: Vec<i8> = acc.into_iter().map(|(c, a)| finish(q, c, a) as i8).collect();
+        let y: Vec<i8> = acc.into_iter().map(|(c, a)| finish(q, two_step, c, a) as i8).collect();
         Tensor::from_vec(out.to_vec(), y)
     }
 }
@@ -318,8 +328,9 @@ pub(crate) fn qadd(p: &QAdd, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Te
         .map(|(&i, &j)| {
             let x1 = (av[i] - p.a_zp) << shift;
             let x2 = (bv[j] - p.b_zp) << shift;
-            let s = rt::multiply_by_quantized_multiplier(x1, p.a) + rt::multiply_by_quantized_multiplier(x2, p.b);
-            rt::multiply_by_quantized_multiplier(s, p.out)
+            let two = p.numerics == Numerics::Tflite;
+            let s = rescale(two, x1, p.a) + rescale(two, x2, p.b);
+            rescale(two, s, p.out)
                 .saturating_add(p.output_zp)
                 .clamp(p.act_min, p.act_max)
         })
@@ -408,8 +419,14 @@ pub(crate) fn lut16(table: &[i16], x: &Tensor) -> Tensor {
 }
 
 /// Integer average pooling over the taps inside the input (TFLite: padding never counts),
-/// rounded half away from zero; input and output (int8 or int16) share scale and zero point.
-pub(crate) fn avg_pool_int(window: &Window, kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<Tensor> {
+/// rounded half to even (`Onnx`) or half away from zero (`Tflite`); input and output (int8
+/// or int16) share scale and zero point.
+pub(crate) fn avg_pool_int(p: &Pool, x: &Tensor, out: &[usize]) -> Result<Tensor> {
+    let (window, kind) = (&p.window, p.kind);
+    let average = match p.numerics {
+        Numerics::Onnx => rt::rounded_average,
+        Numerics::Tflite => rt::rounded_average_away,
+    };
     if kind
         != (PoolKind::Avg {
             count_include_pad: false,
@@ -437,11 +454,7 @@ pub(crate) fn avg_pool_int(window: &Window, kind: PoolKind, x: &Tensor, out: &[u
                     cnt += 1;
                 }
             }
-            y.push(if cnt == 0 {
-                0
-            } else {
-                rt::rounded_average(s, cnt).clamp(lo, hi)
-            });
+            y.push(if cnt == 0 { 0 } else { average(s, cnt).clamp(lo, hi) });
         }
     }
     Ok(Tensor::new(out.to_vec(), narrow(x.data.scalar(), y)))

@@ -195,7 +195,7 @@ fn pool_t<T: Flt>(p: &Pool, x: &Tensor, out: &[usize]) -> Vec<T> {
 
 pub(crate) fn pool(p: &Pool, x: &Tensor, out: &[usize]) -> Result<Tensor> {
     if matches!(x.data.scalar(), Scalar::I8 | Scalar::I16) && matches!(p.kind, PoolKind::Avg { .. }) {
-        return super::quant::avg_pool_int(&p.window, p.kind, x, out);
+        return super::quant::avg_pool_int(p, x, out);
     }
     let data = match x.data.scalar() {
         Scalar::F32 => Data::F32(pool_t(p, x, out)),
@@ -225,6 +225,7 @@ pub(crate) fn global_pool(kind: PoolKind, x: &Tensor, out: &[usize]) -> Result<T
             kind,
             window: w,
             ceil_mode: false,
+            numerics: Default::default(),
         },
         x,
         out,

@@ -14,6 +14,8 @@ pub struct QLinear<'a> {
     pub requant: &'a [Requant],
     pub act_min: i32,
     pub act_max: i32,
+    /// TFLite's two-step rescale ([`crate::multiply_by_quantized_multiplier_tflite`]).
+    pub tflite: bool,
 }
 
 /// The input zero point and output stage an integer product is generic over: a static
@@ -33,9 +35,19 @@ impl Rescale for QLinear<'_> {
     #[inline]
     fn finish(&self, channel: usize, acc: i32) -> i8 {
         let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
-        mbqm(acc, r)
+        rescale(self.tflite, acc, r)
             .saturating_add(self.output_zp)
             .clamp(self.act_min, self.act_max) as i8
+    }
+}
+
+/// The fixed-point rescale: TFLite's two steps, or ONNX Runtime's one.
+#[inline(always)]
+pub fn rescale(tflite: bool, x: i32, r: Requant) -> i32 {
+    if tflite {
+        crate::multiply_by_quantized_multiplier_tflite(x, r)
+    } else {
+        mbqm(x, r)
     }
 }
 
@@ -461,6 +473,8 @@ pub struct QAdd {
     pub output_zp: i32,
     pub act_min: i32,
     pub act_max: i32,
+    /// TFLite's two-step rescales.
+    pub tflite: bool,
 }
 
 impl QAdd {
@@ -479,8 +493,8 @@ impl QAdd {
     fn add(&self, a: i32, b: i32, shift: i32) -> i32 {
         let x1 = (a - self.a_zp) << shift;
         let x2 = (b - self.b_zp) << shift;
-        let s = mbqm(x1, self.a) + mbqm(x2, self.b);
-        mbqm(s, self.out)
+        let s = rescale(self.tflite, x1, self.a) + rescale(self.tflite, x2, self.b);
+        rescale(self.tflite, s, self.out)
             .saturating_add(self.output_zp)
             .clamp(self.act_min, self.act_max)
     }
@@ -535,9 +549,15 @@ pub fn qsoftmax(x: &[i8], y: &mut [i8], len: usize, exp_table: &[i32]) {
 }
 
 /// Integer average over each window's taps inside the input (padding never counts), rounded
-/// half away from zero; input and output share scale and zero point.
+/// half to even, or with `tflite` half away from zero; input and output share scale and
+/// zero point.
 #[inline]
-pub fn avg_pool<T: Quantized>(x: &[T], y: &mut [T], channels: usize, p: &Plane) {
+pub fn avg_pool<T: Quantized>(x: &[T], y: &mut [T], channels: usize, p: &Plane, tflite: bool) {
+    let average = if tflite {
+        crate::rounded_average_away
+    } else {
+        crate::rounded_average
+    };
     let (pin, pout) = (p.h * p.w, p.oh * p.ow);
     for c in 0..channels {
         let xc = &x[c * pin..][..pin];
@@ -552,11 +572,7 @@ pub fn avg_pool<T: Quantized>(x: &[T], y: &mut [T], channels: usize, p: &Plane) 
                         }
                     }
                 }
-                let v = if n == 0 {
-                    0
-                } else {
-                    crate::rounded_average(s, n).clamp(T::MIN, T::MAX)
-                };
+                let v = if n == 0 { 0 } else { average(s, n).clamp(T::MIN, T::MAX) };
                 y[c * pout + oy * p.ow + ox] = T::narrow(v);
             }
         }

@@ -15,7 +15,7 @@
 
 use super::ConvShape;
 use super::int::QLinear;
-use crate::{Requant, multiply_by_quantized_multiplier as mbqm};
+use crate::Requant;
 
 #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
 mod ops {
@@ -185,6 +185,7 @@ pub struct Fin {
     rq: Requant,
     r: u32,
     fast: bool,
+    tflite: bool,
     zp: i32,
     lo: i32,
     hi: i32,
@@ -194,11 +195,12 @@ impl Fin {
     #[inline(always)]
     pub fn new(q: &QLinear, ch: usize) -> Fin {
         let rq: Requant = q.requant[if q.requant.len() == 1 { 0 } else { ch }];
-        let fast = (-31..=-2).contains(&rq.shift);
+        let fast = (-31..=-2).contains(&rq.shift) && !q.tflite;
         Fin {
             rq,
             r: (-2 - rq.shift) as u32 & 31,
             fast,
+            tflite: q.tflite,
             zp: q.output_zp,
             lo: q.act_min,
             hi: q.act_max,
@@ -213,7 +215,7 @@ impl Fin {
             let hi = ((acc as i64 * self.rq.multiplier as i64) >> 32) as i32;
             (((hi >> self.r) + 1) >> 1) + self.zp
         } else {
-            mbqm(acc, self.rq).saturating_add(self.zp)
+            super::int::rescale(self.tflite, acc, self.rq).saturating_add(self.zp)
         };
         v.clamp(self.lo, self.hi) as i8
     }

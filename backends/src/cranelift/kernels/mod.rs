@@ -27,7 +27,7 @@ mod typed;
 use super::fx::Fx;
 use cranelift_codegen::ir::Value;
 pub use dot::Dot;
-use kiln_ir::op::{PadMode, ScatterReduction};
+use kiln_ir::op::{Numerics, PadMode, ScatterReduction};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
 /// Pointers handed to a kernel.
@@ -278,14 +278,14 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
         Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
         Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
-        Op::Pool(p) if int8_pool(g, n) => quant::pool(fx, g, n, &p.window, p.kind, a),
+        Op::Pool(p) if int8_pool(g, n) => quant::pool(fx, g, n, &p.window, p.kind, p.numerics, a),
         Op::Pool(p) if rank(g, n) > 4 || !f32_only(g, n) => nn::pool_nd(fx, g, n, p, a),
         Op::Pool(p) => nn::pool(fx, g, n, p, a),
         Op::Einsum { equation } => nn::einsum(fx, g, n, equation, a),
         Op::BatchNorm { epsilon } if !const_params(g, n) => nn::batch_norm_dynamic(fx, g, n, *epsilon, a),
         Op::GlobalPool(k) if int8_pool(g, n) => {
             let w = quant::global_window(&g.value(g.node(n).inputs[0]).ty.shape);
-            quant::pool(fx, g, n, &w, *k, a)
+            quant::pool(fx, g, n, &w, *k, Numerics::Onnx, a)
         }
         Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
         Op::Gemm {

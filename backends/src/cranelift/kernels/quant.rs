@@ -10,7 +10,7 @@ use crate::cranelift::fx::Fx;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, I8, I16, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
-use kiln_ir::op::{PoolKind, QAdd, QLinear, QMul, Requant, Window};
+use kiln_ir::op::{Numerics, PoolKind, QAdd, QLinear, QMul, Requant, Window};
 use kiln_ir::{Graph, NodeId, Op};
 
 fn flags() -> MemFlagsData {
@@ -72,6 +72,47 @@ fn round_shift(fx: &mut Fx, t: Value, shift: Value) -> Value {
     let half = fx.b.ins().ishl(one, e1);
     let t = fx.b.ins().iadd(t, half);
     fx.b.ins().sshr(t, e)
+}
+
+/// TFLite's two-step rescale (`kiln_runtime::multiply_by_quantized_multiplier_tflite`) of an
+/// i32 `x` by run-time i32 `m` and `shift`: `x` shifted left by a positive shift, the
+/// doubling high multiply rounded half up, `(x * m + 2^30) >> 31`, then a divide by
+/// `2^-shift` rounded half away from zero, `(v + 2^(e-1) - [v < 0]) >> e`. Multipliers are
+/// positive, so the high multiply's one saturating case (both `i32::MIN`) cannot occur.
+fn mbqm_tflite(fx: &mut Fx, x: Value, m: Value, shift: Value) -> Value {
+    let zero = c32(fx, 0);
+    let left = fx.b.ins().smax(shift, zero);
+    let xs = fx.b.ins().ishl(x, left);
+    let x64 = fx.b.ins().sextend(I64, xs);
+    let m64 = fx.b.ins().sextend(I64, m);
+    let p = fx.b.ins().imul(x64, m64);
+    let p = fx.b.ins().iadd_imm_s(p, 1 << 30);
+    let v = fx.b.ins().sshr_imm_s(p, 31);
+    let neg_shift = fx.b.ins().ineg(shift);
+    let e = fx.b.ins().smax(neg_shift, zero);
+    let e = fx.b.ins().sextend(I64, e);
+    let one = fx.i(1);
+    let pow = fx.b.ins().ishl(one, e);
+    let half = fx.b.ins().sshr_imm_s(pow, 1);
+    let neg = fx.b.ins().sshr_imm_s(v, 63);
+    let z64 = fx.i(0);
+    let any = fx.b.ins().icmp(IntCC::SignedGreaterThan, e, z64);
+    let adj = fx.b.ins().select(any, neg, z64);
+    let t = fx.b.ins().iadd(v, half);
+    let t = fx.b.ins().iadd(t, adj);
+    let r = fx.b.ins().sshr(t, e);
+    fx.b.ins().ireduce(I32, r)
+}
+
+/// The rescale of `x` by the constant `r` in the rounding of `numerics`.
+fn rescale_const(fx: &mut Fx, numerics: Numerics, x: Value, r: Requant) -> Value {
+    match numerics {
+        Numerics::Onnx => mbqm_const(fx, x, r),
+        Numerics::Tflite => {
+            let (m, s) = (c32(fx, r.multiplier as i64), c32(fx, r.shift as i64));
+            mbqm_tflite(fx, x, m, s)
+        }
+    }
 }
 
 /// `mbqm` with the factor known at compile time.
@@ -635,7 +676,10 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
             let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
             let xa = fx.b.ins().ishl_imm_s(xa, ls);
             let xb = fx.b.ins().ishl_imm_s(xb, ls);
-            (mbqm_const(fx, xa, q.a), mbqm_const(fx, xb, q.b))
+            (
+                rescale_const(fx, q.numerics, xa, q.a),
+                rescale_const(fx, q.numerics, xb, q.b),
+            )
         } else {
             // int8 inputs: each side's rescale is one of 256 values, tabled (`aux`)
             let side = |fx: &mut Fx, p: Value, table: Value| {
@@ -646,7 +690,7 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
             (side(fx, pa, a.aux[0]), side(fx, pb, a.aux[1]))
         };
         let s = fx.b.ins().iadd(ra, rb);
-        let r = mbqm_const(fx, s, q.out);
+        let r = rescale_const(fx, q.numerics, s, q.out);
         let r = add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max);
         if wide {
             fx.b.ins().istore16(flags(), r, po, 0);
@@ -678,6 +722,10 @@ fn channel_requant(fx: &mut Fx, q: &QLinear, mt: Value, st: Value, ch: Value) ->
 /// Whether every sum of integer node `n` rescaled by `q` lies in the i32 range, so the
 /// rescale's saturation never acts (the accumulator-range analysis bounds the sums).
 pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
+    // TFLite's rescale takes the scalar path (`finish`)
+    if q.numerics == Numerics::Tflite {
+        return false;
+    }
     let Some(ranges) = kiln_ir::accumulate::channel_ranges(g, n) else {
         return false;
     };
@@ -797,7 +845,10 @@ fn finish_fit(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value
 }
 
 fn finish(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
-    let r = mbqm(fx, acc, m, s);
+    let r = match q.numerics {
+        Numerics::Onnx => mbqm(fx, acc, m, s),
+        Numerics::Tflite => mbqm_tflite(fx, acc, m, s),
+    };
     add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max)
 }
 
@@ -882,7 +933,10 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
                 (0..=255u8)
                     .map(|b| {
                         let x = ((b as i8 as i32) - zp) << kiln_runtime::ADD_LEFT_SHIFT;
-                        kiln_runtime::multiply_by_quantized_multiplier(x, r)
+                        match q.numerics {
+                            Numerics::Onnx => kiln_runtime::multiply_by_quantized_multiplier(x, r),
+                            Numerics::Tflite => kiln_runtime::multiply_by_quantized_multiplier_tflite(x, r),
+                        }
                     })
                     .collect()
             };
@@ -2181,7 +2235,7 @@ pub(crate) fn global_window(xs: &[usize]) -> Window {
 }
 
 /// Integer max or average pooling (padding never counts; see `kiln_runtime::rounded_average`).
-pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: PoolKind, a: &Args) {
+pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: PoolKind, numerics: Numerics, a: &Args) {
     let node = g.node(n);
     let xs = g.value(node.inputs[0]).ty.shape.clone();
     let out = g.value(node.outputs[0]).ty.shape.clone();
@@ -2196,7 +2250,7 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
         && window.pads.iter().all(|&p| p == 0)
         && window.dilations.iter().all(|&d| d == 1);
     if whole && fx.simd {
-        return whole_plane_pool(fx, a, planes, hw, wide, is_max);
+        return whole_plane_pool(fx, a, planes, hw, wide, is_max, numerics);
     }
     fx.for_n(planes, &mut |fx, pl| {
         let xplane = fx.addr(a.ins[0], pl, hw * es);
@@ -2236,7 +2290,7 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
                     let cols = fx.b.ins().isub(kwh, kwl);
                     let cnt = fx.b.ins().imul(rows, cols);
                     let cnt = fx.b.ins().ireduce(I32, cnt);
-                    v = rounded_average(fx, v, cnt);
+                    v = average(fx, numerics, v, cnt);
                     v = clamp(fx, v, lo, hi);
                 }
                 let pos = fx.mul_imm(oh, gm.ow as i64);
@@ -2256,7 +2310,7 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
 /// sixteen bytes (or eight halfwords) at a time are summed (pairwise products with one) or
 /// maxed in vectors, then the lanes and the tail one by one. Integer sums and maxima do not
 /// depend on the order.
-fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_max: bool) {
+fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_max: bool, numerics: Numerics) {
     use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
     let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
     let per = 16 / es;
@@ -2319,7 +2373,7 @@ fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_
         let mut v = fx.b.use_var(sv);
         if !is_max {
             let cnt = c32(fx, hw);
-            v = rounded_average(fx, v, cnt);
+            v = average(fx, numerics, v, cnt);
             v = clamp(fx, v, lo, hi);
         }
         if wide {
@@ -2451,6 +2505,30 @@ pub(crate) fn softmax16(fx: &mut Fx, g: &Graph, n: NodeId, axis: usize, a: &Args
 
 /// `kiln_runtime::rounded_average`: `s / n` rounded half to even; 0 when `n` is 0 (a
 /// window entirely in padding).
+/// `kiln_runtime::rounded_average_away` (TFLite's): `(s + n/2) / n` for positive `s`, else
+/// `(s - n/2) / n`, truncating; 0 when `n` is 0.
+fn rounded_average_away(fx: &mut Fx, s: Value, n: Value) -> Value {
+    let one = c32(fx, 1);
+    let safe_n = fx.b.ins().smax(n, one);
+    let half = fx.b.ins().sdiv_imm_s(safe_n, 2);
+    let neg_half = fx.b.ins().ineg(half);
+    let pos = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, s, 0);
+    let off = fx.b.ins().select(pos, half, neg_half);
+    let t = fx.b.ins().iadd(s, off);
+    let q = fx.b.ins().sdiv(t, safe_n);
+    let empty = fx.b.ins().icmp_imm_s(IntCC::Equal, n, 0);
+    let zero = c32(fx, 0);
+    fx.b.ins().select(empty, zero, q)
+}
+
+/// The integer average of `numerics`.
+fn average(fx: &mut Fx, numerics: Numerics, s: Value, n: Value) -> Value {
+    match numerics {
+        Numerics::Onnx => rounded_average(fx, s, n),
+        Numerics::Tflite => rounded_average_away(fx, s, n),
+    }
+}
+
 fn rounded_average(fx: &mut Fx, s: Value, n: Value) -> Value {
     let one = c32(fx, 1);
     let safe_n = fx.b.ins().smax(n, one);

@@ -51,6 +51,7 @@ pub(super) fn pool_op(cx: &Ctx, n: &NodeProto, x: ValueId, kind: PoolKind) -> Re
         kind,
         window: w,
         ceil_mode: a.i("ceil_mode", 0) != 0,
+        numerics: Default::default(),
     }))
 }
 
