@@ -200,6 +200,20 @@ fn quantized_models_build_with_their_own_parameters() {
         .unwrap();
     let h = std::fs::read_to_string(dk.join("kws.h")).unwrap();
     assert!(h.contains("#define KWS_NUMERICS \"tflite\""), "{h}");
+    // the default quantization of such a model is that same integer build; `Float` keeps
+    // the float simulation
+    for (q, integer) in [(Quantize::None, true), (Quantize::Float, false)] {
+        Build::new(&kws)
+            .quantize(q)
+            .target("cortex-m4")
+            .emit(Emit::C)
+            .out_dir(&dk)
+            .cargo_metadata(false)
+            .compile("kws")
+            .unwrap();
+        let h = std::fs::read_to_string(dk.join("kws.h")).unwrap();
+        assert_eq!(h.contains("#define KWS_NUMERICS \"tflite\""), integer, "{h}");
+    }
     let _ = std::fs::remove_dir_all(&dk);
     // a float model has nothing to keep: the error names the file
     let err = Build::new(model("digits_cnn"))

@@ -30,9 +30,14 @@ use thiserror::Error;
 /// How to quantize the model before compiling it.
 #[derive(Clone, Debug, Default)]
 pub enum Quantize {
-    /// Keep the model's own types.
+    /// The model as it is: float stays float, and a model that carries its own
+    /// quantization (QDQ, QOperator) becomes integer code with its parameters (as
+    /// [`Quantize::Model`] with default options), as the command line does.
     #[default]
     None,
+    /// Everything in float: a model's own QuantizeLinear/DequantizeLinear pairs become the
+    /// float arithmetic they define (a simulation of its integer build).
+    Float,
     /// Reduced float: Conv/Gemm/MatMul weights as binary16 (half the bytes), f32 arithmetic.
     Fp16,
     /// Hybrid: Conv/Gemm/MatMul weights as int8 (a quarter of the bytes), activations
@@ -212,8 +217,15 @@ impl Build {
                 source: Box::new(source),
             }
         })?;
-        let graph = match &self.quantize {
-            Quantize::None => m.graph,
+        let own_default = Quantize::Model {
+            options: Default::default(),
+        };
+        let quantize = match &self.quantize {
+            Quantize::None if crate::quantize::qdq::is_quantized(&m.graph) => &own_default,
+            q => q,
+        };
+        let graph = match quantize {
+            Quantize::None | Quantize::Float => m.graph,
             Quantize::Fp16 => {
                 crate::quantize::fp16::to_fp16(&m.graph)
                     .map_err(|source| BuildError::Compile {

@@ -43,9 +43,11 @@ enum QuantMode {
 
 #[derive(clap::Args, Clone, Default)]
 struct QuantArgs {
-    /// Quantization mode.
-    #[arg(long, value_enum, default_value = "none")]
-    quantize: QuantMode,
+    /// Quantization mode. Default: a model that carries its own quantization (QDQ,
+    /// QOperator) becomes integer code with its parameters (as `int8` without data), any
+    /// other stays float; `none` keeps such a model as the float arithmetic its ops define.
+    #[arg(long, value_enum)]
+    quantize: Option<QuantMode>,
     /// Calibration data: a directory with input_K.npy per graph input, samples on axis 0.
     #[arg(long, value_name = "DIR")]
     calibrate: Option<PathBuf>,
@@ -258,29 +260,49 @@ fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
     })
 }
 
-/// Loads a model and, when asked, quantizes it on the calibration data.
-fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result<kiln::Model> {
-    if !quant.int16.is_empty() && quant.quantize != QuantMode::Int8 {
+/// Flags that only make sense in some quantization modes, against the mode in effect.
+fn check_quant_flags(quant: &QuantArgs, mode: QuantMode) -> Result<()> {
+    if !quant.int16.is_empty() && mode != QuantMode::Int8 {
         bail!("--int16 selects 16x8 layers of a full-integer build: it needs --quantize int8");
     }
-    if !quant.keep_float.is_empty() && !matches!(quant.quantize, QuantMode::Int8 | QuantMode::Dynamic) {
+    if !quant.keep_float.is_empty() && !matches!(mode, QuantMode::Int8 | QuantMode::Dynamic) {
         bail!("--keep-float needs --quantize int8 or --quantize dynamic");
     }
-    if quant.accuracy_budget.is_some() && quant.quantize != QuantMode::Int8 {
+    if quant.accuracy_budget.is_some() && mode != QuantMode::Int8 {
         bail!("--accuracy-budget chooses precisions within a full-integer build: it needs --quantize int8");
     }
     if quant.accuracy_budget.is_some_and(|b| !b.is_finite()) {
         bail!("--accuracy-budget must be a finite number of dB");
     }
-    if quant.weight_bits.is_some() && quant.quantize != QuantMode::Int8 {
+    if quant.weight_bits.is_some() && mode != QuantMode::Int8 {
         bail!("--weight-bits sets the weight width of a full-integer build: it needs --quantize int8");
     }
-    if quant.strict_integer && quant.quantize != QuantMode::Int8 {
+    if quant.strict_integer && mode != QuantMode::Int8 {
         bail!("--strict-integer applies to integer builds of quantized models: it needs --quantize int8");
     }
+    Ok(())
+}
+
+/// Loads a model and, when asked, quantizes it on the calibration data.
+fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result<kiln::Model> {
     let mut m = load(model, shapes, &PipelineOptions::default())?;
     let own = kiln::quantize::qdq::is_quantized(&m.graph);
-    match quant.quantize {
+    let mode = match quant.quantize {
+        Some(q) => q,
+        None if own => {
+            eprintln!(
+                "note: the model carries its own quantization: compiled to integer code with its parameters (--quantize none keeps the float arithmetic its QuantizeLinear/DequantizeLinear ops define)"
+            );
+            QuantMode::Int8
+        }
+        None => QuantMode::None,
+    };
+    let quant = &QuantArgs {
+        quantize: Some(mode),
+        ..quant.clone()
+    };
+    check_quant_flags(quant, mode)?;
+    match mode {
         QuantMode::None => {
             if quant.calibrate.is_some() {
                 bail!("--calibrate needs --quantize int8");
@@ -417,18 +439,18 @@ fn human(n: u64) -> String {
 fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path>) -> Result<()> {
     use kiln::quantize::calibrate::CalibrationSet;
     let mut quant = quant.clone();
-    if quant.quantize == QuantMode::None {
-        quant.quantize = QuantMode::Int8;
+    if matches!(quant.quantize, None | Some(QuantMode::None)) {
+        quant.quantize = Some(QuantMode::Int8);
     }
     let float = load(path, shapes, &PipelineOptions::default())?.graph;
     let mode = match quant.quantize {
-        QuantMode::Fp16 => "float16",
-        QuantMode::Dynamic => "hybrid int8",
+        Some(QuantMode::Fp16) => "float16",
+        Some(QuantMode::Dynamic) => "hybrid int8",
         _ => "int8",
     };
     // Data-free modes use the data only to measure.
     let mut build = quant.clone();
-    if matches!(quant.quantize, QuantMode::Fp16 | QuantMode::Dynamic) {
+    if matches!(quant.quantize, Some(QuantMode::Fp16 | QuantMode::Dynamic)) {
         build.calibrate = None;
     }
     let int8 = load_quantized(path, shapes, &build)?.graph;
@@ -804,7 +826,16 @@ fn compile(
     );
     let widths = compile::accumulator_widths(&m.graph);
     if !widths.is_empty() {
-        let list: Vec<String> = widths.iter().map(|(n, b)| format!("`{n}` {b}")).collect();
+        // by name for a few short-named layers, else counted per width
+        let list: Vec<String> = if widths.len() <= 8 && widths.iter().all(|(n, _)| n.len() <= 40) {
+            widths.iter().map(|(n, b)| format!("`{n}` {b}")).collect()
+        } else {
+            let mut per: std::collections::BTreeMap<u32, usize> = Default::default();
+            for (_, b) in &widths {
+                *per.entry(*b).or_default() += 1;
+            }
+            per.iter().map(|(b, k)| format!("{b} x{k}")).collect()
+        };
         println!("accumulator bits (proven to hold every sum): {}", list.join(", "));
     }
     Ok(())
@@ -838,7 +869,8 @@ fn main() -> std::process::ExitCode {
                 print_after: print_after.clone(),
                 stop_after: stop_after.clone(),
             };
-            let m = if quant.quantize == QuantMode::None {
+            // a dump shows the passes on the model as it is unless a mode is named
+            let m = if matches!(quant.quantize, None | Some(QuantMode::None)) {
                 load(model, shapes, &opts)
             } else {
                 load_quantized(model, shapes, quant)

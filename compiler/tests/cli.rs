@@ -447,9 +447,18 @@ fn hybrid_and_16x8_from_the_command_line() {
 #[test]
 fn quantized_models_from_the_command_line() {
     let m = "tests/models/mlperf_tiny_kws_dscnn/ort/qop_u8.onnx";
-    // float arithmetic unless asked, with a hint
+    // float arithmetic when asked (`--quantize none`), with a hint
     let dir = tmp("qop-float");
-    let o = kiln(&["compile", m, "--emit", "c", "-o", dir.to_str().unwrap()]);
+    let o = kiln(&[
+        "compile",
+        m,
+        "--quantize",
+        "none",
+        "--emit",
+        "c",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -474,8 +483,17 @@ fn quantized_models_from_the_command_line() {
     assert!(err.contains("using the model's own quantization parameters"), "{err}");
     let h = std::fs::read_to_string(dir.join("qop_u8.h")).unwrap();
     assert!(h.contains("qop_u8_run_int("), "{h}");
-    // --strict-integer belongs to integer builds; a float model still needs data
-    let o = kiln(&["compile", m, "--strict-integer", "-o", tmp("x").to_str().unwrap()]);
+    // --strict-integer belongs to integer builds (a float one here); a float model still
+    // needs data
+    let o = kiln(&[
+        "compile",
+        m,
+        "--quantize",
+        "none",
+        "--strict-integer",
+        "-o",
+        tmp("x").to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && text(&o).1.contains("--strict-integer"));
     let o = kiln(&[
         "compile",
@@ -574,4 +592,61 @@ fn numerics_follow_the_models_origin_or_the_flag() {
         assert!(h.contains(&format!("#define KWS_NUMERICS \"{want}\"")), "{h}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn models_with_their_own_quantization_compile_to_integer_code_by_default() {
+    for m in ["kws_dscnn", "vww_mobilenetv1_025", "ic_resnet8", "ad_fc_autoencoder"] {
+        let path = format!("tests/models/mlperf_tiny_{m}/model_int8_qdq_tflite.onnx");
+        let dir = tmp(&format!("own-{m}"));
+        let d = dir.to_str().unwrap().to_string();
+        let o = kiln(&[
+            "compile",
+            &path,
+            "--emit",
+            "c",
+            "--target",
+            "cortex-m4",
+            "--prefix",
+            "net",
+            "-o",
+            &d,
+        ]);
+        let (_, err) = text(&o);
+        // integer code with the model's parameters, fitting the part, said so
+        assert!(o.status.success(), "{m}: {err}");
+        assert!(
+            err.contains("compiled to integer code with its parameters"),
+            "{m}: {err}"
+        );
+        // int8 in, int8 out (these models' ports are already integers); the autoencoder
+        // has only fully connected layers, which round alike in both numerics
+        let h = std::fs::read_to_string(dir.join("net.h")).unwrap();
+        let numerics = if m.starts_with("ad_") { "onnx" } else { "tflite" };
+        assert!(
+            h.contains("int net_run(const int8_t *") && h.contains(&format!("#define NET_NUMERICS \"{numerics}\"")),
+            "{m}: {h}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // `--quantize none` keeps the float simulation, which VWW's arena cannot fit
+    let dir = tmp("own-float");
+    let d = dir.to_str().unwrap().to_string();
+    let path = "tests/models/mlperf_tiny_vww_mobilenetv1_025/model_int8_qdq_tflite.onnx";
+    let o = kiln(&[
+        "compile",
+        path,
+        "--quantize",
+        "none",
+        "--emit",
+        "c",
+        "--target",
+        "cortex-m4",
+        "-o",
+        &d,
+    ]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("float arithmetic") && err.contains("cortex-m4"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
