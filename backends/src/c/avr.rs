@@ -227,7 +227,8 @@ fn bottom_threshold(q: &QLinear, r: &kiln_runtime::Requant, bits: u32) -> i64 {
 /// (C source); with a slow rescale no statement and the `int` expression.
 fn finish(out: &mut String, q: &QLinear, p: &AvrProduct, ch: &str) -> (String, String) {
     if !fast_rescale(q) {
-        return (String::new(), requant(out, q, ch, false));
+        // the sums fit 24 bits (`avr_product`), well below 2^30
+        return (String::new(), requant(out, q, ch, false, true));
     }
     let rq = &q.requant;
     let aligned: Vec<(u32, i32)> = rq.iter().map(|r| byte_aligned(r.multiplier, r.shift)).collect();

@@ -86,6 +86,12 @@ static inline int32_t kiln_mbqm_tfl(int32_t x, int32_t m, int32_t shift) {
     else v = (int32_t)(((int64_t)xs * m + ((int64_t)1 << 30)) >> 31);
     return e == 0 ? v : (int32_t)(((int64_t)v + ((int64_t)1 << (e - 1)) - (v < 0)) >> e);
 }
+/* kiln_mbqm_tfl for |x| < 2^30 and a right shift e = -shift >= 1: no saturation, and the
+   rounding divide stays in 32 bits */
+static inline int32_t kiln_mbqm_tfl_r(int32_t x, int32_t m, int32_t e) {
+    int32_t v = (int32_t)(((int64_t)x * m + ((int64_t)1 << 30)) >> 31);
+    return (v + (1 << (e - 1)) - (int32_t)((uint32_t)v >> 31)) >> e;
+}
 /* TFLite's integer average: half away from zero */
 static inline int32_t kiln_rounded_avg_away(int32_t s, int32_t n) { return s > 0 ? (s + n / 2) / n : (s - n / 2) / n; }
 static inline int32_t kiln_rounded_avg(int32_t s, int32_t n) {
@@ -173,17 +179,22 @@ impl Stage {
     }
 }
 
+/// Whether every sum of integer node `n` is below 2^30 in size (`kiln_ir::accumulate`).
+pub(super) fn small_sums(g: &Graph, n: NodeId) -> bool {
+    kiln_ir::accumulate::node_range(g, n).is_some_and(|r| r.min >= -(1 << 30) && r.max < 1 << 30)
+}
+
 /// Whether every partial sum of integer node `n` fits 24 bits.
 fn fits_24(g: &Graph, n: NodeId) -> bool {
     kiln_ir::accumulate::node_range(g, n).is_some_and(|r| r.bits() <= 24)
 }
 
 /// Static int8: the node's input, a constant zero point, the fixed-point rescale.
-fn static_stage(out: &mut String, q: &QLinear, ch: &str, wide: bool, acc24: bool) -> Stage {
+fn static_stage(out: &mut String, q: &QLinear, ch: &str, wide: bool, acc24: bool, small: bool) -> Stage {
     Stage {
         x: "x0",
         zp: q.input_zp.to_string(),
-        fin: requant(out, q, ch, wide),
+        fin: requant(out, q, ch, wide, small),
         wide,
         acc24: acc24 && !wide,
     }
@@ -235,14 +246,25 @@ pub(super) fn rom_table<T: std::fmt::Display>(out: &mut String, ty: &str, name: 
 
 /// The rescale tables of a kernel and the C expression that finishes an accumulator `acc`
 /// for output channel `ch`.
-pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool) -> String {
+/// `small`: every sum is proven below 2^30 in size ([`small_sums`]), which TFLite's rescale
+/// can use.
+pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool, small: bool) -> String {
     rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
-    rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
     let c = if q.requant.len() == 1 {
         "0".to_string()
     } else {
         ch.to_string()
     };
+    if !wide && small && q.numerics == Numerics::Tflite && q.requant.iter().all(|r| r.shift <= -1) {
+        rom_table(out, "int8_t", "rsh", q.requant.iter().map(|r| -r.shift));
+        return format!(
+            "(int8_t)(kiln_clamp(kiln_mbqm_tfl_r(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i8(&rsh[{c}])), {}, {}) + {})",
+            q.act_min - q.output_zp,
+            q.act_max - q.output_zp,
+            q.output_zp
+        );
+    }
+    rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
     if wide {
         return format!(
             "(int16_t)kiln_clamp64(kiln_mbqm64(acc, kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])) + {}, {}, {})",
@@ -492,10 +514,10 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
                 return super::avr::dense(out, g, n, q, &p);
             }
             if cortex_m && crate::pack::packed_dense(g, n) {
-                let fin = super::mcu::requant(out, q, "oc");
+                let fin = super::mcu::requant(out, q, "oc", small_sums(g, n));
                 return super::mcu::dense(out, g, n, &fin);
             }
-            let fin = requant(out, q, "j", wide);
+            let fin = requant(out, q, "j", wide, small_sums(g, n));
             let (acc_t, mul) = if wide {
                 ("int64_t", "kiln_mul16")
             } else if fits_24(g, n) {
@@ -574,13 +596,13 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             }
             let skip = qconv_scratch(g, n);
             if cortex_m && let Some(k) = super::mcu::conv_kind(g, n) {
-                let fin = super::mcu::requant(out, q, "oc");
+                let fin = super::mcu::requant(out, q, "oc", small_sums(g, n));
                 return match k {
                     super::mcu::ConvKind::Patch => super::mcu::patch_conv(out, g, n, window, q, &fin),
                     super::mcu::ConvKind::Plane => super::mcu::plane_conv(out, g, n, window, q, &fin),
                 };
             }
-            let st = static_stage(out, q, "oc", wide_input(g, n), fits_24(g, n));
+            let st = static_stage(out, q, "oc", wide_input(g, n), fits_24(g, n), small_sums(g, n));
             conv(out, g, n, window, *group, &st, skip);
         }
         Op::DynConv {

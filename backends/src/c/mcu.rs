@@ -93,10 +93,10 @@ pub fn conv_kind(g: &Graph, n: NodeId) -> Option<ConvKind> {
 /// the rescale is `((hi32(acc * m) >> r) + 1) >> 1`: the same floor((acc*m + 2^(t-1)) / 2^t)
 /// with t = 31 - shift, since flooring in steps is exact. With the DSP extension the clamp
 /// to the full int8 range is one `SSAT`.
-pub fn requant(out: &mut String, q: &QLinear, ch: &str) -> String {
+pub fn requant(out: &mut String, q: &QLinear, ch: &str, small: bool) -> String {
     if q.numerics == kiln_ir::op::Numerics::Tflite {
-        // TFLite's two-step rescale: the generic helper
-        return super::int::requant(out, q, ch, false);
+        // TFLite's two-step rescale: the generic helpers
+        return super::int::requant(out, q, ch, false, small);
     }
     let c = if q.requant.len() == 1 { "0" } else { ch };
     rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
