@@ -528,6 +528,28 @@ fn concat_pad_and_elementwise_ops_quantize_and_agree() {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+    // TFLite's numerics: the convolutions' and the Mul's two-step rescale, the same bytes on
+    // every backend as in the evaluator
+    let opts = QuantOptions {
+        numerics: Some(kiln_ir::op::Numerics::Tflite),
+        ..Default::default()
+    };
+    let q = quantize_int8(&g, &calib, &opts, |_, _| {}).unwrap();
+    let tfl = |n: kiln_ir::NodeId| match &q.graph.node(n).op {
+        kiln_ir::Op::QConv { q, .. } => q.numerics == kiln_ir::op::Numerics::Tflite,
+        kiln_ir::Op::QMul(m) => m.numerics == kiln_ir::op::Numerics::Tflite,
+        _ => false,
+    };
+    assert_eq!(
+        q.graph.node_ids().filter(|&n| tfl(n)).count(),
+        4,
+        "three convolutions and the Mul"
+    );
+    let gi = expose_integers(&q.graph);
+    let x = Tensor::from_vec(vec![1, 2, 6, 6], lcg(98, 72, 2.0));
+    let dir = std::env::temp_dir().join(format!("kiln-q8-tflite-{}", std::process::id()));
+    let failures = kiln_tests::bit_exact_on_every_backend(&gi, &[vec![x]], "q8_tflite", &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -107,7 +107,8 @@ fn numerics(g: &Graph) -> Option<kiln_ir::op::Numerics> {
             Op::QConv { q, .. } | Op::QMatMul { q } | Op::QBlockMatMul { q, .. } => q.numerics,
             Op::QAdd(a) => a.numerics,
             Op::Pool(p) if p.numerics == Numerics::Tflite => p.numerics,
-            Op::QMul(_) | Op::QSoftmax { .. } | Op::Requant { .. } => Numerics::Onnx,
+            Op::QMul(m) => m.numerics,
+            Op::QSoftmax { .. } | Op::Requant { .. } => Numerics::Onnx,
             _ => continue,
         };
         if found != Some(Numerics::Tflite) {

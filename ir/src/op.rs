@@ -645,6 +645,8 @@ pub struct QMul {
     pub requant: Requant,
     pub act_min: i32,
     pub act_max: i32,
+    /// The rounding of the rescale.
+    pub numerics: Numerics,
 }
 
 /// TFLite's int8 Add: both inputs shifted left by `ADD_LEFT_SHIFT`, rescaled to a common

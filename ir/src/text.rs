@@ -180,13 +180,14 @@ pub fn attrs(op: &Op) -> String {
             numerics(a.numerics)
         ),
         Op::QMul(m) => format!(
-            "a_zp={} b_zp={} requant={} zp={} act=[{},{}]",
+            "a_zp={} b_zp={} requant={} zp={} act=[{},{}]{}",
             m.a_zp,
             m.b_zp,
             rq(&m.requant),
             m.output_zp,
             m.act_min,
-            m.act_max
+            m.act_max,
+            numerics(m.numerics)
         ),
         Op::QSoftmax { axis, exp_table } => format!("axis={axis} exp[1]={}", exp_table[1]),
         Op::QSoftmax16 { axis, exp_lo, .. } => format!("axis={axis} exp_lo[1]={}", exp_lo[1]),

@@ -491,14 +491,16 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             let t = if wide_input(g, n) { "int16_t" } else { "int8_t" };
             broadcast2(out, g, n, &|o| {
                 format!(
-                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = ({t})(kiln_clamp(kiln_mbqm(p, {}, {}), {}, {}) + {});",
+                    "int32_t p = ((int32_t)x0[{}] - {}) * ((int32_t)x1[{}] - {});\ny0[{}] = ({t})(kiln_clamp({}, {}, {}) + {});",
                     o[1],
                     m.a_zp,
                     o[2],
                     m.b_zp,
                     o[0],
-                    m.requant.multiplier,
-                    m.requant.shift,
+                    match m.numerics {
+                        Numerics::Onnx => format!("kiln_mbqm(p, {}, {})", m.requant.multiplier, m.requant.shift),
+                        Numerics::Tflite => format!("kiln_mbqm_tfl(p, {}, {})", m.requant.multiplier, m.requant.shift),
+                    },
                     m.act_min - m.output_zp,
                     m.act_max - m.output_zp,
                     m.output_zp

@@ -853,13 +853,14 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
         Op::QMul(p) => {
             let _ = writeln!(
                 items,
-                "    const Q{kk}: k::int::QMul = k::int::QMul {{\n        a_zp: {},\n        b_zp: {},\n        requant: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n    }};",
+                "    const Q{kk}: k::int::QMul = k::int::QMul {{\n        a_zp: {},\n        b_zp: {},\n        requant: {},\n        output_zp: {},\n        act_min: {},\n        act_max: {},\n        tflite: {},\n    }};",
                 p.a_zp,
                 p.b_zp,
                 requant_lit(p.requant),
                 p.output_zp,
                 p.act_min,
-                p.act_max
+                p.act_max,
+                p.numerics == kiln_ir::op::Numerics::Tflite
             );
             format!(
                 "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.{}(p, q));",

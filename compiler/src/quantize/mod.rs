@@ -85,6 +85,7 @@ pub fn set_numerics(g: &mut Graph, n: Numerics) {
         match g.op_mut(id) {
             Op::QConv { q, .. } => q.numerics = n,
             Op::QAdd(a) => a.numerics = n,
+            Op::QMul(m) => m.numerics = n,
             Op::Pool(p) if int_in => p.numerics = n,
             _ => {}
         }

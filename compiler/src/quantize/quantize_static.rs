@@ -634,6 +634,7 @@ impl Rewriter<'_> {
                     requant,
                     act_min: po.range().0,
                     act_max: po.range().1,
+                    numerics: Default::default(),
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }

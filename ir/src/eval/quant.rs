@@ -347,7 +347,7 @@ pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
         .zip(&ob)
         .map(|(&i, &j)| {
             let prod = (av[i] - p.a_zp) * (bv[j] - p.b_zp);
-            rt::multiply_by_quantized_multiplier(prod, p.requant)
+            rescale(p.numerics == Numerics::Tflite, prod, p.requant)
                 .saturating_add(p.output_zp)
                 .clamp(p.act_min, p.act_max)
         })

@@ -509,6 +509,8 @@ pub struct QMul {
     pub output_zp: i32,
     pub act_min: i32,
     pub act_max: i32,
+    /// TFLite's two-step rescale.
+    pub tflite: bool,
 }
 
 impl QMul {
@@ -526,7 +528,7 @@ impl QMul {
     #[inline]
     fn mul(&self, a: i32, b: i32) -> i32 {
         let prod = (a - self.a_zp) * (b - self.b_zp);
-        mbqm(prod, self.requant)
+        rescale(self.tflite, prod, self.requant)
             .saturating_add(self.output_zp)
             .clamp(self.act_min, self.act_max)
     }

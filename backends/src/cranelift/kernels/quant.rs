@@ -644,7 +644,7 @@ pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
         let xa = fx.b.ins().iadd_imm_s(xa, -(q.a_zp as i64));
         let xb = fx.b.ins().iadd_imm_s(xb, -(q.b_zp as i64));
         let p = fx.b.ins().imul(xa, xb);
-        let r = mbqm_const(fx, p, q.requant);
+        let r = rescale_const(fx, q.numerics, p, q.requant);
         let r = add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max);
         if wide {
             fx.b.ins().istore16(flags(), r, po, 0);
