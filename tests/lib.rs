@@ -90,6 +90,15 @@ pub fn attr_i(name: &str, i: i64) -> AttributeProto {
     }
 }
 
+pub fn attr_f(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: proto::AttributeType::Float as i32,
+        f,
+        ..Default::default()
+    }
+}
+
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),

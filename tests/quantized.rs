@@ -807,3 +807,71 @@ fn whole_plane_integer_pools_are_bit_exact_everywhere() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Convolutions followed by LeakyReLU, HardSwish, Sigmoid (fused by the pipeline) build fully
+/// integer: each product integer, each activation an int8 table after it.
+#[test]
+fn convolutions_with_other_activations_build_fully_integer() {
+    use kiln_tests::{attr_f, fixed, model, node, tensor, write_model};
+    let lcg = |seed: u32, n: usize, scale: f32| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0) * scale
+            })
+            .collect()
+    };
+    let m = model(
+        vec![
+            node("Conv", "c1", &["x", "w1", "b1"], &["a"], vec![]),
+            node("LeakyRelu", "leaky", &["a"], &["la"], vec![attr_f("alpha", 0.1)]),
+            node("Conv", "c2", &["la", "w2"], &["b"], vec![]),
+            node("HardSwish", "hswish", &["b"], &["hb"], vec![]),
+            node("Conv", "c3", &["hb", "w3"], &["c"], vec![]),
+            node("Sigmoid", "sig", &["c"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 3, 6, 6])],
+        vec![fixed("y", &[1, 2, 6, 6])],
+        vec![
+            tensor("w1", &[4, 3, 1, 1], lcg(1, 12, 1.0)),
+            tensor("b1", &[4], lcg(2, 4, 0.2)),
+            tensor("w2", &[4, 4, 1, 1], lcg(3, 16, 1.0)),
+            tensor("w3", &[2, 4, 1, 1], lcg(4, 8, 1.0)),
+        ],
+        13,
+    );
+    let path = write_model("q8-activations", &m);
+    let g = kiln::load(&path, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap()
+        .graph;
+    // the pipeline fused each activation into its convolution
+    assert!(g.node_ids().all(|n| !matches!(g.node(n).op, kiln_ir::Op::Unary(_))));
+    let calib = path.parent().unwrap().join("calib-act");
+    std::fs::create_dir_all(&calib).unwrap();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &Tensor::from_vec(vec![16, 3, 6, 6], lcg(7, 16 * 108, 2.0)),
+    )
+    .unwrap();
+    let q = quantize_int8(&g, &calib, &Default::default(), |_, _| {}).unwrap();
+    assert!(q.notes.iter().all(|n| !n.contains("stays float")), "{:?}", q.notes);
+    let count = |f: &dyn Fn(&kiln_ir::Op) -> bool| q.graph.node_ids().filter(|&n| f(&q.graph.node(n).op)).count();
+    assert_eq!(count(&|op| matches!(op, kiln_ir::Op::QConv { .. })), 3);
+    assert_eq!(count(&|op| matches!(op, kiln_ir::Op::Lut { .. })), 3);
+    assert_eq!(
+        count(&|op| matches!(op, kiln_ir::Op::Conv(_) | kiln_ir::Op::Unary(_))),
+        0
+    );
+    let x = Tensor::from_vec(vec![1, 3, 6, 6], lcg(99, 108, 2.0));
+    let f = kiln_ir::eval::run(&g, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+    let y = kiln_ir::eval::run(&q.graph, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
+    let s: f64 = f.iter().map(|a| a * a).sum();
+    let e: f64 = f.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+    let db = 10.0 * (s / e).log10();
+    assert!(db > 25.0, "int8 output SQNR {db:.1} dB");
+    let gi = expose_integers(&q.graph);
+    let dir = std::env::temp_dir().join(format!("kiln-q8-act-{}", std::process::id()));
+    let failures = kiln_tests::bit_exact_on_every_backend(&gi, &[vec![x]], "q8_act", &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

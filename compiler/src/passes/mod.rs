@@ -7,6 +7,7 @@ pub mod fuse_activations;
 pub mod fuse_batch_norm;
 pub mod fuse_matmul_add;
 pub mod remove_identities;
+pub mod unfuse_activations;
 
 use kiln_ir::{Graph, IrError};
 use thiserror::Error;

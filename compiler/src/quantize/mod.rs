@@ -111,6 +111,13 @@ pub fn quantize_int8(
     progress: impl FnMut(usize, usize),
 ) -> Result<Quantized, QuantError> {
     quantize_static::check_keep_float(g, opts)?;
+    // activations other than ReLU/Clip become ops of their own (int8 tables after the
+    // integer products), so the products need not stay float
+    let mut unfused = g.clone();
+    if crate::passes::unfuse_activations::run(&mut unfused).map_err(QuantError::Ir)? {
+        kiln_ir::verify::verify(&unfused).map_err(QuantError::Ir)?;
+    }
+    let g = &unfused;
     let set = calibrate::CalibrationSet::load(g, dir)?;
     let key = cache::key(g, &set, opts.method);
     let cached = match &opts.cache {
