@@ -644,3 +644,60 @@ fn block_products_are_bit_exact_at_the_edges() {
     let failures = kiln_tests::bit_exact_on_every_backend(&g, &sets, "block_edges", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A QDQ model whose convolution is followed by HardSwish (its own parameters on both
+/// sides) builds fully integer: the product, then an int8 table, bit-exact everywhere.
+#[test]
+fn activations_between_a_models_own_parameters_become_tables() {
+    use kiln::onnx::tensor::to_proto;
+    use kiln_tests::{fixed, model, node, tensor, write_model};
+    let sc = |name: &str, v: f32| tensor(name, &[], vec![v]);
+    let zp = |name: &str, v: i8| to_proto(name, &Tensor::from_vec(vec![], vec![v]));
+    let w: Vec<i8> = (0..12).map(|i| ((i * 37) % 255 - 127) as i8).collect();
+    let m = model(
+        vec![
+            node("QuantizeLinear", "qx", &["x", "sx", "zx"], &["xq"], vec![]),
+            node("DequantizeLinear", "dx", &["xq", "sx", "zx"], &["xd"], vec![]),
+            node("DequantizeLinear", "dw", &["wq", "sw", "zw"], &["wd"], vec![]),
+            node("Conv", "conv", &["xd", "wd"], &["c"], vec![]),
+            node("QuantizeLinear", "qc", &["c", "sc", "zc"], &["cq"], vec![]),
+            node("DequantizeLinear", "dc", &["cq", "sc", "zc"], &["cd"], vec![]),
+            node("HardSwish", "hs", &["cd"], &["h"], vec![]),
+            node("QuantizeLinear", "qh", &["h", "sh", "zh"], &["hq"], vec![]),
+            node("DequantizeLinear", "dh", &["hq", "sh", "zh"], &["y"], vec![]),
+        ],
+        vec![fixed("x", &[1, 3, 4, 4])],
+        vec![fixed("y", &[1, 4, 4, 4])],
+        vec![
+            sc("sx", 0.02),
+            zp("zx", 0),
+            to_proto("wq", &Tensor::from_vec(vec![4, 3, 1, 1], w)),
+            sc("sw", 0.01),
+            zp("zw", 0),
+            sc("sc", 0.03),
+            zp("zc", -10),
+            sc("sh", 0.02),
+            zp("zh", -100),
+        ],
+        13,
+    );
+    let path = write_model("qdq-hardswish", &m);
+    let g = kiln::load(&path, &Default::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap()
+        .graph;
+    let strict = QuantOptions {
+        strict_integer: true,
+        ..Default::default()
+    };
+    let q = qdq::quantize_model(&g, None, &strict).unwrap_or_else(|e| panic!("{e}"));
+    let ops: Vec<&str> = q.graph.node_ids().map(|n| q.graph.node(n).op.name()).collect();
+    assert!(ops.contains(&"QConv") && ops.contains(&"Lut"), "{ops:?}");
+    let x = Tensor::from_vec(
+        vec![1, 3, 4, 4],
+        (0..48).map(|i| (i as f32 - 20.0) * 0.05).collect::<Vec<f32>>(),
+    );
+    let gi = kiln_tests::expose_integers(&q.graph);
+    let dir = std::env::temp_dir().join(format!("kiln-qdq-hs-{}", std::process::id()));
+    let failures = bit_exact_on_every_backend_many(&[("qdq_hardswish", &gi, &[vec![x]])], &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -24,6 +24,12 @@ fn is_activation(u: UnaryOp) -> bool {
 }
 
 pub fn run(g: &mut Graph) -> Result<bool, IrError> {
+    run_where(g, |_| true)
+}
+
+/// [`run`] for the activations `keep` accepts (the integer import fuses only ReLU and Clip,
+/// which become a product's clamp; any other keeps the model's own parameters around it).
+pub fn run_where(g: &mut Graph, keep: impl Fn(UnaryOp) -> bool) -> Result<bool, IrError> {
     let mut changed = false;
     for n in g.topo_order()? {
         if !g.contains_node(n) {
@@ -33,6 +39,7 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
         let x = g.node(n).inputs[0];
         let Some(p) = g.producer(x) else { continue };
         if !is_activation(u)
+            || !keep(u)
             || g.consumers(x).len() != 1
             || g.is_output(x)
             || !matches!(g.value(x).def, ValueDef::Node(..))

@@ -433,10 +433,13 @@ pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions
         }
     }
     // these passes remove and rewire nodes but keep value ids, so the pins stay valid
-    for pass in [passes::fuse_activations::run, passes::eliminate_dead_nodes::run] {
-        pass(&mut f).map_err(QuantError::Ir)?;
-        kiln_ir::verify::verify(&f).map_err(QuantError::Ir)?;
-    }
+    // only ReLU and Clip join a product (as its clamp): any other activation keeps the
+    // model's parameters on both sides and becomes an int8 table
+    let clamps = |u: UnaryOp| matches!(u, UnaryOp::Relu | UnaryOp::Clip { .. });
+    passes::fuse_activations::run_where(&mut f, clamps).map_err(QuantError::Ir)?;
+    kiln_ir::verify::verify(&f).map_err(QuantError::Ir)?;
+    passes::eliminate_dead_nodes::run(&mut f).map_err(QuantError::Ir)?;
+    kiln_ir::verify::verify(&f).map_err(QuantError::Ir)?;
     // A ReLU/Clip the model quantizes after an op it does not (TFLite's Add then ReLU):
     // the op takes the activation's parameters, whose clamp then is exact.
     for n in f.topo_order().map_err(QuantError::Ir)? {
