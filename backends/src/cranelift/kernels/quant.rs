@@ -722,8 +722,9 @@ fn channel_requant(fx: &mut Fx, q: &QLinear, mt: Value, st: Value, ch: Value) ->
 /// Whether every sum of integer node `n` rescaled by `q` lies in the i32 range, so the
 /// rescale's saturation never acts (the accumulator-range analysis bounds the sums).
 pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
-    // TFLite's rescale takes the scalar path (`finish`)
-    if q.numerics == Numerics::Tflite {
+    // TFLite's rescale: the vectors take shifts of at most 0 (no left shift first)
+    let tfl = q.numerics == Numerics::Tflite;
+    if tfl && q.requant.iter().any(|r| r.shift > 0) {
         return false;
     }
     let Some(ranges) = kiln_ir::accumulate::channel_ranges(g, n) else {
@@ -731,6 +732,11 @@ pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
     };
     ranges.iter().enumerate().all(|(ch, r)| {
         let rq = q.requant[if q.requant.len() == 1 { 0 } else { ch }];
+        if tfl {
+            // the high multiply's result, plus its rounding and the zero point, within i32
+            let big = r.min.unsigned_abs().max(r.max.unsigned_abs()) as i128;
+            return ((big * rq.multiplier.unsigned_abs() as i128) >> 31) + 256 < i32::MAX as i128;
+        }
         let e = (31 - rq.shift) as u32;
         let big = r.min.unsigned_abs().max(r.max.unsigned_abs()) as i128;
         let v = (big * rq.multiplier.unsigned_abs() as i128 + (1i128 << (e - 1))) >> e;
@@ -749,9 +755,22 @@ pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
     (0..channels)
         .flat_map(|c| {
             let r = q.requant[if q.requant.len() == 1 { 0 } else { c }];
+            let m = r.multiplier as i64;
+            if q.numerics == Numerics::Tflite {
+                // the rounding divide's exponent, half and whether it rounds at all
+                let e = -(r.shift.min(0)) as i64;
+                let (half, nz) = if e > 0 { (1i64 << (e - 1), -1) } else { (0, 0) };
+                return [m, m, half, half, e, nz]
+                    .into_iter()
+                    .flat_map(i64::to_le_bytes)
+                    .collect::<Vec<u8>>();
+            }
             let e = 31 - r.shift as i64;
-            let (m, half) = (r.multiplier as i64, 1i64 << (e - 1));
-            [m, m, half, half, e, 0].into_iter().flat_map(i64::to_le_bytes)
+            let half = 1i64 << (e - 1);
+            [m, m, half, half, e, 0]
+                .into_iter()
+                .flat_map(i64::to_le_bytes)
+                .collect()
         })
         .collect()
 }
@@ -763,7 +782,8 @@ pub(crate) fn finish_fit4_rec(fx: &mut Fx, q: &QLinear, acc: Value, rec: Value) 
     let m2 = fx.b.ins().load(I64X2, flags(), rec, 0);
     let half2 = fx.b.ins().load(I64X2, flags(), rec, 16);
     let e = fx.b.ins().load(I64, flags(), rec, 32);
-    rescale4(fx, q, acc, m2, half2, e)
+    let nz = (q.numerics == Numerics::Tflite).then(|| fx.b.ins().load(I64, flags(), rec, 40));
+    rescale4(fx, q, acc, m2, half2, e, nz)
 }
 
 /// [`finish_fit`] on four sums (i32 lanes) of one channel/// [`finish_fit`] on four sums (i32 lanes) of one channel: the 64-bit products, the
@@ -774,25 +794,57 @@ pub(crate) fn finish_fit4(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Val
     let m64 = b.ins().sextend(I64, m);
     let m2 = b.ins().splat(I64X2, m64);
     let s64 = b.ins().sextend(I64, s);
+    if q.numerics == Numerics::Tflite {
+        // the rounding divide by 2^e, e = -shift (shifts are at most 0: `fits_i32`)
+        let e = b.ins().ineg(s64);
+        let one = b.ins().iconst(I64, 1);
+        let pow = b.ins().ishl(one, e);
+        let half = b.ins().sshr_imm_s(pow, 1);
+        let half2 = b.ins().splat(I64X2, half);
+        let zero = b.ins().iconst(I64, 0);
+        let minus = b.ins().iconst(I64, -1);
+        let any = b.ins().icmp(IntCC::SignedGreaterThan, e, zero);
+        let nz = b.ins().select(any, minus, zero);
+        return rescale4(fx, q, acc, m2, half2, e, Some(nz));
+    }
     let k31 = b.ins().iconst(I64, 31);
     let e = b.ins().isub(k31, s64);
     let e1 = b.ins().iadd_imm_s(e, -1);
     let one = b.ins().iconst(I64, 1);
     let half = b.ins().ishl(one, e1);
     let half2 = b.ins().splat(I64X2, half);
-    rescale4(fx, q, acc, m2, half2, e)
+    rescale4(fx, q, acc, m2, half2, e, None)
 }
 
 /// The body of [`finish_fit4`]: `m2` the multiplier in both i64 lanes, `half2` the rounding
-/// half in both, `e` the right shift.
-fn rescale4(fx: &mut Fx, q: &QLinear, acc: Value, m2: Value, half2: Value, e: Value) -> Value {
-    use cranelift_codegen::ir::types::{I8X16, I32X4};
+/// half in both, `e` the right shift. With `nz` (TFLite's numerics: -1 when `e > 0`, else 0)
+/// the two steps: `v = (x * m + 2^30) >> 31`, then `(v + half - [v < 0 and e > 0]) >> e`.
+fn rescale4(fx: &mut Fx, q: &QLinear, acc: Value, m2: Value, half2: Value, e: Value, nz: Option<Value>) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I32X4, I64X2};
     let b = &mut fx.b;
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let tfl = nz.map(|nz| {
+        let c30 = b.ins().iconst(I64, 1 << 30);
+        let (k31, k63) = (b.ins().iconst(I64, 31), b.ins().iconst(I64, 63));
+        (b.ins().splat(I64X2, c30), k31, k63, b.ins().splat(I64X2, nz))
+    });
     let parts = [b.ins().swiden_low(acc), b.ins().swiden_high(acc)].map(|x| {
         let p = b.ins().imul(x, m2);
-        let p = b.ins().iadd(p, half2);
-        let p = b.ins().sshr(p, e);
+        let p = match tfl {
+            None => {
+                let p = b.ins().iadd(p, half2);
+                b.ins().sshr(p, e)
+            }
+            Some((c30, k31, k63, nz2)) => {
+                let p = b.ins().iadd(p, c30);
+                let v = b.ins().sshr(p, k31);
+                let neg = b.ins().sshr(v, k63);
+                let adj = b.ins().band(neg, nz2);
+                let t = b.ins().iadd(v, half2);
+                let t = b.ins().iadd(t, adj);
+                b.ins().sshr(t, e)
+            }
+        };
         b.ins().bitcast(I8X16, lanes, p)
     });
     // the low word of each 64-bit lane (each fits i32)
@@ -835,6 +887,11 @@ pub(crate) fn store_bytes4(fx: &mut Fx, v: Value, addr: Value, off: i32, valid: 
 
 /// [`finish`] for sums whose rescale cannot leave the i32 range.
 fn finish_fit(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
+    if q.numerics == Numerics::Tflite {
+        let r = mbqm_tflite(fx, acc, m, s);
+        let r = fx.b.ins().iadd_imm_s(r, q.output_zp as i64);
+        return clamp(fx, r, q.act_min, q.act_max);
+    }
     let x64 = fx.b.ins().sextend(I64, acc);
     let m64 = fx.b.ins().sextend(I64, m);
     let p = fx.b.ins().imul(x64, m64);
