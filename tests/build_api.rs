@@ -185,24 +185,15 @@ fn quantized_models_build_with_their_own_parameters() {
     assert!(text.contains("INPUT0_SCALE: f32 = 3.921569e-3;"), "{text}");
     // ONNX Runtime's model keeps ONNX Runtime's rounding
     assert!(text.contains("pub const NUMERICS: &str = \"onnx\";"), "{text}");
-    // a tf2onnx conversion of a TFLite model gets TFLite's, named in the header
+    // a tf2onnx conversion of a TFLite model gets TFLite's, named in the header; the
+    // default quantization of such a model is that same integer build; `Float` keeps the
+    // float simulation
     let kws = repo().join("tests/models/mlperf_tiny_kws_dscnn/model_int8_qdq_tflite.onnx");
     let dk = out_dir("qdq-tflite");
-    Build::new(&kws)
-        .quantize(Quantize::Model {
-            options: Default::default(),
-        })
-        .target("cortex-m4")
-        .emit(Emit::C)
-        .out_dir(&dk)
-        .cargo_metadata(false)
-        .compile("kws")
-        .unwrap();
-    let h = std::fs::read_to_string(dk.join("kws.h")).unwrap();
-    assert!(h.contains("#define KWS_NUMERICS \"tflite\""), "{h}");
-    // the default quantization of such a model is that same integer build; `Float` keeps
-    // the float simulation
-    for (q, integer) in [(Quantize::None, true), (Quantize::Float, false)] {
+    let own = Quantize::Model {
+        options: Default::default(),
+    };
+    for (q, integer) in [(own, true), (Quantize::None, true), (Quantize::Float, false)] {
         Build::new(&kws)
             .quantize(q)
             .target("cortex-m4")

@@ -293,18 +293,22 @@ fn read_back(g: &Graph, int: bool) -> Vec<kiln_ir::ValueId> {
     }
 }
 
-/// The integer inputs of `model_run_int` for float `inputs`: what the evaluator's boundary
-/// Quantize nodes make of them.
-fn int_inputs(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
+/// The integer ports of `model_run_int` for float `inputs`, as the evaluator computes them:
+/// what the boundary Quantize nodes make of the inputs, and the integers before each
+/// output's Dequantize.
+fn int_ports(g: &Graph, inputs: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
     let api = kiln_backends::header::int_boundary(g).expect("an integer boundary");
-    let mut got = vec![None; api.inputs.len()];
+    let ports: Vec<kiln_ir::ValueId> = api.inputs.iter().chain(&api.outputs).map(|q| q.value).collect();
+    let mut got = vec![None; ports.len()];
     kiln_ir::eval::run_observed(g, inputs, |v, t| {
-        if let Some(i) = api.inputs.iter().position(|q| q.value == v) {
+        if let Some(i) = ports.iter().position(|&p| p == v) {
             got[i] = Some(t.clone());
         }
     })
     .unwrap();
-    got.into_iter().map(|t| t.expect("every input quantized")).collect()
+    let mut all: Vec<Tensor> = got.into_iter().map(|t| t.expect("every port computed")).collect();
+    let outs = all.split_off(api.inputs.len());
+    (all, outs)
 }
 
 /// A bare-metal program: inputs copied from flash, `KILN_RUNS` calls of `model_run`, then
@@ -902,22 +906,8 @@ fn check_part(part: Part, models: &[(&str, Graph, Vec<Vec<Tensor>>)], tools: &To
 
 #[test]
 fn small_models_run_on_a_simulated_atmega328p() {
-    let ok = has("avr-gcc", "--version") && Path::new("/usr/include/simavr/sim_avr.h").exists();
-    if !available("AVR", ok) {
+    let Some((tools, dir)) = avr_tools("avr-tools") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("kiln-avr-tools-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sim = helper(
-        &dir,
-        "avr_sim.c",
-        "avr-sim",
-        &["-w", "-I/usr/include/simavr", "-lsimavr"],
-    )
-    .unwrap();
-    let tools = Tools {
-        avr_sim: Some(sim),
-        qemu_plugin: None,
     };
     check_part(
         Part::Avr("atmega328p"),
@@ -940,6 +930,29 @@ fn small_models_run_on_a_simulated_atmega328p() {
     big.extend(dynamic_models("digits_cnn", "digits_dynamic"));
     check_part(Part::Avr("atmega2560"), &big, &tools);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The AVR toolchain and Kiln's simavr driver built into a fresh folder named by `tag`
+/// (returned, for the caller to remove), or `None` when they are missing and not required.
+fn avr_tools(tag: &str) -> Option<(Tools, PathBuf)> {
+    let ok = has("avr-gcc", "--version") && Path::new("/usr/include/simavr/sim_avr.h").exists();
+    if !available("AVR", ok) {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = helper(
+        &dir,
+        "avr_sim.c",
+        "avr-sim",
+        &["-w", "-I/usr/include/simavr", "-lsimavr"],
+    )
+    .unwrap();
+    let tools = Tools {
+        avr_sim: Some(sim),
+        qemu_plugin: None,
+    };
+    Some((tools, dir))
 }
 
 /// The Cortex-M toolchain and QEMU with Kiln's instruction-counting plugin built into a fresh
@@ -1048,6 +1061,14 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
     assert!(e.contains("atmega328p") && e.contains("cortex-m4"), "{e}");
 }
 
+/// The numbers after `key` on its line of a committed benchmark baseline.
+fn baseline_row(baseline: &str, key: &str) -> Option<Vec<u64>> {
+    baseline.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(' ')?;
+        rest.split_whitespace().map(|x| x.parse().ok()).collect()
+    })
+}
+
 /// The official MLPerf Tiny int8 models (`model_int8_qdq_tflite.onnx`, compiled as
 /// `kiln compile --quantize int8`) on a Cortex-M4 (DSP kernels) and a Cortex-M3 (plain C):
 /// outputs byte for byte the evaluator's (and with TFLite's numerics on the Cortex-M4,
@@ -1061,16 +1082,7 @@ fn official_int8_models_instruction_benchmark() {
     };
     let baseline_path = repo().join("tests/mcu/bench-cortexm.txt");
     let baseline = std::fs::read_to_string(&baseline_path).unwrap_or_default();
-    let want = |key: &str| -> Option<u64> {
-        baseline.lines().find_map(|l| {
-            l.strip_prefix(key)?
-                .strip_prefix(' ')?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-    };
+    let want = |key: &str| baseline_row(&baseline, key)?.first().copied();
     let mut lines = vec![
         "# part model instructions/inference (tests/mcu.rs official_int8_models_instruction_benchmark)".to_string(),
     ];
@@ -1183,22 +1195,8 @@ fn official_int8_models_instruction_benchmark() {
 /// cycles per kernel.
 #[test]
 fn avr_int8_cycle_benchmark() {
-    let ok = has("avr-gcc", "--version") && Path::new("/usr/include/simavr/sim_avr.h").exists();
-    if !available("AVR", ok) {
+    let Some((tools, dir)) = avr_tools("avr-bench") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("kiln-avr-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sim = helper(
-        &dir,
-        "avr_sim.c",
-        "avr-sim",
-        &["-w", "-I/usr/include/simavr", "-lsimavr"],
-    )
-    .unwrap();
-    let tools = Tools {
-        avr_sim: Some(sim),
-        qemu_plugin: None,
     };
     let dense = {
         let g = dense_64_32_10();
@@ -1238,29 +1236,13 @@ fn avr_int8_cycle_benchmark() {
     ];
     let baseline_path = repo().join("tests/mcu/bench-avr.txt");
     let baseline = std::fs::read_to_string(&baseline_path).unwrap_or_default();
-    let want = |key: &str| -> Option<Vec<u64>> {
-        baseline.lines().find_map(|l| {
-            let rest = l.strip_prefix(key)?.strip_prefix(' ')?;
-            rest.split_whitespace().map(|x| x.parse().ok()).collect()
-        })
-    };
+    let want = |key: &str| baseline_row(&baseline, key);
     let mut lines = vec!["# part model cycles flash ram+stack (tests/mcu.rs avr_int8_cycle_benchmark)".to_string()];
     let mut failures = Vec::new();
     let part = Part::Avr("atmega328p");
     for ((name, g, sets), macs, target) in models {
         let key = format!("atmega328p {name}");
-        let inputs = int_inputs(&g, &sets[0]);
-        let want_out: Vec<Tensor> = {
-            let api = kiln_backends::header::int_boundary(&g).unwrap();
-            let mut got = vec![None; api.outputs.len()];
-            kiln_ir::eval::run_observed(&g, &sets[0], |v, t| {
-                if let Some(i) = api.outputs.iter().position(|q| q.value == v) {
-                    got[i] = Some(t.clone());
-                }
-            })
-            .unwrap();
-            got.into_iter().map(Option::unwrap).collect()
-        };
+        let (inputs, want_out) = int_ports(&g, &sets[0]);
         let run = match run_entry(part, name, &g, &inputs, true, &tools, &dir) {
             Ok(r) => r,
             Err(e) => {

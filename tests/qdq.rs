@@ -164,19 +164,24 @@ const TFLITE: [(&str, f64); 5] = [
     ("mlperf_tiny_vww_mobilenetv1_025", 0.0),
 ];
 
+/// A model folder's `model_int8_qdq_tflite.onnx`, loaded.
+fn tflite_onnx(dir: &Path) -> kiln::Model {
+    kiln::load(
+        &dir.join("model_int8_qdq_tflite.onnx"),
+        &Default::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap()
+}
+
 fn tflite_model(name: &str) -> (PathBuf, Graph) {
     tflite_model_with(name, None)
 }
 
 fn tflite_model_with(name: &str, numerics: Option<kiln_ir::op::Numerics>) -> (PathBuf, Graph) {
     let dir = kiln_tests::repo().join("tests/models").join(name);
-    let m = kiln::load(
-        &dir.join("model_int8_qdq_tflite.onnx"),
-        &Default::default(),
-        &PipelineOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let m = tflite_onnx(&dir);
     let strict = QuantOptions {
         strict_integer: true,
         numerics,
@@ -244,13 +249,7 @@ fn tflite_numerics_give_tflites_bytes() {
             let got = kiln_ir::eval::run(&g, std::slice::from_ref(x)).unwrap().remove(0);
             assert_eq!(got.to_i64_vec(), want.to_i64_vec(), "{name} set {k}");
         }
-        let m = kiln::load(
-            &dir.join("model_int8_qdq_tflite.onnx"),
-            &Default::default(),
-            &PipelineOptions::default(),
-            |_, _| {},
-        )
-        .unwrap();
+        let m = tflite_onnx(&dir);
         assert_eq!(
             kiln::quantize::qdq::origin_numerics(&m.producer),
             Some(Numerics::Tflite),

@@ -423,18 +423,20 @@ fn the_integer_entry_point_matches_the_evaluator() {
 /// Concat of differently scaled branches, constant Pad, Mul of two tensors, a scalar Div and
 /// Sigmoid: all integer after quantization, and the same bytes from C and native; in int16
 /// (16x8) mode all of them stay int16 (no int8 step anywhere) and the error drops.
+/// Deterministic values in [-scale, scale).
+fn lcg(seed: u32, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0) * scale
+        })
+        .collect()
+}
+
 #[test]
 fn concat_pad_and_elementwise_ops_quantize_and_agree() {
     use kiln_tests::{attr_i, attr_ints, fixed, model, node, tensor, write_model};
-    let lcg = |seed: u32, n: usize, scale: f32| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    };
     let m = model(
         vec![
             node("Conv", "a", &["x", "wa"], &["ya"], vec![]),
@@ -813,15 +815,6 @@ fn whole_plane_integer_pools_are_bit_exact_everywhere() {
 #[test]
 fn convolutions_with_other_activations_build_fully_integer() {
     use kiln_tests::{attr_f, fixed, model, node, tensor, write_model};
-    let lcg = |seed: u32, n: usize, scale: f32| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    };
     let m = model(
         vec![
             node("Conv", "c1", &["x", "w1", "b1"], &["a"], vec![]),
