@@ -5,6 +5,7 @@
 
 use kiln::quantize::{QuantOptions, quantize_int8};
 use kiln::{ImportOptions, PipelineOptions};
+use kiln_ir::op::Numerics;
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_tests::{build_c, build_native, expose_integers, repo};
 use std::path::PathBuf;
@@ -867,4 +868,100 @@ fn convolutions_with_other_activations_build_fully_integer() {
     let dir = std::env::temp_dir().join(format!("kiln-q8-act-{}", std::process::id()));
     let failures = kiln_tests::bit_exact_on_every_backend(&gi, &[vec![x]], "q8_act", &dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What real models put between their products builds fully integer: a per-channel PRelu
+/// after a convolution (TFLite's int8 PRelu), HardSwish (a table), a normalisation over the
+/// channels (ReduceMean as a product with ones, `x - mean` as an Add of a negation,
+/// `d / sqrt(var + eps)` as a Mul by a reciprocal table) and a ReduceSum; bit-exact on every
+/// backend in both numerics.
+#[test]
+fn normalisations_and_per_channel_slopes_build_fully_integer() {
+    use kiln_tests::{attr_i, attr_ints, fixed, model, node, tensor, write_model};
+    let axes = kiln::onnx::tensor::to_proto("axes", &Tensor::from_vec(vec![2], vec![2i64, 3]));
+    let m = model(
+        vec![
+            node("Conv", "c1", &["x", "w1", "b1"], &["a"], vec![]),
+            node("PRelu", "prelu", &["a", "slope"], &["pa"], vec![]),
+            node("Conv", "c2", &["pa", "w2"], &["b"], vec![]),
+            node("HardSwish", "hswish", &["b"], &["h"], vec![]),
+            node("ReduceMean", "mean", &["h"], &["m"], vec![attr_ints("axes", &[1])]),
+            node("Sub", "centre", &["h", "m"], &["d"], vec![]),
+            node("Mul", "square", &["d", "d"], &["d2"], vec![]),
+            node("ReduceMean", "var", &["d2"], &["v"], vec![attr_ints("axes", &[1])]),
+            node("Add", "eps", &["v", "eps"], &["ve"], vec![]),
+            node("Sqrt", "std", &["ve"], &["s"], vec![]),
+            node("Div", "norm", &["d", "s"], &["y"], vec![]),
+            node(
+                "ReduceSum",
+                "total",
+                &["y", "axes"],
+                &["t"],
+                vec![attr_i("keepdims", 0)],
+            ),
+        ],
+        vec![fixed("x", &[1, 3, 6, 6])],
+        vec![fixed("y", &[1, 4, 6, 6]), fixed("t", &[1, 4])],
+        vec![
+            tensor("w1", &[4, 3, 1, 1], lcg(1, 12, 1.0)),
+            tensor("b1", &[4], lcg(2, 4, 0.2)),
+            tensor("slope", &[4, 1, 1], vec![0.1, 0.25, -0.05, 0.6]),
+            tensor("w2", &[4, 4, 1, 1], lcg(3, 16, 1.0)),
+            tensor("eps", &[], vec![0.05]),
+            axes,
+        ],
+        13,
+    );
+    let path = write_model("q8-norm", &m);
+    let g = kiln::load(&path, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap()
+        .graph;
+    let calib = path.parent().unwrap().join("calib-norm");
+    std::fs::create_dir_all(&calib).unwrap();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &Tensor::from_vec(vec![32, 3, 6, 6], lcg(7, 32 * 108, 2.0)),
+    )
+    .unwrap();
+    let x = Tensor::from_vec(vec![1, 3, 6, 6], lcg(99, 108, 2.0));
+    let f = kiln_ir::eval::run(&g, std::slice::from_ref(&x)).unwrap();
+    for numerics in [Numerics::Onnx, Numerics::Tflite] {
+        let opts = QuantOptions {
+            numerics: Some(numerics),
+            ..Default::default()
+        };
+        let q = quantize_int8(&g, &calib, &opts, |_, _| {}).unwrap();
+        assert!(q.notes.iter().all(|n| !n.contains("stays float")), "{:?}", q.notes);
+        let ops: Vec<&kiln_ir::Op> = q.graph.node_ids().map(|n| &q.graph.node(n).op).collect();
+        let float = ops.iter().filter(|op| {
+            !matches!(op, kiln_ir::Op::Quantize { .. } | kiln_ir::Op::Dequantize { .. })
+                && !op.name().starts_with('Q')
+                && !matches!(
+                    op,
+                    kiln_ir::Op::Lut { .. } | kiln_ir::Op::Reshape { .. } | kiln_ir::Op::Transpose { .. }
+                )
+        });
+        assert_eq!(float.count(), 0, "{:?}", ops);
+        let has = |f: &dyn Fn(&kiln_ir::Op) -> bool| ops.iter().any(|op| f(op));
+        assert!(has(
+            &|op| matches!(op, kiln_ir::Op::QPRelu(p) if p.numerics == numerics)
+        ));
+        assert!(
+            has(&|op| matches!(op, kiln_ir::Op::QMatMul { .. })),
+            "reductions are products"
+        );
+        let y = kiln_ir::eval::run(&q.graph, std::slice::from_ref(&x)).unwrap();
+        for (f, y) in f.iter().zip(&y) {
+            let (f, y) = (f.to_f64_vec(), y.to_f64_vec());
+            let s: f64 = f.iter().map(|a| a * a).sum();
+            let e: f64 = f.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+            let db = 10.0 * (s / e).log10();
+            eprintln!("{numerics:?}: int8 output SQNR {db:.1} dB");
+            assert!(db > 20.0, "{numerics:?}: int8 output SQNR {db:.1} dB");
+        }
+        let gi = expose_integers(&q.graph);
+        let dir = std::env::temp_dir().join(format!("kiln-q8-norm-{}-{}", numerics.name(), std::process::id()));
+        let failures = kiln_tests::bit_exact_on_every_backend(&gi, &[vec![x.clone()]], "q8_norm", &dir);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }

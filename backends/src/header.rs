@@ -108,6 +108,7 @@ fn numerics(g: &Graph) -> Option<kiln_ir::op::Numerics> {
             Op::QAdd(a) => a.numerics,
             Op::Pool(p) if p.numerics == Numerics::Tflite => p.numerics,
             Op::QMul(m) => m.numerics,
+            Op::QPRelu(p) => p.numerics,
             Op::QSoftmax { .. } | Op::Requant { .. } => Numerics::Onnx,
             _ => continue,
         };

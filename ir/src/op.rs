@@ -547,6 +547,10 @@ pub enum Op {
     /// `[a: i8, b: i8] -> [y: i8]` with broadcasting (TFLite's int8 Mul):
     /// `y = clamp(zp_out + M((a - zp_a)(b - zp_b)))`.
     QMul(QMul),
+    /// `[x: i8, alpha: i8] -> [y: i8]` with `alpha` broadcast to `x` (TFLite's int8 PRelu;
+    /// LeakyReLU is the case of one alpha of 1):
+    /// `y = clamp(zp_out + (x >= zp_x ? M_1(x - zp_x) : M_2((x - zp_x)(alpha - zp_alpha))))`.
+    QPRelu(QPRelu),
     /// `[x: i8] -> [y: i8<1/256, -128>]` softmax along `axis` (`kiln_runtime::softmax_i8`):
     /// `exp_table[d]` is `exp(-scale_in * d)` in Q16 for the distance `d` below the row max.
     QSoftmax {
@@ -649,6 +653,20 @@ pub struct QMul {
     pub numerics: Numerics,
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct QPRelu {
+    pub input_zp: i32,
+    pub alpha_zp: i32,
+    pub output_scale: f32,
+    pub output_zp: i32,
+    /// `s_x / s_y`, for inputs at or above the zero point.
+    pub identity: Requant,
+    /// `s_x s_alpha / s_y`, for the product with alpha below it.
+    pub alpha: Requant,
+    /// The rounding of both rescales.
+    pub numerics: Numerics,
+}
+
 /// TFLite's int8 Add: both inputs shifted left by `ADD_LEFT_SHIFT`, rescaled to a common
 /// scale, summed, and rescaled to the output.
 #[derive(Clone, Debug, PartialEq)]
@@ -746,6 +764,7 @@ impl Op {
             Op::IntMatMul => "IntMatMul",
             Op::QAdd(_) => "QAdd",
             Op::QMul(_) => "QMul",
+            Op::QPRelu(_) => "QPRelu",
             Op::QSoftmax { .. } => "QSoftmax",
             Op::QSoftmax16 { .. } => "QSoftmax16",
             Op::Lut { .. } => "Lut",

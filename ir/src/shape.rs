@@ -525,6 +525,21 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             };
             Ok(vec![qtype(Scalar::I8, scale, zp, s)])
         }
+        QPRelu(p) => {
+            arity(op, inputs, 2, 2)?;
+            if inputs.iter().any(|t| t.dtype.scalar != Scalar::I8) {
+                return err(op, "int8 input and alpha");
+            }
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape)
+                .filter(|s| *s == inputs[0].shape)
+                .ok_or_else(|| {
+                    IrError::shape(
+                        op.name(),
+                        format!("alpha {} does not broadcast to {}", inputs[1], inputs[0]),
+                    )
+                })?;
+            Ok(vec![qtype(Scalar::I8, p.output_scale, p.output_zp, s)])
+        }
         QSoftmax16 { axis, exp_hi, exp_lo } => {
             arity(op, inputs, 1, 1)?;
             if x().dtype.scalar != Scalar::I16 || *axis >= x().shape.len() || x().shape[*axis] > 1 << 16 {

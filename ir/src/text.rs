@@ -189,6 +189,15 @@ pub fn attrs(op: &Op) -> String {
             m.act_max,
             numerics(m.numerics)
         ),
+        Op::QPRelu(p) => format!(
+            "x_zp={} alpha_zp={} identity={} alpha={} zp={}{}",
+            p.input_zp,
+            p.alpha_zp,
+            rq(&p.identity),
+            rq(&p.alpha),
+            p.output_zp,
+            numerics(p.numerics)
+        ),
         Op::QSoftmax { axis, exp_table } => format!("axis={axis} exp[1]={}", exp_table[1]),
         Op::QSoftmax16 { axis, exp_lo, .. } => format!("axis={axis} exp_lo[1]={}", exp_lo[1]),
         Op::Lut { table, zero_point, .. } => {

@@ -132,6 +132,7 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
         Op::QConv { .. } | Op::DynConv { .. } => matches!(rank, 3 | 4),
         Op::DynMatMul { .. } => true,
         Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
+        Op::QPRelu(_) => true,
         Op::QBlockMatMul { .. } | Op::QSoftmax16 { .. } => true,
         Op::Lut16 { .. } | Op::Requant { .. } => true,
         Op::Pool(p) if int_in => {
@@ -504,6 +505,30 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
                     m.act_min - m.output_zp,
                     m.act_max - m.output_zp,
                     m.output_zp
+                )
+            });
+        }
+        Op::QPRelu(p) => {
+            let f = match p.numerics {
+                Numerics::Onnx => "kiln_mbqm",
+                Numerics::Tflite => "kiln_mbqm_tfl",
+            };
+            let (id, al) = (p.identity, p.alpha);
+            broadcast2(out, g, n, &|o| {
+                format!(
+                    "int32_t d = (int32_t)x0[{}] - {}, r;\nif (d >= 0) r = {f}(d, {}, {});\nelse r = {f}(d * ((int32_t)x1[{}] - {}), {}, {});\ny0[{}] = (int8_t)(kiln_clamp(r, {}, {}) + {});",
+                    o[1],
+                    p.input_zp,
+                    id.multiplier,
+                    id.shift,
+                    o[2],
+                    p.alpha_zp,
+                    al.multiplier,
+                    al.shift,
+                    o[0],
+                    -128 - p.output_zp,
+                    127 - p.output_zp,
+                    p.output_zp
                 )
             });
         }

@@ -874,6 +874,24 @@ fn call_opt(g: &Graph, n: NodeId, kk: usize, items: &mut String, cortex_m: bool)
                 }
             )
         }
+        Op::QPRelu(p) => {
+            let _ = writeln!(
+                items,
+                "    const Q{kk}: k::int::QPRelu = k::int::QPRelu {{\n        input_zp: {},\n        alpha_zp: {},\n        identity: {},\n        alpha: {},\n        output_zp: {},\n        tflite: {},\n    }};",
+                p.input_zp,
+                p.alpha_zp,
+                requant_lit(p.identity),
+                requant_lit(p.alpha),
+                p.output_zp,
+                p.numerics == kiln_ir::op::Numerics::Tflite
+            );
+            format!(
+                "k::zip_nd(x0, &{}, x1, &{}, &{}, y0, |p, q| Q{kk}.apply(p, q));",
+                list(&bcast(&x0s, &o0)),
+                list(&bcast(shape(g, ins[1]), &o0)),
+                list(&o0),
+            )
+        }
         Op::QSoftmax { axis, exp_table } => {
             let (_, len, inner) = split_axis(&x0s, *axis);
             if inner != 1 {

@@ -6,6 +6,7 @@ pub mod fold_constants;
 pub mod fuse_activations;
 pub mod fuse_batch_norm;
 pub mod fuse_matmul_add;
+pub mod lower_sub_div;
 pub mod remove_identities;
 pub mod unfuse_activations;
 

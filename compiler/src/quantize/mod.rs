@@ -86,6 +86,7 @@ pub fn set_numerics(g: &mut Graph, n: Numerics) {
             Op::QConv { q, .. } => q.numerics = n,
             Op::QAdd(a) => a.numerics = n,
             Op::QMul(m) => m.numerics = n,
+            Op::QPRelu(p) => p.numerics = n,
             Op::Pool(p) if int_in => p.numerics = n,
             _ => {}
         }
@@ -112,10 +113,16 @@ pub fn quantize_int8(
 ) -> Result<Quantized, QuantError> {
     quantize_static::check_keep_float(g, opts)?;
     // activations other than ReLU/Clip become ops of their own (int8 tables after the
-    // integer products), so the products need not stay float
+    // integer products), so the products need not stay float; Sub and Div become Add and
+    // Mul, which have integer forms
     let mut unfused = g.clone();
-    if crate::passes::unfuse_activations::run(&mut unfused).map_err(QuantError::Ir)? {
-        kiln_ir::verify::verify(&unfused).map_err(QuantError::Ir)?;
+    for pass in [
+        crate::passes::unfuse_activations::run,
+        crate::passes::lower_sub_div::run,
+    ] {
+        if pass(&mut unfused).map_err(QuantError::Ir)? {
+            kiln_ir::verify::verify(&unfused).map_err(QuantError::Ir)?;
+        }
     }
     let g = &unfused;
     let set = calibrate::CalibrationSet::load(g, dir)?;

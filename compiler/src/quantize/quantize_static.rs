@@ -14,7 +14,7 @@
 
 use super::calibrate::Ranges;
 use super::{QuantError, QuantOptions};
-use kiln_ir::op::{PoolKind, QAdd, QLinear, QMul, UnaryOp};
+use kiln_ir::op::{BinaryOp, PoolKind, QAdd, QLinear, QMul, QPRelu, ReduceKind, UnaryOp};
 use kiln_ir::{DType, Graph, NodeId, Op, QParams, Scalar, Tensor, TensorType, ValueDef, ValueId};
 use kiln_runtime as rt;
 use std::collections::HashMap;
@@ -614,6 +614,30 @@ impl Rewriter<'_> {
                 let op = lut(&node.op, px, po, Some((slot, &c)))?;
                 self.emit_int(n, op, vec![x], out, po);
             }
+            // a slope per channel (a single one became a table above): TFLite's int8 PRelu
+            Op::Binary(BinaryOp::PRelu) if self.src.value(out).ty.shape == self.src.value(node.inputs[0]).ty.shape => {
+                let (x, px) = self.int_of(node.inputs[0])?;
+                let (a, pa) = self.int_of(node.inputs[1])?;
+                let po = self.out_params(out)?;
+                let m = |x: f64, what: &str| {
+                    rt::quantize_multiplier(x).ok_or_else(|| QuantError::Scale(node.name.clone(), what.to_string()))
+                };
+                let op = Op::QPRelu(QPRelu {
+                    input_zp: px.zp,
+                    alpha_zp: pa.zp,
+                    output_scale: po.scale,
+                    output_zp: po.zp,
+                    identity: m(px.scale as f64 / po.scale as f64, "output")?,
+                    alpha: m(px.scale as f64 * pa.scale as f64 / po.scale as f64, "slope")?,
+                    numerics: Default::default(),
+                });
+                self.emit_int(n, op, vec![x, a], out, po);
+            }
+            Op::Reduce {
+                kind: kind @ (ReduceKind::Sum | ReduceKind::Mean),
+                axes,
+                ..
+            } if !axes.is_empty() => self.reduce(n, *kind == ReduceKind::Mean, axes)?,
             Op::Binary(kiln_ir::op::BinaryOp::Mul) => {
                 // int16 when both sides come from 16x8 layers (zero points 0), else int8
                 let wide = node
@@ -858,6 +882,51 @@ impl Rewriter<'_> {
             }
             _ => return self.keep_float(n, "no integer kernel for this op yet"),
         }
+        Ok(())
+    }
+
+    /// ReduceSum/ReduceMean as an int8 product with a column of ones: the reduced axes moved
+    /// last (a transpose when they are not), the input viewed as `[rows, reduced]`, one
+    /// exact sum per row and one rescale (by `1 / count` for a mean), reshaped to the output.
+    fn reduce(&mut self, n: NodeId, mean: bool, axes: &[usize]) -> Result<(), QuantError> {
+        let node = self.src.node(n).clone();
+        let out = node.outputs[0];
+        let (mut x, px) = self.int_of(node.inputs[0])?;
+        let po = self.out_params(out)?;
+        let xs = self.src.value(node.inputs[0]).ty.shape.clone();
+        let mut perm: Vec<usize> = (0..xs.len()).filter(|a| !axes.contains(a)).collect();
+        let kept = perm.len();
+        perm.extend((0..xs.len()).filter(|a| axes.contains(a)));
+        let step = |me: &mut Self, x: ValueId, op: Op, shape: Vec<usize>, what: &str| {
+            let ty = TensorType::new(px.dtype(), shape);
+            let name = me.dst.fresh_name(&format!("{}:{what}", me.name(out)));
+            (me.dst)
+                .add_node_typed(&format!("{}:{what}", node.name), op, vec![x], vec![(name, ty)])
+                .1[0]
+        };
+        if perm.iter().enumerate().any(|(i, &a)| i != a) {
+            let shape = perm.iter().map(|&a| xs[a]).collect();
+            x = step(self, x, Op::Transpose { perm: perm.clone() }, shape, "moved");
+        }
+        let rows: usize = perm[..kept].iter().map(|&a| xs[a]).product();
+        let k: usize = perm[kept..].iter().map(|&a| xs[a]).product();
+        x = step(self, x, Op::Reshape { shape: vec![rows, k] }, vec![rows, k], "rows");
+        let ws = [if mean { 1.0 / k as f32 } else { 1.0 }];
+        let name = self.dst.fresh_name(&format!("{}:ones", node.name));
+        let w = self.add_weights(&name, vec![k, 1], vec![1; k], &ws, 1);
+        let q = self.qlinear(&node.name, px, po, &ws, (None, None), 8)?;
+        let ty = TensorType::new(po.dtype(), vec![rows, 1]);
+        let name = self.dst.fresh_name(&format!("{}:sums", self.name(out)));
+        let sums = (self.dst)
+            .add_node_typed(
+                &format!("{}:sum", node.name),
+                Op::QMatMul { q },
+                vec![x, w],
+                vec![(name, ty)],
+            )
+            .1[0];
+        let shape = self.src.value(out).ty.shape.clone();
+        self.emit_int(n, Op::Reshape { shape }, vec![sums], out, po);
         Ok(())
     }
 
@@ -1277,6 +1346,10 @@ fn integer_op(op: &Op) -> bool {
             | Op::Pool(_)
             | Op::GlobalPool(_)
             | Op::Softmax { .. }
+            | Op::Reduce {
+                kind: ReduceKind::Sum | ReduceKind::Mean,
+                ..
+            }
     )
 }
 

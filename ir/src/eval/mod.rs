@@ -266,6 +266,7 @@ fn dispatch(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tensor>> {
         Op::IntMatMul => one(quant::int_matmul_op(x, &out[0].shape)),
         Op::QAdd(a) => one(quant::qadd(a, x[0], x[1], &out[0].shape)?),
         Op::QMul(m) => one(quant::qmul(m, x[0], x[1], &out[0].shape)),
+        Op::QPRelu(p) => one(quant::qprelu(p, x[0], x[1], &out[0].shape)),
         Op::QSoftmax16 { axis, exp_hi, exp_lo } => one(quant::softmax16(*axis, (exp_hi, exp_lo), x[0])),
         Op::Lut { table, .. } => one(quant::lut(table, x[0])),
         Op::Lut16 { table, .. } => one(quant::lut16(table, x[0])),

@@ -6,7 +6,7 @@ use super::window::{PAD, window_table};
 use super::{broadcast_offsets, sl};
 use crate::dtype::Scalar;
 use crate::error::{IrError, Result};
-use crate::op::{Numerics, Pool, PoolKind, QAdd, QLinear, QMul, Window};
+use crate::op::{Numerics, Pool, PoolKind, QAdd, QLinear, QMul, QPRelu, Window};
 use crate::tensor::{Data, Tensor};
 use kiln_runtime as rt;
 
@@ -353,6 +353,26 @@ pub(crate) fn qmul(p: &QMul, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
         })
         .collect();
     Tensor::new(out.to_vec(), narrow(a.data.scalar(), y))
+}
+
+/// TFLite's integer PRelu: identity at or above the input's zero point, the product with
+/// alpha below it, each with its own rescale.
+pub(crate) fn qprelu(p: &QPRelu, x: &Tensor, alpha: &Tensor, out: &[usize]) -> Tensor {
+    let (xv, av) = (ints(x), ints(alpha));
+    let two = p.numerics == Numerics::Tflite;
+    let (ox, oa) = (broadcast_offsets(&x.shape, out), broadcast_offsets(&alpha.shape, out));
+    let y: Vec<i32> = (ox.iter().zip(&oa))
+        .map(|(&i, &j)| {
+            let d = xv[i] - p.input_zp;
+            let r = if d >= 0 {
+                rescale(two, d, p.identity)
+            } else {
+                rescale(two, d * (av[j] - p.alpha_zp), p.alpha)
+            };
+            r.saturating_add(p.output_zp).clamp(-128, 127)
+        })
+        .collect();
+    Tensor::new(out.to_vec(), narrow(Scalar::I8, y))
 }
 
 pub(crate) fn softmax(axis: usize, exp_table: &[i32], x: &Tensor) -> Tensor {

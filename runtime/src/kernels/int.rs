@@ -534,6 +534,32 @@ impl QMul {
     }
 }
 
+/// Parameters of an integer PRelu (TFLite's): the identity rescale at or above the input's
+/// zero point, the rescaled product with alpha below it.
+#[derive(Clone, Copy, Debug)]
+pub struct QPRelu {
+    pub input_zp: i32,
+    pub alpha_zp: i32,
+    pub identity: Requant,
+    pub alpha: Requant,
+    pub output_zp: i32,
+    /// TFLite's two-step rescale.
+    pub tflite: bool,
+}
+
+impl QPRelu {
+    #[inline]
+    pub fn apply(&self, x: i8, alpha: i8) -> i8 {
+        let d = x as i32 - self.input_zp;
+        let r = if d >= 0 {
+            rescale(self.tflite, d, self.identity)
+        } else {
+            rescale(self.tflite, d * (alpha as i32 - self.alpha_zp), self.alpha)
+        };
+        r.saturating_add(self.output_zp).clamp(-128, 127) as i8
+    }
+}
+
 /// Int16 softmax ([`crate::softmax_i16`]) of each contiguous row of `len` (the last axis).
 #[inline]
 pub fn qsoftmax16(x: &[i16], y: &mut [i16], len: usize, hi: &[i32], lo: &[i32]) {

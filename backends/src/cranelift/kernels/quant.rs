@@ -10,7 +10,7 @@ use crate::cranelift::fx::Fx;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, I8, I16, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
-use kiln_ir::op::{Numerics, PoolKind, QAdd, QLinear, QMul, Requant, Window};
+use kiln_ir::op::{Numerics, PoolKind, QAdd, QLinear, QMul, QPRelu, Requant, Window};
 use kiln_ir::{Graph, NodeId, Op};
 
 fn flags() -> MemFlagsData {
@@ -651,6 +651,23 @@ pub(crate) fn qmul(fx: &mut Fx, g: &Graph, n: NodeId, q: &QMul, a: &Args) {
         } else {
             store_i8(fx, r, po);
         }
+    });
+}
+
+/// Both rescales are computed and the sign of the centred input selects one (no branch).
+pub(crate) fn qprelu(fx: &mut Fx, g: &Graph, n: NodeId, q: &QPRelu, a: &Args) {
+    broadcast2_sized(fx, g, n, a, 1, &mut |fx, px, pa, po| {
+        let x = load_i8(fx, px);
+        let alpha = load_i8(fx, pa);
+        let d = fx.b.ins().iadd_imm_s(x, -(q.input_zp as i64));
+        let alpha = fx.b.ins().iadd_imm_s(alpha, -(q.alpha_zp as i64));
+        let prod = fx.b.ins().imul(d, alpha);
+        let neg = rescale_const(fx, q.numerics, prod, q.alpha);
+        let pos = rescale_const(fx, q.numerics, d, q.identity);
+        let ge = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, d, 0);
+        let r = fx.b.ins().select(ge, pos, neg);
+        let r = add_zp_clamp(fx, r, q.output_zp, -128, 127);
+        store_i8(fx, r, po);
     });
 }
 
