@@ -871,10 +871,10 @@ fn convolutions_with_other_activations_build_fully_integer() {
 }
 
 /// What real models put between their products builds fully integer: a per-channel PRelu
-/// after a convolution (TFLite's int8 PRelu), HardSwish (a table), a normalisation over the
-/// channels (ReduceMean as a product with ones, `x - mean` as an Add of a negation,
-/// `d / sqrt(var + eps)` as a Mul by a reciprocal table) and a ReduceSum; bit-exact on every
-/// backend in both numerics.
+/// after a convolution (TFLite's int8 PRelu), HardSwish (a table), InstanceNormalization, a
+/// normalisation over the channels written out (ReduceMean as a product with ones,
+/// `x - mean` as an Add of a negation, `d / sqrt(var + eps)` as a Mul by a reciprocal table),
+/// a ReduceSum and LayerNormalization; bit-exact on every backend in both numerics.
 #[test]
 fn normalisations_and_per_channel_slopes_build_fully_integer() {
     use kiln_tests::{attr_i, attr_ints, fixed, model, node, tensor, write_model};
@@ -884,7 +884,8 @@ fn normalisations_and_per_channel_slopes_build_fully_integer() {
             node("Conv", "c1", &["x", "w1", "b1"], &["a"], vec![]),
             node("PRelu", "prelu", &["a", "slope"], &["pa"], vec![]),
             node("Conv", "c2", &["pa", "w2"], &["b"], vec![]),
-            node("HardSwish", "hswish", &["b"], &["h"], vec![]),
+            node("HardSwish", "hswish", &["b"], &["hb"], vec![]),
+            node("InstanceNormalization", "inorm", &["hb", "is", "ib"], &["h"], vec![]),
             node("ReduceMean", "mean", &["h"], &["m"], vec![attr_ints("axes", &[1])]),
             node("Sub", "centre", &["h", "m"], &["d"], vec![]),
             node("Mul", "square", &["d", "d"], &["d2"], vec![]),
@@ -899,18 +900,29 @@ fn normalisations_and_per_channel_slopes_build_fully_integer() {
                 &["t"],
                 vec![attr_i("keepdims", 0)],
             ),
+            node(
+                "LayerNormalization",
+                "lnorm",
+                &["y", "ls", "lb"],
+                &["z"],
+                vec![attr_i("axis", -1)],
+            ),
         ],
         vec![fixed("x", &[1, 3, 6, 6])],
-        vec![fixed("y", &[1, 4, 6, 6]), fixed("t", &[1, 4])],
+        vec![fixed("z", &[1, 4, 6, 6]), fixed("t", &[1, 4])],
         vec![
             tensor("w1", &[4, 3, 1, 1], lcg(1, 12, 1.0)),
             tensor("b1", &[4], lcg(2, 4, 0.2)),
             tensor("slope", &[4, 1, 1], vec![0.1, 0.25, -0.05, 0.6]),
             tensor("w2", &[4, 4, 1, 1], lcg(3, 16, 1.0)),
             tensor("eps", &[], vec![0.05]),
+            tensor("is", &[4], vec![1.0, 0.5, 2.0, 1.5]),
+            tensor("ib", &[4], vec![0.1, -0.2, 0.0, 0.3]),
+            tensor("ls", &[6], lcg(5, 6, 1.0)),
+            tensor("lb", &[6], lcg(6, 6, 0.3)),
             axes,
         ],
-        13,
+        17,
     );
     let path = write_model("q8-norm", &m);
     let g = kiln::load(&path, &ImportOptions::default(), &PipelineOptions::default(), |_, _| {})

@@ -2,6 +2,7 @@
 //! each so a broken pass is caught at the pass that broke it, not in a backend.
 
 pub mod eliminate_dead_nodes;
+pub mod expand_normalizations;
 pub mod fold_constants;
 pub mod fuse_activations;
 pub mod fuse_batch_norm;

@@ -114,18 +114,16 @@ pub fn quantize_int8(
     quantize_static::check_keep_float(g, opts)?;
     // activations other than ReLU/Clip become ops of their own (int8 tables after the
     // integer products), so the products need not stay float; Sub and Div become Add and
-    // Mul, which have integer forms
+    // Mul, which have integer forms, after normalisations are written out as such ops
     let mut unfused = g.clone();
-    for pass in [
-        crate::passes::unfuse_activations::run,
-        crate::passes::lower_sub_div::run,
-    ] {
+    use crate::passes::{expand_normalizations, lower_sub_div, unfuse_activations};
+    for pass in [unfuse_activations::run, expand_normalizations::run, lower_sub_div::run] {
         if pass(&mut unfused).map_err(QuantError::Ir)? {
             kiln_ir::verify::verify(&unfused).map_err(QuantError::Ir)?;
         }
     }
+    let set = calibrate::CalibrationSet::load(&unfused, dir)?;
     let g = &unfused;
-    let set = calibrate::CalibrationSet::load(g, dir)?;
     let key = cache::key(g, &set, opts.method);
     let cached = match &opts.cache {
         Some(p) => cache::load(p, g, &key)?,

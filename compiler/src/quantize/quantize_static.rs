@@ -99,7 +99,22 @@ struct Rewriter<'a> {
     int: HashMap<ValueId, (ValueId, Q)>,
     /// Versions in the other width, requantized through float where widths meet.
     other: HashMap<(ValueId, u8), (ValueId, Q)>,
+    /// Values that are one-input functions of an int8, not yet made into a table because
+    /// their only reader is another such function (`table`).
+    pending: HashMap<ValueId, Pending>,
     notes: Vec<String>,
+}
+
+/// One function of a table: the op and, for a binary op, its constant operand and slot.
+type Step = (Op, Option<(usize, Tensor)>);
+
+/// A chain of one-input functions waiting to become one table: the node that ends it, the
+/// int8 value it starts from and that value's parameters.
+struct Pending {
+    node: NodeId,
+    from: ValueId,
+    px: Q,
+    steps: Vec<Step>,
 }
 
 /// The rewritten graph and a note per node left in float.
@@ -144,6 +159,7 @@ pub fn run_pinned(
         float: HashMap::new(),
         int: HashMap::new(),
         other: HashMap::new(),
+        pending: HashMap::new(),
         notes: Vec::new(),
     };
     for &v in src.inputs() {
@@ -204,6 +220,7 @@ impl Rewriter<'_> {
 
     /// The float version of `v`, dequantizing its integer version if that is all there is.
     fn float_of(&mut self, v: ValueId) -> Result<ValueId, QuantError> {
+        self.flush(v)?;
         if let Some(&f) = self.float.get(&v) {
             return Ok(f);
         }
@@ -253,6 +270,7 @@ impl Rewriter<'_> {
     /// The `bits`-wide integer version of `v`: as computed, else a quantized constant, a
     /// `Requant` of the other width's version, or a Quantize of its float version.
     fn int_bits(&mut self, v: ValueId, bits: u8) -> Result<(ValueId, Q), QuantError> {
+        self.flush(v)?;
         if let Some(&q) = self.int.get(&v) {
             if q.1.bits == bits {
                 return Ok(q);
@@ -608,11 +626,7 @@ impl Rewriter<'_> {
             }
             Op::Binary(_) if self.scalar_const_operand(&node).is_some() => {
                 let (slot, c) = self.scalar_const_operand(&node).expect("checked");
-                let x_slot = 1 - slot;
-                let (x, px) = self.int_of(node.inputs[x_slot])?;
-                let po = self.out_params(out)?;
-                let op = lut(&node.op, px, po, Some((slot, &c)))?;
-                self.emit_int(n, op, vec![x], out, po);
+                self.table(n, node.inputs[1 - slot], (node.op.clone(), Some((slot, c))), None)?;
             }
             // a slope per channel (a single one became a table above): TFLite's int8 PRelu
             Op::Binary(BinaryOp::PRelu) if self.src.value(out).ty.shape == self.src.value(node.inputs[0]).ty.shape => {
@@ -707,15 +721,13 @@ impl Rewriter<'_> {
                 self.emit_int(n, op, vec![x], out, po);
             }
             Op::Unary(u) => {
-                let (x, px) = self.int_of(node.inputs[0])?;
                 let po = match (u, self.pins.get(&out)) {
-                    (_, Some(&p)) if p.bits == 8 => p,
-                    (UnaryOp::Sigmoid, _) => Q::int8(1.0 / 256.0, -128),
-                    (UnaryOp::Tanh, _) => Q::int8(1.0 / 128.0, 0),
-                    _ => self.out_params(out)?,
+                    (_, Some(&p)) if p.bits == 8 => Some(p),
+                    (UnaryOp::Sigmoid, _) => Some(Q::int8(1.0 / 256.0, -128)),
+                    (UnaryOp::Tanh, _) => Some(Q::int8(1.0 / 128.0, 0)),
+                    _ => None,
                 };
-                let op = lut(&node.op, px, po, None)?;
-                self.emit_int(n, op, vec![x], out, po);
+                self.table(n, node.inputs[0], (node.op.clone(), None), po)?;
             }
             // after a 16x8 layer: int16 softmax, probabilities in steps of 1/32768
             Op::Softmax { axis }
@@ -882,6 +894,62 @@ impl Rewriter<'_> {
             }
             _ => return self.keep_float(n, "no integer kernel for this op yet"),
         }
+        Ok(())
+    }
+
+    /// Node `n`, a one-input function of `input`, as an int8 table to `po` (else its
+    /// calibrated parameters). Consecutive such functions compose: while the output's only
+    /// reader is another one, the chain waits (`pending`) and becomes one table evaluated in
+    /// float end to end, so `rsqrt(v + eps)` is one rounding, not three.
+    fn table(&mut self, n: NodeId, input: ValueId, step: Step, po: Option<Q>) -> Result<(), QuantError> {
+        let out = self.src.node(n).outputs[0];
+        let (from, px, mut steps) = match self.pending.remove(&input) {
+            Some(p) => (p.from, p.px, p.steps),
+            None => {
+                let (x, px) = self.int_of(input)?;
+                (x, px, Vec::new())
+            }
+        };
+        steps.push(step);
+        if po.is_none() && self.composes(out) {
+            let node = n;
+            self.pending.insert(out, Pending { node, from, px, steps });
+            return Ok(());
+        }
+        let po = match po {
+            Some(p) => p,
+            None => self.out_params(out)?,
+        };
+        let op = lut(&steps, px, po)?;
+        self.emit_int(n, op, vec![from], out, po);
+        Ok(())
+    }
+
+    /// Whether `v`'s only use is as the input of another one-input function of an int8, in
+    /// a calibrated graph (a model's own parameters are kept where it puts them).
+    fn composes(&self, v: ValueId) -> bool {
+        let readers = self.src.consumers(v);
+        let [m] = readers[..] else { return false };
+        let node = self.src.node(m);
+        self.pins.is_empty()
+            && !self.src.is_output(v)
+            && node.inputs.iter().filter(|&&i| i == v).count() == 1
+            && match node.op {
+                Op::Unary(_) => true,
+                Op::Binary(_) => self.scalar_const_operand(node).is_some(),
+                _ => false,
+            }
+    }
+
+    /// Makes the table of a waiting chain ending at `v`, when something other than the next
+    /// function needs `v` after all (a `--keep-float` reader, a fallback).
+    fn flush(&mut self, v: ValueId) -> Result<(), QuantError> {
+        let Some(p) = self.pending.remove(&v) else {
+            return Ok(());
+        };
+        let po = self.out_params(v)?;
+        let op = lut(&p.steps, p.px, po)?;
+        self.emit_int(p.node, op, vec![p.from], v, po);
         Ok(())
     }
 
@@ -1294,21 +1362,24 @@ fn table_op(table: Arc<[i8]>, po: Q) -> Op {
     }
 }
 
-/// The 256-entry table op of a one-input function of an int8: every input value dequantized,
-/// put through the evaluator's float kernel of `op` (with `constant` as its other operand,
-/// in its slot, for a binary op), and quantized to the output's parameters.
-fn lut(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op, QuantError> {
+/// The 256-entry table op of a chain of one-input functions of an int8: every input value
+/// dequantized, put through the evaluator's float kernel of each step's op in turn (with a
+/// binary op's constant operand in its slot), and quantized to the output's parameters.
+fn lut(steps: &[Step], px: Q, po: Q) -> Result<Op, QuantError> {
     let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
-    let t = Tensor::from_vec(vec![256], xs);
+    let mut t = Tensor::from_vec(vec![256], xs);
     let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);
-    let args: Vec<&Tensor> = match constant {
-        None => vec![&t],
-        Some((1, c)) => vec![&t, c],
-        Some((_, c)) => vec![c, &t],
-    };
-    let y = kiln_ir::eval::eval_node(op, &args, &[ty]).map_err(QuantError::Eval)?;
+    for (op, constant) in steps {
+        let args: Vec<&Tensor> = match constant {
+            None => vec![&t],
+            Some((1, c)) => vec![&t, c],
+            Some((_, c)) => vec![c, &t],
+        };
+        let y = kiln_ir::eval::eval_node(op, &args, std::slice::from_ref(&ty)).map_err(QuantError::Eval)?;
+        t = y.into_iter().next().expect("one output");
+    }
     Ok(table_op(
-        y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect(),
+        t.to_f32_vec().iter().map(|&f| po.quantize(f) as i8).collect(),
         po,
     ))
 }
