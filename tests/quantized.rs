@@ -47,6 +47,8 @@ fn cases_with(method: Option<kiln::quantize::calibrate::Method>) -> Vec<Case> {
                 &dir.join("calib"),
                 &QuantOptions {
                     method,
+                    equalize: refinement_from_env("KILN_EQUALIZE"),
+                    bias_correction: refinement_from_env("KILN_BIAS_CORRECTION"),
                     ..Default::default()
                 },
                 |_, _| {},
@@ -79,6 +81,17 @@ fn argmax(v: &[f64]) -> usize {
             |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
         )
         .0
+}
+
+/// `KILN_EQUALIZE` / `KILN_BIAS_CORRECTION` = `on|auto` turn a refinement on (default: off),
+/// for measuring each one's effect with `int8_models_track_the_float_models`.
+fn refinement_from_env(var: &str) -> kiln::quantize::refine::Refine {
+    use kiln::quantize::refine::Refine;
+    match std::env::var(var).as_deref() {
+        Ok("on") => Refine::On,
+        Ok("auto") => Refine::Auto,
+        _ => Refine::Off,
+    }
 }
 
 /// `KILN_CALIB=minmax|percentile|entropy|mse` picks the calibration method (default: Kiln's).
@@ -975,5 +988,112 @@ fn normalisations_and_per_channel_slopes_build_fully_integer() {
         let dir = std::env::temp_dir().join(format!("kiln-q8-norm-{}-{}", numerics.name(), std::process::id()));
         let failures = kiln_tests::bit_exact_on_every_backend(&gi, &[vec![x.clone()]], "q8_norm", &dir);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
+/// The KWS model and its first `n` calibration samples.
+fn kws_with_samples(n: usize) -> (Graph, std::path::PathBuf, Vec<Vec<Tensor>>) {
+    let dir = repo().join("tests/models/mlperf_tiny_kws_dscnn");
+    let g = kiln::load(
+        &dir.join("model.onnx"),
+        &kiln_tests::case_import_options(&dir),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap()
+    .graph;
+    let calib = dir.join("calib");
+    let set = kiln::quantize::calibrate::CalibrationSet::load(&g, &calib).unwrap();
+    let samples = (0..n.min(set.samples)).map(|i| set.sample(&g, i)).collect();
+    (g, calib, samples)
+}
+
+/// Equalization leaves the float function as it is and brings every channel of an
+/// activation that feeds a depthwise convolution to the tensor's largest value (a channel
+/// more than 16x below it by 16x).
+#[test]
+fn equalization_keeps_the_function_and_levels_the_channels() {
+    use kiln::quantize::equalize;
+    let (g, _, samples) = kws_with_samples(8);
+    let pairs = equalize::pairs(&g);
+    assert_eq!(pairs.len(), 4, "KWS has four pointwise -> depthwise pairs");
+    let before = equalize::peaks(&g, &samples, &pairs).unwrap();
+    let (e, changed) = equalize::equalized(&g, &samples).unwrap();
+    assert_eq!(changed, 4);
+    let after = equalize::peaks(&e, &samples, &pairs).unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        let top = b.iter().copied().fold(0f32, f32::max);
+        for (&pb, &pa) in b.iter().zip(a) {
+            let want = if pb > 0.0 { (pb * 16.0).min(top) } else { 0.0 };
+            assert!((pa - want).abs() <= 1e-3 * top, "peak {pa} where {want} was expected");
+        }
+        assert!(
+            b.iter().any(|&p| p < 0.5 * top),
+            "a pair whose channels were level already"
+        );
+    }
+    for x in &samples {
+        let (f, y) = (kiln_ir::eval::run(&g, x).unwrap(), kiln_ir::eval::run(&e, x).unwrap());
+        for (f, y) in f[0].to_f32_vec().iter().zip(y[0].to_f32_vec()) {
+            assert!((f - y).abs() <= 1e-5, "float output moved: {f} -> {y}");
+        }
+    }
+}
+
+/// Bias correction moves products' biases so the integer model tracks float more closely on
+/// the data it was fitted to; `auto` says what it decided and why.
+#[test]
+fn bias_correction_lowers_the_error_on_its_data_and_auto_explains_itself() {
+    use kiln::quantize::refine::Refine;
+    let (g, calib, _) = kws_with_samples(0);
+    let set = kiln::quantize::calibrate::CalibrationSet::load(&g, &calib).unwrap();
+    let samples: Vec<Vec<Tensor>> = (0..set.samples).map(|i| set.sample(&g, i)).collect();
+    let build = |bc: Refine, eq: Refine| {
+        let opts = QuantOptions {
+            method: Some(kiln::quantize::calibrate::Method::MinMax),
+            bias_correction: bc,
+            equalize: eq,
+            ..Default::default()
+        };
+        quantize_int8(&g, &calib, &opts, |_, _| {}).unwrap()
+    };
+    let error = |q: &Graph| {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for x in &samples {
+            let (f, y) = (kiln_ir::eval::run(&g, x).unwrap(), kiln_ir::eval::run(q, x).unwrap());
+            for (a, b) in f[0].to_f64_vec().iter().zip(y[0].to_f64_vec()) {
+                sum += (a - b).abs();
+                n += 1;
+            }
+        }
+        sum / n as f64
+    };
+    let (plain, corrected) = (build(Refine::Off, Refine::Off), build(Refine::On, Refine::Off));
+    let biases = |q: &Graph| -> Vec<Vec<f64>> {
+        q.node_ids()
+            .filter(|&n| matches!(q.node(n).op, Op::QConv { .. } | Op::QMatMul { .. }))
+            .map(|n| {
+                q.node(n)
+                    .inputs
+                    .get(2)
+                    .and_then(|&b| q.const_value(b))
+                    .map_or(vec![], |t| t.to_f64_vec())
+            })
+            .collect()
+    };
+    let moved = (biases(&plain.graph).iter().zip(biases(&corrected.graph)))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    assert!(moved >= 5, "only {moved} products moved");
+    let (e0, e1) = (error(&plain.graph), error(&corrected.graph));
+    println!("KWS int8 mean abs error on its calibration data: {e0:.5} plain, {e1:.5} bias-corrected");
+    assert!(e1 < 0.9 * e0, "bias correction: {e0} -> {e1}");
+    let auto = build(Refine::Auto, Refine::Auto);
+    for what in ["equalization before depthwise convolutions: o", "bias correction: o"] {
+        assert!(
+            auto.notes.iter().any(|n| n.starts_with(what) && n.contains("held-out")),
+            "no verdict `{what}`: {:?}",
+            auto.notes
+        );
     }
 }

@@ -88,6 +88,34 @@ struct QuantArgs {
     /// carries its own quantization (TFLite's for a tf2onnx conversion), else onnx.
     #[arg(long, value_enum)]
     numerics: Option<NumericsArg>,
+    /// Scale the channels of each activation that feeds a depthwise convolution to a common
+    /// range (int8); `auto`: only when it lowers the error on held-out calibration samples.
+    #[arg(long, value_enum, default_value = "off")]
+    equalize: Switch,
+    /// Move each product's bias so its channel means match float on the calibration data
+    /// (int8); `auto`: only when it lowers the error on held-out calibration samples.
+    #[arg(long = "bias-correction", value_enum, default_value = "off")]
+    bias_correction: Switch,
+}
+
+/// A refinement off, on, or left to held-out calibration data.
+#[derive(Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    #[default]
+    Off,
+    On,
+    Auto,
+}
+
+impl Switch {
+    fn get(self) -> kiln::quantize::refine::Refine {
+        use kiln::quantize::refine::Refine;
+        match self {
+            Switch::Off => Refine::Off,
+            Switch::On => Refine::On,
+            Switch::Auto => Refine::Auto,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -414,6 +442,8 @@ fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
             NumericsArg::Onnx => kiln_ir::op::Numerics::Onnx,
             NumericsArg::Tflite => kiln_ir::op::Numerics::Tflite,
         }),
+        equalize: quant.equalize.get(),
+        bias_correction: quant.bias_correction.get(),
     })
 }
 

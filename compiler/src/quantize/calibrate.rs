@@ -147,6 +147,25 @@ impl CalibrationSet {
     }
 
     /// Sample `i` of every input, shaped like the graph inputs.
+    /// The samples at `picks`, as a set of their own.
+    pub fn subset(&self, g: &Graph, picks: &[usize]) -> CalibrationSet {
+        let inputs = (self.inputs.iter().zip(g.inputs()))
+            .map(|(t, &v)| {
+                let mut shape = g.value(v).ty.shape.clone();
+                let per: usize = shape.iter().product();
+                let idx: Vec<usize> = picks.iter().flat_map(|&i| i * per..(i + 1) * per).collect();
+                if let Some(d) = shape.first_mut() {
+                    *d *= picks.len();
+                }
+                Tensor::new(shape, t.data.gather(&idx))
+            })
+            .collect();
+        CalibrationSet {
+            inputs,
+            samples: picks.len(),
+        }
+    }
+
     pub fn sample(&self, g: &Graph, i: usize) -> Vec<Tensor> {
         self.inputs
             .iter()

@@ -3,13 +3,16 @@
 //! in `kiln_runtime` and evaluated by `kiln_ir::eval`, so a quantized graph is an ordinary
 //! graph every backend compiles.
 
+pub mod bias_correction;
 pub mod budget;
 mod cache;
 pub mod calibrate;
 pub mod dynamic;
+pub mod equalize;
 pub mod fp16;
 pub mod qdq;
 pub mod quantize_static;
+pub mod refine;
 pub mod report;
 
 use kiln_ir::op::Numerics;
@@ -74,6 +77,12 @@ pub struct QuantOptions {
     /// ONNX Runtime's; callers pick TFLite's for models of that origin
     /// ([`qdq::origin_numerics`]).
     pub numerics: Option<Numerics>,
+    /// Scale the channels of each activation that feeds a depthwise convolution alone to a
+    /// common range (`equalize`; `refine` for the choice).
+    pub equalize: refine::Refine,
+    /// Move each product's bias so that its channel means match float on the calibration
+    /// data (`bias_correction`).
+    pub bias_correction: refine::Refine,
 }
 
 /// Sets the rounding of every integer convolution, Add and average pool of `g` to `n`.
@@ -142,7 +151,18 @@ pub fn quantize_int8(
             (r, m)
         }
     };
-    let (q, choice) = match opts.accuracy_budget {
+    let refined = refine::decide(g, &set, method, opts)?;
+    let equalized;
+    let (g, ranges) = if refined.equalize {
+        let picks: Vec<usize> = (0..set.samples).collect();
+        let samples: Vec<Vec<kiln_ir::Tensor>> = picks.iter().map(|&i| set.sample(g, i)).collect();
+        equalized = equalize::equalized(g, &samples).map_err(QuantError::Ir)?.0;
+        let r = calibrate::calibrate(&equalized, &set, method, |_, _| {})?;
+        (&equalized, r)
+    } else {
+        (g, ranges)
+    };
+    let (mut q, choice) = match opts.accuracy_budget {
         Some(db) => {
             let b = budget::search(g, &set, &ranges, opts, db)?;
             let summary = format!("budget: output SQNR {:.1} dB against float (budget {db} dB)", b.sqnr);
@@ -150,7 +170,13 @@ pub fn quantize_int8(
         }
         None => (quantize_static::run(g, &ranges, opts)?, None),
     };
+    if refined.bias_correction {
+        let n = set.samples.min(AUTO_SAMPLES);
+        let samples: Vec<Vec<kiln_ir::Tensor>> = (0..n).map(|i| set.sample(g, i * set.samples / n)).collect();
+        bias_correction::correct(g, &mut q.graph, &samples)?;
+    }
     let mut notes = q.notes;
+    notes.extend(refined.notes);
     if let Some((c, summary)) = choice {
         notes.extend(c.iter().map(|c| format!("budget: {c}")));
         notes.push(summary);
@@ -164,6 +190,39 @@ pub fn quantize_int8(
         samples: ranges.samples,
         method: Some(method),
     })
+}
+
+/// The mean absolute difference of `q`'s float outputs on `samples` from `want`.
+fn mean_abs_error(
+    q: &Graph,
+    samples: &[Vec<kiln_ir::Tensor>],
+    want: &[Vec<kiln_ir::Tensor>],
+) -> Result<f64, QuantError> {
+    let (sum, count, _) = abs_errors(q, samples, want)?;
+    Ok(sum / count.max(1) as f64)
+}
+
+/// The sum, count and largest of the absolute differences of `q`'s float outputs on
+/// `samples` from `want`.
+fn abs_errors(
+    q: &Graph,
+    samples: &[Vec<kiln_ir::Tensor>],
+    want: &[Vec<kiln_ir::Tensor>],
+) -> Result<(f64, usize, f64), QuantError> {
+    let (mut sum, mut count, mut max) = (0f64, 0usize, 0f64);
+    for (x, w) in samples.iter().zip(want) {
+        let got = kiln_ir::eval::run(q, x).map_err(QuantError::Eval)?;
+        for (a, b) in got.iter().zip(w) {
+            if b.data.scalar().is_float() {
+                for (p, q) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+                    sum += (p - q).abs();
+                    max = max.max((p - q).abs());
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok((sum, count, max))
 }
 
 /// Methods `auto` tries, in order of preference on a tie.
@@ -200,19 +259,7 @@ fn auto(
     for m in CANDIDATES {
         let ranges = seen.ranges(g, m);
         let q = quantize_static::run(g, &ranges, opts)?;
-        let (mut err, mut count) = (0f64, 0usize);
-        for (x, w) in samples.iter().zip(&want) {
-            let got = kiln_ir::eval::run(&q.graph, x).map_err(QuantError::Eval)?;
-            for (a, b) in got.iter().zip(w) {
-                if b.data.scalar().is_float() {
-                    for (p, q) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
-                        err += (p - q).abs();
-                        count += 1;
-                    }
-                }
-            }
-        }
-        let score = err / count.max(1) as f64;
+        let score = mean_abs_error(&q.graph, &samples, &want)?;
         if best.as_ref().is_none_or(|b| score < b.0) {
             best = Some((score, ranges, m));
         }
