@@ -347,68 +347,8 @@ fn hybrid_quantization_edge_cases_are_bit_exact_everywhere() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Pseudo-random values in [-scale, scale).
-fn noise(seed: u32, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-/// One recurrent layer (seq 5, batch 2, input 6, hidden 8) with random weights and states.
 fn recurrent(kind: kiln_ir::op::RnnKind, direction: kiln_ir::op::RnnDirection) -> (Graph, Vec<Tensor>) {
-    use kiln_ir::op::{Activation, Rnn, RnnKind};
-    use kiln_ir::{DType, Scalar, TensorType};
-    let (seq, batch, isz, h) = (5, 2, 6, 8);
-    let lstm = matches!(kind, RnnKind::Lstm { .. });
-    let gates = if lstm { 4 } else { 3 };
-    let mut g = Graph::new("rnn");
-    let f = |shape: Vec<usize>| TensorType::new(DType::plain(Scalar::F32), shape);
-    let x = g.add_input("x", f(vec![seq, batch, isz]));
-    let h0 = g.add_input("h0", f(vec![1, batch, h]));
-    let w = g.add_const(
-        "w",
-        Tensor::from_vec(vec![1, gates * h, isz], noise(1, gates * h * isz, 0.6)),
-    );
-    let r = g.add_const(
-        "r",
-        Tensor::from_vec(vec![1, gates * h, h], noise(2, gates * h * h, 0.6)),
-    );
-    let b = g.add_const(
-        "b",
-        Tensor::from_vec(vec![1, 2 * gates * h], noise(3, 2 * gates * h, 0.3)),
-    );
-    let mut ins = vec![x, w, r, b, h0];
-    let mut inputs = vec![
-        Tensor::from_vec(vec![seq, batch, isz], noise(4, seq * batch * isz, 1.0)),
-        Tensor::from_vec(vec![1, batch, h], noise(5, batch * h, 0.5)),
-    ];
-    if lstm {
-        ins.push(g.add_input("c0", f(vec![1, batch, h])));
-        inputs.push(Tensor::from_vec(vec![1, batch, h], noise(6, batch * h, 0.5)));
-    }
-    let activations = if lstm {
-        vec![Activation::Sigmoid, Activation::Tanh, Activation::Tanh]
-    } else {
-        vec![Activation::Sigmoid, Activation::Tanh]
-    };
-    let op = Op::Rnn(Rnn {
-        kind,
-        hidden: h,
-        direction,
-        activations,
-        clip: None,
-        batch_major: false,
-    });
-    let names: &[&str] = if lstm { &["y", "yh", "yc"] } else { &["y", "yh"] };
-    let (_, outs) = g.add_node("layer", op, ins, names).unwrap();
-    for o in outs {
-        g.add_output(o);
-    }
-    (g, inputs)
+    kiln_tests::recurrent_layer(kind, direction, false, 0)
 }
 
 fn recurrent_cases() -> Vec<(&'static str, Graph, Vec<Tensor>)> {

@@ -819,3 +819,84 @@ pub fn load_model(path: &std::path::Path) -> kiln::Model {
     kiln::load(path, &Default::default(), &kiln::PipelineOptions::default(), |_, _| {})
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Pseudo-random values in [-scale, scale).
+pub fn noise(seed: u32, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// One recurrent layer (seq 5, batch 2, input 6, hidden 8) with random weights, its initial
+/// states as graph inputs, and one set of inputs (`seed` varies them).
+pub fn recurrent_layer(
+    kind: kiln_ir::op::RnnKind,
+    direction: kiln_ir::op::RnnDirection,
+    batch_major: bool,
+    seed: u32,
+) -> (kiln_ir::Graph, Vec<Tensor>) {
+    use kiln_ir::op::{Activation, Op, Rnn, RnnKind};
+    use kiln_ir::{DType, Graph, Scalar, TensorType};
+    let (seq, batch, isz, h) = (5, 2, 6, 8);
+    let dirs = direction.count();
+    let gates = match kind {
+        RnnKind::Lstm { .. } => 4,
+        RnnKind::Gru { .. } => 3,
+        RnnKind::Rnn => 1,
+    };
+    let lstm = gates == 4;
+    let mut g = Graph::new("rnn");
+    let f = |shape: Vec<usize>| TensorType::new(DType::plain(Scalar::F32), shape);
+    let xs = if batch_major {
+        vec![batch, seq, isz]
+    } else {
+        vec![seq, batch, isz]
+    };
+    let ss = if batch_major {
+        vec![batch, dirs, h]
+    } else {
+        vec![dirs, batch, h]
+    };
+    let x = g.add_input("x", f(xs.clone()));
+    let h0 = g.add_input("h0", f(ss.clone()));
+    let c = |g: &mut Graph, name: &str, shape: Vec<usize>, s: u32, scale: f32| {
+        let n = shape.iter().product();
+        g.add_const(name, Tensor::from_vec(shape, noise(s, n, scale)))
+    };
+    let w = c(&mut g, "w", vec![dirs, gates * h, isz], 1, 0.6);
+    let r = c(&mut g, "r", vec![dirs, gates * h, h], 2, 0.6);
+    let b = c(&mut g, "b", vec![dirs, 2 * gates * h], 3, 0.3);
+    let mut ins = vec![x, w, r, b, h0];
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let mut inputs = vec![
+        Tensor::from_vec(xs.clone(), noise(4 + seed, numel(&xs), 1.0)),
+        Tensor::from_vec(ss.clone(), noise(5 + seed, numel(&ss), 0.5)),
+    ];
+    if lstm {
+        ins.push(g.add_input("c0", f(ss.clone())));
+        inputs.push(Tensor::from_vec(ss.clone(), noise(6 + seed, numel(&ss), 0.5)));
+    }
+    let per_dir: &[Activation] = match gates {
+        4 => &[Activation::Sigmoid, Activation::Tanh, Activation::Tanh],
+        3 => &[Activation::Sigmoid, Activation::Tanh],
+        _ => &[Activation::Tanh],
+    };
+    let op = Op::Rnn(Rnn {
+        kind,
+        hidden: h,
+        direction,
+        activations: per_dir.repeat(dirs),
+        clip: None,
+        batch_major,
+    });
+    let names: &[&str] = if lstm { &["y", "yh", "yc"] } else { &["y", "yh"] };
+    let (_, outs) = g.add_node("layer", op, ins, names).unwrap();
+    for o in outs {
+        g.add_output(o);
+    }
+    (g, inputs)
+}

@@ -184,7 +184,7 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Expand { .. } => true,
-        Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar == Scalar::F32,
+        Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
         Op::Pad { .. } => {
             f32_io(g, n)
                 || (matches!(g.value(node.inputs[0]).ty.dtype.scalar, Scalar::I8 | Scalar::I16)

@@ -10,6 +10,7 @@ pub mod fuse_matmul_add;
 pub mod lower_sub_div;
 pub mod remove_identities;
 pub mod unfuse_activations;
+pub mod unroll_rnn;
 
 use kiln_ir::{Graph, IrError};
 use thiserror::Error;

@@ -123,14 +123,31 @@ pub fn quantize_int8(
     quantize_static::check_keep_float(g, opts)?;
     // activations other than ReLU/Clip become ops of their own (int8 tables after the
     // integer products), so the products need not stay float; Sub and Div become Add and
-    // Mul, which have integer forms, after normalisations are written out as such ops
+    // Mul, which have integer forms, after recurrent layers and normalisations are written
+    // out as such ops
     let mut unfused = g.clone();
-    use crate::passes::{expand_normalizations, lower_sub_div, unfuse_activations};
-    for pass in [unfuse_activations::run, expand_normalizations::run, lower_sub_div::run] {
+    use crate::passes::{expand_normalizations, lower_sub_div, unfuse_activations, unroll_rnn};
+    for pass in [
+        unfuse_activations::run,
+        unroll_rnn::run,
+        expand_normalizations::run,
+        lower_sub_div::run,
+    ] {
         if pass(&mut unfused).map_err(QuantError::Ir)? {
             kiln_ir::verify::verify(&unfused).map_err(QuantError::Ir)?;
         }
     }
+    // The products of unrolled recurrent layers run 16x8: their state is fed back step after
+    // step (and call after call through a model's state ports), where int8 rounding piles up.
+    let mut opts = opts.clone();
+    let names: std::collections::HashSet<&str> = g.node_ids().map(|n| g.node(n).name.as_str()).collect();
+    opts.int16.extend(
+        (unfused.node_ids())
+            .map(|n| unfused.node(n))
+            .filter(|node| matches!(node.op, Op::Gemm { .. }) && !names.contains(node.name.as_str()))
+            .map(|node| node.name.clone()),
+    );
+    let opts = &opts;
     let set = calibrate::CalibrationSet::load(&unfused, dir)?;
     let g = &unfused;
     let key = cache::key(g, &set, opts.method);

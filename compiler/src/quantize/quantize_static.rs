@@ -166,29 +166,23 @@ pub fn run_pinned(
         let nv = r.dst.add_input(&src.value(v).name, src.value(v).ty.clone());
         r.float.insert(v, nv);
     }
-    // An input that only feeds layout ops (a transpose to NCHW, a reshape) on their way to
-    // integer ops is quantized first, so the layout ops move int8 and the model's integer
-    // entry point takes the input as it is.
+    // An input that only feeds layout ops (a transpose to NCHW, a reshape, a pad, a slice)
+    // on their way to integer ops is quantized first, so the layout ops move int8 and the
+    // model's integer entry point takes the input as it is.
     for &v in src.inputs() {
-        let cons = src.consumers(v);
-        let layout = |n: NodeId| matches!(src.node(n).op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Identity);
-        let next: Vec<NodeId> = (cons.iter())
-            .flat_map(|&n| src.node(n).outputs.iter().flat_map(|&o| src.consumers(o)))
-            .collect();
-        let feeds_int = cons.iter().all(|&n| {
-            layout(n)
-                && src.node(n).outputs.iter().all(|&o| {
-                    let next = src.consumers(o);
-                    !next.is_empty() && next.iter().all(|&m| integer_op(&src.node(m).op))
-                })
-        });
-        if !cons.is_empty()
-            && feeds_int
+        let mut reached = Vec::new();
+        if feeds_integer_ops(src, v, 8, &mut reached)
             && (ranges.by_value.contains_key(&v) || pins.contains_key(&v))
             && src.value(v).ty.dtype.scalar == Scalar::F32
         {
-            // at the width of the layers it reaches: 16x8 ones get all 16 bits of the input
-            let wide = next.iter().all(|&m| r.width(m) == 16);
+            // At the width of the layers it reaches (16x8 ones get all 16 bits of the input),
+            // and 16 bits when a part selected from it spans under 1/16 of its range (a
+            // state tensor holding values of different magnitudes): the part is then
+            // requantized to int8 at its own scale, losing nothing to the whole's scale.
+            let span = |v: ValueId| ranges.by_value.get(&v).map(|&(lo, hi)| hi as f64 - lo as f64);
+            let narrow = (span(v), pins.is_empty());
+            let narrow = matches!(narrow, (Some(s), true) if reached.iter().any(|&(_, e)| span(e).is_some_and(|p| p * 16.0 < s)));
+            let wide = narrow || reached.iter().all(|&(m, _)| r.width(m) == 16);
             r.int_bits(v, pins.get(&v).map_or(if wide { 16 } else { 8 }, |p| p.bits))?;
         }
     }
@@ -504,12 +498,15 @@ impl Rewriter<'_> {
         {
             return self.keep_float(n, "asked for by --keep-float");
         }
-        let f32_in = node
-            .inputs
-            .iter()
-            .all(|&v| self.src.value(v).ty.dtype.scalar == Scalar::F32);
-        if !f32_in || node.outputs.len() != 1 {
+        // a Gather's indices are integers
+        let f32_in = (node.inputs.iter().enumerate()).all(|(i, &v)| {
+            self.src.value(v).ty.dtype.scalar == Scalar::F32 || (i == 1 && matches!(node.op, Op::Gather { .. }))
+        });
+        if !f32_in {
             return self.keep_float(n, "");
+        }
+        if node.outputs.len() != 1 {
+            return self.keep_float(n, "no integer kernel for this op yet");
         }
         let out = node.outputs[0];
         let cst = |i: usize| node.inputs.get(i).and_then(|&v| self.src.const_value(v)).cloned();
@@ -816,14 +813,20 @@ impl Rewriter<'_> {
                 if node
                     .inputs
                     .iter()
-                    .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16)) =>
+                    .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16))
+                    || self.concat_needs_16(&node) =>
             {
-                // All from 16x8 layers: int16 throughout, each input moved to the output's
-                // scale by an integer rescale, then copied.
+                // All from 16x8 layers, or parts of very different ranges (an LSTM's hidden
+                // and cell state): int16 throughout, each input moved to the output's scale
+                // by an integer rescale, then copied.
                 let po = self.out_params_bits(out, 16)?;
                 let mut ins = Vec::new();
                 for &v in &node.inputs {
-                    let (q, pq) = self.int[&v];
+                    // int8 parts go straight to the output's int16 scale
+                    let (q, pq) = match self.int.get(&v) {
+                        Some(&q) => q,
+                        None => self.int_bits(v, 16)?,
+                    };
                     if pq == po {
                         ins.push(q);
                         continue;
@@ -889,9 +892,11 @@ impl Rewriter<'_> {
             {
                 self.pass_through(n)?
             }
-            Op::GlobalPool(PoolKind::Max | PoolKind::Avg { .. }) | Op::Reshape { .. } | Op::Transpose { .. } => {
-                self.pass_through(n)?
-            }
+            Op::GlobalPool(PoolKind::Max | PoolKind::Avg { .. })
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. } => self.pass_through(n)?,
+            Op::Gather { .. } if cst(1).is_some() => self.pass_through(n)?,
             _ => return self.keep_float(n, "no integer kernel for this op yet"),
         }
         Ok(())
@@ -998,6 +1003,16 @@ impl Rewriter<'_> {
         Ok(())
     }
 
+    /// Whether a Concat in a calibrated graph joins a part that spans under 1/16 of the
+    /// result's range, which one int8 scale would resolve in a few steps only.
+    fn concat_needs_16(&self, node: &kiln_ir::Node) -> bool {
+        let span = |v: &ValueId| self.ranges.by_value.get(v).map(|&(lo, hi)| hi as f64 - lo as f64);
+        let Some(whole) = span(&node.outputs[0]) else {
+            return false;
+        };
+        self.pins.is_empty() && node.inputs.iter().any(|v| span(v).is_some_and(|p| p * 16.0 < whole))
+    }
+
     /// The slot and value of a one-element constant operand of a two-input node, if the
     /// other operand is computed and the output has its shape.
     fn scalar_const_operand(&self, node: &kiln_ir::Node) -> Option<(usize, Tensor)> {
@@ -1032,8 +1047,13 @@ impl Rewriter<'_> {
             .get(&out)
             .copied()
             .filter(|&p| p != px && p.bits == 8 && px.bits == 8);
+        // the other inputs are constants (a Gather's indices)
+        let mut ins = vec![x];
+        for &v in &node.inputs[1..] {
+            ins.push(self.float_of(v)?);
+        }
         let Some(po) = pin else {
-            self.emit_int(n, node.op.clone(), vec![x], out, px);
+            self.emit_int(n, node.op.clone(), ins, out, px);
             return Ok(());
         };
         if let Some(window) = self.average_window(&node) {
@@ -1054,7 +1074,7 @@ impl Rewriter<'_> {
         let name = self.dst.fresh_name(&format!("{}:moved", self.name(out)));
         let moved = self
             .dst
-            .add_node_typed(&node.name, node.op.clone(), vec![x], vec![(name, ty)])
+            .add_node_typed(&node.name, node.op.clone(), ins, vec![(name, ty)])
             .1[0];
         let table: Arc<[i8]> = (-128..128)
             .map(|i| po.quantize(rt::dequantize(i, px.scale, px.zp)) as i8)
@@ -1403,6 +1423,30 @@ fn lut16(op: &Op, px: Q, po: Q, constant: Option<(usize, &Tensor)>) -> Result<Op
         table: y[0].to_f32_vec().iter().map(|&f| po.quantize(f) as i16).collect(),
         scale: po.scale,
     })
+}
+
+/// Whether every use of `v` reaches integer ops through layout ops only (at most `depth` of
+/// them), collecting the integer ops reached and the value each reads.
+fn feeds_integer_ops(src: &Graph, v: ValueId, depth: usize, reached: &mut Vec<(NodeId, ValueId)>) -> bool {
+    let cons = src.consumers(v);
+    !cons.is_empty()
+        && !src.is_output(v)
+        && cons.iter().all(|&n| {
+            let node = src.node(n);
+            let layout = match node.op {
+                Op::Reshape { .. } | Op::Transpose { .. } | Op::Identity | Op::Slice { .. } => true,
+                Op::Pad { .. } | Op::Gather { .. } => node.inputs[1..].iter().all(|&i| src.const_value(i).is_some()),
+                _ => false,
+            };
+            if layout && node.inputs[0] == v && node.outputs.len() == 1 {
+                depth > 0 && feeds_integer_ops(src, node.outputs[0], depth - 1, reached)
+            } else if integer_op(&node.op) && reached.len() < 1024 {
+                reached.push((n, v));
+                true
+            } else {
+                false
+            }
+        })
 }
 
 /// Ops this pass usually turns into integer ops (used to decide where to quantize early).
