@@ -691,20 +691,24 @@ pub fn build_rust(
             }
             let mut body = String::new();
             let (ni, no) = (g.inputs().len(), g.outputs().len());
-            let ty = |v: kiln_ir::ValueId| {
-                if suffix.is_empty() {
-                    kiln_backends::header::rust_type(g.value(v).ty.dtype.scalar)
-                } else {
-                    "i8"
-                }
+            // `run` takes the graph's types, `run_int` its integer ports' (int8 or int16)
+            let api = kiln_backends::header::int_boundary(g);
+            let ty = |v: kiln_ir::ValueId, port: Option<&kiln_backends::header::QPort>| {
+                let s = match (suffix.is_empty(), port) {
+                    (false, Some(q)) => q.scalar,
+                    _ => g.value(v).ty.dtype.scalar,
+                };
+                kiln_backends::header::rust_type(s)
             };
             for (i, &v) in g.inputs().iter().enumerate() {
-                body.push_str(&format!("        let in{i}: Vec<{}> = load(&a[{i}]);\n", ty(v)));
+                let port = api.as_ref().map(|a| &a.inputs[i]);
+                body.push_str(&format!("        let in{i}: Vec<{}> = load(&a[{i}]);\n", ty(v, port)));
             }
             for (i, &v) in g.outputs().iter().enumerate() {
+                let port = api.as_ref().map(|a| &a.outputs[i]);
                 body.push_str(&format!(
                     "        let mut out{i}: Vec<{}> = vec![Default::default(); {prefix}::OUTPUT{i}_COUNT];\n",
-                    ty(v)
+                    ty(v, port)
                 ));
             }
             let mut args: Vec<String> = (0..ni).map(|i| format!("in{i}[..].try_into().unwrap()")).collect();

@@ -159,12 +159,18 @@ fn models_as_rust_source_match_the_evaluator() {
                                 .iter()
                                 .zip(&api.inputs)
                                 .map(|(t, q)| {
-                                    let v: Vec<i8> = t
-                                        .to_f32_vec()
-                                        .iter()
-                                        .map(|&x| kiln_runtime_quantize(x, q.scale, q.zero_point))
-                                        .collect();
-                                    Tensor::from_vec(t.shape.clone(), v)
+                                    let x = t.to_f32_vec();
+                                    let quantize = |lo, hi| {
+                                        x.iter()
+                                            .map(move |&x| kiln_runtime::quantize(x, q.scale, q.zero_point, lo, hi))
+                                    };
+                                    if q.scalar == kiln_ir::Scalar::I16 {
+                                        let v: Vec<i16> = quantize(-32768, 32767).map(|v| v as i16).collect();
+                                        Tensor::from_vec(t.shape.clone(), v)
+                                    } else {
+                                        let v: Vec<i8> = quantize(-128, 127).map(|v| v as i8).collect();
+                                        Tensor::from_vec(t.shape.clone(), v)
+                                    }
                                 })
                                 .collect();
                             (
@@ -204,11 +210,6 @@ fn models_as_rust_source_match_the_evaluator() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "Rust source failures:\n{}", failures.join("\n"));
-}
-
-/// The quantize step of `run`'s boundary, for feeding `run_int`.
-fn kiln_runtime_quantize(x: f32, scale: f32, zp: i32) -> i8 {
-    kiln_runtime::quantize(x, scale, zp, -128, 127) as i8
 }
 
 #[test]

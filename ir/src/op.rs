@@ -475,7 +475,7 @@ pub enum Op {
         sorted: bool,
     },
     // ---- integer ops (quantized graphs; arithmetic in `kiln_runtime`) ----
-    /// `[x: f32] -> [q: to<scale, zero_point>]`, rounding half away from zero, saturating.
+    /// `[x: f32] -> [q: to<scale, zero_point>]`, rounding half to even, saturating.
     Quantize {
         to: Scalar,
         scale: f32,
