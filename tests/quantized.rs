@@ -1180,6 +1180,21 @@ fn recurrent_layers_unroll_exactly_and_build_fully_integer() {
         }
         models.push((name, expose_integers(&q.graph), vec![x]));
     }
+    // a gate activation with no elementwise op of its own: left as it is, and said why
+    let (mut g, _) = kiln_tests::recurrent_layer(lstm, D::Forward, false, 0);
+    let n = g.node_ids().find(|&n| matches!(g.node(n).op, Op::Rnn(_))).unwrap();
+    if let Op::Rnn(r) = g.op_mut(n) {
+        r.activations[0] = kiln_ir::op::Activation::Affine(0.5, 0.1);
+    }
+    let why = kiln::passes::unroll_rnn::refusal(&g, n).expect("refused");
+    assert!(why.contains("Affine"), "{why}");
+    assert!(!kiln::passes::unroll_rnn::run(&mut g).unwrap());
+    let d = kiln::quantize::dynamic::to_dynamic(&g, &[]).unwrap();
+    assert!(
+        d.notes.iter().any(|n| n.contains("stays float") && n.contains(why)),
+        "{:?}",
+        d.notes
+    );
     let dir = std::env::temp_dir().join(format!("kiln-q8-rnn-{}", std::process::id()));
     let list: Vec<(&str, &Graph, &[Vec<Tensor>])> = models.iter().map(|(n, g, x)| (*n, g, &x[..])).collect();
     let failures = kiln_tests::bit_exact_on_every_backend_many(&list, &dir);

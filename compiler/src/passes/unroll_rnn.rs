@@ -14,11 +14,20 @@ use kiln_ir::{DType, Graph, IrError, NodeId, Op, Scalar, Tensor, TensorType, Val
 pub const MAX_STEPS: usize = 64;
 
 pub fn run(g: &mut Graph) -> Result<bool, IrError> {
+    run_where(g, |_| true)
+}
+
+/// [`run`] on the recurrent nodes `pick` accepts.
+pub fn run_where(g: &mut Graph, pick: impl Fn(&kiln_ir::Node) -> bool) -> Result<bool, IrError> {
     let mut changed = false;
     for n in g.topo_order()? {
         let Op::Rnn(r) = &g.node(n).op else { continue };
+        if !pick(g.node(n)) {
+            continue;
+        }
         let r = r.clone();
-        if let Some(outs) = Unroller::new(g, n, &r).and_then(|u| u.build(g)) {
+        if let Ok(u) = Unroller::new(g, n, &r) {
+            let outs = u.build(g);
             let old = g.node(n).outputs.clone();
             for (o, new) in old.into_iter().zip(outs) {
                 replace(g, o, new);
@@ -30,6 +39,12 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
         super::eliminate_dead_nodes::run(g)?;
     }
     Ok(changed)
+}
+
+/// Why recurrent node `n` is not written out (`None` when it is, or is not recurrent).
+pub fn refusal(g: &Graph, n: NodeId) -> Option<&'static str> {
+    let Op::Rnn(r) = &g.node(n).op else { return None };
+    Unroller::new(g, n, r).err()
 }
 
 /// Points every reader of `old` (and the graph outputs) at `new`, which takes its name.
@@ -60,25 +75,31 @@ struct Unroller {
 }
 
 impl Unroller {
-    fn new(g: &Graph, n: NodeId, r: &Rnn) -> Option<Unroller> {
+    fn new(g: &Graph, n: NodeId, r: &Rnn) -> Result<Unroller, &'static str> {
         let node = g.node(n);
         let f32s = (node.inputs.iter().chain(&node.outputs)).all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32);
         let xs = &g.value(node.inputs[0]).ty.shape;
         let (seq, batch) = if r.batch_major { (xs[1], xs[0]) } else { (xs[0], xs[1]) };
         let lstm = matches!(r.kind, RnnKind::Lstm { .. });
         let cst = |i: usize| {
-            node.inputs
-                .get(i)
-                .and_then(|&v| g.const_value(v))
+            (node.inputs.get(i).and_then(|&v| g.const_value(v)))
                 .map(|t| t.to_f32_vec())
+                .ok_or("its weights are not constants")
         };
-        let acts = r.activations.iter().map(|&a| unary(a)).collect::<Option<Vec<_>>>()?;
+        let acts = (r.activations.iter().map(|&a| unary(a)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("an Affine or ScaledTanh gate activation is not written out")?;
         let peep = match node.inputs.get(6) {
             Some(_) if lstm => Some(cst(6)?).filter(|p| p.iter().any(|&v| v != 0.0)),
             _ => None,
         };
-        (f32s && seq <= MAX_STEPS && seq > 0).then_some(())?;
-        Some(Unroller {
+        if !f32s {
+            return Err("its values are not f32");
+        }
+        if seq == 0 || seq > MAX_STEPS {
+            return Err("sequences longer than 64 steps are not written out step by step");
+        }
+        Ok(Unroller {
             r: r.clone(),
             base: node.name.clone(),
             x: node.inputs[0],
@@ -104,7 +125,7 @@ impl Unroller {
     }
 
     /// `[Y, Y_h]` (+ `Y_c`) of the unrolled layer.
-    fn build(&self, g: &mut Graph) -> Option<Vec<ValueId>> {
+    fn build(&self, g: &mut Graph) -> Vec<ValueId> {
         let (h, dirs) = (self.r.hidden, self.r.direction.count());
         let mut e = Emit { g, base: &self.base };
         let mut ys = Vec::new();
@@ -114,11 +135,12 @@ impl Unroller {
             let bm = self.r.batch_major;
             let mut hv = e.state(self.h0, d, (self.batch, h), bm);
             let mut cv = self.c0.and_then(|c| e.state(c, d, (self.batch, h), bm));
+            let proj: Vec<ValueId> = (0..self.gates()).map(|k| self.projection(&mut e, d, k)).collect();
             let mut steps = vec![None; self.seq];
             for s in 0..self.seq {
                 let t = if reverse { self.seq - 1 - s } else { s };
-                let x = e.step_input(self, t);
-                let (nh, nc) = self.cell(&mut e, d, x, hv, cv)?;
+                let gx: Vec<ValueId> = proj.iter().map(|&p| e.step_rows(self, p, t)).collect();
+                let (nh, nc) = self.cell(&mut e, d, &gx, hv, cv);
                 hv = Some(nh);
                 cv = nc;
                 steps[t] = Some(nh);
@@ -156,31 +178,40 @@ impl Unroller {
         if self.c0.is_some() {
             out.push(states(&mut e, cs));
         }
-        Some(out)
+        out
     }
 
-    /// One step of direction `d` from input `x` `[b, in]` and state `h` (`None`: zero).
+    /// Gate `k`'s input projection of every step of direction `d` at once,
+    /// `x W_k^T + Wb_k` (`+ Rb_k` but for GRU's candidate gate, whose recurrent bias sits
+    /// inside the reset product): `[seq * b, hidden]` in the order of X's rows.
+    fn projection(&self, e: &mut Emit, d: usize, k: usize) -> ValueId {
+        let hid = self.r.hidden;
+        let mut bias = self.bias(d, k, false);
+        if !(matches!(self.r.kind, RnnKind::Gru { .. }) && k == 2) {
+            for (b, r) in bias.iter_mut().zip(self.bias(d, k, true)) {
+                *b += r;
+            }
+        }
+        let rows = e.reshape(self.x, &[self.seq * self.batch, self.input]);
+        e.gemm(rows, self.rows(&self.w, d, k, self.input), self.input, hid, Some(bias))
+    }
+
+    /// One step of direction `d` from the gates' input projections `gx` `[b, hidden]` and
+    /// the state `h` (`None`: zero).
     fn cell(
         &self,
         e: &mut Emit,
         d: usize,
-        x: ValueId,
+        gx: &[ValueId],
         h: Option<ValueId>,
         c: Option<ValueId>,
-    ) -> Option<(ValueId, Option<ValueId>)> {
+    ) -> (ValueId, Option<ValueId>) {
         let hid = self.r.hidden;
         let per = self.r.activations.len() / self.r.direction.count();
         let acts = &self.acts[d * per..(d + 1) * per];
-        // pre-activation of gate `k`: x W_k^T + h R_k^T + Wb_k + Rb_k (+ extra)
-        let pre = |e: &mut Emit, k: usize, with_h: Option<ValueId>, rbias: bool| -> ValueId {
-            let wk = self.rows(&self.w, d, k, self.input);
-            let mut bias = self.bias(d, k, false);
-            if rbias {
-                for (b, r) in bias.iter_mut().zip(self.bias(d, k, true)) {
-                    *b += r;
-                }
-            }
-            let gx = e.gemm(x, wk, self.input, hid, Some(bias));
+        // pre-activation of gate `k`: its input projection + h R_k^T
+        let pre = |e: &mut Emit, k: usize, with_h: Option<ValueId>| -> ValueId {
+            let gx = gx[k];
             match with_h {
                 Some(hv) => {
                     let rk = self.rows(&self.rw, d, k, hid);
@@ -199,8 +230,8 @@ impl Unroller {
         };
         match self.r.kind {
             RnnKind::Rnn => {
-                let p = pre(e, 0, h, true);
-                Some((act(e, acts[0], p), None))
+                let p = pre(e, 0, h);
+                (act(e, acts[0], p), None)
             }
             RnnKind::Lstm { input_forget } => {
                 let peep = |e: &mut Emit, v: ValueId, k: usize, state: Option<ValueId>| match (&self.peep, state) {
@@ -211,18 +242,18 @@ impl Unroller {
                     }
                     _ => v,
                 };
-                let pi = pre(e, 0, h, true);
+                let pi = pre(e, 0, h);
                 let pi = peep(e, pi, 0, c);
                 let i = act(e, acts[0], pi);
                 let f = if input_forget {
                     let one = e.constant(&[1.0], vec![]);
                     e.binary(BinaryOp::Sub, one, i)
                 } else {
-                    let pf = pre(e, 2, h, true);
+                    let pf = pre(e, 2, h);
                     let pf = peep(e, pf, 2, c);
                     act(e, acts[0], pf)
                 };
-                let pg = pre(e, 3, h, true);
+                let pg = pre(e, 3, h);
                 let gg = act(e, acts[1], pg);
                 let ig = e.binary(BinaryOp::Mul, i, gg);
                 let nc = match c {
@@ -232,19 +263,18 @@ impl Unroller {
                     }
                     None => ig,
                 };
-                let po = pre(e, 1, h, true);
+                let po = pre(e, 1, h);
                 let po = peep(e, po, 1, Some(nc));
                 let o = act(e, acts[0], po);
                 let tc = e.unary(acts[2], nc);
-                Some((e.binary(BinaryOp::Mul, o, tc), Some(nc)))
+                (e.binary(BinaryOp::Mul, o, tc), Some(nc))
             }
             RnnKind::Gru { linear_before_reset } => {
-                let pz = pre(e, 0, h, true);
+                let pz = pre(e, 0, h);
                 let z = act(e, acts[0], pz);
-                let pr = pre(e, 1, h, true);
+                let pr = pre(e, 1, h);
                 let r = act(e, acts[0], pr);
-                let wh = self.rows(&self.w, d, 2, self.input);
-                let gx = e.gemm(x, wh, self.input, hid, Some(self.bias(d, 2, false)));
+                let gx = gx[2];
                 let rh = self.rows(&self.rw, d, 2, hid);
                 let rb = self.bias(d, 2, true);
                 let inner = match (h, linear_before_reset) {
@@ -275,7 +305,7 @@ impl Unroller {
                     }
                     None => a,
                 };
-                Some((nh, None))
+                (nh, None)
             }
         }
     }
@@ -377,18 +407,18 @@ impl Emit<'_> {
         self.node("concat", Op::Concat { axis }, parts, shape)
     }
 
-    /// Slice `[at, at + 1)` of axis `axis` of `x`.
-    fn slice(&mut self, x: ValueId, axis: usize, at: usize) -> ValueId {
+    /// Slice `[at, at + len)` of axis `axis` of `x`.
+    fn slice(&mut self, x: ValueId, axis: usize, at: usize, len: usize) -> ValueId {
         let s = self.shape(x);
         let axes = (0..s.len())
             .map(|a| SliceAxis {
                 start: if a == axis { at as i64 } else { 0 },
                 step: 1,
-                len: if a == axis { 1 } else { s[a] },
+                len: if a == axis { len } else { s[a] },
             })
             .collect();
         let mut shape = s;
-        shape[axis] = 1;
+        shape[axis] = len;
         self.node("slice", Op::Slice { axes }, vec![x], shape)
     }
 
@@ -414,15 +444,23 @@ impl Emit<'_> {
         let s = if dirs == 1 {
             v
         } else {
-            self.slice(v, usize::from(batch_major), d)
+            self.slice(v, usize::from(batch_major), d, 1)
         };
         Some(self.reshape(s, &[b, h]))
     }
 
-    /// The input of step `t`, `[b, in]`.
-    fn step_input(&mut self, u: &Unroller, t: usize) -> ValueId {
-        let axis = if u.r.batch_major { 1 } else { 0 };
-        let s = if u.seq == 1 { u.x } else { self.slice(u.x, axis, t) };
-        self.reshape(s, &[u.batch, u.input])
+    /// Step `t`'s rows `[b, hidden]` of a projection of every step (`projection`).
+    fn step_rows(&mut self, u: &Unroller, p: ValueId, t: usize) -> ValueId {
+        let (b, hid) = (u.batch, u.r.hidden);
+        if u.seq == 1 {
+            return p;
+        }
+        if u.r.batch_major {
+            let bsh = self.reshape(p, &[b, u.seq, hid]);
+            let s = self.slice(bsh, 1, t, 1);
+            self.reshape(s, &[b, hid])
+        } else {
+            self.slice(p, 0, t * b, b)
+        }
     }
 }

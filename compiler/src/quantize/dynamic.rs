@@ -1,13 +1,14 @@
 //! Hybrid (dynamic-range) int8: the constant weights of Conv, Gemm, MatMul, LSTM and GRU
 //! become int8, symmetric per output channel, while activations, biases and every other op
-//! stay f32. Recurrent layers are written out step by step around hybrid products.
+//! stay f32. Recurrent layers are written out step by step first (`passes::unroll_rnn`, the
+//! same as for int8), so their products are hybrid products like any other.
 //! Each rewritten op quantizes its input when it runs (`kiln_runtime::dynamic_quantize`:
 //! per tensor for a convolution, per row for a product), sums int8 products in i32 and
 //! rescales to f32; a bias and fused activation follow as ordinary float ops, so no backend
 //! has to fuse a multiply-add whose rounding a C compiler might contract. No data needed.
 
 use super::quantize_static::per_channel;
-use kiln_ir::op::{Activation, BinaryOp, Rnn, RnnDirection, RnnKind, SliceAxis, UnaryOp};
+use kiln_ir::op::BinaryOp;
 use kiln_ir::{Graph, IrError, NodeId, Op, QParams, Scalar, Tensor, ValueId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,19 +27,25 @@ pub struct Dynamic {
 /// every LSTM/GRU `unrollable` accepts, except nodes named in `keep_float` by name or op type
 /// (case-insensitive), which the caller has checked exist (`quantize_static::check_keep_float`).
 pub fn to_dynamic(src: &Graph, keep_float: &[String]) -> Result<Dynamic, IrError> {
+    let kept =
+        |node: &kiln_ir::Node| (keep_float.iter()).any(|k| node.name == *k || node.op.name().eq_ignore_ascii_case(k));
+    let mut notes = Vec::new();
+    for n in src.node_ids() {
+        if let Some(why) = crate::passes::unroll_rnn::refusal(src, n).filter(|_| !kept(src.node(n))) {
+            notes.push(format!("node `{}` stays float: {why}", src.node(n).name));
+        }
+    }
+    let mut unrolled = src.clone();
+    crate::passes::unroll_rnn::run_where(&mut unrolled, |node| !kept(node))?;
     let mut r = Rewriter {
-        g: src.clone(),
+        g: unrolled.clone(),
         weights: HashMap::new(),
         bytes_f32: 0,
         bytes_int8: 0,
-        notes: Vec::new(),
+        notes,
     };
-    for n in src.topo_order()? {
-        let node = src.node(n);
-        let kept = keep_float
-            .iter()
-            .any(|k| node.name == *k || node.op.name().eq_ignore_ascii_case(k));
-        if !kept {
+    for n in unrolled.topo_order()? {
+        if !kept(unrolled.node(n)) {
             r.node(n)?;
         }
     }
@@ -100,37 +107,6 @@ pub(super) fn own_grid(t: &Tensor, transpose: bool, conv: bool) -> Option<(Vec<i
     Some((q, scales, block))
 }
 
-/// The longest sequence written out step by step.
-const MAX_UNROLL: usize = 64;
-
-/// Whether a recurrent layer can run hybrid (written out by `Rewriter::unroll`).
-fn unrollable(g: &Graph, node: &kiln_ir::Node, r: &Rnn) -> Result<(), &'static str> {
-    use Activation::{Sigmoid, Tanh};
-    let defaults: &[Activation] = match r.kind {
-        RnnKind::Lstm { input_forget: false } => &[Sigmoid, Tanh, Tanh],
-        RnnKind::Gru { .. } => &[Sigmoid, Tanh],
-        _ => return Err("only LSTM (without coupled input-forget gates) and GRU run hybrid"),
-    };
-    if r.direction == RnnDirection::Bidirectional || r.batch_major {
-        return Err("bidirectional and batch-major recurrent layers keep float weights");
-    }
-    if r.activations != defaults || r.clip.is_some() {
-        return Err("recurrent layers with custom activations or clipping keep float weights");
-    }
-    if node.inputs.len() > 6 {
-        return Err("LSTM peepholes keep float weights");
-    }
-    if !node.inputs[1..4].iter().all(|&v| g.const_value(v).is_some()) {
-        return Err("its weights are not constants");
-    }
-    if g.value(node.inputs[0]).ty.shape[0] > MAX_UNROLL {
-        return Err("sequences longer than 64 steps keep float weights");
-    }
-    Ok(())
-}
-
-/// A weight in int8 and its per-channel scales.
-type IntWeight = (ValueId, Arc<[f32]>);
 /// An int8 weight constant, its scales, their block length along K (0: per channel) and
 /// the width its values fit (a model's own 4-bit grid stays packed).
 #[derive(Clone)]
@@ -220,217 +196,8 @@ impl Rewriter {
                 };
                 self.replace(n, op, vec![x, wq.value], c.map(|c| (c, 0)), beta, fused)
             }
-            Op::Rnn(r) => match unrollable(&self.g, &node, r) {
-                Ok(()) => self.unroll(n, r),
-                Err(why) => {
-                    self.note(&node.name, why);
-                    Ok(())
-                }
-            },
             _ => Ok(()),
         }
-    }
-
-    /// Adds one node and returns its first output.
-    fn op(&mut self, base: &str, op: Op, inputs: Vec<ValueId>) -> Result<ValueId, IrError> {
-        let name = self.g.fresh_name(base);
-        Ok(self.g.add_node(&name, op, inputs, &[])?.1[0])
-    }
-
-    fn bin(&mut self, base: &str, b: BinaryOp, x: ValueId, y: ValueId) -> Result<ValueId, IrError> {
-        self.op(base, Op::Binary(b), vec![x, y])
-    }
-
-    fn un(&mut self, base: &str, u: UnaryOp, x: ValueId) -> Result<ValueId, IrError> {
-        self.op(base, Op::Unary(u), vec![x])
-    }
-
-    fn reshape(&mut self, base: &str, x: ValueId, shape: Vec<usize>) -> Result<ValueId, IrError> {
-        self.op(base, Op::Reshape { shape }, vec![x])
-    }
-
-    /// Rows `[start, start + len)` of axis `axis` of `x`.
-    fn slice(&mut self, base: &str, x: ValueId, axis: usize, start: usize, len: usize) -> Result<ValueId, IrError> {
-        let axes = (self.g.value(x).ty.shape.clone().into_iter().enumerate())
-            .map(|(a, d)| {
-                let (s, l) = if a == axis { (start, len) } else { (0, d) };
-                SliceAxis {
-                    start: s as i64,
-                    step: 1,
-                    len: l,
-                }
-            })
-            .collect();
-        self.op(base, Op::Slice { axes }, vec![x])
-    }
-
-    /// Rows `r0..r1` of the constant `m` (`[rows, K]` row-major, one output per row) as the
-    /// int8 `[K, r1 - r0]` weight of a hybrid product.
-    fn matrix(&mut self, base: &str, m: &[f32], k: usize, (r0, r1): (usize, usize)) -> IntWeight {
-        let t: Vec<f32> = (0..k * (r1 - r0))
-            .map(|i| m[(r0 + i % (r1 - r0)) * k + i / (r1 - r0)])
-            .collect();
-        let (q, scales) = per_channel(&t, r1 - r0, |i| i % (r1 - r0));
-        self.bytes_f32 += t.len() * 4;
-        self.bytes_int8 += t.len() + 4 * (r1 - r0);
-        let mut qt = Tensor::from_vec(vec![k, r1 - r0], q);
-        qt.quant = Some(QParams::PerAxis {
-            axis: 1,
-            scales: scales.clone().into(),
-            zero_points: vec![0; r1 - r0].into(),
-        });
-        let wname = self.g.fresh_name(&format!("{base}:int8"));
-        (self.g.add_const(&wname, qt), scales.into())
-    }
-
-    fn product(&mut self, base: &str, x: ValueId, (w, scales): &IntWeight) -> Result<ValueId, IrError> {
-        let op = Op::DynMatMul {
-            weight_scales: scales.clone(),
-            block: 0,
-            weight_bits: 8,
-        };
-        self.op(base, op, vec![x, *w])
-    }
-
-    fn constant(&mut self, base: &str, shape: Vec<usize>, v: Vec<f32>) -> ValueId {
-        let name = self.g.fresh_name(base);
-        self.g.add_const(&name, Tensor::from_vec(shape, v))
-    }
-
-    /// An LSTM or GRU (one direction, time-major, default activations) written out step by
-    /// step in float ops around hybrid products: the input projection of all steps at once
-    /// (each row quantized on its own, as step by step), the recurrent one per step.
-    fn unroll(&mut self, n: NodeId, r: &Rnn) -> Result<(), IrError> {
-        let node = self.g.node(n).clone();
-        let base = node.name.clone();
-        let xs = self.g.value(node.inputs[0]).ty.shape.clone();
-        let (seq, batch, isz, h) = (xs[0], xs[1], xs[2], r.hidden);
-        let lstm = matches!(r.kind, RnnKind::Lstm { .. });
-        let gates = if lstm { 4 } else { 3 };
-        let cf = |g: &Graph, i: usize| g.const_value(node.inputs[i]).expect("checked constant").to_f32_vec();
-        let (w, rw, b) = (cf(&self.g, 1), cf(&self.g, 2), cf(&self.g, 3));
-        let gx_all = {
-            let x2 = self.reshape(&base, node.inputs[0], vec![seq * batch, isz])?;
-            let wq = self.matrix(&format!("{base}/W"), &w, isz, (0, gates * h));
-            let p = self.product(&base, x2, &wq)?;
-            self.reshape(&base, p, vec![seq, batch, gates * h])?
-        };
-        // recurrent weights (LSTM: all four gates; GRU: z and r, then h) and summed biases
-        let rq = self.matrix(&format!("{base}/R"), &rw, h, (0, if lstm { 4 * h } else { 2 * h }));
-        let rq_h = (!lstm).then(|| self.matrix(&format!("{base}/Rh"), &rw, h, (2 * h, 3 * h)));
-        let g_bias: Vec<f32> = (0..gates * h).map(|j| b[j] + b[gates * h + j]).collect();
-        let bv = if lstm {
-            self.constant(&format!("{base}/B"), vec![4 * h], g_bias.clone())
-        } else {
-            self.constant(&format!("{base}/B"), vec![2 * h], g_bias[..2 * h].to_vec())
-        };
-        // GRU's h gate: the W and R biases apart (linear_before_reset) or summed
-        let gru_bias = (!lstm).then(|| {
-            (
-                self.constant(&format!("{base}/Wbh"), vec![h], b[2 * h..3 * h].to_vec()),
-                self.constant(&format!("{base}/Rbh"), vec![h], b[5 * h..6 * h].to_vec()),
-                self.constant(&format!("{base}/Bh"), vec![h], g_bias[2 * h..3 * h].to_vec()),
-            )
-        });
-        let mut hs = self.reshape(&base, node.inputs[4], vec![batch, h])?;
-        let mut cs = if lstm {
-            Some(self.reshape(&base, node.inputs[5], vec![batch, h])?)
-        } else {
-            None
-        };
-        let one = self.constant(&format!("{base}/one"), vec![1], vec![1.0]);
-        let mut ys = vec![None; seq];
-        for s in 0..seq {
-            let t = if r.direction == RnnDirection::Reverse {
-                seq - 1 - s
-            } else {
-                s
-            };
-            let gx = self.slice(&base, gx_all, 0, t, 1)?;
-            let gx = self.reshape(&base, gx, vec![batch, gates * h])?;
-            let split = |me: &mut Self, v: ValueId, parts: usize| -> Result<Vec<ValueId>, IrError> {
-                let name = me.g.fresh_name(&base);
-                Ok(me
-                    .g
-                    .add_node(
-                        &name,
-                        Op::Split {
-                            axis: 1,
-                            sizes: vec![h; parts],
-                        },
-                        vec![v],
-                        &[],
-                    )?
-                    .1)
-            };
-            if let Some(c) = cs {
-                // gates i, o, f, c (ONNX order)
-                let gh = self.product(&base, hs, &rq)?;
-                let pre = self.bin(&base, BinaryOp::Add, gx, gh)?;
-                let pre = self.bin(&base, BinaryOp::Add, pre, bv)?;
-                let g = split(self, pre, 4)?;
-                let i = self.un(&base, UnaryOp::Sigmoid, g[0])?;
-                let o = self.un(&base, UnaryOp::Sigmoid, g[1])?;
-                let f = self.un(&base, UnaryOp::Sigmoid, g[2])?;
-                let cand = self.un(&base, UnaryOp::Tanh, g[3])?;
-                let fc = self.bin(&base, BinaryOp::Mul, f, c)?;
-                let ic = self.bin(&base, BinaryOp::Mul, i, cand)?;
-                let c = self.bin(&base, BinaryOp::Add, fc, ic)?;
-                let tc = self.un(&base, UnaryOp::Tanh, c)?;
-                hs = self.bin(&base, BinaryOp::Mul, o, tc)?;
-                cs = Some(c);
-            } else {
-                let RnnKind::Gru { linear_before_reset } = r.kind else {
-                    unreachable!("LSTM or GRU")
-                };
-                // gates z, r, h (ONNX order)
-                let g = split(self, gx, 3)?;
-                let rq_h = rq_h.as_ref().expect("GRU");
-                let (wbh, rbh, bh) = gru_bias.expect("GRU");
-                let gh_zr = self.product(&base, hs, &rq)?;
-                let gx_zr = self.op(&base, Op::Concat { axis: 1 }, vec![g[0], g[1]])?;
-                let pre = self.bin(&base, BinaryOp::Add, gx_zr, gh_zr)?;
-                let pre = self.bin(&base, BinaryOp::Add, pre, bv)?;
-                let zr = self.un(&base, UnaryOp::Sigmoid, pre)?;
-                let zr = split(self, zr, 2)?;
-                let (z, rg) = (zr[0], zr[1]);
-                let cand_pre = if linear_before_reset {
-                    let gh_h = self.product(&base, hs, rq_h)?;
-                    let gh_h = self.bin(&base, BinaryOp::Add, gh_h, rbh)?;
-                    let rgh = self.bin(&base, BinaryOp::Mul, rg, gh_h)?;
-                    let xh = self.bin(&base, BinaryOp::Add, g[2], wbh)?;
-                    self.bin(&base, BinaryOp::Add, xh, rgh)?
-                } else {
-                    let rh = self.bin(&base, BinaryOp::Mul, rg, hs)?;
-                    let gh_h = self.product(&base, rh, rq_h)?;
-                    let pre = self.bin(&base, BinaryOp::Add, g[2], gh_h)?;
-                    self.bin(&base, BinaryOp::Add, pre, bh)?
-                };
-                let cand = self.un(&base, UnaryOp::Tanh, cand_pre)?;
-                let keep = self.bin(&base, BinaryOp::Sub, one, z)?;
-                let a = self.bin(&base, BinaryOp::Mul, keep, cand)?;
-                let zb = self.bin(&base, BinaryOp::Mul, z, hs)?;
-                hs = self.bin(&base, BinaryOp::Add, a, zb)?;
-            }
-            ys[t] = Some(self.reshape(&base, hs, vec![1, 1, batch, h])?);
-        }
-        let ys: Vec<ValueId> = ys.into_iter().map(|y| y.expect("every step")).collect();
-        let y = if ys.len() == 1 {
-            ys[0]
-        } else {
-            self.op(&base, Op::Concat { axis: 0 }, ys)?
-        };
-        let mut results = vec![y, self.reshape(&base, hs, vec![1, batch, h])?];
-        if let Some(c) = cs {
-            results.push(self.reshape(&base, c, vec![1, batch, h])?);
-        }
-        for (&old, new) in node.outputs.iter().zip(results) {
-            let name = self.g.value(old).name.clone();
-            self.g.replace_uses(old, new);
-            self.g.rename(new, &name);
-        }
-        self.g.remove_node(n);
-        Ok(())
     }
 
     fn note(&mut self, node: &str, why: &str) {
