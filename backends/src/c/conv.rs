@@ -244,3 +244,76 @@ fn planes(out: &mut String, gm: &Plane, bd: &Bordered, c: &Conv, (ci, m, cg): (u
         "        for (int32_t oy = 0; oy < {oh}; ++oy)\n        for (int32_t ox = 0; ox < {ow}; ++ox) {{\n            float acc = yp[oy * {wp} + ox];\n            y0[((b * {m} + oc) * {oh} + oy) * {ow} + ox] = {v};\n        }}\n    }}"
     );
 }
+
+/// ConvTranspose (any number of spatial axes): the output set to the bias, then each input
+/// element scattered through each tap, in the evaluator's order (input channel, tap, output
+/// channel, input position), so every output receives its terms in the same sequence.
+pub(super) fn conv_transpose(out: &mut String, g: &Graph, n: NodeId, c: &kiln_ir::op::ConvTranspose) {
+    let node = g.node(n);
+    let (xs, ws, os) = (
+        shape(g, node.inputs[0]),
+        shape(g, node.inputs[1]),
+        shape(g, node.outputs[0]),
+    );
+    let r = xs.len() - 2;
+    let (nb, ci, grp) = (xs[0], xs[1], c.group);
+    let (cg, mg) = (ci / grp, ws[1]);
+    let m = mg * grp;
+    let (pin, pout, k) = (
+        xs[2..].iter().product::<usize>(),
+        os[2..].iter().product::<usize>(),
+        c.window.kernel.iter().product::<usize>(),
+    );
+    let st = |d: &[usize]| kiln_ir::tensor::strides(d);
+    let (ist, ost, kst) = (st(&xs[2..]), st(&os[2..]), st(&c.window.kernel));
+    let init = if node.inputs.len() > 2 {
+        format!("x2[(i / {pout}) % {m}]")
+    } else {
+        "0.0f".into()
+    };
+    let _ = writeln!(
+        out,
+        "    for (int32_t i = 0; i < {}; ++i) y0[i] = {init};",
+        nb * m * pout
+    );
+    let _ = writeln!(
+        out,
+        "    for (int32_t b = 0; b < {nb}; ++b)\n    for (int32_t ch = 0; ch < {ci}; ++ch)"
+    );
+    let sum = |v: &str, s: &[usize]| (0..r).map(|d| format!(" + {v}{d} * {}", s[d])).collect::<String>();
+    for (d, &kd) in c.window.kernel.iter().enumerate() {
+        let _ = writeln!(out, "    for (int32_t k{d} = 0; k{d} < {kd}; ++k{d})");
+    }
+    let _ = writeln!(out, "    for (int32_t mm = 0; mm < {mg}; ++mm) {{");
+    let _ = writeln!(
+        out,
+        "        float wgt = x1[(ch * {mg} + mm) * {k} + 0{}];\n        int32_t yo = (b * {m} + (ch / {cg}) * {mg} + mm) * {pout}, xo = (b * {ci} + ch) * {pin};",
+        sum("k", &kst)
+    );
+    for (d, &id) in xs[2..].iter().enumerate() {
+        let _ = writeln!(out, "        for (int32_t i{d} = 0; i{d} < {id}; ++i{d}) {{");
+    }
+    let w = &c.window;
+    let pos: Vec<String> = (0..r)
+        .map(|d| {
+            format!(
+                "p{d} = i{d} * {} + k{d} * {} - {}",
+                w.strides[d], w.dilations[d], w.pads[d]
+            )
+        })
+        .collect();
+    let outside: Vec<String> = (0..r).map(|d| format!("p{d} < 0 || p{d} >= {}", os[2 + d])).collect();
+    let _ = writeln!(
+        out,
+        "            int32_t {};\n            if ({}) continue;\n            y0[yo + 0{}] = y0[yo + 0{}] + x0[xo + 0{}] * wgt;",
+        pos.join(", "),
+        outside.join(" || "),
+        sum("p", &ost),
+        sum("p", &ost),
+        sum("i", &ist)
+    );
+    for _ in 0..r {
+        let _ = writeln!(out, "        }}");
+    }
+    let _ = writeln!(out, "    }}");
+}

@@ -221,10 +221,7 @@ fn dyn_stage(out: &mut String, g: &Graph, n: NodeId, scales: &[f32], ch: &str, s
 }
 
 fn scales_table(out: &mut String, scales: &[f32]) -> &'static str {
-    let v: Vec<String> = scales
-        .iter()
-        .map(|&x| f32_lit(x).unwrap_or_else(|| "1.0f".into()))
-        .collect();
+    let v: Vec<String> = scales.iter().map(|&x| f32_lit(x)).collect();
     let _ = writeln!(
         out,
         "    static const KILN_ROM float ws[{}] = {{{}}};",
@@ -342,14 +339,14 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             let _ = writeln!(
                 out,
                 "    for (int32_t i = 0; i < {total}; ++i) y0[i] = ({t})kiln_clamp(kiln_round_even(x0[i] / {}) + {zero_point}, {lo}, {hi});",
-                f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+                f32_lit(*scale)
             );
         }
         Op::Dequantize { scale, zero_point } => {
             let _ = writeln!(
                 out,
                 "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (float)((int32_t)x0[i] - {zero_point}) * {};",
-                f32_lit(*scale).unwrap_or_else(|| "1.0f".into())
+                f32_lit(*scale)
             );
         }
         Op::Requant {

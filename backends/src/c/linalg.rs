@@ -37,18 +37,14 @@ pub(super) fn gemm(
     };
     let mut finish = String::new();
     if alpha != 1.0 {
-        let _ = writeln!(
-            finish,
-            "            acc = acc * {};",
-            f32_lit(alpha).unwrap_or_default()
-        );
+        let _ = writeln!(finish, "            acc = acc * {};", f32_lit(alpha));
     }
     if node.inputs.len() > 2 {
         let cs = bcast(shape(g, node.inputs[2]), &o0);
         let _ = writeln!(
             finish,
             "            acc = acc + {} * x2[i * {} + j * {}];",
-            f32_lit(beta).unwrap_or_default(),
+            f32_lit(beta),
             cs[0],
             cs[1]
         );

@@ -30,8 +30,6 @@ pub const ARENA_ALIGN: usize = 16;
 pub enum Error {
     #[error("{count} node(s) the C backend cannot compile yet:{list}", count = .0.len(), list = .0.iter().map(|s| format!("\n  {s}")).collect::<String>())]
     UnsupportedOps(Vec<String>),
-    #[error("constant `{0}` holds a non-finite value, which C99 cannot spell as a literal")]
-    NonFinite(String),
     #[error(
         "node `{node}`: its kernel uses constant `{value}` other than by subscript, so it cannot read it from program memory"
     )]
@@ -217,12 +215,19 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
             f32_io(g, n)
                 && (matches!(
                     b,
-                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Max | BinaryOp::Min
+                    BinaryOp::Add
+                        | BinaryOp::Sub
+                        | BinaryOp::Mul
+                        | BinaryOp::Div
+                        | BinaryOp::Max
+                        | BinaryOp::Min
+                        | BinaryOp::PRelu
                 ) || (*b == BinaryOp::Pow && pow_exponent(g, n).is_some()))
         }
         Op::Conv(c) => {
             f32_half_weight(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok)
         }
+        Op::ConvTranspose(_) => f32_io(g, n),
         Op::Gemm { fused, .. } => f32_half_weight(g, n) && fused.is_none_or(unary_ok),
         Op::MatMul => f32_half_weight(g, n),
         Op::Pool(p) => {
@@ -326,7 +331,7 @@ fn f32_in(g: &Graph, n: NodeId) -> bool {
 
 /// The C expression for `u(x)` (x a float expression without side effects).
 fn unary_expr(u: UnaryOp, x: &str) -> String {
-    let l = |v: f32| f32_lit(v).unwrap_or_else(|| "0.0f".into());
+    let l = |v: f32| f32_lit(v);
     match u {
         UnaryOp::Relu => format!("kiln_maxf({x}, 0.0f)"),
         UnaryOp::LeakyRelu { alpha } => format!("({x} < 0.0f ? {} * {x} : {x})", l(alpha)),
@@ -570,11 +575,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     }
                     kiln_ir::Data::F16(h) => h.iter().map(|x| x.to_bits().to_string()).collect(),
                     _ => match t.data.scalar() {
-                        Scalar::F32 => t
-                            .to_f32_vec()
-                            .iter()
-                            .map(|&x| f32_lit(x).ok_or_else(|| Error::NonFinite(g.value(v).name.clone())))
-                            .collect::<Result<_, _>>()?,
+                        Scalar::F32 => t.to_f32_vec().iter().map(|&x| f32_lit(x)).collect(),
                         _ => t.to_i64_vec().iter().map(|x| format!("{x}")).collect(),
                     },
                 };
@@ -622,6 +623,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     entry(&mut out, g, plan, opts, &names, &api, None);
     if let Some(int) = &api.int {
         entry(&mut out, g, plan, opts, &names, &api, Some(int));
+    }
+    // a non-finite constant is spelled with math.h's INFINITY or NAN
+    if !needs_math && (out.contains("INFINITY") || out.contains("NAN")) {
+        let head = format!("#include \"{p}.h\"\n");
+        out = out.replacen(&head, &format!("{head}#include <math.h>\n"), 1);
     }
     Ok(Output { source: out })
 }
@@ -1052,6 +1058,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
                     BinaryOp::Mul => "a * b",
                     BinaryOp::Div => "a / b",
                     BinaryOp::Max => "kiln_maxf(a, b)",
+                    BinaryOp::PRelu => "(a < 0.0f ? a * b : a)",
                     _ => "kiln_minf(a, b)",
                 };
                 broadcast2(out, g, n, &|o| {
@@ -1060,6 +1067,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
             }
         }
         Op::Conv(c) => conv::conv(out, g, n, c, host),
+        Op::ConvTranspose(c) => conv::conv_transpose(out, g, n, c),
         Op::Gemm {
             alpha,
             beta,
@@ -1094,7 +1102,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
                 if max {
                     "acc".to_string()
                 } else {
-                    format!("acc / {}", f32_lit(size as f32).unwrap_or_default())
+                    format!("acc / {}", f32_lit(size as f32))
                 }
             );
         }
@@ -1174,7 +1182,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
                 _ => "acc = acc + v;",
             };
             let fin = match kind {
-                ReduceKind::Mean => format!("acc / {}", f32_lit(count as f32).unwrap_or_default()),
+                ReduceKind::Mean => format!("acc / {}", f32_lit(count as f32)),
                 ReduceKind::L2 => "sqrtf(acc)".into(),
                 ReduceKind::LogSum => "logf(acc)".into(),
                 // a second pass: log(sum(exp(v - max))) + max
@@ -1231,12 +1239,12 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
             let _ = writeln!(
                 out,
                 "        for (int32_t j = 0; j < {inner}; ++j) mean = mean + x[j];\n        mean = mean / {n};\n        for (int32_t j = 0; j < {inner}; ++j) var = var + (x[j] - mean) * (x[j] - mean);\n        var = var / {n};",
-                n = f32_lit(inner as f32).unwrap_or_default()
+                n = f32_lit(inner as f32)
             );
             let _ = writeln!(
                 out,
                 "        inv = 1.0f / sqrtf(var + {});\n        for (int32_t j = 0; j < {inner}; ++j) y[j] = (x[j] - mean) * inv * x1[j]{bias};\n    }}",
-                f32_lit(*epsilon).unwrap_or_default()
+                f32_lit(*epsilon)
             );
         }
         Op::BatchNorm { epsilon } => {
@@ -1246,7 +1254,7 @@ fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
             let _ = writeln!(
                 out,
                 "        float k = x1[ch] / sqrtf(x4[ch] + {});\n        float s = x2[ch] - x3[ch] * k;",
-                f32_lit(*epsilon).unwrap_or_default()
+                f32_lit(*epsilon)
             );
             let _ = writeln!(
                 out,
@@ -1390,11 +1398,7 @@ fn lstm(out: &mut String, g: &Graph, n: NodeId, r: &kiln_ir::op::Rnn) {
     let h = r.hidden;
     let dirs = r.direction.count();
     let clip = |e: &str| match r.clip {
-        Some(c) => format!(
-            "kiln_minf(kiln_maxf({e}, {}), {})",
-            f32_lit(-c).unwrap_or_default(),
-            f32_lit(c).unwrap_or_default()
-        ),
+        Some(c) => format!("kiln_minf(kiln_maxf({e}, {}), {})", f32_lit(-c), f32_lit(c)),
         None => e.to_string(),
     };
     let _ = writeln!(

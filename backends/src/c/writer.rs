@@ -3,21 +3,20 @@
 
 use std::fmt::Write;
 
-/// An f32 as a C literal that reads back to the same bits (hex float for exactness).
-pub fn f32_lit(v: f32) -> Option<String> {
-    if !v.is_finite() {
-        return None;
+/// An f32 as a C literal that reads back to the same value: the shortest decimal that
+/// round-trips, or `INFINITY` / `NAN` from `math.h` (every generated file includes it),
+/// which C99 gives as constant expressions.
+pub fn f32_lit(v: f32) -> String {
+    if v.is_nan() {
+        return if v.is_sign_negative() { "(-NAN)" } else { "NAN" }.into();
+    }
+    if v.is_infinite() {
+        return if v < 0.0 { "(-INFINITY)" } else { "INFINITY" }.into();
     }
     if v == 0.0 {
-        return Some(if v.is_sign_negative() {
-            "-0.0f".into()
-        } else {
-            "0.0f".into()
-        });
+        return if v.is_sign_negative() { "-0.0f" } else { "0.0f" }.into();
     }
-    // Shortest decimal that round-trips, as Rust prints it.
-    let s = format!("{v:e}");
-    Some(format!("{s}f"))
+    format!("{v:e}f")
 }
 
 /// `static const <ty> <name>[n] = { ... };` with `per_line` values per line.
