@@ -28,6 +28,8 @@ pub enum CompileError {
     },
     #[error("cannot compile for AVR: {0}")]
     AvrLimit(String),
+    #[error("the graph handed to the backend is invalid (a bug in the pass that made it): {0}")]
+    Invalid(IrError),
     #[error(transparent)]
     Plan(#[from] IrError),
     #[error(transparent)]
@@ -131,6 +133,9 @@ pub fn plan_native(g: &Graph, target: &Target) -> Result<MemoryPlan, IrError> {
 
 pub fn compile(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled, CompileError> {
     check_prefix(&opts.prefix)?;
+    // Backends take a verified graph, whichever rewrites (fp16, hybrid, int8, bindings)
+    // made it.
+    kiln_ir::verify::verify(g).map_err(CompileError::Invalid)?;
     match opts.emit {
         Emit::C => return compile_c(g, opts, source),
         Emit::RustSource => return compile_rust(g, opts, source),
