@@ -78,6 +78,12 @@ pub enum BuildError {
         calibration: PathBuf,
         source: Box<QuantError>,
     },
+    #[error("{}: {what} weights: {source}", .path.display())]
+    Convert {
+        path: PathBuf,
+        what: &'static str,
+        source: Box<QuantError>,
+    },
     #[error("{}: {source}", .path.display())]
     Compile { path: PathBuf, source: Box<CompileError> },
     #[error("no output directory: OUT_DIR is not set (call from a build script, or give .out_dir())")]
@@ -217,54 +223,46 @@ impl Build {
                 source: Box::new(source),
             }
         })?;
-        let own_default = Quantize::Model {
-            options: Default::default(),
+        use crate::quantize::Mode;
+        let none = Default::default();
+        let (mode, options) = match &self.quantize {
+            Quantize::None => (Mode::default_for(&m.graph), &none),
+            Quantize::Float => (Mode::Float, &none),
+            Quantize::Fp16 => (Mode::Fp16, &none),
+            Quantize::Dynamic => (Mode::Dynamic, &none),
+            Quantize::Model { options } => (Mode::Model { calibration: None }, options),
+            Quantize::Int8 { calibration, options } => (
+                Mode::Int8 {
+                    calibration: calibration.clone(),
+                },
+                options,
+            ),
         };
-        let quantize = match &self.quantize {
-            Quantize::None if crate::quantize::qdq::is_quantized(&m.graph) => &own_default,
-            q => q,
-        };
-        let graph = match quantize {
-            Quantize::None | Quantize::Float => m.graph,
-            Quantize::Fp16 => {
-                crate::quantize::fp16::to_fp16(&m.graph)
-                    .map_err(|source| BuildError::Compile {
-                        path: path.clone(),
-                        source: Box::new(CompileError::Plan(source)),
-                    })?
-                    .graph
-            }
-            Quantize::Dynamic => {
-                crate::quantize::dynamic::to_dynamic(&m.graph, &[])
-                    .map_err(|source| BuildError::Compile {
-                        path: path.clone(),
-                        source: Box::new(CompileError::Plan(source)),
-                    })?
-                    .graph
-            }
-            Quantize::Model { options } => {
-                // the numerics of the model's origin unless the options name them
-                let mut options = options.clone();
-                if options.numerics.is_none() {
-                    options.numerics = crate::quantize::qdq::origin_numerics(&m.producer);
-                }
-                crate::quantize::qdq::quantize_model(&m.graph, None, &options)
-                    .map_err(|source| BuildError::QuantizeModel {
-                        path: path.clone(),
-                        source: Box::new(source),
-                    })?
-                    .graph
-            }
-            Quantize::Int8 { calibration, options } => {
-                crate::quantize::quantize_int8(&m.graph, calibration, options, |_, _| {})
-                    .map_err(|source| BuildError::Quantize {
+        let graph = crate::quantize::apply(&m.graph, &m.producer, &mode, options, |_, _| {})
+            .map_err(|source| {
+                let source = Box::new(source);
+                match &mode {
+                    Mode::Int8 { calibration } => BuildError::Quantize {
                         path: path.clone(),
                         calibration: calibration.clone(),
-                        source: Box::new(source),
-                    })?
-                    .graph
-            }
-        };
+                        source,
+                    },
+                    Mode::Model { .. } => BuildError::QuantizeModel {
+                        path: path.clone(),
+                        source,
+                    },
+                    _ => BuildError::Convert {
+                        path: path.clone(),
+                        what: if matches!(mode, Mode::Fp16) {
+                            "float16"
+                        } else {
+                            "hybrid int8"
+                        },
+                        source,
+                    },
+                }
+            })?
+            .graph;
         let emit = self.emit.unwrap_or_else(|| {
             if kiln_backends::cranelift::target_isa(&target.triple, None).is_ok() {
                 Emit::Object

@@ -330,7 +330,12 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
         ..quant.clone()
     };
     check_quant_flags(quant, mode)?;
-    match mode {
+    let refuse_data = |what: &str| match quant.calibrate {
+        Some(_) => bail!("--quantize {what} needs no calibration data; drop --calibrate"),
+        None => Ok(()),
+    };
+    use kiln::quantize::Mode;
+    let how = match mode {
         QuantMode::None => {
             if quant.calibrate.is_some() {
                 bail!("--calibrate needs --quantize int8");
@@ -340,76 +345,39 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
                     "note: the model carries its own quantization (QuantizeLinear/DequantizeLinear); it is compiled as the float arithmetic those ops define. --quantize int8 gives integer code with the model's parameters"
                 );
             }
+            Mode::Float
         }
-        QuantMode::Int8 | QuantMode::Dynamic if own => {
-            let mut opts = quant_options(quant)?;
-            if opts.numerics.is_none()
-                && let Some(n) = kiln::quantize::qdq::origin_numerics(&m.producer)
-            {
-                eprintln!(
-                    "note: integer numerics: {} (the model was written by {}; --numerics onnx gives ONNX Runtime's)",
-                    n.name(),
-                    m.producer
-                );
-                opts.numerics = Some(n);
-            }
-            let q = kiln::quantize::qdq::quantize_model(&m.graph, quant.calibrate.as_deref(), &opts)?;
-            for n in &q.notes {
-                eprintln!("note: {n}");
-            }
-            m.graph = q.graph;
-        }
+        QuantMode::Int8 if own => Mode::Model {
+            calibration: quant.calibrate.clone(),
+        },
         QuantMode::Fp16 => {
-            if quant.calibrate.is_some() {
-                bail!("--quantize fp16 needs no calibration data; drop --calibrate");
-            }
-            let q = kiln::quantize::fp16::to_fp16(&m.graph)?;
-            for n in &q.notes {
-                eprintln!("note: {n}");
-            }
-            eprintln!("note: float16 weights: {} -> {} bytes", q.bytes_f32, q.bytes_f16);
-            m.graph = q.graph;
+            refuse_data("fp16")?;
+            Mode::Fp16
         }
         QuantMode::Dynamic => {
-            if quant.calibrate.is_some() {
-                bail!("--quantize dynamic needs no calibration data; drop --calibrate");
-            }
-            let opts = kiln::quantize::QuantOptions {
-                keep_float: quant.keep_float.clone(),
-                ..Default::default()
-            };
-            kiln::quantize::quantize_static::check_keep_float(&m.graph, &opts)?;
-            let q = kiln::quantize::dynamic::to_dynamic(&m.graph, &quant.keep_float)?;
-            for n in &q.notes {
-                eprintln!("note: {n}");
-            }
-            eprintln!(
-                "note: int8 weights: {} -> {} bytes (with their f32 scales, per channel or per block)",
-                q.bytes_f32, q.bytes_int8
-            );
-            m.graph = q.graph;
+            refuse_data("dynamic")?;
+            Mode::Dynamic
         }
-        QuantMode::Int8 => {
-            let dir = quant.calibrate.as_ref().context(
+        QuantMode::Int8 => Mode::Int8 {
+            calibration: quant.calibrate.clone().context(
                 "--quantize int8 needs calibration data: --calibrate DIR (or a model quantized by its authors)",
-            )?;
-            let opts = quant_options(quant)?;
-            let start = std::time::Instant::now();
-            let q = kiln::quantize::quantize_int8(&m.graph, dir, &opts, |done, total| {
-                if start.elapsed().as_secs() >= 2 && (done % 10 == 0 || done == total) {
-                    eprint!("\rcalibrating: {done}/{total}");
-                    if done == total {
-                        eprintln!();
-                    }
-                }
-            })?;
-            for n in &q.notes {
-                eprintln!("note: {n}");
+            )?,
+        },
+    };
+    let opts = quant_options(quant)?;
+    let start = std::time::Instant::now();
+    let q = kiln::quantize::apply(&m.graph, &m.producer, &how, &opts, |done, total| {
+        if start.elapsed().as_secs() >= 2 && (done % 10 == 0 || done == total) {
+            eprint!("\rcalibrating: {done}/{total}");
+            if done == total {
+                eprintln!();
             }
-            eprintln!("note: calibrated on {} sample(s)", q.samples);
-            m.graph = q.graph;
         }
+    })?;
+    for n in &q.notes {
+        eprintln!("note: {n}");
     }
+    m.graph = q.graph;
     Ok(m)
 }
 

@@ -231,6 +231,15 @@ fn same_scalar(op: &Op, a: &TensorType, b: &TensorType) -> Result<()> {
     Ok(())
 }
 
+/// A product's weight: the input's element type, or binary16 weights of an f32 product
+/// (reduced-float builds; every kernel widens them exactly as it reads them).
+fn weight_scalar(op: &Op, x: &TensorType, w: &TensorType) -> Result<()> {
+    if x.dtype.scalar == Scalar::F32 && w.dtype.scalar == Scalar::F16 {
+        return Ok(());
+    }
+    same_scalar(op, x, w)
+}
+
 fn spatial(op: &Op, x: &TensorType, w: &Window, ceil: bool) -> Result<Vec<usize>> {
     let r = w.kernel.len();
     if x.shape.len() != r + 2 || w.strides.len() != r || w.dilations.len() != r || w.pads.len() != 2 * r {
@@ -592,7 +601,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         Conv(c) => {
             arity(op, inputs, 2, 3)?;
             let (xt, w) = (inputs[0], inputs[1]);
-            same_scalar(op, xt, w)?;
+            weight_scalar(op, xt, w)?;
             let sp = spatial(op, xt, &c.window, false)?;
             let ci = xt.shape[1];
             if c.group == 0 || ci % c.group != 0 || w.shape.len() != xt.shape.len() || w.shape[1] * c.group != ci {
@@ -641,7 +650,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         Gemm { trans_a, trans_b, .. } => {
             arity(op, inputs, 2, 3)?;
             let (a, b) = (inputs[0], inputs[1]);
-            same_scalar(op, a, b)?;
+            weight_scalar(op, a, b)?;
             if a.shape.len() != 2 || b.shape.len() != 2 {
                 return err(op, format!("needs 2-D operands, got {a} and {b}"));
             }
@@ -668,7 +677,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         MatMul => {
             arity(op, inputs, 2, 2)?;
             let (a, b) = (inputs[0], inputs[1]);
-            same_scalar(op, a, b)?;
+            weight_scalar(op, a, b)?;
             Ok(vec![plain(
                 a.dtype.scalar,
                 matmul_shape(&a.shape, &b.shape)

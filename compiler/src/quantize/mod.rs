@@ -284,3 +284,93 @@ fn auto(
     let (_, r, m) = best.expect("candidates");
     Ok((r, m))
 }
+
+/// What a build does to a loaded model's numbers. The command line and `kiln::Build` both
+/// go through [`apply`], so a mode means the same thing in both.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// The float arithmetic the model's ops define (for a quantized model, the float
+    /// simulation of its QuantizeLinear/DequantizeLinear).
+    Float,
+    /// Float16 weights, f32 arithmetic.
+    Fp16,
+    /// Hybrid int8: int8 weights (a quantized model's own where they have a hybrid form),
+    /// activations quantized at run time.
+    Dynamic,
+    /// Integer code with the parameters of a model that carries its own quantization;
+    /// `calibration` gives ranges to values it leaves unquantized.
+    Model { calibration: Option<PathBuf> },
+    /// Full integer from calibration data.
+    Int8 { calibration: PathBuf },
+}
+
+impl Mode {
+    /// The default for a model: its own quantization when it has one, else float.
+    pub fn default_for(g: &Graph) -> Mode {
+        if qdq::is_quantized(g) {
+            Mode::Model { calibration: None }
+        } else {
+            Mode::Float
+        }
+    }
+}
+
+/// A graph after [`apply`], with what the caller should tell the user.
+pub struct Applied {
+    pub graph: Graph,
+    pub notes: Vec<String>,
+}
+
+/// Rewrites `g` (written by `producer`) for `mode` with `opts`; `progress` as in
+/// [`quantize_int8`]. With `Mode::Model` and no numerics in `opts`, the model's origin picks
+/// them (with a note).
+pub fn apply(
+    g: &Graph,
+    producer: &str,
+    mode: &Mode,
+    opts: &QuantOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<Applied, QuantError> {
+    let mut notes = Vec::new();
+    let graph = match mode {
+        Mode::Float => g.clone(),
+        Mode::Fp16 => {
+            let q = fp16::to_fp16(g).map_err(QuantError::Ir)?;
+            notes.extend(q.notes);
+            notes.push(format!("float16 weights: {} -> {} bytes", q.bytes_f32, q.bytes_f16));
+            q.graph
+        }
+        Mode::Dynamic => {
+            quantize_static::check_keep_float(g, opts)?;
+            let q = dynamic::to_dynamic(g, &opts.keep_float).map_err(QuantError::Ir)?;
+            notes.extend(q.notes);
+            notes.push(format!(
+                "int8 weights: {} -> {} bytes (with their f32 scales, per channel or per block)",
+                q.bytes_f32, q.bytes_int8
+            ));
+            q.graph
+        }
+        Mode::Model { calibration } => {
+            let mut opts = opts.clone();
+            if opts.numerics.is_none()
+                && let Some(n) = qdq::origin_numerics(producer)
+            {
+                notes.push(format!(
+                    "integer numerics: {} (the model was written by {producer}; --numerics onnx gives ONNX Runtime's)",
+                    n.name()
+                ));
+                opts.numerics = Some(n);
+            }
+            let q = qdq::quantize_model(g, calibration.as_deref(), &opts)?;
+            notes.extend(q.notes);
+            q.graph
+        }
+        Mode::Int8 { calibration } => {
+            let q = quantize_int8(g, calibration, opts, progress)?;
+            notes.extend(q.notes);
+            notes.push(format!("calibrated on {} sample(s)", q.samples));
+            q.graph
+        }
+    };
+    Ok(Applied { graph, notes })
+}
