@@ -49,6 +49,9 @@ fn cases_with(method: Option<kiln::quantize::calibrate::Method>) -> Vec<Case> {
                     method,
                     equalize: refinement_from_env("KILN_EQUALIZE"),
                     bias_correction: refinement_from_env("KILN_BIAS_CORRECTION"),
+                    weight_rounding: std::env::var("KILN_WEIGHT_ROUNDING")
+                        .is_ok()
+                        .then(|| refinement_from_env("KILN_WEIGHT_ROUNDING")),
                     ..Default::default()
                 },
                 |_, _| {},
@@ -83,7 +86,8 @@ fn argmax(v: &[f64]) -> usize {
         .0
 }
 
-/// `KILN_EQUALIZE` / `KILN_BIAS_CORRECTION` = `on|auto` turn a refinement on (default: off),
+/// `KILN_EQUALIZE` / `KILN_WEIGHT_ROUNDING` / `KILN_BIAS_CORRECTION` = `on|auto` turn a
+/// refinement on (default: off),
 /// for measuring each one's effect with `int8_models_track_the_float_models`.
 fn refinement_from_env(var: &str) -> kiln::quantize::refine::Refine {
     use kiln::quantize::refine::Refine;
@@ -1250,4 +1254,50 @@ fn silero_vad_int8_streams_without_a_float_op() {
         sum / n as f64
     );
     assert!(float_ops.is_empty(), "float ops: {float_ops:?}");
+}
+
+/// Weight rounding for the data: at 4 bits the digits CNN's outputs on its held-out `eval/`
+/// set get closer to float than with nearest rounding (measured: mean abs error 0.0044 ->
+/// 0.0021), and 4-bit builds use it by default.
+#[test]
+fn weight_rounding_for_the_data_lowers_the_held_out_error_at_4_bits() {
+    use kiln::quantize::refine::Refine;
+    let dir = repo().join("tests/models/digits_cnn");
+    let g = kiln::load(
+        &dir.join("model.onnx"),
+        &ImportOptions::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .unwrap()
+    .graph;
+    let eval = kiln::quantize::calibrate::CalibrationSet::load(&g, &dir.join("eval")).unwrap();
+    let build = |r: Option<Refine>| {
+        let opts = QuantOptions {
+            weight_bits: Some(4),
+            weight_rounding: r,
+            ..Default::default()
+        };
+        quantize_int8(&g, &dir.join("calib"), &opts, |_, _| {}).unwrap().graph
+    };
+    let error = |q: &Graph| {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for i in 0..eval.samples {
+            let x = eval.sample(&g, i);
+            let (f, y) = (kiln_ir::eval::run(&g, &x).unwrap(), kiln_ir::eval::run(q, &x).unwrap());
+            for (a, b) in f[0].to_f64_vec().iter().zip(y[0].to_f64_vec()) {
+                sum += (a - b).abs();
+                n += 1;
+            }
+        }
+        sum / n as f64
+    };
+    let (nearest, fitted, default) = (build(Some(Refine::Off)), build(Some(Refine::On)), build(None));
+    let (e0, e1) = (error(&nearest), error(&fitted));
+    println!("digits 4-bit, eval/: mean abs error {e0:.5} nearest, {e1:.5} rounded for the data");
+    assert!(e1 < 0.7 * e0, "{e0} -> {e1}");
+    assert!(
+        (error(&default) - e1).abs() < 1e-12,
+        "4-bit builds round for the data by default"
+    );
 }

@@ -14,6 +14,7 @@ pub mod qdq;
 pub mod quantize_static;
 pub mod refine;
 pub mod report;
+pub mod rounding;
 
 use kiln_ir::op::Numerics;
 use kiln_ir::{Graph, IrError, Op};
@@ -83,6 +84,10 @@ pub struct QuantOptions {
     /// Move each product's bias so that its channel means match float on the calibration
     /// data (`bias_correction`).
     pub bias_correction: refine::Refine,
+    /// Round each product's weights to the steps that minimize its output error on the
+    /// calibration data rather than to the nearest (`rounding`). `None`: on below 8-bit
+    /// weights, where it lowered the held-out error of every model measured, off at 8 bits.
+    pub weight_rounding: Option<refine::Refine>,
 }
 
 /// Sets the rounding of every integer convolution, Add and average pool of `g` to `n`.
@@ -170,7 +175,7 @@ pub fn quantize_int8(
     };
     let refined = refine::decide(g, &set, method, opts)?;
     let equalized;
-    let (g, ranges) = if refined.equalize {
+    let (g, ranges) = if refined.on.equalize {
         let picks: Vec<usize> = (0..set.samples).collect();
         let samples: Vec<Vec<kiln_ir::Tensor>> = picks.iter().map(|&i| set.sample(g, i)).collect();
         equalized = equalize::equalized(g, &samples).map_err(QuantError::Ir)?.0;
@@ -187,10 +192,15 @@ pub fn quantize_int8(
         }
         None => (quantize_static::run(g, &ranges, opts)?, None),
     };
-    if refined.bias_correction {
+    if refined.on.rounding || refined.on.bias_correction {
         let n = set.samples.min(AUTO_SAMPLES);
         let samples: Vec<Vec<kiln_ir::Tensor>> = (0..n).map(|i| set.sample(g, i * set.samples / n)).collect();
-        bias_correction::correct(g, &mut q.graph, &samples)?;
+        if refined.on.rounding {
+            rounding::round(g, &mut q.graph, &samples)?;
+        }
+        if refined.on.bias_correction {
+            bias_correction::correct(g, &mut q.graph, &samples)?;
+        }
     }
     let mut notes = q.notes;
     notes.extend(refined.notes);

@@ -12,7 +12,7 @@
 //! enough to be a default (the numbers are in issue 18's notes).
 
 use super::calibrate::{CalibrationSet, Method};
-use super::{QuantError, QuantOptions, bias_correction, equalize, quantize_static};
+use super::{QuantError, QuantOptions, bias_correction, equalize, quantize_static, rounding};
 use kiln_ir::{Graph, Tensor};
 
 /// Fewer samples than this leave nothing to hold out: the refinements stay off.
@@ -30,29 +30,61 @@ pub enum Refine {
     Auto,
 }
 
-/// What `decide` chose, with a note per refinement saying why.
-pub struct Choice {
+/// Which refinements a build applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refinements {
     pub equalize: bool,
+    pub rounding: bool,
     pub bias_correction: bool,
+}
+
+/// What `decide` chose, with a note per refinement decided on data saying why.
+pub struct Choice {
+    pub on: Refinements,
     pub notes: Vec<String>,
 }
 
 pub fn decide(g: &Graph, set: &CalibrationSet, method: Method, opts: &QuantOptions) -> Result<Choice, QuantError> {
     let can_equalize = !equalize::pairs(g).is_empty();
+    let narrow = opts.weight_bits.is_some_and(|b| b < 8) || opts.weight_bits_of.iter().any(|w| w.1 < 8);
+    let rounding = (opts.weight_rounding).unwrap_or(if narrow { Refine::On } else { Refine::Off });
     let mut c = Choice {
-        equalize: opts.equalize == Refine::On && can_equalize,
-        bias_correction: opts.bias_correction == Refine::On,
+        on: Refinements {
+            equalize: opts.equalize == Refine::On && can_equalize,
+            rounding: rounding == Refine::On,
+            bias_correction: opts.bias_correction == Refine::On,
+        },
         notes: Vec::new(),
     };
-    let eq_auto = opts.equalize == Refine::Auto && can_equalize;
-    let bc_auto = opts.bias_correction == Refine::Auto;
-    let undecided = eq_auto || bc_auto;
-    if !undecided {
+    // in order: each judged on top of the ones kept before it
+    type Set = fn(&mut Refinements);
+    let undecided: Vec<(&str, Set)> = [
+        (
+            opts.equalize == Refine::Auto && can_equalize,
+            "equalization before depthwise convolutions",
+            (|r: &mut Refinements| r.equalize = true) as Set,
+        ),
+        (
+            rounding == Refine::Auto,
+            "weight rounding for the data",
+            |r: &mut Refinements| r.rounding = true,
+        ),
+        (
+            opts.bias_correction == Refine::Auto,
+            "bias correction",
+            |r: &mut Refinements| r.bias_correction = true,
+        ),
+    ]
+    .into_iter()
+    .filter(|u| u.0)
+    .map(|u| (u.1, u.2))
+    .collect();
+    if undecided.is_empty() {
         return Ok(c);
     }
     if set.samples < MIN_SAMPLES {
         c.notes.push(format!(
-            "equalization and bias correction: off, {} calibration samples are too few to judge them on held-out data (at least {MIN_SAMPLES})",
+            "data-fitted refinements: off, {} calibration samples are too few to judge them on held-out data (at least {MIN_SAMPLES})",
             set.samples
         ));
         return Ok(c);
@@ -61,31 +93,21 @@ pub fn decide(g: &Graph, set: &CalibrationSet, method: Method, opts: &QuantOptio
     let picks: Vec<usize> = (0..n).map(|i| i * set.samples / n).collect();
     let halves = [&picks[..n / 2], &picks[n / 2..]];
     let folds = [Fold::new(g, set, halves[0])?, Fold::new(g, set, halves[1])?];
-    let score = |eq: bool, bc: bool| -> Result<[Score; 2], QuantError> {
+    let score = |r: Refinements| -> Result<[Score; 2], QuantError> {
         let (a, b) = (&folds[0], &folds[1]);
-        Ok([
-            a.score(g, b, method, opts, eq, bc)?,
-            b.score(g, a, method, opts, eq, bc)?,
-        ])
+        Ok([a.score(g, b, method, opts, r)?, b.score(g, a, method, opts, r)?])
     };
-    let mut best = score(c.equalize, c.bias_correction)?;
-    if eq_auto {
-        let s = score(true, c.bias_correction)?;
-        c.equalize = better(&s, &best);
-        c.notes.push(verdict(
-            "equalization before depthwise convolutions",
-            c.equalize,
-            &best,
-            &s,
-        ));
-        if c.equalize {
+    let mut best = score(c.on)?;
+    for (what, set_on) in undecided {
+        let mut trial = c.on;
+        set_on(&mut trial);
+        let s = score(trial)?;
+        let kept = better(&s, &best);
+        c.notes.push(verdict(what, kept, &best, &s));
+        if kept {
+            c.on = trial;
             best = s;
         }
-    }
-    if bc_auto {
-        let s = score(c.equalize, true)?;
-        c.bias_correction = better(&s, &best);
-        c.notes.push(verdict("bias correction", c.bias_correction, &best, &s));
     }
     Ok(c)
 }
@@ -147,23 +169,40 @@ impl Fold {
         test: &Fold,
         method: Method,
         opts: &QuantOptions,
-        eq: bool,
-        bc: bool,
+        r: Refinements,
     ) -> Result<Score, QuantError> {
-        let fitted = if eq {
-            equalize::equalized(g, &self.samples).map_err(QuantError::Ir)?.0
-        } else {
-            g.clone()
-        };
-        let ranges = super::calibrate::calibrate(&fitted, &self.set, method, |_, _| {})?;
-        let mut q = quantize_static::run(&fitted, &ranges, opts)?;
-        if bc {
-            bias_correction::correct(&fitted, &mut q.graph, &self.samples)?;
-        }
-        let (sum, count, max) = super::abs_errors(&q.graph, &test.samples, &test.want)?;
+        let q = fitted(g, &self.set, &self.samples, method, opts, r)?;
+        let (sum, count, max) = super::abs_errors(&q, &test.samples, &test.want)?;
         Ok(Score {
             mean: sum / count.max(1) as f64,
             max,
         })
     }
+}
+
+/// `g` quantized on `set` (whose samples are `samples`) with the refinements `r`.
+fn fitted(
+    g: &Graph,
+    set: &CalibrationSet,
+    samples: &[Vec<Tensor>],
+    method: Method,
+    opts: &QuantOptions,
+    r: Refinements,
+) -> Result<Graph, QuantError> {
+    let eq;
+    let g = if r.equalize {
+        eq = equalize::equalized(g, samples).map_err(QuantError::Ir)?.0;
+        &eq
+    } else {
+        g
+    };
+    let ranges = super::calibrate::calibrate(g, set, method, |_, _| {})?;
+    let mut q = quantize_static::run(g, &ranges, opts)?.graph;
+    if r.rounding {
+        rounding::round(g, &mut q, samples)?;
+    }
+    if r.bias_correction {
+        bias_correction::correct(g, &mut q, samples)?;
+    }
+    Ok(q)
 }
