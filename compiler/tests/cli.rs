@@ -112,6 +112,35 @@ fn unknown_pass_and_print_after() {
     assert!(text(&o).1.contains("unknown pass `no_such_pass`"));
 }
 
+/// README's conformance figures are the manifests' counts: each `N of the` before a
+/// manifest's name is that manifest's number of cases.
+#[test]
+fn readme_conformance_figures_match_the_manifests() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let flat: String = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    for m in ["evaluator", "native", "c", "rust"] {
+        let path = format!("tests/conformance/{m}.pass");
+        let list = std::fs::read_to_string(repo().join(&path)).unwrap();
+        let count = list
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .count();
+        let pretty = if count >= 1000 {
+            format!("{},{:03}", count / 1000, count % 1000)
+        } else {
+            count.to_string()
+        };
+        let at = flat
+            .find(&format!("`{path}`"))
+            .unwrap_or_else(|| panic!("README does not cite {path}"));
+        let before = &flat[flat[..at].char_indices().rev().nth(300).map_or(0, |(i, _)| i)..at];
+        assert!(
+            before.contains(&format!("{pretty} of the")),
+            "README's figure for {path} is stale: the manifest lists {pretty} cases"
+        );
+    }
+}
+
 #[test]
 fn supported_ops_doc_is_generated_from_the_registry() {
     let o = kiln(&["ops", "--markdown"]);

@@ -252,7 +252,36 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
                     .chunks(3)
                     .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh])
         }
-        _ => false,
+        // no C kernel yet (the native backend has them)
+        Op::InstanceNorm { .. }
+        | Op::Lrn { .. }
+        | Op::GatherNd { .. }
+        | Op::ScatterElements { .. }
+        | Op::ScatterNd { .. }
+        | Op::Tile { .. }
+        | Op::CumSum { .. }
+        | Op::OneHot { .. }
+        | Op::Einsum { .. }
+        | Op::Resize(_)
+        | Op::TopK { .. } => false,
+        // integer and hybrid ops: `int::supported` decides
+        Op::Quantize { .. }
+        | Op::Dequantize { .. }
+        | Op::QConv { .. }
+        | Op::QMatMul { .. }
+        | Op::QBlockMatMul { .. }
+        | Op::DynConv { .. }
+        | Op::DynMatMul { .. }
+        | Op::QAdd(_)
+        | Op::QMul(_)
+        | Op::QPRelu(_)
+        | Op::QSoftmax { .. }
+        | Op::Lut { .. }
+        | Op::Requant { .. }
+        | Op::QSoftmax16 { .. }
+        | Op::Lut16 { .. } => false,
+        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => false,
     }
 }
 
