@@ -399,6 +399,23 @@ fn nodes_without_outputs_and_repeated_outputs_are_refused() {
     g.output.push(g.output[0].clone());
     let e = err_text(load(&write_model("dup-out", &m)));
     assert!(e.contains("`y`") && e.contains("more than once"), "{e}");
+    // two producers of one value (the second would silently win), or a node writing a
+    // graph input's name
+    for (first, second) in [("y", "y"), ("x", "y")] {
+        let m = model(
+            vec![
+                node("Relu", "a", &["x"], &[first], vec![]),
+                node("Sigmoid", "b", &["x"], &[second], vec![]),
+            ],
+            vec![fixed("x", &[1, 4])],
+            vec![fixed("y", &[1, 4])],
+            vec![],
+            17,
+        );
+        let e = err_text(load(&write_model("dup-producer", &m)));
+        let culprit = if first == "x" { "`a`" } else { "`b`" };
+        assert!(e.contains(culprit) && e.contains("already defines"), "{e}");
+    }
 }
 
 #[test]

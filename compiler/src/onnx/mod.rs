@@ -348,6 +348,20 @@ fn validate_structure(g: &proto::GraphProto) -> Result<(), ImportError> {
             }
         }
     }
+    // ONNX values are assigned once: a second producer would silently replace the first
+    let mut defined: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    defined.extend(g.initializer.iter().map(|t| t.name.as_str()));
+    for (i, n) in g.node.iter().enumerate() {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            if !defined.insert(o.as_str()) {
+                return Err(ImportError::Node {
+                    node: node_name(n, i),
+                    op_type: n.op_type.clone(),
+                    msg: format!("writes `{o}`, which a graph input, initializer or earlier node already defines"),
+                });
+            }
+        }
+    }
     let mut seen = HashSet::new();
     for o in &g.output {
         if !seen.insert(o.name.as_str()) {
