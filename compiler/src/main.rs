@@ -659,6 +659,7 @@ fn layer_table(g: &Graph) -> Result<()> {
 }
 
 fn eval(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<()> {
+    let shapes = &shapes_from_inputs(path, shapes, inputs)?;
     let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
     if inputs.len() != g.inputs().len() {
@@ -694,6 +695,45 @@ fn eval(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, inputs: &[PathBuf], 
         kiln::npy::write(p, t)?;
     }
     Ok(())
+}
+
+/// `shapes` plus, for each input the model declares with symbolic dimensions and the
+/// command line does not pin, the shape of the array given for it (a note per bound
+/// dimension). Fixed dimensions must agree; the import checks that.
+fn shapes_from_inputs(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf]) -> Result<ShapeArgs> {
+    let mut out = shapes.clone();
+    let pinned: Vec<&str> = shapes
+        .input_shape
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|p| p.0))
+        .collect();
+    let bound: Vec<&str> = shapes
+        .bind
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|p| p.0))
+        .collect();
+    let declared = kiln::onnx::declared_inputs(path)?;
+    let open = declared.iter().filter(|(name, _)| !bound.contains(&name.as_str()));
+    for ((name, dims), file) in open.zip(inputs) {
+        if pinned.contains(&name.as_str()) || dims.iter().all(|d| d.is_ok()) {
+            continue;
+        }
+        let shape = kiln::npy::read_shape(file)?;
+        if shape.len() != dims.len() {
+            continue; // the import names the mismatch
+        }
+        for (i, (d, &n)) in dims.iter().zip(&shape).enumerate() {
+            if let Err(param) = d {
+                eprintln!(
+                    "note: input `{name}`: dimension {i} (`{param}`) is {n}, from {}",
+                    file.display()
+                );
+            }
+        }
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        out.input_shape.push(format!("{name}={}", dims.join(",")));
+    }
+    Ok(out)
 }
 
 /// A deterministic input for `ty`: uniform in [-1, 1) for floats, zeros otherwise.

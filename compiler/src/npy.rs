@@ -47,6 +47,19 @@ pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     decode(file, path, bytes.len())
 }
 
+/// The shape a `.npy` file declares, reading its header only.
+pub fn read_shape(path: &Path) -> Result<Vec<usize>, NpyError> {
+    let file = std::fs::File::open(path).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| NpyError::Format {
+        path: path.to_path_buf(),
+        msg: format!("not a .npy file ({e})"),
+    })?;
+    Ok(npy.shape().iter().map(|&d| d as usize).collect())
+}
+
 /// Every array of an `.npz` archive (as `np.savez` / `np.savez_compressed` write them),
 /// by name.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {

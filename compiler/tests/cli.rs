@@ -141,6 +141,46 @@ fn readme_conformance_figures_match_the_manifests() {
     }
 }
 
+/// `eval` binds a model's symbolic dimensions from the arrays it is given (a note per
+/// dimension); `compile` keeps asking for pins.
+#[test]
+fn eval_takes_symbolic_dimensions_from_its_inputs() {
+    let dir = tmp("symbolic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.onnx");
+    std::fs::write(&model, kiln_tests_support::symbolic_relu_model()).unwrap();
+    let x: Vec<f32> = (0..60).map(|i| i as f32 - 30.0).collect();
+    kiln::npy::write(
+        &dir.join("x.npy"),
+        &kiln_ir::Tensor::from_vec(vec![1, 3, 4, 5], x.clone()),
+    )
+    .unwrap();
+    let (m, xi, yo) = (model.to_str().unwrap(), dir.join("x.npy"), dir.join("y.npy"));
+    let o = kiln(&[
+        "eval",
+        m,
+        "--input",
+        xi.to_str().unwrap(),
+        "--output",
+        yo.to_str().unwrap(),
+    ]);
+    let err = text(&o).1;
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("dimension 2 (`h`) is 4") && err.contains("dimension 3 (`w`) is 5"),
+        "{err}"
+    );
+    let y = kiln::npy::read(&yo).unwrap();
+    assert_eq!(y.shape, vec![1, 3, 4, 5]);
+    assert_eq!(y.to_f32_vec(), x.iter().map(|&v| v.max(0.0)).collect::<Vec<_>>());
+    let o = kiln(&["compile", m, "-o", dir.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).1.contains("--input-shape"),
+        "{}",
+        text(&o).1
+    );
+}
+
 #[test]
 fn supported_ops_doc_is_generated_from_the_registry() {
     let o = kiln(&["ops", "--markdown"]);
@@ -251,6 +291,59 @@ fn compile_into_an_unwritable_place_fails_cleanly() {
 
 mod kiln_tests_support {
     use prost::Message;
+
+    /// x: f32[1, 3, h, w] -> Relu -> y (h and w symbolic)
+    pub fn symbolic_relu_model() -> Vec<u8> {
+        use kiln::onnx::proto::*;
+        use tensor_shape_proto::dimension::Value as D;
+        let vi = |name: &str| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: data_type::FLOAT,
+                    shape: Some(TensorShapeProto {
+                        dim: [
+                            D::DimValue(1),
+                            D::DimValue(3),
+                            D::DimParam("h".into()),
+                            D::DimParam("w".into()),
+                        ]
+                        .into_iter()
+                        .map(|v| tensor_shape_proto::Dimension {
+                            value: Some(v),
+                            denotation: String::new(),
+                        })
+                        .collect(),
+                    }),
+                })),
+                denotation: String::new(),
+            }),
+            doc_string: String::new(),
+        };
+        let node = NodeProto {
+            op_type: "Relu".into(),
+            name: "r".into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(GraphProto {
+                node: vec![node],
+                name: "g".into(),
+                input: vec![vi("x")],
+                output: vec![vi("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
 
     /// x: f64[2,3] -> Softmax -> y: f64[2,3]
     pub fn argmax_model() -> Vec<u8> {

@@ -139,6 +139,42 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> 
     Ok(imported)
 }
 
+/// A graph input as the file declares it: name and dimensions (`Err(name)` for a symbolic
+/// one, with its parameter name).
+pub type DeclaredInput = (String, Vec<Result<usize, String>>);
+
+/// The graph inputs a model file declares (initializers excluded), in order, without
+/// importing it: what `kiln eval` binds symbolic dimensions against.
+pub fn declared_inputs(path: &Path) -> Result<Vec<DeclaredInput>, ImportError> {
+    use proto::tensor_shape_proto::dimension::Value as D;
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let Some(g) = model.graph else { return Ok(Vec::new()) };
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    Ok((g.input.iter())
+        .filter(|vi| !inits.contains(vi.name.as_str()))
+        .map(|vi| {
+            let dims = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(proto::type_proto::Value::TensorType(tt)) => (tt.shape.iter().flat_map(|s| &s.dim))
+                    .map(|d| match &d.value {
+                        Some(D::DimValue(v)) if *v >= 0 => Ok(*v as usize),
+                        Some(D::DimParam(p)) => Err(p.clone()),
+                        _ => Err("?".into()),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (vi.name.clone(), dims)
+        })
+        .collect())
+}
+
 /// Files named by external tensors anywhere in `g`: initializers, and tensor attributes of
 /// nodes and of their subgraphs.
 fn external_files(g: &proto::GraphProto, base: &Path, out: &mut Vec<std::path::PathBuf>) {
