@@ -766,6 +766,7 @@ fn bench(
     flags: &kiln::bench::BuildFlags,
 ) -> Result<()> {
     let runs = runs as usize;
+    let shapes = &shapes_from_inputs(path, shapes, inputs)?;
     let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
     let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {

@@ -141,8 +141,8 @@ fn readme_conformance_figures_match_the_manifests() {
     }
 }
 
-/// `eval` binds a model's symbolic dimensions from the arrays it is given (a note per
-/// dimension); `compile` keeps asking for pins.
+/// `eval` and `bench --input` bind a model's symbolic dimensions from the arrays they are
+/// given (a note per dimension); `compile` keeps asking for pins.
 #[test]
 fn eval_takes_symbolic_dimensions_from_its_inputs() {
     let dir = tmp("symbolic");
@@ -173,6 +173,13 @@ fn eval_takes_symbolic_dimensions_from_its_inputs() {
     let y = kiln::npy::read(&yo).unwrap();
     assert_eq!(y.shape, vec![1, 3, 4, 5]);
     assert_eq!(y.to_f32_vec(), x.iter().map(|&v| v.max(0.0)).collect::<Vec<_>>());
+    // bench too (timing the evaluator, no compiler needed)
+    let o = kiln(&["bench", m, "--input", xi.to_str().unwrap(), "--runs", "3"]);
+    assert!(
+        o.status.success() && text(&o).1.contains("(`w`) is 5"),
+        "{}",
+        text(&o).1
+    );
     let o = kiln(&["compile", m, "-o", dir.to_str().unwrap()]);
     assert!(
         !o.status.success() && text(&o).1.contains("--input-shape"),
