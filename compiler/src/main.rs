@@ -579,6 +579,13 @@ fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
     let model = match load(path, shapes, &PipelineOptions::default()) {
         Ok(m) => m,
         Err(e) => {
+            // what the file declares, symbolic dimensions by name, when the import stops
+            for (name, dims) in kiln::onnx::declared_inputs(path).unwrap_or_default() {
+                let d: Vec<String> = (dims.iter())
+                    .map(|d| d.as_ref().map_or_else(|p| p.clone(), |v| v.to_string()))
+                    .collect();
+                println!("input     {name}: [{}] (as declared)", d.join(","));
+            }
             println!("unsupported / errors:");
             bail!(e)
         }

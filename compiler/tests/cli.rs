@@ -173,6 +173,13 @@ fn eval_takes_symbolic_dimensions_from_its_inputs() {
     let y = kiln::npy::read(&yo).unwrap();
     assert_eq!(y.shape, vec![1, 3, 4, 5]);
     assert_eq!(y.to_f32_vec(), x.iter().map(|&v| v.max(0.0)).collect::<Vec<_>>());
+    // inspect names the symbolic dimensions before the error that asks for pins
+    let o = kiln(&["inspect", m]);
+    let (out, err) = text(&o);
+    assert!(
+        out.contains("input     x: [1,3,h,w] (as declared)") && err.contains("--input-shape"),
+        "{out}{err}"
+    );
     // bench too (timing the evaluator, no compiler needed)
     let o = kiln(&["bench", m, "--input", xi.to_str().unwrap(), "--runs", "3"]);
     assert!(
