@@ -146,7 +146,51 @@ pub fn supported(g: &Graph, n: NodeId) -> Option<bool> {
                 )
         }
         Op::GlobalPool(k) if int_in => matches!(rank, 3 | 4) && !matches!(k, PoolKind::Lp { .. }),
-        _ => return None,
+        // float pools, and every float op: `float_supported` decides
+        Op::Pool(_) | Op::GlobalPool(_) => return None,
+        Op::Identity
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Where
+        | Op::Cast { .. }
+        | Op::Conv(_)
+        | Op::ConvTranspose(_)
+        | Op::Gemm { .. }
+        | Op::MatMul
+        | Op::BatchNorm { .. }
+        | Op::InstanceNorm { .. }
+        | Op::LayerNorm { .. }
+        | Op::Lrn { .. }
+        | Op::Softmax { .. }
+        | Op::LogSoftmax { .. }
+        | Op::Hardmax { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Concat { .. }
+        | Op::Split { .. }
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Gather { .. }
+        | Op::GatherElements { .. }
+        | Op::GatherNd { .. }
+        | Op::ScatterElements { .. }
+        | Op::ScatterNd { .. }
+        | Op::Expand { .. }
+        | Op::Tile { .. }
+        | Op::Reduce { .. }
+        | Op::ArgMax { .. }
+        | Op::ArgMin { .. }
+        | Op::CumSum { .. }
+        | Op::OneHot { .. }
+        | Op::Trilu { .. }
+        | Op::Einsum { .. }
+        | Op::Rnn(_)
+        | Op::Resize(_)
+        | Op::TopK { .. }
+        // ONNX's dynamic quantization ops (folded into DynConv/DynMatMul before code is made)
+        | Op::DynamicQuantize
+        | Op::IntConv { .. }
+        | Op::IntMatMul => return None,
     })
 }
 
