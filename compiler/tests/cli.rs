@@ -304,30 +304,24 @@ fn compile_into_an_unwritable_place_fails_cleanly() {
 }
 
 mod kiln_tests_support {
+    use kiln::onnx::proto::tensor_shape_proto::dimension::Value as D;
+    use kiln::onnx::proto::*;
     use prost::Message;
 
-    /// x: f32[1, 3, h, w] -> Relu -> y (h and w symbolic)
-    pub fn symbolic_relu_model() -> Vec<u8> {
-        use kiln::onnx::proto::*;
-        use tensor_shape_proto::dimension::Value as D;
+    /// x -> `op` (node `name`) -> y, both of element type `elem` and dimensions `dims`.
+    fn one_op_model(op: &str, name: &str, elem: i32, dims: &[D]) -> Vec<u8> {
         let vi = |name: &str| ValueInfoProto {
             name: name.into(),
             r#type: Some(TypeProto {
                 value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: data_type::FLOAT,
+                    elem_type: elem,
                     shape: Some(TensorShapeProto {
-                        dim: [
-                            D::DimValue(1),
-                            D::DimValue(3),
-                            D::DimParam("h".into()),
-                            D::DimParam("w".into()),
-                        ]
-                        .into_iter()
-                        .map(|v| tensor_shape_proto::Dimension {
-                            value: Some(v),
-                            denotation: String::new(),
-                        })
-                        .collect(),
+                        dim: (dims.iter())
+                            .map(|v| tensor_shape_proto::Dimension {
+                                value: Some(v.clone()),
+                                denotation: String::new(),
+                            })
+                            .collect(),
                     }),
                 })),
                 denotation: String::new(),
@@ -335,8 +329,8 @@ mod kiln_tests_support {
             doc_string: String::new(),
         };
         let node = NodeProto {
-            op_type: "Relu".into(),
-            name: "r".into(),
+            op_type: op.into(),
+            name: name.into(),
             input: vec!["x".into()],
             output: vec!["y".into()],
             ..Default::default()
@@ -359,52 +353,20 @@ mod kiln_tests_support {
         .encode_to_vec()
     }
 
+    /// x: f32[1, 3, h, w] -> Relu -> y (h and w symbolic)
+    pub fn symbolic_relu_model() -> Vec<u8> {
+        let dims = [
+            D::DimValue(1),
+            D::DimValue(3),
+            D::DimParam("h".into()),
+            D::DimParam("w".into()),
+        ];
+        one_op_model("Relu", "r", data_type::FLOAT, &dims)
+    }
+
     /// x: f64[2,3] -> Softmax -> y: f64[2,3]
     pub fn argmax_model() -> Vec<u8> {
-        use kiln::onnx::proto::*;
-        let vi = |name: &str, elem: i32, dims: &[i64]| ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: elem,
-                    shape: Some(TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| tensor_shape_proto::Dimension {
-                                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                                denotation: String::new(),
-                            })
-                            .collect(),
-                    }),
-                })),
-                denotation: String::new(),
-            }),
-            doc_string: String::new(),
-        };
-        let node = NodeProto {
-            op_type: "Softmax".into(),
-            name: "am".into(),
-            input: vec!["x".into()],
-            output: vec!["y".into()],
-            attribute: vec![],
-            ..Default::default()
-        };
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(GraphProto {
-                node: vec![node],
-                name: "g".into(),
-                input: vec![vi("x", data_type::DOUBLE, &[2, 3])],
-                output: vec![vi("y", data_type::DOUBLE, &[2, 3])],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec()
+        one_op_model("Softmax", "am", data_type::DOUBLE, &[D::DimValue(2), D::DimValue(3)])
     }
 }
 

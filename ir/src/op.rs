@@ -258,6 +258,25 @@ pub enum Activation {
     Softplus,
 }
 
+impl Activation {
+    /// The elementwise op computing this activation, where there is one (`Affine` and
+    /// `ScaledTanh` have two parameters no unary op takes).
+    pub fn unary(self) -> Option<UnaryOp> {
+        Some(match self {
+            Activation::Sigmoid => UnaryOp::Sigmoid,
+            Activation::Tanh => UnaryOp::Tanh,
+            Activation::Relu => UnaryOp::Relu,
+            Activation::LeakyRelu(alpha) => UnaryOp::LeakyRelu { alpha },
+            Activation::HardSigmoid(alpha, beta) => UnaryOp::HardSigmoid { alpha, beta },
+            Activation::ThresholdedRelu(alpha) => UnaryOp::ThresholdedRelu { alpha },
+            Activation::Elu(alpha) => UnaryOp::Elu { alpha },
+            Activation::Softsign => UnaryOp::Softsign,
+            Activation::Softplus => UnaryOp::Softplus,
+            Activation::Affine(..) | Activation::ScaledTanh(..) => return None,
+        })
+    }
+}
+
 /// ONNX RNN/GRU/LSTM. Inputs are always `[X, W, R, B, initial_h]`, for LSTM then
 /// `initial_c` and optionally the peepholes `P`; the importer materializes missing optional
 /// ones as zeros.

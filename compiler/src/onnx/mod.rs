@@ -110,16 +110,21 @@ pub struct Imported {
     pub producer: String,
 }
 
-/// Reads and imports a model file.
-pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
+/// The decoded model file at `path`.
+fn read_model(path: &Path) -> Result<ModelProto, ImportError> {
     let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
+    ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })?;
+    })
+}
+
+/// Reads and imports a model file.
+pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let model = read_model(path)?;
     if model.graph.is_none() {
         return Err(ImportError::Decode {
             path: path.to_path_buf(),
@@ -147,15 +152,9 @@ pub type DeclaredInput = (String, Vec<Result<usize, String>>);
 /// importing it: what `kiln eval` binds symbolic dimensions against.
 pub fn declared_inputs(path: &Path) -> Result<Vec<DeclaredInput>, ImportError> {
     use proto::tensor_shape_proto::dimension::Value as D;
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    let Some(g) = model.graph else { return Ok(Vec::new()) };
+    let Some(g) = read_model(path)?.graph else {
+        return Ok(Vec::new());
+    };
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     Ok((g.input.iter())
         .filter(|vi| !inits.contains(vi.name.as_str()))

@@ -7,7 +7,7 @@
 //! code per step, so sequences longer than `MAX_STEPS` stay as they are. A zero initial
 //! state drops the terms it would multiply.
 
-use kiln_ir::op::{Activation, BinaryOp, Rnn, RnnDirection, RnnKind, SliceAxis, UnaryOp};
+use kiln_ir::op::{BinaryOp, Rnn, RnnDirection, RnnKind, SliceAxis, UnaryOp};
 use kiln_ir::{DType, Graph, IrError, NodeId, Op, Scalar, Tensor, TensorType, ValueId};
 
 /// Longest sequence unrolled.
@@ -86,7 +86,7 @@ impl Unroller {
                 .map(|t| t.to_f32_vec())
                 .ok_or("its weights are not constants")
         };
-        let acts = (r.activations.iter().map(|&a| unary(a)))
+        let acts = (r.activations.iter().map(|&a| a.unary()))
             .collect::<Option<Vec<_>>>()
             .ok_or("an Affine or ScaledTanh gate activation is not written out")?;
         let peep = match node.inputs.get(6) {
@@ -322,22 +322,6 @@ impl Unroller {
         let at = d * 2 * gates * hid + if recurrent { gates * hid } else { 0 } + k * hid;
         self.b[at..][..hid].to_vec()
     }
-}
-
-/// The activations an unrolled step can use: those with an elementwise op of their own.
-fn unary(a: Activation) -> Option<UnaryOp> {
-    Some(match a {
-        Activation::Sigmoid => UnaryOp::Sigmoid,
-        Activation::Tanh => UnaryOp::Tanh,
-        Activation::Relu => UnaryOp::Relu,
-        Activation::LeakyRelu(alpha) => UnaryOp::LeakyRelu { alpha },
-        Activation::HardSigmoid(alpha, beta) => UnaryOp::HardSigmoid { alpha, beta },
-        Activation::ThresholdedRelu(alpha) => UnaryOp::ThresholdedRelu { alpha },
-        Activation::Elu(alpha) => UnaryOp::Elu { alpha },
-        Activation::Softsign => UnaryOp::Softsign,
-        Activation::Softplus => UnaryOp::Softplus,
-        Activation::Affine(..) | Activation::ScaledTanh(..) => return None,
-    })
 }
 
 /// Adds the nodes of one unrolled layer, named after it.

@@ -195,12 +195,7 @@ pub fn quantize_int8(
     if refined.on.rounding || refined.on.bias_correction {
         let n = set.samples.min(AUTO_SAMPLES);
         let samples: Vec<Vec<kiln_ir::Tensor>> = (0..n).map(|i| set.sample(g, i * set.samples / n)).collect();
-        if refined.on.rounding {
-            rounding::round(g, &mut q.graph, &samples)?;
-        }
-        if refined.on.bias_correction {
-            bias_correction::correct(g, &mut q.graph, &samples)?;
-        }
+        refine::finish(g, &mut q.graph, &samples, refined.on)?;
     }
     let mut notes = q.notes;
     notes.extend(refined.notes);

@@ -198,11 +198,18 @@ fn fitted(
     };
     let ranges = super::calibrate::calibrate(g, set, method, |_, _| {})?;
     let mut q = quantize_static::run(g, &ranges, opts)?.graph;
+    finish(g, &mut q, samples, r)?;
+    Ok(q)
+}
+
+/// The refinements that act on the integer graph `q` of float graph `g` (weight rounding,
+/// then bias correction fitted on the rounded weights), fitted on `samples`.
+pub fn finish(g: &Graph, q: &mut Graph, samples: &[Vec<Tensor>], r: Refinements) -> Result<(), QuantError> {
     if r.rounding {
-        rounding::round(g, &mut q, samples)?;
+        rounding::round(g, q, samples)?;
     }
     if r.bias_correction {
-        bias_correction::correct(g, &mut q, samples)?;
+        bias_correction::correct(g, q, samples)?;
     }
-    Ok(q)
+    Ok(())
 }

@@ -7,7 +7,7 @@ use super::Args;
 use super::elementwise::unary_op;
 use cranelift_codegen::ir::types::F32;
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::op::{Activation, Rnn, RnnDirection, RnnKind, UnaryOp};
+use kiln_ir::op::{Activation, Rnn, RnnDirection, RnnKind};
 use kiln_ir::{Graph, NodeId};
 
 fn gates(r: &Rnn) -> usize {
@@ -24,29 +24,23 @@ pub(crate) fn scratch_bytes(r: &Rnn) -> usize {
 }
 
 fn act(fx: &mut Fx, a: Activation, x: Value) -> Value {
-    let u = match a {
-        Activation::Sigmoid => UnaryOp::Sigmoid,
-        Activation::Tanh => UnaryOp::Tanh,
-        Activation::Relu => UnaryOp::Relu,
-        Activation::LeakyRelu(alpha) => UnaryOp::LeakyRelu { alpha },
-        Activation::HardSigmoid(alpha, beta) => UnaryOp::HardSigmoid { alpha, beta },
-        Activation::ThresholdedRelu(alpha) => UnaryOp::ThresholdedRelu { alpha },
-        Activation::Elu(alpha) => UnaryOp::Elu { alpha },
-        Activation::Softsign => UnaryOp::Softsign,
-        Activation::Softplus => UnaryOp::Softplus,
+    if let Some(u) = a.unary() {
+        return unary_op(fx, F32, u, x);
+    }
+    match a {
         Activation::Affine(al, be) => {
             let (a, b) = (fx.f(F32, al), fx.f(F32, be));
             let m = fx.mul(a, x);
-            return fx.add(m, b);
+            fx.add(m, b)
         }
         Activation::ScaledTanh(al, be) => {
             let (a, b) = (fx.f(F32, al), fx.f(F32, be));
             let m = fx.mul(b, x);
             let t = fx.tanh(F32, m);
-            return fx.mul(a, t);
+            fx.mul(a, t)
         }
-    };
-    unary_op(fx, F32, u, x)
+        _ => unreachable!("every other activation is a unary op"),
+    }
 }
 
 fn clip(fx: &mut Fx, r: &Rnn, v: Value) -> Value {
