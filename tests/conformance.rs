@@ -280,12 +280,6 @@ fn main() {
     if let Some(f) = &filter {
         cases.retain(|c| c.file_name().unwrap().to_string_lossy().contains(f.as_str()));
     }
-    type Outcome = (
-        Result<(), String>,
-        Option<Result<(), String>>,
-        Option<Result<(), String>>,
-        Option<Result<(), String>>,
-    );
     let results: Mutex<BTreeMap<String, Outcome>> = Mutex::new(BTreeMap::new());
     let next = Mutex::new(0usize);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -396,11 +390,71 @@ fn main() {
         total_passed += passed;
         total_failed += failed;
     }
+    total_failed += parity(&results, &read_gaps(&root.join("tests/conformance/gaps.txt")));
     println!("{total_passed} passed, {total_failed} failed");
     if total_failed > 0 {
         std::process::exit(1);
     }
 }
+
+/// Every case the native backend passes must pass in C and in Rust source too, unless
+/// `gaps.txt` lists it for that backend with a reason; a listed case that passes is stale.
+/// Returns the number of violations (each printed).
+fn parity(results: &BTreeMap<String, Outcome>, gaps: &BTreeMap<(String, String), String>) -> usize {
+    let mut bad = 0;
+    for (name, o) in results {
+        if !matches!(o.1, Some(Ok(()))) {
+            continue;
+        }
+        for (label, r) in [("c", &o.2), ("rust", &o.3)] {
+            let listed = gaps.contains_key(&(label.to_string(), name.clone()));
+            match (matches!(r, Some(Ok(()))), listed) {
+                (false, false) => {
+                    bad += 1;
+                    println!(
+                        "FAIL parity {label} {name}: passes natively but not here; make it pass or list it with a reason in tests/conformance/gaps.txt"
+                    );
+                }
+                (true, true) => {
+                    bad += 1;
+                    println!("FAIL parity {label} {name}: passes now; remove it from tests/conformance/gaps.txt");
+                }
+                _ => {}
+            }
+        }
+    }
+    bad
+}
+
+/// `gaps.txt`: lines `<backend> <case>: <reason>` (`#` comments); a line without a reason
+/// is an error.
+fn read_gaps(p: &Path) -> BTreeMap<(String, String), String> {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    let mut gaps = BTreeMap::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (head, reason) = line.split_once(':').unwrap_or((line, ""));
+        let (label, case) = head.trim().split_once(' ').unwrap_or((head, ""));
+        assert!(
+            !reason.trim().is_empty() && !case.trim().is_empty(),
+            "{}: `{line}` needs the form `<backend> <case>: <reason>`",
+            p.display()
+        );
+        gaps.insert((label.to_string(), case.trim().to_string()), reason.trim().to_string());
+    }
+    gaps
+}
+
+/// One case's results: evaluator, then native, C and Rust source (tried when it passes).
+type Outcome = (
+    Result<(), String>,
+    Option<Result<(), String>>,
+    Option<Result<(), String>>,
+    Option<Result<(), String>>,
+);
 
 fn read_manifest(p: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(p)

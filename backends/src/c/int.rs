@@ -9,8 +9,9 @@
 //! `kiln_mul8` forms them in `int16_t` on AVR, which multiplies those far faster than 32-bit
 //! values, and in `int32_t` elsewhere (16-bit casts cost Cortex-M extra instructions).
 
+use super::elementwise::broadcast2;
+use super::shape;
 use super::writer::f32_lit;
-use super::{broadcast2, shape};
 use kiln_ir::op::{Numerics, Plane as Geom, PoolKind, QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;

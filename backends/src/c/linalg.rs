@@ -105,3 +105,66 @@ pub(super) fn matmul(out: &mut String, g: &Graph, n: NodeId, host: bool) {
         }
     });
 }
+
+/// Einsum as the evaluator computes it: per output element, the sum in double over every
+/// value of the contracted labels of the product of one element per input, converted
+/// once to the output type.
+pub(super) fn einsum(out: &mut String, g: &Graph, n: NodeId, equation: &str) -> crate::Lowering {
+    let node = g.node(n);
+    crate::need(
+        node.inputs
+            .iter()
+            .chain(&node.outputs)
+            .all(|&v| !matches!(g.value(v).ty.dtype.scalar, kiln_ir::Scalar::F16 | kiln_ir::Scalar::Bool)),
+        "Einsum on binary16 or bool",
+    )?;
+    crate::need(!super::half_weight(g, n), "a binary16 constant operand")?;
+    let spec = kiln_ir::shape::parse_einsum(equation, node.inputs.len())
+        .map_err(|_| crate::Refusal("an Einsum equation shape inference did not check"))?;
+    let mut labels: Vec<char> = spec.output.clone();
+    let mut size = std::collections::HashMap::new();
+    for (l, &v) in spec.inputs.iter().zip(&node.inputs) {
+        for (c, &d) in l.iter().zip(shape(g, v)) {
+            size.insert(*c, d);
+            if !labels.contains(c) {
+                labels.push(*c);
+            }
+        }
+    }
+    let at = |c: &char| labels.iter().position(|x| x == c).expect("a label of the equation");
+    let offset = |terms: Vec<String>| {
+        if terms.is_empty() {
+            "0".to_string()
+        } else {
+            terms.join(" + ")
+        }
+    };
+    let loops = |from: usize, to: usize, out: &mut String| {
+        for (d, c) in labels.iter().enumerate().take(to).skip(from) {
+            let _ = writeln!(out, "    for (int32_t i{d} = 0; i{d} < {}; ++i{d}) {{", size[c]);
+        }
+    };
+    let outs = spec.output.len();
+    let ost = crate::shapes::strides(shape(g, node.outputs[0]));
+    loops(0, outs, out);
+    let _ = writeln!(out, "    double acc = 0.0;");
+    loops(outs, labels.len(), out);
+    let mut p = String::from("1.0");
+    for (i, (l, &v)) in spec.inputs.iter().zip(&node.inputs).enumerate() {
+        let st = crate::shapes::strides(shape(g, v));
+        let terms: Vec<String> = l.iter().zip(&st).map(|(c, s)| format!("i{} * {s}", at(c))).collect();
+        let _ = write!(p, " * (double)x{i}[{}]", offset(terms));
+    }
+    let _ = writeln!(out, "    acc = acc + {p};");
+    out.push_str(&"    }\n".repeat(labels.len() - outs));
+    let terms: Vec<String> = (0..outs).map(|d| format!("i{d} * {}", ost[d])).collect();
+    let s = g.value(node.outputs[0]).ty.dtype.scalar;
+    let _ = writeln!(
+        out,
+        "    y0[{}] = {};",
+        offset(terms),
+        super::elementwise::from_f64(s, "acc")
+    );
+    out.push_str(&"    }\n".repeat(outs));
+    Ok(())
+}

@@ -8,20 +8,28 @@
 
 mod avr;
 mod conv;
+mod elementwise;
 mod int;
+mod layout;
 mod linalg;
 mod mcu;
+mod norm;
+mod pool;
+mod reduce;
+mod resize;
+mod rnn;
 mod rom;
 mod writer;
 
 use crate::header;
-use crate::shapes::{bcast, f32_half_weight, pow_exponent, strides};
-use kiln_ir::op::{BinaryOp, Pool, PoolKind, ReduceKind, UnaryOp};
+use crate::shapes::f32_half_weight;
+use crate::{Lowering, Refusal, need};
+use kiln_ir::op::UnaryOp;
 use kiln_ir::plan::{Location, MemoryPlan};
 use kiln_ir::{Graph, NodeId, Op, Scalar, ValueId};
 use std::fmt::Write;
 use thiserror::Error;
-use writer::{array, f32_lit, nest};
+use writer::{array, f32_lit};
 
 /// Alignment the C backend asks of the arena.
 pub const ARENA_ALIGN: usize = 16;
@@ -61,7 +69,7 @@ pub fn host(opts: &Options) -> bool {
 /// convolutions, and on hosts float convolutions over a zero-bordered input copy.
 pub fn scratch_bytes(g: &Graph, n: NodeId, opts: &Options) -> usize {
     match &g.node(n).op {
-        Op::Rnn(r) => 4 * 10 * r.hidden,
+        Op::Rnn(r) => 4 * rnn::SCRATCH_PER_UNIT * r.hidden,
         Op::Conv(c) if host(opts) => conv::scratch_bytes(g, n, c),
         Op::QConv { .. } if opts.progmem && crate::pack::avr_product(g, n).is_some() => avr::conv_scratch(g, n),
         Op::QConv { .. } | Op::DynConv { .. } | Op::DynMatMul { .. } => int::qconv_scratch(g, n),
@@ -89,182 +97,123 @@ fn f32_io(g: &Graph, n: NodeId) -> bool {
         .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
 }
 
-fn unary_ok(u: UnaryOp) -> bool {
-    use UnaryOp::*;
-    matches!(
-        u,
-        Relu | LeakyRelu { .. }
-            | Clip { .. }
-            | HardSigmoid { .. }
-            | HardSwish
-            | Sigmoid
-            | Tanh
-            | Exp
-            | Sqrt
-            | Neg
-            | Abs
-            | Reciprocal
-            | Elu { .. }
-            | Celu { .. }
-            | Selu { .. }
-            | ThresholdedRelu { .. }
-            | Softplus
-            | Softsign
-            | Mish
-            | Gelu { .. }
-            | Log
-            | Sign
-            | Floor
-            | Ceil
-            | Round
-            | Erf
-            | Sin
-            | Cos
-            | Tan
-            | Asin
-            | Acos
-            | Atan
-            | Sinh
-            | Cosh
-            | Asinh
-            | Acosh
-            | Atanh
+/// A fused activation's C expression (`lower` refuses a node whose activation has none).
+fn unary_expr(u: UnaryOp, x: &str) -> String {
+    elementwise::unary_expr(u, x).expect("lower checks fused activations")
+}
+
+fn fused_ok(u: Option<UnaryOp>) -> Lowering {
+    need(
+        u.is_none_or(|u| elementwise::unary_expr(u, "v").is_some()),
+        "a fused activation without a C form",
     )
 }
 
-/// Unary ops whose C form calls `<math.h>` (the rest use Kiln's own approximations).
-fn unary_needs_math(u: UnaryOp) -> bool {
-    use UnaryOp::*;
-    matches!(
-        u,
-        Sqrt | Softplus
-            | Mish
-            | Gelu { tanh_approx: false }
-            | Log
-            | Floor
-            | Ceil
-            | Round
-            | Erf
-            | Sin
-            | Cos
-            | Tan
-            | Asin
-            | Acos
-            | Atan
-            | Sinh
-            | Cosh
-            | Asinh
-            | Acosh
-            | Atanh
-    )
-}
-
-/// Why node `n` cannot be compiled to C yet, if it cannot.
-pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
+/// Why node `n` cannot be compiled to C yet, if it cannot: `lower`'s refusal, with the
+/// node's name and input types.
+pub fn unsupported(g: &Graph, n: NodeId, opts: &Options) -> Option<String> {
     let node = g.node(n);
-    let ok = if let Some(ok) = int::supported(g, n) {
-        ok
-    } else {
-        float_supported(g, n)
-    };
-    (!ok).then(|| {
+    lower(&mut String::new(), g, n, opts).err().map(|Refusal(why)| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!("node `{}`: {} on {}", node.name, node.op.name(), types.join(", "))
+        format!(
+            "node `{}`: {} on {} ({why})",
+            node.name,
+            node.op.name(),
+            types.join(", ")
+        )
     })
 }
 
-fn float_supported(g: &Graph, n: NodeId) -> bool {
+/// The integer kernels (`int`), which decide their support apart from their emitter.
+fn lower_int(out: &mut String, g: &Graph, n: NodeId, opts: &Options) -> Lowering {
+    need(int::supported(g, n) == Some(true), "no integer C kernel for this form")?;
+    int::kernel(out, g, n, opts.cortex_m, opts.progmem);
+    Ok(())
+}
+
+/// Lowers node `n` into the body of its kernel function or says why it cannot. This match
+/// is the C backend's whole op contract: support is the existence of a lowering, and a
+/// new `Op` variant does not compile until it has an arm here.
+fn lower(out: &mut String, g: &Graph, n: NodeId, opts: &Options) -> Lowering {
     let node = g.node(n);
+    let host = host(opts);
+    let rank = shape(g, node.inputs[0]).len();
     match &node.op {
-        Op::Identity
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::Concat { .. }
-        | Op::Expand { .. } => true,
-        Op::Gather { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
-        Op::Pad { .. } => {
-            f32_io(g, n)
-                || (matches!(g.value(node.inputs[0]).ty.dtype.scalar, Scalar::I8 | Scalar::I16)
-                    && node.inputs.len() == 2)
-        }
-        Op::Unary(UnaryOp::Not) => g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool,
-        Op::Unary(u) => f32_io(g, n) && unary_ok(*u),
-        Op::Binary(b) if compare_or_logic(*b) => {
-            let (sa, sb) = (
-                g.value(node.inputs[0]).ty.dtype.scalar,
-                g.value(node.inputs[1]).ty.dtype.scalar,
-            );
-            sa == sb
-                && sa != Scalar::F16
-                && (!matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor) || sa == Scalar::Bool)
-        }
-        Op::Where => {
-            let t = g.value(node.outputs[0]).ty.dtype.scalar;
-            t != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar == Scalar::Bool
-        }
-        Op::Split { .. } => true,
-        Op::Trilu { .. } => g.value(node.inputs[0]).ty.dtype.scalar != Scalar::F16,
-        Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min) if int_io(g, n) => {
-            true
-        }
-        Op::Cast { to } => *to != Scalar::F16 && g.value(node.inputs[0]).ty.dtype.scalar != Scalar::F16,
-        Op::GatherElements { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
-        Op::ArgMax { .. } | Op::ArgMin { .. } => f32_in(g, n),
-        Op::Binary(b) => {
-            f32_io(g, n)
-                && (matches!(
-                    b,
-                    BinaryOp::Add
-                        | BinaryOp::Sub
-                        | BinaryOp::Mul
-                        | BinaryOp::Div
-                        | BinaryOp::Max
-                        | BinaryOp::Min
-                        | BinaryOp::PRelu
-                ) || (*b == BinaryOp::Pow && pow_exponent(g, n).is_some()))
-        }
+        Op::Identity | Op::Reshape { .. } => layout::copy(out, g, n),
+        Op::Transpose { perm } => layout::transpose(out, g, n, perm),
+        Op::Slice { axes } => layout::slice(out, g, n, axes),
+        Op::Expand { .. } => layout::expand(out, g, n),
+        Op::Tile { .. } => layout::tile(out, g, n),
+        Op::Concat { axis } => layout::concat(out, g, n, *axis),
+        Op::Split { axis, .. } => layout::split(out, g, n, *axis),
+        Op::Gather { axis } => layout::gather(out, g, n, *axis),
+        Op::GatherElements { axis } => layout::gather_elements(out, g, n, *axis),
+        Op::GatherNd { batch_dims } => layout::gather_nd(out, g, n, *batch_dims),
+        Op::ScatterElements { axis, reduction } => layout::scatter_elements(out, g, n, *axis, *reduction),
+        Op::ScatterNd { reduction } => layout::scatter_nd(out, g, n, *reduction),
+        Op::OneHot { axis, depth } => layout::one_hot(out, g, n, *axis, *depth),
+        Op::Trilu { upper, k } => layout::trilu(out, g, n, *upper, *k),
+        Op::Pad { mode, pads } => layout::pad(out, g, n, *mode, pads),
+        Op::Unary(u) => elementwise::unary(out, g, n, *u),
+        Op::Binary(b) => elementwise::binary(out, g, n, *b),
+        Op::Where => elementwise::where_(out, g, n),
+        Op::Cast { to } => elementwise::cast(out, g, n, *to),
         Op::Conv(c) => {
-            f32_half_weight(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && c.fused.is_none_or(unary_ok)
+            need(f32_half_weight(g, n), "float32 (binary16 weights allowed) only")?;
+            need(matches!(rank, 3 | 4), "a convolution over other than one or two axes")?;
+            fused_ok(c.fused)?;
+            conv::conv(out, g, n, c, host);
+            Ok(())
         }
-        Op::ConvTranspose(_) => f32_io(g, n),
-        Op::Gemm { fused, .. } => f32_half_weight(g, n) && fused.is_none_or(unary_ok),
-        Op::MatMul => f32_half_weight(g, n),
-        Op::Pool(p) => {
-            f32_io(g, n) && matches!(shape(g, node.inputs[0]).len(), 3 | 4) && !matches!(p.kind, PoolKind::Lp { .. })
+        Op::ConvTranspose(c) => {
+            need(f32_io(g, n), "float32 only")?;
+            conv::conv_transpose(out, g, n, c);
+            Ok(())
         }
-        Op::GlobalPool(k) => f32_io(g, n) && !matches!(k, PoolKind::Lp { .. }),
-        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Hardmax { .. } => f32_io(g, n),
-        Op::Reduce { .. } => f32_io(g, n),
-        Op::BatchNorm { .. } => f32_io(g, n),
-        Op::LayerNorm { axis, .. } => {
-            // scale and bias spanning exactly the normalized axes
-            let x = shape(g, node.inputs[0]);
-            let inner: usize = x[*axis..].iter().product();
-            f32_io(g, n) && node.inputs[1..].iter().all(|&v| g.value(v).ty.numel() == inner)
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+            fused,
+        } => {
+            need(f32_half_weight(g, n), "float32 (binary16 weights allowed) only")?;
+            fused_ok(*fused)?;
+            linalg::gemm(out, g, n, (*alpha, *beta), (*trans_a, *trans_b), *fused, host);
+            Ok(())
         }
-        Op::Rnn(r) => {
-            use kiln_ir::op::{Activation, RnnKind};
-            f32_io(g, n)
-                && matches!(r.kind, RnnKind::Lstm { input_forget: false })
-                && node.inputs.len() == 6
-                && r.activations
-                    .chunks(3)
-                    .all(|c| c == [Activation::Sigmoid, Activation::Tanh, Activation::Tanh])
+        Op::MatMul => {
+            need(f32_half_weight(g, n), "float32 (binary16 weights allowed) only")?;
+            linalg::matmul(out, g, n, host);
+            Ok(())
         }
-        // no C kernel yet (the native backend has them)
-        Op::InstanceNorm { .. }
-        | Op::Lrn { .. }
-        | Op::GatherNd { .. }
-        | Op::ScatterElements { .. }
-        | Op::ScatterNd { .. }
-        | Op::Tile { .. }
-        | Op::CumSum { .. }
-        | Op::OneHot { .. }
-        | Op::Einsum { .. }
-        | Op::Resize(_)
-        | Op::TopK { .. } => false,
-        // integer and hybrid ops: `int::supported` decides
+        Op::Pool(_) | Op::GlobalPool(_) if int::supported(g, n).is_some() => lower_int(out, g, n, opts),
+        Op::Pool(p) => pool::pool(out, g, n, p),
+        Op::GlobalPool(kind) => reduce::global_pool(out, g, n, *kind),
+        Op::Softmax { axis } => reduce::softmax(out, g, n, *axis, "soft"),
+        Op::LogSoftmax { axis } => reduce::softmax(out, g, n, *axis, "log"),
+        Op::Hardmax { axis } => reduce::softmax(out, g, n, *axis, "hard"),
+        Op::Reduce { kind, axes, .. } => reduce::reduce(out, g, n, *kind, axes),
+        Op::ArgMax { axis, last, .. } => reduce::arg(out, g, n, *axis, *last, true),
+        Op::ArgMin { axis, last, .. } => reduce::arg(out, g, n, *axis, *last, false),
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+        } => reduce::cumsum(out, g, n, *axis, *exclusive, *reverse),
+        Op::TopK { axis, k, largest, .. } => reduce::top_k(out, g, n, *axis, *k, *largest),
+        Op::LayerNorm { axis, epsilon } => norm::layer_norm(out, g, n, *axis, *epsilon),
+        Op::InstanceNorm { epsilon } => norm::instance_norm(out, g, n, *epsilon),
+        Op::BatchNorm { epsilon } => norm::batch_norm(out, g, n, *epsilon),
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => norm::lrn(out, g, n, *size, *alpha, *beta, *bias),
+        Op::Rnn(r) => rnn::rnn(out, g, n, r),
+        Op::Resize(rz) => resize::resize(out, g, n, rz, opts.progmem),
+        Op::Einsum { equation } => linalg::einsum(out, g, n, equation),
         Op::Quantize { .. }
         | Op::Dequantize { .. }
         | Op::QConv { .. }
@@ -279,151 +228,41 @@ fn float_supported(g: &Graph, n: NodeId) -> bool {
         | Op::Lut { .. }
         | Op::Requant { .. }
         | Op::QSoftmax16 { .. }
-        | Op::Lut16 { .. } => false,
-        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
-        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => false,
+        | Op::Lut16 { .. } => lower_int(out, g, n, opts),
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => {
+            Err(Refusal("ONNX dynamic quantization ops are folded before code is made"))
+        }
     }
 }
 
-/// `y0[i] = x0[i]` converted as the evaluator converts: through f64 when either side is a
-/// float, saturating (NaN to 0) into integers, `!= 0` into bool; integer to integer wraps.
-fn cast_stmt(from: Scalar, to: Scalar) -> String {
-    let t = header::c_type(to);
-    if to == Scalar::Bool {
-        return "y0[i] = (uint8_t)(x0[i] != 0);".into();
-    }
-    if !from.is_float() && !to.is_float() {
-        return format!("y0[i] = ({t})x0[i];");
-    }
-    if to.is_float() {
-        return format!("y0[i] = ({t})(double)x0[i];");
-    }
-    let (lo, hi) = match to {
-        Scalar::I8 => ("-128.0", "127.0"),
-        Scalar::U8 => ("0.0", "255.0"),
-        Scalar::I16 => ("-32768.0", "32767.0"),
-        Scalar::U16 => ("0.0", "65535.0"),
-        Scalar::I32 => ("-2147483648.0", "2147483647.0"),
-        Scalar::U32 => ("0.0", "4294967295.0"),
-        Scalar::I64 => ("-9223372036854775808.0", "9223372036854775807.0"),
-        _ => ("0.0", "18446744073709551615.0"),
-    };
-    let (min, max) = match to {
-        Scalar::I8 => ("INT8_MIN", "INT8_MAX"),
-        Scalar::U8 => ("0", "UINT8_MAX"),
-        Scalar::I16 => ("INT16_MIN", "INT16_MAX"),
-        Scalar::U16 => ("0", "UINT16_MAX"),
-        Scalar::I32 => ("INT32_MIN", "INT32_MAX"),
-        Scalar::U32 => ("0", "UINT32_MAX"),
-        Scalar::I64 => ("INT64_MIN", "INT64_MAX"),
-        _ => ("0", "UINT64_MAX"),
-    };
-    format!(
-        "double v = (double)x0[i];\n        y0[i] = v != v ? ({t})0 : (v <= {lo} ? ({t}){min} : (v >= {hi} ? ({t}){max} : ({t})v));"
-    )
-}
-
-/// Loops over a two-input node's output with both inputs broadcast to it; `body` gets the
-/// output's and the two inputs' index expressions (in that order).
-fn broadcast2(out: &mut String, g: &Graph, n: NodeId, body: &dyn Fn(&[String]) -> String) {
-    let node = g.node(n);
-    let o0 = shape(g, node.outputs[0]);
-    let (sa, sb) = (bcast(shape(g, node.inputs[0]), o0), bcast(shape(g, node.inputs[1]), o0));
-    nest(out, 1, o0, &[strides(o0), sa, sb], body);
-}
-
-/// Comparisons (any element type, bool result) and logic (bool).
-fn compare_or_logic(b: BinaryOp) -> bool {
-    matches!(
-        b,
-        BinaryOp::Equal
-            | BinaryOp::Less
-            | BinaryOp::LessOrEqual
-            | BinaryOp::Greater
-            | BinaryOp::GreaterOrEqual
-            | BinaryOp::And
-            | BinaryOp::Or
-            | BinaryOp::Xor
-    )
-}
-
-/// Integer (not bool) inputs and output of one type.
-fn int_io(g: &Graph, n: NodeId) -> bool {
-    let node = g.node(n);
-    let s = g.value(node.outputs[0]).ty.dtype.scalar;
-    s.is_int() && node.inputs.iter().all(|&v| g.value(v).ty.dtype.scalar == s)
-}
-
-fn f32_in(g: &Graph, n: NodeId) -> bool {
-    g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::F32
-}
-
-/// The C expression for `u(x)` (x a float expression without side effects).
-fn unary_expr(u: UnaryOp, x: &str) -> String {
-    let l = |v: f32| f32_lit(v);
-    match u {
-        UnaryOp::Relu => format!("kiln_maxf({x}, 0.0f)"),
-        UnaryOp::LeakyRelu { alpha } => format!("({x} < 0.0f ? {} * {x} : {x})", l(alpha)),
-        UnaryOp::Clip { min, max } => {
-            let mut e = x.to_string();
-            if min > f32::NEG_INFINITY {
-                e = format!("kiln_maxf({e}, {})", l(min));
+/// Whether C `text` calls into `<math.h>` or names its `INFINITY`/`NAN`.
+fn uses_math(text: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "sqrt", "log", "log1p", "exp", "pow", "fmod", "floor", "ceil", "rint", "erf", "sin", "cos", "tan", "asin",
+        "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+    ];
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
             }
-            if max < f32::INFINITY {
-                e = format!("kiln_minf({e}, {})", l(max));
+            let word = &text[start..i];
+            if word == "INFINITY" || word == "NAN" {
+                return true;
             }
-            e
+            let call = bytes.get(i) == Some(&b'(');
+            let base = word.strip_suffix('f').filter(|b| NAMES.contains(b)).unwrap_or(word);
+            if call && NAMES.contains(&base) {
+                return true;
+            }
+        } else {
+            i += 1;
         }
-        UnaryOp::HardSigmoid { alpha, beta } => {
-            format!("kiln_maxf(kiln_minf({} * {x} + {}, 1.0f), 0.0f)", l(alpha), l(beta))
-        }
-        UnaryOp::HardSwish => format!("({x} * kiln_maxf(kiln_minf({x} / 6.0f + 0.5f, 1.0f), 0.0f))"),
-        UnaryOp::Sigmoid => format!("kiln_sigmoidf({x})"),
-        UnaryOp::Tanh => format!("kiln_tanhf({x})"),
-        UnaryOp::Exp => format!("kiln_expf({x})"),
-        UnaryOp::Sqrt => format!("sqrtf({x})"),
-        UnaryOp::Neg => format!("(-{x})"),
-        UnaryOp::Abs => format!("kiln_absf({x})"),
-        UnaryOp::Reciprocal => format!("(1.0f / {x})"),
-        UnaryOp::Elu { alpha } => format!("({x} < 0.0f ? {} * (kiln_expf({x}) - 1.0f) : {x})", l(alpha)),
-        UnaryOp::Celu { alpha } => format!(
-            "(kiln_maxf({x}, 0.0f) + kiln_minf(0.0f, {a} * (kiln_expf({x} / {a}) - 1.0f)))",
-            a = l(alpha)
-        ),
-        UnaryOp::Selu { alpha, gamma } => format!(
-            "({g} * ({x} > 0.0f ? {x} : {a} * kiln_expf({x}) - {a}))",
-            a = l(alpha),
-            g = l(gamma)
-        ),
-        UnaryOp::ThresholdedRelu { alpha } => format!("({x} > {} ? {x} : 0.0f)", l(alpha)),
-        UnaryOp::Softplus => format!("({x} > 0.0f ? {x} + log1pf(kiln_expf(-{x})) : log1pf(kiln_expf({x})))"),
-        UnaryOp::Softsign => format!("({x} / (1.0f + kiln_absf({x})))"),
-        UnaryOp::Mish => {
-            format!("({x} * kiln_tanhf({x} > 0.0f ? {x} + log1pf(kiln_expf(-{x})) : log1pf(kiln_expf({x}))))")
-        }
-        UnaryOp::Gelu { tanh_approx: false } => format!("(0.5f * {x} * (1.0f + erff({x} / 1.41421356f)))"),
-        UnaryOp::Gelu { tanh_approx: true } => {
-            format!("(0.5f * {x} * (1.0f + kiln_tanhf(0.797884561f * ({x} + 0.044715f * {x} * {x} * {x}))))")
-        }
-        UnaryOp::Log => format!("logf({x})"),
-        UnaryOp::Sign => format!("({x} > 0.0f ? 1.0f : ({x} < 0.0f ? -1.0f : {x}))"),
-        UnaryOp::Floor => format!("floorf({x})"),
-        UnaryOp::Ceil => format!("ceilf({x})"),
-        UnaryOp::Round => format!("rintf({x})"),
-        UnaryOp::Erf => format!("erff({x})"),
-        UnaryOp::Sin => format!("sinf({x})"),
-        UnaryOp::Cos => format!("cosf({x})"),
-        UnaryOp::Tan => format!("tanf({x})"),
-        UnaryOp::Asin => format!("asinf({x})"),
-        UnaryOp::Acos => format!("acosf({x})"),
-        UnaryOp::Atan => format!("atanf({x})"),
-        UnaryOp::Sinh => format!("sinhf({x})"),
-        UnaryOp::Cosh => format!("coshf({x})"),
-        UnaryOp::Asinh => format!("asinhf({x})"),
-        UnaryOp::Acosh => format!("acoshf({x})"),
-        UnaryOp::Atanh => format!("atanhf({x})"),
-        other => unreachable!("{} passed the support check", other.name()),
     }
+    false
 }
 
 /// binary16 to f32, exact (every binary16 value is an f32), integer operations only.
@@ -444,6 +283,34 @@ static inline float kiln_h2f(uint16_t h) {
     }
     v.u = u;
     return v.f;
+}
+/* double to binary16, rounding to nearest even (the evaluator's f16::from_f64) */
+static inline uint16_t kiln_d2h(double d) {
+    union { double d; uint64_t u; } v;
+    uint64_t m, q, rem, half;
+    uint16_t s;
+    int32_t e;
+    v.d = d;
+    s = (uint16_t)((v.u >> 48) & 0x8000u);
+    e = (int32_t)((v.u >> 52) & 0x7ffu) - 1023 + 15;
+    m = v.u & 0xfffffffffffffull;
+    if (e == 0x7ff - 1023 + 15) return (uint16_t)(s | 0x7c00u | (m ? 0x200u : 0u));
+    if (e >= 31) return (uint16_t)(s | 0x7c00u);
+    if (e <= 0) {
+        int32_t shift = 43 - e;
+        if (shift > 53) return s;
+        m |= 1ull << 52;
+        q = m >> shift;
+        rem = m & ((1ull << shift) - 1u);
+        half = 1ull << (shift - 1);
+        if (rem > half || (rem == half && (q & 1u))) ++q;
+        return (uint16_t)(s | q);
+    }
+    q = m >> 42;
+    rem = m & ((1ull << 42) - 1u);
+    q |= (uint64_t)e << 10;
+    if (rem > (1ull << 41) || (rem == (1ull << 41) && (q & 1u))) ++q;
+    return (uint16_t)(s | q);
 }
 "#;
 
@@ -513,7 +380,7 @@ static inline float kiln_tanhf(float x) {
 "#;
 
 pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Error> {
-    let bad: Vec<String> = plan.order.iter().filter_map(|&n| unsupported(g, n)).collect();
+    let bad: Vec<String> = plan.order.iter().filter_map(|&n| unsupported(g, n, opts)).collect();
     if !bad.is_empty() {
         return Err(Error::UnsupportedOps(bad));
     }
@@ -525,30 +392,11 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         env!("CARGO_PKG_VERSION")
     );
     let _ = writeln!(out, "#include \"{p}.h\"");
-    let needs_math = plan.order.iter().any(|&n| {
-        matches!(g.node(n).op, Op::Unary(u) if unary_needs_math(u))
-            || matches!(
-                g.node(n).op,
-                Op::LogSoftmax { .. } | Op::LayerNorm { .. } | Op::BatchNorm { .. }
-            )
-            || matches!(
-                g.node(n).op,
-                Op::Reduce {
-                    kind: ReduceKind::L2 | ReduceKind::LogSum | ReduceKind::LogSumExp,
-                    ..
-                }
-            )
-            || matches!(&g.node(n).op, Op::Conv(c) if c.fused.is_some_and(unary_needs_math))
-            || matches!(&g.node(n).op, Op::Gemm { fused, .. } if fused.is_some_and(unary_needs_math))
-            || matches!(&g.node(n).op, Op::Binary(BinaryOp::Pow) if pow_exponent(g, n) == Some(0.5))
-    });
-    if needs_math {
-        let _ = writeln!(out, "#include <math.h>");
-    }
     if opts.progmem {
         out.push_str(rom::PRELUDE);
     }
     out.push_str(PRELUDE);
+    out.push_str(elementwise::PRELUDE);
     if plan.order.iter().any(|&n| int::supported(g, n).is_some()) {
         out.push_str(int::PRELUDE);
     }
@@ -558,7 +406,14 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if opts.progmem && plan.order.iter().any(|&n| crate::pack::avr_product(g, n).is_some()) {
         out.push_str(avr::PRELUDE);
     }
-    if plan.order.iter().any(|&n| half_weight(g, n)) {
+    let half = |n: NodeId| {
+        let node = g.node(n);
+        node.inputs
+            .iter()
+            .chain(&node.outputs)
+            .any(|&v| g.value(v).ty.dtype.scalar == Scalar::F16)
+    };
+    if plan.order.iter().any(|&n| half(n)) {
         out.push_str(HALF_PRELUDE);
         out.push_str(if opts.progmem {
             "static inline float kiln_ld_half(const uint16_t *p) { return kiln_h2f(pgm_read_word(p)); }\n"
@@ -653,8 +508,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     if let Some(int) = &api.int {
         entry(&mut out, g, plan, opts, &names, &api, Some(int));
     }
-    // a non-finite constant is spelled with math.h's INFINITY or NAN
-    if !needs_math && (out.contains("INFINITY") || out.contains("NAN")) {
+    // math.h when a kernel calls it or a constant is spelled INFINITY or NAN
+    if uses_math(&out) {
         let head = format!("#include \"{p}.h\"\n");
         out = out.replacen(&head, &format!("{head}#include <math.h>\n"), 1);
     }
@@ -758,6 +613,11 @@ fn entry(
         }
         let src = match plan.loc(v) {
             Location::Output(j) if j == i => continue,
+            // nothing to copy (a constant array still counts as used)
+            Location::Const(_) if g.value(v).ty.numel() == 0 => {
+                let _ = writeln!(out, "    (void){};", ptr(v, false));
+                continue;
+            }
             _ if g.value(v).ty.numel() == 0 => continue,
             Location::Const(_) if opts.progmem => {
                 let ty = header::c_type(g.value(v).ty.dtype.scalar);
@@ -860,667 +720,9 @@ fn sig(g: &Graph, n: NodeId, k: usize, opts: &Options) -> String {
     )
 }
 
-fn dims(s: &[usize]) -> Vec<usize> {
-    s.to_vec()
-}
-
-/// `host`: a target with vectors and caches (not a Cortex-M part nor AVR), where loops
-/// over independent outputs innermost let the C compiler vectorize.
+/// Kernel function `k` for node `n`: its signature and `lower`'s body.
 fn kernel(out: &mut String, g: &Graph, n: NodeId, k: usize, opts: &Options) {
-    let (cortex_m, host) = (opts.cortex_m, host(opts));
-    let node = g.node(n);
     out.push_str(&sig(g, n, k, opts));
-    if int::supported(g, n).is_some() {
-        int::kernel(out, g, n, cortex_m, opts.progmem);
-        out.push_str("}\n");
-        return;
-    }
-    let o0 = shape(g, node.outputs[0]).to_vec();
-    match &node.op {
-        Op::Identity | Op::Reshape { .. } => {
-            let _ = writeln!(
-                out,
-                "    for (int32_t i = 0; i < {}; ++i) y0[i] = x0[i];",
-                g.value(node.outputs[0]).ty.numel()
-            );
-        }
-        Op::Transpose { perm } => {
-            let ist = strides(shape(g, node.inputs[0]));
-            let src: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
-            nest(out, 1, &dims(&o0), &[strides(&o0), src], &|o| {
-                format!("y0[{}] = x0[{}];", o[0], o[1])
-            });
-        }
-        Op::Slice { axes } => {
-            let ist = strides(shape(g, node.inputs[0]));
-            let st: Vec<i64> = axes.iter().zip(&ist).map(|(a, &s)| a.step * s).collect();
-            let base: i64 = axes.iter().zip(&ist).map(|(a, &s)| a.start * s).sum();
-            nest(out, 1, &dims(&o0), &[strides(&o0), st], &|o| {
-                format!("y0[{}] = x0[{base} + {}];", o[0], o[1])
-            });
-        }
-        Op::Expand { .. } => {
-            let src = bcast(shape(g, node.inputs[0]), &o0);
-            nest(out, 1, &dims(&o0), &[strides(&o0), src], &|o| {
-                format!("y0[{}] = x0[{}];", o[0], o[1])
-            });
-        }
-        Op::Concat { axis } => {
-            let ost = strides(&o0);
-            let mut at = 0i64;
-            for (i, &v) in node.inputs.iter().enumerate() {
-                let s = shape(g, v).to_vec();
-                let base = at * ost[*axis];
-                nest(out, 1, &s, &[ost.clone(), strides(&s)], &|o| {
-                    format!("y0[{base} + {}] = x{i}[{}];", o[0], o[1])
-                });
-                at += s[*axis] as i64;
-            }
-        }
-        Op::Gather { axis } => {
-            let s = shape(g, node.inputs[0]).to_vec();
-            let (outer, dim, inner) = (
-                s[..*axis].iter().product::<usize>(),
-                s[*axis],
-                s[axis + 1..].iter().product::<usize>(),
-            );
-            let count = g.value(node.inputs[1]).ty.numel();
-            let _ = writeln!(
-                out,
-                "    for (int32_t o = 0; o < {outer}; ++o)\n        for (int32_t p = 0; p < {count}; ++p) {{"
-            );
-            let _ = writeln!(
-                out,
-                "            int64_t j = (int64_t)x1[p];\n            if (j < 0) j += {dim};\n            if (j < 0) j = 0;\n            if (j > {}) j = {};",
-                dim - 1,
-                dim - 1
-            );
-            let _ = writeln!(
-                out,
-                "            for (int32_t q = 0; q < {inner}; ++q) y0[(o * {count} + p) * {inner} + q] = x0[(o * {dim} + (int32_t)j) * {inner} + q];\n        }}"
-            );
-        }
-        Op::Pad { mode, pads } => pad(out, g, n, *mode, pads),
-        Op::Unary(UnaryOp::Not) => {
-            let total = g.value(node.outputs[0]).ty.numel();
-            let _ = writeln!(
-                out,
-                "    for (int32_t i = 0; i < {total}; ++i) y0[i] = (uint8_t)!x0[i];"
-            );
-        }
-        Op::Unary(u) => {
-            let total = g.value(node.outputs[0]).ty.numel();
-            let _ = writeln!(
-                out,
-                "    for (int32_t i = 0; i < {total}; ++i) {{\n        float v = x0[i];\n        y0[i] = {};\n    }}",
-                unary_expr(*u, "v")
-            );
-        }
-        Op::Binary(b) if compare_or_logic(*b) => {
-            let op = match b {
-                BinaryOp::Equal => "==",
-                BinaryOp::Less => "<",
-                BinaryOp::LessOrEqual => "<=",
-                BinaryOp::Greater => ">",
-                BinaryOp::GreaterOrEqual => ">=",
-                BinaryOp::And => "&&",
-                BinaryOp::Or => "||",
-                _ => "!=",
-            };
-            broadcast2(out, g, n, &|o| {
-                format!("y0[{}] = (uint8_t)(x0[{}] {op} x1[{}]);", o[0], o[1], o[2])
-            });
-        }
-        Op::Where => {
-            let (sc, sa, sb) = (
-                bcast(shape(g, node.inputs[0]), &o0),
-                bcast(shape(g, node.inputs[1]), &o0),
-                bcast(shape(g, node.inputs[2]), &o0),
-            );
-            nest(out, 1, &dims(&o0), &[strides(&o0), sc, sa, sb], &|o| {
-                format!("y0[{}] = x0[{}] ? x1[{}] : x2[{}];", o[0], o[1], o[2], o[3])
-            });
-        }
-        Op::Cast { to } => {
-            let from = g.value(node.inputs[0]).ty.dtype.scalar;
-            let total = g.value(node.outputs[0]).ty.numel();
-            let _ = writeln!(
-                out,
-                "    for (int32_t i = 0; i < {total}; ++i) {{\n        {}\n    }}",
-                cast_stmt(from, *to)
-            );
-        }
-        Op::Trilu { upper, k } => {
-            let s = shape(g, node.inputs[0]);
-            let r = s.len();
-            let (rows, cols) = (s[r - 2], s[r - 1]);
-            let total = g.value(node.outputs[0]).ty.numel();
-            let keep = if *upper {
-                format!("j - i >= {k}")
-            } else {
-                format!("j - i <= {k}")
-            };
-            let _ = writeln!(
-                out,
-                "    for (int32_t n = 0; n < {total}; ++n) {{\n        int64_t i = (n / {cols}) % {rows}, j = n % {cols};\n        y0[n] = ({keep}) ? x0[n] : 0;\n    }}"
-            );
-        }
-        Op::Binary(b) if int_io(g, n) => {
-            // Wrapping two's-complement arithmetic, as the evaluator's i64 then truncation.
-            let t = header::c_type(g.value(node.outputs[0]).ty.dtype.scalar);
-            let expr = match b {
-                BinaryOp::Add => format!("({t})((uint64_t)(int64_t)a + (uint64_t)(int64_t)b)"),
-                BinaryOp::Sub => format!("({t})((uint64_t)(int64_t)a - (uint64_t)(int64_t)b)"),
-                BinaryOp::Mul => format!("({t})((uint64_t)(int64_t)a * (uint64_t)(int64_t)b)"),
-                BinaryOp::Max => "(a > b ? a : b)".to_string(),
-                _ => "(a < b ? a : b)".to_string(),
-            };
-            broadcast2(out, g, n, &|o| {
-                format!("{t} a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
-            });
-        }
-        Op::GatherElements { axis } => {
-            // Out-of-range indices are clamped, as in Gather (the evaluator refuses them).
-            let xs = shape(g, node.inputs[0]).to_vec();
-            let mut xst = strides(&xs);
-            let step = xst[*axis];
-            xst[*axis] = 0;
-            let dim = xs[*axis] as i64;
-            nest(out, 1, &o0, &[strides(&o0), xst], &|o| {
-                format!(
-                    "int64_t j = (int64_t)x1[{0}];\nif (j < 0) j += {dim};\nif (j < 0) j = 0;\nif (j > {1}) j = {1};\ny0[{0}] = x0[{2} + (int32_t)j * {step}];",
-                    o[0],
-                    dim - 1,
-                    o[1]
-                )
-            });
-        }
-        Op::Split { axis, .. } => {
-            let xs = shape(g, node.inputs[0]).to_vec();
-            let ist = strides(&xs);
-            let mut at = 0i64;
-            for (i, &v) in node.outputs.iter().enumerate() {
-                let s = shape(g, v).to_vec();
-                let base = at * ist[*axis];
-                nest(out, 1, &s, &[strides(&s), ist.clone()], &|o| {
-                    format!("y{i}[{}] = x0[{base} + {}];", o[0], o[1])
-                });
-                at += s[*axis] as i64;
-            }
-        }
-        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
-            let xs = shape(g, node.inputs[0]).to_vec();
-            let len = xs[*axis];
-            let inner: usize = xs[axis + 1..].iter().product();
-            let outer: usize = xs[..*axis].iter().product();
-            let better = match (matches!(node.op, Op::ArgMax { .. }), *last) {
-                (true, false) => ">",
-                (true, true) => ">=",
-                (false, false) => "<",
-                (false, true) => "<=",
-            };
-            let _ = writeln!(
-                out,
-                "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        int32_t best = 0;\n        float bv = x0[o * {len} * {inner} + i];"
-            );
-            let _ = writeln!(
-                out,
-                "        for (int32_t k = 1; k < {len}; ++k) {{\n            float v = x0[(o * {len} + k) * {inner} + i];\n            if (v {better} bv || (v != v && bv == bv)) {{ bv = v; best = k; }}\n        }}\n        y0[o * {inner} + i] = best;\n    }}"
-            );
-        }
-        Op::Binary(b) => {
-            if *b == BinaryOp::Pow {
-                let e = pow_exponent(g, n).expect("checked");
-                let sa = bcast(shape(g, node.inputs[0]), &o0);
-                let expr = match e {
-                    2.0 => "v * v",
-                    0.5 => "sqrtf(v)",
-                    _ => "v",
-                };
-                nest(out, 1, &dims(&o0), &[strides(&o0), sa], &|o| {
-                    format!("float v = x0[{}];\ny0[{}] = {expr};", o[1], o[0])
-                });
-            } else {
-                let expr = match b {
-                    BinaryOp::Add => "a + b",
-                    BinaryOp::Sub => "a - b",
-                    BinaryOp::Mul => "a * b",
-                    BinaryOp::Div => "a / b",
-                    BinaryOp::Max => "kiln_maxf(a, b)",
-                    BinaryOp::PRelu => "(a < 0.0f ? a * b : a)",
-                    _ => "kiln_minf(a, b)",
-                };
-                broadcast2(out, g, n, &|o| {
-                    format!("float a = x0[{}], b = x1[{}];\ny0[{}] = {expr};", o[1], o[2], o[0])
-                });
-            }
-        }
-        Op::Conv(c) => conv::conv(out, g, n, c, host),
-        Op::ConvTranspose(c) => conv::conv_transpose(out, g, n, c),
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-            fused,
-        } => linalg::gemm(out, g, n, (*alpha, *beta), (*trans_a, *trans_b), *fused, host),
-        Op::MatMul => linalg::matmul(out, g, n, host),
-        Op::Pool(p) => pool(out, g, n, p),
-        Op::GlobalPool(kind) => {
-            let s = shape(g, node.inputs[0]);
-            let planes = s[0] * s[1];
-            let size: usize = s[2..].iter().product();
-            let max = *kind == PoolKind::Max;
-            let _ = writeln!(
-                out,
-                "    for (int32_t c = 0; c < {planes}; ++c) {{\n        float acc = {};",
-                if max { "-1.0f / 0.0f" } else { "0.0f" }
-            );
-            let step = if max {
-                "acc = (v > acc || v != v) ? v : acc;"
-            } else {
-                "acc = acc + v;"
-            };
-            let _ = writeln!(
-                out,
-                "        for (int32_t i = 0; i < {size}; ++i) {{ float v = x0[c * {size} + i]; {step} }}"
-            );
-            let _ = writeln!(
-                out,
-                "        y0[c] = {};\n    }}",
-                if max {
-                    "acc".to_string()
-                } else {
-                    format!("acc / {}", f32_lit(size as f32))
-                }
-            );
-        }
-        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Hardmax { axis } => {
-            let s = shape(g, node.inputs[0]);
-            let (outer, len, inner) = (
-                s[..*axis].iter().product::<usize>(),
-                s[*axis],
-                s[axis + 1..].iter().product::<usize>(),
-            );
-            let _ = writeln!(
-                out,
-                "    for (int32_t o = 0; o < {outer}; ++o)\n        for (int32_t i = 0; i < {inner}; ++i) {{"
-            );
-            let _ = writeln!(
-                out,
-                "            const float *x = x0 + o * {} + i;\n            float *y = y0 + o * {} + i;",
-                len * inner,
-                len * inner
-            );
-            let _ = writeln!(out, "            float mx = -1.0f / 0.0f, sum = 0.0f;");
-            let _ = writeln!(
-                out,
-                "            for (int32_t j = 0; j < {len}; ++j) if (x[j * {inner}] > mx) mx = x[j * {inner}];"
-            );
-            match &node.op {
-                Op::Softmax { .. } => {
-                    let _ = writeln!(
-                        out,
-                        "            for (int32_t j = 0; j < {len}; ++j) {{ float e = kiln_expf(x[j * {inner}] - mx); y[j * {inner}] = e; sum = sum + e; }}"
-                    );
-                    let _ = writeln!(
-                        out,
-                        "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = y[j * {inner}] / sum;"
-                    );
-                }
-                Op::LogSoftmax { .. } => {
-                    let _ = writeln!(
-                        out,
-                        "            for (int32_t j = 0; j < {len}; ++j) sum = sum + kiln_expf(x[j * {inner}] - mx);"
-                    );
-                    let _ = writeln!(
-                        out,
-                        "            for (int32_t j = 0; j < {len}; ++j) y[j * {inner}] = (x[j * {inner}] - mx) - logf(sum);"
-                    );
-                }
-                _ => {
-                    // one-hot of the first maximum
-                    let _ = writeln!(
-                        out,
-                        "            int32_t at = -1;\n            for (int32_t j = 0; j < {len}; ++j) {{ y[j * {inner}] = 0.0f; if (at < 0 && x[j * {inner}] == mx) at = j; }}\n            if (at >= 0) y[at * {inner}] = 1.0f;\n            (void)sum;"
-                    );
-                }
-            }
-            let _ = writeln!(out, "        }}");
-        }
-        Op::Reduce { kind, axes, .. } => {
-            // f32 accumulation in index order (the evaluator sums in f64: within the stated bound).
-            let s = shape(g, node.inputs[0]).to_vec();
-            let st = strides(&s);
-            let kept: Vec<usize> = (0..s.len()).filter(|d| !axes.contains(d)).collect();
-            let kd: Vec<usize> = kept.iter().map(|&d| s[d]).collect();
-            let rd: Vec<usize> = axes.iter().map(|&d| s[d]).collect();
-            let count: usize = rd.iter().product();
-            let init = match kind {
-                ReduceKind::Max | ReduceKind::LogSumExp => "-1.0f / 0.0f",
-                ReduceKind::Min => "1.0f / 0.0f",
-                ReduceKind::Prod => "1.0f",
-                _ => "0.0f",
-            };
-            let step = match kind {
-                ReduceKind::Max | ReduceKind::LogSumExp => "acc = (v > acc || v != v) ? v : acc;",
-                ReduceKind::Min => "acc = (v < acc || v != v) ? v : acc;",
-                ReduceKind::Prod => "acc = acc * v;",
-                ReduceKind::L1 => "acc = acc + kiln_absf(v);",
-                ReduceKind::L2 | ReduceKind::SumSquare => "acc = acc + v * v;",
-                _ => "acc = acc + v;",
-            };
-            let fin = match kind {
-                ReduceKind::Mean => format!("acc / {}", f32_lit(count as f32)),
-                ReduceKind::L2 => "sqrtf(acc)".into(),
-                ReduceKind::LogSum => "logf(acc)".into(),
-                // a second pass: log(sum(exp(v - max))) + max
-                ReduceKind::LogSumExp => {
-                    "(acc == acc && acc != 1.0f / 0.0f && acc != -1.0f / 0.0f) ? acc + logf(lse) : acc".into()
-                }
-                _ => "acc".into(),
-            };
-            let kst: Vec<i64> = kept.iter().map(|&d| st[d]).collect();
-            let rst: Vec<i64> = axes.iter().map(|&d| st[d]).collect();
-            let inner_loop = {
-                let mut txt = String::new();
-                let rd2 = rd.clone();
-                nest(&mut txt, 0, &rd2, &[rst], &|o| {
-                    format!("float v = x[{}];\n{step}", o[0])
-                });
-                // rename the inner loop variables so they do not clash with the outer ones
-                txt.replace("i0", "r0")
-                    .replace("i1", "r1")
-                    .replace("i2", "r2")
-                    .replace("i3", "r3")
-            };
-            let second = if *kind == ReduceKind::LogSumExp {
-                let mut txt = String::new();
-                nest(&mut txt, 0, &rd, &[axes.iter().map(|&d| st[d]).collect()], &|o| {
-                    format!("lse = lse + kiln_expf(x[{}] - acc);", o[0])
-                });
-                format!(
-                    "float lse = 0.0f;\n{}",
-                    txt.replace("i0", "r0")
-                        .replace("i1", "r1")
-                        .replace("i2", "r2")
-                        .replace("i3", "r3")
-                )
-            } else {
-                String::new()
-            };
-            nest(out, 1, &kd, &[strides(&kd), kst], &|o| {
-                format!(
-                    "const float *x = x0 + {};\nfloat acc = {init};\n{inner_loop}{second}y0[{}] = {fin};",
-                    o[1], o[0]
-                )
-            });
-        }
-        Op::LayerNorm { axis, epsilon } => {
-            let x = shape(g, node.inputs[0]);
-            let inner: usize = x[*axis..].iter().product();
-            let rows = g.value(node.inputs[0]).ty.numel() / inner.max(1);
-            let bias = if node.inputs.len() > 2 { " + x2[j]" } else { "" };
-            let _ = writeln!(
-                out,
-                "    for (int32_t r = 0; r < {rows}; ++r) {{\n        const float *x = x0 + r * {inner};\n        float *y = y0 + r * {inner};\n        float mean = 0.0f, var = 0.0f, inv;"
-            );
-            let _ = writeln!(
-                out,
-                "        for (int32_t j = 0; j < {inner}; ++j) mean = mean + x[j];\n        mean = mean / {n};\n        for (int32_t j = 0; j < {inner}; ++j) var = var + (x[j] - mean) * (x[j] - mean);\n        var = var / {n};",
-                n = f32_lit(inner as f32)
-            );
-            let _ = writeln!(
-                out,
-                "        inv = 1.0f / sqrtf(var + {});\n        for (int32_t j = 0; j < {inner}; ++j) y[j] = (x[j] - mean) * inv * x1[j]{bias};\n    }}",
-                f32_lit(*epsilon)
-            );
-        }
-        Op::BatchNorm { epsilon } => {
-            let s = shape(g, node.inputs[0]);
-            let (nb, c, inner) = (s[0], s[1], s[2..].iter().product::<usize>());
-            let _ = writeln!(out, "    for (int32_t ch = 0; ch < {c}; ++ch) {{");
-            let _ = writeln!(
-                out,
-                "        float k = x1[ch] / sqrtf(x4[ch] + {});\n        float s = x2[ch] - x3[ch] * k;",
-                f32_lit(*epsilon)
-            );
-            let _ = writeln!(
-                out,
-                "        for (int32_t b = 0; b < {nb}; ++b)\n            for (int32_t i = 0; i < {inner}; ++i) y0[(b * {c} + ch) * {inner} + i] = x0[(b * {c} + ch) * {inner} + i] * k + s;\n    }}"
-            );
-        }
-        Op::Rnn(r) => lstm(out, g, n, r),
-        other => unreachable!("{} passed the support check", other.name()),
-    }
+    lower(out, g, n, opts).expect("emit checked every node");
     out.push_str("}\n");
-}
-
-fn pool(out: &mut String, g: &Graph, n: NodeId, p: &Pool) {
-    let node = g.node(n);
-    let xs = shape(g, node.inputs[0]);
-    let os = shape(g, node.outputs[0]);
-    let w = &p.window;
-    let two = xs.len() == 4;
-    let (h, wd, oh, ow) = if two {
-        (xs[2], xs[3], os[2], os[3])
-    } else {
-        (1, xs[2], 1, os[2])
-    };
-    let (kh, kw) = if two {
-        (w.kernel[0], w.kernel[1])
-    } else {
-        (1, w.kernel[0])
-    };
-    let (sh, sw) = if two {
-        (w.strides[0], w.strides[1])
-    } else {
-        (1, w.strides[0])
-    };
-    let (dh, dw) = if two {
-        (w.dilations[0], w.dilations[1])
-    } else {
-        (1, w.dilations[0])
-    };
-    let (ph, pw) = if two { (w.pads[0], w.pads[1]) } else { (0, w.pads[0]) };
-    let (peh, pew) = if two { (w.pads[2], w.pads[3]) } else { (0, w.pads[1]) };
-    let planes = xs[0] * xs[1];
-    let max = p.kind == PoolKind::Max;
-    let include_pad = matches!(
-        p.kind,
-        PoolKind::Avg {
-            count_include_pad: true
-        }
-    );
-    let _ = writeln!(
-        out,
-        "    for (int32_t c = 0; c < {planes}; ++c)\n    for (int32_t oy = 0; oy < {oh}; ++oy)\n    for (int32_t ox = 0; ox < {ow}; ++ox) {{"
-    );
-    let _ = writeln!(
-        out,
-        "        float acc = {};\n        int32_t cnt = 0, cnt_pad = 0;",
-        if max { "-1.0f / 0.0f" } else { "0.0f" }
-    );
-    let _ = writeln!(
-        out,
-        "        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
-    );
-    let _ = writeln!(
-        out,
-        "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};"
-    );
-    let _ = writeln!(
-        out,
-        "            if (iy >= -{ph} && iy < {} && ix >= -{pw} && ix < {}) ++cnt_pad;",
-        h + peh,
-        wd + pew
-    );
-    let _ = writeln!(
-        out,
-        "            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {wd}) continue;"
-    );
-    let step = if max {
-        "acc = (v > acc || v != v) ? v : acc;"
-    } else {
-        "acc = acc + v;"
-    };
-    let _ = writeln!(
-        out,
-        "            {{ float v = x0[(c * {h} + iy) * {wd} + ix]; {step} ++cnt; }}\n        }}"
-    );
-    let _ = writeln!(out, "        (void)cnt_pad;");
-    let fin = if max {
-        "acc".to_string()
-    } else {
-        format!(
-            "acc / (float)({} > 0 ? {} : 1)",
-            if include_pad { "cnt_pad" } else { "cnt" },
-            if include_pad { "cnt_pad" } else { "cnt" }
-        )
-    };
-    let _ = writeln!(out, "        y0[(c * {oh} + oy) * {ow} + ox] = {fin};\n    }}");
-}
-
-fn pad(out: &mut String, g: &Graph, n: NodeId, mode: kiln_ir::op::PadMode, pads: &[i64]) {
-    use kiln_ir::op::PadMode;
-    let node = g.node(n);
-    let xs = shape(g, node.inputs[0]).to_vec();
-    let os = shape(g, node.outputs[0]).to_vec();
-    let r = xs.len();
-    let ist = strides(&xs);
-    let fill = if node.inputs.len() > 1 { "x1[0]" } else { "0.0f" };
-    let mut body = String::from("int32_t inside = 1, off = 0, s;\n");
-    for d in 0..r {
-        let len = xs[d] as i64;
-        let _ = writeln!(body, "s = i{d} - {};", pads[d]);
-        match mode {
-            PadMode::Constant => {
-                let _ = writeln!(body, "if (s < 0 || s >= {len}) inside = 0;");
-            }
-            PadMode::Edge => {
-                let _ = write!(body, "if (s < 0) s = 0;\nif (s >= {len}) s = {};\n", len - 1);
-            }
-            PadMode::Wrap => {
-                let _ = writeln!(body, "s = ((s % {len}) + {len}) % {len};");
-            }
-            PadMode::Reflect => {
-                let p = 2 * (len - 1).max(1);
-                let _ = write!(body, "s = ((s % {p}) + {p}) % {p};\nif (s >= {len}) s = {p} - s;\n");
-            }
-        }
-        let _ = writeln!(body, "off += (inside ? s : 0) * {};", ist[d]);
-    }
-    let _ = write!(body, "y0[{{O}}] = inside ? x0[off] : {fill};");
-    nest(out, 1, &os, &[strides(&os)], &|o| body.replace("{O}", &o[0]));
-}
-
-/// LSTM (default activations), the evaluator's loop in C: per direction and batch row, the
-/// gate vectors W·x and R·h, then the ONNX update with optional clipping.
-fn lstm(out: &mut String, g: &Graph, n: NodeId, r: &kiln_ir::op::Rnn) {
-    use kiln_ir::op::RnnDirection;
-    let xs = shape(g, g.node(n).inputs[0]);
-    let (seq, batch, isz) = if r.batch_major {
-        (xs[1], xs[0], xs[2])
-    } else {
-        (xs[0], xs[1], xs[2])
-    };
-    let h = r.hidden;
-    let dirs = r.direction.count();
-    let clip = |e: &str| match r.clip {
-        Some(c) => format!("kiln_minf(kiln_maxf({e}, {}), {})", f32_lit(-c), f32_lit(c)),
-        None => e.to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "    float *hs = s, *cs = s + {h}, *gx = s + {}, *gh = s + {};",
-        2 * h,
-        6 * h
-    );
-    for d in 0..dirs {
-        let reverse = r.direction == RnnDirection::Reverse || (r.direction == RnnDirection::Bidirectional && d == 1);
-        let st = if r.batch_major {
-            format!("(b * {dirs} + {d}) * {h}")
-        } else {
-            format!("({d} * {batch} + b) * {h}")
-        };
-        let _ = writeln!(out, "    for (int32_t b = 0; b < {batch}; ++b) {{");
-        let _ = writeln!(
-            out,
-            "        for (int32_t j = 0; j < {h}; ++j) {{ hs[j] = x4[{st} + j]; cs[j] = x5[{st} + j]; }}"
-        );
-        let _ = writeln!(out, "        for (int32_t step = 0; step < {seq}; ++step) {{");
-        let _ = writeln!(
-            out,
-            "            int32_t t = {};",
-            if reverse {
-                format!("{} - step", seq - 1)
-            } else {
-                "step".into()
-            }
-        );
-        let xo = if r.batch_major {
-            format!("(b * {seq} + t) * {isz}")
-        } else {
-            format!("(t * {batch} + b) * {isz}")
-        };
-        let (w0, r0, b0) = (d * 4 * h * isz, d * 4 * h * h, d * 8 * h);
-        let _ = writeln!(out, "            for (int32_t j = 0; j < {}; ++j) {{", 4 * h);
-        let _ = writeln!(out, "                float a = 0.0f, c = 0.0f;");
-        let _ = writeln!(
-            out,
-            "                for (int32_t k = 0; k < {isz}; ++k) a = a + x1[{w0} + j * {isz} + k] * x0[{xo} + k];"
-        );
-        let _ = writeln!(
-            out,
-            "                for (int32_t k = 0; k < {h}; ++k) c = c + x2[{r0} + j * {h} + k] * hs[k];"
-        );
-        let _ = writeln!(
-            out,
-            "                gx[j] = a;\n                gh[j] = c;\n            }}"
-        );
-        let pre = |gate: usize| {
-            format!(
-                "gx[{o} + j] + gh[{o} + j] + x3[{} + j] + x3[{} + j]",
-                b0 + gate * h,
-                b0 + 4 * h + gate * h,
-                o = gate * h
-            )
-        };
-        let _ = writeln!(out, "            for (int32_t j = 0; j < {h}; ++j) {{");
-        let _ = writeln!(out, "                float c_old = cs[j];");
-        let _ = writeln!(
-            out,
-            "                float ig = kiln_sigmoidf({});",
-            clip(&format!("{} + 0.0f * c_old", pre(0)))
-        );
-        let _ = writeln!(
-            out,
-            "                float fg = kiln_sigmoidf({});",
-            clip(&format!("{} + 0.0f * c_old", pre(2)))
-        );
-        let _ = writeln!(out, "                float cg = kiln_tanhf({});", clip(&pre(3)));
-        let _ = writeln!(
-            out,
-            "                float c_new = fg * c_old + ig * cg;\n                cs[j] = c_new;"
-        );
-        let _ = writeln!(
-            out,
-            "                float og = kiln_sigmoidf({});",
-            clip(&format!("{} + 0.0f * c_new", pre(1)))
-        );
-        let _ = writeln!(out, "                hs[j] = og * kiln_tanhf(c_new);\n            }}");
-        let yo = if r.batch_major {
-            format!("((b * {seq} + t) * {dirs} + {d}) * {h}")
-        } else {
-            format!("((t * {dirs} + {d}) * {batch} + b) * {h}")
-        };
-        let _ = writeln!(
-            out,
-            "            for (int32_t j = 0; j < {h}; ++j) y0[{yo} + j] = hs[j];\n        }}"
-        );
-        let _ = writeln!(
-            out,
-            "        for (int32_t j = 0; j < {h}; ++j) {{ y1[{st} + j] = hs[j]; y2[{st} + j] = cs[j]; }}\n    }}"
-        );
-    }
 }
