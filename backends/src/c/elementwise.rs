@@ -445,7 +445,10 @@ pub(super) fn from_f64(to: Scalar, v: &str) -> String {
     format!("(({v}) != ({v}) ? ({t})0 : (({v}) <= {lo} ? ({t}){min} : (({v}) >= {hi} ? ({t}){max} : ({t})({v}))))")
 }
 
-/// Helpers for the typed paths above (all `static inline`, so unused ones cost nothing).
+/// The names `PRELUDE` defines (it is emitted only when a kernel calls one).
+pub(super) const HELPERS: [&str; 4] = ["kiln_floor_mod(", "kiln_powi(", "kiln_powif(", "kiln_f64_to_i64("];
+
+/// Helpers for the typed paths above and the Lp pools.
 pub(super) const PRELUDE: &str = r#"
 static inline int64_t kiln_floor_mod(int64_t r, int64_t b) {
     return (r != 0 && ((r < 0) != (b < 0))) ? (int64_t)((uint64_t)r + (uint64_t)b) : r;

@@ -284,6 +284,10 @@ static inline float kiln_h2f(uint16_t h) {
     v.u = u;
     return v.f;
 }
+"#;
+
+/// f64 to binary16 (emitted only when a kernel rounds to binary16).
+const D2H_PRELUDE: &str = r#"
 /* double to binary16, rounding to nearest even (the evaluator's f16::from_f64) */
 static inline uint16_t kiln_d2h(double d) {
     union { double d; uint64_t u; } v;
@@ -396,7 +400,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         out.push_str(rom::PRELUDE);
     }
     out.push_str(PRELUDE);
-    out.push_str(elementwise::PRELUDE);
+    // the typed helpers go here once the kernels show they need them
+    let helpers_at = out.len();
     if plan.order.iter().any(|&n| int::supported(g, n).is_some()) {
         out.push_str(int::PRELUDE);
     }
@@ -507,6 +512,12 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     entry(&mut out, g, plan, opts, &names, &api, None);
     if let Some(int) = &api.int {
         entry(&mut out, g, plan, opts, &names, &api, Some(int));
+    }
+    if elementwise::HELPERS.iter().any(|h| out[helpers_at..].contains(h)) {
+        out.insert_str(helpers_at, elementwise::PRELUDE);
+    }
+    if out[helpers_at..].contains("kiln_d2h(") {
+        out.insert_str(helpers_at, D2H_PRELUDE);
     }
     // math.h when a kernel calls it or a constant is spelled INFINITY or NAN
     if uses_math(&out) {

@@ -8,7 +8,11 @@
 //! backend is made without in-place reuse (`kiln_ir::plan::Reuse::Disjoint`); each node then
 //! splits the arena around its outputs with `split_at_mut`.
 
+mod elementwise;
+mod int;
 mod kernel;
+mod layout;
+mod nn;
 
 use crate::header;
 use kiln_ir::plan::{Location, MemoryPlan};
@@ -39,12 +43,18 @@ pub fn scratch_bytes(g: &Graph, n: NodeId, cortex_m: bool) -> usize {
     kernel::scratch_bytes(g, n, cortex_m)
 }
 
-/// Why node `n` cannot be compiled to Rust yet, if it cannot.
+/// Why node `n` cannot be compiled to Rust yet, if it cannot: the lowering's refusal with
+/// the node's name and input types.
 pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     let node = g.node(n);
-    (!kernel::supported(g, n)).then(|| {
+    kernel::refusal(g, n).map(|crate::Refusal(why)| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!("node `{}`: {} on {}", node.name, node.op.name(), types.join(", "))
+        format!(
+            "node `{}`: {} on {} ({why})",
+            node.name,
+            node.op.name(),
+            types.join(", ")
+        )
     })
 }
 
@@ -397,8 +407,9 @@ fn aliased(c: &Ctx, n: NodeId) -> bool {
 /// plan keeps a node's outputs apart from everything it reads).
 fn bind(c: &Ctx, ins: &[ValueId], outs: &[ValueId], scratch: Option<(usize, usize)>, call: &str) -> String {
     let g = c.g;
+    // binary16 constants are `F16` weights; binary16 activations are bit patterns (`u16`)
     let ty = |v: ValueId| match g.value(v).ty.dtype.scalar {
-        Scalar::F16 => "k::F16",
+        Scalar::F16 if g.const_value(v).is_some() => "k::F16",
         s => header::rust_type(s),
     };
     let mut lines: Vec<String> = Vec::new();

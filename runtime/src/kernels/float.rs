@@ -436,3 +436,159 @@ mod tests {
         assert_eq!(y, [12.0, 24.0, 16.0, 28.0]);
     }
 }
+
+/// An n-d pooling window: spatial input and output extents, kernel, strides, dilations
+/// and pads (all begins, then all ends).
+#[derive(Clone, Copy, Debug)]
+pub struct WindowNd<'a> {
+    pub input: &'a [usize],
+    pub output: &'a [usize],
+    pub kernel: &'a [usize],
+    pub strides: &'a [usize],
+    pub dilations: &'a [usize],
+    pub pads: &'a [usize],
+}
+
+/// How an n-d pool combines its taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolNd {
+    Max,
+    /// Average; with `true` the divisor counts taps inside the padded extent.
+    Avg(bool),
+    /// `(sum |v|^p)^(1/p)`.
+    Lp(i32),
+}
+
+/// `a^b` by repeated squaring, as compiler-rt's `__powisf2` (what `f32::powi` calls).
+#[inline]
+fn powi(mut a: f32, mut b: i32) -> f32 {
+    let recip = b < 0;
+    let mut r = 1.0f32;
+    loop {
+        if b & 1 != 0 {
+            r *= a;
+        }
+        b /= 2;
+        if b == 0 {
+            break;
+        }
+        a *= a;
+    }
+    if recip { 1.0 / r } else { r }
+}
+
+/// Pooling over any number of spatial axes, per plane and output position a loop over
+/// the taps in index order (the evaluator's), skipping those in the padding.
+pub fn pool_nd(x: &[f32], y: &mut [f32], planes: usize, w: &WindowNd, kind: PoolNd) {
+    use super::layout::MAX_RANK;
+    let r = w.input.len();
+    assert!(r <= MAX_RANK);
+    let (pin, pout): (usize, usize) = (w.input.iter().product(), w.output.iter().product());
+    let taps: usize = w.kernel.iter().product();
+    let mut o = [0usize; MAX_RANK];
+    for at in 0..pout {
+        for c in 0..planes {
+            let mut acc = if kind == PoolNd::Max { f32::NEG_INFINITY } else { 0.0 };
+            let (mut cnt, mut cnt_pad) = (0usize, 0usize);
+            let mut k = [0usize; MAX_RANK];
+            for _ in 0..taps {
+                let (mut off, mut inside, mut inside_pad) = (0usize, true, true);
+                for d in 0..r {
+                    let p = (o[d] * w.strides[d] + k[d] * w.dilations[d]) as i64 - w.pads[d] as i64;
+                    inside_pad &= p >= -(w.pads[d] as i64) && p < (w.input[d] + w.pads[d + r]) as i64;
+                    inside &= p >= 0 && p < w.input[d] as i64;
+                    off = off * w.input[d] + p.max(0) as usize;
+                }
+                cnt_pad += usize::from(inside_pad);
+                if inside {
+                    let v = x[c * pin + off];
+                    acc = match kind {
+                        PoolNd::Max => {
+                            if v > acc || v.is_nan() {
+                                v
+                            } else {
+                                acc
+                            }
+                        }
+                        PoolNd::Avg(_) => acc + v,
+                        PoolNd::Lp(e) => acc + powi(libm::fabsf(v), e),
+                    };
+                    cnt += 1;
+                }
+                for d in (0..r).rev() {
+                    k[d] += 1;
+                    if k[d] < w.kernel[d] {
+                        break;
+                    }
+                    k[d] = 0;
+                }
+            }
+            y[c * pout + at] = match kind {
+                PoolNd::Max => acc,
+                PoolNd::Avg(include_pad) => acc / (if include_pad { cnt_pad } else { cnt }).max(1) as f32,
+                PoolNd::Lp(e) => libm::powf(acc, 1.0 / e as f32),
+            };
+        }
+        for d in (0..r).rev() {
+            o[d] += 1;
+            if o[d] < w.output[d] {
+                break;
+            }
+            o[d] = 0;
+        }
+    }
+}
+
+/// InstanceNormalization over `[n, c, inner]`: per plane the mean, then the mean squared
+/// deviation, then `(x - mean) * scale / sqrt(var + eps) + bias` (the evaluator's steps).
+pub fn instance_norm(x: &[f32], scale: &[f32], bias: &[f32], y: &mut [f32], c: usize, inner: usize, eps: f32) {
+    for (p, (xr, yr)) in x
+        .chunks_exact(inner.max(1))
+        .zip(y.chunks_exact_mut(inner.max(1)))
+        .enumerate()
+    {
+        let n = inner as f32;
+        let mut sum = 0.0f32;
+        for &v in xr {
+            sum += v;
+        }
+        let mean = sum / n;
+        let mut sq = 0.0f32;
+        for &v in xr {
+            sq += (v - mean) * (v - mean);
+        }
+        let a = scale[p % c] / libm::sqrtf(sq / n + eps);
+        for (d, &v) in yr.iter_mut().zip(xr) {
+            *d = (v - mean) * a + bias[p % c];
+        }
+    }
+}
+
+/// Local response normalization across the channels of `[n, c, inner]`.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn(
+    x: &[f32],
+    y: &mut [f32],
+    (n, c, inner): (usize, usize, usize),
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    bias: f32,
+) {
+    let (lo, hi) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
+    let scale = (alpha as f64 / size as f64) as f32;
+    for b in 0..n {
+        for ch in 0..c {
+            let (from, to) = (ch.saturating_sub(lo), (ch + hi).min(c - 1));
+            for i in 0..inner {
+                let mut sq = 0.0f32;
+                for cc in from..=to {
+                    let v = x[(b * c + cc) * inner + i];
+                    sq += v * v;
+                }
+                let at = (b * c + ch) * inner + i;
+                y[at] = x[at] / libm::powf(bias + scale * sq, beta);
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! approximations ([`math`]) stand in for libm.
 
 pub mod float;
+pub mod index;
 pub mod int;
 pub mod layout;
 pub mod math;
@@ -68,6 +69,66 @@ impl Weight for F16 {
         f32::from_bits(u)
     }
 }
+
+/// A binary16 value (its bit pattern, as generated code stores it) widened to f32, exactly.
+#[inline]
+pub fn h2f(h: u16) -> f32 {
+    F16(h).f32()
+}
+
+/// `v` rounded to the nearest binary16 (ties to even), as its bit pattern: the evaluator's
+/// `f16::from_f64`, rounding once from f64.
+pub fn d2h(v: f64) -> u16 {
+    let u = v.to_bits();
+    let s = ((u >> 48) & 0x8000) as u16;
+    let e = ((u >> 52) & 0x7ff) as i32 - 1023 + 15;
+    let m = u & ((1u64 << 52) - 1);
+    if e == 0x7ff - 1023 + 15 {
+        return s | 0x7c00 | if m != 0 { 0x200 } else { 0 };
+    }
+    if e >= 31 {
+        return s | 0x7c00;
+    }
+    let (q, rem, half) = if e <= 0 {
+        let shift = 43 - e;
+        if shift > 53 {
+            return s;
+        }
+        let m = m | (1u64 << 52);
+        (m >> shift, m & ((1u64 << shift) - 1), 1u64 << (shift - 1))
+    } else {
+        ((e as u64) << 10 | m >> 42, m & ((1u64 << 42) - 1), 1u64 << 41)
+    };
+    let q = if rem > half || (rem == half && q & 1 == 1) {
+        q + 1
+    } else {
+        q
+    };
+    s | q as u16
+}
+
+/// Element types that convert through f64 as the evaluator's casts do (`as`: rounding to
+/// floats, saturating into integers with NaN to 0).
+pub trait Num: Copy + PartialOrd {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! num {
+    ($($t:ty),*) => {$(
+        impl Num for $t {
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+        }
+    )*};
+}
+num!(f32, f64, i8, u8, i16, u16, i32, u32, i64, u64);
 
 /// Plain element types a kernel may view arena bytes as.
 pub trait Elem: bytemuck::Pod {}
@@ -210,7 +271,34 @@ pub use libm;
 
 #[cfg(test)]
 mod tests {
-    use super::{F16, Plane, Weight};
+    use super::{F16, Plane, Weight, d2h, h2f};
+
+    /// Rounding to binary16: every value round-trips, halfway points go to the even
+    /// neighbour and anything off the midpoint to the nearer one, overflow to infinity.
+    #[test]
+    fn binary16_rounding_is_to_nearest_even() {
+        for bits in 0..0x7c00u16 {
+            let v = h2f(bits) as f64;
+            assert_eq!(d2h(v), bits, "{v}");
+            assert_eq!(d2h(-v), bits | 0x8000, "{v}");
+            let next = if bits == 0x7bff { 65536.0 } else { h2f(bits + 1) as f64 };
+            let mid = (v + next) / 2.0;
+            let even = if bits & 1 == 0 { bits } else { bits + 1 };
+            let even = if even == 0x7c00 { 0x7c00 } else { even };
+            assert_eq!(d2h(mid), even, "midpoint of {bits:#x}");
+            let step = (next - v) / 1024.0;
+            assert_eq!(d2h(mid - step), bits, "below the midpoint of {bits:#x}");
+            assert_eq!(
+                d2h(mid + step),
+                (bits + 1).min(0x7c00),
+                "above the midpoint of {bits:#x}"
+            );
+        }
+        assert_eq!(d2h(f64::INFINITY), 0x7c00);
+        assert_eq!(d2h(1.0e6), 0x7c00);
+        assert!(h2f(d2h(f64::NAN)).is_nan());
+        assert_eq!(d2h(1.0e-30), 0);
+    }
 
     /// Every binary16 pattern widens to the value the `half` crate's reference gives.
     #[test]

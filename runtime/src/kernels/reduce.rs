@@ -1,6 +1,7 @@
 //! Reductions as the evaluator computes them: each output accumulates its inputs in index
 //! order in f64 and is rounded once at the end.
 
+use super::Num;
 use super::layout::for_each_nd;
 
 /// Which reduction.
@@ -20,11 +21,11 @@ pub enum Reduce {
 
 /// Reduces `x` (row-major, `strides` per axis) to `y`: `kept` is the input shape with the
 /// reduced axes set to 1 and `reduced` the reverse, so outputs run in the order of `kept`.
-pub fn reduce(x: &[f32], strides: &[isize], kept: &[usize], reduced: &[usize], y: &mut [f32], kind: Reduce) {
+pub fn reduce<T: Num>(x: &[T], strides: &[isize], kept: &[usize], reduced: &[usize], y: &mut [T], kind: Reduce) {
     let count: usize = reduced.iter().product();
     let mut o = 0;
     for_each_nd(kept, [0], [strides], |[base]| {
-        let each = |f: &mut dyn FnMut(f64)| for_each_nd(reduced, [base], [strides], |[i]| f(x[i] as f64));
+        let each = |f: &mut dyn FnMut(f64)| for_each_nd(reduced, [base], [strides], |[i]| f(x[i].to_f64()));
         let shift = if kind == Reduce::LogSumExp {
             let mut m = f64::NEG_INFINITY;
             each(&mut |v| m = m.max(v));
@@ -68,7 +69,7 @@ pub fn reduce(x: &[f32], strides: &[isize], kept: &[usize], reduced: &[usize], y
             Reduce::LogSumExp => libm::log(a) + shift,
             _ => a,
         };
-        y[o] = a as f32;
+        y[o] = T::from_f64(a);
         o += 1;
     });
 }
