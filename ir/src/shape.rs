@@ -266,8 +266,70 @@ fn spatial(op: &Op, x: &TensorType, w: &Window, ceil: bool) -> Result<Vec<usize>
         .collect()
 }
 
-/// Output types of `op` applied to inputs of the given types.
+/// Output types of `op` applied to inputs of the given types. This match is exhaustive
+/// (a new op does not compile without an arm); each family's rules live in the function
+/// it routes to.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    match op {
+        Identity
+        | Unary(_)
+        | Softmax { .. }
+        | LogSoftmax { .. }
+        | Hardmax { .. }
+        | Lrn { .. }
+        | Binary(_)
+        | Where
+        | Cast { .. } => infer_elementwise(op, inputs),
+        QConv { .. }
+        | QMatMul { .. }
+        | QBlockMatMul { .. }
+        | DynConv { .. }
+        | DynamicQuantize
+        | IntConv { .. }
+        | IntMatMul
+        | DynMatMul { .. } => infer_products(op, inputs),
+        Quantize { .. }
+        | Dequantize { .. }
+        | QAdd(_)
+        | QMul(_)
+        | QPRelu(_)
+        | QSoftmax16 { .. }
+        | QSoftmax { .. }
+        | Lut { .. }
+        | Requant { .. }
+        | Lut16 { .. } => infer_integer(op, inputs),
+        Conv(_)
+        | ConvTranspose(_)
+        | Gemm { .. }
+        | MatMul
+        | Pool(_)
+        | GlobalPool(_)
+        | BatchNorm { .. }
+        | InstanceNorm { .. }
+        | LayerNorm { .. } => infer_layer(op, inputs),
+        Einsum { .. } | Rnn(_) | Resize(_) => infer_sequence(op, inputs),
+        Reshape { .. }
+        | Transpose { .. }
+        | Concat { .. }
+        | Split { .. }
+        | Slice { .. }
+        | Pad { .. }
+        | Gather { .. }
+        | GatherElements { .. }
+        | GatherNd { .. }
+        | ScatterElements { .. }
+        | ScatterNd { .. }
+        | Expand { .. }
+        | Tile { .. }
+        | OneHot { .. }
+        | Trilu { .. } => infer_layout(op, inputs),
+        Reduce { .. } | ArgMax { .. } | ArgMin { .. } | CumSum { .. } | TopK { .. } => infer_reduction(op, inputs),
+    }
+}
+
+/// Unary and binary maps, softmax and its kin, LRN, `Where` and `Cast`.
+fn infer_elementwise(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
     use Op::*;
     let x = || inputs[0];
     match op {
@@ -324,6 +386,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             arity(op, inputs, 1, 1)?;
             Ok(vec![plain(*to, x().shape.clone())])
         }
+        other => unreachable!("`infer` routed {} to `infer_elementwise`", other.name()),
+    }
+}
+
+/// Quantize/Dequantize and the integer and hybrid ops.
+fn infer_integer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
         Quantize { to, scale, zero_point } => {
             arity(op, inputs, 1, 1)?;
             if x().dtype.scalar != Scalar::F32 || !matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16) {
@@ -341,6 +412,107 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             Ok(vec![plain(Scalar::F32, x().shape.clone())])
         }
+        QAdd(_) | QMul(_) if inputs.len() == 2 && inputs.iter().all(|t| t.dtype.scalar == Scalar::I16) => {
+            // the int16 of 16x8 layers
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
+                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
+            })?;
+            let (scale, zp, lo, hi) = match op {
+                QAdd(a) => (a.output_scale, a.output_zp, a.act_min, a.act_max),
+                QMul(m) => (m.output_scale, m.output_zp, m.act_min, m.act_max),
+                _ => unreachable!(),
+            };
+            if lo < -32768 || hi > 32767 || lo > hi {
+                return err(op, format!("bad activation range {lo}..={hi}"));
+            }
+            Ok(vec![qtype(Scalar::I16, scale, zp, s)])
+        }
+        QAdd(_) | QMul(_) => {
+            arity(op, inputs, 2, 2)?;
+            int_inputs(op, inputs)?;
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
+                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
+            })?;
+            let (scale, zp) = match op {
+                QAdd(a) => (a.output_scale, a.output_zp),
+                QMul(m) => (m.output_scale, m.output_zp),
+                _ => unreachable!(),
+            };
+            Ok(vec![qtype(Scalar::I8, scale, zp, s)])
+        }
+        QPRelu(p) => {
+            arity(op, inputs, 2, 2)?;
+            if inputs.iter().any(|t| t.dtype.scalar != Scalar::I8) {
+                return err(op, "int8 input and alpha");
+            }
+            let s = broadcast(&inputs[0].shape, &inputs[1].shape)
+                .filter(|s| *s == inputs[0].shape)
+                .ok_or_else(|| {
+                    IrError::shape(
+                        op.name(),
+                        format!("alpha {} does not broadcast to {}", inputs[1], inputs[0]),
+                    )
+                })?;
+            Ok(vec![qtype(Scalar::I8, p.output_scale, p.output_zp, s)])
+        }
+        QSoftmax16 { axis, exp_hi, exp_lo } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I16 || *axis >= x().shape.len() || x().shape[*axis] > 1 << 16 {
+                return err(op, "softmax of i16 along an existing axis of at most 65536");
+            }
+            // Q30 exponentials: at most 1.0, and exp(0) = 1.0 so no row sums to zero
+            let q30 = |t: &[i32]| t.len() == 256 && t[0] == 1 << 30 && t.iter().all(|&v| (0..=1 << 30).contains(&v));
+            if !q30(exp_hi) || !q30(exp_lo) {
+                return err(op, "takes two 256-entry Q30 exponential tables starting at 1.0");
+            }
+            Ok(vec![qtype(Scalar::I16, 1.0 / 32768.0, 0, x().shape.clone())])
+        }
+        QSoftmax { axis, exp_table } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I8 || exp_table.len() != 256 || *axis >= x().shape.len() {
+                return err(op, "softmax of i8 along an existing axis with a 256-entry table");
+            }
+            if x().shape[*axis] > kiln_runtime::SOFTMAX_MAX_LEN {
+                return err(op, format!("axis longer than {}", kiln_runtime::SOFTMAX_MAX_LEN));
+            }
+            Ok(vec![qtype(Scalar::I8, 1.0 / 256.0, -128, x().shape.clone())])
+        }
+        Lut {
+            table,
+            scale,
+            zero_point,
+        } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I8 || table.len() != 256 {
+                return err(op, "maps i8 through a 256-entry table");
+            }
+            Ok(vec![qtype(Scalar::I8, *scale, *zero_point, x().shape.clone())])
+        }
+        Requant {
+            to, scale, zero_point, ..
+        } => {
+            arity(op, inputs, 1, 1)?;
+            if !matches!(x().dtype.scalar, Scalar::I8 | Scalar::I16) || !matches!(to, Scalar::I8 | Scalar::I16) {
+                return err(op, format!("moves i8/i16 to i8/i16, not {} to {to}", x().dtype.scalar));
+            }
+            Ok(vec![qtype(*to, *scale, *zero_point, x().shape.clone())])
+        }
+        Lut16 { table, scale } => {
+            arity(op, inputs, 1, 1)?;
+            if x().dtype.scalar != Scalar::I16 || table.len() != kiln_runtime::LUT16_LEN {
+                return err(op, "maps i16 through a 513-entry table");
+            }
+            Ok(vec![qtype(Scalar::I16, *scale, 0, x().shape.clone())])
+        }
+        other => unreachable!("`infer` routed {} to `infer_integer`", other.name()),
+    }
+}
+
+/// The integer and hybrid products and ONNX's dynamic-quantization ops.
+fn infer_products(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
         QConv { window, group, q } => {
             arity(op, inputs, 2, 3)?;
             let out_scalar = product_inputs(op, inputs)?;
@@ -506,98 +678,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             *s.last_mut().expect("rank >= 1") = w.shape[1];
             Ok(vec![plain(Scalar::F32, s)])
         }
-        QAdd(_) | QMul(_) if inputs.len() == 2 && inputs.iter().all(|t| t.dtype.scalar == Scalar::I16) => {
-            // the int16 of 16x8 layers
-            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
-                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
-            })?;
-            let (scale, zp, lo, hi) = match op {
-                QAdd(a) => (a.output_scale, a.output_zp, a.act_min, a.act_max),
-                QMul(m) => (m.output_scale, m.output_zp, m.act_min, m.act_max),
-                _ => unreachable!(),
-            };
-            if lo < -32768 || hi > 32767 || lo > hi {
-                return err(op, format!("bad activation range {lo}..={hi}"));
-            }
-            Ok(vec![qtype(Scalar::I16, scale, zp, s)])
-        }
-        QAdd(_) | QMul(_) => {
-            arity(op, inputs, 2, 2)?;
-            int_inputs(op, inputs)?;
-            let s = broadcast(&inputs[0].shape, &inputs[1].shape).ok_or_else(|| {
-                IrError::shape(op.name(), format!("cannot broadcast {} with {}", inputs[0], inputs[1]))
-            })?;
-            let (scale, zp) = match op {
-                QAdd(a) => (a.output_scale, a.output_zp),
-                QMul(m) => (m.output_scale, m.output_zp),
-                _ => unreachable!(),
-            };
-            Ok(vec![qtype(Scalar::I8, scale, zp, s)])
-        }
-        QPRelu(p) => {
-            arity(op, inputs, 2, 2)?;
-            if inputs.iter().any(|t| t.dtype.scalar != Scalar::I8) {
-                return err(op, "int8 input and alpha");
-            }
-            let s = broadcast(&inputs[0].shape, &inputs[1].shape)
-                .filter(|s| *s == inputs[0].shape)
-                .ok_or_else(|| {
-                    IrError::shape(
-                        op.name(),
-                        format!("alpha {} does not broadcast to {}", inputs[1], inputs[0]),
-                    )
-                })?;
-            Ok(vec![qtype(Scalar::I8, p.output_scale, p.output_zp, s)])
-        }
-        QSoftmax16 { axis, exp_hi, exp_lo } => {
-            arity(op, inputs, 1, 1)?;
-            if x().dtype.scalar != Scalar::I16 || *axis >= x().shape.len() || x().shape[*axis] > 1 << 16 {
-                return err(op, "softmax of i16 along an existing axis of at most 65536");
-            }
-            // Q30 exponentials: at most 1.0, and exp(0) = 1.0 so no row sums to zero
-            let q30 = |t: &[i32]| t.len() == 256 && t[0] == 1 << 30 && t.iter().all(|&v| (0..=1 << 30).contains(&v));
-            if !q30(exp_hi) || !q30(exp_lo) {
-                return err(op, "takes two 256-entry Q30 exponential tables starting at 1.0");
-            }
-            Ok(vec![qtype(Scalar::I16, 1.0 / 32768.0, 0, x().shape.clone())])
-        }
-        QSoftmax { axis, exp_table } => {
-            arity(op, inputs, 1, 1)?;
-            if x().dtype.scalar != Scalar::I8 || exp_table.len() != 256 || *axis >= x().shape.len() {
-                return err(op, "softmax of i8 along an existing axis with a 256-entry table");
-            }
-            if x().shape[*axis] > kiln_runtime::SOFTMAX_MAX_LEN {
-                return err(op, format!("axis longer than {}", kiln_runtime::SOFTMAX_MAX_LEN));
-            }
-            Ok(vec![qtype(Scalar::I8, 1.0 / 256.0, -128, x().shape.clone())])
-        }
-        Lut {
-            table,
-            scale,
-            zero_point,
-        } => {
-            arity(op, inputs, 1, 1)?;
-            if x().dtype.scalar != Scalar::I8 || table.len() != 256 {
-                return err(op, "maps i8 through a 256-entry table");
-            }
-            Ok(vec![qtype(Scalar::I8, *scale, *zero_point, x().shape.clone())])
-        }
-        Requant {
-            to, scale, zero_point, ..
-        } => {
-            arity(op, inputs, 1, 1)?;
-            if !matches!(x().dtype.scalar, Scalar::I8 | Scalar::I16) || !matches!(to, Scalar::I8 | Scalar::I16) {
-                return err(op, format!("moves i8/i16 to i8/i16, not {} to {to}", x().dtype.scalar));
-            }
-            Ok(vec![qtype(*to, *scale, *zero_point, x().shape.clone())])
-        }
-        Lut16 { table, scale } => {
-            arity(op, inputs, 1, 1)?;
-            if x().dtype.scalar != Scalar::I16 || table.len() != kiln_runtime::LUT16_LEN {
-                return err(op, "maps i16 through a 513-entry table");
-            }
-            Ok(vec![qtype(Scalar::I16, *scale, 0, x().shape.clone())])
-        }
+        other => unreachable!("`infer` routed {} to `infer_products`", other.name()),
+    }
+}
+
+/// Convolutions, products, pooling, normalizations, Einsum, recurrent layers, Resize.
+fn infer_layer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
         Conv(c) => {
             arity(op, inputs, 2, 3)?;
             let (xt, w) = (inputs[0], inputs[1]);
@@ -726,6 +815,113 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             Ok(vec![x().clone()])
         }
+        other => unreachable!("`infer` routed {} to `infer_layer`", other.name()),
+    }
+}
+
+/// Einsum, recurrent layers and Resize.
+fn infer_sequence(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
+        Einsum { equation } => {
+            let spec = parse_einsum(equation, inputs.len())?;
+            let mut dims = std::collections::HashMap::new();
+            for (labels, t) in spec.inputs.iter().zip(inputs) {
+                if labels.len() != t.shape.len() {
+                    return err(
+                        op,
+                        format!("operand {t} has rank {}, equation says {}", t.shape.len(), labels.len()),
+                    );
+                }
+                same_scalar(op, x(), t)?;
+                for (c, &d) in labels.iter().zip(&t.shape) {
+                    if *dims.entry(*c).or_insert(d) != d {
+                        return err(op, format!("label `{c}` has conflicting sizes"));
+                    }
+                }
+            }
+            let s = spec
+                .output
+                .iter()
+                .map(|c| {
+                    dims.get(c)
+                        .copied()
+                        .ok_or_else(|| IrError::shape("Einsum", format!("output label `{c}` not in inputs")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(vec![plain(x().dtype.scalar, s)])
+        }
+        Rnn(r) => {
+            let gates = match r.kind {
+                RnnKind::Rnn => 1,
+                RnnKind::Gru { .. } => 3,
+                RnnKind::Lstm { .. } => 4,
+            };
+            let lstm = matches!(r.kind, RnnKind::Lstm { .. });
+            arity(op, inputs, if lstm { 6 } else { 5 }, if lstm { 7 } else { 5 })?;
+            let xt = x();
+            if xt.shape.len() != 3 {
+                return err(op, format!("X must be 3-D, got {xt}"));
+            }
+            let (seq, batch) = if r.batch_major {
+                (xt.shape[1], xt.shape[0])
+            } else {
+                (xt.shape[0], xt.shape[1])
+            };
+            let (d, h) = (r.direction.count(), r.hidden);
+            let want_w = [d, gates * h, xt.shape[2]];
+            let want_r = [d, gates * h, h];
+            if inputs[1].shape != want_w || inputs[2].shape != want_r || inputs[3].shape != [d, 2 * gates * h] {
+                return err(
+                    op,
+                    format!(
+                        "W/R/B shapes {} / {} / {} do not match hidden size {h}",
+                        inputs[1], inputs[2], inputs[3]
+                    ),
+                );
+            }
+            let state = if r.batch_major {
+                vec![batch, d, h]
+            } else {
+                vec![d, batch, h]
+            };
+            for t in &inputs[4..if lstm { 6 } else { 5 }] {
+                if t.shape != state {
+                    return err(op, format!("initial state {t} must be {state:?}"));
+                }
+            }
+            if lstm && inputs.len() == 7 && inputs[6].shape != [d, 3 * h] {
+                return err(op, "peephole P must be [dirs, 3*hidden]");
+            }
+            let y = if r.batch_major {
+                vec![batch, seq, d, h]
+            } else {
+                vec![seq, d, batch, h]
+            };
+            let s = xt.dtype.scalar;
+            let mut outs = vec![plain(s, y), plain(s, state.clone())];
+            if lstm {
+                outs.push(plain(s, state));
+            }
+            Ok(outs)
+        }
+        Resize(rz) => {
+            arity(op, inputs, 1, 1)?;
+            if rz.scales.len() != x().shape.len() || rz.sizes.len() != x().shape.len() {
+                return err(op, "one scale and one size per axis expected");
+            }
+            Ok(vec![TensorType::new(x().dtype.clone(), rz.sizes.clone())])
+        }
+        other => unreachable!("`infer` routed {} to `infer_sequence`", other.name()),
+    }
+}
+
+/// Layout, indexing and reduction ops.
+fn infer_layout(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
         Reshape { shape } => {
             arity(op, inputs, 1, 1)?;
             if shape.iter().product::<usize>() != x().numel() {
@@ -880,6 +1076,31 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 x().shape.iter().zip(repeats).map(|(a, b)| a * b).collect(),
             )])
         }
+        OneHot { axis, depth } => {
+            arity(op, inputs, 2, 2)?;
+            let mut s = x().shape.clone();
+            if *axis > s.len() {
+                return err(op, "axis out of range");
+            }
+            s.insert(*axis, *depth);
+            Ok(vec![plain(inputs[1].dtype.scalar, s)])
+        }
+        Trilu { .. } => {
+            arity(op, inputs, 1, 1)?;
+            if x().shape.len() < 2 {
+                return err(op, "needs rank >= 2");
+            }
+            Ok(vec![x().clone()])
+        }
+        other => unreachable!("`infer` routed {} to `infer_layout`", other.name()),
+    }
+}
+
+/// Reductions, arg-max/min, cumulative sums and top-k.
+fn infer_reduction(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    use Op::*;
+    let x = || inputs[0];
+    match op {
         Reduce { axes, keep_dims, .. } => {
             arity(op, inputs, 1, 1)?;
             if axes.iter().any(|&a| a >= x().shape.len()) {
@@ -901,111 +1122,6 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             Ok(vec![x().clone()])
         }
-        OneHot { axis, depth } => {
-            arity(op, inputs, 2, 2)?;
-            let mut s = x().shape.clone();
-            if *axis > s.len() {
-                return err(op, "axis out of range");
-            }
-            s.insert(*axis, *depth);
-            Ok(vec![plain(inputs[1].dtype.scalar, s)])
-        }
-        Trilu { .. } => {
-            arity(op, inputs, 1, 1)?;
-            if x().shape.len() < 2 {
-                return err(op, "needs rank >= 2");
-            }
-            Ok(vec![x().clone()])
-        }
-        Einsum { equation } => {
-            let spec = parse_einsum(equation, inputs.len())?;
-            let mut dims = std::collections::HashMap::new();
-            for (labels, t) in spec.inputs.iter().zip(inputs) {
-                if labels.len() != t.shape.len() {
-                    return err(
-                        op,
-                        format!("operand {t} has rank {}, equation says {}", t.shape.len(), labels.len()),
-                    );
-                }
-                same_scalar(op, x(), t)?;
-                for (c, &d) in labels.iter().zip(&t.shape) {
-                    if *dims.entry(*c).or_insert(d) != d {
-                        return err(op, format!("label `{c}` has conflicting sizes"));
-                    }
-                }
-            }
-            let s = spec
-                .output
-                .iter()
-                .map(|c| {
-                    dims.get(c)
-                        .copied()
-                        .ok_or_else(|| IrError::shape("Einsum", format!("output label `{c}` not in inputs")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(vec![plain(x().dtype.scalar, s)])
-        }
-        Rnn(r) => {
-            let gates = match r.kind {
-                RnnKind::Rnn => 1,
-                RnnKind::Gru { .. } => 3,
-                RnnKind::Lstm { .. } => 4,
-            };
-            let lstm = matches!(r.kind, RnnKind::Lstm { .. });
-            arity(op, inputs, if lstm { 6 } else { 5 }, if lstm { 7 } else { 5 })?;
-            let xt = x();
-            if xt.shape.len() != 3 {
-                return err(op, format!("X must be 3-D, got {xt}"));
-            }
-            let (seq, batch) = if r.batch_major {
-                (xt.shape[1], xt.shape[0])
-            } else {
-                (xt.shape[0], xt.shape[1])
-            };
-            let (d, h) = (r.direction.count(), r.hidden);
-            let want_w = [d, gates * h, xt.shape[2]];
-            let want_r = [d, gates * h, h];
-            if inputs[1].shape != want_w || inputs[2].shape != want_r || inputs[3].shape != [d, 2 * gates * h] {
-                return err(
-                    op,
-                    format!(
-                        "W/R/B shapes {} / {} / {} do not match hidden size {h}",
-                        inputs[1], inputs[2], inputs[3]
-                    ),
-                );
-            }
-            let state = if r.batch_major {
-                vec![batch, d, h]
-            } else {
-                vec![d, batch, h]
-            };
-            for t in &inputs[4..if lstm { 6 } else { 5 }] {
-                if t.shape != state {
-                    return err(op, format!("initial state {t} must be {state:?}"));
-                }
-            }
-            if lstm && inputs.len() == 7 && inputs[6].shape != [d, 3 * h] {
-                return err(op, "peephole P must be [dirs, 3*hidden]");
-            }
-            let y = if r.batch_major {
-                vec![batch, seq, d, h]
-            } else {
-                vec![seq, d, batch, h]
-            };
-            let s = xt.dtype.scalar;
-            let mut outs = vec![plain(s, y), plain(s, state.clone())];
-            if lstm {
-                outs.push(plain(s, state));
-            }
-            Ok(outs)
-        }
-        Resize(rz) => {
-            arity(op, inputs, 1, 1)?;
-            if rz.scales.len() != x().shape.len() || rz.sizes.len() != x().shape.len() {
-                return err(op, "one scale and one size per axis expected");
-            }
-            Ok(vec![TensorType::new(x().dtype.clone(), rz.sizes.clone())])
-        }
         TopK { axis, k, .. } => {
             arity(op, inputs, 1, 1)?;
             if *axis >= x().shape.len() || *k > x().shape[*axis] {
@@ -1018,6 +1134,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 plain(Scalar::I64, s),
             ])
         }
+        other => unreachable!("`infer` routed {} to `infer_reduction`", other.name()),
     }
 }
 

@@ -371,6 +371,20 @@ fn mbqm(mut shifts: impl Iterator<Item = i32>) -> &'static str {
 
 /// Prints the body of integer node `n`.
 pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool) {
+    match &g.node(n).op {
+        Op::QMatMul { .. }
+        | Op::QBlockMatMul { .. }
+        | Op::DynMatMul { .. }
+        | Op::QConv { .. }
+        | Op::DynConv { .. }
+        | Op::Pool(_)
+        | Op::GlobalPool(_) => products(out, g, n, cortex_m, avr),
+        _ => elementwise(out, g, n, cortex_m),
+    }
+}
+
+/// Quantize, Dequantize, Requant, the tables, QAdd/QMul/QPRelu and the softmaxes.
+fn elementwise(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool) {
     let node = g.node(n);
     let o0 = shape(g, node.outputs[0]).to_vec();
     let total: usize = o0.iter().product();
@@ -574,6 +588,16 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
                 )
             });
         }
+        _ => unreachable!("`kernel` routes only its ops here"),
+    }
+}
+
+/// The integer and hybrid products and the integer pools.
+fn products(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool) {
+    let node = g.node(n);
+    let o0 = shape(g, node.outputs[0]).to_vec();
+    let total: usize = o0.iter().product();
+    match &node.op {
         Op::QMatMul { q } => {
             let ws = shape(g, node.inputs[1]);
             let (k, nn) = (ws[0], ws[1]);
@@ -695,7 +719,7 @@ pub fn kernel(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool)
             };
             pool(out, g, n, &w, *k == PoolKind::Max, Numerics::Onnx);
         }
-        _ => unreachable!("integer kernel for a node `supported` refused"),
+        _ => unreachable!("`kernel` routes only its ops here"),
     }
 }
 

@@ -7,7 +7,7 @@ pub mod cpu;
 mod fx;
 mod kernels;
 
-use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::types::I32;
 use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::{Context, isa};
@@ -141,9 +141,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             _ => false,
         },
     };
-    let ptr = isa.pointer_type();
-    let call_conv = isa.default_call_conv();
-    let fcfg = isa.frontend_config();
+    let (ptr, call_conv, fcfg) = (isa.pointer_type(), isa.default_call_conv(), isa.frontend_config());
     let mut builder = ObjectBuilder::new(
         isa,
         opts.prefix.as_bytes().to_vec(),
@@ -151,57 +149,92 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
     )
     .map_err(|e| codegen_err("<object>", e))?;
     builder.per_function_section(true);
-    let mut module = ObjectModule::new(builder);
-    let mut clif = String::new();
-    let mut fctx = FunctionBuilderContext::new();
-    let cpu_ok = cpu::define_check(&mut module, &mut fctx, &opts.prefix, &features)
-        .map_err(|e| codegen_err(&format!("{}_cpu_ok", opts.prefix), e))?;
-
-    // Read-only data: the constants kernels read, then per-kernel tables.
-    let mut const_data: HashMap<ValueId, DataId> = HashMap::new();
-    let data = |module: &mut ObjectModule, name: &str, bytes: Vec<u8>| -> Result<DataId, Error> {
-        let id = module
-            .declare_data(name, Linkage::Local, false, false)
-            .map_err(|e| codegen_err(name, e))?;
-        let mut d = DataDescription::new();
-        d.define(bytes.into_boxed_slice());
-        d.set_align(ARENA_ALIGN as u64);
-        module.define_data(id, &d).map_err(|e| codegen_err(name, e))?;
-        Ok(id)
+    let mut u = Unit {
+        module: ObjectModule::new(builder),
+        fctx: FunctionBuilderContext::new(),
+        clif: String::new(),
+        prefix: &opts.prefix,
+        target,
+        ptr,
+        call_conv,
+        fcfg,
+        const_data: HashMap::new(),
     };
-    let mut kernels: Vec<(FuncId, Vec<DataId>, usize)> = Vec::new();
-    for (idx, &n) in plan.order.iter().enumerate() {
+    let cpu_ok = cpu::define_check(&mut u.module, &mut u.fctx, &opts.prefix, &features)
+        .map_err(|e| codegen_err(&format!("{}_cpu_ok", opts.prefix), e))?;
+    let kernels: Vec<Kernel> = (plan.order.iter().enumerate())
+        .map(|(idx, &n)| u.kernel(g, n, idx))
+        .collect::<Result<_, _>>()?;
+    // <prefix>_run(inputs..., outputs..., arena) -> i32, and for a fully quantized model
+    // <prefix>_run_int on int8 buffers: the boundary Quantize/Dequantize nodes become copies
+    // at the same point of the schedule, so the memory plan holds.
+    let int_api = crate::header::int_boundary(g);
+    for int in std::iter::once(None).chain(int_api.as_ref().map(Some)) {
+        u.entry(g, plan, int, &kernels, cpu_ok)?;
+    }
+    let Unit { module, clif, .. } = u;
+    let object = module.finish().emit().map_err(|e| codegen_err("<object>", e))?;
+    Ok(Output { object, clif, features })
+}
+
+/// A kernel function: its id and per-kernel tables.
+struct Kernel {
+    id: FuncId,
+    aux: Vec<DataId>,
+}
+
+/// The object being built: the module, the function builder's state, the CLIF text and
+/// the read-only data of the constants kernels read.
+struct Unit<'a> {
+    module: ObjectModule,
+    fctx: FunctionBuilderContext,
+    clif: String,
+    prefix: &'a str,
+    target: Target,
+    ptr: cranelift_codegen::ir::Type,
+    call_conv: cranelift_codegen::isa::CallConv,
+    fcfg: cranelift_codegen::isa::TargetFrontendConfig,
+    const_data: HashMap<ValueId, DataId>,
+}
+
+impl Unit<'_> {
+    /// Read-only data `name` holding `bytes`.
+    fn data(&mut self, name: &str, bytes: Vec<u8>) -> Result<DataId, Error> {
+        data_in(&mut self.module, name, bytes)
+    }
+
+    /// Defines the function of node `n` (the `idx`-th of the schedule), with the constants
+    /// it reads (once per value) and its tables as read-only data.
+    fn kernel(&mut self, g: &Graph, n: kiln_ir::NodeId, idx: usize) -> Result<Kernel, Error> {
         let node = g.node(n);
         for (slot, &v) in node.inputs.iter().enumerate() {
             if let Some(t) = g.const_value(v)
                 && kernels::reads_input(g, n, slot)
-                && !const_data.contains_key(&v)
+                && !self.const_data.contains_key(&v)
             {
                 let bytes = match kiln_ir::analysis::packed_weight_bits(g, v) {
                     Some(bits) => kernels::pack_bytes(&t.data.to_le_bytes(), bits),
                     None => t.data.to_le_bytes(),
                 };
-                let id = data(&mut module, &format!("{}_const{}", opts.prefix, v.index()), bytes)?;
-                const_data.insert(v, id);
+                let id = self.data(&format!("{}_const{}", self.prefix, v.index()), bytes)?;
+                self.const_data.insert(v, id);
             }
         }
-        let aux: Vec<DataId> = kernels::aux_data(g, n)
-            .into_iter()
-            .enumerate()
-            .map(|(k, bytes)| data(&mut module, &format!("{}_k{idx}_table{k}", opts.prefix), bytes))
+        let aux: Vec<DataId> = (kernels::aux_data(g, n).into_iter().enumerate())
+            .map(|(k, bytes)| self.data(&format!("{}_k{idx}_table{k}", self.prefix), bytes))
             .collect::<Result<_, _>>()?;
         let n_args = node.inputs.len() + node.outputs.len() + 1 + aux.len();
-        let mut sig = Signature::new(call_conv);
-        sig.params.extend((0..n_args).map(|_| AbiParam::new(ptr)));
-        let name = format!("{}_k{idx}_{}", opts.prefix, node.op.name().to_ascii_lowercase());
-        let fid = module
+        let mut sig = Signature::new(self.call_conv);
+        sig.params.extend((0..n_args).map(|_| AbiParam::new(self.ptr)));
+        let name = format!("{}_k{idx}_{}", self.prefix, node.op.name().to_ascii_lowercase());
+        let fid = (self.module)
             .declare_function(&name, Linkage::Local, &sig)
             .map_err(|e| codegen_err(&name, e))?;
         let mut ctx = Context::new();
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, fid.as_u32());
         {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -214,6 +247,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 scratch: p[ni + no],
                 aux: p[ni + no + 1..].to_vec(),
             };
+            let (target, fcfg) = (self.target, self.fcfg);
             // A kernel bug must surface as an error naming the node, not abort the caller.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut f = fx::Fx::new(&mut b, target.simd);
@@ -228,40 +262,47 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                 ));
             }
         }
-        clif.push_str(&format!(
+        self.clif.push_str(&format!(
             "; {name}: node `{}`\n{}\n",
             crate::text::comment(&node.name),
             ctx.func.display()
         ));
+        let module = &mut self.module;
         let defined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             module.define_function(fid, &mut ctx).map_err(|e| format!("{e:?}"))
         }))
         .map_err(|_| codegen_err(&name, format!("internal error compiling node `{}`", node.name)))?;
         defined.map_err(|e| codegen_err(&name, e))?;
-        kernels.push((fid, aux, node.inputs.len() + node.outputs.len()));
+        Ok(Kernel { id: fid, aux })
     }
 
-    // <prefix>_run(inputs..., outputs..., arena) -> i32, and for a fully quantized model
-    // <prefix>_run_int on int8 buffers: the boundary Quantize/Dequantize nodes become copies
-    // at the same point of the schedule, so the memory plan holds.
-    let int_api = crate::header::int_boundary(g);
-    for int in std::iter::once(None).chain(int_api.as_ref().map(Some)) {
+    /// Defines `<prefix>_run`, or with `int` `<prefix>_run_int`: the CPU check, one call
+    /// per kernel over the planned arena, and copies of outputs no node wrote.
+    fn entry(
+        &mut self,
+        g: &Graph,
+        plan: &MemoryPlan,
+        int: Option<&crate::header::IntApi>,
+        kernels: &[Kernel],
+        cpu_ok: Option<FuncId>,
+    ) -> Result<(), Error> {
+        let (ptr, simd) = (self.ptr, self.target.simd);
         let n_params = g.inputs().len() + g.outputs().len() + 1;
-        let mut sig = Signature::new(call_conv);
+        let mut sig = Signature::new(self.call_conv);
         sig.params.extend((0..n_params).map(|_| AbiParam::new(ptr)));
         sig.returns.push(AbiParam::new(I32));
         let run_name = match int {
-            Some(_) => format!("{}_run_int", opts.prefix),
-            None => format!("{}_run", opts.prefix),
+            Some(_) => format!("{}_run_int", self.prefix),
+            None => format!("{}_run", self.prefix),
         };
-        let run_id = module
+        let run_id = (self.module)
             .declare_function(&run_name, Linkage::Export, &sig)
             .map_err(|e| codegen_err(&run_name, e))?;
         let mut ctx = Context::new();
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, run_id.as_u32());
         {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -270,7 +311,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             let arena = params[n_params - 1];
             if let Some(check) = cpu_ok {
                 // A CPU without the assumed features gets an error code, not SIGILL.
-                let f = module.declare_func_in_func(check, b.func);
+                let f = self.module.declare_func_in_func(check, b.func);
                 let call = b.ins().call(f, &[]);
                 let ok = b.inst_results(call)[0];
                 let is_ok = b
@@ -292,7 +333,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     b.ins().symbol_value(ptr, gv)
                 })
             };
-            for (&n, (fid, aux, _)) in plan.order.iter().zip(&kernels) {
+            for (&n, k) in plan.order.iter().zip(kernels) {
                 let node = g.node(n);
                 if let Some(int) = int {
                     let arena_at = |b: &mut FunctionBuilder, v| match plan.loc(v) {
@@ -303,7 +344,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                         let v = node.outputs[0];
                         let dst =
                             arena_at(&mut b, v).ok_or_else(|| codegen_err(&run_name, "int8 input not in the arena"))?;
-                        let mut f = fx::Fx::new(&mut b, target.simd);
+                        let mut f = fx::Fx::new(&mut b, simd);
                         copy_bytes(&mut f, params[i], dst, g.value(v).ty.bytes() as i64);
                         continue;
                     }
@@ -311,7 +352,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                         let v = node.inputs[0];
                         let src = arena_at(&mut b, v)
                             .ok_or_else(|| codegen_err(&run_name, "int8 output not in the arena"))?;
-                        let mut f = fx::Fx::new(&mut b, target.simd);
+                        let mut f = fx::Fx::new(&mut b, simd);
                         copy_bytes(&mut f, src, params[g.inputs().len() + j], g.value(v).ty.bytes() as i64);
                         continue;
                     }
@@ -322,8 +363,8 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                         Location::Input(i) => params[i],
                         Location::Output(i) => params[g.inputs().len() + i],
                         Location::Arena(off) => b.ins().iadd_imm_s(arena, off as i64),
-                        Location::Const(c) => match const_data.get(&c) {
-                            Some(&id) => data_addr(&mut b, &mut module, id),
+                        Location::Const(c) => match self.const_data.get(&c) {
+                            Some(&id) => data_addr(&mut b, &mut self.module, id),
                             None => {
                                 debug_assert!(!kernels::reads_input(g, n, slot));
                                 b.ins().iconst(ptr, 0)
@@ -337,14 +378,13 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     None => b.ins().iconst(ptr, 0),
                 };
                 args.push(scratch);
-                for &d in aux {
-                    args.push(data_addr(&mut b, &mut module, d));
+                for &d in &k.aux {
+                    args.push(data_addr(&mut b, &mut self.module, d));
                 }
-                let fref = module.declare_func_in_func(*fid, b.func);
+                let fref = self.module.declare_func_in_func(k.id, b.func);
                 b.ins().call(fref, &args);
             }
             // Outputs not written by a node (constants, or one value listed twice) are copied.
-            let mut f = fx::Fx::new(&mut b, target.simd);
             for (i, &v) in g.outputs().iter().enumerate() {
                 if int.is_some() {
                     break; // every output came from a boundary Dequantize, copied above
@@ -354,29 +394,41 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
                     Location::Output(j) if j == i => continue,
                     Location::Output(j) => params[g.inputs().len() + j],
                     Location::Input(j) => params[j],
-                    Location::Arena(off) => f.b.ins().iadd_imm_s(arena, off as i64),
+                    Location::Arena(off) => b.ins().iadd_imm_s(arena, off as i64),
                     Location::Const(c) => {
                         let t = g.const_value(c).expect("constant");
-                        let id = data(&mut module, &format!("{}_out{i}", opts.prefix), t.data.to_le_bytes())?;
-                        let gv = module.declare_data_in_func(id, f.b.func);
-                        f.b.ins().symbol_value(ptr, gv)
+                        let name = format!("{}_out{i}", self.prefix);
+                        let id = data_in(&mut self.module, &name, t.data.to_le_bytes())?;
+                        let gv = self.module.declare_data_in_func(id, b.func);
+                        b.ins().symbol_value(ptr, gv)
                     }
                 };
+                let mut f = fx::Fx::new(&mut b, simd);
                 copy_bytes(&mut f, src, dst, g.value(v).ty.bytes() as i64);
             }
             let zero = b.ins().iconst(I32, 0);
             b.ins().return_(&[zero]);
-            b.finalize(fcfg);
+            b.finalize(self.fcfg);
         }
-        clif.push_str(&format!("; {run_name}\n{}\n", ctx.func.display()));
-        module
+        self.clif.push_str(&format!("; {run_name}\n{}\n", ctx.func.display()));
+        (self.module)
             .define_function(run_id, &mut ctx)
             .map_err(|e| codegen_err(&run_name, format!("{e:?}")))?;
+        Ok(())
     }
-    let product = module.finish();
-    let object = product.emit().map_err(|e| codegen_err("<object>", e))?;
-    let _ = I64;
-    Ok(Output { object, clif, features })
+}
+
+/// Read-only data `name` holding `bytes` in `module` (`Unit::data`, callable while a
+/// function builder borrows the unit's other fields).
+fn data_in(module: &mut ObjectModule, name: &str, bytes: Vec<u8>) -> Result<DataId, Error> {
+    let id = module
+        .declare_data(name, Linkage::Local, false, false)
+        .map_err(|e| codegen_err(name, e))?;
+    let mut d = DataDescription::new();
+    d.define(bytes.into_boxed_slice());
+    d.set_align(ARENA_ALIGN as u64);
+    module.define_data(id, &d).map_err(|e| codegen_err(name, e))?;
+    Ok(id)
 }
 
 /// Copies `bytes` bytes from `src` to `dst`.

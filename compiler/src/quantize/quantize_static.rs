@@ -508,6 +508,24 @@ impl Rewriter<'_> {
         if node.outputs.len() != 1 {
             return self.keep_float(n, "no integer kernel for this op yet");
         }
+        match &node.op {
+            Op::Conv(_) | Op::Gemm { .. } | Op::MatMul => self.int_product(n, &node),
+            Op::Binary(_) | Op::Reduce { .. } | Op::Unary(_) => self.int_pointwise(n, &node),
+            Op::Softmax { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::Pool(_)
+            | Op::GlobalPool(_)
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Gather { .. } => self.int_layout(n, &node),
+            _ => self.keep_float(n, "no integer kernel for this op yet"),
+        }
+    }
+
+    /// Convolutions and products (int8 or 16x8, per-channel weights).
+    fn int_product(&mut self, n: NodeId, node: &kiln_ir::Node) -> Result<(), QuantError> {
         let out = node.outputs[0];
         let cst = |i: usize| node.inputs.get(i).and_then(|&v| self.src.const_value(v)).cloned();
         match &node.op {
@@ -605,14 +623,23 @@ impl Rewriter<'_> {
                 let grid = model_grid(&mut self.notes, &node.name, &b, 1);
                 self.matmul(n, (&b.to_f32_vec(), b.shape[0], b.shape[1]), grid, None, (None, None))?;
             }
+            _ => return self.keep_float(n, "no integer kernel for this op yet"),
+        }
+        Ok(())
+    }
+
+    /// Binary and unary maps and reductions: integer kernels, tables, or 16-bit forms.
+    fn int_pointwise(&mut self, n: NodeId, node: &kiln_ir::Node) -> Result<(), QuantError> {
+        let out = node.outputs[0];
+        match &node.op {
             // A binary op with a scalar constant is a function of one integer: after a 16x8
             // layer the interpolated int16 table, else the int8 table.
             Op::Binary(_)
-                if self.scalar_const_operand(&node).is_some_and(|(slot, _)| {
+                if self.scalar_const_operand(node).is_some_and(|(slot, _)| {
                     self.int.get(&node.inputs[1 - slot]).is_some_and(|(_, q)| q.bits == 16)
                 }) =>
             {
-                let (slot, c) = self.scalar_const_operand(&node).expect("checked");
+                let (slot, c) = self.scalar_const_operand(node).expect("checked");
                 let (x, px) = self.int_bits(node.inputs[1 - slot], 16)?;
                 let po = match self.pins.get(&out) {
                     Some(&p) if p.bits == 16 => p,
@@ -621,8 +648,8 @@ impl Rewriter<'_> {
                 let op = lut16(&node.op, px, po, Some((slot, &c)))?;
                 self.emit_int(n, op, vec![x], out, po);
             }
-            Op::Binary(_) if self.scalar_const_operand(&node).is_some() => {
-                let (slot, c) = self.scalar_const_operand(&node).expect("checked");
+            Op::Binary(_) if self.scalar_const_operand(node).is_some() => {
+                let (slot, c) = self.scalar_const_operand(node).expect("checked");
                 self.table(n, node.inputs[1 - slot], (node.op.clone(), Some((slot, c))), None)?;
             }
             // a slope per channel (a single one became a table above): TFLite's int8 PRelu
@@ -726,6 +753,16 @@ impl Rewriter<'_> {
                 };
                 self.table(n, node.inputs[0], (node.op.clone(), None), po)?;
             }
+            _ => return self.keep_float(n, "no integer kernel for this op yet"),
+        }
+        Ok(())
+    }
+
+    /// Softmax, padding, concatenation, pooling and the ops that move integers unchanged.
+    fn int_layout(&mut self, n: NodeId, node: &kiln_ir::Node) -> Result<(), QuantError> {
+        let out = node.outputs[0];
+        let cst = |i: usize| node.inputs.get(i).and_then(|&v| self.src.const_value(v)).cloned();
+        match &node.op {
             // after a 16x8 layer: int16 softmax, probabilities in steps of 1/32768
             Op::Softmax { axis }
                 if self.int.get(&node.inputs[0]).is_some_and(|(_, q)| q.bits == 16)
@@ -814,7 +851,7 @@ impl Rewriter<'_> {
                     .inputs
                     .iter()
                     .all(|v| self.int.get(v).is_some_and(|(_, q)| q.bits == 16))
-                    || self.concat_needs_16(&node) =>
+                    || self.concat_needs_16(node) =>
             {
                 // All from 16x8 layers, or parts of very different ranges (an LSTM's hidden
                 // and cell state): int16 throughout, each input moved to the output's scale
