@@ -11,6 +11,7 @@
 //!   past `OW` are computed and dropped; padding taps add zeros, as im2col does); a 1x1
 //!   unit-stride convolution runs over the plane directly; other strides go a row at a time.
 
+use super::writer::{indent, input_col, input_row};
 use super::{shape, unary_expr};
 use kiln_ir::op::{Conv, Plane};
 use kiln_ir::{Graph, NodeId};
@@ -87,12 +88,7 @@ fn per_output(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize
         ow,
         kh,
         kw,
-        sh,
-        sw,
-        dh,
-        dw,
-        ph,
-        pw,
+        ..
     } = *gm;
     let v = c.fused.map(|u| unary_expr(u, "acc")).unwrap_or_else(|| "acc".into());
     let _ = writeln!(
@@ -104,15 +100,9 @@ fn per_output(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize
         out,
         "            for (int32_t c = 0; c < {cg}; ++c)\n            for (int32_t ky = 0; ky < {kh}; ++ky) {{"
     );
-    let _ = writeln!(
-        out,
-        "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
-    );
+    out.push_str(&indent(&input_row(gm), 4));
     let _ = writeln!(out, "                for (int32_t kx = 0; kx < {kw}; ++kx) {{");
-    let _ = writeln!(
-        out,
-        "                    int32_t ix = ox * {sw} + kx * {dw} - {pw};\n                    if (ix < 0 || ix >= {wd}) continue;"
-    );
+    out.push_str(&indent(&input_col(gm), 5));
     let _ = writeln!(
         out,
         "                    acc = acc + x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx] * x0[((b * {ci} + g0 + c) * {h} + iy) * {wd} + ix];"
@@ -133,12 +123,10 @@ fn rows(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize, usiz
         ow,
         kh,
         kw,
-        sh,
         sw,
-        dh,
         dw,
-        ph,
         pw,
+        ..
     } = *gm;
     let p = oh * ow;
     let _ = writeln!(out, "        float *restrict yo = y0 + (b * {m} + oc) * {p};");
@@ -156,10 +144,7 @@ fn rows(out: &mut String, gm: &Plane, c: &Conv, (ci, m, cg): (usize, usize, usiz
     } else {
         let _ = writeln!(out, "            for (int32_t ky = 0; ky < {kh}; ++ky)");
         let _ = writeln!(out, "            for (int32_t oy = 0; oy < {oh}; ++oy) {{");
-        let _ = writeln!(
-            out,
-            "                int32_t iy = oy * {sh} + ky * {dh} - {ph};\n                if (iy < 0 || iy >= {h}) continue;"
-        );
+        out.push_str(&indent(&input_row(gm), 4));
         let _ = writeln!(
             out,
             "                const float *restrict xr = xc + iy * {wd};\n                float *restrict yr = yo + oy * {ow};"

@@ -11,7 +11,7 @@
 
 use super::elementwise::broadcast2;
 use super::shape;
-use super::writer::f32_lit;
+use super::writer::{f32_lit, indent, input_col, input_row};
 use kiln_ir::op::{Numerics, Plane as Geom, PoolKind, QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 use std::fmt::Write;
@@ -760,18 +760,7 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
     let (m, ci) = (ws[0], xs[1]);
     let (cg, mg) = (ci / group, m / group);
     let Geom {
-        h,
-        w,
-        oh,
-        ow,
-        kh,
-        kw,
-        sh,
-        sw,
-        dh,
-        dw,
-        ph,
-        pw,
+        h, w, oh, ow, kh, kw, ..
     } = ge;
     let _ = writeln!(
         out,
@@ -782,10 +771,8 @@ fn conv(out: &mut String, g: &Graph, n: NodeId, window: &Window, group: usize, s
         out,
         "        {acc_t} acc = {bias};\n        for (int32_t c = 0; c < {cg}; ++c)\n        for (int32_t ky = 0; ky < {kh}; ++ky)\n        for (int32_t kx = 0; kx < {kw}; ++kx) {{"
     );
-    let _ = writeln!(
-        out,
-        "            int32_t iy = oy * {sh} + ky * {dh} - {ph}, ix = ox * {sw} + kx * {dw} - {pw};\n            if (iy < 0 || iy >= {h} || ix < 0 || ix >= {w}) continue;"
-    );
+    out.push_str(&indent(&input_row(&ge), 3));
+    out.push_str(&indent(&input_col(&ge), 3));
     let _ = writeln!(
         out,
         "            acc += {mul}((int32_t){x}[((b * {ci} + oc / {mg} * {cg} + c) * {h} + iy) * {w} + ix] - {zp}, x1[((oc * {cg} + c) * {kh} + ky) * {kw} + kx]);\n        }}"

@@ -163,6 +163,18 @@ pub(super) fn gather_elements(out: &mut String, g: &Graph, n: NodeId, axis: usiz
     Ok(())
 }
 
+/// Adds to `off` the offset index tuple `t` (`last` clamped entries of `x1`) names along
+/// axes of extents `dims` and strides `st`.
+fn tuple_offset(out: &mut String, last: usize, dims: &[usize], st: &[i64]) {
+    for j in 0..last {
+        let _ = writeln!(out, "        {{");
+        for line in clamp_index(&format!("x1[t * {last} + {j}]"), dims[j]).lines() {
+            let _ = writeln!(out, "            {line}");
+        }
+        let _ = writeln!(out, "            off += j * {};\n        }}", st[j]);
+    }
+}
+
 /// GatherND: each index tuple (after `batch_dims` leading batch axes) picks a slice of
 /// `inner` elements.
 pub(super) fn gather_nd(out: &mut String, g: &Graph, n: NodeId, batch_dims: usize) -> Lowering {
@@ -179,13 +191,7 @@ pub(super) fn gather_nd(out: &mut String, g: &Graph, n: NodeId, batch_dims: usiz
     for d in (0..batch_dims).rev() {
         let _ = writeln!(out, "        off += (rem % {}) * {}; rem /= {};", xs[d], xst[d], xs[d]);
     }
-    for j in 0..last {
-        let _ = writeln!(out, "        {{");
-        for line in clamp_index(&format!("x1[t * {last} + {j}]"), xs[batch_dims + j]).lines() {
-            let _ = writeln!(out, "            {line}");
-        }
-        let _ = writeln!(out, "            off += j * {};\n        }}", xst[batch_dims + j]);
-    }
+    tuple_offset(out, last, &xs[batch_dims..], &xst[batch_dims..]);
     let _ = writeln!(
         out,
         "        (void)rem;\n        for (int32_t q = 0; q < {inner}; ++q) y0[t * {inner} + q] = x0[off + q];\n    }}"
@@ -257,13 +263,7 @@ pub(super) fn scatter_nd(out: &mut String, g: &Graph, n: NodeId, red: ScatterRed
         out,
         "    for (int32_t t = 0; t < {tuples}; ++t) {{\n        int64_t off = 0;"
     );
-    for j in 0..last {
-        let _ = writeln!(out, "        {{");
-        for line in clamp_index(&format!("x1[t * {last} + {j}]"), xs[j]).lines() {
-            let _ = writeln!(out, "            {line}");
-        }
-        let _ = writeln!(out, "            off += j * {};\n        }}", xst[j]);
-    }
+    tuple_offset(out, last, &xs, &xst);
     let body = update(red, s, "y0[off + q]", &format!("x2[t * {per} + q]"));
     let _ = writeln!(out, "        for (int32_t q = 0; q < {per}; ++q) {body}\n    }}");
     Ok(())

@@ -181,19 +181,23 @@ pub(super) fn softmax(out: &mut String, g: &Graph, n: NodeId, axis: usize, which
     Ok(())
 }
 
+/// The element type of a numeric (not bool, not binary16) input and the `[outer, len,
+/// inner]` split of its shape around `axis`, or why not.
+fn along(g: &Graph, n: NodeId, axis: usize, what: &'static str) -> Result<(Scalar, (usize, usize, usize)), Refusal> {
+    let sc = in_scalar(g, n);
+    need(!matches!(sc, Scalar::F16 | Scalar::Bool), what)?;
+    need(!half_weight(g, n), "a binary16 constant operand")?;
+    let xs = shape(g, g.node(n).inputs[0]);
+    Ok((
+        sc,
+        (xs[..axis].iter().product(), xs[axis], xs[axis + 1..].iter().product()),
+    ))
+}
+
 /// ArgMax / ArgMin along `axis`: the first (or with `last` the last) extreme; a NaN wins.
 pub(super) fn arg(out: &mut String, g: &Graph, n: NodeId, axis: usize, last: bool, max: bool) -> Lowering {
-    let sc = in_scalar(g, n);
-    need(
-        !matches!(sc, Scalar::F16 | Scalar::Bool),
-        "arg-max/min on binary16 or bool",
-    )?;
-    need(!half_weight(g, n), "a binary16 constant operand")?;
+    let (sc, (outer, len, inner)) = along(g, n, axis, "arg-max/min on binary16 or bool")?;
     let t = header::c_type(sc);
-    let xs = shape(g, g.node(n).inputs[0]);
-    let len = xs[axis];
-    let inner: usize = xs[axis + 1..].iter().product();
-    let outer: usize = xs[..axis].iter().product();
     let better = match (max, last) {
         (true, false) => ">",
         (true, true) => ">=",
@@ -246,16 +250,7 @@ pub(super) fn global_pool(out: &mut String, g: &Graph, n: NodeId, kind: PoolKind
 
 /// CumSum along `axis`, accumulated in f64 and converted per element (the evaluator's).
 pub(super) fn cumsum(out: &mut String, g: &Graph, n: NodeId, axis: usize, exclusive: bool, reverse: bool) -> Lowering {
-    let sc = in_scalar(g, n);
-    need(
-        !matches!(sc, Scalar::F16 | Scalar::Bool),
-        "a cumulative sum of binary16 or bool",
-    )?;
-    need(!half_weight(g, n), "a binary16 constant operand")?;
-    let xs = shape(g, g.node(n).inputs[0]);
-    let len = xs[axis];
-    let inner: usize = xs[axis + 1..].iter().product();
-    let outer: usize = xs[..axis].iter().product();
+    let (sc, (outer, len, inner)) = along(g, n, axis, "a cumulative sum of binary16 or bool")?;
     let j = if reverse {
         format!("{} - s", len.saturating_sub(1))
     } else {
@@ -277,14 +272,8 @@ pub(super) fn cumsum(out: &mut String, g: &Graph, n: NodeId, axis: usize, exclus
 /// TopK along `axis`: an insertion into the `k` outputs per line, so equal values keep
 /// index order (the evaluator's stable sort); always sorted.
 pub(super) fn top_k(out: &mut String, g: &Graph, n: NodeId, axis: usize, k: usize, largest: bool) -> Lowering {
-    let sc = in_scalar(g, n);
-    need(!matches!(sc, Scalar::F16 | Scalar::Bool), "top-k of binary16 or bool")?;
-    need(!half_weight(g, n), "a binary16 constant operand")?;
+    let (sc, (outer, len, inner)) = along(g, n, axis, "top-k of binary16 or bool")?;
     let t = header::c_type(sc);
-    let xs = shape(g, g.node(n).inputs[0]);
-    let len = xs[axis];
-    let inner: usize = xs[axis + 1..].iter().product();
-    let outer: usize = xs[..axis].iter().product();
     let better = if largest { ">" } else { "<" };
     if k == 0 {
         return Ok(());

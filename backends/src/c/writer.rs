@@ -61,3 +61,27 @@ pub fn nest(out: &mut String, indent: usize, dims: &[usize], strides: &[Vec<i64>
         let _ = writeln!(out, "{}}}", pad(indent + d));
     }
 }
+
+/// The window geometry every windowed C kernel spells the same way: for output row `oy`
+/// and kernel row `ky` of plane `p`, the statement setting input row `iy` and skipping
+/// (`continue`) a row in the padding; `input_col` the same for `ox`, `kx` and `ix`.
+pub fn input_row(p: &kiln_runtime::kernels::Plane) -> String {
+    format!(
+        "int32_t iy = oy * {} + ky * {} - {};\nif (iy < 0 || iy >= {}) continue;",
+        p.sh, p.dh, p.ph, p.h
+    )
+}
+
+/// See [`input_row`].
+pub fn input_col(p: &kiln_runtime::kernels::Plane) -> String {
+    format!(
+        "int32_t ix = ox * {} + kx * {} - {};\nif (ix < 0 || ix >= {}) continue;",
+        p.sw, p.dw, p.pw, p.w
+    )
+}
+
+/// `text` with every line indented by `depth` levels.
+pub fn indent(text: &str, depth: usize) -> String {
+    let pad = "    ".repeat(depth);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}

@@ -313,19 +313,26 @@ pub fn hardmax(x: &[f32], y: &mut [f32], outer: usize, len: usize, inner: usize)
 /// `LayerNormalization` over rows of `inner` elements, with a scale (and bias) per element of
 /// the row; mean and variance summed in order as the evaluator does.
 #[inline]
+/// The mean of `x`, then the mean of its squared deviations (each a sum in index order
+/// divided by the count, the evaluator's steps).
+fn moments(x: &[f32]) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mut sum = 0.0f32;
+    for &v in x {
+        sum += v;
+    }
+    let mean = sum / n;
+    let mut sq = 0.0f32;
+    for &v in x {
+        sq += (v - mean) * (v - mean);
+    }
+    (mean, sq / n)
+}
+
 pub fn layer_norm(x: &[f32], scale: &[f32], bias: Option<&[f32]>, y: &mut [f32], inner: usize, eps: f32) {
     for (xr, yr) in x.chunks_exact(inner.max(1)).zip(y.chunks_exact_mut(inner.max(1))) {
-        let n = inner as f32;
-        let mut sum = 0.0f32;
-        for &v in xr {
-            sum += v;
-        }
-        let mean = sum / n;
-        let mut sq = 0.0f32;
-        for &v in xr {
-            sq += (v - mean) * (v - mean);
-        }
-        let inv = 1.0 / libm::sqrtf(sq / n + eps);
+        let (mean, var) = moments(xr);
+        let inv = 1.0 / libm::sqrtf(var + eps);
         for (j, (d, &v)) in yr.iter_mut().zip(xr).enumerate() {
             let mut o = (v - mean) * inv * scale[j];
             if let Some(b) = bias {
@@ -547,17 +554,8 @@ pub fn instance_norm(x: &[f32], scale: &[f32], bias: &[f32], y: &mut [f32], c: u
         .zip(y.chunks_exact_mut(inner.max(1)))
         .enumerate()
     {
-        let n = inner as f32;
-        let mut sum = 0.0f32;
-        for &v in xr {
-            sum += v;
-        }
-        let mean = sum / n;
-        let mut sq = 0.0f32;
-        for &v in xr {
-            sq += (v - mean) * (v - mean);
-        }
-        let a = scale[p % c] / libm::sqrtf(sq / n + eps);
+        let (mean, var) = moments(xr);
+        let a = scale[p % c] / libm::sqrtf(var + eps);
         for (d, &v) in yr.iter_mut().zip(xr) {
             *d = (v - mean) * a + bias[p % c];
         }
