@@ -78,7 +78,9 @@ pub(super) fn gemm(
     let _ = writeln!(out, "            y0[i * {nn} + j] = {v};\n        }}");
 }
 
-pub(super) fn matmul(out: &mut String, g: &Graph, n: NodeId, host: bool) {
+/// `half`: binary16 activations, widened as read and each output rounded once (the
+/// evaluator computes in f32), in the dot-product order.
+pub(super) fn matmul(out: &mut String, g: &Graph, n: NodeId, host: bool, half: bool) {
     let node = g.node(n);
     let (sa, sb) = (shape(g, node.inputs[0]).to_vec(), shape(g, node.inputs[1]).to_vec());
     let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
@@ -92,7 +94,12 @@ pub(super) fn matmul(out: &mut String, g: &Graph, n: NodeId, host: bool) {
         scale(bcast(&b2[..b2.len() - 2], &batch), kk * nn),
     ];
     nest(out, 1, &batch, &bst, &|o| {
-        if host {
+        if half {
+            format!(
+                "for (int32_t i = 0; i < {m}; ++i)\n    for (int32_t j = 0; j < {nn}; ++j) {{\n        float acc = 0.0f;\n        for (int32_t p = 0; p < {kk}; ++p) acc += kiln_h2f(x0[{} + i * {kk} + p]) * kiln_h2f(x1[{} + p * {nn} + j]);\n        y0[{} + i * {nn} + j] = kiln_d2h((double)acc);\n    }}",
+                o[1], o[2], o[0]
+            )
+        } else if host {
             format!(
                 "for (int32_t i = 0; i < {m}; ++i) {{\n    float *restrict yr = y0 + {} + i * {nn};\n    for (int32_t j = 0; j < {nn}; ++j) yr[j] = 0.0f;\n    for (int32_t p = 0; p < {kk}; ++p) {{\n        const float a = x0[{} + i * {kk} + p];\n        for (int32_t j = 0; j < {nn}; ++j) yr[j] = yr[j] + a * x1[{} + p * {nn} + j];\n    }}\n}}",
                 o[0], o[1], o[2]

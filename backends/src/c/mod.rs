@@ -97,6 +97,12 @@ fn f32_io(g: &Graph, n: NodeId) -> bool {
         .all(|&v| g.value(v).ty.dtype.scalar == Scalar::F32)
 }
 
+/// Binary16 activations in and out, none of them a constant (`flash_reads` widens those).
+pub(super) fn all_half(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    !half_weight(g, n) && (node.inputs.iter().chain(&node.outputs)).all(|&v| g.value(v).ty.dtype.scalar == Scalar::F16)
+}
+
 /// A fused activation's C expression (`lower` refuses a node whose activation has none).
 fn unary_expr(u: UnaryOp, x: &str) -> String {
     elementwise::unary_expr(u, x).expect("lower checks fused activations")
@@ -183,8 +189,12 @@ fn lower(out: &mut String, g: &Graph, n: NodeId, opts: &Options) -> Lowering {
             Ok(())
         }
         Op::MatMul => {
-            need(f32_half_weight(g, n), "float32 (binary16 weights allowed) only")?;
-            linalg::matmul(out, g, n, host);
+            let half = all_half(g, n);
+            need(
+                f32_half_weight(g, n) || half,
+                "float32 (binary16 weights allowed) or binary16 only",
+            )?;
+            linalg::matmul(out, g, n, host, half);
             Ok(())
         }
         Op::Pool(_) | Op::GlobalPool(_) if int::supported(g, n).is_some() => lower_int(out, g, n, opts),

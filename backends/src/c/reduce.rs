@@ -127,6 +127,9 @@ pub(super) fn reduce(out: &mut String, g: &Graph, n: NodeId, kind: ReduceKind, a
 
 /// Softmax, LogSoftmax and Hardmax along `axis` (f32).
 pub(super) fn softmax(out: &mut String, g: &Graph, n: NodeId, axis: usize, which: &str) -> Lowering {
+    if which == "soft" && super::all_half(g, n) {
+        return softmax_half(out, g, n, axis);
+    }
     f32_io(g, n)?;
     let s = shape(g, g.node(n).inputs[0]);
     let (outer, len, inner) = (
@@ -192,6 +195,26 @@ fn along(g: &Graph, n: NodeId, axis: usize, what: &'static str) -> Result<(Scala
         sc,
         (xs[..axis].iter().product(), xs[axis], xs[axis + 1..].iter().product()),
     ))
+}
+
+/// Softmax on binary16: widened reads, the float computation (the sum first, each
+/// exponential then recomputed, so every output is `e / sum` as the evaluator's) and one
+/// rounding per output.
+fn softmax_half(out: &mut String, g: &Graph, n: NodeId, axis: usize) -> Lowering {
+    let s = shape(g, g.node(n).inputs[0]);
+    let (outer, len, inner) = (
+        s[..axis].iter().product::<usize>(),
+        s[axis],
+        s[axis + 1..].iter().product::<usize>(),
+    );
+    let x = |j: &str| format!("kiln_h2f(x0[o * {} + i + {j} * {inner}])", len * inner);
+    let _ = writeln!(
+        out,
+        "    for (int32_t o = 0; o < {outer}; ++o)\n    for (int32_t i = 0; i < {inner}; ++i) {{\n        float mx = -1.0f / 0.0f, sum = 0.0f;\n        for (int32_t j = 0; j < {len}; ++j) if ({xj} > mx) mx = {xj};\n        for (int32_t j = 0; j < {len}; ++j) sum = sum + kiln_expf({xj} - mx);\n        for (int32_t j = 0; j < {len}; ++j) y0[o * {} + i + j * {inner}] = kiln_d2h((double)(kiln_expf({xj} - mx) / sum));\n    }}",
+        len * inner,
+        xj = x("j")
+    );
+    Ok(())
 }
 
 /// ArgMax / ArgMin along `axis`: the first (or with `last` the last) extreme; a NaN wins.

@@ -272,7 +272,7 @@ pub(super) fn binary_node(at: &At, b: BinaryOp) -> Lowered {
         let e = binary_float(b, Scalar::F32).ok_or(Refusal("no float form of this op"))?;
         return Ok(zip(
             at,
-            &format!("{{ let (p, q) = (k::h2f(p), k::h2f(q)); k::d2h(({e}) as f64) }}"),
+            &format!("{{ let (p, q) = (k::Weight::f32(p), k::Weight::f32(q)); k::d2h(({e}) as f64) }}"),
         ));
     }
     // Pow's exponent may have its own type: the evaluator casts it to the base's.

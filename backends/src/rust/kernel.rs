@@ -210,7 +210,7 @@ fn lower(g: &Graph, n: NodeId, k: usize, items: &mut String, cortex_m: bool) -> 
     let half_const = ins
         .iter()
         .any(|&v| scalar(g, v) == Scalar::F16 && g.const_value(v).is_some());
-    if half_const && !f32_half_weight(g, n) {
+    if half_const && !f32_half_weight(g, n) && !matches!(node.op, Op::Binary(_) | Op::MatMul) {
         return Err(Refusal("a binary16 constant outside a float product's weight"));
     }
     let at = At {

@@ -23,6 +23,15 @@ fn float(at: &At) -> Result<(), Refusal> {
     need(f32_half_weight(at.g, at.n), "float32 (binary16 weights allowed) only")
 }
 
+/// Binary16 in and out (activations as bit patterns, constants as weights).
+fn all_half(at: &At) -> bool {
+    let node = at.g.node(at.n);
+    node.inputs
+        .iter()
+        .chain(&node.outputs)
+        .all(|&v| scalar(at.g, v) == Scalar::F16)
+}
+
 fn spatial_2d(at: &At) -> Result<(), Refusal> {
     need(
         matches!(at.x0s.len(), 3 | 4),
@@ -43,7 +52,9 @@ pub(super) fn conv(at: &At, c: &Conv) -> Lowered {
 
 pub(super) fn conv_transpose(at: &At, c: &kiln_ir::op::ConvTranspose) -> Lowered {
     float(at)?;
-    spatial_2d(at)?;
+    if !matches!(at.x0s.len(), 3 | 4) {
+        return conv_transpose_nd(at, c);
+    }
     // input extents in h/w, output extents in oh/ow: the same geometry as a conv
     let plane = c.window.plane(&at.x0s, &at.o0);
     Ok(format!(
@@ -55,6 +66,61 @@ pub(super) fn conv_transpose(at: &At, c: &kiln_ir::op::ConvTranspose) -> Lowered
         c.group,
         plane_lit(&plane)
     ))
+}
+
+/// ConvTranspose over three or more spatial axes as inline loops: the output set to the
+/// bias, then each input element scattered through each tap in the evaluator's order
+/// (input channel, tap, output channel, input position).
+fn conv_transpose_nd(at: &At, c: &kiln_ir::op::ConvTranspose) -> Lowered {
+    need(scalar(at.g, at.ins[1]) == Scalar::F32, "binary16 weights")?;
+    let (xs, os) = (&at.x0s, &at.o0);
+    let ws = &at.g.value(at.ins[1]).ty.shape;
+    let r = xs.len() - 2;
+    let (nb, ci, mg) = (xs[0], xs[1], ws[1]);
+    let (cg, m) = (ci / c.group, mg * c.group);
+    let (pin, pout, k): (usize, usize, usize) = (
+        xs[2..].iter().product(),
+        os[2..].iter().product(),
+        c.window.kernel.iter().product(),
+    );
+    let (ist, ost, kst) = (strides(&xs[2..]), strides(&os[2..]), strides(&c.window.kernel));
+    let sum = |v: &str, s: &[i64]| (0..r).map(|d| format!(" + {v}{d} * {}", s[d])).collect::<String>();
+    let init = if at.ins.len() > 2 {
+        format!("x2[(i / {pout}) % {m}]")
+    } else {
+        "0.0".into()
+    };
+    let mut s = format!("for i in 0..{}usize {{\n    y0[i] = {init};\n}}\n", nb * m * pout);
+    let _ = writeln!(s, "for b in 0..{nb}usize {{\nfor ch in 0..{ci}usize {{");
+    for (d, kd) in c.window.kernel.iter().enumerate() {
+        let _ = writeln!(s, "for k{d} in 0..{kd}usize {{");
+    }
+    let _ = writeln!(
+        s,
+        "for mm in 0..{mg}usize {{\nlet wgt = x1[(ch * {mg} + mm) * {k}{}];\nlet yo = (b * {m} + (ch / {cg}) * {mg} + mm) * {pout};\nlet xo = (b * {ci} + ch) * {pin};",
+        sum("k", &kst)
+    );
+    for (d, id) in xs[2..].iter().enumerate() {
+        let _ = writeln!(s, "for i{d} in 0..{id}usize {{");
+    }
+    let w = &c.window;
+    for d in 0..r {
+        let _ = writeln!(
+            s,
+            "let p{d} = (i{d} * {} + k{d} * {}) as isize - {};",
+            w.strides[d], w.dilations[d], w.pads[d]
+        );
+    }
+    let outside: Vec<String> = (0..r).map(|d| format!("p{d} < 0 || p{d} >= {}", os[2 + d])).collect();
+    let to: String = (0..r).map(|d| format!(" + p{d} as usize * {}", ost[d])).collect();
+    let _ = writeln!(
+        s,
+        "if {} {{\n    continue;\n}}\ny0[yo{to}] += x0[xo{}] * wgt;",
+        outside.join(" || "),
+        sum("i", &ist)
+    );
+    s.push_str(&"}\n".repeat(2 * r + 3));
+    Ok(s)
 }
 
 pub(super) fn gemm(
@@ -82,7 +148,11 @@ pub(super) fn gemm(
 
 /// `MatMul` with NumPy broadcasting of the batch axes, as the evaluator does it.
 pub(super) fn matmul(at: &At) -> Lowered {
-    float(at)?;
+    let half = all_half(at);
+    need(
+        f32_half_weight(at.g, at.n) || half,
+        "float32 (binary16 weights allowed) or binary16 only",
+    )?;
     let (a, b) = (&at.x0s, &at.g.value(at.ins[1]).ty.shape);
     let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
     let b2 = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
@@ -110,10 +180,14 @@ pub(super) fn matmul(at: &At) -> Lowered {
         }
         pairs.push(format!("({}, {})", ao as usize * m * k, bo as usize * k * n));
     }
-    Ok(format!(
-        "k::float::matmul(x0, x1, y0, {m}, {k}, {n}, &[{}]);",
-        pairs.join(", ")
-    ))
+    Ok(if half {
+        format!(
+            "k::float::matmul_half(x0, x1, y0, ({m}, {k}, {n}), &[{}]);",
+            pairs.join(", ")
+        )
+    } else {
+        format!("k::float::matmul(x0, x1, y0, {m}, {k}, {n}, &[{}]);", pairs.join(", "))
+    })
 }
 
 /// A pool over one or two axes on the plane kernels, else the n-d float kernel.
@@ -182,8 +256,11 @@ pub(super) fn global_pool(at: &At, kind: PoolKind) -> Lowered {
 }
 
 pub(super) fn softmax(at: &At, axis: usize, f: &str) -> Lowered {
-    float(at)?;
     let (outer, len, inner) = split_axis(&at.x0s, axis);
+    if f == "softmax" && all_half(at) {
+        return Ok(format!("k::float::softmax_half(x0, y0, {outer}, {len}, {inner});"));
+    }
+    float(at)?;
     Ok(format!("k::float::{f}(x0, y0, {outer}, {len}, {inner});"))
 }
 

@@ -377,5 +377,9 @@ pub fn apply(
             q.graph
         }
     };
+    // every rewrite hands the backends a verified graph
+    if !matches!(mode, Mode::Float) {
+        kiln_ir::verify::verify(&graph).map_err(QuantError::Ir)?;
+    }
     Ok(Applied { graph, notes })
 }

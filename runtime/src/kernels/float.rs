@@ -141,6 +141,51 @@ pub fn matmul<W: Weight>(a: &[f32], b: &[W], y: &mut [f32], m: usize, k: usize, 
     }
 }
 
+/// [`matmul`] on binary16 operands (bit patterns or weights): each output a dot product
+/// in f32 in `p` order, rounded once to binary16 (the evaluator computes f16 in f32).
+pub fn matmul_half<A: Weight, B: Weight>(
+    a: &[A],
+    b: &[B],
+    y: &mut [u16],
+    (m, k, n): (usize, usize, usize),
+    batches: &[(usize, usize)],
+) {
+    for (yb, &(ao, bo)) in y.chunks_exact_mut((m * n).max(1)).zip(batches) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    acc += a[ao + i * k + p].f32() * b[bo + p * n + j].f32();
+                }
+                yb[i * n + j] = super::d2h(acc as f64);
+            }
+        }
+    }
+}
+
+/// [`softmax`] on binary16: the exponentials summed first, then each recomputed and
+/// divided, so every output is the evaluator's `e / sum`, rounded once.
+pub fn softmax_half<X: Weight>(x: &[X], y: &mut [u16], outer: usize, len: usize, inner: usize) {
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut mx = f32::NEG_INFINITY;
+            for j in 0..len {
+                if x[at(j)].f32() > mx {
+                    mx = x[at(j)].f32();
+                }
+            }
+            let mut sum = 0.0f32;
+            for j in 0..len {
+                sum += math::exp(x[at(j)].f32() - mx);
+            }
+            for j in 0..len {
+                y[at(j)] = super::d2h((math::exp(x[at(j)].f32() - mx) / sum) as f64);
+            }
+        }
+    }
+}
+
 /// Max over each window of `channels` planes; padding never wins. NaN propagates.
 #[inline]
 pub fn max_pool<T: Copy + PartialOrd>(x: &[T], y: &mut [T], channels: usize, p: &Plane, lowest: T) {

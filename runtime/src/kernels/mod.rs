@@ -130,6 +130,14 @@ macro_rules! num {
 }
 num!(f32, f64, i8, u8, i16, u16, i32, u32, i64, u64);
 
+/// Binary16 activations are stored as their bit patterns; read as weights they widen too.
+impl Weight for u16 {
+    #[inline]
+    fn f32(self) -> f32 {
+        F16(self).f32()
+    }
+}
+
 /// Plain element types a kernel may view arena bytes as.
 pub trait Elem: bytemuck::Pod {}
 impl Elem for f32 {}
