@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod op;
+pub mod parse;
 pub mod plan;
 pub mod shape;
 pub mod tensor;

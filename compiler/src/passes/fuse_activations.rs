@@ -61,3 +61,44 @@ pub fn run_where(g: &mut Graph, keep: impl Fn(UnaryOp) -> bool) -> Result<bool, 
     }
     Ok(changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+    use crate::passes::check_rewrite;
+
+    #[test]
+    fn an_activation_folds_into_its_only_reader() {
+        check_rewrite(
+            run,
+            "graph g {
+  in %x: f32[1,4]
+  in %w: f32[4,2]
+  %y: f32[1,2] = Gemm(%x, %w) {alpha=1 beta=1 trans_a=false trans_b=false}  # fc
+  %z: f32[1,2] = Clip(%y) {min=0 max=6}  # relu6
+  out %z
+}
+",
+            "graph g {
+  in %x: f32[1,4]
+  in %w: f32[4,2]
+  %z: f32[1,2] = Gemm(%x, %w) {alpha=1 beta=1 trans_a=false trans_b=false fused=Clip { min: 0.0, max: 6.0 }}  # fc
+  out %z
+}
+",
+        );
+    }
+
+    #[test]
+    fn a_product_read_twice_keeps_its_activation_apart() {
+        let text = "graph g {
+  in %x: f32[1,4]
+  in %w: f32[4,2]
+  %y: f32[1,2] = Gemm(%x, %w) {alpha=1 beta=1 trans_a=false trans_b=false}  # fc
+  %z: f32[1,2] = Relu(%y)  # relu
+  out %z, %y
+}
+";
+        check_rewrite(run, text, text);
+    }
+}

@@ -117,3 +117,37 @@ fn fuse(g: &mut Graph, bn: NodeId) -> Result<bool, IrError> {
     g.rename(x, &name);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+    use crate::passes::check_rewrite;
+
+    #[test]
+    fn a_batch_norm_folds_into_the_convolution_before_it() {
+        check_rewrite(
+            run,
+            "graph g {
+  in %x: f32[1,2,3,3]
+  const %w: f32[2,1,1,1] = [1, 2]
+  const %s: f32[2] = [2, 1]
+  const %b: f32[2] = [1, -1]
+  const %m: f32[2] = [0, 3]
+  const %v: f32[2] = [1, 4]
+  %c: f32[1,2,3,3] = Conv(%x, %w) {kernel=[1,1] strides=[1,1] dilations=[1,1] pads=[0,0,0,0] group=2}  # conv
+  %y: f32[1,2,3,3] = BatchNorm(%c, %s, %b, %m, %v) {epsilon=0}  # bn
+  out %y
+}
+",
+            // per channel k = scale / sqrt(var): w * k, and bias - mean * k
+            "graph g {
+  in %x: f32[1,2,3,3]
+  const %conv/fused_w: f32[2,1,1,1] = [2, 1]
+  const %conv/fused_b: f32[2] = [1, -2.5]
+  %y: f32[1,2,3,3] = Conv(%x, %conv/fused_w, %conv/fused_b) {kernel=[1,1] strides=[1,1] dilations=[1,1] pads=[0,0,0,0] group=2}  # conv
+  out %y
+}
+",
+        );
+    }
+}

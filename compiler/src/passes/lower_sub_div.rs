@@ -48,3 +48,35 @@ pub fn run(g: &mut Graph) -> Result<bool, IrError> {
     }
     Ok(changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+    use crate::passes::check_rewrite;
+
+    #[test]
+    fn sub_and_div_become_add_and_mul() {
+        check_rewrite(
+            run,
+            "graph g {
+  in %a: f32[2,3]
+  in %b: f32[3]
+  const %c: f32[3] = [2, 4, 0.5]
+  %d: f32[2,3] = Sub(%a, %b)  # sub
+  %e: f32[2,3] = Div(%d, %c)  # div
+  out %e
+}
+",
+            "graph g {
+  in %a: f32[2,3]
+  in %b: f32[3]
+  const %c:reciprocal: f32[3] = [0.5, 0.25, 2]
+  %b:neg: f32[3] = Neg(%b)  # sub:neg
+  %d: f32[2,3] = Add(%a, %b:neg)  # sub
+  %e: f32[2,3] = Mul(%d, %c:reciprocal)  # div
+  out %e
+}
+",
+        );
+    }
+}

@@ -96,3 +96,16 @@ pub fn run(g: &mut Graph, opts: &PipelineOptions, mut on_print: impl FnMut(&str,
     }
     Ok(())
 }
+
+/// Text-in, text-out checks of single passes (the Cranelift filetest idea): the graph
+/// before in the IR text form, the pass, then the graph after, verified on both sides.
+#[cfg(test)]
+pub(crate) fn check_rewrite(pass: fn(&mut Graph) -> Result<bool, IrError>, before: &str, after: &str) {
+    let mut g = kiln_ir::parse::parse(before).expect("the input parses");
+    kiln_ir::verify::verify(&g).expect("the input verifies");
+    let changed = pass(&mut g).expect("the pass runs");
+    kiln_ir::verify::verify(&g).expect("the output verifies");
+    let got = kiln_ir::text::dump(&g).expect("acyclic");
+    assert_eq!(got, after, "\ngot:\n{got}");
+    assert_eq!(changed, before != after, "the pass's `changed` flag");
+}
