@@ -109,35 +109,52 @@ pub fn qconv<R: Rescale>(
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
             let wo = &w[oc * cg * k..][..cg * k];
             acc.fill(bias.map_or(0, |b| b[oc]));
-            for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                for ky in 0..p.kh {
-                    let (oy0, oy1) = p.rows_reached(ky);
-                    for kx in 0..p.kw {
-                        let wv = wc[ky * p.kw + kx] as i32;
-                        let (ox0, ox1) = p.cols_reached(kx);
-                        if wv == 0 || ox0 == ox1 {
-                            continue;
-                        }
-                        for oy in oy0..oy1 {
-                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
-                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
-                            let arow = &mut acc[oy * p.ow..][ox0..ox1];
-                            if p.sw == 1 {
-                                for (a, &xv) in arow.iter_mut().zip(xs) {
-                                    *a = a.wrapping_add((xv as i32 - zp) * wv);
-                                }
-                            } else {
-                                for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
-                                    *a = a.wrapping_add((xv as i32 - zp) * wv);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            accumulate_plane(xg, wo, acc, p, zp, |a: &mut i32, v| *a = a.wrapping_add(v));
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             for (d, &a) in yo.iter_mut().zip(acc.iter()) {
                 *d = q.finish(oc, a);
+            }
+        }
+    }
+}
+
+/// The weight-stationary plane loop both convolutions share: for each input channel of
+/// the group (`xg`, planes of `p.h * p.w`) and each nonzero tap of its weights (`wo`), the
+/// products `(x - zp) * w` added by `add` into the output plane `acc`, over the outputs
+/// whose tap lands inside the input. `(x - zp) * w` fits i32 for int8 and int16 inputs.
+#[inline(always)]
+fn accumulate_plane<X: Copy + Into<i32>, A>(
+    xg: &[X],
+    wo: &[i8],
+    acc: &mut [A],
+    p: &Plane,
+    zp: i32,
+    add: impl Fn(&mut A, i32),
+) {
+    let (pin, k) = (p.h * p.w, p.kh * p.kw);
+    for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
+        for ky in 0..p.kh {
+            let (oy0, oy1) = p.rows_reached(ky);
+            for kx in 0..p.kw {
+                let wv = wc[ky * p.kw + kx] as i32;
+                let (ox0, ox1) = p.cols_reached(kx);
+                if wv == 0 || ox0 == ox1 {
+                    continue;
+                }
+                for oy in oy0..oy1 {
+                    let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
+                    let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
+                    let arow = &mut acc[oy * p.ow..][ox0..ox1];
+                    if p.sw == 1 {
+                        for (a, &xv) in arow.iter_mut().zip(xs) {
+                            add(a, (xv.into() - zp) * wv);
+                        }
+                    } else {
+                        for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
+                            add(a, (xv.into() - zp) * wv);
+                        }
+                    }
+                }
             }
         }
     }
@@ -279,32 +296,7 @@ pub fn qconv16(
             let xg = &x[(b * s.cin + oc / mg * cg) * pin..][..cg * pin];
             let wo = &w[oc * cg * k..][..cg * k];
             acc.fill(bias.map_or(0, |b| b[oc]));
-            for (xc, wc) in xg.chunks_exact(pin).zip(wo.chunks_exact(k)) {
-                for ky in 0..p.kh {
-                    let (oy0, oy1) = p.rows_reached(ky);
-                    for kx in 0..p.kw {
-                        let wv = wc[ky * p.kw + kx] as i32;
-                        let (ox0, ox1) = p.cols_reached(kx);
-                        if wv == 0 || ox0 == ox1 {
-                            continue;
-                        }
-                        for oy in oy0..oy1 {
-                            let xrow = &xc[(oy * p.sh + ky * p.dh - p.ph) * p.w..][..p.w];
-                            let xs = &xrow[ox0 * p.sw + kx * p.dw - p.pw..];
-                            let arow = &mut acc[oy * p.ow..][ox0..ox1];
-                            if p.sw == 1 {
-                                for (a, &xv) in arow.iter_mut().zip(xs) {
-                                    *a += ((xv as i32 - zp) * wv) as i64;
-                                }
-                            } else {
-                                for (a, &xv) in arow.iter_mut().zip(xs.iter().step_by(p.sw)) {
-                                    *a += ((xv as i32 - zp) * wv) as i64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            accumulate_plane(xg, wo, acc, p, zp, |a: &mut i64, v| *a += v as i64);
             let yo = &mut y[(b * s.cout + oc) * pout..][..pout];
             for (d, &a) in yo.iter_mut().zip(acc.iter()) {
                 *d = q.finish_wide(oc, a);

@@ -1955,88 +1955,142 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, st: St
     if let Some(d) = Depthwise::of(g, n, window, group) {
         return qconv_depthwise(fx, g, n, window, &d, st, a);
     }
-    let node = g.node(n);
-    let xs = g.value(node.inputs[0]).ty.shape.clone();
-    let ws = g.value(node.inputs[1]).ty.shape.clone();
-    let out = g.value(node.outputs[0]).ty.shape.clone();
-    let gm: Geo = geo(&xs, &out, window);
-    let (m, ci) = (ws[0] as i64, xs[1] as i64);
-    let (cg, mg) = (ci / group as i64, m / group as i64);
-    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
-    let kk = (gm.kh * gm.kw) as i64;
-    let has_bias = node.inputs.len() > 2;
+    let cl = ConvLoops::of(g, n, window, group);
+    let (gm, m, ohw) = (cl.gm, cl.m, cl.ohw);
     let acc = a.scratch;
     let taps = taps(&gm);
-    fx.for_n(xs[0] as i64, &mut |fx, b| {
-        fx.for_n(m, &mut |fx, oc| {
-            let gi = fx.b.ins().sdiv_imm_s(oc, mg);
-            let cbase = fx.mul_imm(gi, cg);
-            let bc = fx.mul_imm(b, ci);
-            let c0 = fx.b.ins().iadd(bc, cbase);
-            let xbase = fx.addr(a.ins[0], c0, hw);
-            let wbase = fx.addr(a.ins[1], oc, cg * kk);
-            let bias = if has_bias {
-                let ba = fx.addr(a.ins[2], oc, 4);
-                fx.load(I32, ba)
-            } else {
-                c32(fx, 0)
-            };
-            fx.for_ptrs(ohw, &[(acc, 4)], &mut |fx, p| fx.store(bias, p[0]));
-            fx.for_n(cg, &mut |fx, c| {
-                let xplane = fx.addr(xbase, c, hw);
-                let wplane = fx.addr(wbase, c, kk);
-                for &(kh, kw, (oy0, oy1), (ox0, ox1)) in &taps {
-                    let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
-                    let w = load_i8(fx, wa);
-                    let zpv = st.zp(fx);
-                    let zw = fx.b.ins().imul(w, zpv);
-                    // Row `oy`, first valid column: input (oy*sh + kh*dh - ph, ox0*sw + kw*dw - pw).
-                    let x_first = tap_start(&gm, kh, kw, oy0, ox0);
-                    let xrow0 = fx.add_imm(xplane, x_first);
-                    let arow0 = fx.add_imm(acc, (oy0 * gm.ow as i64 + ox0) * 4);
-                    let mac = |fx: &mut Fx, p: &[Value]| {
-                        let x = load_i8(fx, p[0]);
-                        let xw = fx.b.ins().imul(x, w);
-                        let t = fx.b.ins().isub(xw, zw);
-                        let cur = fx.load(I32, p[1]);
-                        let nv = fx.b.ins().iadd(cur, t);
-                        fx.store(nv, p[1]);
-                    };
-                    // Whole rows whose input rows sit back to back (stride 1, same width):
-                    // one loop over them all.
-                    if ox0 == 0 && ox1 == gm.ow as i64 && gm.sw == 1 && (gm.sh * gm.w) == gm.ow {
-                        let len = (oy1 - oy0) * gm.ow as i64;
-                        mac_run(fx, xrow0, arow0, len, w, zw, &mac);
-                        continue;
-                    }
-                    if gm.sw == 1 {
-                        fx.for_ptrs(
-                            oy1 - oy0,
-                            &[(xrow0, gm.sh as i64 * gm.w as i64), (arow0, gm.ow as i64 * 4)],
-                            &mut |fx, r| mac_run(fx, r[0], r[1], ox1 - ox0, w, zw, &mac),
-                        );
-                        continue;
-                    }
+    cl.for_channels(fx, a, 1, &mut |fx, b, oc, xbase, wbase| {
+        let bias = cl.bias(fx, a, oc, I32);
+        fx.for_ptrs(ohw, &[(acc, 4)], &mut |fx, p| fx.store(bias, p[0]));
+        fx.for_n(cl.cg, &mut |fx, c| {
+            let xplane = fx.addr(xbase, c, cl.hw);
+            let wplane = fx.addr(wbase, c, cl.kk);
+            for &tap in &taps {
+                let (_, _, (oy0, oy1), (ox0, ox1)) = tap;
+                let (w, xrow0, arow0) = tap_rows(fx, &gm, tap, (wplane, xplane, 1), acc);
+                let zpv = st.zp(fx);
+                let zw = fx.b.ins().imul(w, zpv);
+                let mac = |fx: &mut Fx, p: &[Value]| {
+                    let x = load_i8(fx, p[0]);
+                    let xw = fx.b.ins().imul(x, w);
+                    let t = fx.b.ins().isub(xw, zw);
+                    let cur = fx.load(I32, p[1]);
+                    let nv = fx.b.ins().iadd(cur, t);
+                    fx.store(nv, p[1]);
+                };
+                // Whole rows whose input rows sit back to back (stride 1, same width):
+                // one loop over them all.
+                if ox0 == 0 && ox1 == gm.ow as i64 && gm.sw == 1 && (gm.sh * gm.w) == gm.ow {
+                    let len = (oy1 - oy0) * gm.ow as i64;
+                    mac_run(fx, xrow0, arow0, len, w, zw, &mac);
+                    continue;
+                }
+                if gm.sw == 1 {
                     fx.for_ptrs(
                         oy1 - oy0,
                         &[(xrow0, gm.sh as i64 * gm.w as i64), (arow0, gm.ow as i64 * 4)],
-                        &mut |fx, r| {
-                            fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 4)], &mut |fx, p| mac(fx, p));
-                        },
+                        &mut |fx, r| mac_run(fx, r[0], r[1], ox1 - ox0, w, zw, &mac),
                     );
+                    continue;
                 }
-            });
-            let chan = st.channel(fx, oc);
-            let bo = fx.mul_imm(b, m);
-            let boc = fx.b.ins().iadd(bo, oc);
-            let es = st.elem();
-            let ybase = fx.addr(a.outs[0], boc, ohw * es);
-            fx.for_ptrs(ohw, &[(acc, 4), (ybase, es)], &mut |fx, p| {
-                let s = fx.load(I32, p[0]);
-                st.store(fx, s, chan, p[1], 0);
-            });
+                fx.for_ptrs(
+                    oy1 - oy0,
+                    &[(xrow0, gm.sh as i64 * gm.w as i64), (arow0, gm.ow as i64 * 4)],
+                    &mut |fx, r| {
+                        fx.for_ptrs(ox1 - ox0, &[(r[0], gm.sw as i64), (r[1], 4)], &mut |fx, p| mac(fx, p));
+                    },
+                );
+            }
+        });
+        let chan = st.channel(fx, oc);
+        let bo = fx.mul_imm(b, m);
+        let boc = fx.b.ins().iadd(bo, oc);
+        let es = st.elem();
+        let ybase = fx.addr(a.outs[0], boc, ohw * es);
+        fx.for_ptrs(ohw, &[(acc, 4), (ybase, es)], &mut |fx, p| {
+            let s = fx.load(I32, p[0]);
+            st.store(fx, s, chan, p[1], 0);
         });
     });
+}
+
+/// The loop structure the int8 and 16x8 weight-stationary convolutions share.
+struct ConvLoops {
+    gm: Geo,
+    batch: i64,
+    m: i64,
+    ci: i64,
+    cg: i64,
+    mg: i64,
+    hw: i64,
+    ohw: i64,
+    kk: i64,
+    has_bias: bool,
+}
+
+impl ConvLoops {
+    fn of(g: &Graph, n: NodeId, window: &Window, group: usize) -> ConvLoops {
+        let node = g.node(n);
+        let xs = &g.value(node.inputs[0]).ty.shape;
+        let ws = &g.value(node.inputs[1]).ty.shape;
+        let gm = geo(xs, &g.value(node.outputs[0]).ty.shape, window);
+        let (m, ci) = (ws[0] as i64, xs[1] as i64);
+        ConvLoops {
+            gm,
+            batch: xs[0] as i64,
+            m,
+            ci,
+            cg: ci / group as i64,
+            mg: m / group as i64,
+            hw: (gm.h * gm.w) as i64,
+            ohw: (gm.oh * gm.ow) as i64,
+            kk: (gm.kh * gm.kw) as i64,
+            has_bias: node.inputs.len() > 2,
+        }
+    }
+
+    /// `body(fx, b, oc, xbase, wbase)` per batch row and output channel, with the input
+    /// planes of the channel's group (`es`-byte elements) and its weights.
+    fn for_channels(&self, fx: &mut Fx, a: &Args, es: i64, body: &mut dyn FnMut(&mut Fx, Value, Value, Value, Value)) {
+        fx.for_n(self.batch, &mut |fx, b| {
+            fx.for_n(self.m, &mut |fx, oc| {
+                let gi = fx.b.ins().sdiv_imm_s(oc, self.mg);
+                let cbase = fx.mul_imm(gi, self.cg);
+                let bc = fx.mul_imm(b, self.ci);
+                let c0 = fx.b.ins().iadd(bc, cbase);
+                let xbase = fx.addr(a.ins[0], c0, self.hw * es);
+                let wbase = fx.addr(a.ins[1], oc, self.cg * self.kk);
+                body(fx, b, oc, xbase, wbase);
+            });
+        });
+    }
+
+    /// Output channel `oc`'s bias (`ty` I32 or I64), or zero.
+    fn bias(&self, fx: &mut Fx, a: &Args, oc: Value, ty: cranelift_codegen::ir::Type) -> Value {
+        if !self.has_bias {
+            return if ty == I32 { c32(fx, 0) } else { fx.i(0) };
+        }
+        let ba = fx.addr(a.ins[2], oc, ty.bytes() as i64);
+        fx.load(ty, ba)
+    }
+}
+
+/// For one tap `(kh, kw, rows, cols)` of a channel: its weight (widened), the first input
+/// element it reads (`xes`-byte elements) and the first accumulator (i32) it adds to.
+/// Row `oy`, first valid column: input `(oy*sh + kh*dh - ph, ox0*sw + kw*dw - pw)`.
+fn tap_rows(
+    fx: &mut Fx,
+    gm: &Geo,
+    tap: Tap,
+    (wplane, xplane, xes): (Value, Value, i64),
+    acc: Value,
+) -> (Value, Value, Value) {
+    let (kh, kw, (oy0, _), (ox0, _)) = tap;
+    let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
+    let w = load_i8(fx, wa);
+    let xrow0 = fx.add_imm(xplane, tap_start(gm, kh, kw, oy0, ox0) * xes);
+    let arow0 = fx.add_imm(acc, (oy0 * gm.ow as i64 + ox0) * 4);
+    (w, xrow0, arow0)
 }
 
 /// `kiln_runtime::multiply_by_quantized_multiplier_wide` with run-time `m` and `shift` (i32):
@@ -2076,122 +2130,98 @@ fn finish_wide(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Valu
 /// then added to the i64 sums.
 pub(crate) fn qconv16(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, group: usize, q: &QLinear, a: &Args) {
     use cranelift_codegen::ir::types::{I16X8, I32X4, I64X2};
-    let node = g.node(n);
-    let xs = g.value(node.inputs[0]).ty.shape.clone();
-    let ws = g.value(node.inputs[1]).ty.shape.clone();
-    let out = g.value(node.outputs[0]).ty.shape.clone();
-    let gm: Geo = geo(&xs, &out, window);
-    let (m, ci) = (ws[0] as i64, xs[1] as i64);
-    let (cg, mg) = (ci / group as i64, m / group as i64);
-    let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
-    let kk = (gm.kh * gm.kw) as i64;
-    let has_bias = node.inputs.len() > 2;
+    let cl = ConvLoops::of(g, n, window, group);
+    let (gm, m, ohw, hw, kk, cg) = (cl.gm, cl.m, cl.ohw, cl.hw, cl.kk, cl.cg);
     let chunk = (255 / kk).max(1).min(cg);
     let (acc32, acc64) = (a.scratch, fx.add_imm(a.scratch, (ohw * 4 + 7) / 8 * 8));
     let zp = q.input_zp as i64;
     let taps = taps(&gm);
     let simd = fx.simd;
-    fx.for_n(xs[0] as i64, &mut |fx, b| {
-        fx.for_n(m, &mut |fx, oc| {
-            let gi = fx.b.ins().sdiv_imm_s(oc, mg);
-            let cbase = fx.mul_imm(gi, cg);
-            let bc = fx.mul_imm(b, ci);
-            let c0 = fx.b.ins().iadd(bc, cbase);
-            let xbase = fx.addr(a.ins[0], c0, hw * 2);
-            let wbase = fx.addr(a.ins[1], oc, cg * kk);
-            let bias = if has_bias {
-                let ba = fx.addr(a.ins[2], oc, 8);
-                fx.load(I64, ba)
-            } else {
-                fx.i(0)
-            };
-            let zero = c32(fx, 0);
-            fx.for_ptrs(ohw, &[(acc64, 8), (acc32, 4)], &mut |fx, p| {
-                fx.store(bias, p[0]);
-                fx.store(zero, p[1]);
+    cl.for_channels(fx, a, 2, &mut |fx, b, oc, xbase, wbase| {
+        let bias = cl.bias(fx, a, oc, I64);
+        let zero = c32(fx, 0);
+        fx.for_ptrs(ohw, &[(acc64, 8), (acc32, 4)], &mut |fx, p| {
+            fx.store(bias, p[0]);
+            fx.store(zero, p[1]);
+        });
+        // i32 sums into the i64 ones, and the i32 ones cleared
+        let flush = |fx: &mut Fx| {
+            fx.for_ptrs(ohw, &[(acc32, 4), (acc64, 8)], &mut |fx, p| {
+                let v = fx.load(I32, p[0]);
+                let v = fx.b.ins().sextend(I64, v);
+                let cur = fx.load(I64, p[1]);
+                let nv = fx.b.ins().iadd(cur, v);
+                fx.store(nv, p[1]);
+                let zero = c32(fx, 0);
+                fx.store(zero, p[0]);
             });
-            // i32 sums into the i64 ones, and the i32 ones cleared
-            let flush = |fx: &mut Fx| {
-                fx.for_ptrs(ohw, &[(acc32, 4), (acc64, 8)], &mut |fx, p| {
-                    let v = fx.load(I32, p[0]);
-                    let v = fx.b.ins().sextend(I64, v);
-                    let cur = fx.load(I64, p[1]);
-                    let nv = fx.b.ins().iadd(cur, v);
-                    fx.store(nv, p[1]);
-                    let zero = c32(fx, 0);
-                    fx.store(zero, p[0]);
-                });
-            };
-            let mut start = 0;
-            while start < cg {
-                let count = chunk.min(cg - start);
-                let xchunk = fx.add_imm(xbase, start * hw * 2);
-                let wchunk = fx.add_imm(wbase, start * kk);
-                fx.for_n(count, &mut |fx, c| {
-                    let xplane = fx.addr(xchunk, c, hw * 2);
-                    let wplane = fx.addr(wchunk, c, kk);
-                    for (t, &(kh, kw, (oy0, oy1), (ox0, ox1))) in taps.iter().enumerate() {
-                        // a kernel of more than 255 taps (one channel per chunk) flushes
-                        // every 255 taps
-                        if t > 0 && t % 255 == 0 {
-                            flush(fx);
-                        }
-                        let wa = fx.add_imm(wplane, (kh * gm.kw + kw) as i64);
-                        let w = load_i8(fx, wa);
-                        let x_first = tap_start(&gm, kh, kw, oy0, ox0);
-                        let xrow0 = fx.add_imm(xplane, x_first * 2);
-                        let arow0 = fx.add_imm(acc32, (oy0 * gm.ow as i64 + ox0) * 4);
-                        let mac = |fx: &mut Fx, p: &[Value]| {
-                            let x = fx.b.ins().sload16(I32, flags(), p[0], 0);
-                            let x = fx.b.ins().iadd_imm_s(x, -zp);
-                            let xw = fx.b.ins().imul(x, w);
-                            let cur = fx.load(I32, p[1]);
-                            let nv = fx.b.ins().iadd(cur, xw);
-                            fx.store(nv, p[1]);
-                        };
-                        let run = |fx: &mut Fx, x: Value, acc: Value, len: i64| {
-                            let vec = if simd && gm.sw == 1 { len / 4 } else { 0 };
-                            if vec > 0 {
-                                let wv = fx.b.ins().splat(I32X4, w);
-                                let zv = c32(fx, zp);
-                                let zv = fx.b.ins().splat(I32X4, zv);
-                                fx.for_ptrs(vec, &[(x, 8), (acc, 16)], &mut |fx, p| {
-                                    let four = fx.b.ins().load(I64, flags(), p[0], 0);
-                                    let v = fx.b.ins().scalar_to_vector(I64X2, four);
-                                    let lanes =
-                                        MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-                                    let h = fx.b.ins().bitcast(I16X8, lanes, v);
-                                    let xv = fx.b.ins().swiden_low(h);
-                                    let xv = fx.b.ins().isub(xv, zv);
-                                    let xw = fx.b.ins().imul(xv, wv);
-                                    let cur = fx.b.ins().load(I32X4, flags(), p[1], 0);
-                                    let nv = fx.b.ins().iadd(cur, xw);
-                                    fx.b.ins().store(flags(), nv, p[1], 0);
-                                });
-                            }
-                            let done = vec * 4;
-                            let (xt, at) = (fx.add_imm(x, done * 2 * gm.sw as i64), fx.add_imm(acc, done * 4));
-                            fx.for_ptrs(len - done, &[(xt, 2 * gm.sw as i64), (at, 4)], &mut |fx, p| mac(fx, p));
-                        };
-                        fx.for_ptrs(
-                            oy1 - oy0,
-                            &[(xrow0, gm.sh as i64 * gm.w as i64 * 2), (arow0, gm.ow as i64 * 4)],
-                            &mut |fx, r| run(fx, r[0], r[1], ox1 - ox0),
-                        );
+        };
+        let mut start = 0;
+        while start < cg {
+            let count = chunk.min(cg - start);
+            let xchunk = fx.add_imm(xbase, start * hw * 2);
+            let wchunk = fx.add_imm(wbase, start * kk);
+            fx.for_n(count, &mut |fx, c| {
+                let xplane = fx.addr(xchunk, c, hw * 2);
+                let wplane = fx.addr(wchunk, c, kk);
+                for (t, &tap) in taps.iter().enumerate() {
+                    // a kernel of more than 255 taps (one channel per chunk) flushes
+                    // every 255 taps
+                    if t > 0 && t % 255 == 0 {
+                        flush(fx);
                     }
-                });
-                flush(fx);
-                start += count;
-            }
-            let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
-            let bo = fx.mul_imm(b, m);
-            let boc = fx.b.ins().iadd(bo, oc);
-            let ybase = fx.addr(a.outs[0], boc, ohw * 2);
-            fx.for_ptrs(ohw, &[(acc64, 8), (ybase, 2)], &mut |fx, p| {
-                let s = fx.load(I64, p[0]);
-                let y = finish_wide(fx, q, s, mult, shift);
-                fx.b.ins().istore16(flags(), y, p[1], 0);
+                    let (_, _, (oy0, oy1), (ox0, ox1)) = tap;
+                    let (w, xrow0, arow0) = tap_rows(fx, &gm, tap, (wplane, xplane, 2), acc32);
+                    let mac = |fx: &mut Fx, p: &[Value]| {
+                        let x = fx.b.ins().sload16(I32, flags(), p[0], 0);
+                        let x = fx.b.ins().iadd_imm_s(x, -zp);
+                        let xw = fx.b.ins().imul(x, w);
+                        let cur = fx.load(I32, p[1]);
+                        let nv = fx.b.ins().iadd(cur, xw);
+                        fx.store(nv, p[1]);
+                    };
+                    let run = |fx: &mut Fx, x: Value, acc: Value, len: i64| {
+                        let vec = if simd && gm.sw == 1 { len / 4 } else { 0 };
+                        if vec > 0 {
+                            let wv = fx.b.ins().splat(I32X4, w);
+                            let zv = c32(fx, zp);
+                            let zv = fx.b.ins().splat(I32X4, zv);
+                            fx.for_ptrs(vec, &[(x, 8), (acc, 16)], &mut |fx, p| {
+                                let four = fx.b.ins().load(I64, flags(), p[0], 0);
+                                let v = fx.b.ins().scalar_to_vector(I64X2, four);
+                                let lanes =
+                                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                                let h = fx.b.ins().bitcast(I16X8, lanes, v);
+                                let xv = fx.b.ins().swiden_low(h);
+                                let xv = fx.b.ins().isub(xv, zv);
+                                let xw = fx.b.ins().imul(xv, wv);
+                                let cur = fx.b.ins().load(I32X4, flags(), p[1], 0);
+                                let nv = fx.b.ins().iadd(cur, xw);
+                                fx.b.ins().store(flags(), nv, p[1], 0);
+                            });
+                        }
+                        let done = vec * 4;
+                        let (xt, at) = (fx.add_imm(x, done * 2 * gm.sw as i64), fx.add_imm(acc, done * 4));
+                        fx.for_ptrs(len - done, &[(xt, 2 * gm.sw as i64), (at, 4)], &mut |fx, p| mac(fx, p));
+                    };
+                    fx.for_ptrs(
+                        oy1 - oy0,
+                        &[(xrow0, gm.sh as i64 * gm.w as i64 * 2), (arow0, gm.ow as i64 * 4)],
+                        &mut |fx, r| run(fx, r[0], r[1], ox1 - ox0),
+                    );
+                }
             });
+            flush(fx);
+            start += count;
+        }
+        let (mult, shift) = channel_requant(fx, q, a.aux[2], a.aux[3], oc);
+        let bo = fx.mul_imm(b, m);
+        let boc = fx.b.ins().iadd(bo, oc);
+        let ybase = fx.addr(a.outs[0], boc, ohw * 2);
+        fx.for_ptrs(ohw, &[(acc64, 8), (ybase, 2)], &mut |fx, p| {
+            let s = fx.load(I64, p[0]);
+            let y = finish_wide(fx, q, s, mult, shift);
+            fx.b.ins().istore16(flags(), y, p[1], 0);
         });
     });
 }
@@ -2318,7 +2348,7 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
     let (hw, ohw) = ((gm.h * gm.w) as i64, (gm.oh * gm.ow) as i64);
     let is_max = kind == PoolKind::Max;
     let wide = g.value(node.inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
-    let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
+    let (es, lo) = if wide { (2, -32768) } else { (1, -128) };
     let whole = gm.oh * gm.ow == 1
         && (gm.kh, gm.kw) == (gm.h, gm.w)
         && window.pads.iter().all(|&p| p == 0)
@@ -2344,37 +2374,23 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
                         let iw = fx.mul_imm(kw, gm.dw as i64);
                         let iw = fx.b.ins().iadd(iw0, iw);
                         let xa = fx.addr(xrow, iw, es);
-                        let x = if wide {
-                            fx.b.ins().sload16(I32, flags(), xa, 0)
-                        } else {
-                            load_i8(fx, xa)
-                        };
+                        let x = load_elem(fx, xa, wide);
                         let cur = fx.b.use_var(acc);
-                        let nv = if is_max {
-                            fx.b.ins().smax(cur, x)
-                        } else {
-                            fx.b.ins().iadd(cur, x)
-                        };
+                        let nv = pool_step(fx, cur, x, is_max);
                         fx.b.def_var(acc, nv);
                     });
                 });
-                let mut v = fx.b.use_var(acc);
-                if !is_max {
+                let v = fx.b.use_var(acc);
+                let cnt = (!is_max).then(|| {
                     let rows = fx.b.ins().isub(khh, khl);
                     let cols = fx.b.ins().isub(kwh, kwl);
                     let cnt = fx.b.ins().imul(rows, cols);
-                    let cnt = fx.b.ins().ireduce(I32, cnt);
-                    v = average(fx, numerics, v, cnt);
-                    v = clamp(fx, v, lo, hi);
-                }
+                    fx.b.ins().ireduce(I32, cnt)
+                });
                 let pos = fx.mul_imm(oh, gm.ow as i64);
                 let pos = fx.b.ins().iadd(pos, ow);
                 let oa = fx.addr(oplane, pos, es);
-                if wide {
-                    fx.b.ins().istore16(flags(), v, oa, 0);
-                } else {
-                    store_i8(fx, v, oa);
-                }
+                pool_store(fx, v, cnt, (wide, numerics), oa);
             });
         });
     });
@@ -2386,7 +2402,7 @@ pub(crate) fn pool(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, kind: Poo
 /// depend on the order.
 fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_max: bool, numerics: Numerics) {
     use cranelift_codegen::ir::types::{I8X16, I16X8, I32X4};
-    let (es, lo, hi) = if wide { (2, -32768, 32767) } else { (1, -128, 127) };
+    let (es, lo) = if wide { (2, -32768) } else { (1, -128) };
     let per = 16 / es;
     let vectors = hw / per;
     fx.for_ptrs(planes, &[(a.ins[0], hw * es), (a.outs[0], es)], &mut |fx, pp| {
@@ -2431,31 +2447,48 @@ fn whole_plane_pool(fx: &mut Fx, a: &Args, planes: i64, hw: i64, wide: bool, is_
         fx.b.def_var(sv, v);
         let tail = fx.add_imm(xp, vectors * 16);
         fx.for_ptrs(hw - vectors * per, &[(tail, es)], &mut |fx, q| {
-            let x = if wide {
-                fx.b.ins().sload16(I32, flags(), q[0], 0)
-            } else {
-                load_i8(fx, q[0])
-            };
+            let x = load_elem(fx, q[0], wide);
             let cur = fx.b.use_var(sv);
-            let nv = if is_max {
-                fx.b.ins().smax(cur, x)
-            } else {
-                fx.b.ins().iadd(cur, x)
-            };
+            let nv = pool_step(fx, cur, x, is_max);
             fx.b.def_var(sv, nv);
         });
-        let mut v = fx.b.use_var(sv);
-        if !is_max {
-            let cnt = c32(fx, hw);
-            v = average(fx, numerics, v, cnt);
-            v = clamp(fx, v, lo, hi);
-        }
-        if wide {
-            fx.b.ins().istore16(flags(), v, yp, 0);
-        } else {
-            store_i8(fx, v, yp);
-        }
+        let v = fx.b.use_var(sv);
+        let cnt = (!is_max).then(|| c32(fx, hw));
+        pool_store(fx, v, cnt, (wide, numerics), yp);
     });
+}
+
+/// An int8 or (`wide`) int16 element at `addr`, widened to i32.
+fn load_elem(fx: &mut Fx, addr: Value, wide: bool) -> Value {
+    if wide {
+        fx.b.ins().sload16(I32, flags(), addr, 0)
+    } else {
+        load_i8(fx, addr)
+    }
+}
+
+/// A pool's running value `cur` with `x` taken in: the maximum, or the sum.
+fn pool_step(fx: &mut Fx, cur: Value, x: Value, is_max: bool) -> Value {
+    if is_max {
+        fx.b.ins().smax(cur, x)
+    } else {
+        fx.b.ins().iadd(cur, x)
+    }
+}
+
+/// Stores a pooled value at `addr`: a sum averaged over `cnt` taps (with the rounding of
+/// `numerics`) and clamped, or, without a count, a maximum as it is.
+fn pool_store(fx: &mut Fx, mut v: Value, cnt: Option<Value>, (wide, numerics): (bool, Numerics), addr: Value) {
+    if let Some(cnt) = cnt {
+        let (lo, hi) = if wide { (-32768, 32767) } else { (-128, 127) };
+        v = average(fx, numerics, v, cnt);
+        v = clamp(fx, v, lo, hi);
+    }
+    if wide {
+        fx.b.ins().istore16(flags(), v, addr, 0);
+    } else {
+        store_i8(fx, v, addr);
+    }
 }
 
 /// Integer softmax along `axis` (`kiln_runtime::softmax_i8`).
