@@ -25,6 +25,7 @@ mod rnn;
 mod typed;
 
 use super::fx::Fx;
+use crate::need;
 use cranelift_codegen::ir::Value;
 pub use dot::Dot;
 use kiln_ir::op::{Numerics, PadMode, ScatterReduction};
@@ -67,88 +68,18 @@ fn fast_binary(g: &Graph, n: NodeId, b: kiln_ir::op::BinaryOp) -> bool {
     f32_only(g, n) && elementwise::binary_supported(b)
 }
 
-/// Why node `n` cannot be compiled by this backend, if it cannot.
+/// Why node `n` cannot be compiled by this backend, if it cannot: `lower`'s refusal (the
+/// target's choices pick kernels, never support, so any target answers).
 pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
     let node = g.node(n);
-    let float_ok = f32_only(g, n);
-    let scalar = |i: usize| g.value(node.inputs[i]).ty.dtype.scalar;
-    let rank = g.value(node.inputs[0]).ty.shape.len();
-    let ok = match &node.op {
-        Op::Identity
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::Expand { .. }
-        | Op::Tile { .. }
-        | Op::Concat { .. }
-        | Op::Split { .. } => true,
-        Op::Gather { .. } => true,
-        Op::Pad { mode, .. } => *mode == PadMode::Constant || g.value(node.outputs[0]).ty.numel() <= 1 << 16,
-        Op::Unary(u) => fast_unary(g, n, *u) || typed::unary_supported(*u, scalar(0)),
-        Op::Binary(kiln_ir::op::BinaryOp::Pow) if !fast_binary(g, n, kiln_ir::op::BinaryOp::Pow) => {
-            scalar(0) != Scalar::Bool && scalar(1) != Scalar::Bool
-        }
-        Op::Binary(b) => fast_binary(g, n, *b) || (typed::binary_supported(*b, scalar(0)) && scalar(0) == scalar(1)),
-        Op::Where => typed::supported_scalar(g.value(node.outputs[0]).ty.dtype.scalar),
-        Op::Cast { to } => typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
-        Op::Conv(c) => {
-            crate::shapes::f32_half_weight(g, n)
-                && (rank == 3 || rank == 4)
-                && c.window.kernel.len() + 2 == rank
-                && c.fused.is_none_or(elementwise::unary_supported)
-        }
-        Op::Pool(p) if int8_pool(g, n) => {
-            p.kind
-                != kiln_ir::op::PoolKind::Avg {
-                    count_include_pad: true,
-                }
-        }
-        Op::Pool(p) => {
-            float_ok || (p.kind == kiln_ir::op::PoolKind::Max && !matches!(scalar(0), Scalar::F16 | Scalar::Bool))
-        }
-        Op::GlobalPool(k) if int8_pool(g, n) => !matches!(k, kiln_ir::op::PoolKind::Lp { .. }),
-        Op::GlobalPool(_) => float_ok,
-        Op::Gemm { fused, .. } => {
-            crate::shapes::f32_half_weight(g, n) && fused.is_none_or(elementwise::unary_supported)
-        }
-        Op::MatMul => scalar(0) != Scalar::Bool,
-        Op::Softmax { .. } | Op::LogSoftmax { .. } => matches!(scalar(0), Scalar::F32 | Scalar::F16),
-        Op::Reduce { .. } => nn::reduce_supported(scalar(0)),
-        Op::BatchNorm { .. } => float_ok,
-        Op::Einsum { .. } => node
-            .inputs
-            .iter()
-            .chain(&node.outputs)
-            .all(|&v| !matches!(g.value(v).ty.dtype.scalar, Scalar::Bool)),
-        Op::Rnn(_) => float_ok,
-        Op::ArgMax { .. } | Op::ArgMin { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
-        Op::Hardmax { .. } => float_ok,
-        Op::Trilu { .. } | Op::GatherElements { .. } => scalar(0) != Scalar::F16,
-        Op::ScatterElements { reduction, .. } | Op::ScatterNd { reduction } => {
-            scalar(0) != Scalar::F16 && (*reduction == ScatterReduction::None || scalar(0) != Scalar::Bool)
-        }
-        Op::CumSum { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
-        Op::TopK { .. } => !matches!(scalar(0), Scalar::F16 | Scalar::Bool),
-        Op::OneHot { .. } | Op::GatherNd { .. } => g.value(node.outputs[0]).ty.dtype.scalar != Scalar::F16,
-        Op::LayerNorm { axis, .. } => float_ok && norm::layer_norm_supported(g, n, *axis),
-        Op::InstanceNorm { .. } | Op::Lrn { .. } => float_ok,
-        Op::ConvTranspose(_) => float_ok,
-        Op::Resize(_) => float_ok,
-        Op::Quantize { to, .. } => matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16),
-        Op::Dequantize { .. } => matches!(scalar(0), Scalar::I8 | Scalar::U8 | Scalar::I16),
-        Op::QConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
-        Op::QMatMul { .. } | Op::QAdd(_) | Op::QMul(_) | Op::Lut { .. } | Op::QSoftmax { .. } => true,
-        Op::QPRelu(_) => true,
-        Op::QBlockMatMul { .. } | Op::QSoftmax16 { .. } => true,
-        Op::Lut16 { .. } | Op::Requant { .. } => true,
-        Op::DynConv { window, .. } => (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
-        Op::DynMatMul { .. } => true,
-        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
-        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => false,
+    let t = Target {
+        simd: true,
+        dot: None,
+        fma: false,
     };
-    (!ok).then(|| {
+    lower(g, n, t).err().map(|crate::Refusal(why)| {
         let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!("{} on {}", node.op.name(), types.join(", "))
+        format!("{} on {} ({why})", node.op.name(), types.join(", "))
     })
 }
 
@@ -259,36 +190,131 @@ pub(crate) fn emit(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
     emit_kernel(fx, g, n, a, t)
 }
 
+/// What emits a node's kernel, once `lower` has accepted the node.
+type Emit<'a> = Box<dyn FnOnce(&mut Fx, &Args) + 'a>;
+
 fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
+    lower(g, n, t).expect("emit checked every node")(fx, a)
+}
+
+/// Lowers node `n`: the function that emits its kernel, or why this backend cannot. This
+/// one exhaustive match is the native backend's op contract (support is the existence of
+/// a lowering); the target only picks among kernels.
+fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
+    use kiln_ir::op::BinaryOp;
     let node = g.node(n);
-    match &node.op {
-        Op::Unary(u) if fast_unary(g, n, *u) => elementwise::unary(fx, g, n, *u, a, t),
-        Op::Unary(u) => typed::unary(fx, g, n, *u, a),
-        Op::Binary(b) if fast_binary(g, n, *b) => elementwise::binary(fx, g, n, *b, a, t),
-        Op::Binary(kiln_ir::op::BinaryOp::Pow) => typed::pow(fx, g, n, a),
-        Op::Binary(b) => typed::binary(fx, g, n, *b, a),
-        Op::Where => typed::where_(fx, g, n, a),
-        Op::Cast { .. } => typed::cast(fx, g, n, a),
-        Op::Identity | Op::Reshape { .. } => layout::copy(fx, g, n, a),
-        Op::Transpose { perm } => layout::transpose(fx, g, n, perm, a),
-        Op::Slice { axes } => layout::slice(fx, g, n, axes, a),
-        Op::Expand { .. } => layout::expand(fx, g, n, a),
-        Op::Tile { repeats } => layout::tile(fx, g, n, repeats, a),
-        Op::Concat { axis } => layout::concat(fx, g, n, *axis, a),
-        Op::Split { axis, .. } => layout::split(fx, g, n, *axis, a),
-        Op::Gather { axis } => layout::gather(fx, g, n, *axis, a),
-        Op::Pad { mode, pads } => layout::pad(fx, g, n, *mode, pads, a),
-        Op::Conv(c) => gemm::conv(fx, g, n, c, a, t),
-        Op::Pool(p) if int8_pool(g, n) => quant::pool(fx, g, n, &p.window, p.kind, p.numerics, a),
-        Op::Pool(p) if rank(g, n) > 4 || !f32_only(g, n) => nn::pool_nd(fx, g, n, p, a),
-        Op::Pool(p) => nn::pool(fx, g, n, p, a),
-        Op::Einsum { equation } => nn::einsum(fx, g, n, equation, a),
-        Op::BatchNorm { epsilon } if !const_params(g, n) => nn::batch_norm_dynamic(fx, g, n, *epsilon, a),
-        Op::GlobalPool(k) if int8_pool(g, n) => {
-            let w = quant::global_window(&g.value(g.node(n).inputs[0]).ty.shape);
-            quant::pool(fx, g, n, &w, *k, Numerics::Onnx, a)
+    let float_ok = f32_only(g, n);
+    let scalar = |i: usize| g.value(node.inputs[i]).ty.dtype.scalar;
+    let rank = g.value(node.inputs[0]).ty.shape.len();
+    let out_scalar = g.value(node.outputs[0]).ty.dtype.scalar;
+    let float = || need(float_ok, "float32 only");
+    let not_half_or_bool = |s: Scalar| need(!matches!(s, Scalar::F16 | Scalar::Bool), "binary16 or bool");
+    Ok(match &node.op {
+        Op::Unary(u) if fast_unary(g, n, *u) => Box::new(move |fx, a| elementwise::unary(fx, g, n, *u, a, t)),
+        Op::Unary(u) => {
+            need(typed::unary_supported(*u, scalar(0)), "this unary op on this type")?;
+            Box::new(move |fx, a| typed::unary(fx, g, n, *u, a))
         }
-        Op::GlobalPool(k) => nn::global_pool(fx, g, n, *k, a),
+        Op::Binary(b) if fast_binary(g, n, *b) => Box::new(move |fx, a| elementwise::binary(fx, g, n, *b, a, t)),
+        Op::Binary(BinaryOp::Pow) => {
+            need(scalar(0) != Scalar::Bool && scalar(1) != Scalar::Bool, "Pow on bool")?;
+            Box::new(move |fx, a| typed::pow(fx, g, n, a))
+        }
+        Op::Binary(b) => {
+            need(
+                typed::binary_supported(*b, scalar(0)) && scalar(0) == scalar(1),
+                "this binary op on these types",
+            )?;
+            Box::new(move |fx, a| typed::binary(fx, g, n, *b, a))
+        }
+        Op::Where => {
+            need(typed::supported_scalar(out_scalar), "Where on this type")?;
+            Box::new(move |fx, a| typed::where_(fx, g, n, a))
+        }
+        Op::Cast { to } => {
+            need(
+                typed::supported_scalar(*to) && typed::supported_scalar(scalar(0)),
+                "this cast",
+            )?;
+            Box::new(move |fx, a| typed::cast(fx, g, n, a))
+        }
+        Op::Identity | Op::Reshape { .. } => Box::new(move |fx, a| layout::copy(fx, g, n, a)),
+        Op::Transpose { perm } => Box::new(move |fx, a| layout::transpose(fx, g, n, perm, a)),
+        Op::Slice { axes } => Box::new(move |fx, a| layout::slice(fx, g, n, axes, a)),
+        Op::Expand { .. } => Box::new(move |fx, a| layout::expand(fx, g, n, a)),
+        Op::Tile { repeats } => Box::new(move |fx, a| layout::tile(fx, g, n, repeats, a)),
+        Op::Concat { axis } => Box::new(move |fx, a| layout::concat(fx, g, n, *axis, a)),
+        Op::Split { axis, .. } => Box::new(move |fx, a| layout::split(fx, g, n, *axis, a)),
+        Op::Gather { axis } => Box::new(move |fx, a| layout::gather(fx, g, n, *axis, a)),
+        Op::Pad { mode, pads } => {
+            need(
+                *mode == PadMode::Constant || g.value(node.outputs[0]).ty.numel() <= 1 << 16,
+                "a non-constant pad with an output over 64 Ki elements (its table)",
+            )?;
+            Box::new(move |fx, a| layout::pad(fx, g, n, *mode, pads, a))
+        }
+        Op::Conv(c) => {
+            need(
+                crate::shapes::f32_half_weight(g, n),
+                "float32 (binary16 weights allowed) only",
+            )?;
+            need(
+                (rank == 3 || rank == 4) && c.window.kernel.len() + 2 == rank,
+                "a convolution over other than one or two axes",
+            )?;
+            need(
+                c.fused.is_none_or(elementwise::unary_supported),
+                "this fused activation",
+            )?;
+            Box::new(move |fx, a| gemm::conv(fx, g, n, c, a, t))
+        }
+        Op::Pool(p) if int8_pool(g, n) => {
+            need(
+                p.kind
+                    != kiln_ir::op::PoolKind::Avg {
+                        count_include_pad: true,
+                    },
+                "an integer average counting the padding",
+            )?;
+            Box::new(move |fx, a| quant::pool(fx, g, n, &p.window, p.kind, p.numerics, a))
+        }
+        Op::Pool(p) => {
+            need(
+                float_ok || (p.kind == kiln_ir::op::PoolKind::Max && !matches!(scalar(0), Scalar::F16 | Scalar::Bool)),
+                "a pool on this type",
+            )?;
+            if rank > 4 || !float_ok {
+                Box::new(move |fx, a| nn::pool_nd(fx, g, n, p, a))
+            } else {
+                Box::new(move |fx, a| nn::pool(fx, g, n, p, a))
+            }
+        }
+        Op::GlobalPool(k) if int8_pool(g, n) => {
+            need(!matches!(k, kiln_ir::op::PoolKind::Lp { .. }), "an integer Lp pool")?;
+            Box::new(move |fx, a| {
+                let w = quant::global_window(&g.value(g.node(n).inputs[0]).ty.shape);
+                quant::pool(fx, g, n, &w, *k, Numerics::Onnx, a)
+            })
+        }
+        Op::GlobalPool(k) => {
+            float()?;
+            Box::new(move |fx, a| nn::global_pool(fx, g, n, *k, a))
+        }
+        Op::Einsum { equation } => {
+            need(
+                (node.inputs.iter().chain(&node.outputs)).all(|&v| g.value(v).ty.dtype.scalar != Scalar::Bool),
+                "Einsum on bool",
+            )?;
+            Box::new(move |fx, a| nn::einsum(fx, g, n, equation, a))
+        }
+        Op::BatchNorm { epsilon } => {
+            float()?;
+            if const_params(g, n) {
+                Box::new(move |fx, a| nn::batch_norm(fx, g, n, a, t))
+            } else {
+                Box::new(move |fx, a| nn::batch_norm_dynamic(fx, g, n, *epsilon, a))
+            }
+        }
         Op::Gemm {
             alpha,
             beta,
@@ -296,78 +322,181 @@ fn emit_kernel(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
             trans_b,
             fused,
         } => {
-            nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t);
-            if let Some(u) = fused {
-                elementwise::in_place(fx, g, n, *u, a.outs[0], t);
+            need(
+                crate::shapes::f32_half_weight(g, n),
+                "float32 (binary16 weights allowed) only",
+            )?;
+            need(fused.is_none_or(elementwise::unary_supported), "this fused activation")?;
+            Box::new(move |fx, a| {
+                nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t);
+                if let Some(u) = fused {
+                    elementwise::in_place(fx, g, n, *u, a.outs[0], t);
+                }
+            })
+        }
+        Op::MatMul => {
+            need(scalar(0) != Scalar::Bool, "MatMul on bool")?;
+            Box::new(move |fx, a| nn::matmul(fx, g, n, a, t))
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            need(
+                matches!(scalar(0), Scalar::F32 | Scalar::F16),
+                "float32 or binary16 only",
+            )?;
+            let log = matches!(node.op, Op::LogSoftmax { .. });
+            Box::new(move |fx, a| nn::softmax(fx, g, n, *axis, log, a))
+        }
+        Op::Reduce { kind, axes, .. } => {
+            need(nn::reduce_supported(scalar(0)), "a reduction on this type")?;
+            Box::new(move |fx, a| nn::reduce(fx, g, n, *kind, axes, a))
+        }
+        Op::Rnn(r) => {
+            float()?;
+            Box::new(move |fx, a| rnn::rnn(fx, g, n, r, a))
+        }
+        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
+            not_half_or_bool(scalar(0))?;
+            let max = matches!(node.op, Op::ArgMax { .. });
+            Box::new(move |fx, a| index::arg(fx, g, n, *axis, *last, max, a))
+        }
+        Op::Hardmax { axis } => {
+            float()?;
+            Box::new(move |fx, a| index::hardmax(fx, g, n, *axis, a))
+        }
+        Op::Trilu { upper, k } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::trilu(fx, g, n, *upper, *k, a))
+        }
+        Op::GatherElements { axis } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::gather_elements(fx, g, n, *axis, a))
+        }
+        Op::ScatterElements { reduction, .. } | Op::ScatterNd { reduction } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            need(
+                *reduction == ScatterReduction::None || scalar(0) != Scalar::Bool,
+                "a combining scatter on bool",
+            )?;
+            match &node.op {
+                Op::ScatterElements { axis, .. } => {
+                    Box::new(move |fx, a| index::scatter_elements(fx, g, n, *axis, *reduction, a))
+                }
+                _ => Box::new(move |fx, a| index::scatter_nd(fx, g, n, *reduction, a)),
             }
         }
-        Op::MatMul => nn::matmul(fx, g, n, a, t),
-        Op::Softmax { axis } => nn::softmax(fx, g, n, *axis, false, a),
-        Op::LogSoftmax { axis } => nn::softmax(fx, g, n, *axis, true, a),
-        Op::Reduce { kind, axes, .. } => nn::reduce(fx, g, n, *kind, axes, a),
-        Op::BatchNorm { .. } => nn::batch_norm(fx, g, n, a, t),
-        Op::Rnn(r) => rnn::rnn(fx, g, n, r, a),
-        Op::ArgMax { axis, last, .. } => index::arg(fx, g, n, *axis, *last, true, a),
-        Op::ArgMin { axis, last, .. } => index::arg(fx, g, n, *axis, *last, false, a),
-        Op::Hardmax { axis } => index::hardmax(fx, g, n, *axis, a),
-        Op::Trilu { upper, k } => index::trilu(fx, g, n, *upper, *k, a),
-        Op::GatherElements { axis } => index::gather_elements(fx, g, n, *axis, a),
-        Op::ScatterElements { axis, reduction } => index::scatter_elements(fx, g, n, *axis, *reduction, a),
-        Op::ScatterNd { reduction } => index::scatter_nd(fx, g, n, *reduction, a),
         Op::CumSum {
             axis,
             exclusive,
             reverse,
-        } => index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a),
-        Op::LayerNorm { axis, epsilon } => norm::layer_norm(fx, g, n, *axis, *epsilon, a),
-        Op::TopK { axis, k, largest, .. } => index::topk(fx, g, n, *axis, *k, *largest, a),
-        Op::OneHot { axis, depth } => index::one_hot(fx, g, n, *axis, *depth, a),
-        Op::GatherNd { batch_dims } => index::gather_nd(fx, g, n, *batch_dims, a),
-        Op::InstanceNorm { epsilon } => norm::instance_norm(fx, g, n, *epsilon, a),
+        } => {
+            not_half_or_bool(scalar(0))?;
+            Box::new(move |fx, a| index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a))
+        }
+        Op::TopK { axis, k, largest, .. } => {
+            not_half_or_bool(scalar(0))?;
+            Box::new(move |fx, a| index::topk(fx, g, n, *axis, *k, *largest, a))
+        }
+        Op::OneHot { axis, depth } => {
+            need(out_scalar != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::one_hot(fx, g, n, *axis, *depth, a))
+        }
+        Op::GatherNd { batch_dims } => {
+            need(out_scalar != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::gather_nd(fx, g, n, *batch_dims, a))
+        }
+        Op::LayerNorm { axis, epsilon } => {
+            float()?;
+            need(norm::layer_norm_supported(g, n, *axis), "this scale or bias broadcast")?;
+            Box::new(move |fx, a| norm::layer_norm(fx, g, n, *axis, *epsilon, a))
+        }
+        Op::InstanceNorm { epsilon } => {
+            float()?;
+            Box::new(move |fx, a| norm::instance_norm(fx, g, n, *epsilon, a))
+        }
         Op::Lrn {
             size,
             alpha,
             beta,
             bias,
-        } => norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a),
-        Op::ConvTranspose(c) => convt::conv_transpose(fx, g, n, c, a),
-        Op::Resize(rz) => resize::resize(fx, g, n, rz, a),
-        Op::Quantize { scale, zero_point, .. } => quant::quantize(fx, g, n, *scale, *zero_point, a),
-        Op::Dequantize { scale, zero_point } => quant::dequantize(fx, g, n, *scale, *zero_point, a),
-        Op::QConv { window, group, q } if int16(g, n) => quant::qconv16(fx, g, n, window, *group, q, a),
-        Op::QConv { q, .. } if let (Some(d), Some(w)) = (t.dot, qdw::QDw::of(g, n)) => {
-            qdw::qconv(fx, g, n, q, &w, a, d)
+        } => {
+            float()?;
+            Box::new(move |fx, a| norm::lrn(fx, g, n, *size, *alpha, *beta, *bias, a))
         }
-        Op::QConv { window, q, .. } if t.dot.is_some() && dot::applies(g, n) => {
-            dot::qconv(fx, g, n, window, q, a, t.dot.unwrap_or(Dot::Signed))
+        Op::ConvTranspose(c) => {
+            float()?;
+            Box::new(move |fx, a| convt::conv_transpose(fx, g, n, c, a))
         }
-        Op::QConv { window, group, q } => quant::qconv(fx, g, n, window, *group, q, a),
-        Op::QMatMul { q } if int16(g, n) => quant::qmatmul16(fx, g, n, q, a),
-        Op::QMatMul { q } if t.dot.is_some() && packed(g, n).is_none() && dot::matmul_applies(g, n) => {
-            dot::qmatmul(fx, g, n, q, a, t.dot.unwrap_or(Dot::Pairs))
+        Op::Resize(rz) => {
+            float()?;
+            Box::new(move |fx, a| resize::resize(fx, g, n, rz, a))
         }
-        Op::QMatMul { q } => quant::qmatmul(fx, g, n, Some(q), a),
-        Op::QBlockMatMul { q, block } => quant::qblock_matmul(fx, g, n, q, *block, a),
-        Op::QAdd(q) => quant::qadd(fx, g, n, q, a),
-        Op::QMul(q) => quant::qmul(fx, g, n, q, a),
-        Op::QPRelu(q) => quant::qprelu(fx, g, n, q, a),
-        Op::QSoftmax { axis, .. } => quant::softmax(fx, g, n, *axis, a),
-        Op::QSoftmax16 { axis, .. } => quant::softmax16(fx, g, n, *axis, a),
-        Op::Lut { .. } => quant::lut(fx, g, n, a),
-        Op::Lut16 { .. } => quant::lut16(fx, g, n, a),
+        Op::Quantize { scale, zero_point, to } => {
+            need(matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16), "this integer type")?;
+            Box::new(move |fx, a| quant::quantize(fx, g, n, *scale, *zero_point, a))
+        }
+        Op::Dequantize { scale, zero_point } => {
+            need(
+                matches!(scalar(0), Scalar::I8 | Scalar::U8 | Scalar::I16),
+                "this integer type",
+            )?;
+            Box::new(move |fx, a| quant::dequantize(fx, g, n, *scale, *zero_point, a))
+        }
+        Op::QConv { window, group, q } => {
+            need(
+                (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
+                "a convolution over other than one or two axes",
+            )?;
+            if int16(g, n) {
+                Box::new(move |fx, a| quant::qconv16(fx, g, n, window, *group, q, a))
+            } else if let (Some(d), Some(w)) = (t.dot, qdw::QDw::of(g, n)) {
+                Box::new(move |fx, a| qdw::qconv(fx, g, n, q, &w, a, d))
+            } else if let (Some(d), true) = (t.dot, dot::applies(g, n)) {
+                Box::new(move |fx, a| dot::qconv(fx, g, n, window, q, a, d))
+            } else {
+                Box::new(move |fx, a| quant::qconv(fx, g, n, window, *group, q, a))
+            }
+        }
+        Op::QMatMul { q } => {
+            if int16(g, n) {
+                Box::new(move |fx, a| quant::qmatmul16(fx, g, n, q, a))
+            } else if let (Some(d), true) = (t.dot, packed(g, n).is_none() && dot::matmul_applies(g, n)) {
+                Box::new(move |fx, a| dot::qmatmul(fx, g, n, q, a, d))
+            } else {
+                Box::new(move |fx, a| quant::qmatmul(fx, g, n, Some(q), a))
+            }
+        }
+        Op::QBlockMatMul { q, block } => Box::new(move |fx, a| quant::qblock_matmul(fx, g, n, q, *block, a)),
+        Op::QAdd(q) => Box::new(move |fx, a| quant::qadd(fx, g, n, q, a)),
+        Op::QMul(q) => Box::new(move |fx, a| quant::qmul(fx, g, n, q, a)),
+        Op::QPRelu(q) => Box::new(move |fx, a| quant::qprelu(fx, g, n, q, a)),
+        Op::QSoftmax { axis, .. } => Box::new(move |fx, a| quant::softmax(fx, g, n, *axis, a)),
+        Op::QSoftmax16 { axis, .. } => Box::new(move |fx, a| quant::softmax16(fx, g, n, *axis, a)),
+        Op::Lut { .. } => Box::new(move |fx, a| quant::lut(fx, g, n, a)),
+        Op::Lut16 { .. } => Box::new(move |fx, a| quant::lut16(fx, g, n, a)),
         Op::Requant {
             input_zp,
             requant,
             zero_point,
             ..
-        } => quant::requant(fx, g, n, *input_zp, *requant, *zero_point, a),
-        Op::DynConv { window, group, .. } => quant::dyn_conv(fx, g, n, window, *group, a, t.dot),
-        Op::DynMatMul { .. } if let (Some(d), true) = (t.dot, dot::dyn_matmul_applies(g, n)) => {
-            dot::dyn_qmatmul(fx, g, n, a, d)
+        } => Box::new(move |fx, a| quant::requant(fx, g, n, *input_zp, *requant, *zero_point, a)),
+        Op::DynConv { window, group, .. } => {
+            need(
+                (rank == 3 || rank == 4) && window.kernel.len() + 2 == rank,
+                "a convolution over other than one or two axes",
+            )?;
+            Box::new(move |fx, a| quant::dyn_conv(fx, g, n, window, *group, a, t.dot))
         }
-        Op::DynMatMul { .. } => quant::qmatmul(fx, g, n, None, a),
-        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => unreachable!("refused by `unsupported`"),
-    }
+        Op::DynMatMul { .. } => match (t.dot, dot::dyn_matmul_applies(g, n)) {
+            (Some(d), true) => Box::new(move |fx, a| dot::dyn_qmatmul(fx, g, n, a, d)),
+            _ => Box::new(move |fx, a| quant::qmatmul(fx, g, n, None, a)),
+        },
+        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => {
+            return Err(crate::Refusal(
+                "ONNX dynamic quantization ops are folded before code is made",
+            ));
+        }
+    })
 }
 
 /// An integer product on int16 activations (16x8).
