@@ -175,3 +175,52 @@ fn every_half_widens_exactly() {
         want[bad[0]]
     );
 }
+
+/// Rounding to binary16 on every backend gives the evaluator's bits (`f16::from_f64`, ties
+/// to even, once from f64): every finite binary16 value, each halfway point between
+/// neighbours and the points just off it, from f32 and from f64 (where rounding through
+/// f32 first would tie wrongly), plus binary16 arithmetic (`Add` computed in f32, one
+/// rounding).
+#[test]
+fn rounding_to_half_matches_the_evaluator_on_every_backend() {
+    use kiln_ir::{Op, Scalar, TensorType};
+    let (mut v32, mut v64) = (Vec::new(), Vec::new());
+    for bits in 0..0x7bffu16 {
+        let (lo, hi) = (
+            half::f16::from_bits(bits).to_f64(),
+            half::f16::from_bits(bits + 1).to_f64(),
+        );
+        let mid = (lo + hi) / 2.0;
+        let off = (hi - lo) * 2f64.powi(-30);
+        v32.extend([lo as f32, mid as f32, -(mid as f32)]);
+        v64.extend([mid, mid + off, mid - off, -(mid + off)]);
+    }
+    v32.extend([70000.0, f32::INFINITY, 1.0e-9, -0.0]);
+    v64.extend([65520.0, 65519.99, 2f64.powi(-25), 2f64.powi(-25) * 1.000001]);
+    let (n32, n64) = (v32.len(), v64.len());
+    let mut g = Graph::new("round");
+    let a = g.add_input("a", TensorType::new(Scalar::F32, vec![n32]));
+    let b = g.add_input("b", TensorType::new(Scalar::F64, vec![n64]));
+    let (_, ha) = g
+        .add_node("ca", Op::Cast { to: Scalar::F16 }, vec![a], &["ha"])
+        .unwrap();
+    let (_, hb) = g
+        .add_node("cb", Op::Cast { to: Scalar::F16 }, vec![b], &["hb"])
+        .unwrap();
+    let (_, s) = g
+        .add_node(
+            "sum",
+            Op::Binary(kiln_ir::op::BinaryOp::Add),
+            vec![ha[0], ha[0]],
+            &["s"],
+        )
+        .unwrap();
+    for v in [ha[0], hb[0], s[0]] {
+        g.add_output(v);
+    }
+    let sets = vec![vec![Tensor::from_vec(vec![n32], v32), Tensor::from_vec(vec![n64], v64)]];
+    let dir = std::env::temp_dir().join(format!("kiln-round-half-{}", std::process::id()));
+    let failures = kiln_tests::bit_exact_on_every_backend(&g, &sets, "round", &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -147,7 +147,8 @@ impl Elem for f16 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        // one correct rounding everywhere (`half` may go through f32 on CPUs with F16C)
+        f16::from_bits(kiln_runtime::kernels::d2h(v))
     }
     fn wrap(v: Vec<Self>) -> Data {
         Data::F16(v)

@@ -730,6 +730,25 @@ impl Fx<'_, '_> {
         self.bits(F32X4, out)
     }
 
+    /// f64 to f32 rounding to odd (truncate, then set the last bit if anything was lost):
+    /// a later rounding to binary16 is then the single correct rounding from f64, since
+    /// f32 carries more than two bits beyond binary16's eleven.
+    pub fn f64_to_f32_odd(&mut self, d: Value) -> Value {
+        let r = self.b.ins().fdemote(F32, d);
+        let back = self.b.ins().fpromote(F64, r);
+        let inexact = self.b.ins().fcmp(FloatCC::OrderedNotEqual, back, d);
+        let (ab, ad) = (self.b.ins().fabs(back), self.b.ins().fabs(d));
+        let above = self.b.ins().fcmp(FloatCC::GreaterThan, ab, ad);
+        let bits = self.bits(I32, r);
+        let down = self.b.ins().uextend(I32, above);
+        let bits = self.b.ins().isub(bits, down);
+        let odd = self.b.ins().uextend(I32, inexact);
+        let bits = self.b.ins().bor(bits, odd);
+        self.b
+            .ins()
+            .bitcast(F32, cranelift_codegen::ir::MemFlagsData::new(), bits)
+    }
+
     /// f32 to IEEE half bits (round to nearest even), in the low 16 of an i64.
     pub fn f32_to_f16(&mut self, x: Value) -> Value {
         let b = self.bits(I32, x);

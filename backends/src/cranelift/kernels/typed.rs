@@ -414,7 +414,9 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
         let v = match (si.is_float(), so.is_float()) {
             (true, true) => match (si, so) {
                 (Scalar::F32 | Scalar::F16, Scalar::F64) => fx.b.ins().fpromote(F64, x),
-                (Scalar::F64, Scalar::F32 | Scalar::F16) => fx.b.ins().fdemote(F32, x),
+                (Scalar::F64, Scalar::F32) => fx.b.ins().fdemote(F32, x),
+                // one rounding from f64 to binary16 (`f64_to_f32_odd`)
+                (Scalar::F64, Scalar::F16) => fx.f64_to_f32_odd(x),
                 _ => x,
             },
             (false, true) => {
@@ -456,7 +458,8 @@ pub(crate) fn cast(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 pub(crate) fn from_f64(fx: &mut Fx, so: Scalar, d: Value) -> Value {
     match so {
         Scalar::F64 => d,
-        Scalar::F32 | Scalar::F16 => fx.b.ins().fdemote(F32, d),
+        Scalar::F32 => fx.b.ins().fdemote(F32, d),
+        Scalar::F16 => fx.f64_to_f32_odd(d),
         Scalar::Bool => {
             let z = fx.b.ins().f64const(0.0);
             let c = fx.b.ins().fcmp(FloatCC::NotEqual, d, z);
