@@ -208,7 +208,6 @@ fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
     let rank = g.value(node.inputs[0]).ty.shape.len();
     let out_scalar = g.value(node.outputs[0]).ty.dtype.scalar;
     let float = || need(float_ok, "float32 only");
-    let not_half_or_bool = |s: Scalar| need(!matches!(s, Scalar::F16 | Scalar::Bool), "binary16 or bool");
     Ok(match &node.op {
         Op::Unary(u) if fast_unary(g, n, *u) => Box::new(move |fx, a| elementwise::unary(fx, g, n, *u, a, t)),
         Op::Unary(u) => {
@@ -354,56 +353,17 @@ fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
             float()?;
             Box::new(move |fx, a| rnn::rnn(fx, g, n, r, a))
         }
-        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
-            not_half_or_bool(scalar(0))?;
-            let max = matches!(node.op, Op::ArgMax { .. });
-            Box::new(move |fx, a| index::arg(fx, g, n, *axis, *last, max, a))
-        }
-        Op::Hardmax { axis } => {
-            float()?;
-            Box::new(move |fx, a| index::hardmax(fx, g, n, *axis, a))
-        }
-        Op::Trilu { upper, k } => {
-            need(scalar(0) != Scalar::F16, "binary16")?;
-            Box::new(move |fx, a| index::trilu(fx, g, n, *upper, *k, a))
-        }
-        Op::GatherElements { axis } => {
-            need(scalar(0) != Scalar::F16, "binary16")?;
-            Box::new(move |fx, a| index::gather_elements(fx, g, n, *axis, a))
-        }
-        Op::ScatterElements { reduction, .. } | Op::ScatterNd { reduction } => {
-            need(scalar(0) != Scalar::F16, "binary16")?;
-            need(
-                *reduction == ScatterReduction::None || scalar(0) != Scalar::Bool,
-                "a combining scatter on bool",
-            )?;
-            match &node.op {
-                Op::ScatterElements { axis, .. } => {
-                    Box::new(move |fx, a| index::scatter_elements(fx, g, n, *axis, *reduction, a))
-                }
-                _ => Box::new(move |fx, a| index::scatter_nd(fx, g, n, *reduction, a)),
-            }
-        }
-        Op::CumSum {
-            axis,
-            exclusive,
-            reverse,
-        } => {
-            not_half_or_bool(scalar(0))?;
-            Box::new(move |fx, a| index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a))
-        }
-        Op::TopK { axis, k, largest, .. } => {
-            not_half_or_bool(scalar(0))?;
-            Box::new(move |fx, a| index::topk(fx, g, n, *axis, *k, *largest, a))
-        }
-        Op::OneHot { axis, depth } => {
-            need(out_scalar != Scalar::F16, "binary16")?;
-            Box::new(move |fx, a| index::one_hot(fx, g, n, *axis, *depth, a))
-        }
-        Op::GatherNd { batch_dims } => {
-            need(out_scalar != Scalar::F16, "binary16")?;
-            Box::new(move |fx, a| index::gather_nd(fx, g, n, *batch_dims, a))
-        }
+        Op::ArgMax { .. }
+        | Op::ArgMin { .. }
+        | Op::Hardmax { .. }
+        | Op::Trilu { .. }
+        | Op::GatherElements { .. }
+        | Op::ScatterElements { .. }
+        | Op::ScatterNd { .. }
+        | Op::CumSum { .. }
+        | Op::TopK { .. }
+        | Op::OneHot { .. }
+        | Op::GatherNd { .. } => return lower_index(g, n),
         Op::LayerNorm { axis, epsilon } => {
             float()?;
             need(norm::layer_norm_supported(g, n, *axis), "this scale or bias broadcast")?;
@@ -430,6 +390,36 @@ fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
             float()?;
             Box::new(move |fx, a| resize::resize(fx, g, n, rz, a))
         }
+        Op::Quantize { .. }
+        | Op::Dequantize { .. }
+        | Op::QConv { .. }
+        | Op::QMatMul { .. }
+        | Op::QBlockMatMul { .. }
+        | Op::QAdd(_)
+        | Op::QMul(_)
+        | Op::QPRelu(_)
+        | Op::QSoftmax { .. }
+        | Op::QSoftmax16 { .. }
+        | Op::Lut { .. }
+        | Op::Lut16 { .. }
+        | Op::Requant { .. }
+        | Op::DynConv { .. }
+        | Op::DynMatMul { .. } => return lower_integer(g, n, t),
+        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
+        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => {
+            return Err(crate::Refusal(
+                "ONNX dynamic quantization ops are folded before code is made",
+            ));
+        }
+    })
+}
+
+/// The integer and hybrid ops (routed here by `lower`).
+fn lower_integer(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
+    let node = g.node(n);
+    let scalar = |i: usize| g.value(node.inputs[i]).ty.dtype.scalar;
+    let rank = g.value(node.inputs[0]).ty.shape.len();
+    Ok(match &node.op {
         Op::Quantize { scale, zero_point, to } => {
             need(matches!(to, Scalar::I8 | Scalar::U8 | Scalar::I16), "this integer type")?;
             Box::new(move |fx, a| quant::quantize(fx, g, n, *scale, *zero_point, a))
@@ -490,12 +480,70 @@ fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
             (Some(d), true) => Box::new(move |fx, a| dot::dyn_qmatmul(fx, g, n, a, d)),
             _ => Box::new(move |fx, a| quant::qmatmul(fx, g, n, None, a)),
         },
-        // ONNX's dynamic quantization ops: folded into DynConv/DynMatMul before code is made
-        Op::DynamicQuantize | Op::IntConv { .. } | Op::IntMatMul => {
-            return Err(crate::Refusal(
-                "ONNX dynamic quantization ops are folded before code is made",
-            ));
+        other => unreachable!("`lower` routed {} to this family", other.name()),
+    })
+}
+
+/// Arg-max/min, Hardmax and the index ops (routed here by `lower`).
+fn lower_index(g: &Graph, n: NodeId) -> Result<Emit<'_>, crate::Refusal> {
+    let node = g.node(n);
+    let scalar = |i: usize| g.value(node.inputs[i]).ty.dtype.scalar;
+    let out_scalar = g.value(node.outputs[0]).ty.dtype.scalar;
+    let float_ok = f32_only(g, n);
+    let float = || need(float_ok, "float32 only");
+    let not_half_or_bool = |s: Scalar| need(!matches!(s, Scalar::F16 | Scalar::Bool), "binary16 or bool");
+    Ok(match &node.op {
+        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
+            not_half_or_bool(scalar(0))?;
+            let max = matches!(node.op, Op::ArgMax { .. });
+            Box::new(move |fx, a| index::arg(fx, g, n, *axis, *last, max, a))
         }
+        Op::Hardmax { axis } => {
+            float()?;
+            Box::new(move |fx, a| index::hardmax(fx, g, n, *axis, a))
+        }
+        Op::Trilu { upper, k } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::trilu(fx, g, n, *upper, *k, a))
+        }
+        Op::GatherElements { axis } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::gather_elements(fx, g, n, *axis, a))
+        }
+        Op::ScatterElements { reduction, .. } | Op::ScatterNd { reduction } => {
+            need(scalar(0) != Scalar::F16, "binary16")?;
+            need(
+                *reduction == ScatterReduction::None || scalar(0) != Scalar::Bool,
+                "a combining scatter on bool",
+            )?;
+            match &node.op {
+                Op::ScatterElements { axis, .. } => {
+                    Box::new(move |fx, a| index::scatter_elements(fx, g, n, *axis, *reduction, a))
+                }
+                _ => Box::new(move |fx, a| index::scatter_nd(fx, g, n, *reduction, a)),
+            }
+        }
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+        } => {
+            not_half_or_bool(scalar(0))?;
+            Box::new(move |fx, a| index::cumsum(fx, g, n, *axis, *exclusive, *reverse, a))
+        }
+        Op::TopK { axis, k, largest, .. } => {
+            not_half_or_bool(scalar(0))?;
+            Box::new(move |fx, a| index::topk(fx, g, n, *axis, *k, *largest, a))
+        }
+        Op::OneHot { axis, depth } => {
+            need(out_scalar != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::one_hot(fx, g, n, *axis, *depth, a))
+        }
+        Op::GatherNd { batch_dims } => {
+            need(out_scalar != Scalar::F16, "binary16")?;
+            Box::new(move |fx, a| index::gather_nd(fx, g, n, *batch_dims, a))
+        }
+        other => unreachable!("`lower` routed {} to this family", other.name()),
     })
 }
 
