@@ -19,6 +19,21 @@ pub type Lowering = Result<(), Refusal>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal(pub &'static str);
 
+impl Refusal {
+    /// How every backend reports a node it refuses: ``node `name`: Op on types (why)``.
+    pub fn describe(&self, g: &kiln_ir::Graph, n: kiln_ir::NodeId) -> String {
+        let node = g.node(n);
+        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
+        format!(
+            "node `{}`: {} on {} ({})",
+            node.name,
+            node.op.name(),
+            types.join(", "),
+            self.0
+        )
+    }
+}
+
 /// `Ok` when `ok`, else the refusal `why`: the guard a lowering starts with.
 pub fn need(ok: bool, why: &'static str) -> Lowering {
     if ok { Ok(()) } else { Err(Refusal(why)) }

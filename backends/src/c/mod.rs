@@ -118,16 +118,7 @@ fn fused_ok(u: Option<UnaryOp>) -> Lowering {
 /// Why node `n` cannot be compiled to C yet, if it cannot: `lower`'s refusal, with the
 /// node's name and input types.
 pub fn unsupported(g: &Graph, n: NodeId, opts: &Options) -> Option<String> {
-    let node = g.node(n);
-    lower(&mut String::new(), g, n, opts).err().map(|Refusal(why)| {
-        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!(
-            "node `{}`: {} on {} ({why})",
-            node.name,
-            node.op.name(),
-            types.join(", ")
-        )
-    })
+    lower(&mut String::new(), g, n, opts).err().map(|r| r.describe(g, n))
 }
 
 /// The integer kernels (`int`), which decide their support apart from their emitter.

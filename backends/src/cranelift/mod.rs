@@ -108,10 +108,7 @@ pub fn dot_product(triple: &Triple, cpu: Option<&str>) -> Option<kernels::Dot> {
 
 /// Every node this backend cannot compile, described.
 pub fn unsupported(g: &Graph, plan: &MemoryPlan) -> Vec<String> {
-    plan.order
-        .iter()
-        .filter_map(|&n| kernels::unsupported(g, n).map(|why| format!("node `{}`: {why}", g.node(n).name)))
-        .collect()
+    plan.order.iter().filter_map(|&n| kernels::unsupported(g, n)).collect()
 }
 
 fn codegen_err(function: &str, e: impl std::fmt::Display) -> Error {

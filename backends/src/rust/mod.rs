@@ -46,16 +46,7 @@ pub fn scratch_bytes(g: &Graph, n: NodeId, cortex_m: bool) -> usize {
 /// Why node `n` cannot be compiled to Rust yet, if it cannot: the lowering's refusal with
 /// the node's name and input types.
 pub fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
-    let node = g.node(n);
-    kernel::refusal(g, n).map(|crate::Refusal(why)| {
-        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!(
-            "node `{}`: {} on {} ({why})",
-            node.name,
-            node.op.name(),
-            types.join(", ")
-        )
-    })
+    kernel::refusal(g, n).map(|r| r.describe(g, n))
 }
 
 /// The generated module's source.

@@ -71,16 +71,12 @@ fn fast_binary(g: &Graph, n: NodeId, b: kiln_ir::op::BinaryOp) -> bool {
 /// Why node `n` cannot be compiled by this backend, if it cannot: `lower`'s refusal (the
 /// target's choices pick kernels, never support, so any target answers).
 pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
-    let node = g.node(n);
     let t = Target {
         simd: true,
         dot: None,
         fma: false,
     };
-    lower(g, n, t).err().map(|crate::Refusal(why)| {
-        let types: Vec<String> = node.inputs.iter().map(|&v| g.value(v).ty.to_string()).collect();
-        format!("{} on {} ({why})", node.op.name(), types.join(", "))
-    })
+    lower(g, n, t).err().map(|r| r.describe(g, n))
 }
 
 /// Arena bytes the kernel of node `n` needs as scratch: its own, then room to unpack
