@@ -1069,6 +1069,36 @@ fn baseline_row(baseline: &str, key: &str) -> Option<Vec<u64>> {
     })
 }
 
+/// The int8 `.tflite` file of MLPerf Tiny model `m`, built as `kiln compile` builds it by
+/// default, run on the Cortex-M4 (C) on reference set 0: the run, and whether its output is
+/// TFLite's reference bytes.
+fn tflite_file_run(m: &str, tools: &Tools, dir: &Path) -> Result<(Run, bool), String> {
+    let file = match m {
+        "mlperf_tiny_kws_dscnn" => "kws_ref_model.tflite",
+        "mlperf_tiny_vww_mobilenetv1_025" => "vww_96_int8.tflite",
+        "mlperf_tiny_ic_resnet8" => "pretrainedResnet_quant.tflite",
+        "mlperf_tiny_ad_fc_autoencoder" => "ad01_int8.tflite",
+        other => return Err(format!("no .tflite file known for {other}")),
+    };
+    let mdir = repo().join("tests/models").join(m);
+    let model = kiln::load(
+        &mdir.join("source").join(file),
+        &ImportOptions::default(),
+        &PipelineOptions::default(),
+        |_, _| {},
+    )
+    .map_err(|e| e.to_string())?;
+    let mode = kiln::quantize::Mode::default_for(&model.graph);
+    let g = kiln::quantize::apply(&model.graph, &model.producer, &mode, &Default::default(), |_, _| {})
+        .map_err(|e| e.to_string())?
+        .graph;
+    let input = kiln::npy::read(&mdir.join("ref_int8/test_data_set_0/input_0.npy")).unwrap();
+    let want = kiln::npy::read(&mdir.join("ref_int8/test_data_set_0/output_0.npy")).unwrap();
+    let run = run_on(Part::CortexM4, &format!("{m}-file"), &g, &[input], tools, dir)?;
+    let exact = run.outputs[0].to_i64_vec() == want.to_i64_vec();
+    Ok((run, exact))
+}
+
 /// The official MLPerf Tiny int8 models (`model_int8_qdq_tflite.onnx`, compiled as
 /// `kiln compile --quantize int8`) on a Cortex-M4 (DSP kernels) and a Cortex-M3 (plain C):
 /// outputs byte for byte the evaluator's (and with TFLite's numerics on the Cortex-M4,
@@ -1159,6 +1189,27 @@ fn official_int8_models_instruction_benchmark() {
                     {
                         failures.push(format!(
                             "{key}: {} instructions, baseline {base} (+5% allowed)",
+                            run.cost
+                        ));
+                    }
+                    lines.push(format!("{key} {}", run.cost));
+                }
+                Err(e) => failures.push(format!("{key}: {e}")),
+            }
+        }
+        // The `.tflite` file itself (TFLite numerics by default): TFLite's bytes, and no more
+        // instructions than its ONNX QDQ conversion above
+        if let Some(qdq_cost) = lines.last().and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()) {
+            let key = format!("cortex-m4-tflite-file {}", m.trim_start_matches("mlperf_tiny_"));
+            match tflite_file_run(m, &tools, &dir) {
+                Ok((run, exact)) => {
+                    if !exact {
+                        failures.push(format!("{key}: output is not TFLite's reference bytes"));
+                    }
+                    println!("{key}: {} instructions, flash {} B", run.cost, run.flash);
+                    if run.cost > qdq_cost {
+                        failures.push(format!(
+                            "{key}: {} instructions, more than the ONNX QDQ conversion's {qdq_cost}",
                             run.cost
                         ));
                     }

@@ -1,4 +1,4 @@
-//! The Kiln compiler: ONNX import, the pass pipeline and the command-line driver's building
+//! The Kiln compiler: ONNX and TFLite import, the pass pipeline and the command-line driver's building
 //! blocks. Backends live in `kiln-backends`; the IR and the reference evaluator in `kiln-ir`.
 
 pub mod bench;
@@ -10,6 +10,7 @@ pub mod onnx;
 pub mod passes;
 pub mod quantize;
 pub mod target;
+pub mod tflite;
 
 use std::path::Path;
 use thiserror::Error;
@@ -38,6 +39,30 @@ pub struct Model {
     pub producer: String,
 }
 
+/// Imports the model file at `path`, ONNX or TFLite (told apart by content, not name).
+pub fn import_file(path: &Path, import: &ImportOptions) -> Result<onnx::Imported, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if tflite::is_tflite(&bytes) {
+        return tflite::import(path, &bytes, import);
+    }
+    onnx::load_bytes(path, &bytes, import)
+}
+
+/// The graph inputs a model file declares, ONNX or TFLite (see `onnx::declared_inputs`).
+pub fn declared_inputs(path: &Path) -> Result<Vec<onnx::DeclaredInput>, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if tflite::is_tflite(&bytes) {
+        return tflite::declared_inputs(path, &bytes);
+    }
+    onnx::declared_inputs(path)
+}
+
 /// Imports `path` and runs the pass pipeline on it.
 pub fn load(
     path: &Path,
@@ -51,7 +76,7 @@ pub fn load(
         opset,
         files,
         producer,
-    } = onnx::load(path, import)?;
+    } = import_file(path, import)?;
     passes::run(&mut graph, pipeline, on_print)?;
     Ok(Model {
         graph,

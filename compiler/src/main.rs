@@ -258,7 +258,7 @@ enum Cmd {
         #[arg(long)]
         clif: bool,
     },
-    /// List supported ONNX operators.
+    /// List supported ONNX operators and TFLite builtins.
     Ops {
         /// Print SUPPORTED_OPS.md.
         #[arg(long)]
@@ -324,7 +324,7 @@ fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs) -> Result
         Some(q) => q,
         None if own => {
             eprintln!(
-                "note: the model carries its own quantization: compiled to integer code with its parameters (--quantize none keeps the float arithmetic its QuantizeLinear/DequantizeLinear ops define)"
+                "note: the model carries its own quantization: compiled to integer code with its parameters (--quantize none keeps the float arithmetic its quantize/dequantize steps define)"
             );
             QuantMode::Int8
         }
@@ -543,10 +543,9 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     Ok(())
 }
 
-fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let proto = ModelProto::decode(bytes.as_slice())
-        .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+/// The ONNX file's own figures: producer, opsets and node counts.
+fn inspect_onnx_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    let proto = ModelProto::decode(bytes).with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
     let g = proto
         .graph
         .as_ref()
@@ -576,11 +575,26 @@ fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
     }
     let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
     println!("onnx ops  {} nodes: {}", g.node.len(), list.join(", "));
+    Ok(())
+}
+
+fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if kiln::tflite::is_tflite(&bytes) {
+        let (head, counts) = kiln::tflite::summary(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid TFLite model: {e}", path.display()))?;
+        println!("model     {} ({} bytes, {head})", path.display(), bytes.len());
+        let total: usize = counts.iter().map(|c| c.1).sum();
+        let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+        println!("tflite ops {total} operators: {}", list.join(", "));
+    } else {
+        inspect_onnx_header(path, &bytes)?;
+    }
     let model = match load(path, shapes, &PipelineOptions::default()) {
         Ok(m) => m,
         Err(e) => {
             // what the file declares, symbolic dimensions by name, when the import stops
-            for (name, dims) in kiln::onnx::declared_inputs(path).unwrap_or_default() {
+            for (name, dims) in kiln::declared_inputs(path).unwrap_or_default() {
                 let d: Vec<String> = (dims.iter())
                     .map(|d| d.as_ref().map_or_else(|p| p.clone(), |v| v.to_string()))
                     .collect();
@@ -719,7 +733,7 @@ fn shapes_from_inputs(path: &Path, shapes: &ShapeArgs, inputs: &[PathBuf]) -> Re
         .iter()
         .filter_map(|s| s.split_once('=').map(|p| p.0))
         .collect();
-    let declared = kiln::onnx::declared_inputs(path)?;
+    let declared = kiln::declared_inputs(path)?;
     let open = declared.iter().filter(|(name, _)| !bound.contains(&name.as_str()));
     for ((name, dims), file) in open.zip(inputs) {
         if pinned.contains(&name.as_str()) || dims.iter().all(|d| d.is_ok()) {
@@ -974,10 +988,13 @@ fn main() -> std::process::ExitCode {
         ),
         Cmd::Ops { markdown } => {
             if *markdown {
-                print!("{}", kiln::onnx::ops::markdown());
+                print!("{}{}", kiln::onnx::ops::markdown(), kiln::tflite::markdown());
             } else {
                 for o in kiln::onnx::ops::REGISTRY {
                     println!("{}", o.op_type);
+                }
+                for (_, name, _) in kiln::tflite::BUILTINS {
+                    println!("tflite:{name}");
                 }
             }
             Ok(())

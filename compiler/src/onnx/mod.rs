@@ -36,6 +36,13 @@ pub struct UnsupportedOp {
 
 impl fmt::Display for UnsupportedOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.domain == crate::tflite::PRODUCER {
+            return write!(
+                f,
+                "operator `{}`: {} (TFLite builtin, version {})",
+                self.node, self.op_type, self.opset
+            );
+        }
         let d = if self.domain.is_empty() {
             "ai.onnx"
         } else {
@@ -59,6 +66,8 @@ pub enum ImportError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid ONNX model: {msg}")]
     Decode { path: PathBuf, msg: String },
+    #[error("{path} is not a valid TFLite model: {msg}")]
+    Tflite { path: PathBuf, msg: String },
     #[error("{count} unsupported op(s):{list}", count = .0.len(), list = list(.0))]
     Unsupported(Vec<UnsupportedOp>),
     #[error("node `{node}` ({op_type}): {msg}")]
@@ -116,7 +125,11 @@ fn read_model(path: &Path) -> Result<ModelProto, ImportError> {
         path: path.to_path_buf(),
         source,
     })?;
-    ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode {
+    decode(path, &bytes)
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto, ImportError> {
+    ModelProto::decode(bytes).map_err(|e| ImportError::Decode {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })
@@ -124,7 +137,16 @@ fn read_model(path: &Path) -> Result<ModelProto, ImportError> {
 
 /// Reads and imports a model file.
 pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let model = read_model(path)?;
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_bytes(path, &bytes, opts)
+}
+
+/// Imports the model file `bytes`, read from `path` (external data is found beside it).
+pub fn load_bytes(path: &Path, bytes: &[u8], opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let model = decode(path, bytes)?;
     if model.graph.is_none() {
         return Err(ImportError::Decode {
             path: path.to_path_buf(),

@@ -360,8 +360,13 @@ pub fn apply(
             if opts.numerics.is_none()
                 && let Some(n) = qdq::origin_numerics(producer)
             {
+                let origin = if producer == crate::tflite::PRODUCER {
+                    "the model is a TFLite file".to_string()
+                } else {
+                    format!("the model was written by {producer}")
+                };
                 notes.push(format!(
-                    "integer numerics: {} (the model was written by {producer}; --numerics onnx gives ONNX Runtime's)",
+                    "integer numerics: {} ({origin}; --numerics onnx gives ONNX Runtime's)",
                     n.name()
                 ));
                 opts.numerics = Some(n);

@@ -374,18 +374,18 @@ pub fn strip(src: &Graph) -> Result<Stripped, QuantError> {
     Ok(Stripped { graph: g, pins, notes })
 }
 
+/// The integer arithmetic a model that carries its own quantization was made for, as far as
+/// its producer tells: TFLite's for a `.tflite` file and for a `tf2onnx` conversion (the QDQ
+/// models that tool writes come from TFLite's int8 files), otherwise unknown.
+pub fn origin_numerics(producer: &str) -> Option<Numerics> {
+    matches!(producer, "tf2onnx" | crate::tflite::PRODUCER).then_some(Numerics::Tflite)
+}
+
 /// The integer graph of a model quantized by its authors: strip the QDQ pairs, fuse the
 /// activations that were separated from their producer by a pair, and rewrite with the
 /// pinned parameters. Values the model left unquantized get ranges from calibration data
 /// in `calibration` when given (method: `opts.method`, default min-max); without data the
 /// ops around them stay float with a note.
-/// The integer arithmetic a model that carries its own quantization was made for, as far as
-/// its producer tells: TFLite's for a `tf2onnx` conversion (the QDQ models that tool writes
-/// come from TFLite's int8 files), otherwise unknown.
-pub fn origin_numerics(producer: &str) -> Option<Numerics> {
-    (producer == "tf2onnx").then_some(Numerics::Tflite)
-}
-
 pub fn quantize_model(g: &Graph, calibration: Option<&Path>, opts: &QuantOptions) -> Result<Quantized, QuantError> {
     if !is_quantized(g) {
         return Err(QuantError::NotQuantized);
