@@ -506,16 +506,23 @@ pub fn lower(model: &Model, name: &str, opts: &ImportOptions) -> Result<Imported
 /// The graph inputs, at the shapes the file records (a dimension the converter left open
 /// is taken as recorded, usually 1, with a notice).
 fn add_inputs(cx: &mut Lower, opts: &ImportOptions) -> Result<()> {
-    if let Some(k) = opts.input_shapes.keys().chain(opts.constant_inputs.keys()).next() {
-        let known = cx.sg.inputs.iter().any(|&t| t >= 0 && &cx.def(t as usize).name == k);
-        let msg = if known {
-            "TFLite models are compiled at the shapes the file records; --input-shape and --bind are not supported for them"
-        } else {
-            "no such graph input"
+    // the file fixes every shape, so a pin can only restate it
+    for (k, shape) in &opts.input_shapes {
+        let t = (cx.sg.inputs.iter()).find(|&&t| t >= 0 && &cx.def(t as usize).name == k);
+        let msg = match t {
+            None => "no such graph input".to_string(),
+            Some(&t) if cx.shape(t as usize) == *shape => continue,
+            Some(&t) => format!(
+                "the file records shape {:?}; TFLite models are compiled at the shapes they record",
+                cx.shape(t as usize)
+            ),
         };
+        return Err(Failure::Import(ImportError::BadInput { input: k.clone(), msg }));
+    }
+    if let Some(k) = opts.constant_inputs.keys().next() {
         return Err(Failure::Import(ImportError::BadInput {
             input: k.clone(),
-            msg: msg.into(),
+            msg: "--bind is not supported for TFLite models".into(),
         }));
     }
     for &t in &cx.sg.inputs {

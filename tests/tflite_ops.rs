@@ -1,0 +1,574 @@
+//! TFLite builtins one at a time and in a chain that crosses layouts: small float models
+//! written with `tflite_build`, imported by content (the files are named `.bin`), run by the
+//! evaluator and compared with direct NHWC loops written from TFLite's operator definitions.
+//! Damaged models are refused with errors that name what is wrong.
+
+mod tflite_build;
+
+use kiln::PipelineOptions;
+use kiln_ir::Tensor;
+use kiln_tests::noise;
+use tflite_build::{F, T, act, floats, ints, model, op};
+
+// builtin codes and option-table tags (`BuiltinOptions`)
+const ADD: i32 = 0;
+const AVERAGE_POOL_2D: i32 = 1;
+const CONCATENATION: i32 = 2;
+const CONV_2D: i32 = 3;
+const DEPTHWISE_CONV_2D: i32 = 4;
+const FULLY_CONNECTED: i32 = 9;
+const LOGISTIC: i32 = 14;
+const MAX_POOL_2D: i32 = 17;
+const MUL: i32 = 18;
+const RELU: i32 = 19;
+const RESHAPE: i32 = 22;
+const SOFTMAX: i32 = 25;
+const TANH: i32 = 28;
+const PAD: i32 = 34;
+const TRANSPOSE: i32 = 39;
+const MEAN: i32 = 40;
+const SUB: i32 = 41;
+const SQUEEZE: i32 = 43;
+const MAXIMUM: i32 = 55;
+const MINIMUM: i32 = 57;
+const EXPAND_DIMS: i32 = 70;
+const LEAKY_RELU: i32 = 98;
+const HARD_SWISH: i32 = 117;
+
+/// A dense NHWC array for the reference loops.
+#[derive(Clone, Debug)]
+struct A {
+    s: Vec<usize>,
+    v: Vec<f32>,
+}
+
+impl A {
+    fn at4(&self, n: usize, y: usize, x: usize, c: usize) -> f32 {
+        self.v[((n * self.s[1] + y) * self.s[2] + x) * self.s[3] + c]
+    }
+}
+
+fn run(bytes: &[u8], tag: &str, inputs: &[&A]) -> Vec<Tensor> {
+    let dir = std::env::temp_dir().join(format!("kiln-tflite-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.bin"));
+    std::fs::write(&path, bytes).unwrap();
+    let m = kiln::load(&path, &Default::default(), &PipelineOptions::default(), |_, _| {})
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let ts: Vec<Tensor> = inputs
+        .iter()
+        .map(|a| Tensor::from_vec(a.s.clone(), a.v.clone()))
+        .collect();
+    kiln_ir::eval::run(&m.graph, &ts).unwrap_or_else(|e| panic!("{tag}: {e}"))
+}
+
+fn assert_close(got: &Tensor, want: &A, tag: &str) {
+    assert_eq!(got.shape, want.s, "{tag}: shape");
+    let range = want.v.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (g, w)) in got.to_f32_vec().iter().zip(&want.v).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * range, "{tag}: element {i}: {g} vs {w}");
+    }
+}
+
+/// Output size and leading pad of one axis under TFLite's SAME / VALID rule.
+fn axis(input: usize, k: usize, s: usize, d: usize, same: bool) -> (usize, usize) {
+    let span = (k - 1) * d + 1;
+    if same {
+        let out = input.div_ceil(s);
+        ((out), ((out - 1) * s + span).saturating_sub(input) / 2)
+    } else {
+        ((input - span) / s + 1, 0)
+    }
+}
+
+struct ConvCase {
+    depthwise: bool,
+    x: [usize; 4],
+    /// conv: `[O, kh, kw, I]`; depthwise: `[1, kh, kw, C * m]`
+    w: [usize; 4],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    same: bool,
+    /// fused activation code (0 none, 1 relu, 3 relu6)
+    act: u8,
+}
+
+fn conv_ref(c: &ConvCase, x: &A, w: &[f32], b: &[f32]) -> A {
+    let (oh, ph) = axis(c.x[1], c.w[1], c.stride[0], c.dilation[0], c.same);
+    let (ow, pw) = axis(c.x[2], c.w[2], c.stride[1], c.dilation[1], c.same);
+    let oc = if c.depthwise { c.w[3] } else { c.w[0] };
+    let mut v = Vec::new();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for (o, &bias) in b.iter().enumerate().take(oc) {
+                let mut acc = bias as f64;
+                for ky in 0..c.w[1] {
+                    for kx in 0..c.w[2] {
+                        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - ph as isize;
+                        let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - pw as isize;
+                        if iy < 0 || ix < 0 || iy >= c.x[1] as isize || ix >= c.x[2] as isize {
+                            continue;
+                        }
+                        let (iy, ix) = (iy as usize, ix as usize);
+                        if c.depthwise {
+                            let m = c.w[3] / c.x[3];
+                            let wi = (ky * c.w[2] + kx) * c.w[3] + o;
+                            acc += (x.at4(0, iy, ix, o / m) * w[wi]) as f64;
+                        } else {
+                            for i in 0..c.w[3] {
+                                let wi = ((o * c.w[1] + ky) * c.w[2] + kx) * c.w[3] + i;
+                                acc += (x.at4(0, iy, ix, i) * w[wi]) as f64;
+                            }
+                        }
+                    }
+                }
+                v.push(activate(acc as f32, c.act));
+            }
+        }
+    }
+    A {
+        s: vec![1, oh, ow, oc],
+        v,
+    }
+}
+
+fn activate(v: f32, code: u8) -> f32 {
+    match code {
+        1 => v.max(0.0),
+        3 => v.clamp(0.0, 6.0),
+        _ => v,
+    }
+}
+
+fn dims(s: &[usize]) -> Vec<i32> {
+    s.iter().map(|&d| d as i32).collect()
+}
+
+fn random(s: &[usize], seed: u32) -> A {
+    A {
+        s: s.to_vec(),
+        v: noise(seed, s.iter().product(), 1.0),
+    }
+}
+
+#[test]
+fn convolutions_match_nhwc_loops() {
+    let cases = [
+        ConvCase {
+            depthwise: false,
+            x: [1, 5, 6, 2],
+            w: [3, 3, 3, 2],
+            stride: [2, 1],
+            dilation: [1, 1],
+            same: true,
+            act: 3,
+        },
+        ConvCase {
+            depthwise: false,
+            x: [1, 7, 6, 3],
+            w: [4, 3, 2, 3],
+            stride: [1, 2],
+            dilation: [2, 1],
+            same: false,
+            act: 1,
+        },
+        ConvCase {
+            depthwise: true,
+            x: [1, 6, 5, 2],
+            w: [1, 3, 3, 4],
+            stride: [2, 2],
+            dilation: [1, 1],
+            same: true,
+            act: 0,
+        },
+        ConvCase {
+            depthwise: true,
+            x: [1, 7, 7, 3],
+            w: [1, 3, 3, 3],
+            stride: [1, 1],
+            dilation: [2, 2],
+            same: false,
+            act: 1,
+        },
+    ];
+    for (k, c) in cases.iter().enumerate() {
+        let x = random(&c.x, k as u32);
+        let w = noise(10 + k as u32, c.w.iter().product(), 0.5);
+        let oc = if c.depthwise { c.w[3] } else { c.w[0] };
+        let b = noise(20 + k as u32, oc, 0.1);
+        let want = conv_ref(c, &x, &w, &b);
+        let padding = F::U8(if c.same { 0 } else { 1 });
+        let (code, tag, options) = if c.depthwise {
+            let fields = vec![
+                (0, padding),
+                (1, F::I32(c.stride[1] as i32)),
+                (2, F::I32(c.stride[0] as i32)),
+                (3, F::I32((c.w[3] / c.x[3]) as i32)),
+                (4, F::U8(c.act)),
+                (5, F::I32(c.dilation[1] as i32)),
+                (6, F::I32(c.dilation[0] as i32)),
+            ];
+            (DEPTHWISE_CONV_2D, 2, T(fields))
+        } else {
+            let fields = vec![
+                (0, padding),
+                (1, F::I32(c.stride[1] as i32)),
+                (2, F::I32(c.stride[0] as i32)),
+                (3, F::U8(c.act)),
+                (4, F::I32(c.dilation[1] as i32)),
+                (5, F::I32(c.dilation[0] as i32)),
+            ];
+            (CONV_2D, 1, T(fields))
+        };
+        let bytes = model(
+            vec![
+                act("x", &dims(&c.x)),
+                floats("w", &dims(&c.w), &w),
+                floats("b", &[oc as i32], &b),
+                act("y", &dims(&want.s)),
+            ],
+            vec![op(code, &[0, 1, 2], &[3], Some((tag, options)))],
+            &[0],
+            &[3],
+        );
+        let got = run(&bytes, &format!("conv{k}"), &[&x]);
+        assert_close(&got[0], &want, &format!("case {k}"));
+    }
+}
+
+fn pool_ref(x: &A, k: [usize; 2], s: [usize; 2], same: bool, max: bool) -> A {
+    let (oh, ph) = axis(x.s[1], k[0], s[0], 1, same);
+    let (ow, pw) = axis(x.s[2], k[1], s[1], 1, same);
+    let mut v = Vec::new();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for c in 0..x.s[3] {
+                let (mut acc, mut n) = (if max { f32::MIN } else { 0.0 }, 0);
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let iy = (oy * s[0] + ky) as isize - ph as isize;
+                        let ix = (ox * s[1] + kx) as isize - pw as isize;
+                        if iy < 0 || ix < 0 || iy >= x.s[1] as isize || ix >= x.s[2] as isize {
+                            continue; // TFLite never counts padding
+                        }
+                        let e = x.at4(0, iy as usize, ix as usize, c);
+                        acc = if max { acc.max(e) } else { acc + e };
+                        n += 1;
+                    }
+                }
+                v.push(if max { acc } else { acc / n as f32 });
+            }
+        }
+    }
+    A {
+        s: vec![1, oh, ow, x.s[3]],
+        v,
+    }
+}
+
+#[test]
+fn pools_match_nhwc_loops() {
+    let x = random(&[1, 5, 6, 3], 7);
+    for (k, (kernel, stride, same, max)) in [
+        ([3, 3], [2, 2], true, false),
+        ([3, 2], [2, 1], true, true),
+        ([2, 2], [2, 2], false, false),
+        ([2, 3], [1, 2], false, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let want = pool_ref(&x, kernel, stride, same, max);
+        let options = T(vec![
+            (0, F::U8(if same { 0 } else { 1 })),
+            (1, F::I32(stride[1] as i32)),
+            (2, F::I32(stride[0] as i32)),
+            (3, F::I32(kernel[1] as i32)),
+            (4, F::I32(kernel[0] as i32)),
+        ]);
+        let code = if max { MAX_POOL_2D } else { AVERAGE_POOL_2D };
+        let bytes = model(
+            vec![act("x", &[1, 5, 6, 3]), act("y", &dims(&want.s))],
+            vec![op(code, &[0], &[1], Some((5, options)))],
+            &[0],
+            &[1],
+        );
+        assert_close(&run(&bytes, &format!("pool{k}"), &[&x])[0], &want, &format!("pool {k}"));
+    }
+}
+
+#[test]
+fn fully_connected_keeps_leading_dims() {
+    let x = random(&[1, 2, 3, 4], 3);
+    let w = noise(4, 20, 0.5);
+    let b = noise(5, 5, 0.1);
+    let mut want = A {
+        s: vec![1, 2, 3, 5],
+        v: Vec::new(),
+    };
+    for row in x.v.chunks(4) {
+        for o in 0..5 {
+            let dot: f32 = (0..4).map(|i| row[i] * w[o * 4 + i]).sum();
+            want.v.push((dot + b[o]).max(0.0));
+        }
+    }
+    let bytes = model(
+        vec![
+            act("x", &[1, 2, 3, 4]),
+            floats("w", &[5, 4], &w),
+            floats("b", &[5], &b),
+            act("y", &[1, 2, 3, 5]),
+        ],
+        vec![op(
+            FULLY_CONNECTED,
+            &[0, 1, 2],
+            &[3],
+            Some((8, T(vec![(0, F::U8(1)), (2, F::U8(1))]))),
+        )],
+        &[0],
+        &[3],
+    );
+    assert_close(&run(&bytes, "fc", &[&x])[0], &want, "fully connected");
+}
+
+/// A builtin code, its options and what it computes.
+type Unary = (i32, Option<(u8, T)>, fn(f32) -> f32);
+type Binary = (i32, fn(f32, f32) -> f32);
+
+/// Unary and binary builtins on a `[2, 3]` tensor (binary ones broadcast a `[3]` constant).
+#[test]
+fn elementwise_builtins_follow_their_definitions() {
+    let x = random(&[2, 3], 11);
+    let c = [0.25f32, -0.5, 0.75];
+    let unary: [Unary; 5] = [
+        (RELU, None, |v| v.max(0.0)),
+        (LOGISTIC, None, |v| 1.0 / (1.0 + (-v).exp())),
+        (TANH, None, f32::tanh),
+        (HARD_SWISH, None, |v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
+        (LEAKY_RELU, Some((75, T(vec![(0, F::F32(0.2))]))), |v| {
+            if v < 0.0 { 0.2 * v } else { v }
+        }),
+    ];
+    for (code, options, f) in unary {
+        let bytes = model(
+            vec![act("x", &[2, 3]), act("y", &[2, 3])],
+            vec![op(code, &[0], &[1], options)],
+            &[0],
+            &[1],
+        );
+        let want = A {
+            s: vec![2, 3],
+            v: x.v.iter().map(|&v| f(v)).collect(),
+        };
+        assert_close(
+            &run(&bytes, &format!("unary{code}"), &[&x])[0],
+            &want,
+            &format!("builtin {code}"),
+        );
+    }
+    let binary: [Binary; 5] = [
+        (ADD, |a, b| a + b),
+        (SUB, |a, b| a - b),
+        (MUL, |a, b| a * b),
+        (MAXIMUM, f32::max),
+        (MINIMUM, f32::min),
+    ];
+    for (code, f) in binary {
+        let bytes = model(
+            vec![act("x", &[2, 3]), floats("c", &[3], &c), act("y", &[2, 3])],
+            vec![op(code, &[0, 1], &[2], None)],
+            &[0],
+            &[2],
+        );
+        let want = A {
+            s: vec![2, 3],
+            v: x.v.iter().enumerate().map(|(i, &v)| f(v, c[i % 3])).collect(),
+        };
+        assert_close(
+            &run(&bytes, &format!("binary{code}"), &[&x])[0],
+            &want,
+            &format!("builtin {code}"),
+        );
+    }
+}
+
+/// A graph that leaves and re-enters the channels-first layout: conv -> add (broadcast) ->
+/// logistic -> concat on channels -> mean over H, W; and concat -> pad -> max pool ->
+/// transpose -> reshape -> squeeze/expand -> hard swish -> softmax.
+#[test]
+fn a_chain_across_layouts_matches_nhwc_loops() {
+    let x = random(&[1, 4, 4, 2], 21);
+    let w = noise(22, 3 * 2, 0.7);
+    let bias = [0.1f32, -0.2, 0.3];
+    let shift = [0.5f32, -0.25, 0.125];
+    // reference, step by step in NHWC
+    let conv = ConvCase {
+        depthwise: false,
+        x: [1, 4, 4, 2],
+        w: [3, 1, 1, 2],
+        stride: [1, 1],
+        dilation: [1, 1],
+        same: true,
+        act: 0,
+    };
+    let t1 = conv_ref(&conv, &x, &w, &bias);
+    let t3: Vec<f32> =
+        t1.v.iter()
+            .enumerate()
+            .map(|(i, &v)| 1.0 / (1.0 + (-(v + shift[i % 3])).exp()))
+            .collect();
+    let t4: Vec<f32> = (0..16)
+        .flat_map(|p| {
+            t1.v[p * 3..p * 3 + 3]
+                .iter()
+                .chain(&t3[p * 3..p * 3 + 3])
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let t4 = A {
+        s: vec![1, 4, 4, 6],
+        v: t4,
+    };
+    let t5 = A {
+        s: vec![1, 1, 1, 6],
+        v: (0..6)
+            .map(|c| (0..16).map(|p| t4.v[p * 6 + c]).sum::<f32>() / 16.0)
+            .collect(),
+    };
+    // pad H before by 1 and W after by 1 with zeros
+    let mut t6 = A {
+        s: vec![1, 5, 5, 6],
+        v: vec![0.0; 150],
+    };
+    for y in 0..4 {
+        for xx in 0..4 {
+            for c in 0..6 {
+                t6.v[((y + 1) * 5 + xx) * 6 + c] = t4.at4(0, y, xx, c);
+            }
+        }
+    }
+    let t7 = pool_ref(&t6, [2, 2], [2, 2], false, true); // [1,2,2,6]
+    let t8: Vec<f32> = (0..6)
+        .flat_map(|c| (0..4).map(move |p| (c, p)))
+        .map(|(c, p)| t7.v[p * 6 + c])
+        .collect();
+    let hs: Vec<f32> = t8.iter().map(|&v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0).collect();
+    let m = hs.iter().fold(f32::MIN, |a, &b| a.max(b));
+    let e: Vec<f32> = hs.iter().map(|v| (v - m).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    let t13 = A {
+        s: vec![1, 24],
+        v: e.iter().map(|v| v / sum).collect(),
+    };
+
+    let conv_opts = T(vec![(0, F::U8(0)), (1, F::I32(1)), (2, F::I32(1))]);
+    let pool_opts = T(vec![
+        (0, F::U8(1)),
+        (1, F::I32(2)),
+        (2, F::I32(2)),
+        (3, F::I32(2)),
+        (4, F::I32(2)),
+    ]);
+    let tensors = vec![
+        act("x", &[1, 4, 4, 2]),                          // 0
+        floats("w", &[3, 1, 1, 2], &w),                   // 1
+        floats("bias", &[3], &bias),                      // 2
+        act("t1", &[1, 4, 4, 3]),                         // 3
+        floats("shift", &[3], &shift),                    // 4
+        act("t2", &[1, 4, 4, 3]),                         // 5
+        act("t3", &[1, 4, 4, 3]),                         // 6
+        act("t4", &[1, 4, 4, 6]),                         // 7
+        ints("axes", &[2], &[1, 2]),                      // 8
+        act("t5", &[1, 1, 1, 6]),                         // 9
+        ints("pads", &[4, 2], &[0, 0, 1, 0, 0, 1, 0, 0]), // 10
+        act("t6", &[1, 5, 5, 6]),                         // 11
+        act("t7", &[1, 2, 2, 6]),                         // 12
+        ints("perm", &[4], &[0, 3, 1, 2]),                // 13
+        act("t8", &[1, 6, 2, 2]),                         // 14
+        ints("shape", &[2], &[1, 24]),                    // 15
+        act("t9", &[1, 24]),                              // 16
+        act("t10", &[1, 1, 24]),                          // 17
+        ints("dim", &[1], &[1]),                          // 18
+        act("t11", &[1, 24]),                             // 19
+        act("t12", &[1, 24]),                             // 20
+        act("t13", &[1, 24]),                             // 21
+    ];
+    let ops = vec![
+        op(CONV_2D, &[0, 1, 2], &[3], Some((1, conv_opts))),
+        op(ADD, &[3, 4], &[5], None),
+        op(LOGISTIC, &[5], &[6], None),
+        op(CONCATENATION, &[3, 6], &[7], Some((10, T(vec![(0, F::I32(-1))])))),
+        op(MEAN, &[7, 8], &[9], Some((27, T(vec![(0, F::U8(1))])))),
+        op(PAD, &[7, 10], &[11], None),
+        op(MAX_POOL_2D, &[11], &[12], Some((5, pool_opts))),
+        op(TRANSPOSE, &[12, 13], &[14], None),
+        op(RESHAPE, &[14, 15], &[16], None),
+        op(EXPAND_DIMS, &[16, 18], &[17], None),
+        op(SQUEEZE, &[17], &[19], Some((30, T(vec![(0, F::I32s(vec![1]))])))),
+        op(HARD_SWISH, &[19], &[20], None),
+        op(SOFTMAX, &[20], &[21], Some((9, T(vec![(0, F::F32(1.0))])))),
+    ];
+    let bytes = model(tensors, ops, &[0], &[9, 21]);
+    let got = run(&bytes, "chain", &[&x]);
+    assert_close(&got[0], &t5, "mean");
+    assert_close(&got[1], &t13, "softmax");
+}
+
+fn import_error(bytes: &[u8], tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("kiln-tflite-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.tflite"));
+    std::fs::write(&path, bytes).unwrap();
+    match kiln::load(&path, &Default::default(), &PipelineOptions::default(), |_, _| {}) {
+        Ok(_) => panic!("{tag}: imported"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn damaged_models_are_refused_with_a_reason() {
+    let relu = |tensors, ins: &[i32], outs: &[i32]| model(tensors, vec![op(RELU, ins, outs, None)], &[0], &[1]);
+    // a tensor index past the end
+    let e = import_error(&relu(vec![act("x", &[2]), act("y", &[2])], &[0], &[5]), "index");
+    assert!(e.contains("tensor index 5 is out of range"), "{e}");
+    // a buffer that does not hold the tensor
+    let mut short = floats("c", &[4], &[1.0, 2.0]);
+    short.shape = vec![4];
+    let bytes = model(
+        vec![act("x", &[4]), act("y", &[4]), short],
+        vec![op(ADD, &[0, 2], &[1], None)],
+        &[0],
+        &[1],
+    );
+    let e = import_error(&bytes, "buffer");
+    assert!(e.contains("tensor `c`") && e.contains("8 bytes"), "{e}");
+    // unknown builtins, every one listed
+    let bytes = model(
+        vec![act("x", &[2]), act("y", &[2]), act("z", &[2])],
+        vec![op(150, &[0], &[1], None), op(201, &[1], &[2], None)],
+        &[0],
+        &[2],
+    );
+    let e = import_error(&bytes, "unknown");
+    assert!(
+        e.contains("2 unsupported op(s)") && e.contains("GELU") && e.contains("builtin operator 201"),
+        "{e}"
+    );
+    // an operator reading a tensor nothing wrote
+    let bytes = model(
+        vec![act("x", &[2]), act("y", &[2]), act("z", &[2])],
+        vec![op(RELU, &[1], &[2], None)],
+        &[0],
+        &[2],
+    );
+    let e = import_error(&bytes, "unwritten");
+    assert!(e.contains("reads `y` before any operator writes it"), "{e}");
+    // a declared shape the computation does not give
+    let e = import_error(&relu(vec![act("x", &[2, 3]), act("y", &[3, 2])], &[0], &[1]), "shape");
+    assert!(e.contains("the model declares [3, 2]"), "{e}");
+    // truncated: the file's name and where it ends
+    let good = relu(vec![act("x", &[2]), act("y", &[2])], &[0], &[1]);
+    let e = import_error(&good[..good.len() / 2], "cut");
+    assert!(e.contains("cut.tflite is not a valid TFLite model"), "{e}");
+}
