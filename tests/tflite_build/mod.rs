@@ -236,3 +236,31 @@ pub fn model(tensors: Vec<Tensor>, ops: Vec<Op>, inputs: &[i32], outputs: &[i32]
         (4, F::Tables(buffers)),
     ]))
 }
+
+/// An int8 activation with per-tensor parameters.
+pub fn q8(name: &str, shape: &[i32], scale: f32, zero_point: i64) -> Tensor {
+    Tensor {
+        ty: INT8,
+        quant: Some((vec![scale], vec![zero_point], 0)),
+        ..act(name, shape)
+    }
+}
+
+/// Constant int8 weights with one scale per index of `axis`.
+pub fn weights8(name: &str, shape: &[i32], v: &[i8], scales: &[f32], axis: i32) -> Tensor {
+    Tensor {
+        name: name.into(),
+        shape: shape.to_vec(),
+        ty: INT8,
+        data: Some(v.iter().map(|&x| x as u8).collect()),
+        quant: Some((scales.to_vec(), vec![0; scales.len()], axis)),
+    }
+}
+
+/// A constant int32 bias on the grid `scales` (input scale times each weight scale).
+pub fn bias32(name: &str, v: &[i32], scales: &[f32]) -> Tensor {
+    Tensor {
+        quant: Some((scales.to_vec(), vec![0; scales.len()], 0)),
+        ..ints(name, &[v.len() as i32], v)
+    }
+}

@@ -15,6 +15,7 @@ pub mod quantize_static;
 pub mod refine;
 pub mod report;
 pub mod rounding;
+mod tflite_tables;
 
 use kiln_ir::op::Numerics;
 use kiln_ir::{Graph, IrError, Op};

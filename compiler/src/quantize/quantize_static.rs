@@ -14,6 +14,7 @@
 
 use super::calibrate::Ranges;
 use super::{QuantError, QuantOptions};
+use kiln_ir::op::Numerics;
 use kiln_ir::op::{BinaryOp, PoolKind, QAdd, QLinear, QMul, QPRelu, ReduceKind, UnaryOp};
 use kiln_ir::{DType, Graph, NodeId, Op, QParams, Scalar, Tensor, TensorType, ValueDef, ValueId};
 use kiln_runtime as rt;
@@ -700,7 +701,9 @@ impl Rewriter<'_> {
                 });
                 self.emit_int(n, op, vec![a, b], out, po);
             }
-            Op::Binary(kiln_ir::op::BinaryOp::Add) => {
+            Op::Binary(BinaryOp::Add | BinaryOp::Sub) => {
+                // Sub is Add with b's multiplier negated, as TFLite computes it
+                let sign = if node.op == Op::Binary(BinaryOp::Sub) { -1 } else { 1 };
                 // int16 when both sides come from 16x8 layers (zero points 0), else int8
                 let wide = node
                     .inputs
@@ -723,7 +726,10 @@ impl Rewriter<'_> {
                     a_zp: pa.zp,
                     a: m(pa.scale as f64 / twice, "input a")?,
                     b_zp: pb.zp,
-                    b: m(pb.scale as f64 / twice, "input b")?,
+                    b: m(pb.scale as f64 / twice, "input b").map(|r| rt::Requant {
+                        multiplier: sign * r.multiplier,
+                        ..r
+                    })?,
                     output_scale: po.scale,
                     output_zp: po.zp,
                     out: m(twice / ((1u64 << shift) as f64 * po.scale as f64), "output")?,
@@ -962,7 +968,7 @@ impl Rewriter<'_> {
             Some(p) => p,
             None => self.out_params(out)?,
         };
-        let op = lut(&steps, px, po)?;
+        let op = lut(&steps, px, po, self.opts.numerics)?;
         self.emit_int(n, op, vec![from], out, po);
         Ok(())
     }
@@ -990,7 +996,7 @@ impl Rewriter<'_> {
             return Ok(());
         };
         let po = self.out_params(v)?;
-        let op = lut(&p.steps, p.px, po)?;
+        let op = lut(&p.steps, p.px, po, self.opts.numerics)?;
         self.emit_int(p.node, op, vec![p.from], v, po);
         Ok(())
     }
@@ -1422,7 +1428,14 @@ fn table_op(table: Arc<[i8]>, po: Q) -> Op {
 /// The 256-entry table op of a chain of one-input functions of an int8: every input value
 /// dequantized, put through the evaluator's float kernel of each step's op in turn (with a
 /// binary op's constant operand in its slot), and quantized to the output's parameters.
-fn lut(steps: &[Step], px: Q, po: Q) -> Result<Op, QuantError> {
+/// With TFLite numerics, a single activation TFLite computes in fixed point takes its
+/// integer algorithm instead (`tflite_tables`).
+fn lut(steps: &[Step], px: Q, po: Q, numerics: Option<Numerics>) -> Result<Op, QuantError> {
+    if let ([(Op::Unary(u), None)], Some(Numerics::Tflite), 8, 8) = (steps, numerics, px.bits, po.bits)
+        && let Some(t) = super::tflite_tables::table(u, px, po)
+    {
+        return Ok(table_op(t.into(), po));
+    }
     let xs: Vec<f32> = (-128..128).map(|q| rt::dequantize(q, px.scale, px.zp)).collect();
     let mut t = Tensor::from_vec(vec![256], xs);
     let ty = TensorType::new(DType::plain(Scalar::F32), vec![256]);

@@ -1,0 +1,277 @@
+//! Int8 TFLite builtins against TFLite's reference kernels. Each model in `tests/tflite_int8/`
+//! is one quantized builtin, written by `models()` below; its outputs on `NAME.in*.npy` were
+//! computed by LiteRT with its reference kernels (`scripts/tflite-fixtures/make.py`).
+//! `KILN_WRITE_TFLITE_FIXTURES=1` rewrites the models and inputs (then run the script);
+//! otherwise the committed models must be the ones `models()` writes, so the fixtures
+//! cannot go stale.
+//!
+//! Kiln imports each with TFLite numerics (the default for a `.tflite` file) and must give
+//! LiteRT's bytes, except where `STEPS` states a bound (with the reason).
+
+mod tflite_build;
+
+use kiln::PipelineOptions;
+use kiln::quantize::{Mode, QuantOptions, apply};
+use kiln_ir::Tensor;
+use kiln_ir::op::Numerics;
+use kiln_tests::{bit_exact_on_every_backend_many, repo};
+use std::path::PathBuf;
+use tflite_build::{F, T, bias32, model, op, q8, weights8};
+
+/// Known differences from TFLite's reference kernels, in output steps.
+const STEPS: &[(&str, i64, &str)] = &[];
+
+fn dir() -> PathBuf {
+    repo().join("tests/tflite_int8")
+}
+
+/// Deterministic int8 values covering the whole range.
+fn bytes(seed: u32, n: usize) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 9) as u8 as i8
+        })
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    model: Vec<u8>,
+    /// input shapes
+    inputs: Vec<Vec<usize>>,
+}
+
+fn unary(name: &'static str, code: i32, options: Option<(u8, T)>, out: (f32, i64)) -> Case {
+    Case {
+        name,
+        model: model(
+            vec![q8("x", &[2, 4, 4, 8], 0.05, 3), q8("y", &[2, 4, 4, 8], out.0, out.1)],
+            vec![op(code, &[0], &[1], options)],
+            &[0],
+            &[1],
+        ),
+        inputs: vec![vec![2, 4, 4, 8]],
+    }
+}
+
+fn binary(name: &'static str, code: i32, out: (f32, i64), act: u8) -> Case {
+    let options = (code != 55 && code != 57).then(|| {
+        (
+            if code == 18 {
+                21
+            } else if code == 41 {
+                28
+            } else {
+                11
+            },
+            T(vec![(0, F::U8(act))]),
+        )
+    });
+    Case {
+        name,
+        model: model(
+            vec![
+                q8("a", &[1, 4, 4, 8], 0.05, 3),
+                q8("b", &[1, 1, 4, 8], 0.03, -7),
+                q8("y", &[1, 4, 4, 8], out.0, out.1),
+            ],
+            vec![op(code, &[0, 1], &[2], options)],
+            &[0, 1],
+            &[2],
+        ),
+        inputs: vec![vec![1, 4, 4, 8], vec![1, 1, 4, 8]],
+    }
+}
+
+fn conv(name: &'static str, depthwise: bool) -> Case {
+    let (ws, oc) = if depthwise {
+        ([1, 3, 3, 16], 16)
+    } else {
+        ([6, 3, 3, 8], 6)
+    };
+    let w = bytes(7, ws.iter().product::<i32>() as usize);
+    let scales: Vec<f32> = (0..oc).map(|c| 0.004 + 0.001 * c as f32).collect();
+    let bias: Vec<i32> = (0..oc).map(|c| (c - 3) * 300).collect();
+    let bias_scales: Vec<f32> = scales.iter().map(|s| s * 0.05).collect();
+    let (code, tag, options) = if depthwise {
+        let o = vec![
+            (0, F::U8(0)),
+            (1, F::I32(1)),
+            (2, F::I32(2)),
+            (3, F::I32(2)),
+            (4, F::U8(3)),
+        ];
+        (4, 2, T(o))
+    } else {
+        let o = vec![(0, F::U8(1)), (1, F::I32(1)), (2, F::I32(1)), (3, F::U8(1))];
+        (3, 1, T(o))
+    };
+    let out = if depthwise { [1, 3, 6, 16] } else { [1, 4, 4, 6] };
+    Case {
+        name,
+        model: model(
+            vec![
+                q8("x", &[1, 6, 6, 8], 0.05, 3),
+                weights8("w", &ws, &w, &scales, if depthwise { 3 } else { 0 }),
+                bias32("b", &bias, &bias_scales),
+                q8("y", &out, 0.08, -20),
+            ],
+            vec![op(code, &[0, 1, 2], &[3], Some((tag, options)))],
+            &[0],
+            &[3],
+        ),
+        inputs: vec![vec![1, 6, 6, 8]],
+    }
+}
+
+fn pool(name: &'static str, code: i32) -> Case {
+    let o = T(vec![
+        (0, F::U8(0)),
+        (1, F::I32(2)),
+        (2, F::I32(2)),
+        (3, F::I32(3)),
+        (4, F::I32(3)),
+    ]);
+    Case {
+        name,
+        model: model(
+            vec![q8("x", &[1, 5, 5, 8], 0.05, 3), q8("y", &[1, 3, 3, 8], 0.05, 3)],
+            vec![op(code, &[0], &[1], Some((5, o)))],
+            &[0],
+            &[1],
+        ),
+        inputs: vec![vec![1, 5, 5, 8]],
+    }
+}
+
+/// Every fixture model.
+fn models() -> Vec<Case> {
+    let mut v = vec![
+        unary("logistic", 14, None, (1.0 / 256.0, -128)),
+        unary("tanh", 28, None, (1.0 / 128.0, 0)),
+        unary("relu", 19, None, (0.04, -128)),
+        unary("relu6", 21, None, (6.0 / 255.0, -128)),
+        unary("hard_swish", 117, None, (0.03, -40)),
+        unary("leaky_relu", 98, Some((75, T(vec![(0, F::F32(0.1))]))), (0.05, 10)),
+        binary("add", 0, (0.07, -2), 1),
+        binary("sub", 41, (0.07, 4), 0),
+        binary("mul", 18, (0.02, 1), 0),
+        conv("conv", false),
+        conv("depthwise", true),
+        pool("avg_pool", 1),
+        pool("max_pool", 17),
+    ];
+    v.push(Case {
+        name: "softmax",
+        model: model(
+            vec![q8("x", &[4, 32], 0.1, 5), q8("y", &[4, 32], 1.0 / 256.0, -128)],
+            vec![op(25, &[0], &[1], Some((9, T(vec![(0, F::F32(1.0))]))))],
+            &[0],
+            &[1],
+        ),
+        inputs: vec![vec![4, 32]],
+    });
+    v.push(Case {
+        name: "mean",
+        model: model(
+            vec![
+                q8("x", &[1, 4, 4, 8], 0.05, 3),
+                tflite_build::ints("axes", &[2], &[1, 2]),
+                q8("y", &[1, 1, 1, 8], 0.04, -1),
+            ],
+            vec![op(40, &[0, 1], &[2], Some((27, T(vec![(0, F::U8(1))]))))],
+            &[0],
+            &[2],
+        ),
+        inputs: vec![vec![1, 4, 4, 8]],
+    });
+    v
+}
+
+/// The integer program of a fixture (`numerics` overriding the file's default).
+fn build(path: &std::path::Path, numerics: Option<Numerics>) -> Result<kiln_ir::Graph, String> {
+    let m = kiln::load(path, &Default::default(), &PipelineOptions::default(), |_, _| {}).map_err(|e| e.to_string())?;
+    let opts = QuantOptions {
+        strict_integer: true,
+        numerics,
+        ..Default::default()
+    };
+    let mode = Mode::default_for(&m.graph);
+    Ok(apply(&m.graph, &m.producer, &mode, &opts, |_, _| {})
+        .map_err(|e| e.to_string())?
+        .graph)
+}
+
+fn input(c: &Case, i: usize) -> Tensor {
+    let s = &c.inputs[i];
+    Tensor::from_vec(s.clone(), bytes(100 + i as u32, s.iter().product()))
+}
+
+#[test]
+fn int8_builtins_give_tflites_reference_bytes() {
+    let write = std::env::var_os("KILN_WRITE_TFLITE_FIXTURES").is_some();
+    let mut failures = Vec::new();
+    for c in models() {
+        let path = dir().join(format!("{}.tflite", c.name));
+        if write {
+            std::fs::create_dir_all(dir()).unwrap();
+            std::fs::write(&path, &c.model).unwrap();
+            for i in 0..c.inputs.len() {
+                kiln::npy::write(&dir().join(format!("{}.in{i}.npy", c.name)), &input(&c, i)).unwrap();
+            }
+            continue;
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == c.model,
+            "{}: stale fixture; rewrite with KILN_WRITE_TFLITE_FIXTURES=1 and the script",
+            c.name
+        );
+        let g = match build(&path, None) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.name));
+                continue;
+            }
+        };
+        let inputs: Vec<Tensor> = (0..c.inputs.len()).map(|i| input(&c, i)).collect();
+        let got = kiln_ir::eval::run(&g, &inputs).unwrap().remove(0).to_i64_vec();
+        let want = kiln::npy::read(&dir().join(format!("{}.out.npy", c.name)))
+            .unwrap()
+            .to_i64_vec();
+        let steps = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).max().unwrap_or(0);
+        let bound = STEPS.iter().find(|s| s.0 == c.name).map_or(0, |s| s.1);
+        println!("{}: {steps} steps from TFLite's reference kernels", c.name);
+        if steps > bound {
+            failures.push(format!("{}: {steps} steps (bound {bound})", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The fixtures in both numerics give the evaluator's bytes natively, in C and in Rust.
+#[test]
+fn int8_builtins_are_bit_exact_on_every_backend() {
+    let mut built = Vec::new();
+    for c in models() {
+        let path = dir().join(format!("{}.tflite", c.name));
+        let inputs: Vec<Tensor> = (0..c.inputs.len()).map(|i| input(&c, i)).collect();
+        for (tag, numerics) in [("tflite", None), ("onnx", Some(Numerics::Onnx))] {
+            let g = build(&path, numerics).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            built.push((format!("{}_{tag}", c.name), g, vec![inputs.clone()]));
+        }
+    }
+    let models: Vec<(&str, &kiln_ir::Graph, &[Vec<Tensor>])> =
+        built.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
+    let tmp = std::env::temp_dir().join(format!("kiln-tflite-int8-{}", std::process::id()));
+    let failures = bit_exact_on_every_backend_many(&models, &tmp);
+    assert!(
+        failures.is_empty(),
+        "not the evaluator's bytes:\n{}",
+        failures.join("\n")
+    );
+}
