@@ -253,3 +253,29 @@ fn target_cpu_reaches_the_object_and_its_header() {
     );
     assert!(e.contains("avx9"), "{e}");
 }
+
+/// `kiln::Build` takes a `.tflite` file as it takes an ONNX model: the int8 MLPerf KWS file
+/// becomes integer Rust source with TFLite's numerics, recorded in the source.
+#[test]
+fn tflite_files_build_like_onnx_models() {
+    let d = out_dir("tflite");
+    let file = repo().join("tests/models/mlperf_tiny_kws_dscnn/source/kws_ref_model.tflite");
+    let a = Build::new(&file)
+        .target("cortex-m4")
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("kws")
+        .unwrap();
+    assert_eq!(a.emit, Emit::RustSource);
+    let text = std::fs::read_to_string(d.join("kws.rs")).unwrap();
+    assert!(text.contains("pub fn run("), "no entry point");
+    assert!(
+        text.contains("pub const NUMERICS: &str = \"tflite\";"),
+        "numerics not recorded"
+    );
+    assert!(
+        a.directives
+            .contains(&format!("cargo:rerun-if-changed={}", file.display()))
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

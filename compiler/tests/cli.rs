@@ -749,3 +749,55 @@ fn models_with_their_own_quantization_compile_to_integer_code_by_default() {
     assert!(err.contains("float arithmetic") && err.contains("cortex-m4"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `.tflite` file through inspect, eval (TFLite's reference bytes) and compile, read by
+/// content: a copy named `.model` works the same.
+#[test]
+fn tflite_files_work_with_inspect_eval_and_compile() {
+    let src = repo().join("tests/models/mlperf_tiny_kws_dscnn/source/kws_ref_model.tflite");
+    let m = tmp("kws_int8.model");
+    std::fs::copy(&src, &m).unwrap();
+    let m = m.to_str().unwrap();
+    let o = kiln(&["inspect", m]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("TFLite schema 3"), "{out}");
+    assert!(out.contains("CONV_2D x5, DEPTHWISE_CONV_2D x4"), "{out}");
+    assert!(out.contains("input     input_1: i8[1,49,10,1]"), "{out}");
+
+    let set = repo().join("tests/models/mlperf_tiny_kws_dscnn/ref_int8/test_data_set_3");
+    let y = tmp("kws_tflite_out.npy");
+    let o = kiln(&[
+        "eval",
+        m,
+        "--input",
+        set.join("input_0.npy").to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(
+        text(&o)
+            .1
+            .contains("integer numerics: tflite (the model is a TFLite file"),
+        "{}",
+        text(&o).1
+    );
+    let got = kiln::npy::read(&y).unwrap();
+    let want = kiln::npy::read(&set.join("output_0.npy")).unwrap();
+    assert_eq!(got.to_i64_vec(), want.to_i64_vec());
+
+    let dir = tmp("kws_tflite_c");
+    let o = kiln(&[
+        "compile",
+        m,
+        "--emit",
+        "c",
+        "--target",
+        "cortex-m4",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(dir.join("kws_int8.c").is_file() && dir.join("kws_int8.h").is_file());
+}
