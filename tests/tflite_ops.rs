@@ -572,3 +572,99 @@ fn damaged_models_are_refused_with_a_reason() {
     let e = import_error(&good[..good.len() / 2], "cut");
     assert!(e.contains("cut.tflite is not a valid TFLite model"), "{e}");
 }
+
+/// SPLIT into three, PACK of two on a middle axis, UNPACK along the last, PRELU with a
+/// per-channel slope.
+#[test]
+fn split_pack_unpack_and_prelu_follow_their_definitions() {
+    const SPLIT: i32 = 49;
+    const PRELU: i32 = 54;
+    const PACK: i32 = 83;
+    const UNPACK: i32 = 88;
+    let x = random(&[2, 6], 31);
+    let at = |r: usize, c: usize| x.v[r * 6 + c];
+    // split on axis 1 into three [2, 2]
+    let bytes = model(
+        vec![
+            ints("axis", &[], &[1]),
+            act("x", &[2, 6]),
+            act("a", &[2, 2]),
+            act("b", &[2, 2]),
+            act("c", &[2, 2]),
+        ],
+        vec![op(SPLIT, &[0, 1], &[2, 3, 4], Some((35, T(vec![(0, F::I32(3))]))))],
+        &[1],
+        &[2, 3, 4],
+    );
+    let got = run(&bytes, "split", &[&x]);
+    for (k, g) in got.iter().enumerate() {
+        let want = A {
+            s: vec![2, 2],
+            v: vec![at(0, 2 * k), at(0, 2 * k + 1), at(1, 2 * k), at(1, 2 * k + 1)],
+        };
+        assert_close(g, &want, &format!("split part {k}"));
+    }
+    // pack two [2, 6] on axis 1 -> [2, 2, 6]
+    let y = random(&[2, 6], 32);
+    let bytes = model(
+        vec![act("x", &[2, 6]), act("y", &[2, 6]), act("p", &[2, 2, 6])],
+        vec![op(
+            PACK,
+            &[0, 1],
+            &[2],
+            Some((59, T(vec![(0, F::I32(2)), (1, F::I32(1))]))),
+        )],
+        &[0, 1],
+        &[2],
+    );
+    let want = A {
+        s: vec![2, 2, 6],
+        v: [&x.v[..6], &y.v[..6], &x.v[6..], &y.v[6..]].concat(),
+    };
+    assert_close(&run(&bytes, "pack", &[&x, &y])[0], &want, "pack");
+    // unpack [2, 3] along axis 1 -> three [2]
+    let z = random(&[2, 3], 33);
+    let bytes = model(
+        vec![act("z", &[2, 3]), act("u0", &[2]), act("u1", &[2]), act("u2", &[2])],
+        vec![op(
+            UNPACK,
+            &[0],
+            &[1, 2, 3],
+            Some((64, T(vec![(0, F::I32(3)), (1, F::I32(-1))]))),
+        )],
+        &[0],
+        &[1, 2, 3],
+    );
+    for (k, g) in run(&bytes, "unpack", &[&z]).iter().enumerate() {
+        assert_close(
+            g,
+            &A {
+                s: vec![2],
+                v: vec![z.v[k], z.v[3 + k]],
+            },
+            &format!("unpack {k}"),
+        );
+    }
+    // prelu with one slope per channel of an NHWC tensor
+    let w = random(&[1, 2, 2, 3], 34);
+    let slope = [0.1f32, 0.2, 0.3];
+    let bytes = model(
+        vec![
+            act("w", &[1, 2, 2, 3]),
+            floats("slope", &[1, 1, 3], &slope),
+            act("o", &[1, 2, 2, 3]),
+        ],
+        vec![op(PRELU, &[0, 1], &[2], None)],
+        &[0],
+        &[2],
+    );
+    let want = A {
+        s: vec![1, 2, 2, 3],
+        v: w.v
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if v < 0.0 { v * slope[i % 3] } else { v })
+            .collect(),
+    };
+    assert_close(&run(&bytes, "prelu", &[&w])[0], &want, "prelu");
+}

@@ -39,6 +39,10 @@ mod code {
     pub const LEAKY_RELU: i32 = 98;
     pub const QUANTIZE: i32 = 114;
     pub const HARD_SWISH: i32 = 117;
+    pub const SPLIT: i32 = 49;
+    pub const PRELU: i32 = 54;
+    pub const PACK: i32 = 83;
+    pub const UNPACK: i32 = 88;
 }
 
 /// The builtin operators this front end lowers, with what they accept (`kiln ops`).
@@ -79,16 +83,20 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
         (MUL, "MUL", "broadcasting, fused activation"),
         (PAD, "PAD", "constant paddings"),
         (PADV2, "PADV2", "constant paddings and value"),
+        (PACK, "PACK", "any axis"),
+        (PRELU, "PRELU", "alpha broadcast to the input"),
         (QUANTIZE, "QUANTIZE", "float to int8/uint8/int16, and requantization"),
         (RELU, "RELU", ""),
         (RELU6, "RELU6", ""),
         (RELU_N1_TO_1, "RELU_N1_TO_1", ""),
         (RESHAPE, "RESHAPE", "to the output shape the model records"),
         (SOFTMAX, "SOFTMAX", "beta (float models)"),
+        (SPLIT, "SPLIT", "constant axis, equal parts"),
         (SQUEEZE, "SQUEEZE", ""),
         (SUB, "SUB", "broadcasting, fused activation"),
         (TANH, "TANH", ""),
         (TRANSPOSE, "TRANSPOSE", "constant permutation"),
+        (UNPACK, "UNPACK", "any axis"),
     ]
 };
 
@@ -130,6 +138,7 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
         MUL => binary(cx, op, BinaryOp::Mul, true),
         MAXIMUM => binary(cx, op, BinaryOp::Max, false),
         MINIMUM => binary(cx, op, BinaryOp::Min, false),
+        PRELU => binary(cx, op, BinaryOp::PRelu, false),
         RELU => unary(cx, op, UnaryOp::Relu),
         RELU6 => unary(cx, op, UnaryOp::Clip { min: 0.0, max: 6.0 }),
         RELU_N1_TO_1 => unary(cx, op, UnaryOp::Clip { min: -1.0, max: 1.0 }),
@@ -147,6 +156,9 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
         TRANSPOSE => transpose(cx, op),
         MEAN => mean(cx, op),
         QUANTIZE | DEQUANTIZE => convert(cx, op),
+        SPLIT => split(cx, op),
+        PACK => pack(cx, op),
+        UNPACK => unpack(cx, op),
         _ => Err(cx.err("not supported")),
     }
 }
@@ -545,4 +557,74 @@ fn mean(cx: &mut Lower, op: &Operator) -> Result<()> {
     };
     let y = cx.emit("mean", r, vec![xv])?;
     cx.define(out, y, layout)
+}
+
+/// SPLIT: `[axis, x]` into `num_splits` equal parts (the outputs the operator lists).
+fn split(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let x = cx.req(op, 1)?;
+    let shape = cx.shape(x);
+    let a = ints(cx, op, 0)?;
+    let [a] = a[..] else {
+        return Err(cx.err(format!("axis {a:?} is not one value")));
+    };
+    let axis = normalized_axis(cx, a, shape.len())?;
+    let n = op.outputs.len();
+    if n == 0 || !shape[axis].is_multiple_of(n) {
+        return Err(cx.err(format!("{} does not split into {n} equal parts", shape[axis])));
+    }
+    let xv = cx.float(x, Layout::Nhwc)?;
+    let parts = split_value(cx, xv, axis, vec![shape[axis] / n; n])?;
+    for (i, v) in parts.into_iter().enumerate() {
+        cx.define(cx.output(op, i)?, v, Layout::Nhwc)?;
+    }
+    Ok(())
+}
+
+/// The outputs of an IR Split of `v` along `axis` into `sizes`.
+fn split_value(cx: &mut Lower, v: ValueId, axis: usize, sizes: Vec<usize>) -> Result<Vec<ValueId>> {
+    let n = sizes.len();
+    let first = cx.emit("split", Op::Split { axis, sizes }, vec![v])?;
+    let node = cx.graph.producer(first);
+    Ok(match node {
+        Some(id) if n > 1 => cx.graph.node(id).outputs.clone(),
+        _ => vec![first],
+    })
+}
+
+/// PACK: the inputs stacked along a new `axis`.
+fn pack(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let ts: Vec<usize> = op.inputs.iter().filter_map(|&t| usize::try_from(t).ok()).collect();
+    let Some(&first) = ts.first() else {
+        return Err(cx.err("no inputs"));
+    };
+    let shape = cx.shape(first);
+    let axis = normalized_axis(cx, opt(op, 1, 0i32)? as i64, shape.len() + 1)?;
+    let mut one = shape.clone();
+    one.insert(axis, 1);
+    let mut vs = Vec::new();
+    for t in ts {
+        let v = cx.float(t, Layout::Nhwc)?;
+        vs.push(cx.emit("expanded", Op::Reshape { shape: one.clone() }, vec![v])?);
+    }
+    let y = cx.emit("pack", Op::Concat { axis }, vs)?;
+    cx.define(cx.output(op, 0)?, y, Layout::Nhwc)
+}
+
+/// UNPACK: one output per index of `axis`, without that axis.
+fn unpack(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let x = cx.req(op, 0)?;
+    let shape = cx.shape(x);
+    let axis = normalized_axis(cx, opt(op, 1, 0i32)? as i64, shape.len())?;
+    if op.outputs.len() != shape[axis] {
+        return Err(cx.err(format!("{} outputs for an axis of {}", op.outputs.len(), shape[axis])));
+    }
+    let mut rest = shape.clone();
+    rest.remove(axis);
+    let xv = cx.float(x, Layout::Nhwc)?;
+    let parts = split_value(cx, xv, axis, vec![1; shape[axis]])?;
+    for (i, v) in parts.into_iter().enumerate() {
+        let y = cx.emit("unpacked", Op::Reshape { shape: rest.clone() }, vec![v])?;
+        cx.define(cx.output(op, i)?, y, Layout::Nhwc)?;
+    }
+    Ok(())
 }
