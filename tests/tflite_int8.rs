@@ -19,11 +19,7 @@ use std::path::PathBuf;
 use tflite_build::{F, T, bias32, model, op, q8, weights8};
 
 /// Known differences from TFLite's reference kernels, in output steps.
-const STEPS: &[(&str, i64, &str)] = &[(
-    "prelu",
-    1,
-    "QPRelu's rounding is not yet TFLite's: the multipliers in f32 as TFLite computes them do not close it",
-)];
+const STEPS: &[(&str, i64, &str)] = &[];
 
 fn dir() -> PathBuf {
     repo().join("tests/tflite_int8")
@@ -161,6 +157,7 @@ fn models() -> Vec<Case> {
         unary("relu6", 21, None, (6.0 / 255.0, -128)),
         unary("hard_swish", 117, None, (0.03, -40)),
         unary("leaky_relu", 98, Some((75, T(vec![(0, F::F32(0.1))]))), (0.05, 10)),
+        unary("requantize", 114, None, (0.11, -5)),
         binary("add", 0, (0.07, -2), 1),
         binary("sub", 41, (0.07, 4), 0),
         binary("mul", 18, (0.02, 1), 0),

@@ -286,7 +286,13 @@ impl Rewriter<'_> {
             let x = t.to_f32_vec();
             let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let p = params(lo, hi);
+            // a constant the model quantized itself keeps its integers
+            let p = match t.quant {
+                Some(QParams::PerTensor { scale, zero_point }) if bits == 8 && (-128..=127).contains(&zero_point) => {
+                    Q::int8(scale, zero_point)
+                }
+                _ => params(lo, hi),
+            };
             let q: Vec<i32> = x.iter().map(|&e| p.quantize(e)).collect();
             let mut qt = if bits == 16 {
                 Tensor::from_vec(t.shape.clone(), q.iter().map(|&e| e as i16).collect::<Vec<_>>())
@@ -479,6 +485,24 @@ impl Rewriter<'_> {
                 let q = self.int[&node.inputs[0]];
                 self.int.insert(out, q);
             }
+            // an int8 value moved to other int8 parameters (a requantization): a table
+            Op::Quantize {
+                to: Scalar::I8,
+                scale,
+                zero_point,
+            } if self.int.get(&node.inputs[0]).is_some_and(|(_, q)| q.bits == 8) => {
+                let (x, px) = self.int[&node.inputs[0]];
+                let po = Q::int8(*scale, *zero_point);
+                let table = match self.opts.numerics {
+                    Some(Numerics::Tflite) => super::tflite_tables::requantize(px, po),
+                    _ => None,
+                };
+                let op = match table {
+                    Some(t) => table_op(t.into(), po),
+                    None => lut(&[(Op::Identity, None)], px, po, None)?,
+                };
+                self.emit_int(n, op, vec![x], out, po);
+            }
             _ => {}
         }
         if self.int.contains_key(&out) {
@@ -653,8 +677,17 @@ impl Rewriter<'_> {
                 let (slot, c) = self.scalar_const_operand(node).expect("checked");
                 self.table(n, node.inputs[1 - slot], (node.op.clone(), Some((slot, c))), None)?;
             }
-            // a slope per channel (a single one became a table above): TFLite's int8 PRelu
+            // a slope per channel (a single one became a table above): TFLite's int8 PRelu,
+            // whose multipliers TFLite computes from the scales in f32
             Op::Binary(BinaryOp::PRelu) if self.src.value(out).ty.shape == self.src.value(node.inputs[0]).ty.shape => {
+                let tflite = self.opts.numerics == Some(Numerics::Tflite);
+                let ratio = |x: f32, o: f32, a: f32| {
+                    if tflite {
+                        (x * a / o) as f64
+                    } else {
+                        x as f64 * a as f64 / o as f64
+                    }
+                };
                 let (x, px) = self.int_of(node.inputs[0])?;
                 let (a, pa) = self.int_of(node.inputs[1])?;
                 let po = self.out_params(out)?;
@@ -666,8 +699,8 @@ impl Rewriter<'_> {
                     alpha_zp: pa.zp,
                     output_scale: po.scale,
                     output_zp: po.zp,
-                    identity: m(px.scale as f64 / po.scale as f64, "output")?,
-                    alpha: m(px.scale as f64 * pa.scale as f64 / po.scale as f64, "slope")?,
+                    identity: m(ratio(px.scale, po.scale, 1.0), "output")?,
+                    alpha: m(ratio(px.scale, po.scale, pa.scale), "slope")?,
                     numerics: Default::default(),
                 });
                 self.emit_int(n, op, vec![x, a], out, po);

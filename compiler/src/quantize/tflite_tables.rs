@@ -1,5 +1,5 @@
 //! Int8 tables that reproduce TFLite's fixed-point activation kernels (RELU, RELU6,
-//! RELU_N1_TO_1, LEAKY_RELU, HARD_SWISH) for TFLite numerics. An int8 function of one
+//! RELU_N1_TO_1, LEAKY_RELU, HARD_SWISH) and its int8 requantization for TFLite numerics. An int8 function of one
 //! int8 is a 256-entry table whatever computes it, so running TFLite's integer algorithm once
 //! per input value at compile time gives its bytes at run time, on every backend, with no
 //! kernel of its own. The arithmetic follows TFLite's reference kernels: multipliers from
@@ -19,6 +19,14 @@ pub fn table(u: &UnaryOp, px: Q, po: Q) -> Option<Vec<i8>> {
         UnaryOp::HardSwish => hard_swish(px, po)?,
         _ => return None,
     };
+    Some((-128..128).map(|q| entry(q).clamp(-128, 127) as i8).collect())
+}
+
+/// TFLite's int8-to-int8 QUANTIZE: `zp_out + M(x - zp_in)` with `M = s_in / s_out`
+/// (computed in f64, as TFLite does for this kernel).
+pub fn requantize(px: Q, po: Q) -> Option<Vec<i8>> {
+    let m = rt::quantize_multiplier(px.scale as f64 / po.scale as f64)?;
+    let entry = |q: i32| po.zp + rt::multiply_by_quantized_multiplier_tflite(q - px.zp, m);
     Some((-128..128).map(|q| entry(q).clamp(-128, 127) as i8).collect())
 }
 
