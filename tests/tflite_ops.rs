@@ -668,3 +668,252 @@ fn split_pack_unpack_and_prelu_follow_their_definitions() {
     };
     assert_close(&run(&bytes, "prelu", &[&w])[0], &want, "prelu");
 }
+
+/// The elements of `x` (`[d0, d1, d2]`) at the index lists of each axis.
+fn gather3(x: &A, idx: [&[usize]; 3]) -> Vec<f32> {
+    let mut v = Vec::new();
+    for &i in idx[0] {
+        for &j in idx[1] {
+            for &k in idx[2] {
+                v.push(x.v[(i * x.s[1] + j) * x.s[2] + k]);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn strided_slice_and_split_v_follow_their_definitions() {
+    const STRIDED_SLICE: i32 = 45;
+    const SPLIT_V: i32 = 102;
+    let x = random(&[2, 5, 6], 41);
+    // begin mask on axis 0, a negative start and a negative stride on axis 2
+    let opts = T(vec![(0, F::I32(0b001))]);
+    let bytes = model(
+        vec![
+            act("x", &[2, 5, 6]),
+            ints("b", &[3], &[1, 1, -1]),
+            ints("e", &[3], &[2, 5, 0]),
+            ints("s", &[3], &[1, 2, -2]),
+            act("y", &[2, 2, 3]),
+        ],
+        vec![op(STRIDED_SLICE, &[0, 1, 2, 3], &[4], Some((32, opts)))],
+        &[0],
+        &[4],
+    );
+    let want = A {
+        s: vec![2, 2, 3],
+        v: gather3(&x, [&[0, 1], &[1, 3], &[5, 3, 1]]),
+    };
+    assert_close(&run(&bytes, "slice_a", &[&x])[0], &want, "strided slice");
+    // shrink axis 1 at index 2, end mask on axis 2
+    let opts = T(vec![(1, F::I32(0b100)), (4, F::I32(0b010))]);
+    let bytes = model(
+        vec![
+            act("x", &[2, 5, 6]),
+            ints("b", &[3], &[0, 2, 0]),
+            ints("e", &[3], &[2, 3, 1]),
+            ints("s", &[3], &[1, 1, 1]),
+            act("y", &[2, 6]),
+        ],
+        vec![op(STRIDED_SLICE, &[0, 1, 2, 3], &[4], Some((32, opts)))],
+        &[0],
+        &[4],
+    );
+    let want = A {
+        s: vec![2, 6],
+        v: gather3(&x, [&[0, 1], &[2], &[0, 1, 2, 3, 4, 5]]),
+    };
+    assert_close(&run(&bytes, "slice_b", &[&x])[0], &want, "strided slice with shrink");
+    // split_v into 2, the rest, 1 along axis 2
+    let bytes = model(
+        vec![
+            act("x", &[2, 5, 6]),
+            ints("sizes", &[3], &[2, -1, 1]),
+            ints("axis", &[], &[2]),
+            act("p", &[2, 5, 2]),
+            act("q", &[2, 5, 3]),
+            act("r", &[2, 5, 1]),
+        ],
+        vec![op(SPLIT_V, &[0, 1, 2], &[3, 4, 5], Some((79, T(vec![(0, F::I32(3))]))))],
+        &[0],
+        &[3, 4, 5],
+    );
+    let got = run(&bytes, "split_v", &[&x]);
+    let all: [usize; 5] = [0, 1, 2, 3, 4];
+    for (g, cols) in got.iter().zip([&[0usize, 1][..], &[2, 3, 4], &[5]]) {
+        let want = A {
+            s: vec![2, 5, cols.len()],
+            v: gather3(&x, [&[0, 1], &all, cols]),
+        };
+        assert_close(g, &want, "split_v");
+    }
+}
+
+/// TFLite's resize rules: scale `in / out` (or `(in - 1) / (out - 1)` with align_corners),
+/// source `y * scale` (or `(y + 0.5) * scale - 0.5` with half-pixel centers for bilinear,
+/// `floor((y + 0.5) * scale)` for nearest).
+fn resize_ref(x: &A, out: [usize; 2], nearest: bool, align: bool, half: bool) -> A {
+    let scale = |i: usize, o: usize| {
+        if align && o > 1 {
+            (i - 1) as f32 / (o - 1) as f32
+        } else {
+            i as f32 / o as f32
+        }
+    };
+    let (sh, sw) = (scale(x.s[1], out[0]), scale(x.s[2], out[1]));
+    let mut v = Vec::new();
+    let near = |o: usize, s: f32, len: usize| {
+        let f = if align {
+            (o as f32 * s).round()
+        } else if half {
+            ((o as f32 + 0.5) * s).floor()
+        } else {
+            (o as f32 * s).floor()
+        };
+        (f as usize).min(len - 1)
+    };
+    let lin = |o: usize, s: f32, len: usize| {
+        let p = if half { (o as f32 + 0.5) * s - 0.5 } else { o as f32 * s };
+        let lo = (p.floor() as isize).max(0) as usize;
+        let hi = (p.ceil() as usize).min(len - 1);
+        (p, lo, hi)
+    };
+    for oy in 0..out[0] {
+        for ox in 0..out[1] {
+            for c in 0..x.s[3] {
+                v.push(if nearest {
+                    x.at4(0, near(oy, sh, x.s[1]), near(ox, sw, x.s[2]), c)
+                } else {
+                    let (py, y0, y1) = lin(oy, sh, x.s[1]);
+                    let (px, x0, x1) = lin(ox, sw, x.s[2]);
+                    let (dy, dx) = (py - y0 as f32, px - x0 as f32);
+                    x.at4(0, y0, x0, c) * (1.0 - dy) * (1.0 - dx)
+                        + x.at4(0, y1, x0, c) * dy * (1.0 - dx)
+                        + x.at4(0, y0, x1, c) * (1.0 - dy) * dx
+                        + x.at4(0, y1, x1, c) * dy * dx
+                });
+            }
+        }
+    }
+    A {
+        s: vec![1, out[0], out[1], x.s[3]],
+        v,
+    }
+}
+
+#[test]
+fn resizes_follow_tflites_coordinate_rules() {
+    const RESIZE_BILINEAR: i32 = 23;
+    const RESIZE_NEAREST_NEIGHBOR: i32 = 97;
+    let x = random(&[1, 3, 4, 2], 51);
+    for nearest in [false, true] {
+        for (align, half) in [(false, false), (true, false), (false, true)] {
+            let out = [7, 5];
+            let want = resize_ref(&x, out, nearest, align, half);
+            let (code, tag, fields) = if nearest {
+                (
+                    RESIZE_NEAREST_NEIGHBOR,
+                    74,
+                    vec![(0, F::U8(align as u8)), (1, F::U8(half as u8))],
+                )
+            } else {
+                (
+                    RESIZE_BILINEAR,
+                    15,
+                    vec![(2, F::U8(align as u8)), (3, F::U8(half as u8))],
+                )
+            };
+            let bytes = model(
+                vec![
+                    act("x", &[1, 3, 4, 2]),
+                    ints("size", &[2], &[7, 5]),
+                    act("y", &[1, 7, 5, 2]),
+                ],
+                vec![op(code, &[0, 1], &[2], Some((tag, T(fields))))],
+                &[0],
+                &[2],
+            );
+            let what = format!("nearest {nearest}, align_corners {align}, half_pixel_centers {half}");
+            assert_close(
+                &run(&bytes, &format!("resize{nearest}{align}{half}"), &[&x])[0],
+                &want,
+                &what,
+            );
+        }
+    }
+}
+
+#[test]
+fn transpose_conv_matches_a_scatter_loop() {
+    const TRANSPOSE_CONV: i32 = 67;
+    let x = random(&[1, 3, 4, 2], 61);
+    for (k, (same, stride, out)) in [(true, 2, [6, 8]), (false, 2, [7, 9]), (true, 1, [3, 4])]
+        .into_iter()
+        .enumerate()
+    {
+        let (kh, kw, oc) = (3, 3, 3);
+        let w = noise(62 + k as u32, oc * kh * kw * 2, 0.5);
+        let b = noise(70 + k as u32, oc, 0.1);
+        // TFLite's padding: that of a convolution from the output back to the input
+        let pad = |o: usize, kern: usize| {
+            let back = if same {
+                o.div_ceil(stride)
+            } else {
+                (o + stride - kern) / stride
+            };
+            ((back - 1) * stride + kern).saturating_sub(o) / 2
+        };
+        let (pt, pl) = (pad(out[0], kh), pad(out[1], kw));
+        let mut want = A {
+            s: vec![1, out[0], out[1], oc],
+            v: vec![0.0; out[0] * out[1] * oc],
+        };
+        for (i, v) in want.v.iter_mut().enumerate() {
+            *v = b[i % oc];
+        }
+        for iy in 0..3 {
+            for ix in 0..4 {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let (oy, ox) = (
+                            (iy * stride + ky) as isize - pt as isize,
+                            (ix * stride + kx) as isize - pl as isize,
+                        );
+                        if oy < 0 || ox < 0 || oy >= out[0] as isize || ox >= out[1] as isize {
+                            continue;
+                        }
+                        for o in 0..oc {
+                            for ic in 0..2 {
+                                let wv = w[((o * kh + ky) * kw + kx) * 2 + ic];
+                                want.v[((oy as usize) * out[1] + ox as usize) * oc + o] += x.at4(0, iy, ix, ic) * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let opts = T(vec![
+            (0, F::U8(if same { 0 } else { 1 })),
+            (1, F::I32(stride as i32)),
+            (2, F::I32(stride as i32)),
+        ]);
+        let bytes = model(
+            vec![
+                ints("shape", &[4], &[1, out[0] as i32, out[1] as i32, oc as i32]),
+                floats("w", &[oc as i32, kh as i32, kw as i32, 2], &w),
+                act("x", &[1, 3, 4, 2]),
+                floats("b", &[oc as i32], &b),
+                act("y", &[1, out[0] as i32, out[1] as i32, oc as i32]),
+            ],
+            vec![op(TRANSPOSE_CONV, &[0, 1, 2, 3], &[4], Some((49, opts)))],
+            &[2],
+            &[4],
+        );
+        assert_close(
+            &run(&bytes, &format!("tconv{k}"), &[&x])[0],
+            &want,
+            &format!("transpose conv {k}"),
+        );
+    }
+}

@@ -6,7 +6,10 @@
 use super::flatbuf::Scalar as FbScalar;
 use super::lower::{Layout, Lower, Result, TO_NCHW, widen_half};
 use super::schema::Operator;
-use kiln_ir::op::{BinaryOp, Conv, PadMode, Pool, PoolKind, ReduceKind, UnaryOp, Window};
+use kiln_ir::op::{
+    BinaryOp, Conv, ConvTranspose, CoordMode, NearestMode, PadMode, Pool, PoolKind, ReduceKind, Resize, ResizeMode,
+    SliceAxis, UnaryOp, Window,
+};
 use kiln_ir::{Op, Tensor, ValueId};
 
 /// Builtin operator codes (`BuiltinOperator`).
@@ -43,6 +46,11 @@ mod code {
     pub const PRELU: i32 = 54;
     pub const PACK: i32 = 83;
     pub const UNPACK: i32 = 88;
+    pub const RESIZE_BILINEAR: i32 = 23;
+    pub const STRIDED_SLICE: i32 = 45;
+    pub const TRANSPOSE_CONV: i32 = 67;
+    pub const RESIZE_NEAREST_NEIGHBOR: i32 = 97;
+    pub const SPLIT_V: i32 = 102;
 }
 
 /// The builtin operators this front end lowers, with what they accept (`kiln ops`).
@@ -90,12 +98,29 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
         (RELU6, "RELU6", ""),
         (RELU_N1_TO_1, "RELU_N1_TO_1", ""),
         (RESHAPE, "RESHAPE", "to the output shape the model records"),
+        (RESIZE_BILINEAR, "RESIZE_BILINEAR", "align_corners, half_pixel_centers"),
+        (
+            RESIZE_NEAREST_NEIGHBOR,
+            "RESIZE_NEAREST_NEIGHBOR",
+            "align_corners, half_pixel_centers",
+        ),
         (SOFTMAX, "SOFTMAX", "beta (float models)"),
         (SPLIT, "SPLIT", "constant axis, equal parts"),
+        (SPLIT_V, "SPLIT_V", "constant sizes (one may be -1) and axis"),
         (SQUEEZE, "SQUEEZE", ""),
+        (
+            STRIDED_SLICE,
+            "STRIDED_SLICE",
+            "constant begin/end/strides; begin, end and shrink-axis masks, offset",
+        ),
         (SUB, "SUB", "broadcasting, fused activation"),
         (TANH, "TANH", ""),
         (TRANSPOSE, "TRANSPOSE", "constant permutation"),
+        (
+            TRANSPOSE_CONV,
+            "TRANSPOSE_CONV",
+            "SAME/VALID, strides, constant output shape, bias, fused activation",
+        ),
         (UNPACK, "UNPACK", "any axis"),
     ]
 };
@@ -157,6 +182,11 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
         MEAN => mean(cx, op),
         QUANTIZE | DEQUANTIZE => convert(cx, op),
         SPLIT => split(cx, op),
+        SPLIT_V => split_v(cx, op),
+        STRIDED_SLICE => strided_slice(cx, op),
+        RESIZE_BILINEAR => resize(cx, op, false),
+        RESIZE_NEAREST_NEIGHBOR => resize(cx, op, true),
+        TRANSPOSE_CONV => transpose_conv(cx, op),
         PACK => pack(cx, op),
         UNPACK => unpack(cx, op),
         _ => Err(cx.err("not supported")),
@@ -627,4 +657,213 @@ fn unpack(cx: &mut Lower, op: &Operator) -> Result<()> {
         cx.define(cx.output(op, i)?, y, Layout::Nhwc)?;
     }
     Ok(())
+}
+
+/// SPLIT_V: `[x, size_splits, axis]`, one size may be -1 (the rest of the axis).
+fn split_v(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let x = cx.req(op, 0)?;
+    let shape = cx.shape(x);
+    let a = ints(cx, op, 2)?;
+    let [a] = a[..] else {
+        return Err(cx.err(format!("axis {a:?} is not one value")));
+    };
+    let axis = normalized_axis(cx, a, shape.len())?;
+    let sizes = ints(cx, op, 1)?;
+    let known: i64 = sizes.iter().filter(|&&s| s >= 0).sum();
+    let open = sizes.iter().filter(|&&s| s < 0).count();
+    let rest = shape[axis] as i64 - known;
+    let bad = open > 1 || sizes.iter().any(|&s| s < -1) || rest < 0 || (open == 0 && rest != 0);
+    if bad || sizes.len() != op.outputs.len() {
+        return Err(cx.err(format!(
+            "sizes {sizes:?} do not split {} into {} parts",
+            shape[axis],
+            op.outputs.len()
+        )));
+    }
+    let sizes: Vec<usize> = sizes.iter().map(|&s| if s < 0 { rest } else { s } as usize).collect();
+    let xv = cx.float(x, Layout::Nhwc)?;
+    let parts = split_value(cx, xv, axis, sizes)?;
+    for (i, v) in parts.into_iter().enumerate() {
+        cx.define(cx.output(op, i)?, v, Layout::Nhwc)?;
+    }
+    Ok(())
+}
+
+/// STRIDED_SLICE with constant begin, end and strides. Begin and end masks take the whole
+/// axis on that side, the shrink mask keeps one index and drops the axis, `offset` makes
+/// `end` relative to `begin`; ellipsis and new-axis masks are refused.
+fn strided_slice(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
+    let shape = cx.shape(x);
+    let (begin, end, strides) = (ints(cx, op, 1)?, ints(cx, op, 2)?, ints(cx, op, 3)?);
+    let [bm, em, ellipsis, new_axis, shrink] = [0, 1, 2, 3, 4].map(|f| opt(op, f, 0i32));
+    let (bm, em, shrink) = (bm?, em?, shrink?);
+    if ellipsis? != 0 || new_axis? != 0 {
+        return Err(cx.err("ellipsis and new-axis masks are not supported"));
+    }
+    let offset = opt(op, 5, 0u8)? != 0;
+    let n = begin.len();
+    if n > shape.len() || end.len() != n || strides.len() != n {
+        return Err(cx.err(format!(
+            "begin/end/strides of {n}, {}, {} for rank {}",
+            end.len(),
+            strides.len(),
+            shape.len()
+        )));
+    }
+    let mut axes: Vec<SliceAxis> = shape.iter().map(|&len| SliceAxis { start: 0, step: 1, len }).collect();
+    for i in 0..n {
+        let (dim, step) = (shape[i] as i64, strides[i]);
+        if step == 0 {
+            return Err(cx.err("stride 0"));
+        }
+        let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
+        let bit = |m: i32| m >> i & 1 == 1;
+        let s = if bit(bm) {
+            if step > 0 { 0 } else { dim - 1 }
+        } else {
+            norm(begin[i])
+        };
+        let e = if bit(shrink) {
+            s + 1
+        } else if bit(em) {
+            if step > 0 { dim } else { -1 }
+        } else if offset {
+            s + end[i]
+        } else {
+            norm(end[i])
+        };
+        let step = if bit(shrink) { 1 } else { step };
+        let (s, e) = if step > 0 {
+            (s.clamp(0, dim), e.clamp(0, dim))
+        } else {
+            (s.clamp(0, dim - 1), e.clamp(-1, dim - 1))
+        };
+        let (span, stride) = if step > 0 {
+            ((e - s).max(0), step)
+        } else {
+            ((s - e).max(0), -step)
+        };
+        let len = ((span + stride - 1) / stride) as usize;
+        axes[i] = SliceAxis {
+            start: if len == 0 { 0 } else { s },
+            step,
+            len,
+        };
+    }
+    let v = if cx.act(x).is_some() && cx.act(x) == cx.act(out) {
+        cx.value(x, Layout::Nhwc)?
+    } else {
+        cx.float(x, Layout::Nhwc)?
+    };
+    let mut y = cx.emit("slice", Op::Slice { axes }, vec![v])?;
+    let want = cx.shape(out);
+    if cx.graph.value(y).ty.shape != want {
+        y = cx.emit("shrunk", Op::Reshape { shape: want }, vec![y])?;
+    }
+    cx.define(out, y, Layout::Nhwc)
+}
+
+/// RESIZE_BILINEAR and RESIZE_NEAREST_NEIGHBOR to a constant `[height, width]`: TFLite's
+/// coordinate rules are ONNX's asymmetric (default), align_corners and half_pixel; the
+/// nearest index is TFLite's floor (default) or round (the other two).
+fn resize(cx: &mut Lower, op: &Operator, nearest: bool) -> Result<()> {
+    let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
+    let [n, h, w, c] = rank4(cx, x)?;
+    let size = ints(cx, op, 1)?;
+    let [oh, ow] = size[..] else {
+        return Err(cx.err(format!("size {size:?} is not [height, width]")));
+    };
+    if oh <= 0 || ow <= 0 {
+        return Err(cx.err(format!("size {size:?} must be positive")));
+    }
+    let (align, half) = if nearest {
+        (opt(op, 0, 0u8)?, opt(op, 1, 0u8)?)
+    } else {
+        (opt(op, 2, 0u8)?, opt(op, 3, 0u8)?)
+    };
+    let coord = match (align != 0, half != 0) {
+        (false, false) => CoordMode::Asymmetric,
+        (true, false) => CoordMode::AlignCorners,
+        (false, true) => CoordMode::HalfPixel,
+        (true, true) => return Err(cx.err("align_corners and half_pixel_centers together")),
+    };
+    let mode = match (nearest, coord) {
+        (false, _) => ResizeMode::Linear,
+        (true, CoordMode::Asymmetric) => ResizeMode::Nearest(NearestMode::Floor),
+        (true, _) => ResizeMode::Nearest(NearestMode::RoundPreferCeil),
+    };
+    let (oh, ow) = (oh as usize, ow as usize);
+    let r = Resize {
+        sizes: vec![n, c, oh, ow],
+        mode,
+        coord,
+        scales: vec![1.0, 1.0, oh as f32 / h as f32, ow as f32 / w as f32],
+        roi: vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+        cubic_a: -0.75,
+        exclude_outside: false,
+        extrapolation: 0.0,
+    };
+    let xv = cx.float(x, Layout::Nchw)?;
+    let y = cx.emit("resize", Op::Resize(r), vec![xv])?;
+    cx.define(out, y, Layout::Nchw)
+}
+
+/// TRANSPOSE_CONV: `[output_shape, weights [O, kh, kw, I], x, bias?]`; the padding TFLite
+/// derives from SAME/VALID and the output shape it is given.
+fn transpose_conv(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let (w, x, out) = (cx.req(op, 1)?, cx.req(op, 2)?, cx.output(op, 0)?);
+    let [_, h, wd, c] = rank4(cx, x)?;
+    let [o, kh, kw, i] = rank4(cx, w)?;
+    let [_, oh, ow, oc] = rank4(cx, out)?;
+    if i != c || o != oc {
+        return Err(cx.err(format!("weights [{o},{kh},{kw},{i}] do not take {c} channels to {oc}")));
+    }
+    let (padding, strides) = (opt(op, 0, 0u8)?, [opt(op, 2, 1i32)?, opt(op, 1, 1i32)?]);
+    if strides.iter().any(|&s| s <= 0) || kh == 0 || kw == 0 {
+        return Err(cx.err(format!("strides {strides:?} and kernel must be positive")));
+    }
+    let s = strides.map(|s| s as usize);
+    let (mut pads, mut output_padding) = (vec![0; 4], vec![0; 2]);
+    for (k, (inp, outp, kern)) in [(h, oh, kh), (wd, ow, kw)].into_iter().enumerate() {
+        // TFLite pads as a convolution from the output size back to the input would
+        let back = match padding {
+            0 => outp.div_ceil(s[k]),
+            1 => (outp + s[k]).saturating_sub(kern) / s[k],
+            other => return Err(cx.err(format!("padding {other} is not supported"))),
+        };
+        let before = ((back.max(1) - 1) * s[k] + kern).saturating_sub(outp) / 2;
+        let end = ((inp - 1) * s[k] + kern) as i64 - before as i64 - outp as i64;
+        pads[k] = before;
+        if end >= 0 {
+            pads[k + 2] = end as usize;
+        } else if (-end as usize) < s[k] {
+            output_padding[k] = -end as usize;
+        } else {
+            return Err(cx.err(format!(
+                "output size {outp} does not follow from input {inp}, stride {} and kernel {kern}",
+                s[k]
+            )));
+        }
+    }
+    let window = Window {
+        kernel: vec![kh, kw],
+        strides: s.to_vec(),
+        dilations: vec![1, 1],
+        pads,
+    };
+    let xv = cx.float(x, Layout::Nchw)?;
+    let wv = weights(cx, w, Some(&[3, 0, 1, 2]))?;
+    let mut inputs = vec![xv, wv];
+    if let Some(b) = cx.input(op, 3) {
+        inputs.push(cx.value(b, Layout::Nhwc)?);
+    }
+    let ct = Op::ConvTranspose(ConvTranspose {
+        window,
+        group: 1,
+        output_padding,
+    });
+    let y = cx.emit("transpose_conv", ct, inputs)?;
+    let y = activation(cx, y, opt(op, 3, 0u8)?)?;
+    cx.define(out, y, Layout::Nchw)
 }
