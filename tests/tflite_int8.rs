@@ -18,8 +18,17 @@ use kiln_tests::{bit_exact_on_every_backend_many, repo};
 use std::path::PathBuf;
 use tflite_build::{F, T, bias32, model, op, q8, weights8};
 
-/// Known differences from TFLite's reference kernels, in output steps.
-const STEPS: &[(&str, i64, &str)] = &[];
+/// Known differences from TFLite's reference kernels, in output steps; these fixtures are
+/// built without `strict_integer` (they keep a float island, named in the reason).
+const STEPS: &[(&str, i64, &str)] = &[
+    (
+        "resize_bilinear",
+        1,
+        "no integer bilinear resize yet: a float island, TFLite interpolates in fixed point",
+    ),
+    ("resize_bilinear_align", 1, "as resize_bilinear"),
+    ("transpose_conv", 1, "no integer ConvTranspose yet: a float island"),
+];
 
 fn dir() -> PathBuf {
     repo().join("tests/tflite_int8")
@@ -181,6 +190,104 @@ fn models() -> Vec<Case> {
         ),
         inputs: vec![vec![1, 4, 4, 8]],
     });
+    let same =
+        |name: &'static str, code: i32, extra: Vec<tflite_build::Tensor>, out: &[i32], options: Option<(u8, T)>| {
+            let mut tensors = vec![q8("x", &[1, 4, 4, 8], 0.05, 3)];
+            let n = extra.len() as i32;
+            tensors.extend(extra);
+            tensors.push(q8("y", out, 0.05, 3));
+            let inputs: Vec<i32> = (0..=n).collect();
+            Case {
+                name,
+                model: model(tensors, vec![op(code, &inputs, &[n + 1], options)], &[0], &[n + 1]),
+                inputs: vec![vec![1, 4, 4, 8]],
+            }
+        };
+    let int = tflite_build::ints;
+    v.push(same(
+        "pad",
+        34,
+        vec![int("p", &[4, 2], &[0, 0, 1, 0, 0, 2, 0, 0])],
+        &[1, 5, 6, 8],
+        None,
+    ));
+    v.push(same(
+        "transpose",
+        39,
+        vec![int("perm", &[4], &[0, 3, 1, 2])],
+        &[1, 8, 4, 4],
+        None,
+    ));
+    v.push(same(
+        "strided_slice",
+        45,
+        vec![
+            int("b", &[4], &[0, 1, 3, 0]),
+            int("e", &[4], &[1, 4, 0, 8]),
+            int("s", &[4], &[1, 2, -1, 3]),
+        ],
+        &[1, 2, 3, 3],
+        None,
+    ));
+    let resize = |align: u8, half: u8| Some((15, T(vec![(2, F::U8(align)), (3, F::U8(half))])));
+    v.push(same(
+        "resize_bilinear",
+        23,
+        vec![int("size", &[2], &[7, 6])],
+        &[1, 7, 6, 8],
+        resize(0, 1),
+    ));
+    v.push(same(
+        "resize_bilinear_align",
+        23,
+        vec![int("size", &[2], &[7, 6])],
+        &[1, 7, 6, 8],
+        resize(1, 0),
+    ));
+    let nearest = Some((74, T(vec![(0, F::U8(0)), (1, F::U8(1))])));
+    v.push(same(
+        "resize_nearest",
+        97,
+        vec![int("size", &[2], &[7, 6])],
+        &[1, 7, 6, 8],
+        nearest,
+    ));
+    v.push(Case {
+        name: "concat",
+        model: model(
+            vec![
+                q8("a", &[1, 4, 4, 8], 0.05, 3),
+                q8("b", &[1, 4, 4, 3], 0.05, 3),
+                q8("y", &[1, 4, 4, 11], 0.05, 3),
+            ],
+            vec![op(2, &[0, 1], &[2], Some((10, T(vec![(0, F::I32(3))]))))],
+            &[0, 1],
+            &[2],
+        ),
+        inputs: vec![vec![1, 4, 4, 8], vec![1, 4, 4, 3]],
+    });
+    let tw = bytes(9, 4 * 3 * 3 * 8);
+    let tscales: Vec<f32> = (0..4).map(|c| 0.003 + 0.001 * c as f32).collect();
+    v.push(Case {
+        name: "transpose_conv",
+        model: model(
+            vec![
+                int("shape", &[4], &[1, 8, 8, 4]),
+                weights8("w", &[4, 3, 3, 8], &tw, &tscales, 0),
+                q8("x", &[1, 4, 4, 8], 0.05, 3),
+                q8("y", &[1, 8, 8, 4], 0.07, -3),
+            ],
+            vec![op(
+                67,
+                &[0, 1, 2],
+                &[3],
+                Some((49, T(vec![(0, F::U8(0)), (1, F::I32(2)), (2, F::I32(2))]))),
+            )],
+            &[2],
+            &[3],
+        ),
+        inputs: vec![vec![1, 4, 4, 8]],
+    });
     v.push(Case {
         name: "softmax",
         model: model(
@@ -211,8 +318,9 @@ fn models() -> Vec<Case> {
 /// The integer program of a fixture (`numerics` overriding the file's default).
 fn build(path: &std::path::Path, numerics: Option<Numerics>) -> Result<kiln_ir::Graph, String> {
     let m = kiln::load(path, &Default::default(), &PipelineOptions::default(), |_, _| {}).map_err(|e| e.to_string())?;
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
     let opts = QuantOptions {
-        strict_integer: true,
+        strict_integer: !STEPS.iter().any(|s| s.0 == stem),
         numerics,
         ..Default::default()
     };

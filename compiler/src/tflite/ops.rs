@@ -7,8 +7,8 @@ use super::flatbuf::Scalar as FbScalar;
 use super::lower::{Layout, Lower, Result, TO_NCHW, widen_half};
 use super::schema::Operator;
 use kiln_ir::op::{
-    BinaryOp, Conv, ConvTranspose, CoordMode, NearestMode, PadMode, Pool, PoolKind, ReduceKind, Resize, ResizeMode,
-    SliceAxis, UnaryOp, Window,
+    BinaryOp, Conv, ConvTranspose, CoordMode, PadMode, Pool, PoolKind, ReduceKind, Resize, ResizeMode, SliceAxis,
+    UnaryOp, Window,
 };
 use kiln_ir::{Op, Tensor, ValueId};
 
@@ -765,8 +765,9 @@ fn strided_slice(cx: &mut Lower, op: &Operator) -> Result<()> {
 }
 
 /// RESIZE_BILINEAR and RESIZE_NEAREST_NEIGHBOR to a constant `[height, width]`: TFLite's
-/// coordinate rules are ONNX's asymmetric (default), align_corners and half_pixel; the
-/// nearest index is TFLite's floor (default) or round (the other two).
+/// bilinear coordinate rules are ONNX's asymmetric (default), align_corners and half_pixel;
+/// nearest neighbours are two gathers of TFLite's source rows and columns (pure copies, so a
+/// quantized tensor moves as integers).
 fn resize(cx: &mut Lower, op: &Operator, nearest: bool) -> Result<()> {
     let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
     let [n, h, w, c] = rank4(cx, x)?;
@@ -788,15 +789,13 @@ fn resize(cx: &mut Lower, op: &Operator, nearest: bool) -> Result<()> {
         (false, true) => CoordMode::HalfPixel,
         (true, true) => return Err(cx.err("align_corners and half_pixel_centers together")),
     };
-    let mode = match (nearest, coord) {
-        (false, _) => ResizeMode::Linear,
-        (true, CoordMode::Asymmetric) => ResizeMode::Nearest(NearestMode::Floor),
-        (true, _) => ResizeMode::Nearest(NearestMode::RoundPreferCeil),
-    };
     let (oh, ow) = (oh as usize, ow as usize);
+    if nearest {
+        return resize_nearest(cx, x, out, [h, w], [oh, ow], (align != 0, half != 0));
+    }
     let r = Resize {
         sizes: vec![n, c, oh, ow],
-        mode,
+        mode: ResizeMode::Linear,
         coord,
         scales: vec![1.0, 1.0, oh as f32 / h as f32, ow as f32 / w as f32],
         roi: vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
@@ -866,4 +865,51 @@ fn transpose_conv(cx: &mut Lower, op: &Operator) -> Result<()> {
     let y = cx.emit("transpose_conv", ct, inputs)?;
     let y = activation(cx, y, opt(op, 3, 0u8)?)?;
     cx.define(out, y, Layout::Nchw)
+}
+
+/// TFLite's nearest source index of each of `out` positions along an axis of `len`.
+fn nearest_indices(len: usize, out: usize, align: bool, half: bool) -> Vec<i64> {
+    let scale = if align && out > 1 {
+        (len - 1) as f32 / (out - 1) as f32
+    } else {
+        len as f32 / out as f32
+    };
+    let offset = if half { 0.5f32 } else { 0.0 };
+    (0..out)
+        .map(|o| {
+            let p = (o as f32 + offset) * scale;
+            let i = if align { p.round() } else { p.floor() } as i64;
+            i.clamp(0, len as i64 - 1)
+        })
+        .collect()
+}
+
+fn resize_nearest(
+    cx: &mut Lower,
+    x: usize,
+    out: usize,
+    hw: [usize; 2],
+    to: [usize; 2],
+    (align, half): (bool, bool),
+) -> Result<()> {
+    let layout = cx.layout(x);
+    let mut v = if cx.act(x).is_some() && cx.act(x) == cx.act(out) {
+        cx.value(x, layout)?
+    } else {
+        cx.float(x, layout)?
+    };
+    for k in 0..2 {
+        let idx = nearest_indices(hw[k], to[k], align, half);
+        let name = format!("{}/rows{k}", cx.node);
+        let n = idx.len();
+        let c = cx.graph.add_const(&name, Tensor::from_vec(vec![n], idx));
+        v = cx.emit(
+            "nearest",
+            Op::Gather {
+                axis: axis_in(layout, k + 1),
+            },
+            vec![v, c],
+        )?;
+    }
+    cx.define(out, v, layout)
 }
