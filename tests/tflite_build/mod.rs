@@ -137,6 +137,8 @@ pub struct Tensor {
     pub ty: u8,
     pub data: Option<Vec<u8>>,
     pub quant: Option<(Vec<f32>, Vec<i64>, i32)>,
+    /// A state tensor (`is_variable`) that persists between invocations.
+    pub variable: bool,
 }
 
 pub fn act(name: &str, shape: &[i32]) -> Tensor {
@@ -146,6 +148,7 @@ pub fn act(name: &str, shape: &[i32]) -> Tensor {
         ty: FLOAT32,
         data: None,
         quant: None,
+        variable: false,
     }
 }
 
@@ -196,6 +199,9 @@ pub fn model(tensors: Vec<Tensor>, ops: Vec<Op>, inputs: &[i32], outputs: &[i32]
         if let Some(d) = t.data {
             fields.push((2, F::U32(buffers.len() as u32)));
             buffers.push(T(vec![(0, F::Bytes(d))]));
+        }
+        if t.variable {
+            fields.push((5, F::U8(1)));
         }
         if let Some((s, z, axis)) = t.quant {
             fields.push((
@@ -254,6 +260,7 @@ pub fn weights8(name: &str, shape: &[i32], v: &[i8], scales: &[f32], axis: i32) 
         ty: INT8,
         data: Some(v.iter().map(|&x| x as u8).collect()),
         quant: Some((scales.to_vec(), vec![0; scales.len()], axis)),
+        variable: false,
     }
 }
 

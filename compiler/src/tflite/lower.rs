@@ -466,7 +466,8 @@ pub fn lower(model: &Model, name: &str, opts: &ImportOptions) -> Result<Imported
         cx.op = super::schema::op_name(code);
         for &t in op.inputs.iter().filter(|&&t| t >= 0) {
             let t = t as usize;
-            if cx.slots[t].is_none() && cx.data(t).is_none() {
+            // a variable tensor (a recurrent state) starts at zero, which its reader knows
+            if cx.slots[t].is_none() && cx.data(t).is_none() && !cx.def(t).variable {
                 return Err(cx.err(format!("reads `{}` before any operator writes it", cx.def(t).name)));
             }
         }

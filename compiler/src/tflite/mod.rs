@@ -15,6 +15,7 @@
 
 mod flatbuf;
 mod lower;
+mod lstm;
 mod ops;
 pub mod schema;
 

@@ -51,6 +51,7 @@ mod code {
     pub const TRANSPOSE_CONV: i32 = 67;
     pub const RESIZE_NEAREST_NEIGHBOR: i32 = 97;
     pub const SPLIT_V: i32 = 102;
+    pub const UNIDIRECTIONAL_SEQUENCE_LSTM: i32 = 44;
 }
 
 /// The builtin operators this front end lowers, with what they accept (`kiln ops`).
@@ -121,6 +122,11 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
             "TRANSPOSE_CONV",
             "SAME/VALID, strides, constant output shape, bias, fused activation",
         ),
+        (
+            UNIDIRECTIONAL_SEQUENCE_LSTM,
+            "UNIDIRECTIONAL_SEQUENCE_LSTM",
+            "float or int8-weight (hybrid) models: peepholes, time-major or not, TANH/RELU/NONE activation; the state starts at zero each run; no CIFG, projection, layer norm or clipping",
+        ),
         (UNPACK, "UNPACK", "any axis"),
     ]
 };
@@ -187,6 +193,7 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
         RESIZE_BILINEAR => resize(cx, op, false),
         RESIZE_NEAREST_NEIGHBOR => resize(cx, op, true),
         TRANSPOSE_CONV => transpose_conv(cx, op),
+        UNIDIRECTIONAL_SEQUENCE_LSTM => super::lstm::lstm(cx, op),
         PACK => pack(cx, op),
         UNPACK => unpack(cx, op),
         _ => Err(cx.err("not supported")),
@@ -194,7 +201,7 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
 }
 
 /// Field `id` of the operator's builtin options, `default` when either is absent.
-fn opt<T: FbScalar>(op: &Operator, id: usize, default: T) -> Result<T> {
+pub(super) fn opt<T: FbScalar>(op: &Operator, id: usize, default: T) -> Result<T> {
     match &op.options {
         None => Ok(default),
         Some(t) => Ok(t.get(id, default)?),

@@ -1,0 +1,115 @@
+//! UNIDIRECTIONAL_SEQUENCE_LSTM as the IR's LSTM. TFLite's gates are ONNX's (peepholes on
+//! the input and forget gates from the previous cell, on the output gate from the new one),
+//! so only the weight layout changes: TFLite keeps one tensor per gate, the IR one stack in
+//! ONNX's order (input, output, forget, cell). CIFG is not ONNX's coupling (TFLite derives
+//! the input gate from the forget gate, ONNX the other way round) and is refused.
+//! TFLite's state tensors persist between invocations; compiled code starts each run from
+//! zero, as TFLite does after `ResetVariableTensors`.
+
+use super::lower::{Layout, Lower, Result};
+use super::ops::opt;
+use super::schema::Operator;
+use kiln_ir::op::{Activation, Rnn, RnnDirection, RnnKind};
+use kiln_ir::{Op, Tensor, TensorType};
+
+/// Input slots of the gate tensors, in the IR's gate order (input, output, forget, cell).
+const WEIGHTS: [usize; 4] = [1, 4, 2, 3];
+const RECURRENT: [usize; 4] = [5, 8, 6, 7];
+const BIASES: [usize; 4] = [12, 15, 13, 14];
+/// Peepholes in the IR's order (input, output, forget).
+const PEEPHOLES: [usize; 3] = [9, 11, 10];
+
+pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
+    if cx.act(x).is_some() {
+        return Err(cx.err("integer LSTMs (TFLite's 8x8->16 scheme) are not supported yet"));
+    }
+    if (16..24).any(|i| cx.input(op, i).is_some() && !matches!(i, 18 | 19)) {
+        return Err(cx.err("projection and layer normalization are not supported"));
+    }
+    let (act, cell_clip, proj_clip, time_major) = (
+        opt(op, 0, 4u8)?,
+        opt(op, 1, 0f32)?,
+        opt(op, 2, 0f32)?,
+        opt(op, 3, 0u8)? != 0,
+    );
+    if cell_clip != 0.0 || proj_clip != 0.0 {
+        return Err(cx.err("cell and projection clipping are not supported"));
+    }
+    let g = match act {
+        0 => Activation::Affine(1.0, 0.0),
+        1 => Activation::Relu,
+        4 => Activation::Tanh,
+        other => return Err(cx.err(format!("activation {other} is not supported in an LSTM"))),
+    };
+    let xs = cx.shape(x);
+    let [a, b, n_in] = xs[..] else {
+        return Err(cx.err(format!("input {xs:?} is not [batch, time, features]")));
+    };
+    let (_, batch) = if time_major { (a, b) } else { (b, a) };
+    let forget = cx.req(op, 2)?;
+    let n_cell = cx.shape(forget).first().copied().unwrap_or(0);
+    if cx.input(op, 1).is_none() {
+        return Err(cx.err("CIFG LSTMs (no input gate) are not supported yet"));
+    }
+    // one constant per gate, zeros for an absent peephole
+    let gate = |cx: &Lower, slot: usize, shape: &[usize]| -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        match cx.input(op, slot) {
+            None => Ok(vec![0.0; n]),
+            Some(t) => {
+                let v = cx.constant(t, None)?.to_f32_vec();
+                if v.len() != n {
+                    return Err(cx.err(format!("input {slot} has {} values, {shape:?} expected", v.len())));
+                }
+                Ok(v)
+            }
+        }
+    };
+    let stack = |cx: &Lower, slots: &[usize], shape: &[usize]| -> Result<Vec<f32>> {
+        Ok(slots
+            .iter()
+            .map(|&s| gate(cx, s, shape))
+            .collect::<Result<Vec<_>>>()?
+            .concat())
+    };
+    let w = stack(cx, &WEIGHTS, &[n_cell, n_in])?;
+    let r = stack(cx, &RECURRENT, &[n_cell, n_cell])?;
+    let mut bias = stack(cx, &BIASES, &[n_cell])?;
+    bias.extend(vec![0.0; 4 * n_cell]);
+    let name = cx.node.clone();
+    let konst = |cx: &mut Lower, what: &str, shape: Vec<usize>, v: Vec<f32>| {
+        cx.graph
+            .add_const(&format!("{name}/{what}"), Tensor::from_vec(shape, v))
+    };
+    let (state, batch_major) = if time_major {
+        (vec![1, batch, n_cell], false)
+    } else {
+        (vec![batch, 1, n_cell], true)
+    };
+    let zeros = Tensor::zeros(&TensorType::new(kiln_ir::Scalar::F32, state.clone()));
+    let xv = cx.float(x, Layout::Nhwc)?;
+    let mut ins = vec![
+        xv,
+        konst(cx, "W", vec![1, 4 * n_cell, n_in], w),
+        konst(cx, "R", vec![1, 4 * n_cell, n_cell], r),
+        konst(cx, "B", vec![1, 8 * n_cell], bias),
+        konst(cx, "initial_h", state.clone(), zeros.to_f32_vec()),
+        konst(cx, "initial_c", state, zeros.to_f32_vec()),
+    ];
+    if PEEPHOLES.iter().any(|&s| cx.input(op, s).is_some()) {
+        let p = stack(cx, &PEEPHOLES, &[n_cell])?;
+        ins.push(konst(cx, "P", vec![1, 3 * n_cell], p));
+    }
+    let rnn = Rnn {
+        kind: RnnKind::Lstm { input_forget: false },
+        hidden: n_cell,
+        direction: RnnDirection::Forward,
+        activations: vec![Activation::Sigmoid, g, g],
+        clip: None,
+        batch_major,
+    };
+    let y = cx.emit("lstm", Op::Rnn(rnn), ins)?;
+    let y = cx.emit("sequence", Op::Reshape { shape: cx.shape(out) }, vec![y])?;
+    cx.define(out, y, Layout::Nhwc)
+}
