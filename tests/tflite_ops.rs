@@ -974,3 +974,92 @@ fn lstm_matches_the_gate_equations() {
     let bytes = model(tensors, vec![op(LSTM, &ins, &[18], Some((71, opts)))], &[0], &[18]);
     assert_close(&run(&bytes, "lstm", &[&x])[0], &want, "lstm");
 }
+
+/// Empty and degenerate shapes through every builtin family: an error or a result, never a
+/// panic (the tests run with overflow checks).
+#[test]
+fn degenerate_shapes_give_errors_not_panics() {
+    let pool = || {
+        Some((
+            5,
+            T(vec![
+                (0, F::U8(0)),
+                (1, F::I32(2)),
+                (2, F::I32(2)),
+                (3, F::I32(3)),
+                (4, F::I32(3)),
+            ]),
+        ))
+    };
+    for shape in [[1, 0, 4, 2], [0, 3, 3, 2], [1, 3, 3, 0], [1, 1, 1, 1]] {
+        let cases: Vec<(i32, Vec<tflite_build::Tensor>, Option<(u8, T)>)> = vec![
+            (
+                CONV_2D,
+                vec![floats("w", &[2, 3, 3, 2], &[0.5; 36])],
+                Some((1, T(vec![(0, F::U8(0))]))),
+            ),
+            (
+                DEPTHWISE_CONV_2D,
+                vec![floats("w", &[1, 3, 3, 2], &[0.5; 18])],
+                Some((2, T(vec![(0, F::U8(0)), (3, F::I32(1))]))),
+            ),
+            (AVERAGE_POOL_2D, vec![], pool()),
+            (MAX_POOL_2D, vec![], pool()),
+            (23, vec![ints("size", &[2], &[4, 4])], None),
+            (97, vec![ints("size", &[2], &[4, 4])], None),
+            (MEAN, vec![ints("axes", &[2], &[1, 2])], None),
+            (PAD, vec![ints("p", &[4, 2], &[0, 0, 1, 1, 1, 1, 0, 0])], None),
+            (SOFTMAX, vec![], None),
+            (FULLY_CONNECTED, vec![floats("w", &[3, 2], &[0.5; 6])], None),
+        ];
+        // TRANSPOSE_CONV takes the output shape and the weights before the input
+        let tconv = model(
+            vec![
+                ints("shape", &[4], &[1, 2, 2, 2]),
+                floats("w", &[2, 3, 3, 2], &[0.5; 36]),
+                act("x", &shape),
+                act("y", &[1, 2, 2, 2]),
+            ],
+            vec![op(
+                67,
+                &[0, 1, 2],
+                &[3],
+                Some((49, T(vec![(0, F::U8(0)), (1, F::I32(2)), (2, F::I32(2))]))),
+            )],
+            &[2],
+            &[3],
+        );
+        let dir = std::env::temp_dir().join(format!("kiln-tflite-degenerate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tconv.bin"), tconv).unwrap();
+        let _ = kiln::load(
+            &dir.join("tconv.bin"),
+            &Default::default(),
+            &PipelineOptions::default(),
+            |_, _| {},
+        );
+        for (code, extra, options) in cases {
+            let n = extra.len() as i32;
+            let mut tensors = vec![act("x", &shape)];
+            tensors.extend(extra);
+            tensors.push(act("y", &[1, 2, 2, 2]));
+            let bytes = model(
+                tensors,
+                vec![op(code, &(0..=n).collect::<Vec<_>>(), &[n + 1], options)],
+                &[0],
+                &[n + 1],
+            );
+            let dir = std::env::temp_dir().join(format!("kiln-tflite-degenerate-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{code}.bin"));
+            std::fs::write(&path, bytes).unwrap();
+            // any outcome but a panic
+            if let Err(e) = kiln::load(&path, &Default::default(), &PipelineOptions::default(), |_, _| {}) {
+                assert!(
+                    e.to_string().contains('`'),
+                    "{shape:?} builtin {code}: an error that names nothing: {e}"
+                );
+            }
+        }
+    }
+}

@@ -778,6 +778,9 @@ fn strided_slice(cx: &mut Lower, op: &Operator) -> Result<()> {
 fn resize(cx: &mut Lower, op: &Operator, nearest: bool) -> Result<()> {
     let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
     let [n, h, w, c] = rank4(cx, x)?;
+    if h == 0 || w == 0 {
+        return Err(cx.err(format!("cannot resize an empty image {:?}", cx.shape(x))));
+    }
     let size = ints(cx, op, 1)?;
     let [oh, ow] = size[..] else {
         return Err(cx.err(format!("size {size:?} is not [height, width]")));
@@ -826,8 +829,8 @@ fn transpose_conv(cx: &mut Lower, op: &Operator) -> Result<()> {
         return Err(cx.err(format!("weights [{o},{kh},{kw},{i}] do not take {c} channels to {oc}")));
     }
     let (padding, strides) = (opt(op, 0, 0u8)?, [opt(op, 2, 1i32)?, opt(op, 1, 1i32)?]);
-    if strides.iter().any(|&s| s <= 0) || kh == 0 || kw == 0 {
-        return Err(cx.err(format!("strides {strides:?} and kernel must be positive")));
+    if strides.iter().any(|&s| s <= 0) || [kh, kw, h, wd, oh, ow].contains(&0) {
+        return Err(cx.err(format!("strides {strides:?}, kernel and image sizes must be positive")));
     }
     let s = strides.map(|s| s as usize);
     let (mut pads, mut output_padding) = (vec![0; 4], vec![0; 2]);
