@@ -334,6 +334,8 @@ fn fully_connected_keeps_leading_dims() {
 /// A builtin code, its options and what it computes.
 type Unary = (i32, Option<(u8, T)>, fn(f32) -> f32);
 type Binary = (i32, fn(f32, f32) -> f32);
+/// A builtin, its constant inputs after the first and its options.
+type OneOp = (i32, Vec<tflite_build::Tensor>, Option<(u8, T)>);
 
 /// Unary and binary builtins on a `[2, 3]` tensor (binary ones broadcast a `[3]` constant).
 #[test]
@@ -992,7 +994,7 @@ fn degenerate_shapes_give_errors_not_panics() {
         ))
     };
     for shape in [[1, 0, 4, 2], [0, 3, 3, 2], [1, 3, 3, 0], [1, 1, 1, 1]] {
-        let cases: Vec<(i32, Vec<tflite_build::Tensor>, Option<(u8, T)>)> = vec![
+        let cases: Vec<OneOp> = vec![
             (
                 CONV_2D,
                 vec![floats("w", &[2, 3, 3, 2], &[0.5; 36])],
