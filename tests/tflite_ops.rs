@@ -920,26 +920,44 @@ fn transpose_conv_matches_a_scatter_loop() {
     }
 }
 
-/// An LSTM with peepholes, batch-major: TFLite's gate equations step by step.
+/// LSTMs with peepholes (batch-major, and CIFG time-major): TFLite's gate equations step by
+/// step.
 #[test]
 fn lstm_matches_the_gate_equations() {
+    for (cifg, time_major) in [(false, false), (true, true)] {
+        lstm_case(cifg, time_major);
+    }
+}
+
+fn lstm_case(cifg: bool, time_major: bool) {
     const LSTM: i32 = 44;
     let (batch, time, n_in, n) = (2usize, 3usize, 4usize, 5usize);
-    let x = random(&[batch, time, n_in], 81);
+    let xs = if time_major {
+        [time, batch, n_in]
+    } else {
+        [batch, time, n_in]
+    };
+    let x = random(&xs, 81);
     // per gate, TFLite's order: input, forget, cell, output
     let w: Vec<Vec<f32>> = (0..4).map(|g| noise(82 + g, n * n_in, 0.5)).collect();
     let r: Vec<Vec<f32>> = (0..4).map(|g| noise(86 + g, n * n, 0.5)).collect();
     let p: Vec<Vec<f32>> = (0..3).map(|g| noise(90 + g, n, 0.3)).collect(); // input, forget, output
     let b: Vec<Vec<f32>> = (0..4).map(|g| noise(93 + g, n, 0.2)).collect();
     let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    let at = |bi: usize, t: usize| if time_major { t * batch + bi } else { bi * time + t };
+    let ys = if time_major {
+        vec![time, batch, n]
+    } else {
+        vec![batch, time, n]
+    };
     let mut want = A {
-        s: vec![batch, time, n],
+        s: ys.clone(),
         v: vec![0.0; batch * time * n],
     };
     for bi in 0..batch {
         let (mut h, mut c) = (vec![0f32; n], vec![0f32; n]);
         for t in 0..time {
-            let xt = &x.v[(bi * time + t) * n_in..][..n_in];
+            let xt = &x.v[at(bi, t) * n_in..][..n_in];
             let pre = |g: usize, j: usize, h: &[f32]| {
                 let wx: f32 = (0..n_in).map(|k| w[g][j * n_in + k] * xt[k]).sum();
                 let rh: f32 = (0..n).map(|k| r[g][j * n + k] * h[k]).sum();
@@ -947,19 +965,23 @@ fn lstm_matches_the_gate_equations() {
             };
             let (mut hn, mut cn) = (vec![0f32; n], vec![0f32; n]);
             for j in 0..n {
-                let i = sig(pre(0, j, &h) + p[0][j] * c[j]);
                 let f = sig(pre(1, j, &h) + p[1][j] * c[j]);
+                let i = if cifg {
+                    1.0 - f
+                } else {
+                    sig(pre(0, j, &h) + p[0][j] * c[j])
+                };
                 let g = pre(2, j, &h).tanh();
                 cn[j] = f * c[j] + i * g;
                 let o = sig(pre(3, j, &h) + p[2][j] * cn[j]);
                 hn[j] = o * cn[j].tanh();
             }
             (h, c) = (hn, cn);
-            want.v[(bi * time + t) * n..][..n].copy_from_slice(&h);
+            want.v[at(bi, t) * n..][..n].copy_from_slice(&h);
         }
     }
     let (ni, nn) = (n_in as i32, n as i32);
-    let mut tensors = vec![act("x", &[batch as i32, time as i32, ni])];
+    let mut tensors = vec![act("x", &dims(&xs))];
     tensors.extend((0..4).map(|g| floats(&format!("w{g}"), &[nn, ni], &w[g])));
     tensors.extend((0..4).map(|g| floats(&format!("r{g}"), &[nn, nn], &r[g])));
     tensors.extend((0..3).map(|g| floats(&format!("p{g}"), &[nn], &p[g])));
@@ -969,12 +991,19 @@ fn lstm_matches_the_gate_equations() {
         s.variable = true;
         tensors.push(s);
     }
-    tensors.push(act("y", &[batch as i32, time as i32, nn])); // 18 inputs + 2 states = 20
+    tensors.push(act("y", &dims(&ys)));
     let mut ins: Vec<i32> = (0..16).collect();
+    if cifg {
+        // no input-gate weights, recurrent weights, peephole or bias
+        for slot in [1, 5, 9, 12] {
+            ins[slot] = -1;
+        }
+    }
     ins.extend([-1, -1, 16, 17]);
-    let opts = T(vec![(0, F::U8(4)), (3, F::U8(0))]);
+    let opts = T(vec![(0, F::U8(4)), (3, F::U8(time_major as u8))]);
     let bytes = model(tensors, vec![op(LSTM, &ins, &[18], Some((71, opts)))], &[0], &[18]);
-    assert_close(&run(&bytes, "lstm", &[&x])[0], &want, "lstm");
+    let tag = format!("lstm_cifg{cifg}_tm{time_major}");
+    assert_close(&run(&bytes, &tag, &[&x])[0], &want, &tag);
 }
 
 /// Empty and degenerate shapes through every builtin family: an error or a result, never a

@@ -1,8 +1,10 @@
 //! UNIDIRECTIONAL_SEQUENCE_LSTM as the IR's LSTM. TFLite's gates are ONNX's (peepholes on
 //! the input and forget gates from the previous cell, on the output gate from the new one),
 //! so only the weight layout changes: TFLite keeps one tensor per gate, the IR one stack in
-//! ONNX's order (input, output, forget, cell). CIFG is not ONNX's coupling (TFLite derives
-//! the input gate from the forget gate, ONNX the other way round) and is refused.
+//! ONNX's order (input, output, forget, cell). CIFG couples the gates the other way round
+//! from ONNX (TFLite computes the forget gate and takes `i = 1 - f`, ONNX computes the input
+//! gate and takes `f = 1 - i`); since `1 - sigmoid(z) = sigmoid(-z)`, the IR's input gate gets
+//! the forget gate's weights, bias and peephole negated, and `1 - i` is then TFLite's `f`.
 //! TFLite's state tensors persist between invocations; compiled code starts each run from
 //! zero, as TFLite does after `ResetVariableTensors`.
 
@@ -49,9 +51,7 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
     let (_, batch) = if time_major { (a, b) } else { (b, a) };
     let forget = cx.req(op, 2)?;
     let n_cell = cx.shape(forget).first().copied().unwrap_or(0);
-    if cx.input(op, 1).is_none() {
-        return Err(cx.err("CIFG LSTMs (no input gate) are not supported yet"));
-    }
+    let cifg = cx.input(op, 1).is_none();
     // one constant per gate, zeros for an absent peephole
     let gate = |cx: &Lower, slot: usize, shape: &[usize]| -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
@@ -73,9 +73,17 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
             .collect::<Result<Vec<_>>>()?
             .concat())
     };
-    let w = stack(cx, &WEIGHTS, &[n_cell, n_in])?;
-    let r = stack(cx, &RECURRENT, &[n_cell, n_cell])?;
-    let mut bias = stack(cx, &BIASES, &[n_cell])?;
+    // CIFG: the input gate's slot holds the forget gate negated (see the module doc)
+    let slots = |s: [usize; 4]| if cifg { [s[2], s[1], s[2], s[3]] } else { s };
+    let negate_first = |mut v: Vec<f32>, n: usize| {
+        if cifg {
+            v[..n].iter_mut().for_each(|x| *x = -*x);
+        }
+        v
+    };
+    let w = negate_first(stack(cx, &slots(WEIGHTS), &[n_cell, n_in])?, n_cell * n_in);
+    let r = negate_first(stack(cx, &slots(RECURRENT), &[n_cell, n_cell])?, n_cell * n_cell);
+    let mut bias = negate_first(stack(cx, &slots(BIASES), &[n_cell])?, n_cell);
     bias.extend(vec![0.0; 4 * n_cell]);
     let name = cx.node.clone();
     let konst = |cx: &mut Lower, what: &str, shape: Vec<usize>, v: Vec<f32>| {
@@ -98,11 +106,16 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
         konst(cx, "initial_c", state, zeros.to_f32_vec()),
     ];
     if PEEPHOLES.iter().any(|&s| cx.input(op, s).is_some()) {
-        let p = stack(cx, &PEEPHOLES, &[n_cell])?;
+        let order = if cifg {
+            [PEEPHOLES[2], PEEPHOLES[1], PEEPHOLES[2]]
+        } else {
+            PEEPHOLES
+        };
+        let p = negate_first(stack(cx, &order, &[n_cell])?, n_cell);
         ins.push(konst(cx, "P", vec![1, 3 * n_cell], p));
     }
     let rnn = Rnn {
-        kind: RnnKind::Lstm { input_forget: false },
+        kind: RnnKind::Lstm { input_forget: cifg },
         hidden: n_cell,
         direction: RnnDirection::Forward,
         activations: vec![Activation::Sigmoid, g, g],

@@ -125,7 +125,7 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
         (
             UNIDIRECTIONAL_SEQUENCE_LSTM,
             "UNIDIRECTIONAL_SEQUENCE_LSTM",
-            "float or int8-weight (hybrid) models: peepholes, time-major or not, TANH/RELU/NONE activation; the state starts at zero each run; no CIFG, projection, layer norm or clipping",
+            "float or int8-weight (hybrid) models: peepholes, CIFG, time-major or not, TANH/RELU/NONE activation; the state starts at zero each run; no projection, layer norm or clipping",
         ),
         (UNPACK, "UNPACK", "any axis"),
     ]
