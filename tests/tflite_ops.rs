@@ -921,71 +921,98 @@ fn transpose_conv_matches_a_scatter_loop() {
 }
 
 /// LSTMs with peepholes (batch-major, and CIFG time-major): TFLite's gate equations step by
-/// step.
+/// step, over two runs that carry the state from one to the next.
 #[test]
-fn lstm_matches_the_gate_equations() {
+fn lstm_matches_the_gate_equations_across_runs() {
     for (cifg, time_major) in [(false, false), (true, true)] {
         lstm_case(cifg, time_major);
+    }
+}
+
+/// One LSTM's weights, TFLite's gate order (input, forget, cell, output; peepholes input,
+/// forget, output).
+struct Lstm {
+    w: Vec<Vec<f32>>,
+    r: Vec<Vec<f32>>,
+    p: Vec<Vec<f32>>,
+    b: Vec<Vec<f32>>,
+    n_in: usize,
+    n: usize,
+    cifg: bool,
+}
+
+impl Lstm {
+    /// One step from state `(h, c)` on input `xt`.
+    fn step(&self, xt: &[f32], h: &[f32], c: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+        let (n, n_in) = (self.n, self.n_in);
+        let pre = |g: usize, j: usize| {
+            let wx: f32 = (0..n_in).map(|k| self.w[g][j * n_in + k] * xt[k]).sum();
+            let rh: f32 = (0..n).map(|k| self.r[g][j * n + k] * h[k]).sum();
+            wx + rh + self.b[g][j]
+        };
+        let (mut hn, mut cn) = (vec![0f32; n], vec![0f32; n]);
+        for j in 0..n {
+            let f = sig(pre(1, j) + self.p[1][j] * c[j]);
+            let i = if self.cifg {
+                1.0 - f
+            } else {
+                sig(pre(0, j) + self.p[0][j] * c[j])
+            };
+            cn[j] = f * c[j] + i * pre(2, j).tanh();
+            let o = sig(pre(3, j) + self.p[2][j] * cn[j]);
+            hn[j] = o * cn[j].tanh();
+        }
+        (hn, cn)
     }
 }
 
 fn lstm_case(cifg: bool, time_major: bool) {
     const LSTM: i32 = 44;
     let (batch, time, n_in, n) = (2usize, 3usize, 4usize, 5usize);
+    let m = Lstm {
+        w: (0..4).map(|g| noise(82 + g, n * n_in, 0.5)).collect(),
+        r: (0..4).map(|g| noise(86 + g, n * n, 0.5)).collect(),
+        p: (0..3).map(|g| noise(90 + g, n, 0.3)).collect(),
+        b: (0..4).map(|g| noise(93 + g, n, 0.2)).collect(),
+        n_in,
+        n,
+        cifg,
+    };
     let xs = if time_major {
         [time, batch, n_in]
     } else {
         [batch, time, n_in]
     };
-    let x = random(&xs, 81);
-    // per gate, TFLite's order: input, forget, cell, output
-    let w: Vec<Vec<f32>> = (0..4).map(|g| noise(82 + g, n * n_in, 0.5)).collect();
-    let r: Vec<Vec<f32>> = (0..4).map(|g| noise(86 + g, n * n, 0.5)).collect();
-    let p: Vec<Vec<f32>> = (0..3).map(|g| noise(90 + g, n, 0.3)).collect(); // input, forget, output
-    let b: Vec<Vec<f32>> = (0..4).map(|g| noise(93 + g, n, 0.2)).collect();
-    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
-    let at = |bi: usize, t: usize| if time_major { t * batch + bi } else { bi * time + t };
     let ys = if time_major {
         vec![time, batch, n]
     } else {
         vec![batch, time, n]
     };
-    let mut want = A {
-        s: ys.clone(),
-        v: vec![0.0; batch * time * n],
-    };
-    for bi in 0..batch {
-        let (mut h, mut c) = (vec![0f32; n], vec![0f32; n]);
-        for t in 0..time {
-            let xt = &x.v[at(bi, t) * n_in..][..n_in];
-            let pre = |g: usize, j: usize, h: &[f32]| {
-                let wx: f32 = (0..n_in).map(|k| w[g][j * n_in + k] * xt[k]).sum();
-                let rh: f32 = (0..n).map(|k| r[g][j * n + k] * h[k]).sum();
-                wx + rh + b[g][j]
-            };
-            let (mut hn, mut cn) = (vec![0f32; n], vec![0f32; n]);
-            for j in 0..n {
-                let f = sig(pre(1, j, &h) + p[1][j] * c[j]);
-                let i = if cifg {
-                    1.0 - f
-                } else {
-                    sig(pre(0, j, &h) + p[0][j] * c[j])
-                };
-                let g = pre(2, j, &h).tanh();
-                cn[j] = f * c[j] + i * g;
-                let o = sig(pre(3, j, &h) + p[2][j] * cn[j]);
-                hn[j] = o * cn[j].tanh();
+    let at = |bi: usize, t: usize| if time_major { t * batch + bi } else { bi * time + t };
+    let runs = [random(&xs, 81), random(&xs, 181)];
+    // the reference over both runs, the state carried across
+    let mut states = vec![(vec![0f32; n], vec![0f32; n]); batch];
+    let mut wants = Vec::new();
+    for x in &runs {
+        let mut want = A {
+            s: ys.clone(),
+            v: vec![0.0; batch * time * n],
+        };
+        for (bi, (h, c)) in states.iter_mut().enumerate() {
+            for t in 0..time {
+                (*h, *c) = m.step(&x.v[at(bi, t) * n_in..][..n_in], h, c);
+                want.v[at(bi, t) * n..][..n].copy_from_slice(h);
             }
-            (h, c) = (hn, cn);
-            want.v[at(bi, t) * n..][..n].copy_from_slice(&h);
         }
+        wants.push(want);
     }
     let (ni, nn) = (n_in as i32, n as i32);
     let mut tensors = vec![act("x", &dims(&xs))];
-    tensors.extend((0..4).map(|g| floats(&format!("w{g}"), &[nn, ni], &w[g])));
-    tensors.extend((0..4).map(|g| floats(&format!("r{g}"), &[nn, nn], &r[g])));
-    tensors.extend((0..3).map(|g| floats(&format!("p{g}"), &[nn], &p[g])));
-    tensors.extend((0..4).map(|g| floats(&format!("b{g}"), &[nn], &b[g])));
+    tensors.extend((0..4).map(|g| floats(&format!("w{g}"), &[nn, ni], &m.w[g])));
+    tensors.extend((0..4).map(|g| floats(&format!("r{g}"), &[nn, nn], &m.r[g])));
+    tensors.extend((0..3).map(|g| floats(&format!("p{g}"), &[nn], &m.p[g])));
+    tensors.extend((0..4).map(|g| floats(&format!("b{g}"), &[nn], &m.b[g])));
     for name in ["h", "c"] {
         let mut s = act(name, &[batch as i32, nn]);
         s.variable = true;
@@ -1003,7 +1030,20 @@ fn lstm_case(cifg: bool, time_major: bool) {
     let opts = T(vec![(0, F::U8(4)), (3, F::U8(time_major as u8))]);
     let bytes = model(tensors, vec![op(LSTM, &ins, &[18], Some((71, opts)))], &[0], &[18]);
     let tag = format!("lstm_cifg{cifg}_tm{time_major}");
-    assert_close(&run(&bytes, &tag, &[&x])[0], &want, &tag);
+    // inputs x, h, c; outputs y, h/next, c/next
+    let zeros = A {
+        s: vec![batch, n],
+        v: vec![0.0; batch * n],
+    };
+    let first = run(&bytes, &tag, &[&runs[0], &zeros, &zeros]);
+    assert_eq!(first.len(), 3, "{tag}: the states are outputs too");
+    assert_close(&first[0], &wants[0], &format!("{tag} run 1"));
+    let state = |t: &Tensor| A {
+        s: t.shape.clone(),
+        v: t.to_f32_vec(),
+    };
+    let second = run(&bytes, &tag, &[&runs[1], &state(&first[1]), &state(&first[2])]);
+    assert_close(&second[0], &wants[1], &format!("{tag} run 2 (continued)"));
 }
 
 /// Empty and degenerate shapes through every builtin family: an error or a result, never a
@@ -1092,5 +1132,74 @@ fn degenerate_shapes_give_errors_not_panics() {
                 );
             }
         }
+    }
+}
+
+/// SVDF (rank 2, memory 3, ReLU) over three runs carrying the state: TFLite's definition,
+/// a window of past feature columns weighted per filter.
+#[test]
+fn svdf_matches_its_definition_across_runs() {
+    const SVDF: i32 = 27;
+    let (batch, n_in, filters, memory, rank) = (2usize, 4usize, 6usize, 3usize, 2usize);
+    let units = filters / rank;
+    let wf = noise(101, filters * n_in, 0.5);
+    let wt = noise(102, filters * memory, 0.5);
+    let bias = noise(103, units, 0.2);
+    let runs: Vec<A> = (0..3).map(|k| random(&[batch, n_in], 110 + k)).collect();
+    // reference: state[b][f][m], newest column last
+    let mut state = vec![0f32; batch * filters * memory];
+    let mut wants = Vec::new();
+    for x in &runs {
+        let mut y = vec![0f32; batch * units];
+        for b in 0..batch {
+            let s = &mut state[b * filters * memory..][..filters * memory];
+            s.rotate_left(1);
+            for f in 0..filters {
+                s[f * memory + memory - 1] = (0..n_in).map(|i| wf[f * n_in + i] * x.v[b * n_in + i]).sum();
+            }
+            for u in 0..units {
+                let total: f32 = (0..rank)
+                    .map(|r| {
+                        (0..memory)
+                            .map(|m| s[(u * rank + r) * memory + m] * wt[(u * rank + r) * memory + m])
+                            .sum::<f32>()
+                    })
+                    .sum();
+                y[b * units + u] = (total + bias[u]).max(0.0);
+            }
+        }
+        wants.push(A {
+            s: vec![batch, units],
+            v: y,
+        });
+    }
+    let mut st = act("state", &[batch as i32, (filters * memory) as i32]);
+    st.variable = true;
+    let tensors = vec![
+        act("x", &[batch as i32, n_in as i32]),
+        floats("wf", &[filters as i32, n_in as i32], &wf),
+        floats("wt", &[filters as i32, memory as i32], &wt),
+        floats("bias", &[units as i32], &bias),
+        st,
+        act("y", &[batch as i32, units as i32]),
+    ];
+    let opts = T(vec![(0, F::I32(rank as i32)), (1, F::U8(1))]);
+    let bytes = model(
+        tensors,
+        vec![op(SVDF, &[0, 1, 2, 3, 4], &[5], Some((6, opts)))],
+        &[0],
+        &[5],
+    );
+    let mut s = A {
+        s: vec![batch, filters * memory],
+        v: vec![0.0; batch * filters * memory],
+    };
+    for (k, (x, want)) in runs.iter().zip(&wants).enumerate() {
+        let got = run(&bytes, "svdf", &[x, &s]);
+        assert_close(&got[0], want, &format!("svdf run {k}"));
+        s = A {
+            s: got[1].shape.clone(),
+            v: got[1].to_f32_vec(),
+        };
     }
 }

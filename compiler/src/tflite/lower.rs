@@ -57,6 +57,8 @@ pub struct Lower<'m, 'a> {
     /// Views made of a tensor: in another layout, or dequantized (`true`).
     views: HashMap<(usize, Layout, bool), ValueId>,
     pub notices: Vec<String>,
+    /// State tensors (TFLite's variable tensors) with the value each holds after the run.
+    states: Vec<(usize, ValueId)>,
     /// The operator being lowered (its first output's name) and its builtin name.
     pub node: String,
     pub op: String,
@@ -335,6 +337,41 @@ impl<'m, 'a> Lower<'m, 'a> {
         Ok(())
     }
 
+    /// A state tensor (TFLite's variable tensors persist between invocations): a graph input
+    /// of its own, made on first use, whose next value the stateful op hands to `next_state`.
+    pub fn state(&mut self, t: usize) -> Result<ValueId> {
+        if let Some((v, _)) = self.slots[t] {
+            return Ok(v);
+        }
+        let d = self.def(t);
+        if !d.variable || self.scalar(t) != Scalar::F32 {
+            return Err(self.err(format!("state `{}` must be a float32 variable tensor", d.name)));
+        }
+        let name = d.name.clone();
+        let v = self.graph.add_input(&name, TensorType::new(Scalar::F32, self.shape(t)));
+        self.notices.push(format!(
+            "state `{name}` is graph input `{name}` and output `{name}/next`: zeros start a sequence, the previous `/next` continues it"
+        ));
+        self.slots[t] = Some((v, Layout::Nhwc));
+        Ok(v)
+    }
+
+    /// The value state tensor `t` holds after the run (a graph output named `<state>/next`).
+    pub fn next_state(&mut self, t: usize, v: ValueId) -> Result<()> {
+        if self.states.iter().any(|s| s.0 == t) {
+            return Err(self.err(format!("state `{}` is written twice", self.def(t).name)));
+        }
+        if self.graph.value(v).ty.shape != self.shape(t) {
+            return Err(self.err(format!(
+                "the next `{}` has shape {}",
+                self.def(t).name,
+                self.graph.value(v).ty
+            )));
+        }
+        self.states.push((t, v));
+        Ok(())
+    }
+
     /// Input `i` of `op` (its tensor index), `None` when absent or -1.
     pub fn input(&self, op: &Operator, i: usize) -> Option<usize> {
         op.inputs.get(i).and_then(|&t| usize::try_from(t).ok())
@@ -456,6 +493,7 @@ pub fn lower(model: &Model, name: &str, opts: &ImportOptions) -> Result<Imported
         slots: vec![None; sg.tensors.len()],
         views: HashMap::new(),
         notices: Vec::new(),
+        states: Vec::new(),
         node: String::new(),
         op: String::new(),
     };
@@ -492,6 +530,11 @@ pub fn lower(model: &Model, name: &str, opts: &ImportOptions) -> Result<Imported
             }));
         }
         let name = cx.def(t).name.clone();
+        cx.graph.rename(v, &name);
+        cx.graph.add_output(v);
+    }
+    for (t, v) in std::mem::take(&mut cx.states) {
+        let name = format!("{}/next", cx.def(t).name);
         cx.graph.rename(v, &name);
         cx.graph.add_output(v);
     }

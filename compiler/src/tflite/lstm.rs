@@ -5,14 +5,15 @@
 //! from ONNX (TFLite computes the forget gate and takes `i = 1 - f`, ONNX computes the input
 //! gate and takes `f = 1 - i`); since `1 - sigmoid(z) = sigmoid(-z)`, the IR's input gate gets
 //! the forget gate's weights, bias and peephole negated, and `1 - i` is then TFLite's `f`.
-//! TFLite's state tensors persist between invocations; compiled code starts each run from
-//! zero, as TFLite does after `ResetVariableTensors`.
+//! TFLite's state tensors persist between invocations: here they are an extra input and
+//! output each (`Lower::state`), so the caller decides between a fresh and a continued
+//! sequence.
 
 use super::lower::{Layout, Lower, Result};
 use super::ops::opt;
 use super::schema::Operator;
 use kiln_ir::op::{Activation, Rnn, RnnDirection, RnnKind};
-use kiln_ir::{Op, Tensor, TensorType};
+use kiln_ir::{Op, Tensor};
 
 /// Input slots of the gate tensors, in the IR's gate order (input, output, forget, cell).
 const WEIGHTS: [usize; 4] = [1, 4, 2, 3];
@@ -95,15 +96,27 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
     } else {
         (vec![batch, 1, n_cell], true)
     };
-    let zeros = Tensor::zeros(&TensorType::new(kiln_ir::Scalar::F32, state.clone()));
+    let (h_state, c_state) = (cx.req(op, 18)?, cx.req(op, 19)?);
+    for t in [h_state, c_state] {
+        if cx.shape(t) != [batch, n_cell] {
+            return Err(cx.err(format!(
+                "state `{}` is {:?}, [{batch}, {n_cell}] expected",
+                cx.def(t).name,
+                cx.shape(t)
+            )));
+        }
+    }
     let xv = cx.float(x, Layout::Nhwc)?;
+    let (h0, c0) = (cx.state(h_state)?, cx.state(c_state)?);
+    let h0 = cx.emit("initial_h", Op::Reshape { shape: state.clone() }, vec![h0])?;
+    let c0 = cx.emit("initial_c", Op::Reshape { shape: state }, vec![c0])?;
     let mut ins = vec![
         xv,
         konst(cx, "W", vec![1, 4 * n_cell, n_in], w),
         konst(cx, "R", vec![1, 4 * n_cell, n_cell], r),
         konst(cx, "B", vec![1, 8 * n_cell], bias),
-        konst(cx, "initial_h", state.clone(), zeros.to_f32_vec()),
-        konst(cx, "initial_c", state, zeros.to_f32_vec()),
+        h0,
+        c0,
     ];
     if PEEPHOLES.iter().any(|&s| cx.input(op, s).is_some()) {
         let order = if cifg {
@@ -123,6 +136,24 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
         batch_major,
     };
     let y = cx.emit("lstm", Op::Rnn(rnn), ins)?;
+    let outs = cx
+        .graph
+        .producer(y)
+        .map(|n| cx.graph.node(n).outputs.clone())
+        .unwrap_or_default();
+    let [_, h_last, c_last] = outs[..] else {
+        return Err(cx.err("the LSTM has no final states"));
+    };
+    for (t, v, what) in [(h_state, h_last, "next_h"), (c_state, c_last, "next_c")] {
+        let v = cx.emit(
+            what,
+            Op::Reshape {
+                shape: vec![batch, n_cell],
+            },
+            vec![v],
+        )?;
+        cx.next_state(t, v)?;
+    }
     let y = cx.emit("sequence", Op::Reshape { shape: cx.shape(out) }, vec![y])?;
     cx.define(out, y, Layout::Nhwc)
 }

@@ -18,6 +18,7 @@ mod lower;
 mod lstm;
 mod ops;
 pub mod schema;
+mod svdf;
 
 pub use ops::{BUILTINS, markdown};
 

@@ -52,6 +52,7 @@ mod code {
     pub const RESIZE_NEAREST_NEIGHBOR: i32 = 97;
     pub const SPLIT_V: i32 = 102;
     pub const UNIDIRECTIONAL_SEQUENCE_LSTM: i32 = 44;
+    pub const SVDF: i32 = 27;
 }
 
 /// The builtin operators this front end lowers, with what they accept (`kiln ops`).
@@ -115,6 +116,11 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
             "constant begin/end/strides; begin, end and shrink-axis masks, offset",
         ),
         (SUB, "SUB", "broadcasting, fused activation"),
+        (
+            SVDF,
+            "SVDF",
+            "float models, any rank, fused activation; the state is an extra input and output",
+        ),
         (TANH, "TANH", ""),
         (TRANSPOSE, "TRANSPOSE", "constant permutation"),
         (
@@ -125,7 +131,7 @@ pub const BUILTINS: &[(i32, &str, &str)] = {
         (
             UNIDIRECTIONAL_SEQUENCE_LSTM,
             "UNIDIRECTIONAL_SEQUENCE_LSTM",
-            "float or int8-weight (hybrid) models: peepholes, CIFG, time-major or not, TANH/RELU/NONE activation; the state starts at zero each run; no projection, layer norm or clipping",
+            "float or int8-weight (hybrid) models: peepholes, CIFG, time-major or not, TANH/RELU/NONE activation; the states are an extra input and output each; no projection, layer norm or clipping",
         ),
         (UNPACK, "UNPACK", "any axis"),
     ]
@@ -194,6 +200,7 @@ pub fn lower(cx: &mut Lower, c: i32, op: &Operator) -> Result<()> {
         RESIZE_NEAREST_NEIGHBOR => resize(cx, op, true),
         TRANSPOSE_CONV => transpose_conv(cx, op),
         UNIDIRECTIONAL_SEQUENCE_LSTM => super::lstm::lstm(cx, op),
+        SVDF => super::svdf::svdf(cx, op),
         PACK => pack(cx, op),
         UNPACK => unpack(cx, op),
         _ => Err(cx.err("not supported")),
@@ -209,7 +216,7 @@ pub(super) fn opt<T: FbScalar>(op: &Operator, id: usize, default: T) -> Result<T
 }
 
 /// A fused activation (`ActivationFunctionType`) applied to `v`.
-fn activation(cx: &mut Lower, v: ValueId, f: u8) -> Result<ValueId> {
+pub(super) fn activation(cx: &mut Lower, v: ValueId, f: u8) -> Result<ValueId> {
     let u = match f {
         0 => return Ok(v),
         1 => UnaryOp::Relu,
