@@ -750,10 +750,10 @@ fn models_with_their_own_quantization_compile_to_integer_code_by_default() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A `.tflite` file through inspect, eval (TFLite's reference bytes) and compile, read by
-/// content: a copy named `.model` works the same.
+/// A `.tflite` file through inspect, eval (TFLite's reference bytes), compile and bench, read
+/// by content: a copy named `.model` works the same.
 #[test]
-fn tflite_files_work_with_inspect_eval_and_compile() {
+fn tflite_files_work_with_inspect_eval_compile_and_bench() {
     let src = repo().join("tests/models/mlperf_tiny_kws_dscnn/source/kws_ref_model.tflite");
     let m = tmp("kws_int8.model");
     std::fs::copy(&src, &m).unwrap();
@@ -800,4 +800,8 @@ fn tflite_files_work_with_inspect_eval_and_compile() {
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(dir.join("kws_int8.c").is_file() && dir.join("kws_int8.h").is_file());
+
+    let o = kiln(&["bench", m, "--runs", "2"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("evaluator, 2 runs: median"), "{}", text(&o).0);
 }
