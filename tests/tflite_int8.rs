@@ -28,6 +28,11 @@ const STEPS: &[(&str, i64, &str)] = &[
     ),
     ("resize_bilinear_align", 1, "as resize_bilinear"),
     ("transpose_conv", 1, "no integer ConvTranspose yet: a float island"),
+    (
+        "fc_16x8",
+        1,
+        "TFLite's 16x8 fully connected rescales its sum with the 32-bit rule, Kiln with the 64-bit one its 16x8 convolutions (exactly) use",
+    ),
 ];
 
 fn dir() -> PathBuf {
@@ -288,6 +293,49 @@ fn models() -> Vec<Case> {
         ),
         inputs: vec![vec![1, 4, 4, 8]],
     });
+    // 16x8: int16 activations, int8 weights, int64 biases
+    let w16 = bytes(21, 6 * 3 * 3 * 8);
+    let s16: Vec<f32> = (0..6).map(|c| 0.004 + 0.001 * c as f32).collect();
+    let b16: Vec<i64> = (0..6).map(|c| (c - 3) * 30000).collect();
+    let bs16: Vec<f32> = s16.iter().map(|s| s * 0.0005).collect();
+    v.push(Case {
+        name: "conv_16x8",
+        model: model(
+            vec![
+                tflite_build::q16("x", &[1, 6, 6, 8], 0.0005),
+                weights8("w", &[6, 3, 3, 8], &w16, &s16, 0),
+                tflite_build::bias64("b", &b16, &bs16),
+                tflite_build::q16("y", &[1, 4, 4, 6], 0.001),
+            ],
+            vec![op(
+                3,
+                &[0, 1, 2],
+                &[3],
+                Some((1, T(vec![(0, F::U8(1)), (1, F::I32(1)), (2, F::I32(1)), (3, F::U8(1))]))),
+            )],
+            &[0],
+            &[3],
+        ),
+        inputs: vec![vec![1, 6, 6, 8]],
+    });
+    let wfc = bytes(23, 5 * 32);
+    let sfc = [0.01f32];
+    let bfc: Vec<i64> = (0..5).map(|c| (c - 2) * 5000).collect();
+    v.push(Case {
+        name: "fc_16x8",
+        model: model(
+            vec![
+                tflite_build::q16("x", &[4, 32], 0.0005),
+                weights8("w", &[5, 32], &wfc, &sfc, 0),
+                tflite_build::bias64("b", &bfc, &[0.0005 * 0.01]),
+                tflite_build::q16("y", &[4, 5], 0.002),
+            ],
+            vec![op(9, &[0, 1, 2], &[3], Some((8, T(vec![(4, F::U8(4))]))))],
+            &[0],
+            &[3],
+        ),
+        inputs: vec![vec![4, 32]],
+    });
     v.push(Case {
         name: "softmax",
         model: model(
@@ -332,7 +380,18 @@ fn build(path: &std::path::Path, numerics: Option<Numerics>) -> Result<kiln_ir::
 
 fn input(c: &Case, i: usize) -> Tensor {
     let s = &c.inputs[i];
-    Tensor::from_vec(s.clone(), bytes(100 + i as u32, s.iter().product()))
+    let v = bytes(100 + i as u32, s.iter().product());
+    if c.name.ends_with("16x8") {
+        // int16 values over the whole range
+        return Tensor::from_vec(
+            s.clone(),
+            v.iter()
+                .enumerate()
+                .map(|(k, &b)| (b as i16) * 256 + k as i16 % 256)
+                .collect::<Vec<i16>>(),
+        );
+    }
+    Tensor::from_vec(s.clone(), v)
 }
 
 #[test]

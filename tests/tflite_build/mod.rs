@@ -271,3 +271,25 @@ pub fn bias32(name: &str, v: &[i32], scales: &[f32]) -> Tensor {
         ..ints(name, &[v.len() as i32], v)
     }
 }
+
+pub const INT16: u8 = 7;
+pub const INT64: u8 = 4;
+
+/// An int16 activation (16x8 models: zero point 0).
+pub fn q16(name: &str, shape: &[i32], scale: f32) -> Tensor {
+    Tensor {
+        ty: INT16,
+        quant: Some((vec![scale], vec![0], 0)),
+        ..act(name, shape)
+    }
+}
+
+/// A constant int64 bias on the grid `scales` (16x8 models).
+pub fn bias64(name: &str, v: &[i64], scales: &[f32]) -> Tensor {
+    Tensor {
+        ty: INT64,
+        data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        quant: Some((scales.to_vec(), vec![0; scales.len()], 0)),
+        ..act(name, &[v.len() as i32])
+    }
+}

@@ -275,9 +275,10 @@ fn sink_quantize(g: &mut Graph) -> Result<(), QuantError> {
     Ok(())
 }
 
-/// Whether `v` is an int8 graph input, or one moved by layout ops (a model taking int8).
+/// Whether `v` is an int8 (or int16) graph input, or one moved by layout ops (a model taking
+/// integers).
 fn from_int8_input(g: &Graph, v: ValueId) -> bool {
-    if g.value(v).ty.dtype.scalar != Scalar::I8 {
+    if !matches!(g.value(v).ty.dtype.scalar, Scalar::I8 | Scalar::I16) {
         return false;
     }
     match g.producer(v) {

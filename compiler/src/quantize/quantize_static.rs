@@ -464,23 +464,23 @@ impl Rewriter<'_> {
         let node = self.src.node(n).clone();
         let out = node.outputs[0];
         match &node.op {
-            // a model with int8 inputs (maybe moved by layout ops): already the integer version
+            // a model with int8 (or 16x8's int16) inputs, maybe moved by layout ops: already
+            // the integer version
             Op::Dequantize { scale, zero_point }
-                if self.src.value(node.inputs[0]).ty.dtype.scalar == Scalar::I8
-                    && self.float.contains_key(&node.inputs[0]) =>
+                if self.float.contains_key(&node.inputs[0])
+                    && int_width(self.src.value(node.inputs[0]).ty.dtype.scalar, *zero_point).is_some() =>
             {
                 let x = self.float[&node.inputs[0]];
-                self.int.insert(out, (x, Q::int8(*scale, *zero_point)));
+                let bits = int_width(self.src.value(node.inputs[0]).ty.dtype.scalar, *zero_point).expect("checked");
+                self.int.insert(out, (x, Q::new(*scale, *zero_point, bits)));
             }
-            // a model with int8 outputs: the value at the model's parameters, as it is
-            Op::Quantize {
-                to: Scalar::I8,
-                scale,
-                zero_point,
-            } if self
-                .int
-                .get(&node.inputs[0])
-                .is_some_and(|(_, q)| *q == Q::int8(*scale, *zero_point)) =>
+            // a model with int8 (int16) outputs: the value at the model's parameters, as it is
+            Op::Quantize { to, scale, zero_point }
+                if int_width(*to, *zero_point).is_some_and(|bits| {
+                    self.int
+                        .get(&node.inputs[0])
+                        .is_some_and(|(_, q)| *q == Q::new(*scale, *zero_point, bits))
+                }) =>
             {
                 let q = self.int[&node.inputs[0]];
                 self.int.insert(out, q);
@@ -1446,6 +1446,15 @@ impl Rewriter<'_> {
             weight_bits,
             numerics: Default::default(),
         })
+    }
+}
+
+/// The integer width a model's int8, or 16x8 int16 (zero point 0), value has.
+fn int_width(s: Scalar, zero_point: i32) -> Option<u8> {
+    match s {
+        Scalar::I8 => Some(8),
+        Scalar::I16 if zero_point == 0 => Some(16),
+        _ => None,
     }
 }
 
