@@ -27,7 +27,6 @@ const STEPS: &[(&str, i64, &str)] = &[
         "no integer bilinear resize yet: a float island, TFLite interpolates in fixed point",
     ),
     ("resize_bilinear_align", 1, "as resize_bilinear"),
-    ("transpose_conv", 1, "no integer ConvTranspose yet: a float island"),
     (
         "fc_16x8",
         1,
@@ -290,6 +289,34 @@ fn models() -> Vec<Case> {
             )],
             &[2],
             &[3],
+        ),
+        inputs: vec![vec![1, 4, 4, 8]],
+    });
+    v.push(Case {
+        name: "transpose_conv_valid",
+        model: model(
+            vec![
+                int("shape", &[4], &[1, 9, 10, 4]),
+                weights8("w", &[4, 3, 4, 8], &bytes(11, 4 * 3 * 4 * 8), &tscales, 0),
+                q8("x", &[1, 4, 4, 8], 0.05, 3),
+                bias32(
+                    "b",
+                    &[300, -200, 100, 0],
+                    &tscales.iter().map(|s| s * 0.05).collect::<Vec<_>>(),
+                ),
+                q8("y", &[1, 9, 10, 4], 0.07, -3),
+            ],
+            vec![op(
+                67,
+                &[0, 1, 2, 3],
+                &[4],
+                Some((
+                    49,
+                    T(vec![(0, F::U8(1)), (1, F::I32(2)), (2, F::I32(2)), (3, F::U8(1))]),
+                )),
+            )],
+            &[2],
+            &[4],
         ),
         inputs: vec![vec![1, 4, 4, 8]],
     });

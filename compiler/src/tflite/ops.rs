@@ -862,6 +862,11 @@ fn transpose_conv(cx: &mut Lower, op: &Operator) -> Result<()> {
             )));
         }
     }
+    if cx.act(x).is_some() {
+        let y = as_convolution(cx, op, [x, w], [oh, ow], s, [pads[0], pads[1]])?;
+        let y = activation(cx, y, opt(op, 3, 0u8)?)?;
+        return cx.define(out, y, Layout::Nchw);
+    }
     let window = Window {
         kernel: vec![kh, kw],
         strides: s.to_vec(),
@@ -882,6 +887,87 @@ fn transpose_conv(cx: &mut Lower, op: &Operator) -> Result<()> {
     let y = cx.emit("transpose_conv", ct, inputs)?;
     let y = activation(cx, y, opt(op, 3, 0u8)?)?;
     cx.define(out, y, Layout::Nchw)
+}
+
+/// A quantized TRANSPOSE_CONV as the convolution it equals: the input spread out by the
+/// strides (zeros between, the zero point once quantized), bordered, and convolved with the
+/// kernel flipped. The quantizer then gives it the integer convolution with TFLite's rescale,
+/// whose sums are exactly TFLite's scatter-accumulated ones.
+fn as_convolution(
+    cx: &mut Lower,
+    op: &Operator,
+    [x, w]: [usize; 2],
+    out: [usize; 2],
+    s: [usize; 2],
+    before: [usize; 2],
+) -> Result<ValueId> {
+    let mut v = cx.float(x, Layout::Nchw)?;
+    for axis in [2, 3] {
+        let stride = s[axis - 2];
+        if stride == 1 {
+            continue;
+        }
+        let shape = cx.graph.value(v).ty.shape.clone();
+        let mut apart = shape.clone();
+        apart.insert(axis + 1, 1);
+        v = cx.emit("apart", Op::Reshape { shape: apart }, vec![v])?;
+        let mut pads = vec![0i64; 10];
+        pads[5 + axis + 1] = stride as i64 - 1;
+        v = cx.emit(
+            "spread",
+            Op::Pad {
+                mode: PadMode::Constant,
+                pads,
+            },
+            vec![v],
+        )?;
+        let mut spread = shape;
+        spread[axis] *= stride;
+        v = cx.emit("spread", Op::Reshape { shape: spread }, vec![v])?;
+    }
+    let ws = cx.shape(w);
+    let (kh, kw) = (ws[1], ws[2]);
+    let len = cx.graph.value(v).ty.shape.clone();
+    let mut border = vec![0i64; 8];
+    for (k, kern) in [kh, kw].into_iter().enumerate() {
+        let lead = kern as i64 - 1 - before[k] as i64;
+        border[2 + k] = lead;
+        border[6 + k] = (out[k] + kern) as i64 - 1 - len[2 + k] as i64 - lead;
+    }
+    v = cx.emit(
+        "border",
+        Op::Pad {
+            mode: PadMode::Constant,
+            pads: border,
+        },
+        vec![v],
+    )?;
+    // [O, kh, kw, I] -> [O, I, kh, kw], each kernel turned by 180 degrees
+    let mut wt = cx.constant(w, Some(&[0, 3, 1, 2]))?;
+    let plane = kh * kw;
+    let flipped = kiln_ir::map_data!(&wt.data, d => d.chunks(plane).flat_map(|p| p.iter().rev().copied()).collect());
+    wt.data = flipped;
+    let name = format!("{}/flipped", cx.def(w).name);
+    let wv = cx.graph.add_const(&name, wt);
+    let mut inputs = vec![v, wv];
+    if let Some(b) = cx.input(op, 3) {
+        inputs.push(cx.value(b, Layout::Nhwc)?);
+    }
+    let window = Window {
+        kernel: vec![kh, kw],
+        strides: vec![1, 1],
+        dilations: vec![1, 1],
+        pads: vec![0; 4],
+    };
+    cx.emit(
+        "conv",
+        Op::Conv(Conv {
+            window,
+            group: 1,
+            fused: None,
+        }),
+        inputs,
+    )
 }
 
 /// TFLite's nearest source index of each of `out` positions along an axis of `len`.
