@@ -27,11 +27,6 @@ const STEPS: &[(&str, i64, &str)] = &[
         "no integer bilinear resize yet: a float island, TFLite interpolates in fixed point",
     ),
     ("resize_bilinear_align", 1, "as resize_bilinear"),
-    (
-        "fc_16x8",
-        1,
-        "TFLite's 16x8 fully connected rescales its sum with the 32-bit rule, Kiln with the 64-bit one its 16x8 convolutions (exactly) use",
-    ),
 ];
 
 fn dir() -> PathBuf {

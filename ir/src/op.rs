@@ -615,8 +615,10 @@ pub enum Op {
 ///   steps, the doubling high multiply (rounded half up) then a divide by a power of two
 ///   (rounded half away from zero; `kiln_runtime::multiply_by_quantized_multiplier_tflite`);
 ///   averages round half away from zero. The quantizer gives it to convolutions, Add and
-///   average pools; fully connected layers keep `Onnx`, which is what TFLite's reference
-///   fully connected kernel gives (measured on the MLPerf Tiny models' references).
+///   average pools; int8 fully connected layers keep `Onnx`, which is what TFLite's reference
+///   fully connected kernel gives (measured on the MLPerf Tiny models' references). A 16x8
+///   fully connected layer with `Tflite` saturates its i64 sum to i32 and rescales it with
+///   the 32-bit single rounding (TFLite's), where 16x8 convolutions keep the 64-bit rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Numerics {
     #[default]

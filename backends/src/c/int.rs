@@ -328,6 +328,20 @@ pub(super) fn requant(out: &mut String, q: &QLinear, ch: &str, wide: bool, small
     )
 }
 
+/// TFLite's 16x8 fully connected output stage for the sum `acc` of column `j`: saturated
+/// to i32, then the 32-bit single-rounding rescale.
+fn requant_fc16(out: &mut String, q: &QLinear) -> String {
+    rom_table(out, "int32_t", "mult", q.requant.iter().map(|r| r.multiplier));
+    rom_table(out, "int32_t", "shift", q.requant.iter().map(|r| r.shift));
+    let c = if q.requant.len() == 1 { "0" } else { "j" };
+    format!(
+        "(int16_t)(kiln_clamp(kiln_mbqm(kiln_clamp64(acc, INT32_MIN, INT32_MAX), kiln_rom_i32(&mult[{c}]), kiln_rom_i32(&shift[{c}])), {}, {}) + {})",
+        q.act_min - q.output_zp,
+        q.act_max - q.output_zp,
+        q.output_zp
+    )
+}
+
 /// `kiln_mbqm(x, m, shift)` with constant `m` and `shift`, in the cheapest exact form: the
 /// 32-bit helper, or for a power-of-two multiplier 2^k a rounding shift of `x` itself
 /// ((x * 2^k + 2^(t-1)) >> t is (x + 2^(t-1-k)) >> (t-k), t = 31 - shift, and fits int32).
@@ -610,7 +624,11 @@ fn products(out: &mut String, g: &Graph, n: NodeId, cortex_m: bool, avr: bool) {
                 let fin = super::mcu::requant(out, q, "oc", small_sums(g, n));
                 return super::mcu::dense(out, g, n, &fin);
             }
-            let fin = requant(out, q, "j", wide, small_sums(g, n));
+            let fin = if wide && q.numerics == Numerics::Tflite {
+                requant_fc16(out, q)
+            } else {
+                requant(out, q, "j", wide, small_sums(g, n))
+            };
             let (acc_t, mul) = if wide {
                 ("int64_t", "kiln_mul16")
             } else if fits_24(g, n) {

@@ -97,8 +97,12 @@ pub struct QuantOptions {
 pub fn set_numerics(g: &mut Graph, n: Numerics) {
     for id in g.node_ids().collect::<Vec<_>>() {
         let int_in = g.value(g.node(id).inputs[0]).ty.dtype.scalar.is_int();
+        let int16_in = g.value(g.node(id).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
         match g.op_mut(id) {
             Op::QConv { q, .. } => q.numerics = n,
+            // TFLite's int8 fully connected rounds as ONNX Runtime; its 16x8 one has a rule of
+            // its own, which TFLite numerics select
+            Op::QMatMul { q } if int16_in => q.numerics = n,
             Op::QAdd(a) => a.numerics = n,
             Op::QMul(m) => m.numerics = n,
             Op::QPRelu(p) => p.numerics = n,

@@ -77,11 +77,23 @@ fn finish_wide(q: &QLinear, channel: usize, acc: i64) -> i32 {
     v.clamp(q.act_min as i64, q.act_max as i64) as i32
 }
 
+/// TFLite's 16x8 fully connected output stage: the sum saturated to i32, then the 32-bit
+/// single-rounding rescale (its int8 fully connected layers' too).
+fn finish_fc16(q: &QLinear, channel: usize, acc: i64) -> i32 {
+    let r = q.requant[if q.requant.len() == 1 { 0 } else { channel }];
+    let a = acc.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    let v = rt::multiply_by_quantized_multiplier(a, r) as i64 + q.output_zp as i64;
+    v.clamp(q.act_min as i64, q.act_max as i64) as i32
+}
+
 /// An integer product's output from `(channel, sum)` pairs: int8, or int16 when its input
-/// is int16 (16x8).
-fn product_out(x: &Tensor, q: &QLinear, out: &[usize], acc: Vec<(usize, i64)>) -> Tensor {
+/// is int16 (16x8; a fully connected layer, `fc`, with TFLite numerics rescales as TFLite's).
+fn product_out(x: &Tensor, q: &QLinear, out: &[usize], acc: Vec<(usize, i64)>, fc: bool) -> Tensor {
     let two_step = q.numerics == Numerics::Tflite;
-    if x.data.scalar() == Scalar::I16 {
+    if x.data.scalar() == Scalar::I16 && fc && two_step {
+        let y: Vec<i16> = acc.into_iter().map(|(c, a)| finish_fc16(q, c, a) as i16).collect();
+        Tensor::from_vec(out.to_vec(), y)
+    } else if x.data.scalar() == Scalar::I16 {
         let y: Vec<i16> = acc.into_iter().map(|(c, a)| finish_wide(q, c, a) as i16).collect();
         Tensor::from_vec(out.to_vec(), y)
     } else {
@@ -104,7 +116,7 @@ pub(crate) fn qconv(window: &Window, group: usize, q: &QLinear, x: &[&Tensor], o
         out,
         |oc, a| (oc, a),
     );
-    Ok(product_out(x[0], q, out, acc))
+    Ok(product_out(x[0], q, out, acc, false))
 }
 
 /// ONNX `DynamicQuantizeLinear`: `[y: u8, scale, zero_point]`, the int8 rule of
@@ -236,7 +248,7 @@ pub(crate) fn qmatmul(q: &QLinear, x: &[&Tensor], out: &[usize]) -> Result<Tenso
     for xr in xv.chunks_exact(kd.max(1)) {
         int_row(xr, q.input_zp, x[1], bias.as_deref(), |j, a| acc.push((j, a)));
     }
-    Ok(product_out(x[0], q, out, acc))
+    Ok(product_out(x[0], q, out, acc, true))
 }
 
 /// Int8 product with blocked weight scales: per column, the bias plus each block's i32 sum

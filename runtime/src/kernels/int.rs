@@ -271,6 +271,19 @@ impl QLinear<'_> {
         let v = crate::multiply_by_quantized_multiplier_wide(acc, r) + self.output_zp as i64;
         v.clamp(self.act_min as i64, self.act_max as i64) as i16
     }
+
+    /// TFLite's 16x8 fully connected output stage (with `tflite`): the sum saturated to
+    /// i32, then the 32-bit single-rounding rescale; otherwise [`QLinear::finish_wide`].
+    #[inline]
+    fn finish_fc16(&self, channel: usize, acc: i64) -> i16 {
+        if !self.tflite {
+            return self.finish_wide(channel, acc);
+        }
+        let r = self.requant[if self.requant.len() == 1 { 0 } else { channel }];
+        let a = acc.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        let v = crate::multiply_by_quantized_multiplier(a, r) as i64 + self.output_zp as i64;
+        v.clamp(self.act_min as i64, self.act_max as i64) as i16
+    }
 }
 
 /// 16x8 convolution: int16 input (symmetric), int8 weights, int64 bias and sums, int16
@@ -326,7 +339,7 @@ pub fn qmatmul16(x: &[i16], w: &[i8], bias: Option<&[i64]>, y: &mut [i16], scrat
             }
         }
         for (j, (d, &a)) in yr.iter_mut().zip(acc.iter()).enumerate() {
-            *d = q.finish_wide(j, a);
+            *d = q.finish_fc16(j, a);
         }
     }
 }

@@ -2320,7 +2320,15 @@ pub(crate) fn qmatmul16(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, a: &Args
             });
             let (m, s) = channel_requant(fx, q, a.aux[0], a.aux[1], j);
             let v = fx.b.use_var(acc);
-            let y = finish_wide(fx, q, v, m, s);
+            let y = match q.numerics {
+                Numerics::Onnx => finish_wide(fx, q, v, m, s),
+                // TFLite's 16x8 fully connected: the sum saturated to i32, one 32-bit rescale
+                Numerics::Tflite => {
+                    let v = saturate_i32(fx, v);
+                    let r = mbqm(fx, v, m, s);
+                    add_zp_clamp(fx, r, q.output_zp, q.act_min, q.act_max)
+                }
+            };
             let ya = fx.addr(yrow, j, 2);
             fx.b.ins().istore16(flags(), y, ya, 0);
         });
