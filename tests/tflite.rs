@@ -153,3 +153,34 @@ fn float_files_match_the_float_references() {
         }
     }
 }
+
+/// The float files compiled natively, to C and to Rust source, against the evaluator (to the
+/// native float tolerance, ARCHITECTURE.md "Float tolerance"), on three reference inputs.
+#[test]
+fn float_files_run_on_every_backend() {
+    let mut built = Vec::new();
+    for (name, _, float) in MODELS {
+        let Some(float) = float else { continue };
+        let d = dir(name);
+        let m = load(&d.join("source").join(float));
+        let sets: Vec<Vec<Tensor>> = kiln_tests::ref_input_sets(&d, 1).into_iter().take(3).collect();
+        built.push((name.trim_start_matches("mlperf_tiny_").to_string(), m.graph, sets));
+    }
+    let tmp = std::env::temp_dir().join(format!("kiln-tflite-float-{}", std::process::id()));
+    let list: Vec<(&str, &Graph)> = built.iter().map(|(t, g, _)| (t.as_str(), g)).collect();
+    let rust = kiln_tests::build_rust(&list, &tmp.join("rust"), false).unwrap();
+    for (k, (tag, g, sets)) in built.iter().enumerate() {
+        let c = kiln_tests::build_c(g, "model", &tmp.join(tag).join("c"), &[]).unwrap();
+        let native = kiln_tests::build_native(g, "model", &tmp.join(tag).join("n")).unwrap();
+        for inputs in sets {
+            let want = kiln_ir::eval::run(g, inputs).unwrap();
+            for (label, exe) in [("C", &c), ("native", &native), ("Rust", &rust[k])] {
+                let got = exe.run(g, inputs).unwrap_or_else(|e| panic!("{tag} {label}: {e}"));
+                let (ratio, abs) = compare_range(&got[0], &want[0], kiln_tests::NATIVE_REL, kiln_tests::NATIVE_ABS)
+                    .unwrap_or_else(|e| panic!("{tag} {label}: {e}"));
+                assert!(ratio <= 1.0, "{tag} {label}: {abs:.2e} from the evaluator");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1203,3 +1203,73 @@ fn svdf_matches_its_definition_across_runs() {
         };
     }
 }
+
+/// The f16 bits of an f32 that binary16 holds exactly (a normal number or zero).
+fn half_bits(v: f32) -> u16 {
+    if v == 0.0 {
+        return 0;
+    }
+    let b = v.to_bits();
+    let (sign, exp, man) = (
+        (b >> 16) & 0x8000,
+        ((b >> 23) & 0xff) as i32 - 127 + 15,
+        (b >> 13) & 0x3ff,
+    );
+    assert!(
+        (1..31).contains(&exp) && b & 0x1fff == 0,
+        "{v} is not exact in binary16"
+    );
+    (sign | (exp as u32) << 10 | man) as u16
+}
+
+/// Weights stored as float16 (TFLite's float16 quantization) or int8 per channel (dynamic
+/// range), each widened by a DEQUANTIZE before the convolution that reads them.
+#[test]
+fn dequantized_weights_feed_convolutions() {
+    const DEQUANTIZE: i32 = 6;
+    let x = random(&[1, 5, 5, 2], 121);
+    let case = ConvCase {
+        depthwise: false,
+        x: [1, 5, 5, 2],
+        w: [3, 3, 3, 2],
+        stride: [1, 1],
+        dilation: [1, 1],
+        same: true,
+        act: 0,
+    };
+    let b = [0.25f32, -0.5, 0.125];
+    // float16: values on a 1/16 grid, exact in binary16
+    let w: Vec<f32> = (0..54).map(|i| ((i * 7 % 17) as f32 - 8.0) / 16.0).collect();
+    let mut w16 = floats("w16", &[3, 3, 3, 2], &[]);
+    w16.ty = 1;
+    w16.data = Some(w.iter().flat_map(|&v| half_bits(v).to_le_bytes()).collect());
+    // int8 per output channel
+    let q: Vec<i8> = (0..54).map(|i| (i * 37 % 255) as i8).collect();
+    let scales = [0.01f32, 0.02, 0.005];
+    let wq: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * scales[i / 18]).collect();
+    let w8 = tflite_build::weights8("w8", &[3, 3, 3, 2], &q, &scales, 0);
+    for (tag, wt, wf) in [("float16", w16, &w), ("int8", w8, &wq)] {
+        let want = conv_ref(&case, &x, wf, &b);
+        let bytes = model(
+            vec![
+                act("x", &[1, 5, 5, 2]),
+                wt,
+                act("w", &[3, 3, 3, 2]),
+                floats("b", &[3], &b),
+                act("y", &[1, 5, 5, 3]),
+            ],
+            vec![
+                op(DEQUANTIZE, &[1], &[2], None),
+                op(
+                    CONV_2D,
+                    &[0, 2, 3],
+                    &[4],
+                    Some((1, T(vec![(0, F::U8(0)), (1, F::I32(1)), (2, F::I32(1))]))),
+                ),
+            ],
+            &[0],
+            &[4],
+        );
+        assert_close(&run(&bytes, &format!("dequantized_{tag}"), &[&x])[0], &want, tag);
+    }
+}

@@ -152,9 +152,19 @@ impl<'m, 'a> Lower<'m, 'a> {
     /// dequantized weight), everything else keeps its type.
     pub fn constant(&self, t: usize, perm: Option<&[usize]>) -> Result<Tensor> {
         let d = self.def(t);
-        let bytes = self
-            .data(t)
-            .ok_or_else(|| self.err(format!("input `{}` must be a constant", d.name)))?;
+        let Some(bytes) = self.data(t) else {
+            // computed from constants at import (a DEQUANTIZE of float16 or int8 weights)
+            return match self.slots[t] {
+                Some((v, Layout::Nhwc)) if self.graph.const_value(v).is_some() => {
+                    let c = self.graph.const_value(v).expect("checked").as_ref().clone();
+                    Ok(match perm {
+                        Some(p) => permuted(c, p),
+                        None => c,
+                    })
+                }
+                _ => Err(self.err(format!("input `{}` must be a constant", d.name))),
+            };
+        };
         let scalar = self.scalar(t);
         let data = Data::from_le_bytes(scalar, bytes)
             .filter(|x| x.len() == self.shape(t).iter().product::<usize>())
@@ -388,6 +398,26 @@ impl<'m, 'a> Lower<'m, 'a> {
             .and_then(|&t| usize::try_from(t).ok())
             .ok_or_else(|| self.err(format!("output {i} is missing")))
     }
+}
+
+/// A constant with its axes permuted by `perm`, its grid's axis following.
+fn permuted(t: Tensor, perm: &[usize]) -> Tensor {
+    let data = kiln_ir::map_data!(&t.data, v => permute(v, &t.shape, perm));
+    let shape = perm.iter().map(|&i| t.shape[i]).collect();
+    let mut out = Tensor::new(shape, data);
+    out.quant = t.quant.map(|q| match q {
+        QParams::PerAxis {
+            axis,
+            scales,
+            zero_points,
+        } => QParams::PerAxis {
+            axis: perm.iter().position(|&i| i == axis).unwrap_or(0),
+            scales,
+            zero_points,
+        },
+        other => other,
+    });
+    out
 }
 
 /// Checks every tensor once (index ranges, types, shapes, element counts) so the lowering

@@ -136,9 +136,10 @@ fn tensor(t: &Table) -> Result<TensorDef> {
         Some(q) => {
             let scales: Vec<f32> = q.scalars(2)?;
             let zero_points: Vec<i64> = q.scalars(3)?;
-            let custom = q.get(4, 0u8)? != 0;
-            if custom {
-                return Err(Malformed("custom quantization details are not supported".into()));
+            if q.get(4, 0u8)? != 0 {
+                return Err(Malformed(
+                    "quantization details (custom, blockwise) are not supported".into(),
+                ));
             }
             (!scales.is_empty()).then_some(Quant {
                 scales,
