@@ -22,6 +22,11 @@ use tflite_build::{F, T, bias32, model, op, q8, weights8};
 /// built without `strict_integer` (they keep a float island, named in the reason).
 const STEPS: &[(&str, i64, &str)] = &[
     (
+        "conv_uint8",
+        1,
+        "asymmetric uint8 weights: Kiln's integer convolution takes symmetric ones and quantizes them again (noted)",
+    ),
+    (
         "resize_bilinear",
         1,
         "no integer bilinear resize yet: a float island, TFLite interpolates in fixed point",
@@ -315,6 +320,28 @@ fn models() -> Vec<Case> {
         ),
         inputs: vec![vec![1, 4, 4, 8]],
     });
+    // uint8 throughout (TFLite's older quantization): asymmetric weights per tensor
+    let wu8: Vec<u8> = bytes(13, 6 * 3 * 3 * 8).iter().map(|&b| b as u8).collect();
+    v.push(Case {
+        name: "conv_uint8",
+        model: model(
+            vec![
+                tflite_build::qu8("x", &[1, 6, 6, 8], 0.05, 128, None),
+                tflite_build::qu8("w", &[6, 3, 3, 8], 0.004, 120, Some(wu8)),
+                bias32("b", &[300, -200, 100, 0, 50, -50], &[0.05 * 0.004]),
+                tflite_build::qu8("y", &[1, 6, 6, 6], 0.08, 100, None),
+            ],
+            vec![op(
+                3,
+                &[0, 1, 2],
+                &[3],
+                Some((1, T(vec![(0, F::U8(0)), (1, F::I32(1)), (2, F::I32(1)), (3, F::U8(1))]))),
+            )],
+            &[0],
+            &[3],
+        ),
+        inputs: vec![vec![1, 6, 6, 8]],
+    });
     // 16x8: int16 activations, int8 weights, int64 biases
     let w16 = bytes(21, 6 * 3 * 3 * 8);
     let s16: Vec<f32> = (0..6).map(|c| 0.004 + 0.001 * c as f32).collect();
@@ -403,6 +430,9 @@ fn build(path: &std::path::Path, numerics: Option<Numerics>) -> Result<kiln_ir::
 fn input(c: &Case, i: usize) -> Tensor {
     let s = &c.inputs[i];
     let v = bytes(100 + i as u32, s.iter().product());
+    if c.name.ends_with("uint8") {
+        return Tensor::from_vec(s.clone(), v.iter().map(|&b| b as u8).collect::<Vec<u8>>());
+    }
     if c.name.ends_with("16x8") {
         // int16 values over the whole range
         return Tensor::from_vec(

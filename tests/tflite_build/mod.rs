@@ -293,3 +293,16 @@ pub fn bias64(name: &str, v: &[i64], scales: &[f32]) -> Tensor {
         ..act(name, &[v.len() as i32])
     }
 }
+
+pub const UINT8: u8 = 3;
+
+/// A uint8 tensor with per-tensor parameters (TFLite's older quantized models), constant
+/// when `data` is given.
+pub fn qu8(name: &str, shape: &[i32], scale: f32, zero_point: i64, data: Option<Vec<u8>>) -> Tensor {
+    Tensor {
+        ty: UINT8,
+        data,
+        quant: Some((vec![scale], vec![zero_point], 0)),
+        ..act(name, shape)
+    }
+}

@@ -278,7 +278,7 @@ fn sink_quantize(g: &mut Graph) -> Result<(), QuantError> {
 /// Whether `v` is an int8 (or int16) graph input, or one moved by layout ops (a model taking
 /// integers).
 fn from_int8_input(g: &Graph, v: ValueId) -> bool {
-    if !matches!(g.value(v).ty.dtype.scalar, Scalar::I8 | Scalar::I16) {
+    if !matches!(g.value(v).ty.dtype.scalar, Scalar::I8 | Scalar::I16 | Scalar::U8) {
         return false;
     }
     match g.producer(v) {

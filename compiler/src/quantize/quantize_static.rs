@@ -412,6 +412,34 @@ impl Rewriter<'_> {
     }
 
     /// Adds an integer node producing the int8 version of `out`.
+    /// `x` (uint8 or int8) plus `by` (±128) in type `to`, through int16: the exact move
+    /// between a uint8 grid and the same grid in int8 terms.
+    fn offset_u8(&mut self, x: ValueId, name: &str, to: Scalar, by: i16) -> ValueId {
+        let shape = self.dst.value(x).ty.shape.clone();
+        let step = |g: &mut Graph, what: &str, op: Op, ins: Vec<ValueId>, s: Scalar| {
+            let n = g.fresh_name(&format!("{name}:{what}"));
+            g.add_node_typed(&n, op, ins, vec![(n.clone(), TensorType::new(s, shape.clone()))])
+                .1[0]
+        };
+        let wide = step(
+            &mut self.dst,
+            "wide",
+            Op::Cast { to: Scalar::I16 },
+            vec![x],
+            Scalar::I16,
+        );
+        let c = self.dst.fresh_name(&format!("{name}:offset"));
+        let c = self.dst.add_const(&c, Tensor::from_vec(vec![], vec![by]));
+        let moved = step(
+            &mut self.dst,
+            "moved",
+            Op::Binary(BinaryOp::Add),
+            vec![wide, c],
+            Scalar::I16,
+        );
+        step(&mut self.dst, "narrow", Op::Cast { to }, vec![moved], to)
+    }
+
     fn emit_int(&mut self, n: NodeId, op: Op, inputs: Vec<ValueId>, out: ValueId, p: Q) {
         let node = self.src.node(n);
         let ty = TensorType::new(p.dtype(), self.src.value(out).ty.shape.clone());
@@ -473,6 +501,30 @@ impl Rewriter<'_> {
                 let x = self.float[&node.inputs[0]];
                 let bits = int_width(self.src.value(node.inputs[0]).ty.dtype.scalar, *zero_point).expect("checked");
                 self.int.insert(out, (x, Q::new(*scale, *zero_point, bits)));
+            }
+            // a model with uint8 inputs (TFLite's older quantization): moved to int8 exactly
+            Op::Dequantize { scale, zero_point }
+                if self.src.value(node.inputs[0]).ty.dtype.scalar == Scalar::U8
+                    && self.float.contains_key(&node.inputs[0]) =>
+            {
+                let x = self.float[&node.inputs[0]];
+                let v = self.offset_u8(x, &node.name, Scalar::I8, -128);
+                self.int.insert(out, (v, Q::int8(*scale, *zero_point - 128)));
+            }
+            // a model with uint8 outputs: the int8 value moved back
+            Op::Quantize {
+                to: Scalar::U8,
+                scale,
+                zero_point,
+            } if self
+                .int
+                .get(&node.inputs[0])
+                .is_some_and(|(_, q)| *q == Q::int8(*scale, *zero_point - 128)) =>
+            {
+                let (x, _) = self.int[&node.inputs[0]];
+                let v = self.offset_u8(x, &node.name, Scalar::U8, 128);
+                self.float.insert(out, v);
+                return Ok(());
             }
             // a model with int8 (int16) outputs: the value at the model's parameters, as it is
             Op::Quantize { to, scale, zero_point }
@@ -1575,6 +1627,12 @@ fn model_grid(notes: &mut Vec<String>, node: &str, w: &Tensor, channel_axis: usi
         QParams::Blocked { block, .. } => {
             notes.push(format!(
                 "node `{node}`: the model's weights have one scale per block of {block} along K, which this integer product cannot take; Kiln quantized them per channel (`--quantize dynamic` keeps the blocks)"
+            ));
+            None
+        }
+        QParams::PerTensor { zero_point, .. } => {
+            notes.push(format!(
+                "node `{node}`: the model's weights have zero point {zero_point} (in int8 terms: asymmetric), which this integer product cannot take; Kiln quantized them again, symmetric per channel"
             ));
             None
         }
