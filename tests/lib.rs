@@ -904,3 +904,18 @@ pub fn recurrent_layer(
     }
     (g, inputs)
 }
+
+/// `dir/<which>/test_data_set_K/{input_0,output_0}.npy` pairs (the one-input int8
+/// references of the MLPerf Tiny models: `ref_int8/`, `ref_int8_onnx/`).
+pub fn int8_sets(dir: &std::path::Path, which: &str) -> Vec<(Tensor, Tensor)> {
+    (0..)
+        .map(|k| dir.join(which).join(format!("test_data_set_{k}")))
+        .take_while(|d| d.is_dir())
+        .map(|d| {
+            (
+                kiln::npy::read(&d.join("input_0.npy")).unwrap(),
+                kiln::npy::read(&d.join("output_0.npy")).unwrap(),
+            )
+        })
+        .collect()
+}

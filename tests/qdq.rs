@@ -9,7 +9,8 @@ use kiln::PipelineOptions;
 use kiln::quantize::{QuantOptions, qdq};
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_tests::{
-    bit_exact_on_every_backend_many, case_import_options, digits_accuracy, load_model, model_dirs, ref_input_sets,
+    bit_exact_on_every_backend_many, case_import_options, digits_accuracy, int8_sets, load_model, model_dirs,
+    ref_input_sets,
 };
 use std::path::{Path, PathBuf};
 
@@ -189,20 +190,6 @@ fn tflite_model_with(name: &str, numerics: Option<kiln_ir::op::Numerics>) -> (Pa
     };
     let q = qdq::quantize_model(&m.graph, None, &strict).unwrap_or_else(|e| panic!("{name}: {e}"));
     (dir, q.graph)
-}
-
-/// `dir/<which>/test_data_set_K/{input_0,output_0}.npy` pairs.
-fn int8_sets(dir: &Path, which: &str) -> Vec<(Tensor, Tensor)> {
-    (0..)
-        .map(|k| dir.join(which).join(format!("test_data_set_{k}")))
-        .take_while(|d| d.is_dir())
-        .map(|d| {
-            (
-                kiln::npy::read(&d.join("input_0.npy")).unwrap(),
-                kiln::npy::read(&d.join("output_0.npy")).unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use kiln::PipelineOptions;
 use kiln::quantize::{Mode, QuantOptions, apply};
 use kiln_ir::{Graph, Tensor};
-use kiln_tests::{bit_exact_on_every_backend_many, compare_range, repo};
+use kiln_tests::{bit_exact_on_every_backend_many, compare_range, int8_sets, repo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -56,20 +56,6 @@ fn integer(path: &Path) -> (Graph, Vec<String>) {
     (a.graph, a.notes)
 }
 
-/// `dir/<which>/test_data_set_K/{input_0,output_0}.npy` pairs.
-fn sets(dir: &Path, which: &str) -> Vec<(Tensor, Tensor)> {
-    (0..)
-        .map(|k| dir.join(which).join(format!("test_data_set_{k}")))
-        .take_while(|d| d.is_dir())
-        .map(|d| {
-            (
-                kiln::npy::read(&d.join("input_0.npy")).unwrap(),
-                kiln::npy::read(&d.join("output_0.npy")).unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn int8_files_give_tflites_reference_bytes() {
     for (name, int8, _) in MODELS {
@@ -79,7 +65,7 @@ fn int8_files_give_tflites_reference_bytes() {
             notes.iter().any(|n| n.contains("integer numerics: tflite")),
             "{name}: {notes:?}"
         );
-        let sets = sets(&d, "ref_int8");
+        let sets = int8_sets(&d, "ref_int8");
         assert!(!sets.is_empty(), "{name}");
         for (k, (x, want)) in sets.iter().enumerate() {
             let got = kiln_ir::eval::run(&g, std::slice::from_ref(x)).unwrap().remove(0);
@@ -117,7 +103,11 @@ fn int8_files_are_bit_exact_on_every_backend() {
         .map(|&(name, int8, _)| {
             let d = dir(name);
             let (g, _) = integer(&d.join("source").join(int8));
-            let s = sets(&d, "ref_int8").into_iter().take(3).map(|(x, _)| vec![x]).collect();
+            let s = int8_sets(&d, "ref_int8")
+                .into_iter()
+                .take(3)
+                .map(|(x, _)| vec![x])
+                .collect();
             (name.to_string(), g, s)
         })
         .collect();

@@ -223,6 +223,30 @@ pub struct SliceAxis {
     pub len: usize,
 }
 
+impl SliceAxis {
+    /// An axis of length `dim` taken from `start` towards `end` (exclusive) by `step` (not
+    /// 0), both already moved into `0..dim` where they counted from the end, and clamped as
+    /// numpy clamps them (ONNX Slice, TFLite STRIDED_SLICE).
+    pub fn clamped(dim: i64, start: i64, end: i64, step: i64) -> SliceAxis {
+        let (s, e) = if step > 0 {
+            (start.clamp(0, dim), end.clamp(0, dim))
+        } else {
+            (start.clamp(0, dim - 1), end.clamp(-1, dim - 1))
+        };
+        let (span, stride) = if step > 0 {
+            ((e - s).max(0), step)
+        } else {
+            ((s - e).max(0), -step)
+        };
+        let len = (span + stride - 1) / stride;
+        SliceAxis {
+            start: if len == 0 { 0 } else { s },
+            step,
+            len: len as usize,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RnnKind {
     Rnn,

@@ -748,22 +748,7 @@ fn strided_slice(cx: &mut Lower, op: &Operator) -> Result<()> {
             norm(end[i])
         };
         let step = if bit(shrink) { 1 } else { step };
-        let (s, e) = if step > 0 {
-            (s.clamp(0, dim), e.clamp(0, dim))
-        } else {
-            (s.clamp(0, dim - 1), e.clamp(-1, dim - 1))
-        };
-        let (span, stride) = if step > 0 {
-            ((e - s).max(0), step)
-        } else {
-            ((s - e).max(0), -step)
-        };
-        let len = ((span + stride - 1) / stride) as usize;
-        axes[i] = SliceAxis {
-            start: if len == 0 { 0 } else { s },
-            step,
-            len,
-        };
+        axes[i] = SliceAxis::clamped(dim, s, e, step);
     }
     let v = if cx.act(x).is_some() && cx.act(x) == cx.act(out) {
         cx.value(x, Layout::Nhwc)?

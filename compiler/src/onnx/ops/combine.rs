@@ -80,23 +80,7 @@ pub fn slice(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
             return Err(cx.err("step 0"));
         }
         let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
-        let (s, e) = (norm(starts[i]), norm(ends[i]));
-        let (s, e) = if step > 0 {
-            (s.clamp(0, dim), e.clamp(0, dim))
-        } else {
-            (s.clamp(0, dim - 1), e.clamp(-1, dim - 1))
-        };
-        let (span, stride) = if step > 0 {
-            ((e - s).max(0), step)
-        } else {
-            ((s - e).max(0), -step)
-        };
-        let len = (span + stride - 1) / stride;
-        out[ax] = SliceAxis {
-            start: if len == 0 { 0 } else { s },
-            step,
-            len: len as usize,
-        };
+        out[ax] = SliceAxis::clamped(dim, norm(starts[i]), norm(ends[i]), step);
     }
     cx.add(n, Op::Slice { axes: out }, vec![x])
 }
