@@ -22,79 +22,96 @@ const BIASES: [usize; 4] = [12, 15, 13, 14];
 /// Peepholes in the IR's order (input, output, forget).
 const PEEPHOLES: [usize; 3] = [9, 11, 10];
 
-pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
-    let (x, out) = (cx.req(op, 0)?, cx.output(op, 0)?);
-    if cx.act(x).is_some() {
+/// The gate activation of the options, after refusing what the IR's LSTM cannot do.
+fn check(cx: &Lower, op: &Operator) -> Result<Activation> {
+    if cx.act(cx.req(op, 0)?).is_some() {
         return Err(cx.err("integer LSTMs (TFLite's 8x8->16 scheme) are not supported yet"));
     }
     if (16..24).any(|i| cx.input(op, i).is_some() && !matches!(i, 18 | 19)) {
         return Err(cx.err("projection and layer normalization are not supported"));
     }
-    let (act, cell_clip, proj_clip, time_major) = (
-        opt(op, 0, 4u8)?,
-        opt(op, 1, 0f32)?,
-        opt(op, 2, 0f32)?,
-        opt(op, 3, 0u8)? != 0,
-    );
-    if cell_clip != 0.0 || proj_clip != 0.0 {
+    if opt(op, 1, 0f32)? != 0.0 || opt(op, 2, 0f32)? != 0.0 {
         return Err(cx.err("cell and projection clipping are not supported"));
     }
-    let g = match act {
+    Ok(match opt(op, 0, 4u8)? {
         0 => Activation::Affine(1.0, 0.0),
         1 => Activation::Relu,
         4 => Activation::Tanh,
         other => return Err(cx.err(format!("activation {other} is not supported in an LSTM"))),
+    })
+}
+
+/// The gate constants stacked in the IR's order: W, R, B (input biases, then zeros for the
+/// recurrent ones) and, when the model has any, the peepholes. With CIFG the input slot
+/// holds the forget gate negated (see the module doc).
+struct Stacked {
+    w: Vec<f32>,
+    r: Vec<f32>,
+    b: Vec<f32>,
+    p: Option<Vec<f32>>,
+}
+
+fn stacked(cx: &Lower, op: &Operator, n_cell: usize, n_in: usize, cifg: bool) -> Result<Stacked> {
+    // one constant per gate, zeros for an absent peephole
+    let gate = |slot: usize, shape: &[usize]| -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let Some(t) = cx.input(op, slot) else {
+            return Ok(vec![0.0; n]);
+        };
+        let v = cx.constant(t, None)?.to_f32_vec();
+        if v.len() != n {
+            return Err(cx.err(format!("input {slot} has {} values, {shape:?} expected", v.len())));
+        }
+        Ok(v)
     };
+    let stack = |slots: &[usize], shape: &[usize]| -> Result<Vec<f32>> {
+        let mut v = slots
+            .iter()
+            .map(|&s| gate(s, shape))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        if cifg {
+            let n: usize = shape.iter().product();
+            v[..n].iter_mut().for_each(|x| *x = -*x);
+        }
+        Ok(v)
+    };
+    let slots = |s: [usize; 4]| if cifg { [s[2], s[1], s[2], s[3]] } else { s };
+    let mut b = stack(&slots(BIASES), &[n_cell])?;
+    b.extend(vec![0.0; 4 * n_cell]);
+    let p = match PEEPHOLES.iter().any(|&s| cx.input(op, s).is_some()) {
+        false => None,
+        true if cifg => Some(stack(&[PEEPHOLES[2], PEEPHOLES[1], PEEPHOLES[2]], &[n_cell])?),
+        true => Some(stack(&PEEPHOLES, &[n_cell])?),
+    };
+    Ok(Stacked {
+        w: stack(&slots(WEIGHTS), &[n_cell, n_in])?,
+        r: stack(&slots(RECURRENT), &[n_cell, n_cell])?,
+        b,
+        p,
+    })
+}
+
+pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let g = check(cx, op)?;
+    let (x, out, time_major) = (cx.req(op, 0)?, cx.output(op, 0)?, opt(op, 3, 0u8)? != 0);
     let xs = cx.shape(x);
     let [a, b, n_in] = xs[..] else {
         return Err(cx.err(format!("input {xs:?} is not [batch, time, features]")));
     };
-    let (_, batch) = if time_major { (a, b) } else { (b, a) };
-    let forget = cx.req(op, 2)?;
-    let n_cell = cx.shape(forget).first().copied().unwrap_or(0);
+    let batch = if time_major { b } else { a };
+    let n_cell = cx.shape(cx.req(op, 2)?).first().copied().unwrap_or(0);
     let cifg = cx.input(op, 1).is_none();
-    // one constant per gate, zeros for an absent peephole
-    let gate = |cx: &Lower, slot: usize, shape: &[usize]| -> Result<Vec<f32>> {
-        let n: usize = shape.iter().product();
-        match cx.input(op, slot) {
-            None => Ok(vec![0.0; n]),
-            Some(t) => {
-                let v = cx.constant(t, None)?.to_f32_vec();
-                if v.len() != n {
-                    return Err(cx.err(format!("input {slot} has {} values, {shape:?} expected", v.len())));
-                }
-                Ok(v)
-            }
-        }
-    };
-    let stack = |cx: &Lower, slots: &[usize], shape: &[usize]| -> Result<Vec<f32>> {
-        Ok(slots
-            .iter()
-            .map(|&s| gate(cx, s, shape))
-            .collect::<Result<Vec<_>>>()?
-            .concat())
-    };
-    // CIFG: the input gate's slot holds the forget gate negated (see the module doc)
-    let slots = |s: [usize; 4]| if cifg { [s[2], s[1], s[2], s[3]] } else { s };
-    let negate_first = |mut v: Vec<f32>, n: usize| {
-        if cifg {
-            v[..n].iter_mut().for_each(|x| *x = -*x);
-        }
-        v
-    };
-    let w = negate_first(stack(cx, &slots(WEIGHTS), &[n_cell, n_in])?, n_cell * n_in);
-    let r = negate_first(stack(cx, &slots(RECURRENT), &[n_cell, n_cell])?, n_cell * n_cell);
-    let mut bias = negate_first(stack(cx, &slots(BIASES), &[n_cell])?, n_cell);
-    bias.extend(vec![0.0; 4 * n_cell]);
+    let k = stacked(cx, op, n_cell, n_in, cifg)?;
     let name = cx.node.clone();
     let konst = |cx: &mut Lower, what: &str, shape: Vec<usize>, v: Vec<f32>| {
         cx.graph
             .add_const(&format!("{name}/{what}"), Tensor::from_vec(shape, v))
     };
-    let (state, batch_major) = if time_major {
-        (vec![1, batch, n_cell], false)
+    let state = if time_major {
+        vec![1, batch, n_cell]
     } else {
-        (vec![batch, 1, n_cell], true)
+        vec![batch, 1, n_cell]
     };
     let (h_state, c_state) = (cx.req(op, 18)?, cx.req(op, 19)?);
     for t in [h_state, c_state] {
@@ -112,19 +129,13 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
     let c0 = cx.emit("initial_c", Op::Reshape { shape: state }, vec![c0])?;
     let mut ins = vec![
         xv,
-        konst(cx, "W", vec![1, 4 * n_cell, n_in], w),
-        konst(cx, "R", vec![1, 4 * n_cell, n_cell], r),
-        konst(cx, "B", vec![1, 8 * n_cell], bias),
+        konst(cx, "W", vec![1, 4 * n_cell, n_in], k.w),
+        konst(cx, "R", vec![1, 4 * n_cell, n_cell], k.r),
+        konst(cx, "B", vec![1, 8 * n_cell], k.b),
         h0,
         c0,
     ];
-    if PEEPHOLES.iter().any(|&s| cx.input(op, s).is_some()) {
-        let order = if cifg {
-            [PEEPHOLES[2], PEEPHOLES[1], PEEPHOLES[2]]
-        } else {
-            PEEPHOLES
-        };
-        let p = negate_first(stack(cx, &order, &[n_cell])?, n_cell);
+    if let Some(p) = k.p {
         ins.push(konst(cx, "P", vec![1, 3 * n_cell], p));
     }
     let rnn = Rnn {
@@ -133,7 +144,7 @@ pub fn lstm(cx: &mut Lower, op: &Operator) -> Result<()> {
         direction: RnnDirection::Forward,
         activations: vec![Activation::Sigmoid, g, g],
         clip: None,
-        batch_major,
+        batch_major: !time_major,
     };
     let y = cx.emit("lstm", Op::Rnn(rnn), ins)?;
     let outs = cx

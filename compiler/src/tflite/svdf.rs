@@ -9,14 +9,9 @@ use super::schema::Operator;
 use kiln_ir::op::{BinaryOp, ReduceKind, SliceAxis};
 use kiln_ir::{Op, Tensor};
 
-pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
-    let (x, wf, wt, st, out) = (
-        cx.req(op, 0)?,
-        cx.req(op, 1)?,
-        cx.req(op, 2)?,
-        cx.req(op, 4)?,
-        cx.output(op, 0)?,
-    );
+/// `[batch, input, filters, memory, rank]` of an SVDF, checked against each other.
+fn dims(cx: &Lower, op: &Operator) -> Result<[usize; 5]> {
+    let (x, wf, wt, st) = (cx.req(op, 0)?, cx.req(op, 1)?, cx.req(op, 2)?, cx.req(op, 4)?);
     if cx.act(x).is_some() {
         return Err(cx.err("integer SVDF is not supported yet"));
     }
@@ -32,7 +27,6 @@ pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
             "rank {rank} with features {fs:?} and time weights {ts:?} do not fit {xs:?}"
         )));
     }
-    let units = f / rank as usize;
     if cx.shape(st) != [b, f * m] {
         return Err(cx.err(format!(
             "state `{}` is {:?}, [{b}, {}] expected",
@@ -41,6 +35,19 @@ pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
             f * m
         )));
     }
+    Ok([b, n_in, f, m, rank as usize])
+}
+
+pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
+    let [b, n_in, f, m, rank] = dims(cx, op)?;
+    let (x, wf, wt, st, out) = (
+        cx.req(op, 0)?,
+        cx.req(op, 1)?,
+        cx.req(op, 2)?,
+        cx.req(op, 4)?,
+        cx.output(op, 0)?,
+    );
+    let units = f / rank;
     let name = cx.node.clone();
     let feature = Tensor::from_vec(vec![n_in, f], transposed(&cx.constant(wf, None)?.to_f32_vec(), f, n_in));
     let feature = cx.graph.add_const(&format!("{name}/feature"), feature);
@@ -92,7 +99,7 @@ pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
     let grouped = cx.emit(
         "grouped",
         Op::Reshape {
-            shape: vec![b, units, rank as usize],
+            shape: vec![b, units, rank],
         },
         vec![filters],
     )?;
