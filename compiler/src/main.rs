@@ -8,6 +8,7 @@ use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, ValueDef, analysis};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -423,8 +424,9 @@ fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOptions> {
 
 fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions) -> Result<kiln::Model> {
     let m = kiln::load(model, &import_options(shapes)?, pipeline, |pass, g| {
-        println!("// after {pass}");
-        print!("{}", kiln_ir::text::dump(g).unwrap_or_else(|e| e.to_string()));
+        let dump = kiln_ir::text::dump(g).unwrap_or_else(|e| e.to_string());
+        // a closed pipe ends the dump; the command's own output then reports it
+        let _ = write!(std::io::stdout(), "// after {pass}\n{dump}");
     })?;
     for n in &m.notices {
         eprintln!("note: {n}");
@@ -465,7 +467,7 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
     } else {
         mode
     };
-    println!("products: {mix}");
+    writeln!(std::io::stdout(), "products: {mix}")?;
     let calib = CalibrationSet::load(
         &float,
         quant.calibrate.as_deref().context("report needs --calibrate DIR")?,
@@ -475,18 +477,20 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
         (0..n).map(|i| set.sample(&float, i * set.samples / n)).collect()
     };
     let samples = pick(&calib, 32);
-    println!(
+    writeln!(
+        std::io::stdout(),
         "per-layer SQNR of the {mode} value against the float one ({} calibration samples):",
         samples.len()
-    );
+    )?;
     for (name, db) in kiln::quantize::report::layer_sqnr(&float, &int8, &samples)? {
-        println!("  {db:7.1} dB  {name}");
+        writeln!(std::io::stdout(), "  {db:7.1} dB  {name}")?;
     }
     let (wf, wq) = (analysis::constant_bytes(&float), analysis::constant_bytes(&int8));
-    println!(
+    writeln!(
+        std::io::stdout(),
         "weights: float {wf} bytes, {mode} {wq} bytes ({:.2}x smaller)",
         wf as f64 / wq.max(1) as f64
-    );
+    )?;
     let (set, what) = match eval {
         Some(d) => (CalibrationSet::load(&float, d)?, d.display().to_string()),
         None => (calib, "the calibration data".to_string()),
@@ -523,22 +527,25 @@ fn report(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, eval: Option<&Path
         }
     }
     let n = set.samples;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "end to end on {what} ({n} samples): max abs error {max_abs:.4}, mean abs error {:.5}",
         sum_abs / count.max(1) as f64
-    );
+    )?;
     if classifier {
-        println!(
+        writeln!(
+            std::io::stdout(),
             "  top-1 agreement with float: {agree}/{n} ({:.1}%)",
             100.0 * agree as f64 / n as f64
-        );
+        )?;
     }
     if labels.is_some() {
-        println!(
+        writeln!(
+            std::io::stdout(),
             "  accuracy: float {:.2}%, {mode} {:.2}%",
             100.0 * right_f as f64 / n as f64,
             100.0 * right_q as f64 / n as f64
-        );
+        )?;
     }
     Ok(())
 }
@@ -561,20 +568,26 @@ fn inspect_onnx_header(path: &Path, bytes: &[u8]) -> Result<()> {
             )
         })
         .collect();
-    println!(
+    writeln!(
+        std::io::stdout(),
         "model     {} ({} bytes, producer {} {}, opsets {})",
         path.display(),
         bytes.len(),
         proto.producer_name,
         proto.producer_version,
         opsets.join(" ")
-    );
+    )?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for n in &g.node {
         *counts.entry(&n.op_type).or_default() += 1;
     }
     let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-    println!("onnx ops  {} nodes: {}", g.node.len(), list.join(", "));
+    writeln!(
+        std::io::stdout(),
+        "onnx ops  {} nodes: {}",
+        g.node.len(),
+        list.join(", ")
+    )?;
     Ok(())
 }
 
@@ -583,10 +596,15 @@ fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
     if kiln::tflite::is_tflite(&bytes) {
         let (head, counts) = kiln::tflite::summary(&bytes)
             .map_err(|e| anyhow::anyhow!("{} is not a valid TFLite model: {e}", path.display()))?;
-        println!("model     {} ({} bytes, {head})", path.display(), bytes.len());
+        writeln!(
+            std::io::stdout(),
+            "model     {} ({} bytes, {head})",
+            path.display(),
+            bytes.len()
+        )?;
         let total: usize = counts.iter().map(|c| c.1).sum();
         let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-        println!("tflite ops {total} operators: {}", list.join(", "));
+        writeln!(std::io::stdout(), "tflite ops {total} operators: {}", list.join(", "))?;
     } else {
         inspect_onnx_header(path, &bytes)?;
     }
@@ -598,30 +616,37 @@ fn inspect(path: &Path, shapes: &ShapeArgs) -> Result<()> {
                 let d: Vec<String> = (dims.iter())
                     .map(|d| d.as_ref().map_or_else(|p| p.clone(), |v| v.to_string()))
                     .collect();
-                println!("input     {name}: [{}] (as declared)", d.join(","));
+                writeln!(std::io::stdout(), "input     {name}: [{}] (as declared)", d.join(","))?;
             }
-            println!("unsupported / errors:");
+            writeln!(std::io::stdout(), "unsupported / errors:")?;
             bail!(e)
         }
     };
     let gr = &model.graph;
     for &v in gr.inputs() {
-        println!("input     {}: {}", gr.value(v).name, gr.value(v).ty);
+        writeln!(std::io::stdout(), "input     {}: {}", gr.value(v).name, gr.value(v).ty)?;
     }
     for &v in gr.outputs() {
-        println!("output    {}: {}", gr.value(v).name, gr.value(v).ty);
+        writeln!(std::io::stdout(), "output    {}: {}", gr.value(v).name, gr.value(v).ty)?;
     }
     layer_table(gr)?;
-    println!("unsupported ops: none");
+    writeln!(std::io::stdout(), "unsupported ops: none")?;
     Ok(())
 }
 
 fn layer_table(g: &Graph) -> Result<()> {
-    println!();
-    println!(
+    writeln!(std::io::stdout())?;
+    writeln!(
+        std::io::stdout(),
         "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
-        "#", "node", "op", "output", "MACs", "params", "act bytes"
-    );
+        "#",
+        "node",
+        "op",
+        "output",
+        "MACs",
+        "params",
+        "act bytes"
+    )?;
     let mut total_macs = 0u64;
     let mut act_total = 0u64;
     let mut act_max = 0u64;
@@ -644,7 +669,8 @@ fn layer_table(g: &Graph) -> Result<()> {
         e.1 += macs;
         let out = g.value(node.outputs[0]).ty.to_string();
         let name: String = node.name.chars().take(36).collect();
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
             i,
             name,
@@ -653,7 +679,7 @@ fn layer_table(g: &Graph) -> Result<()> {
             human(macs),
             human(params as u64),
             act
-        );
+        )?;
     }
     let params = analysis::parameter_count(g);
     let param_bytes: usize = (0..g.num_values())
@@ -661,7 +687,7 @@ fn layer_table(g: &Graph) -> Result<()> {
         .filter(|&v| matches!(g.value(v).def, ValueDef::Const(_)) && !g.consumers(v).is_empty())
         .map(|v| g.value(v).ty.bytes())
         .sum();
-    println!();
+    writeln!(std::io::stdout())?;
     let list: Vec<String> = by_op
         .iter()
         .map(|(k, (c, m))| {
@@ -672,10 +698,18 @@ fn layer_table(g: &Graph) -> Result<()> {
             }
         })
         .collect();
-    println!("ir ops    {} nodes: {}", g.node_count(), list.join(", "));
-    println!("MACs      {total_macs} total");
-    println!("params    {params} ({param_bytes} bytes)");
-    println!("activations {act_total} bytes in all node outputs, largest {act_max} bytes");
+    writeln!(
+        std::io::stdout(),
+        "ir ops    {} nodes: {}",
+        g.node_count(),
+        list.join(", ")
+    )?;
+    writeln!(std::io::stdout(), "MACs      {total_macs} total")?;
+    writeln!(std::io::stdout(), "params    {params} ({param_bytes} bytes)")?;
+    writeln!(
+        std::io::stdout(),
+        "activations {act_total} bytes in all node outputs, largest {act_max} bytes"
+    )?;
     Ok(())
 }
 
@@ -820,13 +854,14 @@ fn bench(
             (what, r.map_err(anyhow::Error::msg)?)
         }
     };
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{}: {what}, {} runs: median {:.1} us, min {:.1} us per inference",
         path.display(),
         t.runs,
         t.median_us,
         t.min_us
-    );
+    )?;
     Ok(())
 }
 
@@ -877,7 +912,8 @@ fn compile(
     }
     compile::write_files(out_dir, &out.files, &m.files)?;
     let r = &out.report;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); {} {} bytes; {:.0} ms",
         r.kernels,
         r.arena_size,
@@ -889,7 +925,7 @@ fn compile(
         },
         r.object_bytes,
         start.elapsed().as_secs_f64() * 1e3
-    );
+    )?;
     let widths = compile::accumulator_widths(&m.graph);
     if !widths.is_empty() {
         // by name for a few short-named layers, else counted per width
@@ -902,9 +938,38 @@ fn compile(
             }
             per.iter().map(|(b, k)| format!("{b} x{k}")).collect()
         };
-        println!("accumulator bits (proven to hold every sum): {}", list.join(", "));
+        writeln!(
+            std::io::stdout(),
+            "accumulator bits (proven to hold every sum): {}",
+            list.join(", ")
+        )?;
     }
     Ok(())
+}
+
+/// `kiln ops`: the supported ONNX operators and TFLite builtins.
+fn ops(markdown: bool) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    if markdown {
+        write!(o, "{}{}", kiln::onnx::ops::markdown(), kiln::tflite::markdown())?;
+        return Ok(());
+    }
+    for op in kiln::onnx::ops::REGISTRY {
+        writeln!(o, "{}", op.op_type)?;
+    }
+    for (_, name, _) in kiln::tflite::BUILTINS {
+        writeln!(o, "tflite:{name}")?;
+    }
+    Ok(())
+}
+
+/// Whether `e` is a write to a closed pipe (`kiln inspect m | head`): the reader has what it
+/// wanted, so the command ends quietly, as a Unix tool killed by SIGPIPE would.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -942,7 +1007,7 @@ fn main() -> std::process::ExitCode {
                 load_quantized(model, shapes, quant)
             };
             m.and_then(|m| {
-                print!("{}", kiln_ir::text::dump(&m.graph)?);
+                write!(std::io::stdout(), "{}", kiln_ir::text::dump(&m.graph)?)?;
                 Ok(())
             })
         }
@@ -986,22 +1051,11 @@ fn main() -> std::process::ExitCode {
             out_dir,
             *clif,
         ),
-        Cmd::Ops { markdown } => {
-            if *markdown {
-                print!("{}{}", kiln::onnx::ops::markdown(), kiln::tflite::markdown());
-            } else {
-                for o in kiln::onnx::ops::REGISTRY {
-                    println!("{}", o.op_type);
-                }
-                for (_, name, _) in kiln::tflite::BUILTINS {
-                    println!("tflite:{name}");
-                }
-            }
-            Ok(())
-        }
+        Cmd::Ops { markdown } => ops(*markdown),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

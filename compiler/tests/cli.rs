@@ -805,3 +805,30 @@ fn tflite_files_work_with_inspect_eval_compile_and_bench() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.contains("evaluator, 2 runs: median"), "{}", text(&o).0);
 }
+
+/// A reader that stops early (`kiln inspect m | head`) ends the command quietly, not with a
+/// panic about a broken pipe.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    for args in [
+        &["inspect", "tests/models/mlperf_tiny_vww_mobilenetv1_025/model.onnx"][..],
+        &["dump", "tests/models/mlperf_tiny_vww_mobilenetv1_025/model.onnx"],
+        &["ops"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .current_dir(repo())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && !err.contains("panicked"),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}
