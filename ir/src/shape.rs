@@ -240,11 +240,34 @@ fn weight_scalar(op: &Op, x: &TensorType, w: &TensorType) -> Result<()> {
     same_scalar(op, x, w)
 }
 
+/// Upper bound on the tap reads of one window op per channel (output positions times kernel
+/// taps): kernels fill tables of that size, and a 1 KB model must not ask for gigabytes.
+pub const MAX_WINDOW_TAPS: usize = 1 << 27;
+
 fn spatial(op: &Op, x: &TensorType, w: &Window, ceil: bool) -> Result<Vec<usize>> {
     let r = w.kernel.len();
     if x.shape.len() != r + 2 || w.strides.len() != r || w.dilations.len() != r || w.pads.len() != 2 * r {
         return err(op, format!("window of rank {r} does not fit input {x}"));
     }
+    if w.kernel.contains(&0) {
+        return err(op, format!("kernel {:?} is empty", w.kernel));
+    }
+    let out = spatial_out(op, x, w, ceil)?;
+    let taps = (w.kernel.iter().chain(&out)).try_fold(1usize, |a, &d| a.checked_mul(d));
+    if taps.is_none_or(|t| t > MAX_WINDOW_TAPS) {
+        return err(
+            op,
+            format!(
+                "kernel {:?} at {out:?} positions exceeds the limit of {MAX_WINDOW_TAPS} tap reads",
+                w.kernel
+            ),
+        );
+    }
+    Ok(out)
+}
+
+fn spatial_out(op: &Op, x: &TensorType, w: &Window, ceil: bool) -> Result<Vec<usize>> {
+    let r = w.kernel.len();
     (0..r)
         .map(|i| {
             window_out(
@@ -699,10 +722,11 @@ fn infer_layer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if w.shape[0] % c.group != 0 || w.shape[2..] != c.window.kernel[..] {
                 return err(op, format!("weight {w} does not match kernel {:?}", c.window.kernel));
             }
-            if let Some(b) = inputs.get(2)
-                && b.shape != [w.shape[0]]
-            {
-                return err(op, format!("bias {b} must be [{}]", w.shape[0]));
+            if let Some(b) = inputs.get(2) {
+                same_scalar(op, xt, b)?;
+                if b.shape != [w.shape[0]] {
+                    return err(op, format!("bias {b} must be [{}]", w.shape[0]));
+                }
             }
             let mut s = vec![xt.shape[0], w.shape[0]];
             s.extend(sp);
@@ -721,7 +745,19 @@ fn infer_layer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             {
                 return err(op, format!("weight {w} does not fit input {xt}"));
             }
+            if w.shape[2..] != c.window.kernel[..] || c.window.kernel.contains(&0) || xt.shape[2..].contains(&0) {
+                return err(
+                    op,
+                    format!("weight {w} and input {xt} do not fit kernel {:?}", c.window.kernel),
+                );
+            }
             let m = w.shape[1] * c.group;
+            if let Some(b) = inputs.get(2) {
+                same_scalar(op, xt, b)?;
+                if b.shape != [m] {
+                    return err(op, format!("bias {b} must be [{m}]"));
+                }
+            }
             let mut s = vec![xt.shape[0], m];
             for i in 0..r {
                 let full = c.window.strides[i] * (xt.shape[i + 2] - 1)
@@ -756,10 +792,11 @@ fn infer_layer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if k != k2 {
                 return err(op, format!("inner dimensions differ: {a} x {b}"));
             }
-            if let Some(c) = inputs.get(2)
-                && broadcast(&c.shape, &[m, n]).as_deref() != Some(&[m, n][..])
-            {
-                return err(op, format!("C {c} does not broadcast to [{m},{n}]"));
+            if let Some(c) = inputs.get(2) {
+                same_scalar(op, a, c)?;
+                if broadcast(&c.shape, &[m, n]).as_deref() != Some(&[m, n][..]) {
+                    return err(op, format!("C {c} does not broadcast to [{m},{n}]"));
+                }
             }
             Ok(vec![plain(a.dtype.scalar, vec![m, n])])
         }

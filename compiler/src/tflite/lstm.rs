@@ -52,6 +52,9 @@ struct Stacked {
 }
 
 fn stacked(cx: &Lower, op: &Operator, n_cell: usize, n_in: usize, cifg: bool) -> Result<Stacked> {
+    // the forget gate's weights are in the file, so the zeros made for absent gates are no
+    // larger than data the file holds
+    cx.constant(cx.req(op, 2)?, None)?;
     // one constant per gate, zeros for an absent peephole
     let gate = |slot: usize, shape: &[usize]| -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();

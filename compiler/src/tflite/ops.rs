@@ -792,6 +792,13 @@ fn resize(cx: &mut Lower, op: &Operator, nearest: bool) -> Result<()> {
         (true, true) => return Err(cx.err("align_corners and half_pixel_centers together")),
     };
     let (oh, ow) = (oh as usize, ow as usize);
+    let elements = [n, c, oh, ow].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if elements.is_none_or(|e| e > crate::onnx::MAX_ELEMENTS) {
+        return Err(cx.err(format!(
+            "size {size:?} exceeds the limit of {} elements",
+            crate::onnx::MAX_ELEMENTS
+        )));
+    }
     if nearest {
         return resize_nearest(cx, x, out, [h, w], [oh, ow], (align != 0, half != 0));
     }
