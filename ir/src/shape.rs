@@ -1094,6 +1094,20 @@ fn infer_layout(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         ScatterElements { .. } | ScatterNd { .. } => {
             arity(op, inputs, 3, 3)?;
             same_scalar(op, inputs[0], inputs[2])?;
+            let (data, ind, upd) = (inputs[0], inputs[1], inputs[2]);
+            if !ind.dtype.scalar.is_int() {
+                return err(op, format!("indices {ind} are not integers"));
+            }
+            let fits = match op {
+                ScatterNd { .. } => ind.shape.last().is_some_and(|&k| {
+                    k <= data.shape.len()
+                        && upd.shape[..] == [&ind.shape[..ind.shape.len() - 1], &data.shape[k..]].concat()[..]
+                }),
+                _ => ind.shape.len() == data.shape.len() && upd.shape == ind.shape,
+            };
+            if !fits {
+                return err(op, format!("indices {ind} and updates {upd} do not fit {data}"));
+            }
             Ok(vec![x().clone()])
         }
         Expand { shape } => {
