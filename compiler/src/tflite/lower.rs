@@ -178,14 +178,11 @@ impl<'m, 'a> Lower<'m, 'a> {
                     ),
                 )
             })?;
-        let mut shape = self.shape(t);
-        let mut tensor = Tensor::new(shape.clone(), data);
+        let mut tensor = Tensor::new(self.shape(t), data);
         let mut axis = d.quant.as_ref().map_or(0, |q| q.axis as usize);
         if let Some(p) = perm {
-            let data = kiln_ir::map_data!(&tensor.data, v => permute(v, &shape, p));
-            shape = p.iter().map(|&i| shape[i]).collect();
+            tensor = permuted(tensor, p);
             axis = p.iter().position(|&i| i == axis).unwrap_or(0);
-            tensor = Tensor::new(shape.clone(), data);
         }
         match &d.quant {
             Some(q) if scalar.is_int() => Ok(self.dequantized(d, &tensor, q, axis)?),

@@ -330,6 +330,17 @@ fn conv(cx: &mut Lower, op: &Operator, depthwise: bool) -> Result<()> {
     cx.define(cx.output(op, 0)?, y, Layout::Nchw)
 }
 
+/// `x @ w (+ b)`: the plain product fully connected layers and SVDF's features are.
+pub(super) fn product() -> Op {
+    Op::Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: false,
+        fused: None,
+    }
+}
+
 /// FULLY_CONNECTED: `x` flattened to `[rows, I]` times weights `[O, I]` transposed, plus
 /// the bias; the output takes the shape the model declares.
 fn fully_connected(cx: &mut Lower, op: &Operator) -> Result<()> {
@@ -360,14 +371,7 @@ fn fully_connected(cx: &mut Lower, op: &Operator) -> Result<()> {
     if let Some(b) = cx.input(op, 2) {
         inputs.push(cx.value(b, Layout::Nhwc)?);
     }
-    let gemm = Op::Gemm {
-        alpha: 1.0,
-        beta: 1.0,
-        trans_a: false,
-        trans_b: false,
-        fused: None,
-    };
-    let mut y = cx.emit("gemm", gemm, inputs)?;
+    let mut y = cx.emit("gemm", product(), inputs)?;
     y = activation(cx, y, opt(op, 0, 0u8)?)?;
     let want = cx.shape(out);
     if cx.graph.value(y).ty.shape != want {

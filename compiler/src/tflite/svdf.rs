@@ -4,7 +4,7 @@
 //! each unit sums `rank` filters. The state is an extra input and output (`Lower::state`).
 
 use super::lower::{Layout, Lower, Result};
-use super::ops::{activation, opt};
+use super::ops::{activation, opt, product};
 use super::schema::Operator;
 use kiln_ir::op::{BinaryOp, ReduceKind, SliceAxis};
 use kiln_ir::{Op, Tensor};
@@ -55,14 +55,7 @@ pub fn svdf(cx: &mut Lower, op: &Operator) -> Result<()> {
     let time = cx.graph.add_const(&format!("{name}/time"), time);
 
     let xv = cx.float(x, Layout::Nhwc)?;
-    let gemm = Op::Gemm {
-        alpha: 1.0,
-        beta: 1.0,
-        trans_a: false,
-        trans_b: false,
-        fused: None,
-    };
-    let newest = cx.emit("feature", gemm, vec![xv, feature])?;
+    let newest = cx.emit("feature", product(), vec![xv, feature])?;
     let newest = cx.emit("newest", Op::Reshape { shape: vec![b, f, 1] }, vec![newest])?;
     let state = cx.state(st)?;
     let window = if m == 1 {
