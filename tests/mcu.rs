@@ -1,8 +1,8 @@
 //! The C backend on microcontrollers: small float models built here are compiled to C for
-//! the ATmega328P (8-bit AVR, 32 KB flash, 2 KB RAM; `avr-gcc`, run in simavr through Kiln's
-//! own driver `tests/mcu/avr_sim.c`) and a Cortex-M4F (`arm-none-eabi-gcc`, run on QEMU's
-//! mps2-an386 with `tests/mcu/cm_startup.c` and an instruction-counting plugin
-//! `tests/mcu/qemu_insns.c`). The model source is built with `-std=c99 -Wall -Wextra
+//! the ATmega328P (8-bit AVR, 32 KB flash, 2 KB RAM; `avr-gcc`, run in simavr) and a
+//! Cortex-M4F (`arm-none-eabi-gcc`, run on QEMU's mps2-an386 counting instructions), both
+//! through `kiln::onchip`, the same code `kiln bench --target` measures with. The model
+//! source is built with `-std=c99 -Wall -Wextra
 //! -Werror -pedantic`; outputs are compared with the evaluator. Both parts round + - * /
 //! correctly, avr-libc flushes subnormals, and exp comes from the shared approximation, so
 //! the bound is a few ULP (stated below). Each run prints cycles (AVR) or instructions
@@ -14,6 +14,7 @@
 
 use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
 use kiln::{ImportOptions, PipelineOptions};
+use kiln::onchip::{self, Measurement as Run, ModelCode, RunOptions, Tools};
 use kiln_ir::{Graph, Tensor};
 use kiln_tests::{attr_i, attr_ints, compare, fixed, model, node, repo, tensor, write_model};
 use std::path::{Path, PathBuf};
@@ -23,19 +24,18 @@ use std::process::Command;
 const RTOL: f64 = 4e-6;
 const ATOL: f64 = 1e-7;
 
-fn has(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd).arg(arg).output().is_ok_and(|o| o.status.success())
-}
-
 /// Whether a target's toolchain is installed; panics if it must be and is not.
-fn available(what: &str, ok: bool) -> bool {
-    if !ok && std::env::var_os("KILN_REQUIRE_MCU").is_some() {
-        panic!("KILN_REQUIRE_MCU is set but the {what} toolchain is missing: run scripts/setup-embedded.sh");
+fn available(what: &str, ok: Result<(), String>) -> bool {
+    match ok {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("KILN_REQUIRE_MCU").is_some() => {
+            panic!("KILN_REQUIRE_MCU is set but the {what} toolchain is missing: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            false
+        }
     }
-    if !ok {
-        eprintln!("skipping: the {what} toolchain is missing (scripts/setup-embedded.sh installs it)");
-    }
-    ok
 }
 
 fn sh(cmd: &mut Command) -> Result<String, String> {
@@ -49,17 +49,6 @@ fn sh(cmd: &mut Command) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-/// Builds a host helper from `tests/mcu/` (the simavr driver, the QEMU plugin).
-fn helper(dir: &Path, src: &str, out: &str, flags: &[&str]) -> Result<PathBuf, String> {
-    let exe = dir.join(out);
-    sh(Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(repo().join("tests/mcu").join(src))
-        .args(flags))?;
-    Ok(exe)
 }
 
 /// Deterministic weights in [-1, 1).
@@ -199,10 +188,6 @@ enum Part {
 }
 
 impl Part {
-    fn is_avr(self) -> bool {
-        matches!(self, Part::Avr(_))
-    }
-
     fn name(self) -> &'static str {
         match self {
             Part::Avr(mcu) => mcu,
@@ -212,11 +197,12 @@ impl Part {
         }
     }
 
-    /// Kiln's name for the part.
-    fn target(self) -> &'static str {
+    /// The simulated part it runs on.
+    fn chip(self) -> onchip::Part {
         match self {
-            Part::CortexM4Rust => "cortex-m4",
-            p => p.name(),
+            Part::Avr(mcu) => onchip::Part::parse(mcu).expect("a known AVR part"),
+            Part::CortexM4 | Part::CortexM4Rust => onchip::Part::CortexM4,
+            Part::CortexM3 => onchip::Part::CortexM3,
         }
     }
 }
@@ -284,124 +270,12 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The values a program reads back: the graph's outputs, or with `int` those of its integer
-/// entry point `model_run_int` (the integers before each output's Dequantize).
-fn read_back(g: &Graph, int: bool) -> Vec<kiln_ir::ValueId> {
-    match kiln_backends::header::int_boundary(g) {
-        Some(api) if int => api.outputs.iter().map(|q| q.value).collect(),
-        _ => g.outputs().to_vec(),
-    }
-}
-
-/// The integer ports of `model_run_int` for float `inputs`, as the evaluator computes them:
-/// what the boundary Quantize nodes make of the inputs, and the integers before each
-/// output's Dequantize.
-fn int_ports(g: &Graph, inputs: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
-    let api = kiln_backends::header::int_boundary(g).expect("an integer boundary");
-    let ports: Vec<kiln_ir::ValueId> = api.inputs.iter().chain(&api.outputs).map(|q| q.value).collect();
-    let mut got = vec![None; ports.len()];
-    kiln_ir::eval::run_observed(g, inputs, |v, t| {
-        if let Some(i) = ports.iter().position(|&p| p == v) {
-            got[i] = Some(t.clone());
-        }
-    })
-    .unwrap();
-    let mut all: Vec<Tensor> = got.into_iter().map(|t| t.expect("every port computed")).collect();
-    let outs = all.split_off(api.inputs.len());
-    (all, outs)
-}
-
-/// A bare-metal program: inputs copied from flash, `KILN_RUNS` calls of `model_run`, then
-/// the return code, the output bytes and the peak stack depth (from painting free RAM), in
-/// hex, on the console (AVR: GPIOR0; Cortex-M: semihosting).
-fn harness(part: Part, g: &Graph, inputs: &[Tensor], int: bool) -> String {
-    let mut c = String::from("#include <stddef.h>\n#include <stdint.h>\n#include <string.h>\n");
-    match part {
-        Part::Avr(_) => {
-            c += "#include <avr/io.h>\n#include <avr/interrupt.h>\n#include <avr/pgmspace.h>\n#include <avr/sleep.h>\n";
-            c += "#define ROM PROGMEM\n#define rom_copy memcpy_P\nextern uint8_t __heap_start;\n";
-            c += "static void put(char ch) { GPIOR0 = (uint8_t)ch; }\nstatic void flush(void) {}\n";
-            c += "static uint8_t *stack_low(void) { return &__heap_start; }\nstatic uintptr_t stack_top(void) { return RAMEND + 1; }\n";
-            c += "static uintptr_t sp(void) { return SP; }\n";
-        }
-        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
-            c += "#define ROM\n#define rom_copy memcpy\nvoid kiln_puts(const char *s);\nextern uint32_t __stack_top[];\n";
-            c += "static char buf[1024];\nstatic size_t len;\n";
-            c += "static void flush(void) { buf[len] = 0; kiln_puts(buf); len = 0; }\nstatic void put(char ch) { if (len + 1 >= sizeof buf) flush(); buf[len++] = ch; }\n";
-            c += "static uintptr_t sp(void) { uintptr_t v; __asm__ volatile(\"mov %0, sp\" : \"=r\"(v)); return v; }\n";
-            c += "static uint8_t *stack_low(void) { return (uint8_t *)(sp() - 65536); }\nstatic uintptr_t stack_top(void) { return (uintptr_t)__stack_top; }\n";
-        }
-    }
-    c += "#include \"model.h\"\n#ifndef KILN_RUNS\n#define KILN_RUNS 1\n#endif\n";
-    for (i, t) in inputs.iter().enumerate() {
-        let v: Vec<String> = t.data.to_le_bytes().iter().map(|b| format!("{b}")).collect();
-        c += &format!(
-            "static const uint8_t in{i}_rom[] ROM = {{{}}};\nstatic uint8_t in{i}[sizeof in{i}_rom] __attribute__((aligned(8)));\n",
-            v.join(",")
-        );
-    }
-    for (i, &v) in read_back(g, int).iter().enumerate() {
-        c += &format!(
-            "static uint8_t out{i}[{}] __attribute__((aligned(8)));\n",
-            g.value(v).ty.bytes()
-        );
-    }
-    c += "static uint8_t arena[MODEL_ARENA_SIZE] __attribute__((aligned(MODEL_ARENA_ALIGN)));\n";
-    c += "static void hex(uint16_t v, int digits) { while (digits--) put(\"0123456789abcdef\"[(v >> (4 * digits)) & 15]); }\n";
-    c += "int main(void) {\n  volatile uint8_t *p;\n  int rc = 0;\n";
-    c += "  for (p = stack_low(); (uintptr_t)p < sp() - 64; ++p) *p = 0xa5;\n";
-    for i in 0..inputs.len() {
-        c += &format!("  rom_copy(in{i}, in{i}_rom, sizeof in{i});\n");
-    }
-    let mut args: Vec<String> = (0..inputs.len()).map(|i| format!("(const void *)in{i}")).collect();
-    let (n_out, entry) = (read_back(g, int).len(), if int { "model_run_int" } else { "model_run" });
-    args.extend((0..n_out).map(|i| format!("(void *)out{i}")));
-    if part.is_avr() {
-        c += "  GPIOR1 = 1;\n";
-    }
-    c += &format!(
-        "  for (int r = 0; r < KILN_RUNS; ++r) rc |= {entry}({}, arena);\n",
-        args.join(", ")
-    );
-    if part.is_avr() {
-        c += "  GPIOR1 = 2;\n";
-    }
-    c += "  put('K'); put('\\n'); hex((uint16_t)rc, 2); put('\\n');\n";
-    for i in 0..n_out {
-        c += &format!("  for (size_t i = 0; i < sizeof out{i}; ++i) hex(out{i}[i], 2);\n  put('\\n');\n");
-    }
-    c += "  for (p = stack_low(); *p == 0xa5; ++p) {}\n  hex((uint16_t)(stack_top() - (uintptr_t)p), 4);\n  put('\\n');\n  flush();\n";
-    if part.is_avr() {
-        c += "  cli();\n  sleep_cpu();\n";
-    }
-    c += "  return 0;\n}\n";
-    c
-}
-
-struct Run {
-    outputs: Vec<Tensor>,
-    /// Cycles (AVR) or instructions (Cortex-M) of one inference.
-    cost: u64,
-    /// AVR: cycles per kernel (`KILN_LAYER_BEGIN` index), in order.
-    layers: Vec<(usize, u64)>,
-    stack: usize,
-    flash: usize,
-    ram: usize,
-    data: usize,
-}
-
-/// Host helpers the runs need, built once.
-struct Tools {
-    avr_sim: Option<PathBuf>,
-    qemu_plugin: Option<PathBuf>,
-}
-
-/// Builds `g` for `part`, runs `model_run` (or with `int`, `model_run_int` on integer
-/// `inputs`) once and reads back what it printed.
+/// Builds `g` for `part`, runs `model_run` once and reads back what it printed.
 fn run_on(part: Part, name: &str, g: &Graph, inputs: &[Tensor], tools: &Tools, dir: &Path) -> Result<Run, String> {
     run_entry(part, name, g, inputs, false, tools, dir)
 }
 
+/// As `run_on`, or with `int` through `model_run_int` on integer `inputs`.
 fn run_entry(
     part: Part,
     name: &str,
@@ -412,223 +286,14 @@ fn run_entry(
     dir: &Path,
 ) -> Result<Run, String> {
     let dir = dir.join(format!("{}-{name}", part.name()));
-    if part == Part::CortexM4Rust {
+    let code = if part == Part::CortexM4Rust {
         rust_staticlib(g, name, &dir)?;
+        ModelCode::Library("libmodelrs.a".into())
     } else {
-        let opts = CompileOptions {
-            emit: Emit::C,
-            target: parse_target(part.target()).map_err(|e| e.to_string())?,
-            prefix: "model".into(),
-        };
-        let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
-        write_files(&dir, &out.files, &[]).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(dir.join("main.c"), harness(part, g, inputs, int)).map_err(|e| e.to_string())?;
-    let (gcc, size, arch): (&str, &str, &[&str]) = match part {
-        Part::Avr(_) => ("avr-gcc", "avr-size", &["-Os"]),
-        Part::CortexM4 | Part::CortexM4Rust => (
-            "arm-none-eabi-gcc",
-            "arm-none-eabi-size",
-            &[
-                "-mcpu=cortex-m4",
-                "-mthumb",
-                "-mfpu=fpv4-sp-d16",
-                "-mfloat-abi=hard",
-                "-O2",
-            ],
-        ),
-        Part::CortexM3 => (
-            "arm-none-eabi-gcc",
-            "arm-none-eabi-size",
-            &["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft", "-O2"],
-        ),
+        ModelCode::C
     };
-    let mmcu = match part {
-        Part::Avr(mcu) => Some(format!("-mmcu={mcu}")),
-        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => None,
-    };
-    let cc = |args: &[&str]| {
-        sh(Command::new(gcc)
-            .current_dir(&dir)
-            .args(arch)
-            .args(mmcu.as_deref())
-            .args(["-ffunction-sections", "-fdata-sections"])
-            .args(args))
-    };
-    let model_obj = if part == Part::CortexM4Rust {
-        "libmodelrs.a"
-    } else {
-        // AVR: each kernel a region of the simulator driver (GPIOR2, data address 0x4b)
-        let (begin, end) = (
-            "-DKILN_LAYER_BEGIN(k)=(*(volatile unsigned char *)0x4b = (unsigned char)((k) + 1))",
-            "-DKILN_LAYER_END(k)=(*(volatile unsigned char *)0x4b = 0)",
-        );
-        let marks: &[&str] = if part.is_avr() { &[begin, end] } else { &[] };
-        cc(&[
-            &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"],
-            marks,
-            &["-c", "model.c", "-o", "model.o"],
-        ]
-        .concat())?;
-        "model.o"
-    };
-    let link = |runs: u32| -> Result<PathBuf, String> {
-        let elf = format!("prog{runs}.elf");
-        let define = format!("-DKILN_RUNS={runs}");
-        let main_o = format!("main{runs}.o");
-        cc(&[
-            "-std=gnu99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            &define,
-            "-c",
-            "main.c",
-            "-o",
-            &main_o,
-        ])?;
-        match part {
-            Part::Avr(_) => cc(&["-Wl,--gc-sections", &main_o, model_obj, "-lm", "-o", &elf])?,
-            Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
-                let startup = repo().join("tests/mcu/cm_startup.c");
-                let ld = repo().join("tests/mcu/cm.ld");
-                cc(&["-std=gnu99", "-c", &startup.to_string_lossy(), "-o", "startup.o"])?;
-                cc(&[
-                    "-nostartfiles",
-                    "--specs=nano.specs",
-                    "-T",
-                    &ld.to_string_lossy(),
-                    "-Wl,--gc-sections",
-                    &main_o,
-                    model_obj,
-                    "startup.o",
-                    "-lm",
-                    "-o",
-                    &elf,
-                ])?
-            }
-        };
-        Ok(dir.join(elf))
-    };
-    // Runs a program; returns its console text and its total cycles or instructions.
-    let exec = |elf: &Path| -> Result<(String, u64), String> {
-        let (o, count_file) = match part {
-            Part::Avr(_) => {
-                let sim = tools.avr_sim.as_ref().ok_or("no simavr driver")?;
-                let o = Command::new(sim)
-                    .args([part.name(), "2000000000"])
-                    .arg(elf)
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                (o, None)
-            }
-            Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => {
-                let plugin = tools.qemu_plugin.as_ref().ok_or("no QEMU plugin")?;
-                let count = elf.with_extension("insns");
-                let o = Command::new("timeout")
-                    .args([
-                        "120",
-                        "qemu-system-arm",
-                        "-M",
-                        if part == Part::CortexM3 {
-                            "mps2-an385"
-                        } else {
-                            "mps2-an386"
-                        },
-                        "-display",
-                        "none",
-                        "-monitor",
-                        "none",
-                    ])
-                    .args(["-serial", "none", "-chardev", "stdio,id=con"])
-                    .args(["-semihosting-config", "enable=on,target=native,chardev=con", "-kernel"])
-                    .arg(elf)
-                    .arg("-plugin")
-                    .arg(format!("{},out={}", plugin.display(), count.display()))
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                (o, Some(count))
-            }
-        };
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        if !o.status.success() {
-            return Err(format!(
-                "{}: {} ({})\n{stdout}",
-                elf.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        let total = match count_file {
-            Some(f) => std::fs::read_to_string(&f)
-                .map_err(|e| format!("{}: {e}", f.display()))?
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| e.to_string())?,
-            None => stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("region:"))
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or("no cycle count")?,
-        };
-        Ok((stdout, total))
-    };
-    let elf1 = link(1)?;
-    let (stdout, one) = exec(&elf1)?;
-    // simavr times the marked region itself; QEMU counts whole runs, so one inference is
-    // the difference between a program that runs the model twice and once.
-    let cost = match part {
-        Part::Avr(_) => one,
-        Part::CortexM4 | Part::CortexM4Rust | Part::CortexM3 => exec(&link(2)?)?.1 - one,
-    };
-    let sizes = sh(Command::new(size).arg("-A").arg(&elf1))?;
-    let section = |s: &str| {
-        sizes
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(s))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
-    let (text, data, bss) = (section(".text"), section(".data"), section(".bss"));
-    let body = stdout
-        .split("K\n")
-        .nth(1)
-        .ok_or_else(|| format!("no output marker:\n{stdout}"))?;
-    let lines: Vec<&str> = body.lines().collect();
-    if lines.first() != Some(&"00") {
-        return Err(format!("model_run returned {:?}", lines.first()));
-    }
-    let bytes = |s: &str| -> Vec<u8> {
-        (0..s.len() / 2)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect()
-    };
-    let mut outputs = Vec::new();
-    let outs = read_back(g, int);
-    for (i, &v) in outs.iter().enumerate() {
-        let ty = &g.value(v).ty;
-        let d = kiln_ir::Data::from_le_bytes(ty.dtype.scalar, &bytes(lines.get(1 + i).unwrap_or(&"")))
-            .ok_or("bad output size")?;
-        outputs.push(Tensor::new(ty.shape.clone(), d));
-    }
-    let stack = usize::from_str_radix(lines.get(1 + outs.len()).unwrap_or(&"0"), 16).unwrap_or(0);
-    // per-layer regions (AVR): `layer K: N` from the simulator driver
-    let layers = stdout
-        .lines()
-        .filter_map(|l| {
-            let (k, n) = l.strip_prefix("layer ")?.split_once(": ")?;
-            Some((k.parse().ok()?, n.trim().parse().ok()?))
-        })
-        .collect();
-    Ok(Run {
-        outputs,
-        layers,
-        cost,
-        stack,
-        flash: text + data,
-        ram: data + bss,
-        data,
-    })
+    let opts = RunOptions { int, per_layer: false };
+    onchip::run(part.chip(), g, inputs, &code, opts, tools, &dir).map_err(|e| e.to_string())
 }
 
 /// Runs both nets on three inputs each on `part` and checks them against the evaluator.
@@ -932,45 +597,24 @@ fn small_models_run_on_a_simulated_atmega328p() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The AVR toolchain and Kiln's simavr driver built into a fresh folder named by `tag`
-/// (returned, for the caller to remove), or `None` when they are missing and not required.
-fn avr_tools(tag: &str) -> Option<(Tools, PathBuf)> {
-    let ok = has("avr-gcc", "--version") && Path::new("/usr/include/simavr/sim_avr.h").exists();
-    if !available("AVR", ok) {
+/// The tools of `parts` built into a fresh folder named by `tag` (returned, for the caller
+/// to remove), or `None` when they are missing and not required.
+fn tools(tag: &str, parts: &[onchip::Part]) -> Option<(Tools, PathBuf)> {
+    let what = if parts[0].is_avr() { "AVR" } else { "Cortex-M" };
+    let ok = parts.iter().try_for_each(|&p| Tools::check(p)).map_err(|e| e.to_string());
+    if !available(what, ok) {
         return None;
     }
     let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sim = helper(
-        &dir,
-        "avr_sim.c",
-        "avr-sim",
-        &["-w", "-I/usr/include/simavr", "-lsimavr"],
-    )
-    .unwrap();
-    let tools = Tools {
-        avr_sim: Some(sim),
-        qemu_plugin: None,
-    };
-    Some((tools, dir))
+    Some((Tools::build(parts, &dir).unwrap(), dir))
 }
 
-/// The Cortex-M toolchain and QEMU with Kiln's instruction-counting plugin built into a fresh
-/// folder named by `tag` (returned, for the caller to remove), or `None` when they are missing
-/// and not required.
+fn avr_tools(tag: &str) -> Option<(Tools, PathBuf)> {
+    tools(tag, &[onchip::Part::Atmega328p])
+}
+
 fn cortex_m_tools(tag: &str) -> Option<(Tools, PathBuf)> {
-    let ok = has("arm-none-eabi-gcc", "--version") && has("qemu-system-arm", "--version");
-    if !available("Cortex-M", ok) {
-        return None;
-    }
-    let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let plugin = helper(&dir, "qemu_insns.c", "qemu_insns.so", &["-shared", "-fPIC"]).unwrap();
-    let tools = Tools {
-        avr_sim: None,
-        qemu_plugin: Some(plugin),
-    };
-    Some((tools, dir))
+    tools(tag, &[onchip::Part::CortexM4])
 }
 
 #[test]
@@ -1015,6 +659,9 @@ fn small_models_run_on_a_cortex_m4_in_qemu() {
         .ok()
         .and_then(|o| std::fs::read_dir(String::from_utf8_lossy(&o.stdout).trim()).ok())
         .is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))));
+    let has_target = has_target
+        .then_some(())
+        .ok_or_else(|| "no thumbv7em-none-eabihf standard library (scripts/setup-embedded.sh adds it)".to_string());
     if available("Rust thumbv7em-none-eabihf", has_target) {
         check_part(Part::CortexM4Rust, &models, &tools);
     }
@@ -1300,7 +947,7 @@ fn avr_int8_cycle_benchmark() {
     let part = Part::Avr("atmega328p");
     for ((name, g, sets), macs, target) in models {
         let key = format!("atmega328p {name}");
-        let (inputs, want_out) = int_ports(&g, &sets[0]);
+        let (inputs, want_out) = onchip::int_ports(&g, &sets[0]).unwrap().expect("an integer boundary");
         let run = match run_entry(part, name, &g, &inputs, true, &tools, &dir) {
             Ok(r) => r,
             Err(e) => {
@@ -1318,7 +965,7 @@ fn avr_int8_cycle_benchmark() {
             }
         }
         let ram = run.ram + run.stack;
-        let per_layer: Vec<String> = run.layers.iter().map(|(k, c)| format!("k{k} {c}")).collect();
+        let per_layer: Vec<String> = run.layers.iter().map(|l| format!("k{} {}", l.kernel, l.cost)).collect();
         println!(
             "{key}: {} cycles ({:.1} per MAC), flash {} B, RAM {} B + stack {} B; per kernel: {}",
             run.cost,

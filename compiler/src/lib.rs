@@ -6,6 +6,7 @@ pub mod builder;
 pub mod compile;
 pub mod fsutil;
 pub mod npy;
+pub mod onchip;
 pub mod onnx;
 pub mod passes;
 pub mod quantize;
