@@ -13,8 +13,8 @@
 //! `KILN_REQUIRE_MCU` is set.
 
 use kiln::compile::{CompileOptions, Emit, compile, parse_target, write_files};
-use kiln::{ImportOptions, PipelineOptions};
 use kiln::onchip::{self, Measurement as Run, ModelCode, RunOptions, Tools};
+use kiln::{ImportOptions, PipelineOptions};
 use kiln_ir::{Graph, Tensor};
 use kiln_tests::{attr_i, attr_ints, compare, fixed, model, node, repo, tensor, write_model};
 use std::path::{Path, PathBuf};
@@ -601,7 +601,10 @@ fn small_models_run_on_a_simulated_atmega328p() {
 /// to remove), or `None` when they are missing and not required.
 fn tools(tag: &str, parts: &[onchip::Part]) -> Option<(Tools, PathBuf)> {
     let what = if parts[0].is_avr() { "AVR" } else { "Cortex-M" };
-    let ok = parts.iter().try_for_each(|&p| Tools::check(p)).map_err(|e| e.to_string());
+    let ok = parts
+        .iter()
+        .try_for_each(|&p| Tools::check(p))
+        .map_err(|e| e.to_string());
     if !available(what, ok) {
         return None;
     }

@@ -84,7 +84,10 @@ pub fn main_c(part: Part, g: &Graph, inputs: &[Tensor], int: bool) -> String {
     c += "  put('K'); put('\\n'); hex((uint16_t)rc, 2); put('\\n');\n";
     for (i, &v) in outs.iter().enumerate() {
         let n = g.value(v).ty.bytes();
-        let _ = writeln!(c, "  for (size_t i = 0; i < {n}u; ++i) hex(out{i}[i], 2);\n  put('\\n');");
+        let _ = writeln!(
+            c,
+            "  for (size_t i = 0; i < {n}u; ++i) hex(out{i}[i], 2);\n  put('\\n');"
+        );
     }
     c += "  for (p = stack_low(); *p == 0xa5; ++p) {}\n  hex((uint16_t)(stack_top() - (uintptr_t)p), 4);\n  put('\\n');\n  flush();\n";
     if part.is_avr() {

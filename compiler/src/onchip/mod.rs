@@ -57,9 +57,8 @@ impl Part {
 
     pub fn parse(name: &str) -> Result<Part, OnChipError> {
         let name = if name == "avr" { "atmega328p" } else { name };
-        (Part::ALL.into_iter().find(|p| p.name() == name)).ok_or_else(|| OnChipError::UnknownPart {
-            part: name.to_string(),
-        })
+        (Part::ALL.into_iter().find(|p| p.name() == name))
+            .ok_or_else(|| OnChipError::UnknownPart { part: name.to_string() })
     }
 
     fn names() -> String {
@@ -100,9 +99,27 @@ impl Part {
         let v: &[&str] = match self {
             Part::Atmega328p | Part::Atmega2560 => &["-Os"],
             Part::CortexM3 => &["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft", "-O2"],
-            Part::CortexM4 => &["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2"],
-            Part::CortexM7 => &["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard", "-O2"],
-            Part::CortexM33 => &["-mcpu=cortex-m33", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard", "-O2"],
+            Part::CortexM4 => &[
+                "-mcpu=cortex-m4",
+                "-mthumb",
+                "-mfpu=fpv4-sp-d16",
+                "-mfloat-abi=hard",
+                "-O2",
+            ],
+            Part::CortexM7 => &[
+                "-mcpu=cortex-m7",
+                "-mthumb",
+                "-mfpu=fpv5-sp-d16",
+                "-mfloat-abi=hard",
+                "-O2",
+            ],
+            Part::CortexM33 => &[
+                "-mcpu=cortex-m33",
+                "-mthumb",
+                "-mfpu=fpv5-sp-d16",
+                "-mfloat-abi=hard",
+                "-O2",
+            ],
         };
         let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
         if self.is_avr() {
@@ -129,7 +146,10 @@ pub struct Tools {
 }
 
 fn has(cmd: &str) -> bool {
-    Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn sh(cmd: &mut Command) -> Result<String, OnChipError> {
@@ -322,7 +342,12 @@ pub fn run(
         .into_iter()
         .map(|(k, cost)| {
             let (node, op) = names.get(k).cloned().unwrap_or_default();
-            Layer { kernel: k, node, op, cost }
+            Layer {
+                kernel: k,
+                node,
+                op,
+                cost,
+            }
         })
         .collect();
     let (text, data, bss) = prog.sections(&elf1)?;
@@ -384,7 +409,11 @@ impl Program<'_> {
     /// Links the harness with `model_obj` into a program that runs the model `runs` times.
     fn link(&self, runs: u32, model_obj: &str) -> Result<PathBuf, OnChipError> {
         let stem = format!("prog{runs}-{}", model_obj.trim_end_matches(".o").trim_end_matches(".a"));
-        let (elf, main_o, define) = (format!("{stem}.elf"), format!("{stem}-main.o"), format!("-DKILN_RUNS={runs}"));
+        let (elf, main_o, define) = (
+            format!("{stem}.elf"),
+            format!("{stem}-main.o"),
+            format!("-DKILN_RUNS={runs}"),
+        );
         let warn = ["-std=gnu99", "-Wall", "-Wextra", "-Werror"];
         self.cc(&[&warn[..], &[&define, "-c", "main.c", "-o", &main_o]].concat())?;
         if self.part.is_avr() {
@@ -416,7 +445,10 @@ impl Program<'_> {
         let missing = |what: &str| OnChipError::Tool(format!("no {what} was built for {}", self.part.name()));
         let (o, count_file) = if self.part.is_avr() {
             let sim = self.tools.avr_sim.as_ref().ok_or_else(|| missing("simavr driver"))?;
-            let o = Command::new(sim).args([self.part.name(), "2000000000"]).arg(elf).output();
+            let o = Command::new(sim)
+                .args([self.part.name(), "2000000000"])
+                .arg(elf)
+                .output();
             (o, None)
         } else {
             let plugin = self.tools.qemu_plugin.as_ref().ok_or_else(|| missing("QEMU plugin"))?;
@@ -453,7 +485,10 @@ impl Program<'_> {
     }
 
     fn size(&self, file: &str) -> Result<Vec<(String, usize)>, OnChipError> {
-        let sizes = sh(Command::new(self.part.gcc().1).current_dir(self.dir).arg("-A").arg(file))?;
+        let sizes = sh(Command::new(self.part.gcc().1)
+            .current_dir(self.dir)
+            .arg("-A")
+            .arg(file))?;
         Ok(sizes
             .lines()
             .filter_map(|l| {
@@ -473,7 +508,12 @@ impl Program<'_> {
     /// The model object's code (`.text*`) and constant (`.rodata*`, `.progmem*`) bytes.
     fn object_split(&self, obj: &str) -> Result<(usize, usize), OnChipError> {
         let s = self.size(obj)?;
-        let sum = |p: &[&str]| -> usize { s.iter().filter(|(k, _)| p.iter().any(|p| k.starts_with(p))).map(|e| e.1).sum() };
+        let sum = |p: &[&str]| -> usize {
+            s.iter()
+                .filter(|(k, _)| p.iter().any(|p| k.starts_with(p)))
+                .map(|e| e.1)
+                .sum()
+        };
         Ok((sum(&[".text"]), sum(&[".rodata", ".progmem"])))
     }
 }
@@ -503,7 +543,14 @@ fn marker_order(source: &str, entry: &str) -> Vec<usize> {
     (source.lines())
         .skip_while(|l| !l.starts_with(&head))
         .take_while(|l| *l != "}")
-        .filter_map(|l| l.trim().strip_prefix("KILN_LAYER_BEGIN(")?.split(')').next()?.parse().ok())
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("KILN_LAYER_BEGIN(")?
+                .split(')')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -513,8 +560,13 @@ fn kernel_names(source: &str) -> Vec<(String, String)> {
     let mut last = None;
     for l in source.lines() {
         if let Some(rest) = l.strip_prefix("/* node `") {
-            last = rest.rsplit_once("` (").map(|(n, r)| (n.to_string(), r.split(')').next().unwrap_or("").to_string()));
-        } else if let Some(k) = l.strip_prefix("static void k").and_then(|r| r.split('(').next()?.parse::<usize>().ok()) {
+            last = rest
+                .rsplit_once("` (")
+                .map(|(n, r)| (n.to_string(), r.split(')').next().unwrap_or("").to_string()));
+        } else if let Some(k) = l
+            .strip_prefix("static void k")
+            .and_then(|r| r.split('(').next()?.parse::<usize>().ok())
+        {
             if names.len() <= k {
                 names.resize(k + 1, Default::default());
             }
@@ -527,7 +579,10 @@ fn kernel_names(source: &str) -> Vec<(String, String)> {
 /// The outputs and peak stack the harness printed after its `K` marker.
 fn parse_console(g: &Graph, stdout: &str, int: bool) -> Result<(Vec<Tensor>, usize), OnChipError> {
     let bad = |why: String| OnChipError::Tool(format!("{why}; the program printed:\n{stdout}"));
-    let body = stdout.split("K\n").nth(1).ok_or_else(|| bad("no output marker".into()))?;
+    let body = stdout
+        .split("K\n")
+        .nth(1)
+        .ok_or_else(|| bad("no output marker".into()))?;
     let lines: Vec<&str> = body.lines().collect();
     if lines.first() != Some(&"00") {
         return Err(bad(format!("the model returned {:?}", lines.first())));
@@ -549,10 +604,13 @@ fn parse_console(g: &Graph, stdout: &str, int: bool) -> Result<(Vec<Tensor>, usi
     Ok((outputs, stack))
 }
 
+/// Integer inputs and outputs of `model_run_int`.
+pub type IntPorts = (Vec<Tensor>, Vec<Tensor>);
+
 /// The integer buffers of `model_run_int` for float `inputs`, as the evaluator computes
 /// them: what the boundary Quantize nodes make of the inputs, and the integers before each
 /// output's Dequantize. `None` without an integer boundary.
-pub fn int_ports(g: &Graph, inputs: &[Tensor]) -> Result<Option<(Vec<Tensor>, Vec<Tensor>)>, kiln_ir::IrError> {
+pub fn int_ports(g: &Graph, inputs: &[Tensor]) -> Result<Option<IntPorts>, kiln_ir::IrError> {
     let Some(api) = kiln_backends::header::int_boundary(g) else {
         return Ok(None);
     };

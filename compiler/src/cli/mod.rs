@@ -1,0 +1,7 @@
+//! The command-line driver's commands, one module each; `main.rs` parses and dispatches.
+
+pub mod args;
+pub mod compile;
+pub mod inspect;
+pub mod report;
+pub mod run;
