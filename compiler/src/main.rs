@@ -73,21 +73,8 @@ enum Cmd {
         shapes: ShapeArgs,
         #[command(flatten)]
         quant: QuantArgs,
-        /// Input .npy files in graph order (default: a fixed pseudo-random input).
-        #[arg(long = "input")]
-        inputs: Vec<PathBuf>,
-        /// Timed runs (after one warm-up run), 1 to 1,000,000.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        runs: u32,
-        /// What to time: the reference evaluator, or the model compiled to a native object.
-        #[arg(long, value_enum, default_value = "eval")]
-        emit: BenchEmit,
-        /// CPU features the native object may assume (as for `compile`).
-        #[arg(long = "target-cpu")]
-        target_cpu: Option<String>,
-        /// C compiler flags for `--emit c` (default: -O2), e.g. "-O3 -march=native".
-        #[arg(long, allow_hyphen_values = true)]
-        cflags: Option<String>,
+        #[command(flatten)]
+        bench: BenchArgs,
     },
     /// Compile a model: `--emit object` writes <prefix>.o, lib<prefix>.a, <prefix>.h, <prefix>.rs;
     /// `--emit c` writes <prefix>.c and <prefix>.h; `--emit rust` writes <prefix>.rs.
@@ -179,21 +166,8 @@ fn main() -> std::process::ExitCode {
             model,
             shapes,
             quant,
-            inputs,
-            runs,
-            emit,
-            target_cpu,
-            cflags,
-        } => {
-            let mut flags = kiln::bench::BuildFlags {
-                cpu: target_cpu.clone(),
-                ..Default::default()
-            };
-            if let Some(c) = cflags {
-                flags.cflags = c.split_whitespace().map(str::to_string).collect();
-            }
-            bench(model, shapes, quant, inputs, *runs, *emit, &flags)
-        }
+            bench: args,
+        } => bench(model, shapes, quant, args),
         Cmd::Compile {
             model,
             shapes,

@@ -311,3 +311,39 @@ pub(crate) fn load(model: &Path, shapes: &ShapeArgs, pipeline: &PipelineOptions)
     }
     Ok(m)
 }
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Input .npy files in graph order (default: a fixed pseudo-random input).
+    #[arg(long = "input")]
+    pub(crate) inputs: Vec<PathBuf>,
+    /// Timed runs (after one warm-up run), 1 to 1,000,000.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) runs: u32,
+    /// What to time on this machine: the reference evaluator, the native object, or the C
+    /// source built with the system `cc`.
+    #[arg(long, value_enum, default_value = "eval")]
+    pub(crate) emit: BenchEmit,
+    /// CPU features the native object may assume (as for `compile`).
+    #[arg(long = "target-cpu")]
+    pub(crate) target_cpu: Option<String>,
+    /// C compiler flags for `--emit c` (default: -O2), e.g. "-O3 -march=native".
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) cflags: Option<String>,
+    /// Measure on a simulated part instead: cortex-m4, cortex-m7, cortex-m33, cortex-m3 (QEMU,
+    /// instructions), atmega328p, atmega2560 (simavr, cycles). Builds the C backend with the
+    /// part's cross compiler, checks the outputs against the evaluator, and reports flash,
+    /// arena and peak stack (toolchains: scripts/setup-embedded.sh).
+    #[arg(long, value_name = "PART")]
+    pub(crate) target: Option<String>,
+    /// With --target: the cost of each kernel too.
+    #[arg(long = "per-layer")]
+    pub(crate) per_layer: bool,
+    /// With --target: call `<prefix>_run_int` on the integer buffers (a model with an integer
+    /// boundary), without the float conversion at the edges.
+    #[arg(long = "int-io")]
+    pub(crate) int_io: bool,
+    /// One JSON document on stdout instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+}

@@ -3,5 +3,6 @@
 pub mod args;
 pub mod compile;
 pub mod inspect;
+pub mod onchip;
 pub mod report;
 pub mod run;

@@ -109,27 +109,34 @@ pub(crate) fn synthetic(ty: &kiln_ir::TensorType) -> kiln_ir::Tensor {
     }
 }
 
-pub(crate) fn bench(
-    path: &Path,
-    shapes: &ShapeArgs,
-    quant: &QuantArgs,
-    inputs: &[PathBuf],
-    runs: u32,
-    emit: BenchEmit,
-    flags: &kiln::bench::BuildFlags,
-) -> Result<()> {
-    let runs = runs as usize;
-    let shapes = &shapes_from_inputs(path, shapes, inputs)?;
+pub(crate) fn bench(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, args: &BenchArgs) -> Result<()> {
+    if args.target.is_none() && (args.per_layer || args.int_io) {
+        bail!("--per-layer and --int-io measure on a simulated part: give --target PART");
+    }
+    let shapes = &shapes_from_inputs(path, shapes, &args.inputs)?;
     let m = load_quantized(path, shapes, quant)?;
     let g = &m.graph;
-    let ts: Vec<kiln_ir::Tensor> = if inputs.is_empty() {
+    let ts: Vec<kiln_ir::Tensor> = if args.inputs.is_empty() {
         g.inputs().iter().map(|&v| synthetic(&g.value(v).ty)).collect()
     } else {
-        inputs.iter().map(|p| kiln::npy::read(p)).collect::<Result<_, _>>()?
+        (args.inputs.iter())
+            .map(|p| kiln::npy::read(p))
+            .collect::<Result<_, _>>()?
     };
-    let (what, t) = match emit {
+    if let Some(part) = &args.target {
+        return super::onchip::bench(path, g, &ts, part, args);
+    }
+    let mut flags = kiln::bench::BuildFlags {
+        cpu: args.target_cpu.clone(),
+        ..Default::default()
+    };
+    if let Some(c) = &args.cflags {
+        flags.cflags = c.split_whitespace().map(str::to_string).collect();
+    }
+    let runs = args.runs as usize;
+    let (what, t) = match args.emit {
         BenchEmit::Eval => ("evaluator".to_string(), kiln::bench::bench_eval(g, &ts, runs)?),
-        BenchEmit::Object | BenchEmit::C => {
+        emit @ (BenchEmit::Object | BenchEmit::C) => {
             // A fresh private folder with an unpredictable name, removed however this ends.
             let work = tempfile::Builder::new()
                 .prefix("kiln-bench-")
@@ -148,12 +155,25 @@ pub(crate) fn bench(
                     kiln::compile::Emit::Object,
                 ),
             };
-            let r = kiln::bench::bench_compiled(g, &ts, runs, work.path(), e, flags);
+            let r = kiln::bench::bench_compiled(g, &ts, runs, work.path(), e, &flags);
             (what, r.map_err(anyhow::Error::msg)?)
         }
     };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "command": "bench",
+            "model": path.display().to_string(),
+            "what": what,
+            "runs": t.runs,
+            "median_us": t.median_us,
+            "min_us": t.min_us,
+        });
+        writeln!(out, "{doc:#}")?;
+        return Ok(());
+    }
     writeln!(
-        std::io::stdout(),
+        out,
         "{}: {what}, {} runs: median {:.1} us, min {:.1} us per inference",
         path.display(),
         t.runs,

@@ -81,6 +81,15 @@ impl Part {
         matches!(self, Part::Atmega328p | Part::Atmega2560)
     }
 
+    /// The simulator and board it runs on.
+    pub fn simulator(self) -> String {
+        if self.is_avr() {
+            "simavr".into()
+        } else {
+            format!("QEMU {}", self.board().0)
+        }
+    }
+
     /// What the cost counts.
     pub fn unit(self) -> &'static str {
         if self.is_avr() { "cycles" } else { "instructions" }
@@ -563,8 +572,8 @@ fn kernel_names(source: &str) -> Vec<(String, String)> {
             last = rest
                 .rsplit_once("` (")
                 .map(|(n, r)| (n.to_string(), r.split(')').next().unwrap_or("").to_string()));
-        } else if let Some(k) = l
-            .strip_prefix("static void k")
+        } else if let Some(k) = (l.strip_prefix("static void k"))
+            .or_else(|| l.strip_prefix("KILN_KERNEL k"))
             .and_then(|r| r.split('(').next()?.parse::<usize>().ok())
         {
             if names.len() <= k {
@@ -626,4 +635,59 @@ pub fn int_ports(g: &Graph, inputs: &[Tensor]) -> Result<Option<IntPorts>, kiln_
     };
     let outs = all.split_off(api.inputs.len());
     Ok(Some((all, outs)))
+}
+
+/// How far a float output may be from the evaluator's, relative to the output's range
+/// (the largest |value| the evaluator gives): the parts' float arithmetic rounds as IEEE
+/// single precision does, but exp, sqrt and the order of sums may differ in the last bits.
+pub const FLOAT_TOLERANCE: f64 = 1e-5;
+
+/// How a program's outputs compare with the evaluator's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agreement {
+    /// Every output equal bit for bit.
+    pub exact: bool,
+    /// The largest |difference| of a float output, and it as a share of that output's range.
+    pub max_abs: f64,
+    pub of_range: f64,
+}
+
+/// Checks `got` against the evaluator's `want`: integer outputs bit for bit, float ones
+/// within [`FLOAT_TOLERANCE`] of their range. The error names the first output that is not.
+pub fn agree(got: &[Tensor], want: &[Tensor]) -> Result<Agreement, String> {
+    let mut a = Agreement {
+        exact: true,
+        max_abs: 0.0,
+        of_range: 0.0,
+    };
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.data.to_le_bytes() == w.data.to_le_bytes() {
+            continue;
+        }
+        a.exact = false;
+        if !w.data.scalar().is_float() || g.shape != w.shape {
+            let (gv, wv) = (g.to_i64_vec(), w.to_i64_vec());
+            let k = gv.iter().zip(&wv).position(|(x, y)| x != y).unwrap_or(0);
+            return Err(format!(
+                "output {i}: element {k} is {:?}, the evaluator gives {:?}",
+                gv.get(k),
+                wv.get(k)
+            ));
+        }
+        let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+        let range = wv.iter().filter(|v| v.is_finite()).fold(0f64, |m, v| m.max(v.abs()));
+        for (k, (x, y)) in gv.iter().zip(&wv).enumerate() {
+            let d = if x.is_nan() && y.is_nan() { 0.0 } else { (x - y).abs() };
+            let share = if range > 0.0 { d / range } else { d };
+            if share.is_nan() || share > FLOAT_TOLERANCE {
+                return Err(format!(
+                    "output {i}: element {k} is {x}, the evaluator gives {y} (off by {:.2e} of the output's range, {FLOAT_TOLERANCE:e} allowed)",
+                    share
+                ));
+            }
+            a.max_abs = a.max_abs.max(d);
+            a.of_range = a.of_range.max(share);
+        }
+    }
+    Ok(a)
 }
