@@ -24,6 +24,9 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
+        /// One JSON document on stdout instead of text (schema: docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a model on .npy inputs with the reference evaluator.
     Eval {
@@ -51,6 +54,9 @@ enum Cmd {
         /// Evaluation data, laid out like calibration data (default: the calibration data).
         #[arg(long, value_name = "DIR")]
         eval: Option<PathBuf>,
+        /// One JSON document on stdout instead of text (schema: docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the IR after import and the pass pipeline.
     Dump {
@@ -84,27 +90,8 @@ enum Cmd {
         shapes: ShapeArgs,
         #[command(flatten)]
         quant: QuantArgs,
-        /// What to emit.
-        #[arg(long, value_enum, default_value = "object")]
-        emit: EmitArg,
-        /// Target triple (e.g. x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu) or `host`.
-        #[arg(long, default_value = "host")]
-        target: String,
-        /// CPU features a native object may assume beyond the portable default (x86-64-v2 on
-        /// x86-64): `native` (this machine's), an x86-64 level (x86-64-v3, x86-64-v4) and/or
-        /// `+feature` items, comma-separated (e.g. `x86-64-v3,+avx512vnni`, `+dotprod`). The
-        /// object checks them on its first run and returns an error code on a CPU without them.
-        #[arg(long = "target-cpu")]
-        target_cpu: Option<String>,
-        /// Symbol prefix (default: from the model file name).
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Output directory.
-        #[arg(short = 'o', long = "out-dir", default_value = ".")]
-        out_dir: PathBuf,
-        /// Also write the generated Cranelift IR to <prefix>.clif.
-        #[arg(long)]
-        clif: bool,
+        #[command(flatten)]
+        out: CompileArgs,
     },
     /// List supported ONNX operators and TFLite builtins.
     Ops {
@@ -126,13 +113,14 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
-        Cmd::Inspect { model, shapes } => inspect(model, shapes),
+        Cmd::Inspect { model, shapes, json } => inspect(model, shapes, *json),
         Cmd::Report {
             model,
             shapes,
             quant,
             eval,
-        } => report(model, shapes, quant, eval.as_deref()),
+            json,
+        } => report(model, shapes, quant, eval.as_deref(), *json),
         Cmd::Eval {
             model,
             shapes,
@@ -172,23 +160,8 @@ fn main() -> std::process::ExitCode {
             model,
             shapes,
             quant,
-            emit,
-            target,
-            target_cpu,
-            prefix,
-            out_dir,
-            clif,
-        } => compile(
-            model,
-            shapes,
-            quant,
-            *emit,
-            target,
-            target_cpu.as_deref(),
-            prefix.as_deref(),
-            out_dir,
-            *clif,
-        ),
+            out,
+        } => compile(model, shapes, quant, out),
         Cmd::Ops { markdown } => ops(*markdown),
     };
     match res {

@@ -347,3 +347,31 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) json: bool,
 }
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct CompileArgs {
+    /// What to emit.
+    #[arg(long, value_enum, default_value = "object")]
+    pub(crate) emit: EmitArg,
+    /// Target triple (e.g. x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu) or `host`.
+    #[arg(long, default_value = "host")]
+    pub(crate) target: String,
+    /// CPU features a native object may assume beyond the portable default (x86-64-v2 on
+    /// x86-64): `native` (this machine's), an x86-64 level (x86-64-v3, x86-64-v4) and/or
+    /// `+feature` items, comma-separated (e.g. `x86-64-v3,+avx512vnni`, `+dotprod`). The
+    /// object checks them on its first run and returns an error code on a CPU without them.
+    #[arg(long = "target-cpu")]
+    pub(crate) target_cpu: Option<String>,
+    /// Symbol prefix (default: from the model file name).
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Output directory.
+    #[arg(short = 'o', long = "out-dir", default_value = ".")]
+    pub(crate) out_dir: PathBuf,
+    /// Also write the generated Cranelift IR to <prefix>.clif.
+    #[arg(long)]
+    pub(crate) clif: bool,
+    /// One JSON document on stdout instead of the summary line (schema: docs/json.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+}

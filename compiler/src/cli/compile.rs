@@ -2,71 +2,74 @@
 
 use super::args::*;
 use anyhow::Result;
+use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn compile(
-    path: &Path,
-    shapes: &ShapeArgs,
-    quant: &QuantArgs,
-    emit: EmitArg,
-    target: &str,
-    target_cpu: Option<&str>,
-    prefix: Option<&str>,
-    out_dir: &Path,
-    clif: bool,
-) -> Result<()> {
+pub(crate) fn compile(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, args: &CompileArgs) -> Result<()> {
     use kiln::compile::{self, CompileOptions, Emit};
-    if target_cpu.is_some() && emit != EmitArg::Object {
+    let emit = args.emit;
+    if args.target_cpu.is_some() && emit != EmitArg::Object {
         anyhow::bail!(
             "--target-cpu applies to native objects (--emit object); give C and Rust source's compiler its own CPU flags"
         );
     }
-    let target = compile::parse_target(target)?.with_cpu(target_cpu);
-    let prefix = prefix
-        .map(String::from)
-        .unwrap_or_else(|| compile::default_prefix(path));
+    let target = compile::parse_target(&args.target)?.with_cpu(args.target_cpu.as_deref());
+    let prefix = (args.prefix.clone()).unwrap_or_else(|| compile::default_prefix(path));
     let start = std::time::Instant::now();
     let m = load_quantized(path, shapes, quant)?;
-    let source = path
-        .file_name()
+    let source = (path.file_name())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut out = compile::compile(
-        &m.graph,
-        &CompileOptions {
-            emit: match emit {
-                EmitArg::Object => Emit::Object,
-                EmitArg::C => Emit::C,
-                EmitArg::Rust => Emit::RustSource,
-            },
-            target: target.clone(),
-            prefix: prefix.clone(),
+    let opts = CompileOptions {
+        emit: match emit {
+            EmitArg::Object => Emit::Object,
+            EmitArg::C => Emit::C,
+            EmitArg::Rust => Emit::RustSource,
         },
-        &source,
-    )?;
-    if clif {
-        out.files
-            .push((format!("{prefix}.clif"), out.clif.clone().into_bytes()));
+        target: target.clone(),
+        prefix: prefix.clone(),
+    };
+    let mut out = compile::compile(&m.graph, &opts, &source)?;
+    if args.clif {
+        (out.files).push((format!("{prefix}.clif"), out.clif.clone().into_bytes()));
     }
-    compile::write_files(out_dir, &out.files, &m.files)?;
+    compile::write_files(&args.out_dir, &out.files, &m.files)?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
     let r = &out.report;
-    writeln!(
-        std::io::stdout(),
-        "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); {} {} bytes; {:.0} ms",
-        r.kernels,
-        r.arena_size,
-        r.arena_lower_bound,
-        match emit {
-            EmitArg::C => "C source",
-            EmitArg::Rust => "Rust source",
-            EmitArg::Object => "object",
-        },
-        r.object_bytes,
-        start.elapsed().as_secs_f64() * 1e3
-    )?;
     let widths = compile::accumulator_widths(&m.graph);
+    let what = match emit {
+        EmitArg::C => "C source",
+        EmitArg::Rust => "Rust source",
+        EmitArg::Object => "object",
+    };
+    let mut o = std::io::stdout().lock();
+    if args.json {
+        let precision = kiln::quantize::report::precisions(&m.graph);
+        let doc = json!({
+            "command": "compile",
+            "model": path.display().to_string(),
+            "prefix": prefix,
+            "target": target.to_string(),
+            "emit": what,
+            "kernels": r.kernels,
+            "arena_bytes": r.arena_size,
+            "arena_lower_bound": r.arena_lower_bound,
+            "output_bytes": r.object_bytes,
+            "constant_bytes": kiln_ir::analysis::constant_bytes(&m.graph),
+            "compile_ms": ms,
+            "files": out.files.iter().map(|(f, b)| json!({"name": f, "bytes": b.len()})).collect::<Vec<_>>(),
+            "products": precision.iter().map(|(n, p)| json!({"node": n, "precision": p})).collect::<Vec<_>>(),
+            "accumulator_bits": widths.iter().map(|(n, b)| json!({"node": n, "bits": b})).collect::<Vec<_>>(),
+        });
+        writeln!(o, "{doc:#}")?;
+        return Ok(());
+    }
+    writeln!(
+        o,
+        "{prefix}: {} kernels for {target}; arena {} bytes (lower bound {}); {what} {} bytes; {ms:.0} ms",
+        r.kernels, r.arena_size, r.arena_lower_bound, r.object_bytes,
+    )?;
     if !widths.is_empty() {
         // by name for a few short-named layers, else counted per width
         let list: Vec<String> = if widths.len() <= 8 && widths.iter().all(|(n, _)| n.len() <= 40) {
@@ -78,11 +81,7 @@ pub(crate) fn compile(
             }
             per.iter().map(|(b, k)| format!("{b} x{k}")).collect()
         };
-        writeln!(
-            std::io::stdout(),
-            "accumulator bits (proven to hold every sum): {}",
-            list.join(", ")
-        )?;
+        writeln!(o, "accumulator bits (proven to hold every sum): {}", list.join(", "))?;
     }
     Ok(())
 }

@@ -61,20 +61,22 @@ pub fn layer_sqnr(
         .collect())
 }
 
-/// How the products (Conv, Gemm, MatMul and their integer forms) of a built graph compute,
-/// counted by kind: e.g. `7 int8, 3 int8 with 4-bit weights, 1 float`.
-pub fn precision_mix(g: &Graph) -> String {
+/// How each product (Conv, Gemm, MatMul and their integer forms) of a built graph computes,
+/// by node name in topological order: `int8`, `16x8`, `int8 with 4-bit weights`, `hybrid
+/// int8`, `float16 weights`, `float`, ...
+pub fn precisions(g: &Graph) -> Vec<(String, String)> {
     use kiln_ir::{Op, Scalar};
-    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for n in g.node_ids() {
+    let narrow = |bits: u8| {
+        if bits < 8 {
+            format!(" with {bits}-bit weights")
+        } else {
+            String::new()
+        }
+    };
+    let order = g.topo_order().unwrap_or_else(|_| g.node_ids().collect());
+    let mut out = Vec::new();
+    for n in order {
         let node = g.node(n);
-        let narrow = |bits: u8| {
-            if bits < 8 {
-                format!(" with {bits}-bit weights")
-            } else {
-                String::new()
-            }
-        };
         let kind = match &node.op {
             Op::QConv { q, .. } | Op::QMatMul { q } | Op::QBlockMatMul { q, .. } => {
                 let act = match g.value(node.inputs[0]).ty.dtype.scalar {
@@ -101,6 +103,15 @@ pub fn precision_mix(g: &Graph) -> String {
             }
             _ => continue,
         };
+        out.push((node.name.clone(), kind));
+    }
+    out
+}
+
+/// [`precisions`] counted by kind: e.g. `7 int8, 3 int8 with 4-bit weights, 1 float`.
+pub fn precision_mix(g: &Graph) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (_, kind) in precisions(g) {
         *counts.entry(kind).or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(k, c)| format!("{c} {k}")).collect();
