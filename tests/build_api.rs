@@ -279,3 +279,34 @@ fn tflite_files_build_like_onnx_models() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_static_arena_for_c_source_and_a_clear_refusal_elsewhere() {
+    let d = out_dir("static-arena");
+    Build::new(model("digits_cnn"))
+        .target("cortex-m4")
+        .emit(Emit::C)
+        .static_arena(true)
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap();
+    let h = std::fs::read_to_string(d.join("digits.h")).unwrap();
+    assert!(
+        h.contains("#define DIGITS_STATIC_ARENA 1") && h.contains("int digits_run_static("),
+        "{h}"
+    );
+    let c = std::fs::read_to_string(d.join("digits.c")).unwrap();
+    assert!(c.contains("static unsigned char digits_arena_["), "{c}");
+    let err = Build::new(model("digits_cnn"))
+        .target("cortex-m4")
+        .emit(Emit::RustSource)
+        .static_arena(true)
+        .out_dir(&d)
+        .cargo_metadata(false)
+        .compile("digits")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a static arena is for C source"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -93,6 +93,7 @@ fn c_emission_is_deterministic() {
         emit: kiln::compile::Emit::C,
         target: kiln::compile::parse_target("host").unwrap(),
         prefix: "kws".into(),
+        static_arena: false,
     };
     let a = kiln::compile::compile(&m.graph, &opts, "model.onnx").unwrap().files;
     let b = kiln::compile::compile(&m.graph, &opts, "model.onnx").unwrap().files;

@@ -83,6 +83,7 @@ fn exercise(bytes: &[u8], dir: &Path) {
                 emit,
                 target: parse_target("host").expect("host"),
                 prefix: "m".into(),
+                static_arena: false,
             };
             let _ = compile(g, &o, "fuzz");
         }

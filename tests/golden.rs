@@ -72,6 +72,7 @@ fn clif_in(tag: &str, m: &kiln::onnx::proto::ModelProto, mode: &str) -> String {
         emit: kiln::compile::Emit::Object,
         target,
         prefix: tag.into(),
+        static_arena: false,
     };
     kiln::compile::compile(&model.graph, &opts, "model.onnx").unwrap().clif
 }
@@ -126,6 +127,7 @@ fn files_of(tag: &str, m: &kiln::onnx::proto::ModelProto, emit: kiln::compile::E
         emit,
         target,
         prefix: tag.into(),
+        static_arena: false,
     };
     let files = kiln::compile::compile(&model.graph, &opts, "model.onnx").unwrap().files;
     files

@@ -36,6 +36,7 @@ fn emitted(g: &kiln_ir::Graph, emit: Emit) -> Vec<(String, String)> {
         emit,
         target: parse_target("host").unwrap(),
         prefix: "m".into(),
+        static_arena: false,
     };
     let out = compile(g, &opts, HOSTILE[4]).unwrap();
     out.files

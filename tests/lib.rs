@@ -283,6 +283,7 @@ pub fn build_native_for(
         emit: Emit::Object,
         target,
         prefix: prefix.into(),
+        static_arena: false,
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
     write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
@@ -409,6 +410,7 @@ pub fn build_c(g: &kiln_ir::Graph, prefix: &str, dir: &std::path::Path, extra: &
         emit: Emit::C,
         target: parse_target("host").map_err(|e| e.to_string())?,
         prefix: prefix.into(),
+        static_arena: false,
     };
     let out = compile(g, &opts, "test").map_err(|e| e.to_string())?;
     write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
@@ -678,6 +680,7 @@ pub fn build_rust(
             emit: Emit::RustSource,
             target: parse_target(target).map_err(|e| e.to_string())?,
             prefix: prefix.to_string(),
+            static_arena: false,
         };
         let out = compile(g, &opts, "test").map_err(|e| format!("{prefix}: {e}"))?;
         for (name, bytes) in &out.files {

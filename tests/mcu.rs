@@ -214,6 +214,7 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
         emit: Emit::RustSource,
         target: parse_target("cortex-m4").map_err(|e| e.to_string())?,
         prefix: "model".into(),
+        static_arena: false,
     };
     let out = compile(g, &opts, name).map_err(|e| e.to_string())?;
     write_files(dir, &out.files, &[]).map_err(|e| e.to_string())?;
@@ -686,6 +687,7 @@ fn a_model_too_big_for_the_part_is_refused_with_numbers() {
         emit: Emit::C,
         target: parse_target("atmega328p").unwrap(),
         prefix: "model".into(),
+        static_arena: false,
     };
     let e = compile(&g, &opts, "big").err().expect("must not fit").to_string();
     assert!(

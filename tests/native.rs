@@ -111,6 +111,7 @@ fn two_models_with_different_prefixes_link_into_one_program() {
             emit: kiln::compile::Emit::Object,
             target: kiln::compile::parse_target("host").unwrap(),
             prefix: prefix.into(),
+            static_arena: false,
         };
         let out = kiln::compile::compile(&m.graph, &opts, model).unwrap();
         kiln::compile::write_files(&dir, &out.files, &[]).unwrap();

@@ -19,6 +19,7 @@ fn rust_program_links_the_model_through_generated_bindings() {
         emit: kiln::compile::Emit::Object,
         target: kiln::compile::parse_target("host").unwrap(),
         prefix: "kws".into(),
+        static_arena: false,
     };
     let out = kiln::compile::compile(&m.graph, &opts, "model.onnx").unwrap();
     kiln::compile::write_files(&dir, &out.files, &[]).unwrap();
@@ -99,6 +100,7 @@ fn rust_program_runs_the_int8_model_both_ways() {
         emit: kiln::compile::Emit::Object,
         target: kiln::compile::parse_target("host").unwrap(),
         prefix: "kws".into(),
+        static_arena: false,
     };
     let out = kiln::compile::compile(&g, &opts, "model.onnx").unwrap();
     kiln::compile::write_files(&dir, &out.files, &[]).unwrap();

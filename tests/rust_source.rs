@@ -92,6 +92,7 @@ fn models_as_rust_source_match_the_evaluator() {
                 emit: kiln::compile::Emit::RustSource,
                 target: kiln::compile::parse_target("host").unwrap(),
                 prefix: "m".into(),
+                static_arena: false,
             };
             let err = kiln::compile::compile(&c.float, &opts, "m")
                 .err()
@@ -219,6 +220,7 @@ fn emission_is_deterministic() {
         emit: kiln::compile::Emit::RustSource,
         target: kiln::compile::parse_target("host").unwrap(),
         prefix: "m".into(),
+        static_arena: false,
     };
     let a = kiln::compile::compile(&c.float, &opts, "m").unwrap().files;
     let b = kiln::compile::compile(&c.float, &opts, "m").unwrap().files;

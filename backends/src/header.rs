@@ -95,6 +95,8 @@ pub struct Api {
     pub cpu_features: Option<Vec<String>>,
     /// Whose integer arithmetic the model reproduces, for models with integer ops.
     pub numerics: Option<kiln_ir::op::Numerics>,
+    /// C source: the static-arena entry points (`Some(true)`: switched on in the header).
+    pub static_arena: Option<bool>,
 }
 
 /// The integer numerics of `g`: `None` without integer rescales, `Tflite` when any op
@@ -143,6 +145,7 @@ impl Api {
             int: int_boundary(g),
             cpu_features: None,
             numerics: numerics(g),
+            static_arena: None,
         }
     }
 }
@@ -291,7 +294,99 @@ pub fn c_header(api: &Api) -> String {
         );
         let _ = writeln!(s, "int {}_run_int({});\n", api.prefix, ip.join(", "));
     }
+    if let Some(on) = api.static_arena {
+        s.push_str(&static_arena_decls(api, on));
+    }
     let _ = writeln!(s, "#ifdef __cplusplus\n}}\n#endif\n\n#endif /* {up}_H */");
+    s
+}
+
+/// The buffer parameters of `<prefix>_run` (or with `int`, `_run_int`), without the arena.
+fn static_params(api: &Api, int: bool) -> String {
+    let q = api.int.as_ref().filter(|_| int);
+    let mut v: Vec<String> = Vec::new();
+    for (i, p) in api.inputs.iter().enumerate() {
+        let t = q.map_or(p.scalar, |q| q.inputs[i].scalar);
+        v.push(format!("const {} *{}", c_type(t), p.ident));
+    }
+    for (i, p) in api.outputs.iter().enumerate() {
+        let t = q.map_or(p.scalar, |q| q.outputs[i].scalar);
+        v.push(format!("{} *{}", c_type(t), p.ident));
+    }
+    v.join(", ")
+}
+
+/// The C definitions behind [`static_arena_decls`], for the end of `<prefix>.c`: the arena
+/// (aligned with the GNU attribute where the compiler has it, else by a union with the
+/// widest scalar types) and the wrappers that pass it.
+pub fn c_static_arena_defs(api: &Api) -> String {
+    let (p, up) = (&api.prefix, api.prefix.to_ascii_uppercase());
+    let size = api.arena_size.max(1);
+    let mut s = format!(
+        "\n/* The static arena (see {p}.h). */\n#if defined({up}_SHARED_ARENA)\n#define {up}_ARENA_PTR_ ((void *){up}_SHARED_ARENA)\n"
+    );
+    let _ = writeln!(s, "#elif defined({up}_STATIC_ARENA)\n#if defined(__GNUC__)");
+    let _ = writeln!(
+        s,
+        "static unsigned char {p}_arena_[{size}] __attribute__((aligned({})));",
+        api.arena_align
+    );
+    let _ = writeln!(s, "#define {up}_ARENA_PTR_ ((void *){p}_arena_)\n#else");
+    let _ = writeln!(
+        s,
+        "static union {{ unsigned char b[{size}]; long double f; long long i; void *p; }} {p}_arena_;"
+    );
+    let _ = writeln!(
+        s,
+        "#define {up}_ARENA_PTR_ ((void *){p}_arena_.b)\n#endif\n#endif\n#ifdef {up}_ARENA_PTR_"
+    );
+    let names: Vec<&str> = (api.inputs.iter().chain(&api.outputs))
+        .map(|q| q.ident.as_str())
+        .collect();
+    let params = |int| static_params(api, int);
+    let args = names.join(", ");
+    let _ = writeln!(
+        s,
+        "int {p}_run_static({}) {{\n    return {p}_run({args}, {up}_ARENA_PTR_);\n}}",
+        params(false)
+    );
+    if api.int.is_some() {
+        let _ = writeln!(
+            s,
+            "int {p}_run_int_static({}) {{\n    return {p}_run_int({args}, {up}_ARENA_PTR_);\n}}",
+            params(true)
+        );
+    }
+    s.push_str("#endif\n");
+    s
+}
+
+/// The entry points without an arena parameter, declared when `<PREFIX>_STATIC_ARENA` or
+/// `<PREFIX>_SHARED_ARENA` is defined (the C backend defines them, see `c::static_arena`).
+fn static_arena_decls(api: &Api, on: bool) -> String {
+    let (p, up) = (&api.prefix, api.prefix.to_ascii_uppercase());
+    let mut s = format!(
+        "/* A static arena, opt in: with {up}_STATIC_ARENA defined{}, {p}.c\n   owns an arena of {up}_ARENA_SIZE bytes and {p}_run_static() runs on it. Models that\n   never run at the same time can share one arena instead: define {up}_SHARED_ARENA as\n   the name of an unsigned char array the application defines once, at least as large\n   as the largest ARENA_SIZE among them and aligned to the largest ARENA_ALIGN. */\n",
+        if on {
+            " (kiln compile --static-arena: below)"
+        } else {
+            ""
+        }
+    );
+    if on {
+        let _ = writeln!(s, "#ifndef {up}_STATIC_ARENA\n#define {up}_STATIC_ARENA 1\n#endif");
+    }
+    let _ = writeln!(s, "#if defined({up}_STATIC_ARENA) || defined({up}_SHARED_ARENA)");
+    let _ = writeln!(
+        s,
+        "#if defined({up}_SHARED_ARENA)\nextern unsigned char {up}_SHARED_ARENA[];\n#endif"
+    );
+    let ports = |int| static_params(api, int);
+    let _ = writeln!(s, "int {p}_run_static({});", ports(false));
+    if api.int.is_some() {
+        let _ = writeln!(s, "int {p}_run_int_static({});", ports(true));
+    }
+    let _ = writeln!(s, "#endif\n");
     s
 }
 

@@ -77,6 +77,7 @@ pub fn bench_compiled(
             .map_err(|e| e.to_string())?
             .with_cpu(flags.cpu.as_deref()),
         prefix: "bench_model".into(),
+        static_arena: false,
     };
     let out = compile(g, &opts, "bench").map_err(|e| e.to_string())?;
     write_files(work, &out.files, &[]).map_err(|e| e.to_string())?;

@@ -88,6 +88,8 @@ pub enum BuildError {
     Compile { path: PathBuf, source: Box<CompileError> },
     #[error("no output directory: OUT_DIR is not set (call from a build script, or give .out_dir())")]
     NoOutDir,
+    #[error("{}: a static arena is for C source (.emit(Emit::C)); objects and Rust source take the arena from the caller", .path.display())]
+    StaticArenaNeedsC { path: PathBuf },
 }
 
 /// What [`Build::compile`] produced.
@@ -114,6 +116,7 @@ pub struct Build {
     out_dir: Option<PathBuf>,
     input_shapes: BTreeMap<String, Vec<usize>>,
     cargo_metadata: bool,
+    static_arena: bool,
 }
 
 impl Build {
@@ -127,6 +130,7 @@ impl Build {
             out_dir: None,
             input_shapes: BTreeMap::new(),
             cargo_metadata: true,
+            static_arena: false,
         }
     }
 
@@ -167,6 +171,13 @@ impl Build {
     /// Pins a symbolic input dimension, as `--input-shape name=1,3,32,32` does.
     pub fn input_shape(&mut self, name: impl Into<String>, dims: &[usize]) -> &mut Build {
         self.input_shapes.insert(name.into(), dims.to_vec());
+        self
+    }
+
+    /// C source: the generated file owns its arena and offers `<name>_run_static`, as
+    /// `kiln compile --static-arena` (see the generated header for sharing one arena).
+    pub fn static_arena(&mut self, on: bool) -> &mut Build {
+        self.static_arena = on;
         self
     }
 
@@ -273,6 +284,11 @@ impl Build {
         if emit != Emit::Object {
             target.cpu = None; // C and Rust source take their compiler's CPU flags
         }
+        if self.static_arena && emit != Emit::C {
+            return Err(BuildError::StaticArenaNeedsC {
+                path: self.model.clone(),
+            });
+        }
         let source = self
             .model
             .file_name()
@@ -284,6 +300,7 @@ impl Build {
                 emit,
                 target,
                 prefix: name.to_string(),
+                static_arena: self.static_arena,
             },
             &source,
         )

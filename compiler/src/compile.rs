@@ -60,6 +60,9 @@ pub struct CompileOptions {
     pub emit: Emit,
     pub target: Target,
     pub prefix: String,
+    /// C: the generated file holds the arena itself and offers `<prefix>_run_static`
+    /// (`<PREFIX>_STATIC_ARENA` defined in the header; a user can define it instead).
+    pub static_arena: bool,
 }
 
 /// Figures worth reporting about one build.
@@ -187,16 +190,18 @@ fn compile_c(g: &Graph, opts: &CompileOptions, source: &str) -> Result<Compiled,
     let plan = plan::plan(g, c::ARENA_ALIGN, |g, n| c::scratch_bytes(g, n, &copts))?;
     let out = c::emit(g, &plan, &copts)?;
     check_fit(g, &plan, &opts.target)?;
-    let api = Api::new(g, &plan, &opts.prefix, source);
+    let mut api = Api::new(g, &plan, &opts.prefix, source);
+    api.static_arena = Some(opts.static_arena);
+    let source = out.source + &header::c_static_arena_defs(&api);
     let p = &opts.prefix;
     let report = Report {
         arena_size: plan.arena_size,
         arena_lower_bound: plan.lower_bound,
-        object_bytes: out.source.len(),
+        object_bytes: source.len(),
         kernels: plan.order.len(),
     };
     let files = vec![
-        (format!("{p}.c"), out.source.into_bytes()),
+        (format!("{p}.c"), source.into_bytes()),
         (format!("{p}.h"), header::c_header(&api).into_bytes()),
     ];
     Ok(Compiled {

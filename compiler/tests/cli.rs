@@ -810,3 +810,39 @@ fn a_closed_stdout_ends_quietly() {
         );
     }
 }
+
+#[test]
+fn static_arena_from_the_command_line() {
+    let out = tmp("static-arena");
+    let o = kiln(&[
+        "compile",
+        "tests/models/digits_cnn/model.onnx",
+        "--emit",
+        "c",
+        "--static-arena",
+        "--prefix",
+        "digits",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let h = std::fs::read_to_string(out.join("digits.h")).unwrap();
+    assert!(
+        h.contains("#define DIGITS_STATIC_ARENA 1") && h.contains("int digits_run_static(const float *x, float *y);"),
+        "{h}"
+    );
+    let o = kiln(&[
+        "compile",
+        "tests/models/digits_cnn/model.onnx",
+        "--static-arena",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("--static-arena is for C source (--emit c)"),
+        "{}",
+        text(&o).1
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -371,6 +371,11 @@ pub(crate) struct CompileArgs {
     /// Also write the generated Cranelift IR to <prefix>.clif.
     #[arg(long)]
     pub(crate) clif: bool,
+    /// C: the generated file owns the arena (a static array) and offers
+    /// `<prefix>_run_static(inputs, outputs)`; without it the same is one
+    /// `-D<PREFIX>_STATIC_ARENA` away (see the header for sharing one arena between models).
+    #[arg(long = "static-arena")]
+    pub(crate) static_arena: bool,
     /// One JSON document on stdout instead of the summary line (schema: docs/json.md).
     #[arg(long)]
     pub(crate) json: bool,

@@ -14,6 +14,11 @@ pub(crate) fn compile(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, args: 
             "--target-cpu applies to native objects (--emit object); give C and Rust source's compiler its own CPU flags"
         );
     }
+    if args.static_arena && emit != EmitArg::C {
+        anyhow::bail!(
+            "--static-arena is for C source (--emit c); objects and Rust source take the arena from the caller"
+        );
+    }
     let target = compile::parse_target(&args.target)?.with_cpu(args.target_cpu.as_deref());
     let prefix = (args.prefix.clone()).unwrap_or_else(|| compile::default_prefix(path));
     let start = std::time::Instant::now();
@@ -29,6 +34,7 @@ pub(crate) fn compile(path: &Path, shapes: &ShapeArgs, quant: &QuantArgs, args: 
         },
         target: target.clone(),
         prefix: prefix.clone(),
+        static_arena: args.static_arena,
     };
     let mut out = compile::compile(&m.graph, &opts, &source)?;
     if args.clif {

@@ -313,6 +313,7 @@ pub fn run(
             emit: Emit::C,
             target: parse_target(part.name())?,
             prefix: "model".into(),
+            static_arena: false,
         };
         let out = compile(g, &copts, "model")?;
         write_files(dir, &out.files, &[])?;
