@@ -15,6 +15,10 @@ use cli::{compile::*, inspect::*, report::*, run::*};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// No progress line on stderr (it is shown only on a terminal, for steps that take
+    /// more than a second).
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +116,7 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    cli::progress::set_quiet(cli.quiet);
     let res = match &cli.cmd {
         Cmd::Inspect { model, shapes, json } => inspect(model, shapes, *json),
         Cmd::Report {

@@ -846,3 +846,51 @@ fn static_arena_from_the_command_line() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `kiln report` on the digits model under a pseudo-terminal (`script`), its stderr as a
+/// terminal shows it, or `None` without `script`.
+fn on_a_terminal(extra: &str) -> Option<String> {
+    let cmd = format!(
+        "{} report tests/models/digits_cnn/model.onnx --calibrate tests/models/digits_cnn/calib{extra} > /dev/null",
+        env!("CARGO_BIN_EXE_kiln")
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("KILN_PROGRESS_DELAY_MS", "0")
+        .current_dir(repo())
+        .output()
+        .ok()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    // not a terminal: no progress line, only notes
+    let o = kiln(&[
+        "report",
+        "tests/models/digits_cnn/model.onnx",
+        "--calibrate",
+        "tests/models/digits_cnn/calib",
+    ]);
+    assert!(o.status.success());
+    assert!(
+        !text(&o).1.contains('\r') && !text(&o).1.contains("calibrating:"),
+        "{}",
+        text(&o).1
+    );
+    let Some(tty) = on_a_terminal("") else {
+        eprintln!("skipping the terminal half: no `script` (util-linux)");
+        return;
+    };
+    for step in [
+        "calibrating: [",
+        "choosing the calibration method: [",
+        "comparing with float: [",
+    ] {
+        assert!(tty.contains(step), "{step}: {tty}");
+    }
+    assert!(tty.contains("200/200"), "{tty}");
+    let quiet = on_a_terminal(" --quiet").unwrap();
+    assert!(!quiet.contains("calibrating:") && quiet.contains("note:"), "{quiet}");
+}

@@ -249,15 +249,9 @@ pub(crate) fn load_quantized(model: &Path, shapes: &ShapeArgs, quant: &QuantArgs
         },
     };
     let opts = quant_options(quant)?;
-    let start = std::time::Instant::now();
-    let q = kiln::quantize::apply(&m.graph, &m.producer, &how, &opts, |done, total| {
-        if start.elapsed().as_secs() >= 2 && (done % 10 == 0 || done == total) {
-            eprint!("\rcalibrating: {done}/{total}");
-            if done == total {
-                eprintln!();
-            }
-        }
-    })?;
+    let q = kiln::quantize::apply(&m.graph, &m.producer, &how, &opts, |_, _| {});
+    super::progress::done();
+    let q = q?;
     for n in &q.notes {
         eprintln!("note: {n}");
     }
@@ -297,6 +291,7 @@ pub(crate) fn quant_options(quant: &QuantArgs) -> Result<kiln::quantize::QuantOp
         equalize: quant.equalize.get(),
         bias_correction: quant.bias_correction.get(),
         weight_rounding: quant.weight_rounding.map(Switch::get),
+        progress: super::progress::hook(),
     })
 }
 

@@ -4,5 +4,6 @@ pub mod args;
 pub mod compile;
 pub mod inspect;
 pub mod onchip;
+pub mod progress;
 pub mod report;
 pub mod run;

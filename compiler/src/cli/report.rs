@@ -37,6 +37,7 @@ fn end_to_end(float: &Graph, q: &Graph, set: &CalibrationSet, labels: Option<&[i
         ..Default::default()
     };
     for i in 0..set.samples {
+        super::progress::report("comparing with float", i + 1, set.samples);
         let x = set.sample(float, i);
         let f = kiln_ir::eval::run(float, &x)?[0].to_f64_vec();
         let qv = kiln_ir::eval::run(q, &x)?[0].to_f64_vec();
@@ -135,7 +136,9 @@ pub(crate) fn report(
     let labels = (eval.map(|d| d.join("labels.npy")).filter(|p| p.exists()))
         .map(|p| kiln::npy::read(&p).map(|t| t.to_i64_vec()))
         .transpose()?;
-    let e = end_to_end(&float, &q, &set, labels.as_deref())?;
+    let e = end_to_end(&float, &q, &set, labels.as_deref());
+    super::progress::done();
+    let e = e?;
     let mut out = std::io::stdout().lock();
     if json {
         let precision = kiln::quantize::report::precisions(&q);

@@ -83,7 +83,11 @@ pub fn search(
         .map(|x| kiln_ir::eval::run(g, x).map(|mut y| y.remove(0)))
         .collect::<Result<_, _>>()
         .map_err(QuantError::Eval)?;
+    let trials = std::cell::Cell::new(0);
     let score = |prec: &[Precision]| -> Result<(f64, Quantized), QuantError> {
+        trials.set(trials.get() + 1);
+        opts.progress
+            .report("searching layer precisions (trials)", trials.get(), 0);
         let mut o = opts.clone();
         o.accuracy_budget = None;
         for ((name, _), p) in layers.iter().zip(prec) {

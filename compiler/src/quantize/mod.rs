@@ -89,6 +89,35 @@ pub struct QuantOptions {
     /// calibration data rather than to the nearest (`rounding`). `None`: on below 8-bit
     /// weights, where it lowered the held-out error of every model measured, off at 8 bits.
     pub weight_rounding: Option<refine::Refine>,
+    /// Told how the long steps (calibration, the method and precision searches, the
+    /// refinement trials) advance.
+    pub progress: Progress,
+}
+
+/// A progress callback: `(step, done, total)`, `total` 0 when not known in advance.
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>>);
+
+impl Progress {
+    pub fn new(f: impl Fn(&str, usize, usize) + Send + Sync + 'static) -> Progress {
+        Progress(Some(std::sync::Arc::new(f)))
+    }
+
+    pub fn report(&self, step: &str, done: usize, total: usize) {
+        if let Some(f) = &self.0 {
+            f(step, done, total);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(on)"
+        } else {
+            "Progress(off)"
+        })
+    }
 }
 
 /// Sets the rounding of every integer convolution, Add and average pool of `g` to `n`.
@@ -128,9 +157,13 @@ pub fn quantize_int8(
     g: &Graph,
     dir: &Path,
     opts: &QuantOptions,
-    progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Quantized, QuantError> {
     quantize_static::check_keep_float(g, opts)?;
+    let progress = |done, total| {
+        progress(done, total);
+        opts.progress.report("calibrating", done, total);
+    };
     // activations other than ReLU/Clip become ops of their own (int8 tables after the
     // integer products), so the products need not stay float; Sub and Div become Add and
     // Mul, which have integer forms, after recurrent layers and normalisations are written
@@ -283,13 +316,17 @@ fn auto(
         .collect::<Result<_, _>>()
         .map_err(QuantError::Eval)?;
     let mut best: Option<(f64, calibrate::Ranges, calibrate::Method)> = None;
-    for m in CANDIDATES {
+    for (i, m) in CANDIDATES.into_iter().enumerate() {
+        opts.progress
+            .report("choosing the calibration method", i, CANDIDATES.len());
         let ranges = seen.ranges(g, m);
         let q = quantize_static::run(g, &ranges, opts)?;
         let score = mean_abs_error(&q.graph, &samples, &want)?;
         if best.as_ref().is_none_or(|b| score < b.0) {
             best = Some((score, ranges, m));
         }
+        opts.progress
+            .report("choosing the calibration method", i + 1, CANDIDATES.len());
     }
     let (_, r, m) = best.expect("candidates");
     Ok((r, m))
