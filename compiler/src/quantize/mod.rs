@@ -96,7 +96,9 @@ pub struct QuantOptions {
 
 /// A progress callback: `(step, done, total)`, `total` 0 when not known in advance.
 #[derive(Clone, Default)]
-pub struct Progress(Option<std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>>);
+pub struct Progress(Option<std::sync::Arc<ProgressFn>>);
+
+type ProgressFn = dyn Fn(&str, usize, usize) + Send + Sync;
 
 impl Progress {
     pub fn new(f: impl Fn(&str, usize, usize) + Send + Sync + 'static) -> Progress {
