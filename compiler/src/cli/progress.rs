@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// The step on screen: its name, when it began, when it was last drawn, whether drawn.
-static STATE: Mutex<Option<(String, Instant, Option<Instant>, bool)>> = Mutex::new(None);
+/// The step on screen.
+struct Step {
+    name: String,
+    began: Instant,
+    drawn: Option<Instant>,
+}
+
+static STATE: Mutex<Option<Step>> = Mutex::new(None);
 
 pub(crate) fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);
@@ -36,24 +42,26 @@ pub(crate) fn report(step: &str, done: usize, total: usize) {
     }
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    if st.as_ref().is_none_or(|s| s.0 != step) {
-        if st.as_ref().is_some_and(|s| s.3) {
+    if st.as_ref().is_none_or(|s| s.name != step) {
+        if st.as_ref().is_some_and(|s| s.drawn.is_some()) {
             eprintln!();
         }
-        *st = Some((step.to_string(), now, None, false));
+        *st = Some(Step {
+            name: step.to_string(),
+            began: now,
+            drawn: None,
+        });
     }
     let Some(s) = st.as_mut() else { return };
     let finished = total > 0 && done >= total;
-    let due = now - s.1 >= delay() && (s.2.is_none_or(|t| now - t >= Duration::from_millis(100)) || finished);
+    let due = now - s.began >= delay() && (s.drawn.is_none_or(|t| now - t >= Duration::from_millis(100)) || finished);
     if !due {
         return;
     }
-    s.2 = Some(now);
-    s.3 = true;
-    let secs = (now - s.1).as_secs_f64();
-    let line = if total > 0 {
-        let width = 24;
-        let fill = done.min(total) * width / total;
+    s.drawn = Some(now);
+    let secs = (now - s.began).as_secs_f64();
+    let width = 24;
+    let line = if let Some(fill) = (done.min(total) * width).checked_div(total) {
         format!(
             "{step}: [{}{}] {done}/{total} {secs:.0} s",
             "#".repeat(fill),
@@ -70,7 +78,7 @@ pub(crate) fn report(step: &str, done: usize, total: usize) {
 /// Ends the current line, if one was drawn.
 pub(crate) fn done() {
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if st.take().is_some_and(|s| s.3) {
+    if st.take().is_some_and(|s| s.drawn.is_some()) {
         eprintln!();
     }
 }
