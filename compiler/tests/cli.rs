@@ -21,9 +21,32 @@ fn inspect_reports_macs_and_layers() {
 #[test]
 fn inspect_needs_pinned_shapes_and_accepts_them() {
     let m = "tests/models/rapidocr_cls_mobile_v2/model.onnx";
+    // symbolic height and width: the figures that do not depend on them, `?` for the rest
     let o = kiln(&["inspect", m]);
-    assert!(!o.status.success());
-    assert!(text(&o).1.contains("--input-shape x="), "{}", text(&o).1);
+    let out = text(&o).0;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(out.contains("input     x: [?,3,?,?] (as declared)"), "{out}");
+    assert!(
+        out.contains("(input `x` dimension 2)") && out.contains("pin them with --input-shape"),
+        "{out}"
+    );
+    let row = |n: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(n))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let conv = row("Conv@0");
+    assert!(
+        conv.contains("f32[1,8,?,?]") && conv.split_whitespace().collect::<Vec<_>>()[4..] == ["?", "224", "?"],
+        "{conv}"
+    );
+    let se = row("Conv@3"); // after a global pool: known
+    assert!(se.contains("f32[1,2,1,1]") && se.ends_with(" 8"), "{se}");
+    let o = kiln(&["inspect", m, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["symbolic"].as_array().unwrap().len(), 2);
+    assert!(v["layers"][0]["macs"].is_null() && v["layers"][0]["params"] == 224);
     let o = kiln(&["inspect", m, "--input-shape", "x=1,3,48,192"]);
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.contains("MACs      16315376 total"));
@@ -151,13 +174,33 @@ fn eval_takes_symbolic_dimensions_from_its_inputs() {
     let y = kiln::npy::read(&yo).unwrap();
     assert_eq!(y.shape, vec![1, 3, 4, 5]);
     assert_eq!(y.to_f32_vec(), x.iter().map(|&v| v.max(0.0)).collect::<Vec<_>>());
-    // inspect names the symbolic dimensions before the error that asks for pins
+    // inspect names the symbolic dimensions and shows what does not depend on them
     let o = kiln(&["inspect", m]);
     let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
     assert!(
-        out.contains("input     x: [1,3,h,w] (as declared)") && err.contains("--input-shape"),
-        "{out}{err}"
+        out.contains("input     x: [1,3,h,w] (as declared)") && out.contains("`h` (input `x` dimension 2), `w`"),
+        "{out}"
     );
+    assert!(out.contains("f32[1,3,?,?]"), "{out}");
+    // report binds them from the calibration arrays (samples on axis 0)
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    let xs: Vec<f32> = (0..8 * 60).map(|i| ((i * 37) % 61) as f32 / 10.0 - 3.0).collect();
+    kiln::npy::write(
+        &calib.join("input_0.npy"),
+        &kiln_ir::Tensor::from_vec(vec![8, 3, 4, 5], xs),
+    )
+    .unwrap();
+    let o = kiln(&["report", m, "--calibrate", calib.to_str().unwrap(), "--json"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("dimension 2 (`h`) is 4") && err.contains("dimension 3 (`w`) is 5"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["end_to_end"]["samples"], 8);
     // bench too (timing the evaluator, no compiler needed)
     let o = kiln(&["bench", m, "--input", xi.to_str().unwrap(), "--runs", "3"]);
     assert!(

@@ -79,6 +79,7 @@ fn file_summary(path: &Path, bytes: &[u8]) -> Result<FileSummary> {
 }
 
 /// One node of the imported graph.
+#[derive(Clone, PartialEq)]
 struct Row {
     node: String,
     op: &'static str,
@@ -107,6 +108,139 @@ fn rows(g: &Graph) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A model with symbolic input dimensions: the symbols (`input`, dimension, name) and the
+/// rows of two imports with different values pinned for them. A figure both give alike
+/// does not depend on the symbols; the others are unknown until pinned.
+struct Probe {
+    symbols: Vec<(String, usize, String)>,
+    a: Vec<Row>,
+    b: Vec<Row>,
+}
+
+fn probe(path: &Path, shapes: &ShapeArgs) -> Option<Probe> {
+    let declared = kiln::declared_inputs(path).ok()?;
+    let pinned = |n: &str| (shapes.input_shape.iter().chain(&shapes.bind)).any(|s| s.split('=').next() == Some(n));
+    let mut symbols = Vec::new();
+    let (mut a, mut b) = (shapes.clone(), shapes.clone());
+    for (name, dims) in declared.iter().filter(|(n, _)| !pinned(n)) {
+        if dims.iter().skip(1).all(|d| d.is_ok()) {
+            continue; // a symbolic batch dimension alone is set to 1 by the import
+        }
+        let (mut da, mut db) = (Vec::new(), Vec::new());
+        for (i, d) in dims.iter().enumerate() {
+            let (x, y) = match d {
+                Ok(v) => (*v, *v),
+                Err(_) if i == 0 => (1, 1),
+                Err(p) => {
+                    // distinct sizes per symbol, multiples of 32 for strided networks
+                    let k = symbols.len();
+                    symbols.push((name.clone(), i, p.clone()));
+                    (64 + 32 * k, 96 + 32 * k)
+                }
+            };
+            da.push(x.to_string());
+            db.push(y.to_string());
+        }
+        a.input_shape.push(format!("{name}={}", da.join(",")));
+        b.input_shape.push(format!("{name}={}", db.join(",")));
+    }
+    if symbols.is_empty() {
+        return None;
+    }
+    let rows_of = |s: &ShapeArgs| -> Option<Vec<Row>> {
+        let m = kiln::load(path, &import_options(s).ok()?, &PipelineOptions::default(), |_, _| {}).ok()?;
+        rows(&m.graph).ok()
+    };
+    let (a, b) = (rows_of(&a)?, rows_of(&b)?);
+    let same_graph = a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.node == y.node && x.op == y.op);
+    same_graph.then_some(Probe { symbols, a, b })
+}
+
+/// The inputs as the file declares them, symbolic dimensions by name.
+fn declared(path: &Path, out: &mut dyn Write) -> Result<()> {
+    for (name, dims) in kiln::declared_inputs(path).unwrap_or_default() {
+        let d: Vec<String> = (dims.iter())
+            .map(|d| d.as_ref().map_or_else(|p| p.clone(), |v| v.to_string()))
+            .collect();
+        writeln!(out, "input     {name}: [{}] (as declared)", d.join(","))?;
+    }
+    Ok(())
+}
+
+/// What `inspect` can say of a model whose input dimensions are symbolic.
+fn inspect_symbolic(path: &Path, file: &FileSummary, p: &Probe, json: bool, out: &mut dyn Write) -> Result<()> {
+    let known = |x: u64, y: u64| (x == y).then_some(x);
+    let dims = |x: &str, y: &str| -> String {
+        // `f32[1,16,32,48]` and `f32[1,16,48,64]`: `f32[1,16,?,?]`
+        match (x.split_once('['), y.split_once('[')) {
+            (Some((t, dx)), Some((_, dy))) => {
+                let (dx, dy): (Vec<&str>, Vec<&str>) = (
+                    dx.trim_end_matches(']').split(',').collect(),
+                    dy.trim_end_matches(']').split(',').collect(),
+                );
+                let d: Vec<&str> = dx.iter().zip(&dy).map(|(a, b)| if a == b { *a } else { "?" }).collect();
+                if dx.len() == dy.len() {
+                    format!("{t}[{}]", d.join(","))
+                } else {
+                    format!("{t}[?]")
+                }
+            }
+            _ if x == y => x.to_string(),
+            _ => "?".into(),
+        }
+    };
+    let names: Vec<String> = p
+        .symbols
+        .iter()
+        .map(|s| format!("`{}` (input `{}` dimension {})", s.2, s.0, s.1))
+        .collect();
+    if json {
+        let layers: Vec<Value> = (p.a.iter().zip(&p.b).enumerate())
+            .map(|(i, (x, y))| json!({
+                "index": i, "node": x.node, "op": x.op, "output": dims(&x.output, &y.output),
+                "macs": known(x.macs, y.macs), "params": known(x.params, y.params),
+                "param_bytes": known(x.param_bytes, y.param_bytes), "activation_bytes": known(x.act_bytes, y.act_bytes),
+            }))
+            .collect();
+        let doc = json!({
+            "command": "inspect",
+            "model": path.display().to_string(),
+            "file": {"format": file.format, "bytes": file.bytes, "about": file.about, "details": file.extra},
+            "symbolic": p.symbols.iter().map(|s| json!({"input": s.0, "dimension": s.1, "name": s.2})).collect::<Vec<_>>(),
+            "layers": layers,
+        });
+        writeln!(out, "{doc:#}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "symbolic  {}: figures that depend on them show `?`; pin them with --input-shape for the rest",
+        names.join(", ")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
+        "#", "node", "op", "output", "MACs", "params", "act bytes"
+    )?;
+    let show = |v: Option<u64>, f: fn(u64) -> String| v.map_or("?".to_string(), f);
+    for (i, (x, y)) in p.a.iter().zip(&p.b).enumerate() {
+        let name: String = x.node.chars().take(36).collect();
+        writeln!(
+            out,
+            "{:>4}  {:<36} {:<18} {:<28} {:>10} {:>10} {:>10}",
+            i,
+            name,
+            x.op,
+            dims(&x.output, &y.output),
+            show(known(x.macs, y.macs), human),
+            show(known(x.params, y.params), human),
+            show(known(x.act_bytes, y.act_bytes), |v| v.to_string())
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn inspect(path: &Path, shapes: &ShapeArgs, json: bool) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = file_summary(path, &bytes)?;
@@ -131,16 +265,19 @@ pub(crate) fn inspect(path: &Path, shapes: &ShapeArgs, json: bool) -> Result<()>
     };
     let model = match load(path, shapes, &PipelineOptions::default()) {
         Ok(m) => m,
-        Err(e) if json => bail!(e),
         Err(e) => {
-            head(&mut out)?;
-            // what the file declares, symbolic dimensions by name, when the import stops
-            for (name, dims) in kiln::declared_inputs(path).unwrap_or_default() {
-                let d: Vec<String> = (dims.iter())
-                    .map(|d| d.as_ref().map_or_else(|p| p.clone(), |v| v.to_string()))
-                    .collect();
-                writeln!(out, "input     {name}: [{}] (as declared)", d.join(","))?;
+            if let Some(p) = probe(path, shapes) {
+                if !json {
+                    head(&mut out)?;
+                    declared(path, &mut out)?;
+                }
+                return inspect_symbolic(path, &file, &p, json, &mut out);
             }
+            if json {
+                bail!(e)
+            }
+            head(&mut out)?;
+            declared(path, &mut out)?;
             writeln!(out, "unsupported / errors:")?;
             bail!(e)
         }
