@@ -160,6 +160,48 @@ fn absurd_constant_of_shape_does_not_allocate() {
     assert!(e.contains("big") && e.contains("exceed the limit"), "{e}");
 }
 
+/// A 500-byte model whose ConstantOfShape nodes (2^24 floats each, under the per-tensor
+/// limit) and the Adds between them would make gigabytes of constants: the import's budget
+/// for constants it makes stops it before allocating, naming the node; a raised budget
+/// lets a model that needs it through.
+#[test]
+fn constants_a_model_makes_have_a_budget() {
+    let n = 1i64 << 24;
+    let shape = kiln::onnx::tensor::to_proto("s", &kiln_ir::Tensor::from_vec(vec![1], vec![n]));
+    let mut nodes = Vec::new();
+    for i in 0..6 {
+        nodes.push(node(
+            "ConstantOfShape",
+            &format!("c{i}"),
+            &["s"],
+            &[&format!("c{i}")],
+            vec![],
+        ));
+        let prev = if i == 0 { "x".to_string() } else { format!("a{}", i - 1) };
+        nodes.push(node(
+            "Add",
+            &format!("a{i}"),
+            &[&prev, &format!("c{i}")],
+            &[&format!("a{i}")],
+            vec![],
+        ));
+    }
+    let m = model(nodes, vec![fixed("x", &[n])], vec![fixed("a5", &[n])], vec![shape], 13);
+    let p = write_model("made-constants", &m);
+    assert!(std::fs::metadata(&p).unwrap().len() < 1000);
+    // 4 x 64 MiB of zeros fit the default 256 MiB; the fifth does not
+    let e = err_text(load(&p));
+    assert!(
+        e.contains("`c4`") && e.contains("over the limit of 268435456") && e.contains("--max-constant-bytes"),
+        "{e}"
+    );
+    let opts = ImportOptions {
+        max_made_constant_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    assert!(load_with(&p, opts).is_ok());
+}
+
 #[test]
 fn data_length_mismatch() {
     let mut t = tensor("w", &[4], vec![1.0; 4]);

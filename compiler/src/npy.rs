@@ -60,6 +60,13 @@ pub fn read_shape(path: &Path) -> Result<Vec<usize>, NpyError> {
     Ok(npy.shape().iter().map(|&d| d as usize).collect())
 }
 
+/// The largest array an `.npz` archive may inflate to: 1 GiB, or `KILN_MAX_ARRAY_BYTES`.
+pub fn max_array_bytes() -> usize {
+    (std::env::var("KILN_MAX_ARRAY_BYTES").ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
+}
+
 /// Every array of an `.npz` archive (as `np.savez` / `np.savez_compressed` write them),
 /// by name.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
@@ -80,8 +87,24 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
             continue;
         };
         let inner = path.join(&name);
+        // the size the archive declares, checked before inflating, then enforced while
+        // inflating (a zip bomb may declare less than it holds)
+        let limit = max_array_bytes();
+        if entry.size() > limit as u64 {
+            return Err(fmt(format!(
+                "array `{name}` inflates to {} bytes, over the limit of {limit} (KILN_MAX_ARRAY_BYTES raises it)",
+                entry.size()
+            )));
+        }
+        let declared = entry.size();
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| fmt(format!("array `{name}`: {e}")))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, declared + 1), &mut bytes)
+            .map_err(|e| fmt(format!("array `{name}`: {e}")))?;
+        if bytes.len() as u64 > declared {
+            return Err(fmt(format!(
+                "array `{name}` holds more than the {declared} bytes the archive declares"
+            )));
+        }
         let npy = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| NpyError::Format {
             path: inner.clone(),
             msg: format!("not a .npy array ({e})"),

@@ -937,3 +937,40 @@ fn progress_shows_on_a_terminal_only() {
     let quiet = on_a_terminal(" --quiet").unwrap();
     assert!(!quiet.contains("calibrating:") && quiet.contains("note:"), "{quiet}");
 }
+
+#[test]
+fn an_npz_array_over_the_limit_is_refused_before_it_is_inflated() {
+    // digits' calibration input, 200 samples of 1x8x8 floats (51 KB inflated), as an .npz
+    let x = kiln::npy::read(&repo().join("tests/models/digits_cnn/calib/input_0.npy")).unwrap();
+    let npy = tmp("npz-input.npy");
+    kiln::npy::write(&npy, &x).unwrap();
+    let npz = tmp("calib.npz");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("input_0.npy", opts).unwrap();
+    std::io::Write::write_all(&mut w, &std::fs::read(&npy).unwrap()).unwrap();
+    w.finish().unwrap();
+    let args = [
+        "report",
+        "tests/models/digits_cnn/model.onnx",
+        "--calibrate",
+        npz.to_str().unwrap(),
+    ];
+    let run = |limit: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_MAX_ARRAY_BYTES", limit)
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let o = run("10000");
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("array `input_0` inflates to") && err.contains("over the limit of 10000"),
+        "{err}"
+    );
+    let o = run("100000000");
+    assert!(o.status.success(), "{}", text(&o).1);
+}

@@ -230,6 +230,11 @@ impl Data {
         }
     }
 
+    /// `n` copies of the first element (which must exist).
+    pub fn splat(&self, n: usize) -> Data {
+        map_data!(self, v => vec![v[0]; n])
+    }
+
     /// Elements gathered by index: `out[i] = self[idx[i]]`.
     pub fn gather(&self, idx: &[usize]) -> Data {
         map_data!(self, v => idx.iter().map(|&i| v[i]).collect())

@@ -14,6 +14,10 @@ pub(crate) struct ShapeArgs {
     /// Freeze an input to the value in a .npy file, compiling it in as a constant (repeatable).
     #[arg(long = "bind", value_name = "NAME=FILE")]
     pub(crate) bind: Vec<String>,
+    /// Bytes of constants the import may make beyond the model's own weights
+    /// (ConstantOfShape, Range, folding); default 256 MiB.
+    #[arg(long = "max-constant-bytes", value_name = "BYTES")]
+    pub(crate) max_constant_bytes: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -169,6 +173,7 @@ pub(crate) fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
     Ok(ImportOptions {
         input_shapes,
         constant_inputs,
+        max_made_constant_bytes: s.max_constant_bytes,
     })
 }
 

@@ -106,7 +106,15 @@ pub struct ImportOptions {
     /// Inputs frozen to a value (`--bind name=file.npy`): they become constants, which lets
     /// shape-like inputs (axes, sizes, pads) fold.
     pub constant_inputs: HashMap<String, Tensor>,
+    /// Bytes of constants the import may make beyond the file's own (ConstantOfShape,
+    /// Range, folded nodes); `None`: [`MAX_MADE_CONSTANT_BYTES`].
+    pub max_made_constant_bytes: Option<usize>,
 }
+
+/// The default budget for constants an import makes itself (`--max-constant-bytes`): a
+/// model's own weights do not count, so this only stops a small file from making a huge
+/// graph (ConstantOfShape of 2^27 floats, folded again and again).
+pub const MAX_MADE_CONSTANT_BYTES: usize = 256 << 20;
 
 /// A successful import with the notices worth telling the user.
 pub struct Imported {
@@ -242,6 +250,8 @@ pub fn import_model(
         notices: Vec::new(),
         node_name: String::new(),
         op_type: String::new(),
+        made: 0,
+        max_made: opts.max_made_constant_bytes.unwrap_or(MAX_MADE_CONSTANT_BYTES),
     };
 
     // Every op Kiln cannot import, all at once, before any work.
@@ -665,9 +675,24 @@ pub struct Ctx {
     pub notices: Vec<String>,
     node_name: String,
     op_type: String,
+    /// Bytes of constants made so far, and the budget for them.
+    made: usize,
+    max_made: usize,
 }
 
 impl Ctx {
+    /// Counts `bytes` of constants about to be made against the budget, before they are.
+    pub fn make(&mut self, bytes: usize) -> Result<(), ImportError> {
+        self.made = self.made.saturating_add(bytes);
+        if self.made > self.max_made {
+            return Err(self.err(format!(
+                "the constants this model makes reach {} bytes, over the limit of {} (a model's own weights do not count; raise it with --max-constant-bytes)",
+                self.made, self.max_made
+            )));
+        }
+        Ok(())
+    }
+
     /// An error about the node being imported.
     pub fn err(&self, msg: impl Into<String>) -> ImportError {
         ImportError::Node {
@@ -783,6 +808,9 @@ impl Ctx {
                     "{op_name} output {ty} exceeds the limit of {MAX_ELEMENTS} elements"
                 )));
             }
+        }
+        if let Some(bytes) = fold_constants::fold_bytes(&self.graph, id) {
+            self.make(bytes)?;
         }
         fold_constants::fold_node(&mut self.graph, id).map_err(|e| self.node_error(e))?;
         Ok(vals)

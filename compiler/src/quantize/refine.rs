@@ -98,10 +98,12 @@ pub fn decide(g: &Graph, set: &CalibrationSet, method: Method, opts: &QuantOptio
         Ok([a.score(g, b, method, opts, r)?, b.score(g, a, method, opts, r)?])
     };
     let trials = undecided.len() + 1;
-    opts.progress.report("judging refinements on held-out samples", 0, trials);
+    opts.progress
+        .report("judging refinements on held-out samples", 0, trials);
     let mut best = score(c.on)?;
     for (i, (what, set_on)) in undecided.into_iter().enumerate() {
-        opts.progress.report("judging refinements on held-out samples", i + 1, trials);
+        opts.progress
+            .report("judging refinements on held-out samples", i + 1, trials);
         let mut trial = c.on;
         set_on(&mut trial);
         let s = score(trial)?;

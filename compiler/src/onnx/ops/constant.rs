@@ -50,8 +50,9 @@ pub fn constant_of_shape(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, Im
     if value.numel() != 1 {
         return Err(cx.err("value must hold one element"));
     }
-    let numel = shape.iter().product();
-    let t = Tensor::new(shape, value.data.gather(&vec![0; numel]));
+    let numel: usize = shape.iter().product();
+    cx.make(numel.saturating_mul(value.data.scalar().size()))?;
+    let t = Tensor::new(shape, value.data.splat(numel));
     Ok(vec![cx.constant(&n.output[0], t)])
 }
 
@@ -73,6 +74,7 @@ pub fn range(cx: &mut Ctx, n: &NodeProto) -> Result<Vec<ValueId>, ImportError> {
     }
     let len = ((limit - start) / delta).ceil().max(0.0);
     let len = cx.dims(&[len as i64], "Range length")?[0];
+    cx.make(len.saturating_mul(8))?;
     let t = if scalar.is_int() {
         let (s, d) = (s.to_i64_vec()[0], d.to_i64_vec()[0]);
         Tensor::new(
