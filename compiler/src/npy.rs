@@ -47,6 +47,25 @@ pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     decode(file, path, bytes.len())
 }
 
+/// The shape and element type of a little-endian (or byte-sized), C-ordered `.npy` file,
+/// from its header only: `None` for any other layout (read those whole).
+pub fn read_header(path: &Path) -> Result<Option<(Vec<usize>, Scalar)>, NpyError> {
+    let file = std::fs::File::open(path).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| NpyError::Format {
+        path: path.to_path_buf(),
+        msg: format!("not a .npy file ({e})"),
+    })?;
+    let npyz::DType::Plain(t) = npy.dtype() else {
+        return Ok(None);
+    };
+    let descr = t.to_string();
+    let scalar = scalar_of(&descr).filter(|_| !descr.starts_with('>') && npy.order() == npyz::Order::C);
+    Ok(scalar.map(|s| (npy.shape().iter().map(|&d| d as usize).collect(), s)))
+}
+
 /// The shape a `.npy` file declares, reading its header only.
 pub fn read_shape(path: &Path) -> Result<Vec<usize>, NpyError> {
     let file = std::fs::File::open(path).map_err(|source| NpyError::Io {

@@ -125,8 +125,9 @@ pub(crate) fn report(
         _ => "int8",
     };
     let calib = CalibrationSet::load(&float, &calib_dir)?;
-    let n = calib.samples.min(32);
-    let samples: Vec<Vec<Tensor>> = (0..n).map(|i| calib.sample(&float, i * calib.samples / n)).collect();
+    let samples: Vec<Vec<Tensor>> = (calib.spread(&float, 32).into_iter())
+        .map(|i| calib.sample(&float, i))
+        .collect();
     let sqnr = kiln::quantize::report::layer_sqnr(&float, &q, &samples)?;
     let (wf, wq) = (analysis::constant_bytes(&float), analysis::constant_bytes(&q));
     let (set, what) = match eval {

@@ -76,8 +76,7 @@ pub fn search(
             Some((node.name.clone(), w.numel()))
         })
         .collect();
-    let n = set.samples.min(SAMPLES);
-    let samples: Vec<Vec<Tensor>> = (0..n).map(|i| set.sample(g, i * set.samples / n.max(1))).collect();
+    let samples: Vec<Vec<Tensor>> = set.spread(g, SAMPLES).into_iter().map(|i| set.sample(g, i)).collect();
     let want: Vec<Tensor> = samples
         .iter()
         .map(|x| kiln_ir::eval::run(g, x).map(|mut y| y.remove(0)))

@@ -28,8 +28,10 @@ pub fn key(g: &Graph, set: &CalibrationSet, method: Option<Method>) -> String {
             eat(&t.data.to_le_bytes());
         }
     }
-    for t in &set.inputs {
-        eat(&t.data.to_le_bytes());
+    for i in 0..set.samples {
+        for t in set.sample(g, i) {
+            eat(&t.data.to_le_bytes());
+        }
     }
     eat(method.map_or("auto".to_string(), |m| m.to_string()).as_bytes());
     format!("{h:016x}")

@@ -46,10 +46,76 @@ impl Ranges {
     }
 }
 
-/// The calibration set: one stacked tensor per graph input.
+/// Where one graph input's samples are: a stacked `.npy` file read one sample at a time
+/// (so a data set of any size costs one sample of memory), or in memory (an `.npz`
+/// archive, per-sample folders, a subset).
+enum Source {
+    File {
+        file: std::sync::Mutex<std::fs::File>,
+        /// Byte offset of sample 0 and the element type.
+        offset: u64,
+        scalar: Scalar,
+    },
+    Memory(Tensor),
+}
+
+/// The calibration set: where each graph input's samples are, and how many there are.
 pub struct CalibrationSet {
-    pub inputs: Vec<Tensor>,
+    sources: Vec<Source>,
     pub samples: usize,
+}
+
+/// One graph input's samples, stacked, with the file they come from.
+struct Stacked {
+    path: PathBuf,
+    source: Source,
+    shape: Vec<usize>,
+    scalar: Scalar,
+}
+
+impl Stacked {
+    fn memory(path: PathBuf, t: Tensor) -> Stacked {
+        let (shape, scalar) = (t.shape.clone(), t.data.scalar());
+        Stacked {
+            path,
+            source: Source::Memory(t),
+            shape,
+            scalar,
+        }
+    }
+}
+
+/// A stacked `.npy` file opened for reading samples in place, when it is little-endian and
+/// C-ordered (else `None`: read it whole).
+fn open_stacked(path: &Path) -> Result<Option<Stacked>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    f.read_exact(&mut head)
+        .map_err(|_| "not a .npy file (too short)".to_string())?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file".into());
+    }
+    let offset = match head[6] {
+        1 => 10 + u16::from_le_bytes([head[8], head[9]]) as u64,
+        _ => 12 + u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64,
+    };
+    let npy = crate::npy::read_header(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let Some((shape, scalar)) = npy else { return Ok(None) };
+    let n: Option<u64> = shape
+        .iter()
+        .try_fold(scalar.size() as u64, |a, &d| a.checked_mul(d as u64));
+    if n.is_none_or(|n| offset.checked_add(n).is_none_or(|end| end > len)) {
+        return Err(format!("shape {shape:?} needs more data than the file holds"));
+    }
+    let file = std::sync::Mutex::new(f);
+    Ok(Some(Stacked {
+        path: path.to_path_buf(),
+        source: Source::File { file, offset, scalar },
+        shape,
+        scalar,
+    }))
 }
 
 impl CalibrationSet {
@@ -59,126 +125,170 @@ impl CalibrationSet {
             path: dir.to_path_buf(),
             msg: msg.to_string(),
         };
-        // The stacked tensors by input, each with the file it came from.
-        let stacked: Vec<(PathBuf, Tensor)> = if dir.is_file() && dir.extension().is_some_and(|e| e == "npz") {
-            let arrays = crate::npy::read_npz(dir).map_err(|e| bad_dir(&e.to_string()))?;
-            (0..g.inputs().len())
-                .map(|k| {
-                    let named = [format!("input_{k}"), format!("arr_{k}")];
-                    arrays
-                        .iter()
-                        .find(|(n, _)| named.contains(n))
-                        .map(|(n, t)| (dir.join(n), t.clone()))
-                        .ok_or_else(|| bad_dir(&format!("no array `input_{k}` (or `arr_{k}`) in the archive")))
-                })
-                .collect::<Result<_, _>>()?
-        } else if dir.is_dir() && dir.join("input_0.npy").exists() {
-            (0..g.inputs().len())
+        // Each input's samples (stacked) with the file they come from.
+        let stacked: Vec<Stacked> =
+            if dir.is_file() && dir.extension().is_some_and(|e| e == "npz") {
+                let arrays = crate::npy::read_npz(dir).map_err(|e| bad_dir(&e.to_string()))?;
+                (0..g.inputs().len())
+                    .map(|k| {
+                        let named = [format!("input_{k}"), format!("arr_{k}")];
+                        (arrays.iter().find(|(n, _)| named.contains(n)))
+                            .map(|(n, t)| Stacked::memory(dir.join(n), t.clone()))
+                            .ok_or_else(|| bad_dir(&format!("no array `input_{k}` (or `arr_{k}`) in the archive")))
+                    })
+                    .collect::<Result<_, _>>()?
+            } else if dir.is_dir() && dir.join("input_0.npy").exists() {
+                (0..g.inputs().len())
                 .map(|k| {
                     let path = dir.join(format!("input_{k}.npy"));
+                    let bad = |msg: String| QuantError::Calibration { path: path.clone(), msg };
                     if !path.exists() {
-                        return Err(QuantError::Calibration {
-                            path,
-                            msg: format!(
-                                "missing: the model has {} input(s), each needs input_K.npy with samples stacked on axis 0",
-                                g.inputs().len()
-                            ),
-                        });
+                        return Err(bad(format!(
+                            "missing: the model has {} input(s), each needs input_K.npy with samples stacked on axis 0",
+                            g.inputs().len()
+                        )));
                     }
-                    let t = crate::npy::read(&path).map_err(|e| QuantError::Calibration {
-                        path: path.clone(),
-                        msg: e.to_string(),
-                    })?;
-                    Ok((path, t))
+                    match open_stacked(&path).map_err(bad)? {
+                        Some(s) => Ok(s),
+                        None => {
+                            let t = crate::npy::read(&path).map_err(|e| bad(e.to_string()))?;
+                            Ok(Stacked::memory(path.clone(), t))
+                        }
+                    }
                 })
                 .collect::<Result<_, _>>()?
-        } else if dir.is_dir() {
-            per_sample_dirs(g, dir)?
-        } else {
-            return Err(bad_dir("not a directory or an .npz file"));
-        };
-        let mut inputs = Vec::new();
+            } else if dir.is_dir() {
+                (per_sample_dirs(g, dir)?.into_iter())
+                    .map(|(p, t)| Stacked::memory(p, t))
+                    .collect()
+            } else {
+                return Err(bad_dir("not a directory or an .npz file"));
+            };
+        let mut sources = Vec::new();
         let mut samples = None;
-        for ((path, t), &v) in stacked.into_iter().zip(g.inputs()) {
+        for (
+            Stacked {
+                path,
+                source,
+                shape,
+                scalar,
+            },
+            &v,
+        ) in stacked.into_iter().zip(g.inputs())
+        {
             let bad = |msg: String| QuantError::Calibration {
                 path: path.clone(),
                 msg,
             };
             let want = &g.value(v).ty;
-            if t.data.scalar() != want.dtype.scalar {
+            if scalar != want.dtype.scalar {
                 return Err(bad(format!(
-                    "element type {}, input `{}` is {}",
-                    t.data.scalar(),
+                    "element type {scalar}, input `{}` is {}",
                     g.value(v).name,
                     want.dtype.scalar
                 )));
             }
             let per_sample = per_sample_shape(&want.shape);
-            if t.shape.len() != per_sample.len() + 1 || t.shape[1..] != *per_sample {
+            if shape.len() != per_sample.len() + 1 || shape[1..] != *per_sample {
                 return Err(bad(format!(
-                    "shape {:?}: expected [samples, {}] for input `{}` {}",
-                    t.shape,
+                    "shape {shape:?}: expected [samples, {}] for input `{}` {}",
                     per_sample.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
                     g.value(v).name,
                     want
                 )));
             }
-            if t.shape[0] == 0 {
+            if shape[0] == 0 {
                 return Err(bad("holds no samples".into()));
             }
             if let Some(s) = samples
-                && s != t.shape[0]
+                && s != shape[0]
             {
-                return Err(bad(format!("{} samples, the first input has {s}", t.shape[0])));
+                return Err(bad(format!("{} samples, the first input has {s}", shape[0])));
             }
-            samples = Some(t.shape[0]);
-            if want.dtype.scalar == Scalar::F32 {
-                let per: usize = per_sample.iter().product();
-                if let Some(i) = t.as_slice::<f32>().expect("f32").iter().position(|x| !x.is_finite()) {
-                    return Err(bad(format!("sample {} holds a NaN or infinity", i / per.max(1))));
+            samples = Some(shape[0]);
+            sources.push(source);
+        }
+        let set = CalibrationSet {
+            sources,
+            samples: samples.unwrap_or(0),
+        };
+        // a NaN or infinity anywhere is refused up front (one sample in memory at a time)
+        for i in 0..set.samples {
+            for (k, t) in set.sample(g, i).iter().enumerate() {
+                if t.data.scalar() == Scalar::F32 && t.as_slice::<f32>().expect("f32").iter().any(|x| !x.is_finite()) {
+                    return Err(QuantError::Calibration {
+                        path: dir.join(format!("input_{k}")),
+                        msg: format!("sample {i} holds a NaN or infinity"),
+                    });
                 }
             }
-            inputs.push(t);
         }
-        Ok(CalibrationSet {
-            inputs,
-            samples: samples.unwrap_or(0),
-        })
+        Ok(set)
     }
 
-    /// Sample `i` of every input, shaped like the graph inputs.
-    /// The samples at `picks`, as a set of their own.
+    /// The samples at `picks`, as a set of their own (in memory).
     pub fn subset(&self, g: &Graph, picks: &[usize]) -> CalibrationSet {
-        let inputs = (self.inputs.iter().zip(g.inputs()))
-            .map(|(t, &v)| {
+        let sources = (g.inputs().iter().enumerate())
+            .map(|(k, &v)| {
                 let mut shape = g.value(v).ty.shape.clone();
-                let per: usize = shape.iter().product();
-                let idx: Vec<usize> = picks.iter().flat_map(|&i| i * per..(i + 1) * per).collect();
+                let bytes: Vec<u8> = picks
+                    .iter()
+                    .flat_map(|&i| self.input(g, k, i).data.to_le_bytes())
+                    .collect();
+                let data = kiln_ir::Data::from_le_bytes(g.value(v).ty.dtype.scalar, &bytes).expect("whole elements");
                 if let Some(d) = shape.first_mut() {
                     *d *= picks.len();
                 }
-                Tensor::new(shape, t.data.gather(&idx))
+                Source::Memory(Tensor::new(shape, data))
             })
             .collect();
         CalibrationSet {
-            inputs,
+            sources,
             samples: picks.len(),
         }
     }
 
+    /// Up to `max` sample indices spread evenly over the set, fewer when their inputs would
+    /// take more than [`HELD_BYTES`]: what the searches and refinements hold in memory at
+    /// once, so a set of large samples costs a bounded amount however many it has.
+    pub fn spread(&self, g: &Graph, max: usize) -> Vec<usize> {
+        let per: usize = g.inputs().iter().map(|&v| g.value(v).ty.bytes()).sum();
+        let n = self.samples.min(max).min((HELD_BYTES / per.max(1)).max(1));
+        (0..n).map(|i| i * self.samples / n).collect()
+    }
+
+    /// Sample `i` of every input, shaped like the graph inputs.
     pub fn sample(&self, g: &Graph, i: usize) -> Vec<Tensor> {
-        self.inputs
-            .iter()
-            .zip(g.inputs())
-            .map(|(t, &v)| {
-                let shape = g.value(v).ty.shape.clone();
-                let per: usize = shape.iter().product();
+        (0..g.inputs().len()).map(|k| self.input(g, k, i)).collect()
+    }
+
+    /// Sample `i` of input `k`. A read error of a file checked at load (it changed since)
+    /// gives zeros, which calibration then sees as such; the file's length was checked.
+    fn input(&self, g: &Graph, k: usize, i: usize) -> Tensor {
+        let ty = &g.value(g.inputs()[k]).ty;
+        let per = ty.numel();
+        match &self.sources[k] {
+            Source::Memory(t) => {
                 let idx: Vec<usize> = (i * per..(i + 1) * per).collect();
-                Tensor::new(shape, t.data.gather(&idx))
-            })
-            .collect()
+                Tensor::new(ty.shape.clone(), t.data.gather(&idx))
+            }
+            Source::File { file, offset, scalar } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let n = per * scalar.size();
+                let mut bytes = vec![0u8; n];
+                let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+                let at = offset + (i * n) as u64;
+                let _ = f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut bytes));
+                let data = kiln_ir::Data::from_le_bytes(*scalar, &bytes).expect("whole elements");
+                Tensor::new(ty.shape.clone(), data)
+            }
+        }
     }
 }
+
+/// Input bytes of the samples a search or refinement holds at once (see
+/// [`CalibrationSet::spread`]).
+pub const HELD_BYTES: usize = 64 << 20;
 
 /// How a tensor's quantization range is chosen from what calibration saw.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -216,7 +216,7 @@ pub fn quantize_int8(
     let refined = refine::decide(g, &set, method, opts)?;
     let equalized;
     let (g, ranges) = if refined.on.equalize {
-        let picks: Vec<usize> = (0..set.samples).collect();
+        let picks = set.spread(g, set.samples);
         let samples: Vec<Vec<kiln_ir::Tensor>> = picks.iter().map(|&i| set.sample(g, i)).collect();
         equalized = equalize::equalized(g, &samples).map_err(QuantError::Ir)?.0;
         let r = calibrate::calibrate(&equalized, &set, method, |_, _| {})?;
@@ -233,8 +233,11 @@ pub fn quantize_int8(
         None => (quantize_static::run(g, &ranges, opts)?, None),
     };
     if refined.on.rounding || refined.on.bias_correction {
-        let n = set.samples.min(AUTO_SAMPLES);
-        let samples: Vec<Vec<kiln_ir::Tensor>> = (0..n).map(|i| set.sample(g, i * set.samples / n)).collect();
+        let samples: Vec<Vec<kiln_ir::Tensor>> = set
+            .spread(g, AUTO_SAMPLES)
+            .into_iter()
+            .map(|i| set.sample(g, i))
+            .collect();
         refine::finish(g, &mut q.graph, &samples, refined.on)?;
     }
     let mut notes = q.notes;
@@ -309,8 +312,7 @@ fn auto(
     progress: impl FnMut(usize, usize),
 ) -> Result<(calibrate::Ranges, calibrate::Method), QuantError> {
     let seen = calibrate::observe(g, set, true, progress)?;
-    let n = set.samples.min(AUTO_SAMPLES);
-    let picks: Vec<usize> = (0..n).map(|i| i * set.samples / n).collect();
+    let picks = set.spread(g, AUTO_SAMPLES);
     let samples: Vec<Vec<kiln_ir::Tensor>> = picks.iter().map(|&i| set.sample(g, i)).collect();
     let want: Vec<Vec<kiln_ir::Tensor>> = samples
         .iter()

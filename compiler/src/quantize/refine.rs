@@ -82,15 +82,14 @@ pub fn decide(g: &Graph, set: &CalibrationSet, method: Method, opts: &QuantOptio
     if undecided.is_empty() {
         return Ok(c);
     }
-    if set.samples < MIN_SAMPLES {
+    let picks = set.spread(g, MAX_SAMPLES);
+    let n = picks.len();
+    if n < MIN_SAMPLES {
         c.notes.push(format!(
-            "data-fitted refinements: off, {} calibration samples are too few to judge them on held-out data (at least {MIN_SAMPLES})",
-            set.samples
+            "data-fitted refinements: off, {n} calibration samples are too few to judge them on held-out data (at least {MIN_SAMPLES})"
         ));
         return Ok(c);
     }
-    let n = set.samples.min(MAX_SAMPLES);
-    let picks: Vec<usize> = (0..n).map(|i| i * set.samples / n).collect();
     let halves = [&picks[..n / 2], &picks[n / 2..]];
     let folds = [Fold::new(g, set, halves[0])?, Fold::new(g, set, halves[1])?];
     let score = |r: Refinements| -> Result<[Score; 2], QuantError> {
