@@ -258,7 +258,9 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
         }
     }
     let _ = writeln!(out, "    pub fn {name}({}) -> Result<(), i32> {{", params.join(", "));
-    let head = out.len();
+    // the statements, formatted a few nodes at a time (one `syn` tree for a whole
+    // 100,000-node body took gigabytes), then put in place of a marker
+    let mut body = String::new();
     let boundary = api.int.as_ref().filter(|_| int);
     for (k, &n) in c.plan.order.iter().enumerate() {
         let node = g.node(n);
@@ -266,14 +268,14 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
             continue;
         }
         let _ = writeln!(
-            out,
+            body,
             "        // `{}`: {} {} -> {}",
             crate::text::comment(&node.name),
             node.op.name(),
             types(g, &node.inputs),
             types(g, &node.outputs)
         );
-        let body = match boundary {
+        let stmt = match boundary {
             Some(b) if b.inputs.iter().any(|q| q.node == n) => {
                 let i = b.inputs.iter().position(|q| q.node == n).unwrap_or(0);
                 bind(c, &[], &node.outputs, None, &format!("y0.copy_from_slice(&in{i}[..]);"))
@@ -291,7 +293,7 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
                 bind(c, &node.inputs, &node.outputs, scratch, &c.calls[k])
             }
         };
-        out.push_str(&body);
+        body.push_str(&stmt);
     }
     for (i, &v) in g.outputs().iter().enumerate() {
         if int {
@@ -303,18 +305,17 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
             _ => {}
         }
         let _ = writeln!(
-            out,
+            body,
             "        // graph output {i} `{}` is also another value",
             crate::text::comment(&g.value(v).name)
         );
-        out.push_str(&bind(c, &[v], &[], None, &format!("out{i}.copy_from_slice(x0);")));
+        body.push_str(&bind(c, &[v], &[], None, &format!("out{i}.copy_from_slice(x0);")));
     }
-    let body = &out[head..];
     let mut binding = String::new();
     let unused: Vec<String> = (0..api.inputs.len())
         .map(|i| format!("in{i}"))
         .chain((0..api.outputs.len()).map(|i| format!("out{i}")))
-        .filter(|p| !mentions(body, p))
+        .filter(|p| !mentions(&body, p))
         .collect();
     if !unused.is_empty() {
         // e.g. an input only its shape was taken from, or an empty output
@@ -322,15 +323,55 @@ fn entry(module: &mut String, c: &Ctx, api: &header::Api, int: bool) {
             let _ = writeln!(binding, "        let _ = {u};");
         }
     }
-    binding.push_str(if mentions(body, "a") {
+    binding.push_str(if mentions(&body, "a") {
         "        let a = &mut arena.0[..];\n"
     } else {
         "        let _ = arena; // this model needs no scratch memory\n"
     });
-    out.insert_str(head, &binding);
-    out.push_str("        Ok(())\n    }\n");
+    out.push_str(&binding);
+    out.push_str("        kiln_body!();\n        Ok(())\n    }\n");
     module.push('\n');
-    module.push_str(&pretty(&text));
+    for l in pretty(&text).split_inclusive('\n') {
+        if l.trim() == "kiln_body!();" {
+            pretty_statements(module, &body);
+        } else {
+            module.push_str(l);
+        }
+    }
+}
+
+/// Appends `body` (statements of a function at item level, with `//` comment lines)
+/// formatted as [`pretty`] would inside the function, a few hundred lines at a time.
+fn pretty_statements(module: &mut String, body: &str) {
+    let mut chunk = String::new();
+    let mut depth = 0i64;
+    let flush = |module: &mut String, chunk: &mut String| {
+        let f = pretty(&format!("fn kiln_chunk() {{\n{chunk}}}\n"));
+        let mut lines: Vec<&str> = f.lines().collect();
+        if lines.len() >= 2 && lines[0].trim_start().starts_with("fn kiln_chunk") {
+            lines.remove(0);
+            lines.pop();
+            for l in lines {
+                let _ = writeln!(module, "{l}");
+            }
+        } else {
+            module.push_str(chunk); // let rustc report it
+        }
+        chunk.clear();
+    };
+    for l in body.lines() {
+        if !l.trim_start().starts_with("//") {
+            depth += l.matches('{').count() as i64 - l.matches('}').count() as i64;
+        }
+        chunk.push_str(l);
+        chunk.push('\n');
+        if depth == 0 && chunk.len() > 16 << 10 {
+            flush(module, &mut chunk);
+        }
+    }
+    if !chunk.is_empty() {
+        flush(module, &mut chunk);
+    }
 }
 
 /// `rustfmt`-style layout of one item through `prettyplease`, indented into the module.
