@@ -172,8 +172,8 @@ pub fn plan_with(
     let mut seen = vec![usize::MAX; groups.len()];
     for &i in &by_size {
         let mut busy: Vec<(usize, usize)> = Vec::new();
-        for s in groups[i].first..=groups[i].last {
-            for &j in &live_at[s] {
+        for at in &live_at[groups[i].first..=groups[i].last] {
+            for &j in at {
                 if seen[j] != i {
                     seen[j] = i;
                     busy.push((groups[j].offset, groups[j].offset + groups[j].size));
@@ -193,8 +193,9 @@ pub fn plan_with(
             cursor = cursor.max(hi);
         }
         groups[i].offset = best.map(|(_, o)| o).unwrap_or(cursor);
-        for s in groups[i].first..=groups[i].last {
-            live_at[s].push(i);
+        let (first, last) = (groups[i].first, groups[i].last);
+        for at in &mut live_at[first..=last] {
+            at.push(i);
         }
     }
     for (&v, &gi) in &group_of {
