@@ -47,17 +47,22 @@ pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     decode(file, path, bytes.len())
 }
 
-/// The shape and element type of a little-endian (or byte-sized), C-ordered `.npy` file,
-/// from its header only: `None` for any other layout (read those whole).
-pub fn read_header(path: &Path) -> Result<Option<(Vec<usize>, Scalar)>, NpyError> {
+/// A `.npy` file with only its header read.
+fn open_header(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, NpyError> {
     let file = std::fs::File::open(path).map_err(|source| NpyError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| NpyError::Format {
+    npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| NpyError::Format {
         path: path.to_path_buf(),
         msg: format!("not a .npy file ({e})"),
-    })?;
+    })
+}
+
+/// The shape and element type of a little-endian (or byte-sized), C-ordered `.npy` file,
+/// from its header only: `None` for any other layout (read those whole).
+pub fn read_header(path: &Path) -> Result<Option<(Vec<usize>, Scalar)>, NpyError> {
+    let npy = open_header(path)?;
     let npyz::DType::Plain(t) = npy.dtype() else {
         return Ok(None);
     };
@@ -68,15 +73,7 @@ pub fn read_header(path: &Path) -> Result<Option<(Vec<usize>, Scalar)>, NpyError
 
 /// The shape a `.npy` file declares, reading its header only.
 pub fn read_shape(path: &Path) -> Result<Vec<usize>, NpyError> {
-    let file = std::fs::File::open(path).map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| NpyError::Format {
-        path: path.to_path_buf(),
-        msg: format!("not a .npy file ({e})"),
-    })?;
-    Ok(npy.shape().iter().map(|&d| d as usize).collect())
+    Ok(open_header(path)?.shape().iter().map(|&d| d as usize).collect())
 }
 
 /// The largest array an `.npz` archive may inflate to: 1 GiB, or `KILN_MAX_ARRAY_BYTES`.

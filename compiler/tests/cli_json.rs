@@ -2,20 +2,8 @@
 //! parses and carries the numbers the text shows (docs/json.md is the schema).
 
 mod common;
-use common::{kiln, text, tmp};
+use common::{kiln, text, text_and_json as both, tmp};
 use serde_json::Value;
-
-/// The command's text and its JSON, both successful.
-fn both(args: &[&str]) -> (String, Value) {
-    let o = kiln(args);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{args:?}: {err}");
-    let o = kiln(&[args, &["--json"]].concat());
-    let (json, err) = text(&o);
-    assert!(o.status.success(), "{args:?} --json: {err}");
-    let v = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    (out, v)
-}
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))

@@ -4,7 +4,7 @@
 //! without the toolchains (`scripts/setup-embedded.sh`) unless `KILN_REQUIRE_MCU` is set.
 
 mod common;
-use common::{kiln, repo, text};
+use common::{kiln, repo, text, text_and_json};
 use kiln::onchip::{self, ModelCode, Part, RunOptions, Tools};
 use serde_json::Value;
 
@@ -36,13 +36,8 @@ fn number_after(text: &str, label: &str) -> u64 {
 /// Runs `kiln bench ARGS --target PART` as text and as JSON; checks that both carry the
 /// same figures and returns the JSON.
 fn bench_both(args: &[&str]) -> Value {
-    let o = kiln(args);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{err}");
-    let o = kiln(&[args, &["--json"]].concat());
-    let (json, err) = text(&o);
-    assert!(o.status.success(), "{err}");
-    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let (out, v) = text_and_json(args);
+    let json = v.to_string();
     let unit = v["unit"].as_str().unwrap();
     let cost = v["per_inference"].as_u64().unwrap();
     assert!(out.contains(&format!("{cost} {unit} per inference")), "{out}\n{json}");

@@ -16,6 +16,18 @@ pub fn kiln(args: &[&str]) -> Output {
         .expect("kiln runs")
 }
 
+/// `kiln ARGS` and `kiln ARGS --json`, both successful: the text and the parsed document.
+pub fn text_and_json(args: &[&str]) -> (String, serde_json::Value) {
+    let o = kiln(args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{args:?}: {err}");
+    let o = kiln(&[args, &["--json"]].concat());
+    let (json, err) = text(&o);
+    assert!(o.status.success(), "{args:?} --json: {err}");
+    let v = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    (out, v)
+}
+
 pub fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
