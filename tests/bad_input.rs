@@ -549,3 +549,30 @@ fn split_into_more_parts_than_the_axis_holds_is_refused() {
     let e = err_text(load(&write_model("split-many", &m)));
     assert!(e.contains("sp") && e.contains("5 outputs from an axis of 2"), "{e}");
 }
+
+#[test]
+fn opsets_kiln_does_not_know_are_refused() {
+    let mut m = relu_model();
+    m.opset_import[0].version = kiln::onnx::NEWEST_OPSET + 1;
+    let p = write_model("opset_newer", &m);
+    let e = err_text(load(&p));
+    assert!(
+        e.contains(&format!("opset {}", kiln::onnx::NEWEST_OPSET + 1)) && e.contains("--allow-newer-opset"),
+        "{e}"
+    );
+    let opts = ImportOptions {
+        allow_newer_opset: true,
+        ..Default::default()
+    };
+    assert!(load_with(&p, opts).is_ok());
+
+    let mut m = relu_model();
+    m.opset_import.clear();
+    let e = err_text(load(&write_model("opset_missing", &m)));
+    assert!(e.contains("declares no opset"), "{e}");
+
+    let mut m = relu_model();
+    m.opset_import[0].domain = "com.example".into();
+    let e = err_text(load(&write_model("opset_other_domain", &m)));
+    assert!(e.contains("gives it no version"), "{e}");
+}

@@ -117,6 +117,7 @@ pub struct Build {
     input_shapes: BTreeMap<String, Vec<usize>>,
     cargo_metadata: bool,
     static_arena: bool,
+    allow_newer_opset: bool,
 }
 
 impl Build {
@@ -131,6 +132,7 @@ impl Build {
             input_shapes: BTreeMap::new(),
             cargo_metadata: true,
             static_arena: false,
+            allow_newer_opset: false,
         }
     }
 
@@ -181,6 +183,13 @@ impl Build {
         self
     }
 
+    /// Reads a model whose ONNX opset is newer than Kiln knows with the newest meanings it
+    /// knows, as `--allow-newer-opset` (refused by default).
+    pub fn allow_newer_opset(&mut self, on: bool) -> &mut Build {
+        self.allow_newer_opset = on;
+        self
+    }
+
     /// Whether to print `cargo:` directives (default: yes).
     pub fn cargo_metadata(&mut self, on: bool) -> &mut Build {
         self.cargo_metadata = on;
@@ -226,6 +235,7 @@ impl Build {
         }
         let import = ImportOptions {
             input_shapes: self.input_shapes.clone().into_iter().collect(),
+            allow_newer_opset: self.allow_newer_opset,
             ..Default::default()
         };
         let m = crate::load(&self.model, &import, &PipelineOptions::default(), |_, _| {}).map_err(|source| {

@@ -18,6 +18,10 @@ pub(crate) struct ShapeArgs {
     /// (ConstantOfShape, Range, folding); default 256 MiB.
     #[arg(long = "max-constant-bytes", value_name = "BYTES")]
     pub(crate) max_constant_bytes: Option<usize>,
+    /// Read a model whose ONNX opset is newer than Kiln knows with the newest meanings Kiln
+    /// knows (refused by default).
+    #[arg(long = "allow-newer-opset")]
+    pub(crate) allow_newer_opset: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -174,6 +178,7 @@ pub(crate) fn import_options(s: &ShapeArgs) -> Result<ImportOptions> {
         input_shapes,
         constant_inputs,
         max_made_constant_bytes: s.max_constant_bytes,
+        allow_newer_opset: s.allow_newer_opset,
     })
 }
 

@@ -94,6 +94,8 @@ pub enum ImportError {
     OutputType { name: String, msg: String },
     #[error("graph output `{0}` is not produced by any node")]
     MissingOutput(String),
+    #[error("{0}")]
+    Opset(String),
     #[error(transparent)]
     Ir(#[from] IrError),
 }
@@ -109,6 +111,10 @@ pub struct ImportOptions {
     /// Bytes of constants the import may make beyond the file's own (ConstantOfShape,
     /// Range, folded nodes); `None`: [`MAX_MADE_CONSTANT_BYTES`].
     pub max_made_constant_bytes: Option<usize>,
+    /// Read a default-domain opset newer than [`NEWEST_OPSET`] with that opset's meaning
+    /// (`--allow-newer-opset`); otherwise such a model is refused, since an op whose
+    /// semantics changed would compile to the wrong function without a word.
+    pub allow_newer_opset: bool,
 }
 
 /// The default budget for constants an import makes itself (`--max-constant-bytes`): a
@@ -229,6 +235,30 @@ fn is_default_domain(d: &str) -> bool {
     d.is_empty() || d == "ai.onnx"
 }
 
+/// The opset the default-domain nodes are read with must be one Kiln knows: declared (ONNX
+/// requires it), not beyond [`NEWEST_OPSET`] unless the caller accepts that.
+fn check_opset(model: &ModelProto, opset: i64, default_ops: bool, opts: &ImportOptions) -> Result<(), ImportError> {
+    if !default_ops {
+        return Ok(());
+    }
+    if model.opset_import.is_empty() {
+        return Err(ImportError::Opset(
+            "the model declares no opset (`opset_import` is empty), so its ops have no defined meaning".into(),
+        ));
+    }
+    if opset <= 0 {
+        return Err(ImportError::Opset(format!(
+            "the model's nodes use the default ONNX domain but `opset_import` gives it no version (or {opset})"
+        )));
+    }
+    if opset > NEWEST_OPSET && !opts.allow_newer_opset {
+        return Err(ImportError::Opset(format!(
+            "opset {opset} is newer than the newest Kiln knows ({NEWEST_OPSET}); an op whose meaning changed would compile wrongly. Pass --allow-newer-opset to read it with opset-{NEWEST_OPSET} meanings"
+        )));
+    }
+    Ok(())
+}
+
 pub fn import_model(
     model: &ModelProto,
     name: &str,
@@ -242,7 +272,9 @@ pub fn import_model(
         .find(|o| is_default_domain(&o.domain))
         .map(|o| o.version)
         .unwrap_or(if model.opset_import.is_empty() { 1 } else { 0 });
-    let legacy = opset < OLDEST_OPSET && g.node.iter().any(|n| is_default_domain(&n.domain));
+    let default_ops = g.node.iter().any(|n| is_default_domain(&n.domain));
+    check_opset(model, opset, default_ops, opts)?;
+    let legacy = opset < OLDEST_OPSET && default_ops;
     let mut cx = Ctx {
         graph: Graph::new(if g.name.is_empty() { name } else { &g.name }),
         names: HashMap::new(),
@@ -358,7 +390,7 @@ pub fn import_model(
         ));
     }
     if opset > NEWEST_OPSET {
-        cx.notices.push(format!("opset {opset} is newer than the newest Kiln knows ({NEWEST_OPSET}); ops are read with their opset-{NEWEST_OPSET} meaning"));
+        cx.notices.push(format!("opset {opset} is newer than the newest Kiln knows ({NEWEST_OPSET}); ops are read with their opset-{NEWEST_OPSET} meaning (--allow-newer-opset)"));
     }
     // Declared types must agree with inference: an error for graph outputs, a notice for
     // value_info (exporters sometimes leave stale intermediate annotations).

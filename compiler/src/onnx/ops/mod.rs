@@ -367,7 +367,7 @@ pub fn markdown() -> String {
          read; each op accepts every form of its attributes/inputs across those opsets unless noted.\n\
          Ops marked com.microsoft are ONNX Runtime's quantized operators (QOperator models).\n\
          Older files are read with opset-7 meanings and legacy attributes are refused; newer ones\n\
-         with opset-25 meanings (a notice says so).\n\
+         are refused unless `--allow-newer-opset` reads them with opset-25 meanings.\n\
          Inputs named constant below must be initializers or fold to constants at import.\n\n\
          | op | opsets | notes |\n|---|---|---|\n",
     );
