@@ -1,7 +1,8 @@
 //! The native int8 depthwise kernel (channels-last on the byte dot product) on shapes that
 //! reach every edge: channel counts that are not whole vectors of sixteen or four, kernels
 //! whose taps are not whole groups of four, strides, dilations, uneven padding, two images,
-//! per-channel and per-tensor rescales, zero points at the ends of the range, and a rescale
+//! per-channel and per-tensor rescales, zero points at the ends of the range, regular and
+//! pointwise convolutions (the dot-product or pair-product kernel), and a rescale
 //! large enough that the sums do not provably fit (the saturating path). Every backend must
 //! give the evaluator's bytes; the native object is also built with `--target-cpu native`
 //! (the VNNI or `sdot` form where the host has it).
@@ -130,12 +131,20 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         dense: true,
         ..d(1, c, hw, (3, 3), (2, 2), (1, 1), pads, -5, true, -9)
     };
+    // pointwise (the direct product; 12 channels, then 6: rows padded to whole words and a
+    // last block of two output channels), 21 positions (a partial block of five)
+    let pointwise = |c| Case {
+        dense: true,
+        ..d(1, c, (3, 7), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 9, true, -8)
+    };
     let cases: Vec<Case> = cases
         .into_iter()
         .chain([
             dense(3, (7, 18), [1, 1, 1, 1]),
             dense(5, (9, 66), [0, 0, 1, 1]),
             dense(3, (5, 80), [1, 1, 1, 1]),
+            pointwise(12),
+            pointwise(6),
         ])
         .collect();
     let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases

@@ -206,7 +206,7 @@ impl Unit<'_> {
         let node = g.node(n);
         for (slot, &v) in node.inputs.iter().enumerate() {
             if let Some(t) = g.const_value(v)
-                && kernels::reads_input(g, n, slot)
+                && kernels::reads_input(g, n, slot, self.target.dot)
                 && !self.const_data.contains_key(&v)
             {
                 let bytes = match kiln_ir::analysis::packed_weight_bits(g, v) {
@@ -217,7 +217,7 @@ impl Unit<'_> {
                 self.const_data.insert(v, id);
             }
         }
-        let aux: Vec<DataId> = (kernels::aux_data(g, n).into_iter().enumerate())
+        let aux: Vec<DataId> = (kernels::aux_data(g, n, self.target.dot).into_iter().enumerate())
             .map(|(k, bytes)| self.data(&format!("{}_k{idx}_table{k}", self.prefix), bytes))
             .collect::<Result<_, _>>()?;
         let n_args = node.inputs.len() + node.outputs.len() + 1 + aux.len();
@@ -363,7 +363,7 @@ impl Unit<'_> {
                         Location::Const(c) => match self.const_data.get(&c) {
                             Some(&id) => data_addr(&mut b, &mut self.module, id),
                             None => {
-                                debug_assert!(!kernels::reads_input(g, n, slot));
+                                debug_assert!(!kernels::reads_input(g, n, slot, self.target.dot));
                                 b.ins().iconst(ptr, 0)
                             }
                         },

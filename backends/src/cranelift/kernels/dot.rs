@@ -102,12 +102,17 @@ fn dims(g: &Graph, n: NodeId) -> Option<Dims> {
     })
 }
 
-/// For a convolution this kernel takes whose weight rows are not whole words: the rows
-/// zero-padded to a multiple of four bytes (an `aux` table, index 6).
-pub(crate) fn padded_rows(g: &Graph, n: NodeId) -> Option<Vec<u8>> {
+/// For a convolution this kernel takes, its weight rows as the kernel on `dot` reads them
+/// when they are not the weights themselves (an `aux` table, index 6): zero-padded to a
+/// multiple of four bytes; for `Pairs` widened to halfwords (once here rather than per
+/// product at run time) and blocked as [`super::pairs::sums`] reads them.
+pub(crate) fn weight_rows(g: &Graph, n: NodeId, dot: Option<Dot>) -> Option<Vec<u8>> {
     let d = dims(g, n)?;
     let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
     let row = w.len() / d.m.max(1) as usize;
+    if dot == Some(Dot::Pairs) {
+        return Some(super::pairs::block_weights(&w, row, d.m as usize, d.c as usize));
+    }
     if row == d.c as usize {
         return None;
     }
@@ -125,9 +130,11 @@ pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
     dims(g, n).is_some()
 }
 
-/// Scratch bytes: the im2col rows if any, then eight interleaved positions.
-pub(crate) fn scratch(g: &Graph, n: NodeId) -> usize {
-    dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + 8 * d.c) as usize)
+/// Scratch bytes on dot product `dot`: the im2col rows if any, then eight interleaved
+/// positions (as halfwords for `Pairs`).
+pub(crate) fn scratch(g: &Graph, n: NodeId, dot: Dot) -> usize {
+    let per = if dot == Dot::Pairs { 16 } else { 8 };
+    dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + per * d.c) as usize)
 }
 
 /// `acc + (per 32-bit lane) the sum of the four byte products of x and w`, exactly, as the
@@ -276,23 +283,28 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
                     })
                 })
                 .collect();
-            let w0 = fx.addr(weights, oc0, c);
-            fx.for_ptrs(c / 4, &[(inter, 32), (w0, 4)], &mut |fx, r| {
-                let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
-                let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);
-                for (i, v) in vars.iter().enumerate() {
-                    // read-only weights: a pure load, broadcast straight from memory
-                    let wa = fx.add_imm(r[1], i as i64 * c);
-                    let w = fx.load_ro(I32, wa);
-                    let w = fx.b.ins().splat(I32X4, w);
-                    let w = fx.b.ins().bitcast(I8X16, lanes, w);
-                    for (h, xv) in [x0, x1].into_iter().enumerate() {
-                        let cur = fx.b.use_var(v[h]);
-                        let nv = dot4(fx, d, xv, w, cur);
-                        fx.b.def_var(v[h], nv);
+            if d == Dot::Pairs {
+                let w0 = fx.addr(weights, oc0, 2 * c);
+                super::pairs::sums(fx, inter, w0, c, &vars);
+            } else {
+                let w0 = fx.addr(weights, oc0, c);
+                fx.for_ptrs(c / 4, &[(inter, 32), (w0, 4)], &mut |fx, r| {
+                    let x0 = fx.b.ins().load(I8X16, flags(), r[0], 0);
+                    let x1 = fx.b.ins().load(I8X16, flags(), r[0], 16);
+                    for (i, v) in vars.iter().enumerate() {
+                        // read-only weights: a pure load, broadcast straight from memory
+                        let wa = fx.add_imm(r[1], i as i64 * c);
+                        let w = fx.load_ro(I32, wa);
+                        let w = fx.b.ins().splat(I32X4, w);
+                        let w = fx.b.ins().bitcast(I8X16, lanes, w);
+                        for (h, xv) in [x0, x1].into_iter().enumerate() {
+                            let cur = fx.b.use_var(v[h]);
+                            let nv = dot4(fx, d, xv, w, cur);
+                            fx.b.def_var(v[h], nv);
+                        }
                     }
-                }
-            });
+                });
+            }
             for (i, v) in vars.iter().enumerate() {
                 let zs = zero_term(fx, &st, d, ocs[i]);
                 let chan = st.channel(fx, ocs[i]);
@@ -313,7 +325,10 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
         // Per eight positions: interleave them, then every block of output channels.
         let positions = |fx: &mut Fx, pos: Value, valid: i64| {
             let x0 = fx.addr(x, pos, 1);
-            interleave8(fx, d, x0, inter, (c, p), valid);
+            match d {
+                Dot::Pairs => super::pairs::interleave8(fx, x0, inter, (c, p), valid),
+                _ => interleave8(fx, d, x0, inter, (c, p), valid),
+            }
             fx.for_n(m / 4, &mut |fx, ob| {
                 let oc0 = fx.mul_imm(ob, 4);
                 block(fx, oc0, 4, pos, valid);
@@ -477,6 +492,8 @@ fn product<'a>(
                 };
                 let xs = (d == Dot::Pairs).then(|| (fx.b.ins().swiden_low(x), fx.b.ins().swiden_high(x)));
                 for (i, &var) in vars.iter().enumerate() {
+                    // bytes, widened here: a dense layer reads each weight once per call,
+                    // so halfword columns would only double the memory traffic
                     let w = fx.b.ins().load(I8X16, flags(), p[1], (i as i64 * k) as i32);
                     let cur = fx.b.use_var(var);
                     let nv = match xs {

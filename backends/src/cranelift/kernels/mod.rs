@@ -18,6 +18,7 @@ mod layout;
 mod nest;
 mod nn;
 mod norm;
+mod pairs;
 mod qdw;
 mod quant;
 mod resize;
@@ -109,11 +110,13 @@ pub(crate) fn pack_bytes(bytes: &[u8], bits: u8) -> Vec<u8> {
 
 fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
     match &g.node(n).op {
-        Op::QConv { .. } if dot.is_some() && dot::applies(g, n) => dot::scratch(g, n),
+        Op::QConv { .. } if let (Some(d), true) = (dot, dot::applies(g, n)) => dot::scratch(g, n, d),
         Op::QConv { .. } if let (Some(_), Some(d)) = (dot, qdw::QDw::of(g, n)) => d.scratch(),
         Op::Rnn(r) => rnn::scratch_bytes(r),
         Op::Conv(_) => gemm::conv_scratch(g, n),
-        Op::DynConv { .. } if dot.is_some() && dot::applies(g, n) => quant::dyn_input_bytes(g, n) + dot::scratch(g, n),
+        Op::DynConv { .. } if let (Some(d), true) = (dot, dot::applies(g, n)) => {
+            quant::dyn_input_bytes(g, n) + dot::scratch(g, n, d)
+        }
         Op::DynConv { .. } if let (Some(_), Some(d)) = (dot, qdw::QDw::of(g, n)) => {
             quant::dyn_input_bytes(g, n) + d.scratch()
         }
@@ -123,7 +126,7 @@ fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
 }
 
 /// Read-only tables the kernel wants, computed at compile time.
-pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+pub(crate) fn aux_data(g: &Graph, n: NodeId, dot: Option<Dot>) -> Vec<Vec<u8>> {
     match &g.node(n).op {
         Op::Lut { .. }
         | Op::Lut16 { .. }
@@ -133,9 +136,9 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
         | Op::QSoftmax { .. }
         | Op::QSoftmax16 { .. }
         | Op::DynConv { .. }
-        | Op::DynMatMul { .. } => quant::aux(g, n),
-        Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n),
-        Op::QAdd(_) if g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::I8 => quant::aux(g, n),
+        | Op::DynMatMul { .. } => quant::aux(g, n, dot),
+        Op::Pool(_) | Op::GlobalPool(_) if int8_pool(g, n) => quant::aux(g, n, dot),
+        Op::QAdd(_) if g.value(g.node(n).inputs[0]).ty.dtype.scalar == Scalar::I8 => quant::aux(g, n, dot),
         Op::Conv(_) => gemm::conv_aux(g, n),
         Op::Pool(_) if rank(g, n) > 4 || !f32_only(g, n) => vec![],
         Op::Pool(_) => nn::pool_aux(g, n),
@@ -150,8 +153,9 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
 
 /// Whether the kernel reads input `slot` through its pointer (repacked weights are read
 /// from `aux` instead, so the original constant need not be emitted).
-pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize) -> bool {
+pub(crate) fn reads_input(g: &Graph, n: NodeId, slot: usize, dot: Option<Dot>) -> bool {
     match &g.node(n).op {
+        Op::QConv { .. } | Op::DynConv { .. } if dot == Some(Dot::Pairs) && dot::applies(g, n) => slot != 1,
         Op::BatchNorm { .. } => slot == 0 || !const_params(g, n),
         Op::Gemm { trans_b: true, .. } => slot != 1 || g.const_value(g.node(n).inputs[1]).is_none(),
         Op::QMatMul { .. } | Op::QBlockMatMul { .. } | Op::DynMatMul { .. } => slot != 1,

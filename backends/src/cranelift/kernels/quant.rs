@@ -995,7 +995,7 @@ fn channel_sums(g: &Graph, n: NodeId) -> Vec<i32> {
         .collect()
 }
 
-pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
+pub(crate) fn aux(g: &Graph, n: NodeId, dot: Option<super::Dot>) -> Vec<Vec<u8>> {
     let node = g.node(n);
     match &node.op {
         Op::Lut { table, .. } => vec![table.iter().map(|&v| v as u8).collect()],
@@ -1061,9 +1061,9 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
                 tables_f32(weight_scales),
                 tables_i32(&channel_sums(g, n)),
             ];
-            // weight rows padded to whole words for the dot-product kernel, as for QConv;
-            // or the channels-last depthwise kernel's packed weights and weight sums
-            if let Some(w) = super::dot::padded_rows(g, n) {
+            // weight rows as the dot-product kernel reads them, as for QConv; or the
+            // channels-last depthwise kernel's packed weights and weight sums
+            if let Some(w) = super::dot::weight_rows(g, n, dot) {
                 v.push(w);
             } else if let Some(d) = super::qdw::QDw::of(g, n) {
                 v.extend(super::qdw::tables(g, n, &d));
@@ -1086,9 +1086,9 @@ pub(crate) fn aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
             // (zp + 128) * sum: the same term for activations biased to unsigned (`dot`)
             let zsum128: Vec<i32> = sums.iter().map(|&s| (q.input_zp + 128).wrapping_mul(s)).collect();
             v.push(tables_i32(&zsum128));
-            // weight rows zero-padded to whole words, for the dot-product kernel on im2col
-            // rows whose count is not a multiple of four
-            if let Some(w) = super::dot::padded_rows(g, n) {
+            // weight rows as the dot-product kernel reads them (zero-padded to whole
+            // words, halfwords for `Pairs`), when they differ from the weights
+            if let Some(w) = super::dot::weight_rows(g, n, dot) {
                 v.push(w);
             }
             // packed weights and sum starts for the channels-last depthwise kernel
