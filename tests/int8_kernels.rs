@@ -2,15 +2,17 @@
 //! reach every edge: channel counts that are not whole vectors of sixteen or four, kernels
 //! whose taps are not whole groups of four, strides, dilations, uneven padding, two images,
 //! per-channel and per-tensor rescales, zero points at the ends of the range, regular and
-//! pointwise convolutions (the dot-product or pair-product kernel), and a rescale
+//! pointwise convolutions (the dot-product or pair-product kernel), both roundings of the
+//! rescale (ONNX Runtime's and TFLite's), and a rescale
 //! large enough that the sums do not provably fit (the saturating path). Every backend must
 //! give the evaluator's bytes; the native object is also built with `--target-cpu native`
 //! (the VNNI or `sdot` form where the host has it).
 
-use kiln_ir::op::{QLinear, Window};
+use kiln_ir::op::{Numerics, QLinear, Window};
 use kiln_ir::{DType, Graph, Op, QParams, Scalar, Tensor, TensorType};
 use kiln_tests::{HOST, Toolchain, bit_exact_on_every_backend_many, build_native_for};
 
+#[derive(Clone)]
 struct Case {
     /// One group of all channels (a regular convolution on im2col rows) instead of one
     /// channel per group.
@@ -27,6 +29,8 @@ struct Case {
     /// log2 of the rescale: around -10 for realistic layers, +20 to defeat the fit proof
     scale_exp: i32,
     out_zp: i32,
+    /// The rounding of the rescale (TFLite's two steps, or ONNX Runtime's one).
+    numerics: Numerics,
 }
 
 /// Deterministic bytes over the whole int8 range.
@@ -79,7 +83,7 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
             act_min: -128,
             act_max: 127,
             weight_bits: 8,
-            numerics: Default::default(),
+            numerics: case.numerics,
         },
     };
     let (_, y) = g.add_node("dw", op, vec![x, wv, bv], &[]).unwrap();
@@ -109,6 +113,7 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         zp,
         per_channel,
         scale_exp,
+        numerics: Numerics::Onnx,
     };
     let cases = [
         // KWS: 3x3 same padding, 64 channels (four whole vectors)
@@ -146,6 +151,14 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
             pointwise(12),
             pointwise(6),
         ])
+        // every case in both roundings of the rescale
+        .flat_map(|c| {
+            let t = Case {
+                numerics: Numerics::Tflite,
+                ..c.clone()
+            };
+            [c, t]
+        })
         .collect();
     let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases
         .iter()

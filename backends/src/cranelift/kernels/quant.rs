@@ -754,6 +754,9 @@ pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
             let big = r.min.unsigned_abs().max(r.max.unsigned_abs()) as i128;
             return ((big * rq.multiplier.unsigned_abs() as i128) >> 31) + 256 < i32::MAX as i128;
         }
+        if !(-31..=30).contains(&rq.shift) {
+            return false;
+        }
         let e = (31 - rq.shift) as u32;
         let big = r.min.unsigned_abs().max(r.max.unsigned_abs()) as i128;
         let v = (big * rq.multiplier.unsigned_abs() as i128 + (1i128 << (e - 1))) >> e;
@@ -762,32 +765,75 @@ pub(crate) fn fits_i32(g: &Graph, n: NodeId, q: &QLinear) -> bool {
 }
 
 /// Bytes of one [`rescale_records`] record.
-pub(crate) const RESCALE_RECORD: i64 = 48;
+pub(crate) const RESCALE_RECORD: i64 = 80;
 
-/// Per output channel (`channels` of them), the constants of [`finish_fit4`] ready for
-/// vectors, so a kernel loads them instead of deriving them per call: the multiplier twice
-/// (i64x2), the rounding half `2^(e-1)` twice, and the shift `e = 31 - shift` (i64), padded
-/// to 48 bytes.
+/// The constants of the vector rescale ([`rescale4`]) of one channel with `r`: the
+/// multiplier in four i32 lanes, the 64-bit addend `k` (rounding plus the 2^62 that makes
+/// every product non-negative, so the shift can be a logical one), the i32 correction `c`
+/// that removes 2^62 from the shifted result, the mask of TFLite's rounding divide and the
+/// two shift counts. As i64 scalars here; [`rescale_records`] lays them out.
+struct Rescale {
+    m: i64,
+    k: i64,
+    c: i64,
+    mask: i64,
+    e: i64,
+    e2: i64,
+}
+
+fn rescale_consts(numerics: Numerics, r: Requant) -> Rescale {
+    let m = r.multiplier as i64;
+    match numerics {
+        // (x * m + 2^30) >> 31, then the rounding divide by 2^-shift
+        Numerics::Tflite => {
+            // (shifts outside -31..=0 never reach the vector path: `fits_i32`)
+            let e2 = (-(r.shift.min(0)) as i64).min(31);
+            Rescale {
+                m,
+                k: (1 << 30) + (1 << 62),
+                c: i32::MIN as i64,
+                mask: (1i64 << e2) - 1,
+                e: 31,
+                e2,
+            }
+        }
+        // (x * m + 2^(e-1)) >> e, e = 31 - shift in 1..=62 (`fits_i32` checks)
+        Numerics::Onnx => {
+            let e = (31 - r.shift as i64).clamp(1, 62);
+            Rescale {
+                m,
+                k: (1i64 << (e - 1)).wrapping_add(1 << 62),
+                c: ((1u64 << (62 - e)) as u32 as i32) as i64,
+                mask: 0,
+                e,
+                e2: 0,
+            }
+        }
+    }
+}
+
+/// Per output channel (`channels` of them), the [`Rescale`] constants ready for vectors, so
+/// a kernel loads them instead of deriving them per call: `m` x4 (i32), `k` x2 (i64), `c`
+/// x4, `mask` x4 (i32), `e`, `e2` (i64); 80 bytes.
 pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
     (0..channels)
-        .flat_map(|c| {
-            let r = q.requant[if q.requant.len() == 1 { 0 } else { c }];
-            let m = r.multiplier as i64;
-            if q.numerics == Numerics::Tflite {
-                // the rounding divide's exponent, half and whether it rounds at all
-                let e = -(r.shift.min(0)) as i64;
-                let (half, nz) = if e > 0 { (1i64 << (e - 1), -1) } else { (0, 0) };
-                return [m, m, half, half, e, nz]
-                    .into_iter()
-                    .flat_map(i64::to_le_bytes)
-                    .collect::<Vec<u8>>();
+        .flat_map(|ch| {
+            let r = rescale_consts(q.numerics, q.requant[if q.requant.len() == 1 { 0 } else { ch }]);
+            let mut rec = Vec::with_capacity(RESCALE_RECORD as usize);
+            for _ in 0..4 {
+                rec.extend((r.m as i32).to_le_bytes());
             }
-            let e = 31 - r.shift as i64;
-            let half = 1i64 << (e - 1);
-            [m, m, half, half, e, 0]
-                .into_iter()
-                .flat_map(i64::to_le_bytes)
-                .collect()
+            for _ in 0..2 {
+                rec.extend(r.k.to_le_bytes());
+            }
+            for v in [r.c, r.mask] {
+                for _ in 0..4 {
+                    rec.extend((v as i32).to_le_bytes());
+                }
+            }
+            rec.extend(r.e.to_le_bytes());
+            rec.extend(r.e2.to_le_bytes());
+            rec
         })
         .collect()
 }
@@ -795,76 +841,91 @@ pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
 /// [`finish_fit4`] with the channel's constants read from its [`rescale_records`] record at
 /// `rec`.
 pub(crate) fn finish_fit4_rec(fx: &mut Fx, q: &QLinear, acc: Value, rec: Value) -> Value {
-    use cranelift_codegen::ir::types::I64X2;
-    let m2 = fx.b.ins().load(I64X2, flags(), rec, 0);
-    let half2 = fx.b.ins().load(I64X2, flags(), rec, 16);
-    let e = fx.b.ins().load(I64, flags(), rec, 32);
-    let nz = (q.numerics == Numerics::Tflite).then(|| fx.b.ins().load(I64, flags(), rec, 40));
-    rescale4(fx, q, acc, m2, half2, e, nz)
+    use cranelift_codegen::ir::types::{I32X4, I64X2};
+    let m4 = fx.b.ins().load(I32X4, flags(), rec, 0);
+    let k2 = fx.b.ins().load(I64X2, flags(), rec, 16);
+    let c4 = fx.b.ins().load(I32X4, flags(), rec, 32);
+    let e = fx.b.ins().load(I64, flags(), rec, 64);
+    let tfl = (q.numerics == Numerics::Tflite).then(|| {
+        let mask = fx.b.ins().load(I32X4, flags(), rec, 48);
+        (mask, fx.b.ins().load(I64, flags(), rec, 72))
+    });
+    rescale4(fx, q, acc, (m4, k2, c4, e), tfl)
 }
 
-/// [`finish_fit`] on four sums (i32 lanes) of one channel/// [`finish_fit`] on four sums (i32 lanes) of one channel: the 64-bit products, the
-/// rounding shift and the clamp lane by lane; the results as i32 lanes.
+/// Four i32 lanes of `v` (an i32), built so that no rewrite turns a widening of them back
+/// into a scalar (which would hide the 32x32->64 multiply `rescale4` relies on).
+fn lanes_of(fx: &mut Fx, v: Value) -> Value {
+    use cranelift_codegen::ir::types::{I32X4, I64X2};
+    let lo = fx.b.ins().uextend(I64, v);
+    let hi = fx.b.ins().ishl_imm_u(lo, 32);
+    let both = fx.b.ins().bor(lo, hi);
+    let v2 = fx.b.ins().splat(I64X2, both);
+    let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    fx.b.ins().bitcast(I32X4, lanes, v2)
+}
+
+/// [`finish_fit`] on four sums (i32 lanes) of one channel with multiplier `m` and shift `s`
+/// (i32 scalars); the results as i32 lanes.
 pub(crate) fn finish_fit4(fx: &mut Fx, q: &QLinear, acc: Value, m: Value, s: Value) -> Value {
-    use cranelift_codegen::ir::types::I64X2;
+    use cranelift_codegen::ir::types::{I32X4, I64X2};
+    let m4 = lanes_of(fx, m);
     let b = &mut fx.b;
-    let m64 = b.ins().sextend(I64, m);
-    let m2 = b.ins().splat(I64X2, m64);
     let s64 = b.ins().sextend(I64, s);
+    let one = b.ins().iconst(I64, 1);
     if q.numerics == Numerics::Tflite {
-        // the rounding divide by 2^e, e = -shift (shifts are at most 0: `fits_i32`)
-        let e = b.ins().ineg(s64);
-        let one = b.ins().iconst(I64, 1);
-        let pow = b.ins().ishl(one, e);
-        let half = b.ins().sshr_imm_s(pow, 1);
-        let half2 = b.ins().splat(I64X2, half);
-        let zero = b.ins().iconst(I64, 0);
-        let minus = b.ins().iconst(I64, -1);
-        let any = b.ins().icmp(IntCC::SignedGreaterThan, e, zero);
-        let nz = b.ins().select(any, minus, zero);
-        return rescale4(fx, q, acc, m2, half2, e, Some(nz));
+        let k = b.ins().iconst(I64, (1 << 30) + (1 << 62));
+        let k2 = b.ins().splat(I64X2, k);
+        let c = b.ins().iconst(I32, i32::MIN as i64);
+        let c4 = b.ins().splat(I32X4, c);
+        let e = b.ins().iconst(I64, 31);
+        // the rounding divide by 2^e2, e2 = -shift (shifts are at most 0: `fits_i32`)
+        let e2 = b.ins().ineg(s64);
+        let pow = b.ins().ishl(one, e2);
+        let mask = b.ins().iadd_imm_s(pow, -1);
+        let mask = b.ins().ireduce(I32, mask);
+        let mask4 = b.ins().splat(I32X4, mask);
+        return rescale4(fx, q, acc, (m4, k2, c4, e), Some((mask4, e2)));
     }
     let k31 = b.ins().iconst(I64, 31);
     let e = b.ins().isub(k31, s64);
     let e1 = b.ins().iadd_imm_s(e, -1);
-    let one = b.ins().iconst(I64, 1);
     let half = b.ins().ishl(one, e1);
-    let half2 = b.ins().splat(I64X2, half);
-    rescale4(fx, q, acc, m2, half2, e, None)
+    let k = b.ins().iadd_imm_s(half, 1 << 62);
+    let k2 = b.ins().splat(I64X2, k);
+    let k62 = b.ins().iconst(I64, 62);
+    let ce = b.ins().isub(k62, e);
+    let c = b.ins().ishl(one, ce);
+    let c = b.ins().ireduce(I32, c);
+    let c4 = b.ins().splat(I32X4, c);
+    rescale4(fx, q, acc, (m4, k2, c4, e), None)
 }
 
-/// The body of [`finish_fit4`]: `m2` the multiplier in both i64 lanes, `half2` the rounding
-/// half in both, `e` the right shift. With `nz` (TFLite's numerics: -1 when `e > 0`, else 0)
-/// the two steps: `v = (x * m + 2^30) >> 31`, then `(v + half - [v < 0 and e > 0]) >> e`.
-fn rescale4(fx: &mut Fx, q: &QLinear, acc: Value, m2: Value, half2: Value, e: Value, nz: Option<Value>) -> Value {
-    use cranelift_codegen::ir::types::{I8X16, I32X4, I64X2};
+/// The body of [`finish_fit4`] (constants as [`Rescale`] describes them, in vectors). Per
+/// half, a 32x32->64 multiply of even lanes (`pmuldq`, `smull`), the non-negative sum
+/// shifted logically, its low words less `c`: exactly `(x * m + k') >> e` while the result
+/// fits i32 (`fits_i32`), with no 64-bit multiply or arithmetic shift (which x86 before
+/// AVX-512 lacks). With `tfl` (TFLite's numerics: its mask and exponent) then TFLite's
+/// rounding divide in i32 lanes: `(v >> e2) + ((v & mask) > (mask >> 1) + [v < 0])`.
+fn rescale4(
+    fx: &mut Fx,
+    q: &QLinear,
+    acc: Value,
+    (m4, k2, c4, e): (Value, Value, Value, Value),
+    tfl: Option<(Value, Value)>,
+) -> Value {
+    use cranelift_codegen::ir::types::{I8X16, I32X4};
     let b = &mut fx.b;
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-    let tfl = nz.map(|nz| {
-        let c30 = b.ins().iconst(I64, 1 << 30);
-        let (k31, k63) = (b.ins().iconst(I64, 31), b.ins().iconst(I64, 63));
-        (b.ins().splat(I64X2, c30), k31, k63, b.ins().splat(I64X2, nz))
-    });
-    let parts = [b.ins().swiden_low(acc), b.ins().swiden_high(acc)].map(|x| {
-        let p = b.ins().imul(x, m2);
-        let p = match tfl {
-            None => {
-                let p = b.ins().iadd(p, half2);
-                b.ins().sshr(p, e)
-            }
-            Some((c30, k31, k63, nz2)) => {
-                let p = b.ins().iadd(p, c30);
-                let v = b.ins().sshr(p, k31);
-                let neg = b.ins().sshr(v, k63);
-                let adj = b.ins().band(neg, nz2);
-                let t = b.ins().iadd(v, half2);
-                let t = b.ins().iadd(t, adj);
-                b.ins().sshr(t, e)
-            }
-        };
+    let (al, ah) = (b.ins().swiden_low(acc), b.ins().swiden_high(acc));
+    let (ml, mh) = (b.ins().swiden_low(m4), b.ins().swiden_high(m4));
+    let parts = [(al, ml), (ah, mh)].map(|(x, m)| {
+        let p = b.ins().imul(x, m);
+        let p = b.ins().iadd(p, k2);
+        let p = b.ins().ushr(p, e);
         b.ins().bitcast(I8X16, lanes, p)
     });
-    // the low word of each 64-bit lane (each fits i32)
+    // the low word of each 64-bit lane
     let mask = b.func.dfg.immediates.push(
         [0u8, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]
             .as_slice()
@@ -872,6 +933,16 @@ fn rescale4(fx: &mut Fx, q: &QLinear, acc: Value, m2: Value, half2: Value, e: Va
     );
     let r = b.ins().shuffle(parts[0], parts[1], mask);
     let r = b.ins().bitcast(I32X4, lanes, r);
+    let mut r = b.ins().isub(r, c4);
+    if let Some((mask4, e2)) = tfl {
+        let quot = b.ins().sshr(r, e2);
+        let rem = b.ins().band(r, mask4);
+        let neg = b.ins().sshr_imm_s(r, 31);
+        let half = b.ins().sshr_imm_s(mask4, 1);
+        let thr = b.ins().isub(half, neg);
+        let up = b.ins().icmp(IntCC::SignedGreaterThan, rem, thr);
+        r = b.ins().isub(quot, up);
+    }
     let zp = b.ins().iconst(I32, q.output_zp as i64);
     let zp = b.ins().splat(I32X4, zp);
     let r = b.ins().iadd(r, zp);
