@@ -511,6 +511,10 @@ fn product<'a>(
                     fx.b.def_var(var, nv);
                 }
             });
+            if cnt == 4 && vector_finish(&st) {
+                finish_columns4(fx, &st, &vars, a.ins.get(2).filter(|_| has_bias), j0, yrow);
+                return;
+            }
             for (i, &var) in vars.iter().enumerate() {
                 let j = fx.add_imm(j0, i as i64);
                 let v = fx.b.use_var(var);
@@ -540,4 +544,45 @@ fn product<'a>(
             outputs(fx, j0, nn % 4);
         }
     });
+}
+
+/// Whether four outputs of a product can be finished as one vector: static int8 whose
+/// rescaled sums provably fit and whose rescale is one for all outputs (per tensor).
+fn vector_finish(st: &Stage) -> bool {
+    matches!(st, Stage::Static { q, fits: true, .. } if q.requant.len() == 1)
+}
+
+/// Four outputs from `j0` finished together: the four vector sums reduced across lanes by
+/// a 4x4 transpose and three adds, plus the bias and less the zero-point terms (vector
+/// loads), rescaled as one vector and stored as four bytes.
+fn finish_columns4(
+    fx: &mut Fx,
+    st: &Stage,
+    vars: &[cranelift_frontend::Variable],
+    bias: Option<&Value>,
+    j0: Value,
+    yrow: Value,
+) {
+    // the zero-point terms as the stage's dot product needs them (`qmatmul` chose the table)
+    let Stage::Static { q, zsum: zterm, .. } = *st else {
+        unreachable!("`vector_finish` admits static stages only")
+    };
+    let v = [0, 1, 2, 3].map(|i| fx.b.use_var(vars[i]));
+    let t = super::dwconv::transpose4(fx, v);
+    let s01 = fx.b.ins().iadd(t[0], t[1]);
+    let s23 = fx.b.ins().iadd(t[2], t[3]);
+    let mut s = fx.b.ins().iadd(s01, s23);
+    if let Some(&b) = bias {
+        let ba = fx.addr(b, j0, 4);
+        let bv = fx.b.ins().load(I32X4, flags(), ba, 0);
+        s = fx.b.ins().iadd(s, bv);
+    }
+    let za = fx.addr(zterm, j0, 4);
+    let zv = fx.b.ins().load(I32X4, flags(), za, 0);
+    s = fx.b.ins().isub(s, zv);
+    let zero = fx.i(0);
+    let chan = st.channel(fx, zero);
+    let r = super::quant::finish_fit4(fx, q, s, chan.0, chan.1);
+    let ya = fx.addr(yrow, j0, 1);
+    super::quant::store_bytes4(fx, r, ya, 0, 4);
 }
