@@ -142,9 +142,18 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         dense: true,
         ..d(1, c, (3, 7), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 9, true, -8)
     };
+    // stride 1 (read in place from a bordered copy on the pair kernel): 3x3 same padding
+    // with 16 columns, uneven padding and dilation with 11, a 5x1 window on one column
+    let dense1 = |c, hw, k, dil, pads| Case {
+        dense: true,
+        ..d(1, c, hw, k, (1, 1), dil, pads, 4, true, -9)
+    };
     let cases: Vec<Case> = cases
         .into_iter()
         .chain([
+            dense1(4, (6, 16), (3, 3), (1, 1), [1, 1, 1, 1]),
+            dense1(3, (7, 11), (3, 2), (2, 1), [2, 0, 0, 1]),
+            dense1(2, (9, 9), (5, 1), (1, 1), [2, 0, 2, 0]),
             dense(3, (7, 18), [1, 1, 1, 1]),
             dense(5, (9, 66), [0, 0, 1, 1]),
             dense(3, (5, 80), [1, 1, 1, 1]),

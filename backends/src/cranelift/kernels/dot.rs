@@ -111,7 +111,13 @@ pub(crate) fn weight_rows(g: &Graph, n: NodeId, dot: Option<Dot>) -> Option<Vec<
     let w = g.const_value(g.node(n).inputs[1])?.to_i64_vec();
     let row = w.len() / d.m.max(1) as usize;
     if dot == Some(Dot::Pairs) {
-        return Some(super::pairs::block_weights(&w, row, d.m as usize, d.c as usize));
+        let (m, c) = (d.m as usize, d.c as usize);
+        return Some(match windowed(g, n, dot) {
+            Some(win) => super::pairs::block_weights(m, win.rows() as usize, &|o, i| {
+                win.source_row(i).map(|k| w[o * row + k])
+            }),
+            None => super::pairs::block_weights(m, c, &|o, i| (i < row).then(|| w[o * row + i])),
+        });
     }
     if row == d.c as usize {
         return None;
@@ -125,6 +131,21 @@ pub(crate) fn weight_rows(g: &Graph, n: NodeId, dot: Option<Dot>) -> Option<Vec<
     Some(out)
 }
 
+/// A spatial convolution this kernel reads in place from a bordered copy of its input
+/// rather than from im2col rows (halfword pairs only; see [`super::pairs::Windowed`]).
+pub(crate) fn windowed(g: &Graph, n: NodeId, dot: Option<Dot>) -> Option<super::pairs::Windowed> {
+    let node = g.node(n);
+    let window = match &node.op {
+        Op::QConv { window, .. } | Op::DynConv { window, .. } => window,
+        _ => return None,
+    };
+    if dot != Some(Dot::Pairs) || dims(g, n)?.im2col.is_none() {
+        return None;
+    }
+    let (xs, out) = (&g.value(node.inputs[0]).ty.shape, &g.value(node.outputs[0]).ty.shape);
+    super::pairs::Windowed::of(window, xs, out)
+}
+
 /// Whether node `n` runs here when the target has a dot product.
 pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
     dims(g, n).is_some()
@@ -133,6 +154,9 @@ pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
 /// Scratch bytes on dot product `dot`: the im2col rows if any, then eight interleaved
 /// positions (as halfwords for `Pairs`).
 pub(crate) fn scratch(g: &Graph, n: NodeId, dot: Dot) -> usize {
+    if let Some(w) = windowed(g, n, Some(dot)) {
+        return (w.copy_bytes() + 16 * w.rows()) as usize;
+    }
     let per = if dot == Dot::Pairs { 16 } else { 8 };
     dims(g, n).map_or(0, |d| (d.im2col.unwrap_or(0) + per * d.c) as usize)
 }
@@ -251,16 +275,25 @@ pub(crate) fn dyn_qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: 
 #[allow(clippy::too_many_arguments)]
 fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: Value, a: &Args, d: Dot) {
     let Dims { c, p, m, im2col } = dims(g, n).expect("checked by `applies`");
+    let win = windowed(g, n, Some(d));
+    // product rows: the window's (channel, tap) rows when read in place
+    let c = win.map_or(c, |w| w.rows());
     let node = g.node(n);
     let batch = g.value(node.inputs[0]).ty.shape[0] as i64;
     let has_bias = matches!(node.op, Op::QConv { .. }) && node.inputs.len() > 2;
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let es = st.elem();
-    let inter = fx.add_imm(a.scratch, im2col.unwrap_or(0));
+    let inter = fx.add_imm(a.scratch, win.map_or(im2col.unwrap_or(0), |w| w.copy_bytes()));
     fx.for_n(batch, &mut |fx, b| {
-        let x = match im2col {
-            Some(_) => super::quant::im2col(fx, g, n, window, st, a, b),
-            None => fx.addr(a.ins[0], b, c * p),
+        let x = match (win, im2col) {
+            (Some(w), _) => {
+                let xb = fx.addr(a.ins[0], b, w.ci * (w.plane.h * w.plane.w) as i64);
+                let zp = st.zp(fx);
+                w.border(fx, xb, a.scratch, zp);
+                a.scratch
+            }
+            (None, Some(_)) => super::quant::im2col(fx, g, n, window, st, a, b),
+            (None, None) => fx.addr(a.ins[0], b, c * p),
         };
         let y = fx.addr(a.outs[0], b, m * p * es);
         // `k` output channels from `oc0`, positions from `pos` (`valid` of the block's 8).
@@ -322,12 +355,19 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
                 }
             }
         };
-        // Per eight positions: interleave them, then every block of output channels.
-        let positions = |fx: &mut Fx, pos: Value, valid: i64| {
-            let x0 = fx.addr(x, pos, 1);
-            match d {
-                Dot::Pairs => super::pairs::interleave8(fx, x0, inter, (c, p), valid),
-                _ => interleave8(fx, d, x0, inter, (c, p), valid),
+        // Per eight positions: interleave them, then every block of output channels. In
+        // place (`win`), `at` is where the window of the first position starts in the copy.
+        let positions = |fx: &mut Fx, pos: Value, at: Value, valid: i64| {
+            match (win, d) {
+                (Some(w), _) => w.interleave(fx, at, inter, valid),
+                (None, Dot::Pairs) => {
+                    let x0 = fx.addr(x, pos, 1);
+                    super::pairs::interleave8(fx, x0, inter, (c, p), valid)
+                }
+                (None, _) => {
+                    let x0 = fx.addr(x, pos, 1);
+                    interleave8(fx, d, x0, inter, (c, p), valid)
+                }
             }
             fx.for_n(m / 4, &mut |fx, ob| {
                 let oc0 = fx.mul_imm(ob, 4);
@@ -338,13 +378,34 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
                 block(fx, oc0, m % 4, pos, valid);
             }
         };
+        if let Some(w) = win {
+            // per output row, blocks of eight columns (the last partial)
+            let (oh, ow) = (w.plane.oh as i64, w.plane.ow as i64);
+            let (sh, sw) = (w.plane.sh as i64, w.plane.sw as i64);
+            fx.for_n(oh, &mut |fx, oy| {
+                let row = fx.mul_imm(oy, ow);
+                let src = fx.addr(x, oy, sh * w.wp);
+                fx.for_n(ow / 8, &mut |fx, cb| {
+                    let col = fx.mul_imm(cb, 8);
+                    let pos = fx.b.ins().iadd(row, col);
+                    let at = fx.addr(src, col, sw);
+                    positions(fx, pos, at, 8);
+                });
+                if ow % 8 != 0 {
+                    let pos = fx.add_imm(row, ow / 8 * 8);
+                    let at = fx.add_imm(src, ow / 8 * 8 * sw);
+                    positions(fx, pos, at, ow % 8);
+                }
+            });
+            return;
+        }
         fx.for_n(p / 8, &mut |fx, pb| {
             let pos = fx.mul_imm(pb, 8);
-            positions(fx, pos, 8);
+            positions(fx, pos, x, 8);
         });
         if p % 8 != 0 {
             let pos = fx.i(p / 8 * 8);
-            positions(fx, pos, p % 8);
+            positions(fx, pos, x, p % 8);
         }
     });
 }

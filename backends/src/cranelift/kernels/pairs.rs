@@ -53,13 +53,14 @@ pub(crate) fn interleave8(fx: &mut Fx, x0: Value, dst: Value, (c, p): (i64, i64)
     });
 }
 
-/// The weights `w` (`m` rows of `row` values) as [`sums`] reads them: per block of four
-/// output channels (the last zero-padded) and per four of the `c` rows (zero-padded from
-/// `row`), 32 bytes: for each two rows, the four channels' halfword pairs.
-pub(crate) fn block_weights(w: &[i64], row: usize, m: usize, c: usize) -> Vec<u8> {
+/// The weights as [`sums`] reads them, `at(o, i)` the weight of output channel `o` (of
+/// `m`) at product row `i` (of `c`, a multiple of four; `None` for padding): per block of
+/// four output channels (the last zero-padded) and per four rows, 32 bytes: for each two
+/// rows, the four channels' halfword pairs.
+pub(crate) fn block_weights(m: usize, c: usize, at: &dyn Fn(usize, usize) -> Option<i64>) -> Vec<u8> {
     let at = |o: usize, i: usize| {
-        if o < m && i < row {
-            w[o * row + i] as i8 as i16
+        if o < m {
+            at(o, i).map_or(0, |v| v as i8 as i16)
         } else {
             0
         }
@@ -108,4 +109,132 @@ pub(crate) fn sums(fx: &mut Fx, inter: Value, w0: Value, c: i64, vars: &[[Variab
             }
         }
     });
+}
+
+/// A spatial convolution the pair kernel reads straight from a copy of its input bordered
+/// with the zero point, instead of from im2col rows: per output row and block of eight
+/// columns, each (channel, tap) row is eight bytes at a fixed offset of the copy (stride 1)
+/// or every other of sixteen (stride 2). The copy is `ci` planes of `hp x wp` bytes, a
+/// small fraction of the `ci * taps * positions` bytes im2col writes and reads back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windowed {
+    pub plane: kiln_runtime::kernels::Plane,
+    pub ci: i64,
+    /// Taps per channel, and rounded up to whole pairs.
+    pub kk: i64,
+    pub kkp: i64,
+    /// The bordered plane: the rows and columns the window reads.
+    pub hp: i64,
+    pub wp: i64,
+}
+
+impl Windowed {
+    /// For a 1-D or 2-D window over `[N, ci, (H,) W]` giving `out`, when blocks of eight
+    /// columns fit the output rows and the column stride is 1 or 2.
+    pub(crate) fn of(window: &kiln_ir::op::Window, xs: &[usize], out: &[usize]) -> Option<Windowed> {
+        let pl = window.plane(xs, out);
+        if pl.ow < 8 || !(1..=2).contains(&pl.sw) || xs.len() > 4 {
+            return None;
+        }
+        let kk = (pl.kh * pl.kw) as i64;
+        Some(Windowed {
+            plane: pl,
+            ci: xs[1] as i64,
+            kk,
+            kkp: (kk + 1) / 2 * 2,
+            hp: ((pl.oh - 1) * pl.sh + (pl.kh - 1) * pl.dh + 1) as i64,
+            wp: ((pl.ow - 1) * pl.sw + (pl.kw - 1) * pl.dw + 1) as i64,
+        })
+    }
+
+    /// Product rows: (channel, tap) with taps padded to pairs, then to a multiple of four.
+    pub(crate) fn rows(&self) -> i64 {
+        (self.ci * self.kkp + 3) / 4 * 4
+    }
+
+    /// Scratch bytes of the bordered copy (16 more for the stride-2 loads past its end).
+    pub(crate) fn copy_bytes(&self) -> i64 {
+        (self.ci * self.hp * self.wp + 31) / 16 * 16
+    }
+
+    /// Byte offset of tap `t` (of `kk`) from the window's first element in the copy; a
+    /// padding tap reads tap 0 (its weights are zero).
+    fn tap(&self, t: i64) -> i64 {
+        let t = if t < self.kk { t } else { 0 };
+        let kw = self.plane.kw as i64;
+        (t / kw) * self.plane.dh as i64 * self.wp + (t % kw) * self.plane.dw as i64
+    }
+
+    /// The weight of product row `i` (`[ci][kkp]`) in the original rows of `row` values
+    /// (`[ci][kk]`), or `None` for padding.
+    pub(crate) fn source_row(&self, i: usize) -> Option<usize> {
+        let (c, t) = (i as i64 / self.kkp, i as i64 % self.kkp);
+        (c < self.ci && t < self.kk).then_some((c * self.kk + t) as usize)
+    }
+
+    /// Fills the copy at `dst` with the zero point `zp` and copies the input planes from
+    /// `x` into it.
+    pub(crate) fn border(&self, fx: &mut Fx, x: Value, dst: Value, zp: Value) {
+        let pl = &self.plane;
+        super::quant::fill_bytes(fx, dst, self.ci * self.hp * self.wp, zp);
+        let (h, w) = (pl.h as i64, pl.w as i64);
+        let rows = h.min(self.hp - pl.ph as i64).max(0);
+        let cols = w.min(self.wp - pl.pw as i64).max(0);
+        let first = fx.add_imm(dst, pl.ph as i64 * self.wp + pl.pw as i64);
+        fx.for_ptrs(self.ci, &[(x, h * w), (first, self.hp * self.wp)], &mut |fx, c| {
+            fx.for_ptrs(rows, &[(c[0], w), (c[1], self.wp)], &mut |fx, r| {
+                super::quant::copy_bytes(fx, r[0], r[1], cols)
+            });
+        });
+    }
+
+    /// The interleave of [`interleave8`] for the `valid` (<= 8) output columns whose
+    /// window starts at `x0` in the copy, every (channel, tap) row read in place.
+    pub(crate) fn interleave(&self, fx: &mut Fx, x0: Value, dst: Value, valid: i64) {
+        let mask: Vec<u8> = (0..16u8).map(|k| if k % 2 == 0 { k / 2 } else { 16 + k / 2 }).collect();
+        let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+        let even: Vec<u8> = (0..16u8).map(|k| 2 * (k % 8)).collect();
+        let even = fx.b.func.dfg.immediates.push(even.as_slice().into());
+        let sw = self.plane.sw as i64;
+        let pairs = self.kkp / 2;
+        fx.for_ptrs(self.ci, &[(x0, self.hp * self.wp), (dst, 32 * pairs)], &mut |fx, r| {
+            for pair in 0..pairs {
+                let rows = [2 * pair, 2 * pair + 1].map(|t| {
+                    let off = self.tap(t) as i32;
+                    if valid < 8 {
+                        let mut q = fx.b.ins().iconst(I64, 0);
+                        for k in 0..valid {
+                            let byte = fx.b.ins().uload8(I64, flags(), r[0], off + (k * sw) as i32);
+                            let sh = fx.b.ins().ishl_imm_u(byte, 8 * k);
+                            q = fx.b.ins().bor(q, sh);
+                        }
+                        let v = fx.b.ins().scalar_to_vector(I64X2, q);
+                        return fx.b.ins().bitcast(I8X16, lanes(), v);
+                    }
+                    if sw == 1 {
+                        let q = fx.b.ins().load(I64, flags(), r[0], off);
+                        let v = fx.b.ins().scalar_to_vector(I64X2, q);
+                        return fx.b.ins().bitcast(I8X16, lanes(), v);
+                    }
+                    // stride 2: the even bytes of sixteen
+                    let v = fx.b.ins().load(I8X16, flags(), r[0], off);
+                    fx.b.ins().shuffle(v, v, even)
+                });
+                let t = fx.b.ins().shuffle(rows[0], rows[1], mask);
+                let lo = fx.b.ins().swiden_low(t);
+                let hi = fx.b.ins().swiden_high(t);
+                fx.b.ins().store(flags(), lo, r[1], (32 * pair) as i32);
+                fx.b.ins().store(flags(), hi, r[1], (32 * pair + 16) as i32);
+            }
+        });
+        // the rows past the last whole pair of pairs: zero (their weights are zero too)
+        if self.rows() > self.ci * self.kkp {
+            let z = fx.b.ins().iconst(I64, 0);
+            let z = fx.b.ins().splat(I64X2, z);
+            let z = fx.b.ins().bitcast(I16X8, lanes(), z);
+            let off = (16 * self.ci * self.kkp) as i32;
+            fx.b.ins().store(flags(), z, dst, off);
+            fx.b.ins().store(flags(), z, dst, off + 16);
+        }
+    }
 }

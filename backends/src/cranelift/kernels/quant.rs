@@ -1761,7 +1761,7 @@ fn every_other_byte(fx: &mut Fx, src: Value, dst: Value, len: i64) -> i64 {
 }
 
 /// `len` bytes from `src` to `dst` (not overlapping): eight at a time, then one by one.
-fn copy_bytes(fx: &mut Fx, src: Value, dst: Value, len: i64) {
+pub(crate) fn copy_bytes(fx: &mut Fx, src: Value, dst: Value, len: i64) {
     fx.for_ptrs(len / 8, &[(src, 8), (dst, 8)], &mut |fx, p| {
         let v = fx.b.ins().load(I64, flags(), p[0], 0);
         fx.b.ins().store(flags(), v, p[1], 0);
@@ -1778,7 +1778,7 @@ fn copy_bytes(fx: &mut Fx, src: Value, dst: Value, len: i64) {
 }
 
 /// `len` bytes at `dst` set to the low byte of `v` (an i32): eight at a time, then one by one.
-fn fill_bytes(fx: &mut Fx, dst: Value, len: i64, v: Value) {
+pub(crate) fn fill_bytes(fx: &mut Fx, dst: Value, len: i64, v: Value) {
     let b = fx.b.ins().band_imm_s(v, 0xFF);
     let b = fx.b.ins().uextend(I64, b);
     let b8 = fx.b.ins().imul_imm_s(b, 0x0101_0101_0101_0101);
