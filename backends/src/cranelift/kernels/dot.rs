@@ -245,9 +245,10 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLin
         zsum,
         fits: super::quant::fits_i32(g, n, q),
     };
-    // the weight rows, zero-padded to whole words when they are not
-    let weights = if a.aux.len() > 6 { a.aux[6] } else { a.ins[1] };
-    conv(fx, g, n, window, st, weights, a, d);
+    // the weight rows as this kernel reads them if they differ from the weights, then the
+    // rescale records (`quant::aux`)
+    let weights = if a.aux.len() > 7 { a.aux[6] } else { a.ins[1] };
+    conv(fx, g, n, window, st, (weights, a.aux.last().copied()), a, d);
 }
 
 /// `zp * sum(w)` of channel `ch` as the dot product `d` needs it: with `(zp + 128)` for
@@ -268,12 +269,22 @@ fn zero_term(fx: &mut Fx, st: &Stage, d: Dot, ch: Value) -> Value {
 /// `a.ins[0]` with stage `st`; `weights` as for [`qconv`] (`aux` 4 when padded).
 pub(crate) fn dyn_qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, d: Dot) {
     let weights = if a.aux.len() > 4 { a.aux[4] } else { a.ins[1] };
-    conv(fx, g, n, window, st, weights, a, d);
+    conv(fx, g, n, window, st, (weights, None), a, d);
 }
 
-/// The convolution of [`qconv`] with any output stage.
+/// The convolution of [`qconv`] with any output stage; `records` the rescale records of a
+/// static stage (`quant::rescale_records`), if any.
 #[allow(clippy::too_many_arguments)]
-fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: Value, a: &Args, d: Dot) {
+fn conv(
+    fx: &mut Fx,
+    g: &Graph,
+    n: NodeId,
+    window: &Window,
+    st: Stage,
+    (weights, records): (Value, Option<Value>),
+    a: &Args,
+    d: Dot,
+) {
     let Dims { c, p, m, im2col } = dims(g, n).expect("checked by `applies`");
     let win = windowed(g, n, Some(d));
     // product rows: the window's (channel, tap) rows when read in place
@@ -340,10 +351,17 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
             }
             for (i, v) in vars.iter().enumerate() {
                 let zs = zero_term(fx, &st, d, ocs[i]);
-                let chan = st.channel(fx, ocs[i]);
                 let row = fx.addr(y, ocs[i], p * es);
                 let yp = fx.addr(row, pos, es);
                 let zs4 = fx.b.ins().splat(I32X4, zs);
+                // the channel's rescale: from its record where the vector path runs
+                let rec = match (records, st) {
+                    (Some(r), Stage::Static { q, fits: true, .. }) => {
+                        Some((q, fx.addr(r, ocs[i], super::quant::RESCALE_RECORD)))
+                    }
+                    _ => None,
+                };
+                let chan = rec.is_none().then(|| st.channel(fx, ocs[i]));
                 for (h, &var) in v.iter().enumerate() {
                     let n = (valid - 4 * h as i64).min(4);
                     if n <= 0 {
@@ -351,7 +369,14 @@ fn conv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, weights: 
                     }
                     let acc = fx.b.use_var(var);
                     let acc = fx.b.ins().isub(acc, zs4);
-                    store4(fx, &st, acc, chan, yp, 4 * h as i32, n);
+                    match (rec, chan) {
+                        (Some((q, ra)), _) => {
+                            let r = super::quant::finish_fit4_rec(fx, q, acc, ra);
+                            super::quant::store_bytes4(fx, r, yp, 4 * h as i32, n);
+                        }
+                        (None, Some(chan)) => store4(fx, &st, acc, chan, yp, 4 * h as i32, n),
+                        (None, None) => unreachable!("the channel is loaded without a record"),
+                    }
                 }
             }
         };

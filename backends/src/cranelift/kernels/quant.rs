@@ -1166,6 +1166,9 @@ pub(crate) fn aux(g: &Graph, n: NodeId, dot: Option<super::Dot>) -> Vec<Vec<u8>>
             if let Some(d) = super::qdw::QDw::of(g, n) {
                 v.extend(super::qdw::tables(g, n, &d));
                 v.push(rescale_records(q, g.value(node.outputs[0]).ty.shape[1]));
+            } else if dot.is_some() && super::dot::applies(g, n) {
+                // the dot-product kernel's rescale constants, last
+                v.push(rescale_records(q, g.value(node.outputs[0]).ty.shape[1]));
             }
             v
         }
