@@ -355,13 +355,12 @@ fn conv(
                 let yp = fx.addr(row, pos, es);
                 let zs4 = fx.b.ins().splat(I32X4, zs);
                 // the channel's rescale: from its record where the vector path runs
-                let rec = match (records, st) {
+                let fin = match (records, st) {
                     (Some(r), Stage::Static { q, fits: true, .. }) => {
-                        Some((q, fx.addr(r, ocs[i], super::quant::RESCALE_RECORD)))
+                        Finish::Record(q, fx.addr(r, ocs[i], super::quant::RESCALE_RECORD))
                     }
-                    _ => None,
+                    _ => Finish::Channel(st.channel(fx, ocs[i])),
                 };
-                let chan = rec.is_none().then(|| st.channel(fx, ocs[i]));
                 for (h, &var) in v.iter().enumerate() {
                     let n = (valid - 4 * h as i64).min(4);
                     if n <= 0 {
@@ -369,14 +368,7 @@ fn conv(
                     }
                     let acc = fx.b.use_var(var);
                     let acc = fx.b.ins().isub(acc, zs4);
-                    match (rec, chan) {
-                        (Some((q, ra)), _) => {
-                            let r = super::quant::finish_fit4_rec(fx, q, acc, ra);
-                            super::quant::store_bytes4(fx, r, yp, 4 * h as i32, n);
-                        }
-                        (None, Some(chan)) => store4(fx, &st, acc, chan, yp, 4 * h as i32, n),
-                        (None, None) => unreachable!("the channel is loaded without a record"),
-                    }
+                    store4(fx, &st, acc, &fin, yp, 4 * h as i32, n);
                 }
             }
         };
@@ -435,16 +427,23 @@ fn conv(
     });
 }
 
-/// The first `valid` (1..=4) lanes of the sums `acc` of one channel finished by `st` and
-/// stored from `yp + off` (in output elements of four): int8 four at a time where the sums
-/// provably fit, f32 (hybrid) four at a time, else one by one.
-fn store4(fx: &mut Fx, st: &Stage, acc: Value, chan: (Value, Value), yp: Value, off: i32, valid: i64) {
-    match *st {
-        Stage::Static { q, fits: true, .. } => {
-            let r = super::quant::finish_fit4(fx, q, acc, chan.0, chan.1);
+/// How one channel's sums are finished: four lanes at a time from its rescale record (a
+/// static stage whose sums provably fit), or with its constants from the stage.
+enum Finish<'a> {
+    Record(&'a QLinear, Value),
+    Channel((Value, Value)),
+}
+
+/// The first `valid` (1..=4) lanes of the sums `acc` of one channel finished as `fin` says
+/// and stored from `yp + off` (in output elements of four): int8 four at a time from a
+/// record, f32 (hybrid) four at a time, else one by one.
+fn store4(fx: &mut Fx, st: &Stage, acc: Value, fin: &Finish, yp: Value, off: i32, valid: i64) {
+    match (fin, st) {
+        (&Finish::Record(q, rec), _) => {
+            let r = super::quant::finish_fit4_rec(fx, q, acc, rec);
             super::quant::store_bytes4(fx, r, yp, off, valid);
         }
-        Stage::Dynamic { .. } => {
+        (&Finish::Channel(chan), Stage::Dynamic { .. }) => {
             use cranelift_codegen::ir::types::F32X4;
             let f = fx.b.ins().fcvt_from_sint(F32X4, acc);
             let s = fx.b.ins().splat(F32X4, chan.0);
@@ -458,7 +457,7 @@ fn store4(fx: &mut Fx, st: &Stage, acc: Value, chan: (Value, Value), yp: Value, 
                 fx.b.ins().store(flags(), e, yp, 4 * (off + j as i32));
             }
         }
-        Stage::Static { .. } => {
+        (&Finish::Channel(chan), Stage::Static { .. }) => {
             for j in 0..valid {
                 let e = fx.b.ins().extractlane(acc, j as u8);
                 st.store(fx, e, chan, yp, off + j as i32);

@@ -20,36 +20,52 @@ fn lanes() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
 }
 
+/// The shuffle mask taking the low eight bytes of two vectors alternately: a0 b0 a1 b1 ...
+fn alternate(fx: &mut Fx) -> cranelift_codegen::ir::Immediate {
+    let mask: Vec<u8> = (0..16u8).map(|k| if k % 2 == 0 { k / 2 } else { 16 + k / 2 }).collect();
+    fx.b.func.dfg.immediates.push(mask.as_slice().into())
+}
+
+/// The `valid` (< 8) bytes at `p + off`, `step` apart, in the low bytes of a vector (the
+/// rest zero): a partial block, where eight bytes at once could read past the end.
+fn bytes8(fx: &mut Fx, p: Value, off: i32, step: i64, valid: i64) -> Value {
+    let mut q = fx.b.ins().iconst(I64, 0);
+    for k in 0..valid {
+        let byte = fx.b.ins().uload8(I64, flags(), p, off + (k * step) as i32);
+        let sh = fx.b.ins().ishl_imm_u(byte, 8 * k);
+        q = fx.b.ins().bor(q, sh);
+    }
+    let v = fx.b.ins().scalar_to_vector(I64X2, q);
+    fx.b.ins().bitcast(I8X16, lanes(), v)
+}
+
+/// Two rows of eight positions (low bytes of `rows`) as halfword pairs into `dst + off`:
+/// positions 0-3 in the first 16 bytes, 4-7 in the next.
+fn store_pairs(fx: &mut Fx, rows: [Value; 2], mask: cranelift_codegen::ir::Immediate, dst: Value, off: i32) {
+    let t = fx.b.ins().shuffle(rows[0], rows[1], mask);
+    let lo = fx.b.ins().swiden_low(t);
+    let hi = fx.b.ins().swiden_high(t);
+    fx.b.ins().store(flags(), lo, dst, off);
+    fx.b.ins().store(flags(), hi, dst, off + 16);
+}
+
 /// The `valid` (<= 8) positions from `x0` of all `c` rows (of `p` bytes, `c` a multiple of
 /// four) into `dst` as halfword pairs: per two rows 32 bytes, lane `j` of the first 16 the
 /// two rows' values at position `j`, of the next 16 at position `4 + j`. A full block
 /// loads eight bytes per row; a partial one loads bytes (eight could read past the end).
 pub(crate) fn interleave8(fx: &mut Fx, x0: Value, dst: Value, (c, p): (i64, i64), valid: i64) {
-    // bytes of the two rows alternating: a0 b0 a1 b1 ... a7 b7
-    let mask: Vec<u8> = (0..16u8).map(|k| if k % 2 == 0 { k / 2 } else { 16 + k / 2 }).collect();
-    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+    let mask = alternate(fx);
     fx.for_ptrs(c / 2, &[(x0, 2 * p), (dst, 32)], &mut |fx, r| {
         let rows = [0, 1].map(|j| {
             let off = (j * p) as i32;
-            let q = if valid == 8 {
-                fx.b.ins().load(I64, flags(), r[0], off)
-            } else {
-                let mut q = fx.b.ins().iconst(I64, 0);
-                for k in 0..valid {
-                    let byte = fx.b.ins().uload8(I64, flags(), r[0], off + k as i32);
-                    let sh = fx.b.ins().ishl_imm_u(byte, 8 * k);
-                    q = fx.b.ins().bor(q, sh);
-                }
-                q
-            };
+            if valid < 8 {
+                return bytes8(fx, r[0], off, 1, valid);
+            }
+            let q = fx.b.ins().load(I64, flags(), r[0], off);
             let v = fx.b.ins().scalar_to_vector(I64X2, q);
             fx.b.ins().bitcast(I8X16, lanes(), v)
         });
-        let t = fx.b.ins().shuffle(rows[0], rows[1], mask);
-        let lo = fx.b.ins().swiden_low(t);
-        let hi = fx.b.ins().swiden_high(t);
-        fx.b.ins().store(flags(), lo, r[1], 0);
-        fx.b.ins().store(flags(), hi, r[1], 16);
+        store_pairs(fx, rows, mask, r[1], 0);
     });
 }
 
@@ -191,8 +207,7 @@ impl Windowed {
     /// The interleave of [`interleave8`] for the `valid` (<= 8) output columns whose
     /// window starts at `x0` in the copy, every (channel, tap) row read in place.
     pub(crate) fn interleave(&self, fx: &mut Fx, x0: Value, dst: Value, valid: i64) {
-        let mask: Vec<u8> = (0..16u8).map(|k| if k % 2 == 0 { k / 2 } else { 16 + k / 2 }).collect();
-        let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+        let mask = alternate(fx);
         let even: Vec<u8> = (0..16u8).map(|k| 2 * (k % 8)).collect();
         let even = fx.b.func.dfg.immediates.push(even.as_slice().into());
         let sw = self.plane.sw as i64;
@@ -202,14 +217,7 @@ impl Windowed {
                 let rows = [2 * pair, 2 * pair + 1].map(|t| {
                     let off = self.tap(t) as i32;
                     if valid < 8 {
-                        let mut q = fx.b.ins().iconst(I64, 0);
-                        for k in 0..valid {
-                            let byte = fx.b.ins().uload8(I64, flags(), r[0], off + (k * sw) as i32);
-                            let sh = fx.b.ins().ishl_imm_u(byte, 8 * k);
-                            q = fx.b.ins().bor(q, sh);
-                        }
-                        let v = fx.b.ins().scalar_to_vector(I64X2, q);
-                        return fx.b.ins().bitcast(I8X16, lanes(), v);
+                        return bytes8(fx, r[0], off, sw, valid);
                     }
                     if sw == 1 {
                         let q = fx.b.ins().load(I64, flags(), r[0], off);
@@ -220,11 +228,7 @@ impl Windowed {
                     let v = fx.b.ins().load(I8X16, flags(), r[0], off);
                     fx.b.ins().shuffle(v, v, even)
                 });
-                let t = fx.b.ins().shuffle(rows[0], rows[1], mask);
-                let lo = fx.b.ins().swiden_low(t);
-                let hi = fx.b.ins().swiden_high(t);
-                fx.b.ins().store(flags(), lo, r[1], (32 * pair) as i32);
-                fx.b.ins().store(flags(), hi, r[1], (32 * pair + 16) as i32);
+                store_pairs(fx, rows, mask, r[1], (32 * pair) as i32);
             }
         });
         // the rows past the last whole pair of pairs: zero (their weights are zero too)
