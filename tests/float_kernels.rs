@@ -251,6 +251,11 @@ fn matrix_products_match_the_evaluator() {
         (3, 1, 40),
         (12, 10, 9),
         (8, 16, 33),
+        // the 256-bit kernels' block widths: one row 64+32+16+8 columns and a tail, panels
+        // of four rows 24+24+16+8 and a tail, a depth of one
+        (1, 20, 123),
+        (6, 9, 77),
+        (4, 1, 200),
     ];
     let graphs = shapes
         .iter()
@@ -258,6 +263,52 @@ fn matrix_products_match_the_evaluator() {
         .map(|(i, &(m, k, n))| {
             let (g, x) = matmul(m, k, n, 200 + i as u64);
             (format!("mm{m}x{k}x{n}"), g, x)
+        })
+        .collect();
+    run_all(graphs);
+}
+
+/// `Gemm` with a fused activation and f32 or binary16 (as `--quantize fp16` leaves them)
+/// weights: the clamps the 256-bit kernels apply themselves, and one applied after them.
+fn gemm(m: usize, k: usize, n: usize, fused: Option<UnaryOp>, half: bool, seed: u64) -> (Graph, Vec<Tensor>) {
+    let mut g = Graph::new("gemm");
+    let a = g.add_input("a", TensorType::new(Scalar::F32, vec![m, k]));
+    let w = values(seed + 1, k * n);
+    let b = if half {
+        let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+        g.add_const("b", Tensor::from_vec(vec![k, n], h))
+    } else {
+        g.add_const("b", Tensor::from_vec(vec![k, n], w))
+    };
+    let op = Op::Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: false,
+        fused,
+    };
+    let out = vec![("y".to_string(), TensorType::new(Scalar::F32, vec![m, n]))];
+    let (_, y) = g.add_node_typed("gemm", op, vec![a, b], out);
+    g.add_output(y[0]);
+    (g, vec![Tensor::from_vec(vec![m, k], values(seed, m * k))])
+}
+
+#[test]
+fn fused_gemms_match_the_evaluator() {
+    let clip = UnaryOp::Clip { min: -0.25, max: 0.5 };
+    let cases = [
+        (1, 16, 100, Some(UnaryOp::Relu), false),
+        (3, 12, 90, Some(clip), false),
+        (5, 7, 70, Some(UnaryOp::LeakyRelu { alpha: 0.125 }), false),
+        (1, 24, 120, None, true),
+        (2, 5, 45, Some(UnaryOp::Relu), true),
+    ];
+    let graphs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(m, k, n, f, h))| {
+            let (g, x) = gemm(m, k, n, f, h, 300 + i as u64);
+            (format!("gemm{i}"), g, x)
         })
         .collect();
     run_all(graphs);

@@ -35,6 +35,19 @@ struct X86 {
     xcr0: u64,
 }
 
+/// Not a Cranelift feature: the 256-bit kernels' binary16 widening (`vcvtph2ps`) needs it,
+/// and every CPU with AVX2 has it (x86-64-v3 includes it), so an object assuming AVX2
+/// assumes and checks F16C too.
+const F16C: X86 = X86 {
+    name: "f16c",
+    flag: "",
+    leaf: 1,
+    sub: 0,
+    reg: 2,
+    bit: 29,
+    xcr0: AVX,
+};
+
 const AVX: u64 = 0x6;
 const AVX512: u64 = 0xe6;
 
@@ -207,11 +220,16 @@ pub fn assumed(isa: &dyn isa::TargetIsa) -> Vec<&'static str> {
         .map(|v| v.name)
         .collect();
     match arch {
-        Architecture::X86_64 => X86_FEATURES
-            .iter()
-            .filter(|f| on.contains(&f.flag))
-            .map(|f| f.name)
-            .collect(),
+        Architecture::X86_64 => {
+            let mut names: Vec<&str> = (X86_FEATURES.iter())
+                .filter(|f| on.contains(&f.flag))
+                .map(|f| f.name)
+                .collect();
+            if names.contains(&"avx2") {
+                names.push(F16C.name);
+            }
+            names
+        }
         Architecture::Aarch64(_) => ARM_FEATURES.iter().filter(|f| on.contains(&f.1)).map(|f| f.0).collect(),
         _ => Vec::new(),
     }
@@ -359,7 +377,11 @@ fn x86_check(
     let max_ext = read(b, 0x8000_0000, 0, 0);
     let mut ok = b.ins().iconst(I8, 1);
     let mut xcr0 = 0u64;
-    for f in X86_FEATURES.iter().filter(|f| features.contains(&f.name)) {
+    for f in X86_FEATURES
+        .iter()
+        .chain([&F16C])
+        .filter(|f| features.contains(&f.name))
+    {
         let (max, leaf) = if f.leaf >= 0x8000_0000 {
             (max_ext, f.leaf as i64)
         } else {
@@ -438,7 +460,7 @@ mod tests {
                 ))
                 .unwrap();
             let got = assumed(&*isa);
-            assert!(got.contains(&"avx2"), "{spec}: {got:?}");
+            assert!(got.contains(&"avx2") && got.contains(&"f16c"), "{spec}: {got:?}");
             assert_eq!(got.contains(&"fma"), !spec.contains("-fma"), "{spec}: {got:?}");
             assert_eq!(got.contains(&"avx512vnni"), spec.contains("vnni"), "{spec}: {got:?}");
         }

@@ -12,18 +12,34 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F64, I32, I32X4, I64};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{FuncRef, Function, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 pub(crate) struct Fx<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
     /// The target has 128-bit vectors (x86-64, AArch64); riscv64 code stays scalar.
     pub simd: bool,
+    /// Where hand-encoded machine code the kernel calls is defined, when the caller allows it.
+    pub code: Option<&'a mut dyn CodeSink>,
+}
+
+/// Defines machine code (once per distinct byte string) and makes it callable from the
+/// function being built, with the System V convention and `params` 64-bit arguments.
+pub(crate) trait CodeSink {
+    fn func(&mut self, code: &[u8], params: usize, func: &mut Function) -> FuncRef;
 }
 
 impl<'a, 'b> Fx<'a, 'b> {
     pub fn new(b: &'a mut FunctionBuilder<'b>, simd: bool) -> Self {
-        Fx { b, simd }
+        Fx { b, simd, code: None }
+    }
+
+    /// Calls machine code `code` with `args` (64-bit integers), if this kernel may.
+    pub fn call_code(&mut self, code: &[u8], args: &[Value]) -> bool {
+        let Some(sink) = self.code.as_mut() else { return false };
+        let f = sink.func(code, args.len(), self.b.func);
+        self.b.ins().call(f, args);
+        true
     }
 
     pub fn i(&mut self, v: i64) -> Value {

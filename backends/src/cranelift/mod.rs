@@ -6,9 +6,11 @@
 pub mod cpu;
 mod fx;
 mod kernels;
+mod x64;
 
-use cranelift_codegen::ir::types::I32;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::{Context, isa};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -137,6 +139,9 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
             Architecture::Aarch64(_) => true,
             _ => false,
         },
+        wide: opts.triple.architecture == Architecture::X86_64
+            && features.contains(&"avx2")
+            && features.contains(&"fma"),
     };
     let (ptr, call_conv, fcfg) = (isa.pointer_type(), isa.default_call_conv(), isa.frontend_config());
     let mut builder = ObjectBuilder::new(
@@ -156,6 +161,7 @@ pub fn emit(g: &Graph, plan: &MemoryPlan, opts: &Options) -> Result<Output, Erro
         call_conv,
         fcfg,
         const_data: HashMap::new(),
+        codes: HashMap::new(),
     };
     let cpu_ok = cpu::define_check(&mut u.module, &mut u.fctx, &opts.prefix, &features)
         .map_err(|e| codegen_err(&format!("{}_cpu_ok", opts.prefix), e))?;
@@ -192,6 +198,34 @@ struct Unit<'a> {
     call_conv: cranelift_codegen::isa::CallConv,
     fcfg: cranelift_codegen::isa::TargetFrontendConfig,
     const_data: HashMap<ValueId, DataId>,
+    /// Hand-encoded machine code kernels call, by its bytes ([`Codes`]).
+    codes: HashMap<Vec<u8>, FuncId>,
+}
+
+/// Defines the machine code kernels ask for (see `x64`), each distinct code once.
+struct Codes<'m> {
+    module: &'m mut ObjectModule,
+    prefix: &'m str,
+    defined: &'m mut HashMap<Vec<u8>, FuncId>,
+}
+
+impl fx::CodeSink for Codes<'_> {
+    fn func(&mut self, code: &[u8], params: usize, func: &mut cranelift_codegen::ir::Function) -> FuncRef {
+        let id = match self.defined.get(code) {
+            Some(&id) => id,
+            None => {
+                let mut sig = Signature::new(CallConv::SystemV);
+                sig.params.extend((0..params).map(|_| AbiParam::new(I64)));
+                let name = format!("{}_code{}", self.prefix, self.defined.len());
+                // A failure here is a backend bug; the kernel's caller turns it into an error.
+                let id = (self.module.declare_function(&name, Linkage::Local, &sig)).expect("a fresh local name");
+                (self.module.define_function_bytes(id, 32, code, &[])).expect("machine code defined once");
+                self.defined.insert(code.to_vec(), id);
+                id
+            }
+        };
+        self.module.declare_func_in_func(id, func)
+    }
 }
 
 impl Unit<'_> {
@@ -245,9 +279,17 @@ impl Unit<'_> {
                 aux: p[ni + no + 1..].to_vec(),
             };
             let (target, fcfg) = (self.target, self.fcfg);
+            let mut codes = Codes {
+                module: &mut self.module,
+                prefix: self.prefix,
+                defined: &mut self.codes,
+            };
             // A kernel bug must surface as an error naming the node, not abort the caller.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut f = fx::Fx::new(&mut b, target.simd);
+                if target.wide {
+                    f.code = Some(&mut codes);
+                }
                 kernels::emit(&mut f, g, n, &args, target);
                 b.ins().return_(&[]);
                 b.finalize(fcfg);

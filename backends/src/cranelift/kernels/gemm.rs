@@ -7,10 +7,11 @@
 use super::super::fx::Fx;
 use super::dwconv::Depthwise;
 use super::nest::F4;
+use super::wide::{Clamp, Product};
 use super::{Args, Target};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, I32, I64};
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Type, Value};
 use kiln_ir::op::{Conv, UnaryOp};
 use kiln_ir::{Graph, NodeId};
 
@@ -73,6 +74,12 @@ pub(crate) fn gemm(
     widen: Option<Value>,
 ) {
     let vec_ok = t.simd && b.col == b.elem() && c.col == 4;
+    // the rows' initial values (and a clamp's bounds) in memory for the 256-bit kernels
+    let wide = (t.wide && vec_ok && k > 0 && fx.code.is_some()).then(|| {
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, 4 * (PANEL_ROWS as u32 + 2), 4);
+        let slot = fx.b.create_sized_stack_slot(data);
+        fx.b.ins().stack_addr(I64, slot, 0)
+    });
     let p = Panel {
         t,
         k,
@@ -81,6 +88,7 @@ pub(crate) fn gemm(
         c,
         post,
         widen,
+        wide,
     };
     let panels = if vec_ok { m / PANEL_ROWS } else { 0 };
     fx.for_n(panels as i64, &mut |fx, pi| {
@@ -107,6 +115,8 @@ struct Panel {
     post: Option<UnaryOp>,
     /// Scratch for a panel's rows of a binary16 `a` widened to f32 ([`widen_bytes`]).
     widen: Option<Value>,
+    /// With the 256-bit kernels: where the rows' initial values go for them.
+    wide: Option<Value>,
 }
 
 /// Scratch bytes [`gemm`] needs to widen a binary16 `a` with depth `k`, a panel at a time.
@@ -162,6 +172,9 @@ impl Panel {
         }
         let crow = fx.addr(self.c.base, i0, self.c.row);
         let mut j = 0;
+        if let (true, Some(slot)) = (vec_ok && !a.half, self.wide) {
+            j = self.wide(fx, &a, &starts, (arow, crow), slot, n);
+        }
         if vec_ok {
             let units = if rows == 1 { 4 } else { 2 };
             for u in [units, 1] {
@@ -171,6 +184,85 @@ impl Panel {
             }
         }
         self.block(fx, &a, F32, &starts, (arow, crow), 1, n - j, j);
+    }
+
+    /// The panel's whole blocks of eight columns on the 256-bit kernels (widest blocks
+    /// first); returns the columns done.
+    fn wide(
+        &self,
+        fx: &mut Fx,
+        a: &Mat,
+        starts: &[Value],
+        (arow, crow): (Value, Value),
+        slot: Value,
+        n: usize,
+    ) -> usize {
+        let rows = starts.len();
+        for (r, &s) in starts.iter().enumerate() {
+            let at = fx.add_imm(slot, 4 * r as i64);
+            fx.store(s, at);
+        }
+        let clamp = match self.post {
+            Some(UnaryOp::Relu) => Clamp::Relu,
+            Some(UnaryOp::Clip { min, max }) => {
+                for (i, bound) in [min, max].into_iter().enumerate() {
+                    let v = fx.f(F32, bound);
+                    let at = fx.add_imm(slot, 4 * (rows + i) as i64);
+                    fx.store(v, at);
+                }
+                Clamp::Range
+            }
+            _ => Clamp::None,
+        };
+        let i32_of = |v: i64| i32::try_from(v).ok();
+        let (Some(a_row), Some(a_col), Some(b_row), Some(c_row)) =
+            (i32_of(a.row), i32_of(a.col), i32_of(self.b.row), i32_of(self.c.row))
+        else {
+            return 0;
+        };
+        let widths: &[usize] = match (rows, self.b.half) {
+            (1, false) => &[8, 4, 2, 1],
+            (1, true) => &[4, 2, 1],
+            _ => &[3, 2, 1],
+        };
+        let mut j = 0;
+        for &vecs in widths {
+            let p = Product {
+                rows,
+                vecs,
+                k: self.k,
+                a_row,
+                a_col,
+                b_row,
+                b_half: self.b.half,
+                c_row,
+                clamp,
+            };
+            let count = (n - j) / (8 * vecs);
+            if count == 0 || !p.fits() {
+                continue;
+            }
+            let bp = fx.add_imm(self.b.base, j as i64 * self.b.col);
+            let cp = fx.add_imm(crow, 4 * j as i64);
+            let blocks = fx.i(count as i64);
+            if !fx.call_code(&p.code(), &[arow, bp, cp, slot, blocks]) {
+                return j;
+            }
+            if let (Clamp::None, Some(op)) = (clamp, self.post) {
+                // an activation the kernel does not apply: over what it stored
+                let quads = (count * 2 * vecs) as i64;
+                for r in 0..rows as i64 {
+                    let row = fx.add_imm(cp, r * self.c.row);
+                    fx.for_ptrs(quads, &[(row, 16)], &mut |fx, q| {
+                        let v = fx.load(F4, q[0]);
+                        let v = super::elementwise::unary_op(fx, F4, op, v);
+                        fx.store(v, q[0]);
+                    });
+                }
+            }
+            j += count * 8 * vecs;
+        }
+        j
     }
 
     /// `count` steps of `units` vectors of type `ty` across the panel's rows, from column `j0`.

@@ -24,6 +24,7 @@ mod quant;
 mod resize;
 mod rnn;
 mod typed;
+mod wide;
 
 use super::fx::Fx;
 use crate::need;
@@ -50,6 +51,9 @@ pub(crate) struct Target {
     /// Fused multiply-add in hardware (x86-64 `fma`, AArch64): float products may round
     /// once per multiply-add instead of twice (within the documented float tolerance).
     pub fma: bool,
+    /// x86-64 with AVX2 and FMA: float products run on the 256-bit machine-code
+    /// micro-kernels of [`wide`].
+    pub wide: bool,
 }
 
 fn f32_only(g: &Graph, n: NodeId) -> bool {
@@ -76,6 +80,7 @@ pub(crate) fn unsupported(g: &Graph, n: NodeId) -> Option<String> {
         simd: true,
         dot: None,
         fma: false,
+        wide: false,
     };
     lower(g, n, t).err().map(|r| r.describe(g, n))
 }
@@ -327,8 +332,10 @@ fn lower(g: &Graph, n: NodeId, t: Target) -> Result<Emit<'_>, crate::Refusal> {
             )?;
             need(fused.is_none_or(elementwise::unary_supported), "this fused activation")?;
             Box::new(move |fx, a| {
-                nn::gemm(fx, g, n, *alpha, *beta, *trans_a, *trans_b, a, t);
-                if let Some(u) = fused {
+                let ab = (*alpha, *beta);
+                if !nn::gemm(fx, g, n, ab, (*trans_a, *trans_b), *fused, a, t)
+                    && let Some(u) = fused
+                {
                     elementwise::in_place(fx, g, n, *u, a.outs[0], t);
                 }
             })

@@ -11,7 +11,7 @@ use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F64, I32, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
-use kiln_ir::op::{Pool, PoolKind, ReduceKind, Window};
+use kiln_ir::op::{Pool, PoolKind, ReduceKind, UnaryOp, Window};
 use kiln_ir::{Graph, NodeId};
 
 fn f32s(v: &[f32]) -> Vec<u8> {
@@ -262,18 +262,17 @@ pub(crate) fn global_pool(fx: &mut Fx, g: &Graph, n: NodeId, k: PoolKind, a: &Ar
     });
 }
 
-/// `out = a x b` with `b` `[k, nn]` row-major, in f32 or (`half`) binary16.
+/// `out = post(a x b)` with `b` `[k, nn]` row-major, in f32 or (`half`) binary16.
 #[allow(clippy::too_many_arguments)]
 fn matmul_2d(
     fx: &mut Fx,
     t: Target,
-    m: usize,
-    k: usize,
-    nn: usize,
+    (m, k, nn): (usize, usize, usize),
     a: Value,
     a_st: (i64, i64),
     (b, half): (Value, bool),
     out: Value,
+    post: Option<UnaryOp>,
 ) {
     let zero = |fx: &mut Fx, _: Value| fx.f(F32, 0.0);
     let a = Mat::f32(a, a_st.0 * 4, a_st.1 * 4);
@@ -285,7 +284,7 @@ fn matmul_2d(
         half,
     };
     let c = Mat::f32(out, nn as i64 * 4, 4);
-    gemm_loop(fx, t, m, k, nn, a, b, c, &zero, None, None);
+    gemm_loop(fx, t, m, k, nn, a, b, c, &zero, post, None);
 }
 
 pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
@@ -317,8 +316,19 @@ pub(crate) fn gemm_aux(g: &Graph, n: NodeId) -> Vec<Vec<u8>> {
     vec![f32s(&t)]
 }
 
+/// `Gemm`; returns whether it applied the `fused` activation (it does when nothing is
+/// added after the product, so the product's kernel can).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: bool, tb: bool, a: &Args, t: Target) {
+pub(crate) fn gemm(
+    fx: &mut Fx,
+    g: &Graph,
+    n: NodeId,
+    (alpha, beta): (f32, f32),
+    (ta, tb): (bool, bool),
+    fused: Option<UnaryOp>,
+    a: &Args,
+    t: Target,
+) -> bool {
     let node = g.node(n);
     let out = &g.value(node.outputs[0]).ty.shape;
     let (m, nn) = (out[0], out[1]);
@@ -333,11 +343,14 @@ pub(crate) fn gemm(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta:
     } else {
         // Transposed run-time B: copy into [k, n] in the output's shadow is not possible, so
         // read it through a scalar loop nest instead.
-        return gemm_scalar_bt(fx, g, n, alpha, beta, ta, a);
+        gemm_scalar_bt(fx, g, n, alpha, beta, ta, a);
+        return false;
     };
     let half = g.value(node.inputs[1]).ty.dtype.scalar == kiln_ir::Scalar::F16;
-    matmul_2d(fx, t, m, k, nn, a.ins[0], a_st, (b, half), a.outs[0]);
+    let post = fused.filter(|_| alpha == 1.0 && node.inputs.len() == 2);
+    matmul_2d(fx, t, (m, k, nn), a.ins[0], a_st, (b, half), a.outs[0], post);
     gemm_epilogue(fx, g, n, alpha, beta, a, t);
+    post.is_some()
 }
 
 fn gemm_epilogue(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, a: &Args, t: Target) {
@@ -414,6 +427,7 @@ fn gemm_scalar_bt(fx: &mut Fx, g: &Graph, n: NodeId, alpha: f32, beta: f32, ta: 
             simd: false,
             dot: None,
             fma: false,
+            wide: false,
         },
     );
 }
@@ -499,7 +513,7 @@ pub(crate) fn matmul(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args, t: Target) {
         ops
     };
     nest(fx, &dims, &ops, F32, None, &mut |fx, _, p, _| {
-        matmul_2d(fx, t, m, k, nn, p[1], (k as i64, 1), (p[2], half), p[0]);
+        matmul_2d(fx, t, (m, k, nn), p[1], (k as i64, 1), (p[2], half), p[0], None);
     });
 }
 

@@ -1,0 +1,168 @@
+//! 256-bit float matrix-product micro-kernels for x86-64 with AVX2 and FMA, as machine
+//! code ([`super::super::x64`]), called from the Cranelift kernels. Cranelift's 128-bit
+//! vectors cap a product at half of an AVX2 core's multiply-adds per cycle; these reach
+//! the other half. Only the full blocks of columns come here; [`super::gemm`] keeps the
+//! ragged edges.
+//!
+//! One call computes `blocks` blocks of `rows x 8*vecs` outputs: per block the sums start
+//! from the rows' initial values, add `a[r][p] * b[p][j]` in `p` order with one rounding
+//! per multiply-add (the float tolerance allows it: same order as the 128-bit kernel with
+//! `fma`), are clamped when asked, and are stored.
+
+use super::super::x64::{Asm, Gpr, R8, R9, R10, R11, RCX, RDI, RDX, RSI, Rm, Ymm};
+
+/// The clamp applied before storing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Clamp {
+    None,
+    /// `max(0, x)`, NaN kept.
+    Relu,
+    /// `min(hi, max(lo, x))`, NaN kept; `lo` and `hi` follow the rows' initial values.
+    Range,
+}
+
+/// The shape of one micro-kernel; everything but the addresses is baked into its code.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Product {
+    /// Output rows per block (rows of `a`), 1 ..= 4 (or up to 8 single-vector rows).
+    pub rows: usize,
+    /// Vectors of eight columns per row and block.
+    pub vecs: usize,
+    /// Depth: terms per sum (at least 1).
+    pub k: usize,
+    /// Bytes from one row of `a` to the next, and from one `p` to the next (f32 elements).
+    pub a_row: i32,
+    pub a_col: i32,
+    /// Bytes from one row of `b` to the next; its columns are contiguous.
+    pub b_row: i32,
+    /// `b` holds binary16 values (widened exactly as loaded) instead of f32.
+    pub b_half: bool,
+    /// Bytes from one row of the output to the next; its columns are contiguous f32.
+    pub c_row: i32,
+    pub clamp: Clamp,
+}
+
+/// Argument registers (System V): `a` at row 0 and `p` 0, `b` at `p` 0 and the first
+/// column, `c` at row 0 and the first column, the rows' initial values (then `lo`, `hi`),
+/// and the number of blocks (at least 1).
+const A: Gpr = RDI;
+const B: Gpr = RSI;
+const C: Gpr = RDX;
+const INIT: Gpr = RCX;
+const BLOCKS: Gpr = R8;
+/// Loop cursors.
+const AP: Gpr = R9;
+const BP: Gpr = R10;
+const KP: Gpr = R11;
+
+/// The multiplier broadcast from `a`; after the loop, the clamp's upper bound. The lower
+/// bound takes a register `b` no longer needs then.
+const BCAST: Ymm = Ymm(15);
+const LO: Ymm = Ymm(14);
+
+impl Product {
+    /// Whether `b`'s vectors are loaded into registers (several rows share them, or they
+    /// need widening) rather than read by each multiply-add.
+    fn b_in_regs(&self) -> bool {
+        self.rows > 1 || self.b_half
+    }
+
+    /// Whether the accumulators, `b`'s registers and the broadcast fit the 16 registers.
+    pub fn fits(&self) -> bool {
+        let (accs, b) = (self.rows * self.vecs, if self.b_in_regs() { self.vecs } else { 0 });
+        self.rows >= 1 && self.vecs >= 1 && self.k >= 1 && accs + b < 16 && accs <= LO.0 as usize
+    }
+
+    /// Bytes of `b` (and of the output) one block covers.
+    pub fn b_step(&self) -> i32 {
+        (self.vecs * 8) as i32 * if self.b_half { 2 } else { 4 }
+    }
+
+    fn acc(&self, r: usize, u: usize) -> Ymm {
+        Ymm((r * self.vecs + u) as u8)
+    }
+
+    fn breg(&self, u: usize) -> Ymm {
+        Ymm((self.rows * self.vecs + u) as u8)
+    }
+
+    /// The machine code: a loop over blocks around a loop over `p`.
+    pub fn code(&self) -> Vec<u8> {
+        assert!(self.fits(), "{self:?}");
+        let mut a = Asm::default();
+        let block = a.here();
+        for r in 0..self.rows {
+            a.broadcast(self.acc(r, 0), INIT, 4 * r as i32);
+            for u in 1..self.vecs {
+                a.mov(self.acc(r, u), self.acc(r, 0));
+            }
+        }
+        a.mov_gpr(AP, A);
+        a.mov_gpr(BP, B);
+        a.set(KP, self.k as u32);
+        let step = a.here();
+        self.step(&mut a);
+        a.add(AP, self.a_col);
+        a.add(BP, self.b_row);
+        a.dec(KP);
+        a.loop_back(step);
+        self.clamp(&mut a);
+        for r in 0..self.rows {
+            for u in 0..self.vecs {
+                a.store(C, r as i32 * self.c_row + 32 * u as i32, self.acc(r, u));
+            }
+        }
+        a.add(B, self.b_step());
+        a.add(C, (self.vecs * 32) as i32);
+        a.dec(BLOCKS);
+        a.loop_back(block);
+        a.ret();
+        a.code
+    }
+
+    /// One `p`: `b`'s row loaded (or widened) once, each row's `a` broadcast once.
+    fn step(&self, a: &mut Asm) {
+        let regs = self.b_in_regs();
+        for u in (0..self.vecs).filter(|_| regs) {
+            if self.b_half {
+                a.widen_halves(self.breg(u), BP, 16 * u as i32);
+            } else {
+                a.load(self.breg(u), BP, 32 * u as i32);
+            }
+        }
+        for r in 0..self.rows {
+            a.broadcast(BCAST, AP, r as i32 * self.a_row);
+            for u in 0..self.vecs {
+                let y = if regs {
+                    Rm::Y(self.breg(u))
+                } else {
+                    Rm::M(BP, 32 * u as i32)
+                };
+                a.fma(self.acc(r, u), BCAST, y);
+            }
+        }
+    }
+
+    /// The bound is the first operand, so a NaN sum passes through as the IR's `fmax` and
+    /// `fmin` keep it.
+    fn clamp(&self, a: &mut Asm) {
+        let accs = (0..self.rows).flat_map(|r| (0..self.vecs).map(move |u| (r, u)));
+        match self.clamp {
+            Clamp::None => {}
+            Clamp::Relu => {
+                a.zero(BCAST);
+                for (r, u) in accs {
+                    a.max(self.acc(r, u), BCAST, self.acc(r, u));
+                }
+            }
+            Clamp::Range => {
+                a.broadcast(LO, INIT, 4 * self.rows as i32);
+                a.broadcast(BCAST, INIT, 4 * self.rows as i32 + 4);
+                for (r, u) in accs {
+                    a.max(self.acc(r, u), LO, self.acc(r, u));
+                    a.min(self.acc(r, u), BCAST, self.acc(r, u));
+                }
+            }
+        }
+    }
+}

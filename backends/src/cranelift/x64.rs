@@ -1,0 +1,302 @@
+//! The few x86-64 instructions Kiln encodes itself: 256-bit AVX2/FMA for the float
+//! matrix-product micro-kernels (Cranelift 0.135 emits 128-bit vectors only, which caps a
+//! product at half of what an AVX2 core does per cycle), plus the integer moves, adds and
+//! backward branches of their loops. Vector instructions take the shortest VEX form; memory operands are `[base + disp]` only. The encodings follow the Intel SDM
+//! (volume 2); `tests` checks them against bytes an assembler gives.
+
+/// A general-purpose register, numbered as the encoding does (rax 0 ... r15 15).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Gpr(pub u8);
+
+pub(crate) const RCX: Gpr = Gpr(1);
+pub(crate) const RDX: Gpr = Gpr(2);
+pub(crate) const RSI: Gpr = Gpr(6);
+pub(crate) const RDI: Gpr = Gpr(7);
+pub(crate) const R8: Gpr = Gpr(8);
+pub(crate) const R9: Gpr = Gpr(9);
+pub(crate) const R10: Gpr = Gpr(10);
+pub(crate) const R11: Gpr = Gpr(11);
+
+/// A 256-bit vector register, ymm0 ... ymm15.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Ymm(pub u8);
+
+/// A register or memory operand (the ModRM `r/m` field).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rm {
+    Y(Ymm),
+    /// `[base + disp]`
+    M(Gpr, i32),
+}
+
+/// Machine code being written, start to end.
+#[derive(Default)]
+pub(crate) struct Asm {
+    pub code: Vec<u8>,
+}
+
+/// VEX opcode maps and implied prefixes.
+const MAP_0F: u8 = 1;
+const MAP_0F38: u8 = 2;
+const PP_NONE: u8 = 0;
+const PP_66: u8 = 1;
+
+impl Asm {
+    /// Where the next instruction starts (a branch target).
+    pub fn here(&self) -> usize {
+        self.code.len()
+    }
+
+    /// A VEX.256.W0 instruction (the two-byte prefix where it can express it) `opcode` with ModRM `reg`, second source `src` (the `vvvv`
+    /// field, unused when `None`) and operand `rm`.
+    fn vex(&mut self, map: u8, pp: u8, opcode: u8, reg: u8, src: Option<Ymm>, rm: Rm) {
+        let b = match rm {
+            Rm::Y(y) => y.0 >> 3,
+            Rm::M(g, _) => g.0 >> 3,
+        };
+        let r = reg >> 3;
+        let v = src.map_or(0, |y| y.0);
+        let tail = ((!v & 0xf) << 3) | (1 << 2) | pp;
+        if map == MAP_0F && b == 0 {
+            // the two-byte form: no B extension, map 0F, W0
+            self.code.extend([0xc5, ((r ^ 1) << 7) | tail, opcode]);
+        } else {
+            self.code
+                .extend([0xc4, ((r ^ 1) << 7) | (1 << 6) | ((b ^ 1) << 5) | map, tail, opcode]);
+        }
+        self.modrm(reg, rm);
+    }
+
+    fn modrm(&mut self, reg: u8, rm: Rm) {
+        match rm {
+            Rm::Y(y) => self.code.push(0xc0 | ((reg & 7) << 3) | (y.0 & 7)),
+            Rm::M(base, disp) => {
+                let low = base.0 & 7;
+                let mode = if disp == 0 && low != 5 {
+                    0
+                } else if i8::try_from(disp).is_ok() {
+                    1
+                } else {
+                    2
+                };
+                self.code.push((mode << 6) | ((reg & 7) << 3) | low);
+                if low == 4 {
+                    self.code.push(0x24); // SIB: base only
+                }
+                match mode {
+                    1 => self.code.push(disp as i8 as u8),
+                    2 => self.code.extend(disp.to_le_bytes()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `vmovups dst, [base + disp]`
+    pub fn load(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F, PP_NONE, 0x10, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vmovups [base + disp], src`
+    pub fn store(&mut self, base: Gpr, disp: i32, src: Ymm) {
+        self.vex(MAP_0F, PP_NONE, 0x11, src.0, None, Rm::M(base, disp));
+    }
+
+    /// `vmovaps dst, src`
+    pub fn mov(&mut self, dst: Ymm, src: Ymm) {
+        self.vex(MAP_0F, PP_NONE, 0x28, dst.0, None, Rm::Y(src));
+    }
+
+    /// `vbroadcastss dst, dword [base + disp]`
+    pub fn broadcast(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F38, PP_66, 0x18, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vcvtph2ps dst, [base + disp]`: eight binary16 values widened exactly.
+    pub fn widen_halves(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F38, PP_66, 0x13, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vfmadd231ps acc, x, y`: `acc = x * y + acc`, rounded once.
+    pub fn fma(&mut self, acc: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F38, PP_66, 0xb8, acc.0, Some(x), y);
+    }
+
+    /// `vmaxps dst, x, y`: where either is NaN (or both are zeros), `y`.
+    pub fn max(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_NONE, 0x5f, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vminps dst, x, y`: where either is NaN (or both are zeros), `y`.
+    pub fn min(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_NONE, 0x5d, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vxorps dst, dst, dst`: all zero bits.
+    pub fn zero(&mut self, dst: Ymm) {
+        self.vex(MAP_0F, PP_NONE, 0x57, dst.0, Some(dst), Rm::Y(dst));
+    }
+
+    /// `mov dst, src` (64-bit)
+    pub fn mov_gpr(&mut self, dst: Gpr, src: Gpr) {
+        self.code.extend([0x48 | ((src.0 >> 3) << 2) | (dst.0 >> 3), 0x89]);
+        self.code.push(0xc0 | ((src.0 & 7) << 3) | (dst.0 & 7));
+    }
+
+    /// `mov dst32, imm` (zero-extended to 64 bits)
+    pub fn set(&mut self, dst: Gpr, imm: u32) {
+        if dst.0 >= 8 {
+            self.code.push(0x41);
+        }
+        self.code.push(0xb8 + (dst.0 & 7));
+        self.code.extend(imm.to_le_bytes());
+    }
+
+    /// `add dst, imm` (64-bit)
+    pub fn add(&mut self, dst: Gpr, imm: i32) {
+        self.code.push(0x48 | (dst.0 >> 3));
+        if let Ok(b) = i8::try_from(imm) {
+            self.code.extend([0x83, 0xc0 | (dst.0 & 7), b as u8]);
+        } else {
+            self.code.extend([0x81, 0xc0 | (dst.0 & 7)]);
+            self.code.extend(imm.to_le_bytes());
+        }
+    }
+
+    /// `dec dst` (64-bit); sets ZF for [`Asm::loop_back`].
+    pub fn dec(&mut self, dst: Gpr) {
+        self.code.extend([0x48 | (dst.0 >> 3), 0xff, 0xc8 | (dst.0 & 7)]);
+    }
+
+    /// `jnz target`, a branch back to an earlier [`Asm::here`].
+    pub fn loop_back(&mut self, target: usize) {
+        let short = target as i64 - (self.here() as i64 + 2);
+        if let Ok(d) = i8::try_from(short) {
+            self.code.extend([0x75, d as u8]);
+        } else {
+            let d = target as i64 - (self.here() as i64 + 6);
+            self.code.extend([0x0f, 0x85]);
+            self.code.extend((d as i32).to_le_bytes());
+        }
+    }
+
+    /// `vzeroupper; ret`: leaves no dirty upper halves for SSE code after it.
+    pub fn ret(&mut self) {
+        self.code.extend([0xc5, 0xf8, 0x77, 0xc3]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(f: impl FnOnce(&mut Asm)) -> Vec<u8> {
+        let mut a = Asm::default();
+        f(&mut a);
+        a.code
+    }
+
+    /// Expected bytes from GNU as 2.40 (`.intel_syntax noprefix`), written out once.
+    #[test]
+    fn encodings_match_an_assembler() {
+        let y = Ymm;
+        let cases: Vec<(Vec<u8>, &[u8], &str)> = vec![
+            (
+                bytes(|a| a.load(y(12), R10, 32)),
+                &[0xc4, 0x41, 0x7c, 0x10, 0x62, 0x20],
+                "vmovups ymm12,[r10+32]",
+            ),
+            (
+                bytes(|a| a.load(y(0), RSI, 0)),
+                &[0xc5, 0xfc, 0x10, 0x06],
+                "vmovups ymm0,[rsi]",
+            ),
+            (
+                bytes(|a| a.store(RDX, 0x1f0, y(11))),
+                &[0xc5, 0x7c, 0x11, 0x9a, 0xf0, 0x01, 0, 0],
+                "vmovups [rdx+0x1f0],ymm11",
+            ),
+            (
+                bytes(|a| a.broadcast(y(15), R9, 0x300)),
+                &[0xc4, 0x42, 0x7d, 0x18, 0xb9, 0, 3, 0, 0],
+                "vbroadcastss ymm15,[r9+0x300]",
+            ),
+            (
+                bytes(|a| a.fma(y(3), y(15), Rm::Y(y(13)))),
+                &[0xc4, 0xc2, 0x05, 0xb8, 0xdd],
+                "vfmadd231ps ymm3,ymm15,ymm13",
+            ),
+            (
+                bytes(|a| a.fma(y(9), y(15), Rm::M(R10, 64))),
+                &[0xc4, 0x42, 0x05, 0xb8, 0x4a, 0x40],
+                "vfmadd231ps ymm9,ymm15,[r10+64]",
+            ),
+            (
+                bytes(|a| a.widen_halves(y(13), R10, 16)),
+                &[0xc4, 0x42, 0x7d, 0x13, 0x6a, 0x10],
+                "vcvtph2ps ymm13,[r10+16]",
+            ),
+            (
+                bytes(|a| a.max(y(2), y(15), y(2))),
+                &[0xc5, 0x84, 0x5f, 0xd2],
+                "vmaxps ymm2,ymm15,ymm2",
+            ),
+            (
+                bytes(|a| a.min(y(8), y(14), y(8))),
+                &[0xc4, 0x41, 0x0c, 0x5d, 0xc0],
+                "vminps ymm8,ymm14,ymm8",
+            ),
+            (
+                bytes(|a| a.mov(y(1), y(0))),
+                &[0xc5, 0xfc, 0x28, 0xc8],
+                "vmovaps ymm1,ymm0",
+            ),
+            (
+                bytes(|a| a.zero(y(15))),
+                &[0xc4, 0x41, 0x04, 0x57, 0xff],
+                "vxorps ymm15,ymm15,ymm15",
+            ),
+            (bytes(|a| a.mov_gpr(R9, RDI)), &[0x49, 0x89, 0xf9], "mov r9,rdi"),
+            (
+                bytes(|a| a.set(R11, 640)),
+                &[0x41, 0xbb, 0x80, 0x02, 0, 0],
+                "mov r11d,640",
+            ),
+            (
+                bytes(|a| a.add(R10, 512)),
+                &[0x49, 0x81, 0xc2, 0, 2, 0, 0],
+                "add r10,512",
+            ),
+            (bytes(|a| a.add(RSI, 96)), &[0x48, 0x83, 0xc6, 0x60], "add rsi,96"),
+            (bytes(|a| a.dec(R8)), &[0x49, 0xff, 0xc8], "dec r8"),
+            (
+                bytes(|a| a.broadcast(y(0), RCX, 4)),
+                &[0xc4, 0xe2, 0x7d, 0x18, 0x41, 0x04],
+                "vbroadcastss ymm0,[rcx+4]",
+            ),
+            (
+                bytes(|a| a.load(y(5), Gpr(12), 8)),
+                &[0xc4, 0xc1, 0x7c, 0x10, 0x6c, 0x24, 0x08],
+                "vmovups ymm5,[r12+8]",
+            ),
+            (
+                bytes(|a| a.load(y(5), Gpr(13), 0)),
+                &[0xc4, 0xc1, 0x7c, 0x10, 0x6d, 0x00],
+                "vmovups ymm5,[r13]",
+            ),
+        ];
+        for (got, want, text) in cases {
+            assert_eq!(got, want, "{text}");
+        }
+        let mut a = Asm::default();
+        let top = a.here();
+        a.dec(R11);
+        a.loop_back(top);
+        assert_eq!(a.code, [0x49, 0xff, 0xcb, 0x75, 0xfb]);
+        let mut a = Asm::default();
+        let top = a.here();
+        a.code.resize(200, 0x90);
+        a.loop_back(top);
+        assert_eq!(a.code[200..], [0x0f, 0x85, 0x32, 0xff, 0xff, 0xff]);
+    }
+}
