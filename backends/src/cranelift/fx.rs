@@ -19,7 +19,8 @@ pub(crate) struct Fx<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
     /// The target has 128-bit vectors (x86-64, AArch64); riscv64 code stays scalar.
     pub simd: bool,
-    /// Where hand-encoded machine code the kernel calls is defined, when the caller allows it.
+    /// Where hand-encoded machine code the kernel calls is defined: only for targets with
+    /// AVX2 and FMA (`Target::wide`), which is all that code assumes.
     pub code: Option<&'a mut dyn CodeSink>,
 }
 

@@ -40,6 +40,7 @@ const MAP_0F: u8 = 1;
 const MAP_0F38: u8 = 2;
 const PP_NONE: u8 = 0;
 const PP_66: u8 = 1;
+const PP_F3: u8 = 2;
 
 impl Asm {
     /// Where the next instruction starts (a branch target).
@@ -130,6 +131,36 @@ impl Asm {
     /// `vminps dst, x, y`: where either is NaN (or both are zeros), `y`.
     pub fn min(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
         self.vex(MAP_0F, PP_NONE, 0x5d, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vmovdqu dst, [base + disp]`
+    pub fn load_int(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F, PP_F3, 0x6f, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vmovdqu [base + disp], src`
+    pub fn store_int(&mut self, base: Gpr, disp: i32, src: Ymm) {
+        self.vex(MAP_0F, PP_F3, 0x7f, src.0, None, Rm::M(base, disp));
+    }
+
+    /// `vpbroadcastd dst, dword [base + disp]`
+    pub fn broadcast_int(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F38, PP_66, 0x58, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vpmaddwd dst, x, y`: per 32-bit lane, the sum of the two signed halfword products.
+    pub fn madd_pairs(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_66, 0xf5, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vpaddd dst, x, y` (wrapping 32-bit lanes)
+    pub fn add_int(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_66, 0xfe, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vpxor dst, dst, dst`: all zero bits (integer domain).
+    pub fn zero_int(&mut self, dst: Ymm) {
+        self.vex(MAP_0F, PP_66, 0xef, dst.0, Some(dst), Rm::Y(dst));
     }
 
     /// `vxorps dst, dst, dst`: all zero bits.
@@ -283,6 +314,51 @@ mod tests {
                 bytes(|a| a.load(y(5), Gpr(13), 0)),
                 &[0xc4, 0xc1, 0x7c, 0x10, 0x6d, 0x00],
                 "vmovups ymm5,[r13]",
+            ),
+            (
+                bytes(|a| a.broadcast_int(y(6), R9, 20)),
+                &[0xc4, 0xc2, 0x7d, 0x58, 0x71, 0x14],
+                "vpbroadcastd ymm6,[r9+20]",
+            ),
+            (
+                bytes(|a| a.broadcast_int(y(13), R9, 0)),
+                &[0xc4, 0x42, 0x7d, 0x58, 0x29],
+                "vpbroadcastd ymm13,[r9]",
+            ),
+            (
+                bytes(|a| a.madd_pairs(y(14), y(4), y(6))),
+                &[0xc5, 0x5d, 0xf5, 0xf6],
+                "vpmaddwd ymm14,ymm4,ymm6",
+            ),
+            (
+                bytes(|a| a.madd_pairs(y(15), y(5), y(13))),
+                &[0xc4, 0x41, 0x55, 0xf5, 0xfd],
+                "vpmaddwd ymm15,ymm5,ymm13",
+            ),
+            (
+                bytes(|a| a.add_int(y(0), y(0), y(14))),
+                &[0xc4, 0xc1, 0x7d, 0xfe, 0xc6],
+                "vpaddd ymm0,ymm0,ymm14",
+            ),
+            (
+                bytes(|a| a.add_int(y(3), y(3), y(15))),
+                &[0xc4, 0xc1, 0x65, 0xfe, 0xdf],
+                "vpaddd ymm3,ymm3,ymm15",
+            ),
+            (
+                bytes(|a| a.zero_int(y(2))),
+                &[0xc5, 0xed, 0xef, 0xd2],
+                "vpxor ymm2,ymm2,ymm2",
+            ),
+            (
+                bytes(|a| a.load_int(y(4), R10, 32)),
+                &[0xc4, 0xc1, 0x7e, 0x6f, 0x62, 0x20],
+                "vmovdqu ymm4,[r10+32]",
+            ),
+            (
+                bytes(|a| a.store_int(RDX, 96, y(3))),
+                &[0xc5, 0xfe, 0x7f, 0x5a, 0x60],
+                "vmovdqu [rdx+96],ymm3",
             ),
         ];
         for (got, want, text) in cases {

@@ -14,8 +14,8 @@
 use super::super::fx::Fx;
 use super::Args;
 use super::quant::Stage;
-use cranelift_codegen::ir::types::{I8X16, I32, I32X4};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::types::{I8X16, I32, I32X4, I64};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 use kiln_ir::op::{QLinear, Window};
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
@@ -295,6 +295,19 @@ fn conv(
     let lanes = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
     let es = st.elem();
     let inter = fx.add_imm(a.scratch, win.map_or(im2col.unwrap_or(0), |w| w.copy_bytes()));
+    // with AVX2, each block of positions' pair sums come from one 256-bit kernel call into
+    // a stack buffer (bounded: the widest layers fall back to the 128-bit loop)
+    let wide = (d == Dot::Pairs && fx.code.is_some())
+        .then_some(super::wide::PairSums {
+            rows: c as usize,
+            blocks: (m as usize).div_ceil(4),
+        })
+        .filter(|w| w.out_bytes() <= WIDE_SUMS_BYTES)
+        .map(|w| {
+            let data = StackSlotData::new(StackSlotKind::ExplicitSlot, w.out_bytes() as u32, 5);
+            let slot = fx.b.create_sized_stack_slot(data);
+            (w, fx.b.ins().stack_addr(I64, slot, 0))
+        });
     fx.for_n(batch, &mut |fx, b| {
         let x = match (win, im2col) {
             (Some(w), _) => {
@@ -327,7 +340,17 @@ fn conv(
                     })
                 })
                 .collect();
-            if d == Dot::Pairs {
+            if let Some((_, sums)) = wide {
+                let at = fx.addr(sums, oc0, 32);
+                for (i, v) in vars.iter().enumerate() {
+                    for (h, &var) in v.iter().enumerate() {
+                        let s = fx.b.ins().load(I32X4, flags(), at, (32 * i + 16 * h) as i32);
+                        let cur = fx.b.use_var(var);
+                        let nv = fx.b.ins().iadd(cur, s);
+                        fx.b.def_var(var, nv);
+                    }
+                }
+            } else if d == Dot::Pairs {
                 let w0 = fx.addr(weights, oc0, 2 * c);
                 super::pairs::sums(fx, inter, w0, c, &vars);
             } else {
@@ -386,6 +409,9 @@ fn conv(
                     interleave8(fx, d, x0, inter, (c, p), valid)
                 }
             }
+            if let Some((w, sums)) = wide {
+                fx.call_code(&w.code(), &[inter, weights, sums]);
+            }
             fx.for_n(m / 4, &mut |fx, ob| {
                 let oc0 = fx.mul_imm(ob, 4);
                 block(fx, oc0, 4, pos, valid);
@@ -426,6 +452,9 @@ fn conv(
         }
     });
 }
+
+/// The largest stack buffer of pair sums per block of positions (512 output channels).
+const WIDE_SUMS_BYTES: usize = 16 * 1024;
 
 /// How one channel's sums are finished: four lanes at a time from its rescale record (a
 /// static stage whose sums provably fit), or with its constants from the stage.

@@ -166,3 +166,64 @@ impl Product {
         }
     }
 }
+
+/// The int8 convolution's halfword pair products ([`super::pairs::sums`]) on 256-bit
+/// vectors: for one block of eight interleaved positions, every block of four output
+/// channels' 32-bit sums (exact integers, so the same bits as the 128-bit kernel).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PairSums {
+    /// Product rows (a multiple of four): the interleave holds `rows / 2` row pairs of 32
+    /// bytes, a channel block's weights `rows / 4` groups of 32 ([`super::pairs::block_weights`]).
+    pub rows: usize,
+    /// Blocks of four output channels.
+    pub blocks: usize,
+}
+
+impl PairSums {
+    /// Bytes of sums one call writes: per block and channel, eight positions.
+    pub fn out_bytes(&self) -> usize {
+        self.blocks * 4 * 32
+    }
+
+    /// Arguments: the interleave (`rdi`), the first block's weights (`rsi`, the blocks
+    /// contiguous), and where the sums go (`rdx`, per block and channel 32 bytes).
+    pub fn code(&self) -> Vec<u8> {
+        assert!(self.rows >= 4 && self.rows.is_multiple_of(4) && self.blocks >= 1, "{self:?}");
+        let acc = |o: usize| Ymm(o as u8);
+        let x = |pair: usize| Ymm(4 + pair as u8);
+        let mut a = Asm::default();
+        a.mov_gpr(AP, RSI);
+        a.set(BLOCKS, self.blocks as u32);
+        let block = a.here();
+        for o in 0..4 {
+            a.zero_int(acc(o));
+        }
+        a.mov_gpr(BP, RDI);
+        a.set(KP, (self.rows / 4) as u32);
+        let step = a.here();
+        for pair in 0..2 {
+            a.load_int(x(pair), BP, 32 * pair as i32);
+        }
+        for pair in 0..2 {
+            for o in 0..4 {
+                // each product's own broadcast and temporary registers, so none waits on another
+                let (w, t) = (Ymm(6 + (4 * pair + o) as u8 % 8), Ymm(14 + (o % 2) as u8));
+                a.broadcast_int(w, AP, (16 * pair + 4 * o) as i32);
+                a.madd_pairs(t, x(pair), w);
+                a.add_int(acc(o), acc(o), t);
+            }
+        }
+        a.add(BP, 64);
+        a.add(AP, 32);
+        a.dec(KP);
+        a.loop_back(step);
+        for o in 0..4 {
+            a.store_int(RDX, 32 * o as i32, acc(o));
+        }
+        a.add(RDX, 128);
+        a.dec(BLOCKS);
+        a.loop_back(block);
+        a.ret();
+        a.code
+    }
+}
