@@ -251,7 +251,7 @@ impl Unit<'_> {
                 self.const_data.insert(v, id);
             }
         }
-        let aux: Vec<DataId> = (kernels::aux_data(g, n, self.target.dot).into_iter().enumerate())
+        let aux: Vec<DataId> = (kernels::aux_data(g, n, self.target).into_iter().enumerate())
             .map(|(k, bytes)| self.data(&format!("{}_k{idx}_table{k}", self.prefix), bytes))
             .collect::<Result<_, _>>()?;
         let n_args = node.inputs.len() + node.outputs.len() + 1 + aux.len();

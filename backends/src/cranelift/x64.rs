@@ -38,6 +38,7 @@ pub(crate) struct Asm {
 /// VEX opcode maps and implied prefixes.
 const MAP_0F: u8 = 1;
 const MAP_0F38: u8 = 2;
+const MAP_0F3A: u8 = 3;
 const PP_NONE: u8 = 0;
 const PP_66: u8 = 1;
 const PP_F3: u8 = 2;
@@ -149,13 +150,31 @@ impl Asm {
     }
 
     /// `vpmaddwd dst, x, y`: per 32-bit lane, the sum of the two signed halfword products.
-    pub fn madd_pairs(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
-        self.vex(MAP_0F, PP_66, 0xf5, dst.0, Some(x), Rm::Y(y));
+    pub fn madd_pairs(&mut self, dst: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F, PP_66, 0xf5, dst.0, Some(x), y);
     }
 
     /// `vpaddd dst, x, y` (wrapping 32-bit lanes)
-    pub fn add_int(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
-        self.vex(MAP_0F, PP_66, 0xfe, dst.0, Some(x), Rm::Y(y));
+    pub fn add_int(&mut self, dst: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F, PP_66, 0xfe, dst.0, Some(x), y);
+    }
+
+    /// `vpmovsxbw dst, [base + disp]`: sixteen bytes sign-extended to halfwords.
+    pub fn widen_bytes(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F38, PP_66, 0x20, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vpunpcklwd dst, x, y` / `vpunpckhwd` (`high`): per 128-bit half, the low (high)
+    /// four halfwords of `x` and `y` alternately.
+    pub fn unpack_words(&mut self, dst: Ymm, x: Ymm, y: Ymm, high: bool) {
+        self.vex(MAP_0F, PP_66, if high { 0x69 } else { 0x61 }, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vperm2i128 dst, x, y, sel`: each 128-bit half of `dst` picked by two bits of
+    /// `sel` (0, 1: `x`'s low and high halves; 2, 3: `y`'s).
+    pub fn pick_halves(&mut self, dst: Ymm, x: Ymm, y: Ymm, sel: u8) {
+        self.vex(MAP_0F3A, PP_66, 0x46, dst.0, Some(x), Rm::Y(y));
+        self.code.push(sel);
     }
 
     /// `vpxor dst, dst, dst`: all zero bits (integer domain).
@@ -326,22 +345,22 @@ mod tests {
                 "vpbroadcastd ymm13,[r9]",
             ),
             (
-                bytes(|a| a.madd_pairs(y(14), y(4), y(6))),
+                bytes(|a| a.madd_pairs(y(14), y(4), Rm::Y(y(6)))),
                 &[0xc5, 0x5d, 0xf5, 0xf6],
                 "vpmaddwd ymm14,ymm4,ymm6",
             ),
             (
-                bytes(|a| a.madd_pairs(y(15), y(5), y(13))),
+                bytes(|a| a.madd_pairs(y(15), y(5), Rm::Y(y(13)))),
                 &[0xc4, 0x41, 0x55, 0xf5, 0xfd],
                 "vpmaddwd ymm15,ymm5,ymm13",
             ),
             (
-                bytes(|a| a.add_int(y(0), y(0), y(14))),
+                bytes(|a| a.add_int(y(0), y(0), Rm::Y(y(14)))),
                 &[0xc4, 0xc1, 0x7d, 0xfe, 0xc6],
                 "vpaddd ymm0,ymm0,ymm14",
             ),
             (
-                bytes(|a| a.add_int(y(3), y(3), y(15))),
+                bytes(|a| a.add_int(y(3), y(3), Rm::Y(y(15)))),
                 &[0xc4, 0xc1, 0x65, 0xfe, 0xdf],
                 "vpaddd ymm3,ymm3,ymm15",
             ),

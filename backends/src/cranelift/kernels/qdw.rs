@@ -163,6 +163,33 @@ pub(crate) fn tables(g: &Graph, n: NodeId, d: &QDw) -> Vec<Vec<u8>> {
     vec![packed, start(0), start(128)]
 }
 
+/// The weights as [`super::wide::DepthwiseRow`] reads them (x86-64 with AVX2): per block
+/// of sixteen channels and pair of taps (the last padded with a zero tap) 64 bytes, each
+/// 32-bit lane one channel's two halfword weights; channels 0-3 | 8-11 in the first 32,
+/// 4-7 | 12-15 in the next, as halfword unpacks leave the activations.
+pub(crate) fn wide_weights(g: &Graph, n: NodeId, d: &QDw) -> Vec<u8> {
+    let w = g
+        .const_value(g.node(n).inputs[1])
+        .expect("checked by `QDw::of`")
+        .to_i64_vec();
+    let (c, k) = (d.c as usize, d.taps as usize);
+    let mut out = Vec::new();
+    for cb in 0..d.c16 as usize / 16 {
+        for tp in 0..k.div_ceil(2) {
+            for half in 0..2 {
+                for lane in 0..8 {
+                    let ch = cb * 16 + lane / 4 * 8 + half * 4 + lane % 4;
+                    for t in [2 * tp, 2 * tp + 1] {
+                        let v = if ch < c && t < k { w[ch * k + t] as i8 as i16 } else { 0 };
+                        out.extend(v.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Where the sums start: a compile-time table per channel, or (hybrid) `-(zp [+ 128]) *
 /// sum(w)` from the weight sums and the run-time zero point.
 #[derive(Clone, Copy)]
@@ -184,7 +211,13 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, d: &QDw, a: 
     } else {
         a.aux[7]
     };
-    run(fx, d, &st, dot, (a.aux[6], Start::Table(start), a.aux[9]), a);
+    // the 256-bit kernel's weights, when the target has it (`kernels::aux_data`)
+    let wide = a
+        .aux
+        .get(10)
+        .copied()
+        .filter(|_| dot == Dot::Pairs && fx.code.is_some());
+    run(fx, d, &st, dot, (a.aux[6], Start::Table(start), a.aux[9]), a, wide);
 }
 
 /// The hybrid (`DynConv`) form: `a.ins[0]` is the input already quantized with stage `st`
@@ -198,10 +231,20 @@ pub(crate) fn dyn_qconv(fx: &mut Fx, d: &QDw, st: Stage, a: &Args, dot: Dot) {
         dot,
         (a.aux[4], Start::Sums { sums: a.aux[5], zp }, a.aux[4]),
         a,
+        None,
     );
 }
 
-fn run(fx: &mut Fx, d: &QDw, st: &Stage, dot: Dot, (weights, start, records): (Value, Start, Value), a: &Args) {
+#[allow(clippy::too_many_arguments)]
+fn run(
+    fx: &mut Fx,
+    d: &QDw,
+    st: &Stage,
+    dot: Dot,
+    (weights, start, records): (Value, Start, Value),
+    a: &Args,
+    wide: Option<Value>,
+) {
     let flip: i64 = if dot == Dot::UnsignedBySigned { -128 } else { 0 };
     let (xpad, sums) = (a.scratch, fx.add_imm(a.scratch, d.padded()));
     let (hw, p) = (d.h * d.w, d.oh * d.ow);
@@ -217,7 +260,10 @@ fn run(fx: &mut Fx, d: &QDw, st: &Stage, dot: Dot, (weights, start, records): (V
             fx.for_ptrs(d.padded() / 16, &[(xpad, 16)], &mut |fx, q| fx.store(pad, q[0]));
         }
         to_channels_last(fx, d, x, xpad, flip);
-        sum_positions(fx, d, dot, weights, start, xpad, sums);
+        match (wide, start) {
+            (Some(w), Start::Table(t)) => sum_positions_wide(fx, d, w, t, xpad, sums),
+            _ => sum_positions(fx, d, dot, weights, start, xpad, sums),
+        }
         finish(fx, d, st, (sums, records), y);
     });
 }
@@ -350,6 +396,36 @@ fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Start, x
                     });
                 },
             );
+        },
+    );
+}
+
+/// [`sum_positions`] on the 256-bit kernel: one call per block of sixteen channels and
+/// output row, weights from `wide` ([`wide_weights`]), starts from `table`.
+fn sum_positions_wide(fx: &mut Fx, d: &QDw, wide: Value, table: Value, xpad: Value, sums: Value) {
+    let cs = d.c16;
+    let mut taps: Vec<i32> = (0..d.taps)
+        .map(|t| ((t / d.kw * d.dh * d.wp + t % d.kw * d.dw) * cs) as i32)
+        .collect();
+    if taps.len() % 2 == 1 {
+        taps.push(taps[0]);
+    }
+    let pairs = taps.len() as i64 / 2;
+    let code = super::wide::DepthwiseRow {
+        taps,
+        cols: d.ow as usize,
+        x_step: (d.sw * cs) as i32,
+        sum_step: (4 * cs) as i32,
+    }
+    .code();
+    fx.for_ptrs(
+        cs / 16,
+        &[(xpad, 16), (sums, 64), (wide, 64 * pairs), (table, 64)],
+        &mut |fx, cb| {
+            let rows = [(cb[0], d.sh * d.wp * cs), (cb[1], 4 * d.ow * cs)];
+            fx.for_ptrs(d.oh, &rows, &mut |fx, r| {
+                fx.call_code(&code, &[r[0], cb[2], r[1], cb[3]]);
+            });
         },
     );
 }

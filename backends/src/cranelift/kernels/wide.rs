@@ -188,7 +188,10 @@ impl PairSums {
     /// Arguments: the interleave (`rdi`), the first block's weights (`rsi`, the blocks
     /// contiguous), and where the sums go (`rdx`, per block and channel 32 bytes).
     pub fn code(&self) -> Vec<u8> {
-        assert!(self.rows >= 4 && self.rows.is_multiple_of(4) && self.blocks >= 1, "{self:?}");
+        assert!(
+            self.rows >= 4 && self.rows.is_multiple_of(4) && self.blocks >= 1,
+            "{self:?}"
+        );
         let acc = |o: usize| Ymm(o as u8);
         let x = |pair: usize| Ymm(4 + pair as u8);
         let mut a = Asm::default();
@@ -209,8 +212,8 @@ impl PairSums {
                 // each product's own broadcast and temporary registers, so none waits on another
                 let (w, t) = (Ymm(6 + (4 * pair + o) as u8 % 8), Ymm(14 + (o % 2) as u8));
                 a.broadcast_int(w, AP, (16 * pair + 4 * o) as i32);
-                a.madd_pairs(t, x(pair), w);
-                a.add_int(acc(o), acc(o), t);
+                a.madd_pairs(t, x(pair), Rm::Y(w));
+                a.add_int(acc(o), acc(o), Rm::Y(t));
             }
         }
         a.add(BP, 64);
@@ -223,6 +226,67 @@ impl PairSums {
         a.add(RDX, 128);
         a.dec(BLOCKS);
         a.loop_back(block);
+        a.ret();
+        a.code
+    }
+}
+
+/// The int8 depthwise convolution's sums ([`super::qdw`]) on 256-bit vectors: per output
+/// position sixteen channels, taps in pairs. Each tap's sixteen bytes are sign-extended to
+/// halfwords, two taps interleaved into (tap, tap) pairs per channel and multiplied with
+/// [`super::qdw::wide_weights`] by `vpmaddwd`; the sums start from the channels' table.
+/// Exact integers, so the same bits as the 128-bit kernel.
+#[derive(Clone, Debug)]
+pub(crate) struct DepthwiseRow {
+    /// Byte offset of each tap from the window's first byte, padded to whole pairs (a
+    /// padding tap reads tap 0; its weight is zero).
+    pub taps: Vec<i32>,
+    /// Output columns per call, and the bytes between the windows of two columns and
+    /// between the sums of two positions.
+    pub cols: usize,
+    pub x_step: i32,
+    pub sum_step: i32,
+}
+
+impl DepthwiseRow {
+    /// Arguments: the window of the row's first column (`rdi`), the channel block's
+    /// weights (`rsi`, 64 bytes per tap pair), its sums' first position (`rdx`, 64 bytes
+    /// of i32 per position) and its sixteen starts (`rcx`).
+    pub fn code(&self) -> Vec<u8> {
+        assert!(
+            self.cols >= 1 && !self.taps.is_empty() && self.taps.len() % 2 == 0,
+            "{self:?}"
+        );
+        let (lo, hi) = (Ymm(0), Ymm(1));
+        let mut a = Asm::default();
+        a.set(BLOCKS, self.cols as u32);
+        let col = a.here();
+        a.zero_int(lo);
+        a.zero_int(hi);
+        for (tp, pair) in self.taps.chunks(2).enumerate() {
+            // alternate register sets so consecutive pairs do not share a register
+            let r = |i: u8| Ymm(2 + 4 * (tp % 2) as u8 + i);
+            a.widen_bytes(r(0), RDI, pair[0]);
+            a.widen_bytes(r(1), RDI, pair[1]);
+            a.unpack_words(r(2), r(0), r(1), false);
+            a.unpack_words(r(3), r(0), r(1), true);
+            a.madd_pairs(r(2), r(2), Rm::M(RSI, 64 * tp as i32));
+            a.madd_pairs(r(3), r(3), Rm::M(RSI, 64 * tp as i32 + 32));
+            a.add_int(lo, lo, Rm::Y(r(2)));
+            a.add_int(hi, hi, Rm::Y(r(3)));
+        }
+        // `lo` holds channels 0-3 | 8-11, `hi` 4-7 | 12-15: back into channel order
+        let (first, second) = (Ymm(10), Ymm(11));
+        a.pick_halves(first, lo, hi, 0x20);
+        a.pick_halves(second, lo, hi, 0x31);
+        a.add_int(first, first, Rm::M(RCX, 0));
+        a.add_int(second, second, Rm::M(RCX, 32));
+        a.store_int(RDX, 0, first);
+        a.store_int(RDX, 32, second);
+        a.add(RDI, self.x_step);
+        a.add(RDX, self.sum_step);
+        a.dec(BLOCKS);
+        a.loop_back(col);
         a.ret();
         a.code
     }
