@@ -254,7 +254,7 @@ impl DepthwiseRow {
     /// of i32 per position) and its sixteen starts (`rcx`).
     pub fn code(&self) -> Vec<u8> {
         assert!(
-            self.cols >= 1 && !self.taps.is_empty() && self.taps.len() % 2 == 0,
+            self.cols >= 1 && !self.taps.is_empty() && self.taps.len().is_multiple_of(2),
             "{self:?}"
         );
         let (lo, hi) = (Ymm(0), Ymm(1));
