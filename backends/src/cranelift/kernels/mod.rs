@@ -134,7 +134,9 @@ fn kernel_scratch(g: &Graph, n: NodeId, dot: Option<Dot>) -> usize {
 pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
     let dot = t.dot;
     match &g.node(n).op {
-        Op::QConv { .. } if let (true, Some(Dot::Pairs), Some(d)) = (t.wide, dot, qdw::QDw::of(g, n)) => {
+        Op::QConv { .. } | Op::DynConv { .. }
+            if let (true, Some(Dot::Pairs), Some(d)) = (t.wide, dot, qdw::QDw::of(g, n)) =>
+        {
             // the 256-bit kernel's halfword weights after the usual tables
             let mut v = quant::aux(g, n, dot);
             v.push(qdw::wide_weights(g, n, &d));

@@ -16,8 +16,8 @@ use super::Args;
 use super::dot::{Dot, dot4};
 use super::dwconv::{self, ChannelsLast};
 use super::quant::{RESCALE_RECORD, Stage, finish_fit4_rec, fits_i32, store_bytes4};
-use cranelift_codegen::ir::types::{F32X4, I8, I8X16, I32, I32X4};
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::types::{F32X4, I8, I8X16, I32, I32X4, I64};
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 use kiln_ir::op::QLinear;
 use kiln_ir::{Graph, NodeId, Op, Scalar};
 
@@ -224,6 +224,7 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, d: &QDw, a: 
 /// (`Stage::Dynamic`); `aux` 4 and 5 are this kernel's packed weights and weight sums.
 pub(crate) fn dyn_qconv(fx: &mut Fx, d: &QDw, st: Stage, a: &Args, dot: Dot) {
     let Stage::Dynamic { zp, .. } = st else { unreachable!() };
+    let wide = a.aux.get(6).copied().filter(|_| dot == Dot::Pairs && fx.code.is_some());
     run(
         fx,
         d,
@@ -231,7 +232,7 @@ pub(crate) fn dyn_qconv(fx: &mut Fx, d: &QDw, st: Stage, a: &Args, dot: Dot) {
         dot,
         (a.aux[4], Start::Sums { sums: a.aux[5], zp }, a.aux[4]),
         a,
-        None,
+        wide,
     );
 }
 
@@ -262,6 +263,10 @@ fn run(
         to_channels_last(fx, d, x, xpad, flip);
         match (wide, start) {
             (Some(w), Start::Table(t)) => sum_positions_wide(fx, d, w, t, xpad, sums),
+            (Some(w), Start::Sums { sums: ws, zp }) => {
+                let t = starts_of(fx, d, ws, zp);
+                sum_positions_wide(fx, d, w, t, xpad, sums)
+            }
             _ => sum_positions(fx, d, dot, weights, start, xpad, sums),
         }
         finish(fx, d, st, (sums, records), y);
@@ -398,6 +403,22 @@ fn sum_positions(fx: &mut Fx, d: &QDw, dot: Dot, weights: Value, start: Start, x
             );
         },
     );
+}
+
+/// The hybrid sums' starts `-zp * sum(w)` per channel (of `c16`) in a stack table, for the
+/// 256-bit kernel (halfword pairs: no unsigned bias).
+fn starts_of(fx: &mut Fx, d: &QDw, wsums: Value, zp: Value) -> Value {
+    let data = StackSlotData::new(StackSlotKind::ExplicitSlot, 4 * d.c16 as u32, 5);
+    let slot = fx.b.create_sized_stack_slot(data);
+    let table = fx.b.ins().stack_addr(I64, slot, 0);
+    let z = fx.b.ins().ineg(zp);
+    let z = fx.b.ins().splat(I32X4, z);
+    fx.for_ptrs(d.c16 / 4, &[(wsums, 16), (table, 16)], &mut |fx, q| {
+        let v = fx.b.ins().load(I32X4, flags(), q[0], 0);
+        let v = fx.b.ins().imul(v, z);
+        fx.b.ins().store(flags(), v, q[1], 0);
+    });
+    table
 }
 
 /// [`sum_positions`] on the 256-bit kernel: one call per block of sixteen channels and
