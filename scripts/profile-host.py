@@ -6,7 +6,8 @@
 Compiles MODEL with `kiln compile --emit object` (extra arguments after `--`, e.g.
 `--quantize int8 --target-cpu native`), links a harness that runs `<prefix>_run` --runs
 times on zero inputs, samples it with `perf record` and prints each kernel's share of the
-samples (kernel symbols are `<prefix>_k<N>_<op>`, N in schedule order). A measuring aid,
+samples (kernel symbols are `<prefix>_k<N>_<op>`, N in schedule order; the machine code
+they call, `<prefix>_code<N>`, is listed after them). A measuring aid,
 not a test: host times are noisy, so compare shares and the peer ratios of
 `scripts/bench-peers.py`, never absolute times across runs.
 """
@@ -86,7 +87,11 @@ def main():
     print(f"{'kernel':<28} {'share':>7}")
     for p, s in kern:
         print(f"{s[2:]:<28} {p:>6.1f}%")
-    other = sum(p for p, s in rows if (p, s) not in kern)
+    # hand-encoded machine code the kernels call (`<prefix>_code<N>`, x86-64 AVX2)
+    code = [(p, s) for p, s in rows if re.match(r"m_code\d+$", s)]
+    for p, s in code:
+        print(f"{s[2:]:<28} {p:>6.1f}%")
+    other = sum(p for p, s in rows if (p, s) not in kern and (p, s) not in code)
     print(f"{'(outside kernels)':<28} {other:>6.1f}%")
 
 

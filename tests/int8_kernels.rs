@@ -211,3 +211,75 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Int8 `QAdd` as the quantizer builds it (TFLite's scheme: both sides rescaled to twice the
+/// larger input scale after a left shift of 20, summed, rescaled to the output), on lengths
+/// with and without a tail past the sixteen-element vectors, scale ratios from 1:1 to 1:40,
+/// an output scale small enough to clamp, a fused ReLU bound and a Sub (b's multiplier
+/// negated); every byte value on both sides; both numerics. Natively the whole vectors take
+/// the lane-wise rescales, the tail the scalar tables.
+#[test]
+fn int8_adds_are_bit_exact_everywhere() {
+    let q = |m: f64| kiln_runtime::quantize_multiplier(m).unwrap();
+    let mut graphs = Vec::new();
+    let cases = [
+        // (len, scale a, scale b, out scale, zps (a, b, out), act_min, sub)
+        (16usize, 0.05f64, 0.05f64, 0.1f64, (0, 0, 0), -128, false),
+        (105, 0.02, 0.8, 0.5, (-3, 7, 2), -128, false),
+        (300, 0.1, 0.0025, 0.004, (12, -128, -20), -128, false),
+        (67, 0.03, 0.06, 0.02, (5, -5, -128), -128, true),
+        (45, 0.04, 0.05, 0.07, (-1, 3, -10), -10, false),
+    ];
+    for (i, &(len, sa, sb, so, (za, zb, zo), act_min, sub)) in cases.iter().enumerate() {
+        for numerics in [Numerics::Onnx, Numerics::Tflite] {
+            let twice = 2.0 * sa.max(sb);
+            let mut b = q(sb / twice);
+            if sub {
+                b.multiplier = -b.multiplier;
+            }
+            let op = Op::QAdd(kiln_ir::op::QAdd {
+                a_zp: za,
+                a: q(sa / twice),
+                b_zp: zb,
+                b,
+                output_scale: so as f32,
+                output_zp: zo,
+                out: q(twice / ((1u64 << kiln_runtime::ADD_LEFT_SHIFT) as f64 * so)),
+                act_min,
+                act_max: 127,
+                numerics,
+            });
+            let ty = |s: f64, z: i32| {
+                let p = QParams::PerTensor {
+                    scale: s as f32,
+                    zero_point: z,
+                };
+                TensorType::new(DType::quantized(Scalar::I8, p), vec![1, len])
+            };
+            let mut g = Graph::new("qadd");
+            let x = g.add_input("a", ty(sa, za));
+            let y = g.add_input("b", ty(sb, zb));
+            let out = vec![("y".to_string(), ty(so, zo))];
+            let (_, o) = g.add_node_typed("add", op, vec![x, y], out);
+            g.add_output(o[0]);
+            // every byte on each side (shifted against each other), then random ones
+            let all = |k: usize| -> Vec<i8> { (0..len).map(|j| ((j * k + i) % 256) as u8 as i8).collect() };
+            let sets = vec![
+                vec![
+                    Tensor::from_vec(vec![1, len], all(1)),
+                    Tensor::from_vec(vec![1, len], all(7)),
+                ],
+                vec![
+                    Tensor::from_vec(vec![1, len], bytes(90 + i as u64, len)),
+                    Tensor::from_vec(vec![1, len], bytes(190 + i as u64, len)),
+                ],
+            ];
+            graphs.push((format!("qadd{i}_{numerics:?}").to_lowercase(), g, sets));
+        }
+    }
+    let models: Vec<(&str, &Graph, &[Vec<Tensor>])> =
+        graphs.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
+    let dir = std::env::temp_dir().join(format!("kiln-qadd-{}", std::process::id()));
+    let failures = bit_exact_on_every_backend_many(&models, &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

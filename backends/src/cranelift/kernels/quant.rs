@@ -671,6 +671,81 @@ pub(crate) fn qprelu(fx: &mut Fx, g: &Graph, n: NodeId, q: &QPRelu, a: &Args) {
     });
 }
 
+/// Whether int8 QAdd `n` runs sixteen elements at a time ([`qadd16`]): no broadcast, and
+/// every rescale of the vector form (shifts it takes, results within i32) gives what the
+/// tables of the scalar form hold.
+pub(crate) fn qadd_in_lanes(g: &Graph, n: NodeId, q: &QAdd) -> bool {
+    let node = g.node(n);
+    let shape = &g.value(node.outputs[0]).ty.shape;
+    let same = node.inputs.iter().all(|&v| {
+        let t = &g.value(v).ty;
+        t.shape == *shape && t.dtype.scalar == kiln_ir::Scalar::I8
+    });
+    let shift_ok = |r: Requant| match q.numerics {
+        Numerics::Tflite => (-31..=0).contains(&r.shift),
+        Numerics::Onnx => (-31..=30).contains(&r.shift),
+    };
+    // |(x - zp) << 20| <= 255 << 20, times m / 2^(31 - shift) (m < 2^31), plus rounding
+    let scaled = |x: i128, r: Requant| ((x * r.multiplier.unsigned_abs() as i128) >> (31 - r.shift)) + 1;
+    let (sa, sb) = (scaled(255 << 20, q.a), scaled(255 << 20, q.b));
+    same && shape.iter().product::<usize>() >= 16
+        && [q.a, q.b, q.out].into_iter().all(shift_ok)
+        && sa < 1 << 30
+        && sb < 1 << 30
+        && scaled(sa + sb, q.out) + 256 < i32::MAX as i128
+}
+
+/// Int8 QAdd sixteen elements at a time: each side rescaled in i32 lanes from its record
+/// (`aux[2]`: a, b, out), summed, rescaled, offset, clamped and narrowed; the last
+/// `len % 16` elements by the scalar tables.
+fn qadd16(fx: &mut Fx, q: &QAdd, a: &Args, len: i64) {
+    use cranelift_codegen::ir::types::{I8X16, I32X4};
+    let recs = a.aux[2];
+    let (side_a, side_b) = (record(fx, q.numerics, recs), {
+        let r = fx.add_imm(recs, RESCALE_RECORD);
+        record(fx, q.numerics, r)
+    });
+    let out = {
+        let r = fx.add_imm(recs, 2 * RESCALE_RECORD);
+        record(fx, q.numerics, r)
+    };
+    let ptrs = [(a.ins[0], 16), (a.ins[1], 16), (a.outs[0], 16)];
+    fx.for_ptrs(len / 16, &ptrs, &mut |fx, p| {
+        let quarters = |fx: &mut Fx, v: Value| -> [Value; 4] {
+            let (l, h) = (fx.b.ins().swiden_low(v), fx.b.ins().swiden_high(v));
+            let b = &mut fx.b;
+            [
+                b.ins().swiden_low(l),
+                b.ins().swiden_high(l),
+                b.ins().swiden_low(h),
+                b.ins().swiden_high(h),
+            ]
+        };
+        let va = fx.b.ins().load(I8X16, flags(), p[0], 0);
+        let vb = fx.b.ins().load(I8X16, flags(), p[1], 0);
+        let (xa, xb) = (quarters(fx, va), quarters(fx, vb));
+        let mut r = [xa[0]; 4];
+        for j in 0..4 {
+            let side = |fx: &mut Fx, x: Value, zp: i32, (c, t): Consts| {
+                let z = fx.b.ins().iconst(I32, zp as i64);
+                let z = fx.b.ins().splat(I32X4, z);
+                let x = fx.b.ins().isub(x, z);
+                let x = fx.b.ins().ishl_imm_s(x, kiln_runtime::ADD_LEFT_SHIFT as i64);
+                rescale4_raw(fx, x, c, t)
+            };
+            let ra = side(fx, xa[j], q.a_zp, side_a);
+            let rb = side(fx, xb[j], q.b_zp, side_b);
+            let sum = fx.b.ins().iadd(ra, rb);
+            let v = rescale4_raw(fx, sum, out.0, out.1);
+            r[j] = zp_clamp4(fx, v, q.output_zp, q.act_min, q.act_max);
+        }
+        let lo = fx.b.ins().snarrow(r[0], r[1]);
+        let hi = fx.b.ins().snarrow(r[2], r[3]);
+        let bytes = fx.b.ins().snarrow(lo, hi);
+        fx.b.ins().store(flags(), bytes, p[2], 0);
+    });
+}
+
 pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
     let wide = g.value(g.node(n).inputs[0]).ty.dtype.scalar == kiln_ir::Scalar::I16;
     let (ls, es) = if wide {
@@ -685,7 +760,7 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
             load_i8(fx, p)
         }
     };
-    broadcast2_sized(fx, g, n, a, es, &mut |fx, pa, pb, po| {
+    let mut elem = |fx: &mut Fx, pa: Value, pb: Value, po: Value| {
         let (ra, rb) = if wide {
             let xa = load(fx, pa);
             let xb = load(fx, pb);
@@ -714,7 +789,17 @@ pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
         } else {
             store_i8(fx, r, po);
         }
-    });
+    };
+    if !wide && fx.simd && a.aux.len() > 2 {
+        // `qadd_in_lanes`: sixteen at a time, then the rest one by one
+        let len = g.value(g.node(n).outputs[0]).ty.shape.iter().product::<usize>() as i64;
+        qadd16(fx, q, a, len);
+        let done = len / 16 * 16;
+        let ptrs = [a.ins[0], a.ins[1], a.outs[0]].map(|p| (fx.add_imm(p, done), 1));
+        fx.for_ptrs(len - done, &ptrs, &mut |fx, p| elem(fx, p[0], p[1], p[2]));
+        return;
+    }
+    broadcast2_sized(fx, g, n, a, es, &mut elem);
 }
 
 /// Tables of an integer kernel: per-channel multipliers and shifts (i32 little-endian).
@@ -816,9 +901,17 @@ fn rescale_consts(numerics: Numerics, r: Requant) -> Rescale {
 /// a kernel loads them instead of deriving them per call: `m` x4 (i32), `k` x2 (i64), `c`
 /// x4, `mask` x4 (i32), `e`, `e2` (i64); 80 bytes.
 pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
-    (0..channels)
-        .flat_map(|ch| {
-            let r = rescale_consts(q.numerics, q.requant[if q.requant.len() == 1 { 0 } else { ch }]);
+    let each: Vec<Requant> = (0..channels)
+        .map(|ch| q.requant[if q.requant.len() == 1 { 0 } else { ch }])
+        .collect();
+    records_of(q.numerics, &each)
+}
+
+/// One [`rescale_records`] record per rescale of `each`.
+fn records_of(numerics: Numerics, each: &[Requant]) -> Vec<u8> {
+    each.iter()
+        .flat_map(|&r| {
+            let r = rescale_consts(numerics, r);
             let mut rec = Vec::with_capacity(RESCALE_RECORD as usize);
             for _ in 0..4 {
                 rec.extend((r.m as i32).to_le_bytes());
@@ -841,16 +934,26 @@ pub(crate) fn rescale_records(q: &QLinear, channels: usize) -> Vec<u8> {
 /// [`finish_fit4`] with the channel's constants read from its [`rescale_records`] record at
 /// `rec`.
 pub(crate) fn finish_fit4_rec(fx: &mut Fx, q: &QLinear, acc: Value, rec: Value) -> Value {
+    let (consts, tfl) = record(fx, q.numerics, rec);
+    rescale4(fx, q, acc, consts, tfl)
+}
+
+/// A rescale's vector constants (`m`, `k`, `c`, `e`) and, in TFLite's numerics, its
+/// rounding divide's mask and exponent ([`rescale4`]).
+type Consts = ((Value, Value, Value, Value), Option<(Value, Value)>);
+
+/// The vector constants of one [`rescale_records`] record at `rec`.
+fn record(fx: &mut Fx, numerics: Numerics, rec: Value) -> Consts {
     use cranelift_codegen::ir::types::{I32X4, I64X2};
     let m4 = fx.b.ins().load(I32X4, flags(), rec, 0);
     let k2 = fx.b.ins().load(I64X2, flags(), rec, 16);
     let c4 = fx.b.ins().load(I32X4, flags(), rec, 32);
     let e = fx.b.ins().load(I64, flags(), rec, 64);
-    let tfl = (q.numerics == Numerics::Tflite).then(|| {
+    let tfl = (numerics == Numerics::Tflite).then(|| {
         let mask = fx.b.ins().load(I32X4, flags(), rec, 48);
         (mask, fx.b.ins().load(I64, flags(), rec, 72))
     });
-    rescale4(fx, q, acc, (m4, k2, c4, e), tfl)
+    ((m4, k2, c4, e), tfl)
 }
 
 /// Four i32 lanes of `v` (an i32), built so that no rewrite turns a widening of them back
@@ -911,6 +1014,30 @@ fn rescale4(
     fx: &mut Fx,
     q: &QLinear,
     acc: Value,
+    consts: (Value, Value, Value, Value),
+    tfl: Option<(Value, Value)>,
+) -> Value {
+    let r = rescale4_raw(fx, acc, consts, tfl);
+    zp_clamp4(fx, r, q.output_zp, q.act_min, q.act_max)
+}
+
+/// `r + zp` clamped to `lo..=hi`, in i32 lanes.
+fn zp_clamp4(fx: &mut Fx, r: Value, zp: i32, lo: i32, hi: i32) -> Value {
+    use cranelift_codegen::ir::types::I32X4;
+    let b = &mut fx.b;
+    let zp = b.ins().iconst(I32, zp as i64);
+    let zp = b.ins().splat(I32X4, zp);
+    let r = b.ins().iadd(r, zp);
+    let (lo, hi) = (b.ins().iconst(I32, lo as i64), b.ins().iconst(I32, hi as i64));
+    let (lo, hi) = (b.ins().splat(I32X4, lo), b.ins().splat(I32X4, hi));
+    let r = b.ins().smax(r, lo);
+    b.ins().smin(r, hi)
+}
+
+/// [`rescale4`] without the zero point and clamp.
+fn rescale4_raw(
+    fx: &mut Fx,
+    acc: Value,
     (m4, k2, c4, e): (Value, Value, Value, Value),
     tfl: Option<(Value, Value)>,
 ) -> Value {
@@ -943,16 +1070,7 @@ fn rescale4(
         let up = b.ins().icmp(IntCC::SignedGreaterThan, rem, thr);
         r = b.ins().isub(quot, up);
     }
-    let zp = b.ins().iconst(I32, q.output_zp as i64);
-    let zp = b.ins().splat(I32X4, zp);
-    let r = b.ins().iadd(r, zp);
-    let (lo, hi) = (
-        b.ins().iconst(I32, q.act_min as i64),
-        b.ins().iconst(I32, q.act_max as i64),
-    );
-    let (lo, hi) = (b.ins().splat(I32X4, lo), b.ins().splat(I32X4, hi));
-    let r = b.ins().smax(r, lo);
-    b.ins().smin(r, hi)
+    r
 }
 
 /// The first `valid` (1..=4) i32 lanes of `v`, each in the int8 range, stored as bytes.
@@ -1085,7 +1203,11 @@ pub(crate) fn aux(g: &Graph, n: NodeId, dot: Option<super::Dot>) -> Vec<Vec<u8>>
                     })
                     .collect()
             };
-            vec![tables_i32(&side(q.a_zp, q.a)), tables_i32(&side(q.b_zp, q.b))]
+            let mut v = vec![tables_i32(&side(q.a_zp, q.a)), tables_i32(&side(q.b_zp, q.b))];
+            if qadd_in_lanes(g, n, q) {
+                v.push(records_of(q.numerics, &[q.a, q.b, q.out]));
+            }
+            v
         }
         Op::QSoftmax16 { exp_hi, exp_lo, .. } => vec![tables_i32(exp_hi), tables_i32(exp_lo)],
         Op::QMatMul { q } => {
