@@ -92,6 +92,31 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
     (g, vec![xs])
 }
 
+/// Each model built for the host's own CPU (`--target-cpu native`: its byte dot product, or
+/// on AVX2 the 256-bit kernels), apart from the portable object: a line per model whose
+/// outputs on any set are not the evaluator's bytes.
+fn host_cpu_failures(built: &[(String, Graph, Vec<Vec<Tensor>>)]) -> Vec<String> {
+    let native = Toolchain {
+        cpu: Some("native"),
+        ..HOST
+    };
+    let mut failures = Vec::new();
+    for (tag, g, sets) in built {
+        let d = std::env::temp_dir().join(format!("kiln-int8k-native-{}-{tag}", std::process::id()));
+        let exe = build_native_for(g, "m", &d, &native).unwrap();
+        for inputs in sets {
+            let want = kiln_ir::eval::run(g, inputs).unwrap();
+            let got = exe.run(g, inputs).unwrap();
+            if got[0].data.to_le_bytes() != want[0].data.to_le_bytes() {
+                failures.push(format!("{tag} native --target-cpu native: not the evaluator's bytes"));
+                break;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    failures
+}
+
 #[test]
 fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
     let d = |n, c, hw, k, stride, dil, pads, zp, per_channel, scale_exp| Case {
@@ -181,21 +206,7 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         built.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
     let dir = std::env::temp_dir().join(format!("kiln-qdw-{}", std::process::id()));
     let mut failures = bit_exact_on_every_backend_many(&models, &dir);
-    // the host's own dot product (VNNI here), built apart from the portable object
-    let native = Toolchain {
-        cpu: Some("native"),
-        ..HOST
-    };
-    for (tag, g, sets) in &built {
-        let d = std::env::temp_dir().join(format!("kiln-qdw-native-{}-{tag}", std::process::id()));
-        let exe = build_native_for(g, "m", &d, &native).unwrap();
-        let want = kiln_ir::eval::run(g, &sets[0]).unwrap();
-        let got = exe.run(g, &sets[0]).unwrap();
-        let _ = std::fs::remove_dir_all(&d);
-        if got[0].data.to_le_bytes() != want[0].data.to_le_bytes() {
-            failures.push(format!("{tag} native --target-cpu native: not the evaluator's bytes"));
-        }
-    }
+    failures.extend(host_cpu_failures(&built));
     // the saturating case must reach both ends, the others must not be a few values
     for ((tag, g, sets), case) in built.iter().zip(&cases) {
         let y = kiln_ir::eval::run(g, &sets[0]).unwrap()[0].to_i64_vec();
@@ -280,6 +291,67 @@ fn int8_adds_are_bit_exact_everywhere() {
     let models: Vec<(&str, &Graph, &[Vec<Tensor>])> =
         graphs.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
     let dir = std::env::temp_dir().join(format!("kiln-qadd-{}", std::process::id()));
-    let failures = bit_exact_on_every_backend_many(&models, &dir);
+    let mut failures = bit_exact_on_every_backend_many(&models, &dir);
+    failures.extend(host_cpu_failures(&graphs));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Int8 dense products (`QMatMul` with constant weights and bias): 150 outputs (37 blocks of
+/// four, so one whole chunk of the 256-bit kernel and a partial one, then two single
+/// outputs), 7 outputs over three rows, depths of 16 and 48; per tensor and per channel;
+/// both numerics.
+#[test]
+fn int8_dense_products_are_bit_exact_everywhere() {
+    let mut built = Vec::new();
+    for (i, &(rows, k, n, per_channel)) in [(1usize, 32usize, 150usize, false), (3, 16, 7, true), (2, 48, 36, true)]
+        .iter()
+        .enumerate()
+    {
+        for numerics in [Numerics::Onnx, Numerics::Tflite] {
+            let qp = |s: f32, z: i32| QParams::PerTensor {
+                scale: s,
+                zero_point: z,
+            };
+            let mut g = Graph::new("qmm");
+            let x = g.add_input(
+                "x",
+                TensorType::new(DType::quantized(Scalar::I8, qp(0.05, -7)), vec![rows, k]),
+            );
+            let w = g.add_const("w", Tensor::from_vec(vec![k, n], bytes(40 + i as u64, k * n)));
+            let bias: Vec<i32> = bytes(50 + i as u64, n).iter().map(|&b| b as i32 * 90).collect();
+            let b = g.add_const("b", Tensor::from_vec(vec![n], bias));
+            let requant: std::sync::Arc<[_]> = (0..if per_channel { n } else { 1 })
+                .map(|j| kiln_runtime::quantize_multiplier(2f64.powi(-10) * (1.0 + j as f64 / 50.0)).unwrap())
+                .collect();
+            let op = Op::QMatMul {
+                q: QLinear {
+                    input_zp: -7,
+                    output_scale: 0.1,
+                    output_zp: 3,
+                    requant,
+                    act_min: -128,
+                    act_max: 127,
+                    weight_bits: 8,
+                    numerics,
+                },
+            };
+            let out = vec![(
+                "y".to_string(),
+                TensorType::new(DType::quantized(Scalar::I8, qp(0.1, 3)), vec![rows, n]),
+            )];
+            let (_, y) = g.add_node_typed("mm", op, vec![x, w, b], out);
+            g.add_output(y[0]);
+            let sets = vec![vec![Tensor::from_vec(vec![rows, k], bytes(60 + i as u64, rows * k))]];
+            let y = kiln_ir::eval::run(&g, &sets[0]).unwrap()[0].to_i64_vec();
+            let distinct = y.iter().collect::<std::collections::BTreeSet<_>>().len();
+            assert!(distinct > 5, "qmm{i}: only {distinct} distinct outputs");
+            built.push((format!("qmm{i}_{numerics:?}").to_lowercase(), g, sets));
+        }
+    }
+    let models: Vec<(&str, &Graph, &[Vec<Tensor>])> =
+        built.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
+    let dir = std::env::temp_dir().join(format!("kiln-qmm-{}", std::process::id()));
+    let mut failures = bit_exact_on_every_backend_many(&models, &dir);
+    failures.extend(host_cpu_failures(&built));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

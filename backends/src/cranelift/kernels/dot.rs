@@ -584,21 +584,38 @@ fn product<'a>(
     let has_bias = node.inputs.len() > 2;
     let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
     let bias = fx.b.ins().splat(I8X16, bias);
+    // with AVX2: the partial sums of up to DENSE_CHUNK blocks of four outputs per kernel call
+    let wide = (d == Dot::Pairs && fx.code.is_some() && nn >= 4).then(|| {
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, 128 * DENSE_CHUNK as u32, 5);
+        let slot = fx.b.create_sized_stack_slot(data);
+        fx.b.ins().stack_addr(I64, slot, 0)
+    });
     fx.for_n(rows, &mut |fx, r| {
         let (xrow, st) = row(fx, r);
         let yrow = fx.addr(a.outs[0], r, nn * st.elem());
-        let outputs = |fx: &mut Fx, j0: Value, cnt: i64| {
+        // `cnt` outputs from `j0`; with `sums`, four whose partial sums the wide kernel left there
+        let outputs = |fx: &mut Fx, j0: Value, cnt: i64, sums: Option<Value>| {
             let vars: Vec<cranelift_frontend::Variable> = (0..cnt)
-                .map(|_| {
+                .map(|i| {
                     let v = fx.b.declare_var(I32X4);
-                    let z = fx.b.ins().iconst(I32, 0);
-                    let z = fx.b.ins().splat(I32X4, z);
+                    let z = match sums {
+                        Some(s) => {
+                            let lo = fx.b.ins().load(I32X4, flags(), s, 32 * i as i32);
+                            let hi = fx.b.ins().load(I32X4, flags(), s, 32 * i as i32 + 16);
+                            fx.b.ins().iadd(lo, hi)
+                        }
+                        None => {
+                            let z = fx.b.ins().iconst(I32, 0);
+                            fx.b.ins().splat(I32X4, z)
+                        }
+                    };
                     fx.b.def_var(v, z);
                     v
                 })
                 .collect();
             let w0 = fx.addr(wt, j0, k);
-            fx.for_ptrs(k / 16, &[(xrow, 16), (w0, 16)], &mut |fx, p| {
+            let steps = if sums.is_some() { 0 } else { k / 16 };
+            fx.for_ptrs(steps, &[(xrow, 16), (w0, 16)], &mut |fx, p| {
                 let x = fx.b.ins().load(I8X16, flags(), p[0], 0);
                 let x = match d {
                     Dot::UnsignedBySigned => fx.b.ins().bxor(x, bias),
@@ -649,16 +666,49 @@ fn product<'a>(
                 st.store(fx, s, chan, ya, 0);
             }
         };
-        fx.for_n(nn / 4, &mut |fx, jb| {
-            let j0 = fx.mul_imm(jb, 4);
-            outputs(fx, j0, 4);
-        });
+        let blocks = nn / 4;
+        match wide {
+            Some(slot) => {
+                // `cnt` blocks from block `b0`: one kernel call, then their finishes
+                let chunk = |fx: &mut Fx, b0: Value, cnt: i64| {
+                    let code = super::wide::PairDense {
+                        k: k as usize,
+                        blocks: cnt as usize,
+                    }
+                    .code();
+                    let w = fx.addr(wt, b0, 4 * k);
+                    fx.call_code(&code, &[xrow, w, slot]);
+                    fx.for_n(cnt, &mut |fx, i| {
+                        let jb = fx.b.ins().iadd(b0, i);
+                        let j0 = fx.mul_imm(jb, 4);
+                        let s = fx.addr(slot, i, 128);
+                        outputs(fx, j0, 4, Some(s));
+                    });
+                };
+                let whole = blocks / DENSE_CHUNK;
+                fx.for_n(whole, &mut |fx, c| {
+                    let b0 = fx.mul_imm(c, DENSE_CHUNK);
+                    chunk(fx, b0, DENSE_CHUNK);
+                });
+                if blocks % DENSE_CHUNK != 0 {
+                    let b0 = fx.i(whole * DENSE_CHUNK);
+                    chunk(fx, b0, blocks % DENSE_CHUNK);
+                }
+            }
+            None => fx.for_n(blocks, &mut |fx, jb| {
+                let j0 = fx.mul_imm(jb, 4);
+                outputs(fx, j0, 4, None);
+            }),
+        }
         if nn % 4 != 0 {
             let j0 = fx.i(nn / 4 * 4);
-            outputs(fx, j0, nn % 4);
+            outputs(fx, j0, nn % 4, None);
         }
     });
 }
+
+/// Blocks of four outputs per call of the 256-bit dense kernel (4 KiB of partial sums).
+const DENSE_CHUNK: i64 = 32;
 
 /// Whether four outputs of a product can be finished as one vector: static int8 whose
 /// rescaled sums provably fit and whose rescale is one for all outputs (per tensor).

@@ -291,3 +291,60 @@ impl DepthwiseRow {
         a.code
     }
 }
+
+/// The int8 dense product's sums ([`super::dot`]'s `product`, halfword pairs) on 256-bit
+/// vectors: for one input row, four outputs at a time, sixteen activations and each
+/// output's sixteen weights sign-extended to halfwords and multiplied by `vpmaddwd`. Each
+/// output's eight partial sums are stored as they are (32 bytes); the caller adds them up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PairDense {
+    /// Depth, a multiple of sixteen: the bytes of the row and of each weight column.
+    pub k: usize,
+    /// Blocks of four outputs, their columns contiguous (`[n, k]` bytes).
+    pub blocks: usize,
+}
+
+impl PairDense {
+    /// Arguments: the activations (`rdi`), the first block's weight columns (`rsi`), where
+    /// the partial sums go (`rdx`).
+    pub fn code(&self) -> Vec<u8> {
+        assert!(
+            self.k >= 16 && self.k.is_multiple_of(16) && self.blocks >= 1,
+            "{self:?}"
+        );
+        let k = self.k as i32;
+        let acc = |o: usize| Ymm(o as u8);
+        let x = Ymm(4);
+        let mut a = Asm::default();
+        a.mov_gpr(AP, RSI);
+        a.set(BLOCKS, self.blocks as u32);
+        let block = a.here();
+        for o in 0..4 {
+            a.zero_int(acc(o));
+        }
+        a.mov_gpr(BP, RDI);
+        a.set(KP, (self.k / 16) as u32);
+        let step = a.here();
+        a.widen_bytes(x, BP, 0);
+        for o in 0..4 {
+            let w = Ymm(5 + o as u8);
+            a.widen_bytes(w, AP, o as i32 * k);
+            a.madd_pairs(w, w, Rm::Y(x));
+            a.add_int(acc(o), acc(o), Rm::Y(w));
+        }
+        a.add(BP, 16);
+        a.add(AP, 16);
+        a.dec(KP);
+        a.loop_back(step);
+        // past this block's first column: on to the next block's
+        a.add(AP, 3 * k);
+        for o in 0..4 {
+            a.store_int(RDX, 32 * o as i32, acc(o));
+        }
+        a.add(RDX, 128);
+        a.dec(BLOCKS);
+        a.loop_back(block);
+        a.ret();
+        a.code
+    }
+}
