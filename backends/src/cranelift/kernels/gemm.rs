@@ -262,7 +262,58 @@ impl Panel {
             }
             j += count * 8 * vecs;
         }
+        if j < n && n >= 8 && self.wide_tail(fx, a, (arow, crow), slot, (rows, n), clamp) {
+            return n;
+        }
         j
+    }
+
+    /// The last `n % 8` columns as one more block of eight ending at column `n`: the
+    /// columns it shares with the blocks before are computed again from the same operands
+    /// in the same order, so they are rewritten with their own bits (and an activation the
+    /// kernel does not apply is applied once more to fresh sums, not twice).
+    #[allow(clippy::too_many_arguments)]
+    fn wide_tail(
+        &self,
+        fx: &mut Fx,
+        a: &Mat,
+        (arow, crow): (Value, Value),
+        slot: Value,
+        (rows, n): (usize, usize),
+        clamp: Clamp,
+    ) -> bool {
+        let p = Product {
+            rows,
+            vecs: 1,
+            k: self.k,
+            a_row: a.row as i32,
+            a_col: a.col as i32,
+            b_row: self.b.row as i32,
+            b_half: self.b.half,
+            c_row: self.c.row as i32,
+            clamp,
+        };
+        if !p.fits() {
+            return false;
+        }
+        let j = (n - 8) as i64;
+        let bp = fx.add_imm(self.b.base, j * self.b.col);
+        let cp = fx.add_imm(crow, 4 * j);
+        let blocks = fx.i(1);
+        if !fx.call_code(&p.code(), &[arow, bp, cp, slot, blocks]) {
+            return false;
+        }
+        if let (Clamp::None, Some(op)) = (clamp, self.post) {
+            for r in 0..rows as i64 {
+                for h in 0..2 {
+                    let at = fx.add_imm(cp, r * self.c.row + 16 * h);
+                    let v = fx.load(F4, at);
+                    let v = super::elementwise::unary_op(fx, F4, op, v);
+                    fx.store(v, at);
+                }
+            }
+        }
+        true
     }
 
     /// `count` steps of `units` vectors of type `ty` across the panel's rows, from column `j0`.
@@ -622,6 +673,8 @@ fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value,
                                 let done = fx.b.ins().ishl_imm_u(quads, 4);
                                 let (sp, dp) = (fx.b.ins().iadd(sp, done), fx.b.ins().iadd(dp, done));
                                 (sp, dp, fx.b.ins().band_imm_u(body_n, 3))
+                            } else if gm.sw == 2 && fx.simd {
+                                stride2_quads(fx, sp, dp, body_n)
                             } else {
                                 (sp, dp, body_n)
                             };
@@ -641,4 +694,39 @@ fn im2col(fx: &mut Fx, gm: &Geo, cg: i64, xg: Value, cols: Value, kw_tab: Value,
             });
         });
     });
+}
+
+/// Every other f32 from `sp` into `count` contiguous ones at `dp`, four at a time (two
+/// vector loads, the even lanes of both); returns where the scalar rest starts and how
+/// many it copies. The last element a quad reads is at most the last one needed, so
+/// `(count - 1) / 4` quads never read past the row.
+fn stride2_quads(fx: &mut Fx, sp: Value, dp: Value, count: Value) -> (Value, Value, Value) {
+    use cranelift_codegen::ir::types::I8X16;
+    let lanes = cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let mask: Vec<u8> = [0u8, 2, 4, 6]
+        .iter()
+        .flat_map(|&f| (0..4).map(move |b| 4 * f + b))
+        .collect();
+    let mask = fx.b.func.dfg.immediates.push(mask.as_slice().into());
+    let less = fx.b.ins().iadd_imm_s(count, -1);
+    let quads = fx.b.ins().sshr_imm_s(less, 2);
+    let zero = fx.i(0);
+    let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, count, 0);
+    let quads = fx.b.ins().select(some, quads, zero);
+    fx.for_ptrs_v(quads, &[(sp, 32), (dp, 16)], &mut |fx, q| {
+        let v0 = fx.load(F4, q[0]);
+        let a16 = fx.add_imm(q[0], 16);
+        let v1 = fx.load(F4, a16);
+        let (b0, b1) = (
+            fx.b.ins().bitcast(I8X16, lanes, v0),
+            fx.b.ins().bitcast(I8X16, lanes, v1),
+        );
+        let even = fx.b.ins().shuffle(b0, b1, mask);
+        let even = fx.b.ins().bitcast(F4, lanes, even);
+        fx.store(even, q[1]);
+    });
+    let (sb, db) = (fx.b.ins().ishl_imm_u(quads, 5), fx.b.ins().ishl_imm_u(quads, 4));
+    let (sp, dp) = (fx.b.ins().iadd(sp, sb), fx.b.ins().iadd(dp, db));
+    let four = fx.b.ins().ishl_imm_u(quads, 2);
+    (sp, dp, fx.b.ins().isub(count, four))
 }
