@@ -297,7 +297,7 @@ fn conv(
     let inter = fx.add_imm(a.scratch, win.map_or(im2col.unwrap_or(0), |w| w.copy_bytes()));
     // with AVX2, each block of positions' pair sums come from one 256-bit kernel call into
     // a stack buffer (bounded: the widest layers fall back to the 128-bit loop)
-    let wide = (d == Dot::Pairs && fx.code.is_some())
+    let wide = (d == Dot::Pairs && fx.code.is_some() && c >= 4)
         .then_some(super::wide::PairSums {
             rows: c as usize,
             blocks: (m as usize).div_ceil(4),
@@ -585,7 +585,7 @@ fn product<'a>(
     let bias = fx.b.ins().iconst(cranelift_codegen::ir::types::I8, -128i64);
     let bias = fx.b.ins().splat(I8X16, bias);
     // with AVX2: the partial sums of up to DENSE_CHUNK blocks of four outputs per kernel call
-    let wide = (d == Dot::Pairs && fx.code.is_some() && nn >= 4).then(|| {
+    let wide = (d == Dot::Pairs && fx.code.is_some() && nn >= 4 && k >= 16).then(|| {
         let data = StackSlotData::new(StackSlotKind::ExplicitSlot, 128 * DENSE_CHUNK as u32, 5);
         let slot = fx.b.create_sized_stack_slot(data);
         fx.b.ins().stack_addr(I64, slot, 0)

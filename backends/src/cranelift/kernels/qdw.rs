@@ -262,6 +262,7 @@ fn run(
         }
         to_channels_last(fx, d, x, xpad, flip);
         match (wide, start) {
+            _ if d.ow < 1 || d.taps < 1 => sum_positions(fx, d, dot, weights, start, xpad, sums),
             (Some(w), Start::Table(t)) => sum_positions_wide(fx, d, w, t, xpad, sums),
             (Some(w), Start::Sums { sums: ws, zp }) => {
                 let t = starts_of(fx, d, ws, zp);
