@@ -242,23 +242,8 @@ impl Panel {
             if count == 0 || !p.fits() {
                 continue;
             }
-            let bp = fx.add_imm(self.b.base, j as i64 * self.b.col);
-            let cp = fx.add_imm(crow, 4 * j as i64);
-            let blocks = fx.i(count as i64);
-            if !fx.call_code(&p.code(), &[arow, bp, cp, slot, blocks]) {
+            if !self.call_blocks(fx, &p, (arow, crow, slot), j, count) {
                 return j;
-            }
-            if let (Clamp::None, Some(op)) = (clamp, self.post) {
-                // an activation the kernel does not apply: over what it stored
-                let quads = (count * 2 * vecs) as i64;
-                for r in 0..rows as i64 {
-                    let row = fx.add_imm(cp, r * self.c.row);
-                    fx.for_ptrs(quads, &[(row, 16)], &mut |fx, q| {
-                        let v = fx.load(F4, q[0]);
-                        let v = super::elementwise::unary_op(fx, F4, op, v);
-                        fx.store(v, q[0]);
-                    });
-                }
             }
             j += count * 8 * vecs;
         }
@@ -296,21 +281,34 @@ impl Panel {
         if !p.fits() {
             return false;
         }
-        let j = (n - 8) as i64;
-        let bp = fx.add_imm(self.b.base, j * self.b.col);
-        let cp = fx.add_imm(crow, 4 * j);
-        let blocks = fx.i(1);
+        self.call_blocks(fx, &p, (arow, crow, slot), n - 8, 1)
+    }
+
+    /// Calls kernel `p` on `count` blocks from column `j`, then applies an activation the
+    /// kernel does not (its clamp is `None`) over what it stored; false without a sink.
+    fn call_blocks(
+        &self,
+        fx: &mut Fx,
+        p: &Product,
+        (arow, crow, slot): (Value, Value, Value),
+        j: usize,
+        count: usize,
+    ) -> bool {
+        let bp = fx.add_imm(self.b.base, j as i64 * self.b.col);
+        let cp = fx.add_imm(crow, 4 * j as i64);
+        let blocks = fx.i(count as i64);
         if !fx.call_code(&p.code(), &[arow, bp, cp, slot, blocks]) {
             return false;
         }
-        if let (Clamp::None, Some(op)) = (clamp, self.post) {
-            for r in 0..rows as i64 {
-                for h in 0..2 {
-                    let at = fx.add_imm(cp, r * self.c.row + 16 * h);
-                    let v = fx.load(F4, at);
+        if let (Clamp::None, Some(op)) = (p.clamp, self.post) {
+            let quads = (count * 2 * p.vecs) as i64;
+            for r in 0..p.rows as i64 {
+                let row = fx.add_imm(cp, r * self.c.row);
+                fx.for_ptrs(quads, &[(row, 16)], &mut |fx, q| {
+                    let v = fx.load(F4, q[0]);
                     let v = super::elementwise::unary_op(fx, F4, op, v);
-                    fx.store(v, at);
-                }
+                    fx.store(v, q[0]);
+                });
             }
         }
         true

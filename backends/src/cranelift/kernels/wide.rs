@@ -192,44 +192,58 @@ impl PairSums {
             self.rows >= 4 && self.rows.is_multiple_of(4) && self.blocks >= 1,
             "{self:?}"
         );
-        let acc = |o: usize| Ymm(o as u8);
         let x = |pair: usize| Ymm(4 + pair as u8);
-        let mut a = Asm::default();
-        a.mov_gpr(AP, RSI);
-        a.set(BLOCKS, self.blocks as u32);
-        let block = a.here();
-        for o in 0..4 {
-            a.zero_int(acc(o));
-        }
-        a.mov_gpr(BP, RDI);
-        a.set(KP, (self.rows / 4) as u32);
-        let step = a.here();
-        for pair in 0..2 {
-            a.load_int(x(pair), BP, 32 * pair as i32);
-        }
-        for pair in 0..2 {
-            for o in 0..4 {
-                // each product's own broadcast and temporary registers, so none waits on another
-                let (w, t) = (Ymm(6 + (4 * pair + o) as u8 % 8), Ymm(14 + (o % 2) as u8));
-                a.broadcast_int(w, AP, (16 * pair + 4 * o) as i32);
-                a.madd_pairs(t, x(pair), Rm::Y(w));
-                a.add_int(acc(o), acc(o), Rm::Y(t));
+        four_output_blocks(self.blocks, self.rows / 4, 0, &|a| {
+            for pair in 0..2 {
+                a.load_int(x(pair), BP, 32 * pair as i32);
             }
-        }
-        a.add(BP, 64);
-        a.add(AP, 32);
-        a.dec(KP);
-        a.loop_back(step);
-        for o in 0..4 {
-            a.store_int(RDX, 32 * o as i32, acc(o));
-        }
-        a.add(RDX, 128);
-        a.dec(BLOCKS);
-        a.loop_back(block);
-        a.ret();
-        a.code
+            for pair in 0..2 {
+                for o in 0..4 {
+                    // each product's own broadcast and temporary registers, so none waits on another
+                    let (w, t) = (Ymm(6 + (4 * pair + o) as u8 % 8), Ymm(14 + (o % 2) as u8));
+                    a.broadcast_int(w, AP, (16 * pair + 4 * o) as i32);
+                    a.madd_pairs(t, x(pair), Rm::Y(w));
+                    a.add_int(ACC4[o], ACC4[o], Rm::Y(t));
+                }
+            }
+            a.add(BP, 64);
+            a.add(AP, 32);
+        })
     }
 }
+
+/// Blocks of four i32 accumulators (ymm0-3) as the int8 pair kernels share them: per block
+/// (`rsi` walks the weights in `AP`, `blocks` of them) the sums start at zero, `step` runs
+/// `steps` times over the activations from `rdi` (in `BP`), the weights cursor moves on by
+/// `skip` bytes, and the four sums are stored 32 bytes apart from `rdx`.
+fn four_output_blocks(blocks: usize, steps: usize, skip: i32, step: &dyn Fn(&mut Asm)) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.mov_gpr(AP, RSI);
+    a.set(BLOCKS, blocks as u32);
+    let block = a.here();
+    for acc in ACC4 {
+        a.zero_int(acc);
+    }
+    a.mov_gpr(BP, RDI);
+    a.set(KP, steps as u32);
+    let top = a.here();
+    step(&mut a);
+    a.dec(KP);
+    a.loop_back(top);
+    if skip != 0 {
+        a.add(AP, skip);
+    }
+    for (o, acc) in ACC4.into_iter().enumerate() {
+        a.store_int(RDX, 32 * o as i32, acc);
+    }
+    a.add(RDX, 128);
+    a.dec(BLOCKS);
+    a.loop_back(block);
+    a.ret();
+    a.code
+}
+
+const ACC4: [Ymm; 4] = [Ymm(0), Ymm(1), Ymm(2), Ymm(3)];
 
 /// The int8 depthwise convolution's sums ([`super::qdw`]) on 256-bit vectors: per output
 /// position sixteen channels, taps in pairs. Each tap's sixteen bytes are sign-extended to
@@ -313,38 +327,18 @@ impl PairDense {
             "{self:?}"
         );
         let k = self.k as i32;
-        let acc = |o: usize| Ymm(o as u8);
         let x = Ymm(4);
-        let mut a = Asm::default();
-        a.mov_gpr(AP, RSI);
-        a.set(BLOCKS, self.blocks as u32);
-        let block = a.here();
-        for o in 0..4 {
-            a.zero_int(acc(o));
-        }
-        a.mov_gpr(BP, RDI);
-        a.set(KP, (self.k / 16) as u32);
-        let step = a.here();
-        a.widen_bytes(x, BP, 0);
-        for o in 0..4 {
-            let w = Ymm(5 + o as u8);
-            a.widen_bytes(w, AP, o as i32 * k);
-            a.madd_pairs(w, w, Rm::Y(x));
-            a.add_int(acc(o), acc(o), Rm::Y(w));
-        }
-        a.add(BP, 16);
-        a.add(AP, 16);
-        a.dec(KP);
-        a.loop_back(step);
-        // past this block's first column: on to the next block's
-        a.add(AP, 3 * k);
-        for o in 0..4 {
-            a.store_int(RDX, 32 * o as i32, acc(o));
-        }
-        a.add(RDX, 128);
-        a.dec(BLOCKS);
-        a.loop_back(block);
-        a.ret();
-        a.code
+        // after a block's loop the weights cursor is past its first column: on to the next block's
+        four_output_blocks(self.blocks, self.k / 16, 3 * k, &|a| {
+            a.widen_bytes(x, BP, 0);
+            for (o, acc) in ACC4.into_iter().enumerate() {
+                let w = Ymm(5 + o as u8);
+                a.widen_bytes(w, AP, o as i32 * k);
+                a.madd_pairs(w, w, Rm::Y(x));
+                a.add_int(acc, acc, Rm::Y(w));
+            }
+            a.add(BP, 16);
+            a.add(AP, 16);
+        })
     }
 }
