@@ -198,12 +198,12 @@ impl PairSums {
                 a.load_int(x(pair), BP, 32 * pair as i32);
             }
             for pair in 0..2 {
-                for o in 0..4 {
+                for (o, acc) in ACC4.into_iter().enumerate() {
                     // each product's own broadcast and temporary registers, so none waits on another
                     let (w, t) = (Ymm(6 + (4 * pair + o) as u8 % 8), Ymm(14 + (o % 2) as u8));
                     a.broadcast_int(w, AP, (16 * pair + 4 * o) as i32);
                     a.madd_pairs(t, x(pair), Rm::Y(w));
-                    a.add_int(ACC4[o], ACC4[o], Rm::Y(t));
+                    a.add_int(acc, acc, Rm::Y(t));
                 }
             }
             a.add(BP, 64);
