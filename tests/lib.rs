@@ -733,6 +733,10 @@ pub fn build_rust(
     ));
     std::fs::write(src.join("main.rs"), main).map_err(|e| e.to_string())?;
     let target = repo().join("target/rust-source");
+    // One crate name, one shared target directory: parallel tests must not copy each
+    // other's binary between the build and the copy.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let st = std::process::Command::new(env!("CARGO"))
         .current_dir(dir)
         .args(["build", "--release", "--quiet", "--offline"])
@@ -745,6 +749,7 @@ pub fn build_rust(
     }
     let bin = dir.join("kiln-rust-source-check");
     std::fs::copy(target.join("release/kiln-rust-source-check"), &bin).map_err(|e| e.to_string())?;
+    drop(one_at_a_time);
     wanted
         .into_iter()
         .map(|name| {

@@ -251,6 +251,10 @@ fn rust_staticlib(g: &Graph, name: &str, dir: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let _ = std::fs::copy(repo().join("Cargo.lock"), dir.join("Cargo.lock"));
     let target_dir = repo().join("target/rust-cortex-m");
+    // Every build here is the crate `modelrs` in one shared target directory: tests running
+    // in parallel must not copy each other's library between `cargo build` and the copy.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     sh(Command::new(env!("CARGO"))
         .current_dir(dir)
         .args([
