@@ -12,6 +12,7 @@ not a test: host times are noisy, so compare shares and the peer ratios of
 `scripts/bench-peers.py`, never absolute times across runs.
 """
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -41,6 +42,13 @@ def run(cmd, **kw):
     return r.stdout
 
 
+def keep_or_temp(keep):
+    if keep is None:
+        return tempfile.TemporaryDirectory()
+    os.makedirs(keep, exist_ok=True)
+    return contextlib.nullcontext(os.path.abspath(keep))
+
+
 def main():
     argv = sys.argv[1:]
     extra = []
@@ -51,8 +59,10 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target", "release", "kiln"))
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep the object, harness and "
+                    "perf.data there (for `perf annotate -i DIR/perf.data m_k3_qconv`)")
     a = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as d:
+    with keep_or_temp(a.keep) as d:
         run([a.kiln, "compile", a.model, "--emit", "object", "--prefix", "m", "-o", d] + extra)
         header = open(os.path.join(d, "m.h")).read()
         sig = re.search(r"int m_run\(([^)]*)\);", header)

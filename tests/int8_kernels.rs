@@ -31,6 +31,8 @@ struct Case {
     out_zp: i32,
     /// The rounding of the rescale (TFLite's two steps, or ONNX Runtime's one).
     numerics: Numerics,
+    /// A fused ReLU: outputs clamped below at the output zero point.
+    relu: bool,
 }
 
 /// Deterministic bytes over the whole int8 range.
@@ -80,7 +82,7 @@ fn depthwise(case: &Case, seed: u64) -> (Graph, Vec<Tensor>) {
             output_scale: 0.1,
             output_zp: case.out_zp,
             requant,
-            act_min: -128,
+            act_min: if case.relu { case.out_zp } else { -128 },
             act_max: 127,
             weight_bits: 8,
             numerics: case.numerics,
@@ -139,6 +141,7 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         per_channel,
         scale_exp,
         numerics: Numerics::Onnx,
+        relu: false,
     };
     let cases = [
         // KWS: 3x3 same padding, 64 channels (four whole vectors)
@@ -184,6 +187,13 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
             dense(3, (5, 80), [1, 1, 1, 1]),
             pointwise(12),
             pointwise(6),
+            // sixteen channels, one rescale for all, a fused ReLU (on AVX2 the whole blocks
+            // of eight positions are finished inside the 256-bit kernel)
+            Case {
+                relu: true,
+                per_channel: false,
+                ..pointwise(16)
+            },
         ])
         // every case in both roundings of the rescale
         .flat_map(|c| {

@@ -49,22 +49,33 @@ impl Asm {
         self.code.len()
     }
 
-    /// A VEX.256.W0 instruction (the two-byte prefix where it can express it) `opcode` with ModRM `reg`, second source `src` (the `vvvv`
+    /// A VEX.256.W0 instruction `opcode` with ModRM `reg`, second source `src` (the `vvvv`
     /// field, unused when `None`) and operand `rm`.
     fn vex(&mut self, map: u8, pp: u8, opcode: u8, reg: u8, src: Option<Ymm>, rm: Rm) {
+        self.vex_lw(map, pp, opcode, reg, src, rm, (true, false));
+    }
+
+    /// [`Asm::vex`] with the vector length (`wide`: 256 bits, else 128) and `W` bit given:
+    /// the two-byte prefix where it can express them.
+    #[allow(clippy::too_many_arguments)]
+    fn vex_lw(&mut self, map: u8, pp: u8, opcode: u8, reg: u8, src: Option<Ymm>, rm: Rm, (wide, w): (bool, bool)) {
         let b = match rm {
             Rm::Y(y) => y.0 >> 3,
             Rm::M(g, _) => g.0 >> 3,
         };
         let r = reg >> 3;
         let v = src.map_or(0, |y| y.0);
-        let tail = ((!v & 0xf) << 3) | (1 << 2) | pp;
-        if map == MAP_0F && b == 0 {
+        let tail = ((!v & 0xf) << 3) | ((wide as u8) << 2) | pp;
+        if map == MAP_0F && b == 0 && !w {
             // the two-byte form: no B extension, map 0F, W0
             self.code.extend([0xc5, ((r ^ 1) << 7) | tail, opcode]);
         } else {
-            self.code
-                .extend([0xc4, ((r ^ 1) << 7) | (1 << 6) | ((b ^ 1) << 5) | map, tail, opcode]);
+            self.code.extend([
+                0xc4,
+                ((r ^ 1) << 7) | (1 << 6) | ((b ^ 1) << 5) | map,
+                ((w as u8) << 7) | tail,
+                opcode,
+            ]);
         }
         self.modrm(reg, rm);
     }
@@ -175,6 +186,99 @@ impl Asm {
     pub fn pick_halves(&mut self, dst: Ymm, x: Ymm, y: Ymm, sel: u8) {
         self.vex(MAP_0F3A, PP_66, 0x46, dst.0, Some(x), Rm::Y(y));
         self.code.push(sel);
+    }
+
+    /// `vpbroadcastq dst, qword [base + disp]`
+    pub fn broadcast_q(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F38, PP_66, 0x59, dst.0, None, Rm::M(base, disp));
+    }
+
+    /// `vpsubd dst, x, y` (wrapping 32-bit lanes)
+    pub fn sub_int(&mut self, dst: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F, PP_66, 0xfa, dst.0, Some(x), y);
+    }
+
+    /// `vpaddq dst, x, y` (wrapping 64-bit lanes)
+    pub fn add_q(&mut self, dst: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F, PP_66, 0xd4, dst.0, Some(x), y);
+    }
+
+    /// `vpmuldq dst, x, y`: the signed 64-bit products of the even 32-bit lanes.
+    pub fn mul_even(&mut self, dst: Ymm, x: Ymm, y: Rm) {
+        self.vex(MAP_0F38, PP_66, 0x28, dst.0, Some(x), y);
+    }
+
+    /// `vpsrlq dst, src, imm` / `vpsllq` (`left`): 64-bit lanes shifted logically.
+    pub fn shift_q(&mut self, dst: Ymm, src: Ymm, imm: u8, left: bool) {
+        self.vex(MAP_0F, PP_66, 0x73, if left { 6 } else { 2 }, Some(dst), Rm::Y(src));
+        self.code.push(imm);
+    }
+
+    /// `vpsrlq dst, x, xmmword [base + disp]`: 64-bit lanes shifted right logically by the
+    /// count in the operand's low quadword.
+    pub fn shr_q_by(&mut self, dst: Ymm, x: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F, PP_66, 0xd3, dst.0, Some(x), Rm::M(base, disp));
+    }
+
+    /// `vpsrad dst, src, imm`: 32-bit lanes shifted right arithmetically.
+    pub fn sar_d(&mut self, dst: Ymm, src: Ymm, imm: u8) {
+        self.vex(MAP_0F, PP_66, 0x72, 4, Some(dst), Rm::Y(src));
+        self.code.push(imm);
+    }
+
+    /// `vpsrad dst, x, xmmword [base + disp]`: by the count in the operand's low quadword.
+    pub fn sar_d_by(&mut self, dst: Ymm, x: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F, PP_66, 0xe2, dst.0, Some(x), Rm::M(base, disp));
+    }
+
+    /// `vpblendd dst, x, y, sel`: 32-bit lane `i` from `y` where bit `i` of `sel` is set.
+    pub fn blend_d(&mut self, dst: Ymm, x: Ymm, y: Ymm, sel: u8) {
+        self.vex(MAP_0F3A, PP_66, 0x02, dst.0, Some(x), Rm::Y(y));
+        self.code.push(sel);
+    }
+
+    /// `vpand dst, x, y`
+    pub fn and_int(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_66, 0xdb, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vpcmpgtd dst, x, y`: all ones in the 32-bit lanes where `x > y` (signed).
+    pub fn greater_d(&mut self, dst: Ymm, x: Ymm, y: Ymm) {
+        self.vex(MAP_0F, PP_66, 0x66, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vpmaxsd dst, x, y` / `vpminsd` (`min`): signed 32-bit lanes.
+    pub fn max_min_d(&mut self, dst: Ymm, x: Ymm, y: Ymm, min: bool) {
+        self.vex(MAP_0F38, PP_66, if min { 0x39 } else { 0x3d }, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vpackssdw dst, x, y` / `vpacksswb` (`bytes`): per 128-bit half, `x`'s lanes then
+    /// `y`'s narrowed with signed saturation.
+    pub fn pack(&mut self, dst: Ymm, x: Ymm, y: Ymm, bytes: bool) {
+        self.vex(MAP_0F, PP_66, if bytes { 0x63 } else { 0x6b }, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vextracti128 dst_xmm, src, 1`: the high 128 bits of `src` (the low half of `dst`).
+    pub fn high_half(&mut self, dst: Ymm, src: Ymm) {
+        self.vex(MAP_0F3A, PP_66, 0x39, src.0, None, Rm::Y(dst));
+        self.code.push(1);
+    }
+
+    /// `vpunpckldq dst_xmm, x, y` / `vpunpckhdq` (`high`): the low (high) two 32-bit lanes
+    /// of `x` and `y` alternately (128 bits).
+    pub fn unpack_dwords(&mut self, dst: Ymm, x: Ymm, y: Ymm, high: bool) {
+        let op = if high { 0x6a } else { 0x62 };
+        self.vex_lw(MAP_0F, PP_66, op, dst.0, Some(x), Rm::Y(y), (false, false));
+    }
+
+    /// `vmovq qword [base + disp], src_xmm` / `vpextrq ..., 1` (`high`): one 64-bit lane.
+    pub fn store_q(&mut self, base: Gpr, disp: i32, src: Ymm, high: bool) {
+        if high {
+            self.vex_lw(MAP_0F3A, PP_66, 0x16, src.0, None, Rm::M(base, disp), (false, true));
+            self.code.push(1);
+        } else {
+            self.vex_lw(MAP_0F, PP_66, 0xd6, src.0, None, Rm::M(base, disp), (false, false));
+        }
     }
 
     /// `vpxor dst, dst, dst`: all zero bits (integer domain).
@@ -378,6 +482,116 @@ mod tests {
                 bytes(|a| a.store_int(RDX, 96, y(3))),
                 &[0xc5, 0xfe, 0x7f, 0x5a, 0x60],
                 "vmovdqu [rdx+96],ymm3",
+            ),
+            (
+                bytes(|a| a.broadcast_q(y(9), RCX, 8)),
+                &[0xc4, 0x62, 0x7d, 0x59, 0x49, 0x08],
+                "vpbroadcastq ymm9,[rcx+8]",
+            ),
+            (
+                bytes(|a| a.sub_int(y(0), y(0), Rm::Y(y(12)))),
+                &[0xc4, 0xc1, 0x7d, 0xfa, 0xc4],
+                "vpsubd ymm0,ymm0,ymm12",
+            ),
+            (
+                bytes(|a| a.add_q(y(4), y(4), Rm::Y(y(13)))),
+                &[0xc4, 0xc1, 0x5d, 0xd4, 0xe5],
+                "vpaddq ymm4,ymm4,ymm13",
+            ),
+            (
+                bytes(|a| a.mul_even(y(10), y(1), Rm::Y(y(15)))),
+                &[0xc4, 0x42, 0x75, 0x28, 0xd7],
+                "vpmuldq ymm10,ymm1,ymm15",
+            ),
+            (
+                bytes(|a| a.shift_q(y(5), y(1), 32, false)),
+                &[0xc5, 0xd5, 0x73, 0xd1, 0x20],
+                "vpsrlq ymm5,ymm1,32",
+            ),
+            (
+                bytes(|a| a.shift_q(y(11), y(12), 32, true)),
+                &[0xc4, 0xc1, 0x25, 0x73, 0xf4, 0x20],
+                "vpsllq ymm11,ymm12,32",
+            ),
+            (
+                bytes(|a| a.shr_q_by(y(4), y(4), RCX, 16)),
+                &[0xc5, 0xdd, 0xd3, 0x61, 0x10],
+                "vpsrlq ymm4,ymm4,[rcx+16]",
+            ),
+            (
+                bytes(|a| a.sar_d(y(8), y(2), 31)),
+                &[0xc5, 0xbd, 0x72, 0xe2, 0x1f],
+                "vpsrad ymm8,ymm2,31",
+            ),
+            (
+                bytes(|a| a.sar_d_by(y(4), y(3), RCX, 32)),
+                &[0xc5, 0xe5, 0xe2, 0x61, 0x20],
+                "vpsrad ymm4,ymm3,[rcx+32]",
+            ),
+            (
+                bytes(|a| a.blend_d(y(0), y(4), y(5), 0xaa)),
+                &[0xc4, 0xe3, 0x5d, 0x02, 0xc5, 0xaa],
+                "vpblendd ymm0,ymm4,ymm5,0xaa",
+            ),
+            (
+                bytes(|a| a.and_int(y(5), y(0), y(6))),
+                &[0xc5, 0xfd, 0xdb, 0xee],
+                "vpand ymm5,ymm0,ymm6",
+            ),
+            (
+                bytes(|a| a.greater_d(y(5), y(5), y(6))),
+                &[0xc5, 0xd5, 0x66, 0xee],
+                "vpcmpgtd ymm5,ymm5,ymm6",
+            ),
+            (
+                bytes(|a| a.max_min_d(y(0), y(0), y(6), false)),
+                &[0xc4, 0xe2, 0x7d, 0x3d, 0xc6],
+                "vpmaxsd ymm0,ymm0,ymm6",
+            ),
+            (
+                bytes(|a| a.max_min_d(y(3), y(3), y(14), true)),
+                &[0xc4, 0xc2, 0x65, 0x39, 0xde],
+                "vpminsd ymm3,ymm3,ymm14",
+            ),
+            (
+                bytes(|a| a.pack(y(4), y(0), y(1), false)),
+                &[0xc5, 0xfd, 0x6b, 0xe1],
+                "vpackssdw ymm4,ymm0,ymm1",
+            ),
+            (
+                bytes(|a| a.pack(y(4), y(4), y(5), true)),
+                &[0xc5, 0xdd, 0x63, 0xe5],
+                "vpacksswb ymm4,ymm4,ymm5",
+            ),
+            (
+                bytes(|a| a.high_half(y(5), y(4))),
+                &[0xc4, 0xe3, 0x7d, 0x39, 0xe5, 0x01],
+                "vextracti128 xmm5,ymm4,1",
+            ),
+            (
+                bytes(|a| a.unpack_dwords(y(6), y(4), y(5), false)),
+                &[0xc5, 0xd9, 0x62, 0xf5],
+                "vpunpckldq xmm6,xmm4,xmm5",
+            ),
+            (
+                bytes(|a| a.unpack_dwords(y(7), y(4), y(5), true)),
+                &[0xc5, 0xd9, 0x6a, 0xfd],
+                "vpunpckhdq xmm7,xmm4,xmm5",
+            ),
+            (
+                bytes(|a| a.store_q(RDX, 0, y(6), false)),
+                &[0xc5, 0xf9, 0xd6, 0x32],
+                "vmovq [rdx],xmm6",
+            ),
+            (
+                bytes(|a| a.store_q(RDX, 200, y(6), true)),
+                &[0xc4, 0xe3, 0xf9, 0x16, 0xb2, 0xc8, 0, 0, 0, 1],
+                "vpextrq [rdx+200],xmm6,1",
+            ),
+            (
+                bytes(|a| a.store_q(R8, 1000, y(7), false)),
+                &[0xc4, 0xc1, 0x79, 0xd6, 0xb8, 0xe8, 0x03, 0, 0],
+                "vmovq [r8+1000],xmm7",
             ),
         ];
         for (got, want, text) in cases {

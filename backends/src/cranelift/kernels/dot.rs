@@ -146,6 +146,56 @@ pub(crate) fn windowed(g: &Graph, n: NodeId, dot: Option<Dot>) -> Option<super::
     super::pairs::Windowed::of(window, xs, out)
 }
 
+/// The 256-bit kernel for one block of eight positions on halfword pairs, if the
+/// convolution takes it (`d` is `Pairs` and the target has AVX2): per block of four
+/// output channels, the sums stored, or finished into int8 outputs where
+/// [`finish_starts`] gives the sums' starts.
+fn wide_sums(g: &Graph, n: NodeId, d: Dot) -> Option<super::wide::PairSums> {
+    let dims = dims(g, n)?;
+    let rows = windowed(g, n, Some(d)).map_or(dims.c, |w| w.rows());
+    let finish = finish_starts(g, n).map(|_| super::wide::Finish {
+        tflite: matches!(&g.node(n).op, Op::QConv { q, .. } if q.numerics == kiln_ir::op::Numerics::Tflite),
+        row: dims.p as i32,
+    });
+    let w = super::wide::PairSums {
+        rows: rows as usize,
+        blocks: (dims.m as usize).div_ceil(4),
+        finish,
+    };
+    (d == Dot::Pairs && rows >= 4 && w.out_bytes() <= WIDE_SUMS_BYTES).then_some(w)
+}
+
+/// Per output channel, `bias - zp * sum(w)`: where the 256-bit kernel finishes a static
+/// convolution's sums itself (constant bias, whole blocks of four channels, a vector
+/// rescale that provably fits i32 and outputs in the int8 range).
+pub(crate) fn finish_starts(g: &Graph, n: NodeId) -> Option<Vec<i32>> {
+    let node = g.node(n);
+    let Op::QConv { q, .. } = &node.op else {
+        return None;
+    };
+    let m = dims(g, n)?.m as usize;
+    let in_range = q.act_min >= -128 && q.act_max <= 127;
+    if !m.is_multiple_of(4) || !in_range || !super::quant::fits_i32(g, n, q) {
+        return None;
+    }
+    let bias = match node.inputs.get(2) {
+        Some(&b) => g.const_value(b)?.to_i64_vec(),
+        None => vec![0; m],
+    };
+    let w = g.const_value(node.inputs[1])?.to_i64_vec();
+    let per = w.len() / m;
+    Some(
+        (0..m)
+            .map(|o| {
+                let sum = w[o * per..(o + 1) * per]
+                    .iter()
+                    .fold(0i32, |a, &v| a.wrapping_add(v as i32));
+                (bias[o] as i32).wrapping_sub(q.input_zp.wrapping_mul(sum))
+            })
+            .collect(),
+    )
+}
+
 /// Whether node `n` runs here when the target has a dot product.
 pub(crate) fn applies(g: &Graph, n: NodeId) -> bool {
     dims(g, n).is_some()
@@ -234,21 +284,39 @@ fn interleave8(fx: &mut Fx, d: Dot, x0: Value, dst: Value, (c, p): (i64, i64), v
 /// requantization tables (2, 3) and the zero-point term (4: `zp * sum(w)`, 5: `(zp + 128)
 /// * sum(w)`), as `quant::aux` builds them.
 pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, q: &QLinear, a: &Args, d: Dot) {
+    // with AVX2, the 256-bit kernel's finish records come last (`finishes_wide`)
+    let finish = (fx.code.is_some() && finishes_wide(g, n, d)).then(|| a.aux[a.aux.len() - 1]);
+    let aux = &a.aux[..a.aux.len() - finish.is_some() as usize];
     let zsum = match d {
-        Dot::UnsignedBySigned => a.aux[5],
-        Dot::Signed | Dot::Pairs => a.aux[4],
+        Dot::UnsignedBySigned => aux[5],
+        Dot::Signed | Dot::Pairs => aux[4],
     };
     let st = Stage::Static {
         q,
-        mult: a.aux[2],
-        shift: a.aux[3],
+        mult: aux[2],
+        shift: aux[3],
         zsum,
         fits: super::quant::fits_i32(g, n, q),
     };
     // the weight rows as this kernel reads them if they differ from the weights, then the
     // rescale records (`quant::aux`)
-    let weights = if a.aux.len() > 7 { a.aux[6] } else { a.ins[1] };
-    conv(fx, g, n, window, st, (weights, a.aux.last().copied()), a, d);
+    let weights = if aux.len() > 7 { aux[6] } else { a.ins[1] };
+    conv(fx, g, n, window, st, (weights, aux.last().copied(), finish), a, d);
+}
+
+/// Whether the 256-bit kernel finishes node `n`'s sums itself on dot product `d` (then
+/// its records are the last table, [`finish_table`]).
+pub(crate) fn finishes_wide(g: &Graph, n: NodeId, d: Dot) -> bool {
+    wide_sums(g, n, d).is_some_and(|w| w.finish.is_some())
+}
+
+/// The records [`super::wide::Finish`] reads for node `n`, one per output channel.
+pub(crate) fn finish_table(g: &Graph, n: NodeId) -> Vec<u8> {
+    let Op::QConv { q, .. } = &g.node(n).op else {
+        unreachable!("checked by `finishes_wide`")
+    };
+    let starts = finish_starts(g, n).expect("checked by `finishes_wide`");
+    super::quant::finish_records(q, &starts)
 }
 
 /// `zp * sum(w)` of channel `ch` as the dot product `d` needs it: with `(zp + 128)` for
@@ -269,11 +337,12 @@ fn zero_term(fx: &mut Fx, st: &Stage, d: Dot, ch: Value) -> Value {
 /// `a.ins[0]` with stage `st`; `weights` as for [`qconv`] (`aux` 4 when padded).
 pub(crate) fn dyn_qconv(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Stage, a: &Args, d: Dot) {
     let weights = if a.aux.len() > 4 { a.aux[4] } else { a.ins[1] };
-    conv(fx, g, n, window, st, (weights, None), a, d);
+    conv(fx, g, n, window, st, (weights, None, None), a, d);
 }
 
 /// The convolution of [`qconv`] with any output stage; `records` the rescale records of a
-/// static stage (`quant::rescale_records`), if any.
+/// static stage (`quant::rescale_records`), if any, and `finish` the 256-bit kernel's
+/// ([`finish_table`]) where it finishes the sums itself.
 #[allow(clippy::too_many_arguments)]
 fn conv(
     fx: &mut Fx,
@@ -281,7 +350,7 @@ fn conv(
     n: NodeId,
     window: &Window,
     st: Stage,
-    (weights, records): (Value, Option<Value>),
+    (weights, records, finish): (Value, Option<Value>, Option<Value>),
     a: &Args,
     d: Dot,
 ) {
@@ -297,17 +366,12 @@ fn conv(
     let inter = fx.add_imm(a.scratch, win.map_or(im2col.unwrap_or(0), |w| w.copy_bytes()));
     // with AVX2, each block of positions' pair sums come from one 256-bit kernel call into
     // a stack buffer (bounded: the widest layers fall back to the 128-bit loop)
-    let wide = (d == Dot::Pairs && fx.code.is_some() && c >= 4)
-        .then_some(super::wide::PairSums {
-            rows: c as usize,
-            blocks: (m as usize).div_ceil(4),
-        })
-        .filter(|w| w.out_bytes() <= WIDE_SUMS_BYTES)
-        .map(|w| {
-            let data = StackSlotData::new(StackSlotKind::ExplicitSlot, w.out_bytes() as u32, 5);
-            let slot = fx.b.create_sized_stack_slot(data);
-            (w, fx.b.ins().stack_addr(I64, slot, 0))
-        });
+    // (the whole blocks of eight positions finished by it too, with `finish`)
+    let wide = wide_sums(g, n, d).filter(|_| fx.code.is_some()).map(|w| {
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, w.out_bytes() as u32, 5);
+        let slot = fx.b.create_sized_stack_slot(data);
+        (w, fx.b.ins().stack_addr(I64, slot, 0))
+    });
     fx.for_n(batch, &mut |fx, b| {
         let x = match (win, im2col) {
             (Some(w), _) => {
@@ -410,6 +474,12 @@ fn conv(
                 }
             }
             if let Some((w, sums)) = wide {
+                if let (Some(records), 8, Some(_)) = (finish, valid, w.finish) {
+                    let yp = fx.addr(y, pos, 1);
+                    fx.call_code(&w.code(), &[inter, weights, yp, records]);
+                    return;
+                }
+                let w = super::wide::PairSums { finish: None, ..w };
                 fx.call_code(&w.code(), &[inter, weights, sums]);
             }
             fx.for_n(m / 4, &mut |fx, ob| {

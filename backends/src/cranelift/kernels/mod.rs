@@ -142,6 +142,12 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
             v.push(qdw::wide_weights(g, n, &d));
             v
         }
+        Op::QConv { .. } if t.wide && dot == Some(Dot::Pairs) && dot::finishes_wide(g, n, Dot::Pairs) => {
+            // the 256-bit kernel's finish records after the usual tables
+            let mut v = quant::aux(g, n, dot);
+            v.push(dot::finish_table(g, n));
+            v
+        }
         Op::Lut { .. }
         | Op::Lut16 { .. }
         | Op::QMatMul { .. }

@@ -931,6 +931,30 @@ fn records_of(numerics: Numerics, each: &[Requant]) -> Vec<u8> {
         .collect()
 }
 
+/// Per output channel, the record [`super::wide::Finish`] reads: the sums' start `start[ch]`
+/// (the bias less the zero-point term), the channel's [`Rescale`] constants, the output
+/// zero point and the clamp bounds ([`super::wide::finish_record`] has the layout).
+pub(crate) fn finish_records(q: &QLinear, start: &[i32]) -> Vec<u8> {
+    use super::wide::finish_record as at;
+    let mut out = vec![0u8; start.len() * at::SIZE];
+    for (ch, (rec, &s)) in out.chunks_mut(at::SIZE).zip(start).enumerate() {
+        let r = rescale_consts(q.numerics, q.requant[if q.requant.len() == 1 { 0 } else { ch }]);
+        let mut put = |off: usize, b: &[u8]| rec[off..off + b.len()].copy_from_slice(b);
+        put(at::BIAS, &s.to_le_bytes());
+        put(at::M, &(r.m as i32).to_le_bytes());
+        put(at::K, &r.k.to_le_bytes());
+        put(at::E, &r.e.to_le_bytes());
+        put(at::C, &(r.c as i32).to_le_bytes());
+        put(at::MASK, &(r.mask as i32).to_le_bytes());
+        put(at::E2, &r.e2.to_le_bytes());
+        put(at::HALF, &((r.mask >> 1) as i32).to_le_bytes());
+        put(at::ZP, &q.output_zp.to_le_bytes());
+        put(at::LO, &q.act_min.to_le_bytes());
+        put(at::HI, &q.act_max.to_le_bytes());
+    }
+    out
+}
+
 /// [`finish_fit4`] with the channel's constants read from its [`rescale_records`] record at
 /// `rec`.
 pub(crate) fn finish_fit4_rec(fx: &mut Fx, q: &QLinear, acc: Value, rec: Value) -> Value {

@@ -169,7 +169,8 @@ impl Product {
 
 /// The int8 convolution's halfword pair products ([`super::pairs::sums`]) on 256-bit
 /// vectors: for one block of eight interleaved positions, every block of four output
-/// channels' 32-bit sums (exact integers, so the same bits as the 128-bit kernel).
+/// channels' 32-bit sums (exact integers, so the same bits as the 128-bit kernel), stored
+/// as they are or, with `finish`, rescaled into int8 outputs ([`Finish`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PairSums {
     /// Product rows (a multiple of four): the interleave holds `rows / 2` row pairs of 32
@@ -177,23 +178,59 @@ pub(crate) struct PairSums {
     pub rows: usize,
     /// Blocks of four output channels.
     pub blocks: usize,
+    pub finish: Option<Finish>,
+}
+
+/// How [`PairSums`] finishes its sums into int8 outputs: per channel, its [`finish_record`]
+/// record's bias added, rescaled exactly as `quant::rescale4` does (64-bit products of even
+/// and odd lanes, shifted logically from a biased sum), TFLite's rounding divide where
+/// asked, the zero point added, clamped, and the eight bytes of each channel stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Finish {
+    /// TFLite's numerics: the rounding divide by `2^e2` after the first rescale.
+    pub tflite: bool,
+    /// Bytes from one output channel's row to the next.
+    pub row: i32,
+}
+
+/// The byte offsets in one channel's [`Finish`] record (64 bytes): the i32 start of its
+/// sums (`bias - zp * sum(w)`), the rescale's `m` (i32), `k` (i64), `e` (shift count), `c`
+/// (i32), TFLite's mask, the count `e2` and `mask >> 1` (i32), then the output zero point
+/// and clamp bounds (i32).
+pub(crate) mod finish_record {
+    pub const BIAS: usize = 0;
+    pub const M: usize = 4;
+    pub const K: usize = 8;
+    /// a count read as the low quadword of 16 bytes (`C` and `MASK` share them)
+    pub const E: usize = 16;
+    pub const C: usize = 24;
+    pub const MASK: usize = 28;
+    /// a count read as the low quadword of 16 bytes (`HALF` to `LO` share them)
+    pub const E2: usize = 32;
+    pub const HALF: usize = 40;
+    pub const ZP: usize = 44;
+    pub const LO: usize = 48;
+    pub const HI: usize = 52;
+    pub const SIZE: usize = 64;
 }
 
 impl PairSums {
-    /// Bytes of sums one call writes: per block and channel, eight positions.
+    /// Bytes of sums one call writes (without `finish`): per block and channel, eight
+    /// positions.
     pub fn out_bytes(&self) -> usize {
         self.blocks * 4 * 32
     }
 
     /// Arguments: the interleave (`rdi`), the first block's weights (`rsi`, the blocks
-    /// contiguous), and where the sums go (`rdx`, per block and channel 32 bytes).
+    /// contiguous), and where the sums go (`rdx`, per block and channel 32 bytes); with
+    /// `finish`, where the first channel's eight outputs go (`rdx`) and its record (`rcx`).
     pub fn code(&self) -> Vec<u8> {
         assert!(
             self.rows >= 4 && self.rows.is_multiple_of(4) && self.blocks >= 1,
             "{self:?}"
         );
         let x = |pair: usize| Ymm(4 + pair as u8);
-        four_output_blocks(self.blocks, self.rows / 4, 0, &|a| {
+        let step = |a: &mut Asm| {
             for pair in 0..2 {
                 a.load_int(x(pair), BP, 32 * pair as i32);
             }
@@ -208,15 +245,94 @@ impl PairSums {
             }
             a.add(BP, 64);
             a.add(AP, 32);
-        })
+        };
+        match self.finish {
+            None => four_output_blocks(self.blocks, self.rows / 4, 0, &step, &store_sums),
+            Some(f) => four_output_blocks(self.blocks, self.rows / 4, 0, &step, &|a| f.code(a)),
+        }
     }
+}
+
+impl Finish {
+    /// The four accumulators (ymm0-3: four channels, eight positions each) finished and
+    /// stored; `rdx` and `rcx` moved on to the next block's channels.
+    fn code(&self, a: &mut Asm) {
+        use finish_record as at;
+        let rec = |j: usize, off: usize| (j * at::SIZE + off) as i32;
+        for (j, y) in ACC4.into_iter().enumerate() {
+            let (e, o, t) = (Ymm(4 + 3 * j as u8), Ymm(5 + 3 * j as u8), Ymm(6 + 3 * j as u8));
+            a.broadcast_int(t, RCX, rec(j, at::BIAS));
+            a.add_int(y, y, Rm::Y(t));
+            // the even lanes' and (shifted down) the odd lanes' 64-bit products
+            a.broadcast_int(t, RCX, rec(j, at::M));
+            a.shift_q(o, y, 32, false);
+            a.mul_even(e, y, Rm::Y(t));
+            a.mul_even(o, o, Rm::Y(t));
+            a.broadcast_q(t, RCX, rec(j, at::K));
+            for v in [e, o] {
+                a.add_q(v, v, Rm::Y(t));
+                a.shr_q_by(v, v, RCX, rec(j, at::E));
+            }
+            // the low words back in their lanes, less `c`
+            a.shift_q(o, o, 32, true);
+            a.blend_d(y, e, o, 0xaa);
+            a.broadcast_int(t, RCX, rec(j, at::C));
+            a.sub_int(y, y, Rm::Y(t));
+            if self.tflite {
+                // (v >> e2) + ((v & mask) > (mask >> 1) + [v < 0])
+                a.sar_d_by(e, y, RCX, rec(j, at::E2));
+                a.broadcast_int(t, RCX, rec(j, at::MASK));
+                a.and_int(o, y, t);
+                a.sar_d(y, y, 31);
+                a.broadcast_int(t, RCX, rec(j, at::HALF));
+                a.sub_int(t, t, Rm::Y(y));
+                a.greater_d(o, o, t);
+                a.sub_int(y, e, Rm::Y(o));
+            }
+            a.broadcast_int(t, RCX, rec(j, at::ZP));
+            a.add_int(y, y, Rm::Y(t));
+            a.broadcast_int(t, RCX, rec(j, at::LO));
+            a.max_min_d(y, y, t, false);
+            a.broadcast_int(t, RCX, rec(j, at::HI));
+            a.max_min_d(y, y, t, true);
+        }
+        // bytes: per half [c0 p0-3, c1 p0-3, c2 p0-3, c3 p0-3] (positions 4-7 in the high
+        // half), then each channel's eight as one quadword
+        let (w01, w23, lo, hi, c01, c23) = (Ymm(4), Ymm(5), Ymm(4), Ymm(6), Ymm(7), Ymm(8));
+        a.pack(w01, ACC4[0], ACC4[1], false);
+        a.pack(w23, ACC4[2], ACC4[3], false);
+        a.pack(lo, w01, w23, true);
+        a.high_half(hi, lo);
+        a.unpack_dwords(c01, lo, hi, false);
+        a.unpack_dwords(c23, lo, hi, true);
+        a.store_q(RDX, 0, c01, false);
+        a.store_q(RDX, self.row, c01, true);
+        a.store_q(RDX, 2 * self.row, c23, false);
+        a.store_q(RDX, 3 * self.row, c23, true);
+        a.add(RDX, 4 * self.row);
+        a.add(RCX, 4 * at::SIZE as i32);
+    }
+}
+
+/// The four accumulators (ymm0-3) stored 32 bytes apart from `rdx`, which moves on by 128.
+fn store_sums(a: &mut Asm) {
+    for (o, acc) in ACC4.into_iter().enumerate() {
+        a.store_int(RDX, 32 * o as i32, acc);
+    }
+    a.add(RDX, 128);
 }
 
 /// Blocks of four i32 accumulators (ymm0-3) as the int8 pair kernels share them: per block
 /// (`rsi` walks the weights in `AP`, `blocks` of them) the sums start at zero, `step` runs
 /// `steps` times over the activations from `rdi` (in `BP`), the weights cursor moves on by
-/// `skip` bytes, and the four sums are stored 32 bytes apart from `rdx`.
-fn four_output_blocks(blocks: usize, steps: usize, skip: i32, step: &dyn Fn(&mut Asm)) -> Vec<u8> {
+/// `skip` bytes, and `end` takes the four sums.
+fn four_output_blocks(
+    blocks: usize,
+    steps: usize,
+    skip: i32,
+    step: &dyn Fn(&mut Asm),
+    end: &dyn Fn(&mut Asm),
+) -> Vec<u8> {
     let mut a = Asm::default();
     a.mov_gpr(AP, RSI);
     a.set(BLOCKS, blocks as u32);
@@ -233,10 +349,7 @@ fn four_output_blocks(blocks: usize, steps: usize, skip: i32, step: &dyn Fn(&mut
     if skip != 0 {
         a.add(AP, skip);
     }
-    for (o, acc) in ACC4.into_iter().enumerate() {
-        a.store_int(RDX, 32 * o as i32, acc);
-    }
-    a.add(RDX, 128);
+    end(&mut a);
     a.dec(BLOCKS);
     a.loop_back(block);
     a.ret();
@@ -329,7 +442,7 @@ impl PairDense {
         let k = self.k as i32;
         let x = Ymm(4);
         // after a block's loop the weights cursor is past its first column: on to the next block's
-        four_output_blocks(self.blocks, self.k / 16, 3 * k, &|a| {
+        let step = |a: &mut Asm| {
             a.widen_bytes(x, BP, 0);
             for (o, acc) in ACC4.into_iter().enumerate() {
                 let w = Ymm(5 + o as u8);
@@ -339,6 +452,7 @@ impl PairDense {
             }
             a.add(BP, 16);
             a.add(AP, 16);
-        })
+        };
+        four_output_blocks(self.blocks, self.k / 16, 3 * k, &step, &store_sums)
     }
 }
