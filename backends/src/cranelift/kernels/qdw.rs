@@ -258,7 +258,7 @@ fn run(
             let pad = fx.b.ins().bxor_imm_s(pad, flip);
             let pad = fx.b.ins().ireduce(I8, pad);
             let pad = fx.b.ins().splat(I8X16, pad);
-            fx.for_ptrs(d.padded() / 16, &[(xpad, 16)], &mut |fx, q| fx.store(pad, q[0]));
+            border(fx, d, xpad, pad);
         }
         to_channels_last(fx, d, x, xpad, flip);
         match (wide, start) {
@@ -272,6 +272,27 @@ fn run(
         }
         finish(fx, d, st, (sums, records), y);
     });
+}
+
+/// The border of the `[Hp][Wp][C16]` copy set to `pad` (sixteen bytes): the rows above
+/// and below the input's, and the columns left and right of it in each of its rows.
+fn border(fx: &mut Fx, d: &QDw, xpad: Value, pad: Value) {
+    let row = d.wp * d.c16;
+    let fill = |fx: &mut Fx, at: Value, bytes: i64| {
+        fx.for_ptrs(bytes / 16, &[(at, 16)], &mut |fx, q| fx.store(pad, q[0]));
+    };
+    fill(fx, xpad, d.top * row);
+    let below = fx.add_imm(xpad, (d.top + d.h) * row);
+    fill(fx, below, (d.hp - d.top - d.h) * row);
+    let (left, right) = (d.left * d.c16, (d.wp - d.left - d.w) * d.c16);
+    if left > 0 || right > 0 {
+        let first = fx.add_imm(xpad, d.top * row);
+        fx.for_ptrs(d.h, &[(first, row)], &mut |fx, r| {
+            fill(fx, r[0], left);
+            let after = fx.add_imm(r[0], (d.left + d.w) * d.c16);
+            fill(fx, after, right);
+        });
+    }
 }
 
 /// `x` `[C][H][W]` into the bordered `[Hp][Wp][C16]` copy, each byte xor `flip`: four
