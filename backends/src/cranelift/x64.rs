@@ -264,11 +264,29 @@ impl Asm {
         self.code.push(1);
     }
 
-    /// `vpunpckldq dst_xmm, x, y` / `vpunpckhdq` (`high`): the low (high) two 32-bit lanes
-    /// of `x` and `y` alternately (128 bits).
-    pub fn unpack_dwords(&mut self, dst: Ymm, x: Ymm, y: Ymm, high: bool) {
+    /// `vpunpckldq dst, x, y` / `vpunpckhdq` (`high`): per 128-bit half (only the low one
+    /// unless `wide`), the low (high) two 32-bit lanes of `x` and `y` alternately.
+    pub fn unpack_d(&mut self, dst: Ymm, x: Ymm, y: Ymm, high: bool, wide: bool) {
         let op = if high { 0x6a } else { 0x62 };
-        self.vex_lw(MAP_0F, PP_66, op, dst.0, Some(x), Rm::Y(y), (false, false));
+        self.vex_lw(MAP_0F, PP_66, op, dst.0, Some(x), Rm::Y(y), (wide, false));
+    }
+
+    /// `vpunpcklqdq dst, x, y` / `vpunpckhqdq` (`high`): per 128-bit half, the low (high)
+    /// 64-bit lane of `x`, then of `y`.
+    pub fn unpack_q(&mut self, dst: Ymm, x: Ymm, y: Ymm, high: bool) {
+        self.vex(MAP_0F, PP_66, if high { 0x6d } else { 0x6c }, dst.0, Some(x), Rm::Y(y));
+    }
+
+    /// `vmovdqu dst_xmm, [base + disp]`: sixteen bytes into the low half (the high one
+    /// cleared).
+    pub fn load_half(&mut self, dst: Ymm, base: Gpr, disp: i32) {
+        self.vex_lw(MAP_0F, PP_F3, 0x6f, dst.0, None, Rm::M(base, disp), (false, false));
+    }
+
+    /// `vinserti128 dst, x, [base + disp], 1`: `x` with its high half loaded.
+    pub fn insert_high(&mut self, dst: Ymm, x: Ymm, base: Gpr, disp: i32) {
+        self.vex(MAP_0F3A, PP_66, 0x38, dst.0, Some(x), Rm::M(base, disp));
+        self.code.push(1);
     }
 
     /// `vmovq qword [base + disp], src_xmm` / `vpextrq ..., 1` (`high`): one 64-bit lane.
@@ -569,14 +587,54 @@ mod tests {
                 "vextracti128 xmm5,ymm4,1",
             ),
             (
-                bytes(|a| a.unpack_dwords(y(6), y(4), y(5), false)),
+                bytes(|a| a.unpack_d(y(6), y(4), y(5), false, false)),
                 &[0xc5, 0xd9, 0x62, 0xf5],
                 "vpunpckldq xmm6,xmm4,xmm5",
             ),
             (
-                bytes(|a| a.unpack_dwords(y(7), y(4), y(5), true)),
+                bytes(|a| a.unpack_d(y(7), y(4), y(5), true, false)),
                 &[0xc5, 0xd9, 0x6a, 0xfd],
                 "vpunpckhdq xmm7,xmm4,xmm5",
+            ),
+            (
+                bytes(|a| a.unpack_d(y(4), y(0), y(1), false, true)),
+                &[0xc5, 0xfd, 0x62, 0xe1],
+                "vpunpckldq ymm4,ymm0,ymm1",
+            ),
+            (
+                bytes(|a| a.unpack_d(y(5), y(2), y(3), true, true)),
+                &[0xc5, 0xed, 0x6a, 0xeb],
+                "vpunpckhdq ymm5,ymm2,ymm3",
+            ),
+            (
+                bytes(|a| a.unpack_q(y(0), y(4), y(5), false)),
+                &[0xc5, 0xdd, 0x6c, 0xc5],
+                "vpunpcklqdq ymm0,ymm4,ymm5",
+            ),
+            (
+                bytes(|a| a.unpack_q(y(3), y(6), y(7), true)),
+                &[0xc5, 0xcd, 0x6d, 0xdf],
+                "vpunpckhqdq ymm3,ymm6,ymm7",
+            ),
+            (
+                bytes(|a| a.load_half(y(0), RDI, 64)),
+                &[0xc5, 0xfa, 0x6f, 0x47, 0x40],
+                "vmovdqu xmm0,[rdi+64]",
+            ),
+            (
+                bytes(|a| a.load_half(y(10), RDI, 0)),
+                &[0xc5, 0x7a, 0x6f, 0x17],
+                "vmovdqu xmm10,[rdi]",
+            ),
+            (
+                bytes(|a| a.insert_high(y(0), y(0), RDI, 1024)),
+                &[0xc4, 0xe3, 0x7d, 0x38, 0x87, 0, 4, 0, 0, 1],
+                "vinserti128 ymm0,ymm0,[rdi+1024],1",
+            ),
+            (
+                bytes(|a| a.insert_high(y(3), y(3), R9, 4096)),
+                &[0xc4, 0xc3, 0x65, 0x38, 0x99, 0, 0x10, 0, 0, 1],
+                "vinserti128 ymm3,ymm3,[r9+4096],1",
             ),
             (
                 bytes(|a| a.store_q(RDX, 0, y(6), false)),

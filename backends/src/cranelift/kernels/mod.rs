@@ -137,9 +137,11 @@ pub(crate) fn aux_data(g: &Graph, n: NodeId, t: Target) -> Vec<Vec<u8>> {
         Op::QConv { .. } | Op::DynConv { .. }
             if let (true, Some(Dot::Pairs), Some(d)) = (t.wide, dot, qdw::QDw::of(g, n)) =>
         {
-            // the 256-bit kernel's halfword weights after the usual tables
+            // the 256-bit kernel's halfword weights after the usual tables, then its
+            // finish records where it finishes the sums itself
             let mut v = quant::aux(g, n, dot);
             v.push(qdw::wide_weights(g, n, &d));
+            v.extend(qdw::finish_table(g, n));
             v
         }
         Op::QConv { .. } if t.wide && dot == Some(Dot::Pairs) && dot::finishes_wide(g, n, Dot::Pairs) => {

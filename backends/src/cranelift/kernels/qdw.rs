@@ -211,13 +211,40 @@ pub(crate) fn qconv(fx: &mut Fx, g: &Graph, n: NodeId, q: &QLinear, d: &QDw, a: 
     } else {
         a.aux[7]
     };
-    // the 256-bit kernel's weights, when the target has it (`kernels::aux_data`)
+    // the 256-bit kernels' weights and finish records, when the target has them
+    // (`kernels::aux_data`)
     let wide = a
         .aux
         .get(10)
         .copied()
         .filter(|_| dot == Dot::Pairs && fx.code.is_some());
-    run(fx, d, &st, dot, (a.aux[6], Start::Table(start), a.aux[9]), a, wide);
+    let finish = a.aux.get(11).copied().filter(|_| wide.is_some()).map(|r| {
+        let f = super::wide::Finish {
+            tflite: q.numerics == kiln_ir::op::Numerics::Tflite,
+            row: (d.oh * d.ow) as i32,
+        };
+        (r, f)
+    });
+    run(
+        fx,
+        d,
+        &st,
+        dot,
+        (a.aux[6], Start::Table(start), a.aux[9]),
+        a,
+        (wide, finish),
+    );
+}
+
+/// The records of the 256-bit finish ([`super::wide::DepthwiseFinish`]), with zero starts
+/// (the sums start from the bias already), where it applies: a static convolution whose
+/// vector rescale provably fits i32 and whose outputs stay in the int8 range.
+pub(crate) fn finish_table(g: &Graph, n: NodeId) -> Option<Vec<u8>> {
+    let Op::QConv { q, .. } = &g.node(n).op else {
+        return None;
+    };
+    let c = g.value(g.node(n).outputs[0]).ty.shape[1];
+    (q.act_min >= -128 && q.act_max <= 127 && fits_i32(g, n, q)).then(|| super::quant::finish_records(q, &vec![0; c]))
 }
 
 /// The hybrid (`DynConv`) form: `a.ins[0]` is the input already quantized with stage `st`
@@ -232,7 +259,7 @@ pub(crate) fn dyn_qconv(fx: &mut Fx, d: &QDw, st: Stage, a: &Args, dot: Dot) {
         dot,
         (a.aux[4], Start::Sums { sums: a.aux[5], zp }, a.aux[4]),
         a,
-        wide,
+        (wide, None),
     );
 }
 
@@ -244,7 +271,7 @@ fn run(
     dot: Dot,
     (weights, start, records): (Value, Start, Value),
     a: &Args,
-    wide: Option<Value>,
+    (wide, wide_finish): (Option<Value>, Option<(Value, super::wide::Finish)>),
 ) {
     let flip: i64 = if dot == Dot::UnsignedBySigned { -128 } else { 0 };
     let (xpad, sums) = (a.scratch, fx.add_imm(a.scratch, d.padded()));
@@ -270,7 +297,7 @@ fn run(
             }
             _ => sum_positions(fx, d, dot, weights, start, xpad, sums),
         }
-        finish(fx, d, st, (sums, records), y);
+        finish(fx, d, st, (sums, records, wide_finish), y);
     });
 }
 
@@ -493,14 +520,21 @@ fn dot4_lanes(fx: &mut Fx, dot: Dot, x: Value, w: Value, acc: Value) -> Value {
     fx.b.ins().iadd(s, acc)
 }
 
-/// The sums `[position][c16]` rescaled into `y` `[C][P]`: four positions by four channels
-/// transposed in registers and finished four at a time where the sums provably fit, the
-/// rest one by one.
-fn finish(fx: &mut Fx, d: &QDw, st: &Stage, (sums, records): (Value, Value), y: Value) {
+/// The sums `[position][c16]` rescaled into `y` `[C][P]`: eight positions by four channels
+/// at a time by the 256-bit kernel where given (`wide`), then four by four transposed in
+/// registers and finished four at a time where the sums provably fit, the rest one by one.
+fn finish(
+    fx: &mut Fx,
+    d: &QDw,
+    st: &Stage,
+    (sums, records, wide): (Value, Value, Option<(Value, super::wide::Finish)>),
+    y: Value,
+) {
     let p = d.oh * d.ow;
     let es = st.elem();
     let vector = matches!(st, Stage::Static { fits: true, .. } | Stage::Dynamic { .. });
-    let (c4, p4) = if vector { (d.c / 4, p / 4) } else { (0, 0) };
+    let p8 = if wide.is_some() && vector { p / 8 * 8 } else { 0 };
+    let (c4, p4) = if vector { (d.c / 4, (p - p8) / 4) } else { (0, 0) };
     let one = |fx: &mut Fx, chan: (Value, Value), s: Value, t: Value| {
         let v = fx.b.ins().load(I32, flags(), s, 0);
         st.store(fx, v, chan, t, 0);
@@ -516,6 +550,17 @@ fn finish(fx: &mut Fx, d: &QDw, st: &Stage, (sums, records): (Value, Value), y: 
         let s0 = fx.addr(sums, c0, 4);
         let y0 = fx.addr(y, c0, p * es);
         let rec = fx.addr(records, c0, RESCALE_RECORD);
+        if let (Some((frec, f)), true) = (wide, p8 > 0) {
+            let code = super::wide::DepthwiseFinish {
+                blocks: (p8 / 8) as usize,
+                pos_step: (4 * d.c16) as i32,
+                finish: f,
+            }
+            .code();
+            let r = fx.addr(frec, c0, super::wide::finish_record::SIZE as i64);
+            fx.call_code(&code, &[s0, s0, y0, r]);
+        }
+        let (s0, y0) = (fx.add_imm(s0, 4 * p8 * d.c16), fx.add_imm(y0, p8 * es));
         fx.for_ptrs(p4, &[(s0, 16 * d.c16), (y0, 4 * es)], &mut |fx, pq| {
             let v: Vec<Value> = (0..4)
                 .map(|i| fx.b.ins().load(I32X4, flags(), pq[0], (4 * i * d.c16) as i32))
@@ -540,7 +585,7 @@ fn finish(fx: &mut Fx, d: &QDw, st: &Stage, (sums, records): (Value, Value), y: 
         });
         // the positions past the whole blocks of four
         let (s, t) = (fx.add_imm(s0, 16 * p4 * d.c16), fx.add_imm(y0, 4 * p4 * es));
-        fx.for_ptrs(p - 4 * p4, &[(s, 4 * d.c16), (t, es)], &mut |fx, pq| {
+        fx.for_ptrs(p - p8 - 4 * p4, &[(s, 4 * d.c16), (t, es)], &mut |fx, pq| {
             for (j, &chan) in chans.iter().enumerate() {
                 let (sj, tj) = (fx.add_imm(pq[0], 4 * j as i64), fx.add_imm(pq[1], j as i64 * p * es));
                 one(fx, chan, sj, tj);

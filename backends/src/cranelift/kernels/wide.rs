@@ -248,14 +248,18 @@ impl PairSums {
         };
         match self.finish {
             None => four_output_blocks(self.blocks, self.rows / 4, 0, &step, &store_sums),
-            Some(f) => four_output_blocks(self.blocks, self.rows / 4, 0, &step, &|a| f.code(a)),
+            Some(f) => four_output_blocks(self.blocks, self.rows / 4, 0, &step, &|a| {
+                f.code(a);
+                a.add(RDX, 4 * f.row);
+                a.add(RCX, 4 * finish_record::SIZE as i32);
+            }),
         }
     }
 }
 
 impl Finish {
-    /// The four accumulators (ymm0-3: four channels, eight positions each) finished and
-    /// stored; `rdx` and `rcx` moved on to the next block's channels.
+    /// The four accumulators (ymm0-3: four channels, eight positions each) finished with
+    /// the records from `rcx` and stored from `rdx`.
     fn code(&self, a: &mut Asm) {
         use finish_record as at;
         let rec = |j: usize, off: usize| (j * at::SIZE + off) as i32;
@@ -303,14 +307,57 @@ impl Finish {
         a.pack(w23, ACC4[2], ACC4[3], false);
         a.pack(lo, w01, w23, true);
         a.high_half(hi, lo);
-        a.unpack_dwords(c01, lo, hi, false);
-        a.unpack_dwords(c23, lo, hi, true);
+        a.unpack_d(c01, lo, hi, false, false);
+        a.unpack_d(c23, lo, hi, true, false);
         a.store_q(RDX, 0, c01, false);
         a.store_q(RDX, self.row, c01, true);
         a.store_q(RDX, 2 * self.row, c23, false);
         a.store_q(RDX, 3 * self.row, c23, true);
-        a.add(RDX, 4 * self.row);
-        a.add(RCX, 4 * at::SIZE as i32);
+    }
+}
+
+/// The int8 depthwise convolution's finish ([`super::qdw`]) on 256-bit vectors: per block
+/// of eight positions, four channels' sums (`[position][channel]`, already started from
+/// `bias - zp * sum(w)`) transposed in registers and finished as [`Finish`] does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DepthwiseFinish {
+    /// Blocks of eight positions per call.
+    pub blocks: usize,
+    /// Bytes from one position's sums to the next.
+    pub pos_step: i32,
+    pub finish: Finish,
+}
+
+impl DepthwiseFinish {
+    /// Arguments: the first position's sums of the first channel (`rdi`; `rsi` unused),
+    /// its first output (`rdx`) and its record (`rcx`, with a zero start).
+    pub fn code(&self) -> Vec<u8> {
+        assert!(self.blocks >= 1, "{self:?}");
+        let mut a = Asm::default();
+        a.set(BLOCKS, self.blocks as u32);
+        let top = a.here();
+        // ymm i: [position i | position i + 4], channels 0-3 each
+        for (i, y) in ACC4.into_iter().enumerate() {
+            a.load_half(y, RDI, i as i32 * self.pos_step);
+            a.insert_high(y, y, RDI, (i + 4) as i32 * self.pos_step);
+        }
+        let t = [Ymm(4), Ymm(5), Ymm(6), Ymm(7)];
+        a.unpack_d(t[0], ACC4[0], ACC4[1], false, true);
+        a.unpack_d(t[1], ACC4[0], ACC4[1], true, true);
+        a.unpack_d(t[2], ACC4[2], ACC4[3], false, true);
+        a.unpack_d(t[3], ACC4[2], ACC4[3], true, true);
+        // ymm j: channel j, positions 0-3 | 4-7
+        a.unpack_q(ACC4[0], t[0], t[2], false);
+        a.unpack_q(ACC4[1], t[0], t[2], true);
+        a.unpack_q(ACC4[2], t[1], t[3], false);
+        a.unpack_q(ACC4[3], t[1], t[3], true);
+        self.finish.code(&mut a);
+        a.add(RDI, 8 * self.pos_step);
+        a.add(RDX, 8);
+        a.dec(BLOCKS);
+        a.loop_back(top);
+        a.ret();
+        a.code
     }
 }
 
