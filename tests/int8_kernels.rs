@@ -365,3 +365,45 @@ fn int8_dense_products_are_bit_exact_everywhere() {
     failures.extend(host_cpu_failures(&built));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Byte transposes that move the last axis (two to four elements) in front of the axes
+/// before it, as a channels-last int8 input becomes planar: whole vectors of sixteen
+/// positions (natively gathered by constant swizzles) and the positions past them, several
+/// outer items, and a five-channel one that takes the generic copy. Every backend gives the
+/// evaluator's bytes.
+#[test]
+fn channels_last_bytes_transpose_exactly() {
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[1, 5, 7, 3], &[0, 3, 1, 2]),
+        (&[2, 17, 2], &[0, 2, 1]),
+        (&[1, 4, 4, 4], &[0, 3, 1, 2]),
+        (&[3, 9, 4], &[2, 0, 1]),
+        (&[1, 32, 3], &[0, 2, 1]),
+        (&[1, 6, 6, 5], &[0, 3, 1, 2]),
+    ];
+    let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(shape, perm))| {
+            let q = QParams::PerTensor {
+                scale: 0.1,
+                zero_point: 3,
+            };
+            let mut g = Graph::new("t");
+            let x = g.add_input("x", TensorType::new(DType::quantized(Scalar::I8, q), shape.to_vec()));
+            let op = Op::Transpose { perm: perm.to_vec() };
+            let (_, y) = g.add_node("t", op, vec![x], &[]).unwrap();
+            g.add_output(y[0]);
+            let len = shape.iter().product();
+            let xs = Tensor::from_vec(shape.to_vec(), bytes(900 + i as u64, len));
+            (format!("transpose{i}"), g, vec![vec![xs]])
+        })
+        .collect();
+    let models: Vec<(&str, &Graph, &[Vec<Tensor>])> =
+        built.iter().map(|(t, g, s)| (t.as_str(), g, s.as_slice())).collect();
+    let dir = std::env::temp_dir().join(format!("kiln-transpose-{}", std::process::id()));
+    let mut failures = bit_exact_on_every_backend_many(&models, &dir);
+    failures.extend(host_cpu_failures(&built));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

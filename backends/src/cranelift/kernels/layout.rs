@@ -7,7 +7,7 @@ use super::nest::{Opnd, nest};
 use super::{Args, bcast_strides, strides};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I8, I16, I32, I32X4, I64};
-use cranelift_codegen::ir::{InstBuilder, Type};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::op::{PadMode, SliceAxis};
 use kiln_ir::{Graph, NodeId, Scalar};
 
@@ -56,6 +56,10 @@ pub(crate) fn copy(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &Args) {
     let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
+    if let (true, 1, Some(shape)) = (fx.simd, b, deinterleaved(ins, perm)) {
+        deinterleave(fx, a.ins[0], a.outs[0], shape);
+        return;
+    }
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let ist = strides(ins);
     let src: Vec<i64> = perm.iter().map(|&p| ist[p]).collect();
@@ -66,6 +70,74 @@ pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &A
         it,
         lanes,
     );
+}
+
+/// `(A, P, C)` where `perm` moves the last axis of `ins`, two to four elements, in front
+/// of the run of axes before it: `[A][P][C]` -> `[A][C][P]` (channels-last bytes to
+/// planar), with at least one vector of sixteen positions.
+fn deinterleaved(ins: &[usize], perm: &[usize]) -> Option<(i64, i64, i64)> {
+    let r = ins.len();
+    let j = perm.iter().position(|&p| p == r - 1)?;
+    let moved: Vec<usize> = (0..j).chain([r - 1]).chain(j..r - 1).collect();
+    let (a, p, c) = (
+        ins[..j].iter().product::<usize>() as i64,
+        ins[j..r - 1].iter().product::<usize>() as i64,
+        ins[r - 1] as i64,
+    );
+    (perm == moved && (2..=4).contains(&c) && p >= 16).then_some((a, p, c))
+}
+
+/// The byte transpose [`deinterleaved`] describes: per sixteen positions, `C` vector loads,
+/// and per channel the bytes of each load that belong to it gathered by a constant
+/// `swizzle` (lanes of other channels zeroed) and merged; the last `P % 16` positions one
+/// byte at a time.
+fn deinterleave(fx: &mut Fx, src: Value, dst: Value, (a, p, c): (i64, i64, i64)) {
+    use cranelift_codegen::ir::ConstantData;
+    use cranelift_codegen::ir::types::I8X16;
+    // masks[ch][k]: for output byte i of channel `ch`, its lane in load `k` (else 0x80)
+    let masks: Vec<Vec<Option<Value>>> = (0..c)
+        .map(|ch| {
+            (0..c)
+                .map(|k| {
+                    let lanes: Vec<u8> = (0..16)
+                        .map(|i| {
+                            let at = i * c + ch;
+                            if at / 16 == k { (at % 16) as u8 } else { 0x80 }
+                        })
+                        .collect();
+                    lanes.iter().any(|&l| l != 0x80).then(|| {
+                        let k = fx.b.func.dfg.constants.insert(ConstantData::from(lanes));
+                        fx.b.ins().vconst(I8X16, k)
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let flags = cranelift_codegen::ir::MemFlagsData::new().with_notrap();
+    fx.for_ptrs(a, &[(src, p * c), (dst, c * p)], &mut |fx, o| {
+        fx.for_ptrs(p / 16, &[(o[0], 16 * c), (o[1], 16)], &mut |fx, q| {
+            let v: Vec<Value> = (0..c)
+                .map(|k| fx.b.ins().load(I8X16, flags, q[0], (16 * k) as i32))
+                .collect();
+            for (ch, row) in masks.iter().enumerate() {
+                let parts: Vec<Value> = row
+                    .iter()
+                    .zip(&v)
+                    .filter_map(|(m, &x)| m.map(|m| fx.b.ins().swizzle(x, m)))
+                    .collect();
+                let t = parts[1..].iter().fold(parts[0], |t, &u| fx.b.ins().bor(t, u));
+                fx.b.ins().store(flags, t, q[1], (ch as i64 * p) as i32);
+            }
+        });
+        let done = p / 16 * 16;
+        let (s, t) = (fx.add_imm(o[0], done * c), fx.add_imm(o[1], done));
+        fx.for_ptrs(p - done, &[(s, c), (t, 1)], &mut |fx, q| {
+            for ch in 0..c {
+                let v = fx.b.ins().load(I8, flags, q[0], ch as i32);
+                fx.b.ins().store(flags, v, q[1], (ch * p) as i32);
+            }
+        });
+    });
 }
 
 pub(crate) fn slice(fx: &mut Fx, g: &Graph, n: NodeId, axes: &[SliceAxis], a: &Args) {
