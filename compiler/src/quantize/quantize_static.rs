@@ -198,6 +198,7 @@ pub fn run_pinned(
     r.dst.set_outputs(outs);
     // a node that stayed float after trying integer inputs leaves unused Quantize nodes
     crate::passes::eliminate_dead_nodes::run(&mut r.dst).map_err(QuantError::Ir)?;
+    crate::passes::fold_clamp_tables::run(&mut r.dst).map_err(QuantError::Ir)?;
     if let Some(n) = opts.numerics {
         super::set_numerics(&mut r.dst, n);
     }
