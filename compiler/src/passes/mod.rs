@@ -3,6 +3,7 @@
 
 pub mod eliminate_dead_nodes;
 pub mod expand_normalizations;
+pub mod flatten_full_window_convs;
 pub mod fold_clamp_tables;
 pub mod fold_constants;
 pub mod fuse_activations;

@@ -199,6 +199,7 @@ pub fn run_pinned(
     // a node that stayed float after trying integer inputs leaves unused Quantize nodes
     crate::passes::eliminate_dead_nodes::run(&mut r.dst).map_err(QuantError::Ir)?;
     crate::passes::fold_clamp_tables::run(&mut r.dst).map_err(QuantError::Ir)?;
+    crate::passes::flatten_full_window_convs::run(&mut r.dst).map_err(QuantError::Ir)?;
     if let Some(n) = opts.numerics {
         super::set_numerics(&mut r.dst, n);
     }
