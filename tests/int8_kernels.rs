@@ -366,20 +366,27 @@ fn int8_dense_products_are_bit_exact_everywhere() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Byte transposes that move the last axis (two to four elements) in front of the axes
-/// before it, as a channels-last int8 input becomes planar: whole vectors of sixteen
-/// positions (natively gathered by constant swizzles) and the positions past them, several
-/// outer items, and a five-channel one that takes the generic copy. Every backend gives the
+/// Byte transposes that move the last axis in front of the axes before it, as a
+/// channels-last int8 input becomes planar: two to four channels (natively gathered by
+/// constant swizzles, sixteen positions at a time, and the positions past them), sixteen or
+/// more (blocks of four positions by sixteen channels), several outer items, and a
+/// five-channel one that takes the generic copy. Every backend gives the
 /// evaluator's bytes.
 #[test]
 fn channels_last_bytes_transpose_exactly() {
-    let cases: [(&[usize], &[usize]); 6] = [
+    let cases: [(&[usize], &[usize]); 10] = [
         (&[1, 5, 7, 3], &[0, 3, 1, 2]),
         (&[2, 17, 2], &[0, 2, 1]),
         (&[1, 4, 4, 4], &[0, 3, 1, 2]),
         (&[3, 9, 4], &[2, 0, 1]),
         (&[1, 32, 3], &[0, 2, 1]),
         (&[1, 6, 6, 5], &[0, 3, 1, 2]),
+        // sixteen channels and more: blocks of four positions by sixteen channels, the
+        // last partial ones overlapping (SWW's input: 30 positions of 40 channels)
+        (&[1, 30, 1, 40], &[0, 3, 1, 2]),
+        (&[1, 4, 16], &[0, 2, 1]),
+        (&[2, 5, 17], &[0, 2, 1]),
+        (&[1, 2, 3, 20], &[0, 3, 1, 2]),
     ];
     let built: Vec<(String, Graph, Vec<Vec<Tensor>>)> = cases
         .iter()

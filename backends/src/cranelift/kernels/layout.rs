@@ -56,9 +56,10 @@ pub(crate) fn copy(fx: &mut Fx, g: &Graph, n: NodeId, a: &Args) {
 pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &Args) {
     let (b, it, lanes) = elem(fx, g, n);
     let ins = &g.value(g.node(n).inputs[0]).ty.shape;
-    if let (true, 1, Some(shape)) = (fx.simd, b, deinterleaved(ins, perm)) {
-        deinterleave(fx, a.ins[0], a.outs[0], shape);
-        return;
+    match (fx.simd, b, deinterleaved(ins, perm)) {
+        (true, 1, Some(shape @ (_, p, 2..=4))) if p >= 16 => return deinterleave(fx, a.ins[0], a.outs[0], shape),
+        (true, 1, Some(shape @ (_, 4.., 16..))) => return transpose_blocks(fx, a.ins[0], a.outs[0], shape),
+        _ => {}
     }
     let out = &g.value(g.node(n).outputs[0]).ty.shape;
     let ist = strides(ins);
@@ -72,9 +73,8 @@ pub(crate) fn transpose(fx: &mut Fx, g: &Graph, n: NodeId, perm: &[usize], a: &A
     );
 }
 
-/// `(A, P, C)` where `perm` moves the last axis of `ins`, two to four elements, in front
-/// of the run of axes before it: `[A][P][C]` -> `[A][C][P]` (channels-last bytes to
-/// planar), with at least one vector of sixteen positions.
+/// `(A, P, C)` where `perm` moves the last axis of `ins` in front of the run of axes
+/// before it: `[A][P][C]` -> `[A][C][P]` (channels-last to planar).
 fn deinterleaved(ins: &[usize], perm: &[usize]) -> Option<(i64, i64, i64)> {
     let r = ins.len();
     let j = perm.iter().position(|&p| p == r - 1)?;
@@ -84,7 +84,66 @@ fn deinterleaved(ins: &[usize], perm: &[usize]) -> Option<(i64, i64, i64)> {
         ins[j..r - 1].iter().product::<usize>() as i64,
         ins[r - 1] as i64,
     );
-    (perm == moved && (2..=4).contains(&c) && p >= 16).then_some((a, p, c))
+    (perm == moved).then_some((a, p, c))
+}
+
+/// The byte transpose [`deinterleaved`] describes for at least sixteen channels and four
+/// positions: blocks of four positions by sixteen channels transposed by two rounds of
+/// byte and halfword unpacks, each channel's four bytes stored as one word. A last partial
+/// block of either overlaps the one before it (a copy: the bytes written twice are equal).
+fn transpose_blocks(fx: &mut Fx, src: Value, dst: Value, (a, p, c): (i64, i64, i64)) {
+    use cranelift_codegen::ir::types::I8X16;
+    let flags = cranelift_codegen::ir::MemFlagsData::new().with_notrap();
+    let le = cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let mut mask = |m: Vec<u8>| fx.b.func.dfg.immediates.push(m.as_slice().into());
+    let lo8 = mask((0..16).map(|i| (i / 2 + 16 * (i % 2)) as u8).collect());
+    let hi8 = mask((0..16).map(|i| (8 + i / 2 + 16 * (i % 2)) as u8).collect());
+    let lo16 = mask((0..16).map(|i| (i / 4 * 2 + i % 2 + 16 * (i / 2 % 2)) as u8).collect());
+    let hi16 = mask(
+        (0..16)
+            .map(|i| (8 + i / 4 * 2 + i % 2 + 16 * (i / 2 % 2)) as u8)
+            .collect(),
+    );
+    // four positions from `x` (channel block start) into their channels' rows from `y`
+    let block = |fx: &mut Fx, x: Value, y: Value| {
+        let v: Vec<Value> = (0..4)
+            .map(|i| fx.b.ins().load(I8X16, flags, x, (i * c) as i32))
+            .collect();
+        let t = [
+            fx.b.ins().shuffle(v[0], v[1], lo8),
+            fx.b.ins().shuffle(v[0], v[1], hi8),
+            fx.b.ins().shuffle(v[2], v[3], lo8),
+            fx.b.ins().shuffle(v[2], v[3], hi8),
+        ];
+        let u = [
+            fx.b.ins().shuffle(t[0], t[2], lo16),
+            fx.b.ins().shuffle(t[0], t[2], hi16),
+            fx.b.ins().shuffle(t[1], t[3], lo16),
+            fx.b.ins().shuffle(t[1], t[3], hi16),
+        ];
+        for (j, &uj) in u.iter().enumerate() {
+            let w = fx.b.ins().bitcast(I32X4, le, uj);
+            for l in 0..4 {
+                let e = fx.b.ins().extractlane(w, l as u8);
+                fx.b.ins().store(flags, e, y, ((4 * j as i64 + l) * p) as i32);
+            }
+        }
+    };
+    // per four positions, the channel blocks (the last one moved back to end at `c`)
+    let row = |fx: &mut Fx, x: Value, y: Value| {
+        fx.for_ptrs(c / 16, &[(x, 16), (y, 16 * p)], &mut |fx, q| block(fx, q[0], q[1]));
+        if c % 16 != 0 {
+            let (xs, ys) = (fx.add_imm(x, c - 16), fx.add_imm(y, (c - 16) * p));
+            block(fx, xs, ys);
+        }
+    };
+    fx.for_ptrs(a, &[(src, p * c), (dst, c * p)], &mut |fx, o| {
+        fx.for_ptrs(p / 4, &[(o[0], 4 * c), (o[1], 4)], &mut |fx, q| row(fx, q[0], q[1]));
+        if p % 4 != 0 {
+            let (xs, ys) = (fx.add_imm(o[0], (p - 4) * c), fx.add_imm(o[1], p - 4));
+            row(fx, xs, ys);
+        }
+    });
 }
 
 /// The byte transpose [`deinterleaved`] describes: per sixteen positions, `C` vector loads,
