@@ -194,6 +194,10 @@ fn depthwise_convolutions_match_the_evaluator() {
         // 1x1 depthwise (a per-channel scale), and a 1-wide plane
         d(1, 5, (4, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], true, false),
         d(1, 4, (1, 9), (1, 3), (1, 3), (1, 1), [0, 1, 0, 1], false, true),
+        // a 1-D convolution over time, `[C][H][1]` (taken as the one row it is in memory):
+        // a 5x1 window with stride 2 and padding above and below, and a dilated 3x1
+        d(1, 20, (12, 1), (5, 1), (2, 1), (1, 1), [2, 0, 1, 0], true, true),
+        d(1, 7, (9, 1), (3, 1), (1, 1), (2, 1), [0, 0, 0, 0], false, false),
     ];
     let graphs = cases
         .iter()

@@ -157,6 +157,10 @@ fn int8_depthwise_convolutions_are_bit_exact_everywhere() {
         d(1, 20, (6, 6), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1], -7, true, 21),
         // 1x1 depthwise (a per-channel scale) and a 1-wide plane
         d(1, 33, (4, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 3, true, -6),
+        // 1-D convolutions over time, `[C][H][1]` (taken as the one row they are in
+        // memory, as SWW's): 10x1 with padding above and below and stride 2, dilated 3x1
+        d(1, 40, (30, 1), (10, 1), (2, 1), (1, 1), [4, 0, 5, 0], 6, true, -9),
+        d(2, 17, (9, 1), (3, 1), (1, 1), (2, 1), [0, 0, 0, 0], -2, false, -8),
     ];
     // regular convolutions with stride 2 (im2col gathers every other byte), rows of 9, 33
     // and 40 outputs (partial and whole 8-byte chunks), 3 and 5 input channels

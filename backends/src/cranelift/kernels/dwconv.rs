@@ -40,9 +40,20 @@ pub(crate) struct ChannelsLast {
 }
 
 impl ChannelsLast {
-    /// For a 2-D `[N, C, H, W]` input `xs` giving `out` through `window`.
+    /// For a 2-D `[N, C, H, W]` input `xs` giving `out` through `window`. A plane one
+    /// column wide that the window walks only down (`[C][H][1]`, a 1-D convolution over
+    /// time) is taken as the single row `[C][1][H]` it is in memory, so the kernels' loops
+    /// over columns get the length instead of one.
     pub fn new(xs: &[usize], out: &[usize], window: &Window) -> ChannelsLast {
-        let p = window.plane(xs, out);
+        let mut p = window.plane(xs, out);
+        if p.w == 1 && p.ow == 1 && p.kw == 1 && p.pw == 0 && p.h > 1 {
+            std::mem::swap(&mut p.h, &mut p.w);
+            std::mem::swap(&mut p.oh, &mut p.ow);
+            std::mem::swap(&mut p.kh, &mut p.kw);
+            std::mem::swap(&mut p.sh, &mut p.sw);
+            std::mem::swap(&mut p.dh, &mut p.dw);
+            std::mem::swap(&mut p.ph, &mut p.pw);
+        }
         let u = |v: usize| v as i64;
         let (top, left) = (u(p.ph), u(p.pw));
         ChannelsLast {
