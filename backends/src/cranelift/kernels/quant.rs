@@ -1878,7 +1878,16 @@ pub(crate) fn im2col(fx: &mut Fx, g: &Graph, n: NodeId, window: &Window, st: Sta
                             0
                         };
                         let (s0, d0) = (fx.add_imm(r[0], 2 * done), fx.add_imm(r[1], done));
-                        fx.for_ptrs(ox1 - ox0 - done, &[(s0, gm.sw as i64), (d0, 1)], &mut |fx, e| {
+                        let left = ox1 - ox0 - done;
+                        if left <= 16 {
+                            // short rows (a first layer's few columns): straight-line copies
+                            for j in 0..left {
+                                let v = fx.b.ins().load(I8, flags(), s0, (j * gm.sw as i64) as i32);
+                                fx.b.ins().store(flags(), v, d0, j as i32);
+                            }
+                            return;
+                        }
+                        fx.for_ptrs(left, &[(s0, gm.sw as i64), (d0, 1)], &mut |fx, e| {
                             let v = fx.b.ins().load(I8, flags(), e[0], 0);
                             fx.b.ins().store(flags(), v, e[1], 0);
                         });
