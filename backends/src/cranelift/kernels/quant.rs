@@ -726,15 +726,18 @@ fn qadd16(fx: &mut Fx, q: &QAdd, a: &Args, len: i64) {
         let (xa, xb) = (quarters(fx, va), quarters(fx, vb));
         let mut r = [xa[0]; 4];
         for j in 0..4 {
-            let side = |fx: &mut Fx, x: Value, zp: i32, (c, t): Consts| {
+            let side = |fx: &mut Fx, x: Value, zp: i32, (c, t): Consts, r: Requant| {
                 let z = fx.b.ins().iconst(I32, zp as i64);
                 let z = fx.b.ins().splat(I32X4, z);
                 let x = fx.b.ins().isub(x, z);
+                if let Some(split) = SplitSide::of(r, q.numerics) {
+                    return split.apply(fx, x);
+                }
                 let x = fx.b.ins().ishl_imm_s(x, kiln_runtime::ADD_LEFT_SHIFT as i64);
                 rescale4_raw(fx, x, c, t)
             };
-            let ra = side(fx, xa[j], q.a_zp, side_a);
-            let rb = side(fx, xb[j], q.b_zp, side_b);
+            let ra = side(fx, xa[j], q.a_zp, side_a, q.a);
+            let rb = side(fx, xb[j], q.b_zp, side_b, q.b);
             let sum = fx.b.ins().iadd(ra, rb);
             let v = rescale4_raw(fx, sum, out.0, out.1);
             r[j] = zp_clamp4(fx, v, q.output_zp, q.act_min, q.act_max);
@@ -744,6 +747,106 @@ fn qadd16(fx: &mut Fx, q: &QAdd, a: &Args, len: i64) {
         let bytes = fx.b.ins().snarrow(lo, hi);
         fx.b.ins().store(flags(), bytes, p[2], 0);
     });
+}
+
+/// One side of an int8 Add rescaled in 32-bit lanes without a 64-bit product: its input
+/// less the zero point, `d` in -255..=255, shifted left by 20 and rescaled by `m / 2^e` is
+/// `floor((d * m + 2^(E-1)) / 2^E)` for `E = e - 20` (both roundings: TFLite's high
+/// multiply is the `E = 11` case). With `m = mh * 2^11 + ml` (`ml` in 0..2^11) that is
+/// `(d * mh + Rh + ((d * ml + Rl) >> 11)) >> (E - 11)` for `2^(E-1) = Rh * 2^11 + Rl`, every
+/// term within i32; then TFLite's rounding divide by `2^-shift`. Exact, so the same bits.
+struct SplitSide {
+    mh: i32,
+    ml: i32,
+    rh: i32,
+    rl: i32,
+    /// `E - 11`
+    k: i64,
+    /// TFLite's rounding divide exponent (0: none)
+    e2: i64,
+}
+
+impl SplitSide {
+    fn of(r: Requant, numerics: Numerics) -> Option<SplitSide> {
+        let (e, e2) = match numerics {
+            Numerics::Tflite => (31, -(r.shift as i64)),
+            Numerics::Onnx => (31 - r.shift as i64, 0),
+        };
+        let big_e = e - kiln_runtime::ADD_LEFT_SHIFT as i64;
+        if !(11..=41).contains(&big_e) || !(0..=31).contains(&e2) {
+            return None;
+        }
+        let half = 1i64 << (big_e - 1);
+        let split = SplitSide {
+            mh: r.multiplier >> 11,
+            ml: r.multiplier & 0x7ff,
+            rh: (half >> 11) as i32,
+            rl: (half & 0x7ff) as i32,
+            k: big_e - 11,
+            e2,
+        };
+        // every input the side can see, against the scalar rescale (511 values)
+        let exact = (-255..=255).all(|d: i32| {
+            let x = d << kiln_runtime::ADD_LEFT_SHIFT;
+            let want = match numerics {
+                Numerics::Onnx => kiln_runtime::multiply_by_quantized_multiplier(x, r),
+                Numerics::Tflite => kiln_runtime::multiply_by_quantized_multiplier_tflite(x, r),
+            };
+            split.eval(d) == want
+        });
+        exact.then_some(split)
+    }
+
+    /// [`SplitSide::apply`] on one value, in the same i32 steps.
+    fn eval(&self, d: i32) -> i32 {
+        let hi = d.wrapping_mul(self.mh).wrapping_add(self.rh);
+        let lo = d.wrapping_mul(self.ml).wrapping_add(self.rl) >> 11;
+        let v = hi.wrapping_add(lo) >> self.k;
+        if self.e2 == 0 {
+            return v;
+        }
+        let mask = ((1i64 << self.e2) - 1) as i32;
+        let up = (v & mask) > (mask >> 1) - (v >> 31);
+        (v >> self.e2) + up as i32
+    }
+
+    fn apply(&self, fx: &mut Fx, d: Value) -> Value {
+        use cranelift_codegen::ir::types::I32X4;
+        let splat = |fx: &mut Fx, v: i32| {
+            let c = fx.b.ins().iconst(I32, v as i64);
+            fx.b.ins().splat(I32X4, c)
+        };
+        let (mh, ml, rh, rl) = (
+            splat(fx, self.mh),
+            splat(fx, self.ml),
+            splat(fx, self.rh),
+            splat(fx, self.rl),
+        );
+        let b = &mut fx.b;
+        let hi = b.ins().imul(d, mh);
+        let hi = b.ins().iadd(hi, rh);
+        let lo = b.ins().imul(d, ml);
+        let lo = b.ins().iadd(lo, rl);
+        let lo = b.ins().sshr_imm_s(lo, 11);
+        let mut v = b.ins().iadd(hi, lo);
+        if self.k > 0 {
+            v = b.ins().sshr_imm_s(v, self.k);
+        }
+        if self.e2 > 0 {
+            // (v >> e2) + ((v & mask) > (mask >> 1) + [v < 0])
+            let mask = (1i64 << self.e2) - 1;
+            let quot = b.ins().sshr_imm_s(v, self.e2);
+            let m = splat(fx, mask as i32);
+            let half = splat(fx, (mask >> 1) as i32);
+            let b = &mut fx.b;
+            let rem = b.ins().band(v, m);
+            let neg = b.ins().sshr_imm_s(v, 31);
+            let thr = b.ins().isub(half, neg);
+            let up = b.ins().icmp(IntCC::SignedGreaterThan, rem, thr);
+            v = b.ins().isub(quot, up);
+        }
+        v
+    }
 }
 
 pub(crate) fn qadd(fx: &mut Fx, g: &Graph, n: NodeId, q: &QAdd, a: &Args) {
@@ -2894,4 +2997,35 @@ fn rounded_average(fx: &mut Fx, s: Value, n: Value) -> Value {
     let empty = fx.b.ins().icmp_imm_s(IntCC::Equal, n, 0);
     let zero = c32(fx, 0);
     fx.b.ins().select(empty, zero, q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Numerics, SplitSide};
+
+    /// The 32-bit split of an Add side applies to every side scale the quantizer makes
+    /// (each side's is at most 1/2 of the common one; here 1/2 down to 2^-20, either sign:
+    /// a Sub negates b's), in both roundings, and gives the scalar
+    /// rescale's value for every input.
+    #[test]
+    fn add_sides_split_exactly() {
+        for numerics in [Numerics::Onnx, Numerics::Tflite] {
+            for i in 10..200 {
+                let scale = 2f64.powf(-(i as f64) / 10.0);
+                let mut r = kiln_runtime::quantize_multiplier(scale).unwrap();
+                if i % 3 == 0 {
+                    r.multiplier = -r.multiplier;
+                }
+                let split = SplitSide::of(r, numerics).unwrap_or_else(|| panic!("{scale} {numerics:?}"));
+                for d in -255..=255i32 {
+                    let x = d << kiln_runtime::ADD_LEFT_SHIFT;
+                    let want = match numerics {
+                        Numerics::Onnx => kiln_runtime::multiply_by_quantized_multiplier(x, r),
+                        Numerics::Tflite => kiln_runtime::multiply_by_quantized_multiplier_tflite(x, r),
+                    };
+                    assert_eq!(split.eval(d), want, "{scale} {numerics:?} {d}");
+                }
+            }
+        }
+    }
 }
