@@ -281,35 +281,14 @@ pub(crate) fn dyn_quantize(fx: &mut Fx, x: Value, q: Value, n: i64) -> (Value, V
         fx.b.def_var(var_hi, h);
     };
     if vec > 0 {
-        // four independent running bounds over sixteen values at a time, so no compare
-        // waits on the one before it; merged at the end (any order gives the same range)
+        let (lo4, hi4) = (fx.b.declare_var(F32X4), fx.b.declare_var(F32X4));
         let z4 = fx.f(F32X4, 0.0);
-        let bounds: Vec<_> = (0..4)
-            .map(|_| {
-                let (l, h) = (fx.b.declare_var(F32X4), fx.b.declare_var(F32X4));
-                fx.b.def_var(l, z4);
-                fx.b.def_var(h, z4);
-                (l, h)
-            })
-            .collect();
-        fx.for_ptrs(vec / 4, &[(x, 64)], &mut |fx, p| {
-            for (i, &(l, h)) in bounds.iter().enumerate() {
-                let a = fx.add_imm(p[0], 16 * i as i64);
-                let v = fx.load(F32X4, a);
-                widen(fx, v, l, h, F32X4);
-            }
-        });
-        let rest = fx.add_imm(x, vec / 4 * 64);
-        let (lo4, hi4) = bounds[0];
-        fx.for_ptrs(vec % 4, &[(rest, 16)], &mut |fx, p| {
+        fx.b.def_var(lo4, z4);
+        fx.b.def_var(hi4, z4);
+        fx.for_ptrs(vec, &[(x, 16)], &mut |fx, p| {
             let v = fx.load(F32X4, p[0]);
             widen(fx, v, lo4, hi4, F32X4);
         });
-        for &(l, h) in &bounds[1..] {
-            let (l, h) = (fx.b.use_var(l), fx.b.use_var(h));
-            widen(fx, l, lo4, hi4, F32X4);
-            widen(fx, h, lo4, hi4, F32X4);
-        }
         let (l4, h4) = (fx.b.use_var(lo4), fx.b.use_var(hi4));
         for lane in 0..4u8 {
             let l = fx.b.ins().extractlane(l4, lane);
